@@ -1,0 +1,107 @@
+// Package brokers is the contract between the gateway and a message broker,
+// in the manner of database/sql/driver: a deliberately small set of
+// interfaces that every broker implementation (sub-packages natsbroker,
+// amqpbroker, …) satisfies, and a conformance suite (brokertest) that every
+// implementation runs unchanged.
+//
+// The gateway keeps one broker subscription per active channel pattern per
+// node and fans messages out itself, so a broker sees a handful of
+// subscriptions per node, never one per browser.
+//
+// Channels are dot-separated names ("prices.eur.usd"). A subscription
+// pattern may use NATS wildcards: "*" matches exactly one token, ">" (last
+// token only) matches one or more tokens. Implementations translate to their
+// own syntax (AMQP topic "#" for ">").
+//
+// This package imports nothing from the gateway or transports.
+package brokers
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrClosed is returned by every method of a Broker after Close.
+var ErrClosed = errors.New("brokers: closed")
+
+// ErrUnavailable is returned by Publish while the broker connection is down
+// and the publish could not be confirmed in time.
+var ErrUnavailable = errors.New("brokers: broker unavailable")
+
+// Message is one message on a channel.
+//
+// Data is owned by the receiver after delivery: a broker never reuses it.
+type Message struct {
+	// Channel is the concrete channel the message was published on (never a
+	// pattern).
+	Channel string
+	// Data is the payload, opaque bytes.
+	Data []byte
+	// Cursor is the message's position in the channel's history (a JetStream
+	// stream sequence, a RabbitMQ stream offset), or "" when the channel has
+	// no history and so the message cannot be resumed from.
+	Cursor string
+	// Header carries broker metadata worth preserving end to end (for
+	// example "Content-Type"). It may be nil.
+	Header map[string]string
+}
+
+// Handler receives the messages of one subscription, one at a time and in
+// the order the broker delivered them. It is called from a goroutine the
+// broker owns and must not block: the gateway's handler only enqueues.
+type Handler func(Message)
+
+// Subscription is one live subscription.
+type Subscription interface {
+	// Unsubscribe stops delivery. After it returns the Handler is not called
+	// again. Calling it twice is safe and returns nil.
+	Unsubscribe() error
+}
+
+// Broker is a connection to a message broker. All methods are safe for
+// concurrent use.
+type Broker interface {
+	// Subscribe starts delivering messages whose channel matches pattern to
+	// h. A subscription survives broker reconnects: the implementation
+	// restores it by itself.
+	Subscribe(ctx context.Context, pattern string, h Handler) (Subscription, error)
+	// Publish sends msg and returns once the broker has confirmed it (a
+	// flush round trip on core NATS, a JetStream ack, an AMQP publisher
+	// confirm). msg.Cursor is ignored.
+	Publish(ctx context.Context, msg Message) error
+	// Ready reports whether the broker connection is up right now.
+	Ready() bool
+	// Close unsubscribes everything and closes the connection, waiting for
+	// every goroutine the broker started. It is idempotent.
+	Close() error
+}
+
+// State is a broker connection state, reported through a StateFunc.
+type State int
+
+const (
+	// StateDisconnected means the connection is down; the broker is
+	// reconnecting by itself.
+	StateDisconnected State = iota
+	// StateConnected means the connection is up and every subscription is in
+	// place.
+	StateConnected
+	// StateClosed means Close was called.
+	StateClosed
+)
+
+func (s State) String() string {
+	switch s {
+	case StateDisconnected:
+		return "disconnected"
+	case StateConnected:
+		return "connected"
+	case StateClosed:
+		return "closed"
+	}
+	return "unknown"
+}
+
+// StateFunc is told every change of a broker's connection state. It is
+// called from a broker goroutine and must not block.
+type StateFunc func(State)
