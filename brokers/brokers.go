@@ -55,6 +55,10 @@ type Handler func(Message)
 type Subscription interface {
 	// Unsubscribe stops delivery. After it returns the Handler is not called
 	// again. Calling it twice is safe and returns nil.
+	//
+	// To keep that promise an implementation may wait for a Handler call
+	// in progress, so Unsubscribe must not be called from the
+	// subscription's own Handler.
 	Unsubscribe() error
 }
 
@@ -72,7 +76,9 @@ type Broker interface {
 	// Ready reports whether the broker connection is up right now.
 	Ready() bool
 	// Close unsubscribes everything and closes the connection, waiting for
-	// every goroutine the broker started. It is idempotent.
+	// every goroutine the broker started. It is idempotent. After it
+	// returns no Handler is called again; since it waits for Handler calls
+	// in progress, it must not be called from a Handler or a StateFunc.
 	Close() error
 }
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Makes sure the services the tests talk to are running on loopback: a NATS
+# server with JetStream on 127.0.0.1:4222 and RabbitMQ (with streams) on
+# 127.0.0.1:5672. Uses them where they already run; otherwise installs them
+# from Debian's packages (as root) and starts them. Idempotent.
+set -euo pipefail
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+	local port=$1 what=$2
+	for _ in $(seq 1 120); do
+		port_open "$port" && return 0
+		sleep 1
+	done
+	echo "services: $what did not come up on port $port" >&2
+	return 1
+}
+
+apt_updated=""
+need_pkg() {
+	if ! dpkg -s "$1" >/dev/null 2>&1; then
+		if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+	fi
+}
+
+if ! port_open 4222; then
+	echo "services: starting nats-server with JetStream on 127.0.0.1:4222"
+	need_pkg nats-server
+	mkdir -p /var/lib/nats-server
+	start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+		-a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+	wait_port 4222 nats-server
+fi
+
+if ! port_open 5672; then
+	echo "services: starting rabbitmq-server on 127.0.0.1:5672"
+	need_pkg rabbitmq-server
+	rabbitmq-server -detached
+	wait_port 5672 rabbitmq-server
+fi
+
+echo "services: nats on 4222 and rabbitmq on 5672 are up"

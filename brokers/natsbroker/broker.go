@@ -1,0 +1,476 @@
+// Package natsbroker implements brokers.Broker on core NATS, against an
+// external server (Connect) or a server embedded in the process
+// (StartEmbedded), which is what `cometgate` runs on when given no
+// configuration.
+//
+// # Subjects
+//
+// A channel is a NATS subject and a pattern is a NATS subscription
+// subject: the contract's syntax ("*" one token, ">" one or more trailing
+// tokens) is NATS syntax, so nothing is translated. Options.SubjectPrefix
+// namespaces a gateway's channels on a shared server: with prefix "app",
+// channel "prices.eur" is subject "app.prices.eur", pattern ">" is "app.>",
+// and delivered subjects have "app." stripped (a message whose subject
+// lacks the prefix is ignored). Channels and patterns are validated:
+// non-empty dot-separated tokens without whitespace or control characters,
+// wildcards only as whole tokens in patterns, ">" only last.
+//
+// # Subscriptions
+//
+// Each Subscribe is one NATS subscription with its own delivery goroutine
+// (owned by nats.go), so a Handler is called one message at a time, in
+// order. The client buffers up to Options.PendingMsgs/PendingBytes per
+// subscription; beyond that NATS drops messages and reports a slow
+// consumer, which is logged and counted (SlowConsumers). nats.go restores
+// every subscription after a reconnect by itself, before StateConnected is
+// reported. Subscribe waits for the server to confirm the interest (a
+// PING/PONG round trip), so a message published through the same server
+// by anyone after Subscribe returns is delivered (in a cluster, interest
+// reaches the other servers shortly after); while disconnected it
+// registers the subscription locally and returns at once.
+//
+// # Reconnects
+//
+// A Broker reconnects forever, also when the very first connect fails
+// (Connect returns a Broker that is not Ready yet), with an exponential,
+// jittered delay between Options.ReconnectWait and MaxReconnectWait.
+// Authentication errors do not stop it either. OnState reports
+// StateConnected when a connection is up (first connect and every
+// reconnect) and StateDisconnected when it is lost.
+//
+// # What Publish's confirmation means
+//
+// Core NATS has no acknowledgements: Publish writes the message and then
+// waits for a PONG to a PING sent after it. Since a server processes a
+// connection's operations in order, the PONG means the server has received
+// the message and routed it to the subscriptions it knew of at that moment
+// (including, in a cluster, handing it to routes). It does not mean any
+// subscriber received it, and nothing is stored. Publish never buffers: while
+// the connection is down it fails at once with an error wrapping
+// brokers.ErrUnavailable (nats.go's reconnect buffer is disabled), and a
+// connection lost between write and PONG also yields ErrUnavailable. Such
+// a message may or may not have reached the server; the caller may retry.
+package natsbroker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cometgate/cometgate/brokers"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+var _ brokers.Broker = (*Broker)(nil)
+
+// Broker is a brokers.Broker on one core NATS connection. All methods are
+// safe for concurrent use. Close must not be called from a Handler or an
+// OnState callback (it waits for them).
+type Broker struct {
+	nc   *nats.Conn
+	subj subjects
+	opts Options // with defaults applied
+	log  *slog.Logger
+	// inProcess: connected to an embedded server without a network
+	// connection (nats.go then reports a placeholder URL).
+	inProcess bool
+
+	mu     sync.Mutex
+	closed bool                       // guarded by mu; set by Close
+	subs   map[*subscription]struct{} // guarded by mu; live subscriptions
+
+	closing    atomic.Bool   // set by Close before the connection closes
+	connClosed chan struct{} // closed by the nats.go closed handler
+	closedByUs bool          // written before connClosed is closed
+	closeOnce  sync.Once
+
+	reconnects    atomic.Uint64
+	slowConsumers atomic.Uint64
+}
+
+// Connect returns a Broker connected to the servers in opts.URLs. When no
+// server is reachable it still returns a Broker, which keeps trying in the
+// background: Ready reports false and Publish fails with
+// brokers.ErrUnavailable until a connection is up. ctx is checked before
+// dialing; the first dial attempt is bounded by nats.go's dial timeout
+// (2s per URL), not by ctx. Errors are configuration errors (or ctx's).
+//
+// The caller owns the Broker and must Close it.
+func Connect(ctx context.Context, opts Options) (*Broker, error) {
+	return connect(ctx, opts, nil)
+}
+
+// connect creates a Broker connected to opts.URLs, or in-process to srv
+// when srv is not nil.
+func connect(ctx context.Context, opts Options, srv *server.Server) (*Broker, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("natsbroker: connect: %w", err)
+	}
+	opts = opts.withDefaults()
+	subj, err := newSubjects(opts.SubjectPrefix)
+	if err != nil {
+		return nil, err
+	}
+	nopts, err := opts.natsOptions()
+	if err != nil {
+		return nil, err
+	}
+	label := strings.Join(opts.URLs, ",")
+	if label == "" {
+		label = nats.DefaultURL
+	}
+	if srv != nil {
+		opts.URLs = nil
+		label = "in-process"
+		nopts = append(nopts, nats.InProcessServer(srv))
+	}
+	b := &Broker{
+		subj:       subj,
+		opts:       opts,
+		log:        opts.Logger.With(slog.String("broker", "nats"), slog.String("servers", label)),
+		subs:       make(map[*subscription]struct{}),
+		connClosed: make(chan struct{}),
+		inProcess:  srv != nil,
+	}
+	nopts = append(nopts,
+		nats.ConnectHandler(b.onConnect),
+		nats.ReconnectHandler(b.onReconnect),
+		nats.DisconnectErrHandler(b.onDisconnect),
+		nats.ReconnectErrHandler(b.onReconnectErr),
+		nats.ClosedHandler(b.onClosed),
+		nats.ErrorHandler(b.onAsyncError),
+		nats.LameDuckModeHandler(func(*nats.Conn) {
+			b.log.Info("nats server entering lame duck mode; will reconnect elsewhere")
+		}),
+	)
+	nc, err := nats.Connect(strings.Join(opts.URLs, ","), nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("natsbroker: connect: %w", err)
+	}
+	b.nc = nc
+	if !nc.IsConnected() {
+		b.log.Warn("nats server unreachable; retrying in the background", slog.Any("err", nc.LastError()))
+	}
+	return b, nil
+}
+
+// Conn returns the underlying connection, for JetStream. The Broker owns
+// it: do not close or drain it, and do not change its handlers.
+func (b *Broker) Conn() *nats.Conn { return b.nc }
+
+// Reconnects returns how many times the connection was re-established
+// after a loss (the first connect does not count).
+func (b *Broker) Reconnects() uint64 { return b.reconnects.Load() }
+
+// SlowConsumers returns how many slow-consumer events occurred: a
+// subscription's client-side buffer overflowed and messages were dropped.
+// nats.go reports one event per episode, not per dropped message.
+func (b *Broker) SlowConsumers() uint64 { return b.slowConsumers.Load() }
+
+// Ready reports whether the connection is up right now.
+func (b *Broker) Ready() bool {
+	return !b.closing.Load() && b.nc.IsConnected()
+}
+
+// Subscribe implements brokers.Broker. pattern is validated (see the
+// package doc); the returned Subscription's Unsubscribe waits for a
+// running Handler call to return, so it must not be called from that
+// subscription's own Handler.
+func (b *Broker) Subscribe(ctx context.Context, pattern string, h brokers.Handler) (brokers.Subscription, error) {
+	if h == nil {
+		return nil, errors.New("natsbroker: subscribe: nil handler")
+	}
+	if b.closing.Load() {
+		return nil, fmt.Errorf("natsbroker: subscribe: %w", brokers.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("natsbroker: subscribe: %w", err)
+	}
+	if err := checkPattern(pattern); err != nil {
+		return nil, err
+	}
+	s := &subscription{b: b, h: h, done: make(chan struct{})}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, fmt.Errorf("natsbroker: subscribe: %w", brokers.ErrClosed)
+	}
+	ns, err := b.nc.Subscribe(b.subj.subject(pattern), s.deliver)
+	if err != nil {
+		b.mu.Unlock()
+		return nil, b.connErr(ctx, "subscribe", err)
+	}
+	if err := ns.SetPendingLimits(b.opts.PendingMsgs, b.opts.PendingBytes); err != nil {
+		b.log.Warn("cannot set pending limits", slog.String("pattern", pattern), slog.Any("err", err))
+	}
+	ns.SetClosedHandler(func(string) { close(s.done) })
+	// If the subscription is still valid after the closed handler was set,
+	// nats.go will call it when the delivery goroutine exits. If not, the
+	// connection closed in between and the goroutine exits on its own.
+	s.waitable = ns.IsValid()
+	s.ns = ns
+	b.subs[s] = struct{}{}
+	b.mu.Unlock()
+
+	if !b.nc.IsConnected() {
+		return s, nil // sent to the server once connected
+	}
+	cctx, cancel := b.confirmCtx(ctx)
+	defer cancel()
+	if err := b.nc.FlushWithContext(cctx); err != nil {
+		if !b.closing.Load() && errors.Is(err, nats.ErrConnectionClosed) {
+			// The connection was lost during the round trip (nats.go
+			// releases pending flushes that way); the subscription is
+			// restored on reconnect.
+			return s, nil
+		}
+		_ = s.Unsubscribe()
+		return nil, b.connErr(ctx, "subscribe", err)
+	}
+	return s, nil
+}
+
+// Publish implements brokers.Broker; see the package doc for what the
+// confirmation means on core NATS. msg.Channel must be a concrete channel
+// and header keys and values must be representable in a NATS header.
+func (b *Broker) Publish(ctx context.Context, msg brokers.Message) error {
+	if b.closing.Load() {
+		return fmt.Errorf("natsbroker: publish: %w", brokers.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("natsbroker: publish: %w", err)
+	}
+	if err := checkChannel(msg.Channel); err != nil {
+		return err
+	}
+	hdr, err := natsHeader(msg.Header)
+	if err != nil {
+		return err
+	}
+	if !b.nc.IsConnected() {
+		return fmt.Errorf("natsbroker: publish to %q: %w", msg.Channel, brokers.ErrUnavailable)
+	}
+	m := &nats.Msg{Subject: b.subj.subject(msg.Channel), Data: msg.Data, Header: hdr}
+	if err := b.nc.PublishMsg(m); err != nil {
+		return b.connErr(ctx, "publish to "+msg.Channel, err)
+	}
+	cctx, cancel := b.confirmCtx(ctx)
+	defer cancel()
+	if err := b.nc.FlushWithContext(cctx); err != nil {
+		return b.connErr(ctx, "publish to "+msg.Channel, err)
+	}
+	return nil
+}
+
+// Close implements brokers.Broker. It closes the connection without
+// draining: every successful Publish was already confirmed, so nothing
+// written is lost, and messages not yet handed to a Handler are dropped
+// (core NATS messages cannot be resumed anyway). It waits until nats.go
+// has delivered its last callback and every subscription's delivery
+// goroutine has finished, reports StateClosed, and returns nil.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		b.closing.Store(true)
+		b.mu.Lock()
+		b.closed = true
+		subs := make([]*subscription, 0, len(b.subs))
+		for s := range b.subs {
+			s.stopped.Store(true)
+			subs = append(subs, s)
+		}
+		clear(b.subs)
+		b.mu.Unlock()
+
+		b.nc.Close()
+		<-b.connClosed
+		if !b.closedByUs {
+			// The connection had closed by itself earlier and reported
+			// StateDisconnected then.
+			b.emit(brokers.StateClosed)
+		}
+		for _, s := range subs {
+			s.wait()
+		}
+	})
+	return nil
+}
+
+// confirmCtx returns ctx bounded by Options.ConfirmTimeout when it has no
+// deadline of its own (nats.go's FlushWithContext requires one).
+func (b *Broker) confirmCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, b.opts.ConfirmTimeout)
+}
+
+// connErr maps a nats.go error of operation op to the contract's errors.
+func (b *Broker) connErr(ctx context.Context, op string, err error) error {
+	switch {
+	case b.closing.Load():
+		return fmt.Errorf("natsbroker: %s: %w", op, brokers.ErrClosed)
+	case errors.Is(ctx.Err(), context.Canceled):
+		return fmt.Errorf("natsbroker: %s: %w", op, ctx.Err())
+	case errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, nats.ErrConnectionClosed),
+		errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.Is(err, nats.ErrReconnectBufExceeded),
+		errors.Is(err, nats.ErrNoServers),
+		errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, nats.ErrStaleConnection):
+		return fmt.Errorf("natsbroker: %s not confirmed: %w: %w", op, brokers.ErrUnavailable, err)
+	}
+	return fmt.Errorf("natsbroker: %s: %w", op, err)
+}
+
+// emit tells OnState, if set, about a state change.
+func (b *Broker) emit(s brokers.State) {
+	if f := b.opts.OnState; f != nil {
+		f(s)
+	}
+}
+
+// The handlers below run on nats.go's callback goroutine, one at a time,
+// so OnState is never called concurrently.
+
+func (b *Broker) onConnect(nc *nats.Conn) {
+	b.log.Info("nats connected", slog.String("url", b.connectedURL(nc)))
+	b.emit(brokers.StateConnected)
+}
+
+func (b *Broker) onReconnect(nc *nats.Conn) {
+	b.reconnects.Add(1)
+	b.log.Info("nats reconnected", slog.String("url", b.connectedURL(nc)))
+	b.emit(brokers.StateConnected)
+}
+
+func (b *Broker) connectedURL(nc *nats.Conn) string {
+	if b.inProcess {
+		return "in-process"
+	}
+	return nc.ConnectedUrlRedacted()
+}
+
+func (b *Broker) onDisconnect(_ *nats.Conn, err error) {
+	if b.closing.Load() {
+		return
+	}
+	b.log.Warn("nats disconnected; reconnecting", slog.Any("err", err))
+	b.emit(brokers.StateDisconnected)
+}
+
+func (b *Broker) onReconnectErr(_ *nats.Conn, err error) {
+	b.log.Warn("nats reconnect attempt failed", slog.Any("err", err))
+}
+
+func (b *Broker) onClosed(nc *nats.Conn) {
+	b.closedByUs = b.closing.Load()
+	if b.closedByUs {
+		b.emit(brokers.StateClosed)
+	} else {
+		// Not expected: the connection reconnects forever.
+		b.log.Error("nats connection closed for good", slog.Any("err", nc.LastError()))
+		b.emit(brokers.StateDisconnected)
+	}
+	close(b.connClosed)
+}
+
+func (b *Broker) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
+	var subject string
+	if sub != nil {
+		subject = sub.Subject
+	}
+	if errors.Is(err, nats.ErrSlowConsumer) {
+		b.slowConsumers.Add(1)
+		var dropped int
+		if sub != nil {
+			dropped, _ = sub.Dropped()
+		}
+		b.log.Warn("nats slow consumer: messages dropped", slog.String("subject", subject), slog.Int("dropped_total", dropped))
+		return
+	}
+	b.log.Warn("nats async error", slog.String("subject", subject), slog.Any("err", err))
+}
+
+// subscription is one Subscribe: a nats.go async subscription whose
+// delivery goroutine calls h.
+type subscription struct {
+	b        *Broker
+	h        brokers.Handler
+	ns       *nats.Subscription
+	done     chan struct{} // closed when the delivery goroutine exits
+	waitable bool          // done will be closed
+	stopped  atomic.Bool   // set before unsubscribing: deliver nothing more
+	once     sync.Once
+}
+
+func (s *subscription) deliver(m *nats.Msg) {
+	if s.stopped.Load() {
+		return
+	}
+	ch, ok := s.b.subj.channel(m.Subject)
+	if !ok {
+		return
+	}
+	// nats.go allocates Data per message, so it can be handed over.
+	s.h(brokers.Message{Channel: ch, Data: m.Data, Header: headerMap(m.Header)})
+}
+
+// Unsubscribe implements brokers.Subscription. It returns after the
+// delivery goroutine has exited, so the Handler is not running and will
+// not run again. It always returns nil.
+func (s *subscription) Unsubscribe() error {
+	s.stopped.Store(true)
+	s.once.Do(func() {
+		// Errors mean the connection or the subscription is already
+		// closed, which is what we want.
+		_ = s.ns.Unsubscribe()
+		s.b.mu.Lock()
+		delete(s.b.subs, s)
+		s.b.mu.Unlock()
+	})
+	s.wait()
+	return nil
+}
+
+// wait blocks until the delivery goroutine has exited, when nats.go will
+// tell.
+func (s *subscription) wait() {
+	if s.waitable {
+		<-s.done
+	}
+}
+
+// natsHeader converts and validates a message header.
+func natsHeader(h map[string]string) (nats.Header, error) {
+	if len(h) == 0 {
+		return nil, nil
+	}
+	out := make(nats.Header, len(h))
+	for k, v := range h {
+		if err := checkHeader(k, v); err != nil {
+			return nil, err
+		}
+		out[k] = []string{v}
+	}
+	return out, nil
+}
+
+// headerMap keeps the first value of each key of a delivered header.
+func headerMap(h nats.Header) map[string]string {
+	if len(h) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(h))
+	for k, vs := range h {
+		if len(vs) > 0 {
+			out[k] = vs[0]
+		}
+	}
+	return out
+}

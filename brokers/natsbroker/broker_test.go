@@ -1,0 +1,628 @@
+package natsbroker_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cometgate/cometgate/brokers"
+	"github.com/cometgate/cometgate/brokers/brokertest"
+	"github.com/cometgate/cometgate/brokers/natsbroker"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const waitTimeout = 15 * time.Second
+
+// startEmbedded starts an embedded server closed at the end of the test.
+func startEmbedded(t *testing.T, eo natsbroker.EmbeddedOptions) *natsbroker.Embedded {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	e, err := natsbroker.StartEmbedded(ctx, eo)
+	if err != nil {
+		t.Fatalf("StartEmbedded: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := e.Close(); err != nil {
+			t.Errorf("Embedded.Close: %v", err)
+		}
+	})
+	return e
+}
+
+// connect returns a Broker closed at the end of the test.
+func connect(t *testing.T, opts natsbroker.Options) *natsbroker.Broker {
+	t.Helper()
+	b, err := natsbroker.Connect(t.Context(), opts)
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+// rawConn is a plain nats.go client, closed (and waited for) at the end
+// of the test.
+func rawConn(t *testing.T, url string) *nats.Conn {
+	t.Helper()
+	closed := make(chan struct{})
+	nc, err := nats.Connect(url, nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
+	if err != nil {
+		t.Fatalf("nats.Connect(%s): %v", url, err)
+	}
+	t.Cleanup(func() { nc.Close(); <-closed })
+	return nc
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// inbox collects messages from a Handler.
+type inbox struct {
+	mu   sync.Mutex
+	msgs []brokers.Message
+}
+
+func (in *inbox) handle(m brokers.Message) {
+	in.mu.Lock()
+	in.msgs = append(in.msgs, m)
+	in.mu.Unlock()
+}
+
+func (in *inbox) has(channel, data string) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return slices.ContainsFunc(in.msgs, func(m brokers.Message) bool {
+		return m.Channel == channel && string(m.Data) == data
+	})
+}
+
+func (in *inbox) wait(t *testing.T, channel, data string) brokers.Message {
+	t.Helper()
+	waitUntil(t, strconv.Quote(data)+" on "+channel, func() bool { return in.has(channel, data) })
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	i := slices.IndexFunc(in.msgs, func(m brokers.Message) bool {
+		return m.Channel == channel && string(m.Data) == data
+	})
+	return in.msgs[i]
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// states records OnState calls.
+type states struct {
+	mu  sync.Mutex
+	all []brokers.State
+}
+
+func (s *states) record(st brokers.State) {
+	s.mu.Lock()
+	s.all = append(s.all, st)
+	s.mu.Unlock()
+}
+
+// count returns how many times st was reported.
+func (s *states) count(st brokers.State) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, x := range s.all {
+		if x == st {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *states) last() (brokers.State, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.all) == 0 {
+		return 0, false
+	}
+	return s.all[len(s.all)-1], true
+}
+
+func TestConformanceInProcess(t *testing.T) {
+	e := startEmbedded(t, natsbroker.EmbeddedOptions{})
+	if e.ClientURL() != "" {
+		t.Fatalf("ClientURL() = %q without a listener", e.ClientURL())
+	}
+	brokertest.Run(t, func(t *testing.T) brokers.Broker {
+		b, err := e.NewBroker(t.Context(), natsbroker.Options{})
+		if err != nil {
+			t.Fatalf("NewBroker: %v", err)
+		}
+		return b
+	})
+}
+
+func TestConformanceListener(t *testing.T) {
+	e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: "127.0.0.1:0"})
+	brokertest.Run(t, func(t *testing.T) brokers.Broker {
+		return connect(t, natsbroker.Options{URLs: []string{e.ClientURL()}})
+	})
+}
+
+func TestConformanceExternal(t *testing.T) {
+	u := os.Getenv("NATS_URL")
+	if u == "" {
+		u = nats.DefaultURL
+	}
+	probe, err := nats.Connect(u, nats.Timeout(2*time.Second), nats.Name("cometgate-test-probe"))
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("external NATS server %s not reachable: %v", u, err)
+		}
+		t.Skipf("external NATS server %s not reachable (set NATS_URL): %v", u, err)
+	}
+	probe.Close()
+	brokertest.Run(t, func(t *testing.T) brokers.Broker {
+		return connect(t, natsbroker.Options{URLs: []string{u}})
+	})
+}
+
+// A plain NATS client and the gateway's Broker see each other's messages.
+func TestRawClientInterop(t *testing.T) {
+	e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: "127.0.0.1:0"})
+	b := e.Broker()
+	waitUntil(t, "embedded broker ready", b.Ready)
+
+	var in inbox
+	sub, err := b.Subscribe(ctxT(t), "demo.x", in.handle)
+	if err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	defer sub.Unsubscribe()
+
+	nc := rawConn(t, e.ClientURL())
+	m := nats.NewMsg("demo.x")
+	m.Data = []byte("from raw")
+	m.Header.Set("Content-Type", "text/plain")
+	if err := nc.PublishMsg(m); err != nil {
+		t.Fatal(err)
+	}
+	got := in.wait(t, "demo.x", "from raw")
+	if got.Header["Content-Type"] != "text/plain" || got.Cursor != "" {
+		t.Errorf("got header %v cursor %q", got.Header, got.Cursor)
+	}
+
+	raw, err := nc.SubscribeSync("demo.y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctxT(t), brokers.Message{Channel: "demo.y", Data: []byte("from broker")}); err != nil {
+		t.Fatal(err)
+	}
+	rm, err := raw.NextMsg(waitTimeout)
+	if err != nil || string(rm.Data) != "from broker" {
+		t.Fatalf("raw client got %v, %v", rm, err)
+	}
+}
+
+func TestSubjectPrefix(t *testing.T) {
+	e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: "127.0.0.1:0", SubjectPrefix: "app"})
+	b := e.Broker()
+	waitUntil(t, "embedded broker ready", b.Ready)
+	nc := rawConn(t, e.ClientURL())
+
+	// Broker → server: the prefix is prepended.
+	raw, err := nc.SubscribeSync("app.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctxT(t), brokers.Message{Channel: "x.y", Data: []byte("out")}); err != nil {
+		t.Fatal(err)
+	}
+	rm, err := raw.NextMsg(waitTimeout)
+	if err != nil || rm.Subject != "app.x.y" || string(rm.Data) != "out" {
+		t.Fatalf("raw client got %v, %v; want app.x.y", rm, err)
+	}
+
+	// Server → Broker: the prefix is stripped, and ">" means everything
+	// under the prefix only.
+	var in inbox
+	sub, err := b.Subscribe(ctxT(t), ">", in.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	for _, subj := range []string{"other.z", "z", "app.z", "app.sentinel"} {
+		if err := nc.Publish(subj, []byte(subj)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in.wait(t, "z", "app.z")
+	in.wait(t, "sentinel", "app.sentinel")
+	time.Sleep(50 * time.Millisecond)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, m := range in.msgs {
+		if m.Channel != "z" && m.Channel != "sentinel" && m.Channel != "x.y" {
+			t.Errorf("unexpected delivery %q (data %q)", m.Channel, m.Data)
+		}
+	}
+}
+
+func TestInvalidNames(t *testing.T) {
+	e := startEmbedded(t, natsbroker.EmbeddedOptions{})
+	b := e.Broker()
+	waitUntil(t, "embedded broker ready", b.Ready)
+	for _, ch := range []string{"", "a.*", "a.>", "a..b", "a b", "a."} {
+		err := b.Publish(ctxT(t), brokers.Message{Channel: ch})
+		if err == nil || errors.Is(err, brokers.ErrUnavailable) {
+			t.Errorf("Publish(%q) = %v, want a validation error", ch, err)
+		}
+	}
+	for _, p := range []string{"", "a.>.b", "a*", "a b"} {
+		if _, err := b.Subscribe(ctxT(t), p, func(brokers.Message) {}); err == nil {
+			t.Errorf("Subscribe(%q) accepted", p)
+		}
+	}
+	if _, err := b.Subscribe(ctxT(t), "a", nil); err == nil {
+		t.Error("Subscribe with nil handler accepted")
+	}
+	err := b.Publish(ctxT(t), brokers.Message{Channel: "a", Header: map[string]string{"K": "v\r\nX: y"}})
+	if err == nil {
+		t.Error("header with CRLF accepted")
+	}
+}
+
+// The reconnect test: the server goes away and comes back on the same
+// port; the Broker reports it, refuses publishes meanwhile, and its old
+// subscriptions work again afterwards.
+func TestReconnect(t *testing.T) {
+	dir := t.TempDir()
+	e1 := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "1")})
+	clientURL := e1.ClientURL()
+	u, err := url.Parse(clientURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var st states
+	b := connect(t, natsbroker.Options{
+		URLs:             []string{clientURL},
+		ReconnectWait:    10 * time.Millisecond,
+		MaxReconnectWait: 100 * time.Millisecond,
+		OnState:          st.record,
+	})
+	waitUntil(t, "Ready", b.Ready)
+	waitUntil(t, "StateConnected", func() bool { return st.count(brokers.StateConnected) == 1 })
+
+	var in inbox
+	sub, err := b.Subscribe(ctxT(t), "demo.reconnect", in.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := b.Publish(ctxT(t), brokers.Message{Channel: "demo.reconnect", Data: []byte("before")}); err != nil {
+		t.Fatal(err)
+	}
+	in.wait(t, "demo.reconnect", "before")
+
+	// Outage.
+	if err := e1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "not Ready", func() bool { return !b.Ready() })
+	waitUntil(t, "StateDisconnected", func() bool { return st.count(brokers.StateDisconnected) == 1 })
+
+	// Publishing fails at once with ErrUnavailable; it does not wait for
+	// the (long) context deadline.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Hour)
+	err = b.Publish(ctx, brokers.Message{Channel: "demo.reconnect", Data: []byte("lost")})
+	cancel()
+	if !errors.Is(err, brokers.ErrUnavailable) {
+		t.Errorf("Publish during outage: %v, want ErrUnavailable", err)
+	}
+	// Subscribing during the outage works; it takes effect on reconnect.
+	var later inbox
+	sub2, err := b.Subscribe(ctxT(t), "demo.later", later.handle)
+	if err != nil {
+		t.Fatalf("Subscribe during outage: %v", err)
+	}
+	defer sub2.Unsubscribe()
+
+	// The server comes back on the same port.
+	e2 := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: u.Host, StoreDir: filepath.Join(dir, "2")})
+	if e2.ClientURL() != clientURL {
+		t.Fatalf("restarted server at %s, want %s", e2.ClientURL(), clientURL)
+	}
+	waitUntil(t, "Ready again", b.Ready)
+	waitUntil(t, "StateConnected again", func() bool { return st.count(brokers.StateConnected) == 2 })
+	if s, _ := st.last(); s != brokers.StateConnected {
+		t.Errorf("last state %v, want connected", s)
+	}
+	if b.Reconnects() != 1 {
+		t.Errorf("Reconnects() = %d, want 1", b.Reconnects())
+	}
+
+	// Old and new subscriptions receive messages from another client.
+	nc := rawConn(t, e2.ClientURL())
+	if err := nc.Publish("demo.reconnect", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish("demo.later", []byte("later")); err != nil {
+		t.Fatal(err)
+	}
+	in.wait(t, "demo.reconnect", "after")
+	later.wait(t, "demo.later", "later")
+	if err := b.Publish(ctxT(t), brokers.Message{Channel: "demo.reconnect", Data: []byte("again")}); err != nil {
+		t.Fatalf("Publish after reconnect: %v", err)
+	}
+	in.wait(t, "demo.reconnect", "again")
+	if in.has("demo.reconnect", "lost") {
+		t.Error("a publish refused during the outage was delivered later")
+	}
+
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := st.last(); s != brokers.StateClosed {
+		t.Errorf("last state after Close %v, want closed", s)
+	}
+}
+
+// Connect succeeds while no server runs, and the Broker connects once one
+// starts.
+func TestConnectBeforeServer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+
+	var st states
+	b := connect(t, natsbroker.Options{
+		URLs:             []string{"nats://" + addr},
+		ReconnectWait:    10 * time.Millisecond,
+		MaxReconnectWait: 100 * time.Millisecond,
+		OnState:          st.record,
+	})
+	if b.Ready() {
+		t.Fatal("Ready without a server")
+	}
+	err = b.Publish(ctxT(t), brokers.Message{Channel: "early", Data: []byte("x"), Header: map[string]string{"K": "v"}})
+	if !errors.Is(err, brokers.ErrUnavailable) {
+		t.Errorf("Publish without a server: %v, want ErrUnavailable", err)
+	}
+	var in inbox
+	sub, err := b.Subscribe(ctxT(t), "early", in.handle)
+	if err != nil {
+		t.Fatalf("Subscribe without a server: %v", err)
+	}
+	defer sub.Unsubscribe()
+
+	e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: addr})
+	waitUntil(t, "Ready", b.Ready)
+	waitUntil(t, "StateConnected", func() bool { return st.count(brokers.StateConnected) == 1 })
+	nc := rawConn(t, e.ClientURL())
+	if err := nc.Publish("early", []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	in.wait(t, "early", "hello")
+}
+
+// Close works while the Broker has never reached a server.
+func TestCloseWhileConnecting(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+
+	var st states
+	b := connect(t, natsbroker.Options{URLs: []string{"nats://" + addr}, ReconnectWait: 5 * time.Millisecond, OnState: st.record})
+	sub, err := b.Subscribe(ctxT(t), "never", func(brokers.Message) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Unsubscribe(); err != nil {
+		t.Errorf("Unsubscribe after Close: %v", err)
+	}
+	if s, ok := st.last(); !ok || s != brokers.StateClosed || st.count(brokers.StateConnected) != 0 {
+		t.Errorf("states %v, want only closed", st.all)
+	}
+	if err := b.Publish(ctxT(t), brokers.Message{Channel: "never"}); !errors.Is(err, brokers.ErrClosed) {
+		t.Errorf("Publish after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestSlowConsumerCounted(t *testing.T) {
+	e := startEmbedded(t, natsbroker.EmbeddedOptions{})
+	b, err := e.NewBroker(t.Context(), natsbroker.Options{PendingMsgs: 2, PendingBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	waitUntil(t, "Ready", b.Ready)
+
+	release := make(chan struct{})
+	sub, err := b.Subscribe(ctxT(t), "slow", func(brokers.Message) { <-release })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	defer close(release)
+	for i := range 20 {
+		if err := b.Publish(ctxT(t), brokers.Message{Channel: "slow", Data: []byte(strconv.Itoa(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, "a slow consumer event", func() bool { return b.SlowConsumers() > 0 })
+}
+
+func TestEmbedded(t *testing.T) {
+	t.Run("TempStoreRemoved", func(t *testing.T) {
+		e, err := natsbroker.StartEmbedded(t.Context(), natsbroker.EmbeddedOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := e.StoreDir()
+		if _, err := os.Stat(dir); err != nil {
+			t.Fatalf("store dir: %v", err)
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Close(); err != nil {
+			t.Fatalf("second Close: %v", err)
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("temporary store %s still there: %v", dir, err)
+		}
+		if e.Broker().Ready() {
+			t.Error("Broker ready after Close")
+		}
+		if _, err := e.NewBroker(t.Context(), natsbroker.Options{}); !errors.Is(err, brokers.ErrClosed) {
+			t.Errorf("NewBroker after Close: %v, want ErrClosed", err)
+		}
+	})
+	t.Run("GivenStoreKept", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "store")
+		e, err := natsbroker.StartEmbedded(t.Context(), natsbroker.EmbeddedOptions{StoreDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// JetStream is enabled.
+		js, err := jetstream.New(e.Broker().Conn())
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "Ready", e.Broker().Ready)
+		if _, err := js.AccountInfo(ctxT(t)); err != nil {
+			t.Errorf("JetStream AccountInfo: %v", err)
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("given store dir removed: %v", err)
+		}
+	})
+	t.Run("RandomPortNot4222", func(t *testing.T) {
+		for _, listen := range []string{"127.0.0.1:0", "127.0.0.1:-1"} {
+			e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: listen})
+			u, err := url.Parse(e.ClientURL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p := u.Port(); p == "4222" || p == "0" || p == "" {
+				t.Errorf("Listen %q: ClientURL %s", listen, e.ClientURL())
+			}
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	t.Run("PortInUse", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		e, err := natsbroker.StartEmbedded(ctxT(t), natsbroker.EmbeddedOptions{Listen: l.Addr().String()})
+		if err == nil {
+			e.Close()
+			t.Fatal("StartEmbedded on a busy port succeeded")
+		}
+	})
+	t.Run("ServerLogToSlog", func(t *testing.T) {
+		var buf syncBuffer
+		logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		e := startEmbedded(t, natsbroker.EmbeddedOptions{Logger: logger})
+		waitUntil(t, "Ready", e.Broker().Ready)
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+		out := buf.String()
+		for _, want := range []string{"component=nats-server", "level=DEBUG", "nats connected"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("log lacks %q:\n%s", want, out)
+			}
+		}
+	})
+	t.Run("BadListen", func(t *testing.T) {
+		if _, err := natsbroker.StartEmbedded(t.Context(), natsbroker.EmbeddedOptions{Listen: "nonsense"}); err == nil {
+			t.Fatal("StartEmbedded accepted a bad listen address")
+		}
+	})
+	t.Run("CloseClosesExtraBrokers", func(t *testing.T) {
+		e, err := natsbroker.StartEmbedded(t.Context(), natsbroker.EmbeddedOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := e.NewBroker(t.Context(), natsbroker.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "Ready", b.Ready)
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+		err = b.Publish(ctxT(t), brokers.Message{Channel: "x", Data: []byte("x")})
+		if !errors.Is(err, brokers.ErrClosed) {
+			t.Errorf("Publish on an extra broker after Embedded.Close: %v, want ErrClosed", err)
+		}
+	})
+}

@@ -1,0 +1,107 @@
+package natsbroker
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// errBadName is wrapped by every channel, pattern and header validation
+// error.
+var errBadName = errors.New("natsbroker: invalid name")
+
+// subjects maps channels to NATS subjects and back. The zero value maps
+// channels to subjects unchanged.
+type subjects struct {
+	// prefix is "" or a valid literal subject followed by ".".
+	prefix string
+}
+
+// newSubjects validates and normalizes a subject prefix: "app" and "app."
+// both become "app.".
+func newSubjects(prefix string) (subjects, error) {
+	prefix = strings.TrimSuffix(prefix, ".")
+	if prefix == "" {
+		return subjects{}, nil
+	}
+	if err := checkChannel(prefix); err != nil {
+		return subjects{}, fmt.Errorf("natsbroker: subject prefix: %w", err)
+	}
+	return subjects{prefix: prefix + "."}, nil
+}
+
+// subject returns the NATS subject for a channel or pattern.
+func (s subjects) subject(channel string) string { return s.prefix + channel }
+
+// channel returns the channel for a delivered subject, and false when the
+// subject lacks the prefix (such a message is ignored).
+func (s subjects) channel(subject string) (string, bool) {
+	ch, ok := strings.CutPrefix(subject, s.prefix)
+	return ch, ok && ch != ""
+}
+
+// checkChannel reports whether name is a concrete channel: non-empty
+// dot-separated tokens without wildcards, whitespace or control characters.
+func checkChannel(name string) error {
+	return checkTokens(name, false)
+}
+
+// checkPattern reports whether name is a subscription pattern: like a
+// channel, except that a token may be "*", and the last token may be ">".
+func checkPattern(name string) error {
+	return checkTokens(name, true)
+}
+
+func checkTokens(name string, wildcards bool) error {
+	what := "channel"
+	if wildcards {
+		what = "pattern"
+	}
+	if name == "" {
+		return fmt.Errorf("%w: empty %s", errBadName, what)
+	}
+	for i := 0; ; {
+		tok, last := name[i:], true
+		if j := strings.IndexByte(tok, '.'); j >= 0 {
+			tok, last = tok[:j], false
+		}
+		switch {
+		case tok == "":
+			return fmt.Errorf("%w: %s %q has an empty token", errBadName, what, name)
+		case tok == "*" && wildcards:
+		case tok == ">" && wildcards:
+			if !last {
+				return fmt.Errorf("%w: %s %q has \">\" before its last token", errBadName, what, name)
+			}
+		default:
+			for k := 0; k < len(tok); k++ {
+				if c := tok[k]; c <= ' ' || c == 0x7f || c == '*' || c == '>' {
+					return fmt.Errorf("%w: %s %q contains %q", errBadName, what, name, c)
+				}
+			}
+		}
+		if last {
+			break
+		}
+		i += len(tok) + 1
+	}
+	return nil
+}
+
+// checkHeader reports whether a header can travel in a NATS message
+// header: keys are non-empty and free of whitespace, control characters
+// and ':'; values are free of CR and LF.
+func checkHeader(key, value string) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty header key", errBadName)
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c <= ' ' || c == 0x7f || c == ':' {
+			return fmt.Errorf("%w: header key %q contains %q", errBadName, key, c)
+		}
+	}
+	if strings.ContainsAny(value, "\r\n") {
+		return fmt.Errorf("%w: header %q has a line break in its value", errBadName, key)
+	}
+	return nil
+}

@@ -1,0 +1,440 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/cometgate/cometgate/brokers/natsbroker"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// node is a cometgate node running in-process for a test.
+type node struct {
+	addr string
+	emb  *natsbroker.Embedded
+	logs *syncBuffer
+	stop context.CancelFunc
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startNode runs serve with the given extra environment on random ports.
+func startNode(t *testing.T, env ...string) *node {
+	t.Helper()
+	environ := append([]string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0", "COMETGATE_HTTP_SHUTDOWN_TIMEOUT=5s"}, env...)
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &node{logs: &syncBuffer{}, stop: cancel, done: make(chan error, 1)}
+	ready := make(chan struct{})
+	go func() {
+		n.done <- serve(ctx, nil, environ, n.logs, &hooks{listening: func(addr string, emb *natsbroker.Embedded) {
+			n.addr, n.emb = addr, emb
+			close(ready)
+		}})
+	}()
+	select {
+	case <-ready:
+	case err := <-n.done:
+		t.Fatalf("serve returned before listening: %v\n%s", err, n.logs)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("node did not start\n%s", n.logs)
+	}
+	t.Cleanup(func() { n.shutdown(t) })
+	return n
+}
+
+func (n *node) shutdown(t *testing.T) {
+	t.Helper()
+	n.stop()
+	select {
+	case err, ok := <-n.done:
+		if ok && err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		if ok {
+			close(n.done)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("node did not stop\n%s", n.logs)
+	}
+}
+
+func (n *node) url(path string) string { return "http://" + n.addr + path }
+
+// sseStream reads packets from an SSE response.
+type sseStream struct {
+	resp    *http.Response
+	packets chan map[string]any
+	ids     chan string
+}
+
+func openSSE(t *testing.T, url string) *sseStream {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET %s: %s %s", url, resp.Status, body)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		t.Fatalf("Content-Type %q", ct)
+	}
+	s := &sseStream{resp: resp, packets: make(chan map[string]any, 1024)}
+	go func() {
+		defer close(s.packets)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			line := sc.Text()
+			data, ok := strings.CutPrefix(line, "data: ")
+			if !ok {
+				continue
+			}
+			var p map[string]any
+			if err := json.Unmarshal([]byte(data), &p); err != nil {
+				t.Errorf("bad packet %q: %v", data, err)
+				return
+			}
+			s.packets <- p
+		}
+	}()
+	t.Cleanup(func() { resp.Body.Close() })
+	return s
+}
+
+// next returns the next packet of type typ, skipping others.
+func next(t *testing.T, packets <-chan map[string]any, typ string) map[string]any {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case p, ok := <-packets:
+			if !ok {
+				t.Fatalf("stream ended while waiting for %q", typ)
+			}
+			if p["t"] == typ {
+				return p
+			}
+		case <-timeout:
+			t.Fatalf("no %q packet within 10s", typ)
+		}
+	}
+}
+
+func postPublish(t *testing.T, n *node, body string) (int, string) {
+	t.Helper()
+	resp, err := http.Post(n.url("/api/publish"), "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestQuickStart is the README's quick start: SSE on demo.x receives a
+// message from the publish API and one from a NATS client talking to the
+// embedded server's listener.
+func TestQuickStart(t *testing.T) {
+	n := startNode(t, "COMETGATE_BROKER_EMBEDDED_LISTEN=127.0.0.1:0")
+	if n.emb == nil || n.emb.ClientURL() == "" {
+		t.Fatal("embedded NATS listener not enabled")
+	}
+	s := openSSE(t, n.url("/sse?ch=demo.x"))
+	hello := next(t, s.packets, "hello")
+	if sid, _ := hello["sid"].(string); sid == "" {
+		t.Fatalf("hello without sid: %v", hello)
+	}
+	if ok := next(t, s.packets, "ok"); ok["ch"] != "demo.x" {
+		t.Fatalf("ok for %v", ok)
+	}
+
+	if code, body := postPublish(t, n, `{"channel":"demo.x","data":{"price":42}}`); code != 200 {
+		t.Fatalf("publish: %d %s", code, body)
+	}
+	msg := next(t, s.packets, "msg")
+	if msg["ch"] != "demo.x" || msg["data"].(map[string]any)["price"] != 42.0 {
+		t.Fatalf("msg %v", msg)
+	}
+
+	nc, err := nats.Connect(n.emb.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.Publish("demo.x", []byte("from nats")); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	msg = next(t, s.packets, "msg")
+	if msg["text"] != "from nats" {
+		t.Fatalf("msg %v", msg)
+	}
+
+	// The command-line publisher goes through the same API.
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"publish", "--url", n.url(""), "demo.x", "from the cli"}, nil, &out, io.Discard); err != nil {
+		t.Fatalf("cometgate publish: %v", err)
+	}
+	if msg := next(t, s.packets, "msg"); msg["text"] != "from the cli" {
+		t.Fatalf("msg %v", msg)
+	}
+
+	// Shutdown tells the client to reconnect elsewhere.
+	n.shutdown(t)
+	cl := next(t, s.packets, "close")
+	if cl["code"] != 3000.0 || cl["reconnect"] != true {
+		t.Fatalf("close %v", cl)
+	}
+}
+
+// TestDefaultConfigTakesNoNATSPort: the default embedded server listens on
+// no TCP port at all.
+func TestDefaultConfigTakesNoNATSPort(t *testing.T) {
+	n := startNode(t)
+	if url := n.emb.ClientURL(); url != "" {
+		t.Fatalf("default embedded server listens on %s", url)
+	}
+	// And the publish API works from loopback without a key.
+	if code, body := postPublish(t, n, `{"channel":"demo.x","text":"hi"}`); code != 200 {
+		t.Fatalf("publish: %d %s", code, body)
+	}
+}
+
+func dialWS(t *testing.T, n *node) net.Conn {
+	t.Helper()
+	conn, br, _, err := ws.Dial(context.Background(), "ws://"+n.addr+"/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if br != nil {
+		// The server's first frames arrived with the handshake response.
+		return &bufferedConn{Conn: conn, r: br}
+	}
+	return conn
+}
+
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) {
+	if c.r.Buffered() > 0 {
+		return c.r.Read(p)
+	}
+	return c.Conn.Read(p)
+}
+
+// wsPackets reads text frames into packets until the connection ends; the
+// WebSocket close code, if any, is sent on closeCode.
+func wsPackets(t *testing.T, conn net.Conn) (<-chan map[string]any, <-chan int) {
+	packets := make(chan map[string]any, 1024)
+	closeCode := make(chan int, 1)
+	go func() {
+		defer close(packets)
+		for {
+			data, op, err := wsutil.ReadServerData(conn)
+			if err != nil {
+				var ce wsutil.ClosedError
+				if errors.As(err, &ce) {
+					closeCode <- int(ce.Code)
+				}
+				return
+			}
+			if op != ws.OpText {
+				continue
+			}
+			var p map[string]any
+			if err := json.Unmarshal(data, &p); err != nil {
+				t.Errorf("bad packet %q", data)
+				return
+			}
+			packets <- p
+		}
+	}()
+	return packets, closeCode
+}
+
+func sendWS(t *testing.T, conn net.Conn, frame string) {
+	t.Helper()
+	if err := wsutil.WriteClientText(conn, []byte(frame)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWebSocketSession(t *testing.T) {
+	n := startNode(t)
+	conn := dialWS(t, n)
+	packets, closeCode := wsPackets(t, conn)
+	if h := next(t, packets, "hello"); h["seq"] != 1.0 {
+		t.Fatalf("hello %v", h)
+	}
+	sendWS(t, conn, `{"op":"sub","id":1,"ch":"demo.ws"}`)
+	if ok := next(t, packets, "ok"); ok["id"] != 1.0 {
+		t.Fatalf("ok %v", ok)
+	}
+	sendWS(t, conn, `{"op":"sub","id":2,"ch":"demo..bad"}`)
+	if e := next(t, packets, "err"); e["id"] != 2.0 || e["code"] != 422.0 || !strings.Contains(e["error"].(string), "must not be empty") {
+		t.Fatalf("err %v", e)
+	}
+	sendWS(t, conn, `{"op":"sub","id":3,"ch":"secret.x"}`)
+	if e := next(t, packets, "err"); e["id"] != 3.0 || e["code"] != 403.0 {
+		t.Fatalf("err %v", e)
+	}
+	sendWS(t, conn, `not json`)
+	if e := next(t, packets, "err"); e["code"] != 400.0 {
+		t.Fatalf("err %v", e)
+	}
+	// A browser publish is confirmed after the broker took it, and comes
+	// back to the subscriber.
+	sendWS(t, conn, `{"op":"pub","id":4,"ch":"demo.ws","data":[1,2,3]}`)
+	got := map[string]bool{}
+	for len(got) < 2 {
+		select {
+		case p := <-packets:
+			switch {
+			case p["t"] == "ok" && p["id"] == 4.0:
+				got["ok"] = true
+			case p["t"] == "msg" && p["ch"] == "demo.ws":
+				got["msg"] = true
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("publish answers: %v", got)
+		}
+	}
+	n.shutdown(t)
+	if cl := next(t, packets, "close"); cl["code"] != 3000.0 {
+		t.Fatalf("close %v", cl)
+	}
+	select {
+	case code := <-closeCode:
+		if code != 3000 {
+			t.Fatalf("websocket close code %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no websocket close frame")
+	}
+}
+
+func TestWebSocketOversizeFrame(t *testing.T) {
+	n := startNode(t, "COMETGATE_SESSION_MAX_FRAME_BYTES=1024")
+	conn := dialWS(t, n)
+	packets, closeCode := wsPackets(t, conn)
+	next(t, packets, "hello")
+	sendWS(t, conn, `{"op":"ping","id":1,"pad":"`+strings.Repeat("x", 2000)+`"}`)
+	if cl := next(t, packets, "close"); cl["code"] != 4001.0 || cl["reconnect"] != false {
+		t.Fatalf("close %v", cl)
+	}
+	select {
+	case code := <-closeCode:
+		if code != 4001 {
+			t.Fatalf("websocket close code %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no websocket close frame")
+	}
+}
+
+func TestPublishAPIErrors(t *testing.T) {
+	n := startNode(t, "COMETGATE_API_ALLOW_LOOPBACK=false", "COMETGATE_API_KEYS=k1")
+	cases := []struct {
+		name, auth, body string
+		status           int
+	}{
+		{"no key", "", `{"channel":"demo.x","data":1}`, 401},
+		{"wrong key", "Bearer nope", `{"channel":"demo.x","data":1}`, 401},
+		{"ok", "Bearer k1", `{"channel":"demo.x","data":1}`, 200},
+		{"not json", "Bearer k1", `channel=demo.x`, 400},
+		{"no payload", "Bearer k1", `{"channel":"demo.x"}`, 400},
+		{"two payloads", "Bearer k1", `{"channel":"demo.x","data":1,"text":"a"}`, 400},
+		{"wildcard", "Bearer k1", `{"channel":"demo.*","data":1}`, 422},
+		{"bad b64", "Bearer k1", `{"channel":"demo.x","b64":"!!"}`, 400},
+		{"unknown field", "Bearer k1", `{"channel":"demo.x","data":1,"chanel":2}`, 400},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodPost, n.url("/api/publish"), strings.NewReader(tc.body))
+			if tc.auth != "" {
+				req.Header.Set("Authorization", tc.auth)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body map[string]any
+			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+				t.Fatalf("response is not JSON: %v", err)
+			}
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d: %v", resp.StatusCode, tc.status, body)
+			}
+			if tc.status != 200 && body["error"] == "" {
+				t.Fatalf("error body without message: %v", body)
+			}
+		})
+	}
+}
+
+func TestHealthReadyMetrics(t *testing.T) {
+	n := startNode(t)
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/nope": 404} {
+		resp, err := http.Get(n.url(path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s: %d, want %d: %s", path, resp.StatusCode, want, b)
+		}
+		if path == "/metrics" && !bytes.Contains(b, []byte("cometgate_broker_up 1")) {
+			t.Errorf("/metrics lacks cometgate_broker_up 1")
+		}
+	}
+}
+
+func TestUnknownConfigKeyFailsStartup(t *testing.T) {
+	err := serve(context.Background(), nil, []string{"COMETGATE_HTTP_LISEN=x"}, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "COMETGATE_HTTP_LISEN") {
+		t.Fatalf("err = %v", err)
+	}
+}

@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cometgate/cometgate/brokers"
+	"github.com/cometgate/cometgate/brokers/natsbroker"
+	"github.com/cometgate/cometgate/configs"
+	"github.com/cometgate/cometgate/gateway"
+	"github.com/cometgate/cometgate/transports"
+	"github.com/cometgate/cometgate/web"
+)
+
+// hooks let tests observe a running node.
+type hooks struct {
+	// listening is called with the HTTP address once the node serves.
+	listening func(addr string, emb *natsbroker.Embedded)
+}
+
+func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hooks) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML configuration file (defaults: cometgate config)")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("serve: unexpected argument %q", fs.Arg(0))
+	}
+	cfg, err := configs.Load(*configPath, environ)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, stderr)
+	if cfg.Node.ID == "" {
+		cfg.Node.ID = randomNodeID()
+	}
+	rules, err := buildRules(cfg)
+	if err != nil {
+		return err
+	}
+
+	// The broker reports state changes from its own goroutine; the gateway
+	// that wants them is created after the broker, so they go through a
+	// relay that forwards once it is set.
+	var relay atomic.Pointer[brokers.StateFunc]
+	onState := func(st brokers.State) {
+		log.Info("broker "+st.String(), slog.String("kind", cfg.Broker.Kind))
+		if f := relay.Load(); f != nil {
+			(*f)(st)
+		}
+	}
+	broker, emb, closeBroker, err := openBroker(ctx, cfg, onState, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := closeBroker(); err != nil {
+			log.Error("closing broker", slog.Any("err", err))
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gw, err := gateway.New(gateway.Config{
+		NodeID:           cfg.Node.ID,
+		QueueBytes:       cfg.Session.QueueBytes,
+		MaxFrameBytes:    cfg.Session.MaxFrameBytes,
+		MaxSubscriptions: cfg.Session.MaxSubscriptions,
+		Heartbeat:        cfg.Session.Heartbeat,
+		DisconnectDelay:  cfg.Session.DisconnectDelay,
+		PublishTimeout:   cfg.Broker.PublishTimeout,
+		Rules:            rules,
+		Logger:           log,
+		Metrics:          gateway.NewMetrics(reg),
+	}, broker)
+	if err != nil {
+		return err
+	}
+	stateFn := brokers.StateFunc(gw.BrokerState)
+	relay.Store(&stateFn)
+	gw.BrokerState(stateOf(broker)) // anything that happened before the relay was set
+
+	topts := transports.Options{
+		Gateway:          gw,
+		AllowedOrigins:   cfg.HTTP.AllowedOrigins,
+		APIKeys:          cfg.API.Keys,
+		AllowLoopback:    cfg.API.AllowLoopback,
+		MaxBodyBytes:     int64(cfg.API.MaxBodyBytes),
+		WriteTimeout:     cfg.Session.WriteTimeout,
+		MaxSessionsPerIP: cfg.HTTP.MaxSessionsPerIP,
+		Web:              web.Handler(),
+		Logger:           log,
+	}
+	if cfg.Metrics.Enabled {
+		topts.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	}
+	tsrv := transports.New(topts)
+	httpSrv := &http.Server{
+		Handler:           tsrv,
+		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout,
+		IdleTimeout:       cfg.HTTP.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		_ = gw.Shutdown(context.Background())
+		return fmt.Errorf("http.listen: %w", err)
+	}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	}()
+	var adminSrv *http.Server
+	if cfg.Admin.Listen != "" {
+		aln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			_ = httpSrv.Close()
+			wg.Wait()
+			_ = gw.Shutdown(context.Background())
+			return fmt.Errorf("admin.listen: %w", err)
+		}
+		adminSrv = &http.Server{Handler: adminMux(), ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := adminSrv.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("admin: %w", err)
+			}
+		}()
+		log.Info("admin listener (pprof)", slog.String("addr", "http://"+aln.Addr().String()+"/debug/pprof/"))
+	}
+
+	addr := ln.Addr().String()
+	attrs := []any{slog.String("node", cfg.Node.ID), slog.String("broker", cfg.Broker.Kind)}
+	if emb != nil && emb.ClientURL() != "" {
+		attrs = append(attrs, slog.String("nats", emb.ClientURL()))
+	}
+	log.Info("cometgate is running: point a browser at http://"+addr+"/", attrs...)
+	if h != nil && h.listening != nil {
+		h.listening(addr, emb)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: refusing new sessions, telling clients to reconnect")
+	case runErr = <-errc:
+		log.Error("server failed, shutting down", slog.Any("err", runErr))
+	}
+
+	// Drain: the HTTP server stops accepting and waits for plain requests
+	// while the gateway closes its sessions (hijacked connections, which
+	// http.Server does not track) at the same time. The broker goes last.
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.HTTP.ShutdownTimeout)
+	defer cancel()
+	var swg sync.WaitGroup
+	swg.Add(2)
+	go func() {
+		defer swg.Done()
+		if err := httpSrv.Shutdown(sctx); err != nil {
+			log.Warn("http shutdown", slog.Any("err", err))
+			_ = httpSrv.Close()
+		}
+	}()
+	go func() {
+		defer swg.Done()
+		if err := gw.Shutdown(sctx); err != nil {
+			log.Warn("gateway shutdown", slog.Any("err", err))
+		}
+	}()
+	swg.Wait()
+	tsrv.Wait()
+	if adminSrv != nil {
+		_ = adminSrv.Close()
+	}
+	wg.Wait()
+	log.Info("stopped")
+	return runErr
+}
+
+func stateOf(b brokers.Broker) brokers.State {
+	if b.Ready() {
+		return brokers.StateConnected
+	}
+	return brokers.StateDisconnected
+}
+
+// openBroker connects the configured broker. closeFn closes it (and the
+// embedded server, if any).
+func openBroker(ctx context.Context, cfg *configs.Config, onState brokers.StateFunc, log *slog.Logger) (brokers.Broker, *natsbroker.Embedded, func() error, error) {
+	switch cfg.Broker.Kind {
+	case configs.BrokerEmbedded:
+		emb, err := natsbroker.StartEmbedded(ctx, natsbroker.EmbeddedOptions{
+			Listen:        cfg.Broker.Embedded.Listen,
+			StoreDir:      cfg.Broker.Embedded.StoreDir,
+			SubjectPrefix: cfg.Broker.SubjectPrefix,
+			OnState:       onState,
+			Logger:        log.With(slog.String("component", "nats")),
+		})
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("broker.embedded: %w", err)
+		}
+		return emb.Broker(), emb, emb.Close, nil
+	case configs.BrokerNATS:
+		n := cfg.Broker.NATS
+		opts := natsbroker.Options{
+			URLs: n.URLs, Name: n.Name,
+			User: n.User, Password: n.Password, Token: n.Token,
+			NKeySeedFile: n.NKeySeedFile, CredsFile: n.CredsFile,
+			ReconnectWait: n.ReconnectWait, MaxReconnectWait: n.MaxReconnectWait,
+			SubjectPrefix: cfg.Broker.SubjectPrefix,
+			OnState:       onState,
+			Logger:        log.With(slog.String("component", "nats")),
+		}
+		if n.TLS != (configs.TLS{}) {
+			opts.TLS = &natsbroker.TLSOptions{CAFile: n.TLS.CAFile, CertFile: n.TLS.CertFile,
+				KeyFile: n.TLS.KeyFile, InsecureSkipVerify: n.TLS.InsecureSkipVerify}
+		}
+		b, err := natsbroker.Connect(ctx, opts)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("broker.nats: %w", err)
+		}
+		return b, nil, b.Close, nil
+	}
+	return nil, nil, nil, fmt.Errorf("broker.kind: %q is not available in this version of cometgate (use embedded or nats)", cfg.Broker.Kind)
+}
+
+// buildRules turns the channels section into gateway rules. Features the
+// configuration can name but this version cannot deliver are refused here,
+// at start-up, rather than silently ignored.
+func buildRules(cfg *configs.Config) (gateway.Rules, error) {
+	rules := make(gateway.Rules, 0, len(cfg.Channels))
+	for i, ch := range cfg.Channels {
+		if ch.History != configs.HistoryNone && ch.History != "" {
+			return nil, fmt.Errorf("channels[%d].history: %q is not available in this version of cometgate (use none)", i, ch.History)
+		}
+		slow, err := gateway.ParseSlowPolicy(ch.SlowConsumer)
+		if err != nil {
+			return nil, fmt.Errorf("channels[%d].slow_consumer: %w", i, err)
+		}
+		rules = append(rules, gateway.Namespace{
+			Pattern:   ch.Pattern,
+			Subscribe: permission(ch.Subscribe),
+			Publish:   permission(ch.Publish),
+			Slow:      slow,
+		})
+	}
+	return rules, rules.Validate()
+}
+
+func permission(s string) gateway.Permission {
+	if s == configs.PermissionAnyone {
+		return gateway.Anyone
+	}
+	return gateway.Nobody
+}
+
+func newLogger(c configs.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == configs.LogJSON {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// randomNodeID is used when node.id is not configured: six characters of
+// [a-z0-9], enough to tell nodes apart in session ids and logs.
+func randomNodeID() string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b[:])
+}
+
+func adminMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}

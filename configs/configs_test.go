@@ -1,0 +1,767 @@
+package configs
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// writeConfig writes a YAML config file in a temporary directory and
+// returns its path.
+func writeConfig(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "cometgate.yaml")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// wantDefaults is cometgate.yaml written out by hand: a change of a default
+// must be deliberate.
+func wantDefaults() *Config {
+	return &Config{
+		Node: Node{ID: ""},
+		HTTP: HTTP{
+			Listen:            "127.0.0.1:8080",
+			ReadHeaderTimeout: 5 * time.Second,
+			IdleTimeout:       120 * time.Second,
+			ShutdownTimeout:   10 * time.Second,
+			AllowedOrigins:    []string{},
+			MaxSessionsPerIP:  0,
+		},
+		API: API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
+		Broker: Broker{
+			Kind:           BrokerEmbedded,
+			SubjectPrefix:  "",
+			PublishTimeout: 5 * time.Second,
+			Embedded:       Embedded{Listen: "", StoreDir: ""},
+			NATS: NATS{
+				URLs:             []string{"nats://127.0.0.1:4222"},
+				Name:             "cometgate",
+				ReconnectWait:    time.Second,
+				MaxReconnectWait: 30 * time.Second,
+			},
+			AMQP: AMQP{
+				URL:              "amqp://guest:guest@127.0.0.1:5672/",
+				Exchange:         "cometgate",
+				ExchangeType:     "topic",
+				DeclareExchange:  true,
+				Prefetch:         256,
+				ReconnectWait:    time.Second,
+				MaxReconnectWait: 30 * time.Second,
+			},
+		},
+		Session: Session{
+			QueueBytes:       1 << 20,
+			MaxFrameBytes:    64 << 10,
+			MaxSubscriptions: 128,
+			Heartbeat:        25 * time.Second,
+			WriteTimeout:     10 * time.Second,
+			DisconnectDelay:  5 * time.Second,
+		},
+		Channels: []Channel{{
+			Pattern:      "demo.>",
+			Subscribe:    PermissionAnyone,
+			Publish:      PermissionAnyone,
+			SlowConsumer: SlowConsumerDisconnect,
+			History:      HistoryNone,
+		}},
+		Log:     Log{Level: LogInfo, Format: LogText},
+		Metrics: Metrics{Enabled: true},
+		Admin:   Admin{Listen: ""},
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	got, err := Load("", nil)
+	if err != nil {
+		t.Fatalf("the embedded cometgate.yaml does not load: %v", err)
+	}
+	if want := wantDefaults(); !reflect.DeepEqual(got, want) {
+		t.Errorf("Default() =\n%+v\nwant\n%+v", got, want)
+	}
+	if err := got.Validate(); err != nil {
+		t.Errorf("Validate() on the defaults: %v", err)
+	}
+	// Every call returns a fresh value: callers may modify theirs.
+	a, b := Default(), Default()
+	a.API.Keys = append(a.API.Keys, "x")
+	a.Channels[0].Pattern = "changed"
+	if len(b.API.Keys) != 0 || b.Channels[0].Pattern != "demo.>" {
+		t.Error("Default() values share memory")
+	}
+	if !bytes.Equal(Reference(), reference) {
+		t.Error("Reference() differs from the embedded file")
+	}
+	onDisk, err := os.ReadFile("cometgate.yaml")
+	if err != nil || !bytes.Equal(onDisk, reference) {
+		t.Errorf("embedded reference differs from cometgate.yaml on disk (err %v)", err)
+	}
+}
+
+// TestReferenceDocumentsEveryField keeps cometgate.yaml and Config in step:
+// every field has a key in the file, with a comment line right above it.
+// (The reverse, every key in the file is a field, is enforced by Load.)
+func TestReferenceDocumentsEveryField(t *testing.T) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(reference, &doc); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(reference), "\n")
+	var check func(path string, node *yaml.Node, typ reflect.Type)
+	check = func(path string, node *yaml.Node, typ reflect.Type) {
+		if node.Kind != yaml.MappingNode {
+			t.Errorf("%s: not a mapping in cometgate.yaml", path)
+			return
+		}
+		for key, f := range fieldsByKey(typ) {
+			full := joinPath(path, key)
+			var k, v *yaml.Node
+			for i := 0; i+1 < len(node.Content); i += 2 {
+				if node.Content[i].Value == key {
+					k, v = node.Content[i], node.Content[i+1]
+				}
+			}
+			if k == nil {
+				t.Errorf("field %s (%s) is missing from cometgate.yaml", full, f.Name)
+				continue
+			}
+			above := strings.TrimSpace(lines[k.Line-2])
+			if !strings.HasPrefix(above, "#") && !strings.HasPrefix(above, "- #") {
+				// A list item's first key sits on the "- " line; the
+				// comment is above that line too.
+				t.Errorf("%s (cometgate.yaml line %d) has no comment line above it", full, k.Line)
+			}
+			switch {
+			case f.Type.Kind() == reflect.Struct && f.Type != durationType:
+				check(full, v, f.Type)
+			case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct:
+				if v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
+					t.Errorf("%s: cometgate.yaml needs an example entry to document its keys", full)
+					continue
+				}
+				check(full+"[0]", v.Content[0], f.Type.Elem())
+			}
+		}
+	}
+	check("", doc.Content[0], reflect.TypeFor[Config]())
+}
+
+func TestEnvNames(t *testing.T) {
+	for key, want := range map[string]string{
+		"http.listen":                  "COMETGATE_HTTP_LISTEN",
+		"broker.kind":                  "COMETGATE_BROKER_KIND",
+		"api.keys":                     "COMETGATE_API_KEYS",
+		"broker.nats.tls.ca_file":      "COMETGATE_BROKER_NATS_TLS_CA_FILE",
+		"session.max_frame_bytes":      "COMETGATE_SESSION_MAX_FRAME_BYTES",
+		"broker.amqp.declare_exchange": "COMETGATE_BROKER_AMQP_DECLARE_EXCHANGE",
+	} {
+		if got := EnvName(key); got != want {
+			t.Errorf("EnvName(%q) = %q, want %q", key, got, want)
+		}
+		if k, ok := envKeys[want]; !ok || k.path != key {
+			t.Errorf("envKeys[%q] = %+v, %v; want key %q", want, k, ok, key)
+		}
+	}
+	// Every scalar and string-list field has exactly one variable.
+	leaves := 0
+	var count func(reflect.Type)
+	count = func(typ reflect.Type) {
+		for _, f := range fieldsByKey(typ) {
+			switch {
+			case f.Type.Kind() == reflect.Struct && f.Type != durationType:
+				count(f.Type)
+			case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct:
+			default:
+				leaves++
+			}
+		}
+	}
+	count(reflect.TypeFor[Config]())
+	if len(envKeys) != leaves {
+		t.Errorf("%d environment variables for %d keys", len(envKeys), leaves)
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want func(*Config) // edits the defaults into the expected result
+	}{
+		{
+			name: "empty file",
+			yaml: "",
+			want: func(*Config) {},
+		},
+		{
+			name: "only comments",
+			yaml: "# nothing here\n",
+			want: func(*Config) {},
+		},
+		{
+			name: "scalars merge key by key",
+			yaml: "http:\n  listen: 0.0.0.0:9000\nsession:\n  heartbeat: 1m\n  queue_bytes: 8192\n",
+			want: func(c *Config) {
+				c.HTTP.Listen = "0.0.0.0:9000"
+				c.Session.Heartbeat = time.Minute
+				c.Session.QueueBytes = 8192
+			},
+		},
+		{
+			name: "deep nesting",
+			yaml: "broker:\n  kind: nats\n  nats:\n    tls:\n      ca_file: /etc/ca.pem\n      insecure_skip_verify: true\n",
+			want: func(c *Config) {
+				c.Broker.Kind = BrokerNATS
+				c.Broker.NATS.TLS.CAFile = "/etc/ca.pem"
+				c.Broker.NATS.TLS.InsecureSkipVerify = true
+			},
+		},
+		{
+			name: "lists are replaced, not merged",
+			yaml: "broker:\n  nats:\n    urls: [nats://a:4222, nats://b:4222]\nhttp:\n  allowed_origins:\n    - https://example.com\n",
+			want: func(c *Config) {
+				c.Broker.NATS.URLs = []string{"nats://a:4222", "nats://b:4222"}
+				c.HTTP.AllowedOrigins = []string{"https://example.com"}
+			},
+		},
+		{
+			name: "channels replace the defaults; omitted optional keys get defaults",
+			yaml: `
+channels:
+  - pattern: ticker.*
+    subscribe: anyone
+    publish: nobody
+    slow_consumer: conflate
+    history: jetstream
+  - pattern: auction.>
+    subscribe: nobody
+    publish: anyone
+`,
+			want: func(c *Config) {
+				c.Channels = []Channel{
+					{Pattern: "ticker.*", Subscribe: "anyone", Publish: "nobody", SlowConsumer: "conflate", History: "jetstream"},
+					{Pattern: "auction.>", Subscribe: "nobody", Publish: "anyone", SlowConsumer: "disconnect", History: "none"},
+				}
+			},
+		},
+		{
+			name: "empty channels list denies everything",
+			yaml: "channels: []\n",
+			want: func(c *Config) { c.Channels = []Channel{} },
+		},
+		{
+			name: "null list is an empty list",
+			yaml: "channels:\nbroker:\n  nats:\n    urls:\n",
+			want: func(c *Config) {
+				c.Channels = []Channel{}
+				c.Broker.NATS.URLs = []string{}
+			},
+		},
+		{
+			name: "null section keeps its defaults",
+			yaml: "http:\n  # listen: 1.2.3.4:5\nlog:\n  level: debug\n",
+			want: func(c *Config) { c.Log.Level = LogDebug },
+		},
+		{
+			name: "integers written as floats",
+			yaml: "api:\n  max_body_bytes: 2e6\n",
+			want: func(c *Config) { c.API.MaxBodyBytes = 2_000_000 },
+		},
+		{
+			name: "quoted values",
+			yaml: "node:\n  id: \"n1\"\nbroker:\n  subject_prefix: 'cg.'\n",
+			want: func(c *Config) {
+				c.Node.ID = "n1"
+				c.Broker.SubjectPrefix = "cg."
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Load(writeConfig(t, tt.yaml), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := wantDefaults()
+			tt.want(want)
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("got\n%+v\nwant\n%+v", got, want)
+			}
+		})
+	}
+}
+
+func TestLoadEnv(t *testing.T) {
+	file := writeConfig(t, "http:\n  listen: 0.0.0.0:1111\napi:\n  keys: [fromfile]\n")
+	tests := []struct {
+		name string
+		path string
+		env  []string
+		want func(*Config)
+	}{
+		{
+			name: "unrelated variables are ignored",
+			env:  []string{"PATH=/bin", "HOME=/root", "cometgate_http_listen=x", "COMETGATEHTTP=x", "NOEQUALS"},
+			want: func(*Config) {},
+		},
+		{
+			name: "scalar",
+			env:  []string{"COMETGATE_HTTP_LISTEN=127.0.0.1:9000", "COMETGATE_BROKER_KIND=nats"},
+			want: func(c *Config) {
+				c.HTTP.Listen = "127.0.0.1:9000"
+				c.Broker.Kind = BrokerNATS
+			},
+		},
+		{
+			name: "value containing =",
+			env:  []string{"COMETGATE_BROKER_NATS_TOKEN=a=b=="},
+			want: func(c *Config) { c.Broker.NATS.Token = "a=b==" },
+		},
+		{
+			name: "list, comma-separated, spaces trimmed",
+			env:  []string{"COMETGATE_API_KEYS=k1, k2 ,k3", "COMETGATE_HTTP_ALLOWED_ORIGINS=https://a.example,http://localhost:3000"},
+			want: func(c *Config) {
+				c.API.Keys = []string{"k1", "k2", "k3"}
+				c.HTTP.AllowedOrigins = []string{"https://a.example", "http://localhost:3000"}
+			},
+		},
+		{
+			name: "single-item and empty list",
+			env:  []string{"COMETGATE_API_KEYS=only", "COMETGATE_BROKER_NATS_URLS="},
+			want: func(c *Config) {
+				c.API.Keys = []string{"only"}
+				c.Broker.NATS.URLs = []string{}
+			},
+		},
+		{
+			name: "duration, int, bool",
+			env: []string{
+				"COMETGATE_SESSION_HEARTBEAT=30s", "COMETGATE_HTTP_SHUTDOWN_TIMEOUT=1m30s",
+				"COMETGATE_SESSION_QUEUE_BYTES=65536", "COMETGATE_API_ALLOW_LOOPBACK=false",
+				"COMETGATE_METRICS_ENABLED=0",
+			},
+			want: func(c *Config) {
+				c.Session.Heartbeat = 30 * time.Second
+				c.HTTP.ShutdownTimeout = 90 * time.Second
+				c.Session.QueueBytes = 65536
+				c.API.AllowLoopback = false
+				c.Metrics.Enabled = false
+			},
+		},
+		{
+			name: "deeply nested key whose names hold underscores",
+			env:  []string{"COMETGATE_BROKER_NATS_TLS_INSECURE_SKIP_VERIFY=true", "COMETGATE_BROKER_EMBEDDED_STORE_DIR=/var/lib/cg"},
+			want: func(c *Config) {
+				c.Broker.NATS.TLS.InsecureSkipVerify = true
+				c.Broker.Embedded.StoreDir = "/var/lib/cg"
+			},
+		},
+		{
+			name: "empty string clears a string",
+			env:  []string{"COMETGATE_BROKER_NATS_NAME="},
+			want: func(c *Config) { c.Broker.NATS.Name = "" },
+		},
+		{
+			name: "last occurrence wins",
+			env:  []string{"COMETGATE_LOG_LEVEL=debug", "COMETGATE_LOG_LEVEL=warn"},
+			want: func(c *Config) { c.Log.Level = LogWarn },
+		},
+		{
+			name: "environment wins over the file",
+			path: file,
+			env:  []string{"COMETGATE_API_KEYS=fromenv"},
+			want: func(c *Config) {
+				c.HTTP.Listen = "0.0.0.0:1111"
+				c.API.Keys = []string{"fromenv"}
+			},
+		},
+		{
+			name: "file applies where the environment is silent",
+			path: file,
+			env:  []string{"COMETGATE_LOG_FORMAT=json"},
+			want: func(c *Config) {
+				c.HTTP.Listen = "0.0.0.0:1111"
+				c.API.Keys = []string{"fromfile"}
+				c.Log.Format = LogJSON
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Load(tt.path, tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := wantDefaults()
+			tt.want(want)
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("got\n%+v\nwant\n%+v", got, want)
+			}
+		})
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string // "" = no file
+		env  []string
+		want []string // substrings of the error; "$FILE" stands for the path
+	}{
+		{
+			name: "unknown key",
+			yaml: "http:\n  lisen: 1.2.3.4:80\n",
+			want: []string{`configs: unknown key "http.lisen" in $FILE`},
+		},
+		{
+			name: "unknown section",
+			yaml: "htttp:\n  listen: x\n",
+			want: []string{`unknown key "htttp" in $FILE`},
+		},
+		{
+			name: "unknown key below a known leaf",
+			yaml: "node:\n  id:\n    x: 1\n",
+			want: []string{`node.id: must be a string, got a mapping`},
+		},
+		{
+			name: "unknown key in a channel entry",
+			yaml: "channels:\n  - pattern: a\n    subscribe: anyone\n    publish: anyone\n    histroy: none\n",
+			want: []string{`unknown key "channels[0].histroy" in $FILE`},
+		},
+		{
+			name: "keys are case-sensitive",
+			yaml: "HTTP:\n  listen: x\n",
+			want: []string{`unknown key "HTTP" in $FILE (keys are lower case)`},
+		},
+		{
+			name: "all unknown keys reported together",
+			yaml: "a: 1\nb: 2\n",
+			want: []string{`unknown key "a"`, `unknown key "b"`},
+		},
+		{
+			name: "duration given as a number",
+			yaml: "session:\n  heartbeat: 25\n",
+			want: []string{`configs: session.heartbeat: must be a Go duration string such as "25s" or "250ms", got 25 (in $FILE)`},
+		},
+		{
+			name: "bad duration",
+			yaml: "session:\n  write_timeout: 10 seconds\n",
+			want: []string{`session.write_timeout: must be a Go duration such as "25s" or "250ms", got "10 seconds"`},
+		},
+		{
+			name: "int given as a string",
+			yaml: "session:\n  queue_bytes: 1MB\n",
+			want: []string{`session.queue_bytes: must be an integer, got "1MB"`},
+		},
+		{
+			name: "fractional int",
+			yaml: "session:\n  max_subscriptions: 1.5\n",
+			want: []string{`session.max_subscriptions: must be an integer, got 1.5`},
+		},
+		{
+			name: "bool given as yes",
+			yaml: "api:\n  allow_loopback: yes\n",
+			want: []string{`api.allow_loopback: must be true or false, got "yes"`},
+		},
+		{
+			name: "string given as a number",
+			yaml: "broker:\n  nats:\n    password: 12345\n",
+			want: []string{`broker.nats.password: must be a string, got 12345 (quote it)`},
+		},
+		{
+			name: "section given as a scalar",
+			yaml: "http: 8080\n",
+			want: []string{`http: must be a mapping of keys, got 8080`},
+		},
+		{
+			name: "list given as a scalar",
+			yaml: "api:\n  keys: k1,k2\n",
+			want: []string{`api.keys: must be a list, got "k1,k2"`},
+		},
+		{
+			name: "list item of the wrong type",
+			yaml: "api:\n  keys: [ok, 5]\n",
+			want: []string{`api.keys[1]: must be a string, got 5`},
+		},
+		{
+			name: "null scalar",
+			yaml: "http:\n  listen:\n",
+			want: []string{`http.listen: has no value`},
+		},
+		{
+			name: "channel entry missing a permission",
+			yaml: "channels:\n  - pattern: a.b\n    publish: nobody\n",
+			want: []string{`channels[0]: missing key "subscribe" (in $FILE)`},
+		},
+		{
+			name: "channel entry not a mapping",
+			yaml: "channels:\n  - a.b\n",
+			want: []string{`channels[0]: must be a mapping of keys, got "a.b"`},
+		},
+		{
+			name: "top level not a mapping",
+			yaml: "- a\n- b\n",
+			want: []string{`top level: must be a mapping of keys, got a list`},
+		},
+		{
+			name: "malformed YAML",
+			yaml: "http:\n  listen: [\n",
+			want: []string{`configs: $FILE: yaml:`},
+		},
+		{
+			name: "duplicate key",
+			yaml: "log:\n  level: info\n  level: debug\n",
+			want: []string{`configs: $FILE: yaml:`, `already defined`},
+		},
+		{
+			name: "unknown environment variable",
+			env:  []string{"COMETGATE_HTTP_LISEN=1.2.3.4:80"},
+			want: []string{`configs: unknown environment variable COMETGATE_HTTP_LISEN: no such key`},
+		},
+		{
+			name: "environment variable for a section",
+			env:  []string{"COMETGATE_HTTP=x"},
+			want: []string{`unknown environment variable COMETGATE_HTTP:`},
+		},
+		{
+			name: "environment variable in the wrong case",
+			env:  []string{"COMETGATE_http_listen=x"},
+			want: []string{`unknown environment variable COMETGATE_http_listen (variable names are upper case)`},
+		},
+		{
+			name: "channels from the environment",
+			env:  []string{"COMETGATE_CHANNELS=demo.>"},
+			want: []string{`configs: COMETGATE_CHANNELS: channels cannot be set from the environment`},
+		},
+		{
+			name: "channel keys from the environment",
+			env:  []string{"COMETGATE_CHANNELS_0_PATTERN=demo.>"},
+			want: []string{`COMETGATE_CHANNELS_0_PATTERN: channels cannot be set from the environment`},
+		},
+		{
+			name: "environment duration",
+			env:  []string{"COMETGATE_SESSION_HEARTBEAT=25"},
+			want: []string{`configs: COMETGATE_SESSION_HEARTBEAT: must be a Go duration such as "25s" or "250ms", got "25"`},
+		},
+		{
+			name: "environment int",
+			env:  []string{"COMETGATE_SESSION_QUEUE_BYTES=1MB"},
+			want: []string{`configs: COMETGATE_SESSION_QUEUE_BYTES: must be an integer, got "1MB"`},
+		},
+		{
+			name: "environment bool",
+			env:  []string{"COMETGATE_METRICS_ENABLED=yes"},
+			want: []string{`configs: COMETGATE_METRICS_ENABLED: must be true or false, got "yes"`},
+		},
+		{
+			name: "file and environment problems reported together",
+			yaml: "nope: 1\n",
+			env:  []string{"COMETGATE_NOPE=1"},
+			want: []string{`unknown key "nope"`, `unknown environment variable COMETGATE_NOPE`},
+		},
+		{
+			name: "environment value fails validation",
+			env:  []string{"COMETGATE_SESSION_QUEUE_BYTES=12"},
+			want: []string{`configs: session.queue_bytes: must be at least 4096, got 12`},
+		},
+		{
+			name: "file value fails validation",
+			yaml: "broker:\n  kind: kafka\n",
+			want: []string{`configs: broker.kind: must be one of embedded | nats | amqp, got "kafka"`},
+		},
+		{
+			name: "empty list entry from the environment",
+			env:  []string{"COMETGATE_API_KEYS=k1,"},
+			want: []string{`configs: api.keys[1]: must not be empty`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := ""
+			if tt.yaml != "" {
+				path = writeConfig(t, tt.yaml)
+			}
+			c, err := Load(path, tt.env)
+			if err == nil {
+				t.Fatalf("Load succeeded: %+v", c)
+			}
+			if c != nil {
+				t.Error("Load returned a config with an error")
+			}
+			for _, want := range tt.want {
+				want = strings.ReplaceAll(want, "$FILE", path)
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error\n%v\ndoes not contain\n%s", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "missing.yaml")
+	_, err := Load(path, nil)
+	if err == nil || !strings.Contains(err.Error(), path) || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Load(missing) = %v; want an error naming %s that is fs.ErrNotExist", err, path)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*Config)
+		want   string // "" = valid
+	}{
+		{"node.id set", func(c *Config) { c.Node.ID = "n01" }, ""},
+		{"node.id 16 chars", func(c *Config) { c.Node.ID = "abcdefghij012345" }, ""},
+		{"node.id too long", func(c *Config) { c.Node.ID = "abcdefghij0123456" }, `node.id: must be 1 to 16 characters of [a-z0-9], got "abcdefghij0123456"`},
+		{"node.id upper case", func(c *Config) { c.Node.ID = "N1" }, `node.id: must be 1 to 16`},
+		{"node.id dot", func(c *Config) { c.Node.ID = "a.b" }, `node.id: must be 1 to 16`},
+
+		{"http.listen all interfaces", func(c *Config) { c.HTTP.Listen = ":8080" }, ""},
+		{"http.listen ipv6", func(c *Config) { c.HTTP.Listen = "[::1]:0" }, ""},
+		{"http.listen no port", func(c *Config) { c.HTTP.Listen = "localhost" }, `http.listen: must be host:port such as "127.0.0.1:8080" or ":8080", got "localhost"`},
+		{"http.listen empty", func(c *Config) { c.HTTP.Listen = "" }, `http.listen: must be host:port`},
+		{"http.listen empty port", func(c *Config) { c.HTTP.Listen = "127.0.0.1:" }, `http.listen: port must be a number 0-65535`},
+		{"http.listen big port", func(c *Config) { c.HTTP.Listen = ":65536" }, `http.listen: port must be a number 0-65535, got ":65536"`},
+		{"http.read_header_timeout", func(c *Config) { c.HTTP.ReadHeaderTimeout = 0 }, `http.read_header_timeout: must be greater than 0, got 0s`},
+		{"http.idle_timeout", func(c *Config) { c.HTTP.IdleTimeout = -time.Second }, `http.idle_timeout: must be greater than 0, got -1s`},
+		{"http.shutdown_timeout", func(c *Config) { c.HTTP.ShutdownTimeout = 0 }, `http.shutdown_timeout: must be greater than 0`},
+		{"origins valid", func(c *Config) {
+			c.HTTP.AllowedOrigins = []string{"*", "https://example.com", "http://localhost:3000", "https://[::1]:8443"}
+		}, ""},
+		{"origin with path", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://example.com/app"} }, `http.allowed_origins[0]: must be "*" or scheme://host[:port]`},
+		{"origin trailing slash", func(c *Config) { c.HTTP.AllowedOrigins = []string{"*", "https://example.com/"} }, `http.allowed_origins[1]: must be "*" or scheme://host[:port]`},
+		{"origin scheme", func(c *Config) { c.HTTP.AllowedOrigins = []string{"ftp://example.com"} }, `http.allowed_origins[0]: must be "*"`},
+		{"origin no scheme", func(c *Config) { c.HTTP.AllowedOrigins = []string{"example.com"} }, `http.allowed_origins[0]: must be "*"`},
+		{"origin wildcard host", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://*.example.com"} }, `http.allowed_origins[0]: host must be a DNS name or IP address (no wildcards)`},
+		{"origin bad host", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://-x.example.com"} }, `http.allowed_origins[0]: host must be a DNS name`},
+		{"origin query", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://example.com?x"} }, `http.allowed_origins[0]: must be "*"`},
+		{"origin userinfo", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://u@example.com"} }, `http.allowed_origins[0]: must be "*"`},
+		{"origin empty port", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://example.com:"} }, `http.allowed_origins[0]: must be "*"`},
+		{"origin upper case", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://Example.com"} }, `http.allowed_origins[0]: must be lower case`},
+		{"origin default port", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://example.com:443"} }, `http.allowed_origins[0]: must not name the default port`},
+		{"origin bad port", func(c *Config) { c.HTTP.AllowedOrigins = []string{"http://example.com:0"} }, `http.allowed_origins[0]: port must be a number 1-65535`},
+		{"max_sessions_per_ip", func(c *Config) { c.HTTP.MaxSessionsPerIP = -1 }, `http.max_sessions_per_ip: must be at least 0, got -1`},
+
+		{"api.keys empty entry", func(c *Config) { c.API.Keys = []string{"secret", ""} }, `api.keys[1]: must not be empty`},
+		{"api.max_body_bytes", func(c *Config) { c.API.MaxBodyBytes = 0 }, `api.max_body_bytes: must be at least 1, got 0`},
+
+		{"broker.kind", func(c *Config) { c.Broker.Kind = "NATS" }, `broker.kind: must be one of embedded | nats | amqp, got "NATS"`},
+		{"subject_prefix valid", func(c *Config) { c.Broker.SubjectPrefix = "app-1.cg_x." }, ""},
+		{"subject_prefix no dot", func(c *Config) { c.Broker.SubjectPrefix = "cg" }, `broker.subject_prefix: must be "" or dot-terminated tokens`},
+		{"subject_prefix wildcard", func(c *Config) { c.Broker.SubjectPrefix = "cg.*." }, `broker.subject_prefix: must be ""`},
+		{"subject_prefix double dot", func(c *Config) { c.Broker.SubjectPrefix = "cg..x." }, `broker.subject_prefix: must be ""`},
+		{"publish_timeout", func(c *Config) { c.Broker.PublishTimeout = 0 }, `broker.publish_timeout: must be greater than 0`},
+		{"embedded.listen valid", func(c *Config) { c.Broker.Embedded.Listen = "127.0.0.1:4223" }, ""},
+		{"embedded.listen bad", func(c *Config) { c.Broker.Embedded.Listen = "4223" }, `broker.embedded.listen: must be host:port`},
+
+		{"nats without urls", func(c *Config) { c.Broker.Kind = BrokerNATS; c.Broker.NATS.URLs = nil }, `broker.nats.urls: must list at least one server URL when broker.kind is nats`},
+		{"nats urls unused when embedded", func(c *Config) { c.Broker.NATS.URLs = nil }, ""},
+		{"nats empty url", func(c *Config) { c.Broker.NATS.URLs = []string{"nats://a:4222", " "} }, `broker.nats.urls[1]: must not be empty`},
+		{"nats password without user", func(c *Config) { c.Broker.NATS.Password = "p" }, `broker.nats.password: requires broker.nats.user`},
+		{"nats user and password", func(c *Config) { c.Broker.NATS.User = "u"; c.Broker.NATS.Password = "p" }, ""},
+		{"nats two auth methods", func(c *Config) { c.Broker.NATS.Token = "t"; c.Broker.NATS.CredsFile = "x.creds" }, `broker.nats: set only one authentication method, got token and creds_file`},
+		{"nats tls cert without key", func(c *Config) { c.Broker.NATS.TLS.CertFile = "c.pem" }, `broker.nats.tls: cert_file and key_file must be set together`},
+		{"nats reconnect_wait", func(c *Config) { c.Broker.NATS.ReconnectWait = 0 }, `broker.nats.reconnect_wait: must be greater than 0`},
+		{"nats max_reconnect_wait", func(c *Config) { c.Broker.NATS.MaxReconnectWait = time.Millisecond }, `broker.nats.max_reconnect_wait: must be at least reconnect_wait (1s), got 1ms`},
+
+		{"amqp without url", func(c *Config) { c.Broker.Kind = BrokerAMQP; c.Broker.AMQP.URL = "" }, `broker.amqp.url: must be set when broker.kind is amqp`},
+		{"amqp url unused when embedded", func(c *Config) { c.Broker.AMQP.URL = "" }, ""},
+		{"amqp url scheme", func(c *Config) { c.Broker.AMQP.URL = "http://u:secret@h/" }, `broker.amqp.url: must be an amqp:// or amqps:// URL with a host`},
+		{"amqps url", func(c *Config) { c.Broker.AMQP.URL = "amqps://u:p@rabbit:5671/vhost" }, ""},
+		{"amqp exchange", func(c *Config) { c.Broker.AMQP.Exchange = "" }, `broker.amqp.exchange: must not be empty`},
+		{"amqp exchange_type", func(c *Config) { c.Broker.AMQP.ExchangeType = "fanout" }, `broker.amqp.exchange_type: must be one of topic, got "fanout"`},
+		{"amqp prefetch 0", func(c *Config) { c.Broker.AMQP.Prefetch = 0 }, `broker.amqp.prefetch: must be between 1 and 65535, got 0`},
+		{"amqp prefetch big", func(c *Config) { c.Broker.AMQP.Prefetch = 65536 }, `broker.amqp.prefetch: must be between 1 and 65535, got 65536`},
+		{"amqp reconnect_wait", func(c *Config) { c.Broker.AMQP.ReconnectWait = -1 }, `broker.amqp.reconnect_wait: must be greater than 0`},
+		{"amqp max_reconnect_wait", func(c *Config) { c.Broker.AMQP.MaxReconnectWait = 0 }, `broker.amqp.max_reconnect_wait: must be at least reconnect_wait`},
+
+		{"session.queue_bytes", func(c *Config) { c.Session.QueueBytes = 12 }, `configs: session.queue_bytes: must be at least 4096, got 12`},
+		{"session.queue_bytes minimum", func(c *Config) { c.Session.QueueBytes = 4096 }, ""},
+		{"session.max_frame_bytes", func(c *Config) { c.Session.MaxFrameBytes = 255 }, `session.max_frame_bytes: must be at least 256, got 255`},
+		{"session.max_subscriptions", func(c *Config) { c.Session.MaxSubscriptions = 0 }, `session.max_subscriptions: must be at least 1, got 0`},
+		{"session.heartbeat", func(c *Config) { c.Session.Heartbeat = 999 * time.Millisecond }, `session.heartbeat: must be at least 1s, got 999ms`},
+		{"session.write_timeout", func(c *Config) { c.Session.WriteTimeout = 0 }, `session.write_timeout: must be greater than 0`},
+		{"session.disconnect_delay", func(c *Config) { c.Session.DisconnectDelay = 0 }, `session.disconnect_delay: must be greater than 0`},
+
+		{"no channels", func(c *Config) { c.Channels = nil }, ""},
+		{"patterns valid", func(c *Config) {
+			c.Channels = nil
+			for _, p := range []string{">", "*", "a", "a.*.c", "a.>", "*.*", "user:1@x=y-z_W.*"} {
+				c.Channels = append(c.Channels, Channel{Pattern: p, Subscribe: "anyone", Publish: "nobody", SlowConsumer: "drop_oldest", History: "none"})
+			}
+		}, ""},
+		{"pattern empty", func(c *Config) { c.Channels[0].Pattern = "" }, `channels[0].pattern: must not be empty`},
+		{"pattern double dot", func(c *Config) { c.Channels[0].Pattern = "a..b" }, `channels[0].pattern: has an empty token`},
+		{"pattern trailing dot", func(c *Config) { c.Channels[0].Pattern = "a." }, `channels[0].pattern: has an empty token`},
+		{"pattern > not last", func(c *Config) { c.Channels[0].Pattern = "a.>.b" }, `channels[0].pattern: ">" must be the last token, got "a.>.b"`},
+		{"pattern partial wildcard", func(c *Config) { c.Channels[0].Pattern = "a.b*" }, `channels[0].pattern: token "b*" is not`},
+		{"pattern space", func(c *Config) { c.Channels[0].Pattern = "a b" }, `channels[0].pattern: token "a b" is not`},
+		{"pattern too long", func(c *Config) { c.Channels[0].Pattern = strings.Repeat("a", 256) }, `channels[0].pattern: must be at most 255 bytes, got 256`},
+		{"pattern 255 bytes", func(c *Config) { c.Channels[0].Pattern = strings.Repeat("a", 255) }, ""},
+		{"pattern duplicate", func(c *Config) { c.Channels = append(c.Channels, c.Channels[0]) }, `channels[1].pattern: "demo.>" repeats channels[0].pattern`},
+		{"subscribe enum", func(c *Config) { c.Channels[0].Subscribe = "everyone" }, `channels[0].subscribe: must be one of anyone | nobody, got "everyone"`},
+		{"publish enum", func(c *Config) { c.Channels[0].Publish = "" }, `channels[0].publish: must be one of anyone | nobody, got ""`},
+		{"slow_consumer enum", func(c *Config) { c.Channels[0].SlowConsumer = "drop" }, `channels[0].slow_consumer: must be one of disconnect | drop_oldest | conflate, got "drop"`},
+		{"history enum", func(c *Config) { c.Channels[0].History = "all" }, `channels[0].history: must be one of none | jetstream | stream, got "all"`},
+		{"history jetstream on amqp", func(c *Config) { c.Broker.Kind = BrokerAMQP; c.Channels[0].History = HistoryJetStream }, `channels[0].history: jetstream needs broker.kind embedded or nats`},
+		{"history jetstream on nats", func(c *Config) { c.Broker.Kind = BrokerNATS; c.Channels[0].History = HistoryJetStream }, ""},
+		{"history stream on embedded", func(c *Config) { c.Channels[0].History = HistoryStream }, `channels[0].history: stream (a RabbitMQ stream queue) needs broker.kind amqp, not embedded`},
+		{"history stream on amqp", func(c *Config) { c.Broker.Kind = BrokerAMQP; c.Channels[0].History = HistoryStream }, ""},
+
+		{"log.level", func(c *Config) { c.Log.Level = "trace" }, `log.level: must be one of debug | info | warn | error, got "trace"`},
+		{"log.format", func(c *Config) { c.Log.Format = "logfmt" }, `log.format: must be one of text | json, got "logfmt"`},
+		{"admin.listen valid", func(c *Config) { c.Admin.Listen = "127.0.0.1:6060" }, ""},
+		{"admin.listen bad", func(c *Config) { c.Admin.Listen = "127.0.0.1:pprof" }, `admin.listen: port must be a number 0-65535`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Default()
+			tt.change(c)
+			err := c.Validate()
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("Validate() = %v, want nil", err)
+			case tt.want == "":
+			case err == nil:
+				t.Fatalf("Validate() = nil, want %q", tt.want)
+			case !strings.Contains(err.Error(), tt.want):
+				t.Fatalf("Validate() = %v\nwant it to contain %q", err, tt.want)
+			case !strings.HasPrefix(err.Error(), "configs: "):
+				t.Fatalf("Validate() = %v, want the package prefix", err)
+			}
+		})
+	}
+}
+
+// TestValidateAllProblems checks that several problems are reported at once
+// and that secrets are never echoed.
+func TestValidateAllProblems(t *testing.T) {
+	c := Default()
+	c.Session.QueueBytes = 1
+	c.Log.Level = "loud"
+	c.Broker.AMQP.URL = "http://user:hunter2@host/"
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("Validate() = nil")
+	}
+	for _, want := range []string{"session.queue_bytes", "log.level", "broker.amqp.url"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error %q echoes a secret", err)
+	}
+}

@@ -1,0 +1,265 @@
+package configs
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var (
+	nodeIDRe        = regexp.MustCompile(`^[a-z0-9]{1,16}$`)
+	subjectPrefixRe = regexp.MustCompile(`^([A-Za-z0-9_-]+\.)+$`)
+	patternTokenRe  = regexp.MustCompile(`^[A-Za-z0-9_:@=-]+$`)
+	hostnameRe      = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+)
+
+// maxPatternBytes bounds a channel pattern (and so a channel name).
+const maxPatternBytes = 255
+
+// Validate checks every value against the rules documented in
+// cometgate.yaml and returns all problems found, joined, each naming its
+// key and rule, e.g. "configs: session.queue_bytes: must be at least 4096,
+// got 12". It does not change c and returns nil for a valid config. Load
+// calls it; call it again after changing a Config in code.
+func (c *Config) Validate() error {
+	v := &validator{}
+
+	if c.Node.ID != "" && !nodeIDRe.MatchString(c.Node.ID) {
+		v.failf("node.id", "must be 1 to 16 characters of [a-z0-9], got %q", c.Node.ID)
+	}
+
+	v.listen("http.listen", c.HTTP.Listen)
+	v.positive("http.read_header_timeout", c.HTTP.ReadHeaderTimeout)
+	v.positive("http.idle_timeout", c.HTTP.IdleTimeout)
+	v.positive("http.shutdown_timeout", c.HTTP.ShutdownTimeout)
+	for i, o := range c.HTTP.AllowedOrigins {
+		if err := checkOrigin(o); err != nil {
+			v.failf(fmt.Sprintf("http.allowed_origins[%d]", i), "%v", err)
+		}
+	}
+	v.atLeast("http.max_sessions_per_ip", c.HTTP.MaxSessionsPerIP, 0)
+
+	for i, k := range c.API.Keys {
+		if k == "" { // never echo a key: it is a secret
+			v.failf(fmt.Sprintf("api.keys[%d]", i), "must not be empty")
+		}
+	}
+	v.atLeast("api.max_body_bytes", c.API.MaxBodyBytes, 1)
+
+	b := &c.Broker
+	v.oneOf("broker.kind", b.Kind, BrokerEmbedded, BrokerNATS, BrokerAMQP)
+	if b.SubjectPrefix != "" && !subjectPrefixRe.MatchString(b.SubjectPrefix) {
+		v.failf("broker.subject_prefix", `must be "" or dot-terminated tokens of [A-Za-z0-9_-] such as "cg.", got %q`, b.SubjectPrefix)
+	}
+	v.positive("broker.publish_timeout", b.PublishTimeout)
+	if b.Embedded.Listen != "" {
+		v.listen("broker.embedded.listen", b.Embedded.Listen)
+	}
+
+	n := &b.NATS
+	if b.Kind == BrokerNATS && len(n.URLs) == 0 {
+		v.failf("broker.nats.urls", "must list at least one server URL when broker.kind is nats")
+	}
+	for i, u := range n.URLs {
+		if strings.TrimSpace(u) == "" { // URLs may hold credentials: not echoed
+			v.failf(fmt.Sprintf("broker.nats.urls[%d]", i), "must not be empty")
+		}
+	}
+	if n.Password != "" && n.User == "" {
+		v.failf("broker.nats.password", "requires broker.nats.user")
+	}
+	var auth []string
+	if n.User != "" {
+		auth = append(auth, "user")
+	}
+	if n.Token != "" {
+		auth = append(auth, "token")
+	}
+	if n.NKeySeedFile != "" {
+		auth = append(auth, "nkey_seed_file")
+	}
+	if n.CredsFile != "" {
+		auth = append(auth, "creds_file")
+	}
+	if len(auth) > 1 {
+		v.failf("broker.nats", "set only one authentication method, got %s", strings.Join(auth, " and "))
+	}
+	if (n.TLS.CertFile == "") != (n.TLS.KeyFile == "") {
+		v.failf("broker.nats.tls", "cert_file and key_file must be set together")
+	}
+	v.backoff("broker.nats", n.ReconnectWait, n.MaxReconnectWait)
+
+	a := &b.AMQP
+	if a.URL == "" {
+		if b.Kind == BrokerAMQP {
+			v.failf("broker.amqp.url", "must be set when broker.kind is amqp")
+		}
+	} else if u, err := url.Parse(a.URL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
+		// The URL may hold a password: not echoed.
+		v.failf("broker.amqp.url", "must be an amqp:// or amqps:// URL with a host")
+	}
+	if a.Exchange == "" {
+		v.failf("broker.amqp.exchange", "must not be empty")
+	}
+	v.oneOf("broker.amqp.exchange_type", a.ExchangeType, "topic")
+	if a.Prefetch < 1 || a.Prefetch > 65535 {
+		v.failf("broker.amqp.prefetch", "must be between 1 and 65535, got %d", a.Prefetch)
+	}
+	v.backoff("broker.amqp", a.ReconnectWait, a.MaxReconnectWait)
+
+	s := &c.Session
+	v.atLeast("session.queue_bytes", s.QueueBytes, 4096)
+	v.atLeast("session.max_frame_bytes", s.MaxFrameBytes, 256)
+	v.atLeast("session.max_subscriptions", s.MaxSubscriptions, 1)
+	if s.Heartbeat < time.Second {
+		v.failf("session.heartbeat", "must be at least 1s, got %s", s.Heartbeat)
+	}
+	v.positive("session.write_timeout", s.WriteTimeout)
+	v.positive("session.disconnect_delay", s.DisconnectDelay)
+
+	seen := map[string]int{}
+	for i, ch := range c.Channels {
+		key := fmt.Sprintf("channels[%d]", i)
+		if err := checkPattern(ch.Pattern); err != nil {
+			v.failf(key+".pattern", "%v", err)
+		} else if j, dup := seen[ch.Pattern]; dup {
+			v.failf(key+".pattern", "%q repeats channels[%d].pattern, so this entry never applies", ch.Pattern, j)
+		} else {
+			seen[ch.Pattern] = i
+		}
+		v.oneOf(key+".subscribe", ch.Subscribe, PermissionAnyone, PermissionNobody)
+		v.oneOf(key+".publish", ch.Publish, PermissionAnyone, PermissionNobody)
+		v.oneOf(key+".slow_consumer", ch.SlowConsumer, SlowConsumerDisconnect, SlowConsumerDropOldest, SlowConsumerConflate)
+		if v.oneOf(key+".history", ch.History, HistoryNone, HistoryJetStream, HistoryStream) {
+			switch {
+			case ch.History == HistoryJetStream && b.Kind == BrokerAMQP:
+				v.failf(key+".history", "jetstream needs broker.kind embedded or nats, not amqp")
+			case ch.History == HistoryStream && b.Kind != BrokerAMQP:
+				v.failf(key+".history", "stream (a RabbitMQ stream queue) needs broker.kind amqp, not %s", b.Kind)
+			}
+		}
+	}
+
+	v.oneOf("log.level", c.Log.Level, LogDebug, LogInfo, LogWarn, LogError)
+	v.oneOf("log.format", c.Log.Format, LogText, LogJSON)
+
+	if c.Admin.Listen != "" {
+		v.listen("admin.listen", c.Admin.Listen)
+	}
+	return errors.Join(v.errs...)
+}
+
+type validator struct{ errs []error }
+
+func (v *validator) failf(key, format string, args ...any) {
+	v.errs = append(v.errs, fmt.Errorf("configs: %s: %s", key, fmt.Sprintf(format, args...)))
+}
+
+// oneOf reports whether val is allowed, recording an error if not.
+func (v *validator) oneOf(key, val string, allowed ...string) bool {
+	if slices.Contains(allowed, val) {
+		return true
+	}
+	v.failf(key, "must be one of %s, got %q", strings.Join(allowed, " | "), val)
+	return false
+}
+
+func (v *validator) atLeast(key string, n, min int) {
+	if n < min {
+		v.failf(key, "must be at least %d, got %d", min, n)
+	}
+}
+
+func (v *validator) positive(key string, d time.Duration) {
+	if d <= 0 {
+		v.failf(key, "must be greater than 0, got %s", d)
+	}
+}
+
+func (v *validator) backoff(section string, wait, maxWait time.Duration) {
+	v.positive(section+".reconnect_wait", wait)
+	if wait > 0 && maxWait < wait {
+		v.failf(section+".max_reconnect_wait", "must be at least reconnect_wait (%s), got %s", wait, maxWait)
+	}
+}
+
+func (v *validator) listen(key, addr string) {
+	if err := checkListen(addr); err != nil {
+		v.failf(key, "%v", err)
+	}
+}
+
+// checkListen accepts host:port with a numeric port 0-65535; the host may
+// be empty (all interfaces).
+func checkListen(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf(`must be host:port such as "127.0.0.1:8080" or ":8080", got %q`, addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port must be a number 0-65535, got %q", addr)
+	}
+	return nil
+}
+
+// checkOrigin accepts "*" or an origin exactly as browsers send it.
+func checkOrigin(o string) error {
+	if o == "*" {
+		return nil
+	}
+	const rule = `must be "*" or scheme://host[:port] with scheme http or https and nothing after the host`
+	u, err := url.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		o != u.Scheme+"://"+u.Host || strings.HasSuffix(u.Host, ":") {
+		return fmt.Errorf("%s, got %q", rule, o)
+	}
+	if o != strings.ToLower(o) {
+		return fmt.Errorf("must be lower case as browsers send it, got %q", o)
+	}
+	if host := u.Hostname(); net.ParseIP(host) == nil && !hostnameRe.MatchString(host) {
+		return fmt.Errorf("host must be a DNS name or IP address (no wildcards), got %q", o)
+	}
+	switch port := u.Port(); {
+	case port == "":
+	case (u.Scheme == "http" && port == "80") || (u.Scheme == "https" && port == "443"):
+		return fmt.Errorf("must not name the default port (browsers omit it), got %q", o)
+	default:
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			return fmt.Errorf("port must be a number 1-65535, got %q", o)
+		}
+	}
+	return nil
+}
+
+// checkPattern accepts a NATS-style channel pattern: dot-separated tokens
+// of [A-Za-z0-9_:@=-], "*" for exactly one token, ">" as the last token for
+// one or more.
+func checkPattern(p string) error {
+	if p == "" {
+		return errors.New("must not be empty")
+	}
+	if len(p) > maxPatternBytes {
+		return fmt.Errorf("must be at most %d bytes, got %d", maxPatternBytes, len(p))
+	}
+	tokens := strings.Split(p, ".")
+	for i, t := range tokens {
+		switch {
+		case t == "*":
+		case t == ">":
+			if i != len(tokens)-1 {
+				return fmt.Errorf(`">" must be the last token, got %q`, p)
+			}
+		case t == "":
+			return fmt.Errorf("has an empty token (leading, trailing or double dot), got %q", p)
+		case !patternTokenRe.MatchString(t):
+			return fmt.Errorf(`token %q is not [A-Za-z0-9_:@=-]+, "*" or a final ">", in %q`, t, p)
+		}
+	}
+	return nil
+}

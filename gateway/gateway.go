@@ -1,0 +1,323 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cometgate/cometgate/brokers"
+)
+
+// ErrShuttingDown is returned by Open once Shutdown has begun; transports
+// answer it with 503 so load balancers send the client elsewhere.
+var ErrShuttingDown = errors.New("gateway: shutting down")
+
+// Config is the gateway's own configuration; cmd/cometgate fills it from the
+// YAML file.
+type Config struct {
+	// NodeID is the first token of every session id (see Open).
+	NodeID string
+	// QueueBytes bounds each session's outgoing queue.
+	QueueBytes int
+	// MaxFrameBytes bounds a client frame and a client publish payload.
+	MaxFrameBytes int
+	// MaxSubscriptions bounds subscriptions per session.
+	MaxSubscriptions int
+	// Heartbeat is the keep-alive interval of every transport.
+	Heartbeat time.Duration
+	// DisconnectDelay is how long a polling session may go without a request.
+	DisconnectDelay time.Duration
+	// PublishTimeout bounds the wait for the broker's confirmation.
+	PublishTimeout time.Duration
+	// Rules are the channel namespaces; nothing else is allowed.
+	Rules Rules
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Metrics may be nil.
+	Metrics *Metrics
+}
+
+func (c *Config) setDefaults() {
+	if c.QueueBytes == 0 {
+		c.QueueBytes = 1 << 20
+	}
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = 64 << 10
+	}
+	if c.MaxSubscriptions == 0 {
+		c.MaxSubscriptions = 128
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 25 * time.Second
+	}
+	if c.DisconnectDelay == 0 {
+		c.DisconnectDelay = 5 * time.Second
+	}
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Gateway is one node: its sessions, the hub that fans broker messages out
+// to them, and the shared heartbeat ticker. It owns every goroutine it
+// starts (session writers, publishers, the ticker) and Shutdown waits for
+// all of them.
+type Gateway struct {
+	cfg     Config
+	broker  brokers.Broker
+	hub     *hub
+	log     *slog.Logger
+	metrics *Metrics
+
+	ctx    context.Context // cancelled when Shutdown gives up waiting
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // writers, publishers, heartbeats, closers
+
+	mu       sync.Mutex
+	sessions map[string]*Session
+	draining bool
+
+	brokerUp    atomic.Bool
+	everDown    atomic.Bool // the connection was up once and then lost
+	tickerEnd   chan struct{}
+	tickerWG    sync.WaitGroup
+	shutdown    sync.Once
+	shutdownErr error
+}
+
+// New creates a gateway on broker b. The caller keeps ownership of b and
+// closes it after Shutdown (the broker goes last).
+func New(cfg Config, b brokers.Broker) (*Gateway, error) {
+	cfg.setDefaults()
+	if cfg.NodeID == "" {
+		return nil, errors.New("gateway: NodeID is required")
+	}
+	if err := cfg.Rules.Validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &Gateway{
+		cfg:       cfg,
+		broker:    b,
+		hub:       newHub(b, cfg.Metrics),
+		log:       cfg.Logger,
+		metrics:   cfg.Metrics,
+		ctx:       ctx,
+		cancel:    cancel,
+		sessions:  make(map[string]*Session),
+		tickerEnd: make(chan struct{}),
+	}
+	g.brokerUp.Store(b.Ready())
+	g.metrics.brokerState(b.Ready(), false)
+	g.tickerWG.Add(1)
+	go g.heartbeats()
+	return g, nil
+}
+
+// Config returns the configuration in effect (defaults filled in).
+func (g *Gateway) Config() Config { return g.cfg }
+
+// BrokerState is the brokers.StateFunc to give the broker: it keeps
+// readiness and the reconnect metrics true. A StateConnected that follows a
+// loss of the connection counts as one reconnect; repeated reports of the
+// same state count nothing. It is safe for concurrent use.
+func (g *Gateway) BrokerState(st brokers.State) {
+	switch st {
+	case brokers.StateConnected:
+		wasUp := g.brokerUp.Swap(true)
+		g.metrics.brokerState(true, !wasUp && g.everDown.Load())
+	default:
+		if g.brokerUp.Swap(false) {
+			g.everDown.Store(true)
+		}
+		g.metrics.brokerState(false, false)
+	}
+}
+
+// Ready reports whether the node should receive traffic: the broker is up
+// (as last reported to BrokerState, or as the broker said when New ran)
+// and the node is not draining.
+func (g *Gateway) Ready() bool {
+	g.mu.Lock()
+	draining := g.draining
+	g.mu.Unlock()
+	return !draining && g.brokerUp.Load()
+}
+
+// OpenOptions describe a new session.
+type OpenOptions struct {
+	// Transport names the transport family for metrics ("websocket", "sse").
+	Transport string
+	// Retain keeps written packets until the client acknowledges them; the
+	// polling transports need it, persistent connections do not.
+	Retain bool
+	// RemoteAddr is the client's address, for logs.
+	RemoteAddr string
+	// OnClose, if set, runs once when the session has ended.
+	OnClose func()
+}
+
+// Open creates a session and queues its hello packet. Nothing is written
+// until a downstream is attached (Session.Attach).
+func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
+	s := &Session{
+		g:         g,
+		id:        g.newSessionID(),
+		transport: opts.Transport,
+		retain:    opts.Retain,
+		remote:    opts.RemoteAddr,
+		onClose:   opts.OnClose,
+		done:      make(chan struct{}),
+	}
+	g.mu.Lock()
+	if g.draining {
+		g.mu.Unlock()
+		return nil, ErrShuttingDown
+	}
+	g.sessions[s.id] = s
+	g.mu.Unlock()
+	g.metrics.sessionOpened(opts.Transport)
+	s.push(helloBody(s.id, g.cfg.Heartbeat))
+	return s, nil
+}
+
+// Session returns the live session with id sid, or nil.
+func (g *Gateway) Session(sid string) *Session {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.sessions[sid]
+}
+
+// SessionCount is the number of live sessions.
+func (g *Gateway) SessionCount() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.sessions)
+}
+
+func (g *Gateway) forget(s *Session) {
+	g.mu.Lock()
+	delete(g.sessions, s.id)
+	g.mu.Unlock()
+}
+
+// newSessionID returns the node id, a dot and 128 random bits in URL-safe
+// base64: unguessable, and a request that reaches another node can tell
+// which node owns the session.
+func (g *Gateway) newSessionID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
+	return g.cfg.NodeID + "." + base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// Publish publishes data on channel for a trusted server-side caller (the
+// HTTP publish API): channel names are validated, namespace permissions are
+// not applied. It returns once the broker confirmed.
+func (g *Gateway) Publish(ctx context.Context, channel string, data []byte) error {
+	if err := ValidateChannel(channel); err != nil {
+		return err
+	}
+	return g.publish(ctx, "api", channel, data)
+}
+
+func (g *Gateway) publish(ctx context.Context, source, channel string, data []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.PublishTimeout)
+	defer cancel()
+	err := g.broker.Publish(ctx, brokers.Message{Channel: channel, Data: data})
+	g.metrics.published(source, err)
+	return err
+}
+
+// heartbeats is the one ticker for every session's keep-alive: a session
+// that wrote nothing during an interval gets a heartbeat.
+func (g *Gateway) heartbeats() {
+	defer g.tickerWG.Done()
+	t := time.NewTicker(g.cfg.Heartbeat)
+	defer t.Stop()
+	var batch []*Session
+	for {
+		select {
+		case <-g.tickerEnd:
+			return
+		case <-t.C:
+		}
+		g.mu.Lock()
+		batch = batch[:0]
+		for _, s := range g.sessions {
+			batch = append(batch, s)
+		}
+		g.mu.Unlock()
+		for _, s := range batch {
+			s.heartbeat()
+		}
+		clear(batch)
+	}
+}
+
+// Shutdown drains the node: new sessions are refused, every session gets a
+// close packet telling it to reconnect elsewhere, and Shutdown waits until
+// they are all gone and every goroutine of the gateway has returned. When ctx
+// ends first, remaining downstreams are closed without ceremony, Shutdown
+// returns without waiting further (a transport that does not unblock its
+// writes on Close keeps its writer goroutine until it does) and the error
+// says how many sessions were cut. The broker is left to the caller, to
+// close last. Later calls return the first call's result.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	g.shutdown.Do(func() {
+		g.mu.Lock()
+		g.draining = true
+		all := make([]*Session, 0, len(g.sessions))
+		for _, s := range g.sessions {
+			all = append(all, s)
+		}
+		g.mu.Unlock()
+		close(g.tickerEnd)
+		g.tickerWG.Wait()
+
+		for _, s := range all {
+			s.Close(DisconnectShutdown)
+		}
+		cut := 0
+		for _, s := range all {
+			select {
+			case <-s.Done():
+				continue
+			case <-ctx.Done():
+			}
+			cut++
+			s.abort()
+		}
+		g.cancel() // publishes still waiting for the broker give up
+		idle := make(chan struct{})
+		go func() {
+			g.wg.Wait()
+			close(idle)
+		}()
+		stuck := false
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			select {
+			case <-idle:
+			default:
+				stuck = true
+			}
+		}
+		switch {
+		case cut > 0:
+			g.shutdownErr = fmt.Errorf("gateway: shutdown timed out: %d sessions cut: %w", cut, ctx.Err())
+		case stuck:
+			g.shutdownErr = fmt.Errorf("gateway: shutdown timed out waiting for writers and publishers: %w", ctx.Err())
+		}
+	})
+	return g.shutdownErr
+}

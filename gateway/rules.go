@@ -1,0 +1,74 @@
+package gateway
+
+import "fmt"
+
+// Permission says who may do something on a namespace.
+type Permission int
+
+const (
+	// Nobody may: the default for anything no namespace grants.
+	Nobody Permission = iota
+	// Anyone may, without authentication.
+	Anyone
+)
+
+// SlowPolicy is what happens when a session's queue is full.
+type SlowPolicy int
+
+const (
+	// SlowDisconnect closes the session with DisconnectSlow; the client
+	// reconnects and resumes from its cursors. The default.
+	SlowDisconnect SlowPolicy = iota
+	// SlowDropOldest drops the oldest queued messages of the subscription
+	// and tells the client with a gap packet.
+	SlowDropOldest
+	// SlowConflate keeps only the newest queued message per channel of the
+	// subscription (tickers: the latest value is what matters).
+	SlowConflate
+)
+
+// ParseSlowPolicy maps the configuration words to a SlowPolicy.
+func ParseSlowPolicy(s string) (SlowPolicy, error) {
+	switch s {
+	case "", "disconnect":
+		return SlowDisconnect, nil
+	case "drop_oldest":
+		return SlowDropOldest, nil
+	case "conflate":
+		return SlowConflate, nil
+	}
+	return 0, fmt.Errorf("gateway: unknown slow-consumer policy %q", s)
+}
+
+// Namespace is the rule set for the channels a pattern covers.
+type Namespace struct {
+	Pattern   string
+	Subscribe Permission
+	Publish   Permission
+	Slow      SlowPolicy
+}
+
+// Rules are the namespaces in order; the first one that covers a channel or
+// subscription pattern decides. Anything no namespace covers is denied.
+type Rules []Namespace
+
+// Find returns the namespace governing pattern (a channel or subscription
+// pattern), or nil.
+func (r Rules) Find(pattern string) *Namespace {
+	for i := range r {
+		if PatternCovers(r[i].Pattern, pattern) {
+			return &r[i]
+		}
+	}
+	return nil
+}
+
+// Validate checks every namespace pattern.
+func (r Rules) Validate() error {
+	for i, ns := range r {
+		if err := ValidatePattern(ns.Pattern); err != nil {
+			return fmt.Errorf("gateway: namespace %d: %w", i, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,134 @@
+package transports
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// publishRequest is the body of POST /api/publish: a channel and exactly one
+// of data (any JSON value), text (a string sent as UTF-8 bytes) or b64
+// (bytes, standard base64).
+type publishRequest struct {
+	Channel string          `json:"channel"`
+	Data    json.RawMessage `json:"data"`
+	Text    *string         `json:"text"`
+	B64     *string         `json:"b64"`
+}
+
+func (p *publishRequest) payload() ([]byte, error) {
+	n := 0
+	for _, set := range []bool{p.Data != nil, p.Text != nil, p.B64 != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, errors.New(`exactly one of "data", "text" or "b64" is required`)
+	}
+	switch {
+	case p.Data != nil:
+		return compactJSON(p.Data)
+	case p.Text != nil:
+		return []byte(*p.Text), nil
+	}
+	b, err := base64.StdEncoding.DecodeString(*p.B64)
+	if err != nil {
+		return nil, fmt.Errorf(`"b64" is not valid base64: %w`, err)
+	}
+	return b, nil
+}
+
+func compactJSON(raw json.RawMessage) ([]byte, error) {
+	var out bytes.Buffer
+	if err := json.Compact(&out, raw); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
+// servePublish is the server-side publish API. It answers 200 only once the
+// broker confirmed the message.
+func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
+	if !s.apiAuthorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cometgate"`)
+		writeError(w, http.StatusUnauthorized, "an API key is required: Authorization: Bearer KEY")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
+			return
+		}
+		writeError(w, http.StatusBadRequest, "reading body: "+err.Error())
+		return
+	}
+	var req publishRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "body must be JSON like {\"channel\":\"demo.x\",\"data\":{}}: "+err.Error())
+		return
+	}
+	if err := gateway.ValidateChannel(req.Channel); err != nil {
+		writeError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	data, err := req.payload()
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := s.gw.Publish(r.Context(), req.Channel, data); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "publish failed: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+// serveSend takes upstream frames for a session whose downstream cannot
+// carry them (SSE, and the polling transports): a frame or a JSON array of
+// frames. Answers to requests go down the session's stream as packets.
+func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
+	if !s.origins.allowed(r) {
+		writeError(w, http.StatusForbidden, "origin not allowed")
+		return
+	}
+	s.cors(w, r)
+	sess := s.gw.Session(chi.URLParam(r, "sid"))
+	if sess == nil {
+		writeJSON(w, http.StatusNotFound, errorBody{Error: "session not found", Code: gateway.DisconnectNotFound.Code})
+		return
+	}
+	limit := int64(s.maxFrame) * 8
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", limit))
+		return
+	}
+	frames, errs, err := gateway.DecodeFrames(body)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	for i, f := range frames {
+		if errs[i] != nil {
+			// Answered on the stream like any bad frame, so the client's
+			// request ids stay in one place.
+			sess.Reject(f, errs[i])
+			continue
+		}
+		sess.Apply(r.Context(), f)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,314 @@
+package transports
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// Options configure the HTTP side of a node.
+type Options struct {
+	// Gateway owns the sessions. Required.
+	Gateway *gateway.Gateway
+	// AllowedOrigins lists the Origins browsers may connect from: exact
+	// "scheme://host[:port]" values or "*". Empty means same host only.
+	AllowedOrigins []string
+	// APIKeys authorise POST /api/publish (Authorization: Bearer KEY).
+	APIKeys []string
+	// AllowLoopback lets loopback clients use the API without a key. Turn it
+	// off behind a reverse proxy on the same host.
+	AllowLoopback bool
+	// MaxBodyBytes bounds API request bodies.
+	MaxBodyBytes int64
+	// WriteTimeout bounds every write to a client; a write that takes longer
+	// ends the session (its peer is gone or not reading).
+	WriteTimeout time.Duration
+	// MaxSessionsPerIP bounds concurrent sessions per client address; 0 is
+	// unlimited.
+	MaxSessionsPerIP int
+	// Web serves the browser client and demo pages at "/"; may be nil.
+	Web http.Handler
+	// Metrics serves /metrics; may be nil.
+	Metrics http.Handler
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Server holds the HTTP handlers of a node and the goroutines they start
+// for hijacked connections (one small reader per connection). Shutdown of
+// those connections is the gateway's job (Gateway.Shutdown closes every
+// session); Wait then waits for the readers.
+type Server struct {
+	opts    Options
+	gw      *gateway.Gateway
+	log     *slog.Logger
+	origins originPolicy
+	router  chi.Router
+	readers sync.WaitGroup
+
+	ipMu     sync.Mutex
+	perIP    map[netip.Addr]int
+	maxFrame int
+}
+
+// New builds the handlers.
+func New(opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.WriteTimeout == 0 {
+		opts.WriteTimeout = 10 * time.Second
+	}
+	if opts.MaxBodyBytes == 0 {
+		opts.MaxBodyBytes = 1 << 20
+	}
+	s := &Server{
+		opts:     opts,
+		gw:       opts.Gateway,
+		log:      opts.Logger,
+		origins:  newOriginPolicy(opts.AllowedOrigins),
+		perIP:    make(map[netip.Addr]int),
+		maxFrame: opts.Gateway.Config().MaxFrameBytes,
+	}
+	r := chi.NewRouter()
+	r.Use(s.recoverer)
+	r.Get("/healthz", s.healthz)
+	r.Get("/readyz", s.readyz)
+	if opts.Metrics != nil {
+		r.Method(http.MethodGet, "/metrics", opts.Metrics)
+	}
+	r.Get("/ws", s.serveWebSocket)
+	r.Get("/sse", s.serveSSE)
+	r.Post("/session/{sid}/send", s.serveSend)
+	r.Options("/session/{sid}/send", s.preflight)
+	r.Post("/api/publish", s.servePublish)
+	if opts.Web != nil {
+		r.Handle("/*", opts.Web)
+	}
+	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
+		writeError(w, http.StatusNotFound, "not found")
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
+		writeError(w, http.StatusMethodNotAllowed, "method not allowed")
+	})
+	s.router = r
+	return s
+}
+
+// ServeHTTP makes Server an http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// Wait blocks until every connection reader has returned. Call it after
+// Gateway.Shutdown, which closes the connections.
+func (s *Server) Wait() { s.readers.Wait() }
+
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("handler panic", slog.Any("panic", v), slog.String("path", r.URL.Path))
+				writeError(w, http.StatusInternalServerError, "internal error")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// errorBody is the JSON body of every HTTP error the gateway answers.
+type errorBody struct {
+	Error string `json:"error"`
+	Code  int    `json:"code,omitempty"`
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, errorBody{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	ready := s.gw.Ready()
+	status := http.StatusOK
+	if !ready {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, map[string]any{"ready": ready, "sessions": s.gw.SessionCount()})
+}
+
+// originPolicy decides which browser Origins may use the gateway.
+type originPolicy struct {
+	any   bool
+	exact map[string]bool
+}
+
+func newOriginPolicy(allowed []string) originPolicy {
+	p := originPolicy{exact: make(map[string]bool)}
+	for _, o := range allowed {
+		if o == "*" {
+			p.any = true
+			continue
+		}
+		p.exact[strings.ToLower(strings.TrimRight(o, "/"))] = true
+	}
+	return p
+}
+
+// allowed reports whether r's Origin may use the gateway. Requests without
+// an Origin (curl, servers) are not from a browser page and pass; a browser
+// page from a site not configured is refused, which is what stops
+// cross-site WebSocket hijacking. With no configuration only the page's own
+// host is allowed.
+func (p originPolicy) allowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	if p.any {
+		return true
+	}
+	if p.exact[strings.ToLower(origin)] {
+		return true
+	}
+	if len(p.exact) > 0 {
+		return false
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	return strings.EqualFold(u.Host, r.Host)
+}
+
+// cors adds the CORS headers for an allowed cross-origin request.
+func (s *Server) cors(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Set("Access-Control-Allow-Credentials", "true")
+	h.Add("Vary", "Origin")
+}
+
+func (s *Server) preflight(w http.ResponseWriter, r *http.Request) {
+	if !s.origins.allowed(r) {
+		writeError(w, http.StatusForbidden, "origin not allowed")
+		return
+	}
+	s.cors(w, r)
+	h := w.Header()
+	h.Set("Access-Control-Allow-Methods", "POST, GET, OPTIONS")
+	if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
+		h.Set("Access-Control-Allow-Headers", req)
+	}
+	h.Set("Access-Control-Max-Age", "86400")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// openSession checks what every transport checks before a session starts
+// (Origin, draining, per-IP limit) and opens it. On failure it has answered
+// the request and returns nil.
+func (s *Server) openSession(w http.ResponseWriter, r *http.Request, transport string, retain bool) *gateway.Session {
+	if !s.origins.allowed(r) {
+		writeError(w, http.StatusForbidden, "origin not allowed: "+r.Header.Get("Origin"))
+		return nil
+	}
+	ip := clientAddr(r)
+	if !s.acquireIP(ip) {
+		writeError(w, http.StatusTooManyRequests, "too many sessions from this address")
+		return nil
+	}
+	sess, err := s.gw.Open(gateway.OpenOptions{
+		Transport:  transport,
+		Retain:     retain,
+		RemoteAddr: r.RemoteAddr,
+		OnClose:    func() { s.releaseIP(ip) },
+	})
+	if err != nil {
+		s.releaseIP(ip)
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "server shutting down, reconnect to another node")
+		return nil
+	}
+	return sess
+}
+
+func clientAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		a, _ := netip.ParseAddr(host)
+		return a
+	}
+	return ap.Addr().Unmap()
+}
+
+func (s *Server) acquireIP(ip netip.Addr) bool {
+	if s.opts.MaxSessionsPerIP <= 0 {
+		return true
+	}
+	s.ipMu.Lock()
+	defer s.ipMu.Unlock()
+	if s.perIP[ip] >= s.opts.MaxSessionsPerIP {
+		return false
+	}
+	s.perIP[ip]++
+	return true
+}
+
+func (s *Server) releaseIP(ip netip.Addr) {
+	if s.opts.MaxSessionsPerIP <= 0 {
+		return
+	}
+	s.ipMu.Lock()
+	defer s.ipMu.Unlock()
+	if s.perIP[ip] <= 1 {
+		delete(s.perIP, ip)
+	} else {
+		s.perIP[ip]--
+	}
+}
+
+// apiAuthorized applies the publish API's key rule.
+func (s *Server) apiAuthorized(r *http.Request) bool {
+	if s.opts.AllowLoopback && clientAddr(r).IsLoopback() {
+		return true
+	}
+	auth := r.Header.Get("Authorization")
+	key, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok || key == "" {
+		return false
+	}
+	for _, k := range s.opts.APIKeys {
+		if subtle.ConstantTimeCompare([]byte(k), []byte(key)) == 1 {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,113 @@
+// Package web is the browser side of cometgate: the client library
+// cometgate.js (it speaks wire protocol version 1, see package transports),
+// the landing page with a live console (index.html), the ticker and auction
+// demos, and their stylesheet.
+//
+// The files are embedded with go:embed so that the single cometgate binary
+// serves the client and the demos with nothing else installed, and so that
+// the client a page loads always matches the protocol of the server that
+// serves it. They are hand-written and served exactly as they are in this
+// folder: there is no build step, nothing generated or minified.
+package web
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"io/fs"
+	"mime"
+	"net/http"
+	"path"
+	"strings"
+	"sync"
+	"time"
+)
+
+//go:embed *.html *.js *.css
+var files embed.FS
+
+// FS returns the embedded files, at the root of the file system
+// ("index.html", "cometgate.js", …).
+func FS() fs.FS {
+	return files
+}
+
+// contentTypes fixes the types of the files we ship, independently of the
+// host's mime tables.
+var contentTypes = map[string]string{
+	".html": "text/html; charset=utf-8",
+	".js":   "text/javascript; charset=utf-8",
+	".css":  "text/css; charset=utf-8",
+}
+
+type asset struct {
+	body        []byte
+	contentType string
+	etag        string
+}
+
+// assets reads every embedded file once: they are small, and an ETag lets
+// browsers revalidate them cheaply despite Cache-Control: no-cache.
+var assets = sync.OnceValue(func() map[string]asset {
+	m := make(map[string]asset)
+	err := fs.WalkDir(files, ".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		body, err := fs.ReadFile(files, name)
+		if err != nil {
+			return err
+		}
+		ext := path.Ext(name)
+		ct, ok := contentTypes[ext]
+		if !ok {
+			ct = mime.TypeByExtension(ext)
+		}
+		if ct == "" {
+			ct = "application/octet-stream"
+		}
+		sum := sha256.Sum256(body)
+		m[name] = asset{body: body, contentType: ct, etag: `"` + hex.EncodeToString(sum[:12]) + `"`}
+		return nil
+	})
+	if err != nil {
+		// The files are compiled in: failing to read them is a build defect.
+		panic("web: reading embedded files: " + err.Error())
+	}
+	return m
+})
+
+// Handler serves the embedded files: "/" is index.html, "/NAME" is the file
+// NAME, anything else is 404. Only GET and HEAD are allowed. Responses carry
+// an explicit Content-Type, Cache-Control: no-cache (always revalidate, so a
+// new server version is picked up at once) with an ETag, and
+// X-Content-Type-Options: nosniff.
+//
+// Mount it at the root, or under a prefix with http.StripPrefix: the pages
+// refer to each other and to their assets by relative URLs.
+func Handler() http.Handler {
+	a := assets()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			h.Set("Allow", "GET, HEAD")
+			http.Error(w, http.StatusText(http.StatusMethodNotAllowed), http.StatusMethodNotAllowed)
+			return
+		}
+		name := strings.TrimPrefix(r.URL.Path, "/")
+		if name == "" {
+			name = "index.html"
+		}
+		f, ok := a[name]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		h.Set("Content-Type", f.contentType)
+		h.Set("Cache-Control", "no-cache")
+		h.Set("ETag", f.etag)
+		http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(f.body))
+	})
+}
