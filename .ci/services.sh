@@ -2,7 +2,8 @@
 # Makes sure the services the tests talk to are running on loopback: a NATS
 # server with JetStream on 127.0.0.1:4222 and RabbitMQ (with streams) on
 # 127.0.0.1:5672. Uses them where they already run; otherwise installs them
-# from Debian's packages (as root) and starts them. Idempotent.
+# from Debian's packages (as root) and starts them. Also installs chromium
+# for the browser tests. Idempotent.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -41,4 +42,9 @@ if ! port_open 5672; then
 	wait_port 5672 rabbitmq-server
 fi
 
-echo "services: nats on 4222 and rabbitmq on 5672 are up"
+# The browser tests (cmd/cometgate/browser_test.go) drive Debian's chromium,
+# headless; the fonts make its screenshots readable.
+need_pkg chromium
+need_pkg fonts-dejavu-core
+
+echo "services: nats on 4222 and rabbitmq on 5672 are up; chromium is installed"

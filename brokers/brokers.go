@@ -37,10 +37,12 @@ type Message struct {
 	Channel string
 	// Data is the payload, opaque bytes.
 	Data []byte
-	// Cursor is the message's position in the channel's history (a JetStream
-	// stream sequence, a RabbitMQ stream offset), or "" when the channel has
-	// no history and so the message cannot be resumed from.
-	Cursor string
+	// Seq is the message's position in the channel's history (a JetStream
+	// stream sequence, a RabbitMQ stream offset), or 0 when the channel has
+	// no history and so the message cannot be resumed from. Positions only
+	// grow along a channel's history; the gateway shows them to clients as
+	// decimal cursors.
+	Seq uint64
 	// Header carries broker metadata worth preserving end to end (for
 	// example "Content-Type"). It may be nil.
 	Header map[string]string
@@ -71,7 +73,7 @@ type Broker interface {
 	Subscribe(ctx context.Context, pattern string, h Handler) (Subscription, error)
 	// Publish sends msg and returns once the broker has confirmed it (a
 	// flush round trip on core NATS, a JetStream ack, an AMQP publisher
-	// confirm). msg.Cursor is ignored.
+	// confirm). msg.Seq is ignored.
 	Publish(ctx context.Context, msg Message) error
 	// Ready reports whether the broker connection is up right now.
 	Ready() bool
@@ -111,3 +113,31 @@ func (s State) String() string {
 // StateFunc is told every change of a broker's connection state. It is
 // called from a broker goroutine and must not block.
 type StateFunc func(State)
+
+// History is implemented by brokers that store the messages of some
+// channels (JetStream streams, RabbitMQ stream queues). For those channels
+// Subscribe delivers messages with Seq set, and a client that lost its
+// connection can get what it missed through Replay.
+type History interface {
+	// HasHistory reports whether every channel matching pattern is stored.
+	HasHistory(pattern string) bool
+	// Replay calls h, in order, for each stored message on a channel
+	// matching pattern whose Seq is greater than after, up to the last
+	// message stored when Replay was called, and then returns. Unlike a
+	// subscription Handler, h may block: that is how a slow client holds
+	// back its replay. When messages after `after` are no longer stored
+	// (retention removed them), the result has Gap set and Oldest is the
+	// oldest position still stored; the replay then starts there.
+	Replay(ctx context.Context, pattern string, after uint64, h Handler) (ReplayResult, error)
+}
+
+// ReplayResult reports how a Replay went.
+type ReplayResult struct {
+	// Gap is true when the history no longer reached back to the requested
+	// position: messages were lost to the caller.
+	Gap bool
+	// Oldest is the oldest position still stored, when Gap is set.
+	Oldest uint64
+	// Last is the position of the last message replayed (0 if none).
+	Last uint64
+}

@@ -123,7 +123,10 @@ func appendIntField(dst []byte, name string, v int64) []byte {
 // per pattern, however many sessions receive it.
 func EncodeMessage(m brokers.Message, pattern string, arrived time.Time) *Body {
 	buf, b := newBody(TypeMsg)
-	b.channel, b.cursor, b.arrived = m.Channel, m.Cursor, arrived
+	b.channel, b.arrived = m.Channel, arrived
+	if m.Seq != 0 {
+		b.cursor = strconv.FormatUint(m.Seq, 10)
+	}
 	buf = appendField(buf, "ch", m.Channel)
 	if pattern != m.Channel {
 		b.pattern = pattern
@@ -131,8 +134,8 @@ func EncodeMessage(m brokers.Message, pattern string, arrived time.Time) *Body {
 	} else {
 		b.pattern = m.Channel
 	}
-	if m.Cursor != "" {
-		buf = appendField(buf, "cur", m.Cursor)
+	if b.cursor != "" {
+		buf = appendField(buf, "cur", b.cursor)
 	}
 	buf = appendPayload(buf, m.Data)
 	return b.finish(buf)

@@ -115,9 +115,11 @@
  *     harmless. POSTs that fail with a network error, 408, 429 or 5xx are
  *     retried; 404 means the session is gone and the client reconnects.
  *     When the stream drops the browser's EventSource reconnects by itself
- *     (sending Last-Event-ID); if the server then opens a new session the
- *     client reconciles its subscriptions, and if that does not happen within
- *     connectTimeout the client takes over with its own backoff.
+ *     (sending Last-Event-ID); frames wait meanwhile instead of going to a
+ *     session that is probably gone. If the server then opens a new session
+ *     the client reconciles its subscriptions (and sends the waiting
+ *     requests there), and if that does not happen within connectTimeout the
+ *     client takes over with its own backoff.
  *   - Every subscription remembers the cursor of its last message; after a
  *     reconnect each channel is subscribed again from that cursor, so
  *     channels with history resume without loss (or report a gap).
@@ -548,6 +550,11 @@
       this.initial = built.included;
       this.es = null;
       this.interrupted = false;
+      // Set while the browser reconnects the stream and until its first
+      // packet: the session named by sid is probably gone (the server ends
+      // an SSE session with its stream), so frames wait here instead of
+      // being POSTed to it, and the hello says where they go.
+      this.holding = false;
       this.queue = []; // frames not yet POSTed
       this.inflight = null; // the batch being POSTed
       this.goneBatch = null; // a batch the server answered 404: never applied
@@ -567,7 +574,17 @@
       const es = new ES(this.url);
       this.es = es;
       es.onmessage = (e) => {
-        if (!this.closed) this.client._onRaw(this, e.data);
+        if (this.closed) return;
+        if (!this.holding) {
+          this.client._onRaw(this, e.data);
+          return;
+        }
+        // The first packet after a reconnect: a hello of a new session
+        // resets the session (and the queue) before anything is sent; the
+        // same session gets what was held.
+        this.holding = false;
+        this.client._onRaw(this, e.data);
+        this._flush();
       };
       es.onopen = () => {
         if (this.closed || !this.interrupted) return;
@@ -585,6 +602,7 @@
         // The browser reconnects by itself, sending Last-Event-ID.
         if (!this.interrupted) {
           this.interrupted = true;
+          this.holding = true;
           this.client._onTransportInterrupted(this);
         }
       };
@@ -617,6 +635,7 @@
       this.queue = [];
       this.inflight = null;
       this.goneBatch = null;
+      this.holding = false;
       this.n = 0;
       clearTimeout(this.retryTimer);
       this.retryTimer = null;
@@ -634,7 +653,7 @@
     }
 
     _flush() {
-      if (this.closed || this.inflight || this.retryTimer || !this.sid || this.queue.length === 0) return;
+      if (this.closed || this.holding || this.inflight || this.retryTimer || !this.sid || this.queue.length === 0) return;
       const batch = this.queue.map((f) => Object.assign({}, f, { n: ++this.n }));
       this.queue = [];
       this.inflight = batch;
@@ -665,7 +684,12 @@
             this._flush();
           } else if (status === 404) {
             this.inflight = null;
-            this.goneBatch = batch;
+            this.goneBatch = this.goneBatch ? this.goneBatch.concat(batch) : batch;
+            // While the browser reconnects the stream, the old session being
+            // gone is expected: the new session's hello takes the batch over
+            // (it was never applied), and the interruption timer covers a
+            // stream that does not come back.
+            if (this.holding) return;
             this.client._onTransportClose(this, { code: 1006, reason: "session not found (HTTP 404)" });
           } else if (status === 408 || status === 429 || status >= 500) {
             this._retry(batch, epoch);

@@ -1,7 +1,7 @@
 // Package web is the browser side of cometgate: the client library
 // cometgate.js (it speaks wire protocol version 1, see package transports),
 // the landing page with a live console (index.html), the ticker and auction
-// demos, and their stylesheet.
+// demos, their stylesheet and icon.
 //
 // The files are embedded with go:embed so that the single cometgate binary
 // serves the client and the demos with nothing else installed, and so that
@@ -24,7 +24,7 @@ import (
 	"time"
 )
 
-//go:embed *.html *.js *.css
+//go:embed *.html *.js *.css *.svg
 var files embed.FS
 
 // FS returns the embedded files, at the root of the file system
@@ -39,6 +39,7 @@ var contentTypes = map[string]string{
 	".html": "text/html; charset=utf-8",
 	".js":   "text/javascript; charset=utf-8",
 	".css":  "text/css; charset=utf-8",
+	".svg":  "image/svg+xml",
 }
 
 type asset struct {

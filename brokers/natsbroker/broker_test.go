@@ -231,8 +231,8 @@ func TestRawClientInterop(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := in.wait(t, "demo.x", "from raw")
-	if got.Header["Content-Type"] != "text/plain" || got.Cursor != "" {
-		t.Errorf("got header %v cursor %q", got.Header, got.Cursor)
+	if got.Header["Content-Type"] != "text/plain" || got.Seq != 0 {
+		t.Errorf("got header %v seq %d", got.Header, got.Seq)
 	}
 
 	raw, err := nc.SubscribeSync("demo.y")

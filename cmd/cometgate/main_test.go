@@ -438,3 +438,26 @@ func TestUnknownConfigKeyFailsStartup(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestShutdownClosesIdleNewConnections: a connection that never sent a
+// request (browsers open spare ones) must not hold up shutdown.
+func TestShutdownClosesIdleNewConnections(t *testing.T) {
+	n := startNode(t)
+	c, err := net.Dial("tcp", n.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Wait until the server has accepted it (a request on another
+	// connection proves the accept loop ran past it).
+	if resp, err := http.Get(n.url("/healthz")); err == nil {
+		resp.Body.Close()
+	}
+	n.shutdown(t)
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("spare connection still open after shutdown")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("spare connection not closed by shutdown")
+	}
+}

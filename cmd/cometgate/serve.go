@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cometgate/cometgate/brokers"
+	"github.com/cometgate/cometgate/brokers/amqpbroker"
 	"github.com/cometgate/cometgate/brokers/natsbroker"
 	"github.com/cometgate/cometgate/configs"
 	"github.com/cometgate/cometgate/gateway"
@@ -111,7 +112,9 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 		topts.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	}
 	tsrv := transports.New(topts)
+	fresh := &freshConns{conns: make(map[net.Conn]struct{})}
 	httpSrv := &http.Server{
+		ConnState:         fresh.track,
 		Handler:           tsrv,
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout,
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
@@ -179,6 +182,7 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 	swg.Add(2)
 	go func() {
 		defer swg.Done()
+		fresh.closeAll()
 		if err := httpSrv.Shutdown(sctx); err != nil {
 			log.Warn("http shutdown", slog.Any("err", err))
 			_ = httpSrv.Close()
@@ -243,8 +247,26 @@ func openBroker(ctx context.Context, cfg *configs.Config, onState brokers.StateF
 			return nil, nil, nil, fmt.Errorf("broker.nats: %w", err)
 		}
 		return b, nil, b.Close, nil
+	case configs.BrokerAMQP:
+		a := cfg.Broker.AMQP
+		b, err := amqpbroker.Connect(ctx, amqpbroker.Options{
+			URL:              a.URL,
+			Exchange:         a.Exchange,
+			ExchangeType:     a.ExchangeType,
+			DeclareExchange:  a.DeclareExchange,
+			Prefetch:         a.Prefetch,
+			ReconnectWait:    a.ReconnectWait,
+			MaxReconnectWait: a.MaxReconnectWait,
+			SubjectPrefix:    cfg.Broker.SubjectPrefix,
+			OnState:          onState,
+			Logger:           log.With(slog.String("component", "amqp")),
+		})
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("broker.amqp: %w", err)
+		}
+		return b, nil, b.Close, nil
 	}
-	return nil, nil, nil, fmt.Errorf("broker.kind: %q is not available in this version of cometgate (use embedded or nats)", cfg.Broker.Kind)
+	return nil, nil, nil, fmt.Errorf("broker.kind: unknown kind %q", cfg.Broker.Kind)
 }
 
 // buildRules turns the channels section into gateway rules. Features the
@@ -307,4 +329,33 @@ func adminMux() http.Handler {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
+}
+
+// freshConns tracks connections that have not sent a request yet.
+// http.Server.Shutdown treats such a connection as busy for five seconds
+// (browsers open spare connections they may never use), which would hold
+// up every shutdown; the node closes them itself instead. Requests already
+// being read are not affected: their connections are no longer new.
+type freshConns struct {
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+func (f *freshConns) track(c net.Conn, st http.ConnState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st == http.StateNew {
+		f.conns[c] = struct{}{}
+	} else {
+		delete(f.conns, c)
+	}
+}
+
+func (f *freshConns) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.conns {
+		_ = c.Close()
+		delete(f.conns, c)
+	}
 }

@@ -1,0 +1,105 @@
+// Package amqpbroker implements brokers.Broker on RabbitMQ (AMQP 0.9.1),
+// with github.com/rabbitmq/amqp091-go.
+//
+// # Topology
+//
+// Every channel is published to one exchange (Options.Exchange, default
+// "cometgate", a durable topic exchange) with the channel as routing key.
+// Each Broker — one per gateway node — has ONE queue: server-named,
+// exclusive and auto-deleted, so it lives exactly as long as the node's
+// connection and a node that dies leaves nothing behind on the server. The
+// queue has ONE binding per active pattern, added by the first Subscribe
+// of that pattern and removed after its last Unsubscribe (patterns are
+// reference-counted; a second Subscribe of a bound pattern costs the
+// server nothing). The gateway keeps one subscription per pattern per
+// node and fans out to its browsers itself, so RabbitMQ sees a handful of
+// queues (one per node) and bindings (one per pattern per node), never one
+// per browser or per Subscribe, and copies each message once per node.
+// The queue is not durable and messages are published transient: this
+// is the live mode without history, where a message cannot be resumed
+// from (Message.Seq is 0).
+//
+// # Patterns
+//
+// Channels and patterns use the contract's (NATS) syntax: dot-separated
+// tokens, "*" for exactly one token, ">" (last token only) for one or
+// more. "*" is the same in AMQP; ">" becomes "#". But AMQP's "#" matches
+// ZERO or more words, so the binding "a.#" also routes "a", which "a.>"
+// must not receive. All bindings feed the one queue anyway, so the
+// dispatcher matches every delivery's channel against the active patterns
+// in the contract's semantics (a map lookup for patterns without
+// wildcards, a scan of the wildcard patterns) and hands it to every
+// Subscription whose pattern matches, once each; a delivery that matches
+// none (the zero-word case, or a binding being removed) is dropped.
+// Names are validated like natsbroker's (non-empty tokens without
+// whitespace or control characters, wildcards only as whole tokens in
+// patterns), and additionally refuse "#" anywhere and anything longer
+// than AMQP's 255 bytes with the prefix. Options.SubjectPrefix namespaces
+// the channels on a shared exchange exactly as in natsbroker: channel
+// "x.y" is routing key "<prefix>.x.y", pattern ">" binds "<prefix>.#",
+// and a routing key without the prefix is ignored (as is any routing key
+// that is not a valid channel: plain AMQP clients may publish anything).
+//
+// # Delivery and flow control
+//
+// One consumer on the queue feeds one dispatcher goroutine, so Handlers
+// are called one at a time, in the queue's order, which is publish order
+// per channel (per publishing connection). The first Subscription a
+// message goes to gets the delivery's own buffer, any other a copy.
+//
+// The consumer uses manual acknowledgements with a prefetch window
+// (Options.Prefetch, default 256), acknowledging several deliveries at
+// once after they were handed to the Handlers. Auto-ack would be safe
+// here — the queue is exclusive and dies with the connection, so an
+// acknowledgement protects nothing — but with auto-ack the server pushes
+// as fast as TCP allows and amqp091-go buffers every delivery in client
+// memory without bound. With a window, a node that falls behind holds at
+// most Prefetch messages and the backlog stays in its queue on the
+// server, where it is visible and RabbitMQ's memory and paging limits
+// apply.
+//
+// # What Publish's confirmation means
+//
+// Publish uses its own channel in publisher-confirm mode and returns
+// after the server's basic.ack: the server has accepted the message and
+// routed it to every queue bound to a matching key at that moment (each
+// subscribed node's queue, in memory). A message that matches no binding
+// is acknowledged too: no subscriber is not an error, as on NATS. A
+// basic.nack yields an error wrapping ErrNacked. While the connection is
+// down, or the server blocks publishers (a memory or disk alarm), Publish
+// fails at once with an error wrapping brokers.ErrUnavailable, and so it
+// does when the connection is lost before the confirm arrives or the
+// confirm does not arrive before ctx's deadline (Options.ConfirmTimeout
+// when ctx has none): such a message may or may not have been routed, and
+// the caller may retry. The write itself cannot be interrupted: under
+// TCP back-pressure it waits for the connection (whose loss is noticed by
+// heartbeats).
+//
+// # Reconnects
+//
+// A supervisor goroutine owns the connection. When the connection, the
+// consumer channel or the publish channel closes (NotifyClose), or the
+// server cancels the consumer, it reports StateDisconnected, closes what
+// is left, and redials forever with an exponential, jittered delay
+// between Options.ReconnectWait and MaxReconnectWait; each new connection
+// re-declares the exchange, a new queue, every binding and the consumer,
+// and only then reports StateConnected. Subscriptions survive reconnects;
+// Subscribe while disconnected registers the Subscription and returns at
+// once. Messages published while a node had no queue are lost for that
+// node: the live mode has no history, and the gateway signals such gaps.
+// If the very first connect fails because the server cannot be reached,
+// the Broker retries the same way; if the server refuses the setup, Connect
+// fails. A binding the server refuses (a channel exception on the
+// declaring channel, which is then reopened) fails that Subscribe without
+// disturbing the consumer. Every Notify* channel registered with the
+// library is buffered and drained, which amqp091-go requires to avoid
+// deadlocking its reader goroutine.
+//
+// # Headers
+//
+// Message.Header["Content-Type"] travels as the AMQP content-type
+// property and every other entry as a string in the headers table; both
+// come back the same way on delivery. Non-string header values sent by
+// plain AMQP clients are formatted as text; nested tables and arrays are
+// left out.
+package amqpbroker

@@ -1,0 +1,741 @@
+package main
+
+// Browser tests: web/cometgate.js and the demo pages in Debian's chromium,
+// headless, driven over the DevTools protocol (chromedp, through a pipe: the
+// browser opens no debugging port), against real in-process nodes. They
+// cover what unit tests of the client cannot: the browser's own WebSocket,
+// EventSource and fetch, same-origin rules, and pages that must load and
+// work without a script error.
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"image/png"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// chromiumPath is Debian's chromium, which .ci/services.sh installs.
+const chromiumPath = "/usr/bin/chromium"
+
+// screenshotEnv names a file that TestBrowserDemoPages writes its
+// screenshot of index.html to, for a person to look at.
+const screenshotEnv = "CG_BROWSER_SCREENSHOT"
+
+// browserTimeout bounds each wait for something to happen in the page.
+const browserTimeout = 30 * time.Second
+
+// tab is one headless chromium with one page, owned by a test. Its
+// methods fail the test t.
+type tab struct {
+	t   *testing.T
+	ctx context.Context
+	log *consoleLog
+}
+
+// consoleLog is what the page wrote to its console.
+type consoleLog struct {
+	mu       sync.Mutex
+	messages []chromedp.ConsoleMessage
+}
+
+// in returns the same tab failing the (sub)test t.
+func (b *tab) in(t *testing.T) *tab {
+	return &tab{t: t, ctx: b.ctx, log: b.log}
+}
+
+// newTab starts a fresh chromium (its own profile in a temporary folder)
+// and records what its page writes to the console. The test's cleanup
+// closes the browser and waits for it.
+func newTab(t *testing.T) *tab {
+	t.Helper()
+	if _, err := os.Stat(chromiumPath); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("browser tests need chromium at %s (.ci/services.sh installs it): %v", chromiumPath, err)
+		}
+		t.Skipf("browser tests need chromium at %s: apt-get install chromium", chromiumPath)
+	}
+	profile := t.TempDir()
+	// Exactly these flags: chromedp's defaults are not used. chromedp adds
+	// --remote-debugging-pipe and the first page, about:blank.
+	actx, acancel := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(chromiumPath),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(profile),
+	)
+	ctx, cancel := chromedp.NewContext(actx)
+	b := &tab{t: t, ctx: ctx, log: &consoleLog{}}
+	var wg sync.WaitGroup
+	stop := func() {
+		cctx, ccancel := context.WithTimeout(ctx, 20*time.Second)
+		if err := chromedp.Cancel(cctx); err != nil {
+			t.Logf("closing chromium: %v", err)
+		}
+		ccancel()
+		cancel()
+		acancel() // waits for the browser process
+		wg.Wait()
+	}
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 900)); err != nil {
+		stop()
+		t.Fatalf("starting chromium: %v", err)
+	}
+	messages := chromedp.Console(ctx)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			b.log.mu.Lock()
+			b.log.messages = append(b.log.messages, m)
+			b.log.mu.Unlock()
+		}
+	}()
+	t.Cleanup(stop)
+	return b
+}
+
+// do runs steps with a bound on their time.
+func (b *tab) do(steps ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, browserTimeout)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		b.t.Fatalf("browser: %v%s", err, b.consoleText())
+	}
+}
+
+// eval evaluates a JavaScript expression (awaiting a promise) and decodes
+// its JSON value into out.
+func (b *tab) eval(expr string, out any) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, browserTimeout)
+	defer cancel()
+	raw, err := chromedp.Run(ctx, chromedp.Evaluate[[]byte](expr, chromedp.EvalAwaitPromise))
+	if err != nil {
+		b.t.Fatalf("evaluating %s: %v%s", expr, err, b.consoleText())
+	}
+	if out == nil {
+		return
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		b.t.Fatalf("evaluating %s: result %s: %v", expr, raw, err)
+	}
+}
+
+// waitFor polls a JavaScript condition in the page until it is true. On
+// timeout it fails with the value of diag, a JavaScript expression that
+// describes the page's state.
+func (b *tab) waitFor(cond, diag string) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, browserTimeout+5*time.Second)
+	defer cancel()
+	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](cond,
+		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(browserTimeout)))
+	if err != nil {
+		var state string
+		if diag != "" {
+			dctx, dcancel := context.WithTimeout(b.ctx, 5*time.Second)
+			s, derr := chromedp.Run(dctx, chromedp.Evaluate[string]("JSON.stringify("+diag+")"))
+			dcancel()
+			state = s
+			if derr != nil {
+				state = derr.Error()
+			}
+		}
+		b.t.Fatalf("waiting for %s: %v\npage state: %s%s", cond, err, state, b.consoleText())
+	}
+}
+
+// problems returns the console errors and uncaught exceptions so far,
+// except those about the URLs in ignore.
+func (b *tab) problems(ignore ...string) []string {
+	b.log.mu.Lock()
+	defer b.log.mu.Unlock()
+	var out []string
+	for _, m := range b.log.messages {
+		if (m.Type == chromedp.ConsoleError || m.IsException()) && !slices.Contains(ignore, m.URL) {
+			where := ""
+			if m.URL != "" {
+				where = fmt.Sprintf(" (%s:%d)", m.URL, m.Line+1)
+			}
+			out = append(out, m.String()+where)
+		}
+	}
+	return out
+}
+
+// consoleText is the page's console, for failure messages.
+func (b *tab) consoleText() string {
+	b.log.mu.Lock()
+	defer b.log.mu.Unlock()
+	if len(b.log.messages) == 0 {
+		return ""
+	}
+	var s strings.Builder
+	s.WriteString("\nbrowser console:")
+	for _, m := range b.log.messages {
+		s.WriteString("\n  " + m.String())
+	}
+	return s.String()
+}
+
+// harnessJS loads the client into the current page from the page's origin
+// (so the gateway sees a same-origin browser) and defines window.T, which
+// records what a test client sees.
+const harnessJS = `new Promise((resolve, reject) => {
+  const s = document.createElement("script");
+  s.src = "/cometgate.js";
+  s.onload = resolve;
+  s.onerror = () => reject(new Error("cannot load /cometgate.js"));
+  document.documentElement.appendChild(s);
+}).then(() => {
+  window.T = {
+    states: [], msgs: [], subscribed: 0, subErrors: [], gaps: [],
+    start(opts, channel) {
+      const cg = new CometGate(opts);
+      T.cg = cg;
+      cg.on("state", (state, info) => T.states.push({
+        state: state, transport: info.transport || "", code: info.code || 0,
+        reason: info.reason || "", sid: info.sessionId || "",
+      }));
+      T.sub = cg.subscribe(channel, (m) => T.msgs.push({
+        channel: m.channel, pattern: m.pattern, kind: m.kind, seq: m.seq,
+        u8: m.data instanceof Uint8Array,
+        data: m.data instanceof Uint8Array ? Array.from(m.data) : m.data,
+      }));
+      T.sub.on("subscribed", () => T.subscribed++);
+      T.sub.on("error", (e) => T.subErrors.push({ code: e.code, message: e.message }));
+      T.sub.on("gap", (g) => T.gaps.push(g));
+    },
+    diag() {
+      return { state: T.cg && T.cg.state, transport: T.cg && T.cg.transport, sid: T.cg && T.cg.sessionId,
+        states: T.states, received: T.msgs.length, subscribed: T.subscribed, subErrors: T.subErrors };
+    },
+  };
+  return typeof CometGate;
+})`
+
+// openClient navigates to base (a gateway's origin), loads the client and
+// starts one on channel with the given options (a JavaScript object).
+func (b *tab) openClient(base, channel, opts string) {
+	b.t.Helper()
+	// Any same-origin document will do; the client file itself is one.
+	b.do(chromedp.Navigate(base + "/cometgate.js"))
+	var typ string
+	b.eval(harnessJS, &typ)
+	if typ != "function" {
+		b.t.Fatalf("CometGate is %q after loading /cometgate.js", typ)
+	}
+	b.eval(fmt.Sprintf("T.start(%s, %q), true", opts, channel), nil)
+}
+
+// pageMsg is a message as the test client recorded it.
+type pageMsg struct {
+	Channel string          `json:"channel"`
+	Pattern string          `json:"pattern"`
+	Kind    string          `json:"kind"`
+	Seq     int             `json:"seq"`
+	U8      bool            `json:"u8"`
+	Data    json.RawMessage `json:"data"`
+}
+
+type pageState struct {
+	State     string `json:"state"`
+	Transport string `json:"transport"`
+	Code      int    `json:"code"`
+	Reason    string `json:"reason"`
+	Sid       string `json:"sid"`
+}
+
+func (b *tab) messages() []pageMsg {
+	b.t.Helper()
+	var msgs []pageMsg
+	b.eval("T.msgs", &msgs)
+	return msgs
+}
+
+func (b *tab) states() []pageState {
+	b.t.Helper()
+	var st []pageState
+	b.eval("T.states", &st)
+	return st
+}
+
+// variant is message i of a mixed stream: JSON, text that is not JSON, and
+// bytes that are not UTF-8, so that every payload form of the wire format
+// reaches the browser.
+type variant struct {
+	body  string // the POST /api/publish body
+	kind  string // the client's msg.kind
+	want  any    // what the client's msg.data must equal, as decoded from JSON
+	bytes bool
+}
+
+func mixedMessage(channel string, i int) variant {
+	switch i % 3 {
+	case 0:
+		data := map[string]any{"i": float64(i), "s": `héllo ✓ "quoted" </script>`, "list": []any{1.5, true, nil}}
+		body, _ := json.Marshal(map[string]any{"channel": channel, "data": data})
+		return variant{body: string(body), kind: "json", want: data}
+	case 1:
+		text := fmt.Sprintf("line %d: ünïcödé <b>&amp;</b>\ttab", i)
+		body, _ := json.Marshal(map[string]any{"channel": channel, "text": text})
+		return variant{body: string(body), kind: "text", want: text}
+	default:
+		raw := []byte{byte(i), 0x00, 0xff, 0xfe, 0x80, '\n'}
+		body, _ := json.Marshal(map[string]any{"channel": channel, "b64": base64.StdEncoding.EncodeToString(raw)})
+		want := make([]any, len(raw))
+		for k, c := range raw {
+			want[k] = float64(c)
+		}
+		return variant{body: string(body), kind: "bytes", want: want, bytes: true}
+	}
+}
+
+// checkMixed checks that msgs are exactly the mixed messages from..to-1,
+// in order, and, when they all came in one session, that their packet
+// numbers increase.
+func checkMixed(t *testing.T, msgs []pageMsg, channel string, from, to int, oneSession bool) {
+	t.Helper()
+	if len(msgs) != to-from {
+		t.Fatalf("received %d messages, want %d", len(msgs), to-from)
+	}
+	lastSeq := 0
+	for k, m := range msgs {
+		i := from + k
+		v := mixedMessage(channel, i)
+		var got any
+		if err := json.Unmarshal(m.Data, &got); err != nil {
+			t.Fatalf("message %d: data %s: %v", i, m.Data, err)
+		}
+		if m.Channel != channel || m.Pattern != channel || m.Kind != v.kind || m.U8 != v.bytes || !reflect.DeepEqual(got, v.want) {
+			t.Fatalf("message %d: got %+v (data %s), want kind %s data %v", i, m, m.Data, v.kind, v.want)
+		}
+		if oneSession && m.Seq <= lastSeq {
+			t.Fatalf("message %d: seq %d after %d", i, m.Seq, lastSeq)
+		}
+		lastSeq = m.Seq
+	}
+}
+
+func publishMixed(t *testing.T, n *node, channel string, from, to int) {
+	t.Helper()
+	for i := from; i < to; i++ {
+		if code, body := postPublish(t, n, mixedMessage(channel, i).body); code != 200 {
+			t.Fatalf("publish %d: %d %s", i, code, body)
+		}
+	}
+}
+
+const diagJS = "T.diag()"
+
+// TestBrowserWebSocket: a page's client over WebSocket gets 100 messages
+// published from Go, in order, with every payload form intact.
+func TestBrowserWebSocket(t *testing.T) {
+	n := startNode(t)
+	b := newTab(t)
+	b.openClient(n.url(""), "demo.browser", `{transports: ["websocket"]}`)
+	b.waitFor(`T.subscribed === 1 && T.cg.state === "connected"`, diagJS)
+	var transport string
+	b.eval("T.cg.transport", &transport)
+	if transport != "websocket" {
+		t.Fatalf("transport %q", transport)
+	}
+
+	publishMixed(t, n, "demo.browser", 0, 100)
+	b.waitFor("T.msgs.length >= 100", diagJS)
+	checkMixed(t, b.messages(), "demo.browser", 0, 100, true)
+
+	// A publish from the page resolves with the server's ok and comes back.
+	var ok map[string]any
+	b.eval(`T.cg.publish("demo.browser", {from: "page"}).then((p) => p)`, &ok)
+	if ok["t"] != "ok" {
+		t.Fatalf("publish resolved with %v", ok)
+	}
+	b.waitFor("T.msgs.length >= 101", diagJS)
+	if m := b.messages()[100]; m.Kind != "json" || string(m.Data) != `{"from":"page"}` {
+		t.Fatalf("echo %+v %s", m, m.Data)
+	}
+	if p := b.problems(n.url("/favicon.ico")); len(p) > 0 {
+		t.Fatalf("console errors: %v", p)
+	}
+}
+
+// TestBrowserSSE: the same over EventSource, with the page's publishes
+// (POST /session/{sid}/send) seen by an independent SSE subscriber.
+func TestBrowserSSE(t *testing.T) {
+	n := startNode(t)
+	b := newTab(t)
+	b.openClient(n.url(""), "demo.browser", `{transports: ["sse"]}`)
+	b.waitFor(`T.subscribed === 1 && T.cg.state === "connected"`, diagJS)
+	var transport string
+	b.eval("T.cg.transport", &transport)
+	if transport != "sse" {
+		t.Fatalf("transport %q", transport)
+	}
+
+	publishMixed(t, n, "demo.browser", 0, 100)
+	b.waitFor("T.msgs.length >= 100", diagJS)
+	checkMixed(t, b.messages(), "demo.browser", 0, 100, true)
+
+	// Another subscriber, outside the browser.
+	s := openSSE(t, n.url("/sse?ch=demo.browser"))
+	next(t, s.packets, "ok")
+
+	var oks []map[string]any
+	b.eval(`Promise.all([
+	  T.cg.publish("demo.browser", {from: "page", n: 1}),
+	  T.cg.publishText("demo.browser", "text from the page ✓"),
+	  T.cg.publishBytes("demo.browser", new Uint8Array([0, 255, 1, 128])),
+	])`, &oks)
+	if len(oks) != 3 {
+		t.Fatalf("publishes resolved with %v", oks)
+	}
+	for _, ok := range oks {
+		if ok["t"] != "ok" {
+			t.Fatalf("publishes resolved with %v", oks)
+		}
+	}
+	// One POST carries the three frames in order, so they arrive in order.
+	if m := next(t, s.packets, "msg"); !reflect.DeepEqual(m["data"], map[string]any{"from": "page", "n": 1.0}) {
+		t.Fatalf("first page publish arrived as %v", m)
+	}
+	if m := next(t, s.packets, "msg"); m["text"] != "text from the page ✓" {
+		t.Fatalf("second page publish arrived as %v", m)
+	}
+	if m := next(t, s.packets, "msg"); m["b64"] != "AP8BgA==" {
+		t.Fatalf("third page publish arrived as %v", m)
+	}
+	b.waitFor("T.msgs.length >= 103", diagJS)
+
+	// A refused publish rejects with the server's code and ends nothing.
+	var code any
+	b.eval(`T.cg.publish("secret.x", 1).then(() => "resolved", (e) => e.code)`, &code)
+	if code != 403.0 {
+		t.Fatalf("publish to secret.x: %v, want 403", code)
+	}
+	var state string
+	b.eval("T.cg.state", &state)
+	if state != "connected" {
+		t.Fatalf("state %q after a refused publish", state)
+	}
+	if p := b.problems(n.url("/favicon.ico")); len(p) > 0 {
+		t.Fatalf("console errors: %v", p)
+	}
+}
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+// TestBrowserReconnect: when its node shuts down (close 3000), the client
+// goes "disconnected", keeps trying, and once a node is back at the same
+// address it opens a new session, subscribes again and receives.
+func TestBrowserReconnect(t *testing.T) {
+	for _, transport := range []string{"websocket", "sse"} {
+		t.Run(transport, func(t *testing.T) {
+			addr := freePort(t)
+			a := startNode(t, "COMETGATE_HTTP_LISTEN="+addr)
+			b := newTab(t)
+			b.openClient(a.url(""), "demo.browser",
+				fmt.Sprintf(`{transports: [%q], minReconnectDelay: 100, maxReconnectDelay: 500}`, transport))
+			b.waitFor(`T.subscribed === 1 && T.cg.state === "connected"`, diagJS)
+			var firstSID string
+			b.eval("T.cg.sessionId", &firstSID)
+			publishMixed(t, a, "demo.browser", 0, 3)
+			b.waitFor("T.msgs.length >= 3", diagJS)
+
+			a.shutdown(t)
+			b.waitFor(`(() => {
+			  const i = T.states.findIndex((s) => s.state === "disconnected" && s.code === 3000);
+			  return i >= 0 && T.states.slice(i + 1).some((s) => s.state === "connecting");
+			})()`, diagJS)
+			for _, s := range b.states() {
+				if s.State == "closed" {
+					t.Fatalf("the client gave up: %+v", b.states())
+				}
+			}
+
+			bnode := startNode(t, "COMETGATE_HTTP_LISTEN="+addr)
+			b.waitFor(`T.subscribed === 2 && T.cg.state === "connected"`, diagJS)
+			var sid string
+			b.eval("T.cg.sessionId", &sid)
+			if sid == "" || sid == firstSID {
+				t.Fatalf("session after reconnect %q, before %q", sid, firstSID)
+			}
+			publishMixed(t, bnode, "demo.browser", 3, 9)
+			b.waitFor("T.msgs.length >= 9", diagJS)
+			checkMixed(t, b.messages(), "demo.browser", 0, 9, false)
+			var subErrs []any
+			b.eval("T.subErrors", &subErrs)
+			if len(subErrs) > 0 {
+				t.Fatalf("subscription errors: %v", subErrs)
+			}
+		})
+	}
+}
+
+// TestBrowserFallback: where /ws is refused (a proxy in front of the node
+// answers 403), the default client falls back to SSE at once, receives and
+// publishes.
+func TestBrowserFallback(t *testing.T) {
+	n := startNode(t)
+	target, err := url.Parse(n.url(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	var refused atomic.Int32
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ws" {
+			refused.Add(1)
+			http.Error(w, "no WebSocket here", http.StatusForbidden)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		proxy.CloseClientConnections()
+		proxy.Close()
+	})
+
+	b := newTab(t)
+	// connectTimeout is longer than the wait: the fallback must come from
+	// the refused handshake, not from the timeout.
+	b.openClient(proxy.URL, "demo.browser", `{transports: ["websocket", "sse"], connectTimeout: 120000}`)
+	b.waitFor(`T.subscribed === 1 && T.cg.state === "connected"`, diagJS)
+	var transport string
+	b.eval("T.cg.transport", &transport)
+	if transport != "sse" {
+		t.Fatalf("transport %q, want sse", transport)
+	}
+	if refused.Load() == 0 {
+		t.Fatal("the client never tried /ws")
+	}
+	publishMixed(t, n, "demo.browser", 0, 30)
+	b.waitFor("T.msgs.length >= 30", diagJS)
+	checkMixed(t, b.messages(), "demo.browser", 0, 30, true)
+
+	var ok map[string]any
+	b.eval(`T.cg.publish("demo.browser", {via: "proxy"})`, &ok)
+	if ok["t"] != "ok" {
+		t.Fatalf("publish resolved with %v", ok)
+	}
+	b.waitFor("T.msgs.length >= 31", diagJS)
+
+	// The stream breaks without a close packet (the proxy drops every
+	// connection): the browser's EventSource reconnects by itself into a
+	// new session, and the client follows it: a publish made meanwhile
+	// waits for the new session instead of going to the dead one.
+	var firstSID string
+	b.eval("T.cg.sessionId", &firstSID)
+	proxy.CloseClientConnections()
+	b.waitFor(`T.cg.state === "connecting"`, diagJS)
+	b.eval(`T.held = T.cg.publish("demo.browser", {held: true}), true`, nil)
+	b.waitFor(`T.subscribed === 2 && T.cg.state === "connected" && T.cg.sessionId !== `+strconv.Quote(firstSID), diagJS)
+	b.eval(`T.held`, &ok)
+	if ok["t"] != "ok" {
+		t.Fatalf("publish made while reconnecting resolved with %v", ok)
+	}
+	for _, s := range b.states() {
+		if s.State == "disconnected" || s.State == "closed" {
+			t.Fatalf("the client gave the session up instead of following the EventSource: %+v", b.states())
+		}
+	}
+	publishMixed(t, n, "demo.browser", 31, 40)
+	// The held publish may or may not come back: the new session's
+	// subscription and the publish race.
+	notHeld := `T.msgs.slice(31).filter((m) => !(m.data && m.data.held))`
+	b.waitFor(notHeld+".length >= 9", diagJS)
+	var msgs []pageMsg
+	b.eval(notHeld, &msgs)
+	checkMixed(t, msgs, "demo.browser", 31, 40, true)
+}
+
+// TestBrowserDemoPages loads each demo page, uses it as a person would and
+// fails on any console error or uncaught exception. It also screenshots
+// index.html after it received a message, and checks that the picture is a
+// rendered page (set CG_BROWSER_SCREENSHOT=FILE.png to keep it).
+func TestBrowserDemoPages(t *testing.T) {
+	n := startNode(t)
+	browser := newTab(t)
+	noProblems := func(t *testing.T, b *tab, page string) {
+		t.Helper()
+		if p := b.problems(); len(p) > 0 {
+			t.Fatalf("%s: console errors:\n  %s", page, strings.Join(p, "\n  "))
+		}
+	}
+	logText := `Array.from(document.querySelectorAll("#log li"), (li) => li.textContent)`
+
+	t.Run("index", func(t *testing.T) {
+		b := browser.in(t)
+		b.do(chromedp.Navigate(n.url("/")))
+		b.waitFor(`document.getElementById("state").textContent === "connected · websocket"`, `document.getElementById("state").textContent`)
+		b.waitFor(`document.querySelector("#chips .chip:not(.pending)") !== null`, `document.getElementById("chips").outerHTML`)
+
+		// A message from the server side...
+		if code, body := postPublish(t, n, `{"channel":"demo.x","data":{"price":42,"from":"Go"}}`); code != 200 {
+			t.Fatalf("publish: %d %s", code, body)
+		}
+		b.waitFor(logText+`.some((s) => s.includes('{"price":42,"from":"Go"}'))`, logText)
+		// ...and one from the page's own form, confirmed by the broker.
+		b.do(chromedp.Click(chromedp.CSS(`#pub-form button[type="submit"]`)))
+		b.waitFor(`document.getElementById("pub-result").textContent.includes("confirmed by the broker")`, `document.getElementById("pub-result").textContent`)
+		b.waitFor(logText+`.some((s) => s.includes('{"hello":"world"}'))`, logText)
+
+		sctx, scancel := context.WithTimeout(b.ctx, browserTimeout)
+		shot, err := chromedp.Run(sctx, chromedp.CaptureScreenshot())
+		scancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkScreenshot(t, shot)
+		if path := os.Getenv(screenshotEnv); path != "" {
+			if err := os.WriteFile(path, shot, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("screenshot of index.html: %s", path)
+		}
+
+		// Switching the transport starts a new client that subscribes again.
+		b.do(chromedp.SetValue(chromedp.ID("transport"), "sse"))
+		b.eval(`document.getElementById("transport").dispatchEvent(new Event("change")), true`, nil)
+		b.waitFor(`document.getElementById("state").textContent === "connected · sse"`, `document.getElementById("state").textContent`)
+		b.waitFor(logText+`.filter((s) => s.includes("subscribed to demo.x")).length >= 2`, logText)
+		if code, body := postPublish(t, n, `{"channel":"demo.x","text":"over sse"}`); code != 200 {
+			t.Fatalf("publish: %d %s", code, body)
+		}
+		b.waitFor(logText+`.some((s) => s.includes('text "over sse"'))`, logText)
+		noProblems(t, b, "index.html")
+	})
+
+	t.Run("ticker", func(t *testing.T) {
+		b := browser.in(t)
+		b.do(chromedp.Navigate(n.url("/ticker.html")))
+		b.waitFor(`document.getElementById("state").textContent.startsWith("connected")`, `document.getElementById("state").textContent`)
+		b.do(chromedp.Click(chromedp.ID("simulate")))
+		rows := `document.querySelectorAll("#quotes tr:not(#empty)").length`
+		b.waitFor(rows+` >= 3 && document.getElementById("empty").hidden`, `document.getElementById("quotes").innerText`)
+		b.waitFor(`/^\d+ prices published$/.test(document.getElementById("feed-status").textContent)`, `document.getElementById("feed-status").textContent`)
+		// Every row shows a price and a change.
+		var cells [][]string
+		b.eval(`Array.from(document.querySelectorAll("#quotes tr:not(#empty)"), (tr) => Array.from(tr.cells, (c) => c.textContent))`, &cells)
+		for _, row := range cells {
+			if len(row) != 4 || row[0] == "" || !strings.Contains(row[2], "%") {
+				t.Fatalf("ticker row %q", row)
+			}
+			if _, err := strconv.ParseFloat(row[1], 64); err != nil {
+				t.Fatalf("ticker row %q: price: %v", row, err)
+			}
+		}
+		b.do(chromedp.Click(chromedp.ID("simulate")))
+		noProblems(t, b, "ticker.html")
+	})
+
+	t.Run("auction", func(t *testing.T) {
+		b := browser.in(t)
+		b.do(chromedp.Navigate(n.url("/auction.html")))
+		b.waitFor(`document.getElementById("state").textContent.startsWith("connected")`, `document.getElementById("state").textContent`)
+		var highest string
+		b.eval(`document.getElementById("highest").textContent`, &highest)
+		if highest != "no bids yet" {
+			t.Fatalf("a fresh node's auction shows %q", highest)
+		}
+		b.do(
+			chromedp.SetValue(chromedp.ID("bidder"), "Ada"),
+			chromedp.SetValue(chromedp.ID("amount"), "150"),
+			chromedp.Click(chromedp.ID("bid")),
+		)
+		b.waitFor(`document.getElementById("result").textContent.includes("confirmed by the broker")`, `document.getElementById("result").textContent`)
+		b.waitFor(`document.querySelectorAll("#bids tr").length === 1`, `document.getElementById("bids").innerText`)
+		var leader string
+		b.eval(`document.getElementById("leader").textContent`, &leader)
+		if leader != "highest bid by Ada (you)" {
+			t.Fatalf("leader %q", leader)
+		}
+		// The next bid must be higher: the form says so itself.
+		var valid []bool
+		b.eval(`(() => {
+		  const amount = document.getElementById("amount");
+		  const ok = [amount.min === "151"];
+		  amount.value = "120";
+		  ok.push(!amount.checkValidity());
+		  amount.value = "151";
+		  ok.push(amount.checkValidity());
+		  return ok;
+		})()`, &valid)
+		if !reflect.DeepEqual(valid, []bool{true, true, true}) {
+			t.Fatalf("amount validation after a bid of 150: %v", valid)
+		}
+		// A reload keeps the bids the page saw and follows the auction on.
+		b.do(chromedp.Reload())
+		b.waitFor(`document.getElementById("state").textContent.startsWith("connected")`, `document.getElementById("state").textContent`)
+		b.waitFor(`document.querySelectorAll("#bids tr").length === 1 && document.getElementById("leader").textContent === "highest bid by Ada (you)"`, `document.getElementById("bids").innerText`)
+		if code, body := postPublish(t, n, `{"channel":"demo.auction.lot1","data":{"id":"x1","bidder":"Grace","amount":200,"at":1700000000000}}`); code != 200 {
+			t.Fatalf("publish: %d %s", code, body)
+		}
+		b.waitFor(`document.querySelectorAll("#bids tr").length === 2 && document.getElementById("leader").textContent === "highest bid by Grace"`, `document.getElementById("bids").innerText`)
+		noProblems(t, b, "auction.html")
+	})
+}
+
+// checkScreenshot checks that a PNG is a 1280×900 picture with enough
+// distinct colours to be a rendered page with text, not a blank or an
+// error page.
+func checkScreenshot(t *testing.T, shot []byte) {
+	t.Helper()
+	img, err := png.Decode(bytes.NewReader(shot))
+	if err != nil {
+		t.Fatalf("screenshot is not a PNG: %v", err)
+	}
+	if b := img.Bounds(); b.Dx() != 1280 || b.Dy() != 900 {
+		t.Fatalf("screenshot is %v, want 1280×900", b)
+	}
+	colours := map[[4]uint32]bool{}
+	for y := img.Bounds().Min.Y; y < img.Bounds().Max.Y; y += 2 {
+		for x := img.Bounds().Min.X; x < img.Bounds().Max.X; x += 2 {
+			r, g, bl, a := img.At(x, y).RGBA()
+			colours[[4]uint32{r, g, bl, a}] = true
+		}
+	}
+	if len(colours) < 50 {
+		t.Fatalf("screenshot has %d colours: the page did not render", len(colours))
+	}
+}
