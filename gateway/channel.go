@@ -116,6 +116,28 @@ func PatternCovers(ns, p string) bool {
 	}
 }
 
+// patternsIntersect reports whether some channel matches both valid
+// patterns a and b.
+func patternsIntersect(a, b string) bool {
+	for {
+		at, arest, amore := strings.Cut(a, ".")
+		bt, brest, bmore := strings.Cut(b, ".")
+		if at == ">" || bt == ">" {
+			return true // both have at least one token left here
+		}
+		if at != "*" && bt != "*" && at != bt {
+			return false
+		}
+		if amore != bmore {
+			return false
+		}
+		if !amore {
+			return true
+		}
+		a, b = arest, brest
+	}
+}
+
 // MatchChannel reports whether the concrete channel ch matches pattern p.
 func MatchChannel(p, ch string) bool {
 	return PatternCovers(p, ch)

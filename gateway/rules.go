@@ -63,6 +63,29 @@ func (r Rules) Find(pattern string) *Namespace {
 	return nil
 }
 
+// ForSubscribe returns the namespace governing a subscription to pattern,
+// or nil when the subscription is not allowed. Each channel is governed by
+// the first namespace that matches it, so the first namespace that covers
+// pattern entirely must grant subscribing, and so must every earlier
+// namespace that shares a channel with pattern: otherwise a wide wildcard
+// ("t.>") could reach channels an earlier, narrower namespace
+// ("t.secret.>") denies.
+func (r Rules) ForSubscribe(pattern string) *Namespace {
+	for i := range r {
+		ns := &r[i]
+		if PatternCovers(ns.Pattern, pattern) {
+			if ns.Subscribe != Anyone {
+				return nil
+			}
+			return ns
+		}
+		if ns.Subscribe != Anyone && patternsIntersect(ns.Pattern, pattern) {
+			return nil
+		}
+	}
+	return nil
+}
+
 // Validate checks every namespace pattern.
 func (r Rules) Validate() error {
 	for i, ns := range r {

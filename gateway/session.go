@@ -79,6 +79,11 @@ type subState struct {
 // ID is the session id: the node id, a dot, and 128 random bits.
 func (s *Session) ID() string { return s.id }
 
+// Retain reports whether the session keeps written packets until they are
+// acknowledged (OpenOptions.Retain): only such a session can be carried by
+// a series of requests, so the polling transports attach to no other.
+func (s *Session) Retain() bool { return s.retain }
+
 // Done is closed when the session has ended and released everything.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
@@ -369,9 +374,15 @@ func (s *Session) writeRounds() {
 		if down == nil || (len(s.pending) == 0 && !s.resend) {
 			s.writing = false
 			over, last, reason := s.endLocked()
+			gen := s.detachGen
 			s.mu.Unlock()
-			if over {
+			switch {
+			case over:
 				s.end(reason, last)
+			case down == nil:
+				// Detached during the write: an expiry that fired
+				// meanwhile saw the writer and did nothing.
+				s.startExpiry(gen)
 			}
 			return
 		}
@@ -494,6 +505,8 @@ func (s *Session) startExpiry(gen uint64) {
 	s.expiry = time.AfterFunc(s.g.cfg.DisconnectDelay, func() { s.expire(gen) })
 }
 
+// expire runs when the expiry timer for detach generation gen fires. A
+// running writer re-arms the expiry when it stops, so it is left alone.
 func (s *Session) expire(gen uint64) {
 	s.mu.Lock()
 	if s.finished || s.detachGen != gen || s.down != nil || s.writing {
@@ -614,8 +627,8 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor strin
 		s.push(errBody(id, pattern, 422, err.Error()))
 		return
 	}
-	ns := s.g.cfg.Rules.Find(pattern)
-	if ns == nil || ns.Subscribe != Anyone {
+	ns := s.g.cfg.Rules.ForSubscribe(pattern)
+	if ns == nil {
 		s.push(errBody(id, pattern, 403, fmt.Sprintf("permission denied: subscribe to %q", pattern)))
 		return
 	}
