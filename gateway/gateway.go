@@ -134,7 +134,11 @@ func (g *Gateway) BrokerState(st brokers.State) {
 	switch st {
 	case brokers.StateConnected:
 		wasUp := g.brokerUp.Swap(true)
-		g.metrics.brokerState(true, !wasUp && g.everDown.Load())
+		reconnected := !wasUp && g.everDown.Load()
+		g.metrics.brokerState(true, reconnected)
+		if reconnected {
+			g.hub.outageGaps()
+		}
 	default:
 		if g.brokerUp.Swap(false) {
 			g.everDown.Store(true)

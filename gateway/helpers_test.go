@@ -136,6 +136,7 @@ type wire struct {
 	Reason    string          `json:"reason"`
 	Reconnect *bool           `json:"reconnect"`
 	Oldest    string          `json:"oldest"`
+	History   *bool           `json:"history"`
 
 	raw  string
 	body *Body

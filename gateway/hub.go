@@ -26,6 +26,7 @@ type hub struct {
 type hubEntry struct {
 	pattern string
 	policy  SlowPolicy
+	history bool          // the broker stores the pattern's channels
 	refs    int           // sessions holding or acquiring this entry; guarded by hub.mu
 	ready   chan struct{} // closed once the broker subscription exists or failed
 	err     error         // set before ready is closed
@@ -50,6 +51,9 @@ func (h *hub) subscribe(ctx context.Context, s *Session, pattern string, policy 
 	creator := e == nil
 	if creator {
 		e = &hubEntry{pattern: pattern, policy: policy, ready: make(chan struct{}), index: make(map[*Session]int)}
+		if hist, ok := h.broker.(brokers.History); ok {
+			e.history = hist.HasHistory(pattern)
+		}
 		h.entries[pattern] = e
 	}
 	e.refs++
@@ -145,4 +149,27 @@ func (h *hub) fanout(e *hubEntry, m brokers.Message) {
 		s.deliver(body, e.policy)
 	}
 	e.mu.RUnlock()
+}
+
+// outageGaps tells every session on a pattern without history that
+// messages may have been lost while the broker connection was down; on
+// history-backed patterns the broker's consumer resumes where it stopped, so
+// nothing is lost there.
+func (h *hub) outageGaps() {
+	h.mu.Lock()
+	entries := make([]*hubEntry, 0, len(h.entries))
+	for _, e := range h.entries {
+		if !e.history {
+			entries = append(entries, e)
+		}
+	}
+	h.mu.Unlock()
+	for _, e := range entries {
+		gap := GapBody(e.pattern, "broker connection was lost: messages may be missing", "")
+		e.mu.RLock()
+		for _, s := range e.sessions {
+			s.push(gap)
+		}
+		e.mu.RUnlock()
+	}
 }

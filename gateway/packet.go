@@ -36,6 +36,7 @@ type Body struct {
 	channel string // msg, gap: the channel or pattern concerned
 	pattern string // msg: the subscription pattern that matched
 	cursor  string // msg: the message's cursor, if the channel has history
+	seq     uint64 // msg: the message's position in history, 0 if none
 	arrived time.Time
 }
 
@@ -123,7 +124,7 @@ func appendIntField(dst []byte, name string, v int64) []byte {
 // per pattern, however many sessions receive it.
 func EncodeMessage(m brokers.Message, pattern string, arrived time.Time) *Body {
 	buf, b := newBody(TypeMsg)
-	b.channel, b.arrived = m.Channel, arrived
+	b.channel, b.arrived, b.seq = m.Channel, arrived, m.Seq
 	if m.Seq != 0 {
 		b.cursor = strconv.FormatUint(m.Seq, 10)
 	}
@@ -215,6 +216,22 @@ func okBody(id int64, ch string) *Body {
 	}
 	if ch != "" {
 		buf = appendField(buf, "ch", ch)
+	}
+	return b.finish(buf)
+}
+
+// subOKBody answers a subscription; "history" tells the client whether the
+// channel keeps history, i.e. whether its cursors can be resumed from.
+func subOKBody(id int64, ch string, history bool) *Body {
+	buf, b := newBody(TypeOK)
+	if id != 0 {
+		buf = appendIntField(buf, "id", id)
+	}
+	buf = appendField(buf, "ch", ch)
+	if history {
+		buf = append(buf, `,"history":true`...)
+	} else {
+		buf = append(buf, `,"history":false`...)
 	}
 	return b.finish(buf)
 }

@@ -70,10 +70,17 @@ type Session struct {
 	lastN        uint64 // last upstream frame number applied
 	pubQ         []Frame
 	publishing   bool
+	room         chan struct{} // closed when the queue drains below the replay limit
 }
 
 type subState struct {
 	ready bool // the hub holds the subscription (false while subscribing)
+	// History-backed subscriptions only (see resume.go):
+	history   bool
+	replaying bool               // a replay runs; live messages are not queued
+	lastSeq   uint64             // position of the last message queued
+	liveSeen  uint64             // newest live position seen while replaying
+	cancel    context.CancelFunc // stops the replay
 }
 
 // ID is the session id: the node id, a dot, and 128 random bits.
@@ -235,7 +242,11 @@ func (s *Session) finish() {
 		if st.ready {
 			patterns = append(patterns, p)
 		}
+		if st.cancel != nil {
+			st.cancel()
+		}
 	}
+	s.signalRoomLocked()
 	s.subs = nil
 	s.pending, s.unacked, s.pubQ = nil, nil, nil
 	s.pendingBytes, s.unackedBytes = 0, 0
@@ -290,6 +301,9 @@ func (s *Session) deliver(b *Body, policy SlowPolicy) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
+		return
+	}
+	if b.seq != 0 && !s.admitLiveLocked(b) {
 		return
 	}
 	if policy == SlowConflate && len(s.pending) > 0 {
@@ -411,6 +425,7 @@ func (s *Session) writeRounds() {
 			s.pending = s.pending[:0]
 		}
 		s.pendingBytes = 0
+		s.signalRoomLocked()
 		s.closePending = false // if it was queued, it is in this batch
 		s.wroteSince = true
 		oneShot := s.oneShot
@@ -632,6 +647,12 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor strin
 		s.push(errBody(id, pattern, 403, fmt.Sprintf("permission denied: subscribe to %q", pattern)))
 		return
 	}
+	after, err := parseCursor(cursor)
+	if err != nil {
+		s.push(errBody(id, pattern, 400, err.Error()))
+		return
+	}
+	history := s.g.hasHistory(pattern)
 	s.mu.Lock()
 	switch {
 	case s.closing:
@@ -649,13 +670,13 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor strin
 	if s.subs == nil {
 		s.subs = make(map[string]*subState)
 	}
-	st := &subState{}
+	st := &subState{history: history, lastSeq: after, replaying: history && cursor != ""}
 	s.subs[pattern] = st
 	s.mu.Unlock()
 
-	err := s.g.hub.subscribe(ctx, s, pattern, ns.Slow, func() {
-		s.push(okBody(id, pattern))
-		if cursor != "" {
+	err = s.g.hub.subscribe(ctx, s, pattern, ns.Slow, func() {
+		s.push(subOKBody(id, pattern, history))
+		if cursor != "" && !history {
 			s.push(GapBody(pattern, "channel has no history: recovery is not possible", ""))
 		}
 	})
@@ -668,6 +689,9 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor strin
 	}
 	st.ready = true
 	gone := s.finished
+	if !gone && st.replaying {
+		s.startReplayLocked(pattern, st)
+	}
 	s.mu.Unlock()
 	if gone {
 		s.g.hub.unsubscribe(s, pattern) // the session ended while subscribing
@@ -683,6 +707,9 @@ func (s *Session) unsubscribe(id int64, pattern string) {
 		return
 	}
 	delete(s.subs, pattern)
+	if st.cancel != nil {
+		st.cancel()
+	}
 	s.mu.Unlock()
 	s.g.hub.unsubscribe(s, pattern)
 	s.push(okBody(id, pattern))
@@ -703,6 +730,7 @@ func (s *Session) ack(seq uint64) {
 		if len(s.unacked) == 0 {
 			s.unacked = nil
 		}
+		s.signalRoomLocked()
 	}
 }
 

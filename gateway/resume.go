@@ -1,0 +1,187 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/cometgate/cometgate/brokers"
+)
+
+// Resuming from history.
+//
+// On a channel backed by broker history every message carries its position
+// (brokers.Message.Seq), shown to clients as the cursor. A subscription
+// remembers the position of the last message it queued and drops anything
+// at or before it, so the live stream and a replay can overlap without
+// duplicates.
+//
+// A client that subscribes with a cursor joins the live fan-out at once but
+// in "replaying" state: live messages are not queued, only the newest
+// position seen is noted. A replay from the broker's history queues every
+// stored message after the cursor, throttled by the session's queue (a slow
+// client slows its replay, it is not disconnected for it). When a replay
+// round ends, the subscription switches to live if no live message newer
+// than the last replayed one went by meanwhile; otherwise another round
+// fetches what came in during the first. The switch happens under the
+// session lock, the same lock live delivery takes, so no message falls
+// between the replay and the live stream.
+
+// replayLimit is how full (in bytes) a session's queue may get before a
+// replay waits for the client.
+func (s *Session) replayLimit() int { return s.g.cfg.QueueBytes / 2 }
+
+// maxReplayRounds bounds the catch-up rounds of one resume; a channel that
+// outruns that many rounds is handed to the live stream with a gap packet.
+const maxReplayRounds = 64
+
+func parseCursor(cursor string) (uint64, error) {
+	if cursor == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(cursor, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad cursor %q: use the \"cur\" of a msg packet", cursor)
+	}
+	return n, nil
+}
+
+// hasHistory reports whether the broker stores every channel of pattern.
+func (g *Gateway) hasHistory(pattern string) bool {
+	h, ok := g.broker.(brokers.History)
+	return ok && h.HasHistory(pattern)
+}
+
+// admitLiveLocked decides whether a live message on a history-backed
+// subscription is queued: not while the subscription replays, and not if
+// it was already queued. s.mu must be held.
+func (s *Session) admitLiveLocked(b *Body) bool {
+	st := s.subs[b.pattern]
+	if st == nil {
+		return false
+	}
+	if st.replaying {
+		st.liveSeen = max(st.liveSeen, b.seq)
+		return false
+	}
+	if b.seq <= st.lastSeq {
+		return false
+	}
+	st.lastSeq = b.seq
+	return true
+}
+
+func (s *Session) signalRoomLocked() {
+	if s.room != nil {
+		close(s.room)
+		s.room = nil
+	}
+}
+
+// startReplayLocked starts the replay of st; s.mu must be held.
+func (s *Session) startReplayLocked(pattern string, st *subState) {
+	ctx, cancel := context.WithCancel(s.g.ctx)
+	st.cancel = cancel
+	s.g.wg.Add(1)
+	go func() {
+		defer s.g.wg.Done()
+		defer cancel()
+		s.replay(ctx, pattern, st)
+	}()
+}
+
+func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
+	hist := s.g.broker.(brokers.History)
+	for round := 0; ; round++ {
+		s.mu.Lock()
+		after := st.lastSeq
+		s.mu.Unlock()
+		first := true
+		res, err := hist.Replay(ctx, pattern, after, func(m brokers.Message) {
+			if first && m.Seq <= after {
+				// The broker restarted the replay at its oldest message
+				// (a gap, or a cursor from a history that was reset):
+				// what is queued now starts there.
+				s.mu.Lock()
+				st.lastSeq = m.Seq - 1
+				s.mu.Unlock()
+			}
+			first = false
+			s.queueReplayed(ctx, pattern, st, m)
+		})
+		if ctx.Err() != nil {
+			return // unsubscribed, session over, or shutdown
+		}
+		if err != nil {
+			// The history cannot be read now (broker down): say so and go
+			// live; the client may resubscribe with its cursor later.
+			s.g.log.Warn("replay failed", "sid", s.id, "pattern", pattern, "err", err)
+			s.finishReplay(st, GapBody(pattern, "history unavailable: "+errText(err), ""))
+			return
+		}
+		if res.Gap && round == 0 {
+			s.push(GapBody(pattern, "history does not reach back to the cursor", strconv.FormatUint(res.Oldest, 10)))
+		}
+		s.mu.Lock()
+		if st.liveSeen <= st.lastSeq || s.closing {
+			st.replaying = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		if round+1 >= maxReplayRounds {
+			s.finishReplay(st, GapBody(pattern, "could not catch up with the channel", ""))
+			return
+		}
+	}
+}
+
+// finishReplay switches st to live, first queueing the gap packet that
+// says messages between the replay and the live stream may be missing.
+func (s *Session) finishReplay(st *subState, gap *Body) {
+	s.push(gap)
+	s.mu.Lock()
+	st.replaying = false
+	s.mu.Unlock()
+}
+
+func errText(err error) string {
+	if errors.Is(err, brokers.ErrUnavailable) {
+		return "broker unavailable"
+	}
+	return err.Error()
+}
+
+// queueReplayed queues one replayed message, waiting while the session's
+// queue is above the replay limit.
+func (s *Session) queueReplayed(ctx context.Context, pattern string, st *subState, m brokers.Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.queuedLocked() > s.replayLimit() && !s.closing {
+		if s.room == nil {
+			s.room = make(chan struct{})
+		}
+		room := s.room
+		s.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+		}
+		s.mu.Lock()
+		if ctx.Err() != nil {
+			return
+		}
+	}
+	// ctx is cancelled under s.mu when the subscription goes away, so this
+	// check keeps replayed messages from following an unsubscribe's ok.
+	if s.closing || ctx.Err() != nil || m.Seq <= st.lastSeq {
+		return
+	}
+	st.lastSeq = m.Seq
+	b := EncodeMessage(m, pattern, time.Now())
+	s.pending = append(s.pending, b)
+	s.pendingBytes += len(b.json)
+	s.kickLocked()
+}

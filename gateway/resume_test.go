@@ -1,0 +1,286 @@
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cometgate/cometgate/brokers"
+)
+
+// historyBroker is a fakeBroker that stores the channels under "h.>" like a
+// JetStream stream: each gets the next position, Subscribe delivers it as
+// Seq, and Replay reads the store.
+type historyBroker struct {
+	*fakeBroker
+
+	mu     sync.Mutex
+	stored []brokers.Message // oldest first; trim drops from the front
+	last   uint64
+	// duringReplay, when set, runs once in the middle of the next Replay.
+	duringReplay func()
+}
+
+var _ brokers.History = (*historyBroker)(nil)
+
+func (b *historyBroker) HasHistory(pattern string) bool { return PatternCovers("h.>", pattern) }
+
+func (b *historyBroker) Publish(ctx context.Context, msg brokers.Message) error {
+	if !MatchChannel("h.>", msg.Channel) {
+		return b.fakeBroker.Publish(ctx, msg)
+	}
+	// Store and deliver in one critical section, as a stream's sequence
+	// orders both.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.last++
+	msg.Seq = b.last
+	b.stored = append(b.stored, msg)
+	return b.fakeBroker.Publish(ctx, msg)
+}
+
+// trim keeps only positions from oldest on (retention).
+func (b *historyBroker) trim(oldest uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for len(b.stored) > 0 && b.stored[0].Seq < oldest {
+		b.stored = b.stored[1:]
+	}
+}
+
+func (b *historyBroker) Replay(ctx context.Context, pattern string, after uint64, h brokers.Handler) (brokers.ReplayResult, error) {
+	b.mu.Lock()
+	snapshot := append([]brokers.Message(nil), b.stored...)
+	last := b.last
+	hook := b.duringReplay
+	b.duringReplay = nil
+	b.mu.Unlock()
+
+	var res brokers.ReplayResult
+	from := after + 1
+	if len(snapshot) > 0 && (from < snapshot[0].Seq || after > last) {
+		res.Gap, res.Oldest = true, snapshot[0].Seq
+		from = snapshot[0].Seq
+	}
+	for i, m := range snapshot {
+		if i == len(snapshot)/2 && hook != nil {
+			hook()
+		}
+		if m.Seq < from || !MatchChannel(pattern, m.Channel) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		h(m)
+		res.Last = m.Seq
+	}
+	return res, nil
+}
+
+func newHistoryGateway(t *testing.T, queueBytes int) (*Gateway, *historyBroker) {
+	t.Helper()
+	b := &historyBroker{fakeBroker: newFakeBroker()}
+	rules := append(Rules{{Pattern: "h.>", Subscribe: Anyone, Publish: Anyone}}, testRules()...)
+	g, err := New(Config{NodeID: "n1", Rules: rules, QueueBytes: queueBytes, Logger: slog.New(slog.DiscardHandler)}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		if err := g.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		waitFor(t, "every broker subscription to be dropped", func() bool { return b.Subs() == 0 })
+		_ = b.Close()
+	})
+	return g, b
+}
+
+func openOn(t *testing.T, g *Gateway) (*Session, *fakeTransport) {
+	t.Helper()
+	return openSession(t, &testGateway{Gateway: g}, false)
+}
+
+func publishN(t *testing.T, b brokers.Broker, ch string, from, to int) {
+	t.Helper()
+	for i := from; i <= to; i++ {
+		if err := b.Publish(context.Background(), brokers.Message{Channel: ch, Data: []byte(strconv.Itoa(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// expectMsgs reads msg packets (skipping nothing else) and checks their
+// payloads and cursors are exactly from..to.
+func expectMsgs(t *testing.T, tr *fakeTransport, from, to int) {
+	t.Helper()
+	for i := from; i <= to; i++ {
+		w := next(t, tr)
+		if w.T != TypeMsg || string(w.Data) != strconv.Itoa(i) || w.Cur != strconv.Itoa(i) {
+			t.Fatalf("want msg %d (cur %d), got %s", i, i, w)
+		}
+	}
+}
+
+func expectSubOK(t *testing.T, tr *fakeTransport, id int64, history bool) {
+	t.Helper()
+	w := next(t, tr)
+	if w.T != TypeOK || w.ID != id || w.History == nil || *w.History != history {
+		t.Fatalf("want ok id %d history %v, got %s", id, history, w)
+	}
+}
+
+func TestResumeReplaysAfterCursorThenLive(t *testing.T) {
+	g, b := newHistoryGateway(t, 0)
+	publishN(t, b, "h.a", 1, 10)
+	s, tr := openOn(t, g)
+	send(s, `{"op":"sub","id":1,"ch":"h.a","cursor":"3"}`)
+	expectSubOK(t, tr, 1, true)
+	expectMsgs(t, tr, 4, 10)
+	publishN(t, b, "h.a", 11, 12)
+	expectMsgs(t, tr, 11, 12)
+	noPacket(t, tr)
+}
+
+func TestSubscribeWithoutCursorIsLiveWithCursors(t *testing.T) {
+	g, b := newHistoryGateway(t, 0)
+	publishN(t, b, "h.a", 1, 5)
+	s, tr := openOn(t, g)
+	send(s, `{"op":"sub","id":1,"ch":"h.*"}`)
+	expectSubOK(t, tr, 1, true)
+	noPacket(t, tr)
+	publishN(t, b, "h.a", 6, 7)
+	expectMsgs(t, tr, 6, 7)
+}
+
+// Messages published while the replay runs are delivered live to the
+// session's subscription but dropped (it is replaying); the next round of
+// the replay fetches them, so the client sees every position once.
+func TestResumeCatchesUpWithMessagesDuringReplay(t *testing.T) {
+	g, b := newHistoryGateway(t, 0)
+	publishN(t, b, "h.a", 1, 10)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	b.duringReplay = func() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 11; i <= 20; i++ {
+				if err := b.Publish(context.Background(), brokers.Message{Channel: "h.a", Data: []byte(strconv.Itoa(i))}); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	s, tr := openOn(t, g)
+	send(s, `{"op":"sub","id":1,"ch":"h.a","cursor":"2"}`)
+	expectSubOK(t, tr, 1, true)
+	expectMsgs(t, tr, 3, 20)
+	publishN(t, b, "h.a", 21, 21)
+	expectMsgs(t, tr, 21, 21)
+	noPacket(t, tr)
+}
+
+func TestResumeGapWhenHistoryDoesNotReachBack(t *testing.T) {
+	g, b := newHistoryGateway(t, 0)
+	publishN(t, b, "h.a", 1, 10)
+	b.trim(8)
+	s, tr := openOn(t, g)
+	send(s, `{"op":"sub","id":1,"ch":"h.a","cursor":"3"}`)
+	expectSubOK(t, tr, 1, true)
+	expectMsgs(t, tr, 8, 10)
+	w := next(t, tr)
+	if w.T != TypeGap || w.Ch != "h.a" || w.Oldest != "8" {
+		t.Fatalf("want gap with oldest 8, got %s", w)
+	}
+}
+
+// A cursor beyond the end of history (the stream was reset) restarts from
+// the oldest stored message instead of hiding everything up to the cursor.
+func TestResumeFromFutureCursorRestartsAtOldest(t *testing.T) {
+	g, b := newHistoryGateway(t, 0)
+	publishN(t, b, "h.a", 1, 3)
+	s, tr := openOn(t, g)
+	send(s, `{"op":"sub","id":1,"ch":"h.a","cursor":"100"}`)
+	expectSubOK(t, tr, 1, true)
+	expectMsgs(t, tr, 1, 3)
+	if w := next(t, tr); w.T != TypeGap || w.Oldest != "1" {
+		t.Fatalf("want gap, got %s", w)
+	}
+	publishN(t, b, "h.a", 4, 4)
+	expectMsgs(t, tr, 4, 4)
+}
+
+func TestResumeBadCursorAndNoHistory(t *testing.T) {
+	g, _ := newHistoryGateway(t, 0)
+	s, tr := openOn(t, g)
+	send(s, `{"op":"sub","id":1,"ch":"h.a","cursor":"abc"}`)
+	expectErr(t, tr, 1, 400, "bad cursor")
+	send(s, `{"op":"sub","id":2,"ch":"t.a","cursor":"5"}`)
+	expectSubOK(t, tr, 2, false)
+	if w := next(t, tr); w.T != TypeGap || w.Ch != "t.a" {
+		t.Fatalf("want gap for a channel without history, got %s", w)
+	}
+}
+
+// A replay into a small queue waits for the client instead of closing the
+// session as a slow consumer.
+func TestReplayIsThrottledBySlowClient(t *testing.T) {
+	g, b := newHistoryGateway(t, 4096)
+	publishN(t, b, "h.a", 1, 500)
+	s, tr := openOn(t, g)
+	release := tr.Block(false)
+	send(s, `{"op":"sub","id":1,"ch":"h.a","cursor":"0"}`)
+	time.Sleep(quiet)
+	release()
+	expectSubOK(t, tr, 1, true)
+	expectMsgs(t, tr, 1, 500)
+	select {
+	case <-s.Done():
+		t.Fatalf("session ended: %v", s.Reason())
+	default:
+	}
+}
+
+func TestOutageGapOnlyOnChannelsWithoutHistory(t *testing.T) {
+	g, b := newHistoryGateway(t, 0)
+	s, tr := openOn(t, g)
+	send(s, `{"op":"sub","id":1,"ch":"h.a"}`)
+	expectSubOK(t, tr, 1, true)
+	send(s, `{"op":"sub","id":2,"ch":"t.a"}`)
+	expectSubOK(t, tr, 2, false)
+	g.BrokerState(brokers.StateDisconnected)
+	g.BrokerState(brokers.StateConnected)
+	w := next(t, tr)
+	if w.T != TypeGap || w.Ch != "t.a" {
+		t.Fatalf("want gap for t.a, got %s", w)
+	}
+	noPacket(t, tr)
+	publishN(t, b, "h.a", 1, 1)
+	expectMsgs(t, tr, 1, 1)
+}
+
+func TestUnsubscribeStopsReplay(t *testing.T) {
+	g, b := newHistoryGateway(t, 4096)
+	publishN(t, b, "h.a", 1, 300)
+	s, tr := openOn(t, g)
+	release := tr.Block(false)
+	send(s, `{"op":"sub","id":1,"ch":"h.a","cursor":"0"}`)
+	send(s, `{"op":"unsub","id":2,"ch":"h.a"}`)
+	release()
+	for {
+		w := next(t, tr)
+		if w.T == TypeOK && w.ID == 2 {
+			break
+		}
+		if w.T != TypeOK && w.T != TypeMsg {
+			t.Fatalf("unexpected %s", w)
+		}
+	}
+	ping(t, s, tr, 3)
+}
