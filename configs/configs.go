@@ -233,6 +233,13 @@ type Channel struct {
 	SlowConsumer string `mapstructure:"slow_consumer"`
 	// History is one of the History* constants.
 	History string `mapstructure:"history"`
+	// HistoryStream names the JetStream stream or RabbitMQ stream queue
+	// that stores the namespace; "" derives one from Pattern.
+	HistoryStream string `mapstructure:"history_stream"`
+	// HistoryMaxAge is how long stored messages are kept; 0 = no age limit.
+	HistoryMaxAge time.Duration `mapstructure:"history_max_age"`
+	// HistoryMaxBytes bounds the stored messages in bytes; 0 = no limit.
+	HistoryMaxBytes int `mapstructure:"history_max_bytes"`
 }
 
 // Log configures structured logging.
@@ -258,8 +265,11 @@ type Admin struct {
 // channelDefaults are the values of keys a channels entry in a config file
 // may leave out. The other Channel keys are required.
 var channelDefaults = map[string]any{
-	"slow_consumer": SlowConsumerDisconnect,
-	"history":       HistoryNone,
+	"slow_consumer":     SlowConsumerDisconnect,
+	"history":           HistoryNone,
+	"history_stream":    "",
+	"history_max_age":   24 * time.Hour,
+	"history_max_bytes": 256 << 20,
 }
 
 // Load returns the configuration: the embedded cometgate.yaml, then the YAML

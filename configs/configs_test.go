@@ -69,11 +69,13 @@ func wantDefaults() *Config {
 			DisconnectDelay:  5 * time.Second,
 		},
 		Channels: []Channel{{
-			Pattern:      "demo.>",
-			Subscribe:    PermissionAnyone,
-			Publish:      PermissionAnyone,
-			SlowConsumer: SlowConsumerDisconnect,
-			History:      HistoryNone,
+			Pattern:         "demo.>",
+			Subscribe:       PermissionAnyone,
+			Publish:         PermissionAnyone,
+			SlowConsumer:    SlowConsumerDisconnect,
+			History:         HistoryNone,
+			HistoryMaxAge:   24 * time.Hour,
+			HistoryMaxBytes: 256 << 20,
 		}},
 		Log:     Log{Level: LogInfo, Format: LogText},
 		Metrics: Metrics{Enabled: true},
@@ -249,8 +251,8 @@ channels:
 `,
 			want: func(c *Config) {
 				c.Channels = []Channel{
-					{Pattern: "ticker.*", Subscribe: "anyone", Publish: "nobody", SlowConsumer: "conflate", History: "jetstream"},
-					{Pattern: "auction.>", Subscribe: "nobody", Publish: "anyone", SlowConsumer: "disconnect", History: "none"},
+					{Pattern: "ticker.*", Subscribe: "anyone", Publish: "nobody", SlowConsumer: "conflate", History: "jetstream", HistoryMaxAge: 24 * time.Hour, HistoryMaxBytes: 256 << 20},
+					{Pattern: "auction.>", Subscribe: "nobody", Publish: "anyone", SlowConsumer: "disconnect", History: "none", HistoryMaxAge: 24 * time.Hour, HistoryMaxBytes: 256 << 20},
 				}
 			},
 		},
@@ -719,6 +721,9 @@ func TestValidate(t *testing.T) {
 		{"history jetstream on nats", func(c *Config) { c.Broker.Kind = BrokerNATS; c.Channels[0].History = HistoryJetStream }, ""},
 		{"history stream on embedded", func(c *Config) { c.Channels[0].History = HistoryStream }, `channels[0].history: stream (a RabbitMQ stream queue) needs broker.kind amqp, not embedded`},
 		{"history stream on amqp", func(c *Config) { c.Broker.Kind = BrokerAMQP; c.Channels[0].History = HistoryStream }, ""},
+		{"history max age negative", func(c *Config) { c.Channels[0].HistoryMaxAge = -time.Second }, `channels[0].history_max_age: must not be negative`},
+		{"history max bytes negative", func(c *Config) { c.Channels[0].HistoryMaxBytes = -1 }, `channels[0].history_max_bytes: must not be negative`},
+		{"history stream name", func(c *Config) { c.Channels[0].HistoryStream = "a.b" }, `channels[0].history_stream: must be 1 to 64 characters`},
 
 		{"log.level", func(c *Config) { c.Log.Level = "trace" }, `log.level: must be one of debug | info | warn | error, got "trace"`},
 		{"log.format", func(c *Config) { c.Log.Format = "logfmt" }, `log.format: must be one of text | json, got "logfmt"`},

@@ -144,6 +144,15 @@ func (c *Config) Validate() error {
 				v.failf(key+".history", "stream (a RabbitMQ stream queue) needs broker.kind amqp, not %s", b.Kind)
 			}
 		}
+		if ch.HistoryMaxAge < 0 {
+			v.failf(key+".history_max_age", "must not be negative, got %s", ch.HistoryMaxAge)
+		}
+		if ch.HistoryMaxBytes < 0 {
+			v.failf(key+".history_max_bytes", "must not be negative, got %d", ch.HistoryMaxBytes)
+		}
+		if ch.HistoryStream != "" && !validStreamName(ch.HistoryStream) {
+			v.failf(key+".history_stream", "must be 1 to 64 characters of [A-Za-z0-9_-], got %q", ch.HistoryStream)
+		}
 	}
 
 	v.oneOf("log.level", c.Log.Level, LogDebug, LogInfo, LogWarn, LogError)
@@ -262,4 +271,18 @@ func checkPattern(p string) error {
 		}
 	}
 	return nil
+}
+
+// validStreamName accepts names that are valid both as a JetStream stream
+// and as a RabbitMQ queue.
+func validStreamName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
