@@ -121,8 +121,18 @@ func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 			s.finishReplay(st, GapBody(pattern, "history unavailable: "+errText(err), ""))
 			return
 		}
-		if res.Gap && round == 0 {
-			s.push(GapBody(pattern, "history does not reach back to the cursor", strconv.FormatUint(res.Oldest, 10)))
+		if res.Gap {
+			if res.Last == 0 {
+				// Nothing was replayed: the history was reset and holds
+				// nothing after its oldest position yet. Positions start
+				// over there, so the old cursor must not hide them.
+				s.mu.Lock()
+				st.lastSeq = min(st.lastSeq, res.Oldest-min(res.Oldest, 1))
+				s.mu.Unlock()
+			}
+			if round == 0 {
+				s.push(GapBody(pattern, "history does not reach back to the cursor", strconv.FormatUint(res.Oldest, 10)))
+			}
 		}
 		s.mu.Lock()
 		if st.liveSeen <= st.lastSeq || s.closing {

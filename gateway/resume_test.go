@@ -22,6 +22,9 @@ type historyBroker struct {
 	last   uint64
 	// duringReplay, when set, runs once in the middle of the next Replay.
 	duringReplay func()
+	// emptyGap makes Replay on an empty store report a gap with oldest 1
+	// (a history that was reset), as the real brokers do.
+	emptyGap bool
 }
 
 var _ brokers.History = (*historyBroker)(nil)
@@ -60,6 +63,9 @@ func (b *historyBroker) Replay(ctx context.Context, pattern string, after uint64
 	b.mu.Unlock()
 
 	var res brokers.ReplayResult
+	if len(snapshot) == 0 && b.emptyGap && after > 0 {
+		return brokers.ReplayResult{Gap: true, Oldest: 1}, nil
+	}
 	from := after + 1
 	if len(snapshot) > 0 && (from < snapshot[0].Seq || after > last) {
 		res.Gap, res.Oldest = true, snapshot[0].Seq
@@ -214,6 +220,21 @@ func TestResumeFromFutureCursorRestartsAtOldest(t *testing.T) {
 	}
 	publishN(t, b, "h.a", 4, 4)
 	expectMsgs(t, tr, 4, 4)
+}
+
+// A cursor from a history that was reset and holds nothing yet must not
+// hide the new, smaller positions.
+func TestResumeFromFutureCursorOnEmptyHistory(t *testing.T) {
+	g, b := newHistoryGateway(t, 0)
+	b.emptyGap = true
+	s, tr := openOn(t, g)
+	send(s, `{"op":"sub","id":1,"ch":"h.a","cursor":"100"}`)
+	expectSubOK(t, tr, 1, true)
+	if w := next(t, tr); w.T != TypeGap {
+		t.Fatalf("want gap, got %s", w)
+	}
+	publishN(t, b, "h.a", 1, 2)
+	expectMsgs(t, tr, 1, 2)
 }
 
 func TestResumeBadCursorAndNoHistory(t *testing.T) {
