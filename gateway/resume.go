@@ -130,9 +130,9 @@ func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 				st.lastSeq = min(st.lastSeq, res.Oldest-min(res.Oldest, 1))
 				s.mu.Unlock()
 			}
-			if round == 0 {
-				s.push(GapBody(pattern, "history does not reach back to the cursor", strconv.FormatUint(res.Oldest, 10)))
-			}
+			// Later rounds report a gap when retention removed messages
+			// while the replay ran.
+			s.push(GapBody(pattern, "history does not reach back to the cursor", strconv.FormatUint(res.Oldest, 10)))
 		}
 		s.mu.Lock()
 		if st.liveSeen <= st.lastSeq || s.closing {

@@ -62,16 +62,26 @@ type Broker struct {
 	topo  chan struct{}
 	tsess *session // guarded by topo; the session whose bindings are kept, or nil
 
-	reconnects atomic.Uint64
-	dropped    atomic.Uint64
+	// streams are the history streams of Options.Streams (history.go);
+	// fixed at Connect.
+	streams []*stream
+	// replays is a semaphore (capacity maxReplays) bounding the Replays
+	// running at once.
+	replays chan struct{}
+
+	reconnects  atomic.Uint64
+	dropped     atomic.Uint64
+	historyGaps atomic.Uint64
 }
 
-// pattern is one active subscription pattern: one binding on the server,
-// shared by the Subscriptions to it.
+// pattern is one active subscription pattern, shared by the
+// Subscriptions to it: one binding of the node's queue on the server, or,
+// for a history pattern, a filter of its stream's live consumer.
 type pattern struct {
 	name string
-	key  string          // binding key
-	idx  int             // position in Broker.wild, for wildcard patterns
+	key  string          // binding key (not used for history patterns)
+	st   *stream         // the stream of a history pattern, else nil
+	idx  int             // position in Broker.wild, or in st.plist
 	subs []*subscription // guarded by Broker.mu; never empty while the pattern is listed
 }
 
@@ -83,8 +93,9 @@ type pattern struct {
 // brokers.ErrUnavailable until a connection is up). When the server
 // answers but refuses the setup (bad credentials, no access to the vhost,
 // a missing exchange with DeclareExchange false, an exchange of another
-// type) Connect returns that error instead, since retrying would not
-// help. Other errors are configuration errors, or ctx's cancellation.
+// type, a stream that is missing or exists with other limits) Connect
+// returns that error instead, since retrying would not help. Other
+// errors are configuration errors, or ctx's cancellation.
 //
 // The caller owns the Broker and must Close it.
 func Connect(ctx context.Context, opts Options) (*Broker, error) {
@@ -99,6 +110,10 @@ func Connect(ctx context.Context, opts Options) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
+	streams, err := newStreams(opts.Streams, k)
+	if err != nil {
+		return nil, err
+	}
 	b := &Broker{
 		opts:    opts,
 		keys:    k,
@@ -107,6 +122,8 @@ func Connect(ctx context.Context, opts Options) (*Broker, error) {
 		nwild:   make(map[string]*pattern),
 		kick:    make(chan struct{}, 1),
 		topo:    make(chan struct{}, 1),
+		streams: streams,
+		replays: make(chan struct{}, maxReplays),
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 
@@ -189,9 +206,12 @@ func (b *Broker) Bindings() int {
 // binding is in place on the server (at once when another Subscription
 // already holds it), so every message published after it returned
 // reaches h; when disconnected, it registers the Subscription and returns
-// at once, and the binding is made on reconnect. The returned
-// Subscription's Unsubscribe waits for a running Handler call to return,
-// so it must not be called from that subscription's own Handler.
+// at once, and the binding is made on reconnect. A pattern that a stream
+// covers (HasHistory) gets no binding: its messages come from the
+// stream's live consumer, with Seq set, and Subscribe returns once that
+// consumer runs (see the package doc). The returned Subscription's
+// Unsubscribe waits for a running Handler call to return, so it must not
+// be called from that subscription's own Handler.
 func (b *Broker) Subscribe(ctx context.Context, pattern string, h brokers.Handler) (brokers.Subscription, error) {
 	if h == nil {
 		return nil, errors.New("amqpbroker: subscribe: nil handler")
@@ -212,6 +232,13 @@ func (b *Broker) Subscribe(ctx context.Context, pattern string, h brokers.Handle
 	if err := b.add(s, pattern); err != nil {
 		return nil, err
 	}
+	if st := s.p.st; st != nil {
+		if err := b.ensureStream(ctx, st); err != nil {
+			_ = s.Unsubscribe()
+			return nil, fmt.Errorf("amqpbroker: subscribe %q: %w", pattern, err)
+		}
+		return s, nil
+	}
 	if err := b.ensureBound(ctx, s.p.key); err != nil {
 		_ = s.Unsubscribe()
 		return nil, fmt.Errorf("amqpbroker: subscribe %q: %w", pattern, err)
@@ -226,6 +253,17 @@ func (b *Broker) add(s *subscription, name string) error {
 	defer b.mu.Unlock()
 	if b.closed {
 		return fmt.Errorf("amqpbroker: subscribe: %w", brokers.ErrClosed)
+	}
+	if st := b.streamFor(name); st != nil {
+		p := st.pats[name]
+		if p == nil {
+			p = &pattern{name: name, st: st, idx: len(st.plist)}
+			st.plist = append(st.plist, p)
+			st.pats[name] = p
+		}
+		p.subs = append(p.subs, s)
+		s.p = p
+		return nil
 	}
 	wild := isWildcard(name)
 	p := b.literal[name]
@@ -269,7 +307,16 @@ func (b *Broker) remove(s *subscription) {
 	if len(p.subs) > 0 {
 		return
 	}
-	if b.nwild[p.name] == p {
+	if st := p.st; st != nil {
+		if st.pats[p.name] == p {
+			last := st.plist[len(st.plist)-1]
+			st.plist[p.idx] = last
+			last.idx = p.idx
+			st.plist[len(st.plist)-1] = nil
+			st.plist = st.plist[:len(st.plist)-1]
+			delete(st.pats, p.name)
+		}
+	} else if b.nwild[p.name] == p {
 		last := b.wild[len(b.wild)-1]
 		b.wild[p.idx] = last
 		last.idx = p.idx
@@ -450,6 +497,14 @@ func (b *Broker) Close() error {
 		for _, p := range b.wild {
 			subs = append(subs, p.subs...)
 		}
+		for _, st := range b.streams {
+			for _, p := range st.plist {
+				subs = append(subs, p.subs...)
+			}
+			clear(st.pats)
+			clear(st.plist)
+			st.plist = nil
+		}
 		clear(b.literal)
 		clear(b.nwild)
 		clear(b.wild)
@@ -503,9 +558,17 @@ func (b *Broker) deliver(d *amqp.Delivery, targets []*subscription) []*subscript
 		// A binding being removed, or the zero-word match of "#".
 		return targets
 	}
+	fanOut(targets, d, ch, 0)
+	clear(targets)
+	return targets[:0]
+}
+
+// fanOut hands the message of delivery d on channel ch, with position
+// seq, to every Subscription of targets.
+func fanOut(targets []*subscription, d *amqp.Delivery, ch string, seq uint64) {
 	hdr := headerMap(d)
 	for i, s := range targets {
-		m := brokers.Message{Channel: ch, Data: d.Body, Header: hdr}
+		m := brokers.Message{Channel: ch, Data: d.Body, Seq: seq, Header: hdr}
 		if i > 0 {
 			// Each receiver owns its message: the first gets the
 			// delivery's own buffer, the others copies.
@@ -514,8 +577,6 @@ func (b *Broker) deliver(d *amqp.Delivery, targets []*subscription) []*subscript
 		}
 		s.deliver(m)
 	}
-	clear(targets)
-	return targets[:0]
 }
 
 // refused reports whether err is the server's answer to a setup it will

@@ -95,6 +95,63 @@
 // library is buffered and drained, which amqp091-go requires to avoid
 // deadlocking its reader goroutine.
 //
+// # History (RabbitMQ streams)
+//
+// Options.Streams declares stream queues (StreamSpec): durable queues with
+// "x-queue-type: stream", an append-only log that consumers read from any
+// offset without removing anything, bounded by retention (x-max-age,
+// x-max-length-bytes) that removes whole segment files
+// (x-stream-max-segment-size-bytes), oldest first. Each stream is
+// declared with its limits and bound to the exchange with its patterns
+// on every connect and reconnect (StreamSpec.Declare), or checked to
+// exist. Publishing needs nothing special: the exchange routes a message
+// to the stream like to any bound queue, and the publisher confirm
+// arrives once the stream has stored it.
+//
+// A pattern that one stream covers entirely has history (HasHistory);
+// everything else is served by the node's queue as above, with Seq 0.
+// Messages are read over AMQP 0.9.1 with a prefetch window, manual
+// acknowledgements and the x-stream-offset consumer argument; each
+// delivery carries its offset in the x-stream-offset header (stripped
+// from Message.Header). Offsets start at 0, where Message.Seq 0 means "no
+// history", so Seq = offset + 1 and a cursor c is offset c - 1. Offsets
+// are not contiguous: RabbitMQ writes bookkeeping chunks that take
+// offsets and are never delivered.
+//
+//   - Subscribe on a history pattern binds nothing (the node's queue would
+//     deliver the same messages again, without positions). Each stream
+//     with subscriptions has ONE live consumer per Broker, on a channel of
+//     its own, whose records go to every subscription of that stream whose
+//     pattern matches (the stream may hold records of channels a pattern
+//     does not match, such as "a" for "a.>": they are filtered like the
+//     node queue's). It starts after the stream's current end, so every
+//     message published after the first Subscribe returned is delivered;
+//     it stops after the last Unsubscribe. After a reconnect it resumes at
+//     the offset of the last record it delivered, so what was published
+//     during the outage arrives after recovery, in order, once. If
+//     retention removed records it had not delivered, or the stream was
+//     deleted and created again (its offsets started over: it then starts
+//     from the oldest record), it carries on and the gap is logged and
+//     counted (HistoryGaps). A stream consumer cancelled by the server
+//     (the stream was deleted) is a loss like a closed channel: the Broker
+//     reconnects and declares again.
+//   - Replay reads the stream on a channel and consumer of its own; see
+//     Broker.Replay for how it finds gaps.
+//
+// The end of a stream. Both the start of a live consumer and a Replay
+// need the stream's current end, which AMQP 0.9.1 does not tell (the
+// message count of queue.declare-ok is a statistic refreshed every few
+// seconds, and a consumer is never told that it reached the end). The
+// Broker finds it by writing an end marker: an empty record with the
+// x-cometgate-end-marker header, published through the default exchange
+// (so only the stream receives it) on a channel that consumes the stream
+// from "next"; its offset, once it comes back, is beyond everything
+// stored before. Markers are never delivered to Handlers, by this node or
+// any other, but they are stored like any record: one per Replay and per
+// live consumer start (first Subscribe, reconnect). Plain AMQP consumers
+// of the stream see them, and the Broker's user needs write access to
+// the default exchange.
+//
 // # Headers
 //
 // Message.Header["Content-Type"] travels as the AMQP content-type

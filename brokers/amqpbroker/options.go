@@ -105,6 +105,10 @@ type Options struct {
 	// message whose routing key lacks it is ignored.
 	SubjectPrefix string
 
+	// Streams declares the RabbitMQ stream queues that give some channels
+	// a history (see the package doc and StreamSpec). Optional.
+	Streams []StreamSpec
+
 	// OnState, when set, is told every connection state change. It is
 	// called from the Broker's connection goroutine, one call at a time
 	// and in order, and must not block or call Close. The initial state,

@@ -37,7 +37,14 @@ type session struct {
 
 	blocked atomic.Bool // the server blocked publishing (resource alarm)
 
-	wg         sync.WaitGroup // the dispatcher and the drainer
+	// scons are the live consumers of streams with history
+	// subscriptions. Guarded by Broker.topo.
+	scons map[*stream]*streamConsumer
+	// lost receives (buffered, 1) why a stream's live consumer ended
+	// without being asked to: the session is then replaced.
+	lost chan error
+
+	wg         sync.WaitGroup // the dispatchers and the drainer
 	dispatched chan struct{}  // closed when the dispatcher returns
 }
 
@@ -108,8 +115,11 @@ func (b *Broker) watch(s *session) error {
 			return closeReason("publish channel", e)
 		case <-s.dispatched:
 			return errors.New("the server cancelled the consumer (queue deleted?)")
+		case err := <-s.lost:
+			return err
 		case <-b.kick:
 			b.unbindStale(s)
+			b.stopIdleStreams(s)
 		}
 	}
 }
@@ -138,7 +148,13 @@ func (b *Broker) setup(ctx context.Context) (*session, error) {
 	b.conn = conn // from now on Close closes it too
 	b.mu.Unlock()
 
-	s := &session{conn: conn, bound: make(map[string]bool), dispatched: make(chan struct{})}
+	s := &session{
+		conn:       conn,
+		bound:      make(map[string]bool),
+		scons:      make(map[*stream]*streamConsumer),
+		lost:       make(chan error, 1),
+		dispatched: make(chan struct{}),
+	}
 	if err := b.open(ctx, s); err != nil {
 		b.end(s)
 		return nil, err
@@ -162,6 +178,9 @@ func (b *Broker) open(ctx context.Context, s *session) error {
 	}
 	if err != nil {
 		return fmt.Errorf("declare exchange %q: %w", b.opts.Exchange, err)
+	}
+	if err := b.declareStreams(topo); err != nil {
+		return err
 	}
 	q, err := topo.QueueDeclare("", false, true, true, false, nil)
 	if err != nil {
@@ -211,6 +230,22 @@ func (b *Broker) open(ctx context.Context, s *session) error {
 			// Refused, not lost: its Subscriptions stay registered and
 			// the binding is tried again on the next connect.
 			b.log.Error("amqp binding refused; its subscriptions receive nothing until a reconnect", slog.String("binding_key", key), slog.Any("err", err))
+		}
+	}
+	// Start the live consumer of every stream with history subscriptions,
+	// resuming where the last session's left off.
+	for _, st := range b.streams {
+		b.mu.RLock()
+		idle := len(st.plist) == 0
+		b.mu.RUnlock()
+		if idle {
+			// Nobody subscribed through the outage: a later
+			// subscription starts at the end, not at the old position.
+			st.pos.Store(-1)
+			continue
+		}
+		if err := b.startStream(ctx, s, st); err != nil {
+			return fmt.Errorf("stream %q: %w", st.spec.Name, err)
 		}
 	}
 	if s.conn.IsClosed() {

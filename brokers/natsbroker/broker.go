@@ -1,7 +1,7 @@
-// Package natsbroker implements brokers.Broker on core NATS, against an
-// external server (Connect) or a server embedded in the process
-// (StartEmbedded), which is what `cometgate` runs on when given no
-// configuration.
+// Package natsbroker implements brokers.Broker on core NATS, and
+// brokers.History on JetStream, against an external server (Connect) or a
+// server embedded in the process (StartEmbedded), which is what
+// `cometgate` runs on when given no configuration.
 //
 // # Subjects
 //
@@ -50,6 +50,54 @@
 // brokers.ErrUnavailable (nats.go's reconnect buffer is disabled), and a
 // connection lost between write and PONG also yields ErrUnavailable. Such
 // a message may or may not have reached the server; the caller may retry.
+//
+// # History (JetStream)
+//
+// Options.Streams declares JetStream streams (StreamSpec), each storing
+// the channels of some patterns. They are ensured on every connect and
+// reconnect: created or updated to the spec (Create), or checked to exist
+// and store the patterns' subjects. At Connect, a stream that does not fit
+// is an error; later it is logged and retried, and the Broker is not Ready
+// meanwhile. Specs must not overlap (Connect names both).
+//
+// A channel or pattern that one stream covers entirely has history
+// (HasHistory); everything else works as above, with Message.Seq 0.
+//
+//   - Publish on a channel with history is a JetStream publish: it returns
+//     once the stream acknowledged, that is, the message is stored.
+//   - Subscribe on a pattern with history is an ordered consumer: an
+//     ephemeral push consumer (no acks, flow control, idle heartbeats,
+//     memory state, one replica) filtered on the pattern, starting with
+//     the first message stored after Subscribe (DeliverNew), and delivering
+//     Message.Seq = the stream sequence. The client checks the consumer
+//     sequence of every message and the heartbeats; after a hole (a slow
+//     consumer drop, a message lost with a connection), a silent consumer
+//     (3 heartbeats) or any reconnect, the consumer is replaced by one
+//     starting right after the last message delivered (or the start
+//     point), so a subscription survives reconnects and server restarts
+//     with nothing lost and nothing twice. If the stream removed messages
+//     that were not delivered yet, or was recreated (its sequences start
+//     over; noticed by its creation time), the subscription carries on and
+//     the gap is logged and counted (HistoryGaps). A subscription that
+//     falls further behind than the stream keeps (its limits) skips what
+//     the stream removed meanwhile: JetStream does not tell consumers,
+//     and brokers.Handler has no way to say so, so that loss is neither
+//     detected nor reported. Size retention far above any expected lag;
+//     resuming clients are covered by Replay's gap detection either way.
+//     We implement the ordered consumer ourselves, on one nats.go
+//     subscription per consumer, rather than use jetstream's
+//     OrderedConsumer: its Consume starts goroutines that nothing can wait
+//     for and its Stop does not wait for a running handler, which would
+//     break Close's and Unsubscribe's promises.
+//   - Replay reads with an ephemeral pull consumer; see Broker.Replay for
+//     how gaps are detected and why a reported gap may be conservative.
+//
+// One goroutine per Broker with streams, the supervisor, ensures streams
+// after (re)connects, replaces failed consumers (immediately when asked,
+// otherwise checking every second; with backoff while failing), deletes
+// the consumers of ended subscriptions, and only then reports
+// StateConnected: with streams, StateConnected and Ready mean the streams
+// exist and every history subscription is consuming.
 package natsbroker
 
 import (
@@ -64,9 +112,13 @@ import (
 	"github.com/cometgate/cometgate/brokers"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
-var _ brokers.Broker = (*Broker)(nil)
+var (
+	_ brokers.Broker  = (*Broker)(nil)
+	_ brokers.History = (*Broker)(nil)
+)
 
 // Broker is a brokers.Broker on one core NATS connection. All methods are
 // safe for concurrent use. Close must not be called from a Handler or an
@@ -84,6 +136,22 @@ type Broker struct {
 	closed bool                       // guarded by mu; set by Close
 	subs   map[*subscription]struct{} // guarded by mu; live subscriptions
 
+	// History (see history.go); streams is empty and the rest unused
+	// without Options.Streams.
+	streams []stream
+	js      jetstream.JetStream
+	hsubs   map[*histSub]struct{} // guarded by mu; live history subscriptions
+	deletes []consumerRef         // guarded by mu; consumers to delete
+	sup     supervisor
+
+	// stateMu orders state reports from nats.go's callback goroutine and
+	// the supervisor's; see setState.
+	stateMu   sync.Mutex
+	epoch     uint64        // guarded by stateMu; +1 per connect, reconnect, disconnect
+	reported  brokers.State // guarded by stateMu; last state reported
+	ready     atomic.Bool   // see Ready; set by reportReady, cleared on disconnect
+	abandoned atomic.Bool   // Connect failed: report nothing
+
 	closing    atomic.Bool   // set by Close before the connection closes
 	connClosed chan struct{} // closed by the nats.go closed handler
 	closedByUs bool          // written before connClosed is closed
@@ -91,6 +159,7 @@ type Broker struct {
 
 	reconnects    atomic.Uint64
 	slowConsumers atomic.Uint64
+	historyGaps   atomic.Uint64
 }
 
 // Connect returns a Broker connected to the servers in opts.URLs. When no
@@ -129,6 +198,10 @@ func connect(ctx context.Context, opts Options, srv *server.Server) (*Broker, er
 		label = "in-process"
 		nopts = append(nopts, nats.InProcessServer(srv))
 	}
+	streams, err := newStreams(opts.Streams, subj)
+	if err != nil {
+		return nil, err
+	}
 	b := &Broker{
 		subj:       subj,
 		opts:       opts,
@@ -136,7 +209,11 @@ func connect(ctx context.Context, opts Options, srv *server.Server) (*Broker, er
 		subs:       make(map[*subscription]struct{}),
 		connClosed: make(chan struct{}),
 		inProcess:  srv != nil,
+		streams:    streams,
+		hsubs:      make(map[*histSub]struct{}),
+		reported:   brokers.StateDisconnected,
 	}
+	b.initSupervisor()
 	nopts = append(nopts,
 		nats.ConnectHandler(b.onConnect),
 		nats.ReconnectHandler(b.onReconnect),
@@ -153,10 +230,42 @@ func connect(ctx context.Context, opts Options, srv *server.Server) (*Broker, er
 		return nil, fmt.Errorf("natsbroker: connect: %w", err)
 	}
 	b.nc = nc
+	if b.js, err = jetstream.New(nc); err != nil {
+		b.closeConn()
+		return nil, fmt.Errorf("natsbroker: jetstream: %w", err)
+	}
 	if !nc.IsConnected() {
 		b.log.Warn("nats server unreachable; retrying in the background", slog.Any("err", nc.LastError()))
 	}
+	if nc.IsConnected() {
+		// nats.Connect returned after a PING/PONG round trip and there are
+		// no subscriptions yet: ready, once the streams are in place.
+		// Configuration errors surface here, at start-up; anything else is
+		// retried by the supervisor.
+		if len(streams) > 0 {
+			if err := b.ensureAtConnect(ctx); err != nil {
+				b.closeConn()
+				return nil, err
+			}
+		}
+		if !b.sup.needEnsure.Load() {
+			b.reportReady(nc, 0)
+		}
+	}
+	if len(streams) > 0 {
+		b.startSupervisor()
+	}
 	return b, nil
+}
+
+// closeConn closes the connection of a Broker that is not handed out and
+// waits for nats.go's last callback.
+func (b *Broker) closeConn() {
+	b.abandoned.Store(true)
+	b.closing.Store(true)
+	b.stopSupervisor()
+	b.nc.Close()
+	<-b.connClosed
 }
 
 // Conn returns the underlying connection, for JetStream. The Broker owns
@@ -172,15 +281,20 @@ func (b *Broker) Reconnects() uint64 { return b.reconnects.Load() }
 // nats.go reports one event per episode, not per dropped message.
 func (b *Broker) SlowConsumers() uint64 { return b.slowConsumers.Load() }
 
-// Ready reports whether the connection is up right now.
+// Ready reports whether the connection is up right now and the server
+// has every subscription (after a reconnect, nats.go re-sends them; Ready
+// waits for a round trip after that) and, with Options.Streams, whether
+// the streams are in place and every history subscription is consuming.
 func (b *Broker) Ready() bool {
-	return !b.closing.Load() && b.nc.IsConnected()
+	return !b.closing.Load() && b.nc.IsConnected() && b.ready.Load()
 }
 
 // Subscribe implements brokers.Broker. pattern is validated (see the
 // package doc); the returned Subscription's Unsubscribe waits for a
 // running Handler call to return, so it must not be called from that
-// subscription's own Handler.
+// subscription's own Handler. On a pattern with history it creates a
+// JetStream consumer (see the package doc) and, when connected, returns
+// once it exists.
 func (b *Broker) Subscribe(ctx context.Context, pattern string, h brokers.Handler) (brokers.Subscription, error) {
 	if h == nil {
 		return nil, errors.New("natsbroker: subscribe: nil handler")
@@ -193,6 +307,9 @@ func (b *Broker) Subscribe(ctx context.Context, pattern string, h brokers.Handle
 	}
 	if err := checkPattern(pattern); err != nil {
 		return nil, err
+	}
+	if st := b.streamFor(pattern); st != nil {
+		return b.subscribeHistory(ctx, pattern, st, h)
 	}
 	s := &subscription{b: b, h: h, done: make(chan struct{})}
 	b.mu.Lock()
@@ -236,8 +353,9 @@ func (b *Broker) Subscribe(ctx context.Context, pattern string, h brokers.Handle
 }
 
 // Publish implements brokers.Broker; see the package doc for what the
-// confirmation means on core NATS. msg.Channel must be a concrete channel
-// and header keys and values must be representable in a NATS header.
+// confirmation means on core NATS, and on a channel with history (the
+// message is stored). msg.Channel must be a concrete channel and header
+// keys and values must be representable in a NATS header.
 func (b *Broker) Publish(ctx context.Context, msg brokers.Message) error {
 	if b.closing.Load() {
 		return fmt.Errorf("natsbroker: publish: %w", brokers.ErrClosed)
@@ -256,6 +374,9 @@ func (b *Broker) Publish(ctx context.Context, msg brokers.Message) error {
 		return fmt.Errorf("natsbroker: publish to %q: %w", msg.Channel, brokers.ErrUnavailable)
 	}
 	m := &nats.Msg{Subject: b.subj.subject(msg.Channel), Data: msg.Data, Header: hdr}
+	if st := b.streamFor(msg.Channel); st != nil {
+		return b.publishStored(ctx, st, msg.Channel, m)
+	}
 	if err := b.nc.PublishMsg(m); err != nil {
 		return b.connErr(ctx, "publish to "+msg.Channel, err)
 	}
@@ -270,12 +391,18 @@ func (b *Broker) Publish(ctx context.Context, msg brokers.Message) error {
 // Close implements brokers.Broker. It closes the connection without
 // draining: every successful Publish was already confirmed, so nothing
 // written is lost, and messages not yet handed to a Handler are dropped
-// (core NATS messages cannot be resumed anyway). It waits until nats.go
-// has delivered its last callback and every subscription's delivery
-// goroutine has finished, reports StateClosed, and returns nil.
+// (core NATS messages cannot be resumed anyway; stored ones can be
+// replayed). It stops the history supervisor, deletes the consumers of
+// history subscriptions (best effort, bounded by a few seconds; the
+// server removes leftovers by itself), waits until nats.go has delivered
+// its last callback and every subscription's delivery goroutine has
+// finished, reports StateClosed, and returns nil.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.closing.Store(true)
+		// The supervisor creates consumers and subscriptions: stop it
+		// before collecting them.
+		b.stopSupervisor()
 		b.mu.Lock()
 		b.closed = true
 		subs := make([]*subscription, 0, len(b.subs))
@@ -284,17 +411,37 @@ func (b *Broker) Close() error {
 			subs = append(subs, s)
 		}
 		clear(b.subs)
+		hsubs := make([]*histSub, 0, len(b.hsubs))
+		for s := range b.hsubs {
+			hsubs = append(hsubs, s)
+		}
+		clear(b.hsubs)
+		deletes := b.deletes
+		b.deletes = nil
 		b.mu.Unlock()
+
+		var hwait []*generation
+		for _, s := range hsubs {
+			gens, cur := s.stop()
+			hwait = append(hwait, gens...)
+			if cur != nil {
+				deletes = append(deletes, consumerRef{stream: s.st.spec.Name, name: cur.consumer})
+			}
+		}
+		b.deleteConsumersAtClose(deletes)
 
 		b.nc.Close()
 		<-b.connClosed
 		if !b.closedByUs {
 			// The connection had closed by itself earlier and reported
 			// StateDisconnected then.
-			b.emit(brokers.StateClosed)
+			b.setState(brokers.StateClosed)
 		}
 		for _, s := range subs {
 			s.wait()
+		}
+		for _, g := range hwait {
+			g.wait()
 		}
 	})
 	return nil
@@ -317,6 +464,8 @@ func (b *Broker) connErr(ctx context.Context, op string, err error) error {
 	case errors.Is(ctx.Err(), context.Canceled):
 		return fmt.Errorf("natsbroker: %s: %w", op, ctx.Err())
 	case errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrNoResponders),
 		errors.Is(err, nats.ErrConnectionClosed),
 		errors.Is(err, nats.ErrConnectionReconnecting),
 		errors.Is(err, nats.ErrReconnectBufExceeded),
@@ -328,25 +477,73 @@ func (b *Broker) connErr(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("natsbroker: %s: %w", op, err)
 }
 
-// emit tells OnState, if set, about a state change.
-func (b *Broker) emit(s brokers.State) {
-	if f := b.opts.OnState; f != nil {
+// setState records the loss or the end of the connection and reports it
+// to OnState, if set. State reports run under stateMu, so reports from
+// nats.go's callback goroutine, from the supervisor and from connect are
+// never concurrent and each one is consistent with the events before it.
+// Every connection event moves the epoch; reportReady uses it to drop a
+// stale StateConnected.
+func (b *Broker) setState(s brokers.State) {
+	b.stateMu.Lock()
+	defer b.stateMu.Unlock()
+	b.epoch++
+	b.ready.Store(false)
+	b.report(s)
+}
+
+// report tells OnState about s unless it was the last state reported.
+// stateMu is held.
+func (b *Broker) report(s brokers.State) {
+	if b.reported == s && s == brokers.StateConnected {
+		return
+	}
+	b.reported = s
+	if f := b.opts.OnState; f != nil && !b.abandoned.Load() {
 		f(s)
 	}
 }
 
-// The handlers below run on nats.go's callback goroutine, one at a time,
-// so OnState is never called concurrently.
+// connected handles a connect or reconnect of nc: ready (and
+// StateConnected) once the server has every subscription, and with
+// streams once the supervisor has put streams and consumers in place. It
+// uses nc, not b.nc: the first callback may run before connect has set
+// b.nc.
+func (b *Broker) connected(nc *nats.Conn) {
+	b.stateMu.Lock()
+	b.epoch++
+	epoch := b.epoch
+	b.stateMu.Unlock()
+	if len(b.streams) > 0 {
+		// The supervisor's requests go after the re-sent subscriptions on
+		// this connection, so their answers imply those are in place.
+		b.sup.connected()
+		return
+	}
+	// nats.go queues this callback before flushing the subscriptions it
+	// re-sent; a round trip makes sure the server has them.
+	if err := nc.FlushTimeout(b.opts.ConfirmTimeout); err != nil {
+		b.log.Warn("nats connected, but the server did not answer a flush", slog.Any("err", err))
+		if !nc.IsConnected() {
+			return // the next event reports
+		}
+	}
+	b.reportReady(nc, epoch)
+}
+
+// The handlers below run on nats.go's callback goroutine, one at a time.
 
 func (b *Broker) onConnect(nc *nats.Conn) {
 	b.log.Info("nats connected", slog.String("url", b.connectedURL(nc)))
-	b.emit(brokers.StateConnected)
+	b.connected(nc)
 }
 
 func (b *Broker) onReconnect(nc *nats.Conn) {
 	b.reconnects.Add(1)
 	b.log.Info("nats reconnected", slog.String("url", b.connectedURL(nc)))
-	b.emit(brokers.StateConnected)
+	// Consumers may be gone (a restarted server) or have pushed messages
+	// into the lost connection: recreate them all from where they were.
+	b.sup.resetAll.Store(true)
+	b.connected(nc)
 }
 
 func (b *Broker) connectedURL(nc *nats.Conn) string {
@@ -361,7 +558,7 @@ func (b *Broker) onDisconnect(_ *nats.Conn, err error) {
 		return
 	}
 	b.log.Warn("nats disconnected; reconnecting", slog.Any("err", err))
-	b.emit(brokers.StateDisconnected)
+	b.setState(brokers.StateDisconnected)
 }
 
 func (b *Broker) onReconnectErr(_ *nats.Conn, err error) {
@@ -371,11 +568,11 @@ func (b *Broker) onReconnectErr(_ *nats.Conn, err error) {
 func (b *Broker) onClosed(nc *nats.Conn) {
 	b.closedByUs = b.closing.Load()
 	if b.closedByUs {
-		b.emit(brokers.StateClosed)
+		b.setState(brokers.StateClosed)
 	} else {
 		// Not expected: the connection reconnects forever.
 		b.log.Error("nats connection closed for good", slog.Any("err", nc.LastError()))
-		b.emit(brokers.StateDisconnected)
+		b.setState(brokers.StateDisconnected)
 	}
 	close(b.connClosed)
 }

@@ -31,10 +31,12 @@ type EmbeddedOptions struct {
 	// StoreDir is the JetStream store directory. "" means a new temporary
 	// directory, removed by Close.
 	StoreDir string
-	// SubjectPrefix, OnState and Logger configure the Broker returned by
-	// Broker (see Options). Logger also receives the server's log: notices
-	// at debug level, warnings and errors at their own; nil means none.
+	// SubjectPrefix, Streams, OnState and Logger configure the Broker
+	// returned by Broker (see Options). Logger also receives the server's
+	// log: notices at debug level, warnings and errors at their own; nil
+	// means none.
 	SubjectPrefix string
+	Streams       []StreamSpec
 	OnState       brokers.StateFunc
 	Logger        *slog.Logger
 }
@@ -110,6 +112,7 @@ func StartEmbedded(ctx context.Context, eo EmbeddedOptions) (*Embedded, error) {
 	b, err := e.connect(ctx, Options{
 		Name:          "cometgate-embedded",
 		SubjectPrefix: eo.SubjectPrefix,
+		Streams:       eo.Streams,
 		OnState:       eo.OnState,
 		Logger:        eo.Logger,
 	})

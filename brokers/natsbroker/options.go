@@ -29,6 +29,10 @@ const (
 	// DefaultPendingBytes is the client-side buffer per subscription, in
 	// bytes.
 	DefaultPendingBytes = 256 << 20
+	// defaultHeartbeat is the idle heartbeat of the consumers behind
+	// history subscriptions: a consumer silent for three of them is
+	// recreated.
+	defaultHeartbeat = 5 * time.Second
 )
 
 // Options configures a Broker. The zero value connects to nats.DefaultURL
@@ -82,15 +86,26 @@ type Options struct {
 	// prefix stripped; a message whose subject lacks it is ignored.
 	SubjectPrefix string
 
-	// OnState, when set, is told every connection state change. It is
-	// called from the connection's callback goroutine, one call at a time
-	// and in order, and must not block or call Close. The initial state,
-	// StateDisconnected, is not reported: the first report is
-	// StateConnected once a connection is up.
+	// Streams makes the channels they cover history-backed: stored in
+	// JetStream, delivered with Message.Seq set, replayable (see the
+	// package doc and StreamSpec). They are ensured on every (re)connect.
+	Streams []StreamSpec
+
+	// OnState, when set, is told every connection state change, one call
+	// at a time and in order, from the connection's callback goroutine
+	// (with Streams, StateConnected comes from the broker's supervisor once
+	// streams and consumers are in place). It must not block or call
+	// Close. The initial state, StateDisconnected, is not reported: the
+	// first report is StateConnected once a connection is up.
 	OnState brokers.StateFunc
 	// Logger receives connection events (disconnects, reconnects,
 	// slow consumers, server errors). Nil means no logging.
 	Logger *slog.Logger
+
+	// heartbeat and replayBatch override defaultHeartbeat and
+	// defaultReplayBatch (tests).
+	heartbeat   time.Duration
+	replayBatch int
 }
 
 // TLSOptions configures TLS for a Broker. The files are read on every
@@ -136,6 +151,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.heartbeat <= 0 {
+		o.heartbeat = defaultHeartbeat
+	}
+	if o.replayBatch <= 0 {
+		o.replayBatch = defaultReplayBatch
 	}
 	return o
 }
