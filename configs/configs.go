@@ -51,6 +51,13 @@ const (
 	SlowConsumerConflate   = "conflate"
 )
 
+// Values of SockJS.Mode.
+const (
+	SockJSPubSub = "pubsub"
+	SockJSEcho   = "echo"
+	SockJSTCP    = "tcp"
+)
+
 // Values of Channel.History.
 const (
 	HistoryNone      = "none"
@@ -80,6 +87,7 @@ type Config struct {
 	Broker   Broker    `mapstructure:"broker"`
 	Session  Session   `mapstructure:"session"`
 	Channels []Channel `mapstructure:"channels"`
+	SockJS   []SockJS  `mapstructure:"sockjs"`
 	Log      Log       `mapstructure:"log"`
 	Metrics  Metrics   `mapstructure:"metrics"`
 	Admin    Admin     `mapstructure:"admin"`
@@ -217,6 +225,8 @@ type Session struct {
 	WriteTimeout time.Duration `mapstructure:"write_timeout"`
 	// DisconnectDelay closes a polling session with no attached request.
 	DisconnectDelay time.Duration `mapstructure:"disconnect_delay"`
+	// StreamLimitBytes recycles XHR-streaming and htmlfile responses.
+	StreamLimitBytes int `mapstructure:"stream_limit_bytes"`
 }
 
 // Channel is one channel namespace. Config.Channels is ordered: the first
@@ -242,6 +252,31 @@ type Channel struct {
 	HistoryMaxBytes int `mapstructure:"history_max_bytes"`
 }
 
+// SockJS is one SockJS endpoint (protocol 0.3), for pages that use the
+// sockjs-client library.
+type SockJS struct {
+	// Prefix is the URL path the endpoint is served under, e.g. "/sockjs".
+	Prefix string `mapstructure:"prefix"`
+	// Mode is what the endpoint carries: SockJSPubSub, SockJSEcho or
+	// SockJSTCP.
+	Mode string `mapstructure:"mode"`
+	// Target names the TCP target (tcp mode only).
+	Target string `mapstructure:"target"`
+	// Websocket offers the websocket transport.
+	Websocket bool `mapstructure:"websocket"`
+	// CookieNeeded sets the JSESSIONID cookie for sticky load balancers.
+	CookieNeeded bool `mapstructure:"cookie_needed"`
+	// ResponseLimit recycles streaming responses after this many bytes.
+	ResponseLimit int `mapstructure:"response_limit"`
+	// HeartbeatDelay is the interval of "h" frames.
+	HeartbeatDelay time.Duration `mapstructure:"heartbeat_delay"`
+	// DisconnectDelay closes a session with no request attached.
+	DisconnectDelay time.Duration `mapstructure:"disconnect_delay"`
+	// ClientURL is the sockjs-client script iframe.html loads; "" = the
+	// library's public CDN URL.
+	ClientURL string `mapstructure:"client_url"`
+}
+
 // Log configures structured logging.
 type Log struct {
 	// Level is LogDebug, LogInfo, LogWarn or LogError.
@@ -260,6 +295,25 @@ type Metrics struct {
 type Admin struct {
 	// Listen is the host:port serving /debug/pprof; "" = off.
 	Listen string `mapstructure:"listen"`
+}
+
+// listDefaults are, per list, the values of keys an entry may leave out.
+var listDefaults = map[string]map[string]any{
+	"channels": channelDefaults,
+	"sockjs":   sockjsDefaults,
+}
+
+// sockjsDefaults are the values of keys a sockjs entry in a config file may
+// leave out; prefix is required.
+var sockjsDefaults = map[string]any{
+	"mode":             SockJSPubSub,
+	"target":           "",
+	"websocket":        true,
+	"cookie_needed":    false,
+	"response_limit":   128 << 10,
+	"heartbeat_delay":  25 * time.Second,
+	"disconnect_delay": 5 * time.Second,
+	"client_url":       "",
 }
 
 // channelDefaults are the values of keys a channels entry in a config file
@@ -491,7 +545,7 @@ func (p *yamlParser) value(path string, raw any, t reflect.Type) (any, bool) {
 	panic(fmt.Sprintf("configs: field %s has unsupported type %s", path, t))
 }
 
-// structList checks a list of mappings (channels), filling channelDefaults
+// structList checks a list of mappings (channels, sockjs), filling listDefaults
 // for omitted keys and reporting other omitted keys.
 func (p *yamlParser) structList(path string, list []any, t reflect.Type) (any, bool) {
 	out := make([]any, 0, len(list))
@@ -514,7 +568,7 @@ func (p *yamlParser) structList(path string, list []any, t reflect.Type) (any, b
 			if _, ok := m[key]; ok {
 				continue
 			}
-			if def, ok := channelDefaults[key]; ok {
+			if def, ok := listDefaults[path][key]; ok {
 				m[key] = def
 				continue
 			}

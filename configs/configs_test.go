@@ -67,6 +67,7 @@ func wantDefaults() *Config {
 			Heartbeat:        25 * time.Second,
 			WriteTimeout:     10 * time.Second,
 			DisconnectDelay:  5 * time.Second,
+			StreamLimitBytes: 128 << 10,
 		},
 		Channels: []Channel{{
 			Pattern:         "demo.>",
@@ -77,6 +78,12 @@ func wantDefaults() *Config {
 			HistoryMaxAge:   24 * time.Hour,
 			HistoryMaxBytes: 256 << 20,
 		}},
+		SockJS: []SockJS{
+			{Prefix: "/sockjs", Mode: SockJSPubSub, Websocket: true, ResponseLimit: 128 << 10,
+				HeartbeatDelay: 25 * time.Second, DisconnectDelay: 5 * time.Second},
+			{Prefix: "/sockjs-echo", Mode: SockJSEcho, Websocket: true, ResponseLimit: 128 << 10,
+				HeartbeatDelay: 25 * time.Second, DisconnectDelay: 5 * time.Second},
+		},
 		Log:     Log{Level: LogInfo, Format: LogText},
 		Metrics: Metrics{Enabled: true},
 		Admin:   Admin{Listen: ""},
@@ -724,6 +731,11 @@ func TestValidate(t *testing.T) {
 		{"history max age negative", func(c *Config) { c.Channels[0].HistoryMaxAge = -time.Second }, `channels[0].history_max_age: must not be negative`},
 		{"history max bytes negative", func(c *Config) { c.Channels[0].HistoryMaxBytes = -1 }, `channels[0].history_max_bytes: must not be negative`},
 		{"history stream name", func(c *Config) { c.Channels[0].HistoryStream = "a.b" }, `channels[0].history_stream: must be 1 to 64 characters`},
+		{"sockjs prefix", func(c *Config) { c.SockJS[0].Prefix = "sockjs/" }, `sockjs[0].prefix: must be a path like "/sockjs"`},
+		{"sockjs prefix repeated", func(c *Config) { c.SockJS[1].Prefix = "/sockjs" }, `sockjs[1].prefix: "/sockjs" repeats sockjs[0].prefix`},
+		{"sockjs mode", func(c *Config) { c.SockJS[0].Mode = "raw" }, `sockjs[0].mode: must be one of pubsub | echo | tcp`},
+		{"sockjs response limit", func(c *Config) { c.SockJS[0].ResponseLimit = 10 }, `sockjs[0].response_limit: must be at least 4096`},
+		{"sockjs heartbeat", func(c *Config) { c.SockJS[0].HeartbeatDelay = time.Millisecond }, `sockjs[0].heartbeat_delay: must be at least 1s`},
 
 		{"log.level", func(c *Config) { c.Log.Level = "trace" }, `log.level: must be one of debug | info | warn | error, got "trace"`},
 		{"log.format", func(c *Config) { c.Log.Format = "logfmt" }, `log.format: must be one of text | json, got "logfmt"`},

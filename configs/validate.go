@@ -122,6 +122,9 @@ func (c *Config) Validate() error {
 	}
 	v.positive("session.write_timeout", s.WriteTimeout)
 	v.positive("session.disconnect_delay", s.DisconnectDelay)
+	if s.StreamLimitBytes < 4096 {
+		v.failf("session.stream_limit_bytes", "must be at least 4096, got %d", s.StreamLimitBytes)
+	}
 
 	seen := map[string]int{}
 	for i, ch := range c.Channels {
@@ -153,6 +156,26 @@ func (c *Config) Validate() error {
 		if ch.HistoryStream != "" && !validStreamName(ch.HistoryStream) {
 			v.failf(key+".history_stream", "must be 1 to 64 characters of [A-Za-z0-9_-], got %q", ch.HistoryStream)
 		}
+	}
+
+	prefixes := map[string]int{}
+	for i, sj := range c.SockJS {
+		key := fmt.Sprintf("sockjs[%d]", i)
+		if !strings.HasPrefix(sj.Prefix, "/") || strings.HasSuffix(sj.Prefix, "/") || strings.ContainsAny(sj.Prefix, "?#* ") {
+			v.failf(key+".prefix", `must be a path like "/sockjs": starting with "/", not ending with one, got %q`, sj.Prefix)
+		} else if j, dup := prefixes[sj.Prefix]; dup {
+			v.failf(key+".prefix", "%q repeats sockjs[%d].prefix", sj.Prefix, j)
+		} else {
+			prefixes[sj.Prefix] = i
+		}
+		v.oneOf(key+".mode", sj.Mode, SockJSPubSub, SockJSEcho, SockJSTCP)
+		if sj.ResponseLimit < 4096 {
+			v.failf(key+".response_limit", "must be at least 4096, got %d", sj.ResponseLimit)
+		}
+		if sj.HeartbeatDelay < time.Second {
+			v.failf(key+".heartbeat_delay", "must be at least 1s, got %s", sj.HeartbeatDelay)
+		}
+		v.positive(key+".disconnect_delay", sj.DisconnectDelay)
 	}
 
 	v.oneOf("log.level", c.Log.Level, LogDebug, LogInfo, LogWarn, LogError)

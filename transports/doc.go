@@ -30,8 +30,10 @@
 // A pub is answered with ok only after the broker confirmed the message.
 // On the transports that send upstream frames by HTTP POST a frame may also
 // carry "n", the client's own upstream counter starting at 1: a frame whose
-// n was already applied is acknowledged again but not applied twice, so a
-// retried POST is harmless.
+// n was already applied is skipped (its answer, if it had one, is already
+// in the session's packets, which are resent until acknowledged), so a
+// retried POST is harmless. A frame whose n skips ahead is refused with
+// err 409 and not applied: upstream frames apply in order.
 //
 // A WebSocket binary frame is read exactly like a text frame (the same JSON),
 // for clients that send ArrayBuffers; the server always sends text frames.
@@ -86,4 +88,99 @@
 // A WebSocket session also ends with a WebSocket close frame carrying the
 // same code and reason. Heartbeats are transport-level and carry no seq: a
 // WebSocket ping, an SSE comment line, an empty poll response.
+//
+// # Transports and URLs
+//
+// Every transport opens a session at a URL of its own; channels named with
+// ch= (repeatable) are subscribed before anything else, and their ok or err
+// packets follow hello. Frames the downstream cannot carry go by
+// POST /session/{sid}/send (body: a frame or a JSON array of frames;
+// answer 204, or 404 {"error":…,"code":4004} for an unknown session).
+//
+//	GET  /ws                                   WebSocket, both directions
+//	GET  /sse?ch=…                             EventSource
+//	GET|POST /poll?ch=…                        long-polling: open
+//	GET|POST /poll/{sid}?ack=N                 long-polling: next poll
+//	GET|POST /xhr_stream?ch=…                  XHR streaming: open
+//	GET|POST /xhr_stream/{sid}?ack=N           XHR streaming: next stream
+//	GET  /htmlfile?ch=…&cb=NAME                iframe streaming: open
+//	GET  /htmlfile/{sid}?cb=NAME&ack=N         iframe streaming: next stream
+//	GET  /jsonp?ch=…&cb=NAME                   JSONP polling: open
+//	GET  /jsonp/{sid}?cb=NAME&ack=N            JSONP polling: next poll
+//	GET  /jsonp_send/{sid}?cb=NAME&d=FRAMES    JSONP upstream
+//
+// Request per poll. The last eight are the request-per-poll family: the
+// session outlives the requests that carry it, and every packet it wrote
+// is kept until acknowledged. A request that names a session first applies
+// ack=N (as an ack frame would: every packet up to seq N arrived), then
+// writes every packet not yet acknowledged, oldest first and with the seq
+// it had, then what is new. So a response lost on the way (a dropped
+// connection, a proxy timeout) costs nothing: the next request, which
+// acknowledges only what really arrived, gets the same packets again. The
+// client drops packets whose seq it already holds. A POST to /poll or
+// /xhr_stream may carry upstream frames in its body, exactly like
+// /session/{sid}/send; they are applied after the ack and before the
+// response is written, so their answers ride on this very response.
+// Retried frames are harmless when they carry "n".
+//
+// Long-polling (/poll) and JSONP (/jsonp) answer one batch per request: the
+// open request is answered at once (hello and the subscription answers);
+// a next poll is held until there is at least one packet, and then carries
+// every pending packet. With nothing to send, a poll is answered with an
+// empty batch after one to two heartbeat intervals ("hb" in hello): that
+// is the heartbeat of a long-poll. A poll body is a JSON array of packets
+// (Content-Type: application/json); a JSONP body is /**/NAME([packets]);
+// (Content-Type: application/javascript).
+//
+// XHR streaming (/xhr_stream) and htmlfile (/htmlfile) keep one response
+// open and write packets as they come, each write flushed. An XHR stream
+// (Content-Type: text/plain; charset=utf-8) starts with 2,047 spaces and a
+// newline (a prelude some browsers and proxies need before they deliver
+// anything), then has one packet JSON per line; an empty line is a
+// heartbeat. An htmlfile stream (Content-Type: text/html; charset=utf-8)
+// is an HTML document whose head defines p(x) as parent.NAME(x), about
+// 1 KiB of padding, then one <script>p(PACKET);</script> per packet;
+// p(null) is a heartbeat. A stream ends after StreamLimit bytes (128 KiB by
+// default) and the client opens the next one with its session id and ack;
+// a client that keeps streams longer than the session queue bound must
+// send ack frames meanwhile. htmlfile does not set document.domain: the
+// hosting page must be on the gateway's origin.
+//
+// Callback names (cb=) are 1 to 64 bytes of dot-separated identifiers of
+// ASCII letters, digits, "_" and "$", not starting with a digit
+// ("cb", "jQuery3_1", "app.comet.$recv"). Packet JSON has "<", ">", "&",
+// U+2028 and U+2029 escaped, so it cannot end a script element.
+//
+// One request at a time. Only one request carries a session's downstream.
+// A newer request for the same session replaces the one holding it: the
+// older one ends at once with a transport-level close packet (no seq; it
+// ends that request, not the session), 3003 "replaced by a newer request"
+// — as [{"t":"close",…}] on a poll, a line or a script on a stream. A
+// client whose own loop made the newer request ignores it; a client that
+// did not (two tabs sharing one session) should stop polling rather than
+// take the session back. Packets the older request had not written go on
+// the newer one.
+//
+// Expiry and errors. A session with no request attached for the
+// disconnect delay is closed (3002; nothing can be sent, the client learns
+// it from its next request). A request for a session that does not exist
+// (ended, expired, or not opened by this family) gets 404
+// {"error":"session not found","code":4004}. Refusals carry the close code
+// a client acts on: 4000 bad request (the message names the parameter),
+// 4001 body too large, 4003 origin not allowed, 4004 session not found,
+// 4029 too many sessions from this address, 3000 shutting down (Retry-After,
+// reconnect elsewhere). XHR transports get them as a JSON error with the
+// HTTP status (400, 413, 403, 404, 429, 503). The callback transports
+// cannot read a status, so once the callback name is valid every answer
+// calls it: JSONP answers 200 with NAME([close packet]), htmlfile answers
+// the status with a document that calls p(close packet), and
+// /jsonp_send answers NAME({"ok":false,"code":…,"error":…}). A bad callback
+// name is a JSON 400.
+//
+// Headers. Every response of the family carries
+// Cache-Control: no-store, no-transform and X-Accel-Buffering: no (nginx
+// must not buffer a held or streamed response), and CORS headers with
+// credentials for an allowed Origin. The Origin is checked on every
+// request; script and iframe loads send none, so JSONP and htmlfile rely on
+// the session id being unguessable.
 package transports

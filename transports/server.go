@@ -37,6 +37,15 @@ type Options struct {
 	// MaxSessionsPerIP bounds concurrent sessions per client address; 0 is
 	// unlimited.
 	MaxSessionsPerIP int
+	// StreamLimit is the number of bytes after which a streaming response
+	// (XHR streaming, htmlfile) ends so that the client opens a fresh one,
+	// acknowledging what it got; 0 means 128 KiB. Keep it below the
+	// session queue bound: packets a stream wrote stay queued until the
+	// client acknowledges them.
+	StreamLimit int
+	// SockJS lists the SockJS endpoints (see SockJSEndpoint); check them
+	// with ValidateSockJS before New.
+	SockJS []SockJSEndpoint
 	// Web serves the browser client and demo pages at "/"; may be nil.
 	Web http.Handler
 	// Metrics serves /metrics; may be nil.
@@ -73,6 +82,9 @@ func New(opts Options) *Server {
 	if opts.MaxBodyBytes == 0 {
 		opts.MaxBodyBytes = 1 << 20
 	}
+	if opts.StreamLimit <= 0 {
+		opts.StreamLimit = defaultStreamLimit
+	}
 	s := &Server{
 		opts:     opts,
 		gw:       opts.Gateway,
@@ -92,6 +104,8 @@ func New(opts Options) *Server {
 	r.Get("/sse", s.serveSSE)
 	r.Post("/session/{sid}/send", s.serveSend)
 	r.Options("/session/{sid}/send", s.preflight)
+	s.routePolling(r)
+	s.mountSockJS(r)
 	r.Post("/api/publish", s.servePublish)
 	if opts.Web != nil {
 		r.Handle("/*", opts.Web)
@@ -235,14 +249,36 @@ func (s *Server) preflight(w http.ResponseWriter, r *http.Request) {
 // (Origin, draining, per-IP limit) and opens it. On failure it has answered
 // the request and returns nil.
 func (s *Server) openSession(w http.ResponseWriter, r *http.Request, transport string, retain bool) *gateway.Session {
-	if !s.origins.allowed(r) {
-		writeError(w, http.StatusForbidden, "origin not allowed: "+r.Header.Get("Origin"))
+	sess, ref := s.tryOpenSession(r, transport, retain)
+	if ref != nil {
+		if ref.retry {
+			w.Header().Set("Retry-After", "1")
+		}
+		writeError(w, ref.status, ref.msg)
 		return nil
+	}
+	return sess
+}
+
+// refusal is why a request was refused: its HTTP status, the close code a
+// transport that can only answer in-band (JSONP, htmlfile) reports instead,
+// and the message. retry asks the client to come back (Retry-After).
+type refusal struct {
+	status int
+	code   int
+	msg    string
+	retry  bool
+}
+
+// tryOpenSession is openSession for transports that answer a refusal in
+// their own framing.
+func (s *Server) tryOpenSession(r *http.Request, transport string, retain bool) (*gateway.Session, *refusal) {
+	if !s.origins.allowed(r) {
+		return nil, &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code, "origin not allowed: " + r.Header.Get("Origin"), false}
 	}
 	ip := clientAddr(r)
 	if !s.acquireIP(ip) {
-		writeError(w, http.StatusTooManyRequests, "too many sessions from this address")
-		return nil
+		return nil, &refusal{http.StatusTooManyRequests, codeTooManySessions, "too many sessions from this address", false}
 	}
 	sess, err := s.gw.Open(gateway.OpenOptions{
 		Transport:  transport,
@@ -252,11 +288,9 @@ func (s *Server) openSession(w http.ResponseWriter, r *http.Request, transport s
 	})
 	if err != nil {
 		s.releaseIP(ip)
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "server shutting down, reconnect to another node")
-		return nil
+		return nil, &refusal{http.StatusServiceUnavailable, gateway.DisconnectShutdown.Code, "server shutting down, reconnect to another node", true}
 	}
-	return sess
+	return sess, nil
 }
 
 func clientAddr(r *http.Request) netip.Addr {

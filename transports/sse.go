@@ -5,6 +5,8 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,18 +18,56 @@ import (
 // with WebSocket, and the body is not chunk-encoded: it is a plain stream
 // that ends when the connection closes (HTTP/1.1 with "Connection: close").
 // Each packet is one event whose data line is the packet JSON; packet JSON
-// never contains a newline, so one data line always suffices. A msg packet
-// with a cursor also sets the event id, so a browser's EventSource sends
-// Last-Event-ID when it reconnects by itself. Heartbeats are comment lines.
+// never contains a newline, so one data line always suffices. Heartbeats
+// are comment lines.
 //
-// Subscriptions are named in the URL (?ch=a&ch=b); later requests (sub,
-// unsub, pub, ack) go by POST /session/{sid}/send.
+// Subscriptions are named in the URL (?ch=a&ch=b), each optionally resuming
+// from a cursor (&cursor.a=41); later requests (sub, unsub, pub, ack) go by
+// POST /session/{sid}/send.
+//
+// Resuming with a plain EventSource: every msg packet with a cursor on a
+// URL subscription sets the event id to the cursors of all URL
+// subscriptions, in URL order, comma-separated ("41,,7": the second has
+// none yet). EventSource sends the last id back as Last-Event-ID when it
+// reconnects by itself to the same URL, and the new session resumes every
+// URL subscription from its cursor. One channel's cursor alone would not
+// do: deliveries on different channels are not ordered against each other.
 
 type sseConn struct {
 	srv       *Server
 	conn      net.Conn
 	wmu       sync.Mutex
 	closeOnce sync.Once
+
+	// The resume id: the URL subscriptions and their latest cursors. Only
+	// the session's writer touches them.
+	urlChannels []string
+	cursors     []string
+}
+
+// sseResumeCursors works out the cursor of each URL subscription: from
+// Last-Event-ID when it is a resume id for the same list of channels
+// (newer than the URL), else from the cursor.CH parameters.
+func sseResumeCursors(r *http.Request, channels []string) []string {
+	cursors := make([]string, len(channels))
+	q := r.URL.Query()
+	for i, ch := range channels {
+		cursors[i] = q.Get("cursor." + ch)
+	}
+	last := r.Header.Get("Last-Event-ID")
+	if last == "" {
+		last = q.Get("lastEventId") // EventSource polyfills send it here
+	}
+	if last != "" {
+		if ids := strings.Split(last, ","); len(ids) == len(channels) {
+			for i, id := range ids {
+				if id != "" {
+					cursors[i] = id
+				}
+			}
+		}
+	}
+	return cursors
 }
 
 var _ gateway.Transport = (*sseConn)(nil)
@@ -63,7 +103,11 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	// The retry hint spreads reconnects after a node goes away.
 	head.WriteString("\r\nretry: 2000\n\n")
+	cursors := sseResumeCursors(r, channels)
 	c := &sseConn{srv: s, conn: conn}
+	if len(channels) > 0 {
+		c.urlChannels, c.cursors = channels, slices.Clone(cursors)
+	}
 	if _, err := c.write(head.Bytes()); err != nil {
 		_ = conn.Close()
 		sess.Close(gateway.DisconnectGone())
@@ -74,8 +118,8 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := context.Background()
-	for _, ch := range channels {
-		sess.Subscribe(ctx, ch, "")
+	for i, ch := range channels {
+		sess.Subscribe(ctx, ch, cursors[i])
 	}
 	s.readers.Add(1)
 	go func() {
@@ -111,14 +155,22 @@ func (c *sseConn) Name() string { return "sse" }
 func (c *sseConn) WritePackets(pkts []gateway.Packet) (int, error) {
 	size := 0
 	for _, p := range pkts {
-		size += p.Size() + len("id: \ndata: \n\n") + len(p.Cursor())
+		size += p.Size() + len("data: \n\n")
+		if p.Cursor() != "" {
+			size += len("id: \n") + len(c.urlChannels)*(len(p.Cursor())+1)
+		}
 	}
 	buf := getBuffer(size)
 	b := *buf
 	for _, p := range pkts {
-		if cur := p.Cursor(); cur != "" {
+		if c.updateCursor(p) {
 			b = append(b, "id: "...)
-			b = append(b, cur...)
+			for i, cur := range c.cursors {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = append(b, cur...)
+			}
 			b = append(b, '\n')
 		}
 		b = append(b, "data: "...)
@@ -129,6 +181,22 @@ func (c *sseConn) WritePackets(pkts []gateway.Packet) (int, error) {
 	*buf = b
 	putBuffer(buf)
 	return n, err
+}
+
+// updateCursor records the cursor of a msg packet on a URL subscription
+// and reports whether the resume id changed.
+func (c *sseConn) updateCursor(p gateway.Packet) bool {
+	cur := p.Cursor()
+	if cur == "" {
+		return false
+	}
+	for i, ch := range c.urlChannels {
+		if ch == p.Pattern() {
+			c.cursors[i] = cur
+			return true
+		}
+	}
+	return false
 }
 
 func (c *sseConn) write(b []byte) (int, error) {

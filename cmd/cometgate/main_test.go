@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -55,12 +57,19 @@ func (s *syncBuffer) String() string {
 // startNode runs serve with the given extra environment on random ports.
 func startNode(t *testing.T, env ...string) *node {
 	t.Helper()
+	return startNodeArgs(t, nil, env...)
+}
+
+// startNodeArgs runs serve with command-line args (such as --config) and
+// extra environment.
+func startNodeArgs(t *testing.T, args []string, env ...string) *node {
+	t.Helper()
 	environ := append([]string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0", "COMETGATE_HTTP_SHUTDOWN_TIMEOUT=5s"}, env...)
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{logs: &syncBuffer{}, stop: cancel, done: make(chan error, 1)}
 	ready := make(chan struct{})
 	go func() {
-		n.done <- serve(ctx, nil, environ, n.logs, &hooks{listening: func(addr string, emb *natsbroker.Embedded) {
+		n.done <- serve(ctx, args, environ, n.logs, &hooks{listening: func(addr string, emb *natsbroker.Embedded) {
 			n.addr, n.emb = addr, emb
 			close(ready)
 		}})
@@ -103,7 +112,21 @@ type sseStream struct {
 
 func openSSE(t *testing.T, url string) *sseStream {
 	t.Helper()
-	resp, err := http.Get(url)
+	return openSSEWith(t, url, nil)
+}
+
+// openSSEWith opens an SSE stream with extra request headers (such as
+// Last-Event-ID). A packet preceded by an id line carries it as "_id".
+func openSSEWith(t *testing.T, url string, header http.Header) *sseStream {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,8 +141,13 @@ func openSSE(t *testing.T, url string) *sseStream {
 	go func() {
 		defer close(s.packets)
 		sc := bufio.NewScanner(resp.Body)
+		id := ""
 		for sc.Scan() {
 			line := sc.Text()
+			if v, ok := strings.CutPrefix(line, "id: "); ok {
+				id = v
+				continue
+			}
 			data, ok := strings.CutPrefix(line, "data: ")
 			if !ok {
 				continue
@@ -128,6 +156,10 @@ func openSSE(t *testing.T, url string) *sseStream {
 			if err := json.Unmarshal([]byte(data), &p); err != nil {
 				t.Errorf("bad packet %q: %v", data, err)
 				return
+			}
+			if id != "" {
+				p["_id"] = id
+				id = ""
 			}
 			s.packets <- p
 		}
@@ -459,5 +491,34 @@ func TestShutdownClosesIdleNewConnections(t *testing.T) {
 		t.Fatal("spare connection still open after shutdown")
 	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		t.Fatal("spare connection not closed by shutdown")
+	}
+}
+
+// TestSockJSEndpointsServed: the default configuration serves a pubsub and
+// an echo SockJS endpoint.
+func TestSockJSEndpointsServed(t *testing.T) {
+	n := startNode(t)
+	for _, path := range []string{"/sockjs/info", "/sockjs-echo/info"} {
+		resp, err := http.Get(n.url(path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var info map[string]any
+		err = json.NewDecoder(resp.Body).Decode(&info)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || info["websocket"] != true {
+			t.Fatalf("GET %s: %d %v %v", path, resp.StatusCode, info, err)
+		}
+	}
+}
+
+func TestSockJSTCPModeRefused(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(cfg, []byte("sockjs:\n  - prefix: /tcp\n    mode: tcp\n    target: chat\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := serve(context.Background(), []string{"--config", cfg}, []string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0"}, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "TCP bridge") {
+		t.Fatalf("err = %v", err)
 	}
 }

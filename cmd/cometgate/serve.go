@@ -11,8 +11,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -104,9 +106,22 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 		AllowLoopback:    cfg.API.AllowLoopback,
 		MaxBodyBytes:     int64(cfg.API.MaxBodyBytes),
 		WriteTimeout:     cfg.Session.WriteTimeout,
+		StreamLimit:      cfg.Session.StreamLimitBytes,
 		MaxSessionsPerIP: cfg.HTTP.MaxSessionsPerIP,
 		Web:              web.Handler(),
 		Logger:           log,
+	}
+	for _, sj := range cfg.SockJS {
+		topts.SockJS = append(topts.SockJS, transports.SockJSEndpoint{
+			Prefix: sj.Prefix, Mode: sj.Mode, Target: sj.Target,
+			Websocket: sj.Websocket, CookieNeeded: sj.CookieNeeded,
+			ResponseLimit: sj.ResponseLimit, HeartbeatDelay: sj.HeartbeatDelay,
+			DisconnectDelay: sj.DisconnectDelay, ClientURL: sj.ClientURL,
+		})
+	}
+	if err := transports.ValidateSockJS(topts.SockJS); err != nil {
+		_ = gw.Shutdown(context.Background())
+		return fmt.Errorf("sockjs: %w", err)
 	}
 	if cfg.Metrics.Enabled {
 		topts.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
@@ -220,6 +235,7 @@ func openBroker(ctx context.Context, cfg *configs.Config, onState brokers.StateF
 			Listen:        cfg.Broker.Embedded.Listen,
 			StoreDir:      cfg.Broker.Embedded.StoreDir,
 			SubjectPrefix: cfg.Broker.SubjectPrefix,
+			Streams:       natsStreams(cfg),
 			OnState:       onState,
 			Logger:        log.With(slog.String("component", "nats")),
 		})
@@ -235,6 +251,7 @@ func openBroker(ctx context.Context, cfg *configs.Config, onState brokers.StateF
 			NKeySeedFile: n.NKeySeedFile, CredsFile: n.CredsFile,
 			ReconnectWait: n.ReconnectWait, MaxReconnectWait: n.MaxReconnectWait,
 			SubjectPrefix: cfg.Broker.SubjectPrefix,
+			Streams:       natsStreams(cfg),
 			OnState:       onState,
 			Logger:        log.With(slog.String("component", "nats")),
 		}
@@ -258,6 +275,7 @@ func openBroker(ctx context.Context, cfg *configs.Config, onState brokers.StateF
 			ReconnectWait:    a.ReconnectWait,
 			MaxReconnectWait: a.MaxReconnectWait,
 			SubjectPrefix:    cfg.Broker.SubjectPrefix,
+			Streams:          amqpStreams(cfg),
 			OnState:          onState,
 			Logger:           log.With(slog.String("component", "amqp")),
 		})
@@ -269,15 +287,10 @@ func openBroker(ctx context.Context, cfg *configs.Config, onState brokers.StateF
 	return nil, nil, nil, fmt.Errorf("broker.kind: unknown kind %q", cfg.Broker.Kind)
 }
 
-// buildRules turns the channels section into gateway rules. Features the
-// configuration can name but this version cannot deliver are refused here,
-// at start-up, rather than silently ignored.
+// buildRules turns the channels section into gateway rules.
 func buildRules(cfg *configs.Config) (gateway.Rules, error) {
 	rules := make(gateway.Rules, 0, len(cfg.Channels))
 	for i, ch := range cfg.Channels {
-		if ch.History != configs.HistoryNone && ch.History != "" {
-			return nil, fmt.Errorf("channels[%d].history: %q is not available in this version of cometgate (use none)", i, ch.History)
-		}
 		slow, err := gateway.ParseSlowPolicy(ch.SlowConsumer)
 		if err != nil {
 			return nil, fmt.Errorf("channels[%d].slow_consumer: %w", i, err)
@@ -290,6 +303,96 @@ func buildRules(cfg *configs.Config) (gateway.Rules, error) {
 		})
 	}
 	return rules, rules.Validate()
+}
+
+// historyStream is one broker stream serving the namespaces that name it.
+type historyStream struct {
+	name     string
+	patterns []string
+	maxAge   time.Duration
+	maxBytes int64
+}
+
+// historyStreams groups the history-backed namespaces into streams: by
+// history_stream, or one per namespace with a name derived from its
+// pattern. Namespaces that share a stream share its limits (the first
+// one's).
+func historyStreams(cfg *configs.Config) []historyStream {
+	var out []historyStream
+	index := map[string]int{}
+	for _, ch := range cfg.Channels {
+		if ch.History == configs.HistoryNone || ch.History == "" {
+			continue
+		}
+		name := ch.HistoryStream
+		if name == "" {
+			name = streamName(ch.Pattern)
+		}
+		if i, ok := index[name]; ok {
+			out[i].patterns = append(out[i].patterns, ch.Pattern)
+			continue
+		}
+		index[name] = len(out)
+		out = append(out, historyStream{name: name, patterns: []string{ch.Pattern},
+			maxAge: ch.HistoryMaxAge, maxBytes: int64(ch.HistoryMaxBytes)})
+	}
+	return out
+}
+
+// streamName derives a stream name that is valid for JetStream and
+// RabbitMQ from a channel pattern: "prices.*.>" becomes
+// "cometgate_prices_any_all".
+func streamName(pattern string) string {
+	var b strings.Builder
+	b.WriteString("cometgate")
+	for tok := range strings.SplitSeq(pattern, ".") {
+		b.WriteByte('_')
+		switch tok {
+		case "*":
+			b.WriteString("any")
+		case ">":
+			b.WriteString("all")
+		default:
+			for _, c := range tok {
+				if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' {
+					b.WriteRune(c)
+				} else {
+					b.WriteByte('-')
+				}
+			}
+		}
+	}
+	return b.String()
+}
+
+func natsStreams(cfg *configs.Config) []natsbroker.StreamSpec {
+	var out []natsbroker.StreamSpec
+	for _, h := range historyStreams(cfg) {
+		out = append(out, natsbroker.StreamSpec{Name: h.name, Patterns: h.patterns,
+			MaxAge: h.maxAge, MaxBytes: h.maxBytes, Create: true})
+	}
+	return out
+}
+
+// amqpSegmentBytes picks the segment size of a RabbitMQ stream: retention
+// removes whole segments, so a quarter of the size limit keeps between
+// three quarters and all of it. RabbitMQ's default (500 MB) when there is
+// no size limit.
+func amqpSegmentBytes(maxBytes int64) int64 {
+	if maxBytes <= 0 {
+		return 0
+	}
+	return max(maxBytes/4, 64<<10)
+}
+
+func amqpStreams(cfg *configs.Config) []amqpbroker.StreamSpec {
+	var out []amqpbroker.StreamSpec
+	for _, h := range historyStreams(cfg) {
+		out = append(out, amqpbroker.StreamSpec{Name: h.name, Patterns: h.patterns,
+			MaxAge: h.maxAge.Round(time.Second), MaxLengthBytes: h.maxBytes,
+			SegmentBytes: amqpSegmentBytes(h.maxBytes), Declare: true})
+	}
+	return out
 }
 
 func permission(s string) gateway.Permission {

@@ -1,0 +1,541 @@
+package transports
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"html"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+)
+
+// SockJS: the SockJS protocol 0.3.x (sockjs-protocol 0.3.3), so that the
+// unmodified sockjs-client library works against cometgate with each of
+// its transports.
+//
+// An endpoint lives under its prefix and answers the URLs the protocol
+// defines: the greeting ({prefix} and {prefix}/), /info, /iframe*.html,
+// the session URLs /{server}/{session}/{transport} for websocket, xhr,
+// xhr_send, xhr_streaming, eventsource, htmlfile, jsonp and jsonp_send,
+// and the raw /websocket. Headers, status codes, the JSESSIONID cookie,
+// CORS and the framing (o, h, a[...], c[code,"reason"]) follow the
+// protocol's test suite.
+//
+// A SockJS session (sjsSession) sits on top of a gateway session: it keeps
+// the SockJS state (open, closing with its close frame), the messages not
+// yet sent, the one receiving request attached, and its expiry. The gateway
+// session gives it the node's lifecycle (drain on shutdown, per-address
+// limits, metrics) and, in pubsub mode, the channels: every SockJS message
+// from the client is one client frame of the wire format in doc.go, every
+// packet is one SockJS message. In echo mode the gateway carries nothing
+// and every message comes back as it went.
+//
+// SockJS has no acknowledgements: what a polling response carried is
+// gone from the server, as in every SockJS server. Clients that must not
+// lose packets between requests use the native transports.
+
+// The SockJS endpoint modes: what the endpoint carries.
+const (
+	// SockJSPubSub carries the gateway's wire format: each SockJS message
+	// from the client is one client frame, each packet one SockJS message.
+	SockJSPubSub = "pubsub"
+	// SockJSEcho sends every message back, so that a page or an operator can
+	// check which transports get through a network.
+	SockJSEcho = "echo"
+	// SockJSTCP would carry a byte stream to a named TCP target. It needs
+	// the TCP bridge, which this version does not have: an endpoint with
+	// this mode is refused.
+	SockJSTCP = "tcp"
+)
+
+// DefaultSockJSClientURL is the sockjs-client script that iframe.html loads
+// when an endpoint names none: the conventional CDN location of the 1.x
+// line. Networks without access to it set SockJSEndpoint.ClientURL.
+const DefaultSockJSClientURL = "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js"
+
+// SockJS defaults, the values SockJS servers conventionally use.
+const (
+	defaultSockJSResponseLimit   = 128 << 10
+	defaultSockJSHeartbeatDelay  = 25 * time.Second
+	defaultSockJSDisconnectDelay = 5 * time.Second
+)
+
+// SockJSEndpoint configures one SockJS endpoint. The zero values of the
+// numbers mean the SockJS defaults; note that the zero value of Websocket
+// turns the websocket transport off (configuration files default it on).
+type SockJSEndpoint struct {
+	// Prefix is the endpoint's URL path, e.g. "/sockjs": one or more
+	// segments of letters, digits and "-._~", no trailing slash. Its first
+	// segment may not be one the node already serves (ws, sse, session,
+	// api, healthz, readyz, metrics, poll, xhr, htmlfile, jsonp).
+	Prefix string
+	// Mode is what the endpoint carries: SockJSPubSub (the default),
+	// SockJSEcho, or SockJSTCP (refused in this version).
+	Mode string
+	// Target names the allow-listed TCP target of a tcp endpoint.
+	Target string
+	// Websocket enables the websocket transports (/{s}/{s}/websocket and
+	// the raw /websocket); /info tells clients whether it is on.
+	Websocket bool
+	// CookieNeeded sets the JSESSIONID cookie on every session URL, for
+	// load balancers that stick sessions by it; /info tells clients.
+	CookieNeeded bool
+	// ResponseLimit is the number of bytes after which a streaming response
+	// (xhr_streaming, eventsource, htmlfile) ends and the client opens a
+	// new one, so that the browser can free what it received; 0 means
+	// 128 KiB.
+	ResponseLimit int
+	// HeartbeatDelay is how long a receiving request may stay without a
+	// frame before the server sends an "h" frame; 0 means 25 s.
+	HeartbeatDelay time.Duration
+	// DisconnectDelay is how long a session may stay without a receiving
+	// request before it ends (and how long a closed session keeps
+	// answering with its close frame); 0 means 5 s.
+	DisconnectDelay time.Duration
+	// ClientURL is the sockjs-client script the iframe page loads (the
+	// iframe transports need it): an absolute http(s) URL or a path on
+	// this host. "" means DefaultSockJSClientURL.
+	ClientURL string
+}
+
+// reservedSockJSSegments are first path segments the node serves itself.
+var reservedSockJSSegments = map[string]bool{
+	"ws": true, "sse": true, "session": true, "api": true, "healthz": true,
+	"readyz": true, "metrics": true, "poll": true, "xhr": true,
+	"htmlfile": true, "jsonp": true, "debug": true,
+}
+
+// errSockJSTCP is the refusal of the tcp mode.
+var errSockJSTCP = errors.New("tcp mode needs the TCP bridge, not available in this version")
+
+// withDefaults fills the zero values.
+func (e SockJSEndpoint) withDefaults() SockJSEndpoint {
+	if e.Mode == "" {
+		e.Mode = SockJSPubSub
+	}
+	if e.ResponseLimit == 0 {
+		e.ResponseLimit = defaultSockJSResponseLimit
+	}
+	if e.HeartbeatDelay == 0 {
+		e.HeartbeatDelay = defaultSockJSHeartbeatDelay
+	}
+	if e.DisconnectDelay == 0 {
+		e.DisconnectDelay = defaultSockJSDisconnectDelay
+	}
+	if e.ClientURL == "" {
+		e.ClientURL = DefaultSockJSClientURL
+	}
+	return e
+}
+
+// Validate checks one endpoint's options; the error names the option.
+func (e SockJSEndpoint) Validate() error {
+	if err := validateSockJSPrefix(e.Prefix); err != nil {
+		return err
+	}
+	e = e.withDefaults()
+	switch e.Mode {
+	case SockJSPubSub, SockJSEcho:
+	case SockJSTCP:
+		return fmt.Errorf("sockjs %s: mode: %w", e.Prefix, errSockJSTCP)
+	default:
+		return fmt.Errorf("sockjs %s: mode: %q is not one of pubsub, echo, tcp", e.Prefix, e.Mode)
+	}
+	if e.Target != "" {
+		return fmt.Errorf("sockjs %s: target: only a tcp endpoint has a target", e.Prefix)
+	}
+	switch {
+	case e.ResponseLimit < 0:
+		return fmt.Errorf("sockjs %s: response_limit: must not be negative", e.Prefix)
+	case e.HeartbeatDelay < 0:
+		return fmt.Errorf("sockjs %s: heartbeat_delay: must not be negative", e.Prefix)
+	case e.HeartbeatDelay < 100*time.Millisecond:
+		return fmt.Errorf("sockjs %s: heartbeat_delay: %v is too short (at least 100ms)", e.Prefix, e.HeartbeatDelay)
+	case e.DisconnectDelay < 0:
+		return fmt.Errorf("sockjs %s: disconnect_delay: must not be negative", e.Prefix)
+	case e.DisconnectDelay < 100*time.Millisecond:
+		return fmt.Errorf("sockjs %s: disconnect_delay: %v is too short (at least 100ms)", e.Prefix, e.DisconnectDelay)
+	}
+	if err := validateSockJSClientURL(e.ClientURL); err != nil {
+		return fmt.Errorf("sockjs %s: client_url: %w", e.Prefix, err)
+	}
+	return nil
+}
+
+// ValidateSockJS checks a list of endpoints: each one, and that no prefix
+// repeats or contains another. Call it at start-up, before New, so that a
+// bad configuration stops the node with this error; New itself cannot
+// fail, and refuses a bad endpoint by logging this error and answering its
+// prefix with 500.
+func ValidateSockJS(eps []SockJSEndpoint) error {
+	for i, e := range eps {
+		if err := e.Validate(); err != nil {
+			return err
+		}
+		if err := sjsOverlap(eps[:i], e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sjsOverlap checks that e's prefix neither repeats nor contains (nor is
+// contained in) one of earlier.
+func sjsOverlap(earlier []SockJSEndpoint, e SockJSEndpoint) error {
+	for _, o := range earlier {
+		if o.Prefix == e.Prefix || strings.HasPrefix(e.Prefix, o.Prefix+"/") || strings.HasPrefix(o.Prefix, e.Prefix+"/") {
+			return fmt.Errorf("sockjs %s: prefix overlaps the endpoint at %s", e.Prefix, o.Prefix)
+		}
+	}
+	return nil
+}
+
+func validateSockJSPrefix(p string) error {
+	if p == "" || p[0] != '/' || strings.HasSuffix(p, "/") {
+		return fmt.Errorf("sockjs prefix %q: must start with / and not end with /", p)
+	}
+	for i, seg := range strings.Split(p[1:], "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return fmt.Errorf("sockjs prefix %q: empty or dot segment", p)
+		}
+		for j := 0; j < len(seg); j++ {
+			c := seg[j]
+			if !sjsIsAlnum(c) && c != '-' && c != '.' && c != '_' && c != '~' {
+				return fmt.Errorf("sockjs prefix %q: only letters, digits and -._~ may appear in a segment", p)
+			}
+		}
+		if i == 0 && reservedSockJSSegments[strings.ToLower(seg)] {
+			return fmt.Errorf("sockjs prefix %q: /%s is served by the node itself", p, seg)
+		}
+	}
+	return nil
+}
+
+func validateSockJSClientURL(s string) error {
+	if strings.HasPrefix(s, "/") && !strings.HasPrefix(s, "//") {
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return err
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q must be an absolute http(s) URL or a path starting with /", s)
+	}
+	return nil
+}
+
+// mountSockJS mounts every configured endpoint on r (New calls it).
+func (s *Server) mountSockJS(r chi.Router) {
+	for i, e := range s.opts.SockJS {
+		if err := sjsOverlap(s.opts.SockJS[:i], e); err != nil {
+			s.log.Error("sockjs endpoint refused", "prefix", e.Prefix, "err", err)
+			continue // its prefix belongs to another endpoint
+		}
+		if err := e.Validate(); err != nil {
+			s.log.Error("sockjs endpoint refused", "prefix", e.Prefix, "err", err)
+			if validateSockJSPrefix(e.Prefix) != nil {
+				continue // nowhere to answer
+			}
+			msg := "sockjs endpoint misconfigured: " + err.Error()
+			refuse := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				sjsPlain(w, http.StatusInternalServerError, msg)
+			})
+			r.Handle(e.Prefix, refuse)
+			r.Handle(e.Prefix+"/*", refuse)
+			continue
+		}
+		ep := newSockJSEndpoint(s, e.withDefaults())
+		r.Handle(e.Prefix, ep)
+		r.Handle(e.Prefix+"/*", ep)
+	}
+}
+
+// sockjsEndpoint serves one SockJS endpoint.
+type sockjsEndpoint struct {
+	srv    *Server
+	cfg    SockJSEndpoint
+	echo   bool
+	iframe []byte // the iframe page
+	etag   string
+
+	mu       sync.Mutex
+	sessions map[string]*sjsSession // the polling and streaming sessions by id
+}
+
+func newSockJSEndpoint(s *Server, cfg SockJSEndpoint) *sockjsEndpoint {
+	page := []byte(strings.Replace(sjsIframeTemplate, "{{ sockjs_url }}", html.EscapeString(cfg.ClientURL), 1))
+	sum := sha256.Sum256(page)
+	return &sockjsEndpoint{
+		srv:      s,
+		cfg:      cfg,
+		echo:     cfg.Mode == SockJSEcho,
+		iframe:   page,
+		etag:     `"` + hex.EncodeToString(sum[:16]) + `"`,
+		sessions: make(map[string]*sjsSession),
+	}
+}
+
+// sjsIframeTemplate is the iframe page of the protocol, byte for byte.
+const sjsIframeTemplate = `<!DOCTYPE html>
+<html>
+<head>
+  <meta http-equiv="X-UA-Compatible" content="IE=edge" />
+  <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+  <script>
+    document.domain = document.domain;
+    _sockjs_onload = function(){SockJS.bootstrap_iframe();};
+  </script>
+  <script src="{{ sockjs_url }}"></script>
+</head>
+<body>
+  <h2>Don't panic!</h2>
+  <p>This is a SockJS hidden iframe. It's used for cross domain magic.</p>
+</body>
+</html>`
+
+// ServeHTTP routes a request under the endpoint's prefix.
+func (ep *sockjsEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rest, ok := strings.CutPrefix(r.URL.Path, ep.cfg.Prefix)
+	if !ok {
+		sjsNotFound(w)
+		return
+	}
+	switch {
+	case rest == "" || rest == "/":
+		if sjsMethods(w, r, http.MethodGet) {
+			sjsPlain(w, http.StatusOK, "Welcome to SockJS!\n")
+		}
+	case rest == "/info":
+		ep.serveInfo(w, r)
+	case sjsIsIframe(rest):
+		if sjsMethods(w, r, http.MethodGet) {
+			ep.serveIframe(w, r)
+		}
+	case rest == "/websocket":
+		if !ep.cfg.Websocket {
+			sjsNotFound(w)
+			return
+		}
+		ep.serveRawWebSocket(w, r)
+	default:
+		server, sid, transport, ok := sjsSessionPath(rest)
+		if !ok {
+			sjsNotFound(w)
+			return
+		}
+		_ = server // the server id is for load balancers; a session is named by its id alone
+		ep.serveSessionURL(w, r, sid, transport)
+	}
+}
+
+// serveSessionURL dispatches /{server}/{session}/{transport}.
+func (ep *sockjsEndpoint) serveSessionURL(w http.ResponseWriter, r *http.Request, sid, transport string) {
+	switch transport {
+	case "websocket":
+		if !ep.cfg.Websocket {
+			sjsNotFound(w)
+			return
+		}
+		ep.serveWebSocket(w, r)
+	case "xhr", "xhr_streaming":
+		switch r.Method {
+		case http.MethodOptions:
+			ep.preflight(w, r, "OPTIONS, POST")
+		case http.MethodPost:
+			kind := sjsXHR
+			if transport == "xhr_streaming" {
+				kind = sjsXHRStreaming
+			}
+			ep.serveReceiver(w, r, sid, kind)
+		default:
+			sjsMethodNotAllowed(w, "OPTIONS, POST")
+		}
+	case "xhr_send":
+		switch r.Method {
+		case http.MethodOptions:
+			ep.preflight(w, r, "OPTIONS, POST")
+		case http.MethodPost:
+			ep.serveXHRSend(w, r, sid)
+		default:
+			sjsMethodNotAllowed(w, "OPTIONS, POST")
+		}
+	case "eventsource":
+		if sjsMethods(w, r, http.MethodGet) {
+			ep.serveReceiver(w, r, sid, sjsEventSource)
+		}
+	case "htmlfile":
+		if sjsMethods(w, r, http.MethodGet) {
+			ep.serveReceiver(w, r, sid, sjsHTMLFile)
+		}
+	case "jsonp":
+		if sjsMethods(w, r, http.MethodGet) {
+			ep.serveReceiver(w, r, sid, sjsJSONP)
+		}
+	case "jsonp_send":
+		if sjsMethods(w, r, http.MethodPost) {
+			ep.serveJSONPSend(w, r, sid)
+		}
+	default:
+		sjsNotFound(w)
+	}
+}
+
+// serveInfo answers /info: the server's capabilities and some entropy for
+// the client's random numbers.
+func (ep *sockjsEndpoint) serveInfo(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodOptions:
+		ep.preflight(w, r, "OPTIONS, GET")
+		return
+	case http.MethodGet:
+	default:
+		sjsMethodNotAllowed(w, "OPTIONS, GET")
+		return
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	entropy := binary.BigEndian.Uint32(b[:])
+	body := make([]byte, 0, 96)
+	body = append(body, `{"websocket":`...)
+	body = strconv.AppendBool(body, ep.cfg.Websocket)
+	body = append(body, `,"cookie_needed":`...)
+	body = strconv.AppendBool(body, ep.cfg.CookieNeeded)
+	body = append(body, `,"origins":["*:*"],"entropy":`...)
+	body = strconv.AppendUint(body, uint64(entropy), 10)
+	body = append(body, '}')
+	h := w.Header()
+	sjsNoCache(h)
+	sjsCORS(w, r)
+	h.Set("Content-Type", "application/json; charset=UTF-8")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+// serveIframe answers /iframe*.html: a strongly cacheable page that loads
+// sockjs-client in the server's origin, for the iframe transports.
+func (ep *sockjsEndpoint) serveIframe(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	sjsCacheForever(h)
+	h.Set("ETag", ep.etag)
+	if inm := r.Header.Get("If-None-Match"); inm != "" && sjsETagMatch(inm, ep.etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	h.Set("Content-Type", "text/html; charset=UTF-8")
+	h.Set("Content-Length", strconv.Itoa(len(ep.iframe)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(ep.iframe)
+}
+
+func sjsETagMatch(header, etag string) bool {
+	for _, v := range strings.Split(header, ",") {
+		v = strings.TrimSpace(v)
+		if v == "*" || v == etag || strings.TrimPrefix(v, "W/") == etag {
+			return true
+		}
+	}
+	return false
+}
+
+// preflight answers a CORS preflight; it is cacheable, as the protocol
+// asks. Origins the node does not allow are refused.
+func (ep *sockjsEndpoint) preflight(w http.ResponseWriter, r *http.Request, methods string) {
+	if !ep.srv.origins.allowed(r) {
+		sjsPlain(w, http.StatusForbidden, "origin not allowed")
+		return
+	}
+	h := w.Header()
+	sjsCacheForever(h)
+	sjsCORS(w, r)
+	h.Set("Access-Control-Allow-Methods", methods)
+	h.Set("Access-Control-Max-Age", strconv.Itoa(sjsCacheSeconds))
+	h.Set("Allow", methods)
+	ep.setCookie(w, r)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// setCookie sets JSESSIONID when the endpoint needs it: the client's own
+// value when it sent a well-formed one, else "dummy" (load balancers add
+// their own cookies; the value does not matter to SockJS).
+func (ep *sockjsEndpoint) setCookie(w http.ResponseWriter, r *http.Request) {
+	if !ep.cfg.CookieNeeded {
+		return
+	}
+	v := "dummy"
+	if c, err := r.Cookie("JSESSIONID"); err == nil && sjsValidCookieValue(c.Value) {
+		v = c.Value
+	}
+	w.Header().Set("Set-Cookie", "JSESSIONID="+v+"; path=/")
+}
+
+// sjsCacheSeconds is one year, the caching the protocol asks for static
+// answers.
+const sjsCacheSeconds = 365 * 24 * 60 * 60
+
+func sjsCacheForever(h http.Header) {
+	h.Set("Cache-Control", "public, max-age="+strconv.Itoa(sjsCacheSeconds))
+	h.Set("Expires", time.Now().Add(sjsCacheSeconds*time.Second).UTC().Format(http.TimeFormat))
+}
+
+// sjsNoCache is the protocol's header for everything private fetched by
+// GET (and POST, which some browsers cache).
+func sjsNoCache(h http.Header) {
+	h.Set("Cache-Control", "no-store, no-cache, must-revalidate, max-age=0")
+}
+
+// sjsCORS adds SockJS's CORS headers: the request's Origin (or "*" for
+// none and for "null", which browsers would read as a refusal), with
+// credentials, and the request headers a preflight asked for.
+func sjsCORS(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	origin := r.Header.Get("Origin")
+	if origin == "" || origin == "null" {
+		origin = "*"
+	}
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Set("Access-Control-Allow-Credentials", "true")
+	h.Add("Vary", "Origin")
+	if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
+		h.Set("Access-Control-Allow-Headers", req)
+	}
+}
+
+// sjsPlain answers with a plain-text body.
+func sjsPlain(w http.ResponseWriter, status int, body string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=UTF-8")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(body))
+}
+
+func sjsNotFound(w http.ResponseWriter) { sjsPlain(w, http.StatusNotFound, "404 Not Found\n") }
+
+// sjsMethodNotAllowed answers 405 with the Allow header and no body, as
+// the protocol asks.
+func sjsMethodNotAllowed(w http.ResponseWriter, allow string) {
+	w.Header().Set("Allow", allow)
+	w.WriteHeader(http.StatusMethodNotAllowed)
+}
+
+// sjsMethods reports whether r's method is method; otherwise it answers
+// 405.
+func sjsMethods(w http.ResponseWriter, r *http.Request, method string) bool {
+	if r.Method == method {
+		return true
+	}
+	sjsMethodNotAllowed(w, method)
+	return false
+}

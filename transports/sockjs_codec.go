@@ -1,0 +1,270 @@
+package transports
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// The SockJS codec: the parsers of what clients send (session paths,
+// callback names, xhr_send and jsonp_send bodies, cookies) and the quoting
+// of what the server sends. Every parser here is fuzzed.
+
+// The protocol's answers to a bad send body (status 500, these texts).
+var (
+	errSJSPayloadExpected = errors.New("Payload expected.")     //nolint:staticcheck // the protocol's exact text
+	errSJSBrokenJSON      = errors.New("Broken JSON encoding.") //nolint:staticcheck // the protocol's exact text
+)
+
+// sjsMaxIDLen bounds the server and session ids of a session URL; clients
+// use a few characters (sockjs-client: 3 and 8, test suites: a UUID).
+const sjsMaxIDLen = 128
+
+// sjsMaxCallbackLen bounds a JSONP or htmlfile callback name.
+const sjsMaxCallbackLen = 128
+
+// sjsSessionPath splits "/{server}/{session}/{transport}". Server and
+// session ids may hold anything but "/" and "." and must not be empty.
+func sjsSessionPath(rest string) (server, session, transport string, ok bool) {
+	if len(rest) < 2 || rest[0] != '/' {
+		return "", "", "", false
+	}
+	parts := strings.Split(rest[1:], "/")
+	if len(parts) != 3 || !sjsValidID(parts[0]) || !sjsValidID(parts[1]) || parts[2] == "" {
+		return "", "", "", false
+	}
+	return parts[0], parts[1], parts[2], true
+}
+
+func sjsValidID(s string) bool {
+	return s != "" && len(s) <= sjsMaxIDLen && !strings.ContainsAny(s, "/.")
+}
+
+// sjsIsIframe reports whether rest is "/iframe{version}.html" with a
+// version of [0-9a-z._-] (case matters: "/IFRAME.HTML" is not found).
+func sjsIsIframe(rest string) bool {
+	v, ok := strings.CutPrefix(rest, "/iframe")
+	if !ok {
+		return false
+	}
+	v, ok = strings.CutSuffix(v, ".html")
+	if !ok || len(v) > sjsMaxIDLen {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// sjsValidCallback reports whether name may be written into a script as
+// the callback of jsonp or htmlfile: letters, digits, "_" and "." only, so
+// that nothing a client sends can become code.
+func sjsValidCallback(name string) bool {
+	if name == "" || len(name) > sjsMaxCallbackLen {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !sjsIsAlnum(c) && c != '_' && c != '.' {
+			return false
+		}
+	}
+	return true
+}
+
+func sjsIsAlnum(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+}
+
+// sjsValidCookieValue bounds the JSESSIONID value echoed back to what a
+// cookie value may hold without quoting.
+func sjsValidCookieValue(v string) bool {
+	if v == "" || len(v) > 256 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c <= 0x20 || c >= 0x7f || c == '"' || c == ',' || c == ';' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// parseSJSMessages decodes a send body: a JSON array of messages. A string
+// element is the message text; any other JSON value is passed on as its
+// compact JSON text (hand-written clients may send frames as objects).
+// The errors are the protocol's: errSJSPayloadExpected for an empty body
+// or a JSON value that is not an array, errSJSBrokenJSON for anything that
+// is not JSON.
+func parseSJSMessages(body []byte) ([][]byte, error) {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return nil, errSJSPayloadExpected
+	}
+	if !json.Valid(body) {
+		return nil, errSJSBrokenJSON
+	}
+	if body[0] != '[' {
+		return nil, errSJSPayloadExpected
+	}
+	var raws []json.RawMessage
+	if err := json.Unmarshal(body, &raws); err != nil {
+		return nil, errSJSBrokenJSON
+	}
+	msgs := make([][]byte, 0, len(raws))
+	for _, raw := range raws {
+		if len(raw) > 0 && raw[0] == '"' {
+			var s string
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return nil, errSJSBrokenJSON
+			}
+			msgs = append(msgs, []byte(s))
+			continue
+		}
+		var out bytes.Buffer
+		if err := json.Compact(&out, raw); err != nil {
+			return nil, errSJSBrokenJSON
+		}
+		msgs = append(msgs, out.Bytes())
+	}
+	return msgs, nil
+}
+
+// parseSJSWebSocketMessage decodes one WebSocket message of a SockJS
+// session: a JSON array of messages or a single JSON string. An empty
+// message carries nothing (the protocol says to ignore it).
+func parseSJSWebSocketMessage(data []byte) ([][]byte, error) {
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 {
+		return nil, nil
+	}
+	if data[0] == '[' {
+		return parseSJSMessages(data)
+	}
+	if !json.Valid(data) {
+		return nil, errSJSBrokenJSON
+	}
+	if data[0] == '"' {
+		var s string
+		if err := json.Unmarshal(data, &s); err != nil {
+			return nil, errSJSBrokenJSON
+		}
+		return [][]byte{[]byte(s)}, nil
+	}
+	var out bytes.Buffer
+	if err := json.Compact(&out, data); err != nil {
+		return nil, errSJSBrokenJSON
+	}
+	return [][]byte{out.Bytes()}, nil
+}
+
+const sjsHex = "0123456789abcdef"
+
+// sjsEscaped reports whether r must go as \uXXXX in a SockJS JSON string.
+// Browsers mangle or drop these on some transports (the protocol's
+// "escapable by server" set: U+200C–U+200F, U+2028–U+202F, U+2060–U+206F,
+// U+FFF0–U+FFFF); like sockjs-node, the whole U+2000–U+20FF block is
+// escaped.
+func sjsEscaped(r rune) bool {
+	return r >= 0x2000 && r <= 0x20ff || r >= 0xfff0 && r <= 0xffff
+}
+
+// appendSJSQuote appends s as a JSON string the way SockJS servers quote
+// messages: JSON's escapes (JSON.stringify's short forms for \b \f \n \r
+// \t), lowercase \uXXXX for the other control characters and the ranges
+// of sjsEscaped, U+FFFD for invalid UTF-8. With htmlSafe, "<", ">" and "&"
+// are escaped too, so that the string can sit inside an HTML <script>
+// without ending it.
+func appendSJSQuote(dst, s []byte, htmlSafe bool) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && (!htmlSafe || c != '<' && c != '>' && c != '&') {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', sjsHex[c>>4], sjsHex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+		case sjsEscaped(r):
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', sjsHex[r>>12&0xf], sjsHex[r>>8&0xf], sjsHex[r>>4&0xf], sjsHex[r&0xf])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+// appendSJSEventData appends a frame as the data of an EventSource event.
+// sockjs-client decodes it with decodeURI, so "%" must go as "%25"; CR, LF
+// and NUL (which a quoted frame never holds) would end the line or the
+// stream, so they are %-escaped too.
+func appendSJSEventData(dst, frame []byte) []byte {
+	start := 0
+	for i, c := range frame {
+		var esc string
+		switch c {
+		case '%':
+			esc = "%25"
+		case '\r':
+			esc = "%0D"
+		case '\n':
+			esc = "%0A"
+		case 0:
+			esc = "%00"
+		default:
+			continue
+		}
+		dst = append(dst, frame[start:i]...)
+		dst = append(dst, esc...)
+		start = i + 1
+	}
+	return append(dst, frame[start:]...)
+}
+
+// appendSJSCloseFrame appends c[code,"reason"].
+func appendSJSCloseFrame(dst []byte, code int, reason string) []byte {
+	dst = append(dst, "c["...)
+	dst = strconv.AppendInt(dst, int64(code), 10)
+	dst = append(dst, ',')
+	dst = appendSJSQuote(dst, []byte(reason), false)
+	return append(dst, ']')
+}

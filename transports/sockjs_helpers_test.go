@@ -1,0 +1,329 @@
+package transports
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
+	"github.com/cometgate/cometgate/brokers/natsbroker"
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// sjsWait bounds every wait in the SockJS tests; generous for -race on a
+// busy machine. Nothing asserts how fast anything is.
+const sjsWait = 20 * time.Second
+
+// sjsNode is a gateway on a real embedded NATS server and the real
+// transports.Server, with SockJS endpoints, on a loopback listener.
+type sjsNode struct {
+	gw     *gateway.Gateway
+	srv    *Server
+	http   *httptest.Server
+	client *http.Client
+}
+
+// sjsTestEndpoints are the services the protocol's test suite expects:
+// echo (response limit lowered to 4096 bytes, as the suite asks),
+// disabled_websocket_echo, cookie_needed_echo, and a pubsub endpoint.
+func sjsTestEndpoints() []SockJSEndpoint {
+	return []SockJSEndpoint{
+		{Prefix: "/echo", Mode: SockJSEcho, Websocket: true, ResponseLimit: 4096},
+		{Prefix: "/disabled_websocket_echo", Mode: SockJSEcho, ResponseLimit: 4096},
+		{Prefix: "/cookie_needed_echo", Mode: SockJSEcho, Websocket: true, CookieNeeded: true, ResponseLimit: 4096},
+		{Prefix: "/pubsub", Mode: SockJSPubSub, Websocket: true},
+	}
+}
+
+// sjsStartNode starts a node; adjust may change the configuration.
+// Cleanup shuts it down in the production order (gateway, HTTP, broker).
+func sjsStartNode(t *testing.T, eps []SockJSEndpoint, adjust func(*gateway.Config, *Options)) *sjsNode {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), sjsWait)
+	defer cancel()
+	emb, err := natsbroker.StartEmbedded(ctx, natsbroker.EmbeddedOptions{})
+	if err != nil {
+		t.Fatalf("embedded NATS: %v", err)
+	}
+	gcfg := gateway.Config{
+		NodeID: "n1",
+		Rules:  gateway.Rules{{Pattern: "demo.>", Subscribe: gateway.Anyone, Publish: gateway.Anyone}},
+		Logger: slog.New(slog.DiscardHandler),
+	}
+	opts := Options{AllowedOrigins: []string{"*"}, SockJS: eps, Logger: slog.New(slog.DiscardHandler)}
+	if adjust != nil {
+		adjust(&gcfg, &opts)
+	}
+	gw, err := gateway.New(gcfg, emb.Broker())
+	if err != nil {
+		_ = emb.Close()
+		t.Fatalf("gateway.New: %v", err)
+	}
+	opts.Gateway = gw
+	srv := New(opts)
+	n := &sjsNode{gw: gw, srv: srv, http: httptest.NewServer(srv), client: &http.Client{Transport: &http.Transport{}}}
+	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), sjsWait)
+		defer cancel()
+		if err := gw.Shutdown(sctx); err != nil {
+			t.Errorf("gateway shutdown: %v", err)
+		}
+		n.client.CloseIdleConnections()
+		n.http.Close()
+		srv.Wait()
+		if err := emb.Close(); err != nil {
+			t.Errorf("embedded NATS close: %v", err)
+		}
+	})
+	return n
+}
+
+// endpoint builds a second handle on an endpoint configuration of the
+// node, served by its own test server, for tests that act on sessions
+// from the server side (closing one, as the suite's "close" service).
+func (n *sjsNode) endpoint(t *testing.T, cfg SockJSEndpoint) (*sockjsEndpoint, string) {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ep := newSockJSEndpoint(n.srv, cfg.withDefaults())
+	hs := httptest.NewServer(ep)
+	t.Cleanup(hs.Close)
+	return ep, hs.URL + cfg.Prefix
+}
+
+func (n *sjsNode) url(path string) string { return n.http.URL + path }
+
+// sjsResp is a complete HTTP answer.
+type sjsResp struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func (r sjsResp) get(name string) string { return r.header.Get(name) }
+
+// do sends a request and reads the whole answer.
+func (n *sjsNode) do(t *testing.T, method, url, body string, hdr ...string) sjsResp {
+	t.Helper()
+	return sjsDo(t, n.client, method, url, body, hdr...)
+}
+
+func sjsDo(t *testing.T, client *http.Client, method, url, body string, hdr ...string) sjsResp {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), sjsWait)
+	defer cancel()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, url, err)
+	}
+	return sjsResp{status: resp.StatusCode, header: resp.Header, body: string(b)}
+}
+
+// sjsStream is a streaming answer read piece by piece.
+type sjsStream struct {
+	t      *testing.T
+	resp   *http.Response
+	r      *bufio.Reader
+	cancel context.CancelFunc
+}
+
+// stream starts a request and returns once the answer's head arrived.
+func (n *sjsNode) stream(t *testing.T, method, url string, hdr ...string) *sjsStream {
+	t.Helper()
+	return sjsOpenStream(t, n.client, method, url, hdr...)
+}
+
+func sjsOpenStream(t *testing.T, client *http.Client, method, url string, hdr ...string) *sjsStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), sjsWait)
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	st := &sjsStream{t: t, resp: resp, r: bufio.NewReader(resp.Body), cancel: cancel}
+	t.Cleanup(st.close)
+	return st
+}
+
+// read reads exactly n bytes.
+func (st *sjsStream) read(n int) string {
+	st.t.Helper()
+	b := make([]byte, n)
+	if _, err := io.ReadFull(st.r, b); err != nil {
+		st.t.Fatalf("reading %d bytes: %v", n, err)
+	}
+	return string(b)
+}
+
+// until reads up to and including delim.
+func (st *sjsStream) until(delim string) string {
+	st.t.Helper()
+	var sb strings.Builder
+	for !strings.HasSuffix(sb.String(), delim) {
+		c, err := st.r.ReadByte()
+		if err != nil {
+			st.t.Fatalf("reading up to %q: %v (got %q)", delim, err, sb.String())
+		}
+		sb.WriteByte(c)
+	}
+	return sb.String()
+}
+
+// eof checks that the answer ends here.
+func (st *sjsStream) eof() {
+	st.t.Helper()
+	b, err := io.ReadAll(st.r)
+	if err != nil {
+		st.t.Fatalf("expected the end of the answer: %v", err)
+	}
+	if len(b) > 0 {
+		st.t.Fatalf("expected the end of the answer, got %q", b)
+	}
+}
+
+// close aborts the request, as a client that goes away.
+func (st *sjsStream) close() {
+	st.cancel()
+	_ = st.resp.Body.Close()
+}
+
+// sjsPending is a request whose answer comes later (a poll that waits).
+type sjsPending chan sjsResp
+
+// async sends a request without waiting for its answer; cancel aborts it,
+// as a client that goes away. A failed request yields status 0.
+func (n *sjsNode) async(t *testing.T, method, url string) (sjsPending, context.CancelFunc) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), sjsWait)
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	ch := make(sjsPending, 1)
+	go func() {
+		resp, err := n.client.Do(req)
+		if err != nil {
+			ch <- sjsResp{body: err.Error()}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			ch <- sjsResp{body: err.Error()}
+			return
+		}
+		ch <- sjsResp{status: resp.StatusCode, header: resp.Header, body: string(b)}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-ch // the goroutine has returned
+		ch <- sjsResp{}
+	})
+	return ch, cancel
+}
+
+// wait returns the answer.
+func (p sjsPending) wait(t *testing.T) sjsResp {
+	t.Helper()
+	r := <-p
+	p <- r // Cleanup waits for it too
+	return r
+}
+
+// sjsWS is a WebSocket client connection for the tests.
+type sjsWS struct {
+	t    *testing.T
+	conn net.Conn
+}
+
+// dialWS opens a WebSocket to an http:// URL.
+func sjsDialWS(t *testing.T, url string, hdr http.Header) *sjsWS {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), sjsWait)
+	defer cancel()
+	d := ws.Dialer{}
+	if hdr != nil {
+		d.Header = ws.HandshakeHeaderHTTP(hdr)
+	}
+	conn, br, _, err := d.Dial(ctx, "ws"+strings.TrimPrefix(url, "http"))
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	if br != nil {
+		conn = withBuffered(conn, br) // the server's first frames may be in br already
+		ws.PutReader(br)
+	}
+	c := &sjsWS{t: t, conn: conn}
+	t.Cleanup(func() { _ = conn.Close() })
+	return c
+}
+
+func (c *sjsWS) send(s string) {
+	c.t.Helper()
+	_ = c.conn.SetWriteDeadline(time.Now().Add(sjsWait))
+	if err := wsutil.WriteClientText(c.conn, []byte(s)); err != nil {
+		c.t.Fatalf("websocket send: %v", err)
+	}
+}
+
+// recv reads the next text message (answering pings on the way).
+func (c *sjsWS) recv() string {
+	c.t.Helper()
+	s, err := c.tryRecv()
+	if err != nil {
+		c.t.Fatalf("websocket recv: %v", err)
+	}
+	return s
+}
+
+func (c *sjsWS) tryRecv() (string, error) {
+	_ = c.conn.SetReadDeadline(time.Now().Add(sjsWait))
+	b, err := wsutil.ReadServerText(c.conn)
+	return string(b), err
+}
+
+// closed checks that the server ends the connection (with a close frame
+// or by closing it) without sending another message.
+func (c *sjsWS) closed() {
+	c.t.Helper()
+	s, err := c.tryRecv()
+	if err == nil {
+		c.t.Fatalf("expected the connection to close, got message %q", s)
+	}
+}

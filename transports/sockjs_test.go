@@ -1,0 +1,1083 @@
+package transports
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// Protocol tests modelled on the sockjs-protocol 0.3.3 test suite: the
+// same URLs, requests and expectations, against a real node.
+
+func sjsSID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func sjsContentType(t *testing.T, r sjsResp, want string) {
+	t.Helper()
+	if got := strings.ReplaceAll(r.get("Content-Type"), " ", ""); got != want {
+		t.Errorf("Content-Type = %q, want %q", got, want)
+	}
+}
+
+func sjsCheckNotCached(t *testing.T, h http.Header) {
+	t.Helper()
+	if got := h.Get("Cache-Control"); got != "no-store, no-cache, must-revalidate, max-age=0" {
+		t.Errorf("Cache-Control = %q", got)
+	}
+	if h.Get("Expires") != "" || h.Get("Last-Modified") != "" {
+		t.Errorf("Expires %q / Last-Modified %q on a private answer", h.Get("Expires"), h.Get("Last-Modified"))
+	}
+}
+
+func sjsCheckCORS(t *testing.T, h http.Header, origin string) {
+	t.Helper()
+	want := origin
+	if origin == "" || origin == "null" {
+		want = "*"
+	}
+	if got := h.Get("Access-Control-Allow-Origin"); got != want {
+		t.Errorf("Access-Control-Allow-Origin = %q, want %q", got, want)
+	}
+	if got := h.Get("Access-Control-Allow-Credentials"); got != "true" {
+		t.Errorf("Access-Control-Allow-Credentials = %q", got)
+	}
+}
+
+func sjsCheckNoCookie(t *testing.T, r sjsResp) {
+	t.Helper()
+	if c := r.get("Set-Cookie"); c != "" {
+		t.Errorf("unexpected Set-Cookie %q", c)
+	}
+}
+
+func sjsCheck404(t *testing.T, r sjsResp, what string) {
+	t.Helper()
+	if r.status != http.StatusNotFound {
+		t.Errorf("%s: status %d, want 404", what, r.status)
+	}
+}
+
+func sjsCheck405(t *testing.T, r sjsResp, what string) {
+	t.Helper()
+	if r.status != http.StatusMethodNotAllowed || r.get("Allow") == "" || r.get("Content-Type") != "" || r.body != "" {
+		t.Errorf("%s: got %d Allow=%q Content-Type=%q body=%q, want a bare 405 with Allow", what, r.status, r.get("Allow"), r.get("Content-Type"), r.body)
+	}
+}
+
+func sjsCheckOptions(t *testing.T, n *sjsNode, url, methods string) {
+	t.Helper()
+	for _, origin := range []string{"", "test", "null"} {
+		var hdr []string
+		if origin != "" {
+			hdr = []string{"Origin", origin}
+		}
+		r := n.do(t, http.MethodOptions, url, "", hdr...)
+		if r.status != http.StatusNoContent || r.body != "" {
+			t.Errorf("OPTIONS %s (origin %q): %d %q", url, origin, r.status, r.body)
+		}
+		cc := r.get("Cache-Control")
+		if !strings.Contains(cc, "public") || !regexp.MustCompile(`max-age=[1-9][0-9]{6}`).MatchString(cc) {
+			t.Errorf("OPTIONS %s: Cache-Control %q is not long and public", url, cc)
+		}
+		if r.get("Expires") == "" {
+			t.Errorf("OPTIONS %s: no Expires", url)
+		}
+		if age, _ := strconv.Atoi(r.get("Access-Control-Max-Age")); age <= 1000000 {
+			t.Errorf("OPTIONS %s: Access-Control-Max-Age %q", url, r.get("Access-Control-Max-Age"))
+		}
+		if got := r.get("Access-Control-Allow-Methods"); got != methods {
+			t.Errorf("OPTIONS %s: methods %q, want %q", url, got, methods)
+		}
+		sjsCheckCORS(t, r.header, origin)
+	}
+}
+
+func TestSockJSGreeting(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	for _, u := range []string{"/echo", "/echo/"} {
+		r := n.do(t, http.MethodGet, n.url(u), "")
+		if r.status != http.StatusOK || r.body != "Welcome to SockJS!\n" {
+			t.Errorf("GET %s: %d %q", u, r.status, r.body)
+		}
+		sjsContentType(t, r, "text/plain;charset=UTF-8")
+		sjsCheckNoCookie(t, r)
+	}
+	for _, suffix := range []string{"/a", "/a.html", "//", "///", "/a/a", "/a/a/", "/a/"} {
+		sjsCheck404(t, n.do(t, http.MethodGet, n.url("/echo"+suffix), ""), suffix)
+	}
+	sjsCheck405(t, n.do(t, http.MethodPost, n.url("/echo"), "x"), "POST greeting")
+}
+
+var sjsIframeBody = regexp.MustCompile(`^<!DOCTYPE html>
+<html>
+<head>
+  <meta http-equiv="X-UA-Compatible" content="IE=edge" />
+  <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+  <script>
+    document.domain = document.domain;
+    _sockjs_onload = function\(\){SockJS.bootstrap_iframe\(\);};
+  </script>
+  <script src="(?P<sockjs_url>[^"]*)"></script>
+</head>
+<body>
+  <h2>Don't panic!</h2>
+  <p>This is a SockJS hidden iframe. It's used for cross domain magic.</p>
+</body>
+</html>$`)
+
+func TestSockJSIframe(t *testing.T) {
+	eps := sjsTestEndpoints()
+	eps[0].ClientURL = "/static/sockjs.min.js?v=1&x=\"y\""
+	n := sjsStartNode(t, eps, nil)
+	for _, suffix := range []string{"/iframe.html", "/iframe-a.html", "/iframe-.html", "/iframe-0.1.2.html",
+		"/iframe-0.1.2abc-dirty.2144.html", "/iframe-a.html?t=1234", "/iframe-0.1.2.html?t=123414",
+		"/iframe-0.1.2abc-dirty.2144.html?t=qweqweq123"} {
+		r := n.do(t, http.MethodGet, n.url("/echo"+suffix), "")
+		if r.status != http.StatusOK {
+			t.Fatalf("%s: status %d", suffix, r.status)
+		}
+		sjsContentType(t, r, "text/html;charset=UTF-8")
+		cc := r.get("Cache-Control")
+		if !strings.Contains(cc, "public") || !regexp.MustCompile(`max-age=[1-9][0-9]{6}`).MatchString(cc) {
+			t.Errorf("%s: Cache-Control %q", suffix, cc)
+		}
+		if r.get("Expires") == "" || r.get("ETag") == "" || r.get("Last-Modified") != "" {
+			t.Errorf("%s: Expires %q ETag %q Last-Modified %q", suffix, r.get("Expires"), r.get("ETag"), r.get("Last-Modified"))
+		}
+		m := sjsIframeBody.FindStringSubmatch(strings.TrimSpace(r.body))
+		if m == nil {
+			t.Fatalf("%s: body does not match the protocol's page:\n%s", suffix, r.body)
+		}
+		// The configured URL, HTML-escaped so it cannot end the attribute.
+		if want := "/static/sockjs.min.js?v=1&amp;x=&#34;y&#34;"; m[1] != want {
+			t.Errorf("sockjs_url = %q, want %q", m[1], want)
+		}
+		sjsCheckNoCookie(t, r)
+	}
+	for _, suffix := range []string{"/iframe.htm", "/iframe", "/IFRAME.HTML", "/IFRAME", "/iframe.HTML", "/iframe.xml", "/iframe-/.html"} {
+		sjsCheck404(t, n.do(t, http.MethodGet, n.url("/echo"+suffix), ""), suffix)
+	}
+
+	// Cacheability: a stable ETag, and 304 for If-None-Match.
+	r1 := n.do(t, http.MethodGet, n.url("/echo/iframe.html"), "")
+	r2 := n.do(t, http.MethodGet, n.url("/echo/iframe.html"), "")
+	if r1.get("ETag") == "" || r1.get("ETag") != r2.get("ETag") {
+		t.Errorf("ETags %q and %q", r1.get("ETag"), r2.get("ETag"))
+	}
+	r := n.do(t, http.MethodGet, n.url("/echo/iframe.html"), "", "If-None-Match", r1.get("ETag"))
+	if r.status != http.StatusNotModified || r.get("Content-Type") != "" || r.body != "" {
+		t.Errorf("If-None-Match: %d Content-Type %q body %q", r.status, r.get("Content-Type"), r.body)
+	}
+	// Another endpoint with the default client URL has another page.
+	r3 := n.do(t, http.MethodGet, n.url("/pubsub/iframe.html"), "")
+	if r3.get("ETag") == r1.get("ETag") || !strings.Contains(r3.body, DefaultSockJSClientURL) {
+		t.Errorf("default client URL page: ETag %q body %q", r3.get("ETag"), r3.body)
+	}
+}
+
+func TestSockJSInfo(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	var entropies []uint64
+	for range 2 {
+		r := n.do(t, http.MethodGet, n.url("/echo/info"), "")
+		if r.status != http.StatusOK {
+			t.Fatalf("info: %d", r.status)
+		}
+		sjsContentType(t, r, "application/json;charset=UTF-8")
+		sjsCheckNoCookie(t, r)
+		sjsCheckNotCached(t, r.header)
+		sjsCheckCORS(t, r.header, "")
+		var info struct {
+			Websocket    *bool    `json:"websocket"`
+			CookieNeeded *bool    `json:"cookie_needed"`
+			Origins      []string `json:"origins"`
+			Entropy      *uint64  `json:"entropy"`
+		}
+		if err := json.Unmarshal([]byte(r.body), &info); err != nil {
+			t.Fatalf("info body %q: %v", r.body, err)
+		}
+		if info.Websocket == nil || !*info.Websocket || info.CookieNeeded == nil || *info.CookieNeeded ||
+			len(info.Origins) != 1 || info.Origins[0] != "*:*" || info.Entropy == nil || *info.Entropy > 1<<32-1 {
+			t.Errorf("info %s", r.body)
+		}
+		entropies = append(entropies, *info.Entropy)
+	}
+	if entropies[0] == entropies[1] {
+		t.Errorf("entropy repeated: %d", entropies[0])
+	}
+	sjsCheckOptions(t, n, n.url("/echo/info"), "OPTIONS, GET")
+
+	for prefix, want := range map[string]string{
+		"/disabled_websocket_echo": `"websocket":false`,
+		"/cookie_needed_echo":      `"cookie_needed":true`,
+	} {
+		r := n.do(t, http.MethodGet, n.url(prefix+"/info"), "")
+		if !strings.Contains(r.body, want) {
+			t.Errorf("%s/info = %s, want %s", prefix, r.body, want)
+		}
+		sjsCheckNoCookie(t, r)
+	}
+}
+
+func TestSockJSSessionURLs(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	for _, part := range []string{"/a/a", "/_/_", "/1/1", "/abcdefgh_i-j%20/abcdefg_i-j%20"} {
+		r := n.do(t, http.MethodPost, n.url("/echo"+part+"/xhr"), "")
+		if r.status != http.StatusOK || r.body != "o\n" {
+			t.Errorf("%s: %d %q", part, r.status, r.body)
+		}
+	}
+	for _, suffix := range []string{"//", "/a./a", "/a/a.", "/./.", "/", "///", "/" + strings.Repeat("x", sjsMaxIDLen+1) + "/a"} {
+		sjsCheck404(t, n.do(t, http.MethodGet, n.url("/echo"+suffix+"/xhr"), ""), "GET "+suffix)
+		sjsCheck404(t, n.do(t, http.MethodPost, n.url("/echo"+suffix+"/xhr"), ""), "POST "+suffix)
+	}
+	sjsCheck404(t, n.do(t, http.MethodPost, n.url("/echo/a/a/nosuchtransport"), ""), "unknown transport")
+
+	// The server id is for load balancers: the session is the same.
+	sid := sjsSID()
+	if r := n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr"), ""); r.body != "o\n" {
+		t.Fatalf("open: %q", r.body)
+	}
+	if r := n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr_send"), `["a"]`); r.status != http.StatusNoContent || r.body != "" {
+		t.Fatalf("send: %d %q", r.status, r.body)
+	}
+	if r := n.do(t, http.MethodPost, n.url("/echo/999/"+sid+"/xhr"), ""); r.status != http.StatusOK || r.body != "a[\"a\"]\n" {
+		t.Fatalf("poll: %d %q", r.status, r.body)
+	}
+}
+
+func TestSockJSProtocolSimpleSession(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	trans := n.url("/echo/000/" + sjsSID())
+	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.status != http.StatusOK || r.body != "o\n" {
+		t.Fatalf("open: %d %q", r.status, r.body)
+	}
+	if r := n.do(t, http.MethodPost, trans+"/xhr_send", `["a"]`); r.status != http.StatusNoContent || r.body != "" {
+		t.Fatalf("send: %d %q", r.status, r.body)
+	}
+	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.status != http.StatusOK || r.body != "a[\"a\"]\n" {
+		t.Fatalf("poll: %d %q", r.status, r.body)
+	}
+	sjsCheck404(t, n.do(t, http.MethodPost, n.url("/echo/000/bad_session/xhr_send"), `["a"]`), "send to a bad session")
+
+	// Two receiving requests may not wait on one session: the second
+	// gets 2010 and the first goes on.
+	r1, _ := n.async(t, http.MethodPost, trans+"/xhr")
+	ep := sjsEndpointOf(t, n, "/echo")
+	waitAttached(t, ep, trans)
+	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.status != http.StatusOK || r.body != "c[2010,\"Another connection still open\"]\n" {
+		t.Fatalf("second poll: %d %q", r.status, r.body)
+	}
+	n.do(t, http.MethodPost, trans+"/xhr_send", `["b"]`)
+	if r := r1.wait(t); r.status != http.StatusOK || r.body != "a[\"b\"]\n" {
+		t.Fatalf("first poll got %d %q", r.status, r.body)
+	}
+}
+
+// sjsEndpointOf finds the endpoint the node serves at prefix, through the
+// router (the tests look inside sessions).
+func sjsEndpointOf(t *testing.T, n *sjsNode, prefix string) *sockjsEndpoint {
+	t.Helper()
+	var found *sockjsEndpoint
+	_ = chi.Walk(n.srv.router, func(_, route string, h http.Handler, _ ...func(http.Handler) http.Handler) error {
+		if ep, ok := h.(*sockjsEndpoint); ok && route == prefix+"/*" {
+			found = ep
+		}
+		return nil
+	})
+	if found == nil {
+		t.Fatalf("no endpoint at %s", prefix)
+	}
+	return found
+}
+
+// waitAttached waits until the session of a session URL has a receiving
+// request attached.
+func waitAttached(t *testing.T, ep *sockjsEndpoint, trans string) {
+	t.Helper()
+	sid := trans[strings.LastIndex(trans, "/")+1:]
+	sjsWaitFor(t, "a receiving request on "+sid, func() bool {
+		s := ep.lookup(sid)
+		if s == nil {
+			return false
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.recv != nil
+	})
+}
+
+func sjsWaitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(sjsWait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A session closed by the server answers every request with its close
+// frame until it expires.
+func TestSockJSCloseSession(t *testing.T) {
+	n := sjsStartNode(t, nil, nil)
+	// The delay only has to outlast the gap between two requests here.
+	ep, base := n.endpoint(t, SockJSEndpoint{Prefix: "/close", Mode: SockJSEcho, DisconnectDelay: 3 * time.Second})
+	sid := sjsSID()
+	trans := base + "/000/" + sid
+	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
+		t.Fatalf("open: %q", r.body)
+	}
+	ep.lookup(sid).close(3000, "Go away!")
+	for range 2 {
+		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.status != http.StatusOK || r.body != "c[3000,\"Go away!\"]\n" {
+			t.Fatalf("after close: %d %q", r.status, r.body)
+		}
+	}
+	if r := n.do(t, http.MethodPost, trans+"/xhr_send", `["x"]`); r.status != http.StatusNoContent {
+		t.Errorf("send to a closing session: %d", r.status)
+	}
+	// Once it expired, the id names a new session.
+	sjsWaitFor(t, "the closed session to expire", func() bool { return ep.lookup(sid) == nil })
+	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
+		t.Fatalf("after expiry: %q", r.body)
+	}
+
+	// A streaming request attached when the session closes gets the close
+	// frame and ends; the next one gets it too.
+	sid = sjsSID()
+	trans = base + "/000/" + sid
+	st := n.stream(t, http.MethodPost, trans+"/xhr_streaming")
+	st.read(2049)
+	if got := st.until("\n"); got != "o\n" {
+		t.Fatalf("open frame %q", got)
+	}
+	ep.lookup(sid).close(3000, "Go away!")
+	if got := st.until("\n"); got != "c[3000,\"Go away!\"]\n" {
+		t.Fatalf("close frame %q", got)
+	}
+	st.eof()
+	st2 := n.stream(t, http.MethodPost, trans+"/xhr_streaming")
+	st2.read(2049)
+	if got := st2.until("\n"); got != "c[3000,\"Go away!\"]\n" {
+		t.Fatalf("second request: %q", got)
+	}
+	st2.eof()
+}
+
+func TestSockJSXHRPolling(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	for _, suffix := range []string{"/xhr", "/xhr_send", "/xhr_streaming"} {
+		sjsCheckOptions(t, n, n.url("/echo/abc/abc"+suffix), "OPTIONS, POST")
+	}
+	url := n.url("/echo/000/" + sjsSID())
+	r := n.do(t, http.MethodPost, url+"/xhr", "")
+	if r.status != http.StatusOK || r.body != "o\n" {
+		t.Fatalf("open: %d %q", r.status, r.body)
+	}
+	sjsContentType(t, r, "application/javascript;charset=UTF-8")
+	sjsCheckCORS(t, r.header, "")
+	sjsCheckNotCached(t, r.header)
+
+	r = n.do(t, http.MethodPost, url+"/xhr_send", `["x"]`, "Origin", "http://page.example")
+	if r.status != http.StatusNoContent || r.body != "" {
+		t.Fatalf("send: %d %q", r.status, r.body)
+	}
+	sjsContentType(t, r, "text/plain;charset=UTF-8")
+	sjsCheckCORS(t, r.header, "http://page.example")
+	sjsCheckNotCached(t, r.header)
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "a[\"x\"]\n" {
+		t.Fatalf("poll: %q", r.body)
+	}
+	sjsCheck405(t, n.do(t, http.MethodGet, url+"/xhr", ""), "GET xhr")
+	sjsCheck405(t, n.do(t, http.MethodGet, url+"/xhr_send", ""), "GET xhr_send")
+
+	// Sending to a session that does not exist.
+	sjsCheck404(t, n.do(t, http.MethodPost, n.url("/echo/000/"+sjsSID()+"/xhr_send"), `["x"]`), "invalid session")
+
+	// Invalid and missing JSON.
+	url = n.url("/echo/000/" + sjsSID())
+	n.do(t, http.MethodPost, url+"/xhr", "")
+	for body, want := range map[string]string{`["x`: "Broken JSON encoding.", ``: "Payload expected.",
+		`{"a":1}`: "Payload expected.", `"x"`: "Payload expected.", `null`: "Payload expected."} {
+		r := n.do(t, http.MethodPost, url+"/xhr_send", body)
+		if r.status != http.StatusInternalServerError || !strings.Contains(r.body, want) {
+			t.Errorf("send %q: %d %q, want 500 %q", body, r.status, r.body, want)
+		}
+	}
+	if r := n.do(t, http.MethodPost, url+"/xhr_send", `["a"]`); r.status != http.StatusNoContent {
+		t.Fatalf("send after errors: %d", r.status)
+	}
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "a[\"a\"]\n" {
+		t.Fatalf("poll: %q", r.body)
+	}
+
+	// Any content type.
+	url = n.url("/echo/000/" + sjsSID())
+	n.do(t, http.MethodPost, url+"/xhr", "")
+	ctypes := []string{"text/plain", "T", "application/json", "application/xml", "",
+		"application/json; charset=utf-8", "text/xml; charset=utf-8", "text/xml"}
+	for _, ct := range ctypes {
+		if r := n.do(t, http.MethodPost, url+"/xhr_send", `["a"]`, "Content-Type", ct); r.status != http.StatusNoContent {
+			t.Errorf("content type %q: %d", ct, r.status)
+		}
+	}
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "a["+strings.Repeat(`"a",`, len(ctypes)-1)+`"a"]`+"\n" {
+		t.Fatalf("poll: %q", r.body)
+	}
+
+	// Access-Control-Request-Headers is echoed.
+	for hdr, want := range map[string]string{"a, b, c": "a, b, c", "": ""} {
+		r := n.do(t, http.MethodPost, n.url("/echo/000/"+sjsSID()+"/xhr"), "", "Access-Control-Request-Headers", hdr)
+		sjsCheckCORS(t, r.header, "")
+		if got := r.get("Access-Control-Allow-Headers"); got != want {
+			t.Errorf("Access-Control-Allow-Headers = %q, want %q", got, want)
+		}
+	}
+
+	// A send body over the limit.
+	big := `["` + strings.Repeat("x", 1<<20) + `"]`
+	if r := n.do(t, http.MethodPost, url+"/xhr_send", big); r.status != http.StatusRequestEntityTooLarge {
+		t.Errorf("huge send: %d", r.status)
+	}
+}
+
+func TestSockJSXHRStreaming(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	url := n.url("/echo/000/" + sjsSID())
+	st := n.stream(t, http.MethodPost, url+"/xhr_streaming")
+	if st.resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", st.resp.StatusCode)
+	}
+	r := sjsResp{header: st.resp.Header}
+	sjsContentType(t, r, "application/javascript;charset=UTF-8")
+	sjsCheckCORS(t, st.resp.Header, "")
+	sjsCheckNotCached(t, st.resp.Header)
+	if got := st.read(2049); got != strings.Repeat("h", 2048)+"\n" {
+		t.Fatalf("prelude %q", got)
+	}
+	if got := st.until("\n"); got != "o\n" {
+		t.Fatalf("open %q", got)
+	}
+	if r := n.do(t, http.MethodPost, url+"/xhr_send", `["x"]`); r.status != http.StatusNoContent {
+		t.Fatalf("send: %d", r.status)
+	}
+	if got := st.until("\n"); got != "a[\"x\"]\n" {
+		t.Fatalf("message %q", got)
+	}
+	st.close()
+
+	// The response ends after 4096 bytes (framing included).
+	url = n.url("/echo/000/" + sjsSID())
+	st = n.stream(t, http.MethodPost, url+"/xhr_streaming")
+	st.read(2049)
+	st.until("\n")
+	msg := `"` + strings.Repeat("x", 128) + `"`
+	for i := range 31 {
+		if r := n.do(t, http.MethodPost, url+"/xhr_send", "["+msg+"]"); r.status != http.StatusNoContent {
+			t.Fatalf("send %d: %d", i, r.status)
+		}
+		if got := st.until("\n"); got != "a["+msg+"]\n" {
+			t.Fatalf("message %d: %q", i, got)
+		}
+	}
+	st.eof()
+	// The session goes on in the next request.
+	n.do(t, http.MethodPost, url+"/xhr_send", `["after"]`)
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "a[\"after\"]\n" {
+		t.Fatalf("after recycling: %q", r.body)
+	}
+}
+
+func TestSockJSEventSource(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	url := n.url("/echo/000/" + sjsSID())
+	st := n.stream(t, http.MethodGet, url+"/eventsource")
+	r := sjsResp{header: st.resp.Header}
+	sjsContentType(t, r, "text/event-stream;charset=UTF-8")
+	sjsCheckNotCached(t, st.resp.Header)
+	if got := st.read(2); got != "\r\n" {
+		t.Fatalf("prelude %q", got)
+	}
+	if got := st.until("\r\n\r\n"); got != "data: o\r\n\r\n" {
+		t.Fatalf("open %q", got)
+	}
+	n.do(t, http.MethodPost, url+"/xhr_send", `["x"]`)
+	if got := st.until("\r\n\r\n"); got != "data: a[\"x\"]\r\n\r\n" {
+		t.Fatalf("message %q", got)
+	}
+	n.do(t, http.MethodPost, url+"/xhr_send", `["  \u0000\n\r "]`)
+	if got := st.until("\r\n\r\n"); got != `data: a["  \u0000\n\r "]`+"\r\n\r\n" {
+		t.Fatalf("special characters %q", got)
+	}
+	// sockjs-client decodes the data with decodeURI: "%" goes as %25.
+	n.do(t, http.MethodPost, url+"/xhr_send", `["100% %41"]`)
+	if got := st.until("\r\n\r\n"); got != `data: a["100%25 %2541"]`+"\r\n\r\n" {
+		t.Fatalf("percent %q", got)
+	}
+	st.close()
+
+	url = n.url("/echo/000/" + sjsSID())
+	st = n.stream(t, http.MethodGet, url+"/eventsource")
+	st.read(2)
+	st.until("\r\n\r\n")
+	msg := `"` + strings.Repeat("x", 4096) + `"`
+	n.do(t, http.MethodPost, url+"/xhr_send", "["+msg+"]")
+	if got := st.until("\r\n\r\n"); got != "data: a["+msg+"]\r\n\r\n" {
+		t.Fatalf("long message %.40q", got)
+	}
+	st.eof()
+}
+
+func TestSockJSHTMLFile(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	head := `<!doctype html>
+<html><head>
+  <meta http-equiv="X-UA-Compatible" content="IE=edge" />
+  <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+</head><body><h2>Don't panic!</h2>
+  <script>
+    document.domain = document.domain;
+    var c = parent.callback;
+    c.start();
+    function p(d) {c.message(d);};
+    window.onload = function() {c.stop();};
+  </script>`
+	url := n.url("/echo/000/" + sjsSID())
+	st := n.stream(t, http.MethodGet, url+"/htmlfile?c=%63allback")
+	sjsContentType(t, sjsResp{header: st.resp.Header}, "text/html;charset=UTF-8")
+	sjsCheckNotCached(t, st.resp.Header)
+	d := st.until("\r\n\r\n")
+	if strings.TrimSpace(d) != head || len(d) <= 1024 {
+		t.Fatalf("head (%d bytes):\n%s", len(d), d)
+	}
+	if got := st.until("</script>\r\n"); got != "<script>\np(\"o\");\n</script>\r\n" {
+		t.Fatalf("open %q", got)
+	}
+	n.do(t, http.MethodPost, url+"/xhr_send", `["x"]`)
+	if got := st.until("</script>\r\n"); got != "<script>\np(\"a[\\\"x\\\"]\");\n</script>\r\n" {
+		t.Fatalf("message %q", got)
+	}
+	// Nothing a message holds can end the script element.
+	n.do(t, http.MethodPost, url+"/xhr_send", `["</script><script>alert(1)</script>"]`)
+	got := st.until("</script>\r\n")
+	if strings.Count(got, "</script>") != 1 || strings.Contains(got, "<script>alert") {
+		t.Fatalf("a message broke out of the script: %q", got)
+	}
+	st.close()
+
+	for q, want := range map[string]string{"": `"callback" parameter required`, "?c=a(1)": `invalid "callback" parameter`,
+		"?c=" + strings.Repeat("a", sjsMaxCallbackLen+1): `invalid "callback" parameter`, "?c=": `invalid "callback" parameter`} {
+		r := n.do(t, http.MethodGet, n.url("/echo/a/a/htmlfile"+q), "")
+		if r.status != http.StatusInternalServerError || !strings.Contains(r.body, want) {
+			t.Errorf("htmlfile%s: %d %q", q, r.status, r.body)
+		}
+	}
+
+	url = n.url("/echo/000/" + sjsSID())
+	st = n.stream(t, http.MethodGet, url+"/htmlfile?callback=callback")
+	st.until("\r\n\r\n")
+	st.until("</script>\r\n")
+	msg := strings.Repeat("x", 4096)
+	n.do(t, http.MethodPost, url+"/xhr_send", `["`+msg+`"]`)
+	if got := st.until("</script>\r\n"); got != "<script>\np(\"a[\\\""+msg+"\\\"]\");\n</script>\r\n" {
+		t.Fatalf("long message %.60q", got)
+	}
+	st.eof()
+}
+
+func TestSockJSJSONP(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	form := []string{"Content-Type", "application/x-www-form-urlencoded"}
+	url := n.url("/echo/000/" + sjsSID())
+	r := n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", "")
+	if r.status != http.StatusOK || r.body != "callback(\"o\");\r\n" {
+		t.Fatalf("open: %d %q", r.status, r.body)
+	}
+	sjsContentType(t, r, "application/javascript;charset=UTF-8")
+	sjsCheckNotCached(t, r.header)
+	r = n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22x%22%5D", form...)
+	if r.status != http.StatusOK || r.body != "ok" {
+		t.Fatalf("send: %d %q", r.status, r.body)
+	}
+	sjsContentType(t, r, "text/plain;charset=UTF-8")
+	sjsCheckNotCached(t, r.header)
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", ""); r.body != "callback(\"a[\\\"x\\\"]\");\r\n" {
+		t.Fatalf("poll: %q", r.body)
+	}
+	sjsCheck405(t, n.do(t, http.MethodPost, url+"/jsonp?c=x", ""), "POST jsonp")
+
+	for q, want := range map[string]string{"": `"callback" parameter required`,
+		"?c=alert(document.cookie)//": `invalid "callback" parameter`, "?callback=%3Cscript%3E": `invalid "callback" parameter`} {
+		r := n.do(t, http.MethodGet, n.url("/echo/a/a/jsonp"+q), "")
+		if r.status != http.StatusInternalServerError || !strings.Contains(r.body, want) {
+			t.Errorf("jsonp%s: %d %q", q, r.status, r.body)
+		}
+	}
+
+	// Invalid and missing JSON.
+	url = n.url("/echo/000/" + sjsSID())
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"o\");\r\n" {
+		t.Fatalf("open: %q", r.body)
+	}
+	r = n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22x", form...)
+	if r.status != http.StatusInternalServerError || !strings.Contains(r.body, "Broken JSON encoding.") {
+		t.Errorf("broken: %d %q", r.status, r.body)
+	}
+	for _, data := range []string{"", "d=", "p=p"} {
+		r := n.do(t, http.MethodPost, url+"/jsonp_send", data, form...)
+		if r.status != http.StatusInternalServerError || !strings.Contains(r.body, "Payload expected.") {
+			t.Errorf("send %q: %d %q", data, r.status, r.body)
+		}
+	}
+	if r := n.do(t, http.MethodPost, url+"/jsonp_send", `["x"]`, "Content-Type", "application/octet-stream"); r.status != http.StatusInternalServerError {
+		t.Errorf("unsupported content type: %d", r.status)
+	}
+	n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22b%22%5D", form...)
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"a[\\\"b\\\"]\");\r\n" {
+		t.Fatalf("poll: %q", r.body)
+	}
+
+	// Form and text/plain bodies.
+	url = n.url("/echo/000/" + sjsSID())
+	n.do(t, http.MethodGet, url+"/jsonp?c=x", "")
+	if r := n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22abc%22%5D", form...); r.body != "ok" {
+		t.Fatalf("form: %q", r.body)
+	}
+	if r := n.do(t, http.MethodPost, url+"/jsonp_send", `["%61bc"]`, "Content-Type", "text/plain"); r.body != "ok" {
+		t.Fatalf("text: %q", r.body)
+	}
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"a[\\\"abc\\\",\\\"%61bc\\\"]\");\r\n" {
+		t.Fatalf("poll: %q", r.body)
+	}
+	sjsCheck404(t, n.do(t, http.MethodPost, n.url("/echo/000/"+sjsSID()+"/jsonp_send"), "d=%5B%22x%22%5D", form...), "unknown session")
+}
+
+func TestSockJSJSONPClose(t *testing.T) {
+	n := sjsStartNode(t, nil, nil)
+	ep, base := n.endpoint(t, SockJSEndpoint{Prefix: "/close", Mode: SockJSEcho})
+	sid := sjsSID()
+	url := base + "/000/" + sid
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"o\");\r\n" {
+		t.Fatalf("open: %q", r.body)
+	}
+	ep.lookup(sid).close(3000, "Go away!")
+	for range 2 {
+		if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"c[3000,\\\"Go away!\\\"]\");\r\n" {
+			t.Fatalf("close: %q", r.body)
+		}
+	}
+}
+
+func TestSockJSCookie(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	check := func(what string, h http.Header, want string) {
+		t.Helper()
+		c := h.Get("Set-Cookie")
+		parts := strings.Split(c, ";")
+		if len(parts) < 2 || strings.TrimSpace(parts[0]) != "JSESSIONID="+want || strings.ToLower(strings.TrimSpace(parts[1])) != "path=/" {
+			t.Errorf("%s: Set-Cookie %q, want JSESSIONID=%s; path=/", what, c, want)
+		}
+	}
+	base := n.url("/cookie_needed_echo")
+	url := base + "/000/" + sjsSID()
+	r := n.do(t, http.MethodPost, url+"/xhr", "")
+	if r.body != "o\n" {
+		t.Fatalf("open: %q", r.body)
+	}
+	check("xhr", r.header, "dummy")
+	r = n.do(t, http.MethodPost, base+"/000/"+sjsSID()+"/xhr", "", "Cookie", "JSESSIONID=abcdef")
+	check("xhr with a cookie", r.header, "abcdef")
+	r = n.do(t, http.MethodPost, base+"/000/"+sjsSID()+"/xhr", "", "Cookie", "JSESSIONID="+strings.Repeat("x", 300))
+	check("xhr with an oversized cookie", r.header, "dummy")
+	st := n.stream(t, http.MethodPost, base+"/000/"+sjsSID()+"/xhr_streaming")
+	check("xhr_streaming", st.resp.Header, "dummy")
+	st.close()
+	st = n.stream(t, http.MethodGet, base+"/000/"+sjsSID()+"/eventsource")
+	check("eventsource", st.resp.Header, "dummy")
+	st.close()
+	st = n.stream(t, http.MethodGet, base+"/000/"+sjsSID()+"/htmlfile?c=%63allback")
+	check("htmlfile", st.resp.Header, "dummy")
+	st.close()
+	url = base + "/000/" + sjsSID()
+	r = n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", "")
+	check("jsonp", r.header, "dummy")
+	if r.body != "callback(\"o\");\r\n" {
+		t.Fatalf("jsonp open: %q", r.body)
+	}
+	r = n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22x%22%5D", "Content-Type", "application/x-www-form-urlencoded")
+	if r.body != "ok" {
+		t.Fatalf("jsonp_send: %q", r.body)
+	}
+	check("jsonp_send", r.header, "dummy")
+	r = n.do(t, http.MethodPost, url+"/xhr_send", `["y"]`)
+	check("xhr_send", r.header, "dummy")
+
+	// Without CookieNeeded: no cookie anywhere.
+	r = n.do(t, http.MethodPost, n.url("/echo/000/"+sjsSID()+"/xhr"), "")
+	sjsCheckNoCookie(t, r)
+	sjsCheckNoCookie(t, n.do(t, http.MethodGet, base+"/info", ""))
+	sjsCheckNoCookie(t, n.do(t, http.MethodGet, base+"/iframe.html", ""))
+}
+
+func TestSockJSWebSocket(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	c := sjsDialWS(t, n.url("/echo/000/"+sjsSID()+"/websocket"), nil)
+	if got := c.recv(); got != "o" {
+		t.Fatalf("open %q", got)
+	}
+	c.send("") // ignored
+	c.send(`["a"]`)
+	if got := c.recv(); got != `a["a"]` {
+		t.Fatalf("echo %q", got)
+	}
+	c.send(`"single"`)
+	if got := c.recv(); got != `a["single"]` {
+		t.Fatalf("single-string message: %q", got)
+	}
+
+	// A session id may be used by two connections at once, and again.
+	url := n.url("/echo/000/" + sjsSID() + "/websocket")
+	w1, w2 := sjsDialWS(t, url, nil), sjsDialWS(t, url, nil)
+	if w1.recv() != "o" || w2.recv() != "o" {
+		t.Fatal("open frames")
+	}
+	w1.send(`["a"]`)
+	w2.send(`["b"]`)
+	if a, b := w1.recv(), w2.recv(); a != `a["a"]` || b != `a["b"]` {
+		t.Fatalf("reuse: %q %q", a, b)
+	}
+	_ = w1.conn.Close()
+	_ = w2.conn.Close()
+	w3 := sjsDialWS(t, url, nil)
+	w3.recv()
+	w3.send(`["c"]`)
+	if got := w3.recv(); got != `a["c"]` {
+		t.Fatalf("after reuse %q", got)
+	}
+
+	// Broken JSON ends the connection.
+	b := sjsDialWS(t, n.url("/echo/000/"+sjsSID()+"/websocket"), nil)
+	b.recv()
+	b.send(`["a`)
+	if got := b.recv(); got != `c[1002,"Broken framing."]` {
+		t.Fatalf("broken framing: %q", got)
+	}
+	b.closed()
+
+	// Disabled websocket: 404, and info says so.
+	sjsCheck404(t, n.do(t, http.MethodGet, n.url("/disabled_websocket_echo/0/0/websocket"), ""), "disabled websocket")
+	sjsCheck404(t, n.do(t, http.MethodGet, n.url("/disabled_websocket_echo/websocket"), ""), "disabled raw websocket")
+}
+
+func TestSockJSWebSocketClose(t *testing.T) {
+	n := sjsStartNode(t, nil, nil)
+	ep, base := n.endpoint(t, SockJSEndpoint{Prefix: "/close", Mode: SockJSEcho, Websocket: true})
+	_ = ep
+	c := sjsDialWS(t, base+"/000/"+sjsSID()+"/websocket", nil)
+	if got := c.recv(); got != "o" {
+		t.Fatalf("open %q", got)
+	}
+	// Websocket sessions are not kept by the endpoint; close it through
+	// its gateway session, as a node shutdown does.
+	sjsWaitFor(t, "the gateway session", func() bool { return n.gw.SessionCount() == 1 })
+	sctx, cancel := context.WithTimeout(context.Background(), sjsWait)
+	defer cancel()
+	go func() { _ = n.gw.Shutdown(sctx) }()
+	if got := c.recv(); got != `c[3000,"server shutting down"]` {
+		t.Fatalf("close frame %q", got)
+	}
+	c.closed()
+}
+
+func TestSockJSWebSocketHTTPErrors(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	url := n.url("/echo/0/0/websocket")
+	r := n.do(t, http.MethodGet, url, "")
+	if r.status != http.StatusBadRequest || !strings.Contains(r.body, `Can "Upgrade" only to "WebSocket".`) {
+		t.Errorf("plain GET: %d %q", r.status, r.body)
+	}
+	r = n.do(t, http.MethodGet, url, "", "Upgrade", "WebSocket", "Connection", "close")
+	if r.status != http.StatusBadRequest || !strings.Contains(r.body, `"Connection" must be "Upgrade".`) {
+		t.Errorf("Connection: close: %d %q", r.status, r.body)
+	}
+	sjsCheck405(t, n.do(t, http.MethodPost, url, "", "Upgrade", "WebSocket", "Connection", "Upgrade"), "POST upgrade")
+	sjsCheck405(t, n.do(t, http.MethodPost, url, ""), "POST")
+	sjsCheck405(t, n.do(t, http.MethodPost, n.url("/echo/websocket"), ""), "POST raw")
+
+	// Hybi-07, hybi-08 and RFC 6455 handshakes, and Firefox 6's
+	// "Connection: keep-alive, Upgrade".
+	for _, tc := range []struct{ version, connection string }{{"7", "Upgrade"}, {"8", "Upgrade"}, {"13", "Upgrade"}, {"7", "keep-alive, Upgrade"}} {
+		conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(sjsWait))
+		fmt.Fprintf(conn, "GET /echo/000/%s/websocket HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: %s\r\n"+
+			"Sec-WebSocket-Version: %s\r\nSec-WebSocket-Origin: http://asd\r\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n\r\n",
+			sjsSID(), n.http.Listener.Addr(), tc.connection, tc.version)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("version %s: %v", tc.version, err)
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != "HSmrc0sMlYUkAGmm5OPpG2HaGWk=" ||
+			!strings.EqualFold(resp.Header.Get("Connection"), "upgrade") || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") ||
+			resp.Header.Get("Content-Length") != "" {
+			t.Errorf("version %s / %s: %d %v", tc.version, tc.connection, resp.StatusCode, resp.Header)
+		}
+		_ = conn.Close()
+	}
+
+	// Origins the node does not allow are refused before the handshake.
+	n2 := sjsStartNode(t, sjsTestEndpoints(), func(_ *gateway.Config, o *Options) { o.AllowedOrigins = []string{"http://good.example"} })
+	r = n2.do(t, http.MethodGet, n2.url("/echo/0/0/websocket"), "", "Upgrade", "websocket", "Connection", "Upgrade",
+		"Sec-WebSocket-Version", "13", "Sec-WebSocket-Key", "x3JJHMbDL1EzLkh9GBhXDw==", "Origin", "http://evil.example")
+	if r.status != http.StatusForbidden {
+		t.Errorf("cross-site websocket: %d", r.status)
+	}
+}
+
+func TestSockJSRawWebSocket(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	c := sjsDialWS(t, n.url("/echo/websocket"), nil)
+	c.send("Hello world!\uffff")
+	if got := c.recv(); got != "Hello world!\uffff" {
+		t.Fatalf("echo %q", got)
+	}
+	// Pubsub: the native wire format, frame for frame.
+	p := sjsDialWS(t, n.url("/pubsub/websocket"), nil)
+	if hello := p.recv(); !strings.Contains(hello, `"t":"hello"`) {
+		t.Fatalf("hello %q", hello)
+	}
+	p.send(`{"op":"ping","id":7}`)
+	if got := p.recv(); !strings.Contains(got, `"t":"ok","id":7`) {
+		t.Fatalf("ping answer %q", got)
+	}
+}
+
+func TestSockJSJSONEncoding(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	// The server escapes what browsers mangle.
+	var raw, esc strings.Builder
+	esc.WriteByte('"')
+	for r := rune(255); r < 65536; r++ {
+		if r >= 0xd800 && r <= 0xdfff {
+			continue // surrogates are not characters in UTF-8
+		}
+		if r >= 0x200c && r <= 0x200f || r >= 0x2028 && r <= 0x202f || r >= 0x2060 && r <= 0x206f || r >= 0xfff0 {
+			raw.WriteRune(r)
+			fmt.Fprintf(&esc, `\u%04x`, r)
+		}
+	}
+	esc.WriteByte('"')
+	url := n.url("/echo/000/" + sjsSID())
+	n.do(t, http.MethodPost, url+"/xhr", "")
+	if r := n.do(t, http.MethodPost, url+"/xhr_send", `["`+raw.String()+`"]`); r.status != http.StatusNoContent {
+		t.Fatalf("send: %d", r.status)
+	}
+	r := n.do(t, http.MethodPost, url+"/xhr", "")
+	if got := strings.TrimSpace(r.body); got != "a["+esc.String()+"]" {
+		t.Fatalf("server encoding:\n got %.200q\nwant %.200q", got, "a["+esc.String()+"]")
+	}
+
+	// The server decodes what clients escape.
+	var cli strings.Builder
+	cli.WriteByte('"')
+	for r := 0; r < 65536; r++ {
+		if r < 0x20 || r >= 0x7f && r <= 0x9f || r == 0xad || r >= 0x600 && r <= 0x604 || r >= 0x2000 && r <= 0x20ff || r >= 0xfff0 {
+			fmt.Fprintf(&cli, `\u%04x`, r)
+		}
+	}
+	cli.WriteByte('"')
+	url = n.url("/echo/000/" + sjsSID())
+	n.do(t, http.MethodPost, url+"/xhr", "")
+	if r := n.do(t, http.MethodPost, url+"/xhr_send", "["+cli.String()+"]"); r.status != http.StatusNoContent {
+		t.Fatalf("send: %d", r.status)
+	}
+	r = n.do(t, http.MethodPost, url+"/xhr", "")
+	body := strings.TrimSpace(r.body)
+	var got, want []string
+	if err := json.Unmarshal([]byte(body[1:]), &got); err != nil {
+		t.Fatalf("answer %q: %v", body, err)
+	}
+	if err := json.Unmarshal([]byte("["+cli.String()+"]"), &want); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != want[0] {
+		t.Fatalf("client escapes did not come back as sent")
+	}
+}
+
+func TestSockJSHandlingClose(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	ep := sjsEndpointOf(t, n, "/echo")
+
+	// A second streaming request gets 2010 and ends.
+	url := n.url("/echo/000/" + sjsSID())
+	r1 := n.stream(t, http.MethodPost, url+"/xhr_streaming")
+	r1.read(2049)
+	if got := r1.until("\n"); got != "o\n" {
+		t.Fatalf("open %q", got)
+	}
+	r2 := n.stream(t, http.MethodPost, url+"/xhr_streaming")
+	r2.read(2049)
+	if got := r2.until("\n"); got != "c[2010,\"Another connection still open\"]\n" {
+		t.Fatalf("second %q", got)
+	}
+	r2.eof()
+
+	// Aborting the first interrupts the session: 1002 from then on.
+	r1.close()
+	sid := url[strings.LastIndex(url, "/")+1:]
+	sjsWaitFor(t, "the session to notice the abort", func() bool {
+		s := ep.lookup(sid)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.state == sjsClosing
+	})
+	r3 := n.stream(t, http.MethodPost, url+"/xhr_streaming")
+	r3.read(2049)
+	if got := r3.until("\n"); got != "c[1002,\"Connection interrupted\"]\n" {
+		t.Fatalf("after abort %q", got)
+	}
+	r3.eof()
+
+	// The same for polling.
+	url = n.url("/echo/000/" + sjsSID())
+	sid = url[strings.LastIndex(url, "/")+1:]
+	n.do(t, http.MethodPost, url+"/xhr", "")
+	_, abort := n.async(t, http.MethodPost, url+"/xhr")
+	waitAttached(t, ep, url)
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "c[2010,\"Another connection still open\"]\n" {
+		t.Fatalf("second poll %q", r.body)
+	}
+	abort()
+	sjsWaitFor(t, "the session to notice the abort", func() bool {
+		s := ep.lookup(sid)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.state == sjsClosing
+	})
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "c[1002,\"Connection interrupted\"]\n" {
+		t.Fatalf("after abort %q", r.body)
+	}
+}
+
+func TestSockJSHeartbeat(t *testing.T) {
+	n := sjsStartNode(t, []SockJSEndpoint{{Prefix: "/hb", Mode: SockJSEcho, Websocket: true, HeartbeatDelay: 200 * time.Millisecond}}, nil)
+	url := n.url("/hb/000/" + sjsSID())
+	n.do(t, http.MethodPost, url+"/xhr", "")
+	// An idle poll ends with a heartbeat.
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "h\n" {
+		t.Fatalf("idle poll %q", r.body)
+	}
+	st := n.stream(t, http.MethodGet, n.url("/hb/000/"+sjsSID()+"/eventsource"))
+	st.read(2)
+	st.until("\r\n\r\n")
+	for range 3 {
+		if got := st.until("\r\n\r\n"); got != "data: h\r\n\r\n" {
+			t.Fatalf("heartbeat %q", got)
+		}
+	}
+	c := sjsDialWS(t, n.url("/hb/000/"+sjsSID()+"/websocket"), nil)
+	c.recv()
+	for range 3 {
+		if got := c.recv(); got != "h" {
+			t.Fatalf("websocket heartbeat %q", got)
+		}
+	}
+}
+
+func TestSockJSExpiry(t *testing.T) {
+	n := sjsStartNode(t, []SockJSEndpoint{{Prefix: "/x", Mode: SockJSPubSub, DisconnectDelay: 200 * time.Millisecond}}, nil)
+	ep := sjsEndpointOf(t, n, "/x")
+	sid := sjsSID()
+	url := n.url("/x/000/" + sid)
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "o\n" {
+		t.Fatalf("open: %q", r.body)
+	}
+	// Nobody comes back: the session and its gateway session end.
+	sjsWaitFor(t, "the session to expire", func() bool { return ep.lookup(sid) == nil && n.gw.SessionCount() == 0 })
+	sjsCheck404(t, n.do(t, http.MethodPost, url+"/xhr_send", `["x"]`), "send after expiry")
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "o\n" {
+		t.Fatalf("same id after expiry: %q", r.body)
+	}
+	// A session opened and never polled again expires too.
+	n.do(t, http.MethodPost, n.url("/x/000/"+sjsSID()+"/xhr"), "")
+	sjsWaitFor(t, "every session to expire", func() bool { return n.gw.SessionCount() == 0 })
+}
+
+func TestSockJSHTTP11Streaming(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(sjsWait))
+	br := bufio.NewReader(conn)
+	// The greeting has a length and the connection stays open.
+	for range 2 {
+		fmt.Fprintf(conn, "GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 19)
+		if _, err := io.ReadFull(resp.Body, b); err != nil || string(b) != "Welcome to SockJS!\n" || resp.ContentLength != 19 {
+			t.Fatalf("greeting %q %v len %d", b, err, resp.ContentLength)
+		}
+		resp.Body.Close()
+	}
+	// A stream is chunked.
+	fmt.Fprintf(conn, "POST /echo/000/%s/xhr_streaming HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", sjsSID())
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" || resp.Header.Get("Content-Length") != "" {
+		t.Fatalf("streaming answer: TE %v Content-Length %q", resp.TransferEncoding, resp.Header.Get("Content-Length"))
+	}
+	b := make([]byte, 2049+2)
+	if _, err := io.ReadFull(resp.Body, b); err != nil || string(b[2049:]) != "o\n" {
+		t.Fatalf("stream %q: %v", b[2040:], err)
+	}
+
+	// HTTP/1.0 has no chunking: the stream ends with the connection.
+	c10, err := net.Dial("tcp", n.http.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c10.Close()
+	_ = c10.SetDeadline(time.Now().Add(sjsWait))
+	fmt.Fprintf(c10, "POST /echo/000/%s/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", sjsSID())
+	resp, err = http.ReadResponse(bufio.NewReader(c10), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.TransferEncoding) != 0 || resp.Header.Get("Content-Length") != "" || !resp.Close {
+		t.Fatalf("HTTP/1.0 stream: TE %v Content-Length %q close %v", resp.TransferEncoding, resp.Header.Get("Content-Length"), resp.Close)
+	}
+	if _, err := io.ReadFull(resp.Body, b); err != nil || b[0] != 'h' || string(b[2049:]) != "o\n" {
+		t.Fatalf("HTTP/1.0 stream %q: %v", b[2040:], err)
+	}
+}
