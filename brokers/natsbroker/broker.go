@@ -124,10 +124,13 @@ var (
 // safe for concurrent use. Close must not be called from a Handler or an
 // OnState callback (it waits for them).
 type Broker struct {
-	nc   *nats.Conn
-	subj subjects
-	opts Options // with defaults applied
-	log  *slog.Logger
+	nc *nats.Conn
+	// connSet is closed once Connect has set nc and js; connection
+	// callbacks wait for it.
+	connSet chan struct{}
+	subj    subjects
+	opts    Options // with defaults applied
+	log     *slog.Logger
 	// inProcess: connected to an embedded server without a network
 	// connection (nats.go then reports a placeholder URL).
 	inProcess bool
@@ -212,6 +215,7 @@ func connect(ctx context.Context, opts Options, srv *server.Server) (*Broker, er
 		streams:    streams,
 		hsubs:      make(map[*histSub]struct{}),
 		reported:   brokers.StateDisconnected,
+		connSet:    make(chan struct{}),
 	}
 	b.initSupervisor()
 	nopts = append(nopts,
@@ -227,10 +231,15 @@ func connect(ctx context.Context, opts Options, srv *server.Server) (*Broker, er
 	)
 	nc, err := nats.Connect(strings.Join(opts.URLs, ","), nopts...)
 	if err != nil {
+		close(b.connSet)
 		return nil, fmt.Errorf("natsbroker: connect: %w", err)
 	}
 	b.nc = nc
-	if b.js, err = jetstream.New(nc); err != nil {
+	b.js, err = jetstream.New(nc)
+	// With RetryOnFailedConnect the connect callback may already be running
+	// on nats.go's goroutine; it waits for b.nc and b.js to be set.
+	close(b.connSet)
+	if err != nil {
 		b.closeConn()
 		return nil, fmt.Errorf("natsbroker: jetstream: %w", err)
 	}
@@ -533,11 +542,13 @@ func (b *Broker) connected(nc *nats.Conn) {
 // The handlers below run on nats.go's callback goroutine, one at a time.
 
 func (b *Broker) onConnect(nc *nats.Conn) {
+	<-b.connSet
 	b.log.Info("nats connected", slog.String("url", b.connectedURL(nc)))
 	b.connected(nc)
 }
 
 func (b *Broker) onReconnect(nc *nats.Conn) {
+	<-b.connSet
 	b.reconnects.Add(1)
 	b.log.Info("nats reconnected", slog.String("url", b.connectedURL(nc)))
 	// Consumers may be gone (a restarted server) or have pushed messages
