@@ -1,7 +1,7 @@
 // Package transports carries cometgate sessions over the transports browsers
-// have: WebSocket and EventSource (SSE) today, and the request-per-poll
-// family (long-polling, XHR streaming, iframe/htmlfile, JSONP) on the same
-// session layer. It owns the HTTP handlers (chi) and the byte framing of each
+// have: WebSocket, EventSource (SSE), and the request-per-poll family
+// (long-polling, XHR streaming, iframe/htmlfile, JSONP), all on the same
+// session layer, plus the SockJS protocol for pages that use sockjs-client. It owns the HTTP handlers (chi) and the byte framing of each
 // transport; the session itself (queues, numbering, subscriptions,
 // permissions) lives in package gateway.
 //
