@@ -42,7 +42,7 @@ type testNode struct {
 
 // startNode starts a node; cfg and opts may adjust the configuration.
 // Cleanup shuts it down in the production order (gateway, HTTP, broker).
-func startNode(t *testing.T, cfg func(*gateway.Config), opts func(*Options)) *testNode {
+func startNode(t testing.TB, cfg func(*gateway.Config), opts func(*Options)) *testNode {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
