@@ -225,18 +225,24 @@ func (g *Gateway) newSessionID() string {
 
 // Publish publishes data on channel for a trusted server-side caller (the
 // HTTP publish API): channel names are validated, namespace permissions are
-// not applied. It returns once the broker confirmed.
-func (g *Gateway) Publish(ctx context.Context, channel string, data []byte) error {
+// not applied. contentType (one of the ContentType constants, or "" to let
+// subscribers' packets follow the bytes) travels with the message. It
+// returns once the broker confirmed.
+func (g *Gateway) Publish(ctx context.Context, channel string, data []byte, contentType string) error {
 	if err := ValidateChannel(channel); err != nil {
 		return err
 	}
-	return g.publish(ctx, "api", channel, data)
+	return g.publish(ctx, "api", channel, data, contentType)
 }
 
-func (g *Gateway) publish(ctx context.Context, source, channel string, data []byte) error {
+func (g *Gateway) publish(ctx context.Context, source, channel string, data []byte, contentType string) error {
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.PublishTimeout)
 	defer cancel()
-	err := g.broker.Publish(ctx, brokers.Message{Channel: channel, Data: data})
+	msg := brokers.Message{Channel: channel, Data: data}
+	if contentType != "" {
+		msg.Header = map[string]string{"Content-Type": contentType}
+	}
+	err := g.broker.Publish(ctx, msg)
 	g.metrics.published(source, err)
 	return err
 }

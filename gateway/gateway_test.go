@@ -574,15 +574,15 @@ func TestPublishOrderAndLimit(t *testing.T) {
 
 func TestGatewayPublish(t *testing.T) {
 	g := newTestGateway(t, nil)
-	if err := g.Publish(context.Background(), "ro.a", []byte("1")); err != nil {
+	if err := g.Publish(context.Background(), "ro.a", []byte("1"), ""); err != nil {
 		t.Errorf("Publish to a read-only namespace from the API: %v", err)
 	}
 	var ce *ChannelError
-	if err := g.Publish(context.Background(), "ro.*", []byte("1")); !errors.As(err, &ce) {
+	if err := g.Publish(context.Background(), "ro.*", []byte("1"), ""); !errors.As(err, &ce) {
 		t.Errorf("Publish to a pattern: %v, want *ChannelError", err)
 	}
 	g.b.SetPublishErr(brokers.ErrUnavailable)
-	if err := g.Publish(context.Background(), "ro.a", []byte("1")); !errors.Is(err, brokers.ErrUnavailable) {
+	if err := g.Publish(context.Background(), "ro.a", []byte("1"), ""); !errors.Is(err, brokers.ErrUnavailable) {
 		t.Errorf("Publish with the broker down: %v", err)
 	}
 }

@@ -37,6 +37,9 @@ type hubEntry struct {
 	index    map[*Session]int
 }
 
+// brokerSubscribeTimeout bounds the creation of a broker subscription.
+const brokerSubscribeTimeout = 30 * time.Second
+
 func newHub(b brokers.Broker, m *Metrics) *hub {
 	return &hub{broker: b, metrics: m, entries: make(map[string]*hubEntry)}
 }
@@ -60,7 +63,12 @@ func (h *hub) subscribe(ctx context.Context, s *Session, pattern string, policy 
 	h.mu.Unlock()
 
 	if creator {
-		e.bsub, e.err = h.broker.Subscribe(ctx, pattern, func(m brokers.Message) { h.fanout(e, m) })
+		// Every session waiting for this entry depends on this call, not
+		// only the one that happened to come first: its cancellation (a
+		// POST that ended) must not fail them all.
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), brokerSubscribeTimeout)
+		e.bsub, e.err = h.broker.Subscribe(bctx, pattern, func(m brokers.Message) { h.fanout(e, m) })
+		cancel()
 		if e.err != nil {
 			h.mu.Lock()
 			if h.entries[pattern] == e {

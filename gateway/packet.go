@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -138,17 +139,55 @@ func EncodeMessage(m brokers.Message, pattern string, arrived time.Time) *Body {
 	if b.cursor != "" {
 		buf = appendField(buf, "cur", b.cursor)
 	}
-	buf = appendPayload(buf, m.Data)
+	buf = appendPayload(buf, m.Data, m.Header["Content-Type"])
 	return b.finish(buf)
 }
 
+// Content types that say how a payload is shown to clients. cometgate's own
+// publishers (the API and browser pub frames) set them, so that a payload
+// published as text stays text even when it looks like JSON ("42"); AMQP
+// publishers set them as content_type.
+const (
+	ContentTypeJSON   = "application/json"
+	ContentTypeText   = "text/plain; charset=utf-8"
+	ContentTypeBinary = "application/octet-stream"
+)
+
+// payloadKind reads a Content-Type: "data", "text", "b64", or "" (unknown:
+// decide by the bytes).
+func payloadKind(contentType string) string {
+	mt, _, _ := strings.Cut(contentType, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	switch {
+	case mt == "application/json" || strings.HasSuffix(mt, "+json"):
+		return "data"
+	case strings.HasPrefix(mt, "text/"):
+		return "text"
+	case mt == "application/octet-stream":
+		return "b64"
+	}
+	return ""
+}
+
 // appendPayload appends exactly one of "data" (JSON, compacted and
-// HTML-escaped), "text" (UTF-8 that is not JSON) or "b64". JSON whose
-// strings hold invalid UTF-8 is not embedded as data: json.Valid accepts
-// it, but the packet would not be UTF-8 (a browser fails a WebSocket on
-// such a text frame), so it goes as b64.
-func appendPayload(dst, data []byte) []byte {
-	if len(data) > 0 && utf8.Valid(data) && json.Valid(data) {
+// HTML-escaped), "text" (UTF-8) or "b64": as the content type says where
+// the bytes allow it, else by the bytes. JSON whose strings hold invalid
+// UTF-8 is not embedded as data: json.Valid accepts it, but the packet
+// would not be UTF-8 (a browser fails a WebSocket on such a text frame),
+// so it goes as b64.
+func appendPayload(dst, data []byte, contentType string) []byte {
+	kind := payloadKind(contentType)
+	valid := utf8.Valid(data)
+	switch {
+	case kind == "text" && valid:
+		dst = append(dst, `,"text":`...)
+		return appendJSONString(dst, string(data))
+	case kind == "b64":
+		dst = append(dst, `,"b64":"`...)
+		dst = base64.StdEncoding.AppendEncode(dst, data)
+		return append(dst, '"')
+	}
+	if len(data) > 0 && valid && json.Valid(data) {
 		dst = append(dst, `,"data":`...)
 		var compact bytes.Buffer
 		compact.Grow(len(data))
@@ -169,9 +208,10 @@ func appendPayload(dst, data []byte) []byte {
 	return append(dst, '"')
 }
 
-// DecodePayload is the inverse of the payload encoding for a client frame:
-// it returns the broker bytes for exactly one of data, text or b64.
-func decodePayload(f *Frame) ([]byte, error) {
+// decodePayload is the inverse of the payload encoding for a client frame:
+// it returns the broker bytes for exactly one of data, text or b64, and
+// the content type that keeps that choice.
+func decodePayload(f *Frame) ([]byte, string, error) {
 	n := 0
 	if f.Data != nil {
 		n++
@@ -183,19 +223,20 @@ func decodePayload(f *Frame) ([]byte, error) {
 		n++
 	}
 	if n != 1 {
-		return nil, errPayloadFields
+		return nil, "", errPayloadFields
 	}
 	switch {
 	case f.Data != nil:
 		var out bytes.Buffer
 		if err := json.Compact(&out, f.Data); err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		return out.Bytes(), nil
+		return out.Bytes(), ContentTypeJSON, nil
 	case f.Text != nil:
-		return []byte(*f.Text), nil
+		return []byte(*f.Text), ContentTypeText, nil
 	default:
-		return base64.StdEncoding.DecodeString(*f.B64)
+		b, err := base64.StdEncoding.DecodeString(*f.B64)
+		return b, ContentTypeBinary, err
 	}
 }
 

@@ -305,3 +305,44 @@ func TestUnsubscribeStopsReplay(t *testing.T) {
 	}
 	ping(t, s, tr, 3)
 }
+
+// The content type a publisher set decides between data, text and b64, so
+// a text that looks like JSON stays text.
+func TestPayloadKindFollowsContentType(t *testing.T) {
+	g := newTestGateway(t, nil)
+	s, tr := openSession(t, g, false)
+	subscribe(t, s, tr, 1, "t.ct")
+	send(s, `{"op":"pub","id":2,"ch":"t.ct","text":"42"}`)
+	send(s, `{"op":"pub","id":3,"ch":"t.ct","data":42}`)
+	send(s, `{"op":"pub","id":4,"ch":"t.ct","b64":"e30="}`)
+	var got []string
+	for len(got) < 3 {
+		w := next(t, tr)
+		if w.T != TypeMsg {
+			continue
+		}
+		switch {
+		case w.Text != nil:
+			got = append(got, "text:"+*w.Text)
+		case w.B64 != nil:
+			got = append(got, "b64:"+*w.B64)
+		default:
+			got = append(got, "data:"+string(w.Data))
+		}
+	}
+	want := []string{"text:42", "data:42", "b64:e30="}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+	for _, tc := range []struct{ ct, kind string }{
+		{"application/json", "data"}, {"application/cloudevents+json", "data"},
+		{"text/plain; charset=utf-8", "text"}, {"TEXT/HTML", "text"},
+		{"application/octet-stream", "b64"}, {"", ""}, {"image/png", ""},
+	} {
+		if k := payloadKind(tc.ct); k != tc.kind {
+			t.Errorf("payloadKind(%q) = %q, want %q", tc.ct, k, tc.kind)
+		}
+	}
+}

@@ -28,11 +28,14 @@ type Transport interface {
 	// WriteHeartbeat writes the transport's keep-alive (a WebSocket ping, an
 	// SSE comment, an empty poll response).
 	WriteHeartbeat() error
-	// Close ends the downstream. For DisconnectGone nothing is sent;
-	// otherwise the close packet was already written by WritePackets and the
-	// transport adds its own close (a WebSocket close frame). Close may be
-	// called more than once, and concurrently with a blocked write (to
-	// unblock it): it must be idempotent and safe for that.
+	// Close ends the downstream. For DisconnectGone nothing is sent. For
+	// DisconnectReplaced (a newer request took over) the session goes on
+	// and no close packet was written: the transport ends this request its
+	// own way. Otherwise the session's close packet was already written by
+	// WritePackets and the transport adds its own close (a WebSocket close
+	// frame). Close may be called more than once, and concurrently with a
+	// blocked write (to unblock it): it must be idempotent and safe for
+	// that.
 	Close(d Disconnect)
 }
 
@@ -785,7 +788,7 @@ func (s *Session) publishLoop() {
 		s.pubQ = s.pubQ[1:]
 		s.mu.Unlock()
 
-		data, err := decodePayload(&f)
+		data, contentType, err := decodePayload(&f)
 		if err != nil {
 			s.push(errBody(f.ID, f.Ch, 400, "bad payload: "+err.Error()))
 			continue
@@ -794,7 +797,7 @@ func (s *Session) publishLoop() {
 			s.push(errBody(f.ID, f.Ch, 413, fmt.Sprintf("payload of %d bytes exceeds %d", len(data), s.g.cfg.MaxFrameBytes)))
 			continue
 		}
-		err = s.g.publish(s.g.ctx, "client", f.Ch, data)
+		err = s.g.publish(s.g.ctx, "client", f.Ch, data, contentType)
 		if err != nil {
 			s.push(errBody(f.ID, f.Ch, 503, "publish failed: "+err.Error()))
 			continue

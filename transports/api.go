@@ -24,7 +24,7 @@ type publishRequest struct {
 	B64     *string         `json:"b64"`
 }
 
-func (p *publishRequest) payload() ([]byte, error) {
+func (p *publishRequest) payload() ([]byte, string, error) {
 	n := 0
 	for _, set := range []bool{p.Data != nil, p.Text != nil, p.B64 != nil} {
 		if set {
@@ -32,19 +32,20 @@ func (p *publishRequest) payload() ([]byte, error) {
 		}
 	}
 	if n != 1 {
-		return nil, errors.New(`exactly one of "data", "text" or "b64" is required`)
+		return nil, "", errors.New(`exactly one of "data", "text" or "b64" is required`)
 	}
 	switch {
 	case p.Data != nil:
-		return compactJSON(p.Data)
+		b, err := compactJSON(p.Data)
+		return b, gateway.ContentTypeJSON, err
 	case p.Text != nil:
-		return []byte(*p.Text), nil
+		return []byte(*p.Text), gateway.ContentTypeText, nil
 	}
 	b, err := base64.StdEncoding.DecodeString(*p.B64)
 	if err != nil {
-		return nil, fmt.Errorf(`"b64" is not valid base64: %w`, err)
+		return nil, "", fmt.Errorf(`"b64" is not valid base64: %w`, err)
 	}
-	return b, nil
+	return b, gateway.ContentTypeBinary, nil
 }
 
 func compactJSON(raw json.RawMessage) ([]byte, error) {
@@ -84,12 +85,12 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, err.Error())
 		return
 	}
-	data, err := req.payload()
+	data, contentType, err := req.payload()
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if err := s.gw.Publish(r.Context(), req.Channel, data); err != nil {
+	if err := s.gw.Publish(r.Context(), req.Channel, data, contentType); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "publish failed: "+err.Error())
 		return
 	}

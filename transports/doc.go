@@ -61,9 +61,13 @@
 // pattern, present only when it differs from ch. "cur" is the message's
 // cursor, present only on channels with history: a client that subscribes
 // again with that cursor gets every later message, or a gap packet when
-// history no longer reaches back. The payload is exactly one of "data" (the
-// payload was JSON; it is embedded as is), "text" (UTF-8 that is not JSON)
-// or "b64" (other bytes, standard base64).
+// history no longer reaches back. The payload is exactly one of "data" (a
+// JSON value, embedded as is), "text" (a UTF-8 string) or "b64" (bytes,
+// standard base64). The message's content type decides when it has one
+// (application/json or +json, text/*, application/octet-stream: what the
+// publish API and pub frames set, and what AMQP publishers set as
+// content_type), so a text published as "42" arrives as text; without one,
+// valid JSON is data, other UTF-8 is text, anything else is b64.
 //
 // err answers a request that failed. Its "code" follows HTTP: 400 malformed
 // frame, 403 permission denied, 404 not subscribed, 409 already subscribed,

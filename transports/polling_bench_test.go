@@ -71,7 +71,7 @@ func BenchmarkLongPollCycle(b *testing.B) {
 	head := 0
 	b.ResetTimer()
 	for i := range b.N {
-		if err := n.gw.Publish(context.Background(), "demo.bench", []byte(strconv.Itoa(i))); err != nil {
+		if err := n.gw.Publish(context.Background(), "demo.bench", []byte(strconv.Itoa(i)), ""); err != nil {
 			b.Fatal(err)
 		}
 		h, body := get(fmt.Sprintf("/poll/%s?ack=%d", sid, ack))

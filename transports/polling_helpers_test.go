@@ -98,7 +98,7 @@ func (n *testNode) url(path string) string { return n.http.URL + path }
 func (n *testNode) publishN(t *testing.T, ch string, from, count int) {
 	t.Helper()
 	for k := from; k < from+count; k++ {
-		if err := n.gw.Publish(context.Background(), ch, fmt.Appendf(nil, `{"i":%d}`, k)); err != nil {
+		if err := n.gw.Publish(context.Background(), ch, fmt.Appendf(nil, `{"i":%d}`, k), ""); err != nil {
 			t.Errorf("publish %d: %v", k, err)
 			return
 		}

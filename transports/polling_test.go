@@ -678,10 +678,10 @@ func TestScriptEscaping(t *testing.T) {
 		n := startNode(t, nil, nil)
 		c := newStreamClient(t, n, true)
 		subscribed(t, streamAdapter{c}, "demo.h")
-		if err := n.gw.Publish(t.Context(), "demo.h", []byte(evil)); err != nil {
+		if err := n.gw.Publish(t.Context(), "demo.h", []byte(evil), ""); err != nil {
 			t.Fatal(err)
 		}
-		if err := n.gw.Publish(t.Context(), "demo.h", evilJSON); err != nil {
+		if err := n.gw.Publish(t.Context(), "demo.h", evilJSON, ""); err != nil {
 			t.Fatal(err)
 		}
 		var raw strings.Builder
@@ -702,10 +702,10 @@ func TestScriptEscaping(t *testing.T) {
 		n := startNode(t, nil, nil)
 		c := newPollClient(t, n, true)
 		subscribed(t, pollAdapter{c}, "demo.h")
-		if err := n.gw.Publish(t.Context(), "demo.h", []byte(evil)); err != nil {
+		if err := n.gw.Publish(t.Context(), "demo.h", []byte(evil), ""); err != nil {
 			t.Fatal(err)
 		}
-		if err := n.gw.Publish(t.Context(), "demo.h", evilJSON); err != nil {
+		if err := n.gw.Publish(t.Context(), "demo.h", evilJSON, ""); err != nil {
 			t.Fatal(err)
 		}
 		var raw strings.Builder

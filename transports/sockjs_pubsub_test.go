@@ -80,7 +80,7 @@ func TestSockJSPubSubStreaming(t *testing.T) {
 	go func() {
 		defer close(done)
 		for i := range total {
-			if err := n.gw.Publish(context.Background(), "demo.feed", fmt.Appendf(nil, `{"i":%d}`, i)); err != nil {
+			if err := n.gw.Publish(context.Background(), "demo.feed", fmt.Appendf(nil, `{"i":%d}`, i), ""); err != nil {
 				t.Errorf("publish %d: %v", i, err)
 				return
 			}

@@ -77,6 +77,16 @@ func TestAMQPNodeDeliversExchangeMessages(t *testing.T) {
 	if msg["ch"] != "demo.amqp" || msg["data"].(map[string]any)["bid"] != 120.0 {
 		t.Fatalf("msg %v", msg)
 	}
+	// An AMQP publisher's content type decides how the payload is shown.
+	err = ch.PublishWithContext(ctx, exchange, "demo.amqp", false, false, amqp.Publishing{
+		ContentType: "text/plain", Body: []byte(`123`),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg := next(t, s.packets, "msg"); msg["text"] != "123" {
+		t.Fatalf("msg %v", msg)
+	}
 	if code, body := postPublish(t, n, `{"channel":"demo.amqp","text":"via api"}`); code != 200 {
 		t.Fatalf("publish: %d %s", code, body)
 	}

@@ -239,6 +239,15 @@ func TestQuickStart(t *testing.T) {
 		t.Fatalf("msg %v", msg)
 	}
 
+	// A text that looks like JSON stays text: the content type travels
+	// with the message through the broker.
+	if code, body := postPublish(t, n, `{"channel":"demo.x","text":"42"}`); code != 200 {
+		t.Fatalf("publish: %d %s", code, body)
+	}
+	if msg := next(t, s.packets, "msg"); msg["text"] != "42" {
+		t.Fatalf("msg %v", msg)
+	}
+
 	// The command-line publisher goes through the same API.
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"publish", "--url", n.url(""), "demo.x", "from the cli"}, nil, &out, io.Discard); err != nil {

@@ -304,7 +304,7 @@ func TestSockJSBrowser(t *testing.T) {
 						t.Fatalf("pubsub went over %q, want %q", used, tr)
 					}
 					for i := range 5 {
-						if err := n.gw.Publish(context.Background(), channel, fmt.Appendf(nil, `{"i":%d,"s":"é </script> %%"}`, i)); err != nil {
+						if err := n.gw.Publish(context.Background(), channel, fmt.Appendf(nil, `{"i":%d,"s":"é </script> %%"}`, i), ""); err != nil {
 							t.Fatalf("publish: %v", err)
 						}
 					}
