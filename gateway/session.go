@@ -374,6 +374,14 @@ func (s *Session) closeSlowLocked() {
 	}()
 }
 
+// batchPool holds the packet slices writers assemble a write in: a writer
+// exists only while a session has something to send, so its batch is
+// borrowed for that long instead of being allocated at every start.
+var batchPool = sync.Pool{New: func() any { b := make([]Packet, 0, 16); return &b }}
+
+// maxPooledBatch keeps rare huge batches out of the pool.
+const maxPooledBatch = 4096
+
 // writeLoop is the session's writer goroutine.
 func (s *Session) writeLoop() {
 	defer s.g.wg.Done()
@@ -384,7 +392,14 @@ func (s *Session) writeLoop() {
 // round until nothing is left. s.writing is set on entry; on return it is
 // cleared, or the session has been finished.
 func (s *Session) writeRounds() {
-	var batch []Packet
+	bp := batchPool.Get().(*[]Packet)
+	defer func() {
+		if cap(*bp) <= maxPooledBatch {
+			batchPool.Put(bp)
+		}
+	}()
+	batch := (*bp)[:0]
+	defer func() { *bp = batch[:0] }()
 	for {
 		s.mu.Lock()
 		down := s.down
