@@ -306,7 +306,7 @@ type streamConsumer struct {
 	st       *stream
 	ch       *amqp.Channel
 	tag      string
-	stopping atomic.Bool   // set before the Broker closes ch on purpose
+	stopping atomic.Bool   // set before the Broker cancels the consumer on purpose
 	done     chan struct{} // closed when the dispatcher returns
 }
 
@@ -418,10 +418,26 @@ func (b *Broker) stopStream(s *session, sc *streamConsumer) {
 	sc.stopping.Store(true)
 	// Cancelling first keeps the server's statistics right: RabbitMQ
 	// 3.10 does not count a stream consumer as gone when only its channel
-	// closes.
-	_ = sc.ch.Cancel(sc.tag, false)
-	_ = sc.ch.Close()
+	// closes. It also ends the dispatcher: once the server confirmed the
+	// cancel, the library closes the deliveries channel after handing out
+	// what it buffered.
+	//
+	// The channel is closed only after the dispatcher returned, because
+	// the dispatcher acknowledges on it, and nothing may follow a
+	// channel.close on its channel: RabbitMQ forgets the channel as soon
+	// as it handles the close, so an acknowledgement written after it
+	// arrives on an unknown channel, which the server answers by closing
+	// the whole connection (504 CHANNEL_ERROR "expected 'channel.open'").
+	// The library does not prevent it: a channel counts as closed only
+	// once close-ok came back.
+	if err := sc.ch.Cancel(sc.tag, false); err != nil && !sc.ch.IsClosed() {
+		// The cancel went wrong without the channel ending (which
+		// would have ended the deliveries too): closing it is then the
+		// only way to stop the dispatcher.
+		_ = sc.ch.Close()
+	}
 	<-sc.done
+	_ = sc.ch.Close()
 	delete(s.scons, sc.st)
 	sc.st.pos.Store(-1)
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -806,5 +807,65 @@ func TestStreamSpecInvalid(t *testing.T) {
 	}
 	if _, err := b.Replay(ctxT(t), "a.>", 0, nil); err == nil {
 		t.Error("Replay with a nil handler accepted")
+	}
+}
+
+// Stopping a stream's live consumer while records still pour in must not
+// cost the connection. The consumer's dispatcher acknowledges on the
+// consumer's channel; an acknowledgement written after that channel's
+// channel.close reaches RabbitMQ once it has forgotten the channel, and
+// it answers with a connection error (504 CHANNEL_ERROR "expected
+// 'channel.open'"), which fails everything else on the connection. Each
+// round's Publish is written after whatever the dispatcher sent (the
+// dispatcher had ended when the consumer count dropped), so it is
+// confirmed only if the connection survived.
+func TestHistoryStopConsumerWhileDelivering(t *testing.T) {
+	u := serverURL(t)
+	h := newHistory(t, u, false)
+	b := h.node(t)
+	raw := rawChannel(t, u)
+	flood := h.prefix + ".flood"
+	const rounds, burst = 25, 1500
+	for round := range rounds {
+		var got atomic.Int64
+		sub, err := b.Subscribe(ctxT(t), flood, func(brokers.Message) { got.Add(1) })
+		if err != nil {
+			t.Fatalf("round %d: Subscribe: %v", round, err)
+		}
+		// Records keep arriving while the consumer is stopped.
+		stop := make(chan struct{})
+		pubErr := make(chan error, 1)
+		ctx := ctxT(t)
+		go func() {
+			defer close(pubErr)
+			for i := 0; i < burst; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				err := raw.PublishWithContext(ctx, h.exchange, flood, false, false, amqp.Publishing{Body: []byte("f" + strconv.Itoa(i))})
+				if err != nil {
+					pubErr <- err
+					return
+				}
+			}
+		}()
+		waitUntil(t, "the first flood records", func() bool { return got.Load() > 0 })
+		if err := sub.Unsubscribe(); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "the stream consumer to stop", func() bool { return amqpbroker.StreamConsumers(b) == 0 })
+		close(stop)
+		if err := <-pubErr; err != nil {
+			t.Fatalf("round %d: raw publish: %v", round, err)
+		}
+		err = b.Publish(ctxT(t), brokers.Message{Channel: h.prefix + ".check", Data: []byte(strconv.Itoa(round))})
+		if err != nil {
+			t.Fatalf("round %d: Publish after the stream consumer stopped: %v (the connection was lost)", round, err)
+		}
+	}
+	if n := b.Reconnects(); n != 0 {
+		t.Errorf("Reconnects() = %d, want 0", n)
 	}
 }
