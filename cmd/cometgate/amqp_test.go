@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -42,8 +43,13 @@ func needRabbit(t *testing.T) {
 func TestAMQPNodeDeliversExchangeMessages(t *testing.T) {
 	needRabbit(t)
 	exchange := fmt.Sprintf("cometgate-test-%d", rand.Uint64())
-	n := startNode(t, "COMETGATE_BROKER_KIND=amqp", "COMETGATE_BROKER_AMQP_URL="+amqpURL(),
-		"COMETGATE_BROKER_AMQP_EXCHANGE="+exchange)
+	// As an operator would run it: cometgate --config with an AMQP broker.
+	cfg := filepath.Join(t.TempDir(), "amqp.yaml")
+	yaml := fmt.Sprintf("broker:\n  kind: amqp\n  amqp:\n    url: %q\n    exchange: %q\n", amqpURL(), exchange)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := startNodeArgs(t, []string{"--config", cfg})
 
 	conn, err := amqp.Dial(amqpURL())
 	if err != nil {
