@@ -1,0 +1,272 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// WebSocket client on github.com/gobwas/ws: the handshake is gobwas's, the
+// frames are read by hand from a small bufio.Reader, so a connection costs
+// one buffer of --read-buffer bytes and, for a frame that fits in it, no
+// copy at all (the packet is a slice of the buffer).
+
+func init() { registerTransport("ws", wsTransport{}) }
+
+type wsTransport struct{}
+
+var _ clientTransport = wsTransport{}
+
+func (wsTransport) Open(ctx context.Context, o openOptions) (packetStream, error) {
+	u := *o.Base
+	u.Scheme = "ws"
+	u.Path = "/ws"
+	conn, err := o.Dial(ctx, hostPort(o.Base))
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	var status string
+	d := ws.Dialer{
+		ReadBufferSize:  1024,
+		WriteBufferSize: 1024,
+		OnStatusError: func(code int, reason []byte, resp io.Reader) {
+			body, _ := io.ReadAll(io.LimitReader(resp, 512))
+			status = fmt.Sprintf("%d %s: %s", code, reason, body)
+		},
+	}
+	br, _, err := d.Upgrade(conn, &u)
+	if err != nil {
+		_ = conn.Close()
+		if status != "" {
+			return nil, fmt.Errorf("websocket handshake: %s", status)
+		}
+		return nil, fmt.Errorf("websocket handshake: %w", err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	var rd io.Reader = conn
+	var pre *bytes.Reader
+	if br != nil {
+		// Frames that came with the handshake response are read first.
+		left, _ := br.Peek(br.Buffered())
+		pre = bytes.NewReader(append([]byte(nil), left...))
+		rd = io.MultiReader(pre, conn)
+		ws.PutReader(br)
+	}
+	c := &wsStream{conn: conn, pre: pre, r: bufio.NewReaderSize(rd, o.ReadBuffer)}
+	sub := []byte(`{"op":"sub","id":1,"ch":` + strconv.Quote(o.Channel) + `}`)
+	if err := c.writeFrame(ws.OpText, sub); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("sending sub: %w", err)
+	}
+	return c, nil
+}
+
+// wsStream reads server frames. Only the reader goroutine writes (pongs,
+// the sub frame before it starts), so writes need no lock.
+type wsStream struct {
+	conn    net.Conn
+	pre     *bytes.Reader // bytes that came with the handshake, or nil
+	r       *bufio.Reader
+	discard int    // bytes of the previous frame still in r's buffer
+	big     []byte // payloads that do not fit in r's buffer
+	hdr     [ws.MaxHeaderSize]byte
+}
+
+// Next returns the payload of the next text or binary frame, answering
+// pings on the way. A close frame ends the stream with errWSClosed.
+func (c *wsStream) Next() ([]byte, error) {
+	if c.discard > 0 {
+		_, _ = c.r.Discard(c.discard)
+		c.discard = 0
+	}
+	for {
+		h, err := ws.ReadHeaderBuffer(c.r, c.hdr[:])
+		if err != nil {
+			return nil, err
+		}
+		if h.Length > 64<<20 {
+			return nil, fmt.Errorf("websocket frame of %d bytes", h.Length)
+		}
+		n := int(h.Length)
+		var p []byte
+		if n <= c.r.Size() {
+			p, err = c.r.Peek(n)
+			if err != nil {
+				return nil, err
+			}
+			c.discard = n
+		} else {
+			if cap(c.big) < n {
+				c.big = make([]byte, n)
+			}
+			p = c.big[:n]
+			if _, err := io.ReadFull(c.r, p); err != nil {
+				return nil, err
+			}
+		}
+		if h.Masked {
+			ws.Cipher(p, h.Mask, 0)
+		}
+		switch h.OpCode {
+		case ws.OpText, ws.OpBinary:
+			if !h.Fin {
+				return nil, errors.New("fragmented websocket message (the gateway sends whole frames)")
+			}
+			return p, nil
+		case ws.OpPing:
+			pl := append([]byte(nil), p...)
+			c.skip()
+			if err := c.writeFrame(ws.OpPong, pl); err != nil {
+				return nil, err
+			}
+		case ws.OpClose:
+			code, reason := ws.ParseCloseFrameData(p)
+			c.skip()
+			_ = c.writeFrame(ws.OpClose, ws.NewCloseFrameBody(code, ""))
+			return nil, &wsClosedError{code: int(code), reason: reason}
+		default:
+			c.skip()
+		}
+	}
+}
+
+func (c *wsStream) skip() {
+	if c.discard > 0 {
+		_, _ = c.r.Discard(c.discard)
+		c.discard = 0
+	}
+}
+
+func (c *wsStream) writeFrame(op ws.OpCode, payload []byte) error {
+	return writeClientFrame(c.conn, op, payload)
+}
+
+// writeClientFrame writes one masked client frame.
+func writeClientFrame(conn net.Conn, op ws.OpCode, payload []byte) error {
+	f := ws.MaskFrameInPlace(ws.NewFrame(op, true, append([]byte(nil), payload...)))
+	b, err := ws.CompileFrame(f)
+	if err != nil {
+		return err
+	}
+	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err = conn.Write(b)
+	return err
+}
+
+func (c *wsStream) Close() error { return abortClose(c.conn) }
+
+var _ pollable = (*wsStream)(nil)
+
+// Handover gives the connection to the event loop (see pollable).
+func (c *wsStream) Handover() (net.Conn, []byte, streamParser) {
+	c.skip()
+	rest, _ := c.r.Peek(c.r.Buffered())
+	rest = append([]byte(nil), rest...)
+	if c.pre != nil && c.pre.Len() > 0 {
+		more := make([]byte, c.pre.Len())
+		_, _ = c.pre.Read(more)
+		rest = append(rest, more...)
+	}
+	return c.conn, rest, &wsParser{conn: c.conn}
+}
+
+// wsParser cuts server frames out of the bytes the event loop reads.
+type wsParser struct {
+	conn net.Conn
+	left []byte // an incomplete frame from the previous read
+}
+
+func (p *wsParser) Feed(b []byte, emit func([]byte)) error {
+	if len(p.left) > 0 {
+		p.left = append(p.left, b...)
+		b = p.left
+	}
+	for len(b) >= 2 {
+		fin, op := b[0]&0x80 != 0, ws.OpCode(b[0]&0x0f)
+		masked := b[1]&0x80 != 0
+		n, hl := uint64(b[1]&0x7f), 2
+		switch n {
+		case 126:
+			if len(b) < 4 {
+				break
+			}
+			n, hl = uint64(binary.BigEndian.Uint16(b[2:])), 4
+		case 127:
+			if len(b) < 10 {
+				break
+			}
+			n, hl = binary.BigEndian.Uint64(b[2:]), 10
+		}
+		if n >= 126 && hl == 2 {
+			break // the extended length has not arrived
+		}
+		if n > 64<<20 {
+			return fmt.Errorf("websocket frame of %d bytes", n)
+		}
+		if masked {
+			hl += 4
+		}
+		if uint64(len(b)) < uint64(hl)+n {
+			break
+		}
+		payload := b[hl : hl+int(n)]
+		if masked {
+			var key [4]byte
+			copy(key[:], b[hl-4:hl])
+			ws.Cipher(payload, key, 0)
+		}
+		b = b[hl+int(n):]
+		switch op {
+		case ws.OpText, ws.OpBinary:
+			if !fin {
+				return errors.New("fragmented websocket message (the gateway sends whole frames)")
+			}
+			emit(payload)
+		case ws.OpPing:
+			if err := writeClientFrame(p.conn, ws.OpPong, payload); err != nil {
+				return err
+			}
+		case ws.OpClose:
+			code, reason := ws.ParseCloseFrameData(payload)
+			_ = writeClientFrame(p.conn, ws.OpClose, ws.NewCloseFrameBody(code, ""))
+			return &wsClosedError{code: int(code), reason: reason}
+		case ws.OpContinuation:
+			return errors.New("websocket continuation frame (the gateway sends whole frames)")
+		}
+	}
+	p.left = keepRest(p.left, b)
+	return nil
+}
+
+// keepRest keeps the unparsed rest b (which may alias left) in left.
+func keepRest(left, b []byte) []byte {
+	if len(b) == 0 {
+		if cap(left) > 64<<10 {
+			return nil
+		}
+		return left[:0]
+	}
+	return append(left[:0], b...) // copy: b may alias left's tail
+}
+
+// wsClosedError is the end of a stream by a close frame.
+type wsClosedError struct {
+	code   int
+	reason string
+}
+
+func (e *wsClosedError) Error() string {
+	return fmt.Sprintf("websocket closed by the server: %d %s", e.code, e.reason)
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+)
+
+// scenario is one documented benchmark: what it shows and the exact
+// command. $GW is the gateway's process id (or a comma-separated list).
+type scenario struct {
+	name, what, cmd string
+}
+
+// scenarioSetup starts one gateway node with the default configuration
+// (plus the embedded broker's listener, for --publish nats), pinned to CPU
+// 0; the load generator runs on CPU 1.
+const scenarioSetup = `# build, and start one node pinned to CPU 0: the default configuration plus
+# the embedded NATS server's listener, so the publishing scenarios publish
+# straight into the broker (--publish api goes through POST /api/publish
+# instead, one request at a time per channel, on the gateway's own core)
+go build -o cometgate ./cmd/cometgate && go build -o cometbench ./cmd/cometbench
+COMETGATE_BROKER_EMBEDDED_LISTEN=127.0.0.1:4223 taskset -c 0 ./cometgate & GW=$!
+B="taskset -c 1 ./cometbench run --pid $GW"`
+
+// multiNodeSetup runs six nodes on one external NATS server (127.0.0.1:4222):
+// one node may hold 20,000 open files, so 100k sessions need several.
+const multiNodeSetup = `# several nodes on one broker (a NATS server at 127.0.0.1:4222), all on CPU 0
+GW=""; URLS=""
+for i in 0 1 2 3 4 5; do
+  COMETGATE_BROKER_KIND=nats COMETGATE_NODE_ID=n$i COMETGATE_HTTP_LISTEN=127.0.0.1:818$i \
+    taskset -c 0 ./cometgate & GW="$GW${GW:+,}$!"; URLS="$URLS${URLS:+,}http://127.0.0.1:818$i"
+done`
+
+var scenarios = []scenario{
+	{"idle-ws-10k", "memory per idle WebSocket session",
+		`$B --label idle-ws-10k --transport ws --sessions 10000 --rate 0 --duration 10s`},
+	{"idle-sse-10k", "memory per idle SSE session",
+		`$B --label idle-sse-10k --transport sse --sessions 10000 --rate 0 --duration 10s`},
+	{"idle-ws-19k", "one node near its 20,000-file limit (two bench processes)",
+		`$B --label idle-ws-19k --transport ws --sessions 19000 --rate 0 --duration 10s`},
+	{"idle-sse-19k", "one node near its 20,000-file limit (two bench processes)",
+		`$B --label idle-sse-19k --transport sse --sessions 19000 --rate 0 --duration 10s`},
+	{"fanout-1k-100", "one channel, 1,000 subscribers, 100 msg/s (100k deliveries/s)",
+		`$B --label fanout-1k-100 --transport ws --sessions 1000 --rate 100 --duration 10s --publish nats`},
+	{"fanout-10k-10", "one channel, 10,000 subscribers, 10 msg/s (100k deliveries/s)",
+		`$B --label fanout-10k-10 --transport ws --sessions 10000 --rate 10 --duration 10s --publish nats`},
+	{"fanout-10k-100", "one channel, 10,000 subscribers, 100 msg/s (1M deliveries/s asked)",
+		`$B --label fanout-10k-100 --transport ws --sessions 10000 --rate 100 --duration 10s --publish nats`},
+	{"fanout-10k-max", "the highest rate whose p99 stays under 100 ms, 10,000 subscribers",
+		`$B --label fanout-10k-max --transport ws --sessions 10000 --rate 1,2,5,10,20,50,100 --duration 10s --max-p99 100ms --publish nats`},
+	{"fanout-1k-max", "the highest rate whose p99 stays under 100 ms, 1,000 subscribers",
+		`$B --label fanout-1k-max --transport ws --sessions 1000 --rate 10,20,50,100,200,500,1000 --duration 10s --max-p99 100ms --publish nats`},
+	{"fanout-api-1k-100", "as fanout-1k-100, published through the gateway's HTTP API",
+		`$B --label fanout-api-1k-100 --transport ws --sessions 1000 --rate 100 --duration 10s --publish api`},
+	{"fanout-sse-10k-10", "as fanout-10k-10 over SSE",
+		`$B --label fanout-sse-10k-10 --transport sse --sessions 10000 --rate 10 --duration 10s --publish nats`},
+	{"idle-poll-10k", "memory per idle long-polling session (a request held open)",
+		`$B --label idle-poll-10k --transport poll --sessions 10000 --rate 0 --duration 10s`},
+	{"poll-1k-10", "long-polling cycles: 1,000 sessions, 10 msg/s, one poll per message and session",
+		`$B --label poll-1k-10 --transport poll --sessions 1000 --rate 10 --duration 10s --publish nats`},
+	{"xhr-stream-1k-100", "XHR streaming, one channel, 1,000 subscribers, 100 msg/s",
+		`$B --label xhr-stream-1k-100 --transport xhr_stream --sessions 1000 --rate 100 --duration 10s --publish nats`},
+	{"many-channels-10k", "10,000 channels, one subscriber each, 10,000 msg/s into the broker",
+		`$B --label many-channels-10k --transport ws --sessions 10000 --channels 10000 --rate 10000 --duration 10s --publish nats`},
+}
+
+var multiNodeScenarios = []scenario{
+	{"idle-ws-100k", "100,000 idle WebSocket sessions over six nodes",
+		`taskset -c 1 ./cometbench run --pid $GW --url $URLS --label idle-ws-100k --transport ws --sessions 100000 --procs 7 --src-ips 127.0.0.1-127.0.0.8 --ramp 4000 --rate 0 --duration 10s`},
+	{"idle-sse-100k", "100,000 idle SSE sessions over six nodes",
+		`taskset -c 1 ./cometbench run --pid $GW --url $URLS --label idle-sse-100k --transport sse --sessions 100000 --procs 7 --src-ips 127.0.0.1-127.0.0.8 --ramp 4000 --rate 0 --duration 10s`},
+}
+
+func printScenarios(w io.Writer) {
+	fmt.Fprintln(w, scenarioSetup)
+	fmt.Fprintln(w)
+	for _, s := range scenarios {
+		fmt.Fprintf(w, "# %s: %s\n%s\n\n", s.name, s.what, s.cmd)
+	}
+	fmt.Fprintln(w, multiNodeSetup)
+	fmt.Fprintln(w)
+	for _, s := range multiNodeScenarios {
+		fmt.Fprintf(w, "# %s: %s\n%s\n\n", s.name, s.what, s.cmd)
+	}
+	fmt.Fprintln(w, strings.TrimSpace(`
+# stop the nodes
+kill $(echo $GW | tr , ' ')`))
+}
