@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -35,10 +36,24 @@ type wsConn struct {
 	conn net.Conn
 	sess *gateway.Session
 
-	wmu       sync.Mutex // one frame writer at a time: the session's writer, pongs, close
+	// wsem is the write lock (one frame writer at a time: the session's
+	// writer, pongs, the close frame). It is a channel so that closing can
+	// give up waiting for a stuck write. closeSent, guarded by it, makes
+	// every write after the close frame fail with errCloseSent.
+	wsem      chan struct{}
+	closeSent bool
 	closeOnce sync.Once
-	hdr       [ws.MaxHeaderSize - 2]byte // reader's header buffer
+	// lingerUntil is the read deadline (Unix nanoseconds) set when the
+	// connection started closing, 0 before. From then on the reader no
+	// longer extends its deadline at each frame, so a client that ignores
+	// the close frame and keeps sending cannot hold the connection (and
+	// a node's shutdown, which waits for readers).
+	lingerUntil atomic.Int64
+	hdr         [ws.MaxHeaderSize - 2]byte // reader's header buffer
 }
+
+// errCloseSent is what a write returns once the close frame went out.
+var errCloseSent = errors.New("transports: websocket close frame already sent")
 
 var _ gateway.Transport = (*wsConn)(nil)
 
@@ -56,7 +71,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if rw != nil && rw.Reader.Buffered() > 0 {
 		conn = withBuffered(conn, rw.Reader)
 	}
-	c := &wsConn{srv: s, conn: conn, sess: sess}
+	c := &wsConn{srv: s, conn: conn, sess: sess, wsem: make(chan struct{}, 1)}
 	if err := sess.Attach(c, false); err != nil {
 		_ = conn.Close()
 		return
@@ -114,10 +129,44 @@ func (c *wsConn) WritePackets(pkts []gateway.Packet) (int, error) {
 }
 
 func (c *wsConn) write(b []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	c.wsem <- struct{}{}
+	defer func() { <-c.wsem }()
+	if c.closeSent {
+		return 0, errCloseSent
+	}
 	_ = c.conn.SetWriteDeadline(time.Now().Add(c.srv.opts.WriteTimeout))
 	return c.conn.Write(b)
+}
+
+// sendClose writes a close frame carrying body, once; every later write
+// fails. It waits up to a second for a write in progress (a pong, say) to
+// finish, so the frame is neither skipped nor interleaved with it, and
+// reports whether the frame went out.
+func (c *wsConn) sendClose(body []byte) bool {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case c.wsem <- struct{}{}:
+	case <-t.C:
+		return false // a write is stuck; the caller closes the socket
+	}
+	defer func() { <-c.wsem }()
+	if c.closeSent {
+		return false
+	}
+	c.closeSent = true
+	_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	b := appendFrameHeader(make([]byte, 0, 2+len(body)), ws.OpClose, len(body))
+	_, err := c.conn.Write(append(b, body...))
+	return err == nil
+}
+
+// linger bounds what is left of the connection's life: the reader waits
+// for the client's close until lingerTimeout from now, and no longer.
+func (c *wsConn) linger() {
+	until := time.Now().Add(lingerTimeout)
+	c.lingerUntil.Store(until.UnixNano())
+	_ = c.conn.SetReadDeadline(until)
 }
 
 func (c *wsConn) writeControl(op ws.OpCode, payload []byte) error {
@@ -132,28 +181,28 @@ func (c *wsConn) writeControl(op ws.OpCode, payload []byte) error {
 // keeps the read deadline moving.
 func (c *wsConn) WriteHeartbeat() error { return c.writeControl(ws.OpPing, nil) }
 
-// Close sends a close frame carrying d's code (unless the peer is gone or a
-// write is stuck), then half-closes: the client reads the close frame and
-// answers, and the reader goroutine closes the socket. Closing outright
+// Close sends a close frame carrying d's code, then half-closes: the
+// client reads the close frame and answers, and the reader goroutine
+// closes the socket (after lingerTimeout at the latest). Closing outright
 // could reset the connection while the client still has unread data (the
 // kernel answers unread input with RST), and the client would lose the
-// close frame. For DisconnectGone the socket is closed at once.
+// close frame. For DisconnectGone, or when the close frame cannot be
+// written (the peer is gone, a write is stuck), the socket is closed at
+// once, which also unblocks a stuck write.
 func (c *wsConn) Close(d gateway.Disconnect) {
 	c.closeOnce.Do(func() {
 		if d.Code == 0 {
 			_ = c.conn.Close()
 			return
 		}
-		if c.wmu.TryLock() {
-			_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-			body := ws.NewCloseFrameBody(ws.StatusCode(d.Code), truncateReason(d.Reason))
-			b := appendFrameHeader(make([]byte, 0, 2+len(body)), ws.OpClose, len(body))
-			_, _ = c.conn.Write(append(b, body...))
-			c.wmu.Unlock()
+		body := ws.NewCloseFrameBody(ws.StatusCode(d.Code), truncateReason(d.Reason))
+		if !c.sendClose(body) {
+			_ = c.conn.Close()
+			return
 		}
 		if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
-			_ = c.conn.SetReadDeadline(time.Now().Add(lingerTimeout))
+			c.linger()
 			return
 		}
 		_ = c.conn.Close()
@@ -198,6 +247,11 @@ func (c *wsConn) readLoop() {
 	)
 	for {
 		_ = c.conn.SetReadDeadline(time.Now().Add(3*hb + 5*time.Second))
+		if until := c.lingerUntil.Load(); until != 0 {
+			// Closing: the linger deadline stands. (Set after ours when
+			// linger ran concurrently: it stores before it sets.)
+			_ = c.conn.SetReadDeadline(time.Unix(0, until))
+		}
 		h, err := ws.ReadHeaderBuffer(c.conn, c.hdr[:])
 		if err != nil {
 			c.readFailed(err)
@@ -216,7 +270,10 @@ func (c *wsConn) readLoop() {
 		case h.OpCode.IsControl() && (!h.Fin || h.Length > 125):
 			c.fail(wsFail(1002, "control frames must be final and at most 125 bytes"))
 			return
-		case h.Length > int64(maxFrame) || int64(len(frag))+h.Length > int64(maxFrame):
+		case h.Length > int64(maxFrame) ||
+			// Only continuations add to a fragmented message; a ping
+			// between its fragments is not part of it.
+			h.OpCode == ws.OpContinuation && int64(len(frag))+h.Length > int64(maxFrame):
 			c.fail(gateway.Disconnect{Code: gateway.DisconnectTooLarge.Code,
 				Reason: "frame too large: the limit is " + strconv.Itoa(maxFrame) + " bytes"})
 			return
@@ -236,7 +293,9 @@ func (c *wsConn) readLoop() {
 		var data []byte
 		switch h.OpCode {
 		case ws.OpPing:
-			if err := c.writeControl(ws.OpPong, payload); err != nil {
+			// After our close frame no pong goes out; the reader goes on
+			// waiting for the client's close.
+			if err := c.writeControl(ws.OpPong, payload); err != nil && !errors.Is(err, errCloseSent) {
 				c.readFailed(err)
 				return
 			}
@@ -272,7 +331,7 @@ func (c *wsConn) readLoop() {
 			c.fail(wsFail(1007, "text frame is not valid UTF-8"))
 			return
 		}
-		c.sess.HandleFrame(ctx, data)
+		c.handle(ctx, data)
 		frag = frag[:0]
 		if cap(payload) > 4096 {
 			payload = nil // keep no large buffer on an idle connection
@@ -288,7 +347,7 @@ func (c *wsConn) readLoop() {
 // the close packet and frame reach it (see Close).
 func (c *wsConn) fail(d gateway.Disconnect) {
 	c.sess.Close(d)
-	_ = c.conn.SetReadDeadline(time.Now().Add(lingerTimeout))
+	c.linger()
 	_, _ = io.Copy(io.Discard, c.conn)
 }
 
@@ -302,7 +361,10 @@ func (c *wsConn) readFailed(err error) {
 }
 
 // peerClosed answers a client's close frame with the same code, as RFC 6455
-// asks, after checking the code and reason are well-formed.
+// asks, after checking the code and reason are well-formed: a code in the
+// ranges a close frame may carry (1000–2999 as RFC 6455 defines them,
+// 3000–4999 for applications; gobwas lets 5000 and above through) and a
+// UTF-8 reason.
 func (c *wsConn) peerClosed(payload []byte) {
 	if len(payload) == 1 {
 		c.fail(wsFail(1002, "close frame payload of one byte"))
@@ -310,22 +372,24 @@ func (c *wsConn) peerClosed(payload []byte) {
 	}
 	code, reason := ws.ParseCloseFrameData(payload)
 	if len(payload) >= 2 {
-		if err := ws.CheckCloseFrameData(code, reason); err != nil {
-			if !utf8.ValidString(reason) {
-				c.fail(wsFail(1007, "close reason is not valid UTF-8"))
-			} else {
-				c.fail(wsFail(1002, "invalid close code"))
-			}
+		switch {
+		case !utf8.ValidString(reason):
+			c.fail(wsFail(1007, "close reason is not valid UTF-8"))
+			return
+		case code >= 5000 || ws.CheckCloseFrameData(code, reason) != nil:
+			c.fail(wsFail(1002, "invalid close code "+strconv.Itoa(int(code))))
 			return
 		}
 	}
 	// Echo the code (an empty close is answered with an empty close), then
-	// end the session; the client asked for it, so no close packet.
+	// end the session; the client asked for it, so no close packet. When
+	// our close frame went out first, the client's close is the answer
+	// to it and is not echoed.
 	var echo []byte
 	if len(payload) >= 2 {
 		echo = payload[:2]
 	}
-	_ = c.writeControl(ws.OpClose, echo)
+	c.sendClose(echo)
 	c.sess.Close(gateway.DisconnectGone())
 }
 
@@ -376,4 +440,20 @@ func (c *bufferedConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return c.Conn.Close()
+}
+
+// handle applies one client message on a goroutine of its own and waits
+// for it. The reader goroutine lives as long as the connection, and a Go
+// stack never shrinks below what its deepest call needed: handling a frame
+// (JSON decoding, subscribing through the hub) would leave every idle
+// reader holding a 4-8 KiB stack. Handing the work off keeps the reader's
+// stack at the minimum, for the price of a goroutine start per client
+// message (client messages are rare next to deliveries).
+func (c *wsConn) handle(ctx context.Context, data []byte) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.sess.HandleFrame(ctx, data)
+	}()
+	<-done
 }
