@@ -2,15 +2,16 @@
  * cometgate.js: the browser client of the cometgate Comet gateway.
  *
  * It speaks wire protocol version 1 (see package transports, doc.go) over a
- * WebSocket or, when that does not work, an EventSource (SSE) plus HTTP POSTs
- * for upstream frames. Plain ES2018, no dependencies, no build step. Loading
+ * WebSocket or, when that does not work, an EventSource (SSE), XHR streaming
+ * or long-polling, the last three with HTTP POSTs for upstream frames. Plain
+ * ES2018, no dependencies, no build step. Loading
  * this file as a classic <script> defines window.CometGate; under CommonJS it
  * is also module.exports.
  *
  * QUICK START
  *
  *   <script src="cometgate.js"></script>
- *   const cg = new CometGate({ url: location.origin, transports: ["websocket", "sse"] });
+ *   const cg = new CometGate({ url: location.origin });   // every transport, best first
  *   cg.on("state", (state, info) => console.log(state, info));
  *   const sub = cg.subscribe("demo.x", (msg) => console.log(msg.channel, msg.data));
  *   sub.on("subscribed", () => console.log("the server confirmed the subscription"));
@@ -23,10 +24,11 @@
  * new CometGate(options)
  *   Every option is optional.
  *   url                base URL of the gateway (default location.origin). The
- *                      client uses url + "/ws", url + "/sse" and
- *                      url + "/session/{sid}/send".
+ *                      client uses url + "/ws", "/sse", "/xhr_stream",
+ *                      "/poll" and "/session/{sid}/send".
  *   transports         transports to try, in order (default
- *                      ["websocket", "sse"]; "auto" means the same).
+ *                      ["websocket", "sse", "xhr_stream", "poll"]; "auto"
+ *                      means the same).
  *   debug              log protocol events with console.debug (default false).
  *   autoConnect        connect right away (default true); otherwise call
  *                      connect().
@@ -39,6 +41,10 @@
  *                      rejects with code "timeout" (0 disables).
  *   ackInterval        1000 ms } acknowledge the highest packet seq received
  *   ackEvery           100     } after ackInterval or after ackEvery packets.
+ *   resumeWindow       5000 ms: how long xhr_stream and poll retry their
+ *                      session after a network error before they give it up
+ *                      and open a new one; the server's
+ *                      session.disconnect_delay (5 s by default).
  *   WebSocket, EventSource, fetch
  *                      implementations to use instead of the globals (tests,
  *                      non-browser hosts).
@@ -46,7 +52,8 @@
  * CometGate
  *   state              "disconnected" (not connected, maybe waiting to retry),
  *                      "connecting", "connected" or "closed" (final).
- *   transport          "websocket" | "sse" | null: the transport in use.
+ *   transport          "websocket" | "sse" | "xhr_stream" | "poll" | null: the
+ *                      transport in use.
  *   sessionId          the server's session id, or null.
  *   on(event, fn)      add a listener; returns a function that removes it.
  *   off(event, fn)     remove a listener.
@@ -100,10 +107,11 @@
  *   "closed".
  *
  * BEHAVIOUR
- *   - Transports are tried in order. WebSocket falls back to SSE when it
- *     fails to open, closes before the server's hello, or sends no hello
- *     within connectTimeout. The transport that worked last is tried first on
- *     the next connection.
+ *   - Transports are tried in order. Each falls back to the next when it
+ *     fails to open (a refused handshake or request, a network error),
+ *     closes before the server's hello, or brings no hello within
+ *     connectTimeout. The transport that worked last is tried first on the
+ *     next connection.
  *   - Requests carry ids 1, 2, 3, … (per client); ok/err answers are matched
  *     by id. Packets are de-duplicated by seq within a session.
  *   - Acks: the highest seq received is acknowledged at most about every
@@ -120,6 +128,29 @@
  *     the client reconciles its subscriptions (and sends the waiting
  *     requests there), and if that does not happen within connectTimeout the
  *     client takes over with its own backoff.
+ *   - xhr_stream and poll are request-per-poll: the session outlives the
+ *     requests that carry it. xhr_stream reads one long response
+ *     (/xhr_stream, one packet per line) and opens the next one at
+ *     /xhr_stream/{sid}?ack=N as soon as the server ends it (after its
+ *     stream limit); poll asks /poll/{sid}?ack=N again as soon as a batch
+ *     arrives. ack=N acknowledges the highest seq received with nothing
+ *     missing before it, so the server sends again whatever a lost response
+ *     carried, and the client drops the packets it already holds. The open
+ *     URL subscribes the channels without a cursor; the others, and every
+ *     later frame, go numbered with "n" in the POST body of the next
+ *     request, or by POST /session/{sid}/send while a request is held: one
+ *     upstream request at a time, retried with the same n. xhr_stream also
+ *     sends an ack frame every ackEvery packets so a long stream frees the
+ *     server's queue. On a network error, a timeout (no poll answer or
+ *     stream data for two heartbeat intervals and 10 s) or a 5xx, the same
+ *     request is retried with backoff (100 ms to 1 s) for resumeWindow:
+ *     state "connecting", the session and its packets kept. A 404 (code
+ *     4004: the session expired or ended) opens a new session that
+ *     subscribes again from the cursors. A transport-level close 3003 ends
+ *     only that request ("replaced by a newer request"): the client attaches
+ *     again once, and a second 3003 in a row, with no packet between, means
+ *     someone else polls the session, so the client leaves it to them and
+ *     opens its own.
  *   - Every subscription remembers the cursor of its last message; after a
  *     reconnect each channel is subscribed again from that cursor, so
  *     channels with history resume without loss (or report a gap).
@@ -133,7 +164,8 @@
  * Pure helpers, exported for tests: CometGate._decodePacket(text),
  * _decodePayload(packet), _encodeFrame(frame), _base64ToBytes(string),
  * _bytesToBase64(bytes), _backoffDelay(attempt, min, max, random),
- * _buildSSEURL(base, [[channel, cursor]], maxLength), _webSocketURL(base),
+ * _buildSSEURL(base, [[channel, cursor]], maxLength),
+ * _buildOpenURL(base, path, [[channel, cursor]], maxLength), _webSocketURL(base),
  * _shouldReconnect({code, reconnect}).
  */
 (function (root, factory) {
@@ -148,7 +180,7 @@
 
   const DEFAULTS = {
     url: "",
-    transports: ["websocket", "sse"],
+    transports: ["websocket", "sse", "xhr_stream", "poll"],
     debug: false,
     autoConnect: true,
     minReconnectDelay: 500,
@@ -157,15 +189,30 @@
     requestTimeout: 30000,
     ackInterval: 1000,
     ackEvery: 100,
+    resumeWindow: 5000,
     WebSocket: null,
     EventSource: null,
     fetch: null,
   };
 
-  const TRANSPORT_NAMES = ["websocket", "sse"];
+  const TRANSPORT_NAMES = ["websocket", "sse", "xhr_stream", "poll"];
   // The /sse URL carries the initial subscriptions; channels that would make
   // it longer than this are subscribed by POST after the hello instead.
   const MAX_SSE_URL_LENGTH = 4000;
+  // The /xhr_stream and /poll open URLs name at most this many channels: the
+  // server refuses more than its subscription limit (128 by default) there.
+  const MAX_OPEN_URL_CHANNELS = 64;
+  // In-session retries of xhr_stream and poll: backoff bounds in ms.
+  const RESUME_MIN_DELAY = 100;
+  const RESUME_MAX_DELAY = 1000;
+  // A held poll or a silent stream is given up after two heartbeat
+  // intervals plus this margin (ms): the server answers a poll, or writes a
+  // heartbeat line, within two intervals.
+  const REQUEST_MARGIN_MS = 10000;
+  // In-session attempts without new data before a session is given up.
+  const MAX_RESUME_ATTEMPTS = 10;
+  // A stream line (one packet) longer than this means a broken stream.
+  const MAX_STREAM_LINE = 16 << 20;
   // A connection that stayed up this long resets the backoff.
   const STABLE_CONNECTION_MS = 10000;
   // Subscription errors worth retrying: the broker or the server had trouble.
@@ -314,6 +361,28 @@
     return { url: url, included: included };
   }
 
+  // buildOpenURL builds the URL that opens an xhr_stream or poll session
+  // (path "/xhr_stream" or "/poll") with one ch= per subscription. That URL
+  // cannot carry cursors, so subscriptions with a cursor are left out (they
+  // are subscribed by a frame after the hello), and so are those past
+  // maxLength or MAX_OPEN_URL_CHANNELS. It returns {url, included} like
+  // buildSSEURL; every included channel maps to "".
+  function buildOpenURL(base, path, subs, maxLength) {
+    let url = endpointURL(base, path);
+    const included = new Map();
+    let sep = "?";
+    for (const pair of subs) {
+      if (included.size >= MAX_OPEN_URL_CHANNELS) break;
+      if (cursorKey(pair[1]) !== "") continue;
+      const part = "ch=" + encodeURIComponent(pair[0]);
+      if (maxLength && url.length + 1 + part.length > maxLength) continue;
+      url += sep + part;
+      sep = "&";
+      included.set(pair[0], "");
+    }
+    return { url: url, included: included };
+  }
+
   function resolveBase(url) {
     const loc = root.location;
     if (!url) {
@@ -443,12 +512,18 @@
   // the session bookkeeping (sid, seq, acks, timers) on the same object.
   // Interface used by the client:
   //   name, initial (Map channel → cursor subscribed by the URL, or null),
+  //   ackFrames ("all": acks go as ack frames; "count": only every ackEvery
+  //   packets, the next request's URL carries the rest; "none": the next
+  //   request's URL carries every ack), ownsLiveness and ownsRecovery (the
+  //   transport times its requests out itself, and decides itself how long
+  //   an interruption may last),
   //   start(), send(frames), setSession(sid), resetSession(),
   //   takeUndelivered() → Set of request ids never handed to the server,
   //   close().
-  // It reports to the client with _onRaw(conn, text),
-  // _onTransportClose(conn, {code, reason}), _onTransportInterrupted(conn),
-  // _onTransportResumed(conn) and _onFramesRejected(conn, frames, status).
+  // It reports to the client with _onRaw(conn, text), _onDecoded(conn,
+  // packet), _onTransportClose(conn, {code, reason}),
+  // _onTransportInterrupted(conn), _onTransportResumed(conn) and
+  // _onFramesRejected(conn, frames, status).
 
   class Connection {
     constructor(client, name) {
@@ -456,6 +531,9 @@
       this.name = name;
       this.initial = null;
       this.closed = false;
+      this.ackFrames = "all";
+      this.ownsLiveness = false;
+      this.ownsRecovery = false;
       // Session bookkeeping, owned by the client.
       this.sid = null;
       this.helloSeen = false;
@@ -732,6 +810,610 @@
     }
   }
 
+  // Request-per-poll transports: "xhr_stream" reads one long response as it
+  // grows (one packet per line; the server ends it after its stream limit
+  // and the client opens the next one), "poll" gets one JSON array of
+  // packets per request. The session outlives the requests that carry it
+  // (doc.go, "Transports and URLs"): every request after the first names
+  // the session and acknowledges what arrived (ack=N), and the server
+  // writes every packet not yet acknowledged, with the seq it had, before
+  // what is new. So a response lost on the way costs nothing: the next
+  // request gets the same packets again, and those this client already
+  // holds are dropped. One downstream request is in flight at a time.
+  // Upstream frames, numbered with "n", ride in the POST body of the next
+  // downstream request or, while one is held, go by
+  // POST /session/{sid}/send: one upstream request at a time, retried with
+  // the same n (the server skips a frame whose n it has applied).
+  class HTTPPollTransport extends Connection {
+    constructor(client, name, path, subs) {
+      super(client, name);
+      this.path = path;
+      this.streaming = false;
+      const built = buildOpenURL(client._base, path, subs, MAX_SSE_URL_LENGTH);
+      this.url = built.url;
+      this.initial = built.included;
+      this.ownsLiveness = true;
+      this.ownsRecovery = true;
+      // Downstream.
+      this.active = null; // the request in flight: {ctrl, timer, batch, progress, lines}
+      this.retryTimer = null; // the next attempt after a failure
+      this.failures = 0; // failed attempts since the last new data
+      this.failingSince = 0; // first failure since the server last attached a request
+      this.interrupted = false; // the client was told (state "connecting")
+      this.replaced = 0; // 3003 closes in a row with no new packet between
+      // Upstream.
+      this.queue = []; // frames not yet numbered
+      this.batch = null; // numbered frames on their way: {frames, sending, maybeApplied}
+      this.gone = []; // frames the server answered 404 for: never applied
+      this.n = 0; // upstream frame counter of the session
+      this.upTimer = null;
+      this.upFailures = 0;
+      this.pumpScheduled = false;
+    }
+
+    static supported(client) {
+      return typeof client._fetch === "function";
+    }
+
+    start() {
+      this._request();
+    }
+
+    send(frames) {
+      if (this.closed) return;
+      for (const f of frames) {
+        if (f.op === "ack") {
+          if (this.ackFrames === "none") continue; // the next request's ack=N says it
+          this.queue = this.queue.filter((q) => q.op !== "ack"); // only the newest matters
+        }
+        this.queue.push(f);
+      }
+      // Frames sent in the same tick go out together.
+      if (!this.pumpScheduled) {
+        this.pumpScheduled = true;
+        Promise.resolve().then(() => {
+          this.pumpScheduled = false;
+          this._pump();
+        });
+      }
+    }
+
+    takeUndelivered() {
+      const ids = new Set();
+      const add = (f) => {
+        if (typeof f.id === "number") ids.add(f.id);
+      };
+      this.queue.forEach(add);
+      this.gone.forEach(add);
+      // A batch that no attempt may have reached the server with.
+      if (this.batch && !this.batch.sending && !this.batch.maybeApplied) this.batch.frames.forEach(add);
+      return ids;
+    }
+
+    close() {
+      if (this.closed) return;
+      this.closed = true;
+      clearTimeout(this.retryTimer);
+      clearTimeout(this.upTimer);
+      this.retryTimer = this.upTimer = null;
+      const req = this.active;
+      this.active = null;
+      if (req) abortRequest(req);
+    }
+
+    // ---- downstream ----
+
+    _request() {
+      if (this.closed || this.active || this.retryTimer) return;
+      const req = { ctrl: null, timer: null, batch: null, progress: false, lines: 0 };
+      let url = this.url;
+      let body;
+      if (this.sid) {
+        url = endpointURL(this.client._base, this.path + "/" + encodeURIComponent(this.sid)) + "?ack=" + this.lastSeq;
+        // The URL acknowledges everything received so far.
+        this.ackedSeq = this.lastSeq;
+        this.unacked = 0;
+        req.batch = this._takeBatch();
+        if (req.batch) body = JSON.stringify(req.batch.frames);
+      }
+      if (typeof root.AbortController === "function") req.ctrl = new root.AbortController();
+      this.active = req;
+      // Before the hello the client's connectTimeout covers the request.
+      if (this.helloSeen) this._armTimer(req);
+      const init = { method: body === undefined ? "GET" : "POST", credentials: "same-origin", cache: "no-store" };
+      if (body !== undefined) {
+        // text/plain keeps a cross-origin POST a simple request (no preflight).
+        init.headers = { "Content-Type": "text/plain;charset=UTF-8" };
+        init.body = body;
+      }
+      if (req.ctrl) init.signal = req.ctrl.signal;
+      this.client._debug(this.name, init.method, url, body || "");
+      let p;
+      try {
+        p = this.client._fetch(url, init);
+      } catch (e) {
+        p = Promise.reject(e);
+      }
+      Promise.resolve(p).then(
+        (res) => this._onResponse(req, res),
+        (err) => this._failed(req, "network error: " + errText(err))
+      );
+    }
+
+    // _armTimer (re)starts the request's timeout: a poll must be answered,
+    // and a stream must show data, within two heartbeat intervals.
+    _armTimer(req) {
+      clearTimeout(req.timer);
+      const ms = 2 * this.hb * 1000 + REQUEST_MARGIN_MS;
+      req.timer = setTimeout(() => {
+        req.timer = null;
+        this._failed(req, "nothing from the server for " + ms + " ms");
+      }, ms);
+    }
+
+    _finish(req) {
+      clearTimeout(req.timer);
+      req.timer = null;
+      if (this.active === req) this.active = null;
+    }
+
+    _onResponse(req, res) {
+      if (req !== this.active || this.closed) {
+        discardBody(res);
+        return;
+      }
+      const status = res.status;
+      if (status < 200 || status >= 300) {
+        readErrorBody(res).then((info) => this._refused(req, status, info));
+        return;
+      }
+      // The server had the session and attached this request; it applied
+      // the frames the request carried before answering.
+      this.failingSince = 0;
+      if (req.batch) this._batchDone(req.batch);
+      req.batch = null;
+      if (this.interrupted) {
+        this.interrupted = false;
+        this.client._onTransportResumed(this);
+        if (this.closed) return;
+      }
+      if (this.streaming) this._readStream(req, res);
+      else this._readPoll(req, res);
+    }
+
+    _readPoll(req, res) {
+      Promise.resolve()
+        .then(() => res.text())
+        .then(
+          (text) => {
+            if (req !== this.active || this.closed) return;
+            let packets = null;
+            try {
+              packets = JSON.parse(text);
+            } catch (e) {
+              // A response cut short: what it carried comes again.
+            }
+            if (!Array.isArray(packets)) {
+              this._failed(req, "malformed poll response");
+              return;
+            }
+            this._finish(req);
+            // A batch, even an empty one (the heartbeat), is news from the session.
+            this._progress(req);
+            if (this._deliver(req, packets)) this._request();
+          },
+          (err) => this._failed(req, "network error: " + errText(err))
+        );
+    }
+
+    async _readStream(req, res) {
+      const body = res.body;
+      if (!body || typeof body.getReader !== "function" || typeof root.TextDecoder !== "function") {
+        this._finish(req);
+        abortRequest(req);
+        this.client._onTransportClose(this, { code: 1006, reason: "this browser cannot read a response while it streams" });
+        return;
+      }
+      const reader = body.getReader();
+      const decoder = new root.TextDecoder("utf-8");
+      let buf = "";
+      for (;;) {
+        let r;
+        try {
+          r = await reader.read();
+        } catch (e) {
+          this._failed(req, "the stream broke: " + errText(e));
+          return;
+        }
+        if (req !== this.active || this.closed) {
+          cancelReader(reader);
+          return;
+        }
+        if (r.done) break;
+        buf += decoder.decode(r.value, { stream: true });
+        let i;
+        while ((i = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, i);
+          buf = buf.slice(i + 1);
+          if (!this._onLine(req, line)) {
+            cancelReader(reader);
+            return;
+          }
+        }
+        if (buf.length > MAX_STREAM_LINE) {
+          cancelReader(reader);
+          this._failed(req, "a stream line longer than " + MAX_STREAM_LINE + " characters");
+          return;
+        }
+        // Data restarts the silence timeout (after the hello, which gives
+        // the heartbeat interval; before it, connectTimeout applies).
+        if (this.helloSeen) this._armTimer(req);
+      }
+      // The server ended the stream: its stream limit was reached
+      // (recycling), or the request was cut short. A partial last line is
+      // dropped: its packet was not acknowledged and comes again.
+      const progressed = req.progress;
+      this._finish(req);
+      if (!this.helloSeen) {
+        this.client._onTransportClose(this, { code: 1006, reason: "the stream ended before the hello" });
+        return;
+      }
+      if (!progressed) {
+        this._retryLater("the stream ended without new data");
+        return;
+      }
+      this.client._debug(this.name, "stream ended; attaching the next one");
+      this._request();
+    }
+
+    // _onLine takes one line of a stream; false means stop reading.
+    _onLine(req, line) {
+      req.lines++;
+      const text = line.trim();
+      if (text === "") {
+        // The first line is the prelude (2 KiB of spaces); later, a heartbeat.
+        if (req.lines > 1) this._progress(req);
+        return true;
+      }
+      let p;
+      try {
+        p = JSON.parse(text);
+      } catch (e) {
+        this.client._debug("ignoring a malformed line:", text);
+        return true;
+      }
+      return this._deliver(req, [p]);
+    }
+
+    // _progress: new data from the session; failures so far are forgiven.
+    _progress(req) {
+      req.progress = true;
+      this.failures = 0;
+    }
+
+    // _deliver hands packets to the client in seq order, without the ones
+    // it holds already. It returns false when the caller must stop: the
+    // connection ended, or this request did (what follows is arranged).
+    _deliver(req, packets) {
+      for (const p of packets) {
+        if (this.closed) return false;
+        if (p === null || typeof p !== "object" || typeof p.seq !== "number") {
+          if (p && p.t === "close") {
+            this._onRequestClosed(req, p);
+            return false;
+          }
+          this.client._onDecoded(this, p);
+          continue;
+        }
+        if (p.seq <= this.lastSeq) {
+          this.client._debug(this.name, "dropping packet", p.seq, "(already received)");
+          continue;
+        }
+        if (p.seq !== this.lastSeq + 1) {
+          // Something is missing before it: acknowledge what arrived and
+          // ask again, so the server sends the rest in order.
+          this._finish(req);
+          abortRequest(req);
+          this._retryLater("packet seq jumped from " + this.lastSeq + " to " + p.seq);
+          return false;
+        }
+        this._progress(req);
+        this.replaced = 0;
+        if (typeof p.t !== "string") {
+          this.lastSeq = p.seq; // consumed, so that it is acknowledged
+          continue;
+        }
+        this.client._onDecoded(this, p);
+      }
+      return !this.closed;
+    }
+
+    // _onRequestClosed handles a transport-level close packet (no seq): it
+    // ends this request, not the session.
+    _onRequestClosed(req, p) {
+      const code = typeof p.code === "number" ? p.code : 1006;
+      const reason = typeof p.reason === "string" ? p.reason : "";
+      this._finish(req);
+      abortRequest(req);
+      if (code === 3003) {
+        // "replaced by a newer request". This client makes one request at a
+        // time, so the newer one was not its own (a request repeated by
+        // something on the way, or another page polling the session).
+        // Attach again once; replaced again with nothing new between, leave
+        // the session to the other poller and open a new one.
+        if (++this.replaced < 2) {
+          this.client._debug(this.name, "request replaced (3003); attaching again");
+          this._request();
+          return;
+        }
+        this.client._onTransportClose(this, { code: 3003, reason: "another request keeps taking over the session: " + reason });
+        return;
+      }
+      this.client._onTransportClose(this, { code: code, reason: reason, reconnect: p.reconnect });
+    }
+
+    _refused(req, status, info) {
+      if (req !== this.active || this.closed) return;
+      const code = typeof info.code === "number" ? info.code : 0;
+      const reason = (typeof info.error === "string" && info.error) || "HTTP " + status;
+      const batch = req.batch;
+      this._finish(req);
+      if (!this.helloSeen) {
+        // The open request: the next transport, or the end when the
+        // server gave a final code (4000-4999).
+        this.client._onTransportClose(this, { code: code || 1006, reason: this.name + " refused: " + reason + " (HTTP " + status + ")" });
+        return;
+      }
+      if (status === 404) {
+        // The session is gone (4004: it expired or ended); frames this
+        // request carried were not applied. A new session resubscribes.
+        if (batch) this._batchGone(batch);
+        this.client._onTransportClose(this, { code: 3002, reason: "session not found: " + reason });
+        return;
+      }
+      if (batch && (status === 400 || status === 413)) {
+        // The frames were refused, not the session: send them no more.
+        this._batchRejected(batch, status);
+        if (!this.closed) this._request();
+        return;
+      }
+      if (status === 408 || status === 429 || (status >= 500 && code !== 3000)) {
+        if (batch) {
+          batch.sending = false;
+          if (status >= 500) batch.maybeApplied = true;
+        }
+        this._retryLater(reason + " (HTTP " + status + ")");
+        return;
+      }
+      this.client._onTransportClose(this, { code: code || 1006, reason: reason + " (HTTP " + status + ")" });
+    }
+
+    _failed(req, why) {
+      if (req !== this.active || this.closed) return;
+      this._finish(req);
+      abortRequest(req);
+      if (req.batch) {
+        // Whether the server got the frames is unknown: the next attempt
+        // carries them again with the same n.
+        req.batch.sending = false;
+        req.batch.maybeApplied = true;
+      }
+      if (!this.helloSeen) {
+        this.client._onTransportClose(this, { code: 1006, reason: this.name + ": " + why });
+        return;
+      }
+      this._retryLater(why);
+    }
+
+    // _retryLater attaches again after a backoff delay, as long as the
+    // server still keeps the session (resumeWindow after the first failure
+    // since it last attached a request) and attempts without new data stay
+    // few; then the session is given up and the client opens a new one.
+    _retryLater(why) {
+      const t = now();
+      if (!this.failingSince) this.failingSince = t;
+      this.failures++;
+      if (t - this.failingSince >= this.client.options.resumeWindow || this.failures > MAX_RESUME_ATTEMPTS) {
+        this.client._onTransportClose(this, { code: 1006, reason: why });
+        return;
+      }
+      if (!this.interrupted) {
+        this.interrupted = true;
+        this.client._onTransportInterrupted(this);
+        if (this.closed) return; // a state listener closed the client
+      }
+      const delay = backoffDelay(this.failures - 1, RESUME_MIN_DELAY, RESUME_MAX_DELAY);
+      this.client._debug(this.name, why + "; attaching again in", delay, "ms");
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = null;
+        this._request();
+      }, delay);
+    }
+
+    // ---- upstream ----
+
+    _numberQueue() {
+      const frames = this.queue.map((f) => Object.assign({}, f, { n: ++this.n }));
+      this.queue = [];
+      return { frames: frames, sending: false, maybeApplied: false };
+    }
+
+    // _takeBatch gives a downstream request about to go the frames waiting
+    // to be sent, unless a POST is sending some.
+    _takeBatch() {
+      if (this.batch) {
+        if (this.batch.sending) return null;
+        clearTimeout(this.upTimer);
+        this.upTimer = null;
+      } else {
+        if (this.queue.length === 0) return null;
+        this.batch = this._numberQueue();
+      }
+      this.batch.sending = true;
+      return this.batch;
+    }
+
+    // _pump sends waiting frames by POST /session/{sid}/send while a
+    // downstream request is held; without one in flight, the next one
+    // carries them.
+    _pump() {
+      if (this.closed || !this.sid || this.upTimer || !this.active) return;
+      if (this.batch ? this.batch.sending : this.queue.length === 0) return;
+      if (!this.batch) this.batch = this._numberQueue();
+      this._post(this.batch);
+    }
+
+    _post(batch) {
+      batch.sending = true;
+      const url = endpointURL(this.client._base, "/session/" + encodeURIComponent(this.sid) + "/send");
+      let p;
+      try {
+        p = this.client._fetch(url, {
+          method: "POST",
+          headers: { "Content-Type": "text/plain;charset=UTF-8" },
+          body: JSON.stringify(batch.frames),
+          credentials: "same-origin",
+          cache: "no-store",
+        });
+      } catch (e) {
+        p = Promise.reject(e);
+      }
+      Promise.resolve(p).then(
+        (res) => {
+          discardBody(res);
+          if (this.closed || this.batch !== batch) return;
+          const status = res.status;
+          if (status >= 200 && status < 300) {
+            this._batchDone(batch);
+            return;
+          }
+          batch.sending = false;
+          if (status === 404) {
+            this._batchGone(batch);
+            this.client._onTransportClose(this, { code: 3002, reason: "session not found (HTTP 404)" });
+          } else if (status === 408 || status === 429 || status >= 500) {
+            if (status >= 500) batch.maybeApplied = true;
+            this._upRetry();
+          } else {
+            this._batchRejected(batch, status);
+          }
+        },
+        () => {
+          if (this.closed || this.batch !== batch) return;
+          batch.sending = false;
+          batch.maybeApplied = true;
+          this._upRetry();
+        }
+      );
+    }
+
+    _upRetry() {
+      const delay = backoffDelay(this.upFailures++, 250, 5000);
+      this.client._debug("POST failed, retrying in", delay, "ms");
+      this.upTimer = setTimeout(() => {
+        this.upTimer = null;
+        this._pump();
+      }, delay);
+    }
+
+    _batchDone(batch) {
+      if (this.batch === batch) {
+        this.batch = null;
+        this.upFailures = 0;
+      }
+      this._pump();
+    }
+
+    _batchGone(batch) {
+      if (this.batch === batch) this.batch = null;
+      if (!batch.maybeApplied) this.gone = this.gone.concat(batch.frames);
+    }
+
+    _batchRejected(batch, status) {
+      if (this.batch === batch) this.batch = null;
+      this.client._onFramesRejected(this, batch.frames, status);
+      this._pump();
+    }
+  }
+
+  class XHRStreamTransport extends HTTPPollTransport {
+    constructor(client, subs) {
+      super(client, "xhr_stream", "/xhr_stream", subs);
+      this.streaming = true;
+      // A stream may last long: an ack frame every ackEvery packets lets
+      // the server free what arrived; the next stream's URL acks the rest.
+      this.ackFrames = "count";
+    }
+
+    static supported(client) {
+      return typeof client._fetch === "function" && typeof root.TextDecoder === "function";
+    }
+  }
+
+  class PollingTransport extends HTTPPollTransport {
+    constructor(client, subs) {
+      super(client, "poll", "/poll", subs);
+      // Every batch is answered at once by the next poll and its ack=N.
+      this.ackFrames = "none";
+    }
+  }
+
+  function abortRequest(req) {
+    clearTimeout(req.timer);
+    req.timer = null;
+    if (!req.ctrl) return;
+    try {
+      req.ctrl.abort();
+    } catch (e) {
+      // already over
+    }
+  }
+
+  function cancelReader(reader) {
+    try {
+      Promise.resolve(reader.cancel()).catch(noop);
+    } catch (e) {
+      // already released
+    }
+  }
+
+  // discardBody releases a response body nobody reads.
+  function discardBody(res) {
+    try {
+      if (res && res.body && typeof res.body.cancel === "function") Promise.resolve(res.body.cancel()).catch(noop);
+    } catch (e) {
+      // already used
+    }
+  }
+
+  // readErrorBody reads a refusal: the gateway answers {"error":…,"code":…}.
+  function readErrorBody(res) {
+    return Promise.resolve()
+      .then(() => res.text())
+      .then(
+        (text) => {
+          try {
+            const v = JSON.parse(text);
+            return v && typeof v === "object" ? v : {};
+          } catch (e) {
+            return {};
+          }
+        },
+        () => ({})
+      );
+  }
+
+  function errText(err) {
+    return err && err.message ? err.message : String(err);
+  }
+
+  const TRANSPORTS = {
+    websocket: WebSocketTransport,
+    sse: SSETransport,
+    xhr_stream: XHRStreamTransport,
+    poll: PollingTransport,
+  };
+
   // ---------------------------------------------------------------------------
   // The client.
 
@@ -945,20 +1627,17 @@
     _tryTransport(order, index) {
       for (let i = index; i < order.length; i++) {
         const name = order[i];
-        const Impl = name === "websocket" ? WebSocketTransport : SSETransport;
+        const Impl = TRANSPORTS[name];
         if (!Impl.supported(this)) {
           this._debug(name, "is not available here");
           continue;
         }
         let conn;
         try {
-          if (name === "sse") {
-            const subs = [];
-            for (const e of this._subs.values()) if (e.status === "pending") subs.push([e.channel, e.cursor]);
-            conn = new SSETransport(this, subs);
-          } else {
-            conn = new WebSocketTransport(this);
-          }
+          // The subscriptions an open URL may carry (SSE, xhr_stream, poll).
+          const subs = [];
+          for (const e of this._subs.values()) if (e.status === "pending") subs.push([e.channel, e.cursor]);
+          conn = new Impl(this, subs);
           conn.order = order;
           conn.index = i;
           this._conn = conn;
@@ -1008,9 +1687,11 @@
       this._debug(conn.name, "interrupted; the browser reconnects");
       clearInterval(conn.livenessTimer);
       conn.livenessTimer = null;
-      conn.interruptTimer = setTimeout(() => {
-        this._connectionLost(conn, { code: 1006, reason: "EventSource did not reconnect" });
-      }, this.options.connectTimeout);
+      if (!conn.ownsRecovery) {
+        conn.interruptTimer = setTimeout(() => {
+          this._connectionLost(conn, { code: 1006, reason: "EventSource did not reconnect" });
+        }, this.options.connectTimeout);
+      }
       this._setState("connecting", { transport: conn.name });
     }
 
@@ -1118,6 +1799,17 @@
       const p = decodePacket(text);
       if (!p) {
         this._debug("ignoring a malformed packet:", text);
+        return;
+      }
+      this._onPacket(conn, p);
+    }
+
+    // _onDecoded takes a packet that a transport parsed itself (a poll
+    // batch is one JSON array).
+    _onDecoded(conn, p) {
+      if (conn !== this._conn) return;
+      if (p === null || typeof p !== "object" || Array.isArray(p) || typeof p.t !== "string") {
+        this._debug("ignoring a malformed packet:", p);
         return;
       }
       this._onPacket(conn, p);
@@ -1348,11 +2040,12 @@
 
     _scheduleAck(conn) {
       conn.unacked++;
+      if (conn.ackFrames === "none") return;
       if (conn.unacked >= this.options.ackEvery) {
         this._sendAck(conn);
         return;
       }
-      if (!conn.ackTimer) {
+      if (conn.ackFrames === "all" && !conn.ackTimer) {
         conn.ackTimer = setTimeout(() => {
           conn.ackTimer = null;
           this._sendAck(conn);
@@ -1375,6 +2068,8 @@
     // another interval (at least 10 s).
     _startLiveness(conn) {
       clearInterval(conn.livenessTimer);
+      conn.livenessTimer = null;
+      if (conn.ownsLiveness) return;
       conn.lastRecv = now();
       conn.pingSentAt = 0;
       const hbMs = conn.hb * 1000;
@@ -1418,6 +2113,7 @@
   CometGate._bytesToBase64 = bytesToBase64;
   CometGate._backoffDelay = backoffDelay;
   CometGate._buildSSEURL = buildSSEURL;
+  CometGate._buildOpenURL = buildOpenURL;
   CometGate._webSocketURL = webSocketURL;
   CometGate._shouldReconnect = shouldReconnect;
 

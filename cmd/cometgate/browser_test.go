@@ -12,8 +12,11 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image/png"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -643,6 +646,18 @@ func TestBrowserDemoPages(t *testing.T) {
 			t.Fatalf("publish: %d %s", code, body)
 		}
 		b.waitFor(logText+`.some((s) => s.includes('text "over sse"'))`, logText)
+
+		// The request-per-poll transports are in the selector too.
+		for i, transport := range []string{"xhr_stream", "poll"} {
+			b.do(chromedp.SetValue(chromedp.ID("transport"), transport))
+			b.eval(`document.getElementById("transport").dispatchEvent(new Event("change")), true`, nil)
+			b.waitFor(`document.getElementById("state").textContent === "connected · `+transport+`"`, `document.getElementById("state").textContent`)
+			b.waitFor(logText+fmt.Sprintf(`.filter((s) => s.includes("subscribed to demo.x")).length >= %d`, 3+i), logText)
+			if code, body := postPublish(t, n, fmt.Sprintf(`{"channel":"demo.x","text":"over %s"}`, transport)); code != 200 {
+				t.Fatalf("publish: %d %s", code, body)
+			}
+			b.waitFor(logText+fmt.Sprintf(`.some((s) => s.includes('text "over %s"'))`, transport), logText)
+		}
 		noProblems(t, b, "index.html")
 	})
 
@@ -738,4 +753,499 @@ func checkScreenshot(t *testing.T, shot []byte) {
 	if len(colours) < 50 {
 		t.Fatalf("screenshot has %d colours: the page did not render", len(colours))
 	}
+}
+
+// pollProxy is a reverse proxy between the browser and a node, for the
+// request-per-poll transports. It counts requests by kind, refuses the
+// paths in refuse (403, as a proxy that forbids WebSocket and SSE does),
+// answers 503 to every request of the family while fail is set (a load
+// balancer without a healthy backend), and, once armed, breaks one
+// response of the family in the middle of its msg packets: a connection
+// lost while the response was on its way.
+type pollProxy struct {
+	srv    *httptest.Server
+	refuse []string
+	fail   atomic.Bool
+
+	mu      sync.Mutex
+	counts  map[string]int // by pathKind
+	armed   bool
+	cutSeqs []int  // seqs of the msg packets the broken response did not deliver
+	cutURL  string // the broken request, as the browser named it
+	// lowerAck: make the next request of the family acknowledge this many
+	// packets less than it does (an acknowledgement lost on the way), so
+	// that the node sends packets again that the page holds already.
+	lowerAck int
+	lowered  string // the request whose ack was lowered, as "ack=N→M"
+}
+
+func newPollProxy(t *testing.T, n *node, refuse ...string) *pollProxy {
+	t.Helper()
+	target, err := url.Parse(n.url(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pollProxy{refuse: refuse, counts: map[string]int{}}
+	// NewSingleHostReverseProxy keeps the browser's Host header, so the
+	// node sees the page's origin as its own.
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ModifyResponse = p.modify
+	// The broken responses and the requests the browser aborts are logged
+	// as proxy errors: expected here.
+	rp.ErrorLog = log.New(io.Discard, "", 0)
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		kind := pathKind(r.URL.Path)
+		p.mu.Lock()
+		p.counts[kind]++
+		p.mu.Unlock()
+		if slices.Contains(p.refuse, r.URL.Path) {
+			http.Error(w, "not through this proxy", http.StatusForbidden)
+			return
+		}
+		if p.fail.Load() && (strings.HasPrefix(kind, "/poll") || strings.HasPrefix(kind, "/xhr_stream") || kind == "/session/send") {
+			http.Error(w, "no backend available", http.StatusServiceUnavailable)
+			return
+		}
+		if kind == "/poll/" || kind == "/xhr_stream/" {
+			p.rewriteAck(r)
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		p.srv.CloseClientConnections()
+		p.srv.Close()
+	})
+	return p
+}
+
+// pathKind names a request without its session id: "/poll" opens a
+// session, "/poll/" is a next poll, "/session/send" an upstream POST.
+func pathKind(path string) string {
+	for _, fam := range []string{"/poll/", "/xhr_stream/"} {
+		if strings.HasPrefix(path, fam) {
+			return fam
+		}
+	}
+	if strings.HasPrefix(path, "/session/") && strings.HasSuffix(path, "/send") {
+		return "/session/send"
+	}
+	return path
+}
+
+func (p *pollProxy) count(kind string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.counts[kind]
+}
+
+// rewriteAck lowers r's ack=N when lowerAck asks for it.
+func (p *pollProxy) rewriteAck(r *http.Request) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	q := r.URL.Query()
+	ack, err := strconv.Atoi(q.Get("ack"))
+	if p.lowerAck == 0 || err != nil || ack <= p.lowerAck {
+		return
+	}
+	q.Set("ack", strconv.Itoa(ack-p.lowerAck))
+	r.URL.RawQuery = q.Encode()
+	p.lowered = fmt.Sprintf("ack=%d→%d", ack, ack-p.lowerAck)
+	p.lowerAck = 0
+}
+
+// loweredAck reports the request whose ack was lowered; "" if none was.
+func (p *pollProxy) loweredAck() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lowered
+}
+
+// arm makes the proxy break the next response that carries msg packets.
+func (p *pollProxy) arm() {
+	p.mu.Lock()
+	p.armed = true
+	p.mu.Unlock()
+}
+
+// cut returns the seqs the broken response lost and its URL; nil and ""
+// before it broke one.
+func (p *pollProxy) cut() ([]int, string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.cutSeqs), p.cutURL
+}
+
+// takeCut disarms the proxy and records what the response to r lost;
+// false if it was not armed.
+func (p *pollProxy) takeCut(r *http.Request, seqs []int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.armed {
+		return false
+	}
+	p.armed, p.cutSeqs, p.cutURL = false, seqs, p.srv.URL+r.URL.RequestURI()
+	return true
+}
+
+// errCut is what a broken response's body returns to the reverse proxy,
+// which then aborts the connection to the browser mid-response.
+var errCut = errors.New("test proxy: response broken on purpose")
+
+func (p *pollProxy) modify(resp *http.Response) error {
+	if resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	p.mu.Lock()
+	armed := p.armed
+	p.mu.Unlock()
+	if !armed {
+		return nil
+	}
+	switch kind := pathKind(resp.Request.URL.Path); kind {
+	case "/poll/":
+		// A poll response is one JSON array with a Content-Length: the
+		// browser gets half of it, and then the connection drops.
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		var packets []struct {
+			Seq int    `json:"seq"`
+			T   string `json:"t"`
+		}
+		if err := json.Unmarshal(body, &packets); err != nil {
+			return fmt.Errorf("poll response %q: %w", body, err)
+		}
+		var seqs []int
+		for _, pk := range packets {
+			if pk.T == "msg" {
+				seqs = append(seqs, pk.Seq)
+			}
+		}
+		if len(seqs) == 0 || !p.takeCut(resp.Request, seqs) {
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+			return nil
+		}
+		resp.Body = &brokenBody{r: bytes.NewReader(body[:len(body)/2])}
+	case "/xhr_stream/":
+		resp.Body = &cutStream{body: resp.Body, p: p, r: resp.Request}
+	}
+	return nil
+}
+
+// brokenBody returns what r holds, then errCut.
+type brokenBody struct {
+	r *bytes.Reader
+}
+
+func (b *brokenBody) Read(buf []byte) (int, error) {
+	if b.r.Len() == 0 {
+		return 0, errCut
+	}
+	return b.r.Read(buf)
+}
+
+func (b *brokenBody) Close() error { return nil }
+
+// cutStream passes an XHR stream through until it has passed three whole
+// msg packets; then it stops in the middle of the next msg packet (its
+// line never ends) and fails, if the proxy is still armed.
+type cutStream struct {
+	body io.ReadCloser
+	p    *pollProxy
+	r    *http.Request
+	msgs int
+	cut  bool
+}
+
+var (
+	msgMark = []byte(`,"t":"msg"`)
+	seqMark = []byte(`{"seq":`)
+)
+
+func (c *cutStream) Read(b []byte) (int, error) {
+	if c.cut {
+		return 0, errCut
+	}
+	n, err := c.body.Read(b)
+	chunk := b[:n]
+	for off := 0; ; {
+		i := bytes.Index(chunk[off:], msgMark)
+		if i < 0 {
+			break
+		}
+		i += off
+		// The packet's start, when it is in this chunk: {"seq":N,"t":"msg"…
+		if start := bytes.LastIndex(chunk[:i], seqMark); start >= 0 && c.msgs >= 3 {
+			if seq, perr := strconv.Atoi(string(chunk[start+len(seqMark) : i])); perr == nil && c.p.takeCut(c.r, []int{seq}) {
+				c.cut = true
+				return i, nil
+			}
+		}
+		c.msgs++
+		off = i + 1
+	}
+	return n, err
+}
+
+func (c *cutStream) Close() error { return c.body.Close() }
+
+// seqsOnce checks that each of seqs is the seq of exactly one message the
+// page received.
+func seqsOnce(t *testing.T, msgs []pageMsg, seqs []int) {
+	t.Helper()
+	for _, s := range seqs {
+		n := 0
+		for _, m := range msgs {
+			if m.Seq == s {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("packet seq %d (in the broken response) arrived %d times", s, n)
+		}
+	}
+}
+
+// TestBrowserRequestPerPoll: the page's client over XHR streaming and over
+// long-polling alone, through a proxy: 200 messages published from Go
+// arrive in order (the XHR streams recycle every 8 KiB on the way), the
+// page publishes (resolved once the broker confirmed), a refused publish
+// rejects without harm, and a response the proxy breaks mid-way loses and
+// duplicates nothing: the client attaches again with its ack, the node
+// sends what was not acknowledged again, and the session stays the same.
+func TestBrowserRequestPerPoll(t *testing.T) {
+	for _, transport := range []string{"xhr_stream", "poll"} {
+		t.Run(transport, func(t *testing.T) {
+			n := startNode(t, "COMETGATE_SESSION_STREAM_LIMIT_BYTES=8192")
+			p := newPollProxy(t, n)
+			b := newTab(t)
+			b.openClient(p.srv.URL, "demo.browser", fmt.Sprintf(`{transports: [%q]}`, transport))
+			b.waitFor(`T.subscribed === 1 && T.cg.state === "connected"`, diagJS)
+			var got string
+			b.eval("T.cg.transport", &got)
+			if got != transport {
+				t.Fatalf("transport %q, want %q", got, transport)
+			}
+			var sid string
+			b.eval("T.cg.sessionId", &sid)
+			if p.count("/"+transport) != 1 {
+				t.Fatalf("%d requests opened a session, want 1", p.count("/"+transport))
+			}
+
+			publishMixed(t, n, "demo.browser", 0, 200)
+			b.waitFor("T.msgs.length >= 200", diagJS)
+			checkMixed(t, b.messages(), "demo.browser", 0, 200, true)
+			if transport == "xhr_stream" {
+				// 200 messages are about 20 KiB: more than two streams of
+				// 8 KiB (prelude included).
+				if c := p.count("/xhr_stream/"); c < 2 {
+					t.Fatalf("%d next streams for 200 messages with an 8 KiB stream limit", c)
+				}
+			}
+
+			// Publishes from the page resolve with the node's ok (after the
+			// broker confirmed) and come back in the order they were made.
+			var oks []map[string]any
+			b.eval(`Promise.all([
+			  T.cg.publish("demo.browser", {from: "page", n: 1}),
+			  T.cg.publishText("demo.browser", "text from the page ✓"),
+			  T.cg.publishBytes("demo.browser", new Uint8Array([0, 255, 1, 128])),
+			])`, &oks)
+			if len(oks) != 3 {
+				t.Fatalf("publishes resolved with %v", oks)
+			}
+			for _, ok := range oks {
+				if ok["t"] != "ok" {
+					t.Fatalf("publishes resolved with %v", oks)
+				}
+			}
+			b.waitFor("T.msgs.length >= 203", diagJS)
+			echo := b.messages()[200:]
+			wantEcho := []struct {
+				kind string
+				data any
+			}{
+				{"json", map[string]any{"from": "page", "n": 1.0}},
+				{"text", "text from the page ✓"},
+				{"bytes", []any{0.0, 255.0, 1.0, 128.0}},
+			}
+			for i, w := range wantEcho {
+				var data any
+				if err := json.Unmarshal(echo[i].Data, &data); err != nil || echo[i].Kind != w.kind || !reflect.DeepEqual(data, w.data) {
+					t.Fatalf("page publish %d came back as %s %s, want %s %v", i, echo[i].Kind, echo[i].Data, w.kind, w.data)
+				}
+			}
+			var code any
+			b.eval(`T.cg.publish("secret.x", 1).then(() => "resolved", (e) => e.code)`, &code)
+			if code != 403.0 {
+				t.Fatalf("publish to secret.x: %v, want 403", code)
+			}
+
+			// A broken response.
+			before := len(b.states())
+			p.arm()
+			publishMixed(t, n, "demo.browser", 203, 403)
+			b.waitFor("T.msgs.length >= 403", diagJS)
+			cut, cutURL := p.cut()
+			if len(cut) == 0 {
+				t.Fatal("the proxy broke no response")
+			}
+			// One more message: a duplicate of an earlier one would come
+			// before it.
+			publishMixed(t, n, "demo.browser", 403, 404)
+			b.waitFor("T.msgs.length >= 404", diagJS)
+			msgs := b.messages()
+			checkMixed(t, msgs[:200], "demo.browser", 0, 200, true)
+			checkMixed(t, msgs[203:], "demo.browser", 203, 404, true)
+			seqsOnce(t, msgs, cut)
+			var after string
+			b.eval("T.cg.sessionId", &after)
+			if after != sid {
+				t.Fatalf("session %q after the broken response, was %q: the session was not resumed", after, sid)
+			}
+			for _, s := range b.states()[before:] {
+				if s.State == "disconnected" || s.State == "closed" {
+					t.Fatalf("the client left its session: %+v", b.states())
+				}
+			}
+			b.waitFor(`T.cg.state === "connected"`, diagJS)
+			// An acknowledgement lost on the way: the node sends the last 5
+			// packets again, and the page drops them.
+			p.mu.Lock()
+			p.lowerAck = 5
+			p.mu.Unlock()
+			publishMixed(t, n, "demo.browser", 404, 504)
+			b.waitFor("T.msgs.length >= 504", diagJS)
+			if p.loweredAck() == "" {
+				t.Fatal("the proxy lowered no ack")
+			}
+			publishMixed(t, n, "demo.browser", 504, 505)
+			b.waitFor("T.msgs.length >= 505", diagJS)
+			msgs = b.messages()
+			checkMixed(t, msgs[203:], "demo.browser", 203, 505, true)
+			b.eval("T.cg.sessionId", &after)
+			if after != sid {
+				t.Fatalf("session %q after a lowered ack, was %q", after, sid)
+			}
+			t.Logf("broke %s (seqs %v), lowered %s", cutURL, cut, p.loweredAck())
+
+			// The broken response is a network error in the console.
+			if pr := b.problems(p.srv.URL+"/favicon.ico", cutURL); len(pr) > 0 {
+				t.Fatalf("console errors: %v", pr)
+			}
+		})
+	}
+}
+
+// TestBrowserFallbackToXHRStream: behind a proxy that refuses /ws and /sse
+// (403), the default client ends up on XHR streaming at once, receives
+// and publishes.
+func TestBrowserFallbackToXHRStream(t *testing.T) {
+	n := startNode(t)
+	p := newPollProxy(t, n, "/ws", "/sse")
+	b := newTab(t)
+	// connectTimeout is longer than the wait: the fallback must come from
+	// the refusals, not from the timeout. No transports option: the
+	// default order.
+	b.openClient(p.srv.URL, "demo.browser", `{connectTimeout: 120000}`)
+	b.waitFor(`T.subscribed === 1 && T.cg.state === "connected"`, diagJS)
+	var transport string
+	b.eval("T.cg.transport", &transport)
+	if transport != "xhr_stream" {
+		t.Fatalf("transport %q, want xhr_stream", transport)
+	}
+	if p.count("/ws") == 0 || p.count("/sse") == 0 {
+		t.Fatalf("the client did not try /ws (%d) and /sse (%d) first", p.count("/ws"), p.count("/sse"))
+	}
+	if p.count("/poll") != 0 {
+		t.Fatal("the client went on to long-polling although XHR streaming works")
+	}
+	publishMixed(t, n, "demo.browser", 0, 30)
+	b.waitFor("T.msgs.length >= 30", diagJS)
+	checkMixed(t, b.messages(), "demo.browser", 0, 30, true)
+
+	var ok map[string]any
+	b.eval(`T.cg.publish("demo.browser", {via: "xhr_stream"})`, &ok)
+	if ok["t"] != "ok" {
+		t.Fatalf("publish resolved with %v", ok)
+	}
+	b.waitFor("T.msgs.length >= 31", diagJS)
+}
+
+// TestBrowserPollSessionGone: when the node forgot a long-polling session
+// (nothing reached it for longer than its disconnect delay), the client's
+// next poll gets 404 (4004); the client opens a new session and subscribes
+// again from its cursor, so a channel with history loses nothing of what
+// was published meanwhile.
+func TestBrowserPollSessionGone(t *testing.T) {
+	cfg := historyConfig(t, "jetstream", "cgtest_poll_gone")
+	n := startNodeArgs(t, []string{"--config", cfg},
+		"COMETGATE_BROKER_EMBEDDED_LISTEN=127.0.0.1:0", "COMETGATE_SESSION_DISCONNECT_DELAY=1s")
+	p := newPollProxy(t, n)
+	b := newTab(t)
+	// The client keeps trying its session longer than the node keeps it.
+	b.openClient(p.srv.URL, "demo.h.poll", `{transports: ["poll"], resumeWindow: 20000, minReconnectDelay: 100, maxReconnectDelay: 500}`)
+	b.waitFor(`T.subscribed === 1 && T.cg.state === "connected"`, diagJS)
+	var sid string
+	b.eval("T.cg.sessionId", &sid)
+	publishMixed(t, n, "demo.h.poll", 0, 10)
+	b.waitFor("T.msgs.length >= 10", diagJS)
+
+	// The proxy loses the held poll and then answers 503 to everything:
+	// the client retries its session...
+	p.fail.Store(true)
+	p.srv.CloseClientConnections()
+	b.waitFor(`T.cg.state === "connecting"`, diagJS)
+	publishMixed(t, n, "demo.h.poll", 10, 20)
+	// ...until the node has forgotten it.
+	deadline := time.Now().Add(browserTimeout)
+	for sessions(t, n) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the node kept the session")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.fail.Store(false)
+
+	b.waitFor(`T.subscribed === 2 && T.cg.state === "connected" && T.cg.sessionId !== `+strconv.Quote(sid), diagJS)
+	gone := false
+	for _, s := range b.states() {
+		if s.State == "closed" {
+			t.Fatalf("the client gave up: %+v", b.states())
+		}
+		if s.State == "disconnected" && s.Code == 3002 && strings.Contains(s.Reason, "session not found") {
+			gone = true
+		}
+	}
+	if !gone {
+		t.Fatalf("no 4004 (session not found) seen: %+v", b.states())
+	}
+	b.waitFor("T.msgs.length >= 20", diagJS)
+	publishMixed(t, n, "demo.h.poll", 20, 25)
+	b.waitFor("T.msgs.length >= 25", diagJS)
+	checkMixed(t, b.messages(), "demo.h.poll", 0, 25, false)
+	var gaps []any
+	b.eval("T.gaps", &gaps)
+	if len(gaps) > 0 {
+		t.Fatalf("gaps: %v", gaps)
+	}
+}
+
+// sessions is the node's session count from /readyz.
+func sessions(t *testing.T, n *node) int {
+	t.Helper()
+	resp, err := http.Get(n.url("/readyz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Sessions int `json:"sessions"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v.Sessions
 }
