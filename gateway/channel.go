@@ -3,6 +3,8 @@ package gateway
 import (
 	"fmt"
 	"strings"
+
+	"github.com/cometgate/cometgate/brokers"
 )
 
 // MaxChannelLen is the longest channel name or pattern accepted, in bytes.
@@ -89,56 +91,13 @@ func IsPattern(s string) bool {
 // matched by pattern ns. Both must be valid patterns. It decides which
 // namespace rules apply to a subscription: a subscription is governed by the
 // first namespace that covers it entirely, so a wide wildcard can never reach
-// channels its namespace does not grant.
-func PatternCovers(ns, p string) bool {
-	for {
-		nt, nrest, nmore := strings.Cut(ns, ".")
-		pt, prest, pmore := strings.Cut(p, ".")
-		switch nt {
-		case ">":
-			return true // p has at least one token left here
-		case "*":
-			if pt == ">" {
-				return false
-			}
-		default:
-			if pt != nt {
-				return false
-			}
-		}
-		if nmore != pmore {
-			return false
-		}
-		if !nmore {
-			return true
-		}
-		ns, p = nrest, prest
-	}
-}
+// channels its namespace does not grant. (The pattern algebra lives in the
+// broker contract, which brokers share; the gateway uses the same.)
+func PatternCovers(ns, p string) bool { return brokers.PatternCovers(ns, p) }
 
 // patternsIntersect reports whether some channel matches both valid
 // patterns a and b.
-func patternsIntersect(a, b string) bool {
-	for {
-		at, arest, amore := strings.Cut(a, ".")
-		bt, brest, bmore := strings.Cut(b, ".")
-		if at == ">" || bt == ">" {
-			return true // both have at least one token left here
-		}
-		if at != "*" && bt != "*" && at != bt {
-			return false
-		}
-		if amore != bmore {
-			return false
-		}
-		if !amore {
-			return true
-		}
-		a, b = arest, brest
-	}
-}
+func patternsIntersect(a, b string) bool { return brokers.PatternsOverlap(a, b) }
 
 // MatchChannel reports whether the concrete channel ch matches pattern p.
-func MatchChannel(p, ch string) bool {
-	return PatternCovers(p, ch)
-}
+func MatchChannel(p, ch string) bool { return brokers.MatchChannel(p, ch) }

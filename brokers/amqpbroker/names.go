@@ -1,12 +1,13 @@
 package amqpbroker
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/cometgate/cometgate/brokers"
 )
 
 // maxShortStr is the longest AMQP short string: routing keys, binding
@@ -19,7 +20,7 @@ const contentTypeHeader = "Content-Type"
 
 // errBadName is wrapped by every channel, pattern and header validation
 // error.
-var errBadName = errors.New("amqpbroker: invalid name")
+var errBadName = brokers.ErrInvalidName
 
 // keys maps channels to AMQP routing keys, patterns to binding keys, and
 // delivered routing keys back to channels. The zero value maps channels to
@@ -91,42 +92,8 @@ func checkPattern(name string) error {
 	return checkTokens(name, true)
 }
 
-// checkTokens implements checkChannel and checkPattern. "#" is refused
-// inside any name: it is AMQP's wildcard, and a channel that contains it
-// could be published to but not subscribed to exactly.
 func checkTokens(name string, wildcards bool) error {
-	what := "channel"
-	if wildcards {
-		what = "pattern"
-	}
-	if name == "" {
-		return fmt.Errorf("%w: empty %s", errBadName, what)
-	}
-	for i := 0; ; {
-		tok, last := name[i:], true
-		if j := strings.IndexByte(tok, '.'); j >= 0 {
-			tok, last = tok[:j], false
-		}
-		switch {
-		case tok == "":
-			return fmt.Errorf("%w: %s %q has an empty token", errBadName, what, name)
-		case tok == "*" && wildcards:
-		case tok == ">" && wildcards:
-			if !last {
-				return fmt.Errorf("%w: %s %q has \">\" before its last token", errBadName, what, name)
-			}
-		default:
-			for k := 0; k < len(tok); k++ {
-				if c := tok[k]; c <= ' ' || c == 0x7f || c == '*' || c == '>' || c == '#' {
-					return fmt.Errorf("%w: %s %q contains %q", errBadName, what, name, c)
-				}
-			}
-		}
-		if last {
-			return nil
-		}
-		i += len(tok) + 1
-	}
+	return brokers.CheckName(name, wildcards, "#")
 }
 
 // isWildcard reports whether a valid pattern has a wildcard token.

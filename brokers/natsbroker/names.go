@@ -1,14 +1,15 @@
 package natsbroker
 
 import (
-	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/cometgate/cometgate/brokers"
 )
 
 // errBadName is wrapped by every channel, pattern and header validation
 // error.
-var errBadName = errors.New("natsbroker: invalid name")
+var errBadName = brokers.ErrInvalidName
 
 // subjects maps channels to NATS subjects and back. The zero value maps
 // channels to subjects unchanged.
@@ -53,39 +54,7 @@ func checkPattern(name string) error {
 }
 
 func checkTokens(name string, wildcards bool) error {
-	what := "channel"
-	if wildcards {
-		what = "pattern"
-	}
-	if name == "" {
-		return fmt.Errorf("%w: empty %s", errBadName, what)
-	}
-	for i := 0; ; {
-		tok, last := name[i:], true
-		if j := strings.IndexByte(tok, '.'); j >= 0 {
-			tok, last = tok[:j], false
-		}
-		switch {
-		case tok == "":
-			return fmt.Errorf("%w: %s %q has an empty token", errBadName, what, name)
-		case tok == "*" && wildcards:
-		case tok == ">" && wildcards:
-			if !last {
-				return fmt.Errorf("%w: %s %q has \">\" before its last token", errBadName, what, name)
-			}
-		default:
-			for k := 0; k < len(tok); k++ {
-				if c := tok[k]; c <= ' ' || c == 0x7f || c == '*' || c == '>' {
-					return fmt.Errorf("%w: %s %q contains %q", errBadName, what, name, c)
-				}
-			}
-		}
-		if last {
-			break
-		}
-		i += len(tok) + 1
-	}
-	return nil
+	return brokers.CheckName(name, wildcards, "")
 }
 
 // checkHeader reports whether a header can travel in a NATS message
