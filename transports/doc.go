@@ -90,7 +90,10 @@
 //	3003 replaced by a newer request 4004 session not found
 //
 // A WebSocket session also ends with a WebSocket close frame carrying the
-// same code and reason. Heartbeats are transport-level and carry no seq: a
+// same code and reason. A WebSocket client that breaks RFC 6455 is closed
+// with the RFC's own codes instead of 4000, in the close packet too: 1002
+// (protocol error) and 1007 (a text message or close reason that is not
+// UTF-8); like 4000–4999 they mean "do not reconnect". Heartbeats are transport-level and carry no seq: a
 // WebSocket ping, an SSE comment line, an empty poll response.
 //
 // # Transports and URLs

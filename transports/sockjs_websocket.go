@@ -321,7 +321,10 @@ func (c *sjsWSConn) readMessages(maxMsg int, idle time.Duration, onMessage func(
 		case h.OpCode.IsControl() && (!h.Fin || h.Length > 125):
 			c.fail(1002, "control frames must be final and at most 125 bytes")
 			return
-		case h.Length > int64(maxMsg) || int64(len(msg))+h.Length > int64(maxMsg):
+		case h.Length > int64(maxMsg) ||
+			// Only continuations add to a fragmented message; a ping
+			// between its fragments is not part of it.
+			h.OpCode == ws.OpContinuation && int64(len(msg))+h.Length > int64(maxMsg):
 			c.fail(1009, "message too large: the limit is "+strconv.Itoa(maxMsg)+" bytes")
 			return
 		}
@@ -394,22 +397,14 @@ func (c *sjsWSConn) fail(code int, reason string) {
 // peerClosed answers the peer's close frame with its code, as RFC 6455
 // asks, after checking it is well-formed.
 func (c *sjsWSConn) peerClosed(payload []byte) {
-	if len(payload) == 1 {
-		c.fail(1002, "close frame payload of one byte")
+	if code, reason := checkClosePayload(payload); code != 0 {
+		c.fail(code, reason)
 		return
 	}
 	if len(payload) < 2 {
 		c.closeWith(1000, "")
 		return
 	}
-	code, reason := ws.ParseCloseFrameData(payload)
-	if err := ws.CheckCloseFrameData(code, reason); err != nil {
-		if !utf8.ValidString(reason) {
-			c.fail(1007, "close reason is not valid UTF-8")
-		} else {
-			c.fail(1002, "invalid close code")
-		}
-		return
-	}
+	code, _ := ws.ParseCloseFrameData(payload)
 	c.closeWith(int(code), "")
 }

@@ -366,20 +366,9 @@ func (c *wsConn) readFailed(err error) {
 // 3000–4999 for applications; gobwas lets 5000 and above through) and a
 // UTF-8 reason.
 func (c *wsConn) peerClosed(payload []byte) {
-	if len(payload) == 1 {
-		c.fail(wsFail(1002, "close frame payload of one byte"))
+	if code, reason := checkClosePayload(payload); code != 0 {
+		c.fail(wsFail(code, reason))
 		return
-	}
-	code, reason := ws.ParseCloseFrameData(payload)
-	if len(payload) >= 2 {
-		switch {
-		case !utf8.ValidString(reason):
-			c.fail(wsFail(1007, "close reason is not valid UTF-8"))
-			return
-		case code >= 5000 || ws.CheckCloseFrameData(code, reason) != nil:
-			c.fail(wsFail(1002, "invalid close code "+strconv.Itoa(int(code))))
-			return
-		}
 	}
 	// Echo the code (an empty close is answered with an empty close), then
 	// end the session; the client asked for it, so no close packet. When
@@ -391,6 +380,29 @@ func (c *wsConn) peerClosed(payload []byte) {
 	}
 	c.sendClose(echo)
 	c.sess.Close(gateway.DisconnectGone())
+}
+
+// checkClosePayload checks a client's close frame payload (RFC 6455 5.5.1,
+// 7.4): empty, or a code a peer may send followed by a UTF-8 reason. It
+// returns 0 when the payload is fine, else the close code to fail the
+// connection with (1002, or 1007 for a reason that is not UTF-8) and why.
+// Both WebSocket readers (native and SockJS) use it.
+func checkClosePayload(payload []byte) (int, string) {
+	switch len(payload) {
+	case 0:
+		return 0, ""
+	case 1:
+		return 1002, "close frame payload of one byte"
+	}
+	code, reason := ws.ParseCloseFrameData(payload)
+	switch {
+	case !utf8.ValidString(reason):
+		return 1007, "close reason is not valid UTF-8"
+	case code >= 5000 || ws.CheckCloseFrameData(code, reason) != nil:
+		// gobwas/ws lets codes past 4999 through; RFC 6455 has none.
+		return 1002, "invalid close code " + strconv.Itoa(int(code))
+	}
+	return 0, ""
 }
 
 // bufferedConn replays bytes that net/http had read past the upgrade request

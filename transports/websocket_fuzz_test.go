@@ -1,0 +1,76 @@
+package transports
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// FuzzWebSocketReader feeds arbitrary bytes, after a valid handshake, as
+// the client's byte stream of a real WebSocket connection to a real node,
+// then half-closes it. Whatever the bytes are, the server must not panic
+// (a panic in its reader goroutine kills the test binary), and the session
+// must end and the connection close: the client side reads until the
+// server closes, and the session's Done must close, within a bounded time.
+func FuzzWebSocketReader(f *testing.F) {
+	ping := []byte(`{"op":"ping","id":1}`)
+	seeds := [][]byte{
+		{},
+		textFrame(`{"op":"sub","id":1,"ch":"demo.f"}`).bytes(),
+		append(textFrame(`{"op":"pub","id":2,"ch":"demo.f","text":"x"}`).bytes(), closeFrame(1000, "bye").bytes()...),
+		bytes.Join([][]byte{
+			wsFrame{op: opText, payload: ping[:4]}.bytes(),
+			wsFrame{fin: true, op: opPing, payload: []byte("p")}.bytes(),
+			wsFrame{fin: true, op: opCont, payload: ping[4:]}.bytes(),
+		}, nil),
+		wsFrame{fin: true, op: opText, unmasked: true, payload: ping}.bytes(),
+		wsFrame{fin: true, rsv: 7, op: 0xf, payload: ping}.bytes(),
+		wsFrame{fin: true, op: opText, payload: []byte("\xff\xfe")}.bytes(),
+		wsFrame{fin: true, op: opClose, payload: []byte{0x13}}.bytes(),
+		closeFrame(5000, "").bytes(),
+		wsFrame{fin: true, op: opText, payload: make([]byte, 70000)}.bytes()[:14], // declared, never sent
+		{0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0},                                   // 64-bit length with the MSB set
+		{0x81, 0xfe, 0x00},                                                        // cut inside the length
+		bytes.Repeat(wsFrame{fin: true, op: opPing, payload: bytes.Repeat([]byte{'x'}, 125)}.bytes(), 64),
+	}
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	// One node for every input: starting a broker per input would make the
+	// fuzzer crawl. A small frame limit keeps big declared lengths cheap.
+	n := startNode(f, func(c *gateway.Config) { c.MaxFrameBytes = 4096 }, nil)
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		if len(stream) > 1<<16 {
+			t.Skip("inputs are bounded to 64 KiB")
+		}
+		c := dialWS(t, n)
+		deadline := time.Now().Add(waitTimeout)
+		_ = c.conn.SetDeadline(deadline)
+		// Read everything the server sends, so that none of its writes
+		// (pongs, answers) can block on us, until it closes.
+		var wg sync.WaitGroup
+		wg.Add(1)
+		var readErr error
+		go func() {
+			defer wg.Done()
+			_, readErr = io.Copy(io.Discard, c.br)
+		}()
+		_, _ = c.conn.Write(stream) // the server may close before it read it all
+		_ = c.conn.(*net.TCPConn).CloseWrite()
+		select {
+		case <-c.sess.Done():
+		case <-time.After(time.Until(deadline)):
+			t.Fatalf("session did not end after input %q", stream)
+		}
+		wg.Wait()
+		if ne, ok := readErr.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("the server did not close the connection after input %q", stream)
+		}
+		_ = c.conn.Close()
+	})
+}
