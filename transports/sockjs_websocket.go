@@ -5,10 +5,8 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 
@@ -35,7 +33,6 @@ type sjsWSConn struct {
 	// waiting for a stuck write): one frame writer at a time.
 	wsem      chan struct{}
 	closeSent bool // guarded by wsem: nothing is written after a close frame
-	hdr       [ws.MaxHeaderSize - 2]byte
 }
 
 func (c *sjsWSConn) lock()   { c.wsem <- struct{}{} }
@@ -290,11 +287,7 @@ func (c *sjsWSConn) closeWith(code int, reason string) {
 // for the next frame. It closes the connection when it returns.
 func (c *sjsWSConn) readMessages(maxMsg int, idle time.Duration, onMessage func([]byte) bool) {
 	defer c.conn.Close()
-	var (
-		payload []byte
-		msg     []byte
-		inFrag  bool
-	)
+	r := &wsFrames{conn: c.conn, limit: maxMsg, tooLarge: 1009, utf8Binary: true}
 	for {
 		if idle > 0 {
 			c.lock()
@@ -304,84 +297,27 @@ func (c *sjsWSConn) readMessages(maxMsg int, idle time.Duration, onMessage func(
 				_ = c.conn.SetReadDeadline(time.Now().Add(idle))
 			}
 		}
-		h, err := ws.ReadHeaderBuffer(c.conn, c.hdr[:])
-		if err != nil {
-			return
-		}
+		ev, bad, err := r.next()
 		switch {
-		case h.Rsv != 0:
-			c.fail(1002, "reserved bits set without a negotiated extension")
+		case err != nil:
 			return
-		case !h.Masked:
-			c.fail(1002, "client frames must be masked")
-			return
-		case h.OpCode.IsReserved():
-			c.fail(1002, "reserved opcode")
-			return
-		case h.OpCode.IsControl() && (!h.Fin || h.Length > 125):
-			c.fail(1002, "control frames must be final and at most 125 bytes")
-			return
-		case h.Length > int64(maxMsg) ||
-			// Only continuations add to a fragmented message; a ping
-			// between its fragments is not part of it.
-			h.OpCode == ws.OpContinuation && int64(len(msg))+h.Length > int64(maxMsg):
-			c.fail(1009, "message too large: the limit is "+strconv.Itoa(maxMsg)+" bytes")
+		case bad != nil:
+			c.fail(bad.code, bad.reason)
 			return
 		}
-		n := int(h.Length)
-		if cap(payload) < n {
-			payload = make([]byte, n)
-		}
-		payload = payload[:n]
-		if _, err := io.ReadFull(c.conn, payload); err != nil {
-			return
-		}
-		ws.Cipher(payload, h.Mask, 0)
-		switch h.OpCode {
+		switch ev.op {
 		case ws.OpPing:
-			if _, err := c.writeMessage(ws.OpPong, payload, false); err != nil {
+			if _, err := c.writeMessage(ws.OpPong, ev.data, false); err != nil {
 				return
 			}
-			continue
 		case ws.OpPong:
-			continue
 		case ws.OpClose:
-			c.peerClosed(payload)
+			c.peerClosed(ev.data)
 			return
-		case ws.OpContinuation:
-			if !inFrag {
-				c.fail(1002, "continuation frame without a message to continue")
+		default:
+			if !onMessage(ev.data) {
 				return
 			}
-			msg = append(msg, payload...)
-			if !h.Fin {
-				continue
-			}
-			inFrag = false
-		default: // text or binary
-			if inFrag {
-				c.fail(1002, "new data frame inside a fragmented message")
-				return
-			}
-			msg = append(msg[:0], payload...)
-			if !h.Fin {
-				inFrag = true
-				continue
-			}
-		}
-		if !utf8.Valid(msg) {
-			c.fail(1007, "message is not valid UTF-8")
-			return
-		}
-		if !onMessage(msg) {
-			return
-		}
-		msg = msg[:0]
-		if cap(payload) > 4096 {
-			payload = nil // keep no large buffer on an idle connection
-		}
-		if cap(msg) > 4096 {
-			msg = nil
 		}
 	}
 }

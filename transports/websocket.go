@@ -49,7 +49,6 @@ type wsConn struct {
 	// the close frame and keeps sending cannot hold the connection (and
 	// a node's shutdown, which waits for readers).
 	lingerUntil atomic.Int64
-	hdr         [ws.MaxHeaderSize - 2]byte // reader's header buffer
 }
 
 // errCloseSent is what a write returns once the close frame went out.
@@ -232,19 +231,13 @@ func wsFail(code int, reason string) gateway.Disconnect {
 	return gateway.Disconnect{Code: code, Reason: reason}
 }
 
-// readLoop reads client frames until the connection ends, enforcing
-// RFC 6455 for what a server must check.
+// readLoop reads client messages until the connection ends; wsFrames
+// enforces RFC 6455.
 func (c *wsConn) readLoop() {
 	defer c.conn.Close()
 	ctx := context.Background()
 	hb := c.srv.gw.Config().Heartbeat
-	maxFrame := c.srv.maxFrame
-	var (
-		payload []byte    // the current frame's payload
-		frag    []byte    // a fragmented data message being assembled
-		fragOp  ws.OpCode // its opcode, while inFrag
-		inFrag  bool
-	)
+	r := &wsFrames{conn: c.conn, limit: c.srv.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code}
 	for {
 		_ = c.conn.SetReadDeadline(time.Now().Add(3*hb + 5*time.Second))
 		if until := c.lingerUntil.Load(); until != 0 {
@@ -252,92 +245,29 @@ func (c *wsConn) readLoop() {
 			// linger ran concurrently: it stores before it sets.)
 			_ = c.conn.SetReadDeadline(time.Unix(0, until))
 		}
-		h, err := ws.ReadHeaderBuffer(c.conn, c.hdr[:])
-		if err != nil {
-			c.readFailed(err)
-			return
-		}
+		ev, bad, err := r.next()
 		switch {
-		case h.Rsv != 0:
-			c.fail(wsFail(1002, "reserved bits set without a negotiated extension"))
-			return
-		case !h.Masked:
-			c.fail(wsFail(1002, "client frames must be masked"))
-			return
-		case h.OpCode.IsReserved():
-			c.fail(wsFail(1002, "reserved opcode"))
-			return
-		case h.OpCode.IsControl() && (!h.Fin || h.Length > 125):
-			c.fail(wsFail(1002, "control frames must be final and at most 125 bytes"))
-			return
-		case h.Length > int64(maxFrame) ||
-			// Only continuations add to a fragmented message; a ping
-			// between its fragments is not part of it.
-			h.OpCode == ws.OpContinuation && int64(len(frag))+h.Length > int64(maxFrame):
-			c.fail(gateway.Disconnect{Code: gateway.DisconnectTooLarge.Code,
-				Reason: "frame too large: the limit is " + strconv.Itoa(maxFrame) + " bytes"})
-			return
-		}
-		n := int(h.Length)
-		if cap(payload) < n {
-			payload = make([]byte, n)
-		}
-		payload = payload[:n]
-		if _, err := io.ReadFull(c.conn, payload); err != nil {
+		case err != nil:
 			c.readFailed(err)
 			return
+		case bad != nil:
+			c.fail(wsFail(bad.code, bad.reason))
+			return
 		}
-		ws.Cipher(payload, h.Mask, 0)
-
-		var op ws.OpCode
-		var data []byte
-		switch h.OpCode {
+		switch ev.op {
 		case ws.OpPing:
 			// After our close frame no pong goes out; the reader goes on
 			// waiting for the client's close.
-			if err := c.writeControl(ws.OpPong, payload); err != nil && !errors.Is(err, errCloseSent) {
+			if err := c.writeControl(ws.OpPong, ev.data); err != nil && !errors.Is(err, errCloseSent) {
 				c.readFailed(err)
 				return
 			}
-			continue
 		case ws.OpPong:
-			continue
 		case ws.OpClose:
-			c.peerClosed(payload)
+			c.peerClosed(ev.data)
 			return
-		case ws.OpContinuation:
-			if !inFrag {
-				c.fail(wsFail(1002, "continuation frame without a message to continue"))
-				return
-			}
-			frag = append(frag, payload...)
-			if !h.Fin {
-				continue
-			}
-			op, data, inFrag = fragOp, frag, false
-		default: // text or binary
-			if inFrag {
-				c.fail(wsFail(1002, "new data frame inside a fragmented message"))
-				return
-			}
-			if !h.Fin {
-				inFrag, fragOp = true, h.OpCode
-				frag = append(frag[:0], payload...)
-				continue
-			}
-			op, data = h.OpCode, payload
-		}
-		if op == ws.OpText && !utf8.Valid(data) {
-			c.fail(wsFail(1007, "text frame is not valid UTF-8"))
-			return
-		}
-		c.handle(ctx, data)
-		frag = frag[:0]
-		if cap(payload) > 4096 {
-			payload = nil // keep no large buffer on an idle connection
-		}
-		if cap(frag) > 4096 {
-			frag = nil
+		default:
+			c.handle(ctx, ev.data)
 		}
 	}
 }

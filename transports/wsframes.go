@@ -1,0 +1,123 @@
+package transports
+
+import (
+	"io"
+	"net"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+)
+
+// wsFrames reads a client's WebSocket frames and assembles its messages,
+// enforcing what RFC 6455 asks of a server: masking, no extensions, no
+// reserved opcodes, final control frames of at most 125 bytes, well-formed
+// fragmentation (control frames may come between fragments), a size limit
+// per message, and UTF-8 in text messages. Both WebSocket readers (native
+// and SockJS) use it; what they do with messages, pings and closes is
+// their own.
+type wsFrames struct {
+	conn net.Conn
+	// limit is the largest message accepted; tooLarge is the close code
+	// for one over it.
+	limit    int
+	tooLarge int
+	// utf8Binary checks binary messages too (a SockJS message is text
+	// whatever frame carries it).
+	utf8Binary bool
+
+	hdr     [ws.MaxHeaderSize - 2]byte
+	payload []byte    // the current frame's payload
+	frag    []byte    // a fragmented data message being assembled
+	fragOp  ws.OpCode // its opcode, while inFrag
+	inFrag  bool
+}
+
+// wsEvent is what next found: a complete data message (OpText or
+// OpBinary), a ping, a pong or a close (with the frame's payload). Data is
+// valid until the next call.
+type wsEvent struct {
+	op   ws.OpCode
+	data []byte
+}
+
+// wsViolation is a protocol violation: the close code to fail the
+// connection with and why.
+type wsViolation struct {
+	code   int
+	reason string
+}
+
+// next returns the next event, or the violation that must end the
+// connection, or the read error that ended it.
+func (r *wsFrames) next() (wsEvent, *wsViolation, error) {
+	for {
+		if cap(r.payload) > 4096 {
+			r.payload = nil // keep no large buffer on an idle connection
+		}
+		if !r.inFrag && cap(r.frag) > 4096 {
+			r.frag = nil
+		}
+		h, err := ws.ReadHeaderBuffer(r.conn, r.hdr[:])
+		if err != nil {
+			return wsEvent{}, nil, err
+		}
+		switch {
+		case h.Rsv != 0:
+			return wsEvent{}, &wsViolation{1002, "reserved bits set without a negotiated extension"}, nil
+		case !h.Masked:
+			return wsEvent{}, &wsViolation{1002, "client frames must be masked"}, nil
+		case h.OpCode.IsReserved():
+			return wsEvent{}, &wsViolation{1002, "reserved opcode"}, nil
+		case h.OpCode.IsControl() && (!h.Fin || h.Length > 125):
+			return wsEvent{}, &wsViolation{1002, "control frames must be final and at most 125 bytes"}, nil
+		case h.Length > int64(r.limit) ||
+			// Only continuations add to a fragmented message; a ping
+			// between its fragments is not part of it.
+			h.OpCode == ws.OpContinuation && int64(len(r.frag))+h.Length > int64(r.limit):
+			return wsEvent{}, &wsViolation{r.tooLarge, "message too large: the limit is " + strconv.Itoa(r.limit) + " bytes"}, nil
+		}
+		n := int(h.Length)
+		if cap(r.payload) < n {
+			r.payload = make([]byte, n)
+		}
+		r.payload = r.payload[:n]
+		if _, err := io.ReadFull(r.conn, r.payload); err != nil {
+			return wsEvent{}, nil, err
+		}
+		ws.Cipher(r.payload, h.Mask, 0)
+
+		var ev wsEvent
+		switch h.OpCode {
+		case ws.OpPing, ws.OpPong, ws.OpClose:
+			return wsEvent{op: h.OpCode, data: r.payload}, nil, nil
+		case ws.OpContinuation:
+			if !r.inFrag {
+				return wsEvent{}, &wsViolation{1002, "continuation frame without a message to continue"}, nil
+			}
+			r.frag = append(r.frag, r.payload...)
+			if !h.Fin {
+				continue
+			}
+			ev = wsEvent{op: r.fragOp, data: r.frag}
+			r.inFrag = false
+		default: // text or binary
+			if r.inFrag {
+				return wsEvent{}, &wsViolation{1002, "new data frame inside a fragmented message"}, nil
+			}
+			if !h.Fin {
+				r.inFrag, r.fragOp = true, h.OpCode
+				r.frag = append(r.frag[:0], r.payload...)
+				continue
+			}
+			ev = wsEvent{op: h.OpCode, data: r.payload}
+		}
+		if (ev.op == ws.OpText || r.utf8Binary) && !utf8.Valid(ev.data) {
+			return wsEvent{}, &wsViolation{1007, "text message is not valid UTF-8"}, nil
+		}
+		if !r.inFrag {
+			r.frag = r.frag[:0]
+		}
+		return ev, nil, nil
+	}
+}
