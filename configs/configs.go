@@ -98,6 +98,11 @@ type Node struct {
 	// ID is the first token of every session id this node issues. "" means
 	// the caller picks a random 6-character [a-z0-9] id at start-up.
 	ID string `mapstructure:"id"`
+	// AdvertiseURL is the base URL other nodes reach this node's HTTP
+	// listener at, "http(s)://host[:port]", used to forward requests for
+	// this node's sessions to it. "" means derived from http.listen when
+	// its host is a concrete address, and forwarding off when it is not.
+	AdvertiseURL string `mapstructure:"advertise_url"`
 }
 
 // HTTP configures the main HTTP listener.

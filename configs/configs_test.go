@@ -29,7 +29,7 @@ func writeConfig(t *testing.T, content string) string {
 // must be deliberate.
 func wantDefaults() *Config {
 	return &Config{
-		Node: Node{ID: ""},
+		Node: Node{ID: "", AdvertiseURL: ""},
 		HTTP: HTTP{
 			Listen:            "127.0.0.1:8080",
 			ReadHeaderTimeout: 5 * time.Second,
@@ -636,6 +636,17 @@ func TestValidate(t *testing.T) {
 		{"node.id too long", func(c *Config) { c.Node.ID = "abcdefghij0123456" }, `node.id: must be 1 to 16 characters of [a-z0-9], got "abcdefghij0123456"`},
 		{"node.id upper case", func(c *Config) { c.Node.ID = "N1" }, `node.id: must be 1 to 16`},
 		{"node.id dot", func(c *Config) { c.Node.ID = "a.b" }, `node.id: must be 1 to 16`},
+		{"node.advertise_url ip", func(c *Config) { c.Node.AdvertiseURL = "http://10.0.0.5:8080" }, ""},
+		{"node.advertise_url https name", func(c *Config) { c.Node.AdvertiseURL = "https://node1.example.com" }, ""},
+		{"node.advertise_url ipv6", func(c *Config) { c.Node.AdvertiseURL = "http://[fd00::5]:8080" }, ""},
+		{"node.advertise_url no scheme", func(c *Config) { c.Node.AdvertiseURL = "10.0.0.5:8080" }, `node.advertise_url: must be http(s)://host[:port]`},
+		{"node.advertise_url ftp", func(c *Config) { c.Node.AdvertiseURL = "ftp://10.0.0.5" }, `node.advertise_url: must be http(s)://host[:port]`},
+		{"node.advertise_url path", func(c *Config) { c.Node.AdvertiseURL = "http://10.0.0.5:8080/gw" }, `node.advertise_url: must be http(s)://host[:port] with nothing after the host`},
+		{"node.advertise_url trailing slash", func(c *Config) { c.Node.AdvertiseURL = "http://10.0.0.5:8080/" }, `node.advertise_url: must be http(s)://host[:port]`},
+		{"node.advertise_url user", func(c *Config) { c.Node.AdvertiseURL = "http://u:p@10.0.0.5" }, `node.advertise_url: must be http(s)://host[:port]`},
+		{"node.advertise_url unspecified", func(c *Config) { c.Node.AdvertiseURL = "http://0.0.0.0:8080" }, `node.advertise_url: host must be an address other nodes can connect to, not "0.0.0.0"`},
+		{"node.advertise_url bad port", func(c *Config) { c.Node.AdvertiseURL = "http://10.0.0.5:0" }, `node.advertise_url: port must be a number 1-65535`},
+		{"node.advertise_url bad host", func(c *Config) { c.Node.AdvertiseURL = "http://a_b:80" }, `node.advertise_url: host must be a DNS name or IP address`},
 
 		{"http.listen all interfaces", func(c *Config) { c.HTTP.Listen = ":8080" }, ""},
 		{"http.listen ipv6", func(c *Config) { c.HTTP.Listen = "[::1]:0" }, ""},

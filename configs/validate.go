@@ -33,6 +33,11 @@ func (c *Config) Validate() error {
 	if c.Node.ID != "" && !nodeIDRe.MatchString(c.Node.ID) {
 		v.failf("node.id", "must be 1 to 16 characters of [a-z0-9], got %q", c.Node.ID)
 	}
+	if c.Node.AdvertiseURL != "" {
+		if err := checkAdvertiseURL(c.Node.AdvertiseURL); err != nil {
+			v.failf("node.advertise_url", "%v", err)
+		}
+	}
 
 	v.listen("http.listen", c.HTTP.Listen)
 	v.positive("http.read_header_timeout", c.HTTP.ReadHeaderTimeout)
@@ -264,6 +269,32 @@ func checkOrigin(o string) error {
 	default:
 		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
 			return fmt.Errorf("port must be a number 1-65535, got %q", o)
+		}
+	}
+	return nil
+}
+
+// checkAdvertiseURL accepts a node's base URL: http or https, a DNS name or
+// an IP address that is not unspecified (other nodes must be able to
+// connect to it), an optional port, and nothing after.
+func checkAdvertiseURL(s string) error {
+	const rule = `must be http(s)://host[:port] with nothing after the host, such as "http://10.0.0.5:8080"`
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+		s != u.Scheme+"://"+u.Host || strings.HasSuffix(u.Host, ":") {
+		return fmt.Errorf("%s, got %q", rule, s)
+	}
+	host := u.Hostname()
+	if ip := net.ParseIP(host); ip != nil {
+		if ip.IsUnspecified() {
+			return fmt.Errorf("host must be an address other nodes can connect to, not %q", host)
+		}
+	} else if !hostnameRe.MatchString(strings.ToLower(host)) {
+		return fmt.Errorf("host must be a DNS name or IP address, got %q", s)
+	}
+	if port := u.Port(); port != "" {
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			return fmt.Errorf("port must be a number 1-65535, got %q", s)
 		}
 	}
 	return nil

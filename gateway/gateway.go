@@ -232,6 +232,10 @@ func (g *Gateway) Publish(ctx context.Context, channel string, data []byte, cont
 	if err := ValidateChannel(channel); err != nil {
 		return err
 	}
+	if channel == NodesChannel {
+		// Announcements there steer request forwarding between nodes.
+		return &ChannelError{Name: channel, Rule: "reserved for the gateway nodes"}
+	}
 	return g.publish(ctx, "api", channel, data, contentType)
 }
 

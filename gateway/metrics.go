@@ -17,6 +17,7 @@ type Metrics struct {
 	brokerReconnect prometheus.Counter
 	publishes       *prometheus.CounterVec
 	latency         prometheus.Histogram
+	forwards        *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -54,9 +55,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "From a message's arrival from the broker to its write to a client.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
+		forwards: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cometgate_forwarded_requests_total",
+			Help: "Requests for a session of another node, proxied to that node, by result (ok: the owner answered; error: it could not be reached).",
+		}, []string{"result"}),
 	}
 	reg.MustRegister(m.sessions, m.sessionsOpened, m.messagesIn, m.messagesOut, m.bytesOut,
-		m.slowCloses, m.brokerUp, m.brokerReconnect, m.publishes, m.latency)
+		m.slowCloses, m.brokerUp, m.brokerReconnect, m.publishes, m.latency, m.forwards)
 	return m
 }
 
@@ -115,5 +120,17 @@ func (m *Metrics) published(source string, err error) {
 			result = "error"
 		}
 		m.publishes.WithLabelValues(source, result).Inc()
+	}
+}
+
+// Forwarded counts one request proxied to the node that owns its session;
+// ok is false when that node could not be reached. Safe on a nil *Metrics.
+func (m *Metrics) Forwarded(ok bool) {
+	if m != nil {
+		result := "ok"
+		if !ok {
+			result = "error"
+		}
+		m.forwards.WithLabelValues(result).Inc()
 	}
 }

@@ -765,7 +765,7 @@ func (s *Session) enqueuePublish(f Frame) {
 		return
 	}
 	ns := s.g.cfg.Rules.Find(f.Ch)
-	if ns == nil || ns.Publish != Anyone {
+	if ns == nil || ns.Publish != Anyone || f.Ch == NodesChannel {
 		s.push(errBody(f.ID, f.Ch, 403, fmt.Sprintf("permission denied: publish to %q", f.Ch)))
 		return
 	}

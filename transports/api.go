@@ -101,6 +101,9 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 // carry them (SSE, and the polling transports): a frame or a JSON array of
 // frames. Answers to requests go down the session's stream as packets.
 func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
+	if s.forward(w, r, chi.URLParam(r, "sid")) {
+		return
+	}
 	if !s.origins.allowed(r) {
 		writeError(w, http.StatusForbidden, "origin not allowed")
 		return

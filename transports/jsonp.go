@@ -57,6 +57,9 @@ type sendAnswer struct {
 // /session/{sid}/send, answers to the frames themselves (ok and err
 // packets) go down the session.
 func (s *Server) serveJSONPSend(w http.ResponseWriter, r *http.Request) {
+	if s.forward(w, r, chi.URLParam(r, "sid")) {
+		return
+	}
 	h := w.Header()
 	h.Set("Cache-Control", "no-store, no-transform")
 	h.Set("X-Accel-Buffering", "no")

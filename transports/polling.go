@@ -149,6 +149,10 @@ func (s *Server) pollHandler(fam *family) http.HandlerFunc {
 }
 
 func (s *Server) servePolling(fam *family, w http.ResponseWriter, r *http.Request) {
+	// Before anything reads the body: a forwarded request carries it on.
+	if s.forward(w, r, chi.URLParam(r, "sid")) {
+		return
+	}
 	h := w.Header()
 	h.Set("Cache-Control", "no-store, no-transform")
 	h.Set("X-Accel-Buffering", "no")

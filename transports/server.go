@@ -50,6 +50,12 @@ type Options struct {
 	Web http.Handler
 	// Metrics serves /metrics; may be nil.
 	Metrics http.Handler
+	// Nodes, when set, lets this node proxy a request for a session of
+	// another node to that node (see HeaderForwarded): the request-per-poll
+	// transports and POST /session/{sid}/send, so that a round-robin load
+	// balancer needs no sticky sessions. Nil answers such requests with
+	// "session not found" (4004).
+	Nodes NodeDirectory
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -65,6 +71,7 @@ type Server struct {
 	origins originPolicy
 	router  chi.Router
 	readers sync.WaitGroup
+	fwd     *forwarder // nil: no forwarding
 
 	ipMu     sync.Mutex
 	perIP    map[netip.Addr]int
@@ -92,6 +99,9 @@ func New(opts Options) *Server {
 		origins:  newOriginPolicy(opts.AllowedOrigins),
 		perIP:    make(map[netip.Addr]int),
 		maxFrame: opts.Gateway.Config().MaxFrameBytes,
+	}
+	if opts.Nodes != nil {
+		s.fwd = newForwarder(opts.Nodes, opts.Gateway, opts.Logger)
 	}
 	r := chi.NewRouter()
 	r.Use(s.recoverer)
@@ -123,9 +133,15 @@ func New(opts Options) *Server {
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
 
-// Wait blocks until every connection reader has returned. Call it after
-// Gateway.Shutdown, which closes the connections.
-func (s *Server) Wait() { s.readers.Wait() }
+// Wait blocks until every connection reader has returned, and closes the
+// idle connections to other nodes. Call it after Gateway.Shutdown, which
+// closes the connections, and after the HTTP server's handlers returned.
+func (s *Server) Wait() {
+	s.readers.Wait()
+	if s.fwd != nil {
+		s.fwd.transport.CloseIdleConnections()
+	}
+}
 
 func (s *Server) recoverer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -33,6 +33,11 @@ import (
 type hooks struct {
 	// listening is called with the HTTP address once the node serves.
 	listening func(addr string, emb *natsbroker.Embedded)
+	// announceInterval, when set, replaces the node announcement interval
+	// (gateway.DefaultAnnounceInterval), so tests see expiry quickly.
+	announceInterval time.Duration
+	// nodes is called with the node table once it runs.
+	nodes func(*gateway.Nodes)
 }
 
 func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hooks) error {
@@ -126,6 +131,11 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 	if cfg.Metrics.Enabled {
 		topts.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	}
+	// The node table needs this node's URL, hence the listener, before
+	// the transports (which forward through it) serve anything: it is
+	// filled in below, before the server starts.
+	nodeDir := &nodeDirectory{}
+	topts.Nodes = nodeDir
 	tsrv := transports.New(topts)
 	fresh := &freshConns{conns: make(map[net.Conn]struct{})}
 	httpSrv := &http.Server{
@@ -139,6 +149,32 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 	if err != nil {
 		_ = gw.Shutdown(context.Background())
 		return fmt.Errorf("http.listen: %w", err)
+	}
+	httpSrv.RegisterOnShutdown(tsrv.StopForwarding)
+	advertise := advertiseURL(cfg, ln.Addr())
+	if advertise == "" {
+		log.Info("forwarding between nodes is off: http.listen has no concrete host and node.advertise_url is not set; " +
+			"polling transports then need sticky sessions behind a load balancer")
+	} else {
+		var interval time.Duration
+		if h != nil {
+			interval = h.announceInterval
+		}
+		nodes, err := gateway.StartNodes(ctx, gateway.NodesOptions{
+			Broker: broker, SelfID: cfg.Node.ID, SelfURL: advertise, Interval: interval,
+			Logger: log.With(slog.String("component", "nodes")),
+		})
+		if err != nil {
+			_ = ln.Close()
+			_ = gw.Shutdown(context.Background())
+			return err
+		}
+		defer func() { _ = nodes.Close() }() // before the broker closes: defers run last-in first-out
+		nodeDir.nodes.Store(nodes)
+		if h != nil && h.nodes != nil {
+			h.nodes(nodes)
+		}
+		log.Info("forwarding between nodes is on", slog.String("advertise_url", advertise))
 	}
 
 	var wg sync.WaitGroup
@@ -217,6 +253,43 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 	wg.Wait()
 	log.Info("stopped")
 	return runErr
+}
+
+// nodeDirectory is the transports' view of the node table, which starts
+// after the transports are built (it needs the listener's address). Until
+// then, and when forwarding is off, it knows no node.
+type nodeDirectory struct {
+	nodes atomic.Pointer[gateway.Nodes]
+}
+
+func (d *nodeDirectory) Lookup(id string) (string, bool) {
+	if n := d.nodes.Load(); n != nil {
+		return n.Lookup(id)
+	}
+	return "", false
+}
+
+// advertiseURL is node.advertise_url, or else derived from the listener:
+// http://IP:PORT when http.listen names a concrete host (an IP address or
+// localhost), with the port actually listened on (http.listen may say 0).
+// It is "" when the listener accepts on every interface: no single address
+// of it is known to reach this node.
+func advertiseURL(cfg *configs.Config, addr net.Addr) string {
+	if cfg.Node.AdvertiseURL != "" {
+		return cfg.Node.AdvertiseURL
+	}
+	host, _, err := net.SplitHostPort(cfg.HTTP.Listen)
+	if err != nil || host == "" {
+		return ""
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return ""
+	}
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok || tcp.IP.IsUnspecified() {
+		return ""
+	}
+	return "http://" + tcp.String()
 }
 
 func stateOf(b brokers.Broker) brokers.State {

@@ -1,0 +1,168 @@
+package transports
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// Forwarding to the owner node. A session lives on the node that opened it,
+// and its id starts with that node's id ("<node>.<random>"). The
+// request-per-poll transports and POST /session/{sid}/send make one HTTP
+// request per poll or per send, so behind a round-robin load balancer most
+// of them land on another node; that node proxies them to the owner, whose
+// base URL it learnt from the owner's announcements on the broker
+// (gateway.Nodes). The owner then does everything a direct request gets:
+// Origin check (Host and Origin are kept), acks, frames, the response.
+//
+// A forwarded request carries HeaderForwarded, and a request carrying it is
+// never forwarded again, so a stale node table cannot make a loop: the
+// second node answers "session not found" like a node without forwarding.
+
+// HeaderForwarded marks a request one node proxied to the owner of its
+// session; its value is the forwarding node's id.
+const HeaderForwarded = "X-Cometgate-Forwarded"
+
+// NodeDirectory finds other nodes of the cluster. gateway.Nodes implements
+// it; Lookup must be safe for concurrent use.
+type NodeDirectory interface {
+	// Lookup returns the base URL ("http://10.0.0.5:8080") of node id, or
+	// false when the node is not known (or is this node).
+	Lookup(id string) (baseURL string, ok bool)
+}
+
+var _ NodeDirectory = (*gateway.Nodes)(nil)
+
+// forwardDialTimeout bounds the connection to the owner node: a node that
+// does not answer in that time is treated as gone (502).
+const forwardDialTimeout = 5 * time.Second
+
+// forwarder proxies requests to owner nodes. Its transport's idle
+// connections are closed by Server.Wait; stop cancels forwards in flight.
+type forwarder struct {
+	nodes     NodeDirectory
+	self      string
+	log       *slog.Logger
+	metrics   *gateway.Metrics
+	transport *http.Transport
+	proxy     *httputil.ReverseProxy
+	ctx       context.Context // cancelled by StopForwarding
+	stop      context.CancelFunc
+}
+
+// forwardTarget is the owner's base URL, handed to Rewrite through the
+// request context.
+type forwardTarget struct{}
+
+func newForwarder(nodes NodeDirectory, gw *gateway.Gateway, log *slog.Logger) *forwarder {
+	ctx, stop := context.WithCancel(context.Background())
+	f := &forwarder{
+		nodes:   nodes,
+		self:    gw.Config().NodeID,
+		log:     log,
+		metrics: gw.Config().Metrics,
+		ctx:     ctx,
+		stop:    stop,
+		transport: &http.Transport{
+			Proxy:                 nil, // nodes talk directly, never through HTTP_PROXY
+			DialContext:           (&net.Dialer{Timeout: forwardDialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			TLSHandshakeTimeout:   forwardDialTimeout,
+			MaxIdleConnsPerHost:   64,
+			IdleConnTimeout:       90 * time.Second,
+			ExpectContinueTimeout: time.Second,
+		},
+	}
+	f.proxy = &httputil.ReverseProxy{
+		Rewrite:   f.rewrite,
+		Transport: f.transport,
+		// Streams (XHR streaming, htmlfile) go out as the owner writes
+		// them, never held in a buffer.
+		FlushInterval:  -1,
+		ModifyResponse: func(*http.Response) error { f.metrics.Forwarded(true); return nil },
+		ErrorHandler:   f.failed,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return f
+}
+
+func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
+	pr.SetURL(pr.In.Context().Value(forwardTarget{}).(*url.URL))
+	// The owner checks Origin against the Host the browser used, as if
+	// the request had come straight to it.
+	pr.Out.Host = pr.In.Host
+	pr.SetXForwarded()
+	pr.Out.Header.Set(HeaderForwarded, f.self)
+}
+
+// failed answers a forward that got no response from the owner.
+func (f *forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case f.ctx.Err() != nil:
+		// This node is shutting down; the client retries elsewhere.
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "server shutting down, reconnect to another node")
+		return
+	case errors.Is(r.Context().Err(), context.Canceled):
+		// The client went away: nobody reads the answer.
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	f.metrics.Forwarded(false)
+	f.log.Warn("forwarding to the session's node failed",
+		slog.String("path", r.URL.Path), slog.Any("err", err))
+	writeError(w, http.StatusBadGateway, "the node that owns this session is unreachable: "+err.Error())
+}
+
+// forward proxies r to the node that owns session sid when that session is
+// not here, its id names another node, that node is known, and r was not
+// forwarded already. It reports whether it answered r; when it did not,
+// the caller serves r itself (and answers "session not found" if the
+// session is not here).
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, sid string) bool {
+	f := s.fwd
+	if f == nil || sid == "" || r.Header.Get(HeaderForwarded) != "" || f.ctx.Err() != nil {
+		return false
+	}
+	if parseSID(sid) != nil || s.gw.Session(sid) != nil {
+		return false
+	}
+	owner, _, ok := strings.Cut(sid, ".")
+	if !ok || owner == "" || owner == f.self {
+		return false
+	}
+	base, ok := f.nodes.Lookup(owner)
+	if !ok {
+		return false
+	}
+	target, err := url.Parse(base)
+	if err != nil {
+		// gateway.Nodes only admits valid URLs; another directory might not.
+		s.log.Warn("node directory returned a bad URL", slog.String("node", owner), slog.String("url", base))
+		return false
+	}
+	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), forwardTarget{}, target))
+	defer cancel()
+	unlink := context.AfterFunc(f.ctx, cancel) // StopForwarding cuts this request
+	defer unlink()
+	f.proxy.ServeHTTP(w, r.WithContext(ctx))
+	return true
+}
+
+// StopForwarding cancels the requests this node is proxying to other
+// nodes (their clients reconnect) and forwards nothing from then on. Call
+// it when shutdown begins (http.Server.RegisterOnShutdown), so that proxied
+// streams do not hold up the drain. It is idempotent and safe to call
+// concurrently with requests.
+func (s *Server) StopForwarding() {
+	if s.fwd != nil {
+		s.fwd.stop()
+	}
+}

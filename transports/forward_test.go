@@ -1,0 +1,149 @@
+package transports
+
+import (
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// staticNodes is a fixed NodeDirectory.
+type staticNodes map[string]string
+
+func (d staticNodes) Lookup(id string) (string, bool) { u, ok := d[id]; return u, ok }
+
+// recorded is what the fake owner node saw of a forwarded request.
+type recorded struct {
+	method, uri, host, body string
+	header                  http.Header
+}
+
+func TestForwardProxiesToOwner(t *testing.T) {
+	var mu sync.Mutex
+	var got []recorded
+	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		got = append(got, recorded{r.Method, r.RequestURI, r.Host, string(b), r.Header.Clone()})
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `[{"seq":7,"t":"hello"}]`)
+	}))
+	defer owner.Close()
+	// A port nothing listens on: the owner is unreachable.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadURL := "http://" + ln.Addr().String()
+	ln.Close()
+
+	n := startNode(t, nil, func(o *Options) {
+		o.Nodes = staticNodes{"n2": owner.URL, "n3": deadURL, "n1": owner.URL}
+	})
+	do := func(method, path, body string, hdr map[string]string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, n.url(path), strings.NewReader(body))
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := n.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	browser := map[string]string{"Origin": "http://app.example", "Cookie": "auth=xyz"}
+
+	// Every sid route of a session of n2 goes to n2 as it came.
+	routes := []struct{ method, path, body string }{
+		{"POST", "/poll/n2.abc?ack=3", `[{"op":"ping","id":1}]`},
+		{"GET", "/xhr_stream/n2.abc?ack=4", ""},
+		{"GET", "/htmlfile/n2.abc?cb=f&ack=5", ""},
+		{"GET", "/jsonp/n2.abc?cb=f", ""},
+		{"GET", "/jsonp_send/n2.abc?cb=f&d=%7B%7D", ""},
+		{"POST", "/session/n2.abc/send", `{"op":"ping","id":2}`},
+	}
+	for _, r := range routes {
+		st, body := do(r.method, r.path, r.body, browser)
+		if st != http.StatusOK || body != `[{"seq":7,"t":"hello"}]` {
+			t.Errorf("%s %s: %d %s; want the owner's answer", r.method, r.path, st, body)
+		}
+	}
+	mu.Lock()
+	if len(got) != len(routes) {
+		t.Fatalf("owner got %d requests, want %d", len(got), len(routes))
+	}
+	for i, r := range routes {
+		g := got[i]
+		if g.method != r.method || g.uri != r.path || g.body != r.body {
+			t.Errorf("forwarded %s %s %q; want %s %s %q", g.method, g.uri, g.body, r.method, r.path, r.body)
+		}
+		if g.host != strings.TrimPrefix(n.http.URL, "http://") {
+			t.Errorf("Host %q: the owner checks Origin against the Host the browser used", g.host)
+		}
+		if g.header.Get("Origin") != "http://app.example" || g.header.Get("Cookie") != "auth=xyz" {
+			t.Errorf("Origin %q, Cookie %q not kept", g.header.Get("Origin"), g.header.Get("Cookie"))
+		}
+		if g.header.Get(HeaderForwarded) != "n1" {
+			t.Errorf("%s = %q, want n1", HeaderForwarded, g.header.Get(HeaderForwarded))
+		}
+	}
+	got = nil
+	mu.Unlock()
+
+	notFound := func(what string, st int, body string) {
+		t.Helper()
+		var e errorBody
+		_ = json.Unmarshal([]byte(body), &e)
+		if st != http.StatusNotFound || e.Code != gateway.DisconnectNotFound.Code {
+			t.Errorf("%s: %d %s; want 404 with code %d", what, st, body, gateway.DisconnectNotFound.Code)
+		}
+	}
+	// Not forwarded: already forwarded once, a node nobody knows, this
+	// node's own id (its session is gone), a malformed id.
+	st, body := do("GET", "/poll/n2.abc", "", map[string]string{HeaderForwarded: "n9"})
+	notFound("already forwarded", st, body)
+	st, body = do("GET", "/poll/n4.abc", "", nil)
+	notFound("unknown node", st, body)
+	st, body = do("GET", "/poll/n1.abc", "", nil)
+	notFound("own node", st, body)
+	st, body = do("GET", "/poll/nodot", "", nil)
+	notFound("id without a node", st, body)
+	mu.Lock()
+	if len(got) != 0 {
+		t.Errorf("owner got %d requests that must not be forwarded", len(got))
+	}
+	mu.Unlock()
+
+	// A live local session is served here even if its node token were
+	// known elsewhere.
+	c := newPollClient(t, n, false)
+	c.open("demo.fwd")
+	if !strings.HasPrefix(c.sid, "n1.") {
+		t.Fatalf("sid %q", c.sid)
+	}
+	if st, body := do("POST", "/session/"+c.sid+"/send", `{"op":"ping","id":3}`, nil); st != http.StatusNoContent {
+		t.Errorf("local send: %d %s", st, body)
+	}
+
+	// The owner is unreachable: 502 with a JSON error.
+	st, body = do("GET", "/poll/n3.abc", "", nil)
+	var e errorBody
+	if err := json.Unmarshal([]byte(body), &e); st != http.StatusBadGateway || err != nil || !strings.Contains(e.Error, "unreachable") {
+		t.Errorf("unreachable owner: %d %s; want 502 with a JSON error", st, body)
+	}
+
+	// After StopForwarding (shutdown) nothing is forwarded.
+	n.srv.StopForwarding()
+	st, body = do("GET", "/poll/n2.abc", "", nil)
+	notFound("after StopForwarding", st, body)
+}
