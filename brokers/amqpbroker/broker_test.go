@@ -184,34 +184,6 @@ func (in *inbox) wait(t *testing.T, channel, data string) brokers.Message {
 	return got
 }
 
-// states records OnState calls.
-type states struct {
-	mu  sync.Mutex
-	all []brokers.State
-}
-
-func (s *states) record(st brokers.State) {
-	s.mu.Lock()
-	s.all = append(s.all, st)
-	s.mu.Unlock()
-}
-
-func (s *states) list() []brokers.State {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.all)
-}
-
-func (s *states) count(st brokers.State) int {
-	n := 0
-	for _, x := range s.list() {
-		if x == st {
-			n++
-		}
-	}
-	return n
-}
-
 func TestConformance(t *testing.T) {
 	u := serverURL(t)
 	brokertest.Run(t, func(t *testing.T) brokers.Broker {
@@ -636,9 +608,9 @@ func TestPassiveExchange(t *testing.T) {
 func TestExchangeDeletedRecovers(t *testing.T) {
 	u := serverURL(t)
 	ex := "cometgate.test.deleted." + token()
-	var st states
+	var st brokertest.StateLog
 	b := connect(t, amqpbroker.Options{
-		URL: u, Exchange: ex, DeclareExchange: true, OnState: st.record,
+		URL: u, Exchange: ex, DeclareExchange: true, OnState: st.Record,
 		ReconnectWait: 10 * time.Millisecond, MaxReconnectWait: 100 * time.Millisecond,
 	})
 	waitUntil(t, "Ready", b.Ready)
@@ -664,7 +636,7 @@ func TestExchangeDeletedRecovers(t *testing.T) {
 	}
 	in.wait(t, "del.x", "back")
 	want := []brokers.State{brokers.StateConnected, brokers.StateDisconnected, brokers.StateConnected}
-	if got := st.list(); !slices.Equal(got, want) {
+	if got := st.List(); !slices.Equal(got, want) {
 		t.Errorf("states %v, want %v", got, want)
 	}
 }
@@ -724,8 +696,8 @@ func TestConnectUnreachable(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 
-	var st states
-	b := connect(t, amqpbroker.Options{URL: "amqp://guest:guest@" + addr + "/", ReconnectWait: 5 * time.Millisecond, OnState: st.record})
+	var st brokertest.StateLog
+	b := connect(t, amqpbroker.Options{URL: "amqp://guest:guest@" + addr + "/", ReconnectWait: 5 * time.Millisecond, OnState: st.Record})
 	if b.Ready() || b.Queue() != "" || b.Bindings() != 0 {
 		t.Fatal("Ready without a server")
 	}
@@ -743,7 +715,7 @@ func TestConnectUnreachable(t *testing.T) {
 	if err := sub.Unsubscribe(); err != nil {
 		t.Errorf("Unsubscribe after Close: %v", err)
 	}
-	if got := st.list(); !slices.Equal(got, []brokers.State{brokers.StateClosed}) {
+	if got := st.List(); !slices.Equal(got, []brokers.State{brokers.StateClosed}) {
 		t.Errorf("states %v, want only closed", got)
 	}
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: "early"}); !errors.Is(err, brokers.ErrClosed) {
@@ -824,15 +796,15 @@ func TestInvalidInput(t *testing.T) {
 // Connect returns a Broker that is Ready at once when the server is up.
 func TestReadyAfterConnect(t *testing.T) {
 	u := serverURL(t)
-	var st states
-	b := connect(t, amqpbroker.Options{URL: u, Exchange: testExchange, DeclareExchange: true, OnState: st.record})
+	var st brokertest.StateLog
+	b := connect(t, amqpbroker.Options{URL: u, Exchange: testExchange, DeclareExchange: true, OnState: st.Record})
 	if !b.Ready() {
 		t.Error("not Ready when Connect returned")
 	}
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: "ready." + token(), Data: []byte("x")}); err != nil {
 		t.Errorf("Publish right after Connect: %v", err)
 	}
-	waitUntil(t, "StateConnected", func() bool { return st.count(brokers.StateConnected) == 1 })
+	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
 }
 
 // After a reconnect the node has a new queue with exactly the bindings of

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -177,15 +178,15 @@ func (p *Proxy) serve(client net.Conn) {
 func RunOutage(t *testing.T, newBroker func(t *testing.T, proxyAddr string, onState brokers.StateFunc) brokers.Broker, target string) {
 	t.Helper()
 	p := NewProxy(t, target)
-	var st stateLog
-	b := newBroker(t, p.Addr(), st.record)
+	var st StateLog
+	b := newBroker(t, p.Addr(), st.Record)
 	t.Cleanup(func() {
 		if err := b.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
 	})
 	waitUntil(t, "broker ready", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.count(brokers.StateConnected) >= 1 })
+	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) >= 1 })
 
 	s := &suite{prefix: "cgtest." + token()}
 	old, during, gone := s.ch("old"), s.ch("during"), s.ch("gone")
@@ -199,7 +200,7 @@ func RunOutage(t *testing.T, newBroker func(t *testing.T, proxyAddr string, onSt
 		p.Cut()
 		waitUntil(t, fmt.Sprintf("Ready false after cut %d", round), func() bool { return !b.Ready() })
 		waitUntil(t, fmt.Sprintf("StateDisconnected after cut %d", round), func() bool {
-			return st.count(brokers.StateDisconnected) >= round+1
+			return st.Count(brokers.StateDisconnected) >= round+1
 		})
 
 		// A deadline far beyond waitTimeout: an error that is that
@@ -221,13 +222,13 @@ func RunOutage(t *testing.T, newBroker func(t *testing.T, proxyAddr string, onSt
 			}
 		}
 
-		connected := st.count(brokers.StateConnected)
+		connected := st.Count(brokers.StateConnected)
 		p.Restore()
 		waitUntil(t, fmt.Sprintf("Ready after restore %d", round), b.Ready)
 		waitUntil(t, fmt.Sprintf("StateConnected after restore %d", round), func() bool {
-			return st.count(brokers.StateConnected) > connected
+			return st.Count(brokers.StateConnected) > connected
 		})
-		if last, _ := st.last(); last != brokers.StateConnected {
+		if last, _ := st.Last(); last != brokers.StateConnected {
 			t.Errorf("last state after restore %d: %v, want connected", round, last)
 		}
 
@@ -251,23 +252,31 @@ func RunOutage(t *testing.T, newBroker func(t *testing.T, proxyAddr string, onSt
 	cDuring.checkSerial(t)
 }
 
-// stateLog records the states a StateFunc is told.
-type stateLog struct {
+// StateLog records the states a broker's StateFunc is told; pass its
+// Record as Options.OnState. Safe for concurrent use.
+type StateLog struct {
 	mu  sync.Mutex
 	all []brokers.State
 }
 
-func (s *stateLog) record(st brokers.State) {
+// Record is a brokers.StateFunc.
+func (s *StateLog) Record(st brokers.State) {
 	s.mu.Lock()
 	s.all = append(s.all, st)
 	s.mu.Unlock()
 }
 
-func (s *stateLog) count(st brokers.State) int {
+// List returns every state recorded, oldest first.
+func (s *StateLog) List() []brokers.State {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return slices.Clone(s.all)
+}
+
+// Count returns how many times st was recorded.
+func (s *StateLog) Count(st brokers.State) int {
 	n := 0
-	for _, x := range s.all {
+	for _, x := range s.List() {
 		if x == st {
 			n++
 		}
@@ -275,7 +284,8 @@ func (s *stateLog) count(st brokers.State) int {
 	return n
 }
 
-func (s *stateLog) last() (brokers.State, bool) {
+// Last returns the latest state recorded, if any.
+func (s *StateLog) Last() (brokers.State, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.all) == 0 {

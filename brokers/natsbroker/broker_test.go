@@ -137,40 +137,6 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// states records OnState calls.
-type states struct {
-	mu  sync.Mutex
-	all []brokers.State
-}
-
-func (s *states) record(st brokers.State) {
-	s.mu.Lock()
-	s.all = append(s.all, st)
-	s.mu.Unlock()
-}
-
-// count returns how many times st was reported.
-func (s *states) count(st brokers.State) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, x := range s.all {
-		if x == st {
-			n++
-		}
-	}
-	return n
-}
-
-func (s *states) last() (brokers.State, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.all) == 0 {
-		return 0, false
-	}
-	return s.all[len(s.all)-1], true
-}
-
 func TestConformanceInProcess(t *testing.T) {
 	e := startEmbedded(t, natsbroker.EmbeddedOptions{})
 	if e.ClientURL() != "" {
@@ -334,15 +300,15 @@ func TestReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var st states
+	var st brokertest.StateLog
 	b := connect(t, natsbroker.Options{
 		URLs:             []string{clientURL},
 		ReconnectWait:    10 * time.Millisecond,
 		MaxReconnectWait: 100 * time.Millisecond,
-		OnState:          st.record,
+		OnState:          st.Record,
 	})
 	waitUntil(t, "Ready", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.count(brokers.StateConnected) == 1 })
+	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
 
 	var in inbox
 	sub, err := b.Subscribe(ctxT(t), "demo.reconnect", in.handle)
@@ -360,7 +326,7 @@ func TestReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, "not Ready", func() bool { return !b.Ready() })
-	waitUntil(t, "StateDisconnected", func() bool { return st.count(brokers.StateDisconnected) == 1 })
+	waitUntil(t, "StateDisconnected", func() bool { return st.Count(brokers.StateDisconnected) == 1 })
 
 	// Publishing fails at once with ErrUnavailable; it does not wait for
 	// the (long) context deadline.
@@ -384,8 +350,8 @@ func TestReconnect(t *testing.T) {
 		t.Fatalf("restarted server at %s, want %s", e2.ClientURL(), clientURL)
 	}
 	waitUntil(t, "Ready again", b.Ready)
-	waitUntil(t, "StateConnected again", func() bool { return st.count(brokers.StateConnected) == 2 })
-	if s, _ := st.last(); s != brokers.StateConnected {
+	waitUntil(t, "StateConnected again", func() bool { return st.Count(brokers.StateConnected) == 2 })
+	if s, _ := st.Last(); s != brokers.StateConnected {
 		t.Errorf("last state %v, want connected", s)
 	}
 	if b.Reconnects() != 1 {
@@ -413,7 +379,7 @@ func TestReconnect(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if s, _ := st.last(); s != brokers.StateClosed {
+	if s, _ := st.Last(); s != brokers.StateClosed {
 		t.Errorf("last state after Close %v, want closed", s)
 	}
 }
@@ -428,12 +394,12 @@ func TestConnectBeforeServer(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 
-	var st states
+	var st brokertest.StateLog
 	b := connect(t, natsbroker.Options{
 		URLs:             []string{"nats://" + addr},
 		ReconnectWait:    10 * time.Millisecond,
 		MaxReconnectWait: 100 * time.Millisecond,
-		OnState:          st.record,
+		OnState:          st.Record,
 	})
 	if b.Ready() {
 		t.Fatal("Ready without a server")
@@ -451,7 +417,7 @@ func TestConnectBeforeServer(t *testing.T) {
 
 	e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: addr})
 	waitUntil(t, "Ready", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.count(brokers.StateConnected) == 1 })
+	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
 	nc := rawConn(t, e.ClientURL())
 	if err := nc.Publish("early", []byte("hello")); err != nil {
 		t.Fatal(err)
@@ -468,8 +434,8 @@ func TestCloseWhileConnecting(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 
-	var st states
-	b := connect(t, natsbroker.Options{URLs: []string{"nats://" + addr}, ReconnectWait: 5 * time.Millisecond, OnState: st.record})
+	var st brokertest.StateLog
+	b := connect(t, natsbroker.Options{URLs: []string{"nats://" + addr}, ReconnectWait: 5 * time.Millisecond, OnState: st.Record})
 	sub, err := b.Subscribe(ctxT(t), "never", func(brokers.Message) {})
 	if err != nil {
 		t.Fatal(err)
@@ -480,8 +446,8 @@ func TestCloseWhileConnecting(t *testing.T) {
 	if err := sub.Unsubscribe(); err != nil {
 		t.Errorf("Unsubscribe after Close: %v", err)
 	}
-	if s, ok := st.last(); !ok || s != brokers.StateClosed || st.count(brokers.StateConnected) != 0 {
-		t.Errorf("states %v, want only closed", st.all)
+	if s, ok := st.Last(); !ok || s != brokers.StateClosed || st.Count(brokers.StateConnected) != 0 {
+		t.Errorf("states %v, want only closed", st.List())
 	}
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: "never"}); !errors.Is(err, brokers.ErrClosed) {
 		t.Errorf("Publish after Close: %v, want ErrClosed", err)

@@ -226,11 +226,11 @@ func TestStreamSpecErrors(t *testing.T) {
 			for _, how := range []string{"Connect", "NewBroker"} {
 				var err error
 				var b *natsbroker.Broker
-				var st states
+				var st brokertest.StateLog
 				if how == "Connect" {
-					b, err = natsbroker.Connect(ctxT(t), natsbroker.Options{URLs: []string{e.ClientURL()}, Streams: tc.specs, OnState: st.record})
-					if st.count(brokers.StateConnected)+st.count(brokers.StateClosed)+st.count(brokers.StateDisconnected) != 0 {
-						t.Errorf("a failed Connect reported states %v", st.all)
+					b, err = natsbroker.Connect(ctxT(t), natsbroker.Options{URLs: []string{e.ClientURL()}, Streams: tc.specs, OnState: st.Record})
+					if st.Count(brokers.StateConnected)+st.Count(brokers.StateClosed)+st.Count(brokers.StateDisconnected) != 0 {
+						t.Errorf("a failed Connect reported states %v", st.List())
 					}
 				} else {
 					b, err = e.NewBroker(ctxT(t), natsbroker.Options{Streams: tc.specs})
@@ -389,16 +389,16 @@ func TestHistoryResumeAfterConnectionCut(t *testing.T) {
 	pub := e.Broker() // publishes straight to the server
 	p := brokertest.NewProxy(t, strings.TrimPrefix(e.ClientURL(), "nats://"))
 
-	var st states
+	var st brokertest.StateLog
 	b := connect(t, natsbroker.Options{
 		URLs:             []string{"nats://" + p.Addr()},
 		Streams:          streams,
 		ReconnectWait:    10 * time.Millisecond,
 		MaxReconnectWait: 100 * time.Millisecond,
-		OnState:          st.record,
+		OnState:          st.Record,
 	})
 	waitUntil(t, "Ready", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.count(brokers.StateConnected) == 1 })
+	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
 
 	var all, quiet, late, core seqRecorder
 	subAll, err := b.Subscribe(ctxT(t), "cut.>", all.handle)
@@ -419,7 +419,7 @@ func TestHistoryResumeAfterConnectionCut(t *testing.T) {
 
 	p.Cut()
 	waitUntil(t, "not Ready", func() bool { return !b.Ready() })
-	waitUntil(t, "StateDisconnected", func() bool { return st.count(brokers.StateDisconnected) == 1 })
+	waitUntil(t, "StateDisconnected", func() bool { return st.Count(brokers.StateDisconnected) == 1 })
 	// Stored while the broker is away.
 	want = append(want, publishN(t, pub, "cut.a", "m", 10, 20)...)
 	quietWant := publishN(t, pub, "cut.quiet", "q", 0, 3)
@@ -445,7 +445,7 @@ func TestHistoryResumeAfterConnectionCut(t *testing.T) {
 
 	p.Restore()
 	waitUntil(t, "Ready again", b.Ready)
-	waitUntil(t, "StateConnected again", func() bool { return st.count(brokers.StateConnected) == 2 })
+	waitUntil(t, "StateConnected again", func() bool { return st.Count(brokers.StateConnected) == 2 })
 	want = append(want, publishN(t, b, "cut.a", "m", 20, 30)...)
 	if err := pub.Publish(ctxT(t), brokers.Message{Channel: "nohist.x", Data: []byte("core")}); err != nil {
 		t.Fatal(err)
@@ -813,14 +813,14 @@ func TestHistoryReadiness(t *testing.T) {
 	if _, err := js.CreateStream(ctxT(t), jetstream.StreamConfig{Name: "OPS", Subjects: []string{"ops.>"}}); err != nil {
 		t.Fatal(err)
 	}
-	var st states
+	var st brokertest.StateLog
 	b := connect(t, natsbroker.Options{
 		URLs:    []string{e.ClientURL()},
 		Streams: []natsbroker.StreamSpec{{Name: "OPS", Patterns: []string{"ops.>"}}},
-		OnState: st.record,
+		OnState: st.Record,
 	})
 	waitUntil(t, "Ready", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.count(brokers.StateConnected) == 1 })
+	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
 
 	// The operator deletes the stream; on the next reconnect the broker
 	// cannot ensure it and is not ready, until the stream is back.
@@ -834,14 +834,14 @@ func TestHistoryReadiness(t *testing.T) {
 	if err := b.Conn().ForceReconnect(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "StateDisconnected", func() bool { return st.count(brokers.StateDisconnected) == 1 })
+	waitUntil(t, "StateDisconnected", func() bool { return st.Count(brokers.StateDisconnected) == 1 })
 	time.Sleep(300 * time.Millisecond)
-	if b.Ready() || st.count(brokers.StateConnected) != 1 {
-		t.Errorf("Ready %v, %d connected reports, with the stream missing", b.Ready(), st.count(brokers.StateConnected))
+	if b.Ready() || st.Count(brokers.StateConnected) != 1 {
+		t.Errorf("Ready %v, %d connected reports, with the stream missing", b.Ready(), st.Count(brokers.StateConnected))
 	}
 	if _, err := js.CreateStream(ctxT(t), jetstream.StreamConfig{Name: "OPS", Subjects: []string{"ops.>"}}); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, "Ready after the stream is back", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.count(brokers.StateConnected) == 2 })
+	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 2 })
 }
