@@ -46,6 +46,13 @@ type Message struct {
 	// Header carries broker metadata worth preserving end to end (for
 	// example "Content-Type"). It may be nil.
 	Header map[string]string
+	// Gap marks a message that carries no data: it tells the subscriber
+	// that messages matching its pattern may have been lost between the
+	// broker and this node (Seq, if non-zero, is the first position
+	// delivered after the gap; Channel, Data and Header are empty).
+	// Handlers must not treat it as data. Only history subscriptions
+	// (see History) deliver such markers.
+	Gap bool
 }
 
 // Handler receives the messages of one subscription, one at a time and in
@@ -69,7 +76,9 @@ type Subscription interface {
 type Broker interface {
 	// Subscribe starts delivering messages whose channel matches pattern to
 	// h. A subscription survives broker reconnects: the implementation
-	// restores it by itself.
+	// restores it by itself. On a channel with history (see History), h
+	// may also receive a Message with Gap set when the broker detects
+	// that it skipped messages.
 	Subscribe(ctx context.Context, pattern string, h Handler) (Subscription, error)
 	// Publish sends msg and returns once the broker has confirmed it (a
 	// flush round trip on core NATS, a JetStream ack, an AMQP publisher
@@ -118,6 +127,13 @@ type StateFunc func(State)
 // channels (JetStream streams, RabbitMQ stream queues). For those channels
 // Subscribe delivers messages with Seq set, and a client that lost its
 // connection can get what it missed through Replay.
+//
+// A live subscription on such channels resumes by itself after a
+// reconnect or a consumer failure. When the broker detects that it
+// skipped messages it had not delivered yet (retention removed them
+// meanwhile, or the stream was recreated), it hands the subscription's
+// Handler a Message with Gap set, in order with the other messages and
+// before the first one delivered after the gap: a loss is never silent.
 type History interface {
 	// HasHistory reports whether every channel matching pattern is stored.
 	HasHistory(pattern string) bool

@@ -148,8 +148,19 @@ func (h *hub) patterns() int {
 	return len(h.entries)
 }
 
-// fanout runs on the broker's delivery goroutine for e's subscription.
+// fanout runs on the broker's delivery goroutine for e's subscription. A
+// Gap marker (only history subscriptions get them) becomes a gap packet
+// for every session on the pattern, in order with the messages around it.
 func (h *hub) fanout(e *hubEntry, m brokers.Message) {
+	if m.Gap {
+		gap := GapBody(e.pattern, "messages were lost between the broker and this node", "")
+		e.mu.RLock()
+		for _, s := range e.sessions {
+			s.push(gap)
+		}
+		e.mu.RUnlock()
+		return
+	}
 	h.metrics.received()
 	body := EncodeMessage(m, e.pattern, time.Now())
 	e.mu.RLock()

@@ -54,6 +54,21 @@ func (b *historyBroker) trim(oldest uint64) {
 	}
 }
 
+// gap hands a Gap marker to every subscription on stored channels, in
+// order with the messages, as a real broker does when its live consumer
+// skipped messages; Seq is the next position.
+func (b *historyBroker) gap() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.fakeBroker.mu.Lock()
+	defer b.fakeBroker.mu.Unlock()
+	for s := range b.fakeBroker.subs {
+		if PatternCovers("h.>", s.pattern) {
+			s.enqueue(brokers.Message{Gap: true, Seq: b.last + 1})
+		}
+	}
+}
+
 func (b *historyBroker) Replay(ctx context.Context, pattern string, after uint64, h brokers.Handler) (brokers.ReplayResult, error) {
 	b.mu.Lock()
 	snapshot := append([]brokers.Message(nil), b.stored...)
@@ -284,6 +299,41 @@ func TestOutageGapOnlyOnChannelsWithoutHistory(t *testing.T) {
 	noPacket(t, tr)
 	publishN(t, b, "h.a", 1, 1)
 	expectMsgs(t, tr, 1, 1)
+}
+
+// A Gap marker from the broker becomes a gap packet for the pattern, on
+// every session subscribed to it, in order; delivery carries on after it.
+func TestBrokerGapMarkerReachesSessions(t *testing.T) {
+	g, b := newHistoryGateway(t, 0)
+	s1, tr1 := openOn(t, g)
+	send(s1, `{"op":"sub","id":1,"ch":"h.a"}`)
+	expectSubOK(t, tr1, 1, true)
+	send(s1, `{"op":"sub","id":2,"ch":"t.a"}`)
+	expectSubOK(t, tr1, 2, false)
+	s2, tr2 := openOn(t, g)
+	send(s2, `{"op":"sub","id":1,"ch":"h.*"}`)
+	expectSubOK(t, tr2, 1, true)
+	publishN(t, b, "h.a", 1, 2)
+	b.gap()
+	publishN(t, b, "h.a", 3, 4)
+	for _, c := range []struct {
+		tr      *fakeTransport
+		pattern string
+	}{{tr1, "h.a"}, {tr2, "h.*"}} {
+		expectMsgs(t, c.tr, 1, 2)
+		w := next(t, c.tr)
+		if w.T != TypeGap || w.Ch != c.pattern || w.Reason != "messages were lost between the broker and this node" || w.Oldest != "" {
+			t.Fatalf("want gap for %s, got %s", c.pattern, w)
+		}
+		expectMsgs(t, c.tr, 3, 4)
+	}
+	// Only the history pattern got the marker.
+	noPacket(t, tr1)
+	noPacket(t, tr2)
+	publishN(t, b, "t.a", 5, 5)
+	if w := next(t, tr1); w.T != TypeMsg || w.Ch != "t.a" {
+		t.Fatalf("want msg on t.a, got %s", w)
+	}
 }
 
 func TestUnsubscribeStopsReplay(t *testing.T) {

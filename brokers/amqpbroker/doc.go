@@ -131,8 +131,9 @@
 //     during the outage arrives after recovery, in order, once. If
 //     retention removed records it had not delivered, or the stream was
 //     deleted and created again (its offsets started over: it then starts
-//     from the oldest record), it carries on and the gap is logged and
-//     counted (HistoryGaps). A stream consumer cancelled by the server
+//     from the oldest record), it carries on and the gap is logged,
+//     counted (HistoryGaps) and told to the stream's subscriptions as a
+//     brokers.Message with Gap set, before the next record. A stream consumer cancelled by the server
 //     (the stream was deleted) is a loss like a closed channel: the Broker
 //     reconnects and declares again.
 //   - Replay reads the stream on a channel and consumer of its own; see

@@ -31,7 +31,9 @@ func (b *Broker) HasHistory(pattern string) bool {
 // HistoryGaps returns how many times a stream's live consumer could not
 // resume exactly after the last record it delivered, after a reconnect:
 // retention had removed records it had not delivered yet, or the stream
-// had been deleted and created again. Each one is also logged. Like a
+// had been deleted and created again. Each one is also logged, and every
+// history subscription of the stream gets a Message with Gap set before
+// the next record. Like a
 // Replay gap it is conservative: the records removed may all have been
 // on channels nobody here subscribed to.
 func (b *Broker) HistoryGaps() uint64 { return b.historyGaps.Load() }
@@ -389,7 +391,7 @@ func (b *Broker) startStream(ctx context.Context, s *session, st *stream) error 
 	}
 	pos := st.pos.Load()
 	var start any = pos
-	skip, check := pos, true
+	skip, check, recreated := pos, true, false
 	switch {
 	case pos < 0:
 		// The marker is the position: a reconnect before the first
@@ -398,7 +400,7 @@ func (b *Broker) startStream(ctx context.Context, s *session, st *stream) error 
 		st.pos.Store(end)
 	case pos >= end:
 		b.historyGap(st, "the stream was deleted and created again (its offsets started over): delivering it from its oldest record", pos)
-		start, skip, check = "first", -1, false
+		start, skip, check, recreated = "first", -1, false, true
 	}
 	tag := "cometgate-live-" + markerID()
 	dels, err := ch.Consume(st.spec.Name, tag, false, false, false, false, amqp.Table{offsetHeader: start})
@@ -408,7 +410,7 @@ func (b *Broker) startStream(ctx context.Context, s *session, st *stream) error 
 	sc := &streamConsumer{st: st, ch: ch, tag: tag, done: make(chan struct{})}
 	s.scons[st] = sc
 	s.wg.Add(1)
-	go b.streamDispatch(s, sc, dels, skip, check)
+	go b.streamDispatch(s, sc, dels, skip, check, recreated)
 	return nil
 }
 
@@ -476,10 +478,14 @@ func (b *Broker) historyGap(st *stream, why string, last int64) {
 // not delivered (the server starts a consumer exactly at the offset asked
 // for, but a position is never delivered twice). With check, the first
 // record must be skip or the one after it, or retention removed records
-// that were not delivered yet (a gap, logged and counted). An end that
+// that were not delivered yet (a gap, logged and counted). With
+// recreated, startStream found a gap already (the stream was recreated).
+// Either gap is also reported to every history subscription of the
+// stream, with a Gap marker delivered right before the first record (the
+// end marker written by startStream guarantees there is one). An end that
 // the Broker did not ask for (the stream was deleted, the channel or the
 // connection closed) makes the supervisor reconnect.
-func (b *Broker) streamDispatch(s *session, sc *streamConsumer, dels <-chan amqp.Delivery, skip int64, check bool) {
+func (b *Broker) streamDispatch(s *session, sc *streamConsumer, dels <-chan amqp.Delivery, skip int64, check, recreated bool) {
 	defer s.wg.Done()
 	defer close(sc.done)
 	st := sc.st
@@ -514,8 +520,13 @@ func (b *Broker) streamDispatch(s *session, sc *streamConsumer, dels <-chan amqp
 		if off, isRecord := streamOffset(&d); isRecord {
 			if first {
 				first = false
+				gap := recreated
 				if check && off != skip && off > skip+1 {
 					b.historyGap(st, "retention removed records that were not delivered yet", skip)
+					gap = true
+				}
+				if gap {
+					targets = b.deliverGap(st, seqOf(off), targets)
 				}
 			}
 			if off > skip {
@@ -536,6 +547,22 @@ func (b *Broker) streamDispatch(s *session, sc *streamConsumer, dels <-chan amqp
 		default:
 		}
 	}
+}
+
+// deliverGap hands a Gap marker to every history subscription of st:
+// their patterns may have lost records. seq is the first position
+// delivered after the gap. targets is scratch space, returned for reuse.
+func (b *Broker) deliverGap(st *stream, seq uint64, targets []*subscription) []*subscription {
+	b.mu.RLock()
+	for _, p := range st.plist {
+		targets = append(targets, p.subs...)
+	}
+	b.mu.RUnlock()
+	for _, s := range targets {
+		s.deliver(brokers.Message{Gap: true, Seq: seq})
+	}
+	clear(targets)
+	return targets[:0]
 }
 
 // deliverStream hands one stream record to every history subscription of

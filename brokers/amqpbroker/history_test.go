@@ -313,6 +313,17 @@ func TestHistoryZeroWordMatchFiltered(t *testing.T) {
 }
 
 // checkOrdered fails on a duplicate or disorder of positions.
+// gapIndexes returns where msgs holds Gap markers.
+func gapIndexes(msgs []brokers.Message) []int {
+	var out []int
+	for i, m := range msgs {
+		if m.Gap {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
 func checkOrdered(t *testing.T, what string, msgs []brokers.Message) {
 	t.Helper()
 	for i := 1; i < len(msgs); i++ {
@@ -494,6 +505,16 @@ func TestHistoryRetentionGap(t *testing.T) {
 	publish("last")
 	live.wait(t, ch, "last")
 	got := live.all()
+	// The gap is told once, as a marker right before the first message
+	// after it; its Seq is the first record read after the gap (perhaps
+	// an end marker, never delivered).
+	if gaps := gapIndexes(got); !slices.Equal(gaps, []int{1}) {
+		t.Fatalf("gap markers at %v, want exactly one at 1 (right after the first message)", gaps)
+	}
+	if gm := got[1]; gm.Seq <= first.Seq+1 || gm.Seq > got[2].Seq || gm.Channel != "" || gm.Data != nil {
+		t.Errorf("gap marker %+v, want Seq in (%d, %d] and no channel or data", gm, first.Seq+1, got[2].Seq)
+	}
+	got = slices.Delete(got, 1, 2)
 	checkOrdered(t, "live", got)
 	if got[1].Seq <= first.Seq+1 {
 		t.Errorf("after the outage delivery went on at Seq %d, right after %d: nothing was skipped?", got[1].Seq, first.Seq)
@@ -549,6 +570,10 @@ func TestHistoryStreamRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := live.wait(t, ch, "new")
+	lived := live.all()
+	if gaps := gapIndexes(lived); !slices.Equal(gaps, []int{30}) || lived[30].Seq == 0 || lived[30].Seq > m.Seq {
+		t.Errorf("gap markers at %v (%+v), want exactly one at 30, before %q (Seq %d)", gaps, lived[min(30, len(lived)-1)], "new", m.Seq)
+	}
 	if m.Seq >= old.Seq {
 		t.Errorf("new stream's message has Seq %d, want below the old stream's %d (offsets start over)", m.Seq, old.Seq)
 	}

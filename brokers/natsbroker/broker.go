@@ -78,10 +78,12 @@
 //     with nothing lost and nothing twice. If the stream removed messages
 //     that were not delivered yet, or was recreated (its sequences start
 //     over; noticed by its creation time), the subscription carries on and
-//     the gap is logged and counted (HistoryGaps). A subscription that
-//     falls further behind than the stream keeps (its limits) skips what
-//     the stream removed meanwhile: JetStream does not tell consumers,
-//     and brokers.Handler has no way to say so, so that loss is neither
+//     the gap is logged, counted (HistoryGaps) and told to the Handler
+//     as a brokers.Message with Gap set, before the next message. A
+//     subscription that falls further behind than the stream keeps (its
+//     limits) while connected, or whose server kept its consumer through
+//     a short connection cut, skips what the stream removed meanwhile:
+//     JetStream does not tell consumers, so that loss is neither
 //     detected nor reported. Size retention far above any expected lag;
 //     resuming clients are covered by Replay's gap detection either way.
 //     We implement the ordered consumer ourselves, on one nats.go

@@ -62,7 +62,9 @@ func (b *Broker) streamFor(pattern string) *stream {
 // HistoryGaps returns how many times a history subscription could not
 // resume exactly where it was after a reconnect or a consumer failure,
 // because the stream had removed (or lost, when it was recreated)
-// messages it had not delivered yet. Each one is also logged. Like a
+// messages it had not delivered yet. Each one is also logged, and the
+// subscription's Handler gets a Message with Gap set before the next
+// message (or with the next heartbeat). Like a
 // Replay gap, it is conservative: with several channels in one stream,
 // the removed messages may all have been on other channels.
 func (b *Broker) HistoryGaps() uint64 { return b.historyGaps.Load() }
@@ -173,6 +175,10 @@ type histSub struct {
 	lastSeq    uint64        // last sequence handed to h, or the start point
 	created    time.Time     // the stream's creation time lastSeq refers to
 	lastActive time.Time     // last message or heartbeat of gen
+	// gapPending is set when a generation resumed with a gap; the next
+	// delivery of the current generation hands h a Gap marker first. Two
+	// gaps detected before a delivery make one marker.
+	gapPending bool
 
 	once     sync.Once
 	waitGens []*generation // set by the first Unsubscribe
@@ -185,6 +191,11 @@ type generation struct {
 	dseq     uint64 // guarded by histSub.mu; consumer sequence of the last message
 	retired  bool   // guarded by histSub.mu; inbox unsubscribed, consumer deleted
 	done     chan struct{}
+	// known is closed once startGeneration has decided whether the
+	// generation starts after a gap. Deliveries wait for it, so that a
+	// Gap marker found only after the consumer was created still comes
+	// before the generation's first message.
+	known    chan struct{}
 	waitable bool
 }
 
@@ -273,7 +284,9 @@ func (b *Broker) startGeneration(ctx context.Context, s *histSub) error {
 		cfg.OptStartSeq = last + 1
 	}
 
-	g := &generation{consumer: cfg.Name, done: make(chan struct{})}
+	g := &generation{consumer: cfg.Name, done: make(chan struct{}), known: make(chan struct{})}
+	release := sync.OnceFunc(func() { close(g.known) })
+	defer release()
 	cfg.DeliverSubject = b.nc.NewInbox()
 	ns, err := b.nc.Subscribe(cfg.DeliverSubject, func(m *nats.Msg) { s.deliver(g, m) })
 	if err != nil {
@@ -290,6 +303,7 @@ func (b *Broker) startGeneration(ctx context.Context, s *histSub) error {
 	if s.stopped {
 		s.mu.Unlock()
 		_ = ns.Unsubscribe()
+		release()
 		g.wait()
 		return nil
 	}
@@ -301,9 +315,16 @@ func (b *Broker) startGeneration(ctx context.Context, s *histSub) error {
 		s.created = si.Created
 	}
 	if recreated {
+		// Counted here, where the old position is given up: should the
+		// consumer not be created, the next generation (which cannot
+		// tell any more) still delivers the marker.
 		s.lastSeq = 0
+		s.gapPending = true
 	}
 	s.mu.Unlock()
+	if recreated {
+		b.historyGap(s, "the stream was recreated; its sequences started over", last, 0)
+	}
 
 	cons, err := b.js.CreatePushConsumer(ctx, s.st.spec.Name, cfg)
 	if err != nil {
@@ -329,11 +350,13 @@ func (b *Broker) startGeneration(ctx context.Context, s *histSub) error {
 		s.mu.Unlock()
 		return nil
 	}
-	switch {
-	case recreated:
-		b.historyGap(s, "the stream was recreated; its sequences started over", last, 0)
-	case ci.Delivered.Stream > last:
+	if !recreated && ci.Delivered.Stream > last {
 		// The server moved the start up to the stream's first message.
+		// No message of g was handed to h yet (deliveries wait for
+		// known), so the marker comes first.
+		s.mu.Lock()
+		s.gapPending = true
+		s.mu.Unlock()
 		b.historyGap(s, "the stream no longer stores the messages after the last one delivered", last, ci.Delivered.Stream+1)
 	}
 	return nil
@@ -348,6 +371,7 @@ func (b *Broker) historyGap(s *histSub, why string, last, oldest uint64) {
 // deliver handles one message of generation g: data in consumer order,
 // flow control, heartbeats.
 func (s *histSub) deliver(g *generation, m *nats.Msg) {
+	<-g.known
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped || s.gen != g {
@@ -378,6 +402,7 @@ func (s *histSub) deliver(g *generation, m *nats.Msg) {
 	if !ok {
 		return
 	}
+	s.flushGapLocked(seq)
 	// nats.go allocates Data per message, so it can be handed over.
 	s.h(brokers.Message{Channel: ch, Data: m.Data, Seq: seq, Header: headerMap(m.Header)})
 }
@@ -401,7 +426,21 @@ func (s *histSub) control(g *generation, m *nats.Msg) {
 	}
 	if last, err := strconv.ParseUint(m.Header.Get("Nats-Last-Consumer"), 10, 64); err == nil && last > g.dseq {
 		s.resetLocked() // the consumer sent messages that never arrived
+		return
 	}
+	// The generation is in order: a pending gap is told now rather than
+	// with the next message, which may take long.
+	s.flushGapLocked(0)
+}
+
+// flushGapLocked hands h the pending Gap marker, if any, with seq (the
+// message about to be delivered, or 0). s.mu is held.
+func (s *histSub) flushGapLocked(seq uint64) {
+	if !s.gapPending {
+		return
+	}
+	s.gapPending = false
+	s.h(brokers.Message{Gap: true, Seq: seq})
 }
 
 // resetLocked retires the current generation and asks the supervisor for

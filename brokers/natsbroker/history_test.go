@@ -548,6 +548,52 @@ func TestHistoryServerRestart(t *testing.T) {
 	}
 }
 
+// The server restarts with the same store while the broker is away (its
+// consumers are lost), and retention removes messages the subscription
+// had not received yet: it resumes at the oldest stored message, counts
+// the gap and tells it to the Handler, once, right before that message.
+func TestHistoryRetentionGapAcrossRestart(t *testing.T) {
+	rig := newRestartRig(t, t.TempDir(), []natsbroker.StreamSpec{{Name: "RET", Patterns: []string{"ret.>"}, Create: true, MaxMsgs: 10}})
+	b := rig.b
+	var r seqRecorder
+	sub, err := b.Subscribe(ctxT(t), "ret.>", r.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	want := publishN(t, b, "ret.a", "m", 0, 3) // Seq 1..3
+	r.check(t, "before the restart", want...)
+
+	var kept []string
+	rig.restart(func(other *natsbroker.Broker) {
+		// Seq 4..33; the stream keeps 24..33.
+		kept = publishN(t, other, "ret.a", "m", 3, 33)[20:]
+	})
+	want = slices.Concat(want, kept, publishN(t, b, "ret.a", "m", 33, 35))
+
+	waitUntil(t, "all messages", func() bool { return len(r.get()) >= len(want)+1 })
+	time.Sleep(50 * time.Millisecond) // stragglers would arrive now
+	got := r.get()
+	if len(got) != len(want)+1 {
+		t.Fatalf("got %d deliveries, want %d messages and one gap marker", len(got), len(want))
+	}
+	if m := got[3]; !m.Gap || m.Seq != 24 || m.Channel != "" || m.Data != nil {
+		t.Fatalf("delivery 3 is %+v, want a gap marker with Seq 24", m)
+	}
+	got = slices.Delete(got, 3, 4)
+	for i, m := range got {
+		if m.Gap || string(m.Data) != want[i] {
+			t.Fatalf("delivery %d is %+v, want %q", i, m, want[i])
+		}
+	}
+	if got[3].Seq != 24 {
+		t.Errorf("first message after the gap has Seq %d, want 24", got[3].Seq)
+	}
+	if b.HistoryGaps() != 1 {
+		t.Errorf("HistoryGaps() = %d, want 1", b.HistoryGaps())
+	}
+}
+
 // A memory stream is lost with its server and recreated empty by another
 // node, which publishes more messages than the broker had seen before
 // the broker is back: its sequences started over. Live subscriptions
@@ -570,9 +616,24 @@ func TestHistoryStreamRecreated(t *testing.T) {
 		want = append(want, publishN(t, other, "mem.a", "new", 0, 25)...)
 	})
 	want = append(want, publishN(t, b, "mem.a", "new", 25, 27)...)
-	waitUntil(t, "all messages", func() bool { return len(r.get()) >= len(want) })
+	// The gap is told once, as a marker right before the first message
+	// of the new stream.
+	waitUntil(t, "all messages", func() bool { return len(r.get()) >= len(want)+1 })
 	time.Sleep(50 * time.Millisecond)
 	got := r.get()
+	var gaps []int
+	for i, m := range got {
+		if m.Gap {
+			gaps = append(gaps, i)
+			if m.Seq != 1 || m.Channel != "" || m.Data != nil {
+				t.Errorf("gap marker %+v, want Seq 1 and no channel or data", m)
+			}
+		}
+	}
+	if !slices.Equal(gaps, []int{20}) {
+		t.Fatalf("gap markers at %v, want exactly one at 20 (after the old stream's messages)", gaps)
+	}
+	got = slices.Delete(got, 20, 21)
 	var data []string
 	for _, m := range got {
 		data = append(data, string(m.Data))
