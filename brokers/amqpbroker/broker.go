@@ -349,8 +349,22 @@ func (b *Broker) desired() map[string]bool {
 // ensureBound makes sure binding key is in place in the current session,
 // if there is one. It returns nil when disconnected, or when the
 // connection is lost meanwhile: the session that comes next binds every
-// active pattern before it reports StateConnected.
+// active pattern before it reports StateConnected. If the binding is made
+// after ctx gave up, the supervisor removes it: the caller unsubscribes on
+// that error.
 func (b *Broker) ensureBound(ctx context.Context, key string) error {
+	return b.topoOp(ctx,
+		func(s *session) bool { return s.bound[key] },
+		func(s *session) error { return b.bind(s, key) })
+}
+
+// topoOp runs one topology change (a binding, a stream consumer) on the
+// current session while holding the topology semaphore, unless there is
+// no session or done says it is in place already. The change cannot be
+// abandoned halfway (the channel's next reply would belong to it), so it
+// runs on a goroutine of its own that keeps the semaphore until the server
+// answered; the caller waits for it or for ctx.
+func (b *Broker) topoOp(ctx context.Context, done func(*session) bool, op func(*session) error) error {
 	ctx, cancel := b.confirmCtx(ctx)
 	defer cancel()
 	select {
@@ -361,14 +375,10 @@ func (b *Broker) ensureBound(ctx context.Context, key string) error {
 		return brokers.ErrClosed
 	}
 	s := b.tsess
-	if s == nil || s.bound[key] {
+	if s == nil || done(s) {
 		<-b.topo
 		return nil
 	}
-	// The binding call cannot be abandoned halfway (the channel's next
-	// reply would belong to it), so it runs on its own goroutine, which
-	// keeps the semaphore until the server answered; Subscribe waits for
-	// it or for ctx.
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -381,14 +391,12 @@ func (b *Broker) ensureBound(ctx context.Context, key string) error {
 	go func() {
 		defer b.wg.Done()
 		defer func() { <-b.topo }()
-		res <- b.bind(s, key)
+		res <- op(s)
 	}()
 	select {
 	case err := <-res:
 		return err
 	case <-ctx.Done():
-		// If the binding is made after all, the supervisor removes it:
-		// the caller unsubscribes on this error.
 		return b.ctxErr(ctx)
 	}
 }

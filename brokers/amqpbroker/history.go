@@ -318,42 +318,10 @@ type streamConsumer struct {
 // consumer for every stream with subscriptions before it reports
 // StateConnected.
 func (b *Broker) ensureStream(ctx context.Context, st *stream) error {
-	ctx, cancel := b.confirmCtx(ctx)
-	defer cancel()
-	select {
-	case b.topo <- struct{}{}:
-	case <-ctx.Done():
-		return b.ctxErr(ctx)
-	case <-b.ctx.Done():
-		return brokers.ErrClosed
-	}
-	s := b.tsess
-	if s == nil || s.scons[st] != nil {
-		<-b.topo
-		return nil
-	}
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		<-b.topo
-		return brokers.ErrClosed
-	}
-	b.wg.Add(1)
-	b.mu.Unlock()
-	// Starting cannot be abandoned halfway either (see ensureBound); if
-	// Subscribe gives up, the supervisor stops the consumer again.
-	res := make(chan error, 1)
-	go func() {
-		defer b.wg.Done()
-		defer func() { <-b.topo }()
-		res <- b.startStream(b.ctx, s, st)
-	}()
-	select {
-	case err := <-res:
-		return err
-	case <-ctx.Done():
-		return b.ctxErr(ctx)
-	}
+	// If Subscribe gives up, the supervisor stops the consumer again.
+	return b.topoOp(ctx,
+		func(s *session) bool { return s.scons[st] != nil },
+		func(s *session) error { return b.startStream(b.ctx, s, st) })
 }
 
 // startStream starts the live consumer of st in s. The caller holds the
