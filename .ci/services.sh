@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests talk to are running on loopback: a NATS
 # server with JetStream on 127.0.0.1:4222 and RabbitMQ (with streams) on
-# 127.0.0.1:5672. Uses them where they already run; otherwise installs them
+# 127.0.0.1:5672, and Redis on 127.0.0.1:6379 (a real TCP server behind the
+# TCP bridge tests). Uses them where they already run; otherwise installs them
 # from Debian's packages (as root) and starts them. Also installs chromium
 # for the browser tests. Idempotent.
 set -euo pipefail
@@ -42,9 +43,18 @@ if ! port_open 5672; then
 	wait_port 5672 rabbitmq-server
 fi
 
+if ! port_open 6379; then
+	echo "services: starting redis-server on 127.0.0.1:6379"
+	need_pkg redis-server
+	mkdir -p /var/lib/redis /var/log/redis
+	redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+		--dir /var/lib/redis --logfile /var/log/redis/ci.log
+	wait_port 6379 redis-server
+fi
+
 # The browser tests (cmd/cometgate/browser_test.go) drive Debian's chromium,
 # headless; the fonts make its screenshots readable.
 need_pkg chromium
 need_pkg fonts-dejavu-core
 
-echo "services: nats on 4222 and rabbitmq on 5672 are up; chromium is installed"
+echo "services: nats on 4222, rabbitmq on 5672 and redis on 6379 are up; chromium is installed"

@@ -88,6 +88,7 @@ type Config struct {
 	Session  Session   `mapstructure:"session"`
 	Channels []Channel `mapstructure:"channels"`
 	SockJS   []SockJS  `mapstructure:"sockjs"`
+	Bridge   Bridge    `mapstructure:"bridge"`
 	Log      Log       `mapstructure:"log"`
 	Metrics  Metrics   `mapstructure:"metrics"`
 	Admin    Admin     `mapstructure:"admin"`
@@ -282,6 +283,26 @@ type SockJS struct {
 	ClientURL string `mapstructure:"client_url"`
 }
 
+// Bridge configures the TCP bridge: browser sessions that carry a byte
+// stream to a TCP server named here.
+type Bridge struct {
+	// DialTimeout bounds connecting to a target.
+	DialTimeout time.Duration `mapstructure:"dial_timeout"`
+	// Targets are the servers browsers may reach, by name; none = no bridge.
+	Targets []BridgeTarget `mapstructure:"targets"`
+}
+
+// BridgeTarget is one TCP server reachable through the bridge.
+type BridgeTarget struct {
+	// Name is what the browser asks for: 1 to 64 of [A-Za-z0-9_.-].
+	Name string `mapstructure:"name"`
+	// Address is host:port; a host name is resolved at every connect.
+	Address string `mapstructure:"address"`
+	// AllowNetworks are CIDR prefixes this target may reach although the
+	// bridge refuses them by default (loopback, private, link-local, ...).
+	AllowNetworks []string `mapstructure:"allow_networks"`
+}
+
 // Log configures structured logging.
 type Log struct {
 	// Level is LogDebug, LogInfo, LogWarn or LogError.
@@ -304,8 +325,9 @@ type Admin struct {
 
 // listDefaults are, per list, the values of keys an entry may leave out.
 var listDefaults = map[string]map[string]any{
-	"channels": channelDefaults,
-	"sockjs":   sockjsDefaults,
+	"channels":       channelDefaults,
+	"sockjs":         sockjsDefaults,
+	"bridge.targets": {"allow_networks": []string{}},
 }
 
 // sockjsDefaults are the values of keys a sockjs entry in a config file may
@@ -726,9 +748,10 @@ func parseEnv(environ []string) (map[string]any, error) {
 }
 
 func unknownEnv(name string) error {
-	channels := EnvName("channels")
-	if name == channels || strings.HasPrefix(name, channels+"_") {
-		return fmt.Errorf("configs: %s: channels cannot be set from the environment; list them in the config file", name)
+	for _, list := range slices.Sorted(maps.Keys(listDefaults)) {
+		if v := EnvName(list); name == v || strings.HasPrefix(name, v+"_") {
+			return fmt.Errorf("configs: %s: %s cannot be set from the environment; list them in the config file", name, list)
+		}
 	}
 	if _, ok := envKeys[strings.ToUpper(name)]; ok {
 		return fmt.Errorf("configs: unknown environment variable %s (variable names are upper case)", name)

@@ -84,6 +84,7 @@ func wantDefaults() *Config {
 			{Prefix: "/sockjs-echo", Mode: SockJSEcho, Websocket: true, ResponseLimit: 128 << 10,
 				HeartbeatDelay: 25 * time.Second, DisconnectDelay: 5 * time.Second},
 		},
+		Bridge:  Bridge{DialTimeout: 5 * time.Second, Targets: []BridgeTarget{}},
 		Log:     Log{Level: LogInfo, Format: LogText},
 		Metrics: Metrics{Enabled: true},
 		Admin:   Admin{Listen: ""},
@@ -154,7 +155,21 @@ func TestReferenceDocumentsEveryField(t *testing.T) {
 			case f.Type.Kind() == reflect.Struct && f.Type != durationType:
 				check(full, v, f.Type)
 			case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct:
-				if v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
+				if v.Kind == yaml.SequenceNode && len(v.Content) == 0 {
+					// An empty default list (bridge.targets: deny by
+					// default) documents its entry in the comment above.
+					var block []string
+					for i := k.Line - 2; i >= 0 && strings.HasPrefix(strings.TrimSpace(lines[i]), "#"); i-- {
+						block = append(block, lines[i])
+					}
+					for ek := range fieldsByKey(f.Type.Elem()) {
+						if !strings.Contains(strings.Join(block, "\n"), ek+":") {
+							t.Errorf("%s: the comment above the empty list needs an example entry with %q", full, ek)
+						}
+					}
+					continue
+				}
+				if v.Kind != yaml.SequenceNode {
 					t.Errorf("%s: cometgate.yaml needs an example entry to document its keys", full)
 					continue
 				}
@@ -745,6 +760,18 @@ func TestValidate(t *testing.T) {
 		{"sockjs prefix", func(c *Config) { c.SockJS[0].Prefix = "sockjs/" }, `sockjs[0].prefix: must be a path like "/sockjs"`},
 		{"sockjs prefix repeated", func(c *Config) { c.SockJS[1].Prefix = "/sockjs" }, `sockjs[1].prefix: "/sockjs" repeats sockjs[0].prefix`},
 		{"sockjs mode", func(c *Config) { c.SockJS[0].Mode = "raw" }, `sockjs[0].mode: must be one of pubsub | echo | tcp`},
+		{"sockjs tcp target", func(c *Config) { c.SockJS[0].Mode, c.SockJS[0].Target = SockJSTCP, "db" }, `sockjs[0].target: must name one of bridge.targets, got "db"`},
+		{"sockjs target outside tcp", func(c *Config) { c.SockJS[0].Target = "db" }, `sockjs[0].target: only a tcp endpoint has a target`},
+		{"bridge dial timeout", func(c *Config) { c.Bridge.DialTimeout = 0 }, `bridge.dial_timeout: must be greater than 0`},
+		{"bridge target name", func(c *Config) { c.Bridge.Targets = []BridgeTarget{{Name: "a b", Address: "x:1"}} }, `bridge.targets[0].name: must be 1 to 64 characters`},
+		{"bridge target repeated", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1"}, {Name: "a", Address: "y:2"}}
+		}, `bridge.targets[1].name: "a" repeats bridge.targets[0].name`},
+		{"bridge target address", func(c *Config) { c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x"}} }, `bridge.targets[0].address: must be host:port`},
+		{"bridge target port", func(c *Config) { c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:0"}} }, `bridge.targets[0].address: must be host:port with a port 1-65535, got "x:0"`},
+		{"bridge allow networks", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", AllowNetworks: []string{"10.0.0.1"}}}
+		}, `bridge.targets[0].allow_networks[0]: must be a CIDR prefix`},
 		{"sockjs response limit", func(c *Config) { c.SockJS[0].ResponseLimit = 10 }, `sockjs[0].response_limit: must be at least 4096`},
 		{"sockjs heartbeat", func(c *Config) { c.SockJS[0].HeartbeatDelay = time.Millisecond }, `sockjs[0].heartbeat_delay: must be at least 1s`},
 

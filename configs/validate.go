@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -174,6 +175,12 @@ func (c *Config) Validate() error {
 			prefixes[sj.Prefix] = i
 		}
 		v.oneOf(key+".mode", sj.Mode, SockJSPubSub, SockJSEcho, SockJSTCP)
+		switch {
+		case sj.Mode == SockJSTCP && !slices.ContainsFunc(c.Bridge.Targets, func(t BridgeTarget) bool { return t.Name == sj.Target }):
+			v.failf(key+".target", "must name one of bridge.targets, got %q", sj.Target)
+		case sj.Mode != SockJSTCP && sj.Target != "":
+			v.failf(key+".target", "only a tcp endpoint has a target; write \"\" or remove the key")
+		}
 		if sj.ResponseLimit < 4096 {
 			v.failf(key+".response_limit", "must be at least 4096, got %d", sj.ResponseLimit)
 		}
@@ -181,6 +188,27 @@ func (c *Config) Validate() error {
 			v.failf(key+".heartbeat_delay", "must be at least 1s, got %s", sj.HeartbeatDelay)
 		}
 		v.positive(key+".disconnect_delay", sj.DisconnectDelay)
+	}
+
+	v.positive("bridge.dial_timeout", c.Bridge.DialTimeout)
+	names := map[string]int{}
+	for i, t := range c.Bridge.Targets {
+		key := fmt.Sprintf("bridge.targets[%d]", i)
+		if !validTargetName(t.Name) {
+			v.failf(key+".name", "must be 1 to 64 characters of [A-Za-z0-9_.-], got %q", t.Name)
+		} else if j, dup := names[t.Name]; dup {
+			v.failf(key+".name", "%q repeats bridge.targets[%d].name", t.Name, j)
+		} else {
+			names[t.Name] = i
+		}
+		if host, port, err := net.SplitHostPort(t.Address); err != nil || host == "" || !validPort(port) {
+			v.failf(key+".address", "must be host:port with a port 1-65535, got %q", t.Address)
+		}
+		for j, n := range t.AllowNetworks {
+			if _, err := netip.ParsePrefix(n); err != nil {
+				v.failf(fmt.Sprintf("%s.allow_networks[%d]", key, j), "must be a CIDR prefix such as 10.0.0.0/8 or fd00::/8, got %q", n)
+			}
+		}
 	}
 
 	v.oneOf("log.level", c.Log.Level, LogDebug, LogInfo, LogWarn, LogError)
@@ -339,4 +367,21 @@ func validStreamName(s string) bool {
 		}
 	}
 	return true
+}
+
+func validTargetName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func validPort(s string) bool {
+	p, err := strconv.ParseUint(s, 10, 16)
+	return err == nil && p > 0
 }

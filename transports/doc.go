@@ -190,4 +190,19 @@
 // credentials for an allowed Origin. The Origin is checked on every
 // request; script and iframe loads send none, so JSONP and htmlfile rely on
 // the session id being unguessable.
+//
+// # TCP bridge
+//
+// GET /tcp/{name} bridges a WebSocket to the TCP target the operator named
+// name (Options.Bridge): binary (or text) messages from the client are
+// written to the target as their bytes, the target's bytes come back as
+// binary messages, and no packets of the wire format are sent. Refusals
+// come before the upgrade as JSON: 404 {"error":"unknown TCP target",
+// "code":4404}, 403 (4403 "target address not allowed"), 502 (3502
+// "target unreachable"). The WebSocket closes with 1000 "target closed the
+// connection" when the target does, 3502 when the connection to it
+// breaks, 3000 when the node shuts down. A SockJS endpoint in tcp mode
+// carries the same stream as byte strings (one character U+0000-U+00FF
+// per byte), with the same codes in its close frame. bridge.go has the
+// address policy.
 package transports

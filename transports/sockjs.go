@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"html"
 	"net/http"
@@ -51,9 +50,9 @@ const (
 	// SockJSEcho sends every message back, so that a page or an operator can
 	// check which transports get through a network.
 	SockJSEcho = "echo"
-	// SockJSTCP would carry a byte stream to a named TCP target. It needs
-	// the TCP bridge, which this version does not have: an endpoint with
-	// this mode is refused.
+	// SockJSTCP carries a byte stream to a TCP target of the bridge (see
+	// bridge.go): each SockJS message is a "byte string", one character
+	// per byte (U+0000 to U+00FF), both ways.
 	SockJSTCP = "tcp"
 )
 
@@ -79,7 +78,7 @@ type SockJSEndpoint struct {
 	// api, healthz, readyz, metrics, poll, xhr, htmlfile, jsonp).
 	Prefix string
 	// Mode is what the endpoint carries: SockJSPubSub (the default),
-	// SockJSEcho, or SockJSTCP (refused in this version).
+	// SockJSEcho, or SockJSTCP.
 	Mode string
 	// Target names the allow-listed TCP target of a tcp endpoint.
 	Target string
@@ -111,11 +110,8 @@ type SockJSEndpoint struct {
 var reservedSockJSSegments = map[string]bool{
 	"ws": true, "sse": true, "session": true, "api": true, "healthz": true,
 	"readyz": true, "metrics": true, "poll": true, "xhr": true,
-	"htmlfile": true, "jsonp": true, "debug": true,
+	"htmlfile": true, "jsonp": true, "debug": true, "tcp": true,
 }
-
-// errSockJSTCP is the refusal of the tcp mode.
-var errSockJSTCP = errors.New("tcp mode needs the TCP bridge, not available in this version")
 
 // withDefaults fills the zero values.
 func (e SockJSEndpoint) withDefaults() SockJSEndpoint {
@@ -145,13 +141,15 @@ func (e SockJSEndpoint) Validate() error {
 	e = e.withDefaults()
 	switch e.Mode {
 	case SockJSPubSub, SockJSEcho:
+		if e.Target != "" {
+			return fmt.Errorf("sockjs %s: target: only a tcp endpoint has a target", e.Prefix)
+		}
 	case SockJSTCP:
-		return fmt.Errorf("sockjs %s: mode: %w", e.Prefix, errSockJSTCP)
+		if e.Target == "" {
+			return fmt.Errorf("sockjs %s: target: a tcp endpoint needs the name of a bridge target", e.Prefix)
+		}
 	default:
 		return fmt.Errorf("sockjs %s: mode: %q is not one of pubsub, echo, tcp", e.Prefix, e.Mode)
-	}
-	if e.Target != "" {
-		return fmt.Errorf("sockjs %s: target: only a tcp endpoint has a target", e.Prefix)
 	}
 	switch {
 	case e.ResponseLimit < 0:
@@ -241,7 +239,11 @@ func (s *Server) mountSockJS(r chi.Router) {
 			s.log.Error("sockjs endpoint refused", "prefix", e.Prefix, "err", err)
 			continue // its prefix belongs to another endpoint
 		}
-		if err := e.Validate(); err != nil {
+		err := e.Validate()
+		if err == nil && e.Mode == SockJSTCP && !s.bridge.has(e.Target) {
+			err = fmt.Errorf("sockjs %s: target: %q is not one of the bridge targets", e.Prefix, e.Target)
+		}
+		if err != nil {
 			s.log.Error("sockjs endpoint refused", "prefix", e.Prefix, "err", err)
 			if validateSockJSPrefix(e.Prefix) != nil {
 				continue // nowhere to answer
@@ -265,6 +267,7 @@ type sockjsEndpoint struct {
 	srv    *Server
 	cfg    SockJSEndpoint
 	echo   bool
+	tcp    bool   // a bridge endpoint: each session has a link to cfg.Target
 	iframe []byte // the iframe page
 	etag   string
 
@@ -279,6 +282,7 @@ func newSockJSEndpoint(s *Server, cfg SockJSEndpoint) *sockjsEndpoint {
 		srv:      s,
 		cfg:      cfg,
 		echo:     cfg.Mode == SockJSEcho,
+		tcp:      cfg.Mode == SockJSTCP,
 		iframe:   page,
 		etag:     `"` + hex.EncodeToString(sum[:16]) + `"`,
 		sessions: make(map[string]*sjsSession),

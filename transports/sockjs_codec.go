@@ -268,3 +268,52 @@ func appendSJSCloseFrame(dst []byte, code int, reason string) []byte {
 	dst = appendSJSQuote(dst, []byte(reason), false)
 	return append(dst, ']')
 }
+
+// Byte strings: how a SockJS tcp endpoint carries bytes in messages, which
+// are Unicode strings. Each byte is the character with its value (U+0000
+// to U+00FF), what JavaScript's String.fromCharCode and charCodeAt give
+// for bytes, and what Orbited's TCPSocket used. It is exact for any bytes
+// and costs nothing for ASCII text, which is what most bridged protocols
+// (STOMP, IRC, Redis) mostly are; base64 would grow text by a third and
+// need decoding on both sides.
+
+// appendByteString appends the UTF-8 encoding of p read as a byte string.
+func appendByteString(dst, p []byte) []byte {
+	for _, b := range p {
+		if b < utf8.RuneSelf {
+			dst = append(dst, b)
+			continue
+		}
+		dst = append(dst, 0xC0|b>>6, 0x80|b&0x3F)
+	}
+	return dst
+}
+
+// parseByteString returns the bytes of a message read as a byte string,
+// or false when it has a character above U+00FF. An ASCII message is
+// returned as it is.
+func parseByteString(msg []byte) ([]byte, bool) {
+	i := 0
+	for i < len(msg) && msg[i] < utf8.RuneSelf {
+		i++
+	}
+	if i == len(msg) {
+		return msg, true
+	}
+	out := append(make([]byte, 0, len(msg)), msg[:i]...)
+	for i < len(msg) {
+		c := msg[i]
+		if c < utf8.RuneSelf {
+			out = append(out, c)
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(msg[i:])
+		if r > 0xFF || r == utf8.RuneError && size == 1 {
+			return nil, false
+		}
+		out = append(out, byte(r))
+		i += size
+	}
+	return out, true
+}

@@ -303,7 +303,9 @@ func TestSockJSValidate(t *testing.T) {
 		eps  []SockJSEndpoint
 		want string
 	}{
-		{[]SockJSEndpoint{{Prefix: "/t", Mode: SockJSTCP, Target: "db"}}, "tcp mode needs the TCP bridge, not available in this version"},
+		{[]SockJSEndpoint{{Prefix: "/t", Mode: SockJSTCP}}, "a tcp endpoint needs the name of a bridge target"},
+		{[]SockJSEndpoint{{Prefix: "/t", Mode: SockJSTCP, Target: "db"}}, ""},
+		{[]SockJSEndpoint{{Prefix: "/tcp", Mode: SockJSTCP, Target: "db"}}, "served by the node itself"},
 		{[]SockJSEndpoint{{Prefix: "/t", Mode: "carrier-pigeon"}}, `mode: "carrier-pigeon" is not one of`},
 		{[]SockJSEndpoint{{Prefix: "/t", Target: "db"}}, "only a tcp endpoint has a target"},
 		{[]SockJSEndpoint{{Prefix: ""}}, "must start with /"},
@@ -334,9 +336,9 @@ func TestSockJSValidate(t *testing.T) {
 // New cannot fail: an endpoint it refuses answers 500 with the reason,
 // and the other endpoints work.
 func TestSockJSNewRefusesBadEndpoint(t *testing.T) {
-	n := sjsStartNode(t, []SockJSEndpoint{{Prefix: "/tcp", Mode: SockJSTCP}, {Prefix: "/echo", Mode: SockJSEcho}}, nil)
-	r := n.do(t, http.MethodGet, n.url("/tcp/info"), "")
-	if r.status != http.StatusInternalServerError || !strings.Contains(r.body, "tcp mode needs the TCP bridge, not available in this version") {
+	n := sjsStartNode(t, []SockJSEndpoint{{Prefix: "/db", Mode: SockJSTCP, Target: "db"}, {Prefix: "/echo", Mode: SockJSEcho}}, nil)
+	r := n.do(t, http.MethodGet, n.url("/db/info"), "")
+	if r.status != http.StatusInternalServerError || !strings.Contains(r.body, `target: "db" is not one of the bridge targets`) {
 		t.Errorf("tcp endpoint: %d %q", r.status, r.body)
 	}
 	if r := n.do(t, http.MethodGet, n.url("/echo"), ""); r.status != http.StatusOK {

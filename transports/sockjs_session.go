@@ -71,6 +71,8 @@ type sjsSession struct {
 	ep *sockjsEndpoint
 	id string // "" for a websocket session, which the endpoint does not keep
 	gw *gateway.Session
+	// link is a tcp endpoint's connection to its target; nil otherwise.
+	link *bridgeLink
 
 	mu         sync.Mutex
 	state      sjsState
@@ -116,16 +118,63 @@ func (ep *sockjsEndpoint) newSession(r *http.Request, id string) (*sjsSession, *
 		srv.releaseIP(ip)
 		return nil, sjsRefusedShutdown
 	}
-	return &sjsSession{ep: ep, id: id, gw: gs}, nil
+	s := &sjsSession{ep: ep, id: id, gw: gs}
+	if ep.tcp {
+		s.link = newBridgeLink()
+	}
+	return s, nil
 }
 
 // start attaches the session as its gateway session's downstream, for the
-// whole life of both.
+// whole life of both, and in tcp mode starts connecting to the target.
 func (s *sjsSession) start() {
 	if err := s.gw.Attach(sjsDown{s}, false); err != nil {
 		s.close(gateway.DisconnectShutdown.Code, gateway.DisconnectShutdown.Reason)
+		if s.link != nil {
+			s.link.close()
+		}
+		return
+	}
+	if s.link != nil {
+		srv := s.ep.srv
+		srv.readers.Add(1)
+		go func() {
+			defer srv.readers.Done()
+			s.runBridge()
+		}()
 	}
 }
+
+// runBridge connects to the target and then copies what it sends into the
+// session until either side ends. Messages the client sends meanwhile
+// wait for the connection (bridgeLink.write). The session ends with the
+// bridge's reason (c[1000,"target closed the connection"], or
+// c[3502,"target unreachable"], c[4403,"target address not allowed"]).
+func (s *sjsSession) runBridge() {
+	conn, err := s.ep.srv.bridge.dial(s.link.dialCtx, s.ep.cfg.Target)
+	if err != nil {
+		s.link.failed(err)
+	} else {
+		s.link.connected(conn)
+	}
+	s.gw.Close(s.link.pump(0, s.sendBytes))
+}
+
+// sendBytes queues bytes from the target as one message, a byte string.
+// It waits while the outbox is full: the target is not read meanwhile.
+func (s *sjsSession) sendBytes(p []byte) error {
+	text, quoted := getBuffer(2*len(p)), getBuffer(6*len(p)+2)
+	defer putBuffer(text)
+	defer putBuffer(quoted)
+	*text = appendByteString(*text, p)
+	*quoted = appendSJSQuote(*quoted, *text, false)
+	msg := *quoted
+	return s.enqueue(context.Background(), len(msg), func(dst []byte) []byte { return append(dst, msg...) })
+}
+
+// errNotByteString is what a tcp session ends with when the client sends
+// a character above U+00FF, which is no byte.
+var errNotByteString = gateway.Disconnect{Code: gateway.DisconnectProtocol.Code, Reason: "message is not a byte string (a character above U+00FF)"}
 
 // session returns the session named id, opening one if there is none.
 func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsSession, *sjsRefusal) {
@@ -167,6 +216,18 @@ func (ep *sockjsEndpoint) forget(s *sjsSession) {
 func (s *sjsSession) receive(ctx context.Context, msg []byte) error {
 	if s.ep.echo {
 		return s.enqueue(ctx, len(msg)+2, func(dst []byte) []byte { return appendSJSQuote(dst, msg, false) })
+	}
+	if s.link != nil {
+		b, ok := parseByteString(msg)
+		if !ok {
+			s.gw.Close(errNotByteString)
+			return errNotByteString
+		}
+		if err := s.link.write(ctx, b); err != nil {
+			s.gw.Close(bridgeUnreachable)
+			return err
+		}
+		return nil
 	}
 	s.gw.HandleFrame(ctx, msg)
 	return nil
@@ -412,8 +473,8 @@ func (s *sjsSession) detach(rv *sjsRecv, broken bool) {
 
 // sjsDown is the gateway side of a SockJS session: the downstream of its
 // gateway session for the whole life of both. In pubsub mode every packet
-// becomes one SockJS message; in echo mode the gateway carries only the
-// session's lifecycle and its packets (hello, close) are not sent. Its
+// becomes one SockJS message; in echo and tcp mode the gateway carries only
+// the session's lifecycle and its packets (hello, close) are not sent. Its
 // heartbeats are the SockJS "h" frames, sent by the receiving requests on
 // the endpoint's own delay.
 type sjsDown struct{ s *sjsSession }
@@ -426,7 +487,7 @@ func (d sjsDown) Name() string { return "sockjs" }
 // while the session's outbox is full, until the client takes it or the
 // session closes (Close unblocks it).
 func (d sjsDown) WritePackets(pkts []gateway.Packet) (int, error) {
-	if d.s.ep.echo {
+	if d.s.ep.echo || d.s.link != nil {
 		return 0, nil
 	}
 	size := 0
@@ -459,6 +520,9 @@ func (d sjsDown) WriteHeartbeat() error { return nil }
 // sees the same code and reason as in the close packet (which pubsub mode
 // already delivered as the last message).
 func (d sjsDown) Close(r gateway.Disconnect) {
+	if d.s.link != nil {
+		d.s.link.close()
+	}
 	if r.Code == 0 {
 		d.s.close(1002, "Connection interrupted")
 		return

@@ -152,14 +152,19 @@ func (ep *sockjsEndpoint) serveWebSocket(w http.ResponseWriter, r *http.Request)
 
 // serveRawWebSocket serves /websocket: WebSocket messages without SockJS
 // framing. In pubsub mode that is exactly the native /ws transport (one
-// client frame or packet per message). In echo mode every message comes
-// back as a text message; a gateway session gives the connection the
-// node's lifecycle and its pings.
+// client frame or packet per message), in tcp mode the native bridge
+// (/tcp/{target}: the bytes in binary messages). In echo mode every
+// message comes back as a text message; a gateway session gives the
+// connection the node's lifecycle and its pings.
 func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Request) {
 	if !ep.sjsWSPreconditions(w, r) {
 		return
 	}
-	if !ep.echo {
+	switch {
+	case ep.tcp:
+		ep.srv.serveBridgeTo(w, r, ep.cfg.Target)
+		return
+	case !ep.echo:
 		ep.srv.serveWebSocket(w, r)
 		return
 	}

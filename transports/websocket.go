@@ -35,6 +35,10 @@ type wsConn struct {
 	srv  *Server
 	conn net.Conn
 	sess *gateway.Session
+	// link, for a TCP bridge session (bridge_ws.go), is its target: client
+	// messages go there instead of to the session, and packets are not
+	// sent (the stream is the target's bytes only).
+	link *bridgeLink
 
 	// wsem is the write lock (one frame writer at a time: the session's
 	// writer, pongs, the close frame). It is a channel so that closing can
@@ -110,7 +114,12 @@ func appendFrameHeader(dst []byte, op ws.OpCode, n int) []byte {
 }
 
 // WritePackets writes every packet as its own text frame, all in one write.
+// A bridge session sends none: its close packet's code and reason go out
+// in the close frame.
 func (c *wsConn) WritePackets(pkts []gateway.Packet) (int, error) {
+	if c.link != nil {
+		return 0, nil
+	}
 	size := 0
 	for _, p := range pkts {
 		size += p.Size() + 10
@@ -190,6 +199,9 @@ func (c *wsConn) WriteHeartbeat() error { return c.writeControl(ws.OpPing, nil) 
 // once, which also unblocks a stuck write.
 func (c *wsConn) Close(d gateway.Disconnect) {
 	c.closeOnce.Do(func() {
+		if c.link != nil {
+			c.link.close()
+		}
 		if d.Code == 0 {
 			_ = c.conn.Close()
 			return
@@ -267,6 +279,14 @@ func (c *wsConn) readLoop() {
 			c.peerClosed(ev.data)
 			return
 		default:
+			if c.link != nil {
+				// Blocks while the target does not read: backpressure.
+				if err := c.link.write(ctx, ev.data); err != nil {
+					c.fail(bridgeUnreachable)
+					return
+				}
+				continue
+			}
 			c.handle(ctx, ev.data)
 		}
 	}

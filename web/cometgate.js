@@ -161,6 +161,36 @@
  *   - Unknown packet types and unknown fields are ignored. Nothing from the
  *     server is ever evaluated.
  *
+ * CometGate.TCPSocket: a byte stream to a TCP server through the gateway's
+ *   TCP bridge (the server must list the target under bridge.targets).
+ *     const sock = new CometGate.TCPSocket("redis", { url: location.origin });
+ *     sock.on("open", () => sock.send("PING\r\n"));
+ *     sock.on("data", (bytes) => console.log(new TextDecoder().decode(bytes)));
+ *     sock.on("close", (info) => console.log(info.code, info.reason));
+ *   new CometGate.TCPSocket(target, options)
+ *     url          base URL of the gateway (default location.origin); the
+ *                  socket opens a WebSocket to url + "/tcp/" + target.
+ *     sockjs       optional: the prefix of a SockJS endpoint in tcp mode for
+ *                  the same target (e.g. "/sockjs-redis"), used when the
+ *                  WebSocket cannot be opened and window.SockJS (the
+ *                  sockjs-client library) is loaded. Its messages are byte
+ *                  strings (one character per byte).
+ *     sockjsOptions  options for the SockJS constructor (e.g. transports).
+ *     WebSocket, SockJS  implementations to use instead of the globals;
+ *                  WebSocket: false goes straight to SockJS.
+ *   readyState         "connecting" | "open" | "closed".
+ *   transport          "websocket" | "sockjs" | null.
+ *   send(data)         Uint8Array, ArrayBuffer, a view, or a string (sent
+ *                      as UTF-8). Data sent while connecting waits for the
+ *                      open. Returns false once closed.
+ *   close()            closes the stream (the gateway closes the TCP side).
+ *   events: "open" (), "data" (Uint8Array), "close" ({code, reason}):
+ *     code 1000 "target closed the connection" when the server side closed;
+ *     3502 "target unreachable", 4403 "target address not allowed", 4404
+ *     "unknown TCP target" (SockJS; a refused WebSocket shows as 1006), 3000
+ *     when the node shuts down. There is no reconnect: a TCP stream does not
+ *     resume, the page decides what to do.
+ *
  * Pure helpers, exported for tests: CometGate._decodePacket(text),
  * _decodePayload(packet), _encodeFrame(frame), _base64ToBytes(string),
  * _bytesToBase64(bytes), _backoffDelay(attempt, min, max, random),
@@ -331,8 +361,8 @@
     return base.replace(/\/+$/, "") + path;
   }
 
-  function webSocketURL(base) {
-    return endpointURL(base, "/ws").replace(/^http(s?):/i, "ws$1:");
+  function webSocketURL(base, path) {
+    return endpointURL(base, path || "/ws").replace(/^http(s?):/i, "ws$1:");
   }
 
   function cursorKey(cursor) {
@@ -2101,10 +2131,126 @@
     }
   }
 
+  // TCPSocket: a byte stream through the TCP bridge (see the header).
+  class TCPSocket extends Emitter {
+    constructor(target, options) {
+      super();
+      if (typeof target !== "string" || target === "") throw new TypeError("TCPSocket needs a target name");
+      const o = Object.assign({}, options);
+      this.target = target;
+      this.readyState = "connecting";
+      this.transport = null;
+      this._opts = o;
+      this._queue = [];
+      this._sock = null;
+      // WebSocket: false skips the WebSocket (straight to SockJS).
+      this._WebSocket = o.WebSocket !== undefined ? o.WebSocket : root && root.WebSocket;
+      this._SockJS = o.SockJS || (root && root.SockJS);
+      if (this._WebSocket) {
+        this._openWebSocket();
+      } else {
+        this._fallback({ code: 1006, reason: "no WebSocket" });
+      }
+    }
+
+    _openWebSocket() {
+      const ws = new this._WebSocket(webSocketURL(resolveBase(this._opts.url), "/tcp/" + encodeURIComponent(this.target)));
+      ws.binaryType = "arraybuffer";
+      this._sock = ws;
+      this.transport = "websocket";
+      let opened = false;
+      ws.onopen = () => {
+        opened = true;
+        this._opened();
+      };
+      ws.onmessage = (ev) => {
+        const d = ev.data;
+        this._emit("data", typeof d === "string" ? new TextEncoder().encode(d) : new Uint8Array(d));
+      };
+      ws.onclose = (ev) => {
+        if (!opened && this.readyState === "connecting") {
+          this._fallback({ code: ev.code, reason: ev.reason });
+          return;
+        }
+        this._closed({ code: ev.code, reason: ev.reason });
+      };
+    }
+
+    _fallback(info) {
+      if (!this._opts.sockjs || !this._SockJS) {
+        this._closed(info);
+        return;
+      }
+      const sj = new this._SockJS(endpointURL(resolveBase(this._opts.url), this._opts.sockjs), null, this._opts.sockjsOptions);
+      this._sock = sj;
+      this.transport = "sockjs";
+      sj.onopen = () => this._opened();
+      sj.onmessage = (ev) => this._emit("data", byteStringToBytes(String(ev.data)));
+      sj.onclose = (ev) => this._closed({ code: ev.code, reason: ev.reason });
+    }
+
+    _opened() {
+      if (this.readyState !== "connecting") return;
+      this.readyState = "open";
+      const q = this._queue;
+      this._queue = [];
+      this._emit("open");
+      for (const b of q) this._write(b);
+    }
+
+    _closed(info) {
+      if (this.readyState === "closed") return;
+      this.readyState = "closed";
+      this._queue = [];
+      this._emit("close", info);
+    }
+
+    send(data) {
+      if (this.readyState === "closed") return false;
+      const bytes = typeof data === "string" ? new TextEncoder().encode(data) : toUint8Array(data);
+      if (this.readyState === "connecting") {
+        this._queue.push(bytes);
+      } else {
+        this._write(bytes);
+      }
+      return true;
+    }
+
+    _write(bytes) {
+      if (this.transport === "sockjs") {
+        this._sock.send(bytesToByteString(bytes));
+      } else {
+        this._sock.send(bytes);
+      }
+    }
+
+    close() {
+      if (this._sock) this._sock.close();
+      this._closed({ code: 1000, reason: "closed by the page" });
+    }
+  }
+
+  // Byte strings: one character (U+0000 to U+00FF) per byte, the framing of
+  // a SockJS endpoint in tcp mode.
+  function bytesToByteString(bytes) {
+    let s = "";
+    for (let i = 0; i < bytes.length; i += 8192) {
+      s += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192));
+    }
+    return s;
+  }
+
+  function byteStringToBytes(s) {
+    const out = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i) & 0xff;
+    return out;
+  }
+
   function noop() {}
 
   CometGate.Error = CometGateError;
   CometGate.Subscription = Subscription;
+  CometGate.TCPSocket = TCPSocket;
   CometGate.PROTOCOL_VERSION = PROTOCOL_VERSION;
   CometGate._decodePacket = decodePacket;
   CometGate._decodePayload = decodePayload;
@@ -2116,6 +2262,8 @@
   CometGate._buildOpenURL = buildOpenURL;
   CometGate._webSocketURL = webSocketURL;
   CometGate._shouldReconnect = shouldReconnect;
+  CometGate._bytesToByteString = bytesToByteString;
+  CometGate._byteStringToBytes = byteStringToBytes;
 
   return CometGate;
 });

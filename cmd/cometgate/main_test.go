@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -518,16 +516,5 @@ func TestSockJSEndpointsServed(t *testing.T) {
 		if err != nil || resp.StatusCode != 200 || info["websocket"] != true {
 			t.Fatalf("GET %s: %d %v %v", path, resp.StatusCode, info, err)
 		}
-	}
-}
-
-func TestSockJSTCPModeRefused(t *testing.T) {
-	cfg := filepath.Join(t.TempDir(), "c.yaml")
-	if err := os.WriteFile(cfg, []byte("sockjs:\n  - prefix: /tcp\n    mode: tcp\n    target: chat\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	err := serve(context.Background(), []string{"--config", cfg}, []string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0"}, io.Discard, nil)
-	if err == nil || !strings.Contains(err.Error(), "TCP bridge") {
-		t.Fatalf("err = %v", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,9 +125,17 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 			DisconnectDelay: sj.DisconnectDelay, ClientURL: sj.ClientURL,
 		})
 	}
-	if err := transports.ValidateSockJS(topts.SockJS); err != nil {
+	topts.BridgeDialTimeout = cfg.Bridge.DialTimeout
+	for _, t := range cfg.Bridge.Targets {
+		bt := transports.BridgeTarget{Name: t.Name, Address: t.Address}
+		for _, n := range t.AllowNetworks {
+			bt.AllowNetworks = append(bt.AllowNetworks, netip.MustParsePrefix(n)) // checked by configs.Validate
+		}
+		topts.Bridge = append(topts.Bridge, bt)
+	}
+	if err := errors.Join(transports.ValidateSockJS(topts.SockJS), transports.ValidateBridge(topts.Bridge, topts.SockJS)); err != nil {
 		_ = gw.Shutdown(context.Background())
-		return fmt.Errorf("sockjs: %w", err)
+		return err
 	}
 	if cfg.Metrics.Enabled {
 		topts.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})

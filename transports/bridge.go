@@ -1,0 +1,403 @@
+package transports
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// The TCP bridge: a browser session carries a byte stream to a TCP server
+// the operator named (a chat server, a STOMP broker, Redis, a game server),
+// so that the server needs no change to be reached from a page. It is the
+// Orbited "TCPSocket" idea on cometgate's sessions.
+//
+// Two ways in: GET /tcp/{name} upgrades to a WebSocket whose binary frames
+// are the bytes (the efficient way, for browsers that get a WebSocket
+// through), and a SockJS endpoint in tcp mode, which gives every SockJS
+// transport (streaming, polling, JSONP) to the same stream.
+//
+// Security is the reason this file is more than io.Copy:
+//
+//   - Targets are allow-listed by name. The browser names a target; it
+//     never sends an address, so a page cannot turn the node into an open
+//     proxy.
+//   - Addresses that reach inside the operator's network are refused
+//     unless the target lists their network in AllowNetworks: loopback,
+//     private (RFC 1918, fc00::/7), link-local (which holds the cloud
+//     metadata service at 169.254.169.254), shared (100.64.0.0/10),
+//     unspecified, multicast and reserved addresses, and IPv6 prefixes
+//     that embed IPv4 addresses (NAT64, 6to4). A host name that resolves
+//     to such an address is refused the same way: the check applies to
+//     the resolved address, not the name.
+//   - DNS answers are pinned per connection: the node resolves the target
+//     once, checks the answers, and dials exactly the addresses it
+//     checked, so a name that changes its answer between the check and the
+//     connect (DNS rebinding) cannot slip past.
+//
+// Backpressure, both ways: the bridge reads from the target only after the
+// previous chunk was handed to the browser's connection (native WebSocket)
+// or fitted into the session's bounded outbox (SockJS), and writes the
+// browser's bytes to the target before it reads the next message. Each
+// bridged session therefore holds one read buffer per direction and no
+// queue that a fast side could grow.
+
+// BridgeTarget is one TCP server browsers may reach through the bridge.
+type BridgeTarget struct {
+	// Name is what the browser asks for (/tcp/{name}): 1 to 64 characters
+	// of [A-Za-z0-9_.-].
+	Name string
+	// Address is the target's host:port; a host name is resolved at every
+	// connect.
+	Address string
+	// AllowNetworks lists networks this target may reach although the
+	// policy refuses them (loopback, private, link-local, ...), e.g.
+	// 127.0.0.0/8 for a server on the node's own host.
+	AllowNetworks []netip.Prefix
+}
+
+// Validate checks a target's name and address.
+func (t BridgeTarget) Validate() error {
+	if !validTargetName(t.Name) {
+		return fmt.Errorf("bridge target %q: name: 1 to 64 characters of [A-Za-z0-9_.-]", t.Name)
+	}
+	host, port, err := net.SplitHostPort(t.Address)
+	if err != nil {
+		return fmt.Errorf("bridge target %s: address %q: %v", t.Name, t.Address, err)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("bridge target %s: address %q: port must be 1-65535", t.Name, t.Address)
+	}
+	if host == "" {
+		return fmt.Errorf("bridge target %s: address %q: host is empty", t.Name, t.Address)
+	}
+	for _, n := range t.AllowNetworks {
+		if !n.IsValid() {
+			return fmt.Errorf("bridge target %s: allow_networks: invalid prefix", t.Name)
+		}
+	}
+	return nil
+}
+
+func validTargetName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !sjsIsAlnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidateBridge checks the targets (valid, names unique) and that every
+// SockJS endpoint in tcp mode names one of them.
+func ValidateBridge(targets []BridgeTarget, sockjs []SockJSEndpoint) error {
+	names := make(map[string]bool, len(targets))
+	for _, t := range targets {
+		if err := t.Validate(); err != nil {
+			return err
+		}
+		if names[t.Name] {
+			return fmt.Errorf("bridge target %s: name repeats an earlier target", t.Name)
+		}
+		names[t.Name] = true
+	}
+	for _, e := range sockjs {
+		if e.Mode == SockJSTCP && !names[e.Target] {
+			return fmt.Errorf("sockjs %s: target: %q is not one of the bridge targets", e.Prefix, e.Target)
+		}
+	}
+	return nil
+}
+
+// The ways a bridged session ends or is refused. Each has the HTTP status
+// of a refusal before a WebSocket upgrade and the close code a session
+// that has started gets (codes 3000-3999 ask the client to retry, as
+// everywhere in the wire format).
+var (
+	// bridgeClosed: the target closed its side; everything it sent before
+	// was delivered.
+	bridgeClosed = gateway.Disconnect{Code: 1000, Reason: "target closed the connection"}
+	// bridgeUnreachable: connecting failed, or the connection broke.
+	bridgeUnreachable = gateway.Disconnect{Code: 3502, Reason: "target unreachable"}
+	// bridgeRefused: every address of the target is one the policy refuses.
+	bridgeRefused = gateway.Disconnect{Code: 4403, Reason: "target address not allowed"}
+	// bridgeUnknown: no target has that name.
+	bridgeUnknown = gateway.Disconnect{Code: 4404, Reason: "unknown TCP target"}
+)
+
+// bridgeStatus is the HTTP status that refuses a session with d.
+func bridgeStatus(d gateway.Disconnect) int {
+	switch d {
+	case bridgeRefused:
+		return http.StatusForbidden
+	case bridgeUnknown:
+		return http.StatusNotFound
+	}
+	return http.StatusBadGateway
+}
+
+// bridgeDialer connects to targets by name, applying the address policy.
+type bridgeDialer struct {
+	targets map[string]BridgeTarget
+	timeout time.Duration
+	// lookup resolves a host name; net.DefaultResolver.LookupNetIP but for
+	// tests.
+	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
+	log    func(msg string, args ...any)
+}
+
+// defaultBridgeDialTimeout bounds a connect when the options name none.
+const defaultBridgeDialTimeout = 5 * time.Second
+
+func newBridgeDialer(targets []BridgeTarget, timeout time.Duration, log func(string, ...any)) *bridgeDialer {
+	if timeout <= 0 {
+		timeout = defaultBridgeDialTimeout
+	}
+	d := &bridgeDialer{
+		targets: make(map[string]BridgeTarget, len(targets)),
+		timeout: timeout,
+		lookup:  net.DefaultResolver.LookupNetIP,
+		log:     log,
+	}
+	for _, t := range targets {
+		d.targets[t.Name] = t
+	}
+	return d
+}
+
+func (d *bridgeDialer) has(name string) bool {
+	_, ok := d.targets[name]
+	return ok
+}
+
+// dial connects to the target called name. Its error is one of the
+// bridge disconnects; the details (which address, why) go to the log,
+// not to the browser, which must learn nothing of the network behind the
+// node.
+func (d *bridgeDialer) dial(ctx context.Context, name string) (net.Conn, error) {
+	t, ok := d.targets[name]
+	if !ok {
+		return nil, bridgeUnknown
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	host, portStr, _ := net.SplitHostPort(t.Address) // checked by Validate
+	port, _ := strconv.ParseUint(portStr, 10, 16)
+	var addrs []netip.Addr
+	if a, err := netip.ParseAddr(host); err == nil {
+		addrs = []netip.Addr{a}
+	} else {
+		addrs, err = d.lookup(ctx, "ip", host)
+		if err != nil {
+			d.log("bridge: resolving the target failed", "target", name, "err", err)
+			return nil, bridgeUnreachable
+		}
+	}
+	var lastErr error
+	allowed := 0
+	for _, a := range addrs {
+		a = a.Unmap()
+		if why := refusedAddr(a); why != "" && !inAny(a, t.AllowNetworks) {
+			d.log("bridge: target address refused", "target", name, "addr", a, "why", why)
+			continue
+		}
+		allowed++
+		// The checked address itself, never the name again: the answer is
+		// pinned for this connection.
+		var nd net.Dialer
+		conn, err := nd.DialContext(ctx, "tcp", netip.AddrPortFrom(a, uint16(port)).String())
+		if err == nil {
+			return conn, nil
+		}
+		lastErr = err
+	}
+	if allowed == 0 {
+		return nil, bridgeRefused
+	}
+	d.log("bridge: connecting to the target failed", "target", name, "err", lastErr)
+	return nil, bridgeUnreachable
+}
+
+func inAny(a netip.Addr, nets []netip.Prefix) bool {
+	for _, n := range nets {
+		if n.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// refusedPrefixes are ranges the policy refuses beyond what netip.Addr's
+// predicates name.
+var refusedPrefixes = []struct {
+	p   netip.Prefix
+	why string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "this network"}, // 0.0.0.0 reaches the host itself on Linux
+	{netip.MustParsePrefix("100.64.0.0/10"), "shared address space"},
+	{netip.MustParsePrefix("192.0.0.0/24"), "IETF protocol assignments"},
+	{netip.MustParsePrefix("198.18.0.0/15"), "benchmarking"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"}, // includes 255.255.255.255
+	{netip.MustParsePrefix("64:ff9b::/96"), "NAT64"},
+	{netip.MustParsePrefix("64:ff9b:1::/48"), "NAT64"},
+	{netip.MustParsePrefix("2002::/16"), "6to4"},
+	{netip.MustParsePrefix("100::/64"), "discard"},
+}
+
+// refusedAddr says why the policy refuses a, or "" when it does not.
+func refusedAddr(a netip.Addr) string {
+	a = a.Unmap()
+	switch {
+	case !a.IsValid():
+		return "invalid"
+	case a.IsLoopback():
+		return "loopback"
+	case a.IsPrivate():
+		return "private"
+	case a.IsLinkLocalUnicast():
+		return "link-local"
+	case a.IsUnspecified():
+		return "unspecified"
+	case a.IsMulticast():
+		return "multicast"
+	}
+	for _, r := range refusedPrefixes {
+		if r.p.Contains(a) {
+			return r.why
+		}
+	}
+	return ""
+}
+
+// bridgeLink is a session's connection to its target. The native
+// WebSocket dials before it upgrades and gets a link that is connected
+// from the start; a SockJS session dials after it opened, so its link
+// becomes ready later, and messages from the browser wait for it.
+type bridgeLink struct {
+	ready chan struct{} // closed once conn or err is set
+	// dialCtx is for connecting; close cancels it.
+	dialCtx    context.Context
+	cancelDial context.CancelFunc
+
+	mu     sync.Mutex
+	conn   net.Conn
+	err    error // why there is no conn (set with ready)
+	closed bool
+}
+
+func newBridgeLink() *bridgeLink {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &bridgeLink{ready: make(chan struct{}), dialCtx: ctx, cancelDial: cancel}
+}
+
+// connected makes conn the link's connection. It reports false, having
+// closed conn, when the link was closed meanwhile.
+func (l *bridgeLink) connected(conn net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		_ = conn.Close()
+		return false
+	}
+	l.conn = conn
+	close(l.ready)
+	l.cancelDial() // releases the context; the connection is made
+	return true
+}
+
+// failed records that connecting failed with err.
+func (l *bridgeLink) failed(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == nil && l.err == nil {
+		l.err = err
+		close(l.ready)
+	}
+}
+
+// close closes the connection (now or as soon as it is made), which ends
+// the pump and unblocks a write in progress.
+func (l *bridgeLink) close() {
+	l.cancelDial()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	if l.conn != nil {
+		_ = l.conn.Close()
+	}
+	if l.conn == nil && l.err == nil {
+		l.err = errBridgeClosed
+		close(l.ready)
+	}
+}
+
+var errBridgeClosed = errors.New("transports: bridge closed")
+
+// write sends the browser's bytes to the target, waiting for the
+// connection if it is still being made. It blocks while the target does
+// not read: that is the backpressure towards the browser. ctx ends the
+// wait for the connection, not a write in progress (closing the link
+// does).
+func (l *bridgeLink) write(ctx context.Context, p []byte) error {
+	select {
+	case <-l.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if l.err != nil {
+		return l.err
+	}
+	_, err := l.conn.Write(p)
+	return err
+}
+
+// bridgeChunk is the size of the buffer the target is read into: big
+// enough that bulk transfers make few frames, small enough to be a
+// modest cost per bridged session.
+const bridgeChunk = 16 << 10
+
+// pump copies what the target sends to the browser until either side
+// ends, and returns how the session should end. It reads into buf after
+// headroom bytes that send may use (for a frame header), and send gets
+// buf[:headroom+n]. It must be called after the link is ready.
+func (l *bridgeLink) pump(headroom int, send func(frame []byte) error) gateway.Disconnect {
+	if l.err != nil {
+		if errors.Is(l.err, errBridgeClosed) {
+			return gateway.DisconnectGone()
+		}
+		if d, ok := l.err.(gateway.Disconnect); ok {
+			return d
+		}
+		return bridgeUnreachable
+	}
+	buf := make([]byte, headroom+bridgeChunk)
+	for {
+		n, err := l.conn.Read(buf[headroom:])
+		if n > 0 {
+			if send(buf[:headroom+n]) != nil {
+				return gateway.DisconnectGone()
+			}
+		}
+		switch {
+		case err == nil:
+		case err == io.EOF:
+			return bridgeClosed
+		case errors.Is(err, net.ErrClosed):
+			return gateway.DisconnectGone() // the session ended first
+		default:
+			return bridgeUnreachable
+		}
+	}
+}
