@@ -56,6 +56,7 @@ func (s *Server) serveBridgeTo(w http.ResponseWriter, r *http.Request, name stri
 		conn = withBuffered(conn, rw.Reader)
 	}
 	c := &wsConn{srv: s, conn: conn, sess: sess, link: link, wsem: make(chan struct{}, 1)}
+	c.clock.start(s.heartbeat)
 	if err := sess.Attach(c, false); err != nil {
 		link.close()
 		_ = conn.Close()

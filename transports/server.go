@@ -80,9 +80,10 @@ type Server struct {
 	fwd     *forwarder // nil: no forwarding
 	bridge  *bridgeDialer
 
-	ipMu     sync.Mutex
-	perIP    map[netip.Addr]int
-	maxFrame int
+	ipMu      sync.Mutex
+	perIP     map[netip.Addr]int
+	maxFrame  int
+	heartbeat time.Duration // the gateway's heartbeat interval
 }
 
 // New builds the handlers.
@@ -100,12 +101,13 @@ func New(opts Options) *Server {
 		opts.StreamLimit = defaultStreamLimit
 	}
 	s := &Server{
-		opts:     opts,
-		gw:       opts.Gateway,
-		log:      opts.Logger,
-		origins:  newOriginPolicy(opts.AllowedOrigins),
-		perIP:    make(map[netip.Addr]int),
-		maxFrame: opts.Gateway.Config().MaxFrameBytes,
+		opts:      opts,
+		gw:        opts.Gateway,
+		log:       opts.Logger,
+		origins:   newOriginPolicy(opts.AllowedOrigins),
+		perIP:     make(map[netip.Addr]int),
+		maxFrame:  opts.Gateway.Config().MaxFrameBytes,
+		heartbeat: opts.Gateway.Config().Heartbeat,
 	}
 	if opts.Nodes != nil {
 		s.fwd = newForwarder(opts.Nodes, opts.Gateway, opts.Logger)

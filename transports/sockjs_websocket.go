@@ -33,6 +33,8 @@ type sjsWSConn struct {
 	// waiting for a stuck write): one frame writer at a time.
 	wsem      chan struct{}
 	closeSent bool // guarded by wsem: nothing is written after a close frame
+	// clock adds pings to writes while the client is quiet (see peerClock).
+	clock peerClock
 }
 
 func (c *sjsWSConn) lock()   { c.wsem <- struct{}{} }
@@ -90,7 +92,9 @@ func (ep *sockjsEndpoint) upgrade(w http.ResponseWriter, r *http.Request) (*sjsW
 	if rw != nil && rw.Reader.Buffered() > 0 {
 		conn = withBuffered(conn, rw.Reader)
 	}
-	return &sjsWSConn{srv: ep.srv, conn: conn, wsem: make(chan struct{}, 1)}, true
+	c := &sjsWSConn{srv: ep.srv, conn: conn, wsem: make(chan struct{}, 1)}
+	c.clock.start(ep.cfg.HeartbeatDelay)
+	return c, true
 }
 
 // serveWebSocket serves /{server}/{session}/websocket.
@@ -229,10 +233,18 @@ func (t sjsRawEcho) Close(d gateway.Disconnect) {
 }
 
 // writeFrame writes one SockJS frame as a text message. A heartbeat also
-// carries a ping: browsers answer it, which keeps the read deadline
-// moving, so a peer that vanished is noticed.
+// carries a ping, and so does any frame while the client has been quiet
+// for a heartbeat delay (a busy session sends no heartbeats): browsers
+// answer it, which keeps the read deadline moving, so a peer that
+// vanished is noticed and a live one is not cut off.
 func (c *sjsWSConn) writeFrame(frame []byte) (int, error) {
-	return c.writeMessage(ws.OpText, frame, len(frame) == 1 && frame[0] == 'h')
+	ping := len(frame) == 1 && frame[0] == 'h'
+	if ping {
+		c.clock.pinged()
+	} else {
+		ping = c.clock.pingDue()
+	}
+	return c.writeMessage(ws.OpText, frame, ping)
 }
 
 // writeMessage writes one unfragmented message (and a ping after it),
@@ -310,6 +322,7 @@ func (c *sjsWSConn) readMessages(maxMsg int, idle time.Duration, onMessage func(
 			c.fail(bad.code, bad.reason)
 			return
 		}
+		c.clock.heard()
 		switch ev.op {
 		case ws.OpPing:
 			if _, err := c.writeMessage(ws.OpPong, ev.data, false); err != nil {

@@ -47,12 +47,50 @@ type wsConn struct {
 	wsem      chan struct{}
 	closeSent bool
 	closeOnce sync.Once
+	// clock adds pings to writes while the client is quiet.
+	clock peerClock
 	// lingerUntil is the read deadline (Unix nanoseconds) set when the
 	// connection started closing, 0 before. From then on the reader no
 	// longer extends its deadline at each frame, so a client that ignores
 	// the close frame and keeps sending cannot hold the connection (and
 	// a node's shutdown, which waits for readers).
 	lingerUntil atomic.Int64
+}
+
+// peerClock decides when a write should carry a ping. The gateway sends
+// heartbeats only on idle sessions, and a browser sends nothing on its
+// own, so on a busy connection the node would never hear from a live
+// client and its read deadline would end the session. Instead, a write
+// carries a ping (two bytes, in the same system call) whenever the client
+// has been quiet for a heartbeat interval and no ping went out in it; the
+// browser's pong then moves the read deadline.
+type peerClock struct {
+	every    int64        // the interval, in nanoseconds
+	lastRead atomic.Int64 // Unix nanoseconds of the last frame read
+	lastPing atomic.Int64 // and of the last ping sent
+}
+
+// start begins the clock as if the client had just been heard.
+func (p *peerClock) start(every time.Duration) {
+	p.every = int64(every)
+	p.heard()
+}
+
+// heard records a frame from the client.
+func (p *peerClock) heard() { p.lastRead.Store(time.Now().UnixNano()) }
+
+// pinged records a ping sent.
+func (p *peerClock) pinged() { p.lastPing.Store(time.Now().UnixNano()) }
+
+// pingDue reports whether the write being assembled should carry a ping,
+// and if so records it as sent.
+func (p *peerClock) pingDue() bool {
+	now := time.Now().UnixNano()
+	if now-p.lastRead.Load() < p.every || now-p.lastPing.Load() < p.every {
+		return false
+	}
+	p.lastPing.Store(now)
+	return true
 }
 
 // errCloseSent is what a write returns once the close frame went out.
@@ -75,6 +113,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		conn = withBuffered(conn, rw.Reader)
 	}
 	c := &wsConn{srv: s, conn: conn, sess: sess, wsem: make(chan struct{}, 1)}
+	c.clock.start(s.heartbeat)
 	if err := sess.Attach(c, false); err != nil {
 		_ = conn.Close()
 		return
@@ -129,6 +168,9 @@ func (c *wsConn) WritePackets(pkts []gateway.Packet) (int, error) {
 	for _, p := range pkts {
 		b = appendFrameHeader(b, ws.OpText, p.JSONLen())
 		b = p.AppendJSON(b)
+	}
+	if c.clock.pingDue() {
+		b = appendFrameHeader(b, ws.OpPing, 0)
 	}
 	n, err := c.write(b)
 	*buf = b
@@ -187,7 +229,10 @@ func (c *wsConn) writeControl(op ws.OpCode, payload []byte) error {
 
 // WriteHeartbeat sends a ping; browsers answer it by themselves, which also
 // keeps the read deadline moving.
-func (c *wsConn) WriteHeartbeat() error { return c.writeControl(ws.OpPing, nil) }
+func (c *wsConn) WriteHeartbeat() error {
+	c.clock.pinged()
+	return c.writeControl(ws.OpPing, nil)
+}
 
 // Close sends a close frame carrying d's code, then half-closes: the
 // client reads the close frame and answers, and the reader goroutine
@@ -266,6 +311,7 @@ func (c *wsConn) readLoop() {
 			c.fail(wsFail(bad.code, bad.reason))
 			return
 		}
+		c.clock.heard()
 		switch ev.op {
 		case ws.OpPing:
 			// After our close frame no pong goes out; the reader goes on

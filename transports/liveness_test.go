@@ -1,0 +1,101 @@
+package transports
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// TestBusyWebSocketStaysAlive: a session that receives a steady stream
+// gets no idle heartbeats, yet the node must still hear from the client
+// (pongs) to know it is there; a browser sends nothing on its own. The
+// session must outlive several read-timeout periods (3 heartbeats + 5 s)
+// while messages flow, the client only answering pings.
+func TestBusyWebSocketStaysAlive(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for 12 s")
+	}
+	t.Parallel()
+	n := startNode(t, nil, nil) // heartbeat 1 s: the read timeout is 8 s
+	c := dialWS(t, n)
+	c.send(textFrame(`{"op":"sub","id":1,"ch":"demo.busy"}`))
+	c.until(func(p packet) bool { return p.T == gateway.TypeOK })
+	// 120 messages, one every 100 ms: 12 s of traffic, longer than the
+	// read timeout, and never an idle heartbeat interval.
+	const total = 120
+	pubErr := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for i := range total {
+			if err := n.gw.Publish(context.Background(), "demo.busy", fmt.Appendf(nil, `{"i":%d}`, i), ""); err != nil {
+				pubErr <- err
+				return
+			}
+			<-tick.C
+		}
+		pubErr <- nil
+	}()
+	for got := 0; got < total; got++ {
+		if p := c.next(); p.T != gateway.TypeMsg || p.index() != got {
+			t.Fatalf("after %d messages: %+v", got, p)
+		}
+	}
+	if err := <-pubErr; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBusySockJSWebSocketStaysAlive: the same over the SockJS websocket
+// transport, whose "h" frames also go out only on idle sessions and whose
+// read timeout is two heartbeat delays plus 10 s.
+func TestBusySockJSWebSocketStaysAlive(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for 15 s")
+	}
+	t.Parallel()
+	n := sjsStartNode(t, []SockJSEndpoint{{Prefix: "/pubsub", Websocket: true, HeartbeatDelay: time.Second}}, nil)
+	c := sjsDialWS(t, n.url("/pubsub/000/"+sjsSID()+"/websocket"), nil)
+	if c.recv() != "o" {
+		t.Fatal("open")
+	}
+	if p := sjsPackets(t, c.recv()); p[0].T != "hello" {
+		t.Fatalf("hello %+v", p)
+	}
+	c.send(`["{\"op\":\"sub\",\"id\":1,\"ch\":\"demo.busy\"}"]`)
+	if p := sjsPackets(t, c.recv()); p[0].T != "ok" {
+		t.Fatalf("sub %+v", p)
+	}
+	const total = 150 // 15 s of traffic, longer than the 12 s read timeout
+	pubErr := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for i := range total {
+			if err := n.gw.Publish(context.Background(), "demo.busy", fmt.Appendf(nil, `{"i":%d}`, i), ""); err != nil {
+				pubErr <- err
+				return
+			}
+			<-tick.C
+		}
+		pubErr <- nil
+	}()
+	for got := 0; got < total; {
+		frame := c.recv() // answers pings on the way, as browsers do
+		if frame == "h" {
+			continue
+		}
+		for _, p := range sjsPackets(t, frame) {
+			if p.T != "msg" {
+				t.Fatalf("after %d messages: %+v", got, p)
+			}
+			got++
+		}
+	}
+	if err := <-pubErr; err != nil {
+		t.Fatal(err)
+	}
+}
