@@ -99,18 +99,27 @@ type gatewayNode struct {
 	pid     int
 }
 
-// startGateway runs the gateway binary with the default configuration on
-// free ports, with the embedded broker's listener on.
+// startGateway starts the real cometgate binary with the default
+// configuration plus the embedded NATS server's listener (which the
+// publishing tests publish into) and waits until it is ready.
 func startGateway(t *testing.T) *gatewayNode {
 	t.Helper()
-	bin := gatewayBinary(t)
-	httpPort, natsPort := freePort(t), freePort(t)
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(),
-		"COMETGATE_HTTP_LISTEN=127.0.0.1:"+strconv.Itoa(httpPort),
-		"COMETGATE_BROKER_EMBEDDED_LISTEN=127.0.0.1:"+strconv.Itoa(natsPort),
-		"COMETGATE_LOG_LEVEL=warn")
-	var logs bytes.Buffer
+	natsPort := freePort(t)
+	n := startGatewayWith(t, nil, "COMETGATE_BROKER_EMBEDDED_LISTEN=127.0.0.1:"+strconv.Itoa(natsPort))
+	n.natsURL = "nats://127.0.0.1:" + strconv.Itoa(natsPort)
+	return n
+}
+
+// startGatewayWith starts the real cometgate binary with the command-line
+// args (such as serve --config FILE) and extra environment, on a free
+// HTTP port, and waits until it is ready. Cleanup stops it with SIGTERM.
+func startGatewayWith(t *testing.T, args []string, env ...string) *gatewayNode {
+	t.Helper()
+	httpPort := freePort(t)
+	cmd := exec.Command(gatewayBinary(t), args...)
+	cmd.Env = append(os.Environ(), "COMETGATE_HTTP_LISTEN=127.0.0.1:"+strconv.Itoa(httpPort), "COMETGATE_LOG_LEVEL=warn")
+	cmd.Env = append(cmd.Env, env...)
+	var logs syncBuffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -127,8 +136,7 @@ func startGateway(t *testing.T) *gatewayNode {
 			t.Errorf("gateway did not stop on SIGTERM")
 		}
 	})
-	n := &gatewayNode{url: "http://127.0.0.1:" + strconv.Itoa(httpPort),
-		natsURL: "nats://127.0.0.1:" + strconv.Itoa(natsPort), pid: cmd.Process.Pid}
+	n := &gatewayNode{url: "http://127.0.0.1:" + strconv.Itoa(httpPort), pid: cmd.Process.Pid}
 	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(30 * time.Second)
@@ -147,10 +155,29 @@ func startGateway(t *testing.T) *gatewayNode {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("gateway not ready within 30s: %v", err)
+			t.Fatalf("gateway not ready within 30s: %v\n%s", err, logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the process's stderr copier and
+// the test to use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // benchJSON runs "cometbench run --json …" and returns its result lines.

@@ -42,8 +42,13 @@ func (wsTransport) Open(ctx context.Context, o openOptions) (packetStream, error
 		ReadBufferSize:  1024,
 		WriteBufferSize: 1024,
 		OnStatusError: func(code int, reason []byte, resp io.Reader) {
-			body, _ := io.ReadAll(io.LimitReader(resp, 512))
-			status = fmt.Sprintf("%d %s: %s", code, reason, body)
+			// One read, not ReadAll: the gateway keeps the connection
+			// open after a refusal, so reading to the end would wait
+			// for the open timeout. Its JSON error bodies are small and
+			// come with the head.
+			var body [512]byte
+			n, _ := resp.Read(body[:])
+			status = fmt.Sprintf("%d %s: %s", code, reason, bytes.TrimSpace(body[:n]))
 		},
 	}
 	br, _, err := d.Upgrade(conn, &u)

@@ -7,6 +7,8 @@
 // from /proc, when given its process id).
 //
 //	cometbench run [flags]     one benchmark run (see "cometbench run -h")
+//	cometbench tcp [flags]     the TCP bridge against direct TCP (see "cometbench tcp -h")
+//	cometbench echo [flags]    a TCP echo server alone, for "tcp --target-addr"
 //	cometbench scenarios       the documented scenarios and their commands
 //
 // Every run is bounded: a fixed number of sessions opened at a bounded
@@ -44,6 +46,8 @@ var errUsage = errors.New("usage")
 
 const usage = `usage:
   cometbench run [flags]      open sessions, publish, measure (cometbench run -h)
+  cometbench tcp [flags]      TCP bridge throughput and round trips against direct TCP (cometbench tcp -h)
+  cometbench echo [flags]     a TCP echo server alone, for cometbench tcp --target-addr (cometbench echo -h)
   cometbench scenarios        print the documented scenarios with their commands
 `
 
@@ -72,6 +76,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			defer pprof.StopCPUProfile()
 		}
 		return runBench(ctx, o, stdout, stderr)
+	case "tcp":
+		o, err := parseTCPFlags(args, stderr)
+		if err != nil {
+			return err
+		}
+		return runTCP(ctx, o, stdout, stderr)
+	case "echo":
+		return runEcho(ctx, args, stderr)
 	case "worker":
 		// A child started by "run"; it talks JSON lines on stdin/stdout.
 		return runWorker(ctx, stdin, stdout)

@@ -25,12 +25,35 @@ B="taskset -c 1 ./cometbench run --pid $GW"`
 
 // multiNodeSetup runs six nodes on one external NATS server (127.0.0.1:4222):
 // one node may hold 20,000 open files, so 100k sessions need several.
-const multiNodeSetup = `# several nodes on one broker (a NATS server at 127.0.0.1:4222), all on CPU 0
+const multiNodeSetup = `# several nodes on one broker (a NATS server at 127.0.0.1:4222), all on CPU 0,
+# after stopping the single node above
+kill $GW
 GW=""; URLS=""
 for i in 0 1 2 3 4 5; do
   COMETGATE_BROKER_KIND=nats COMETGATE_NODE_ID=n$i COMETGATE_HTTP_LISTEN=127.0.0.1:818$i \
     taskset -c 0 ./cometgate & GW="$GW${GW:+,}$!"; URLS="$URLS${URLS:+,}http://127.0.0.1:818$i"
 done`
+
+// tcpBridgeSetup starts one node whose only bridge target is the load
+// generator's own echo server ("cometbench tcp" listens on 127.0.0.1:7001
+// by default), on a port of its own and pinned to CPU 0 like the others,
+// after stopping the nodes above so that it has the core alone.
+const tcpBridgeSetup = `# the TCP bridge against direct TCP to the same echo server: stop the nodes
+# above, then one node with a bridge target "bench" at the address where
+# cometbench tcp starts its echo server
+[ -n "$GW" ] && kill $(echo $GW | tr , ' ')
+cat > bench-bridge.yaml <<'EOF'
+http:
+  listen: 127.0.0.1:8190
+bridge:
+  dial_timeout: 5s
+  targets:
+    - name: bench
+      address: "127.0.0.1:7001"
+      allow_networks: ["127.0.0.0/8"]   # loopback targets are refused unless listed
+EOF
+taskset -c 0 ./cometgate serve --config bench-bridge.yaml & GW=$!
+T="taskset -c 1 ./cometbench tcp --pid $GW --url http://127.0.0.1:8190 --target bench"`
 
 var scenarios = []scenario{
 	{"idle-ws-10k", "memory per idle WebSocket session",
@@ -72,6 +95,18 @@ var multiNodeScenarios = []scenario{
 		`taskset -c 1 ./cometbench run --pid $GW --url $URLS --label idle-sse-100k --transport sse --sessions 100000 --procs 7 --src-ips 127.0.0.1-127.0.0.8 --ramp 4000 --rate 0 --duration 10s`},
 }
 
+// tcpScenarios run "cometbench tcp" ($T) against tcpBridgeSetup's node.
+var tcpScenarios = []scenario{
+	{"tcp-bridge", "TCP bridge against direct TCP: bulk MB/s and 64 B round trips at 1, 10 and 100 connections",
+		`$T --label tcp-bridge --conns 1,10,100 --duration 5s`},
+	{"tcp-bridge-1k", "1,000 bridged connections doing 64 B round trips at once",
+		`$T --label tcp-bridge-1k --conns 1000 --workload rtt --duration 5s`},
+	{"tcp-bridge-echo-cpu0", "as tcp-bridge with the echo server in its own process on the gateway's core: direct round trips cross cores too",
+		`taskset -c 0 ./cometbench echo --listen 127.0.0.1:7001 & ECHO=$!
+$T --label tcp-bridge-echo-cpu0 --target-addr 127.0.0.1:7001 --conns 1,10,100 --duration 5s
+kill $ECHO`},
+}
+
 func printScenarios(w io.Writer) {
 	fmt.Fprintln(w, scenarioSetup)
 	fmt.Fprintln(w)
@@ -81,6 +116,11 @@ func printScenarios(w io.Writer) {
 	fmt.Fprintln(w, multiNodeSetup)
 	fmt.Fprintln(w)
 	for _, s := range multiNodeScenarios {
+		fmt.Fprintf(w, "# %s: %s\n%s\n\n", s.name, s.what, s.cmd)
+	}
+	fmt.Fprintln(w, tcpBridgeSetup)
+	fmt.Fprintln(w)
+	for _, s := range tcpScenarios {
 		fmt.Fprintf(w, "# %s: %s\n%s\n\n", s.name, s.what, s.cmd)
 	}
 	fmt.Fprintln(w, strings.TrimSpace(`
