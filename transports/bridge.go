@@ -35,7 +35,8 @@ import (
 //     private (RFC 1918, fc00::/7), link-local (which holds the cloud
 //     metadata service at 169.254.169.254), shared (100.64.0.0/10),
 //     unspecified, multicast and reserved addresses, and IPv6 prefixes
-//     that embed IPv4 addresses (NAT64, 6to4). A host name that resolves
+//     that embed IPv4 addresses (NAT64, 6to4, Teredo, IPv4-compatible)
+//     or are deprecated (site-local). A host name that resolves
 //     to such an address is refused the same way: the check applies to
 //     the resolved address, not the name.
 //   - DNS answers are pinned per connection: the node resolves the target
@@ -253,6 +254,9 @@ var refusedPrefixes = []struct {
 	{netip.MustParsePrefix("64:ff9b::/96"), "NAT64"},
 	{netip.MustParsePrefix("64:ff9b:1::/48"), "NAT64"},
 	{netip.MustParsePrefix("2002::/16"), "6to4"},
+	{netip.MustParsePrefix("2001::/32"), "Teredo"},
+	{netip.MustParsePrefix("::/96"), "IPv4-compatible"},
+	{netip.MustParsePrefix("fec0::/10"), "site-local"},
 	{netip.MustParsePrefix("100::/64"), "discard"},
 }
 
@@ -361,6 +365,30 @@ func (l *bridgeLink) write(ctx context.Context, p []byte) error {
 	}
 	_, err := l.conn.Write(p)
 	return err
+}
+
+// afterWriteError is how a session ends once writing the browser's bytes
+// to the target failed with err. When connecting failed, with the dial's
+// reason. When the browser's own request gave up waiting, as gone. Else
+// the target most likely closed: the pump still delivers what it sent and
+// ends the session with the right reason (1000 after an orderly close),
+// so wait for that (ended), for lingerTimeout at most, before calling the
+// target unreachable.
+func (l *bridgeLink) afterWriteError(err error, ended <-chan struct{}) gateway.Disconnect {
+	var d gateway.Disconnect
+	switch {
+	case errors.As(err, &d):
+		return d
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return gateway.DisconnectGone()
+	}
+	t := time.NewTimer(lingerTimeout)
+	defer t.Stop()
+	select {
+	case <-ended:
+	case <-t.C:
+	}
+	return bridgeUnreachable
 }
 
 // bridgeChunk is the size of the buffer the target is read into: big

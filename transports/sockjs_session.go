@@ -224,7 +224,10 @@ func (s *sjsSession) receive(ctx context.Context, msg []byte) error {
 			return errNotByteString
 		}
 		if err := s.link.write(ctx, b); err != nil {
-			s.gw.Close(bridgeUnreachable)
+			// The same reason runBridge ends with, whichever closes
+			// first: a 4403 must not turn into a 3502, which tells the
+			// client to come back, nor a target's orderly close into one.
+			s.gw.Close(s.link.afterWriteError(err, s.gw.Done()))
 			return err
 		}
 		return nil
@@ -397,7 +400,12 @@ func (s *sjsSession) run(ctx context.Context, rv *sjsRecv) bool {
 	}
 	s.stopExpiryLocked()
 	s.recv = rv
-	sendOpen := !s.opened && s.state == sjsOpen
+	// The first response starts with the open frame even when the session
+	// closed already (a tcp session whose target refused the connection or
+	// sent its bytes and closed before this request got here): a SockJS
+	// client takes nothing before "o", then come what was queued and the
+	// close frame.
+	sendOpen := !s.opened
 	s.opened = true
 	s.mu.Unlock()
 
