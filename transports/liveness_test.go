@@ -3,8 +3,11 @@ package transports
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
 
 	"github.com/cometgate/cometgate/gateway"
 )
@@ -98,4 +101,72 @@ func TestBusySockJSWebSocketStaysAlive(t *testing.T) {
 	if err := <-pubErr; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestSilentWebSocketClientClosed: a client that answers no ping is cut
+// off after the read timeout (3 heartbeats + 5 s: 8 s here). The poller
+// has no read deadline running for an idle connection; the heartbeat
+// write notices instead.
+func TestSilentWebSocketClientClosed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits 8 s")
+	}
+	t.Parallel()
+	n := startNode(t, nil, nil)
+	c := dialWS(t, n)
+	sid := c.sid
+	_ = c.conn.SetReadDeadline(time.Now().Add(waitTimeout))
+	for {
+		h, err := ws.ReadHeader(c.br)
+		if err != nil {
+			break // the node closed the connection
+		}
+		if _, err := c.br.Discard(int(h.Length)); err != nil {
+			break
+		}
+		if h.OpCode != ws.OpPing {
+			t.Fatalf("unexpected %v frame", h.OpCode)
+		}
+		// Pings stay unanswered.
+	}
+	waitFor(t, "the silent session to end", func() bool { return n.gw.Session(sid) == nil })
+	waitReaders(t, n)
+}
+
+// TestReaderGoroutineFallback: where the poller cannot run (not Linux),
+// each WebSocket and SSE connection has a reader goroutine instead; the
+// sessions work the same.
+func TestReaderGoroutineFallback(t *testing.T) {
+	noLeaks(t)
+	n := startNode(t, nil, nil)
+	n.srv.pollMu.Lock()
+	n.srv.noPoller = true
+	n.srv.pollMu.Unlock()
+	before := runtime.NumGoroutine()
+	w := dialWS(t, n)
+	w.send(textFrame(`{"op":"sub","id":1,"ch":"demo.fb"}`))
+	w.until(func(p packet) bool { return p.T == gateway.TypeOK })
+	s := openSSE(t, n, "ch=demo.fb", nil)
+	if p := s.next(); p.T != gateway.TypeOK {
+		t.Fatalf("sse sub: %+v", p)
+	}
+	if n.srv.poller != nil {
+		t.Fatal("a poller started")
+	}
+	if got := runtime.NumGoroutine() - before; got < 2 {
+		t.Fatalf("%d more goroutines with two connections, want a reader each", got)
+	}
+	n.publishN(t, "demo.fb", 0, 3)
+	for i := range 3 {
+		if p := w.next(); p.T != gateway.TypeMsg || p.index() != i {
+			t.Fatalf("websocket message %d: %+v", i, p)
+		}
+		if p := s.next(); p.T != gateway.TypeMsg || p.index() != i {
+			t.Fatalf("sse message %d: %+v", i, p)
+		}
+	}
+	w.send(closeFrame(1000, ""))
+	s.close()
+	waitFor(t, "both sessions to end", func() bool { return n.gw.SessionCount() == 0 })
+	waitReaders(t, n)
 }

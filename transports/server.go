@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -66,9 +67,10 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Server holds the HTTP handlers of a node and the goroutines they start
-// for hijacked connections (one small reader per connection). Shutdown of
-// those connections is the gateway's job (Gateway.Shutdown closes every
+// Server holds the HTTP handlers of a node and what reads its hijacked
+// connections: a poller for idle WebSocket and SSE connections (Linux),
+// a small reader goroutine per connection otherwise. Shutdown of those
+// connections is the gateway's job (Gateway.Shutdown closes every
 // session); Wait then waits for the readers.
 type Server struct {
 	opts    Options
@@ -79,6 +81,14 @@ type Server struct {
 	readers sync.WaitGroup
 	fwd     *forwarder // nil: no forwarding
 	bridge  *bridgeDialer
+
+	// poller watches idle WebSocket and SSE connections instead of a
+	// reader goroutine each (netpoll_linux.go). It starts with the first
+	// such connection and stops in Wait; noPoller is set where it cannot
+	// start (or by tests of the goroutine fallback).
+	pollMu   sync.Mutex
+	poller   *poller
+	noPoller bool
 
 	ipMu      sync.Mutex
 	perIP     map[netip.Addr]int
@@ -144,14 +154,63 @@ func New(opts Options) *Server {
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
 
-// Wait blocks until every connection reader has returned, and closes the
-// idle connections to other nodes. Call it after Gateway.Shutdown, which
-// closes the connections, and after the HTTP server's handlers returned.
+// Wait blocks until every connection reader has returned, stops the
+// poller, and closes the idle connections to other nodes. Call it after
+// Gateway.Shutdown, which closes the connections, and after the HTTP
+// server's handlers returned.
 func (s *Server) Wait() {
 	s.readers.Wait()
+	s.pollMu.Lock()
+	p := s.poller
+	s.poller = nil
+	s.pollMu.Unlock()
+	if p != nil {
+		p.close() // no connection is registered any more
+	}
 	if s.fwd != nil {
 		s.fwd.transport.CloseIdleConnections()
 	}
+}
+
+// idlePoller returns the node's poller, starting it on first use, or nil
+// when there is none (not Linux, or epoll failed): connections then keep
+// a reader goroutine each.
+func (s *Server) idlePoller() *poller {
+	s.pollMu.Lock()
+	defer s.pollMu.Unlock()
+	if s.poller == nil && !s.noPoller {
+		p, err := newPoller()
+		if err != nil {
+			s.log.Warn("idle connections keep a reader goroutine each: no poller", "err", err)
+			s.noPoller = true
+			return nil
+		}
+		s.poller = p
+	}
+	return s.poller
+}
+
+// watchIdle hands conn to the poller: ready runs (on a goroutine of its
+// own) whenever input arrives, and must re-arm the registration or end
+// the connection. It returns nil when conn cannot be polled; the caller
+// then reads it with a goroutine.
+func (s *Server) watchIdle(conn net.Conn, ready func()) *pollReg {
+	if b, ok := conn.(*bufferedConn); ok {
+		conn = b.Conn
+	}
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	p := s.idlePoller()
+	if p == nil {
+		return nil
+	}
+	return p.register(rc, ready)
 }
 
 func (s *Server) recoverer(next http.Handler) http.Handler {

@@ -36,6 +36,8 @@ import (
 type sseConn struct {
 	srv       *Server
 	conn      net.Conn
+	sess      *gateway.Session
+	reg       *pollReg // set when the poller watches the connection
 	wmu       sync.Mutex
 	closeOnce sync.Once
 
@@ -104,7 +106,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	// The retry hint spreads reconnects after a node goes away.
 	head.WriteString("\r\nretry: 2000\n\n")
 	cursors := sseResumeCursors(r, channels)
-	c := &sseConn{srv: s, conn: conn}
+	c := &sseConn{srv: s, conn: conn, sess: sess}
 	if len(channels) > 0 {
 		c.urlChannels, c.cursors = channels, slices.Clone(cursors)
 	}
@@ -113,18 +115,31 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		sess.Close(gateway.DisconnectGone())
 		return
 	}
+	// The poller watches for the client going away, or, where there is
+	// none, a goroutine waits in a read. Either counts as a reader from
+	// before the session can close the connection.
+	c.reg = s.watchIdle(conn, c.onInput)
+	s.readers.Add(1)
 	if err := sess.Attach(c, false); err != nil {
-		_ = conn.Close()
+		c.Close(gateway.DisconnectGone())
+		if c.reg == nil {
+			s.readers.Done()
+		}
 		return
 	}
 	ctx := context.Background()
 	for i, ch := range channels {
 		sess.Subscribe(ctx, ch, cursors[i])
 	}
-	s.readers.Add(1)
+	if c.reg != nil {
+		if err := c.reg.arm(); err != nil {
+			sess.Close(gateway.DisconnectGone())
+		}
+		return
+	}
 	go func() {
 		defer s.readers.Done()
-		c.watch(sess)
+		c.watch()
 	}()
 }
 
@@ -140,13 +155,28 @@ func sanitizeHeader(v string) string {
 
 // watch waits for the client to go away. An EventSource sends nothing after
 // its request, so this read returns only when the connection ends.
-func (c *sseConn) watch(sess *gateway.Session) {
+func (c *sseConn) watch() {
 	var b [1]byte
 	for {
 		if _, err := c.conn.Read(b[:]); err != nil {
-			sess.Close(gateway.DisconnectGone())
+			c.sess.Close(gateway.DisconnectGone())
 			return
 		}
+	}
+}
+
+// onInput is watch for a polled connection: the client closed it (or
+// sent something, which is dropped) since the last look.
+func (c *sseConn) onInput() {
+	var b [64]byte
+	_ = c.conn.SetReadDeadline(time.Now().Add(time.Second)) // input is there; never wait long
+	if _, err := c.conn.Read(b[:]); err != nil {
+		c.sess.Close(gateway.DisconnectGone())
+		c.Close(gateway.DisconnectGone())
+		return
+	}
+	if err := c.reg.arm(); err != nil {
+		c.sess.Close(gateway.DisconnectGone())
 	}
 }
 
@@ -216,5 +246,15 @@ func (c *sseConn) WriteHeartbeat() error {
 // Close ends the stream. The close packet was the last event; an SSE stream
 // has no close frame of its own.
 func (c *sseConn) Close(gateway.Disconnect) {
-	c.closeOnce.Do(func() { _ = c.conn.Close() })
+	c.closeOnce.Do(func() {
+		if c.reg != nil {
+			// A polled connection leaves the poller before it is closed,
+			// and is no longer a reader.
+			c.reg.remove()
+			_ = c.conn.Close()
+			c.srv.readers.Done()
+			return
+		}
+		_ = c.conn.Close()
+	})
 }

@@ -49,6 +49,12 @@ type wsConn struct {
 	closeOnce sync.Once
 	// clock adds pings to writes while the client is quiet.
 	clock peerClock
+	// reg is set when the poller watches the connection instead of a
+	// reader goroutine (onInput reads it, frames keeps the reader state);
+	// finish then ends the connection, once.
+	reg        *pollReg
+	frames     wsFrames
+	finishOnce sync.Once
 	// lingerUntil is the read deadline (Unix nanoseconds) set when the
 	// connection started closing, 0 before. From then on the reader no
 	// longer extends its deadline at each frame, so a client that ignores
@@ -114,17 +120,132 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	c := &wsConn{srv: s, conn: conn, sess: sess, wsem: make(chan struct{}, 1)}
 	c.clock.start(s.heartbeat)
+	// The handler returns so net/http drops its request state and buffers.
+	// The poller watches the connection from now on, or, where there is
+	// none, a fresh goroutine with a small stack reads it. Both count as
+	// a reader from before the session can write (and so close) on it.
+	if c.reg = s.watchIdle(conn, c.onInput); c.reg != nil {
+		c.frames = wsFrames{conn: conn, limit: s.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code}
+	}
+	s.readers.Add(1)
 	if err := sess.Attach(c, false); err != nil {
-		_ = conn.Close()
+		if c.reg != nil {
+			c.finish()
+		} else {
+			_ = conn.Close()
+			s.readers.Done()
+		}
 		return
 	}
-	// The handler returns so net/http drops its request state and buffers;
-	// a fresh goroutine with a small stack reads the connection.
-	s.readers.Add(1)
+	if c.reg != nil {
+		if hasBuffered(conn) {
+			c.reg.run(c.onInput) // frames sent along with the upgrade
+		} else if err := c.reg.arm(); err != nil {
+			sess.Close(gateway.DisconnectGone())
+			c.finish()
+		}
+		return
+	}
 	go func() {
 		defer s.readers.Done()
 		c.readLoop()
 	}()
+}
+
+// onInput reads what arrived on a polled connection: the frames it can
+// read, then it re-arms the registration. The poller runs it on a
+// goroutine of its own, one at a time per connection. A frame that
+// arrives in pieces is waited for (in Go's poller) within the same read
+// deadline a reader goroutine has.
+func (c *wsConn) onInput() {
+	ctx := context.Background()
+	for {
+		_ = c.conn.SetReadDeadline(time.Now().Add(c.readTimeout()))
+		if until := c.lingerUntil.Load(); until != 0 {
+			_ = c.conn.SetReadDeadline(time.Unix(0, until))
+		}
+		ev, bad, err := c.frames.next()
+		switch {
+		case err != nil:
+			c.readFailed(err)
+			c.finish()
+			return
+		case bad != nil:
+			c.fail(wsFail(bad.code, bad.reason))
+			c.finish()
+			return
+		}
+		c.clock.heard()
+		switch ev.op {
+		case ws.OpPing:
+			if err := c.writeControl(ws.OpPong, ev.data); err != nil && !errors.Is(err, errCloseSent) {
+				c.readFailed(err)
+				c.finish()
+				return
+			}
+		case ws.OpPong:
+		case ws.OpClose:
+			c.peerClosed(ev.data)
+			c.finish()
+			return
+		default:
+			// Applied right here: this goroutine ends after the input,
+			// so its stack does not stay with an idle connection.
+			c.sess.HandleFrame(ctx, ev.data)
+		}
+		if !hasBuffered(c.conn) {
+			break
+		}
+	}
+	// An idle connection keeps no payload buffer: the next frame, maybe
+	// a pong a heartbeat from now, allocates its own.
+	c.frames.payload = nil
+	if err := c.reg.arm(); err != nil {
+		c.sess.Close(gateway.DisconnectGone())
+		c.finish()
+	}
+}
+
+// readTimeout bounds the wait for a frame: three heartbeats (whose pings a
+// live client answers) and some slack.
+func (c *wsConn) readTimeout() time.Duration { return 3*c.srv.heartbeat + 5*time.Second }
+
+// finish ends a polled connection: it leaves the poller and is closed.
+func (c *wsConn) finish() {
+	c.finishOnce.Do(func() {
+		c.reg.remove()
+		_ = c.conn.Close()
+		c.srv.readers.Done()
+	})
+}
+
+// closeConn closes the socket now: a polled connection finishes.
+func (c *wsConn) closeConn() {
+	if c.reg != nil {
+		c.finish()
+		return
+	}
+	_ = c.conn.Close()
+}
+
+// errPeerSilent ends a polled session whose client answered no ping for
+// the read timeout: no reader is waiting with a deadline to notice.
+var errPeerSilent = errors.New("transports: the client answered no ping")
+
+// checkAlive fails a write to a polled connection whose client has been
+// silent too long.
+func (c *wsConn) checkAlive() error {
+	if c.reg != nil && time.Now().UnixNano()-c.clock.lastRead.Load() > int64(c.readTimeout()) {
+		return errPeerSilent
+	}
+	return nil
+}
+
+// hasBuffered reports whether conn holds bytes read with the upgrade
+// request that were not consumed yet.
+func hasBuffered(conn net.Conn) bool {
+	b, ok := conn.(*bufferedConn)
+	return ok && len(b.buf) > 0
 }
 
 func (c *wsConn) Name() string { return "websocket" }
@@ -158,6 +279,9 @@ func appendFrameHeader(dst []byte, op ws.OpCode, n int) []byte {
 func (c *wsConn) WritePackets(pkts []gateway.Packet) (int, error) {
 	if c.link != nil {
 		return 0, nil
+	}
+	if err := c.checkAlive(); err != nil {
+		return 0, err
 	}
 	size := 0
 	for _, p := range pkts {
@@ -217,6 +341,10 @@ func (c *wsConn) linger() {
 	until := time.Now().Add(lingerTimeout)
 	c.lingerUntil.Store(until.UnixNano())
 	_ = c.conn.SetReadDeadline(until)
+	if c.reg != nil {
+		// No reader is waiting to see the deadline pass.
+		time.AfterFunc(lingerTimeout, c.finish)
+	}
 }
 
 func (c *wsConn) writeControl(op ws.OpCode, payload []byte) error {
@@ -230,6 +358,9 @@ func (c *wsConn) writeControl(op ws.OpCode, payload []byte) error {
 // WriteHeartbeat sends a ping; browsers answer it by themselves, which also
 // keeps the read deadline moving.
 func (c *wsConn) WriteHeartbeat() error {
+	if err := c.checkAlive(); err != nil {
+		return err
+	}
 	c.clock.pinged()
 	return c.writeControl(ws.OpPing, nil)
 }
@@ -248,12 +379,12 @@ func (c *wsConn) Close(d gateway.Disconnect) {
 			c.link.close()
 		}
 		if d.Code == 0 {
-			_ = c.conn.Close()
+			c.closeConn()
 			return
 		}
 		body := ws.NewCloseFrameBody(ws.StatusCode(d.Code), truncateReason(d.Reason))
 		if !c.sendClose(body) {
-			_ = c.conn.Close()
+			c.closeConn()
 			return
 		}
 		if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
@@ -261,7 +392,7 @@ func (c *wsConn) Close(d gateway.Disconnect) {
 			c.linger()
 			return
 		}
-		_ = c.conn.Close()
+		c.closeConn()
 	})
 }
 
@@ -328,7 +459,7 @@ func (c *wsConn) readLoop() {
 			if c.link != nil {
 				// Blocks while the target does not read: backpressure.
 				if err := c.link.write(ctx, ev.data); err != nil {
-					c.fail(bridgeUnreachable)
+					c.fail(c.link.afterWriteError(err, c.sess.Done()))
 					return
 				}
 				continue
