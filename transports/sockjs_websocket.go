@@ -32,7 +32,8 @@ type sjsWSConn struct {
 	// wsem is the write lock (a channel, so that closing can give up
 	// waiting for a stuck write): one frame writer at a time.
 	wsem      chan struct{}
-	closeSent bool // guarded by wsem: nothing is written after a close frame
+	closeSent bool          // guarded by wsem: nothing is written after a close frame
+	deadline  writeDeadline // guarded by wsem
 	// clock adds pings to writes while the client is quiet (see peerClock).
 	clock peerClock
 }
@@ -263,7 +264,7 @@ func (c *sjsWSConn) writeMessage(op ws.OpCode, payload []byte, ping bool) (int, 
 	if c.closeSent {
 		return 0, net.ErrClosed
 	}
-	_ = c.conn.SetWriteDeadline(time.Now().Add(c.srv.opts.WriteTimeout))
+	c.deadline.extend(c.conn, c.srv.opts.WriteTimeout)
 	return c.conn.Write(b)
 }
 

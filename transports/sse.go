@@ -39,6 +39,7 @@ type sseConn struct {
 	sess      *gateway.Session
 	reg       *pollReg // set when the poller watches the connection
 	wmu       sync.Mutex
+	deadline  writeDeadline // guarded by wmu
 	closeOnce sync.Once
 
 	// The resume id: the URL subscriptions and their latest cursors. Only
@@ -232,7 +233,7 @@ func (c *sseConn) updateCursor(p gateway.Packet) bool {
 func (c *sseConn) write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	_ = c.conn.SetWriteDeadline(time.Now().Add(c.srv.opts.WriteTimeout))
+	c.deadline.extend(c.conn, c.srv.opts.WriteTimeout)
 	return c.conn.Write(b)
 }
 

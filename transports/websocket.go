@@ -46,6 +46,7 @@ type wsConn struct {
 	// every write after the close frame fail with errCloseSent.
 	wsem      chan struct{}
 	closeSent bool
+	deadline  writeDeadline // guarded by wsem
 	closeOnce sync.Once
 	// clock adds pings to writes while the client is quiet.
 	clock peerClock
@@ -61,6 +62,23 @@ type wsConn struct {
 	// the close frame and keeps sending cannot hold the connection (and
 	// a node's shutdown, which waits for readers).
 	lingerUntil atomic.Int64
+}
+
+// writeDeadline sets a connection's write deadline lazily. Setting one
+// modifies a runtime timer (under a lock, on a deeper stack than the
+// write itself); done for every write it was among the top costs of a
+// fan-out profile after write(2). Renewing it only once it is less than
+// half a timeout away still bounds every write, by between half a timeout
+// and a whole one.
+type writeDeadline struct{ until int64 } // Unix nanoseconds; guarded by the writer's lock
+
+func (d *writeDeadline) extend(conn net.Conn, timeout time.Duration) {
+	now := time.Now().UnixNano()
+	if d.until-now > int64(timeout)/2 {
+		return
+	}
+	d.until = now + int64(timeout)
+	_ = conn.SetWriteDeadline(time.Unix(0, d.until))
 }
 
 // peerClock decides when a write should carry a ping. The gateway sends
@@ -308,7 +326,7 @@ func (c *wsConn) write(b []byte) (int, error) {
 	if c.closeSent {
 		return 0, errCloseSent
 	}
-	_ = c.conn.SetWriteDeadline(time.Now().Add(c.srv.opts.WriteTimeout))
+	c.deadline.extend(c.conn, c.srv.opts.WriteTimeout)
 	return c.conn.Write(b)
 }
 
@@ -426,6 +444,12 @@ func (c *wsConn) readLoop() {
 	ctx := context.Background()
 	hb := c.srv.gw.Config().Heartbeat
 	r := &wsFrames{conn: c.conn, limit: c.srv.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code}
+	if c.link != nil {
+		// A bridged connection is busy by nature: read it through a
+		// buffer, one system call for many small frames instead of
+		// three per frame (header, mask, payload).
+		r.conn = bufio.NewReaderSize(c.conn, 4096)
+	}
 	for {
 		_ = c.conn.SetReadDeadline(time.Now().Add(3*hb + 5*time.Second))
 		if until := c.lingerUntil.Load(); until != 0 {

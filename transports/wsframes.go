@@ -2,7 +2,6 @@ package transports
 
 import (
 	"io"
-	"net"
 	"strconv"
 	"unicode/utf8"
 
@@ -17,7 +16,7 @@ import (
 // and SockJS) use it; what they do with messages, pings and closes is
 // their own.
 type wsFrames struct {
-	conn net.Conn
+	conn io.Reader
 	// limit is the largest message accepted; tooLarge is the close code
 	// for one over it.
 	limit    int
