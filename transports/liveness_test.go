@@ -29,19 +29,7 @@ func TestBusyWebSocketStaysAlive(t *testing.T) {
 	// 120 messages, one every 100 ms: 12 s of traffic, longer than the
 	// read timeout, and never an idle heartbeat interval.
 	const total = 120
-	pubErr := make(chan error, 1)
-	go func() {
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for i := range total {
-			if err := n.gw.Publish(context.Background(), "demo.busy", fmt.Appendf(nil, `{"i":%d}`, i), ""); err != nil {
-				pubErr <- err
-				return
-			}
-			<-tick.C
-		}
-		pubErr <- nil
-	}()
+	pubErr := publishEvery(n.gw, "demo.busy", total, 100*time.Millisecond)
 	for got := 0; got < total; got++ {
 		if p := c.next(); p.T != gateway.TypeMsg || p.index() != got {
 			t.Fatalf("after %d messages: %+v", got, p)
@@ -73,19 +61,7 @@ func TestBusySockJSWebSocketStaysAlive(t *testing.T) {
 		t.Fatalf("sub %+v", p)
 	}
 	const total = 150 // 15 s of traffic, longer than the 12 s read timeout
-	pubErr := make(chan error, 1)
-	go func() {
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for i := range total {
-			if err := n.gw.Publish(context.Background(), "demo.busy", fmt.Appendf(nil, `{"i":%d}`, i), ""); err != nil {
-				pubErr <- err
-				return
-			}
-			<-tick.C
-		}
-		pubErr <- nil
-	}()
+	pubErr := publishEvery(n.gw, "demo.busy", total, 100*time.Millisecond)
 	for got := 0; got < total; {
 		frame := c.recv() // answers pings on the way, as browsers do
 		if frame == "h" {
@@ -169,4 +145,23 @@ func TestReaderGoroutineFallback(t *testing.T) {
 	s.close()
 	waitFor(t, "both sessions to end", func() bool { return n.gw.SessionCount() == 0 })
 	waitReaders(t, n)
+}
+
+// publishEvery publishes total messages {"i":k} on ch, one per interval,
+// and then sends the first error (or nil) on the channel it returns.
+func publishEvery(gw *gateway.Gateway, ch string, total int, interval time.Duration) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for i := range total {
+			if err := gw.Publish(context.Background(), ch, fmt.Appendf(nil, `{"i":%d}`, i), ""); err != nil {
+				done <- err
+				return
+			}
+			<-tick.C
+		}
+		done <- nil
+	}()
+	return done
 }

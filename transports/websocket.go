@@ -176,40 +176,10 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 // arrives in pieces is waited for (in Go's poller) within the same read
 // deadline a reader goroutine has.
 func (c *wsConn) onInput() {
-	ctx := context.Background()
 	for {
-		_ = c.conn.SetReadDeadline(time.Now().Add(c.readTimeout()))
-		if until := c.lingerUntil.Load(); until != 0 {
-			_ = c.conn.SetReadDeadline(time.Unix(0, until))
-		}
-		ev, bad, err := c.frames.next()
-		switch {
-		case err != nil:
-			c.readFailed(err)
+		if c.readEvent(&c.frames, c.apply) {
 			c.finish()
 			return
-		case bad != nil:
-			c.fail(wsFail(bad.code, bad.reason))
-			c.finish()
-			return
-		}
-		c.clock.heard()
-		switch ev.op {
-		case ws.OpPing:
-			if err := c.writeControl(ws.OpPong, ev.data); err != nil && !errors.Is(err, errCloseSent) {
-				c.readFailed(err)
-				c.finish()
-				return
-			}
-		case ws.OpPong:
-		case ws.OpClose:
-			c.peerClosed(ev.data)
-			c.finish()
-			return
-		default:
-			// Applied right here: this goroutine ends after the input,
-			// so its stack does not stay with an idle connection.
-			c.sess.HandleFrame(ctx, ev.data)
 		}
 		if !hasBuffered(c.conn) {
 			break
@@ -222,6 +192,53 @@ func (c *wsConn) onInput() {
 		c.sess.Close(gateway.DisconnectGone())
 		c.finish()
 	}
+}
+
+// apply applies a client message on a polled connection, right here: the
+// goroutine ends after the input, so its stack does not stay with an idle
+// connection.
+func (c *wsConn) apply(data []byte) bool {
+	c.sess.HandleFrame(context.Background(), data)
+	return true
+}
+
+// readEvent reads the next frame from r and handles it: control frames
+// here, data messages by onMessage (which returns false to stop). It
+// reports whether reading is over: the connection failed or was closed
+// (the session is closing then), or onMessage stopped it.
+func (c *wsConn) readEvent(r *wsFrames, onMessage func([]byte) bool) (over bool) {
+	_ = c.conn.SetReadDeadline(time.Now().Add(c.readTimeout()))
+	if until := c.lingerUntil.Load(); until != 0 {
+		// Closing: the linger deadline stands. (Set after ours when
+		// linger ran concurrently: it stores before it sets.)
+		_ = c.conn.SetReadDeadline(time.Unix(0, until))
+	}
+	ev, bad, err := r.next()
+	switch {
+	case err != nil:
+		c.readFailed(err)
+		return true
+	case bad != nil:
+		c.fail(wsFail(bad.code, bad.reason))
+		return true
+	}
+	c.clock.heard()
+	switch ev.op {
+	case ws.OpPing:
+		// After our close frame no pong goes out; the reader goes on
+		// waiting for the client's close.
+		if err := c.writeControl(ws.OpPong, ev.data); err != nil && !errors.Is(err, errCloseSent) {
+			c.readFailed(err)
+			return true
+		}
+	case ws.OpPong:
+	case ws.OpClose:
+		c.peerClosed(ev.data)
+		return true
+	default:
+		return !onMessage(ev.data)
+	}
+	return false
 }
 
 // readTimeout bounds the wait for a frame: three heartbeats (whose pings a
@@ -441,55 +458,26 @@ func wsFail(code int, reason string) gateway.Disconnect {
 // enforces RFC 6455.
 func (c *wsConn) readLoop() {
 	defer c.conn.Close()
-	ctx := context.Background()
-	hb := c.srv.gw.Config().Heartbeat
 	r := &wsFrames{conn: c.conn, limit: c.srv.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code}
+	onMessage := func(data []byte) bool {
+		c.handle(context.Background(), data)
+		return true
+	}
 	if c.link != nil {
 		// A bridged connection is busy by nature: read it through a
 		// buffer, one system call for many small frames instead of
 		// three per frame (header, mask, payload).
 		r.conn = bufio.NewReaderSize(c.conn, 4096)
+		onMessage = func(data []byte) bool {
+			// Blocks while the target does not read: backpressure.
+			if err := c.link.write(context.Background(), data); err != nil {
+				c.fail(c.link.afterWriteError(err, c.sess.Done()))
+				return false
+			}
+			return true
+		}
 	}
-	for {
-		_ = c.conn.SetReadDeadline(time.Now().Add(3*hb + 5*time.Second))
-		if until := c.lingerUntil.Load(); until != 0 {
-			// Closing: the linger deadline stands. (Set after ours when
-			// linger ran concurrently: it stores before it sets.)
-			_ = c.conn.SetReadDeadline(time.Unix(0, until))
-		}
-		ev, bad, err := r.next()
-		switch {
-		case err != nil:
-			c.readFailed(err)
-			return
-		case bad != nil:
-			c.fail(wsFail(bad.code, bad.reason))
-			return
-		}
-		c.clock.heard()
-		switch ev.op {
-		case ws.OpPing:
-			// After our close frame no pong goes out; the reader goes on
-			// waiting for the client's close.
-			if err := c.writeControl(ws.OpPong, ev.data); err != nil && !errors.Is(err, errCloseSent) {
-				c.readFailed(err)
-				return
-			}
-		case ws.OpPong:
-		case ws.OpClose:
-			c.peerClosed(ev.data)
-			return
-		default:
-			if c.link != nil {
-				// Blocks while the target does not read: backpressure.
-				if err := c.link.write(ctx, ev.data); err != nil {
-					c.fail(c.link.afterWriteError(err, c.sess.Done()))
-					return
-				}
-				continue
-			}
-			c.handle(ctx, ev.data)
-		}
+	for !c.readEvent(r, onMessage) {
 	}
 }
 

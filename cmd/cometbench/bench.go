@@ -586,20 +586,29 @@ type gwSample struct {
 	rt  goRuntime
 }
 
-func (c *coordinator) sampleGateway(ctx context.Context) (gwSample, error) {
-	s := gwSample{rt: goRuntime{Goroutines: -1, HeapInuse: -1, StackInuse: -1}}
-	for _, pid := range c.o.PIDs {
+// addProcs adds the CPU time and memory of the processes pids (the
+// gateway nodes' --pid) to s.
+func (s *gwSample) addProcs(pids []int) error {
+	for _, pid := range pids {
 		cpu, err := readProcCPU("/proc", pid)
 		if err != nil {
-			return s, fmt.Errorf("--pid %d: %w", pid, err)
+			return fmt.Errorf("--pid %d: %w", pid, err)
 		}
 		mem, err := readProcMem("/proc", pid)
 		if err != nil {
-			return s, fmt.Errorf("--pid %d: %w", pid, err)
+			return fmt.Errorf("--pid %d: %w", pid, err)
 		}
 		s.cpu += cpu.Total()
 		s.mem.PSS += mem.PSS
 		s.mem.RSS += mem.RSS
+	}
+	return nil
+}
+
+func (c *coordinator) sampleGateway(ctx context.Context) (gwSample, error) {
+	s := gwSample{rt: goRuntime{Goroutines: -1, HeapInuse: -1, StackInuse: -1}}
+	if err := s.addProcs(c.o.PIDs); err != nil {
+		return s, err
 	}
 	for i, u := range c.o.MetricsURLs {
 		rt, err := scrapeMetrics(ctx, c.http, u)

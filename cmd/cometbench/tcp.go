@@ -1162,20 +1162,8 @@ func (e *echoTarget) Close() error {
 // sampleGateway reads the --pid processes' CPU and memory, summed.
 func (b *tcpBench) sampleGateway() (gwSample, error) {
 	var s gwSample
-	for _, pid := range b.o.PIDs {
-		cpu, err := readProcCPU("/proc", pid)
-		if err != nil {
-			return s, fmt.Errorf("--pid %d: %w", pid, err)
-		}
-		mem, err := readProcMem("/proc", pid)
-		if err != nil {
-			return s, fmt.Errorf("--pid %d: %w", pid, err)
-		}
-		s.cpu += cpu.Total()
-		s.mem.PSS += mem.PSS
-		s.mem.RSS += mem.RSS
-	}
-	return s, nil
+	err := s.addProcs(b.o.PIDs)
+	return s, err
 }
 
 // selfCPU is this process's CPU time (the in-process echo server's
