@@ -372,3 +372,21 @@ func TestScenariosCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestREADMEHasScenarioCommands: the README's Performance section shows
+// the command of every row; it must be what "cometbench scenarios"
+// prints, so that the two cannot drift apart.
+func TestREADMEHasScenarioCommands(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"scenarios"}, nil, &out, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "```sh\n" + strings.TrimRight(out.String(), "\n") + "\n```"
+	if !strings.Contains(string(readme), want) {
+		t.Errorf("README.md does not show the output of `go run ./cmd/cometbench scenarios` verbatim in a sh block; paste it again")
+	}
+}
