@@ -301,6 +301,9 @@ type BridgeTarget struct {
 	// AllowNetworks are CIDR prefixes this target may reach although the
 	// bridge refuses them by default (loopback, private, link-local, ...).
 	AllowNetworks []string `mapstructure:"allow_networks"`
+	// MaxConnections bounds the node's open connections to the target;
+	// 0 = no bound.
+	MaxConnections int `mapstructure:"max_connections"`
 }
 
 // Log configures structured logging.
@@ -327,7 +330,7 @@ type Admin struct {
 var listDefaults = map[string]map[string]any{
 	"channels":       channelDefaults,
 	"sockjs":         sockjsDefaults,
-	"bridge.targets": {"allow_networks": []string{}},
+	"bridge.targets": {"allow_networks": []string{}, "max_connections": 0},
 }
 
 // sockjsDefaults are the values of keys a sockjs entry in a config file may

@@ -769,6 +769,9 @@ func TestValidate(t *testing.T) {
 		}, `bridge.targets[1].name: "a" repeats bridge.targets[0].name`},
 		{"bridge target address", func(c *Config) { c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x"}} }, `bridge.targets[0].address: must be host:port`},
 		{"bridge target port", func(c *Config) { c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:0"}} }, `bridge.targets[0].address: must be host:port with a port 1-65535, got "x:0"`},
+		{"bridge max connections", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", MaxConnections: -1}}
+		}, `bridge.targets[0].max_connections: must be 0 (no bound) or more, got -1`},
 		{"bridge allow networks", func(c *Config) {
 			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", AllowNetworks: []string{"10.0.0.1"}}}
 		}, `bridge.targets[0].allow_networks[0]: must be a CIDR prefix`},
@@ -818,5 +821,42 @@ func TestValidateAllProblems(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("error %q echoes a secret", err)
+	}
+}
+
+// TestLoadBridgeTargets: bridge targets from a file, with the optional
+// keys left out on one, and a SockJS tcp endpoint naming one.
+func TestLoadBridgeTargets(t *testing.T) {
+	path := writeConfig(t, `
+bridge:
+  dial_timeout: 2s
+  targets:
+    - name: redis
+      address: 127.0.0.1:6379
+      allow_networks: [127.0.0.0/8, "::1/128"]
+      max_connections: 50
+    - name: chat
+      address: chat.example.com:6667
+sockjs:
+  - prefix: /chat
+    mode: tcp
+    target: chat
+`)
+	c, err := Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Bridge{DialTimeout: 2 * time.Second, Targets: []BridgeTarget{
+		{Name: "redis", Address: "127.0.0.1:6379", AllowNetworks: []string{"127.0.0.0/8", "::1/128"}, MaxConnections: 50},
+		{Name: "chat", Address: "chat.example.com:6667", AllowNetworks: []string{}},
+	}}
+	if !reflect.DeepEqual(c.Bridge, want) {
+		t.Errorf("bridge = %+v\nwant %+v", c.Bridge, want)
+	}
+	if len(c.SockJS) != 1 || c.SockJS[0].Mode != SockJSTCP || c.SockJS[0].Target != "chat" {
+		t.Errorf("sockjs = %+v", c.SockJS)
+	}
+	if _, err := Load("", []string{"COMETGATE_BRIDGE_TARGETS=x"}); err == nil || !strings.Contains(err.Error(), "bridge.targets cannot be set from the environment") {
+		t.Errorf("env: %v", err)
 	}
 }

@@ -204,6 +204,9 @@ func (c *Config) Validate() error {
 		if host, port, err := net.SplitHostPort(t.Address); err != nil || host == "" || !validPort(port) {
 			v.failf(key+".address", "must be host:port with a port 1-65535, got %q", t.Address)
 		}
+		if t.MaxConnections < 0 {
+			v.failf(key+".max_connections", "must be 0 (no bound) or more, got %d", t.MaxConnections)
+		}
 		for j, n := range t.AllowNetworks {
 			if _, err := netip.ParsePrefix(n); err != nil {
 				v.failf(fmt.Sprintf("%s.allow_networks[%d]", key, j), "must be a CIDR prefix such as 10.0.0.0/8 or fd00::/8, got %q", n)

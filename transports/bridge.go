@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cometgate/cometgate/gateway"
@@ -63,6 +64,10 @@ type BridgeTarget struct {
 	// policy refuses them (loopback, private, link-local, ...), e.g.
 	// 127.0.0.0/8 for a server on the node's own host.
 	AllowNetworks []netip.Prefix
+	// MaxConnections bounds this node's open connections to the target,
+	// so that browsers cannot exhaust what the server accepts; 0 means
+	// no bound.
+	MaxConnections int
 }
 
 // Validate checks a target's name and address.
@@ -84,6 +89,9 @@ func (t BridgeTarget) Validate() error {
 		if !n.IsValid() {
 			return fmt.Errorf("bridge target %s: allow_networks: invalid prefix", t.Name)
 		}
+	}
+	if t.MaxConnections < 0 {
+		return fmt.Errorf("bridge target %s: max_connections: must not be negative", t.Name)
 	}
 	return nil
 }
@@ -136,6 +144,8 @@ var (
 	bridgeRefused = gateway.Disconnect{Code: 4403, Reason: "target address not allowed"}
 	// bridgeUnknown: no target has that name.
 	bridgeUnknown = gateway.Disconnect{Code: 4404, Reason: "unknown TCP target"}
+	// bridgeBusy: the node holds the target's MaxConnections already.
+	bridgeBusy = gateway.Disconnect{Code: 3503, Reason: "target busy"}
 )
 
 // bridgeStatus is the HTTP status that refuses a session with d.
@@ -145,6 +155,8 @@ func bridgeStatus(d gateway.Disconnect) int {
 		return http.StatusForbidden
 	case bridgeUnknown:
 		return http.StatusNotFound
+	case bridgeBusy:
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusBadGateway
 }
@@ -152,6 +164,7 @@ func bridgeStatus(d gateway.Disconnect) int {
 // bridgeDialer connects to targets by name, applying the address policy.
 type bridgeDialer struct {
 	targets map[string]BridgeTarget
+	open    map[string]*atomic.Int64 // connections per target with MaxConnections
 	timeout time.Duration
 	// lookup resolves a host name; net.DefaultResolver.LookupNetIP but for
 	// tests.
@@ -168,12 +181,16 @@ func newBridgeDialer(targets []BridgeTarget, timeout time.Duration, log func(str
 	}
 	d := &bridgeDialer{
 		targets: make(map[string]BridgeTarget, len(targets)),
+		open:    make(map[string]*atomic.Int64),
 		timeout: timeout,
 		lookup:  net.DefaultResolver.LookupNetIP,
 		log:     log,
 	}
 	for _, t := range targets {
 		d.targets[t.Name] = t
+		if t.MaxConnections > 0 {
+			d.open[t.Name] = new(atomic.Int64)
+		}
 	}
 	return d
 }
@@ -192,6 +209,40 @@ func (d *bridgeDialer) dial(ctx context.Context, name string) (net.Conn, error) 
 	if !ok {
 		return nil, bridgeUnknown
 	}
+	if open := d.open[name]; open != nil {
+		if open.Add(1) > int64(t.MaxConnections) {
+			open.Add(-1)
+			d.log("bridge: target busy", "target", name, "max_connections", t.MaxConnections)
+			return nil, bridgeBusy
+		}
+		conn, err := d.connect(ctx, t)
+		if err != nil {
+			open.Add(-1)
+			return nil, err
+		}
+		return &countedConn{Conn: conn, open: open}, nil
+	}
+	return d.connect(ctx, t)
+}
+
+// countedConn gives its slot of the target's MaxConnections back when it
+// is closed (once, however often Close is called).
+type countedConn struct {
+	net.Conn
+	open   *atomic.Int64
+	closed atomic.Bool
+}
+
+func (c *countedConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.open.Add(-1)
+	}
+	return c.Conn.Close()
+}
+
+// connect resolves and dials t under the address policy.
+func (d *bridgeDialer) connect(ctx context.Context, t BridgeTarget) (net.Conn, error) {
+	name := t.Name
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	host, portStr, _ := net.SplitHostPort(t.Address) // checked by Validate

@@ -1020,3 +1020,38 @@ func waitNoSessions(t *testing.T, n *testNode) {
 	t.Helper()
 	waitFor(t, "no sessions", func() bool { return n.gw.SessionCount() == 0 })
 }
+
+// TestBridgeMaxConnections: a target's MaxConnections bounds the node's
+// open connections to it; one more is refused with 503 (3503, retry
+// later) and the target never sees it; a closed bridge gives its slot
+// back.
+func TestBridgeMaxConnections(t *testing.T) {
+	noLeaks(t)
+	echo := startTarget(t, echoServe)
+	n := startBridgeNode(t, []BridgeTarget{{Name: "echo", Address: echo.addr(), AllowNetworks: bridgeLoopback, MaxConnections: 2}}, nil, nil)
+	a, b := dialBridge(t, n, "echo"), dialBridge(t, n, "echo")
+	for _, c := range []*bridgeClient{a, b} {
+		c.send(binFrame([]byte("x")))
+		if got, _ := c.read(1); string(got) != "x" {
+			t.Fatalf("echo %q", got)
+		}
+	}
+	status, e, body := bridgeRefusal(t, n, "echo", nil)
+	if status != http.StatusServiceUnavailable || e.Code != 3503 || e.Error != "target busy" {
+		t.Fatalf("a third bridge: %d %s", status, body)
+	}
+	waitFor(t, "the refused session to end", func() bool { return n.gw.SessionCount() == 2 })
+	a.send(closeFrame(1000, ""))
+	if op, _ := a.next(); op != ws.OpClose {
+		t.Fatalf("frame %v, want the close answer", op)
+	}
+	waitFor(t, "the closed bridge to end", func() bool { return n.gw.SessionCount() == 1 })
+	// The slot comes back when the target connection is closed, which may
+	// follow the session's end by a moment.
+	waitFor(t, "the slot to be given back", func() bool { return n.srv.bridge.open["echo"].Load() == 1 })
+	c := dialBridge(t, n, "echo")
+	c.send(binFrame([]byte("y")))
+	if got, _ := c.read(1); string(got) != "y" {
+		t.Fatalf("echo %q", got)
+	}
+}

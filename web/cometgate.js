@@ -186,9 +186,9 @@
  *   close()            closes the stream (the gateway closes the TCP side).
  *   events: "open" (), "data" (Uint8Array), "close" ({code, reason}):
  *     code 1000 "target closed the connection" when the server side closed;
- *     3502 "target unreachable", 4403 "target address not allowed", 4404
- *     "unknown TCP target" (SockJS; a refused WebSocket shows as 1006), 3000
- *     when the node shuts down. There is no reconnect: a TCP stream does not
+ *     3502 "target unreachable", 3503 "target busy", 4403 "target address
+ *     not allowed", 4404 "unknown TCP target" (SockJS; a refused WebSocket
+ *     shows as 1006), 3000 when the node shuts down. There is no reconnect: a TCP stream does not
  *     resume, the page decides what to do.
  *
  * Pure helpers, exported for tests: CometGate._decodePacket(text),
