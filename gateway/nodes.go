@@ -35,11 +35,16 @@ const (
 	maxNodeIDLen = 64
 )
 
-// announcement is the body of a message on NodesChannel.
+// announcement is the body of a message on NodesChannel. Bye says the
+// node is leaving: the others forget it at once instead of after TTL.
 type announcement struct {
 	ID  string `json:"id"`
 	URL string `json:"url"`
+	Bye bool   `json:"bye,omitempty"`
 }
+
+// byeTimeout bounds the publish of the goodbye in Close.
+const byeTimeout = time.Second
 
 // NodesOptions configure a node table.
 type NodesOptions struct {
@@ -158,13 +163,24 @@ func (n *Nodes) Len() int {
 	return c
 }
 
-// Close stops announcing and unsubscribes, waiting for the announcer. It
-// is idempotent. The table keeps answering Lookup from what it knew.
+// Close stops announcing, says goodbye (so the other nodes forget this
+// one now: requests for its sessions then get "session not found" and the
+// clients open new sessions, instead of 502 until the entry expires), and
+// unsubscribes, waiting for the announcer. Call it after the node drained
+// its sessions. It is idempotent. The table keeps answering Lookup from
+// what it knew.
 func (n *Nodes) Close() error {
 	var err error
 	n.once.Do(func() {
 		n.cancel()
 		n.wg.Wait()
+		bye, _ := json.Marshal(announcement{ID: n.opts.SelfID, URL: n.opts.SelfURL, Bye: true})
+		ctx, cancel := context.WithTimeout(context.Background(), byeTimeout)
+		if perr := n.opts.Broker.Publish(ctx, brokers.Message{Channel: NodesChannel, Data: bye}); perr != nil {
+			// The others forget this node after TTL anyway.
+			n.log.Debug("saying goodbye to the other nodes failed", slog.Any("err", perr))
+		}
+		cancel()
 		err = n.sub.Unsubscribe()
 	})
 	return err
@@ -195,6 +211,20 @@ func (n *Nodes) receive(m brokers.Message) {
 	}
 	if err := CheckNodeURL(a.URL); err != nil {
 		n.log.Warn("ignoring a node announcement", slog.String("node", a.ID), slog.Any("err", err))
+		return
+	}
+	if a.Bye {
+		n.mu.Lock()
+		// Only the instance at that URL: a node restarted under the same
+		// id elsewhere is not forgotten by its predecessor's goodbye.
+		e, known := n.table[a.ID]
+		if known && e.url == a.URL {
+			delete(n.table, a.ID)
+		}
+		n.mu.Unlock()
+		if known && e.url == a.URL {
+			n.log.Info("node left", slog.String("node", a.ID), slog.String("url", a.URL))
+		}
 		return
 	}
 	now := time.Now()

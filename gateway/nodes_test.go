@@ -237,3 +237,36 @@ func TestNodesChannelIsReserved(t *testing.T) {
 		t.Fatal("the publish API wrote to the reserved channel")
 	}
 }
+
+// TestNodesSayGoodbye: a node that closes tells the others, which forget
+// it at once rather than after TTL; a goodbye from another URL under the
+// same id (an older instance) does not remove the current one.
+func TestNodesSayGoodbye(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBroker()
+		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Second)
+		c, err := StartNodes(context.Background(), NodesOptions{
+			Broker: b, SelfID: "c", SelfURL: "http://127.0.0.1:1003", Interval: time.Second,
+			Logger: slog.New(slog.DiscardHandler),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if _, ok := a.Lookup("c"); !ok {
+			t.Fatal("a does not know c")
+		}
+		announce(t, b, `{"id":"c","url":"http://127.0.0.1:9999","bye":true}`)
+		synctest.Wait()
+		if _, ok := a.Lookup("c"); !ok {
+			t.Error("a goodbye from another URL removed c")
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if _, ok := a.Lookup("c"); ok {
+			t.Error("a still knows c after its goodbye")
+		}
+	})
+}
