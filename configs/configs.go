@@ -42,6 +42,15 @@ const (
 const (
 	PermissionAnyone = "anyone"
 	PermissionNobody = "nobody"
+	// PermissionToken grants what a session's token grants (needs
+	// Auth.Mode AuthJWT).
+	PermissionToken = "token"
+)
+
+// Values of Auth.Mode.
+const (
+	AuthNone = "none"
+	AuthJWT  = "jwt"
 )
 
 // Values of Channel.SlowConsumer.
@@ -84,6 +93,7 @@ type Config struct {
 	Node     Node      `mapstructure:"node"`
 	HTTP     HTTP      `mapstructure:"http"`
 	API      API       `mapstructure:"api"`
+	Auth     Auth      `mapstructure:"auth"`
 	Broker   Broker    `mapstructure:"broker"`
 	Session  Session   `mapstructure:"session"`
 	Channels []Channel `mapstructure:"channels"`
@@ -131,6 +141,28 @@ type API struct {
 	AllowLoopback bool `mapstructure:"allow_loopback"`
 	// MaxBodyBytes bounds the request body.
 	MaxBodyBytes int `mapstructure:"max_body_bytes"`
+}
+
+// Auth configures how browser sessions authenticate: with a token (a JWT)
+// the application signed after its own login. With AuthJWT exactly one of
+// HMACSecret and PublicKeyFile is set (Validate checks it).
+type Auth struct {
+	// Mode is AuthNone (every session is anonymous) or AuthJWT.
+	Mode string `mapstructure:"mode"`
+	// HMACSecret verifies HS256/384/512 tokens; at least 32 bytes. Secret:
+	// never log it.
+	HMACSecret string `mapstructure:"hmac_secret"`
+	// PublicKeyFile is the path of a PEM public key (RSA, ECDSA or
+	// Ed25519) that verifies RS*, PS*, ES* or EdDSA tokens.
+	PublicKeyFile string `mapstructure:"public_key_file"`
+	// Issuer, when not "", must be the token's "iss".
+	Issuer string `mapstructure:"issuer"`
+	// Audience, when not "", must be one of the token's "aud".
+	Audience string `mapstructure:"audience"`
+	// Leeway tolerates clock skew on "exp", "nbf" and "iat".
+	Leeway time.Duration `mapstructure:"leeway"`
+	// Required refuses sessions without a valid token.
+	Required bool `mapstructure:"required"`
 }
 
 // Broker selects and configures the message broker. Only the sub-struct
@@ -241,9 +273,11 @@ type Channel struct {
 	// Pattern is a NATS-style pattern: dot-separated tokens, "*" matches one
 	// token, a final ">" matches one or more.
 	Pattern string `mapstructure:"pattern"`
-	// Subscribe is PermissionAnyone or PermissionNobody (browser subscribe).
+	// Subscribe is PermissionAnyone, PermissionNobody or PermissionToken
+	// (browser subscribe).
 	Subscribe string `mapstructure:"subscribe"`
-	// Publish is PermissionAnyone or PermissionNobody (browser publish).
+	// Publish is PermissionAnyone, PermissionNobody or PermissionToken
+	// (browser publish).
 	Publish string `mapstructure:"publish"`
 	// SlowConsumer is one of the SlowConsumer* constants.
 	SlowConsumer string `mapstructure:"slow_consumer"`

@@ -38,7 +38,8 @@ func wantDefaults() *Config {
 			AllowedOrigins:    []string{},
 			MaxSessionsPerIP:  0,
 		},
-		API: API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
+		API:  API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
+		Auth: Auth{Mode: AuthNone, Leeway: 30 * time.Second},
 		Broker: Broker{
 			Kind:           BrokerEmbedded,
 			SubjectPrefix:  "",
@@ -692,6 +693,28 @@ func TestValidate(t *testing.T) {
 		{"api.keys empty entry", func(c *Config) { c.API.Keys = []string{"secret", ""} }, `api.keys[1]: must not be empty`},
 		{"api.max_body_bytes", func(c *Config) { c.API.MaxBodyBytes = 0 }, `api.max_body_bytes: must be at least 1, got 0`},
 
+		{"auth.mode", func(c *Config) { c.Auth.Mode = "JWT" }, `auth.mode: must be one of none | jwt, got "JWT"`},
+		{"auth jwt hmac", func(c *Config) { c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 32) }, ""},
+		{"auth jwt public key", func(c *Config) { c.Auth.Mode, c.Auth.PublicKeyFile = AuthJWT, "key.pem" }, ""},
+		{"auth jwt no key", func(c *Config) { c.Auth.Mode = AuthJWT }, `auth: mode jwt needs hmac_secret or public_key_file`},
+		{"auth jwt both keys", func(c *Config) {
+			c.Auth.Mode, c.Auth.HMACSecret, c.Auth.PublicKeyFile = AuthJWT, strings.Repeat("k", 32), "key.pem"
+		}, `auth: set either hmac_secret or public_key_file, not both`},
+		{"auth short secret", func(c *Config) { c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 31) }, `auth.hmac_secret: must be at least 32 bytes, got 31`},
+		{"auth secret unused when none", func(c *Config) { c.Auth.HMACSecret = "short" }, ""},
+		{"auth leeway zero", func(c *Config) { c.Auth.Leeway = 0 }, ""},
+		{"auth leeway negative", func(c *Config) { c.Auth.Leeway = -time.Second }, `auth.leeway: must not be negative, got -1s`},
+		{"auth required without jwt", func(c *Config) { c.Auth.Required = true }, `auth.required: true needs auth.mode jwt`},
+		{"auth required with jwt", func(c *Config) {
+			c.Auth.Mode, c.Auth.HMACSecret, c.Auth.Required = AuthJWT, strings.Repeat("k", 32), true
+		}, ""},
+		{"subscribe token without jwt", func(c *Config) { c.Channels[0].Subscribe = PermissionToken }, `channels[0].subscribe: token needs auth.mode jwt, got auth.mode "none"`},
+		{"publish token without jwt", func(c *Config) { c.Channels[0].Publish = PermissionToken }, `channels[0].publish: token needs auth.mode jwt`},
+		{"token with jwt", func(c *Config) {
+			c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 32)
+			c.Channels[0].Subscribe, c.Channels[0].Publish = PermissionToken, PermissionToken
+		}, ""},
+
 		{"broker.kind", func(c *Config) { c.Broker.Kind = "NATS" }, `broker.kind: must be one of embedded | nats | amqp, got "NATS"`},
 		{"subject_prefix valid", func(c *Config) { c.Broker.SubjectPrefix = "app-1.cg_x." }, ""},
 		{"subject_prefix no dot", func(c *Config) { c.Broker.SubjectPrefix = "cg" }, `broker.subject_prefix: must be "" or dot-terminated tokens`},
@@ -746,8 +769,8 @@ func TestValidate(t *testing.T) {
 		{"pattern too long", func(c *Config) { c.Channels[0].Pattern = strings.Repeat("a", 256) }, `channels[0].pattern: must be at most 255 bytes, got 256`},
 		{"pattern 255 bytes", func(c *Config) { c.Channels[0].Pattern = strings.Repeat("a", 255) }, ""},
 		{"pattern duplicate", func(c *Config) { c.Channels = append(c.Channels, c.Channels[0]) }, `channels[1].pattern: "demo.>" repeats channels[0].pattern`},
-		{"subscribe enum", func(c *Config) { c.Channels[0].Subscribe = "everyone" }, `channels[0].subscribe: must be one of anyone | nobody, got "everyone"`},
-		{"publish enum", func(c *Config) { c.Channels[0].Publish = "" }, `channels[0].publish: must be one of anyone | nobody, got ""`},
+		{"subscribe enum", func(c *Config) { c.Channels[0].Subscribe = "everyone" }, `channels[0].subscribe: must be one of anyone | nobody | token, got "everyone"`},
+		{"publish enum", func(c *Config) { c.Channels[0].Publish = "" }, `channels[0].publish: must be one of anyone | nobody | token, got ""`},
 		{"slow_consumer enum", func(c *Config) { c.Channels[0].SlowConsumer = "drop" }, `channels[0].slow_consumer: must be one of disconnect | drop_oldest | conflate, got "drop"`},
 		{"history enum", func(c *Config) { c.Channels[0].History = "all" }, `channels[0].history: must be one of none | jetstream | stream, got "all"`},
 		{"history jetstream on amqp", func(c *Config) { c.Broker.Kind = BrokerAMQP; c.Channels[0].History = HistoryJetStream }, `channels[0].history: jetstream needs broker.kind embedded or nats`},
@@ -858,5 +881,61 @@ sockjs:
 	}
 	if _, err := Load("", []string{"COMETGATE_BRIDGE_TARGETS=x"}); err == nil || !strings.Contains(err.Error(), "bridge.targets cannot be set from the environment") {
 		t.Errorf("env: %v", err)
+	}
+}
+
+// TestLoadAuth: the auth section from a file with the secret from the
+// environment, the token permission accepted with it, and errors that
+// name their key without echoing the secret.
+func TestLoadAuth(t *testing.T) {
+	secret := "s3cret-" + strings.Repeat("x", 30)
+	path := writeConfig(t, `
+auth:
+  mode: jwt
+  issuer: https://app.example.com
+  audience: cometgate
+  leeway: 5s
+  required: true
+channels:
+  - pattern: "secret.>"
+    subscribe: token
+    publish: token
+`)
+	c, err := Load(path, []string{"COMETGATE_AUTH_HMAC_SECRET=" + secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Auth{Mode: AuthJWT, HMACSecret: secret, Issuer: "https://app.example.com", Audience: "cometgate",
+		Leeway: 5 * time.Second, Required: true}
+	if c.Auth != want {
+		t.Errorf("auth = %+v\nwant %+v", c.Auth, want)
+	}
+	if ch := c.Channels[0]; ch.Subscribe != PermissionToken || ch.Publish != PermissionToken {
+		t.Errorf("channel = %+v", ch)
+	}
+
+	// Without the secret the same file is refused, naming the section.
+	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), "auth: mode jwt needs hmac_secret or public_key_file") {
+		t.Errorf("no secret: %v", err)
+	}
+	// A short secret is refused without being echoed.
+	_, err = Load(path, []string{"COMETGATE_AUTH_HMAC_SECRET=hunter2"})
+	if err == nil || !strings.Contains(err.Error(), "auth.hmac_secret: must be at least 32 bytes, got 7") {
+		t.Errorf("short secret: %v", err)
+	} else if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error %q echoes the secret", err)
+	}
+	// The token permission without jwt names the key at fault.
+	path = writeConfig(t, `
+channels:
+  - pattern: "secret.>"
+    subscribe: anyone
+    publish: token
+`)
+	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), `channels[0].publish: token needs auth.mode jwt`) {
+		t.Errorf("token without jwt: %v", err)
+	}
+	if _, err := Load("", []string{"COMETGATE_AUTH_LEEWAY=soon"}); err == nil || !strings.Contains(err.Error(), "COMETGATE_AUTH_LEEWAY") {
+		t.Errorf("bad leeway: %v", err)
 	}
 }

@@ -58,6 +58,27 @@ func (c *Config) Validate() error {
 	}
 	v.atLeast("api.max_body_bytes", c.API.MaxBodyBytes, 1)
 
+	au := &c.Auth
+	jwt := au.Mode == AuthJWT
+	v.oneOf("auth.mode", au.Mode, AuthNone, AuthJWT)
+	switch {
+	case !jwt:
+	case au.HMACSecret != "" && au.PublicKeyFile != "":
+		v.failf("auth", "set either hmac_secret or public_key_file, not both")
+	case au.HMACSecret == "" && au.PublicKeyFile == "":
+		v.failf("auth", "mode jwt needs hmac_secret or public_key_file")
+	case au.HMACSecret != "" && len(au.HMACSecret) < 32:
+		// A short shared secret can be brute-forced offline from any one
+		// token. Its value is never echoed.
+		v.failf("auth.hmac_secret", "must be at least 32 bytes, got %d", len(au.HMACSecret))
+	}
+	if au.Leeway < 0 {
+		v.failf("auth.leeway", "must not be negative, got %s", au.Leeway)
+	}
+	if au.Required && !jwt {
+		v.failf("auth.required", "true needs auth.mode jwt")
+	}
+
 	b := &c.Broker
 	v.oneOf("broker.kind", b.Kind, BrokerEmbedded, BrokerNATS, BrokerAMQP)
 	if b.SubjectPrefix != "" && !subjectPrefixRe.MatchString(b.SubjectPrefix) {
@@ -142,8 +163,11 @@ func (c *Config) Validate() error {
 		} else {
 			seen[ch.Pattern] = i
 		}
-		v.oneOf(key+".subscribe", ch.Subscribe, PermissionAnyone, PermissionNobody)
-		v.oneOf(key+".publish", ch.Publish, PermissionAnyone, PermissionNobody)
+		for _, perm := range []struct{ key, val string }{{key + ".subscribe", ch.Subscribe}, {key + ".publish", ch.Publish}} {
+			if v.oneOf(perm.key, perm.val, PermissionAnyone, PermissionNobody, PermissionToken) && perm.val == PermissionToken && !jwt {
+				v.failf(perm.key, "token needs auth.mode jwt, got auth.mode %q", au.Mode)
+			}
+		}
 		v.oneOf(key+".slow_consumer", ch.SlowConsumer, SlowConsumerDisconnect, SlowConsumerDropOldest, SlowConsumerConflate)
 		if v.oneOf(key+".history", ch.History, HistoryNone, HistoryJetStream, HistoryStream) {
 			switch {

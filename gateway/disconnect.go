@@ -32,6 +32,9 @@ var (
 	DisconnectExpired = Disconnect{3002, "session expired"}
 	// DisconnectReplaced: a newer request took over the session's downstream.
 	DisconnectReplaced = Disconnect{3003, "replaced by a newer request"}
+	// DisconnectTokenExpired: the session's token expired; reconnect with
+	// a fresh one.
+	DisconnectTokenExpired = Disconnect{3004, "token expired"}
 	// DisconnectProtocol: the client sent frames the server cannot read.
 	DisconnectProtocol = Disconnect{4000, "protocol error"}
 	// DisconnectTooLarge: the client sent a frame over the size limit.
@@ -40,6 +43,9 @@ var (
 	DisconnectForbidden = Disconnect{4003, "forbidden"}
 	// DisconnectNotFound: the session named by the request does not exist.
 	DisconnectNotFound = Disconnect{4004, "session not found"}
+	// DisconnectUnauthorized: the request carries no valid token where one
+	// is needed.
+	DisconnectUnauthorized = Disconnect{4401, "authentication required"}
 
 	// disconnectGone is recorded when the peer went away (connection closed
 	// or a write failed); nothing can be sent to it any more.

@@ -168,6 +168,9 @@ type OpenOptions struct {
 	RemoteAddr string
 	// OnClose, if set, runs once when the session has ended.
 	OnClose func()
+	// Principal is who the session acts for (a verified token), or nil.
+	// The session ends with DisconnectTokenExpired when its token expires.
+	Principal *Principal
 }
 
 // Open creates a session and queues its hello packet. Nothing is written
@@ -180,6 +183,7 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 		retain:    opts.Retain,
 		remote:    opts.RemoteAddr,
 		onClose:   opts.OnClose,
+		principal: opts.Principal,
 		done:      make(chan struct{}),
 	}
 	g.mu.Lock()
@@ -191,6 +195,13 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 	g.mu.Unlock()
 	g.metrics.sessionOpened(opts.Transport)
 	s.push(helloBody(s.id, g.cfg.Heartbeat))
+	if p := opts.Principal; p != nil && !p.Expires.IsZero() {
+		s.mu.Lock()
+		if !s.finished {
+			s.tokenEnd = time.AfterFunc(time.Until(p.Expires), func() { s.Close(DisconnectTokenExpired) })
+		}
+		s.mu.Unlock()
+	}
 	return s, nil
 }
 

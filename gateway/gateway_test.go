@@ -1507,7 +1507,7 @@ func TestRulesForSubscribe(t *testing.T) {
 		{">", ""},
 	}
 	for _, tt := range tests {
-		got := rules.ForSubscribe(tt.pattern)
+		got := rules.ForSubscribe(tt.pattern, nil)
 		switch {
 		case tt.want == "" && got != nil:
 			t.Errorf("ForSubscribe(%q) = %q, want denied", tt.pattern, got.Pattern)

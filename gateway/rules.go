@@ -10,6 +10,9 @@ const (
 	Nobody Permission = iota
 	// Anyone may, without authentication.
 	Anyone
+	// Token: a session whose principal's token grants a pattern that
+	// covers the channel or subscription (see auth.go).
+	Token
 )
 
 // SlowPolicy is what happens when a session's queue is full.
@@ -63,27 +66,36 @@ func (r Rules) Find(pattern string) *Namespace {
 	return nil
 }
 
-// ForSubscribe returns the namespace governing a subscription to pattern,
-// or nil when the subscription is not allowed. Each channel is governed by
-// the first namespace that matches it, so the first namespace that covers
-// pattern entirely must grant subscribing, and so must every earlier
-// namespace that shares a channel with pattern: otherwise a wide wildcard
-// ("t.>") could reach channels an earlier, narrower namespace
-// ("t.secret.>") denies.
-func (r Rules) ForSubscribe(pattern string) *Namespace {
+// ForSubscribe returns the namespace governing a subscription to pattern
+// by a session acting for p (nil: anonymous), or nil when the
+// subscription is not allowed. Each channel is governed by the first
+// namespace that matches it, so the first namespace that covers pattern
+// entirely must grant subscribing, and so must every earlier namespace
+// that shares a channel with pattern: otherwise a wide wildcard ("t.>")
+// could reach channels an earlier, narrower namespace ("t.secret.>")
+// denies.
+func (r Rules) ForSubscribe(pattern string, p *Principal) *Namespace {
 	for i := range r {
 		ns := &r[i]
+		allowed := mayDo(ns.Subscribe, p, subscribeGrants, pattern)
 		if PatternCovers(ns.Pattern, pattern) {
-			if ns.Subscribe != Anyone {
+			if !allowed {
 				return nil
 			}
 			return ns
 		}
-		if ns.Subscribe != Anyone && patternsIntersect(ns.Pattern, pattern) {
+		if !allowed && patternsIntersect(ns.Pattern, pattern) {
 			return nil
 		}
 	}
 	return nil
+}
+
+// MayPublish reports whether a session acting for p (nil: anonymous) may
+// publish on channel.
+func (r Rules) MayPublish(channel string, p *Principal) bool {
+	ns := r.Find(channel)
+	return ns != nil && mayDo(ns.Publish, p, publishGrants, channel)
 }
 
 // Validate checks every namespace pattern.

@@ -50,6 +50,8 @@ type Session struct {
 	done      chan struct{}
 	remote    string
 	onClose   func()
+	principal *Principal  // nil: anonymous
+	tokenEnd  *time.Timer // closes the session when its token expires
 
 	mu           sync.Mutex
 	down         Transport // attached downstream, or nil
@@ -96,6 +98,9 @@ func (s *Session) Retain() bool { return s.retain }
 
 // Done is closed when the session has ended and released everything.
 func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Principal is who the session acts for; nil for an anonymous session.
+func (s *Session) Principal() *Principal { return s.principal }
 
 // Reason is why the session ended; valid after Done is closed.
 func (s *Session) Reason() Disconnect {
@@ -239,6 +244,10 @@ func (s *Session) finish() {
 	if s.expiry != nil {
 		s.expiry.Stop()
 		s.expiry = nil
+	}
+	if s.tokenEnd != nil {
+		s.tokenEnd.Stop()
+		s.tokenEnd = nil
 	}
 	patterns := make([]string, 0, len(s.subs))
 	for p, st := range s.subs {
@@ -660,7 +669,7 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor strin
 		s.push(errBody(id, pattern, 422, err.Error()))
 		return
 	}
-	ns := s.g.cfg.Rules.ForSubscribe(pattern)
+	ns := s.g.cfg.Rules.ForSubscribe(pattern, s.principal)
 	if ns == nil {
 		s.push(errBody(id, pattern, 403, fmt.Sprintf("permission denied: subscribe to %q", pattern)))
 		return
@@ -764,8 +773,7 @@ func (s *Session) enqueuePublish(f Frame) {
 		s.push(errBody(f.ID, f.Ch, 422, err.Error()))
 		return
 	}
-	ns := s.g.cfg.Rules.Find(f.Ch)
-	if ns == nil || ns.Publish != Anyone || f.Ch == NodesChannel {
+	if !s.g.cfg.Rules.MayPublish(f.Ch, s.principal) || f.Ch == NodesChannel {
 		s.push(errBody(f.ID, f.Ch, 403, fmt.Sprintf("permission denied: publish to %q", f.Ch)))
 		return
 	}

@@ -114,6 +114,10 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, errorBody{Error: "session not found", Code: gateway.DisconnectNotFound.Code})
 		return
 	}
+	if ref := s.ownerCheck(r, sess); ref != nil {
+		writeJSON(w, ref.status, errorBody{Error: ref.msg, Code: ref.code})
+		return
+	}
 	limit := int64(s.maxFrame) * 8
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {

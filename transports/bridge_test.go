@@ -765,7 +765,7 @@ func TestBridgeRefusals(t *testing.T) {
 	check("local", nil, http.StatusForbidden, errorBody{Error: "target address not allowed", Code: 4403})
 	local.untouched(t)
 	check("closed", nil, http.StatusBadGateway, errorBody{Error: "target unreachable", Code: 3502})
-	check("echo", http.Header{"Origin": {"http://evil.example"}}, http.StatusForbidden, errorBody{Error: "origin not allowed"})
+	check("echo", http.Header{"Origin": {"http://evil.example"}}, http.StatusForbidden, errorBody{Error: "origin not allowed", Code: 4003})
 	echo.untouched(t)
 
 	// The exact body of a refusal.
@@ -777,7 +777,7 @@ func TestBridgeRefusals(t *testing.T) {
 	// The per-address limit counts bridged sessions like any other.
 	c := dialBridge(t, n, "echo")
 	open = 1
-	check("echo", nil, http.StatusTooManyRequests, errorBody{Error: "too many sessions"})
+	check("echo", nil, http.StatusTooManyRequests, errorBody{Error: "too many sessions", Code: 4029})
 	c.send(closeFrame(1000, ""))
 	if op, _ := c.next(); op != ws.OpClose {
 		t.Fatalf("frame %v, want the close answer", op)

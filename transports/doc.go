@@ -191,6 +191,24 @@
 // request; script and iframe loads send none, so JSONP and htmlfile rely on
 // the session id being unguessable.
 //
+// # Authentication
+//
+// With Options.Tokens set, a request that opens a session may present a
+// token (a JWT the application signed; its "cometgate" claim grants
+// channel patterns, see gateway/auth.go): as the token query parameter
+// (WebSocket and EventSource cannot set headers), an Authorization:
+// Bearer header, or the cometgate_token cookie. A token that does not
+// verify is refused with 401 {"error":"invalid token: …","code":4401}
+// (in a transport's own framing where it has one), and so is a request
+// without a token when Options.RequireToken is set. The session acts for
+// the token's subject: namespaces whose permission is Token let it
+// subscribe and publish within the token's grants. Every later request of
+// a request-per-poll session, and POST /session/{sid}/send, must present
+// a token of the same subject, else 403 with code 4003 (SockJS: a close
+// frame, or 404 for a sender). The session ends with close code 3004
+// "token expired" when the token does; the client reconnects with a fresh
+// one.
+//
 // # TCP bridge
 //
 // GET /tcp/{name} bridges a WebSocket to the TCP target the operator named

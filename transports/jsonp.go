@@ -118,6 +118,10 @@ func (s *Server) serveJSONPSend(w http.ResponseWriter, r *http.Request) {
 		fail(gateway.DisconnectNotFound.Code, gateway.DisconnectNotFound.Reason)
 		return
 	}
+	if ref := s.ownerCheck(r, sess); ref != nil {
+		fail(ref.code, ref.msg)
+		return
+	}
 	applyFrames(r.Context(), sess, frames, errs)
 	answer(sendAnswer{OK: true})
 }

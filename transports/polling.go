@@ -205,6 +205,10 @@ func (s *Server) servePolling(fam *family, w http.ResponseWriter, r *http.Reques
 			writeRefusal(w, fam, f, notFoundRefusal())
 			return
 		}
+		if ref := s.ownerCheck(r, sess); ref != nil {
+			writeRefusal(w, fam, f, ref)
+			return
+		}
 		if req.hasAck {
 			sess.Apply(ctx, gateway.Frame{Op: gateway.OpAck, Seq: req.ack})
 		}

@@ -53,6 +53,14 @@ type Options struct {
 	Bridge []BridgeTarget
 	// BridgeDialTimeout bounds a connect to a target; 0 means 5s.
 	BridgeDialTimeout time.Duration
+	// Tokens, when set, verifies the tokens browsers present (?token=,
+	// Authorization: Bearer, or the cometgate_token cookie): a session
+	// opened with a valid token acts for its principal, and the requests
+	// of that session must present a token of the same subject. Nil: no
+	// authentication, every session is anonymous.
+	Tokens *gateway.TokenVerifier
+	// RequireToken refuses sessions without a valid token (401, 4401).
+	RequireToken bool
 	// Web serves the browser client and demo pages at "/"; may be nil.
 	Web http.Handler
 	// Metrics serves /metrics; may be nil.
@@ -340,7 +348,7 @@ func (s *Server) openSession(w http.ResponseWriter, r *http.Request, transport s
 		if ref.retry {
 			w.Header().Set("Retry-After", "1")
 		}
-		writeError(w, ref.status, ref.msg)
+		writeJSON(w, ref.status, errorBody{Error: ref.msg, Code: ref.code})
 		return nil
 	}
 	return sess
@@ -362,6 +370,10 @@ func (s *Server) tryOpenSession(r *http.Request, transport string, retain bool) 
 	if !s.origins.allowed(r) {
 		return nil, &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code, "origin not allowed: " + r.Header.Get("Origin"), false}
 	}
+	principal, ref := s.authenticate(r)
+	if ref != nil {
+		return nil, ref
+	}
 	ip := clientAddr(r)
 	if !s.acquireIP(ip) {
 		return nil, &refusal{http.StatusTooManyRequests, codeTooManySessions, "too many sessions from this address", false}
@@ -371,12 +383,73 @@ func (s *Server) tryOpenSession(r *http.Request, transport string, retain bool) 
 		Retain:     retain,
 		RemoteAddr: r.RemoteAddr,
 		OnClose:    func() { s.releaseIP(ip) },
+		Principal:  principal,
 	})
 	if err != nil {
 		s.releaseIP(ip)
 		return nil, &refusal{http.StatusServiceUnavailable, gateway.DisconnectShutdown.Code, "server shutting down, reconnect to another node", true}
 	}
 	return sess, nil
+}
+
+// tokenCookie is the cookie a page may carry its token in.
+const tokenCookie = "cometgate_token"
+
+// requestToken is the token a request presents: the token query
+// parameter (WebSocket and EventSource cannot set headers), a bearer
+// Authorization header, or the cookie; "" when none.
+func requestToken(r *http.Request) string {
+	if t := r.URL.Query().Get("token"); t != "" {
+		return t
+	}
+	if t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && t != "" {
+		return t
+	}
+	if c, err := r.Cookie(tokenCookie); err == nil {
+		return c.Value
+	}
+	return ""
+}
+
+// authenticate returns the principal of the request's token: nil for a
+// request without one (allowed unless RequireToken), a refusal (401,
+// 4401) for a token that does not verify. The reason names what is wrong
+// with the token, never the token.
+func (s *Server) authenticate(r *http.Request) (*gateway.Principal, *refusal) {
+	if s.opts.Tokens == nil {
+		return nil, nil
+	}
+	tok := requestToken(r)
+	if tok == "" {
+		if s.opts.RequireToken {
+			return nil, &refusal{http.StatusUnauthorized, gateway.DisconnectUnauthorized.Code, gateway.DisconnectUnauthorized.Reason, false}
+		}
+		return nil, nil
+	}
+	p, err := s.opts.Tokens.Verify(tok)
+	if err != nil {
+		return nil, &refusal{http.StatusUnauthorized, gateway.DisconnectUnauthorized.Code, "invalid token: " + err.Error(), false}
+	}
+	return p, nil
+}
+
+// ownerCheck refuses a request for sess that does not act for the
+// session's principal: a session opened with a token is bound to its
+// subject, so a leaked session id alone does not give its stream away.
+// Anonymous sessions rely on their unguessable id.
+func (s *Server) ownerCheck(r *http.Request, sess *gateway.Session) *refusal {
+	owner := sess.Principal()
+	if owner == nil {
+		return nil
+	}
+	p, ref := s.authenticate(r)
+	if ref != nil {
+		return ref
+	}
+	if p == nil || p.Subject != owner.Subject {
+		return &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code, "the session belongs to another principal", false}
+	}
+	return nil
 }
 
 func clientAddr(r *http.Request) netip.Addr {

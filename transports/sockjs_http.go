@@ -254,7 +254,7 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 	ep.setCookie(w, r)
 	sjsNoCache(h)
 	sjsCORS(w, r)
-	s := ep.lookup(sid)
+	s := ep.lookup(r, sid)
 	if s == nil {
 		sjsNotFound(w)
 		return
@@ -285,7 +285,7 @@ func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request,
 	}
 	ep.setCookie(w, r)
 	sjsNoCache(w.Header())
-	s := ep.lookup(sid)
+	s := ep.lookup(r, sid)
 	if s == nil {
 		sjsNotFound(w)
 		return

@@ -105,6 +105,10 @@ var (
 // caller registers the session (if it has an id) and then calls start.
 func (ep *sockjsEndpoint) newSession(r *http.Request, id string) (*sjsSession, *sjsRefusal) {
 	srv := ep.srv
+	principal, ref := srv.authenticate(r)
+	if ref != nil {
+		return nil, &sjsRefusal{ref.status, ref.msg, appendSJSCloseFrame(nil, ref.code, ref.msg)}
+	}
 	ip := clientAddr(r)
 	if !srv.acquireIP(ip) {
 		return nil, sjsRefusedTooMany
@@ -113,6 +117,7 @@ func (ep *sockjsEndpoint) newSession(r *http.Request, id string) (*sjsSession, *
 		Transport:  "sockjs",
 		RemoteAddr: r.RemoteAddr,
 		OnClose:    func() { srv.releaseIP(ip) },
+		Principal:  principal,
 	})
 	if err != nil {
 		srv.releaseIP(ip)
@@ -181,6 +186,9 @@ func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsSession, *sjs
 	ep.mu.Lock()
 	if s := ep.sessions[id]; s != nil {
 		ep.mu.Unlock()
+		if ref := ep.srv.ownerCheck(r, s.gw); ref != nil {
+			return nil, &sjsRefusal{ref.status, ref.msg, appendSJSCloseFrame(nil, ref.code, ref.msg)}
+		}
 		return s, nil
 	}
 	s, ref := ep.newSession(r, id)
@@ -197,11 +205,17 @@ func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsSession, *sjs
 	return s, nil
 }
 
-// lookup returns the live session named id, or nil.
-func (ep *sockjsEndpoint) lookup(id string) *sjsSession {
+// lookup returns the live session named id, or nil, also when r does not
+// act for the session's principal (a sender learns nothing from a
+// foreign session id).
+func (ep *sockjsEndpoint) lookup(r *http.Request, id string) *sjsSession {
 	ep.mu.Lock()
-	defer ep.mu.Unlock()
-	return ep.sessions[id]
+	s := ep.sessions[id]
+	ep.mu.Unlock()
+	if s != nil && ep.srv.ownerCheck(r, s.gw) != nil {
+		return nil
+	}
+	return s
 }
 
 func (ep *sockjsEndpoint) forget(s *sjsSession) {

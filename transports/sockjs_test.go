@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
@@ -315,7 +316,7 @@ func waitAttached(t *testing.T, ep *sockjsEndpoint, trans string) {
 	t.Helper()
 	sid := trans[strings.LastIndex(trans, "/")+1:]
 	sjsWaitFor(t, "a receiving request on "+sid, func() bool {
-		s := ep.lookup(sid)
+		s := ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid)
 		if s == nil {
 			return false
 		}
@@ -347,7 +348,7 @@ func TestSockJSCloseSession(t *testing.T) {
 	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
 		t.Fatalf("open: %q", r.body)
 	}
-	ep.lookup(sid).close(3000, "Go away!")
+	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).close(3000, "Go away!")
 	for range 2 {
 		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.status != http.StatusOK || r.body != "c[3000,\"Go away!\"]\n" {
 			t.Fatalf("after close: %d %q", r.status, r.body)
@@ -357,7 +358,7 @@ func TestSockJSCloseSession(t *testing.T) {
 		t.Errorf("send to a closing session: %d", r.status)
 	}
 	// Once it expired, the id names a new session.
-	sjsWaitFor(t, "the closed session to expire", func() bool { return ep.lookup(sid) == nil })
+	sjsWaitFor(t, "the closed session to expire", func() bool { return ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid) == nil })
 	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
 		t.Fatalf("after expiry: %q", r.body)
 	}
@@ -371,7 +372,7 @@ func TestSockJSCloseSession(t *testing.T) {
 	if got := st.until("\n"); got != "o\n" {
 		t.Fatalf("open frame %q", got)
 	}
-	ep.lookup(sid).close(3000, "Go away!")
+	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).close(3000, "Go away!")
 	if got := st.until("\n"); got != "c[3000,\"Go away!\"]\n" {
 		t.Fatalf("close frame %q", got)
 	}
@@ -680,7 +681,7 @@ func TestSockJSJSONPClose(t *testing.T) {
 	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"o\");\r\n" {
 		t.Fatalf("open: %q", r.body)
 	}
-	ep.lookup(sid).close(3000, "Go away!")
+	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).close(3000, "Go away!")
 	for range 2 {
 		if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"c[3000,\\\"Go away!\\\"]\");\r\n" {
 			t.Fatalf("close: %q", r.body)
@@ -949,7 +950,7 @@ func TestSockJSHandlingClose(t *testing.T) {
 	r1.close()
 	sid := url[strings.LastIndex(url, "/")+1:]
 	sjsWaitFor(t, "the session to notice the abort", func() bool {
-		s := ep.lookup(sid)
+		s := ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return s.state == sjsClosing
@@ -972,7 +973,7 @@ func TestSockJSHandlingClose(t *testing.T) {
 	}
 	abort()
 	sjsWaitFor(t, "the session to notice the abort", func() bool {
-		s := ep.lookup(sid)
+		s := ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return s.state == sjsClosing
@@ -1016,7 +1017,9 @@ func TestSockJSExpiry(t *testing.T) {
 		t.Fatalf("open: %q", r.body)
 	}
 	// Nobody comes back: the session and its gateway session end.
-	sjsWaitFor(t, "the session to expire", func() bool { return ep.lookup(sid) == nil && n.gw.SessionCount() == 0 })
+	sjsWaitFor(t, "the session to expire", func() bool {
+		return ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid) == nil && n.gw.SessionCount() == 0
+	})
 	sjsCheck404(t, n.do(t, http.MethodPost, url+"/xhr_send", `["x"]`), "send after expiry")
 	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "o\n" {
 		t.Fatalf("same id after expiry: %q", r.body)

@@ -45,6 +45,21 @@
  *                      session after a network error before they give it up
  *                      and open a new one; the server's
  *                      session.disconnect_delay (5 s by default).
+ *   token              the JWT the session acts with (see the gateway's
+ *                      auth section): a string, or a function returning a
+ *                      string or a Promise of one, called before every
+ *                      connection attempt (the first one and each
+ *                      reconnect; the transports tried in one attempt share
+ *                      its token). null, undefined or "" means no token (an
+ *                      anonymous session). The client adds token=<the token>
+ *                      to every URL it requests from the gateway: /ws, /sse,
+ *                      /xhr_stream, /poll, their /{sid} follow-ups and
+ *                      POST /session/{sid}/send, whose requests the gateway
+ *                      checks against the session's subject. The token
+ *                      travels in URLs (WebSocket and EventSource cannot
+ *                      set headers): use HTTPS and short-lived tokens.
+ *                        token: () => fetch("/my-app/cometgate-token",
+ *                          { credentials: "same-origin" }).then((r) => r.text())
  *   WebSocket, EventSource, fetch
  *                      implementations to use instead of the globals (tests,
  *                      non-browser hosts).
@@ -58,6 +73,8 @@
  *   on(event, fn)      add a listener; returns a function that removes it.
  *   off(event, fn)     remove a listener.
  *     "state" (state, info): info is {transport, sessionId} for "connected";
+ *       {transport} for "connecting" (null while a token function's
+ *       promise is pending);
  *       {code, reason, delay} for "disconnected" (delay = ms until the next
  *       attempt); {code, reason} for "closed".
  *   subscribe(channel, onMessage?, {cursor}?) → Subscription
@@ -157,7 +174,22 @@
  *   - Reconnect on a close code 3000-3999, on any other drop, and when the
  *     connection is silent for two heartbeat intervals (the client pings
  *     after one silent interval: browsers hide transport-level heartbeats).
- *     A close code 4000-4999 is final: state "closed" with the reason.
+ *     A close code 4000-4999 is final: state "closed" with the reason,
+ *     except 4401 with a token function (below).
+ *   - Tokens: every connection attempt, including each reconnect, first
+ *     calls options.token when it is a function, so the reconnect after the
+ *     gateway closed a session with 3004 "token expired" gets a fresh token
+ *     (nothing else is needed: 3xxx codes reconnect). A refused token (4401
+ *     "invalid token" or "authentication required") reaches the client as
+ *     an HTTP 401 with code 4401 on xhr_stream and poll, and as a failed
+ *     WebSocket or EventSource (code 1006: browsers hide the status) on the
+ *     others. With a token function it goes through the reconnect backoff
+ *     like a dropped connection ("disconnected" with code 4401 and the
+ *     gateway's reason, then the function is asked again), so a token that
+ *     keeps being refused never makes the client retry in a hot loop; with
+ *     a fixed token (or none) a 4401 is final. A token function that throws
+ *     or rejects also waits for the backoff and is called again. A 403
+ *     (code 4003: a request presented another subject's token) is final.
  *   - Unknown packet types and unknown fields are ignored. Nothing from the
  *     server is ever evaluated.
  *
@@ -194,8 +226,8 @@
  * Pure helpers, exported for tests: CometGate._decodePacket(text),
  * _decodePayload(packet), _encodeFrame(frame), _base64ToBytes(string),
  * _bytesToBase64(bytes), _backoffDelay(attempt, min, max, random),
- * _buildSSEURL(base, [[channel, cursor]], maxLength),
- * _buildOpenURL(base, path, [[channel, cursor]], maxLength), _webSocketURL(base),
+ * _buildSSEURL(url, [[channel, cursor]], maxLength),
+ * _buildOpenURL(url, [[channel, cursor]], maxLength), _webSocketURL(base),
  * _shouldReconnect({code, reconnect}).
  */
 (function (root, factory) {
@@ -220,6 +252,7 @@
     ackInterval: 1000,
     ackEvery: 100,
     resumeWindow: 5000,
+    token: null,
     WebSocket: null,
     EventSource: null,
     fetch: null,
@@ -357,27 +390,45 @@
     return !(info && info.reconnect === false);
   }
 
-  function endpointURL(base, path) {
-    return base.replace(/\/+$/, "") + path;
+  // endpointURL is base + path, with the query parts given (encoded
+  // "name=value" strings; empty ones are skipped).
+  function endpointURL(base, path, query) {
+    return appendQuery(base.replace(/\/+$/, "") + path, query);
+  }
+
+  function appendQuery(url, parts) {
+    const q = (parts || []).filter((part) => part !== "");
+    if (q.length === 0) return url;
+    return url + (url.indexOf("?") >= 0 ? "&" : "?") + q.join("&");
+  }
+
+  // tokenParam is the query part that carries a token ("" without one):
+  // WebSocket and EventSource cannot set an Authorization header, so every
+  // transport presents the token the same way.
+  function tokenParam(token) {
+    return token ? "token=" + encodeURIComponent(token) : "";
+  }
+
+  function wsScheme(url) {
+    return url.replace(/^http(s?):/i, "ws$1:");
   }
 
   function webSocketURL(base, path) {
-    return endpointURL(base, path || "/ws").replace(/^http(s?):/i, "ws$1:");
+    return wsScheme(endpointURL(base, path || "/ws"));
   }
 
   function cursorKey(cursor) {
     return cursor === null || cursor === undefined ? "" : String(cursor);
   }
 
-  // buildSSEURL builds the /sse URL with one ch= (and cursor.CH=) per
-  // subscription. subs is a list of [channel, cursor]. Subscriptions that
-  // would make the URL longer than maxLength are left out. It returns
-  // {url, included}: included maps each channel in the URL to its cursor
-  // ("" for none).
-  function buildSSEURL(base, subs, maxLength) {
-    let url = endpointURL(base, "/sse");
+  // buildSSEURL adds to url (the /sse URL, which may have a query already,
+  // such as the token) one ch= (and cursor.CH=) per subscription. subs is a
+  // list of [channel, cursor]. Subscriptions that would make the URL longer
+  // than maxLength are left out. It returns {url, included}: included maps
+  // each channel in the URL to its cursor ("" for none).
+  function buildSSEURL(url, subs, maxLength) {
     const included = new Map();
-    let sep = "?";
+    let sep = url.indexOf("?") >= 0 ? "&" : "?";
     for (const pair of subs) {
       const ch = pair[0];
       const cur = cursorKey(pair[1]);
@@ -391,16 +442,15 @@
     return { url: url, included: included };
   }
 
-  // buildOpenURL builds the URL that opens an xhr_stream or poll session
-  // (path "/xhr_stream" or "/poll") with one ch= per subscription. That URL
+  // buildOpenURL adds to url (the URL that opens an xhr_stream or poll
+  // session, maybe with a query already) one ch= per subscription. That URL
   // cannot carry cursors, so subscriptions with a cursor are left out (they
   // are subscribed by a frame after the hello), and so are those past
   // maxLength or MAX_OPEN_URL_CHANNELS. It returns {url, included} like
   // buildSSEURL; every included channel maps to "".
-  function buildOpenURL(base, path, subs, maxLength) {
-    let url = endpointURL(base, path);
+  function buildOpenURL(url, subs, maxLength) {
     const included = new Map();
-    let sep = "?";
+    let sep = url.indexOf("?") >= 0 ? "&" : "?";
     for (const pair of subs) {
       if (included.size >= MAX_OPEN_URL_CHANNELS) break;
       if (cursorKey(pair[1]) !== "") continue;
@@ -594,7 +644,7 @@
   class WebSocketTransport extends Connection {
     constructor(client) {
       super(client, "websocket");
-      this.url = webSocketURL(client._base);
+      this.url = wsScheme(client._url("/ws"));
       this.ws = null;
       this.undelivered = new Set();
     }
@@ -653,7 +703,7 @@
   class SSETransport extends Connection {
     constructor(client, subs) {
       super(client, "sse");
-      const built = buildSSEURL(client._base, subs, MAX_SSE_URL_LENGTH);
+      const built = buildSSEURL(client._url("/sse"), subs, MAX_SSE_URL_LENGTH);
       this.url = built.url;
       this.initial = built.included;
       this.es = null;
@@ -769,7 +819,7 @@
     }
 
     _post(batch, epoch) {
-      const url = endpointURL(this.client._base, "/session/" + encodeURIComponent(this.sid) + "/send");
+      const url = this.client._url("/session/" + encodeURIComponent(this.sid) + "/send");
       let req;
       try {
         req = this.client._fetch(url, {
@@ -859,7 +909,7 @@
       super(client, name);
       this.path = path;
       this.streaming = false;
-      const built = buildOpenURL(client._base, path, subs, MAX_SSE_URL_LENGTH);
+      const built = buildOpenURL(client._url(path), subs, MAX_SSE_URL_LENGTH);
       this.url = built.url;
       this.initial = built.included;
       this.ownsLiveness = true;
@@ -939,7 +989,7 @@
       let url = this.url;
       let body;
       if (this.sid) {
-        url = endpointURL(this.client._base, this.path + "/" + encodeURIComponent(this.sid)) + "?ack=" + this.lastSeq;
+        url = this.client._url(this.path + "/" + encodeURIComponent(this.sid), ["ack=" + this.lastSeq]);
         // The URL acknowledges everything received so far.
         this.ackedSeq = this.lastSeq;
         this.unacked = 0;
@@ -1295,7 +1345,7 @@
 
     _post(batch) {
       batch.sending = true;
-      const url = endpointURL(this.client._base, "/session/" + encodeURIComponent(this.sid) + "/send");
+      const url = this.client._url("/session/" + encodeURIComponent(this.sid) + "/send");
       let p;
       try {
         p = this.client._fetch(url, {
@@ -1469,6 +1519,8 @@
       this._attempt = 0; // reconnects in a row without a stable connection
       this._reconnectTimer = null;
       this._preferred = null; // the transport that worked last
+      this._token = ""; // the token of the current connection attempt
+      this._tokenWait = null; // set while options.token's promise is pending
 
       this._onOnline = () => {
         if (this.state === "disconnected" && this._reconnectTimer) this.connect();
@@ -1478,7 +1530,7 @@
       if (o.autoConnect) {
         // Let the caller attach listeners first.
         Promise.resolve().then(() => {
-          if (this.state === "disconnected" && !this._conn && !this._reconnectTimer) this.connect();
+          if (this.state === "disconnected" && !this._conn && !this._reconnectTimer && !this._tokenWait) this.connect();
         });
       }
     }
@@ -1487,12 +1539,12 @@
 
     connect() {
       if (this.state === "closed") throw new CometGateError("closed", "CometGate: the client is closed");
-      if (this._conn) return this;
+      if (this._conn || this._tokenWait) return this;
       if (this._reconnectTimer) {
         clearTimeout(this._reconnectTimer);
         this._reconnectTimer = null;
       }
-      this._tryTransport(this._transportOrder(), 0);
+      this._startAttempt();
       return this;
     }
 
@@ -1640,6 +1692,79 @@
 
     // ---- connections ----
 
+    // _url builds every URL this client requests from the gateway: base +
+    // path, the query parts given, and the token of the current connection
+    // attempt.
+    _url(path, query) {
+      return endpointURL(this._base, path, (query || []).concat(tokenParam(this._token)));
+    }
+
+    // _startAttempt begins a connection attempt: it gets the token
+    // (options.token is called anew each time, so that an application can
+    // hand out a fresh one after "token expired" or a refusal), then tries
+    // the transports with it.
+    _startAttempt() {
+      const source = this.options.token;
+      if (typeof source !== "function") {
+        this._useToken(source);
+        return;
+      }
+      let value;
+      try {
+        value = source();
+      } catch (e) {
+        this._tokenFailed(e);
+        return;
+      }
+      if (!value || typeof value.then !== "function") {
+        this._useToken(value);
+        return;
+      }
+      const wait = {};
+      this._tokenWait = wait;
+      this._setState("connecting", { transport: null });
+      Promise.resolve(value).then(
+        (v) => {
+          if (this._tokenWait !== wait) return; // closed meanwhile
+          this._tokenWait = null;
+          this._useToken(v);
+        },
+        (e) => {
+          if (this._tokenWait !== wait) return;
+          this._tokenWait = null;
+          this._tokenFailed(e);
+        }
+      );
+    }
+
+    // _useToken tries the transports with token: a string, or null,
+    // undefined or "" for none (an anonymous session).
+    _useToken(token) {
+      if (this.state === "closed") return;
+      if (token !== null && token !== undefined && typeof token !== "string") {
+        this._tokenFailed(new TypeError("options.token gave a " + typeof token + ", not a string"));
+        return;
+      }
+      this._token = token || "";
+      this._tryTransport(this._transportOrder(), 0);
+    }
+
+    _tokenFailed(err) {
+      if (this.state === "closed") return;
+      this._debug("no token:", err);
+      // Through the backoff: a token service that fails is asked again later.
+      this._scheduleReconnect({ code: 1006, reason: "options.token failed: " + errText(err) });
+    }
+
+    // _mayReconnect decides from a close code (see shouldReconnect). A
+    // refused token (4401) is final unless options.token is a function: the
+    // next attempt asks it again, after the backoff delay, so a token that
+    // keeps being refused does not make the client hammer the gateway.
+    _mayReconnect(info) {
+      if (info && info.code === 4401) return typeof this.options.token === "function";
+      return shouldReconnect(info);
+    }
+
     _impl(name) {
       return this.options[name] || root[name];
     }
@@ -1703,8 +1828,9 @@
     _onTransportClose(conn, info) {
       if (conn !== this._conn) return;
       this._debug(conn.name, "closed:", info.code, info.reason);
-      if (!conn.helloSeen && shouldReconnect(info)) {
-        // Never got going: try the next transport.
+      if (!conn.helloSeen && info.code !== 4401 && shouldReconnect(info)) {
+        // Never got going: try the next transport. (A refused token would
+        // be refused by every transport: that goes to the backoff instead.)
         this._teardown(conn);
         this._tryTransport(conn.order, conn.index + 1);
         return;
@@ -1747,7 +1873,7 @@
       const stable = conn.helloSeen && now() - conn.connectedAt >= STABLE_CONNECTION_MS;
       const undelivered = this._teardown(conn);
       this._sessionEnded(conn, undelivered);
-      if (!shouldReconnect(info)) {
+      if (!this._mayReconnect(info)) {
         this._finish(info);
         return;
       }
@@ -1789,7 +1915,7 @@
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = setTimeout(() => {
         this._reconnectTimer = null;
-        if (this.state !== "closed" && !this._conn) this._tryTransport(this._transportOrder(), 0);
+        if (this.state !== "closed" && !this._conn && !this._tokenWait) this._startAttempt();
       }, delay);
     }
 
@@ -1800,6 +1926,7 @@
       }
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
+      this._tokenWait = null;
       if (typeof root.removeEventListener === "function") root.removeEventListener("online", this._onOnline);
       const err = new CometGateError("closed", "the client is closed: " + (info.reason || info.code));
       for (const req of this._pending.values()) {

@@ -2,6 +2,7 @@
 //
 //	cometgate [serve] [--config FILE]     run a node (the default)
 //	cometgate publish [--url URL] [--key KEY] [--text] CHANNEL DATA
+//	cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS] [--ttl 1h] [--config FILE]
 //	cometgate config                      print the reference configuration
 //
 // With no arguments and no config file it runs on an embedded NATS server
@@ -36,6 +37,9 @@ const usage = `usage:
   cometgate [serve] [--config FILE]        run a gateway node
   cometgate publish [--url URL] [--key KEY] [--text] CHANNEL DATA
                                            publish through a running node's API
+  cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS]
+                  [--ttl 1h] [--config FILE]
+                                           print a token signed with auth.hmac_secret
   cometgate config                         print the reference configuration
 
 Every configuration key can be set by a COMETGATE_ variable
@@ -53,6 +57,8 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return serve(ctx, args, environ, stderr, nil)
 	case "publish":
 		return publish(ctx, args, environ, stdout, stderr)
+	case "token":
+		return token(args, environ, stdout, stderr)
 	case "config":
 		return printConfig(stdout)
 	case "help":

@@ -399,13 +399,20 @@ func TestWebSocketOversizeFrame(t *testing.T) {
 	packets, closeCode := wsPackets(t, conn)
 	next(t, packets, "hello")
 	sendWS(t, conn, `{"op":"ping","id":1,"pad":"`+strings.Repeat("x", 2000)+`"}`)
-	if cl := next(t, packets, "close"); cl["code"] != 4001.0 || cl["reconnect"] != false {
-		t.Fatalf("close %v", cl)
+	expectClose(t, packets, closeCode, 4001, false)
+}
+
+// expectClose reads the close packet (code, reconnect) and then the
+// WebSocket close frame with the same code.
+func expectClose(t *testing.T, packets <-chan map[string]any, closeCode <-chan int, code int, reconnect bool) {
+	t.Helper()
+	if cl := next(t, packets, "close"); cl["code"] != float64(code) || cl["reconnect"] != reconnect {
+		t.Fatalf("close %v, want code %d with reconnect %v", cl, code, reconnect)
 	}
 	select {
-	case code := <-closeCode:
-		if code != 4001 {
-			t.Fatalf("websocket close code %d", code)
+	case c := <-closeCode:
+		if c != code {
+			t.Fatalf("websocket close code %d, want %d", c, code)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no websocket close frame")

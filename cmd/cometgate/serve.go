@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,6 +61,12 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 		cfg.Node.ID = randomNodeID()
 	}
 	rules, err := buildRules(cfg)
+	if err != nil {
+		return err
+	}
+	// Before the broker: a key that does not load must stop start-up at
+	// once, not after a node came half up.
+	tokens, err := tokenVerifier(cfg.Auth)
 	if err != nil {
 		return err
 	}
@@ -114,8 +121,15 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 		WriteTimeout:     cfg.Session.WriteTimeout,
 		StreamLimit:      cfg.Session.StreamLimitBytes,
 		MaxSessionsPerIP: cfg.HTTP.MaxSessionsPerIP,
+		Tokens:           tokens,
+		RequireToken:     cfg.Auth.Required,
 		Web:              web.Handler(),
 		Logger:           log,
+	}
+	if tokens != nil {
+		// Which kind of key, never the key.
+		log.Info("authentication: jwt", slog.Bool("required", cfg.Auth.Required),
+			slog.Bool("hmac", cfg.Auth.HMACSecret != ""), slog.String("public_key_file", cfg.Auth.PublicKeyFile))
 	}
 	for _, sj := range cfg.SockJS {
 		topts.SockJS = append(topts.SockJS, transports.SockJSEndpoint{
@@ -478,10 +492,39 @@ func amqpStreams(cfg *configs.Config) []amqpbroker.StreamSpec {
 }
 
 func permission(s string) gateway.Permission {
-	if s == configs.PermissionAnyone {
+	switch s {
+	case configs.PermissionAnyone:
 		return gateway.Anyone
+	case configs.PermissionToken:
+		return gateway.Token
 	}
 	return gateway.Nobody
+}
+
+// tokenVerifier builds the verifier of the auth section; nil when
+// auth.mode is none. Errors name the key whose value does not work.
+func tokenVerifier(a configs.Auth) (*gateway.TokenVerifier, error) {
+	if a.Mode != configs.AuthJWT {
+		return nil, nil
+	}
+	// A token without "exp" would bind a session for ever: refused.
+	opts := gateway.TokenOptions{Issuer: a.Issuer, Audience: a.Audience, Leeway: a.Leeway, RequireExpiry: true}
+	key := "auth.hmac_secret"
+	if a.HMACSecret != "" {
+		opts.HMACSecret = []byte(a.HMACSecret)
+	} else {
+		key = "auth.public_key_file"
+		pem, err := os.ReadFile(a.PublicKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		opts.PublicKeyPEM = pem
+	}
+	v, err := gateway.NewTokenVerifier(opts)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	return v, nil
 }
 
 func newLogger(c configs.Log, w io.Writer) *slog.Logger {

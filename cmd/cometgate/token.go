@@ -1,0 +1,87 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/cometgate/cometgate/configs"
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// patternList is a repeatable flag whose values may also be
+// comma-separated: --subscribe a.> --subscribe b,c.
+type patternList []string
+
+func (l *patternList) String() string { return strings.Join(*l, ",") }
+
+func (l *patternList) Set(v string) error {
+	for p := range strings.SplitSeq(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+const tokenUsage = "usage: cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS] [--ttl 1h] [--config FILE]\n"
+
+// token prints a token signed with auth.hmac_secret, for trying out
+// channels with the token permission and for tests. Applications sign
+// their own tokens after their login; this is the same token.
+func token(args, environ []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	sub := fs.String("sub", "", "the token's subject: the user, as the application names it (required)")
+	var subscribe, publish patternList
+	fs.Var(&subscribe, "subscribe", "channel patterns the token may subscribe to (repeatable or comma-separated)")
+	fs.Var(&publish, "publish", "channel patterns the token may publish on (repeatable or comma-separated)")
+	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
+	configPath := fs.String("config", "", "configuration file to read the auth section from")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() > 0 || *sub == "" {
+		if fs.NArg() > 0 {
+			fmt.Fprintf(stderr, "cometgate token: unexpected argument %q\n", fs.Arg(0))
+		} else {
+			fmt.Fprint(stderr, "cometgate token: --sub is required\n")
+		}
+		fmt.Fprint(stderr, tokenUsage)
+		return errUsage
+	}
+	cfg, err := configs.Load(*configPath, withoutPublishKey(environ))
+	if err != nil {
+		return err
+	}
+	tok, err := signToken(cfg.Auth, gateway.Principal{Subject: *sub, Subscribe: subscribe, Publish: publish}, *ttl)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, tok)
+	return err
+}
+
+// signToken signs p's token for ttl with the configuration's secret,
+// issuer and audience: a token the node verifies.
+func signToken(a configs.Auth, p gateway.Principal, ttl time.Duration) (string, error) {
+	switch {
+	case a.Mode != configs.AuthJWT:
+		return "", fmt.Errorf("token: auth.mode is %q: set auth.mode to jwt (and auth.hmac_secret) for the node to accept tokens", a.Mode)
+	case a.HMACSecret == "":
+		return "", errors.New("token: auth.hmac_secret is not set: with auth.public_key_file the application signs tokens with its private key")
+	case ttl <= 0:
+		return "", fmt.Errorf("token: --ttl must be greater than 0, got %s", ttl)
+	}
+	for _, g := range [][]string{p.Subscribe, p.Publish} {
+		for _, pattern := range g {
+			if err := gateway.ValidatePattern(pattern); err != nil {
+				return "", fmt.Errorf("token: pattern %q: %w", pattern, err)
+			}
+		}
+	}
+	return gateway.SignToken([]byte(a.HMACSecret), p, a.Issuer, a.Audience, ttl)
+}

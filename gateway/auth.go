@@ -1,0 +1,211 @@
+package gateway
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Authentication: a session may act for a principal, the subject of a
+// token the application signed (a JWT). The token grants channel patterns
+// in its "cometgate" claim:
+//
+//	{"sub":"alice","exp":1767225600,
+//	 "cometgate":{"subscribe":["bids.lot7","prices.*"],"publish":["bids.lot7"]}}
+//
+// A namespace whose permission is Token lets a session subscribe to (or
+// publish on) what its principal's grants cover, and nobody else. The
+// gateway never issues tokens to browsers: the application does, after its
+// own login, so cometgate needs no user database and no session store.
+// A session ends when its token expires (DisconnectTokenExpired: the
+// client reconnects with a fresh token).
+
+// ClaimName is the JWT claim that holds cometgate's grants.
+const ClaimName = "cometgate"
+
+// Principal is who a session acts for.
+type Principal struct {
+	// Subject is the token's "sub": the user, as the application names it.
+	Subject string
+	// Subscribe and Publish are the channel patterns the token grants.
+	Subscribe []string
+	Publish   []string
+	// Expires is when the session must end: the token's "exp" plus the
+	// verifier's leeway (the moment the verifier starts refusing the
+	// token, so that a client reconnecting with the same token is not
+	// let in and closed again at once); the zero time when it has none.
+	Expires time.Time
+}
+
+// covers reports whether one of grants covers pattern.
+func covers(grants []string, pattern string) bool {
+	for _, g := range grants {
+		if PatternCovers(g, pattern) {
+			return true
+		}
+	}
+	return false
+}
+
+// mayDo reports whether perm lets principal p (nil: anonymous) act on
+// pattern, with grants the principal's list for that action.
+func mayDo(perm Permission, p *Principal, grants func(*Principal) []string, pattern string) bool {
+	switch perm {
+	case Anyone:
+		return true
+	case Token:
+		return p != nil && covers(grants(p), pattern)
+	}
+	return false
+}
+
+func subscribeGrants(p *Principal) []string { return p.Subscribe }
+func publishGrants(p *Principal) []string   { return p.Publish }
+
+// TokenOptions configure a TokenVerifier. Exactly one of HMACSecret and
+// PublicKeyPEM is set.
+type TokenOptions struct {
+	// HMACSecret verifies HS256, HS384 and HS512 tokens. At least 32 bytes.
+	HMACSecret []byte
+	// PublicKeyPEM verifies RS*, PS*, ES* or EdDSA tokens, by the key type:
+	// an RSA, ECDSA or Ed25519 public key ("PUBLIC KEY" PEM block).
+	PublicKeyPEM []byte
+	// Issuer and Audience, when set, must be the token's "iss" and one of
+	// its "aud".
+	Issuer   string
+	Audience string
+	// Leeway tolerates clock skew on "exp", "nbf" and "iat".
+	Leeway time.Duration
+	// RequireExpiry refuses tokens without "exp".
+	RequireExpiry bool
+}
+
+// TokenVerifier checks tokens and turns them into principals. It is safe
+// for concurrent use.
+type TokenVerifier struct {
+	key    any
+	leeway time.Duration
+	parser *jwt.Parser
+}
+
+// NewTokenVerifier checks the options and builds a verifier.
+func NewTokenVerifier(o TokenOptions) (*TokenVerifier, error) {
+	var methods []string
+	var key any
+	switch {
+	case len(o.HMACSecret) > 0 && len(o.PublicKeyPEM) > 0:
+		return nil, errors.New("gateway: tokens: set either an HMAC secret or a public key, not both")
+	case len(o.HMACSecret) > 0:
+		if len(o.HMACSecret) < 32 {
+			return nil, fmt.Errorf("gateway: tokens: the HMAC secret must be at least 32 bytes, got %d", len(o.HMACSecret))
+		}
+		key, methods = o.HMACSecret, []string{"HS256", "HS384", "HS512"}
+	case len(o.PublicKeyPEM) > 0:
+		block, _ := pem.Decode(o.PublicKeyPEM)
+		if block == nil {
+			return nil, errors.New("gateway: tokens: the public key is not PEM")
+		}
+		pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: tokens: the public key: %w", err)
+		}
+		switch pub.(type) {
+		case *rsa.PublicKey:
+			methods = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+		case *ecdsa.PublicKey:
+			methods = []string{"ES256", "ES384", "ES512"}
+		case ed25519.PublicKey:
+			methods = []string{"EdDSA"}
+		default:
+			return nil, fmt.Errorf("gateway: tokens: unsupported public key type %T", pub)
+		}
+		key = pub.(crypto.PublicKey)
+	default:
+		return nil, errors.New("gateway: tokens: an HMAC secret or a public key is required")
+	}
+	opts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithLeeway(o.Leeway), jwt.WithIssuedAt()}
+	if o.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(o.Issuer))
+	}
+	if o.Audience != "" {
+		opts = append(opts, jwt.WithAudience(o.Audience))
+	}
+	if o.RequireExpiry {
+		opts = append(opts, jwt.WithExpirationRequired())
+	}
+	return &TokenVerifier{key: key, leeway: o.Leeway, parser: jwt.NewParser(opts...)}, nil
+}
+
+// tokenClaims are the claims cometgate reads.
+type tokenClaims struct {
+	jwt.RegisteredClaims
+	Grants *struct {
+		Subscribe []string `json:"subscribe"`
+		Publish   []string `json:"publish"`
+	} `json:"cometgate"`
+}
+
+// maxTokenBytes bounds a token before any parsing.
+const maxTokenBytes = 8 << 10
+
+// Verify checks token's signature, algorithm, expiry, issuer and audience
+// and returns its principal. A token without a subject, or whose grants
+// are not valid patterns, is refused. The error says why, without the
+// token.
+func (v *TokenVerifier) Verify(token string) (*Principal, error) {
+	if len(token) > maxTokenBytes {
+		return nil, fmt.Errorf("token longer than %d bytes", maxTokenBytes)
+	}
+	var c tokenClaims
+	_, err := v.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return v.key, nil })
+	if err != nil {
+		return nil, err
+	}
+	if c.Subject == "" {
+		return nil, errors.New(`token has no "sub"`)
+	}
+	p := &Principal{Subject: c.Subject}
+	if c.ExpiresAt != nil {
+		p.Expires = c.ExpiresAt.Add(v.leeway)
+	}
+	if c.Grants != nil {
+		for _, list := range [][]string{c.Grants.Subscribe, c.Grants.Publish} {
+			for _, g := range list {
+				if err := ValidatePattern(g); err != nil {
+					return nil, fmt.Errorf("token grant %q: %w", g, err)
+				}
+			}
+		}
+		p.Subscribe, p.Publish = c.Grants.Subscribe, c.Grants.Publish
+	}
+	return p, nil
+}
+
+// SignToken makes an HS256 token for p, valid for ttl, with issuer and
+// audience when they are not "": what "cometgate token" prints, for tests
+// and for applications that sign with a shared secret.
+func SignToken(secret []byte, p Principal, issuer, audience string, ttl time.Duration) (string, error) {
+	now := time.Now()
+	c := tokenClaims{RegisteredClaims: jwt.RegisteredClaims{
+		Subject:   p.Subject,
+		Issuer:    issuer,
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	}}
+	if audience != "" {
+		c.Audience = jwt.ClaimStrings{audience}
+	}
+	c.Grants = &struct {
+		Subscribe []string `json:"subscribe"`
+		Publish   []string `json:"publish"`
+	}{p.Subscribe, p.Publish}
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
+}

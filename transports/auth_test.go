@@ -1,0 +1,204 @@
+package transports
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// authSecret signs the tokens of these tests.
+var authSecret = []byte("0123456789abcdef0123456789abcdef")
+
+// startAuthNode is a node that verifies tokens: "secret.>" needs a token
+// that grants it, "demo.>" is open to anyone.
+func startAuthNode(t *testing.T, require bool) *testNode {
+	t.Helper()
+	v, err := gateway.NewTokenVerifier(gateway.TokenOptions{HMACSecret: authSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startNode(t, func(c *gateway.Config) {
+		c.Rules = gateway.Rules{
+			{Pattern: "secret.>", Subscribe: gateway.Token, Publish: gateway.Token},
+			{Pattern: "demo.>", Subscribe: gateway.Anyone, Publish: gateway.Anyone},
+		}
+	}, func(o *Options) {
+		o.Tokens = v
+		o.RequireToken = require
+	})
+}
+
+func token(t *testing.T, sub string, grants ...string) string {
+	t.Helper()
+	tok, err := gateway.SignToken(authSecret, gateway.Principal{Subject: sub, Subscribe: grants, Publish: grants}, "", "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// TestAuthWebSocket: a token in the query grants its channels; without
+// one a Token namespace is closed; a bad token is refused before the
+// upgrade.
+func TestAuthWebSocket(t *testing.T) {
+	noLeaks(t)
+	n := startAuthNode(t, false)
+	alice := token(t, "alice", "secret.a")
+
+	conn, br, resp := wsUpgrade(t, n, "/ws?token="+url.QueryEscape(alice), nil, nil)
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade with a token: %d", resp.StatusCode)
+	}
+	c := &wsClient{t: t, n: n, conn: conn, br: br}
+	c.next() // hello
+	c.send(textFrame(`{"op":"sub","id":1,"ch":"secret.a"}`), textFrame(`{"op":"sub","id":2,"ch":"secret.b"}`))
+	if p := c.answer(1); p.T != gateway.TypeOK {
+		t.Errorf("a granted channel: %+v", p)
+	}
+	if p := c.answer(2); p.T != gateway.TypeErr || p.Code != 403 {
+		t.Errorf("a channel the token does not grant: %+v", p)
+	}
+
+	anon := dialWS(t, n)
+	anon.send(textFrame(`{"op":"sub","id":1,"ch":"secret.a"}`), textFrame(`{"op":"sub","id":2,"ch":"demo.a"}`))
+	if p := anon.answer(1); p.T != gateway.TypeErr || p.Code != 403 {
+		t.Errorf("anonymous on a token namespace: %+v", p)
+	}
+	if p := anon.answer(2); p.T != gateway.TypeOK {
+		t.Errorf("anonymous on an open namespace: %+v", p)
+	}
+
+	bad := alice[:len(alice)-2] + "xx" // the signature no longer matches
+	_, _, resp = wsUpgrade(t, n, "/ws?token="+url.QueryEscape(bad), nil, nil)
+	var e errorBody
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	if resp.StatusCode != http.StatusUnauthorized || e.Code != 4401 || !strings.HasPrefix(e.Error, "invalid token") || strings.Contains(e.Error, bad) {
+		t.Errorf("a bad token: %d %+v", resp.StatusCode, e)
+	}
+}
+
+// TestAuthRequired: with RequireToken an anonymous session is refused,
+// in each transport's own way.
+func TestAuthRequired(t *testing.T) {
+	noLeaks(t)
+	n := startAuthNode(t, true)
+	_, _, resp := wsUpgrade(t, n, "/ws", nil, nil)
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("anonymous WebSocket: %d", resp.StatusCode)
+	}
+	status, body := httpGet(t, n.client, n.url("/poll"))
+	expectJSONError(t, status, body, http.StatusUnauthorized, 4401)
+	status, body = httpGet(t, n.client, n.url("/jsonp?cb=cb"))
+	if status != http.StatusOK || !strings.Contains(string(body), `"code":4401`) {
+		t.Errorf("anonymous JSONP: %d %s", status, body)
+	}
+	// The cookie carries a token too.
+	req, _ := http.NewRequest(http.MethodGet, n.url("/poll?ch=secret.x"), nil)
+	req.AddCookie(&http.Cookie{Name: "cometgate_token", Value: token(t, "carol", "secret.>")})
+	resp, err := n.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a token in the cookie: %d", resp.StatusCode)
+	}
+	waitFor(t, "the poll session to expire", func() bool { return n.gw.SessionCount() == 0 })
+}
+
+// TestAuthBindsSessions: a session opened with alice's token answers its
+// follow-up requests only to alice: not to bob, not to a request without
+// a token, on every request-per-poll path.
+func TestAuthBindsSessions(t *testing.T) {
+	noLeaks(t)
+	n := startAuthNode(t, false)
+	alice, bob := token(t, "alice", "secret.>"), token(t, "bob", "secret.>")
+	q := func(tok string) string {
+		if tok == "" {
+			return ""
+		}
+		return "&token=" + url.QueryEscape(tok)
+	}
+	status, body := httpGet(t, n.client, n.url("/poll?ch=secret.x"+q(alice)))
+	if status != http.StatusOK {
+		t.Fatalf("open: %d %s", status, body)
+	}
+	var pkts []packet
+	if err := json.Unmarshal(body, &pkts); err != nil || len(pkts) == 0 || pkts[0].SID == "" {
+		t.Fatalf("open: %s", body)
+	}
+	sid := pkts[0].SID
+	for _, tok := range []string{bob, ""} {
+		status, body := httpGet(t, n.client, n.url("/poll/"+sid+"?ack=1"+q(tok)))
+		expectJSONError(t, status, body, http.StatusForbidden, 4003)
+		resp, err := n.client.Post(n.url("/session/"+sid+"/send?x=1"+q(tok)), "text/plain", strings.NewReader(`{"op":"ping","id":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e errorBody
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || e.Code != 4003 {
+			t.Errorf("send with another principal: %d %+v", resp.StatusCode, e)
+		}
+		status, body = httpGet(t, n.client, n.url("/jsonp_send/"+sid+"?cb=cb&d="+url.QueryEscape(`{"op":"ping","id":2}`)+q(tok)))
+		if status != http.StatusOK || !strings.Contains(string(body), `"code":4003`) {
+			t.Errorf("jsonp_send with another principal: %d %s", status, body)
+		}
+	}
+	// Alice herself goes on (Authorization header this time).
+	req, _ := http.NewRequest(http.MethodPost, n.url("/session/"+sid+"/send"), strings.NewReader(`{"op":"ping","id":3}`))
+	req.Header.Set("Authorization", "Bearer "+alice)
+	resp, err := n.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Errorf("send by the owner: %d", resp.StatusCode)
+	}
+	status, body = httpGet(t, n.client, n.url("/poll/"+sid+"?ack=1"+q(alice)))
+	if status != http.StatusOK || !strings.Contains(string(body), `"id":3`) {
+		t.Errorf("poll by the owner: %d %s", status, body)
+	}
+}
+
+// TestAuthSockJS: SockJS sessions take the token too, and a SockJS
+// session bound to alice ignores bob's requests.
+func TestAuthSockJS(t *testing.T) {
+	noLeaks(t)
+	v, err := gateway.NewTokenVerifier(gateway.TokenOptions{HMACSecret: authSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := sjsStartNode(t, []SockJSEndpoint{{Prefix: "/pubsub", Websocket: true}}, func(c *gateway.Config, o *Options) {
+		c.Rules = gateway.Rules{{Pattern: "secret.>", Subscribe: gateway.Token, Publish: gateway.Token}}
+		o.Tokens = v
+		o.RequireToken = true
+	})
+	alice, bob := token(t, "alice", "secret.>"), token(t, "bob", "secret.>")
+	base := n.url("/pubsub/000/" + sjsSID())
+	if r := n.do(t, http.MethodPost, base+"/xhr", ""); !strings.Contains(r.body, "4401") {
+		t.Errorf("an anonymous SockJS session: %q", r.body)
+	}
+	url := n.url("/pubsub/000/"+sjsSID()) + "/xhr?token=" + alice
+	if r := n.do(t, http.MethodPost, url, ""); r.body != "o\n" {
+		t.Fatalf("open with a token: %q", r.body)
+	}
+	other := strings.Replace(url, alice, bob, 1)
+	if r := n.do(t, http.MethodPost, other, ""); !strings.Contains(r.body, "4003") {
+		t.Errorf("bob polling alice's session: %q", r.body)
+	}
+	send := strings.Replace(other, "/xhr?", "/xhr_send?", 1)
+	if r := n.do(t, http.MethodPost, send, `["x"]`); r.status != http.StatusNotFound {
+		t.Errorf("bob sending to alice's session: %d %q", r.status, r.body)
+	}
+	if r := n.do(t, http.MethodPost, url, ""); !strings.Contains(r.body, "hello") {
+		t.Errorf("alice's next poll: %q", r.body)
+	}
+}
