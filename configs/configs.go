@@ -338,6 +338,9 @@ type BridgeTarget struct {
 	// MaxConnections bounds the node's open connections to the target;
 	// 0 = no bound.
 	MaxConnections int `mapstructure:"max_connections"`
+	// Access is PermissionAnyone (any page from an allowed Origin) or
+	// PermissionToken (sessions whose token grants the target by name).
+	Access string `mapstructure:"access"`
 }
 
 // Log configures structured logging.
@@ -364,7 +367,7 @@ type Admin struct {
 var listDefaults = map[string]map[string]any{
 	"channels":       channelDefaults,
 	"sockjs":         sockjsDefaults,
-	"bridge.targets": {"allow_networks": []string{}, "max_connections": 0},
+	"bridge.targets": {"allow_networks": []string{}, "max_connections": 0, "access": PermissionAnyone},
 }
 
 // sockjsDefaults are the values of keys a sockjs entry in a config file may

@@ -792,6 +792,12 @@ func TestValidate(t *testing.T) {
 		}, `bridge.targets[1].name: "a" repeats bridge.targets[0].name`},
 		{"bridge target address", func(c *Config) { c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x"}} }, `bridge.targets[0].address: must be host:port`},
 		{"bridge target port", func(c *Config) { c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:0"}} }, `bridge.targets[0].address: must be host:port with a port 1-65535, got "x:0"`},
+		{"bridge access", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", Access: "friends"}}
+		}, `bridge.targets[0].access: must be one of anyone | token`},
+		{"bridge access token without jwt", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", Access: PermissionToken}}
+		}, `bridge.targets[0].access: token needs auth.mode jwt, not none`},
 		{"bridge max connections", func(c *Config) {
 			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", MaxConnections: -1}}
 		}, `bridge.targets[0].max_connections: must be 0 (no bound) or more, got -1`},
@@ -870,8 +876,8 @@ sockjs:
 		t.Fatal(err)
 	}
 	want := Bridge{DialTimeout: 2 * time.Second, Targets: []BridgeTarget{
-		{Name: "redis", Address: "127.0.0.1:6379", AllowNetworks: []string{"127.0.0.0/8", "::1/128"}, MaxConnections: 50},
-		{Name: "chat", Address: "chat.example.com:6667", AllowNetworks: []string{}},
+		{Name: "redis", Address: "127.0.0.1:6379", AllowNetworks: []string{"127.0.0.0/8", "::1/128"}, MaxConnections: 50, Access: PermissionAnyone},
+		{Name: "chat", Address: "chat.example.com:6667", AllowNetworks: []string{}, Access: PermissionAnyone},
 	}}
 	if !reflect.DeepEqual(c.Bridge, want) {
 		t.Errorf("bridge = %+v\nwant %+v", c.Bridge, want)

@@ -231,6 +231,10 @@ func (c *Config) Validate() error {
 		if t.MaxConnections < 0 {
 			v.failf(key+".max_connections", "must be 0 (no bound) or more, got %d", t.MaxConnections)
 		}
+		v.oneOf(key+".access", t.Access, PermissionAnyone, PermissionToken)
+		if t.Access == PermissionToken && c.Auth.Mode != AuthJWT {
+			v.failf(key+".access", "token needs auth.mode jwt, not %s", c.Auth.Mode)
+		}
 		for j, n := range t.AllowNetworks {
 			if _, err := netip.ParsePrefix(n); err != nil {
 				v.failf(fmt.Sprintf("%s.allow_networks[%d]", key, j), "must be a CIDR prefix such as 10.0.0.0/8 or fd00::/8, got %q", n)

@@ -19,7 +19,7 @@ import (
 // in its "cometgate" claim:
 //
 //	{"sub":"alice","exp":1767225600,
-//	 "cometgate":{"subscribe":["bids.lot7","prices.*"],"publish":["bids.lot7"]}}
+//	 "cometgate":{"subscribe":["bids.lot7","prices.*"],"publish":["bids.lot7"],"tcp":["chat"]}}
 //
 // A namespace whose permission is Token lets a session subscribe to (or
 // publish on) what its principal's grants cover, and nobody else. The
@@ -38,6 +38,9 @@ type Principal struct {
 	// Subscribe and Publish are the channel patterns the token grants.
 	Subscribe []string
 	Publish   []string
+	// TCP names the TCP bridge targets the token grants (for targets that
+	// need a token).
+	TCP []string
 	// Expires is when the session must end: the token's "exp" plus the
 	// verifier's leeway (the moment the verifier starts refusing the
 	// token, so that a client reconnecting with the same token is not
@@ -147,10 +150,28 @@ func NewTokenVerifier(o TokenOptions) (*TokenVerifier, error) {
 // tokenClaims are the claims cometgate reads.
 type tokenClaims struct {
 	jwt.RegisteredClaims
-	Grants *struct {
-		Subscribe []string `json:"subscribe"`
-		Publish   []string `json:"publish"`
-	} `json:"cometgate"`
+	Grants *grantClaim `json:"cometgate"`
+}
+
+// grantClaim is the "cometgate" claim.
+type grantClaim struct {
+	Subscribe []string `json:"subscribe"`
+	Publish   []string `json:"publish"`
+	TCP       []string `json:"tcp,omitempty"`
+}
+
+// MayBridge reports whether p (nil: anonymous) is granted the TCP bridge
+// target called name.
+func (p *Principal) MayBridge(name string) bool {
+	if p == nil {
+		return false
+	}
+	for _, t := range p.TCP {
+		if t == name {
+			return true
+		}
+	}
+	return false
 }
 
 // maxTokenBytes bounds a token before any parsing.
@@ -184,7 +205,7 @@ func (v *TokenVerifier) Verify(token string) (*Principal, error) {
 				}
 			}
 		}
-		p.Subscribe, p.Publish = c.Grants.Subscribe, c.Grants.Publish
+		p.Subscribe, p.Publish, p.TCP = c.Grants.Subscribe, c.Grants.Publish, c.Grants.TCP
 	}
 	return p, nil
 }
@@ -203,9 +224,6 @@ func SignToken(secret []byte, p Principal, issuer, audience string, ttl time.Dur
 	if audience != "" {
 		c.Audience = jwt.ClaimStrings{audience}
 	}
-	c.Grants = &struct {
-		Subscribe []string `json:"subscribe"`
-		Publish   []string `json:"publish"`
-	}{p.Subscribe, p.Publish}
+	c.Grants = &grantClaim{Subscribe: p.Subscribe, Publish: p.Publish, TCP: p.TCP}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
 }

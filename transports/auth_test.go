@@ -202,3 +202,72 @@ func TestAuthSockJS(t *testing.T) {
 		t.Errorf("alice's next poll: %q", r.body)
 	}
 }
+
+// TestAuthBridgeGrant: a bridge target with RequireGrant opens only for a
+// session whose token names it in its "tcp" grant, natively and over
+// SockJS; other targets stay open to anyone.
+func TestAuthBridgeGrant(t *testing.T) {
+	noLeaks(t)
+	v, err := gateway.NewTokenVerifier(gateway.TokenOptions{HMACSecret: authSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo := startTarget(t, echoServe)
+	n := startBridgeNode(t, []BridgeTarget{
+		{Name: "guarded", Address: echo.addr(), AllowNetworks: bridgeLoopback, RequireGrant: true},
+		{Name: "open", Address: echo.addr(), AllowNetworks: bridgeLoopback},
+	}, nil, func(o *Options) {
+		o.Tokens = v
+		o.SockJS = []SockJSEndpoint{{Prefix: "/guarded-sjs", Mode: SockJSTCP, Target: "guarded"}}
+	})
+	grant := func(sub string, targets ...string) string {
+		tok, err := gateway.SignToken(authSecret, gateway.Principal{Subject: sub, TCP: targets}, "", "", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	for _, tc := range []struct{ name, query string }{
+		{"anonymous", ""},
+		{"a token without the grant", "?token=" + grant("bob", "open")},
+	} {
+		status, e, body := bridgeRefusal(t, n, "guarded"+tc.query, nil)
+		if status != http.StatusForbidden || e.Code != 4003 || e.Error != "the token does not grant this target" {
+			t.Errorf("%s: %d %s", tc.name, status, body)
+		}
+	}
+	waitFor(t, "the refused sessions to end", func() bool { return n.gw.SessionCount() == 0 })
+	c := dialBridge(t, n, "guarded?token="+url.QueryEscape(grant("alice", "guarded")))
+	c.send(binFrame([]byte("g")))
+	if got, _ := c.read(1); string(got) != "g" {
+		t.Fatalf("echo %q", got)
+	}
+	o := dialBridge(t, n, "open")
+	o.send(binFrame([]byte("o")))
+	if got, _ := o.read(1); string(got) != "o" {
+		t.Fatalf("echo %q", got)
+	}
+	// SockJS: the session opens (SockJS has no refusal before "o") and
+	// closes with the reason.
+	resp, err := n.client.Post(n.url("/guarded-sjs/000/"+sjsSID()+"/xhr"), "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var frames strings.Builder
+	for i := 0; i < 3 && !strings.Contains(frames.String(), "c["); i++ {
+		b := make([]byte, 512)
+		k, _ := resp.Body.Read(b)
+		frames.Write(b[:k])
+		if !strings.Contains(frames.String(), "c[") {
+			resp.Body.Close()
+			resp, err = n.client.Post(resp.Request.URL.String(), "text/plain", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	resp.Body.Close()
+	if !strings.Contains(frames.String(), `c[4003,"the token does not grant this target"]`) {
+		t.Errorf("anonymous SockJS session on a guarded target: %q", frames.String())
+	}
+}

@@ -64,6 +64,10 @@ type BridgeTarget struct {
 	// policy refuses them (loopback, private, link-local, ...), e.g.
 	// 127.0.0.0/8 for a server on the node's own host.
 	AllowNetworks []netip.Prefix
+	// RequireGrant lets only sessions whose token grants the target (the
+	// "tcp" list of the token's cometgate claim) open it; otherwise any
+	// page from an allowed Origin may.
+	RequireGrant bool
 	// MaxConnections bounds this node's open connections to the target,
 	// so that browsers cannot exhaust what the server accepts; 0 means
 	// no bound.
@@ -144,6 +148,9 @@ var (
 	bridgeRefused = gateway.Disconnect{Code: 4403, Reason: "target address not allowed"}
 	// bridgeUnknown: no target has that name.
 	bridgeUnknown = gateway.Disconnect{Code: 4404, Reason: "unknown TCP target"}
+	// bridgeNotGranted: the target needs a grant the session's token
+	// does not carry.
+	bridgeNotGranted = gateway.Disconnect{Code: gateway.DisconnectForbidden.Code, Reason: "the token does not grant this target"}
 	// bridgeBusy: the node holds the target's MaxConnections already.
 	bridgeBusy = gateway.Disconnect{Code: 3503, Reason: "target busy"}
 )
@@ -151,7 +158,7 @@ var (
 // bridgeStatus is the HTTP status that refuses a session with d.
 func bridgeStatus(d gateway.Disconnect) int {
 	switch d {
-	case bridgeRefused:
+	case bridgeRefused, bridgeNotGranted:
 		return http.StatusForbidden
 	case bridgeUnknown:
 		return http.StatusNotFound
@@ -198,6 +205,12 @@ func newBridgeDialer(targets []BridgeTarget, timeout time.Duration, log func(str
 func (d *bridgeDialer) has(name string) bool {
 	_, ok := d.targets[name]
 	return ok
+}
+
+// granted reports whether a session acting for p may open the target
+// called name (which exists).
+func (d *bridgeDialer) granted(name string, p *gateway.Principal) bool {
+	return !d.targets[name].RequireGrant || p.MayBridge(name)
 }
 
 // dial connects to the target called name. Its error is one of the

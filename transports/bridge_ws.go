@@ -36,6 +36,11 @@ func (s *Server) serveBridgeTo(w http.ResponseWriter, r *http.Request, name stri
 	if sess == nil {
 		return
 	}
+	if !s.bridge.granted(name, sess.Principal()) {
+		sess.Close(gateway.DisconnectGone())
+		writeJSON(w, bridgeStatus(bridgeNotGranted), errorBody{Error: bridgeNotGranted.Reason, Code: bridgeNotGranted.Code})
+		return
+	}
 	target, err := s.bridge.dial(r.Context(), name)
 	if err != nil {
 		sess.Close(gateway.DisconnectGone())

@@ -218,7 +218,9 @@
 // come before the upgrade as JSON: 404 {"error":"unknown TCP target",
 // "code":4404}, 403 (4403 "target address not allowed"), 502 (3502
 // "target unreachable"), 503 (3503 "target busy": the node holds the
-// target's MaxConnections already). The WebSocket closes with 1000 "target closed the
+// target's MaxConnections already). A target with RequireGrant opens only
+// for a session whose token names it in the "tcp" grant; others get 403
+// (code 4003). The WebSocket closes with 1000 "target closed the
 // connection" when the target does, 3502 when the connection to it
 // breaks, 3000 when the node shuts down. A SockJS endpoint in tcp mode
 // carries the same stream as byte strings (one character U+0000-U+00FF

@@ -3,6 +3,7 @@ package transports
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -156,7 +157,13 @@ func (s *sjsSession) start() {
 // bridge's reason (c[1000,"target closed the connection"], or
 // c[3502,"target unreachable"], c[4403,"target address not allowed"]).
 func (s *sjsSession) runBridge() {
-	conn, err := s.ep.srv.bridge.dial(s.link.dialCtx, s.ep.cfg.Target)
+	var conn net.Conn
+	var err error
+	if s.ep.srv.bridge.granted(s.ep.cfg.Target, s.gw.Principal()) {
+		conn, err = s.ep.srv.bridge.dial(s.link.dialCtx, s.ep.cfg.Target)
+	} else {
+		err = bridgeNotGranted
+	}
 	if err != nil {
 		s.link.failed(err)
 	} else {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/cometgate/cometgate/gateway"
@@ -553,5 +554,34 @@ channels:
 		if err == nil || !strings.Contains(err.Error(), "auth.public_key_file") {
 			t.Errorf("start-up with key file %s: %v, want an error naming auth.public_key_file", filepath.Base(file), err)
 		}
+	}
+}
+
+// TestAuthBridgeAccess: bridge.targets[].access: token opens the target
+// only for a token whose "tcp" grant names it ("cometgate token --tcp").
+func TestAuthBridgeAccess(t *testing.T) {
+	cfg := authConfig(t)
+	base, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := fmt.Sprintf("bridge:\n  targets:\n    - name: echo\n      address: %q\n      allow_networks: [127.0.0.0/8]\n      access: token\n", echoServer(t))
+	if err := os.WriteFile(cfg, append(base, extra...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := startNodeArgs(t, []string{"--config", cfg})
+	for _, tc := range []struct{ name, query string }{
+		{"anonymous", ""},
+		{"no tcp grant", "?token=" + makeToken(t, cfg, "--sub", "bob", "--subscribe", "secret.>")},
+	} {
+		status, e := request(t, http.MethodGet, n.url("/tcp/echo"+tc.query), wsUpgrade(), "")
+		wantRefusal(t, tc.name, status, e, http.StatusForbidden, 4003)
+	}
+	conn := dialBridge(t, n, "echo?token="+makeToken(t, cfg, "--sub", "alice", "--tcp", "echo"))
+	if err := wsutil.WriteClientBinary(conn, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readBridge(t, conn, 2); string(got) != "hi" {
+		t.Fatalf("echo %q", got)
 	}
 }

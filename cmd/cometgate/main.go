@@ -2,7 +2,7 @@
 //
 //	cometgate [serve] [--config FILE]     run a node (the default)
 //	cometgate publish [--url URL] [--key KEY] [--text] CHANNEL DATA
-//	cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS] [--ttl 1h] [--config FILE]
+//	cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS] [--tcp TARGETS] [--ttl 1h] [--config FILE]
 //	cometgate config                      print the reference configuration
 //
 // With no arguments and no config file it runs on an embedded NATS server
@@ -38,7 +38,7 @@ const usage = `usage:
   cometgate publish [--url URL] [--key KEY] [--text] CHANNEL DATA
                                            publish through a running node's API
   cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS]
-                  [--ttl 1h] [--config FILE]
+                  [--tcp TARGETS] [--ttl 1h] [--config FILE]
                                            print a token signed with auth.hmac_secret
   cometgate config                         print the reference configuration
 

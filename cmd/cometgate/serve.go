@@ -141,7 +141,8 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 	}
 	topts.BridgeDialTimeout = cfg.Bridge.DialTimeout
 	for _, t := range cfg.Bridge.Targets {
-		bt := transports.BridgeTarget{Name: t.Name, Address: t.Address, MaxConnections: t.MaxConnections}
+		bt := transports.BridgeTarget{Name: t.Name, Address: t.Address, MaxConnections: t.MaxConnections,
+			RequireGrant: t.Access == configs.PermissionToken}
 		for _, n := range t.AllowNetworks {
 			bt.AllowNetworks = append(bt.AllowNetworks, netip.MustParsePrefix(n)) // checked by configs.Validate
 		}

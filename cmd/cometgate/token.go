@@ -27,7 +27,7 @@ func (l *patternList) Set(v string) error {
 	return nil
 }
 
-const tokenUsage = "usage: cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS] [--ttl 1h] [--config FILE]\n"
+const tokenUsage = "usage: cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS] [--tcp TARGETS] [--ttl 1h] [--config FILE]\n"
 
 // token prints a token signed with auth.hmac_secret, for trying out
 // channels with the token permission and for tests. Applications sign
@@ -36,9 +36,10 @@ func token(args, environ []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	sub := fs.String("sub", "", "the token's subject: the user, as the application names it (required)")
-	var subscribe, publish patternList
+	var subscribe, publish, tcp patternList
 	fs.Var(&subscribe, "subscribe", "channel patterns the token may subscribe to (repeatable or comma-separated)")
 	fs.Var(&publish, "publish", "channel patterns the token may publish on (repeatable or comma-separated)")
+	fs.Var(&tcp, "tcp", "TCP bridge targets (by name) the token may open (repeatable or comma-separated)")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	configPath := fs.String("config", "", "configuration file to read the auth section from")
 	if err := fs.Parse(args); err != nil {
@@ -57,7 +58,7 @@ func token(args, environ []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	tok, err := signToken(cfg.Auth, gateway.Principal{Subject: *sub, Subscribe: subscribe, Publish: publish}, *ttl)
+	tok, err := signToken(cfg.Auth, gateway.Principal{Subject: *sub, Subscribe: subscribe, Publish: publish, TCP: tcp}, *ttl)
 	if err != nil {
 		return err
 	}
