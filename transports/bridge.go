@@ -207,20 +207,18 @@ func (d *bridgeDialer) has(name string) bool {
 	return ok
 }
 
-// granted reports whether a session acting for p may open the target
-// called name (which exists).
-func (d *bridgeDialer) granted(name string, p *gateway.Principal) bool {
-	return !d.targets[name].RequireGrant || p.MayBridge(name)
-}
-
-// dial connects to the target called name. Its error is one of the
+// dial connects a session acting for p (nil: anonymous) to the target
+// called name, if the target lets p open it. Its error is one of the
 // bridge disconnects; the details (which address, why) go to the log,
 // not to the browser, which must learn nothing of the network behind the
 // node.
-func (d *bridgeDialer) dial(ctx context.Context, name string) (net.Conn, error) {
+func (d *bridgeDialer) dial(ctx context.Context, name string, p *gateway.Principal) (net.Conn, error) {
 	t, ok := d.targets[name]
 	if !ok {
 		return nil, bridgeUnknown
+	}
+	if t.RequireGrant && !p.MayBridge(name) {
+		return nil, bridgeNotGranted
 	}
 	if open := d.open[name]; open != nil {
 		if open.Add(1) > int64(t.MaxConnections) {

@@ -332,7 +332,7 @@ func TestBridgeDialerPolicy(t *testing.T) {
 				return nil, errors.New("no lookup expected")
 			}
 		}
-		c, err := d.dial(t.Context(), name)
+		c, err := d.dial(t.Context(), name, nil)
 		if c != nil {
 			t.Cleanup(func() { _ = c.Close() })
 		}

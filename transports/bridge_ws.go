@@ -12,8 +12,9 @@ import (
 // serveBridge answers GET /tcp/{target}: the native WebSocket way into the
 // TCP bridge (see bridge.go). The node connects to the target before it
 // upgrades, so that a refusal is an HTTP status with a JSON body
-// ({"error":…,"code":…}: 404 unknown target, 403 address not allowed,
-// 502 unreachable) rather than a WebSocket that opens and closes at once.
+// ({"error":…,"code":…}: 404 unknown target, 403 address not allowed or
+// target not granted, 502 unreachable, 503 busy) rather than a WebSocket
+// that opens and closes at once.
 // After the upgrade each data message from the browser (binary or text) is
 // written to the target as its bytes, and what the target sends comes
 // back as binary messages; when the target closes, so does the WebSocket
@@ -29,42 +30,30 @@ func (s *Server) serveBridge(w http.ResponseWriter, r *http.Request) {
 // serveBridgeTo bridges a WebSocket to the target called name.
 func (s *Server) serveBridgeTo(w http.ResponseWriter, r *http.Request, name string) {
 	if !s.bridge.has(name) {
-		writeJSON(w, http.StatusNotFound, errorBody{Error: bridgeUnknown.Reason, Code: bridgeUnknown.Code})
+		writeBridgeRefusal(w, bridgeUnknown)
 		return
 	}
 	sess := s.openSession(w, r, "tcp", false)
 	if sess == nil {
 		return
 	}
-	if !s.bridge.granted(name, sess.Principal()) {
-		sess.Close(gateway.DisconnectGone())
-		writeJSON(w, bridgeStatus(bridgeNotGranted), errorBody{Error: bridgeNotGranted.Reason, Code: bridgeNotGranted.Code})
-		return
-	}
-	target, err := s.bridge.dial(r.Context(), name)
+	target, err := s.bridge.dial(r.Context(), name, sess.Principal())
 	if err != nil {
 		sess.Close(gateway.DisconnectGone())
 		d, _ := err.(gateway.Disconnect)
-		writeJSON(w, bridgeStatus(d), errorBody{Error: d.Reason, Code: d.Code})
+		writeBridgeRefusal(w, d)
 		return
 	}
 	link := newBridgeLink()
 	link.connected(target)
-	conn, rw, _, err := ws.UpgradeHTTP(r, w)
-	if err != nil {
-		// gobwas answered the request already (400 with the reason).
+	c := s.upgradeWS(w, r, sess, link)
+	if c == nil {
 		link.close()
-		sess.Close(gateway.DisconnectGone())
 		return
 	}
-	if rw != nil && rw.Reader.Buffered() > 0 {
-		conn = withBuffered(conn, rw.Reader)
-	}
-	c := &wsConn{srv: s, conn: conn, sess: sess, link: link, wsem: make(chan struct{}, 1)}
-	c.clock.start(s.heartbeat)
 	if err := sess.Attach(c, false); err != nil {
 		link.close()
-		_ = conn.Close()
+		_ = c.conn.Close()
 		return
 	}
 	s.readers.Add(2)
@@ -76,6 +65,12 @@ func (s *Server) serveBridgeTo(w http.ResponseWriter, r *http.Request, name stri
 		defer s.readers.Done()
 		c.sess.Close(link.pump(maxServerHeader, c.writeBinary))
 	}()
+}
+
+// writeBridgeRefusal answers a request the bridge refuses with d, before
+// any upgrade.
+func writeBridgeRefusal(w http.ResponseWriter, d gateway.Disconnect) {
+	writeJSON(w, bridgeStatus(d), errorBody{Error: d.Reason, Code: d.Code})
 }
 
 // maxServerHeader is the longest header of a server frame.

@@ -3,7 +3,6 @@ package transports
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -155,15 +154,10 @@ func (s *sjsSession) start() {
 // session until either side ends. Messages the client sends meanwhile
 // wait for the connection (bridgeLink.write). The session ends with the
 // bridge's reason (c[1000,"target closed the connection"], or
-// c[3502,"target unreachable"], c[4403,"target address not allowed"]).
+// c[3502,"target unreachable"], c[4403,"target address not allowed"],
+// c[4003,"the token does not grant this target"]).
 func (s *sjsSession) runBridge() {
-	var conn net.Conn
-	var err error
-	if s.ep.srv.bridge.granted(s.ep.cfg.Target, s.gw.Principal()) {
-		conn, err = s.ep.srv.bridge.dial(s.link.dialCtx, s.ep.cfg.Target)
-	} else {
-		err = bridgeNotGranted
-	}
+	conn, err := s.ep.srv.bridge.dial(s.link.dialCtx, s.ep.cfg.Target, s.gw.Principal())
 	if err != nil {
 		s.link.failed(err)
 	} else {

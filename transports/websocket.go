@@ -127,17 +127,11 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if sess == nil {
 		return
 	}
-	conn, rw, _, err := ws.UpgradeHTTP(r, w)
-	if err != nil {
-		// gobwas answered the request already (400 with the reason).
-		sess.Close(gateway.DisconnectGone())
+	c := s.upgradeWS(w, r, sess, nil)
+	if c == nil {
 		return
 	}
-	if rw != nil && rw.Reader.Buffered() > 0 {
-		conn = withBuffered(conn, rw.Reader)
-	}
-	c := &wsConn{srv: s, conn: conn, sess: sess, wsem: make(chan struct{}, 1)}
-	c.clock.start(s.heartbeat)
+	conn := c.conn
 	// The handler returns so net/http drops its request state and buffers.
 	// The poller watches the connection from now on, or, where there is
 	// none, a fresh goroutine with a small stack reads it. Both count as
@@ -168,6 +162,25 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		defer s.readers.Done()
 		c.readLoop()
 	}()
+}
+
+// upgradeWS answers the WebSocket handshake and returns sess's
+// connection (link: a bridge session's target, or nil), keeping the bytes
+// a client sent along with the handshake. When the handshake fails gobwas
+// has answered it (400 with the reason); upgradeWS ends sess and returns
+// nil.
+func (s *Server) upgradeWS(w http.ResponseWriter, r *http.Request, sess *gateway.Session, link *bridgeLink) *wsConn {
+	conn, rw, _, err := ws.UpgradeHTTP(r, w)
+	if err != nil {
+		sess.Close(gateway.DisconnectGone())
+		return nil
+	}
+	if rw != nil && rw.Reader.Buffered() > 0 {
+		conn = withBuffered(conn, rw.Reader)
+	}
+	c := &wsConn{srv: s, conn: conn, sess: sess, link: link, wsem: make(chan struct{}, 1)}
+	c.clock.start(s.heartbeat)
+	return c
 }
 
 // onInput reads what arrived on a polled connection: the frames it can
