@@ -131,39 +131,53 @@ func TestDeliversThousandInOrder(t *testing.T) {
 
 // TestStreamRecycle: with a small StreamLimit the streams end every few
 // KiB and the client goes on with its session id and ack, losing nothing.
+//
+// The first part publishes in lockstep (the next message only after the
+// previous one arrived), so every write carries exactly one packet and
+// the number of streams does not depend on how the server batches writes:
+// 300 packets of about 60 bytes are more than 4 streams' worth at 4 KiB.
+// The rest is published at full speed, where one write may carry many
+// packets, to check order and continuity across recycles under load.
 func TestStreamRecycle(t *testing.T) {
 	for _, html := range []bool{false, true} {
 		t.Run(map[bool]string{false: "xhr_streaming", true: "htmlfile"}[html], func(t *testing.T) {
 			n := startNode(t, nil, func(o *Options) { o.StreamLimit = 4096 })
 			c := newStreamClient(t, n, html)
 			subscribed(t, streamAdapter{c}, "demo.r")
-			const total = 1000
+			next := 0
+			nextMsg := func() {
+				t.Helper()
+				for {
+					p := c.next()
+					if p.T != gateway.TypeMsg {
+						continue
+					}
+					if i := p.index(); i != next {
+						t.Fatalf("message %d arrived where %d was due", i, next)
+					}
+					next++
+					return
+				}
+			}
+			const lockstep, total = 300, 1000
+			before := c.streams
+			for next < lockstep {
+				n.publishN(t, "demo.r", next, 1)
+				nextMsg()
+			}
+			if got := c.streams - before; got < 4 {
+				t.Fatalf("only %d new streams for %d single-packet writes with a 4 KiB limit", got, lockstep)
+			}
 			var wg sync.WaitGroup
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				n.publishN(t, "demo.r", 0, total)
+				n.publishN(t, "demo.r", lockstep, total-lockstep)
 			}()
-			next := 0
 			for next < total {
-				p := c.next()
-				if p.T != gateway.TypeMsg {
-					continue
-				}
-				if i := p.index(); i != next {
-					t.Fatalf("message %d arrived where %d was due", i, next)
-				}
-				next++
+				nextMsg()
 			}
 			wg.Wait()
-			// 1,000 messages of about 60 bytes each make more than 60 KiB.
-			// A stream ends at the first write that reaches the limit, and
-			// on a busy machine one write carries every packet pending
-			// (several KiB), so the count varies from run to run; a
-			// handful of streams shows they were recycled over and over.
-			if c.streams < 4 {
-				t.Fatalf("only %d streams for %d messages with a 4 KiB limit", c.streams, total)
-			}
 		})
 	}
 }
