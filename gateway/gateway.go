@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -87,7 +88,8 @@ type Gateway struct {
 	draining bool
 
 	brokerUp    atomic.Bool
-	everDown    atomic.Bool // the connection was up once and then lost
+	everDown    atomic.Bool            // the connection was up once and then lost
+	tickers     map[time.Duration]bool // heartbeat intervals with a ticker running; guarded by mu
 	tickerEnd   chan struct{}
 	tickerWG    sync.WaitGroup
 	shutdown    sync.Once
@@ -114,12 +116,14 @@ func New(cfg Config, b brokers.Broker) (*Gateway, error) {
 		ctx:       ctx,
 		cancel:    cancel,
 		sessions:  make(map[string]*Session),
+		tickers:   make(map[time.Duration]bool),
 		tickerEnd: make(chan struct{}),
 	}
 	g.brokerUp.Store(b.Ready())
 	g.metrics.brokerState(b.Ready(), false)
-	g.tickerWG.Add(1)
-	go g.heartbeats()
+	g.mu.Lock()
+	g.startTickerLocked(cfg.Heartbeat)
+	g.mu.Unlock()
 	return g, nil
 }
 
@@ -171,20 +175,29 @@ type OpenOptions struct {
 	// Principal is who the session acts for (a verified token), or nil.
 	// The session ends with DisconnectTokenExpired when its token expires.
 	Principal *Principal
+	// Heartbeat, when set, replaces Config.Heartbeat for this session (a
+	// SockJS endpoint has its own heartbeat delay). Sessions with the same
+	// interval share one ticker.
+	Heartbeat time.Duration
+	// DisconnectDelay, when set, replaces Config.DisconnectDelay for this
+	// session: how long a retaining session may stay without a downstream.
+	DisconnectDelay time.Duration
 }
 
 // Open creates a session and queues its hello packet. Nothing is written
 // until a downstream is attached (Session.Attach).
 func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 	s := &Session{
-		g:         g,
-		id:        g.newSessionID(),
-		transport: opts.Transport,
-		retain:    opts.Retain,
-		remote:    opts.RemoteAddr,
-		onClose:   opts.OnClose,
-		principal: opts.Principal,
-		done:      make(chan struct{}),
+		g:               g,
+		id:              g.newSessionID(),
+		transport:       opts.Transport,
+		retain:          opts.Retain,
+		remote:          opts.RemoteAddr,
+		onClose:         opts.OnClose,
+		principal:       opts.Principal,
+		heartbeatEvery:  cmp.Or(opts.Heartbeat, g.cfg.Heartbeat),
+		disconnectDelay: cmp.Or(opts.DisconnectDelay, g.cfg.DisconnectDelay),
+		done:            make(chan struct{}),
 	}
 	g.mu.Lock()
 	if g.draining {
@@ -192,9 +205,10 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 		return nil, ErrShuttingDown
 	}
 	g.sessions[s.id] = s
+	g.startTickerLocked(s.heartbeatEvery)
 	g.mu.Unlock()
 	g.metrics.sessionOpened(opts.Transport)
-	s.push(helloBody(s.id, g.cfg.Heartbeat))
+	s.push(helloBody(s.id, s.heartbeatEvery))
 	if p := opts.Principal; p != nil && !p.Expires.IsZero() {
 		s.mu.Lock()
 		if !s.finished {
@@ -262,11 +276,24 @@ func (g *Gateway) publish(ctx context.Context, source, channel string, data []by
 	return err
 }
 
-// heartbeats is the one ticker for every session's keep-alive: a session
-// that wrote nothing during an interval gets a heartbeat.
-func (g *Gateway) heartbeats() {
+// startTickerLocked starts the heartbeat ticker for interval every, unless
+// one runs already. g.mu must be held. Shutdown stops them all.
+func (g *Gateway) startTickerLocked(every time.Duration) {
+	if g.tickers[every] || g.draining {
+		return
+	}
+	g.tickers[every] = true
+	g.tickerWG.Add(1)
+	go g.heartbeats(every)
+}
+
+// heartbeats is the one ticker for the keep-alive of every session with
+// heartbeat interval every (there is one such interval per configuration
+// that sets one, a handful at most): a session that wrote nothing during
+// an interval gets a heartbeat.
+func (g *Gateway) heartbeats(every time.Duration) {
 	defer g.tickerWG.Done()
-	t := time.NewTicker(g.cfg.Heartbeat)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	var batch []*Session
 	for {
@@ -278,7 +305,9 @@ func (g *Gateway) heartbeats() {
 		g.mu.Lock()
 		batch = batch[:0]
 		for _, s := range g.sessions {
-			batch = append(batch, s)
+			if s.heartbeatEvery == every {
+				batch = append(batch, s)
+			}
 		}
 		g.mu.Unlock()
 		for _, s := range batch {

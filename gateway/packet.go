@@ -20,6 +20,11 @@ const (
 	TypeErr   = "err"
 	TypeGap   = "gap"
 	TypeClose = "close"
+	// TypeData is not a packet: it is a raw payload queued by
+	// Session.SendData for a transport mode that carries bytes rather than
+	// packets (SockJS echo and tcp endpoints). It has no JSON form; the
+	// transport writes Body.Data in its own framing.
+	TypeData = "data"
 )
 
 // Body is the encoded part of a packet that does not depend on the session:
@@ -44,8 +49,21 @@ type Body struct {
 // Type is the packet type ("msg", "ok", …).
 func (b *Body) Type() string { return b.typ }
 
-// Size is the packet's encoded size without the per-session seq prefix.
+// Size is the packet's encoded size without the per-session seq prefix
+// (for TypeData, the payload's size).
 func (b *Body) Size() int { return len(b.json) }
+
+// Data is the payload of a TypeData body, nil for every other type. It
+// must not be modified.
+func (b *Body) Data() []byte {
+	if b.typ != TypeData {
+		return nil
+	}
+	return b.json
+}
+
+// dataBody wraps a raw payload (see TypeData); data is kept, not copied.
+func dataBody(data []byte) *Body { return &Body{typ: TypeData, json: data} }
 
 // Packet is one numbered server→client packet: a session's seq and a
 // (usually shared) Body. It is small and passed by value.

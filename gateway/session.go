@@ -52,6 +52,10 @@ type Session struct {
 	onClose   func()
 	principal *Principal  // nil: anonymous
 	tokenEnd  *time.Timer // closes the session when its token expires
+	// heartbeatEvery and disconnectDelay are the session's own intervals
+	// (OpenOptions, else the gateway's).
+	heartbeatEvery  time.Duration
+	disconnectDelay time.Duration
 
 	mu           sync.Mutex
 	down         Transport // attached downstream, or nil
@@ -169,6 +173,7 @@ func (s *Session) Close(d Disconnect) {
 		return
 	}
 	s.closing, s.reason = true, d
+	s.signalRoomLocked() // SendData waiters fail now
 	if d != disconnectGone && (s.down != nil || (s.retain && d != DisconnectExpired)) {
 		if d == DisconnectSlow {
 			clear(s.pending)
@@ -305,6 +310,45 @@ func (s *Session) push(b *Body) {
 	s.pending = append(s.pending, b)
 	s.pendingBytes += len(b.json)
 	s.kickLocked()
+}
+
+// SendData queues a raw payload (a TypeData body, which the caller must
+// not modify afterwards) for a session whose transport carries bytes
+// rather than packets: a SockJS echo or tcp endpoint. It waits while the
+// queue is full, so that a caller copying from a source (a TCP target)
+// stops reading it: that is the backpressure. An empty queue takes a
+// payload of any size. It fails with the session's reason once the
+// session is closing, or with ctx's error.
+func (s *Session) SendData(ctx context.Context, data []byte) error {
+	b := dataBody(data)
+	s.mu.Lock()
+	for {
+		if s.closing {
+			reason := s.reason
+			s.mu.Unlock()
+			return reason
+		}
+		queued := s.queuedLocked()
+		if queued == 0 || queued+len(b.json) <= s.g.cfg.QueueBytes {
+			break
+		}
+		if s.room == nil {
+			s.room = make(chan struct{})
+		}
+		room := s.room
+		s.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		s.mu.Lock()
+	}
+	s.pending = append(s.pending, b)
+	s.pendingBytes += len(b.json)
+	s.kickLocked()
+	s.mu.Unlock()
+	return nil
 }
 
 // deliver queues a shared message body; it runs on the hub's fan-out path
@@ -544,7 +588,7 @@ func (s *Session) startExpiry(gen uint64) {
 	if s.expiry != nil {
 		s.expiry.Stop()
 	}
-	s.expiry = time.AfterFunc(s.g.cfg.DisconnectDelay, func() { s.expire(gen) })
+	s.expiry = time.AfterFunc(s.disconnectDelay, func() { s.expire(gen) })
 }
 
 // expire runs when the expiry timer for detach generation gen fires. A
@@ -837,6 +881,7 @@ func (s *Session) abort() {
 	if !s.closing {
 		s.closing, s.reason = true, disconnectGone
 	}
+	s.signalRoomLocked()
 	s.closePending = false
 	down := s.down
 	s.down = nil
