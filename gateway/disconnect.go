@@ -2,10 +2,24 @@ package gateway
 
 import "fmt"
 
-// Disconnect is why a session ended. It is an error, and it is what the
-// client sees in the close packet (and the WebSocket close frame). Codes
-// 3000–3999 tell the client to reconnect and resume; 4000–4999 tell it not
-// to, because the same request would fail again.
+// Disconnect is why a session ended, or why a request was refused before
+// one started. It is an error, and it is what the client sees: in the close
+// packet, in a WebSocket close frame, in a SockJS c[code,"reason"] frame,
+// or as the "code" of a JSON refusal.
+//
+// This file is the one table of close codes. The ranges:
+//
+//	0          the peer is gone: nothing is sent (DisconnectGone)
+//	1000-2999  protocol codes: RFC 6455 close codes (1000 normal, 1002
+//	           protocol error, 1007 invalid payload, 1009 message too big)
+//	           and SockJS's (1002 interrupted, 2010 another connection)
+//	3000-3999  reconnect: the client should come back (after a jittered
+//	           delay) and resume from its cursors
+//	4000-4999  do not reconnect: the same request would fail again
+//
+// Within the application ranges, x4xx and x5xx codes follow the HTTP status
+// of the same condition where there is one (4003/403, 4004/404, 4029/429,
+// 4401/401, 3502/502, 3503/503).
 type Disconnect struct {
 	Code   int
 	Reason string
@@ -18,7 +32,16 @@ func (d Disconnect) Error() string {
 // Reconnect reports whether the client should reconnect.
 func (d Disconnect) Reconnect() bool { return d.Code >= 3000 && d.Code < 4000 }
 
-// The disconnects the gateway sends. Transports use them too, so the same
+// Protocol close codes (RFC 6455 section 7.4.1, SockJS).
+const (
+	CodeNormal          = 1000 // WebSocket: normal closure
+	CodeProtocolError   = 1002 // WebSocket: protocol error; SockJS: connection interrupted
+	CodeInvalidPayload  = 1007 // WebSocket: a text message or close reason that is not UTF-8
+	CodeMessageTooBig   = 1009 // WebSocket: a message over the size limit
+	CodeAnotherReceiver = 2010 // SockJS: another receiving request holds the session
+)
+
+// The disconnects the gateway and its transports send, so that the same
 // condition reads the same on every transport.
 var (
 	// DisconnectShutdown: the node is draining; reconnect (to any node) after
@@ -35,6 +58,13 @@ var (
 	// DisconnectTokenExpired: the session's token expired; reconnect with
 	// a fresh one.
 	DisconnectTokenExpired = Disconnect{3004, "token expired"}
+	// DisconnectTargetUnreachable: a TCP bridge could not connect to its
+	// target, or the connection broke.
+	DisconnectTargetUnreachable = Disconnect{3502, "target unreachable"}
+	// DisconnectTargetBusy: the node holds as many connections to the TCP
+	// target as it may.
+	DisconnectTargetBusy = Disconnect{3503, "target busy"}
+
 	// DisconnectProtocol: the client sent frames the server cannot read.
 	DisconnectProtocol = Disconnect{4000, "protocol error"}
 	// DisconnectTooLarge: the client sent a frame over the size limit.
@@ -43,9 +73,21 @@ var (
 	DisconnectForbidden = Disconnect{4003, "forbidden"}
 	// DisconnectNotFound: the session named by the request does not exist.
 	DisconnectNotFound = Disconnect{4004, "session not found"}
+	// DisconnectTooManySessions: the client's address holds as many
+	// sessions as it may.
+	DisconnectTooManySessions = Disconnect{4029, "too many sessions from this address"}
 	// DisconnectUnauthorized: the request carries no valid token where one
 	// is needed.
 	DisconnectUnauthorized = Disconnect{4401, "authentication required"}
+	// DisconnectTargetRefused: every address of a TCP target is one the
+	// bridge's address policy refuses.
+	DisconnectTargetRefused = Disconnect{4403, "target address not allowed"}
+	// DisconnectTargetUnknown: no TCP target has the requested name.
+	DisconnectTargetUnknown = Disconnect{4404, "unknown TCP target"}
+
+	// DisconnectTargetClosed: the TCP target closed its side after
+	// everything it sent was delivered (a normal closure).
+	DisconnectTargetClosed = Disconnect{CodeNormal, "target closed the connection"}
 
 	// disconnectGone is recorded when the peer went away (connection closed
 	// or a write failed); nothing can be sent to it any more.

@@ -104,18 +104,18 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 	if s.forward(w, r, chi.URLParam(r, "sid")) {
 		return
 	}
-	if !s.origins.allowed(r) {
-		writeError(w, http.StatusForbidden, "origin not allowed")
+	if ref := s.gate.origin(r); ref != nil {
+		ref.writeJSON(w)
 		return
 	}
 	s.cors(w, r)
 	sess := s.gw.Session(chi.URLParam(r, "sid"))
 	if sess == nil {
-		writeJSON(w, http.StatusNotFound, errorBody{Error: "session not found", Code: gateway.DisconnectNotFound.Code})
+		refusedNotFound.writeJSON(w)
 		return
 	}
-	if ref := s.ownerCheck(r, sess); ref != nil {
-		writeJSON(w, ref.status, errorBody{Error: ref.msg, Code: ref.code})
+	if ref := s.gate.join(r, sess); ref != nil {
+		ref.writeJSON(w)
 		return
 	}
 	limit := int64(s.maxFrame) * 8

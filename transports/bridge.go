@@ -134,25 +134,19 @@ func ValidateBridge(targets []BridgeTarget, sockjs []SockJSEndpoint) error {
 	return nil
 }
 
-// The ways a bridged session ends or is refused. Each has the HTTP status
-// of a refusal before a WebSocket upgrade and the close code a session
-// that has started gets (codes 3000-3999 ask the client to retry, as
-// everywhere in the wire format).
+// The ways a bridged session ends or is refused (codes from the gateway's
+// close-code table). Each has the HTTP status of a refusal before a
+// WebSocket upgrade (bridgeStatus) and the close code a session that has
+// started gets.
 var (
-	// bridgeClosed: the target closed its side; everything it sent before
-	// was delivered.
-	bridgeClosed = gateway.Disconnect{Code: 1000, Reason: "target closed the connection"}
-	// bridgeUnreachable: connecting failed, or the connection broke.
-	bridgeUnreachable = gateway.Disconnect{Code: 3502, Reason: "target unreachable"}
-	// bridgeRefused: every address of the target is one the policy refuses.
-	bridgeRefused = gateway.Disconnect{Code: 4403, Reason: "target address not allowed"}
-	// bridgeUnknown: no target has that name.
-	bridgeUnknown = gateway.Disconnect{Code: 4404, Reason: "unknown TCP target"}
+	bridgeClosed      = gateway.DisconnectTargetClosed
+	bridgeUnreachable = gateway.DisconnectTargetUnreachable
+	bridgeRefused     = gateway.DisconnectTargetRefused
+	bridgeUnknown     = gateway.DisconnectTargetUnknown
+	bridgeBusy        = gateway.DisconnectTargetBusy
 	// bridgeNotGranted: the target needs a grant the session's token
 	// does not carry.
 	bridgeNotGranted = gateway.Disconnect{Code: gateway.DisconnectForbidden.Code, Reason: "the token does not grant this target"}
-	// bridgeBusy: the node holds the target's MaxConnections already.
-	bridgeBusy = gateway.Disconnect{Code: 3503, Reason: "target busy"}
 )
 
 // bridgeStatus is the HTTP status that refuses a session with d.

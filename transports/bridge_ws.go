@@ -33,8 +33,9 @@ func (s *Server) serveBridgeTo(w http.ResponseWriter, r *http.Request, name stri
 		writeBridgeRefusal(w, bridgeUnknown)
 		return
 	}
-	sess := s.openSession(w, r, "tcp", false)
-	if sess == nil {
+	sess, ref := s.gate.open(r, sessionSpec{transport: "tcp"})
+	if ref != nil {
+		ref.writeJSON(w)
 		return
 	}
 	target, err := s.bridge.dial(r.Context(), name, sess.Principal())

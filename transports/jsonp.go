@@ -94,8 +94,8 @@ func (s *Server) serveJSONPSend(w http.ResponseWriter, r *http.Request) {
 		fail(gateway.DisconnectProtocol.Code, err.Error())
 		return
 	}
-	if !s.origins.allowed(r) {
-		fail(gateway.DisconnectForbidden.Code, "origin not allowed: "+r.Header.Get("Origin"))
+	if ref := s.gate.origin(r); ref != nil {
+		fail(ref.code, ref.msg)
 		return
 	}
 	s.cors(w, r)
@@ -118,7 +118,7 @@ func (s *Server) serveJSONPSend(w http.ResponseWriter, r *http.Request) {
 		fail(gateway.DisconnectNotFound.Code, gateway.DisconnectNotFound.Reason)
 		return
 	}
-	if ref := s.ownerCheck(r, sess); ref != nil {
+	if ref := s.gate.join(r, sess); ref != nil {
 		fail(ref.code, ref.msg)
 		return
 	}

@@ -38,10 +38,6 @@ import (
 // defaultStreamLimit is Options.StreamLimit's default.
 const defaultStreamLimit = 128 << 10
 
-// codeTooManySessions is the close code of an in-band refusal for the
-// per-address session limit (HTTP 429).
-const codeTooManySessions = 4029
-
 // maxCallbackLen bounds a JSONP or htmlfile callback name.
 const maxCallbackLen = 64
 
@@ -177,8 +173,8 @@ func (s *Server) servePolling(fam *family, w http.ResponseWriter, r *http.Reques
 		writeRefusal(w, fam, f, ref)
 		return
 	}
-	if !s.origins.allowed(r) {
-		writeRefusal(w, fam, f, &refusal{status: http.StatusForbidden, code: gateway.DisconnectForbidden.Code, msg: "origin not allowed: " + r.Header.Get("Origin")})
+	if ref := s.gate.origin(r); ref != nil {
+		writeRefusal(w, fam, f, ref)
 		return
 	}
 	s.cors(w, r)
@@ -186,11 +182,8 @@ func (s *Server) servePolling(fam *family, w http.ResponseWriter, r *http.Reques
 	ctx := r.Context()
 	var sess *gateway.Session
 	if req.sid == "" {
-		sess, ref = s.tryOpenSession(r, fam.name, true)
+		sess, ref = s.gate.open(r, sessionSpec{transport: fam.name, retain: true})
 		if ref != nil {
-			if ref.retry {
-				h.Set("Retry-After", "1")
-			}
 			writeRefusal(w, fam, f, ref)
 			return
 		}
@@ -202,10 +195,10 @@ func (s *Server) servePolling(fam *family, w http.ResponseWriter, r *http.Reques
 	} else {
 		sess = s.gw.Session(req.sid)
 		if sess == nil || !sess.Retain() {
-			writeRefusal(w, fam, f, notFoundRefusal())
+			writeRefusal(w, fam, f, refusedNotFound)
 			return
 		}
-		if ref := s.ownerCheck(r, sess); ref != nil {
+		if ref := s.gate.join(r, sess); ref != nil {
 			writeRefusal(w, fam, f, ref)
 			return
 		}
@@ -225,7 +218,7 @@ func (s *Server) servePolling(fam *family, w http.ResponseWriter, r *http.Reques
 	}
 	if err := sess.Attach(t, !fam.streaming); err != nil {
 		// The session ended since it was looked up (or opened).
-		writeRefusal(w, fam, f, notFoundRefusal())
+		writeRefusal(w, fam, f, refusedNotFound)
 		return
 	}
 	if fam.streaming {
@@ -545,10 +538,6 @@ func controlClose(code int, reason string, reconnect bool) []byte {
 	return b
 }
 
-func notFoundRefusal() *refusal {
-	return &refusal{status: http.StatusNotFound, code: gateway.DisconnectNotFound.Code, msg: gateway.DisconnectNotFound.Reason}
-}
-
 // writeRefusal answers a request that cannot be served. A family that
 // answers in-band calls the callback (f is not nil once its name is
 // valid) with a transport-level close packet; the others, and a request
@@ -570,7 +559,7 @@ func writeRefusal(w http.ResponseWriter, fam *family, f framing, ref *refusal) {
 		_, _ = w.Write(b)
 		return
 	}
-	reconnect := ref.code >= 3000 && ref.code < 4000
+	reconnect := (gateway.Disconnect{Code: ref.code}).Reconnect()
 	b := f.appendPrelude(nil)
 	b = f.appendBatch(b, nil, controlClose(ref.code, ref.msg, reconnect))
 	h.Set("Content-Type", fam.contentType)

@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
-	"net/url"
 	"strings"
 	"sync"
 	"syscall"
@@ -84,7 +82,7 @@ type Server struct {
 	opts    Options
 	gw      *gateway.Gateway
 	log     *slog.Logger
-	origins originPolicy
+	gate    *gate // the one admission check
 	router  chi.Router
 	readers sync.WaitGroup
 	fwd     *forwarder // nil: no forwarding
@@ -98,8 +96,6 @@ type Server struct {
 	poller   *poller
 	noPoller bool
 
-	ipMu      sync.Mutex
-	perIP     map[netip.Addr]int
 	maxFrame  int
 	heartbeat time.Duration // the gateway's heartbeat interval
 }
@@ -122,8 +118,7 @@ func New(opts Options) *Server {
 		opts:      opts,
 		gw:        opts.Gateway,
 		log:       opts.Logger,
-		origins:   newOriginPolicy(opts.AllowedOrigins),
-		perIP:     make(map[netip.Addr]int),
+		gate:      newGate(opts),
 		maxFrame:  opts.Gateway.Config().MaxFrameBytes,
 		heartbeat: opts.Gateway.Config().Heartbeat,
 	}
@@ -268,50 +263,6 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, status, map[string]any{"ready": ready, "sessions": s.gw.SessionCount()})
 }
 
-// originPolicy decides which browser Origins may use the gateway.
-type originPolicy struct {
-	any   bool
-	exact map[string]bool
-}
-
-func newOriginPolicy(allowed []string) originPolicy {
-	p := originPolicy{exact: make(map[string]bool)}
-	for _, o := range allowed {
-		if o == "*" {
-			p.any = true
-			continue
-		}
-		p.exact[strings.ToLower(strings.TrimRight(o, "/"))] = true
-	}
-	return p
-}
-
-// allowed reports whether r's Origin may use the gateway. Requests without
-// an Origin (curl, servers) are not from a browser page and pass; a browser
-// page from a site not configured is refused, which is what stops
-// cross-site WebSocket hijacking. With no configuration only the page's own
-// host is allowed.
-func (p originPolicy) allowed(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	if p.any {
-		return true
-	}
-	if p.exact[strings.ToLower(origin)] {
-		return true
-	}
-	if len(p.exact) > 0 {
-		return false
-	}
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
-		return false
-	}
-	return strings.EqualFold(u.Host, r.Host)
-}
-
 // cors adds the CORS headers for an allowed cross-origin request.
 func (s *Server) cors(w http.ResponseWriter, r *http.Request) {
 	origin := r.Header.Get("Origin")
@@ -325,8 +276,8 @@ func (s *Server) cors(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) preflight(w http.ResponseWriter, r *http.Request) {
-	if !s.origins.allowed(r) {
-		writeError(w, http.StatusForbidden, "origin not allowed")
+	if ref := s.gate.origin(r); ref != nil {
+		ref.writeJSON(w)
 		return
 	}
 	s.cors(w, r)
@@ -337,155 +288,6 @@ func (s *Server) preflight(w http.ResponseWriter, r *http.Request) {
 	}
 	h.Set("Access-Control-Max-Age", "86400")
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// openSession checks what every transport checks before a session starts
-// (Origin, draining, per-IP limit) and opens it. On failure it has answered
-// the request and returns nil.
-func (s *Server) openSession(w http.ResponseWriter, r *http.Request, transport string, retain bool) *gateway.Session {
-	sess, ref := s.tryOpenSession(r, transport, retain)
-	if ref != nil {
-		if ref.retry {
-			w.Header().Set("Retry-After", "1")
-		}
-		writeJSON(w, ref.status, errorBody{Error: ref.msg, Code: ref.code})
-		return nil
-	}
-	return sess
-}
-
-// refusal is why a request was refused: its HTTP status, the close code a
-// transport that can only answer in-band (JSONP, htmlfile) reports instead,
-// and the message. retry asks the client to come back (Retry-After).
-type refusal struct {
-	status int
-	code   int
-	msg    string
-	retry  bool
-}
-
-// tryOpenSession is openSession for transports that answer a refusal in
-// their own framing.
-func (s *Server) tryOpenSession(r *http.Request, transport string, retain bool) (*gateway.Session, *refusal) {
-	if !s.origins.allowed(r) {
-		return nil, &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code, "origin not allowed: " + r.Header.Get("Origin"), false}
-	}
-	principal, ref := s.authenticate(r)
-	if ref != nil {
-		return nil, ref
-	}
-	ip := clientAddr(r)
-	if !s.acquireIP(ip) {
-		return nil, &refusal{http.StatusTooManyRequests, codeTooManySessions, "too many sessions from this address", false}
-	}
-	sess, err := s.gw.Open(gateway.OpenOptions{
-		Transport:  transport,
-		Retain:     retain,
-		RemoteAddr: r.RemoteAddr,
-		OnClose:    func() { s.releaseIP(ip) },
-		Principal:  principal,
-	})
-	if err != nil {
-		s.releaseIP(ip)
-		return nil, &refusal{http.StatusServiceUnavailable, gateway.DisconnectShutdown.Code, "server shutting down, reconnect to another node", true}
-	}
-	return sess, nil
-}
-
-// tokenCookie is the cookie a page may carry its token in.
-const tokenCookie = "cometgate_token"
-
-// requestToken is the token a request presents: the token query
-// parameter (WebSocket and EventSource cannot set headers), a bearer
-// Authorization header, or the cookie; "" when none.
-func requestToken(r *http.Request) string {
-	if t := r.URL.Query().Get("token"); t != "" {
-		return t
-	}
-	if t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && t != "" {
-		return t
-	}
-	if c, err := r.Cookie(tokenCookie); err == nil {
-		return c.Value
-	}
-	return ""
-}
-
-// authenticate returns the principal of the request's token: nil for a
-// request without one (allowed unless RequireToken), a refusal (401,
-// 4401) for a token that does not verify. The reason names what is wrong
-// with the token, never the token.
-func (s *Server) authenticate(r *http.Request) (*gateway.Principal, *refusal) {
-	if s.opts.Tokens == nil {
-		return nil, nil
-	}
-	tok := requestToken(r)
-	if tok == "" {
-		if s.opts.RequireToken {
-			return nil, &refusal{http.StatusUnauthorized, gateway.DisconnectUnauthorized.Code, gateway.DisconnectUnauthorized.Reason, false}
-		}
-		return nil, nil
-	}
-	p, err := s.opts.Tokens.Verify(tok)
-	if err != nil {
-		return nil, &refusal{http.StatusUnauthorized, gateway.DisconnectUnauthorized.Code, "invalid token: " + err.Error(), false}
-	}
-	return p, nil
-}
-
-// ownerCheck refuses a request for sess that does not act for the
-// session's principal: a session opened with a token is bound to its
-// subject, so a leaked session id alone does not give its stream away.
-// Anonymous sessions rely on their unguessable id.
-func (s *Server) ownerCheck(r *http.Request, sess *gateway.Session) *refusal {
-	owner := sess.Principal()
-	if owner == nil {
-		return nil
-	}
-	p, ref := s.authenticate(r)
-	if ref != nil {
-		return ref
-	}
-	if p == nil || p.Subject != owner.Subject {
-		return &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code, "the session belongs to another principal", false}
-	}
-	return nil
-}
-
-func clientAddr(r *http.Request) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		host, _, _ := net.SplitHostPort(r.RemoteAddr)
-		a, _ := netip.ParseAddr(host)
-		return a
-	}
-	return ap.Addr().Unmap()
-}
-
-func (s *Server) acquireIP(ip netip.Addr) bool {
-	if s.opts.MaxSessionsPerIP <= 0 {
-		return true
-	}
-	s.ipMu.Lock()
-	defer s.ipMu.Unlock()
-	if s.perIP[ip] >= s.opts.MaxSessionsPerIP {
-		return false
-	}
-	s.perIP[ip]++
-	return true
-}
-
-func (s *Server) releaseIP(ip netip.Addr) {
-	if s.opts.MaxSessionsPerIP <= 0 {
-		return
-	}
-	s.ipMu.Lock()
-	defer s.ipMu.Unlock()
-	if s.perIP[ip] <= 1 {
-		delete(s.perIP, ip)
-	} else {
-		s.perIP[ip]--
-	}
 }
 
 // apiAuthorized applies the publish API's key rule.

@@ -455,7 +455,7 @@ func sjsETagMatch(header, etag string) bool {
 // preflight answers a CORS preflight; it is cacheable, as the protocol
 // asks. Origins the node does not allow are refused.
 func (ep *sockjsEndpoint) preflight(w http.ResponseWriter, r *http.Request, methods string) {
-	if !ep.srv.origins.allowed(r) {
+	if ep.srv.gate.origin(r) != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return
 	}

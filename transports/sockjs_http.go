@@ -89,7 +89,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 			return
 		}
 	}
-	if !ep.srv.origins.allowed(r) {
+	if ep.srv.gate.origin(r) != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return
 	}
@@ -246,7 +246,7 @@ func (ep *sockjsEndpoint) deliver(r *http.Request, s *sjsSession, msgs [][]byte)
 // messages. 204 on success; 404 for an unknown session; 500 with the
 // protocol's text for a missing or broken body.
 func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, sid string) {
-	if !ep.srv.origins.allowed(r) {
+	if ep.srv.gate.origin(r) != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return
 	}
@@ -279,7 +279,7 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 // text/plain. It answers "ok" with 200, as the protocol asks (some
 // browsers mishandle a 204 here).
 func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request, sid string) {
-	if !ep.srv.origins.allowed(r) {
+	if ep.srv.gate.origin(r) != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return
 	}

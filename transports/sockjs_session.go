@@ -23,17 +23,13 @@ const (
 var (
 	sjsFrameOpen        = []byte("o")
 	sjsFrameHeartbeat   = []byte("h")
-	sjsFrameStillOpen   = appendSJSCloseFrame(nil, 2010, "Another connection still open")
-	sjsFrameInterrupted = appendSJSCloseFrame(nil, 1002, "Connection interrupted")
+	sjsFrameStillOpen   = appendSJSCloseFrame(nil, gateway.CodeAnotherReceiver, "Another connection still open")
+	sjsFrameInterrupted = appendSJSCloseFrame(nil, gateway.CodeProtocolError, "Connection interrupted")
 )
 
 // errSJSClosed is returned to a sender once the session no longer takes
 // messages.
 var errSJSClosed = errors.New("transports: sockjs session closed")
-
-// sjsCodeTooManySessions is the close code for a session refused by the
-// per-address limit (the code the native polling transports use too).
-const sjsCodeTooManySessions = 4029
 
 // sjsOut writes the frames of one receiving request in its transport's
 // framing and returns the bytes it wrote (what counts against the
@@ -98,30 +94,26 @@ var (
 	sjsRefusedShutdown = &sjsRefusal{http.StatusServiceUnavailable, "server shutting down, reconnect to another node",
 		appendSJSCloseFrame(nil, gateway.DisconnectShutdown.Code, gateway.DisconnectShutdown.Reason)}
 	sjsRefusedTooMany = &sjsRefusal{http.StatusTooManyRequests, "too many sessions from this address",
-		appendSJSCloseFrame(nil, sjsCodeTooManySessions, "too many sessions from this address")}
+		appendSJSCloseFrame(nil, gateway.DisconnectTooManySessions.Code, gateway.DisconnectTooManySessions.Reason)}
 )
+
+// sjsRefusalOf renders a refusal of the gate in SockJS terms.
+func sjsRefusalOf(ref *refusal) *sjsRefusal {
+	switch ref {
+	case refusedShutdown:
+		return sjsRefusedShutdown
+	case refusedTooMany:
+		return sjsRefusedTooMany
+	}
+	return &sjsRefusal{ref.status, ref.msg, appendSJSCloseFrame(nil, ref.code, ref.msg)}
+}
 
 // newSession opens the gateway session a SockJS session rides on. The
 // caller registers the session (if it has an id) and then calls start.
 func (ep *sockjsEndpoint) newSession(r *http.Request, id string) (*sjsSession, *sjsRefusal) {
-	srv := ep.srv
-	principal, ref := srv.authenticate(r)
+	gs, ref := ep.srv.gate.open(r, sessionSpec{transport: "sockjs"})
 	if ref != nil {
-		return nil, &sjsRefusal{ref.status, ref.msg, appendSJSCloseFrame(nil, ref.code, ref.msg)}
-	}
-	ip := clientAddr(r)
-	if !srv.acquireIP(ip) {
-		return nil, sjsRefusedTooMany
-	}
-	gs, err := srv.gw.Open(gateway.OpenOptions{
-		Transport:  "sockjs",
-		RemoteAddr: r.RemoteAddr,
-		OnClose:    func() { srv.releaseIP(ip) },
-		Principal:  principal,
-	})
-	if err != nil {
-		srv.releaseIP(ip)
-		return nil, sjsRefusedShutdown
+		return nil, sjsRefusalOf(ref)
 	}
 	s := &sjsSession{ep: ep, id: id, gw: gs}
 	if ep.tcp {
@@ -187,8 +179,8 @@ func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsSession, *sjs
 	ep.mu.Lock()
 	if s := ep.sessions[id]; s != nil {
 		ep.mu.Unlock()
-		if ref := ep.srv.ownerCheck(r, s.gw); ref != nil {
-			return nil, &sjsRefusal{ref.status, ref.msg, appendSJSCloseFrame(nil, ref.code, ref.msg)}
+		if ref := ep.srv.gate.join(r, s.gw); ref != nil {
+			return nil, sjsRefusalOf(ref)
 		}
 		return s, nil
 	}
@@ -213,7 +205,7 @@ func (ep *sockjsEndpoint) lookup(r *http.Request, id string) *sjsSession {
 	ep.mu.Lock()
 	s := ep.sessions[id]
 	ep.mu.Unlock()
-	if s != nil && ep.srv.ownerCheck(r, s.gw) != nil {
+	if s != nil && ep.srv.gate.join(r, s.gw) != nil {
 		return nil
 	}
 	return s

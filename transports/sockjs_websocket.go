@@ -58,7 +58,7 @@ func (ep *sockjsEndpoint) sjsWSPreconditions(w http.ResponseWriter, r *http.Requ
 		sjsPlain(w, http.StatusBadRequest, `"Connection" must be "Upgrade".`)
 		return false
 	}
-	if !ep.srv.origins.allowed(r) {
+	if ep.srv.gate.origin(r) != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return false
 	}
@@ -174,20 +174,12 @@ func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Reque
 		return
 	}
 	srv := ep.srv
-	ip := clientAddr(r)
-	if !srv.acquireIP(ip) {
-		sjsPlain(w, http.StatusTooManyRequests, "too many sessions from this address")
-		return
-	}
-	gs, err := srv.gw.Open(gateway.OpenOptions{
-		Transport:  "sockjs",
-		RemoteAddr: r.RemoteAddr,
-		OnClose:    func() { srv.releaseIP(ip) },
-	})
-	if err != nil {
-		srv.releaseIP(ip)
-		w.Header().Set("Retry-After", "1")
-		sjsPlain(w, http.StatusServiceUnavailable, "server shutting down, reconnect to another node")
+	gs, ref := srv.gate.open(r, sessionSpec{transport: "sockjs"})
+	if ref != nil {
+		if ref.retry {
+			w.Header().Set("Retry-After", "1")
+		}
+		sjsPlain(w, ref.status, ref.msg)
 		return
 	}
 	c, ok := ep.upgrade(w, r)
@@ -305,7 +297,7 @@ func (c *sjsWSConn) closeWith(code int, reason string) {
 // for the next frame. It closes the connection when it returns.
 func (c *sjsWSConn) readMessages(maxMsg int, idle time.Duration, onMessage func([]byte) bool) {
 	defer c.conn.Close()
-	r := &wsFrames{conn: c.conn, limit: maxMsg, tooLarge: 1009, utf8Binary: true}
+	r := &wsFrames{conn: c.conn, limit: maxMsg, tooLarge: gateway.CodeMessageTooBig, utf8Binary: true}
 	for {
 		if idle > 0 {
 			c.lock()

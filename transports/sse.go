@@ -81,8 +81,9 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "too many channels in the URL")
 		return
 	}
-	sess := s.openSession(w, r, "sse", false)
-	if sess == nil {
+	sess, ref := s.gate.open(r, sessionSpec{transport: "sse"})
+	if ref != nil {
+		ref.writeJSON(w)
 		return
 	}
 	conn, _, err := http.NewResponseController(w).Hijack()
@@ -99,7 +100,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		"X-Content-Type-Options: nosniff\r\n" +
 		"Connection: close\r\n")
 	if origin := r.Header.Get("Origin"); origin != "" {
-		// Allowed by openSession; EventSource needs these for cross-origin
+		// Allowed by the gate; EventSource needs these for cross-origin
 		// streams (withCredentials included).
 		head.WriteString("Access-Control-Allow-Origin: " + sanitizeHeader(origin) + "\r\n" +
 			"Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n")

@@ -123,8 +123,9 @@ var errCloseSent = errors.New("transports: websocket close frame already sent")
 var _ gateway.Transport = (*wsConn)(nil)
 
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	sess := s.openSession(w, r, "websocket", false)
-	if sess == nil {
+	sess, ref := s.gate.open(r, sessionSpec{transport: "websocket"})
+	if ref != nil {
+		ref.writeJSON(w)
 		return
 	}
 	c := s.upgradeWS(w, r, sess, nil)
@@ -544,15 +545,15 @@ func checkClosePayload(payload []byte) (int, string) {
 	case 0:
 		return 0, ""
 	case 1:
-		return 1002, "close frame payload of one byte"
+		return gateway.CodeProtocolError, "close frame payload of one byte"
 	}
 	code, reason := ws.ParseCloseFrameData(payload)
 	switch {
 	case !utf8.ValidString(reason):
-		return 1007, "close reason is not valid UTF-8"
+		return gateway.CodeInvalidPayload, "close reason is not valid UTF-8"
 	case code >= 5000 || ws.CheckCloseFrameData(code, reason) != nil:
 		// gobwas/ws lets codes past 4999 through; RFC 6455 has none.
-		return 1002, "invalid close code " + strconv.Itoa(int(code))
+		return gateway.CodeProtocolError, "invalid close code " + strconv.Itoa(int(code))
 	}
 	return 0, ""
 }

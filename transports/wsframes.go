@@ -6,6 +6,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
+
+	"github.com/cometgate/cometgate/gateway"
 )
 
 // wsFrames reads a client's WebSocket frames and assembles its messages,
@@ -63,13 +65,13 @@ func (r *wsFrames) next() (wsEvent, *wsViolation, error) {
 		}
 		switch {
 		case h.Rsv != 0:
-			return wsEvent{}, &wsViolation{1002, "reserved bits set without a negotiated extension"}, nil
+			return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "reserved bits set without a negotiated extension"}, nil
 		case !h.Masked:
-			return wsEvent{}, &wsViolation{1002, "client frames must be masked"}, nil
+			return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "client frames must be masked"}, nil
 		case h.OpCode.IsReserved():
-			return wsEvent{}, &wsViolation{1002, "reserved opcode"}, nil
+			return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "reserved opcode"}, nil
 		case h.OpCode.IsControl() && (!h.Fin || h.Length > 125):
-			return wsEvent{}, &wsViolation{1002, "control frames must be final and at most 125 bytes"}, nil
+			return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "control frames must be final and at most 125 bytes"}, nil
 		case h.Length > int64(r.limit) ||
 			// Only continuations add to a fragmented message; a ping
 			// between its fragments is not part of it.
@@ -92,7 +94,7 @@ func (r *wsFrames) next() (wsEvent, *wsViolation, error) {
 			return wsEvent{op: h.OpCode, data: r.payload}, nil, nil
 		case ws.OpContinuation:
 			if !r.inFrag {
-				return wsEvent{}, &wsViolation{1002, "continuation frame without a message to continue"}, nil
+				return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "continuation frame without a message to continue"}, nil
 			}
 			r.frag = append(r.frag, r.payload...)
 			if !h.Fin {
@@ -102,7 +104,7 @@ func (r *wsFrames) next() (wsEvent, *wsViolation, error) {
 			r.inFrag = false
 		default: // text or binary
 			if r.inFrag {
-				return wsEvent{}, &wsViolation{1002, "new data frame inside a fragmented message"}, nil
+				return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "new data frame inside a fragmented message"}, nil
 			}
 			if !h.Fin {
 				r.inFrag, r.fragOp = true, h.OpCode
@@ -112,7 +114,7 @@ func (r *wsFrames) next() (wsEvent, *wsViolation, error) {
 			ev = wsEvent{op: h.OpCode, data: r.payload}
 		}
 		if (ev.op == ws.OpText || r.utf8Binary) && !utf8.Valid(ev.data) {
-			return wsEvent{}, &wsViolation{1007, "text message is not valid UTF-8"}, nil
+			return wsEvent{}, &wsViolation{gateway.CodeInvalidPayload, "text message is not valid UTF-8"}, nil
 		}
 		if !r.inFrag {
 			r.frag = r.frag[:0]

@@ -1,0 +1,277 @@
+package transports
+
+import (
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// Admission: the one gate every transport passes. gate.open runs before a
+// session exists (the Origin, the token and the principal it names, the
+// per-address limit, the node draining) and opens it; gate.join runs
+// before a request acts on a session that exists (the Origin, and the
+// principal the session is bound to). Either returns a refusal, which each
+// framing renders its own way: a JSON error with an HTTP status, a
+// callback with a close packet (JSONP, htmlfile), a SockJS close frame, a
+// WebSocket that opens and closes with the code. No transport checks any
+// of these itself.
+
+// refusal is why a request was refused: its HTTP status, the close code a
+// transport that can only answer in-band (JSONP, htmlfile, SockJS) reports
+// instead, and the message. retry asks the client to come back
+// (Retry-After).
+type refusal struct {
+	status int
+	code   int
+	msg    string
+	retry  bool
+}
+
+func refuse(status int, d gateway.Disconnect) *refusal {
+	return &refusal{status: status, code: d.Code, msg: d.Reason, retry: d.Reconnect()}
+}
+
+// refusals every transport shares.
+var (
+	refusedShutdown = &refusal{http.StatusServiceUnavailable, gateway.DisconnectShutdown.Code,
+		"server shutting down, reconnect to another node", true}
+	refusedTooMany  = refuse(http.StatusTooManyRequests, gateway.DisconnectTooManySessions)
+	refusedNotFound = refuse(http.StatusNotFound, gateway.DisconnectNotFound)
+)
+
+// writeJSON answers the refusal as a JSON error body.
+func (ref *refusal) writeJSON(w http.ResponseWriter) {
+	if ref.retry {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, ref.status, errorBody{Error: ref.msg, Code: ref.code})
+}
+
+// sessionSpec describes the session a transport asks the gate to open.
+type sessionSpec struct {
+	transport string // family name, for metrics
+	retain    bool   // request-per-poll: packets kept until acknowledged
+	// heartbeat and disconnectDelay override the gateway's (SockJS
+	// endpoints have their own); 0 keeps the gateway's.
+	heartbeat       time.Duration
+	disconnectDelay time.Duration
+	// onClose runs once when the session has ended, after the gate
+	// released what it holds for it.
+	onClose func()
+}
+
+// gate is the admission check of a node. It is safe for concurrent use.
+type gate struct {
+	gw           *gateway.Gateway
+	origins      originPolicy
+	tokens       *gateway.TokenVerifier // nil: no authentication
+	requireToken bool
+	maxPerIP     int // 0: unlimited
+
+	mu    sync.Mutex
+	perIP map[netip.Addr]int
+}
+
+func newGate(opts Options) *gate {
+	return &gate{
+		gw:           opts.Gateway,
+		origins:      newOriginPolicy(opts.AllowedOrigins),
+		tokens:       opts.Tokens,
+		requireToken: opts.RequireToken,
+		maxPerIP:     opts.MaxSessionsPerIP,
+		perIP:        make(map[netip.Addr]int),
+	}
+}
+
+// open admits r and opens its session.
+func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refusal) {
+	if ref := g.origin(r); ref != nil {
+		return nil, ref
+	}
+	principal, ref := g.authenticate(r)
+	if ref != nil {
+		return nil, ref
+	}
+	ip := clientAddr(r)
+	if !g.acquireIP(ip) {
+		return nil, refusedTooMany
+	}
+	onClose := spec.onClose
+	sess, err := g.gw.Open(gateway.OpenOptions{
+		Transport:  spec.transport,
+		Retain:     spec.retain,
+		RemoteAddr: r.RemoteAddr,
+		OnClose: func() {
+			g.releaseIP(ip)
+			if onClose != nil {
+				onClose()
+			}
+		},
+		Principal:       principal,
+		Heartbeat:       spec.heartbeat,
+		DisconnectDelay: spec.disconnectDelay,
+	})
+	if err != nil {
+		g.releaseIP(ip)
+		return nil, refusedShutdown
+	}
+	return sess, nil
+}
+
+// join admits r to act on sess, a session that exists: a request from an
+// allowed Origin that acts for the session's principal. A session opened
+// with a token is bound to its subject, so a leaked session id alone does
+// not give its stream away; anonymous sessions rely on their unguessable
+// id.
+func (g *gate) join(r *http.Request, sess *gateway.Session) *refusal {
+	if ref := g.origin(r); ref != nil {
+		return ref
+	}
+	owner := sess.Principal()
+	if owner == nil {
+		return nil
+	}
+	p, ref := g.authenticate(r)
+	if ref != nil {
+		return ref
+	}
+	if p == nil || p.Subject != owner.Subject {
+		return &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code, "the session belongs to another principal", false}
+	}
+	return nil
+}
+
+// origin refuses a browser page from an Origin the node does not allow.
+func (g *gate) origin(r *http.Request) *refusal {
+	if g.origins.allowed(r) {
+		return nil
+	}
+	return &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code, "origin not allowed: " + r.Header.Get("Origin"), false}
+}
+
+// tokenCookie is the cookie a page may carry its token in.
+const tokenCookie = "cometgate_token"
+
+// requestToken is the token a request presents: the token query
+// parameter (WebSocket and EventSource cannot set headers), a bearer
+// Authorization header, or the cookie; "" when none.
+func requestToken(r *http.Request) string {
+	if t := r.URL.Query().Get("token"); t != "" {
+		return t
+	}
+	if t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && t != "" {
+		return t
+	}
+	if c, err := r.Cookie(tokenCookie); err == nil {
+		return c.Value
+	}
+	return ""
+}
+
+// authenticate returns the principal of the request's token: nil for a
+// request without one (allowed unless requireToken), a refusal (401,
+// 4401) for a token that does not verify. The reason names what is wrong
+// with the token, never the token.
+func (g *gate) authenticate(r *http.Request) (*gateway.Principal, *refusal) {
+	if g.tokens == nil {
+		return nil, nil
+	}
+	tok := requestToken(r)
+	if tok == "" {
+		if g.requireToken {
+			return nil, refuse(http.StatusUnauthorized, gateway.DisconnectUnauthorized)
+		}
+		return nil, nil
+	}
+	p, err := g.tokens.Verify(tok)
+	if err != nil {
+		return nil, &refusal{http.StatusUnauthorized, gateway.DisconnectUnauthorized.Code, "invalid token: " + err.Error(), false}
+	}
+	return p, nil
+}
+
+func clientAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		a, _ := netip.ParseAddr(host)
+		return a
+	}
+	return ap.Addr().Unmap()
+}
+
+func (g *gate) acquireIP(ip netip.Addr) bool {
+	if g.maxPerIP <= 0 {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.perIP[ip] >= g.maxPerIP {
+		return false
+	}
+	g.perIP[ip]++
+	return true
+}
+
+func (g *gate) releaseIP(ip netip.Addr) {
+	if g.maxPerIP <= 0 {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.perIP[ip] <= 1 {
+		delete(g.perIP, ip)
+	} else {
+		g.perIP[ip]--
+	}
+}
+
+// originPolicy decides which browser Origins may use the gateway.
+type originPolicy struct {
+	any   bool
+	exact map[string]bool
+}
+
+func newOriginPolicy(allowed []string) originPolicy {
+	p := originPolicy{exact: make(map[string]bool)}
+	for _, o := range allowed {
+		if o == "*" {
+			p.any = true
+			continue
+		}
+		p.exact[strings.ToLower(strings.TrimRight(o, "/"))] = true
+	}
+	return p
+}
+
+// allowed reports whether r's Origin may use the gateway. Requests without
+// an Origin (curl, servers) are not from a browser page and pass; a browser
+// page from a site not configured is refused, which is what stops
+// cross-site WebSocket hijacking. With no configuration only the page's own
+// host is allowed.
+func (p originPolicy) allowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	if p.any {
+		return true
+	}
+	if p.exact[strings.ToLower(origin)] {
+		return true
+	}
+	if len(p.exact) > 0 {
+		return false
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	return strings.EqualFold(u.Host, r.Host)
+}
