@@ -39,8 +39,7 @@ func refuse(status int, d gateway.Disconnect) *refusal {
 
 // refusals every transport shares.
 var (
-	refusedShutdown = &refusal{http.StatusServiceUnavailable, gateway.DisconnectShutdown.Code,
-		"server shutting down, reconnect to another node", true}
+	refusedShutdown = refuse(http.StatusServiceUnavailable, gateway.DisconnectShutdown)
 	refusedTooMany  = refuse(http.StatusTooManyRequests, gateway.DisconnectTooManySessions)
 	refusedNotFound = refuse(http.StatusNotFound, gateway.DisconnectNotFound)
 )

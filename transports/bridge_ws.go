@@ -1,6 +1,7 @@
 package transports
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
@@ -47,26 +48,69 @@ func (s *Server) serveBridgeTo(w http.ResponseWriter, r *http.Request, name stri
 	}
 	link := newBridgeLink()
 	link.connected(target)
-	c := s.upgradeWS(w, r, sess, link)
+	c := s.upgradeWS(w, r, s.heartbeat, wsLimits{maxMessage: s.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code})
 	if c == nil {
 		link.close()
+		sess.Close(gateway.DisconnectGone())
 		return
 	}
-	if err := sess.Attach(c, false); err != nil {
+	b := &wsBridge{c: c, sess: sess, link: link}
+	c.owner = b
+	c.watch(true)
+	if err := sess.Attach(b, false); err != nil {
 		link.close()
-		_ = c.conn.Close()
+		c.abandon()
 		return
 	}
-	s.readers.Add(2)
+	c.start()
+	s.readers.Add(1)
 	go func() {
 		defer s.readers.Done()
-		c.readLoop()
-	}()
-	go func() {
-		defer s.readers.Done()
-		c.sess.Close(link.pump(maxServerHeader, c.writeBinary))
+		sess.Close(link.pump(maxServerHeader, b.writeBinary))
 	}()
 }
+
+// wsBridge is a TCP bridge over a WebSocket: a session of its own kind
+// that carries no packets, only the target's bytes (binary messages
+// down) and the browser's (any data message up, written to the target
+// as its bytes). Its gateway session gives it the node's lifecycle: the
+// admission gate, drain on shutdown, heartbeat pings.
+type wsBridge struct {
+	c    *wsConn
+	sess *gateway.Session
+	link *bridgeLink
+}
+
+var (
+	_ gateway.Transport = (*wsBridge)(nil)
+	_ wsOwner           = (*wsBridge)(nil)
+)
+
+func (b *wsBridge) Name() string { return "tcp" }
+
+// WritePackets sends nothing: the stream is the target's bytes only. The
+// close packet's code and reason go out in the close frame.
+func (b *wsBridge) WritePackets([]gateway.Packet) (int, error) { return 0, nil }
+
+func (b *wsBridge) WriteHeartbeat() error { return b.c.writeHeartbeat(nil) }
+
+// Close closes the link to the target, then the WebSocket.
+func (b *wsBridge) Close(d gateway.Disconnect) {
+	b.link.close()
+	b.c.close(d)
+}
+
+// message writes the browser's bytes to the target; it blocks while the
+// target does not read: backpressure.
+func (b *wsBridge) message(data []byte, _ bool) bool {
+	if err := b.link.write(context.Background(), data); err != nil {
+		b.c.fail(b.link.afterWriteError(err, b.sess.Done()))
+		return false
+	}
+	return true
+}
+
+func (b *wsBridge) ended(d gateway.Disconnect) { b.sess.Close(d) }
 
 // writeBridgeRefusal answers a request the bridge refuses with d, before
 // any upgrade.
@@ -79,10 +123,10 @@ const maxServerHeader = 10
 
 // writeBinary writes frame[maxServerHeader:] as one binary message, its
 // header put in the room before it, in one write.
-func (c *wsConn) writeBinary(frame []byte) error {
+func (b *wsBridge) writeBinary(frame []byte) error {
 	n := len(frame) - maxServerHeader
 	start := maxServerHeader - frameHeaderLen(n)
 	appendFrameHeader(frame[start:start], ws.OpBinary, n)
-	_, err := c.write(frame[start:])
+	_, err := b.c.write(frame[start:])
 	return err
 }

@@ -131,7 +131,6 @@ func (s *Server) routePolling(r chi.Router) {
 type pollRequest struct {
 	sid      string // "" opens a new session
 	channels []string
-	cb       string
 	ack      uint64
 	hasAck   bool
 	frames   []gateway.Frame
@@ -303,8 +302,9 @@ func applyFrames(ctx context.Context, sess *gateway.Session, frames []gateway.Fr
 // hold waits until the request is over: its one write is done, its stream
 // reached the limit, the session closed it (ended, or replaced it with a
 // newer request), or the client went away. Then it takes the response
-// back from the session's writer and finishes it.
-func (s *Server) hold(r *http.Request, sess *gateway.Session, t *httpDown) {
+// back from the session's writer and finishes it, and reports whether
+// anything was written and why the request ended.
+func (s *Server) hold(r *http.Request, sess *gateway.Session, t *httpDown) (started bool, reason gateway.Disconnect) {
 	select {
 	case <-t.done:
 	case <-r.Context().Done():
@@ -313,7 +313,7 @@ func (s *Server) hold(r *http.Request, sess *gateway.Session, t *httpDown) {
 	// Whatever happened, this request no longer carries the session; a
 	// retaining session keeps its packets for the next one.
 	sess.Detach(t)
-	started, reason := t.release()
+	started, reason = t.release()
 
 	var b []byte
 	switch {
@@ -348,6 +348,7 @@ func (s *Server) hold(r *http.Request, sess *gateway.Session, t *httpDown) {
 	// keep-alive connection (the server has no WriteTimeout: streams would
 	// not survive one), so leave none behind.
 	_ = t.rc.SetWriteDeadline(time.Time{})
+	return started, reason
 }
 
 // errRequestEnded is what a write to a request that is over returns; the
@@ -401,18 +402,12 @@ func (t *httpDown) WritePackets(pkts []gateway.Packet) (int, error) {
 	for _, p := range pkts {
 		size += p.Size() + 32
 	}
-	buf := getBuffer(size)
-	b := t.f.appendBatch(*buf, pkts, nil)
-	n, err := t.write(b)
-	*buf = b
-	putBuffer(buf)
-	return n, err
+	return t.write(size, func(b []byte) []byte { return t.f.appendBatch(b, pkts, nil) })
 }
 
 // WriteHeartbeat writes the keep-alive: an empty batch completes a poll.
 func (t *httpDown) WriteHeartbeat() error {
-	var a [64]byte
-	_, err := t.write(t.f.appendHeartbeat(a[:0]))
+	_, err := t.write(64, t.f.appendHeartbeat)
 	return err
 }
 
@@ -438,15 +433,37 @@ func (t *httpDown) endLocked(d gateway.Disconnect) {
 // start writes the status line, the headers and a stream's prelude now
 // unless a write did already.
 func (t *httpDown) start() {
-	_, _ = t.write(nil)
+	_, _ = t.write(0, nil)
 }
 
-// write writes b (after the prelude, on a stream's first write) and
-// flushes. A one-shot response is complete after it; a stream that
+// lastWriter is a framing that must know when the bytes that complete
+// the response are about to go out: the client may send its next request
+// as soon as it has them, before this write returns (SockJS: the next
+// request acknowledges what this one carried, and must not find the
+// session still held).
+type lastWriter interface {
+	// lastWrite is called under the write lock just before the bytes
+	// of the last batch built are written, when they end the response.
+	lastWrite()
+}
+
+// write builds the bytes to write with build (nil: none), under the
+// write lock so that the request cannot end between building and
+// writing, writes them (after the prelude, on a stream's first write)
+// and flushes. A one-shot response is complete after it; a stream that
 // reached its limit detaches from the session and ends.
-func (t *httpDown) write(b []byte) (int, error) {
+func (t *httpDown) write(size int, build func([]byte) []byte) (int, error) {
 	t.wmu.Lock()
-	n, err := t.writeLocked(b)
+	var n int
+	var err error
+	if build == nil {
+		n, err = t.writeLocked(nil)
+	} else {
+		buf := getBuffer(size)
+		*buf = build(*buf)
+		n, err = t.writeLocked(*buf)
+		putBuffer(buf)
+	}
 	full := err == nil && t.fam.streaming && t.written >= t.limit
 	t.wmu.Unlock()
 	switch {
@@ -496,6 +513,9 @@ func (t *httpDown) writeLocked(b []byte) (int, error) {
 				return n, err
 			}
 		}
+	}
+	if lw, ok := t.f.(lastWriter); ok && len(b) > 0 && (!t.fam.streaming || t.written+n+len(b) >= t.limit) {
+		lw.lastWrite()
 	}
 	m, err := t.w.Write(b)
 	n += m

@@ -29,18 +29,16 @@ import (
 // CORS and the framing (o, h, a[...], c[code,"reason"]) follow the
 // protocol's test suite.
 //
-// A SockJS session (sjsSession) sits on top of a gateway session: it keeps
-// the SockJS state (open, closing with its close frame), the messages not
-// yet sent, the one receiving request attached, and its expiry. The gateway
-// session gives it the node's lifecycle (drain on shutdown, per-address
-// limits, metrics) and, in pubsub mode, the channels: every SockJS message
-// from the client is one client frame of the wire format in doc.go, every
-// packet is one SockJS message. In echo mode the gateway carries nothing
-// and every message comes back as it went.
-//
-// SockJS has no acknowledgements: what a polling response carried is
-// gone from the server, as in every SockJS server. Clients that must not
-// lose packets between requests use the native transports.
+// A SockJS session is a gateway session like any other (sockjs_session.go
+// has the design): the admission gate opens it, its queue, expiry and
+// resend rule are the gateway's, and its receiving requests and websockets
+// are downstreams in SockJS framings. In pubsub mode every SockJS message
+// from the client is one client frame of the wire format in doc.go, and
+// every packet is one SockJS message; in echo mode the client's messages
+// come back through the session's queue as they went; in tcp mode they
+// carry a byte stream to and from a bridge target. A response's messages
+// are kept until the client's next request proves they arrived, so a
+// response lost on the way is sent again.
 
 // The SockJS endpoint modes: what the endpoint carries.
 const (
@@ -272,7 +270,8 @@ type sockjsEndpoint struct {
 	etag   string
 
 	mu       sync.Mutex
-	sessions map[string]*sjsSession // the polling and streaming sessions by id
+	sessions map[string]*sjsEntry // the sessions over HTTP by id, live and recently closed
+	swept    time.Time            // when closed sessions were last forgotten
 }
 
 func newSockJSEndpoint(s *Server, cfg SockJSEndpoint) *sockjsEndpoint {
@@ -285,7 +284,7 @@ func newSockJSEndpoint(s *Server, cfg SockJSEndpoint) *sockjsEndpoint {
 		tcp:      cfg.Mode == SockJSTCP,
 		iframe:   page,
 		etag:     `"` + hex.EncodeToString(sum[:16]) + `"`,
-		sessions: make(map[string]*sjsSession),
+		sessions: make(map[string]*sjsEntry),
 	}
 }
 

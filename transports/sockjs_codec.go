@@ -3,7 +3,6 @@ package transports
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -13,10 +12,16 @@ import (
 // callback names, xhr_send and jsonp_send bodies, cookies) and the quoting
 // of what the server sends. Every parser here is fuzzed.
 
-// The protocol's answers to a bad send body (status 500, these texts).
-var (
-	errSJSPayloadExpected = errors.New("Payload expected.")     //nolint:staticcheck // the protocol's exact text
-	errSJSBrokenJSON      = errors.New("Broken JSON encoding.") //nolint:staticcheck // the protocol's exact text
+// sjsBodyError is one of the protocol's answers to a bad send body
+// (status 500 with exactly this text, capital and full stop included).
+type sjsBodyError string
+
+func (e sjsBodyError) Error() string { return string(e) }
+
+// The protocol's answers to a bad send body.
+const (
+	errSJSPayloadExpected sjsBodyError = "Payload expected."
+	errSJSBrokenJSON      sjsBodyError = "Broken JSON encoding."
 )
 
 // sjsMaxIDLen bounds the server and session ids of a session URL; clients

@@ -10,7 +10,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
+
+	"github.com/cometgate/cometgate/gateway"
 )
 
 // The SockJS transports that ride on plain HTTP requests: the receivers
@@ -69,6 +70,19 @@ func (ep *sockjsEndpoint) maxBody() int {
 	return max(ep.srv.maxFrame*8, 64<<10)
 }
 
+// sjsFamilies are the receiving transports as families of the
+// request-per-poll mechanism (polling.go): each request is an httpDown of
+// the session's gateway session, in a SockJS framing.
+var sjsFamilies = map[sjsKind]*family{
+	sjsXHR:          {name: "sockjs", contentType: "application/javascript; charset=UTF-8"},
+	sjsXHRStreaming: {name: "sockjs", streaming: true, contentType: "application/javascript; charset=UTF-8"},
+	// Not in the protocol's CORS list, but what lets a cross-origin page
+	// use eventsource rather than fall back to an iframe.
+	sjsEventSource: {name: "sockjs", streaming: true, contentType: "text/event-stream; charset=UTF-8"},
+	sjsHTMLFile:    {name: "sockjs", streaming: true, contentType: "text/html; charset=UTF-8"},
+	sjsJSONP:       {name: "sockjs", contentType: "application/javascript; charset=UTF-8"},
+}
+
 // serveReceiver serves a receiving request of the given kind for session
 // sid, opening the session if it does not exist.
 func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, sid string, kind sjsKind) {
@@ -89,7 +103,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 			return
 		}
 	}
-	if ep.srv.gate.origin(r) != nil {
+	if ref := ep.srv.gate.origin(r); ref != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return
 	}
@@ -97,124 +111,151 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 	// net/http notice when the client goes away (the request's context).
 	_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, int64(ep.maxBody())))
 
+	fam := sjsFamilies[kind]
 	h := w.Header()
 	ep.setCookie(w, r)
 	sjsNoCache(h)
 	h.Set("X-Content-Type-Options", "nosniff")
-	switch kind {
-	case sjsXHR, sjsXHRStreaming:
+	h.Set("Content-Type", fam.contentType)
+	if kind == sjsXHR || kind == sjsXHRStreaming || kind == sjsEventSource {
 		sjsCORS(w, r)
-		h.Set("Content-Type", "application/javascript; charset=UTF-8")
-	case sjsEventSource:
-		// Not in the protocol, but what lets a cross-origin page use
-		// eventsource rather than fall back to an iframe.
-		sjsCORS(w, r)
-		h.Set("Content-Type", "text/event-stream; charset=UTF-8")
-	case sjsHTMLFile:
-		h.Set("Content-Type", "text/html; charset=UTF-8")
-	case sjsJSONP:
-		h.Set("Content-Type", "application/javascript; charset=UTF-8")
 	}
-	oneShot := kind == sjsXHR || kind == sjsJSONP
-	out := &sjsHTTPOut{
-		w: w, rc: http.NewResponseController(w), kind: kind, callback: callback,
-		timeout: ep.srv.opts.WriteTimeout, buf: getBuffer(512), started: !oneShot,
-	}
-	defer out.finish()
-	limit := 0
-	if !oneShot {
+	if fam.streaming {
 		h.Set("X-Accel-Buffering", "no")
-		w.WriteHeader(http.StatusOK)
-		var prelude []byte
-		switch kind {
-		case sjsXHRStreaming:
-			prelude = sjsXHRPrelude
-		case sjsEventSource:
-			prelude = []byte("\r\n")
-		case sjsHTMLFile:
-			prelude = sjsHTMLFilePrelude(callback)
-		}
-		if _, err := out.write(prelude); err != nil {
-			return
-		}
-		limit = ep.cfg.ResponseLimit
 	}
-	// A session that expires between lookup and attach is gone: the
-	// request opens a new one (bounded: expiry takes a disconnect delay).
-	for range 3 {
-		s, ref := ep.session(r, sid)
-		if ref != nil {
-			_, _ = out.writeFrame(ref.frame)
-			return
-		}
-		if s.run(r.Context(), newSJSRecv(out, oneShot, limit)) {
-			return
-		}
+	f := &sjsFraming{kind: kind, callback: callback, single: !fam.streaming}
+
+	e, ref := ep.session(r, sid)
+	if ref != nil {
+		f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.msg))
+		return
 	}
-	_, _ = out.writeFrame(sjsFrameInterrupted)
+	turn, ack, ok := e.claim()
+	if !ok {
+		f.respond(w, sjsFrameStillOpen)
+		return
+	}
+	f.entry, f.turn, f.mode = e, turn, e.mode()
+	// A response that did not end with its last write (the session
+	// closed it, the client went away) leaves nothing to acknowledge.
+	defer e.endTurn(turn, 0)
+	if frame := e.closeFrameOf(); frame != nil {
+		f.respond(w, frame)
+		return
+	}
+	// This request proves the previous response arrived.
+	if ack > 0 {
+		e.sess.Apply(r.Context(), gateway.Frame{Op: gateway.OpAck, Seq: ack})
+	}
+	t := &httpDown{srv: ep.srv, sess: e.sess, fam: fam, f: f, w: w, rc: http.NewResponseController(w), done: make(chan struct{})}
+	if fam.streaming {
+		// The response limit counts frames, not the prelude.
+		t.limit = ep.cfg.ResponseLimit + len(f.appendPrelude(nil))
+	}
+	if err := e.sess.Attach(t, !fam.streaming); err != nil {
+		// The session ended since it was looked up: its close frame.
+		frame := e.closeFrameOf()
+		if frame == nil {
+			frame = sjsFrameInterrupted
+		}
+		f.respond(w, frame)
+		return
+	}
+	if fam.streaming {
+		t.start() // the prelude goes out at once
+	}
+	if _, reason := ep.srv.hold(r, e.sess, t); reason == gateway.DisconnectGone() {
+		// The request broke off: the client went away or stopped
+		// reading. SockJS ends such a session.
+		e.sess.Close(sjsInterrupted)
+	}
 }
 
-// sjsHTTPOut writes the frames of one receiving response.
-type sjsHTTPOut struct {
-	w        http.ResponseWriter
-	rc       *http.ResponseController
+// closeFrameOf returns the close frame of a session that ended, or nil.
+func (e *sjsEntry) closeFrameOf() []byte {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.closeFrame
+}
+
+// sjsFraming is the framing of one SockJS receiving request (see
+// polling.go's framing): SockJS frames, each wrapped the way the
+// transport carries it. The session's writer uses it one write at a
+// time, and the handler reads rendered after hold, once no write can run.
+type sjsFraming struct {
 	kind     sjsKind
 	callback string
-	timeout  time.Duration
-	buf      *[]byte
-	started  bool // the status line went out (streaming: at once; polling: with the frame)
+	single   bool // a polling response: one frame
+	entry    *sjsEntry
+	turn     uint64 // the request's turn at receiving (sjsEntry.claim)
+	mode     sjsSessionMode
+	built    uint64 // the last seq the batch being written accounts for
 }
 
-var _ sjsOut = (*sjsHTTPOut)(nil)
+var (
+	_ framing    = (*sjsFraming)(nil)
+	_ lastWriter = (*sjsFraming)(nil)
+)
 
-// writeFrame writes frame in the receiver's framing: a line (xhr), an
-// event (eventsource), a script calling the callback (htmlfile, jsonp;
+func (f *sjsFraming) appendPrelude(b []byte) []byte {
+	switch f.kind {
+	case sjsXHRStreaming:
+		return append(b, sjsXHRPrelude...)
+	case sjsEventSource:
+		return append(b, "\r\n"...)
+	case sjsHTMLFile:
+		return append(b, sjsHTMLFilePrelude(f.callback)...)
+	}
+	return b
+}
+
+// appendBatch appends the packets' frames; ctl (a native transport's
+// control packet) never comes to a SockJS request.
+func (f *sjsFraming) appendBatch(b []byte, pkts []gateway.Packet, _ []byte) []byte {
+	b, f.built = appendSJSFrames(b, pkts, f.mode, f.entry.markOpened, f.single, f.appendFrame)
+	return b
+}
+
+// lastWrite ends the request's turn as its last bytes go out: the next
+// request may come at once, finds the session free and acknowledges what
+// this response carried.
+func (f *sjsFraming) lastWrite() { f.entry.endTurn(f.turn, f.built) }
+
+func (f *sjsFraming) appendHeartbeat(b []byte) []byte { return f.appendFrame(b, sjsFrameHeartbeat) }
+
+// appendFrame appends one frame in the receiver's framing: a line (xhr),
+// an event (eventsource), a script calling the callback (htmlfile, jsonp;
 // the frame is quoted as a script string, HTML-safe for htmlfile).
-func (o *sjsHTTPOut) writeFrame(frame []byte) (int, error) {
-	b := (*o.buf)[:0]
-	switch o.kind {
+func (f *sjsFraming) appendFrame(b, frame []byte) []byte {
+	switch f.kind {
 	case sjsXHR, sjsXHRStreaming:
 		b = append(b, frame...)
-		b = append(b, '\n')
+		return append(b, '\n')
 	case sjsEventSource:
 		b = append(b, "data: "...)
 		b = appendSJSEventData(b, frame)
-		b = append(b, "\r\n\r\n"...)
+		return append(b, "\r\n\r\n"...)
 	case sjsHTMLFile:
 		b = append(b, "<script>\np("...)
 		b = appendSJSQuote(b, frame, true)
-		b = append(b, ");\n</script>\r\n"...)
-	case sjsJSONP:
-		b = append(b, o.callback...)
-		b = append(b, '(')
-		b = appendSJSQuote(b, frame, false)
-		b = append(b, ");\r\n"...)
+		return append(b, ");\n</script>\r\n"...)
 	}
-	*o.buf = b
-	if !o.started {
-		// A polling response is this one frame.
-		o.started = true
-		o.w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-		o.w.WriteHeader(http.StatusOK)
-	}
-	return o.write(b)
+	b = append(b, f.callback...)
+	b = append(b, '(')
+	b = appendSJSQuote(b, frame, false)
+	return append(b, ");\r\n"...)
 }
 
-// write writes b and flushes it, within the write timeout.
-func (o *sjsHTTPOut) write(b []byte) (int, error) {
-	_ = o.rc.SetWriteDeadline(time.Now().Add(o.timeout))
-	n, err := o.w.Write(b)
-	if err == nil {
-		err = o.rc.Flush()
+// respond answers a request that does not attach with one frame (a
+// refusal, a closed session's close frame, c[2010]): after the prelude on
+// a stream, as the whole body of a poll.
+func (f *sjsFraming) respond(w http.ResponseWriter, frame []byte) {
+	b := f.appendFrame(f.appendPrelude(nil), frame)
+	if f.single {
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	}
-	return n, err
-}
-
-// finish clears the write deadline (net/http keeps it on the connection
-// for its next request) and returns the buffer.
-func (o *sjsHTTPOut) finish() {
-	_ = o.rc.SetWriteDeadline(time.Time{})
-	putBuffer(o.buf)
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
 }
 
 // readSJSBody reads a send body; on failure it has answered.
@@ -233,10 +274,15 @@ func (ep *sockjsEndpoint) readSJSBody(w http.ResponseWriter, r *http.Request) ([
 	return body, true
 }
 
-// deliver hands the messages of a send to the session, in order.
-func (ep *sockjsEndpoint) deliver(r *http.Request, s *sjsSession, msgs [][]byte) {
+// deliver hands the messages of a send to the session, in order. A
+// session that has closed takes nothing, silently, as in every SockJS
+// server: its next receiving request tells the client.
+func (ep *sockjsEndpoint) deliver(r *http.Request, e *sjsEntry, msgs [][]byte) {
+	if e.closed() {
+		return
+	}
 	for _, m := range msgs {
-		if s.receive(r.Context(), m) != nil {
+		if ep.receive(r.Context(), e.sess, e.link, m) != nil {
 			return // closed, or the client gave up waiting for room
 		}
 	}
@@ -254,8 +300,8 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 	ep.setCookie(w, r)
 	sjsNoCache(h)
 	sjsCORS(w, r)
-	s := ep.lookup(r, sid)
-	if s == nil {
+	e := ep.lookup(r, sid)
+	if e == nil {
 		sjsNotFound(w)
 		return
 	}
@@ -268,7 +314,7 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 		sjsPlain(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	ep.deliver(r, s, msgs)
+	ep.deliver(r, e, msgs)
 	// Firefox takes a 204 without a content type for XML and complains.
 	h.Set("Content-Type", "text/plain; charset=UTF-8")
 	w.WriteHeader(http.StatusNoContent)
@@ -285,8 +331,8 @@ func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request,
 	}
 	ep.setCookie(w, r)
 	sjsNoCache(w.Header())
-	s := ep.lookup(r, sid)
-	if s == nil {
+	e := ep.lookup(r, sid)
+	if e == nil {
 		sjsNotFound(w)
 		return
 	}
@@ -303,7 +349,7 @@ func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request,
 		sjsPlain(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	ep.deliver(r, s, msgs)
+	ep.deliver(r, e, msgs)
 	sjsPlain(w, http.StatusOK, "ok")
 }
 

@@ -2,7 +2,6 @@ package transports
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"sync"
 	"time"
@@ -10,14 +9,27 @@ import (
 	"github.com/cometgate/cometgate/gateway"
 )
 
-// sjsState is a SockJS session's state.
-type sjsState int
-
-const (
-	sjsOpen    sjsState = iota // messages flow
-	sjsClosing                 // closed: every request gets the close frame until the session expires
-	sjsClosed                  // gone: forgotten by the endpoint
-)
+// SockJS sessions ride on the gateway's session layer like every other
+// transport: one queue, one expiry, one resend rule. A SockJS session over
+// HTTP is a retaining gateway session (as for the native polling
+// transports), opened with the endpoint's heartbeat and disconnect delay;
+// each receiving request (xhr, xhr_streaming, eventsource, htmlfile,
+// jsonp) attaches to it as an httpDown in a SockJS framing (sjsFraming).
+// A SockJS websocket session is a gateway session carried by a wsConn in
+// the SockJS codec (sockjs_websocket.go).
+//
+// The protocol has no acknowledgements, but the next receiving request of
+// a session proves that the previous response arrived: a client makes one
+// only after the previous one ended. So a response's packets stay
+// retained until the next request comes, which acknowledges them before
+// it attaches; a response lost on the way (or cut short) is written again.
+//
+// What the endpoint keeps of a session besides the gateway session
+// (sjsEntry) is the protocol's own bookkeeping: whether the open frame
+// went out, whether a receiving request holds the session (SockJS allows
+// one; another gets c[2010,...]), what the last complete response
+// carried, and after the session ended its close frame, which answers
+// every request for the id until the disconnect delay passes.
 
 // Frames every transport sends as they are.
 var (
@@ -27,520 +39,325 @@ var (
 	sjsFrameInterrupted = appendSJSCloseFrame(nil, gateway.CodeProtocolError, "Connection interrupted")
 )
 
-// errSJSClosed is returned to a sender once the session no longer takes
-// messages.
-var errSJSClosed = errors.New("transports: sockjs session closed")
+// sjsInterrupted ends a session whose receiving request broke off (the
+// client went away or stopped reading), as SockJS servers do.
+var sjsInterrupted = gateway.Disconnect{Code: gateway.CodeProtocolError, Reason: "Connection interrupted"}
 
-// sjsOut writes the frames of one receiving request in its transport's
-// framing and returns the bytes it wrote (what counts against the
-// response limit). Only the request's own goroutine calls it.
-type sjsOut interface {
-	writeFrame(frame []byte) (int, error)
-}
+// sjsEntry is what an endpoint keeps of one SockJS session over HTTP.
+type sjsEntry struct {
+	ep   *sockjsEndpoint
+	id   string
+	sess *gateway.Session
+	link *bridgeLink // tcp mode: the connection to the target
 
-// sjsRecv is a receiving request attached to a session: the only writer of
-// its response. The session pokes wake when it has something for it.
-type sjsRecv struct {
-	out     sjsOut
-	oneShot bool // the response ends after one frame (polling)
-	limit   int  // streaming: the response ends once it wrote this many bytes; 0: never
-	wake    chan struct{}
-}
-
-func newSJSRecv(out sjsOut, oneShot bool, limit int) *sjsRecv {
-	return &sjsRecv{out: out, oneShot: oneShot, limit: limit, wake: make(chan struct{}, 1)}
-}
-
-func (rv *sjsRecv) poke() {
-	select {
-	case rv.wake <- struct{}{}:
-	default:
-	}
-}
-
-// sjsSession is one SockJS session. Its messages wait in outbox (already
-// quoted, comma-separated) until the attached request writes them; a
-// session has at most one such request at a time, and none between polls.
-// All methods are safe for concurrent use; writes to the client happen
-// only on the attached request's goroutine (run).
-type sjsSession struct {
-	ep *sockjsEndpoint
-	id string // "" for a websocket session, which the endpoint does not keep
-	gw *gateway.Session
-	// link is a tcp endpoint's connection to its target; nil otherwise.
-	link *bridgeLink
-
-	mu         sync.Mutex
-	state      sjsState
-	opened     bool     // the open frame went out
-	recv       *sjsRecv // the attached request, or nil
-	outbox     []byte
-	room       chan struct{} // closed when the outbox drains or the session closes; nil when no sender waits
+	mu        sync.Mutex
+	receiving bool   // a receiving request holds the session
+	turn      uint64 // bumps at every claim
+	opened    bool   // the open frame went out
+	acked     uint64 // the last seq a complete response carried
+	// closeFrame is set once the session ended: its close frame, which
+	// answers every request for the id until gone.
 	closeFrame []byte
-	expiry     *time.Timer
-	expGen     uint64 // bumps whenever the expiry is re-armed or stopped
+	gone       time.Time
 }
 
-// sjsRefusal is why a session could not be opened: an HTTP status for
-// transports that can answer with one before their response starts, and
-// a close frame for the others.
-type sjsRefusal struct {
-	status int
-	msg    string
-	frame  []byte
+// sjsSessionMode is what a session of an endpoint carries; the framings
+// and codecs need it.
+type sjsSessionMode struct {
+	sess   *gateway.Session
+	pubsub bool        // packets are messages; else only data bodies are
+	link   *bridgeLink // tcp: messages from the client go to the target
 }
 
-var (
-	sjsRefusedShutdown = &sjsRefusal{http.StatusServiceUnavailable, "server shutting down, reconnect to another node",
-		appendSJSCloseFrame(nil, gateway.DisconnectShutdown.Code, gateway.DisconnectShutdown.Reason)}
-	sjsRefusedTooMany = &sjsRefusal{http.StatusTooManyRequests, "too many sessions from this address",
-		appendSJSCloseFrame(nil, gateway.DisconnectTooManySessions.Code, gateway.DisconnectTooManySessions.Reason)}
-)
-
-// sjsRefusalOf renders a refusal of the gate in SockJS terms.
-func sjsRefusalOf(ref *refusal) *sjsRefusal {
-	switch ref {
-	case refusedShutdown:
-		return sjsRefusedShutdown
-	case refusedTooMany:
-		return sjsRefusedTooMany
-	}
-	return &sjsRefusal{ref.status, ref.msg, appendSJSCloseFrame(nil, ref.code, ref.msg)}
-}
-
-// newSession opens the gateway session a SockJS session rides on. The
-// caller registers the session (if it has an id) and then calls start.
-func (ep *sockjsEndpoint) newSession(r *http.Request, id string) (*sjsSession, *sjsRefusal) {
-	gs, ref := ep.srv.gate.open(r, sessionSpec{transport: "sockjs"})
-	if ref != nil {
-		return nil, sjsRefusalOf(ref)
-	}
-	s := &sjsSession{ep: ep, id: id, gw: gs}
-	if ep.tcp {
-		s.link = newBridgeLink()
-	}
-	return s, nil
-}
-
-// start attaches the session as its gateway session's downstream, for the
-// whole life of both, and in tcp mode starts connecting to the target.
-func (s *sjsSession) start() {
-	if err := s.gw.Attach(sjsDown{s}, false); err != nil {
-		s.close(gateway.DisconnectShutdown.Code, gateway.DisconnectShutdown.Reason)
-		if s.link != nil {
-			s.link.close()
+// session returns the entry of session id, opening the session when
+// there is none (a closed one whose close frame still answers is
+// returned as it is). The request must act for a live session's
+// principal.
+func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsEntry, *refusal) {
+	ep.mu.Lock()
+	e := ep.entryLocked(id)
+	if e != nil {
+		ep.mu.Unlock()
+		if e.closed() {
+			return e, nil
 		}
+		if ref := ep.srv.gate.join(r, e.sess); ref != nil {
+			return nil, ref
+		}
+		return e, nil
+	}
+	e = &sjsEntry{ep: ep, id: id}
+	var link *bridgeLink
+	if ep.tcp {
+		link = newBridgeLink()
+	}
+	sess, ref := ep.srv.gate.open(r, sessionSpec{
+		transport:       "sockjs",
+		retain:          true,
+		heartbeat:       ep.cfg.HeartbeatDelay,
+		disconnectDelay: ep.cfg.DisconnectDelay,
+		onClose:         e.ended,
+	})
+	if ref != nil {
+		ep.mu.Unlock()
+		return nil, ref
+	}
+	e.sess, e.link = sess, link
+	ep.sessions[id] = e
+	ep.sweepLocked()
+	ep.mu.Unlock()
+	if link != nil {
+		ep.startBridge(sess, link)
+	}
+	return e, nil
+}
+
+// lookup returns the entry of session id, live or closed, or nil; and nil
+// when r does not act for a live session's principal (a sender learns
+// nothing from a foreign session id).
+func (ep *sockjsEndpoint) lookup(r *http.Request, id string) *sjsEntry {
+	ep.mu.Lock()
+	e := ep.entryLocked(id)
+	ep.mu.Unlock()
+	if e != nil && !e.closed() && ep.srv.gate.join(r, e.sess) != nil {
+		return nil
+	}
+	return e
+}
+
+// entryLocked returns the entry of id, forgetting a closed one whose
+// time is up.
+func (ep *sockjsEndpoint) entryLocked(id string) *sjsEntry {
+	e := ep.sessions[id]
+	if e != nil && e.expired(time.Now()) {
+		delete(ep.sessions, id)
+		return nil
+	}
+	return e
+}
+
+// sweepLocked forgets closed sessions whose time is up, at most once per
+// disconnect delay (lookups forget them too, one at a time).
+func (ep *sockjsEndpoint) sweepLocked() {
+	now := time.Now()
+	if now.Sub(ep.swept) < ep.cfg.DisconnectDelay {
 		return
 	}
-	if s.link != nil {
-		srv := s.ep.srv
-		srv.readers.Add(1)
-		go func() {
-			defer srv.readers.Done()
-			s.runBridge()
-		}()
+	ep.swept = now
+	for id, e := range ep.sessions {
+		if e.expired(now) {
+			delete(ep.sessions, id)
+		}
 	}
 }
 
-// runBridge connects to the target and then copies what it sends into the
-// session until either side ends. Messages the client sends meanwhile
-// wait for the connection (bridgeLink.write). The session ends with the
-// bridge's reason (c[1000,"target closed the connection"], or
-// c[3502,"target unreachable"], c[4403,"target address not allowed"],
-// c[4003,"the token does not grant this target"]).
-func (s *sjsSession) runBridge() {
-	conn, err := s.ep.srv.bridge.dial(s.link.dialCtx, s.ep.cfg.Target, s.gw.Principal())
-	if err != nil {
-		s.link.failed(err)
-	} else {
-		s.link.connected(conn)
+// ended runs when the gateway session has ended (OpenOptions.OnClose): the
+// link to a target closes, and the id keeps answering with the session's
+// close frame for a disconnect delay, unless the session expired (its id
+// then names a new session at once, as in every SockJS server).
+func (e *sjsEntry) ended() {
+	if e.link != nil {
+		e.link.close()
 	}
-	s.gw.Close(s.link.pump(0, s.sendBytes))
+	reason := e.sess.Reason()
+	e.ep.mu.Lock()
+	defer e.ep.mu.Unlock()
+	if e.ep.sessions[e.id] != e {
+		return
+	}
+	if reason == gateway.DisconnectExpired {
+		delete(e.ep.sessions, e.id)
+		return
+	}
+	frame := sjsFrameInterrupted
+	if reason.Code != 0 {
+		frame = appendSJSCloseFrame(nil, reason.Code, reason.Reason)
+	}
+	e.mu.Lock()
+	e.closeFrame, e.gone = frame, time.Now()
+	e.mu.Unlock()
 }
 
-// sendBytes queues bytes from the target as one message, a byte string.
-// It waits while the outbox is full: the target is not read meanwhile.
-func (s *sjsSession) sendBytes(p []byte) error {
-	text, quoted := getBuffer(2*len(p)), getBuffer(6*len(p)+2)
-	defer putBuffer(text)
-	defer putBuffer(quoted)
-	*text = appendByteString(*text, p)
-	*quoted = appendSJSQuote(*quoted, *text, false)
-	msg := *quoted
-	return s.enqueue(context.Background(), len(msg), func(dst []byte) []byte { return append(dst, msg...) })
+// closed returns whether the session has ended.
+func (e *sjsEntry) closed() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.closeFrame != nil
+}
+
+func (e *sjsEntry) expired(now time.Time) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.closeFrame != nil && now.Sub(e.gone) >= e.ep.cfg.DisconnectDelay
+}
+
+// claim makes the caller the session's receiving request for a turn;
+// false when another one holds it. It returns the seq to acknowledge:
+// what the previous complete response carried, which this request proves
+// arrived.
+func (e *sjsEntry) claim() (turn, ack uint64, ok bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.receiving {
+		return 0, 0, false
+	}
+	e.receiving = true
+	e.turn++
+	return e.turn, e.acked, true
+}
+
+// endTurn ends a receiving request's turn, if it still has it (only the
+// first call does), and records that its response carried every packet up
+// to seq carried (0: none to record).
+func (e *sjsEntry) endTurn(turn, carried uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.receiving && e.turn == turn {
+		e.receiving = false
+	}
+	e.acked = max(e.acked, carried)
+}
+
+// markOpened records that the open frame goes out now, and reports
+// whether it had already.
+func (e *sjsEntry) markOpened() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	was := e.opened
+	e.opened = true
+	return was
+}
+
+func (e *sjsEntry) mode() sjsSessionMode {
+	return sjsSessionMode{sess: e.sess, pubsub: !e.ep.echo && !e.ep.tcp, link: e.link}
+}
+
+// receive handles one message from the client of a session of the
+// endpoint: a client frame (pubsub), a message to send back (echo), or
+// bytes for the target (tcp). It fails once the session is closing, or
+// when ctx ends while it waits (for room in the queue, for the target).
+func (ep *sockjsEndpoint) receive(ctx context.Context, sess *gateway.Session, link *bridgeLink, msg []byte) error {
+	switch {
+	case ep.echo:
+		return sess.SendData(ctx, msg)
+	case link != nil:
+		b, ok := parseByteString(msg)
+		if !ok {
+			sess.Close(errNotByteString)
+			return errNotByteString
+		}
+		if err := link.write(ctx, b); err != nil {
+			// The same reason the bridge's pump ends with, whichever
+			// closes first: a 4403 must not turn into a 3502, which
+			// tells the client to come back, nor a target's orderly
+			// close into one.
+			d := link.afterWriteError(err, sess.Done())
+			sess.Close(d)
+			return d
+		}
+		return nil
+	}
+	sess.HandleFrame(ctx, msg)
+	return nil
 }
 
 // errNotByteString is what a tcp session ends with when the client sends
 // a character above U+00FF, which is no byte.
 var errNotByteString = gateway.Disconnect{Code: gateway.DisconnectProtocol.Code, Reason: "message is not a byte string (a character above U+00FF)"}
 
-// session returns the session named id, opening one if there is none.
-func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsSession, *sjsRefusal) {
-	ep.mu.Lock()
-	if s := ep.sessions[id]; s != nil {
-		ep.mu.Unlock()
-		if ref := ep.srv.gate.join(r, s.gw); ref != nil {
-			return nil, sjsRefusalOf(ref)
-		}
-		return s, nil
-	}
-	s, ref := ep.newSession(r, id)
-	if ref != nil {
-		ep.mu.Unlock()
-		return nil, ref
-	}
-	ep.sessions[id] = s
-	s.mu.Lock()
-	s.armExpiryLocked() // a session nobody comes back for expires like any other
-	s.mu.Unlock()
-	ep.mu.Unlock()
-	s.start()
-	return s, nil
-}
-
-// lookup returns the live session named id, or nil, also when r does not
-// act for the session's principal (a sender learns nothing from a
-// foreign session id).
-func (ep *sockjsEndpoint) lookup(r *http.Request, id string) *sjsSession {
-	ep.mu.Lock()
-	s := ep.sessions[id]
-	ep.mu.Unlock()
-	if s != nil && ep.srv.gate.join(r, s.gw) != nil {
-		return nil
-	}
-	return s
-}
-
-func (ep *sockjsEndpoint) forget(s *sjsSession) {
-	ep.mu.Lock()
-	if ep.sessions[s.id] == s {
-		delete(ep.sessions, s.id)
-	}
-	ep.mu.Unlock()
-}
-
-// receive handles one message from the client.
-func (s *sjsSession) receive(ctx context.Context, msg []byte) error {
-	if s.ep.echo {
-		return s.enqueue(ctx, len(msg)+2, func(dst []byte) []byte { return appendSJSQuote(dst, msg, false) })
-	}
-	if s.link != nil {
-		b, ok := parseByteString(msg)
-		if !ok {
-			s.gw.Close(errNotByteString)
-			return errNotByteString
-		}
-		if err := s.link.write(ctx, b); err != nil {
-			// The same reason runBridge ends with, whichever closes
-			// first: a 4403 must not turn into a 3502, which tells the
-			// client to come back, nor a target's orderly close into one.
-			s.gw.Close(s.link.afterWriteError(err, s.gw.Done()))
-			return err
-		}
-		return nil
-	}
-	s.gw.HandleFrame(ctx, msg)
-	return nil
-}
-
-// enqueue adds messages to the outbox: fill appends them, quoted and
-// comma-separated, and size estimates their length. A full outbox makes
-// the sender wait until the client took what is there (the gateway's own
-// queue and slow-consumer policy then apply to what comes next); an empty
-// one takes anything. It fails once the session is closed or ctx ends.
-func (s *sjsSession) enqueue(ctx context.Context, size int, fill func([]byte) []byte) error {
-	limit := s.ep.srv.gw.Config().QueueBytes
-	for {
-		s.mu.Lock()
-		if s.state != sjsOpen {
-			s.mu.Unlock()
-			return errSJSClosed
-		}
-		if len(s.outbox) == 0 || len(s.outbox)+size <= limit {
-			if len(s.outbox) > 0 {
-				s.outbox = append(s.outbox, ',')
-			}
-			s.outbox = fill(s.outbox)
-			rv := s.recv
-			s.mu.Unlock()
-			if rv != nil {
-				rv.poke()
-			}
-			return nil
-		}
-		if s.room == nil {
-			s.room = make(chan struct{})
-		}
-		room := s.room
-		s.mu.Unlock()
-		select {
-		case <-room:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// releaseRoomLocked wakes the senders waiting for room.
-func (s *sjsSession) releaseRoomLocked() {
-	if s.room != nil {
-		close(s.room)
-		s.room = nil
-	}
-}
-
-// takeLocked moves the outbox into an "a" frame appended to buf.
-func (s *sjsSession) takeLocked(buf []byte) []byte {
-	if len(s.outbox) == 0 {
-		return buf
-	}
-	buf = append(buf, 'a', '[')
-	buf = append(buf, s.outbox...)
-	buf = append(buf, ']')
-	if cap(s.outbox) > 4096 {
-		s.outbox = nil // an idle session keeps no big buffer
-	} else {
-		s.outbox = s.outbox[:0]
-	}
-	s.releaseRoomLocked()
-	return buf
-}
-
-// close closes the session with c[code,reason]: the attached request (or
-// the next one) gets what is still queued and then the close frame, and
-// every request after it gets the close frame until the session expires.
-// It reports whether this call closed it. It does not touch the gateway
-// session; callers that end the SockJS side close that themselves.
-func (s *sjsSession) close(code int, reason string) bool {
-	s.mu.Lock()
-	if s.state != sjsOpen {
-		s.mu.Unlock()
-		return false
-	}
-	s.state = sjsClosing
-	s.closeFrame = appendSJSCloseFrame(nil, code, reason)
-	s.releaseRoomLocked()
-	rv := s.recv
-	s.mu.Unlock()
-	if rv != nil {
-		rv.poke()
-	}
-	return true
-}
-
-// interrupt closes the session because its request broke off (the client
-// went away or stopped reading); SockJS says so with 1002. The gateway
-// session ends too: nothing would carry its packets.
-func (s *sjsSession) interrupt() {
-	s.mu.Lock()
-	if s.state == sjsOpen {
-		s.state = sjsClosing
-		s.closeFrame = sjsFrameInterrupted
-		s.releaseRoomLocked()
-	}
-	s.mu.Unlock()
-	s.gw.Close(gateway.DisconnectGone())
-}
-
-// end finishes a websocket session when its connection is gone.
-func (s *sjsSession) end() {
-	s.mu.Lock()
-	s.state = sjsClosed
-	s.outbox = nil
-	s.releaseRoomLocked()
-	s.mu.Unlock()
-	s.gw.Close(gateway.DisconnectGone())
-}
-
-// armExpiryLocked (re)starts the disconnect delay of a session without a
-// receiving request. Websocket sessions end with their connection instead.
-func (s *sjsSession) armExpiryLocked() {
-	if s.id == "" || s.recv != nil || s.state == sjsClosed {
-		return
-	}
-	s.stopExpiryLocked()
-	gen := s.expGen
-	s.expiry = time.AfterFunc(s.ep.cfg.DisconnectDelay, func() { s.expire(gen) })
-}
-
-func (s *sjsSession) stopExpiryLocked() {
-	s.expGen++
-	if s.expiry != nil {
-		s.expiry.Stop()
-		s.expiry = nil
-	}
-}
-
-// expire ends a session that stayed without a receiving request for the
-// disconnect delay: it is forgotten (the next request with its id opens a
-// new one) and its gateway session ends.
-func (s *sjsSession) expire(gen uint64) {
-	s.mu.Lock()
-	if gen != s.expGen || s.recv != nil || s.state == sjsClosed {
-		s.mu.Unlock()
-		return
-	}
-	s.state = sjsClosed
-	s.expiry = nil
-	s.outbox = nil
-	s.releaseRoomLocked()
-	s.mu.Unlock()
-	s.ep.forget(s)
-	s.gw.Close(gateway.DisconnectGone())
-}
-
-// run carries the session over one receiving request until the response
-// ends: the open frame first if the session is new, then messages and
-// heartbeats, the close frame when the session closes. ctx ends when the
-// client goes away. It reports false, having written nothing, when the
-// session expired meanwhile; the caller then opens a new one.
-func (s *sjsSession) run(ctx context.Context, rv *sjsRecv) bool {
-	s.mu.Lock()
-	switch {
-	case s.state == sjsClosed:
-		s.mu.Unlock()
-		return false
-	case s.recv != nil:
-		s.mu.Unlock()
-		_, _ = rv.out.writeFrame(sjsFrameStillOpen)
-		return true
-	}
-	s.stopExpiryLocked()
-	s.recv = rv
-	// The first response starts with the open frame even when the session
-	// closed already (a tcp session whose target refused the connection or
-	// sent its bytes and closed before this request got here): a SockJS
-	// client takes nothing before "o", then come what was queued and the
-	// close frame.
-	sendOpen := !s.opened
-	s.opened = true
-	s.mu.Unlock()
-
-	buf := getBuffer(512)
-	defer putBuffer(buf)
-	written := 0
-	// wrote accounts for a frame written and reports whether the response
-	// goes on.
-	wrote := func(n int, err error) bool {
+// startBridge connects a tcp session to the endpoint's target and then
+// copies what the target sends into the session, each read one message (a
+// byte string), until either side ends. SendData waits while the session's
+// queue is full, and the target is not read meanwhile: backpressure.
+// Messages the client sends meanwhile wait for the connection
+// (bridgeLink.write). The session ends with the bridge's reason
+// (c[1000,"target closed the connection"], or c[3502,"target
+// unreachable"], c[4403,"target address not allowed"], c[4003,"the token
+// does not grant this target"]).
+func (ep *sockjsEndpoint) startBridge(sess *gateway.Session, link *bridgeLink) {
+	srv := ep.srv
+	srv.readers.Add(1)
+	go func() {
+		defer srv.readers.Done()
+		conn, err := srv.bridge.dial(link.dialCtx, ep.cfg.Target, sess.Principal())
 		if err != nil {
-			s.detach(rv, true)
-			return false
+			link.failed(err)
+		} else {
+			link.connected(conn)
 		}
-		written += n
-		if rv.oneShot || (rv.limit > 0 && written >= rv.limit) {
-			s.detach(rv, false)
-			return false
-		}
-		return true
-	}
-	if sendOpen && !wrote(rv.out.writeFrame(sjsFrameOpen)) {
-		return true
-	}
-	delay := s.ep.cfg.HeartbeatDelay
-	hb := time.NewTimer(delay)
-	defer hb.Stop()
-	for {
-		s.mu.Lock()
-		frame := s.takeLocked((*buf)[:0])
-		closeFrame := s.closeFrame
-		closing := s.state != sjsOpen
-		s.mu.Unlock()
-		*buf = frame
-		switch {
-		case len(frame) > 0:
-			if !wrote(rv.out.writeFrame(frame)) {
-				return true
-			}
-			hb.Reset(delay)
-			continue
-		case closing:
-			_, _ = rv.out.writeFrame(closeFrame)
-			s.detach(rv, false)
-			return true
-		}
-		select {
-		case <-rv.wake:
-		case <-hb.C:
-			if !wrote(rv.out.writeFrame(sjsFrameHeartbeat)) {
-				return true
-			}
-			hb.Reset(delay)
-		case <-ctx.Done():
-			s.detach(rv, true)
-			return true
-		}
-	}
+		sess.Close(link.pump(0, func(p []byte) error {
+			return sess.SendData(context.Background(), appendByteString(make([]byte, 0, len(p)+len(p)/4), p))
+		}))
+	}()
 }
 
-// detach ends rv's turn. A request that broke off interrupts the session;
-// one that ended normally leaves it waiting for the next request.
-func (s *sjsSession) detach(rv *sjsRecv, broken bool) {
-	s.mu.Lock()
-	if s.recv == rv {
-		s.recv = nil
-	}
-	s.armExpiryLocked()
-	s.mu.Unlock()
-	if broken {
-		s.interrupt()
-	}
-}
-
-// sjsDown is the gateway side of a SockJS session: the downstream of its
-// gateway session for the whole life of both. In pubsub mode every packet
-// becomes one SockJS message; in echo and tcp mode the gateway carries only
-// the session's lifecycle and its packets (hello, close) are not sent. Its
-// heartbeats are the SockJS "h" frames, sent by the receiving requests on
-// the endpoint's own delay.
-type sjsDown struct{ s *sjsSession }
-
-var _ gateway.Transport = sjsDown{}
-
-func (d sjsDown) Name() string { return "sockjs" }
-
-// WritePackets quotes each packet's JSON as a SockJS message. It waits
-// while the session's outbox is full, until the client takes it or the
-// session closes (Close unblocks it).
-func (d sjsDown) WritePackets(pkts []gateway.Packet) (int, error) {
-	if d.s.ep.echo || d.s.link != nil {
-		return 0, nil
-	}
-	size := 0
-	for _, p := range pkts {
-		size += p.Size() + 16
-	}
+// appendSJSFrames renders a batch of a session's packets as SockJS frames,
+// each passed to emit (which appends it in the transport's framing): the
+// open frame for the hello packet unless wasOpened says it went out
+// already (and records that it goes now), messages (the packets
+// themselves in pubsub mode, data bodies in every mode) in one a[...]
+// frame, and c[code,"reason"] for the close packet. With single, one frame
+// is rendered at most (a polling response carries one). It returns the seq
+// of the last packet the frames account for: packets after it were not
+// rendered and go out again with the next request.
+func appendSJSFrames(b []byte, pkts []gateway.Packet, mode sjsSessionMode, wasOpened func() bool, single bool, emit func(b, frame []byte) []byte) ([]byte, uint64) {
 	tmp := getBuffer(512)
 	defer putBuffer(tmp)
+	msgs := getBuffer(512)
+	defer putBuffer(msgs)
+	*msgs = append((*msgs)[:0], 'a', '[')
 	n := 0
-	err := d.s.enqueue(context.Background(), size, func(dst []byte) []byte {
-		start := len(dst)
-		for i, p := range pkts {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			*tmp = p.AppendJSON((*tmp)[:0])
-			dst = appendSJSQuote(dst, *tmp, false)
+	add := func(p []byte) {
+		if n > 0 {
+			*msgs = append(*msgs, ',')
 		}
-		n = len(dst) - start
-		return dst
-	})
-	return n, err
-}
-
-// WriteHeartbeat does nothing: SockJS heartbeats are the receiving
-// requests' own.
-func (d sjsDown) WriteHeartbeat() error { return nil }
-
-// Close closes the SockJS session with the gateway's reason, so the client
-// sees the same code and reason as in the close packet (which pubsub mode
-// already delivered as the last message).
-func (d sjsDown) Close(r gateway.Disconnect) {
-	if d.s.link != nil {
-		d.s.link.close()
+		*msgs = appendSJSQuote(*msgs, p, false)
+		n++
 	}
-	if r.Code == 0 {
-		d.s.close(1002, "Connection interrupted")
-		return
+	addPacket := func(p gateway.Packet) {
+		*tmp = p.AppendJSON((*tmp)[:0])
+		add(*tmp)
 	}
-	d.s.close(r.Code, r.Reason)
+	var rendered uint64
+loop:
+	for _, p := range pkts {
+		switch p.Type() {
+		case gateway.TypeHello:
+			if !wasOpened() {
+				b = emit(b, sjsFrameOpen)
+				if single {
+					if !mode.pubsub {
+						rendered = p.Seq // nothing else of it goes out
+					}
+					return b, rendered
+				}
+			}
+			if mode.pubsub {
+				addPacket(p)
+			}
+		case gateway.TypeClose:
+			if single && n > 0 {
+				break loop // the close frame goes with the next response
+			}
+			if mode.pubsub {
+				addPacket(p)
+			}
+			if n > 0 {
+				b = emit(b, append(*msgs, ']'))
+			}
+			d := mode.sess.Reason()
+			return emit(b, appendSJSCloseFrame((*tmp)[:0], d.Code, d.Reason)), p.Seq
+		case gateway.TypeData:
+			add(p.Body().Data())
+		default:
+			if mode.pubsub {
+				addPacket(p)
+			}
+		}
+		rendered = p.Seq
+	}
+	if n > 0 {
+		b = emit(b, append(*msgs, ']'))
+	}
+	return b, rendered
 }

@@ -322,7 +322,7 @@ func waitAttached(t *testing.T, ep *sockjsEndpoint, trans string) {
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.recv != nil
+		return s.receiving
 	})
 }
 
@@ -348,7 +348,7 @@ func TestSockJSCloseSession(t *testing.T) {
 	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
 		t.Fatalf("open: %q", r.body)
 	}
-	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).close(3000, "Go away!")
+	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
 	for range 2 {
 		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.status != http.StatusOK || r.body != "c[3000,\"Go away!\"]\n" {
 			t.Fatalf("after close: %d %q", r.status, r.body)
@@ -372,7 +372,7 @@ func TestSockJSCloseSession(t *testing.T) {
 	if got := st.until("\n"); got != "o\n" {
 		t.Fatalf("open frame %q", got)
 	}
-	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).close(3000, "Go away!")
+	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
 	if got := st.until("\n"); got != "c[3000,\"Go away!\"]\n" {
 		t.Fatalf("close frame %q", got)
 	}
@@ -681,7 +681,7 @@ func TestSockJSJSONPClose(t *testing.T) {
 	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"o\");\r\n" {
 		t.Fatalf("open: %q", r.body)
 	}
-	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).close(3000, "Go away!")
+	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
 	for range 2 {
 		if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"c[3000,\\\"Go away!\\\"]\");\r\n" {
 			t.Fatalf("close: %q", r.body)
@@ -951,9 +951,7 @@ func TestSockJSHandlingClose(t *testing.T) {
 	sid := url[strings.LastIndex(url, "/")+1:]
 	sjsWaitFor(t, "the session to notice the abort", func() bool {
 		s := ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid)
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.state == sjsClosing
+		return s.sess.Reason() == sjsInterrupted
 	})
 	r3 := n.stream(t, http.MethodPost, url+"/xhr_streaming")
 	r3.read(2049)
@@ -974,9 +972,7 @@ func TestSockJSHandlingClose(t *testing.T) {
 	abort()
 	sjsWaitFor(t, "the session to notice the abort", func() bool {
 		s := ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid)
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.state == sjsClosing
+		return s.sess.Reason() == sjsInterrupted
 	})
 	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "c[1002,\"Connection interrupted\"]\n" {
 		t.Fatalf("after abort %q", r.body)

@@ -1,12 +1,10 @@
 package transports
 
 import (
+	"bytes"
 	"context"
-	"io"
-	"net"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/gobwas/ws"
 
@@ -23,25 +21,6 @@ import (
 // kept by the endpoint, and two connections may use the same session id at
 // once, as the protocol allows. The upgrade request's goroutine writes the
 // frames (run); a small reader goroutine reads the connection.
-
-// sjsWSConn is one websocket connection of a SockJS endpoint.
-type sjsWSConn struct {
-	srv  *Server
-	conn net.Conn
-
-	// wsem is the write lock (a channel, so that closing can give up
-	// waiting for a stuck write): one frame writer at a time.
-	wsem      chan struct{}
-	closeSent bool          // guarded by wsem: nothing is written after a close frame
-	deadline  writeDeadline // guarded by wsem
-	// clock adds pings to writes while the client is quiet (see peerClock).
-	clock peerClock
-}
-
-func (c *sjsWSConn) lock()   { c.wsem <- struct{}{} }
-func (c *sjsWSConn) unlock() { <-c.wsem }
-
-var _ sjsOut = (*sjsWSConn)(nil)
 
 // sjsWSPreconditions checks an upgrade request as SockJS servers do before
 // the handshake proper; on failure it has answered.
@@ -84,83 +63,126 @@ func sjsHeaderHasToken(values []string, token string) bool {
 	return false
 }
 
-// upgrade completes the handshake; on failure gobwas has answered.
-func (ep *sockjsEndpoint) upgrade(w http.ResponseWriter, r *http.Request) (*sjsWSConn, bool) {
-	conn, rw, _, err := ws.UpgradeHTTP(r, w)
-	if err != nil {
-		return nil, false
-	}
-	if rw != nil && rw.Reader.Buffered() > 0 {
-		conn = withBuffered(conn, rw.Reader)
-	}
-	c := &sjsWSConn{srv: ep.srv, conn: conn, wsem: make(chan struct{}, 1)}
-	c.clock.start(ep.cfg.HeartbeatDelay)
-	return c, true
+// wsLimits are what the endpoint's websockets accept: messages up to a
+// send body's size, UTF-8 in binary messages too (a SockJS message is
+// text whatever frame carries it).
+func (ep *sockjsEndpoint) wsLimits() wsLimits {
+	return wsLimits{maxMessage: ep.maxBody(), tooLarge: gateway.CodeMessageTooBig, utf8Binary: true}
 }
 
-// serveWebSocket serves /{server}/{session}/websocket.
+// serveWebSocket serves /{server}/{session}/websocket. Its session lives
+// as long as its connection: it is not kept by the endpoint, and two
+// connections may use the same session id at once, as the protocol
+// allows.
 func (ep *sockjsEndpoint) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if !ep.sjsWSPreconditions(w, r) {
 		return
 	}
-	s, ref := ep.newSession(r, "")
-	c, ok := ep.upgrade(w, r)
-	if !ok {
-		if s != nil {
-			s.end()
+	var link *bridgeLink
+	var onClose func()
+	if ep.tcp {
+		link = newBridgeLink()
+		onClose = link.close
+	}
+	sess, ref := ep.srv.gate.open(r, sessionSpec{transport: "sockjs", heartbeat: ep.cfg.HeartbeatDelay, onClose: onClose})
+	c := ep.srv.upgradeWS(w, r, ep.cfg.HeartbeatDelay, ep.wsLimits())
+	if c == nil {
+		if sess != nil {
+			sess.Close(gateway.DisconnectGone())
 		}
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	if ref != nil {
 		// Refused: say why in SockJS terms, then close.
-		ep.srv.readers.Add(1)
-		go func() {
-			defer ep.srv.readers.Done()
-			c.readMessages(0, lingerTimeout, func([]byte) bool { return false })
-		}()
-		_, _ = c.writeFrame(ref.frame)
-		c.closeWith(1000, "Normal closure")
+		c.owner = wsRefused{}
+		c.watch(false)
+		c.start()
+		_, _ = c.write(appendMessage(nil, ws.OpText, appendSJSCloseFrame(nil, ref.code, ref.msg)))
+		c.close(gateway.Disconnect{Code: gateway.CodeNormal, Reason: "Normal closure"})
 		return
 	}
-	s.start()
-	idle := 2*ep.cfg.HeartbeatDelay + 10*time.Second
-	ep.srv.readers.Add(1)
-	go func() {
-		defer ep.srv.readers.Done()
-		defer cancel() // the writer below stops when the connection is gone
-		c.readMessages(ep.maxBody(), idle, func(data []byte) bool {
-			msgs, err := parseSJSWebSocketMessage(data)
-			if err != nil {
-				// Broken framing ends the session; what the peer
-				// still sends is read and dropped while it closes.
-				if s.close(1002, "Broken framing.") {
-					s.gw.Close(gateway.DisconnectGone())
-				}
-				return true
+	codec := &sjsCodec{ep: ep, mode: sjsSessionMode{sess: sess, pubsub: !ep.echo && !ep.tcp, link: link}}
+	attachWS(c, sess, codec)
+	if link != nil {
+		ep.startBridge(sess, link)
+	}
+}
+
+// wsRefused owns a connection that was refused: it reads nothing but the
+// client's close.
+type wsRefused struct{}
+
+func (wsRefused) message([]byte, bool) bool { return false }
+func (wsRefused) ended(gateway.Disconnect)  {}
+
+// sjsBrokenFraming ends a websocket session whose client sent a message
+// that is not a JSON string or array of strings.
+var sjsBrokenFraming = gateway.Disconnect{Code: gateway.CodeProtocolError, Reason: "Broken framing."}
+
+// sjsCodec is the SockJS framing on a websocket: each SockJS frame one
+// text message.
+type sjsCodec struct {
+	ep     *sockjsEndpoint
+	mode   sjsSessionMode
+	opened bool // the open frame went out; only the session's writer touches it
+}
+
+var _ wsCodec = (*sjsCodec)(nil)
+
+func (*sjsCodec) name() string { return "sockjs" }
+
+func (c *sjsCodec) appendPackets(b []byte, pkts []gateway.Packet) []byte {
+	b, _ = appendSJSFrames(b, pkts, c.mode, c.wasOpened, false, func(b, frame []byte) []byte {
+		return appendMessage(b, ws.OpText, frame)
+	})
+	return b
+}
+
+func (c *sjsCodec) wasOpened() bool {
+	was := c.opened
+	c.opened = true
+	return was
+}
+
+// heartbeat is the "h" frame (and the ping after it).
+func (*sjsCodec) heartbeat() []byte { return appendMessage(nil, ws.OpText, sjsFrameHeartbeat) }
+
+// closeFrame: the session's own close went out as a c[...] frame; the
+// websocket closes normally after it. A violation of RFC 6455 closes
+// with its code, as on every websocket.
+func (*sjsCodec) closeFrame(d gateway.Disconnect) gateway.Disconnect {
+	if d.Code < 3000 && d.Code != gateway.CodeNormal && d != sjsBrokenFraming && d != sjsInterrupted {
+		return d
+	}
+	return gateway.Disconnect{Code: gateway.CodeNormal, Reason: "Normal closure"}
+}
+
+// receive takes a JSON array of messages (or one JSON string) and hands
+// each to the session; broken framing ends the session, and what the
+// peer still sends is read and dropped while it closes.
+func (c *sjsCodec) receive(t *wsSession, data []byte, polled bool) bool {
+	msgs, err := parseSJSWebSocketMessage(data)
+	if err != nil {
+		t.sess.Close(sjsBrokenFraming)
+		return true
+	}
+	handOff(polled, func() {
+		for _, m := range msgs {
+			if c.ep.receive(context.Background(), t.sess, c.mode.link, m) != nil {
+				break
 			}
-			for _, m := range msgs {
-				if s.receive(ctx, m) != nil {
-					break
-				}
-			}
-			return true
-		})
-	}()
-	s.run(ctx, newSJSRecv(c, false, 0))
-	// The session closed (its close frame went out), the peer went away,
-	// or a write failed: end the connection and the session.
-	c.closeWith(1000, "Normal closure")
-	s.end()
+		}
+	})
+	return true
 }
 
 // serveRawWebSocket serves /websocket: WebSocket messages without SockJS
 // framing. In pubsub mode that is exactly the native /ws transport (one
 // client frame or packet per message), in tcp mode the native bridge
 // (/tcp/{target}: the bytes in binary messages). In echo mode every
-// message comes back as a text message; a gateway session gives the
-// connection the node's lifecycle and its pings.
+// message comes back as a text message through the session's queue; the
+// gateway session gives the connection the node's lifecycle and its
+// pings.
 func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Request) {
 	if !ep.sjsWSPreconditions(w, r) {
 		return
@@ -173,8 +195,7 @@ func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Reque
 		ep.srv.serveWebSocket(w, r)
 		return
 	}
-	srv := ep.srv
-	gs, ref := srv.gate.open(r, sessionSpec{transport: "sockjs"})
+	sess, ref := ep.srv.gate.open(r, sessionSpec{transport: "sockjs"})
 	if ref != nil {
 		if ref.retry {
 			w.Header().Set("Retry-After", "1")
@@ -182,176 +203,37 @@ func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Reque
 		sjsPlain(w, ref.status, ref.msg)
 		return
 	}
-	c, ok := ep.upgrade(w, r)
-	if !ok {
-		gs.Close(gateway.DisconnectGone())
+	c := ep.srv.upgradeWS(w, r, ep.srv.heartbeat, ep.wsLimits())
+	if c == nil {
+		sess.Close(gateway.DisconnectGone())
 		return
 	}
-	if err := gs.Attach(sjsRawEcho{c}, false); err != nil {
-		_ = c.conn.Close()
-		return
-	}
-	hb := srv.gw.Config().Heartbeat
-	srv.readers.Add(1)
-	go func() {
-		defer srv.readers.Done()
-		c.readMessages(ep.maxBody(), 3*hb+5*time.Second, func(data []byte) bool {
-			_, err := c.writeMessage(ws.OpText, data, false)
-			return err == nil
-		})
-		gs.Close(gateway.DisconnectGone())
-	}()
+	attachWS(c, sess, rawEchoCodec{})
 }
 
-// sjsRawEcho is the gateway downstream of a raw echo connection: the
-// gateway's packets are not sent (the connection carries only what the
-// client sent), its heartbeats are pings and its close a close frame.
-type sjsRawEcho struct{ c *sjsWSConn }
+// rawEchoCodec is the raw echo websocket's framing: the session's data
+// bodies (the client's own messages) as text messages, nothing else.
+type rawEchoCodec struct{}
 
-var _ gateway.Transport = sjsRawEcho{}
+func (rawEchoCodec) name() string { return "sockjs" }
 
-func (t sjsRawEcho) Name() string                               { return "sockjs" }
-func (t sjsRawEcho) WritePackets([]gateway.Packet) (int, error) { return 0, nil }
-func (t sjsRawEcho) WriteHeartbeat() error {
-	_, err := t.c.writeMessage(ws.OpPing, nil, false)
-	return err
-}
-
-func (t sjsRawEcho) Close(d gateway.Disconnect) {
-	if d.Code == 0 {
-		_ = t.c.conn.Close()
-		return
-	}
-	t.c.closeWith(d.Code, d.Reason)
-}
-
-// writeFrame writes one SockJS frame as a text message. A heartbeat also
-// carries a ping, and so does any frame while the client has been quiet
-// for a heartbeat delay (a busy session sends no heartbeats): browsers
-// answer it, which keeps the read deadline moving, so a peer that
-// vanished is noticed and a live one is not cut off.
-func (c *sjsWSConn) writeFrame(frame []byte) (int, error) {
-	ping := len(frame) == 1 && frame[0] == 'h'
-	if ping {
-		c.clock.pinged()
-	} else {
-		ping = c.clock.pingDue()
-	}
-	return c.writeMessage(ws.OpText, frame, ping)
-}
-
-// writeMessage writes one unfragmented message (and a ping after it),
-// within the write timeout.
-func (c *sjsWSConn) writeMessage(op ws.OpCode, payload []byte, ping bool) (int, error) {
-	buf := getBuffer(len(payload) + 16)
-	b := appendFrameHeader(*buf, op, len(payload))
-	b = append(b, payload...)
-	if ping {
-		b = appendFrameHeader(b, ws.OpPing, 0)
-	}
-	*buf = b
-	defer putBuffer(buf)
-	c.lock()
-	defer c.unlock()
-	if c.closeSent {
-		return 0, net.ErrClosed
-	}
-	c.deadline.extend(c.conn, c.srv.opts.WriteTimeout)
-	return c.conn.Write(b)
-}
-
-// closeWith sends a close frame (once), then half-closes the connection:
-// the reader drains what the peer still sends until it closes or
-// lingerTimeout passes, and closes the socket. If a write stays stuck for
-// a second, the socket is closed instead, which unblocks it.
-func (c *sjsWSConn) closeWith(code int, reason string) {
-	select {
-	case c.wsem <- struct{}{}:
-	case <-time.After(time.Second):
-		_ = c.conn.Close()
-		return
-	}
-	if c.closeSent {
-		c.unlock()
-		return
-	}
-	c.closeSent = true
-	_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	body := ws.NewCloseFrameBody(ws.StatusCode(code), truncateReason(reason))
-	b := appendFrameHeader(make([]byte, 0, 4+len(body)), ws.OpClose, len(body))
-	_, err := c.conn.Write(append(b, body...))
-	c.unlock()
-	if cw, ok := c.conn.(interface{ CloseWrite() error }); ok && err == nil {
-		_ = cw.CloseWrite()
-		_ = c.conn.SetReadDeadline(time.Now().Add(lingerTimeout))
-		return
-	}
-	_ = c.conn.Close()
-}
-
-// readMessages reads the client's messages until the connection ends,
-// enforcing what RFC 6455 asks of a server: masking, control frames,
-// fragmentation, close codes, UTF-8 (binary messages are taken too, and
-// must be UTF-8 as well: a SockJS message is text). onMessage gets each
-// complete message and returns false to stop reading. idle bounds the wait
-// for the next frame. It closes the connection when it returns.
-func (c *sjsWSConn) readMessages(maxMsg int, idle time.Duration, onMessage func([]byte) bool) {
-	defer c.conn.Close()
-	r := &wsFrames{conn: c.conn, limit: maxMsg, tooLarge: gateway.CodeMessageTooBig, utf8Binary: true}
-	for {
-		if idle > 0 {
-			c.lock()
-			lingering := c.closeSent
-			c.unlock()
-			if !lingering { // closeWith set the linger deadline
-				_ = c.conn.SetReadDeadline(time.Now().Add(idle))
-			}
-		}
-		ev, bad, err := r.next()
-		switch {
-		case err != nil:
-			return
-		case bad != nil:
-			c.fail(bad.code, bad.reason)
-			return
-		}
-		c.clock.heard()
-		switch ev.op {
-		case ws.OpPing:
-			if _, err := c.writeMessage(ws.OpPong, ev.data, false); err != nil {
-				return
-			}
-		case ws.OpPong:
-		case ws.OpClose:
-			c.peerClosed(ev.data)
-			return
-		default:
-			if !onMessage(ev.data) {
-				return
-			}
+func (rawEchoCodec) appendPackets(b []byte, pkts []gateway.Packet) []byte {
+	for _, p := range pkts {
+		if data := p.Body().Data(); p.Type() == gateway.TypeData {
+			b = appendMessage(b, ws.OpText, data)
 		}
 	}
+	return b
 }
 
-// fail closes the connection for a protocol violation and drains what the
-// peer still sends until lingerTimeout, so that the close frame reaches it.
-func (c *sjsWSConn) fail(code int, reason string) {
-	c.closeWith(code, reason)
-	_ = c.conn.SetReadDeadline(time.Now().Add(lingerTimeout))
-	_, _ = io.Copy(io.Discard, c.conn)
-}
+func (rawEchoCodec) heartbeat() []byte { return nil }
 
-// peerClosed answers the peer's close frame with its code, as RFC 6455
-// asks, after checking it is well-formed.
-func (c *sjsWSConn) peerClosed(payload []byte) {
-	if code, reason := checkClosePayload(payload); code != 0 {
-		c.fail(code, reason)
-		return
-	}
-	if len(payload) < 2 {
-		c.closeWith(1000, "")
-		return
-	}
-	code, _ := ws.ParseCloseFrameData(payload)
-	c.closeWith(int(code), "")
+func (rawEchoCodec) closeFrame(d gateway.Disconnect) gateway.Disconnect { return d }
+
+func (rawEchoCodec) receive(t *wsSession, data []byte, _ bool) bool {
+	// The reader reuses data; the queue keeps what it is given. Reading
+	// goes on after a failure (the session is closing) until the client
+	// answers the close frame.
+	_ = t.sess.SendData(context.Background(), bytes.Clone(data))
+	return true
 }

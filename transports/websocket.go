@@ -1,126 +1,101 @@
 package transports
 
 import (
-	"bufio"
 	"context"
-	"errors"
-	"io"
-	"net"
 	"net/http"
-	"strconv"
-	"sync"
-	"sync/atomic"
-	"time"
-	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 
 	"github.com/cometgate/cometgate/gateway"
 )
 
-// WebSocket: RFC 6455 on github.com/gobwas/ws.
-//
-// Why gobwas/ws: it upgrades by hijacking and then gets out of the way. The
-// connection is a plain net.Conn with no library-owned buffers and no
-// goroutine of its own, so an idle session costs one small reader goroutine
-// and nothing else (measured at about 3.3 KiB of PSS per idle connection,
-// against about 17 KiB for gorilla/websocket and 23 KiB for
-// coder/websocket, whose read loops keep net/http's buffers alive), and a
-// frame is written from bytes we built ourselves. The price is that the
-// protocol rules a fuller library would enforce are enforced here:
-// masking, control frames, fragmentation, close codes and UTF-8.
+// The native WebSocket transport, GET /ws: one packet per text message
+// down, one client frame per message up (doc.go has the wire format). The
+// connection is a wsConn (wsconn.go); wsSession makes it a session's
+// downstream in a codec's framing, which is also how the SockJS websocket
+// transports are carried (sockjs_websocket.go).
 
-// wsConn is the Transport of one WebSocket session.
-type wsConn struct {
-	srv  *Server
-	conn net.Conn
-	sess *gateway.Session
-	// link, for a TCP bridge session (bridge_ws.go), is its target: client
-	// messages go there instead of to the session, and packets are not
-	// sent (the stream is the target's bytes only).
-	link *bridgeLink
-
-	// wsem is the write lock (one frame writer at a time: the session's
-	// writer, pongs, the close frame). It is a channel so that closing can
-	// give up waiting for a stuck write. closeSent, guarded by it, makes
-	// every write after the close frame fail with errCloseSent.
-	wsem      chan struct{}
-	closeSent bool
-	deadline  writeDeadline // guarded by wsem
-	closeOnce sync.Once
-	// clock adds pings to writes while the client is quiet.
-	clock peerClock
-	// reg is set when the poller watches the connection instead of a
-	// reader goroutine (onInput reads it, frames keeps the reader state);
-	// finish then ends the connection, once.
-	reg        *pollReg
-	frames     wsFrames
-	finishOnce sync.Once
-	// lingerUntil is the read deadline (Unix nanoseconds) set when the
-	// connection started closing, 0 before. From then on the reader no
-	// longer extends its deadline at each frame, so a client that ignores
-	// the close frame and keeps sending cannot hold the connection (and
-	// a node's shutdown, which waits for readers).
-	lingerUntil atomic.Int64
+// wsSession is the gateway Transport of a session carried by a WebSocket.
+// The session's writer calls WritePackets and WriteHeartbeat, one at a
+// time; Close may come from any goroutine.
+type wsSession struct {
+	c     *wsConn
+	sess  *gateway.Session
+	codec wsCodec
 }
 
-// writeDeadline sets a connection's write deadline lazily. Setting one
-// modifies a runtime timer (under a lock, on a deeper stack than the
-// write itself); done for every write it was among the top costs of a
-// fan-out profile after write(2). Renewing it only once it is less than
-// half a timeout away still bounds every write, by between half a timeout
-// and a whole one.
-type writeDeadline struct{ until int64 } // Unix nanoseconds; guarded by the writer's lock
+var (
+	_ gateway.Transport = (*wsSession)(nil)
+	_ wsOwner           = (*wsSession)(nil)
+)
 
-func (d *writeDeadline) extend(conn net.Conn, timeout time.Duration) {
-	now := time.Now().UnixNano()
-	if d.until-now > int64(timeout)/2 {
+// wsCodec is how a session's packets and messages look on a WebSocket.
+type wsCodec interface {
+	// name names the transport in metrics and logs.
+	name() string
+	// appendPackets appends pkts as complete frames. Only the session's
+	// writer calls it, one call at a time.
+	appendPackets(b []byte, pkts []gateway.Packet) []byte
+	// heartbeat returns the frames a heartbeat sends before its ping
+	// (none for the native transport: the ping is the heartbeat).
+	heartbeat() []byte
+	// closeFrame is the code and reason of the close frame that ends the
+	// connection when the session ends with d (d.Code is not 0).
+	closeFrame(d gateway.Disconnect) gateway.Disconnect
+	// receive handles a message from the client (see wsOwner.message).
+	receive(t *wsSession, data []byte, polled bool) bool
+}
+
+func (t *wsSession) Name() string { return t.codec.name() }
+
+// WritePackets writes the packets' frames in one write (with a ping when
+// the client has been quiet, see peerClock).
+func (t *wsSession) WritePackets(pkts []gateway.Packet) (int, error) {
+	size := 0
+	for _, p := range pkts {
+		size += p.Size() + 16
+	}
+	buf := getBuffer(size + 16)
+	defer putBuffer(buf)
+	*buf = t.codec.appendPackets(*buf, pkts)
+	if len(*buf) == 0 {
+		return 0, t.c.checkAlive()
+	}
+	return t.c.writeFrames(buf)
+}
+
+// WriteHeartbeat sends a ping (after the codec's own heartbeat frame, if
+// it has one); browsers answer pings by themselves, which keeps the read
+// deadline moving.
+func (t *wsSession) WriteHeartbeat() error { return t.c.writeHeartbeat(t.codec.heartbeat()) }
+
+// Close ends the connection with a close frame (see wsConn.close); the
+// session's close packet, if any, went out before it.
+func (t *wsSession) Close(d gateway.Disconnect) {
+	if d.Code != 0 {
+		d = t.codec.closeFrame(d)
+	}
+	t.c.close(d)
+}
+
+func (t *wsSession) message(data []byte, polled bool) bool {
+	return t.codec.receive(t, data, polled)
+}
+
+func (t *wsSession) ended(d gateway.Disconnect) { t.sess.Close(d) }
+
+// attachWS makes c the downstream of sess through codec and starts
+// reading it. busy asks for a reader goroutine instead of the poller.
+func attachWS(c *wsConn, sess *gateway.Session, codec wsCodec) {
+	t := &wsSession{c: c, sess: sess, codec: codec}
+	c.owner = t
+	c.watch(false)
+	if err := sess.Attach(t, false); err != nil {
+		c.abandon()
 		return
 	}
-	d.until = now + int64(timeout)
-	_ = conn.SetWriteDeadline(time.Unix(0, d.until))
+	c.start()
 }
-
-// peerClock decides when a write should carry a ping. The gateway sends
-// heartbeats only on idle sessions, and a browser sends nothing on its
-// own, so on a busy connection the node would never hear from a live
-// client and its read deadline would end the session. Instead, a write
-// carries a ping (two bytes, in the same system call) whenever the client
-// has been quiet for a heartbeat interval and no ping went out in it; the
-// browser's pong then moves the read deadline.
-type peerClock struct {
-	every    int64        // the interval, in nanoseconds
-	lastRead atomic.Int64 // Unix nanoseconds of the last frame read
-	lastPing atomic.Int64 // and of the last ping sent
-}
-
-// start begins the clock as if the client had just been heard.
-func (p *peerClock) start(every time.Duration) {
-	p.every = int64(every)
-	p.heard()
-}
-
-// heard records a frame from the client.
-func (p *peerClock) heard() { p.lastRead.Store(time.Now().UnixNano()) }
-
-// pinged records a ping sent.
-func (p *peerClock) pinged() { p.lastPing.Store(time.Now().UnixNano()) }
-
-// pingDue reports whether the write being assembled should carry a ping,
-// and if so records it as sent.
-func (p *peerClock) pingDue() bool {
-	now := time.Now().UnixNano()
-	if now-p.lastRead.Load() < p.every || now-p.lastPing.Load() < p.every {
-		return false
-	}
-	p.lastPing.Store(now)
-	return true
-}
-
-// errCloseSent is what a write returns once the close frame went out.
-var errCloseSent = errors.New("transports: websocket close frame already sent")
-
-var _ gateway.Transport = (*wsConn)(nil)
 
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	sess, ref := s.gate.open(r, sessionSpec{transport: "websocket"})
@@ -128,497 +103,56 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		ref.writeJSON(w)
 		return
 	}
-	c := s.upgradeWS(w, r, sess, nil)
+	c := s.upgradeWS(w, r, s.heartbeat, wsLimits{maxMessage: s.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code})
 	if c == nil {
-		return
-	}
-	conn := c.conn
-	// The handler returns so net/http drops its request state and buffers.
-	// The poller watches the connection from now on, or, where there is
-	// none, a fresh goroutine with a small stack reads it. Both count as
-	// a reader from before the session can write (and so close) on it.
-	if c.reg = s.watchIdle(conn, c.onInput); c.reg != nil {
-		c.frames = wsFrames{conn: conn, limit: s.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code}
-	}
-	s.readers.Add(1)
-	if err := sess.Attach(c, false); err != nil {
-		if c.reg != nil {
-			c.finish()
-		} else {
-			_ = conn.Close()
-			s.readers.Done()
-		}
-		return
-	}
-	if c.reg != nil {
-		if hasBuffered(conn) {
-			c.reg.run(c.onInput) // frames sent along with the upgrade
-		} else if err := c.reg.arm(); err != nil {
-			sess.Close(gateway.DisconnectGone())
-			c.finish()
-		}
-		return
-	}
-	go func() {
-		defer s.readers.Done()
-		c.readLoop()
-	}()
-}
-
-// upgradeWS answers the WebSocket handshake and returns sess's
-// connection (link: a bridge session's target, or nil), keeping the bytes
-// a client sent along with the handshake. When the handshake fails gobwas
-// has answered it (400 with the reason); upgradeWS ends sess and returns
-// nil.
-func (s *Server) upgradeWS(w http.ResponseWriter, r *http.Request, sess *gateway.Session, link *bridgeLink) *wsConn {
-	conn, rw, _, err := ws.UpgradeHTTP(r, w)
-	if err != nil {
 		sess.Close(gateway.DisconnectGone())
-		return nil
-	}
-	if rw != nil && rw.Reader.Buffered() > 0 {
-		conn = withBuffered(conn, rw.Reader)
-	}
-	c := &wsConn{srv: s, conn: conn, sess: sess, link: link, wsem: make(chan struct{}, 1)}
-	c.clock.start(s.heartbeat)
-	return c
-}
-
-// onInput reads what arrived on a polled connection: the frames it can
-// read, then it re-arms the registration. The poller runs it on a
-// goroutine of its own, one at a time per connection. A frame that
-// arrives in pieces is waited for (in Go's poller) within the same read
-// deadline a reader goroutine has.
-func (c *wsConn) onInput() {
-	for {
-		if c.readEvent(&c.frames, c.apply) {
-			c.finish()
-			return
-		}
-		if !hasBuffered(c.conn) {
-			break
-		}
-	}
-	// An idle connection keeps no payload buffer: the next frame, maybe
-	// a pong a heartbeat from now, allocates its own.
-	c.frames.payload = nil
-	if err := c.reg.arm(); err != nil {
-		c.sess.Close(gateway.DisconnectGone())
-		c.finish()
-	}
-}
-
-// apply applies a client message on a polled connection, right here: the
-// goroutine ends after the input, so its stack does not stay with an idle
-// connection.
-func (c *wsConn) apply(data []byte) bool {
-	c.sess.HandleFrame(context.Background(), data)
-	return true
-}
-
-// readEvent reads the next frame from r and handles it: control frames
-// here, data messages by onMessage (which returns false to stop). It
-// reports whether reading is over: the connection failed or was closed
-// (the session is closing then), or onMessage stopped it.
-func (c *wsConn) readEvent(r *wsFrames, onMessage func([]byte) bool) (over bool) {
-	_ = c.conn.SetReadDeadline(time.Now().Add(c.readTimeout()))
-	if until := c.lingerUntil.Load(); until != 0 {
-		// Closing: the linger deadline stands. (Set after ours when
-		// linger ran concurrently: it stores before it sets.)
-		_ = c.conn.SetReadDeadline(time.Unix(0, until))
-	}
-	ev, bad, err := r.next()
-	switch {
-	case err != nil:
-		c.readFailed(err)
-		return true
-	case bad != nil:
-		c.fail(wsFail(bad.code, bad.reason))
-		return true
-	}
-	c.clock.heard()
-	switch ev.op {
-	case ws.OpPing:
-		// After our close frame no pong goes out; the reader goes on
-		// waiting for the client's close.
-		if err := c.writeControl(ws.OpPong, ev.data); err != nil && !errors.Is(err, errCloseSent) {
-			c.readFailed(err)
-			return true
-		}
-	case ws.OpPong:
-	case ws.OpClose:
-		c.peerClosed(ev.data)
-		return true
-	default:
-		return !onMessage(ev.data)
-	}
-	return false
-}
-
-// readTimeout bounds the wait for a frame: three heartbeats (whose pings a
-// live client answers) and some slack.
-func (c *wsConn) readTimeout() time.Duration { return 3*c.srv.heartbeat + 5*time.Second }
-
-// finish ends a polled connection: it leaves the poller and is closed.
-func (c *wsConn) finish() {
-	c.finishOnce.Do(func() {
-		c.reg.remove()
-		_ = c.conn.Close()
-		c.srv.readers.Done()
-	})
-}
-
-// closeConn closes the socket now: a polled connection finishes.
-func (c *wsConn) closeConn() {
-	if c.reg != nil {
-		c.finish()
 		return
 	}
-	_ = c.conn.Close()
+	// The handler returns so net/http drops its request state and
+	// buffers; the poller (or a small reader goroutine) reads from now on.
+	attachWS(c, sess, nativeCodec{})
 }
 
-// errPeerSilent ends a polled session whose client answered no ping for
-// the read timeout: no reader is waiting with a deadline to notice.
-var errPeerSilent = errors.New("transports: the client answered no ping")
+// nativeCodec is the native transport's framing: each packet its own
+// text message.
+type nativeCodec struct{}
 
-// checkAlive fails a write to a polled connection whose client has been
-// silent too long.
-func (c *wsConn) checkAlive() error {
-	if c.reg != nil && time.Now().UnixNano()-c.clock.lastRead.Load() > int64(c.readTimeout()) {
-		return errPeerSilent
-	}
-	return nil
-}
+func (nativeCodec) name() string { return "websocket" }
 
-// hasBuffered reports whether conn holds bytes read with the upgrade
-// request that were not consumed yet.
-func hasBuffered(conn net.Conn) bool {
-	b, ok := conn.(*bufferedConn)
-	return ok && len(b.buf) > 0
-}
-
-func (c *wsConn) Name() string { return "websocket" }
-
-// frameHeaderLen is the size of a server frame header for a payload of n
-// bytes (servers do not mask).
-func frameHeaderLen(n int) int {
-	switch {
-	case n < 126:
-		return 2
-	case n <= 0xffff:
-		return 4
-	}
-	return 10
-}
-
-func appendFrameHeader(dst []byte, op ws.OpCode, n int) []byte {
-	dst = append(dst, 0x80|byte(op))
-	switch {
-	case n < 126:
-		return append(dst, byte(n))
-	case n <= 0xffff:
-		return append(dst, 126, byte(n>>8), byte(n))
-	}
-	return append(dst, 127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-}
-
-// WritePackets writes every packet as its own text frame, all in one write.
-// A bridge session sends none: its close packet's code and reason go out
-// in the close frame.
-func (c *wsConn) WritePackets(pkts []gateway.Packet) (int, error) {
-	if c.link != nil {
-		return 0, nil
-	}
-	if err := c.checkAlive(); err != nil {
-		return 0, err
-	}
-	size := 0
-	for _, p := range pkts {
-		size += p.Size() + 10
-	}
-	buf := getBuffer(size)
-	b := *buf
+func (nativeCodec) appendPackets(b []byte, pkts []gateway.Packet) []byte {
 	for _, p := range pkts {
 		b = appendFrameHeader(b, ws.OpText, p.JSONLen())
 		b = p.AppendJSON(b)
 	}
-	if c.clock.pingDue() {
-		b = appendFrameHeader(b, ws.OpPing, 0)
-	}
-	n, err := c.write(b)
-	*buf = b
-	putBuffer(buf)
-	return n, err
-}
-
-func (c *wsConn) write(b []byte) (int, error) {
-	c.wsem <- struct{}{}
-	defer func() { <-c.wsem }()
-	if c.closeSent {
-		return 0, errCloseSent
-	}
-	c.deadline.extend(c.conn, c.srv.opts.WriteTimeout)
-	return c.conn.Write(b)
-}
-
-// sendClose writes a close frame carrying body, once; every later write
-// fails. It waits up to a second for a write in progress (a pong, say) to
-// finish, so the frame is neither skipped nor interleaved with it, and
-// reports whether the frame went out.
-func (c *wsConn) sendClose(body []byte) bool {
-	t := time.NewTimer(time.Second)
-	defer t.Stop()
-	select {
-	case c.wsem <- struct{}{}:
-	case <-t.C:
-		return false // a write is stuck; the caller closes the socket
-	}
-	defer func() { <-c.wsem }()
-	if c.closeSent {
-		return false
-	}
-	c.closeSent = true
-	_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	b := appendFrameHeader(make([]byte, 0, 2+len(body)), ws.OpClose, len(body))
-	_, err := c.conn.Write(append(b, body...))
-	return err == nil
-}
-
-// linger bounds what is left of the connection's life: the reader waits
-// for the client's close until lingerTimeout from now, and no longer.
-func (c *wsConn) linger() {
-	until := time.Now().Add(lingerTimeout)
-	c.lingerUntil.Store(until.UnixNano())
-	_ = c.conn.SetReadDeadline(until)
-	if c.reg != nil {
-		// No reader is waiting to see the deadline pass.
-		time.AfterFunc(lingerTimeout, c.finish)
-	}
-}
-
-func (c *wsConn) writeControl(op ws.OpCode, payload []byte) error {
-	b := make([]byte, 0, 2+len(payload))
-	b = appendFrameHeader(b, op, len(payload))
-	b = append(b, payload...)
-	_, err := c.write(b)
-	return err
-}
-
-// WriteHeartbeat sends a ping; browsers answer it by themselves, which also
-// keeps the read deadline moving.
-func (c *wsConn) WriteHeartbeat() error {
-	if err := c.checkAlive(); err != nil {
-		return err
-	}
-	c.clock.pinged()
-	return c.writeControl(ws.OpPing, nil)
-}
-
-// Close sends a close frame carrying d's code, then half-closes: the
-// client reads the close frame and answers, and the reader goroutine
-// closes the socket (after lingerTimeout at the latest). Closing outright
-// could reset the connection while the client still has unread data (the
-// kernel answers unread input with RST), and the client would lose the
-// close frame. For DisconnectGone, or when the close frame cannot be
-// written (the peer is gone, a write is stuck), the socket is closed at
-// once, which also unblocks a stuck write.
-func (c *wsConn) Close(d gateway.Disconnect) {
-	c.closeOnce.Do(func() {
-		if c.link != nil {
-			c.link.close()
-		}
-		if d.Code == 0 {
-			c.closeConn()
-			return
-		}
-		body := ws.NewCloseFrameBody(ws.StatusCode(d.Code), truncateReason(d.Reason))
-		if !c.sendClose(body) {
-			c.closeConn()
-			return
-		}
-		if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-			c.linger()
-			return
-		}
-		c.closeConn()
-	})
-}
-
-// lingerTimeout is how long a closing connection waits for the client's
-// close frame before the socket is closed anyway.
-const lingerTimeout = 2 * time.Second
-
-// truncateReason keeps a close reason within the 123 bytes a control frame
-// leaves for it, without splitting a UTF-8 sequence.
-func truncateReason(s string) string {
-	if len(s) <= 123 {
-		return s
-	}
-	s = s[:123]
-	for len(s) > 0 && !utf8.ValidString(s) {
-		s = s[:len(s)-1]
-	}
-	return s
-}
-
-// wsFail is a protocol failure found while reading: the WebSocket close code
-// (1002 protocol error, 1007 invalid payload, 1009 too big) and its reason.
-func wsFail(code int, reason string) gateway.Disconnect {
-	return gateway.Disconnect{Code: code, Reason: reason}
-}
-
-// readLoop reads client messages until the connection ends; wsFrames
-// enforces RFC 6455.
-func (c *wsConn) readLoop() {
-	defer c.conn.Close()
-	r := &wsFrames{conn: c.conn, limit: c.srv.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code}
-	onMessage := func(data []byte) bool {
-		c.handle(context.Background(), data)
-		return true
-	}
-	if c.link != nil {
-		// A bridged connection is busy by nature: read it through a
-		// buffer, one system call for many small frames instead of
-		// three per frame (header, mask, payload).
-		r.conn = bufio.NewReaderSize(c.conn, 4096)
-		onMessage = func(data []byte) bool {
-			// Blocks while the target does not read: backpressure.
-			if err := c.link.write(context.Background(), data); err != nil {
-				c.fail(c.link.afterWriteError(err, c.sess.Done()))
-				return false
-			}
-			return true
-		}
-	}
-	for !c.readEvent(r, onMessage) {
-	}
-}
-
-// fail ends the session for a protocol violation, then reads and discards
-// what the client still sends until it closes or lingerTimeout passes, so
-// the close packet and frame reach it (see Close).
-func (c *wsConn) fail(d gateway.Disconnect) {
-	c.sess.Close(d)
-	c.linger()
-	_, _ = io.Copy(io.Discard, c.conn)
-}
-
-// readFailed ends the session after a read error: the peer went away or
-// stopped answering heartbeats.
-func (c *wsConn) readFailed(err error) {
-	if !errors.Is(err, net.ErrClosed) {
-		c.srv.log.Debug("websocket read ended", "sid", c.sess.ID(), "err", err)
-	}
-	c.sess.Close(gateway.DisconnectGone())
-}
-
-// peerClosed answers a client's close frame with the same code, as RFC 6455
-// asks, after checking the code and reason are well-formed: a code in the
-// ranges a close frame may carry (1000–2999 as RFC 6455 defines them,
-// 3000–4999 for applications; gobwas lets 5000 and above through) and a
-// UTF-8 reason.
-func (c *wsConn) peerClosed(payload []byte) {
-	if code, reason := checkClosePayload(payload); code != 0 {
-		c.fail(wsFail(code, reason))
-		return
-	}
-	// Echo the code (an empty close is answered with an empty close), then
-	// end the session; the client asked for it, so no close packet. When
-	// our close frame went out first, the client's close is the answer
-	// to it and is not echoed.
-	var echo []byte
-	if len(payload) >= 2 {
-		echo = payload[:2]
-	}
-	c.sendClose(echo)
-	c.sess.Close(gateway.DisconnectGone())
-}
-
-// checkClosePayload checks a client's close frame payload (RFC 6455 5.5.1,
-// 7.4): empty, or a code a peer may send followed by a UTF-8 reason. It
-// returns 0 when the payload is fine, else the close code to fail the
-// connection with (1002, or 1007 for a reason that is not UTF-8) and why.
-// Both WebSocket readers (native and SockJS) use it.
-func checkClosePayload(payload []byte) (int, string) {
-	switch len(payload) {
-	case 0:
-		return 0, ""
-	case 1:
-		return gateway.CodeProtocolError, "close frame payload of one byte"
-	}
-	code, reason := ws.ParseCloseFrameData(payload)
-	switch {
-	case !utf8.ValidString(reason):
-		return gateway.CodeInvalidPayload, "close reason is not valid UTF-8"
-	case code >= 5000 || ws.CheckCloseFrameData(code, reason) != nil:
-		// gobwas/ws lets codes past 4999 through; RFC 6455 has none.
-		return gateway.CodeProtocolError, "invalid close code " + strconv.Itoa(int(code))
-	}
-	return 0, ""
-}
-
-// bufferedConn replays bytes that net/http had read past the upgrade request
-// before reading the connection itself.
-type bufferedConn struct {
-	net.Conn
-	buf []byte
-}
-
-func withBuffered(conn net.Conn, r *bufio.Reader) net.Conn {
-	b, _ := r.Peek(r.Buffered())
-	return &bufferedConn{Conn: conn, buf: append([]byte(nil), b...)}
-}
-
-func (c *bufferedConn) Read(p []byte) (int, error) {
-	if len(c.buf) > 0 {
-		n := copy(p, c.buf)
-		c.buf = c.buf[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
-}
-
-// Buffers: a write assembles all pending frames in a pooled buffer, so an
-// idle connection holds none.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
-
-func getBuffer(size int) *[]byte {
-	b := bufPool.Get().(*[]byte)
-	if cap(*b) < size {
-		*b = make([]byte, 0, size)
-	}
-	*b = (*b)[:0]
 	return b
 }
 
-func putBuffer(b *[]byte) {
-	if cap(*b) > 1<<20 {
-		return // a rare huge batch: let it go
-	}
-	bufPool.Put(b)
+func (nativeCodec) heartbeat() []byte { return nil }
+
+func (nativeCodec) closeFrame(d gateway.Disconnect) gateway.Disconnect { return d }
+
+func (nativeCodec) receive(t *wsSession, data []byte, polled bool) bool {
+	handOff(polled, func() { t.sess.HandleFrame(context.Background(), data) })
+	return true
 }
 
-// CloseWrite half-closes the underlying connection (see wsConn.Close).
-func (c *bufferedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
+// handOff runs fn, on a goroutine of its own when the caller is a
+// connection's long-lived reader goroutine, and waits for it. A Go stack
+// never shrinks below what its deepest call needed: handling a frame (JSON
+// decoding, subscribing through the hub) would leave every idle reader
+// holding a 4-8 KiB stack. Handing the work off keeps the reader's stack
+// at the minimum, for the price of a goroutine start per client message
+// (client messages are rare next to deliveries). The poller's goroutines
+// end after their input, so they run fn themselves.
+func handOff(polled bool, fn func()) {
+	if polled {
+		fn()
+		return
 	}
-	return c.Conn.Close()
-}
-
-// handle applies one client message on a goroutine of its own and waits
-// for it. The reader goroutine lives as long as the connection, and a Go
-// stack never shrinks below what its deepest call needed: handling a frame
-// (JSON decoding, subscribing through the hub) would leave every idle
-// reader holding a 4-8 KiB stack. Handing the work off keeps the reader's
-// stack at the minimum, for the price of a goroutine start per client
-// message (client messages are rare next to deliveries).
-func (c *wsConn) handle(ctx context.Context, data []byte) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c.sess.HandleFrame(ctx, data)
+		fn()
 	}()
 	<-done
 }

@@ -1,0 +1,602 @@
+package transports
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// WebSocket: RFC 6455 on github.com/gobwas/ws.
+//
+// Why gobwas/ws: it upgrades by hijacking and then gets out of the way. The
+// connection is a plain net.Conn with no library-owned buffers and no
+// goroutine of its own, so an idle connection costs what the poller's
+// registration costs and nothing else (measured at about 3.3 KiB of PSS per
+// idle session with a reader goroutine, against about 17 KiB for
+// gorilla/websocket and 23 KiB for coder/websocket, whose read loops keep
+// net/http's buffers alive; less again on the poller), and a frame is
+// written from bytes we built ourselves. The price is that the protocol
+// rules a fuller library would enforce are enforced here: masking, control
+// frames, fragmentation, close codes and UTF-8 (wsframes.go).
+//
+// wsConn is the one WebSocket connection type of the node. Every WebSocket
+// the node serves is one: the native /ws transport and the SockJS websocket
+// transports (a wsSession: a gateway session's packets in a codec's
+// framing) and the TCP bridge (a wsBridge: a byte stream). It owns the
+// wire: the write lock, write deadlines, pings on busy connections, the
+// close handshake, and reading, on the node's poller while the connection
+// is idle (Linux) or on a small reader goroutine. What the connection
+// carries is its owner's business (wsOwner).
+
+// wsOwner is what a connection carries. Its methods are called by the
+// connection's reader, one at a time.
+type wsOwner interface {
+	// message handles one complete data message (text or binary); false
+	// stops reading. polled says it runs on the poller's short-lived
+	// goroutine, which may use as much stack as it likes; otherwise it
+	// runs on the connection's long-lived reader goroutine.
+	message(data []byte, polled bool) bool
+	// ended reports that reading is over and why: the peer went away
+	// (DisconnectGone), closed the connection, or broke the protocol
+	// (the close code to end with). It is called once.
+	ended(d gateway.Disconnect)
+}
+
+// wsConn is one WebSocket connection: see the comment above.
+type wsConn struct {
+	srv   *Server
+	conn  net.Conn
+	owner wsOwner
+
+	// readTimeout bounds the wait for a frame: three heartbeats (whose
+	// pings a live client answers) and some slack.
+	readTimeout time.Duration
+	// frames holds the reader's state (limit, close code for a message
+	// over it, partial messages), on the poller and on a goroutine alike.
+	frames wsFrames
+
+	// wsem is the write lock (one frame writer at a time: the session's
+	// writer, pongs, the close frame). It is a channel so that closing can
+	// give up waiting for a stuck write. closeSent, guarded by it, makes
+	// every write after the close frame fail with errCloseSent.
+	wsem      chan struct{}
+	closeSent bool
+	deadline  writeDeadline // guarded by wsem
+	closeOnce sync.Once
+	// clock adds pings to writes while the client is quiet.
+	clock peerClock
+	// reg is set when the poller watches the connection instead of a
+	// reader goroutine; finish then ends the connection, once.
+	reg        *pollReg
+	finishOnce sync.Once
+	endOnce    sync.Once
+	// lingerUntil is the read deadline (Unix nanoseconds) set when the
+	// connection started closing, 0 before. From then on the reader no
+	// longer extends its deadline at each frame, so a client that ignores
+	// the close frame and keeps sending cannot hold the connection (and
+	// a node's shutdown, which waits for readers).
+	lingerUntil atomic.Int64
+}
+
+// wsLimits are what a connection accepts from its client.
+type wsLimits struct {
+	maxMessage int // the largest message
+	tooLarge   int // the close code for one over it
+	// utf8Binary checks binary messages for UTF-8 too (a SockJS message
+	// is text whatever frame carries it).
+	utf8Binary bool
+}
+
+// upgradeWS answers the WebSocket handshake and returns the connection,
+// keeping the bytes a client sent along with the handshake. heartbeat is
+// the session's: pings go out when the client has been quiet that long,
+// and three of them unanswered end the connection. When the handshake
+// fails gobwas has answered it (400 with the reason) and upgradeWS
+// returns nil.
+func (s *Server) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.Duration, lim wsLimits) *wsConn {
+	conn, rw, _, err := ws.UpgradeHTTP(r, w)
+	if err != nil {
+		return nil
+	}
+	if rw != nil && rw.Reader.Buffered() > 0 {
+		conn = withBuffered(conn, rw.Reader)
+	}
+	c := &wsConn{
+		srv:         s,
+		conn:        conn,
+		readTimeout: 3*heartbeat + 5*time.Second,
+		wsem:        make(chan struct{}, 1),
+	}
+	c.frames = wsFrames{conn: conn, limit: lim.maxMessage, tooLarge: lim.tooLarge, utf8Binary: lim.utf8Binary}
+	c.clock.start(heartbeat)
+	return c
+}
+
+// watch prepares reading, before the connection's session may write to
+// it (and so close it): the connection counts as one of the node's
+// readers from now until it is closed, and an idle one is handed to the
+// poller where there is one. Busy connections (the bridge) ask for a
+// reader goroutine that reads through a buffer instead: one system call
+// for many small frames rather than three per frame. Then start, or
+// abandon if the session could not take the connection.
+func (c *wsConn) watch(busy bool) {
+	c.srv.readers.Add(1)
+	if busy {
+		c.frames.conn = bufio.NewReaderSize(c.conn, 4096)
+		return
+	}
+	c.reg = c.srv.watchIdle(c.conn, c.onInput)
+}
+
+// start starts reading; the owner is set and its session has the
+// connection attached.
+func (c *wsConn) start() {
+	if c.reg == nil {
+		go func() {
+			defer c.srv.readers.Done()
+			defer c.conn.Close()
+			for !c.readEvent(false) {
+			}
+		}()
+		return
+	}
+	if hasBuffered(c.conn) {
+		c.reg.run(c.onInput) // frames sent along with the upgrade
+		return
+	}
+	if err := c.reg.arm(); err != nil {
+		c.end(gateway.DisconnectGone())
+		c.finish()
+	}
+}
+
+// abandon gives up a connection that was watched but never started: its
+// session could not take it.
+func (c *wsConn) abandon() {
+	if c.reg != nil {
+		c.finish()
+		return
+	}
+	_ = c.conn.Close()
+	c.srv.readers.Done()
+}
+
+// end tells the owner, once, that reading is over.
+func (c *wsConn) end(d gateway.Disconnect) {
+	c.endOnce.Do(func() { c.owner.ended(d) })
+}
+
+// onInput reads what arrived on a polled connection: the frames it can
+// read, then it re-arms the registration. The poller runs it on a
+// goroutine of its own, one at a time per connection. A frame that
+// arrives in pieces is waited for (in Go's poller) within the same read
+// deadline a reader goroutine has.
+func (c *wsConn) onInput() {
+	for {
+		if c.readEvent(true) {
+			c.finish()
+			return
+		}
+		if !hasBuffered(c.conn) {
+			break
+		}
+	}
+	// An idle connection keeps no payload buffer: the next frame, maybe
+	// a pong a heartbeat from now, allocates its own.
+	c.frames.payload = nil
+	if err := c.reg.arm(); err != nil {
+		c.end(gateway.DisconnectGone())
+		c.finish()
+	}
+}
+
+// readEvent reads the next frame and handles it: control frames here,
+// data messages by the owner. It reports whether reading is over: the
+// connection failed or was closed, or the owner stopped it.
+func (c *wsConn) readEvent(polled bool) (over bool) {
+	_ = c.conn.SetReadDeadline(time.Now().Add(c.readTimeout))
+	if until := c.lingerUntil.Load(); until != 0 {
+		// Closing: the linger deadline stands. (Set after ours when
+		// linger ran concurrently: it stores before it sets.)
+		_ = c.conn.SetReadDeadline(time.Unix(0, until))
+	}
+	ev, bad, err := c.frames.next()
+	switch {
+	case err != nil:
+		c.readFailed(err)
+		return true
+	case bad != nil:
+		c.fail(gateway.Disconnect{Code: bad.code, Reason: bad.reason})
+		return true
+	}
+	c.clock.heard()
+	switch ev.op {
+	case ws.OpPing:
+		// After our close frame no pong goes out; the reader goes on
+		// waiting for the client's close.
+		if err := c.writeControl(ws.OpPong, ev.data); err != nil && !errors.Is(err, errCloseSent) {
+			c.readFailed(err)
+			return true
+		}
+	case ws.OpPong:
+	case ws.OpClose:
+		c.peerClosed(ev.data)
+		return true
+	default:
+		return !c.owner.message(ev.data, polled)
+	}
+	return false
+}
+
+// finish ends a polled connection: it leaves the poller and is closed.
+func (c *wsConn) finish() {
+	c.finishOnce.Do(func() {
+		c.reg.remove()
+		_ = c.conn.Close()
+		c.srv.readers.Done()
+	})
+}
+
+// closeConn closes the socket now: a polled connection finishes.
+func (c *wsConn) closeConn() {
+	if c.reg != nil {
+		c.finish()
+		return
+	}
+	_ = c.conn.Close()
+}
+
+// errPeerSilent ends a polled session whose client answered no ping for
+// the read timeout: no reader is waiting with a deadline to notice.
+var errPeerSilent = errors.New("transports: the client answered no ping")
+
+// checkAlive fails a write to a polled connection whose client has been
+// silent too long.
+func (c *wsConn) checkAlive() error {
+	if c.reg != nil && time.Now().UnixNano()-c.clock.lastRead.Load() > int64(c.readTimeout) {
+		return errPeerSilent
+	}
+	return nil
+}
+
+// write writes b, complete frames, under the write lock and within the
+// write timeout.
+func (c *wsConn) write(b []byte) (int, error) {
+	c.wsem <- struct{}{}
+	defer func() { <-c.wsem }()
+	if c.closeSent {
+		return 0, errCloseSent
+	}
+	c.deadline.extend(c.conn, c.srv.opts.WriteTimeout)
+	return c.conn.Write(b)
+}
+
+// writeFrames writes frames a codec built (b), adding a ping when the
+// client has been quiet for a heartbeat (see peerClock). It fails, having
+// written nothing, on a polled connection whose client went silent.
+func (c *wsConn) writeFrames(buf *[]byte) (int, error) {
+	if err := c.checkAlive(); err != nil {
+		return 0, err
+	}
+	if c.clock.pingDue() {
+		*buf = appendFrameHeader(*buf, ws.OpPing, 0)
+	}
+	return c.write(*buf)
+}
+
+// writeHeartbeat writes what a codec gives as its keep-alive (a SockJS
+// "h" frame, or nothing) followed by a ping, which a browser answers by
+// itself: that keeps the read deadline moving.
+func (c *wsConn) writeHeartbeat(frames []byte) error {
+	if err := c.checkAlive(); err != nil {
+		return err
+	}
+	c.clock.pinged()
+	buf := getBuffer(len(frames) + 2)
+	defer putBuffer(buf)
+	*buf = appendFrameHeader(append(*buf, frames...), ws.OpPing, 0)
+	_, err := c.write(*buf)
+	return err
+}
+
+func (c *wsConn) writeControl(op ws.OpCode, payload []byte) error {
+	b := make([]byte, 0, 2+len(payload))
+	b = appendFrameHeader(b, op, len(payload))
+	b = append(b, payload...)
+	_, err := c.write(b)
+	return err
+}
+
+// errCloseSent is what a write returns once the close frame went out.
+var errCloseSent = errors.New("transports: websocket close frame already sent")
+
+// sendClose writes a close frame carrying body, once; every later write
+// fails. It waits up to a second for a write in progress (a pong, say) to
+// finish, so the frame is neither skipped nor interleaved with it, and
+// reports whether the frame went out.
+func (c *wsConn) sendClose(body []byte) bool {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case c.wsem <- struct{}{}:
+	case <-t.C:
+		return false // a write is stuck; the caller closes the socket
+	}
+	defer func() { <-c.wsem }()
+	if c.closeSent {
+		return false
+	}
+	c.closeSent = true
+	_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	b := appendFrameHeader(make([]byte, 0, 2+len(body)), ws.OpClose, len(body))
+	_, err := c.conn.Write(append(b, body...))
+	return err == nil
+}
+
+// close ends the connection with a close frame carrying d's code and
+// reason, then half-closes: the client reads the close frame and
+// answers, and the reader closes the socket (after lingerTimeout at the
+// latest). Closing outright could reset the connection while the client
+// still has unread data (the kernel answers unread input with RST), and
+// the client would lose the close frame. For DisconnectGone, or when the
+// close frame cannot be written (the peer is gone, a write is stuck), the
+// socket is closed at once, which also unblocks a stuck write. Only the
+// first call does anything.
+func (c *wsConn) close(d gateway.Disconnect) {
+	c.closeOnce.Do(func() {
+		if d.Code == 0 {
+			c.closeConn()
+			return
+		}
+		body := ws.NewCloseFrameBody(ws.StatusCode(d.Code), truncateReason(d.Reason))
+		if !c.sendClose(body) {
+			c.closeConn()
+			return
+		}
+		if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+			c.linger()
+			return
+		}
+		c.closeConn()
+	})
+}
+
+// linger bounds what is left of the connection's life: the reader waits
+// for the client's close until lingerTimeout from now, and no longer.
+func (c *wsConn) linger() {
+	until := time.Now().Add(lingerTimeout)
+	c.lingerUntil.Store(until.UnixNano())
+	_ = c.conn.SetReadDeadline(until)
+	if c.reg != nil {
+		// No reader is waiting to see the deadline pass.
+		time.AfterFunc(lingerTimeout, c.finish)
+	}
+}
+
+// lingerTimeout is how long a closing connection waits for the client's
+// close frame before the socket is closed anyway.
+const lingerTimeout = 2 * time.Second
+
+// fail ends the connection for a protocol violation, then reads and
+// discards what the client still sends until it closes or lingerTimeout
+// passes, so the close frame (and whatever the owner sends before it)
+// reaches it (see close).
+func (c *wsConn) fail(d gateway.Disconnect) {
+	c.end(d)
+	c.linger()
+	_, _ = io.Copy(io.Discard, c.conn)
+}
+
+// readFailed ends reading after a read error: the peer went away or
+// stopped answering heartbeats.
+func (c *wsConn) readFailed(err error) {
+	if !errors.Is(err, net.ErrClosed) {
+		c.srv.log.Debug("websocket read ended", "err", err)
+	}
+	c.end(gateway.DisconnectGone())
+}
+
+// peerClosed answers a client's close frame with the same code, as RFC
+// 6455 asks, after checking the code and reason are well-formed (an
+// empty close is answered with an empty close). The owner then ends as
+// gone: the client asked for it, so nothing more is sent. When our close
+// frame went out first, the client's close is the answer to it and is
+// not echoed.
+func (c *wsConn) peerClosed(payload []byte) {
+	if code, reason := checkClosePayload(payload); code != 0 {
+		c.fail(gateway.Disconnect{Code: code, Reason: reason})
+		return
+	}
+	var echo []byte
+	if len(payload) >= 2 {
+		echo = payload[:2]
+	}
+	c.sendClose(echo)
+	c.end(gateway.DisconnectGone())
+}
+
+// checkClosePayload checks a client's close frame payload (RFC 6455 5.5.1,
+// 7.4): empty, or a code a peer may send followed by a UTF-8 reason: a
+// code in the ranges a close frame may carry (1000–2999 as RFC 6455
+// defines them, 3000–4999 for applications; gobwas lets 5000 and above
+// through). It returns 0 when the payload is fine, else the close code to
+// fail the connection with (1002, or 1007 for a reason that is not UTF-8)
+// and why.
+func checkClosePayload(payload []byte) (int, string) {
+	switch len(payload) {
+	case 0:
+		return 0, ""
+	case 1:
+		return gateway.CodeProtocolError, "close frame payload of one byte"
+	}
+	code, reason := ws.ParseCloseFrameData(payload)
+	switch {
+	case !utf8.ValidString(reason):
+		return gateway.CodeInvalidPayload, "close reason is not valid UTF-8"
+	case code >= 5000 || ws.CheckCloseFrameData(code, reason) != nil:
+		return gateway.CodeProtocolError, "invalid close code " + strconv.Itoa(int(code))
+	}
+	return 0, ""
+}
+
+// writeDeadline sets a connection's write deadline lazily. Setting one
+// modifies a runtime timer (under a lock, on a deeper stack than the
+// write itself); done for every write it was among the top costs of a
+// fan-out profile after write(2). Renewing it only once it is less than
+// half a timeout away still bounds every write, by between half a timeout
+// and a whole one.
+type writeDeadline struct{ until int64 } // Unix nanoseconds; guarded by the writer's lock
+
+func (d *writeDeadline) extend(conn net.Conn, timeout time.Duration) {
+	now := time.Now().UnixNano()
+	if d.until-now > int64(timeout)/2 {
+		return
+	}
+	d.until = now + int64(timeout)
+	_ = conn.SetWriteDeadline(time.Unix(0, d.until))
+}
+
+// peerClock decides when a write should carry a ping. The gateway sends
+// heartbeats only on idle sessions, and a browser sends nothing on its
+// own, so on a busy connection the node would never hear from a live
+// client and its read deadline would end the session. Instead, a write
+// carries a ping (two bytes, in the same system call) whenever the client
+// has been quiet for a heartbeat interval and no ping went out in it; the
+// browser's pong then moves the read deadline.
+type peerClock struct {
+	every    int64        // the interval, in nanoseconds
+	lastRead atomic.Int64 // Unix nanoseconds of the last frame read
+	lastPing atomic.Int64 // and of the last ping sent
+}
+
+// start begins the clock as if the client had just been heard.
+func (p *peerClock) start(every time.Duration) {
+	p.every = int64(every)
+	p.heard()
+}
+
+// heard records a frame from the client.
+func (p *peerClock) heard() { p.lastRead.Store(time.Now().UnixNano()) }
+
+// pinged records a ping sent.
+func (p *peerClock) pinged() { p.lastPing.Store(time.Now().UnixNano()) }
+
+// pingDue reports whether the write being assembled should carry a ping,
+// and if so records it as sent.
+func (p *peerClock) pingDue() bool {
+	now := time.Now().UnixNano()
+	if now-p.lastRead.Load() < p.every || now-p.lastPing.Load() < p.every {
+		return false
+	}
+	p.lastPing.Store(now)
+	return true
+}
+
+// frameHeaderLen is the size of a server frame header for a payload of n
+// bytes (servers do not mask).
+func frameHeaderLen(n int) int {
+	switch {
+	case n < 126:
+		return 2
+	case n <= 0xffff:
+		return 4
+	}
+	return 10
+}
+
+func appendFrameHeader(dst []byte, op ws.OpCode, n int) []byte {
+	dst = append(dst, 0x80|byte(op))
+	switch {
+	case n < 126:
+		return append(dst, byte(n))
+	case n <= 0xffff:
+		return append(dst, 126, byte(n>>8), byte(n))
+	}
+	return append(dst, 127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+}
+
+// appendMessage appends payload as one unfragmented message.
+func appendMessage(dst []byte, op ws.OpCode, payload []byte) []byte {
+	return append(appendFrameHeader(dst, op, len(payload)), payload...)
+}
+
+// truncateReason keeps a close reason within the 123 bytes a control frame
+// leaves for it, without splitting a UTF-8 sequence.
+func truncateReason(s string) string {
+	if len(s) <= 123 {
+		return s
+	}
+	s = s[:123]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// hasBuffered reports whether conn holds bytes read with the upgrade
+// request that were not consumed yet.
+func hasBuffered(conn net.Conn) bool {
+	b, ok := conn.(*bufferedConn)
+	return ok && len(b.buf) > 0
+}
+
+// bufferedConn replays bytes that net/http had read past the upgrade request
+// before reading the connection itself.
+type bufferedConn struct {
+	net.Conn
+	buf []byte
+}
+
+func withBuffered(conn net.Conn, r *bufio.Reader) net.Conn {
+	b, _ := r.Peek(r.Buffered())
+	return &bufferedConn{Conn: conn, buf: append([]byte(nil), b...)}
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) {
+	if len(c.buf) > 0 {
+		n := copy(p, c.buf)
+		c.buf = c.buf[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes the underlying connection (see wsConn.close).
+func (c *bufferedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// Buffers: a write assembles all pending frames in a pooled buffer, so an
+// idle connection holds none.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+func getBuffer(size int) *[]byte {
+	b := bufPool.Get().(*[]byte)
+	if cap(*b) < size {
+		*b = make([]byte, 0, size)
+	}
+	*b = (*b)[:0]
+	return b
+}
+
+func putBuffer(b *[]byte) {
+	if cap(*b) > 1<<20 {
+		return // a rare huge batch: let it go
+	}
+	bufPool.Put(b)
+}
