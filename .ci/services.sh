@@ -4,7 +4,8 @@
 # 127.0.0.1:5672, and Redis on 127.0.0.1:6379 (a real TCP server behind the
 # TCP bridge tests). Uses them where they already run; otherwise installs them
 # from Debian's packages (as root) and starts them. Also installs chromium
-# for the browser tests. Idempotent.
+# for the browser tests and nginx for the reverse-proxy test (not started:
+# the test runs its own). Idempotent.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -57,4 +58,21 @@ fi
 need_pkg chromium
 need_pkg fonts-dejavu-core
 
-echo "services: nats on 4222, rabbitmq on 5672 and redis on 6379 are up; chromium is installed"
+# The nginx example test (cmd/cometgate/deploy_test.go) runs nginx itself,
+# as a child process on a free port; the package's own service must not
+# start (it would take port 80). A policy-rc.d that says 101 keeps
+# invoke-rc.d from starting it; one already there is left as it is.
+if ! dpkg -s nginx >/dev/null 2>&1; then
+	if [ -e /usr/sbin/policy-rc.d ]; then
+		need_pkg nginx
+	else
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+		need_pkg nginx
+		rm -f /usr/sbin/policy-rc.d
+		trap - EXIT
+	fi
+fi
+
+echo "services: nats on 4222, rabbitmq on 5672 and redis on 6379 are up; chromium and nginx are installed"

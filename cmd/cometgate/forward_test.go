@@ -175,6 +175,39 @@ func pollOnce(t *testing.T, c *http.Client, u string) []packet {
 	return pkts
 }
 
+// readXHRStream reads one XHR stream, passing each packet to f, until the
+// stream ends or f returns false.
+func readXHRStream(t *testing.T, c *http.Client, u string, f func(packet) bool) {
+	t.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatalf("GET %s: %v", u, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET %s: %d %s", u, resp.StatusCode, body)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 64<<10)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" { // prelude, heartbeat
+			continue
+		}
+		var p packet
+		if err := json.Unmarshal([]byte(line), &p); err != nil {
+			t.Fatalf("bad line %q: %v", line, err)
+		}
+		if !f(p) {
+			return
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("reading %s: %v", u, err)
+	}
+}
+
 // publishVia publishes data on channel through the publish API at base.
 func publishVia(c *http.Client, base, channel string, data int) error {
 	body := fmt.Sprintf(`{"channel":%q,"data":%d}`, channel, data)
@@ -379,37 +412,13 @@ func TestForwardXHRStreamingRoundRobin(t *testing.T) {
 	const count = 300
 	stream := func(u string, onHello func()) {
 		t.Helper()
-		resp, err := c.Get(u)
-		if err != nil {
-			t.Fatalf("GET %s: %v", u, err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			body, _ := io.ReadAll(resp.Body)
-			t.Fatalf("GET %s: %d %s", u, resp.StatusCode, body)
-		}
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 64<<10), 64<<10)
-		for sc.Scan() {
-			line := strings.TrimSpace(sc.Text())
-			if line == "" { // prelude, heartbeat
-				continue
-			}
-			var p packet
-			if err := json.Unmarshal([]byte(line), &p); err != nil {
-				t.Fatalf("bad line %q: %v", line, err)
-			}
+		readXHRStream(t, c, u, func(p packet) bool {
 			seq.add(p)
 			if p.T == "hello" && onHello != nil {
 				onHello()
 			}
-			if seq.msgs == count {
-				return // the last stream stays open: the client closes it
-			}
-		}
-		if err := sc.Err(); err != nil {
-			t.Fatalf("reading stream: %v", err)
-		}
+			return seq.msgs < count // the last stream stays open: the client closes it
+		})
 	}
 
 	var wg sync.WaitGroup
