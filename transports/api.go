@@ -2,12 +2,14 @@ package transports
 
 import (
 	"bytes"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
 
@@ -56,15 +58,17 @@ func compactJSON(raw json.RawMessage) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// servePublish is the server-side publish API. It answers 200 only once the
-// broker confirmed the message.
-func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
-	if !s.apiAuthorized(r) {
+// publishHandler serves POST /api/publish, the server-side publish API.
+// It answers 200 only once the broker confirmed the message.
+type publishHandler struct{ *node }
+
+func (h publishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="cometgate"`)
 		writeError(w, http.StatusUnauthorized, "an API key is required: Authorization: Bearer KEY")
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -90,35 +94,38 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if err := s.gw.Publish(r.Context(), req.Channel, data, contentType); err != nil {
+	if err := h.gw.Publish(r.Context(), req.Channel, data, contentType); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "publish failed: "+err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
 }
 
-// serveSend takes upstream frames for a session whose downstream cannot
-// carry them (SSE, and the polling transports): a frame or a JSON array of
-// frames. Answers to requests go down the session's stream as packets.
-func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
-	if s.forward(w, r, chi.URLParam(r, "sid")) {
+// sendHandler serves POST /session/{sid}/send: upstream frames for a
+// session whose downstream cannot carry them (SSE, and the polling
+// transports), a frame or a JSON array of frames. Answers to requests go
+// down the session's stream as packets.
+type sendHandler struct{ *node }
+
+func (h sendHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.forward(w, r, chi.URLParam(r, "sid")) {
 		return
 	}
-	if ref := s.gate.origin(r); ref != nil {
+	if ref := h.gate.origin(r); ref != nil {
 		ref.writeJSON(w)
 		return
 	}
-	s.cors(w, r)
-	sess := s.gw.Session(chi.URLParam(r, "sid"))
+	h.cors(w, r)
+	sess := h.gw.Session(chi.URLParam(r, "sid"))
 	if sess == nil {
 		refusedNotFound.writeJSON(w)
 		return
 	}
-	if ref := s.gate.join(r, sess); ref != nil {
+	if ref := h.gate.join(r, sess); ref != nil {
 		ref.writeJSON(w)
 		return
 	}
-	limit := int64(s.maxFrame) * 8
+	limit := int64(h.maxFrame) * 8
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", limit))
@@ -139,4 +146,22 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 		sess.Apply(r.Context(), f)
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// authorized applies the publish API's key rule.
+func (h publishHandler) authorized(r *http.Request) bool {
+	if h.opts.AllowLoopback && clientAddr(r).IsLoopback() {
+		return true
+	}
+	auth := r.Header.Get("Authorization")
+	key, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok || key == "" {
+		return false
+	}
+	for _, k := range h.opts.APIKeys {
+		if subtle.ConstantTimeCompare([]byte(k), []byte(key)) == 1 {
+			return true
+		}
+	}
+	return false
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/cometgate/cometgate/gateway"
 )
 
-// serveBridge answers GET /tcp/{target}: the native WebSocket way into the
+// bridgeHandler answers GET /tcp/{target}: the native WebSocket way into the
 // TCP bridge (see bridge.go). The node connects to the target before it
 // upgrades, so that a refusal is an HTTP status with a JSON body
 // ({"error":…,"code":…}: 404 unknown target, 403 address not allowed or
@@ -24,22 +24,24 @@ import (
 // The session is a gateway session like any other (Origin check, per
 // address limit, drain on shutdown, heartbeat pings) that carries no
 // packets.
-func (s *Server) serveBridge(w http.ResponseWriter, r *http.Request) {
-	s.serveBridgeTo(w, r, chi.URLParam(r, "target"))
+type bridgeHandler struct{ *node }
+
+func (h bridgeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.serveTarget(w, r, chi.URLParam(r, "target"))
 }
 
-// serveBridgeTo bridges a WebSocket to the target called name.
-func (s *Server) serveBridgeTo(w http.ResponseWriter, r *http.Request, name string) {
-	if !s.bridge.has(name) {
+// serveTarget bridges a WebSocket to the target called name.
+func (h bridgeHandler) serveTarget(w http.ResponseWriter, r *http.Request, name string) {
+	if !h.bridge.has(name) {
 		writeBridgeRefusal(w, bridgeUnknown)
 		return
 	}
-	sess, ref := s.gate.open(r, sessionSpec{transport: "tcp"})
+	sess, ref := h.gate.open(r, sessionSpec{transport: "tcp"})
 	if ref != nil {
 		ref.writeJSON(w)
 		return
 	}
-	target, err := s.bridge.dial(r.Context(), name, sess.Principal())
+	target, err := h.bridge.dial(r.Context(), name, sess.Principal())
 	if err != nil {
 		sess.Close(gateway.DisconnectGone())
 		d, _ := err.(gateway.Disconnect)
@@ -48,7 +50,7 @@ func (s *Server) serveBridgeTo(w http.ResponseWriter, r *http.Request, name stri
 	}
 	link := newBridgeLink()
 	link.connected(target)
-	c := s.upgradeWS(w, r, s.heartbeat, wsLimits{maxMessage: s.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code})
+	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code})
 	if c == nil {
 		link.close()
 		sess.Close(gateway.DisconnectGone())
@@ -63,9 +65,9 @@ func (s *Server) serveBridgeTo(w http.ResponseWriter, r *http.Request, name stri
 		return
 	}
 	c.start()
-	s.readers.Add(1)
+	h.readers.Add(1)
 	go func() {
-		defer s.readers.Done()
+		defer h.readers.Done()
 		sess.Close(link.pump(maxServerHeader, b.writeBinary))
 	}()
 }

@@ -1,9 +1,37 @@
 // Package transports carries cometgate sessions over the transports browsers
-// have: WebSocket, EventSource (SSE), and the request-per-poll family
-// (long-polling, XHR streaming, iframe/htmlfile, JSONP), all on the same
-// session layer, plus the SockJS protocol for pages that use sockjs-client. It owns the HTTP handlers (chi) and the byte framing of each
-// transport; the session itself (queues, numbering, subscriptions,
-// permissions) lives in package gateway.
+// have: WebSocket, EventSource (SSE), the request-per-poll family
+// (long-polling, XHR streaming, iframe/htmlfile, JSONP), the SockJS
+// protocol for pages that use sockjs-client, and the TCP bridge. It owns the
+// HTTP handlers (chi) and the byte framing of each transport; the session
+// itself (queues, numbering, acknowledgements, subscriptions, permissions,
+// expiry) lives in package gateway, and every transport uses it the same
+// way.
+//
+// # Design
+//
+// One mechanism per concern:
+//
+//   - Admission (admission.go): gate.open admits a request and opens its
+//     session (Origin, token and principal, per-address limit, draining);
+//     gate.join admits a request to a session that exists. No handler
+//     checks these itself; each renders the refusal in its own framing.
+//   - Handlers: one type per transport family (wsHandler, sseHandler,
+//     pollHandler, sendHandler, jsonpSendHandler, publishHandler,
+//     bridgeHandler, sockjsEndpoint), each built from the node's shared
+//     dependencies (node.go). Server (server.go) only routes to them.
+//   - Downstreams are gateway.Transports: wsSession (a WebSocket in a
+//     codec: native, SockJS, raw echo), sseConn, httpDown (one request of
+//     the request-per-poll family, SockJS's receivers included, in a
+//     framing), wsBridge (the bridge's byte stream). The session's writer
+//     is their only writer of packets.
+//   - One WebSocket connection type (wsconn.go) owns the wire of every
+//     WebSocket: RFC 6455 checks, the write lock, deadlines, pings on busy
+//     connections, the close handshake.
+//   - Hijacked connections that are idle (WebSocket, SSE) are watched by one
+//     epoll poller per node (netpoll_linux.go), with no goroutine per
+//     connection; input starts a short-lived reader. Elsewhere, and for the
+//     bridge, a small reader goroutine per connection.
+//   - Requests for a session of another node are proxied to it (forward.go).
 //
 // # Wire format (protocol version 1)
 //

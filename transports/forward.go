@@ -126,12 +126,12 @@ func (f *forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 // forwarded already. It reports whether it answered r; when it did not,
 // the caller serves r itself (and answers "session not found" if the
 // session is not here).
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, sid string) bool {
-	f := s.fwd
+func (n *node) forward(w http.ResponseWriter, r *http.Request, sid string) bool {
+	f := n.fwd
 	if f == nil || sid == "" || r.Header.Get(HeaderForwarded) != "" || f.ctx.Err() != nil {
 		return false
 	}
-	if parseSID(sid) != nil || s.gw.Session(sid) != nil {
+	if parseSID(sid) != nil || n.gw.Session(sid) != nil {
 		return false
 	}
 	owner, _, ok := strings.Cut(sid, ".")
@@ -145,7 +145,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, sid string) boo
 	target, err := url.Parse(base)
 	if err != nil {
 		// gateway.Nodes only admits valid URLs; another directory might not.
-		s.log.Warn("node directory returned a bad URL", slog.String("node", owner), slog.String("url", base))
+		n.log.Warn("node directory returned a bad URL", slog.String("node", owner), slog.String("url", base))
 		return false
 	}
 	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), forwardTarget{}, target))

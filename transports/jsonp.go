@@ -52,17 +52,19 @@ type sendAnswer struct {
 	Error string `json:"error,omitempty"`
 }
 
-// serveJSONPSend applies upstream frames for a JSONP session and answers
-// NAME({"ok":true}); once they are applied. As with POST
-// /session/{sid}/send, answers to the frames themselves (ok and err
-// packets) go down the session.
-func (s *Server) serveJSONPSend(w http.ResponseWriter, r *http.Request) {
-	if s.forward(w, r, chi.URLParam(r, "sid")) {
+// jsonpSendHandler serves GET /jsonp_send/{sid}: it applies upstream
+// frames for a JSONP session and answers NAME({"ok":true}); once they are
+// applied. As with POST /session/{sid}/send, answers to the frames
+// themselves (ok and err packets) go down the session.
+type jsonpSendHandler struct{ *node }
+
+func (h jsonpSendHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.forward(w, r, chi.URLParam(r, "sid")) {
 		return
 	}
-	h := w.Header()
-	h.Set("Cache-Control", "no-store, no-transform")
-	h.Set("X-Accel-Buffering", "no")
+	hdr := w.Header()
+	hdr.Set("Cache-Control", "no-store, no-transform")
+	hdr.Set("X-Accel-Buffering", "no")
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		writeRefusal(w, famJSONP, nil, &refusal{status: http.StatusBadRequest, code: gateway.DisconnectProtocol.Code, msg: "malformed query string: " + err.Error()})
@@ -81,9 +83,9 @@ func (s *Server) serveJSONPSend(w http.ResponseWriter, r *http.Request) {
 		b = append(b, '(')
 		b = append(b, arg...)
 		b = append(b, ");"...)
-		h.Set("Content-Type", famJSONP.contentType)
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Content-Length", strconv.Itoa(len(b)))
+		hdr.Set("Content-Type", famJSONP.contentType)
+		hdr.Set("X-Content-Type-Options", "nosniff")
+		hdr.Set("Content-Length", strconv.Itoa(len(b)))
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(b)
 	}
@@ -94,17 +96,17 @@ func (s *Server) serveJSONPSend(w http.ResponseWriter, r *http.Request) {
 		fail(gateway.DisconnectProtocol.Code, err.Error())
 		return
 	}
-	if ref := s.gate.origin(r); ref != nil {
+	if ref := h.gate.origin(r); ref != nil {
 		fail(ref.code, ref.msg)
 		return
 	}
-	s.cors(w, r)
+	h.cors(w, r)
 	d := q["d"]
 	if len(d) != 1 {
 		fail(gateway.DisconnectProtocol.Code, `exactly one "d" is required: the URL-encoded frame or array of frames`)
 		return
 	}
-	if limit := s.maxFrame * 8; len(d[0]) > limit {
+	if limit := h.maxFrame * 8; len(d[0]) > limit {
 		fail(gateway.DisconnectTooLarge.Code, fmt.Sprintf(`"d" exceeds %d bytes`, limit))
 		return
 	}
@@ -113,12 +115,12 @@ func (s *Server) serveJSONPSend(w http.ResponseWriter, r *http.Request) {
 		fail(gateway.DisconnectProtocol.Code, err.Error())
 		return
 	}
-	sess := s.gw.Session(sid)
+	sess := h.gw.Session(sid)
 	if sess == nil || !sess.Retain() {
 		fail(gateway.DisconnectNotFound.Code, gateway.DisconnectNotFound.Reason)
 		return
 	}
-	if ref := s.gate.join(r, sess); ref != nil {
+	if ref := h.gate.join(r, sess); ref != nil {
 		fail(ref.code, ref.msg)
 		return
 	}

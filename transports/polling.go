@@ -109,21 +109,21 @@ var (
 )
 
 // routePolling adds the routes of the request-per-poll family.
-func (s *Server) routePolling(r chi.Router) {
+func routePolling(r chi.Router, n *node) {
 	for _, m := range []string{http.MethodGet, http.MethodPost} {
-		r.Method(m, "/poll", s.pollHandler(famPolling))
-		r.Method(m, "/poll/{sid}", s.pollHandler(famPolling))
-		r.Method(m, "/xhr_stream", s.pollHandler(famXHRStream))
-		r.Method(m, "/xhr_stream/{sid}", s.pollHandler(famXHRStream))
+		r.Method(m, "/poll", pollHandler{n, famPolling})
+		r.Method(m, "/poll/{sid}", pollHandler{n, famPolling})
+		r.Method(m, "/xhr_stream", pollHandler{n, famXHRStream})
+		r.Method(m, "/xhr_stream/{sid}", pollHandler{n, famXHRStream})
 	}
 	for _, p := range []string{"/poll", "/poll/{sid}", "/xhr_stream", "/xhr_stream/{sid}"} {
-		r.Options(p, s.preflight)
+		r.Options(p, n.preflight)
 	}
-	r.Get("/htmlfile", s.pollHandler(famHTMLFile))
-	r.Get("/htmlfile/{sid}", s.pollHandler(famHTMLFile))
-	r.Get("/jsonp", s.pollHandler(famJSONP))
-	r.Get("/jsonp/{sid}", s.pollHandler(famJSONP))
-	r.Get("/jsonp_send/{sid}", s.serveJSONPSend)
+	r.Method(http.MethodGet, "/htmlfile", pollHandler{n, famHTMLFile})
+	r.Method(http.MethodGet, "/htmlfile/{sid}", pollHandler{n, famHTMLFile})
+	r.Method(http.MethodGet, "/jsonp", pollHandler{n, famJSONP})
+	r.Method(http.MethodGet, "/jsonp/{sid}", pollHandler{n, famJSONP})
+	r.Method(http.MethodGet, "/jsonp_send/{sid}", jsonpSendHandler{n})
 }
 
 // pollRequest is what a request of the family asks for, parsed and
@@ -137,20 +137,21 @@ type pollRequest struct {
 	errs     []error // per frame, index-aligned with frames
 }
 
-func (s *Server) pollHandler(fam *family) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		s.servePolling(fam, w, r)
-	}
+// pollHandler serves one transport of the family.
+type pollHandler struct {
+	*node
+	fam *family
 }
 
-func (s *Server) servePolling(fam *family, w http.ResponseWriter, r *http.Request) {
+func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	fam := h.fam
 	// Before anything reads the body: a forwarded request carries it on.
-	if s.forward(w, r, chi.URLParam(r, "sid")) {
+	if h.forward(w, r, chi.URLParam(r, "sid")) {
 		return
 	}
-	h := w.Header()
-	h.Set("Cache-Control", "no-store, no-transform")
-	h.Set("X-Accel-Buffering", "no")
+	hdr := w.Header()
+	hdr.Set("Cache-Control", "no-store, no-transform")
+	hdr.Set("X-Accel-Buffering", "no")
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		writeRefusal(w, fam, nil, &refusal{status: http.StatusBadRequest, code: gateway.DisconnectProtocol.Code, msg: "malformed query string: " + err.Error()})
@@ -167,21 +168,21 @@ func (s *Server) servePolling(fam *family, w http.ResponseWriter, r *http.Reques
 	} else {
 		f = fam.newFraming("")
 	}
-	req, ref := s.parsePollRequest(fam, w, r, q)
+	req, ref := h.parseRequest(w, r, q)
 	if ref != nil {
 		writeRefusal(w, fam, f, ref)
 		return
 	}
-	if ref := s.gate.origin(r); ref != nil {
+	if ref := h.gate.origin(r); ref != nil {
 		writeRefusal(w, fam, f, ref)
 		return
 	}
-	s.cors(w, r)
+	h.cors(w, r)
 
 	ctx := r.Context()
 	var sess *gateway.Session
 	if req.sid == "" {
-		sess, ref = s.gate.open(r, sessionSpec{transport: fam.name, retain: true})
+		sess, ref = h.gate.open(r, sessionSpec{transport: fam.name, retain: true})
 		if ref != nil {
 			writeRefusal(w, fam, f, ref)
 			return
@@ -192,12 +193,12 @@ func (s *Server) servePolling(fam *family, w http.ResponseWriter, r *http.Reques
 			sess.Subscribe(ctx, ch, "")
 		}
 	} else {
-		sess = s.gw.Session(req.sid)
+		sess = h.gw.Session(req.sid)
 		if sess == nil || !sess.Retain() {
 			writeRefusal(w, fam, f, refusedNotFound)
 			return
 		}
-		if ref := s.gate.join(r, sess); ref != nil {
+		if ref := h.gate.join(r, sess); ref != nil {
 			writeRefusal(w, fam, f, ref)
 			return
 		}
@@ -207,13 +208,13 @@ func (s *Server) servePolling(fam *family, w http.ResponseWriter, r *http.Reques
 	}
 	applyFrames(ctx, sess, req.frames, req.errs)
 
-	h.Set("Content-Type", fam.contentType)
+	hdr.Set("Content-Type", fam.contentType)
 	if fam.nosniff {
-		h.Set("X-Content-Type-Options", "nosniff")
+		hdr.Set("X-Content-Type-Options", "nosniff")
 	}
-	t := &httpDown{srv: s, sess: sess, fam: fam, f: f, w: w, rc: http.NewResponseController(w), done: make(chan struct{})}
+	t := &httpDown{n: h.node, sess: sess, fam: fam, f: f, w: w, rc: http.NewResponseController(w), done: make(chan struct{})}
 	if fam.streaming {
-		t.limit = s.opts.StreamLimit
+		t.limit = h.opts.StreamLimit
 	}
 	if err := sess.Attach(t, !fam.streaming); err != nil {
 		// The session ended since it was looked up (or opened).
@@ -225,11 +226,12 @@ func (s *Server) servePolling(fam *family, w http.ResponseWriter, r *http.Reques
 		// even when nothing is pending.
 		t.start()
 	}
-	s.hold(r, sess, t)
+	h.hold(r, sess, t)
 }
 
-// parsePollRequest reads the query and the body. It touches no session.
-func (s *Server) parsePollRequest(fam *family, w http.ResponseWriter, r *http.Request, q url.Values) (pollRequest, *refusal) {
+// parseRequest reads the query and the body. It touches no session.
+func (h pollHandler) parseRequest(w http.ResponseWriter, r *http.Request, q url.Values) (pollRequest, *refusal) {
+	fam := h.fam
 	bad := func(msg string) *refusal {
 		return &refusal{status: http.StatusBadRequest, code: gateway.DisconnectProtocol.Code, msg: msg}
 	}
@@ -244,8 +246,8 @@ func (s *Server) parsePollRequest(fam *family, w http.ResponseWriter, r *http.Re
 		}
 	}
 	req.channels = q["ch"]
-	if len(req.channels) > s.gw.Config().MaxSubscriptions {
-		return req, bad(fmt.Sprintf("too many channels in the URL: at most %d", s.gw.Config().MaxSubscriptions))
+	if len(req.channels) > h.gw.Config().MaxSubscriptions {
+		return req, bad(fmt.Sprintf("too many channels in the URL: at most %d", h.gw.Config().MaxSubscriptions))
 	}
 	ack, has, err := parseAck(q["ack"])
 	if err != nil {
@@ -256,7 +258,7 @@ func (s *Server) parsePollRequest(fam *family, w http.ResponseWriter, r *http.Re
 	}
 	req.ack, req.hasAck = ack, has
 	if r.Method == http.MethodPost && fam.frames {
-		body, ref := s.readFrames(w, r)
+		body, ref := h.readFrames(w, r)
 		if ref != nil {
 			return req, ref
 		}
@@ -272,8 +274,8 @@ func (s *Server) parsePollRequest(fam *family, w http.ResponseWriter, r *http.Re
 
 // readFrames reads a request body of upstream frames, bounded like
 // POST /session/{sid}/send. It returns the trimmed body.
-func (s *Server) readFrames(w http.ResponseWriter, r *http.Request) ([]byte, *refusal) {
-	limit := int64(s.maxFrame) * 8
+func (n *node) readFrames(w http.ResponseWriter, r *http.Request) ([]byte, *refusal) {
+	limit := int64(n.maxFrame) * 8
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -304,7 +306,7 @@ func applyFrames(ctx context.Context, sess *gateway.Session, frames []gateway.Fr
 // newer request), or the client went away. Then it takes the response
 // back from the session's writer and finishes it, and reports whether
 // anything was written and why the request ended.
-func (s *Server) hold(r *http.Request, sess *gateway.Session, t *httpDown) (started bool, reason gateway.Disconnect) {
+func (n *node) hold(r *http.Request, sess *gateway.Session, t *httpDown) (started bool, reason gateway.Disconnect) {
 	select {
 	case <-t.done:
 	case <-r.Context().Done():
@@ -339,7 +341,7 @@ func (s *Server) hold(r *http.Request, sess *gateway.Session, t *httpDown) (star
 		if !t.fam.streaming && !started {
 			t.w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 		}
-		_ = t.rc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+		_ = t.rc.SetWriteDeadline(time.Now().Add(n.opts.WriteTimeout))
 		if _, err := t.w.Write(b); err == nil {
 			_ = t.rc.Flush()
 		}
@@ -366,7 +368,7 @@ var (
 // writer goroutine writes into the ResponseWriter while the handler
 // goroutine waits in hold; release hands the response back to the handler.
 type httpDown struct {
-	srv   *Server
+	n     *node
 	sess  *gateway.Session
 	fam   *family
 	f     framing
@@ -496,7 +498,7 @@ func (t *httpDown) writeLocked(b []byte) (int, error) {
 		t.dmu.Unlock()
 		return 0, errRequestEnded
 	}
-	_ = t.rc.SetWriteDeadline(time.Now().Add(t.srv.opts.WriteTimeout))
+	_ = t.rc.SetWriteDeadline(time.Now().Add(t.n.opts.WriteTimeout))
 	t.dmu.Unlock()
 
 	n := 0

@@ -1,14 +1,9 @@
 package transports
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"log/slog"
-	"net"
 	"net/http"
-	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -73,76 +68,38 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Server holds the HTTP handlers of a node and what reads its hijacked
-// connections: a poller for idle WebSocket and SSE connections (Linux),
-// a small reader goroutine per connection otherwise. Shutdown of those
-// connections is the gateway's job (Gateway.Shutdown closes every
-// session); Wait then waits for the readers.
+// Server is a node's HTTP side: the routes of every transport family and
+// the health endpoints. Each family has a handler type of its own, built
+// from the node's shared dependencies (node.go); Server only routes to
+// them. Shutdown of the connections is the gateway's job
+// (Gateway.Shutdown closes every session); Wait then waits for the
+// readers.
 type Server struct {
-	opts    Options
-	gw      *gateway.Gateway
-	log     *slog.Logger
-	gate    *gate // the one admission check
-	router  chi.Router
-	readers sync.WaitGroup
-	fwd     *forwarder // nil: no forwarding
-	bridge  *bridgeDialer
-
-	// poller watches idle WebSocket and SSE connections instead of a
-	// reader goroutine each (netpoll_linux.go). It starts with the first
-	// such connection and stops in Wait; noPoller is set where it cannot
-	// start (or by tests of the goroutine fallback).
-	pollMu   sync.Mutex
-	poller   *poller
-	noPoller bool
-
-	maxFrame  int
-	heartbeat time.Duration // the gateway's heartbeat interval
+	*node
+	router chi.Router
 }
 
-// New builds the handlers.
+// New builds the handlers and their routes.
 func New(opts Options) *Server {
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	if opts.WriteTimeout == 0 {
-		opts.WriteTimeout = 10 * time.Second
-	}
-	if opts.MaxBodyBytes == 0 {
-		opts.MaxBodyBytes = 1 << 20
-	}
-	if opts.StreamLimit <= 0 {
-		opts.StreamLimit = defaultStreamLimit
-	}
-	s := &Server{
-		opts:      opts,
-		gw:        opts.Gateway,
-		log:       opts.Logger,
-		gate:      newGate(opts),
-		maxFrame:  opts.Gateway.Config().MaxFrameBytes,
-		heartbeat: opts.Gateway.Config().Heartbeat,
-	}
-	if opts.Nodes != nil {
-		s.fwd = newForwarder(opts.Nodes, opts.Gateway, opts.Logger)
-	}
-	s.bridge = newBridgeDialer(opts.Bridge, opts.BridgeDialTimeout, opts.Logger.Warn)
+	n := newNode(opts)
+	s := &Server{node: n}
 	r := chi.NewRouter()
 	r.Use(s.recoverer)
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
-	if opts.Metrics != nil {
-		r.Method(http.MethodGet, "/metrics", opts.Metrics)
+	if n.opts.Metrics != nil {
+		r.Method(http.MethodGet, "/metrics", n.opts.Metrics)
 	}
-	r.Get("/ws", s.serveWebSocket)
-	r.Get("/sse", s.serveSSE)
-	r.Get("/tcp/{target}", s.serveBridge)
-	r.Post("/session/{sid}/send", s.serveSend)
-	r.Options("/session/{sid}/send", s.preflight)
-	s.routePolling(r)
-	s.mountSockJS(r)
-	r.Post("/api/publish", s.servePublish)
-	if opts.Web != nil {
-		r.Handle("/*", opts.Web)
+	r.Method(http.MethodGet, "/ws", wsHandler{n})
+	r.Method(http.MethodGet, "/sse", sseHandler{n})
+	r.Method(http.MethodGet, "/tcp/{target}", bridgeHandler{n})
+	r.Method(http.MethodPost, "/session/{sid}/send", sendHandler{n})
+	r.Options("/session/{sid}/send", n.preflight)
+	routePolling(r, n)
+	mountSockJS(r, n)
+	r.Method(http.MethodPost, "/api/publish", publishHandler{n})
+	if n.opts.Web != nil {
+		r.Handle("/*", n.opts.Web)
 	}
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not found")
@@ -173,47 +130,6 @@ func (s *Server) Wait() {
 	if s.fwd != nil {
 		s.fwd.transport.CloseIdleConnections()
 	}
-}
-
-// idlePoller returns the node's poller, starting it on first use, or nil
-// when there is none (not Linux, or epoll failed): connections then keep
-// a reader goroutine each.
-func (s *Server) idlePoller() *poller {
-	s.pollMu.Lock()
-	defer s.pollMu.Unlock()
-	if s.poller == nil && !s.noPoller {
-		p, err := newPoller()
-		if err != nil {
-			s.log.Warn("idle connections keep a reader goroutine each: no poller", "err", err)
-			s.noPoller = true
-			return nil
-		}
-		s.poller = p
-	}
-	return s.poller
-}
-
-// watchIdle hands conn to the poller: ready runs (on a goroutine of its
-// own) whenever input arrives, and must re-arm the registration or end
-// the connection. It returns nil when conn cannot be polled; the caller
-// then reads it with a goroutine.
-func (s *Server) watchIdle(conn net.Conn, ready func()) *pollReg {
-	if b, ok := conn.(*bufferedConn); ok {
-		conn = b.Conn
-	}
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	p := s.idlePoller()
-	if p == nil {
-		return nil
-	}
-	return p.register(rc, ready)
 }
 
 func (s *Server) recoverer(next http.Handler) http.Handler {
@@ -261,49 +177,4 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		status = http.StatusServiceUnavailable
 	}
 	writeJSON(w, status, map[string]any{"ready": ready, "sessions": s.gw.SessionCount()})
-}
-
-// cors adds the CORS headers for an allowed cross-origin request.
-func (s *Server) cors(w http.ResponseWriter, r *http.Request) {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return
-	}
-	h := w.Header()
-	h.Set("Access-Control-Allow-Origin", origin)
-	h.Set("Access-Control-Allow-Credentials", "true")
-	h.Add("Vary", "Origin")
-}
-
-func (s *Server) preflight(w http.ResponseWriter, r *http.Request) {
-	if ref := s.gate.origin(r); ref != nil {
-		ref.writeJSON(w)
-		return
-	}
-	s.cors(w, r)
-	h := w.Header()
-	h.Set("Access-Control-Allow-Methods", "POST, GET, OPTIONS")
-	if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
-		h.Set("Access-Control-Allow-Headers", req)
-	}
-	h.Set("Access-Control-Max-Age", "86400")
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// apiAuthorized applies the publish API's key rule.
-func (s *Server) apiAuthorized(r *http.Request) bool {
-	if s.opts.AllowLoopback && clientAddr(r).IsLoopback() {
-		return true
-	}
-	auth := r.Header.Get("Authorization")
-	key, ok := strings.CutPrefix(auth, "Bearer ")
-	if !ok || key == "" {
-		return false
-	}
-	for _, k := range s.opts.APIKeys {
-		if subtle.ConstantTimeCompare([]byte(k), []byte(key)) == 1 {
-			return true
-		}
-	}
-	return false
 }

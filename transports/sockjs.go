@@ -231,18 +231,18 @@ func validateSockJSClientURL(s string) error {
 }
 
 // mountSockJS mounts every configured endpoint on r (New calls it).
-func (s *Server) mountSockJS(r chi.Router) {
-	for i, e := range s.opts.SockJS {
-		if err := sjsOverlap(s.opts.SockJS[:i], e); err != nil {
-			s.log.Error("sockjs endpoint refused", "prefix", e.Prefix, "err", err)
+func mountSockJS(r chi.Router, n *node) {
+	for i, e := range n.opts.SockJS {
+		if err := sjsOverlap(n.opts.SockJS[:i], e); err != nil {
+			n.log.Error("sockjs endpoint refused", "prefix", e.Prefix, "err", err)
 			continue // its prefix belongs to another endpoint
 		}
 		err := e.Validate()
-		if err == nil && e.Mode == SockJSTCP && !s.bridge.has(e.Target) {
+		if err == nil && e.Mode == SockJSTCP && !n.bridge.has(e.Target) {
 			err = fmt.Errorf("sockjs %s: target: %q is not one of the bridge targets", e.Prefix, e.Target)
 		}
 		if err != nil {
-			s.log.Error("sockjs endpoint refused", "prefix", e.Prefix, "err", err)
+			n.log.Error("sockjs endpoint refused", "prefix", e.Prefix, "err", err)
 			if validateSockJSPrefix(e.Prefix) != nil {
 				continue // nowhere to answer
 			}
@@ -254,7 +254,7 @@ func (s *Server) mountSockJS(r chi.Router) {
 			r.Handle(e.Prefix+"/*", refuse)
 			continue
 		}
-		ep := newSockJSEndpoint(s, e.withDefaults())
+		ep := newSockJSEndpoint(n, e.withDefaults())
 		r.Handle(e.Prefix, ep)
 		r.Handle(e.Prefix+"/*", ep)
 	}
@@ -262,7 +262,7 @@ func (s *Server) mountSockJS(r chi.Router) {
 
 // sockjsEndpoint serves one SockJS endpoint.
 type sockjsEndpoint struct {
-	srv    *Server
+	n      *node
 	cfg    SockJSEndpoint
 	echo   bool
 	tcp    bool   // a bridge endpoint: each session has a link to cfg.Target
@@ -274,11 +274,11 @@ type sockjsEndpoint struct {
 	swept    time.Time            // when closed sessions were last forgotten
 }
 
-func newSockJSEndpoint(s *Server, cfg SockJSEndpoint) *sockjsEndpoint {
+func newSockJSEndpoint(n *node, cfg SockJSEndpoint) *sockjsEndpoint {
 	page := []byte(strings.Replace(sjsIframeTemplate, "{{ sockjs_url }}", html.EscapeString(cfg.ClientURL), 1))
 	sum := sha256.Sum256(page)
 	return &sockjsEndpoint{
-		srv:      s,
+		n:        n,
 		cfg:      cfg,
 		echo:     cfg.Mode == SockJSEcho,
 		tcp:      cfg.Mode == SockJSTCP,
@@ -454,7 +454,7 @@ func sjsETagMatch(header, etag string) bool {
 // preflight answers a CORS preflight; it is cacheable, as the protocol
 // asks. Origins the node does not allow are refused.
 func (ep *sockjsEndpoint) preflight(w http.ResponseWriter, r *http.Request, methods string) {
-	if ep.srv.gate.origin(r) != nil {
+	if ep.n.gate.origin(r) != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return
 	}

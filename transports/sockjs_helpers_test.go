@@ -95,7 +95,7 @@ func (n *sjsNode) endpoint(t *testing.T, cfg SockJSEndpoint) (*sockjsEndpoint, s
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	ep := newSockJSEndpoint(n.srv, cfg.withDefaults())
+	ep := newSockJSEndpoint(n.srv.node, cfg.withDefaults())
 	hs := httptest.NewServer(ep)
 	t.Cleanup(hs.Close)
 	return ep, hs.URL + cfg.Prefix

@@ -67,7 +67,7 @@ func sjsHTMLFilePrelude(callback string) []byte {
 
 // sjsMaxBody bounds a send body (and a websocket message) of a session.
 func (ep *sockjsEndpoint) maxBody() int {
-	return max(ep.srv.maxFrame*8, 64<<10)
+	return max(ep.n.maxFrame*8, 64<<10)
 }
 
 // sjsFamilies are the receiving transports as families of the
@@ -103,7 +103,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 			return
 		}
 	}
-	if ref := ep.srv.gate.origin(r); ref != nil {
+	if ref := ep.n.gate.origin(r); ref != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return
 	}
@@ -147,7 +147,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 	if ack > 0 {
 		e.sess.Apply(r.Context(), gateway.Frame{Op: gateway.OpAck, Seq: ack})
 	}
-	t := &httpDown{srv: ep.srv, sess: e.sess, fam: fam, f: f, w: w, rc: http.NewResponseController(w), done: make(chan struct{})}
+	t := &httpDown{n: ep.n, sess: e.sess, fam: fam, f: f, w: w, rc: http.NewResponseController(w), done: make(chan struct{})}
 	if fam.streaming {
 		// The response limit counts frames, not the prelude.
 		t.limit = ep.cfg.ResponseLimit + len(f.appendPrelude(nil))
@@ -164,7 +164,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 	if fam.streaming {
 		t.start() // the prelude goes out at once
 	}
-	if _, reason := ep.srv.hold(r, e.sess, t); reason == gateway.DisconnectGone() {
+	if _, reason := ep.n.hold(r, e.sess, t); reason == gateway.DisconnectGone() {
 		// The request broke off: the client went away or stopped
 		// reading. SockJS ends such a session.
 		e.sess.Close(sjsInterrupted)
@@ -292,7 +292,7 @@ func (ep *sockjsEndpoint) deliver(r *http.Request, e *sjsEntry, msgs [][]byte) {
 // messages. 204 on success; 404 for an unknown session; 500 with the
 // protocol's text for a missing or broken body.
 func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, sid string) {
-	if ep.srv.gate.origin(r) != nil {
+	if ep.n.gate.origin(r) != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return
 	}
@@ -325,7 +325,7 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 // text/plain. It answers "ok" with 200, as the protocol asks (some
 // browsers mishandle a 204 here).
 func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request, sid string) {
-	if ep.srv.gate.origin(r) != nil {
+	if ep.n.gate.origin(r) != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return
 	}

@@ -81,7 +81,7 @@ func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsEntry, *refus
 		if e.closed() {
 			return e, nil
 		}
-		if ref := ep.srv.gate.join(r, e.sess); ref != nil {
+		if ref := ep.n.gate.join(r, e.sess); ref != nil {
 			return nil, ref
 		}
 		return e, nil
@@ -91,7 +91,7 @@ func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsEntry, *refus
 	if ep.tcp {
 		link = newBridgeLink()
 	}
-	sess, ref := ep.srv.gate.open(r, sessionSpec{
+	sess, ref := ep.n.gate.open(r, sessionSpec{
 		transport:       "sockjs",
 		retain:          true,
 		heartbeat:       ep.cfg.HeartbeatDelay,
@@ -119,7 +119,7 @@ func (ep *sockjsEndpoint) lookup(r *http.Request, id string) *sjsEntry {
 	ep.mu.Lock()
 	e := ep.entryLocked(id)
 	ep.mu.Unlock()
-	if e != nil && !e.closed() && ep.srv.gate.join(r, e.sess) != nil {
+	if e != nil && !e.closed() && ep.n.gate.join(r, e.sess) != nil {
 		return nil
 	}
 	return e
@@ -275,11 +275,11 @@ var errNotByteString = gateway.Disconnect{Code: gateway.DisconnectProtocol.Code,
 // unreachable"], c[4403,"target address not allowed"], c[4003,"the token
 // does not grant this target"]).
 func (ep *sockjsEndpoint) startBridge(sess *gateway.Session, link *bridgeLink) {
-	srv := ep.srv
-	srv.readers.Add(1)
+	n := ep.n
+	n.readers.Add(1)
 	go func() {
-		defer srv.readers.Done()
-		conn, err := srv.bridge.dial(link.dialCtx, ep.cfg.Target, sess.Principal())
+		defer n.readers.Done()
+		conn, err := n.bridge.dial(link.dialCtx, ep.cfg.Target, sess.Principal())
 		if err != nil {
 			link.failed(err)
 		} else {

@@ -37,7 +37,7 @@ func (ep *sockjsEndpoint) sjsWSPreconditions(w http.ResponseWriter, r *http.Requ
 		sjsPlain(w, http.StatusBadRequest, `"Connection" must be "Upgrade".`)
 		return false
 	}
-	if ep.srv.gate.origin(r) != nil {
+	if ep.n.gate.origin(r) != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return false
 	}
@@ -84,8 +84,8 @@ func (ep *sockjsEndpoint) serveWebSocket(w http.ResponseWriter, r *http.Request)
 		link = newBridgeLink()
 		onClose = link.close
 	}
-	sess, ref := ep.srv.gate.open(r, sessionSpec{transport: "sockjs", heartbeat: ep.cfg.HeartbeatDelay, onClose: onClose})
-	c := ep.srv.upgradeWS(w, r, ep.cfg.HeartbeatDelay, ep.wsLimits())
+	sess, ref := ep.n.gate.open(r, sessionSpec{transport: "sockjs", heartbeat: ep.cfg.HeartbeatDelay, onClose: onClose})
+	c := ep.n.upgradeWS(w, r, ep.cfg.HeartbeatDelay, ep.wsLimits())
 	if c == nil {
 		if sess != nil {
 			sess.Close(gateway.DisconnectGone())
@@ -189,13 +189,13 @@ func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Reque
 	}
 	switch {
 	case ep.tcp:
-		ep.srv.serveBridgeTo(w, r, ep.cfg.Target)
+		bridgeHandler{ep.n}.serveTarget(w, r, ep.cfg.Target)
 		return
 	case !ep.echo:
-		ep.srv.serveWebSocket(w, r)
+		wsHandler{ep.n}.ServeHTTP(w, r)
 		return
 	}
-	sess, ref := ep.srv.gate.open(r, sessionSpec{transport: "sockjs"})
+	sess, ref := ep.n.gate.open(r, sessionSpec{transport: "sockjs"})
 	if ref != nil {
 		if ref.retry {
 			w.Header().Set("Retry-After", "1")
@@ -203,7 +203,7 @@ func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Reque
 		sjsPlain(w, ref.status, ref.msg)
 		return
 	}
-	c := ep.srv.upgradeWS(w, r, ep.srv.heartbeat, ep.wsLimits())
+	c := ep.n.upgradeWS(w, r, ep.n.heartbeat, ep.wsLimits())
 	if c == nil {
 		sess.Close(gateway.DisconnectGone())
 		return

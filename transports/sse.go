@@ -34,7 +34,7 @@ import (
 // do: deliveries on different channels are not ordered against each other.
 
 type sseConn struct {
-	srv       *Server
+	n         *node
 	conn      net.Conn
 	sess      *gateway.Session
 	reg       *pollReg // set when the poller watches the connection
@@ -75,13 +75,16 @@ func sseResumeCursors(r *http.Request, channels []string) []string {
 
 var _ gateway.Transport = (*sseConn)(nil)
 
-func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
+// sseHandler serves GET /sse.
+type sseHandler struct{ *node }
+
+func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	channels := r.URL.Query()["ch"]
-	if len(channels) > s.gw.Config().MaxSubscriptions {
+	if len(channels) > h.gw.Config().MaxSubscriptions {
 		writeError(w, http.StatusBadRequest, "too many channels in the URL")
 		return
 	}
-	sess, ref := s.gate.open(r, sessionSpec{transport: "sse"})
+	sess, ref := h.gate.open(r, sessionSpec{transport: "sse"})
 	if ref != nil {
 		ref.writeJSON(w)
 		return
@@ -108,7 +111,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	// The retry hint spreads reconnects after a node goes away.
 	head.WriteString("\r\nretry: 2000\n\n")
 	cursors := sseResumeCursors(r, channels)
-	c := &sseConn{srv: s, conn: conn, sess: sess}
+	c := &sseConn{n: h.node, conn: conn, sess: sess}
 	if len(channels) > 0 {
 		c.urlChannels, c.cursors = channels, slices.Clone(cursors)
 	}
@@ -120,12 +123,12 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	// The poller watches for the client going away, or, where there is
 	// none, a goroutine waits in a read. Either counts as a reader from
 	// before the session can close the connection.
-	c.reg = s.watchIdle(conn, c.onInput)
-	s.readers.Add(1)
+	c.reg = h.watchIdle(conn, c.onInput)
+	h.readers.Add(1)
 	if err := sess.Attach(c, false); err != nil {
 		c.Close(gateway.DisconnectGone())
 		if c.reg == nil {
-			s.readers.Done()
+			h.readers.Done()
 		}
 		return
 	}
@@ -140,7 +143,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	go func() {
-		defer s.readers.Done()
+		defer h.readers.Done()
 		c.watch()
 	}()
 }
@@ -234,7 +237,7 @@ func (c *sseConn) updateCursor(p gateway.Packet) bool {
 func (c *sseConn) write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.deadline.extend(c.conn, c.srv.opts.WriteTimeout)
+	c.deadline.extend(c.conn, c.n.opts.WriteTimeout)
 	return c.conn.Write(b)
 }
 
@@ -254,7 +257,7 @@ func (c *sseConn) Close(gateway.Disconnect) {
 			// and is no longer a reader.
 			c.reg.remove()
 			_ = c.conn.Close()
-			c.srv.readers.Done()
+			c.n.readers.Done()
 			return
 		}
 		_ = c.conn.Close()

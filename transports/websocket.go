@@ -97,13 +97,16 @@ func attachWS(c *wsConn, sess *gateway.Session, codec wsCodec) {
 	c.start()
 }
 
-func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	sess, ref := s.gate.open(r, sessionSpec{transport: "websocket"})
+// wsHandler serves GET /ws.
+type wsHandler struct{ *node }
+
+func (h wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	sess, ref := h.gate.open(r, sessionSpec{transport: "websocket"})
 	if ref != nil {
 		ref.writeJSON(w)
 		return
 	}
-	c := s.upgradeWS(w, r, s.heartbeat, wsLimits{maxMessage: s.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code})
+	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code})
 	if c == nil {
 		sess.Close(gateway.DisconnectGone())
 		return

@@ -55,7 +55,7 @@ type wsOwner interface {
 
 // wsConn is one WebSocket connection: see the comment above.
 type wsConn struct {
-	srv   *Server
+	n     *node
 	conn  net.Conn
 	owner wsOwner
 
@@ -104,7 +104,7 @@ type wsLimits struct {
 // and three of them unanswered end the connection. When the handshake
 // fails gobwas has answered it (400 with the reason) and upgradeWS
 // returns nil.
-func (s *Server) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.Duration, lim wsLimits) *wsConn {
+func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.Duration, lim wsLimits) *wsConn {
 	conn, rw, _, err := ws.UpgradeHTTP(r, w)
 	if err != nil {
 		return nil
@@ -113,7 +113,7 @@ func (s *Server) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat tim
 		conn = withBuffered(conn, rw.Reader)
 	}
 	c := &wsConn{
-		srv:         s,
+		n:           n,
 		conn:        conn,
 		readTimeout: 3*heartbeat + 5*time.Second,
 		wsem:        make(chan struct{}, 1),
@@ -131,12 +131,12 @@ func (s *Server) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat tim
 // for many small frames rather than three per frame. Then start, or
 // abandon if the session could not take the connection.
 func (c *wsConn) watch(busy bool) {
-	c.srv.readers.Add(1)
+	c.n.readers.Add(1)
 	if busy {
 		c.frames.conn = bufio.NewReaderSize(c.conn, 4096)
 		return
 	}
-	c.reg = c.srv.watchIdle(c.conn, c.onInput)
+	c.reg = c.n.watchIdle(c.conn, c.onInput)
 }
 
 // start starts reading; the owner is set and its session has the
@@ -144,7 +144,7 @@ func (c *wsConn) watch(busy bool) {
 func (c *wsConn) start() {
 	if c.reg == nil {
 		go func() {
-			defer c.srv.readers.Done()
+			defer c.n.readers.Done()
 			defer c.conn.Close()
 			for !c.readEvent(false) {
 			}
@@ -169,7 +169,7 @@ func (c *wsConn) abandon() {
 		return
 	}
 	_ = c.conn.Close()
-	c.srv.readers.Done()
+	c.n.readers.Done()
 }
 
 // end tells the owner, once, that reading is over.
@@ -244,7 +244,7 @@ func (c *wsConn) finish() {
 	c.finishOnce.Do(func() {
 		c.reg.remove()
 		_ = c.conn.Close()
-		c.srv.readers.Done()
+		c.n.readers.Done()
 	})
 }
 
@@ -278,7 +278,7 @@ func (c *wsConn) write(b []byte) (int, error) {
 	if c.closeSent {
 		return 0, errCloseSent
 	}
-	c.deadline.extend(c.conn, c.srv.opts.WriteTimeout)
+	c.deadline.extend(c.conn, c.n.opts.WriteTimeout)
 	return c.conn.Write(b)
 }
 
@@ -403,7 +403,7 @@ func (c *wsConn) fail(d gateway.Disconnect) {
 // stopped answering heartbeats.
 func (c *wsConn) readFailed(err error) {
 	if !errors.Is(err, net.ErrClosed) {
-		c.srv.log.Debug("websocket read ended", "err", err)
+		c.n.log.Debug("websocket read ended", "err", err)
 	}
 	c.end(gateway.DisconnectGone())
 }

@@ -1,0 +1,138 @@
+package transports
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// node is what every handler of a node is built from: the gateway, the
+// admission gate, the readers of hijacked connections (the poller for
+// idle ones, reader goroutines otherwise), the forwarder to other nodes
+// and the bridge's dialer. Each transport family's handler type embeds
+// it (websocket.go, sse.go, polling.go, jsonp.go, api.go, bridge_ws.go)
+// or holds it (a SockJS endpoint); none of them refers to another
+// family's handler except where one family is another's special case
+// (SockJS's raw websocket is the native one).
+type node struct {
+	opts    Options
+	gw      *gateway.Gateway
+	log     *slog.Logger
+	gate    *gate      // the one admission check
+	fwd     *forwarder // nil: no forwarding
+	bridge  *bridgeDialer
+	readers sync.WaitGroup // every hijacked connection until it is closed
+
+	// poller watches idle WebSocket and SSE connections instead of a
+	// reader goroutine each (netpoll_linux.go). It starts with the first
+	// such connection and stops in Server.Wait; noPoller is set where it
+	// cannot start (or by tests of the goroutine fallback).
+	pollMu   sync.Mutex
+	poller   *poller
+	noPoller bool
+
+	maxFrame  int           // the gateway's frame limit
+	heartbeat time.Duration // the gateway's heartbeat interval
+}
+
+// newNode fills the options' defaults and builds the shared parts.
+func newNode(opts Options) *node {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.WriteTimeout == 0 {
+		opts.WriteTimeout = 10 * time.Second
+	}
+	if opts.MaxBodyBytes == 0 {
+		opts.MaxBodyBytes = 1 << 20
+	}
+	if opts.StreamLimit <= 0 {
+		opts.StreamLimit = defaultStreamLimit
+	}
+	n := &node{
+		opts:      opts,
+		gw:        opts.Gateway,
+		log:       opts.Logger,
+		gate:      newGate(opts),
+		bridge:    newBridgeDialer(opts.Bridge, opts.BridgeDialTimeout, opts.Logger.Warn),
+		maxFrame:  opts.Gateway.Config().MaxFrameBytes,
+		heartbeat: opts.Gateway.Config().Heartbeat,
+	}
+	if opts.Nodes != nil {
+		n.fwd = newForwarder(opts.Nodes, opts.Gateway, opts.Logger)
+	}
+	return n
+}
+
+// idlePoller returns the node's poller, starting it on first use, or nil
+// when there is none (not Linux, or epoll failed): connections then keep
+// a reader goroutine each.
+func (n *node) idlePoller() *poller {
+	n.pollMu.Lock()
+	defer n.pollMu.Unlock()
+	if n.poller == nil && !n.noPoller {
+		p, err := newPoller()
+		if err != nil {
+			n.log.Warn("idle connections keep a reader goroutine each: no poller", "err", err)
+			n.noPoller = true
+			return nil
+		}
+		n.poller = p
+	}
+	return n.poller
+}
+
+// watchIdle hands conn to the poller: ready runs (on a goroutine of its
+// own) whenever input arrives, and must re-arm the registration or end
+// the connection. It returns nil when conn cannot be polled; the caller
+// then reads it with a goroutine.
+func (n *node) watchIdle(conn net.Conn, ready func()) *pollReg {
+	if b, ok := conn.(*bufferedConn); ok {
+		conn = b.Conn
+	}
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	p := n.idlePoller()
+	if p == nil {
+		return nil
+	}
+	return p.register(rc, ready)
+}
+
+// cors adds the CORS headers for an allowed cross-origin request.
+func (n *node) cors(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Set("Access-Control-Allow-Credentials", "true")
+	h.Add("Vary", "Origin")
+}
+
+func (n *node) preflight(w http.ResponseWriter, r *http.Request) {
+	if ref := n.gate.origin(r); ref != nil {
+		ref.writeJSON(w)
+		return
+	}
+	n.cors(w, r)
+	h := w.Header()
+	h.Set("Access-Control-Allow-Methods", "POST, GET, OPTIONS")
+	if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
+		h.Set("Access-Control-Allow-Headers", req)
+	}
+	h.Set("Access-Control-Max-Age", "86400")
+	w.WriteHeader(http.StatusNoContent)
+}
