@@ -125,7 +125,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 	}
 	f := &sjsFraming{kind: kind, callback: callback, single: !fam.streaming}
 
-	e, ref := ep.session(r, sid)
+	e, ref := ep.session(r, sid, kind == sjsHTMLFile || kind == sjsJSONP)
 	if ref != nil {
 		f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.msg))
 		return
@@ -300,7 +300,7 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 	ep.setCookie(w, r)
 	sjsNoCache(h)
 	sjsCORS(w, r)
-	e := ep.lookup(r, sid)
+	e := ep.lookup(r, sid, false)
 	if e == nil {
 		sjsNotFound(w)
 		return
@@ -331,7 +331,7 @@ func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request,
 	}
 	ep.setCookie(w, r)
 	sjsNoCache(w.Header())
-	e := ep.lookup(r, sid)
+	e := ep.lookup(r, sid, true)
 	if e == nil {
 		sjsNotFound(w)
 		return
