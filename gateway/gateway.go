@@ -211,7 +211,7 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 	s.push(helloBody(s.id, s.heartbeatEvery))
 	if p := opts.Principal; p != nil && !p.Expires.IsZero() {
 		s.mu.Lock()
-		if !s.finished {
+		if s.state != stateEnded {
 			s.tokenEnd = time.AfterFunc(time.Until(p.Expires), func() { s.Close(DisconnectTokenExpired) })
 		}
 		s.mu.Unlock()
@@ -348,7 +348,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 			case <-ctx.Done():
 			}
 			cut++
-			s.abort()
+			s.abort(disconnectGone)
 		}
 		g.cancel() // publishes still waiting for the broker give up
 		idle := make(chan struct{})

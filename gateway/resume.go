@@ -73,13 +73,6 @@ func (s *Session) admitLiveLocked(b *Body) bool {
 	return true
 }
 
-func (s *Session) signalRoomLocked() {
-	if s.room != nil {
-		close(s.room)
-		s.room = nil
-	}
-}
-
 // startReplayLocked starts the replay of st; s.mu must be held.
 func (s *Session) startReplayLocked(pattern string, st *subState) {
 	ctx, cancel := context.WithCancel(s.g.ctx)
@@ -135,7 +128,7 @@ func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 			s.push(GapBody(pattern, "history does not reach back to the cursor", strconv.FormatUint(res.Oldest, 10)))
 		}
 		s.mu.Lock()
-		if st.liveSeen <= st.lastSeq || s.closing {
+		if st.liveSeen <= st.lastSeq || s.state != stateOpen {
 			st.replaying = false
 			s.mu.Unlock()
 			return
@@ -169,11 +162,8 @@ func errText(err error) string {
 func (s *Session) queueReplayed(ctx context.Context, pattern string, st *subState, m brokers.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.queuedLocked() > s.replayLimit() && !s.closing {
-		if s.room == nil {
-			s.room = make(chan struct{})
-		}
-		room := s.room
+	for s.queuedLocked() > s.replayLimit() && s.state == stateOpen {
+		room := s.roomLocked()
 		s.mu.Unlock()
 		select {
 		case <-room:
@@ -186,12 +176,9 @@ func (s *Session) queueReplayed(ctx context.Context, pattern string, st *subStat
 	}
 	// ctx is cancelled under s.mu when the subscription goes away, so this
 	// check keeps replayed messages from following an unsubscribe's ok.
-	if s.closing || ctx.Err() != nil || m.Seq <= st.lastSeq {
+	if s.state != stateOpen || ctx.Err() != nil || m.Seq <= st.lastSeq {
 		return
 	}
 	st.lastSeq = m.Seq
-	b := EncodeMessage(m, pattern, time.Now())
-	s.pending = append(s.pending, b)
-	s.pendingBytes += len(b.json)
-	s.kickLocked()
+	s.queueLocked(EncodeMessage(m, pattern, time.Now()))
 }

@@ -9,10 +9,12 @@ import (
 // carries packets to the client. Package transports implements it once per
 // transport family.
 //
-// The session guarantees that WritePackets, WriteHeartbeat and Close are
-// never called concurrently with each other: one writer at a time, started
-// only while there is something to write, so an idle session has no
-// goroutine of its own in the gateway.
+// WritePackets and WriteHeartbeat are never called concurrently with each
+// other: they run on the session's one writer. Close may be called at any
+// time, from any goroutine, more than once: while a write is blocked (it
+// must then make that write return), concurrently with another Close, and
+// even just before a write the writer had already decided on (that write
+// should then fail at once). Name may be called at any time.
 type Transport interface {
 	// Name names the transport in metrics and logs ("websocket", "sse").
 	Name() string
@@ -28,9 +30,8 @@ type Transport interface {
 	// and no close packet was written: the transport ends this request its
 	// own way. Otherwise the session's close packet was already written by
 	// WritePackets and the transport adds its own close (a WebSocket close
-	// frame). Close may be called more than once, and concurrently with a
-	// blocked write (to unblock it): it must be idempotent and safe for
-	// that.
+	// frame). It must be idempotent and safe for concurrent use (see
+	// Transport).
 	Close(d Disconnect)
 }
 
@@ -40,41 +41,138 @@ type Transport interface {
 type Session struct {
 	g         *Gateway
 	id        string
-	transport string // transport family name, for metrics
+	transport string // transport family name, for metrics and logs
 	retain    bool   // keep written packets until acked (polling transports)
-	done      chan struct{}
 	remote    string
+	done      chan struct{}
 	onClose   func()
-	principal *Principal  // nil: anonymous
-	tokenEnd  *time.Timer // closes the session when its token expires
+	principal *Principal // nil: anonymous
 	// heartbeatEvery and disconnectDelay are the session's own intervals
 	// (OpenOptions, else the gateway's).
 	heartbeatEvery  time.Duration
 	disconnectDelay time.Duration
 
-	mu           sync.Mutex
+	mu        sync.Mutex
+	state     sessionState
+	reason    Disconnect  // set when the state leaves stateOpen
+	tokenEnd  *time.Timer // closes the session when its token expires
+	expiry    *time.Timer // armed while the session waits for a downstream
+	detachGen uint64      // bumps at every attach/detach, for the expiry timer
+
+	// The downstream and the writer's bookkeeping (session_writer.go).
 	down         Transport // attached downstream, or nil
 	oneShot      bool      // down completes after one write (long-poll)
-	detachGen    uint64    // bumps at every attach/detach, for the expiry timer
-	expiry       *time.Timer
-	pending      []*Body // queued, not yet numbered
+	writing      bool      // a writer (or heartbeat) goroutine is running
+	resend       bool      // write unacked again first: a new request attached
+	wroteSince   bool      // something was written since the last heartbeat tick
+	pending      []*Body   // queued, not yet numbered
 	pendingBytes int
 	unacked      []Packet // written but not acknowledged (retain only)
 	unackedBytes int
-	resend       bool // write unacked again first: a new request attached
 	nextSeq      uint64
-	writing      bool // a writer (or heartbeat) goroutine is running
-	wroteSince   bool // something was written since the last heartbeat tick
-	closing      bool
-	closePending bool // the close packet is queued and not yet written
-	slow         bool // a slow-consumer close is on its way
-	finished     bool
-	reason       Disconnect
-	subs         map[string]*subState
-	lastN        uint64 // last upstream frame number applied
-	pubQ         []Frame
-	publishing   bool
-	room         chan struct{} // closed when the queue drains below the replay limit
+	room         chan struct{} // closed when the queue shrinks (SendData, replays wait on it)
+
+	// What the client asked for (session_frames.go, resume.go).
+	subs       map[string]*subState
+	lastN      uint64 // last upstream frame number applied
+	pubQ       []Frame
+	publishing bool // the publisher goroutine is running
+}
+
+// sessionState is where a session is in its life. It changes only with
+// s.mu held, only forward, and only as the table says (sessionEvent):
+//
+//	state      close      cut        taken      idle
+//	open       flushing   closing    -          open
+//	flushing   flushing   closing    closing    flushing
+//	closing    closing    closing    -          ended
+//	ended      ended      ended      ended      ended
+//
+// ("-": cannot happen, nothing changes.) Invariants:
+//   - reason is set when the state leaves open and never changes after.
+//   - Only an open session queues packets, applies frames, publishes,
+//     replays and gets heartbeats. In flushing, the close packet is the
+//     last packet queued.
+//   - Attach succeeds in open and flushing (a retaining session's next
+//     request collects the close packet), and fails after.
+//   - closing never outlasts the writer: the transition that leaves a
+//     closing session without a writer (idle) is made under the same hold
+//     of s.mu as the check, so exactly one goroutine ends the session.
+//   - ended: everything is released and Done is closed (right after, by
+//     the goroutine that made the transition).
+//   - The expiry timer is armed only in open and flushing, while the
+//     session has neither a downstream nor a writer.
+type sessionState uint8
+
+const (
+	stateOpen     sessionState = iota // serving the client
+	stateFlushing                     // closing; the close packet waits for a write
+	stateClosing                      // closing; nothing more will be written
+	stateEnded                        // released; Done is closed
+	numStates
+)
+
+var stateNames = [numStates]string{"open", "flushing", "closing", "ended"}
+
+func (st sessionState) String() string { return stateNames[st] }
+
+// sessionEvent is what moves a session along the table of sessionState.
+type sessionEvent uint8
+
+const (
+	// evClose: Close with a reason that has a close packet (not
+	// DisconnectGone) and a way to deliver it: a downstream, or a
+	// retaining session's next request (not after DisconnectExpired).
+	evClose sessionEvent = iota
+	// evCut: stop writing now, without a close packet: Close otherwise,
+	// abort (Shutdown gave up waiting), the disconnect delay passed
+	// without a downstream, or a session that does not retain lost its
+	// downstream.
+	evCut
+	// evTaken: the writer took the close packet into a write.
+	evTaken
+	// evIdle: no writer runs (it stopped, or none ran).
+	evIdle
+	numEvents
+)
+
+var eventNames = [numEvents]string{"close", "cut", "taken", "idle"}
+
+func (ev sessionEvent) String() string { return eventNames[ev] }
+
+// transitions is the table of sessionState, as data.
+var transitions = [numStates][numEvents]sessionState{
+	stateOpen:     {evClose: stateFlushing, evCut: stateClosing, evTaken: stateOpen, evIdle: stateOpen},
+	stateFlushing: {evClose: stateFlushing, evCut: stateClosing, evTaken: stateClosing, evIdle: stateFlushing},
+	stateClosing:  {evClose: stateClosing, evCut: stateClosing, evTaken: stateClosing, evIdle: stateEnded},
+	stateEnded:    {evClose: stateEnded, evCut: stateEnded, evTaken: stateEnded, evIdle: stateEnded},
+}
+
+// next is the state after ev.
+func (st sessionState) next(ev sessionEvent) sessionState { return transitions[st][ev] }
+
+// effects are what a transition leaves to do once s.mu is released:
+// closing a downstream may block until its write returns, and ending takes
+// the hub's locks and runs the OnClose callback.
+type effects struct {
+	close    [2]Transport // downstreams to close with reason (nil: none)
+	reason   Disconnect
+	end      bool     // the session reached stateEnded
+	patterns []string // with end: hub subscriptions to release
+}
+
+func (fx *effects) empty() bool { return !fx.end && fx.close[0] == nil && fx.close[1] == nil }
+
+// apply does what a transition left to do; s.mu must not be held.
+func (s *Session) apply(fx effects) {
+	for i, d := range fx.close {
+		if d != nil && (i == 0 || d != fx.close[0]) {
+			d.Close(fx.reason)
+		}
+	}
+	if fx.end {
+		s.end(fx.patterns)
+	}
 }
 
 // ID is the session id: the node id, a dot, and 128 random bits.
@@ -91,7 +189,8 @@ func (s *Session) Done() <-chan struct{} { return s.done }
 // Principal is who the session acts for; nil for an anonymous session.
 func (s *Session) Principal() *Principal { return s.principal }
 
-// Reason is why the session ended; valid after Done is closed.
+// Reason is why the session ended, or is ending: it is set when the
+// session starts closing, and is the zero Disconnect until then.
 func (s *Session) Reason() Disconnect {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -104,16 +203,18 @@ func (s *Session) Reason() Disconnect {
 // oneShot transports (long-poll responses) are detached after their first
 // write (a heartbeat counts). A retaining session that was closed while no
 // downstream was attached still accepts one, to deliver its close packet.
-// Attach fails with DisconnectNotFound once the session has ended.
+// Attach fails with DisconnectNotFound once the session has nothing more
+// to write (it is closing without a close packet waiting, or has ended).
 func (s *Session) Attach(t Transport, oneShot bool) error {
 	s.mu.Lock()
-	if s.finished || (s.closing && !s.closePending) {
+	if s.state >= stateClosing {
 		s.mu.Unlock()
 		return DisconnectNotFound
 	}
 	old := s.down
 	s.down, s.oneShot = t, oneShot
 	s.detachGen++
+	s.disarmExpiryLocked()
 	s.resend = s.retain && len(s.unacked) > 0
 	if s.resend || len(s.pending) > 0 {
 		s.kickLocked()
@@ -126,115 +227,151 @@ func (s *Session) Attach(t Transport, oneShot bool) error {
 }
 
 // Detach removes t if it is still the downstream. A retaining session then
-// waits for the next request for up to the configured disconnect delay; any
-// other session ends.
+// waits for its next request for up to its disconnect delay (counted from
+// the end of a write in progress); any other session ends.
 func (s *Session) Detach(t Transport) {
 	s.mu.Lock()
 	if t == nil || s.down != t {
 		s.mu.Unlock()
 		return
 	}
+	s.detachLocked()
+	var fx effects
+	if s.retain {
+		s.settleLocked(&fx)
+	} else {
+		s.abortLocked(disconnectGone, &fx)
+	}
+	s.mu.Unlock()
+	s.apply(fx)
+}
+
+// detachLocked forgets the downstream; s.mu must be held.
+func (s *Session) detachLocked() {
 	s.down = nil
 	s.detachGen++
-	gen := s.detachGen
-	retain := s.retain
-	s.mu.Unlock()
-	if !retain {
-		s.Close(disconnectGone)
-		return
-	}
-	s.startExpiry(gen)
 }
 
 // Close ends the session with reason d: the close packet is written (unless
 // the peer is gone), the downstream is closed, subscriptions are released.
-// A retaining session without a downstream keeps its close packet for the
-// next request, for at most the disconnect delay. Close does not wait; use
-// Done. Calling it again has no effect.
+// DisconnectSlow drops what is queued first (the client resumes from its
+// cursors). A retaining session without a downstream keeps its close packet
+// for the next request, for at most its disconnect delay. Close does not
+// wait; use Done. Only the first call has an effect.
 func (s *Session) Close(d Disconnect) {
+	var fx effects
 	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return
-	}
-	s.closing, s.reason = true, d
-	s.signalRoomLocked() // SendData waiters fail now
-	if d != disconnectGone && (s.down != nil || (s.retain && d != DisconnectExpired)) {
-		if d == DisconnectSlow {
-			clear(s.pending)
-			s.pending, s.pendingBytes = s.pending[:0], 0 // the client resumes from its cursors
-		}
-		s.pending = append(s.pending, closeBody(d))
-		s.closePending = true
-		if s.down != nil {
-			s.kickLocked() // the writer finishes the session
-			s.mu.Unlock()
-			return
-		}
-		gen, writing := s.detachGen, s.writing
-		s.mu.Unlock()
-		if !writing { // a running one-shot writer starts the expiry itself
-			s.startExpiry(gen)
-		}
-		return
-	}
-	if s.writing {
-		// The writer ends the session; closing its downstream unblocks it.
-		down := s.down
-		s.down = nil
-		s.mu.Unlock()
-		if down != nil {
-			down.Close(d)
-		}
-		return
-	}
-	over, down, reason := s.endLocked()
+	s.closeLocked(d, &fx)
 	s.mu.Unlock()
-	if over {
-		s.end(reason, down)
-	}
+	s.apply(fx)
 }
 
-// endLocked decides, with s.mu held and no writer running, whether a
-// closing session is over: its close packet was written, or there is no
-// close packet, or it cannot be written any more. When it is, it detaches
-// the downstream, which the caller passes to end.
-func (s *Session) endLocked() (over bool, down Transport, reason Disconnect) {
-	if !s.closing || s.finished {
-		return false, nil, Disconnect{}
-	}
-	if s.closePending && s.down == nil && s.retain {
-		return false, nil, Disconnect{} // the next Attach or the expiry ends it
-	}
-	down = s.down
-	s.down = nil
-	return true, down, s.reason
-}
-
-// end closes the given downstreams with reason and releases everything.
-func (s *Session) end(reason Disconnect, downs ...Transport) {
-	for i, d := range downs {
-		if d != nil && (i == 0 || d != downs[0]) {
-			d.Close(reason)
-		}
-	}
-	s.finish()
-}
-
-// finish releases everything; it runs exactly once, after the last write.
-func (s *Session) finish() {
-	s.mu.Lock()
-	if s.finished {
-		s.mu.Unlock()
+// closeLocked is Close with s.mu held; fx collects what is left to do.
+func (s *Session) closeLocked(d Disconnect, fx *effects) {
+	if s.state != stateOpen {
 		return
 	}
-	s.finished = true
-	s.closing = true
-	s.closePending = false
+	if d == disconnectGone || (s.down == nil && (!s.retain || d == DisconnectExpired)) {
+		s.abortLocked(d, fx) // nothing can carry a close packet
+		return
+	}
+	s.reason = d
+	s.signalRoomLocked() // SendData waiters fail now
+	if d == DisconnectSlow {
+		clear(s.pending)
+		s.pending, s.pendingBytes = s.pending[:0], 0
+	}
+	s.pending = append(s.pending, closeBody(d))
+	s.state = s.state.next(evClose)
+	if s.down != nil {
+		s.kickLocked()
+		return
+	}
+	// The next request collects the close packet; the wait for it starts
+	// now, even if the session was already waiting.
+	s.disarmExpiryLocked()
+	s.settleLocked(fx)
+}
+
+// abort ends the session without ceremony (Shutdown gave up waiting): a
+// close packet still queued is dropped and the downstream is closed with
+// d, which makes a blocked write return; the session ends when no writer
+// runs any more.
+func (s *Session) abort(d Disconnect) {
+	var fx effects
+	s.mu.Lock()
+	s.abortLocked(d, &fx)
+	s.mu.Unlock()
+	s.apply(fx)
+}
+
+// abortLocked is abort with s.mu held (evCut); d becomes the reason if the
+// session was open.
+func (s *Session) abortLocked(d Disconnect, fx *effects) {
+	if s.state == stateEnded {
+		return
+	}
+	if s.state == stateOpen {
+		s.reason = d
+	}
+	s.state = s.state.next(evCut)
+	s.signalRoomLocked()
+	if s.down != nil {
+		fx.close[0], fx.reason = s.down, d
+		s.detachLocked()
+	}
+	s.settleLocked(fx)
+}
+
+// settleLocked ends every transition that may leave the session without a
+// writer (evIdle), with s.mu held: a closing session ends; an open or
+// flushing one without a downstream waits for the next, for at most its
+// disconnect delay. A running writer settles when it stops.
+func (s *Session) settleLocked(fx *effects) {
+	switch {
+	case s.writing:
+	case s.state == stateClosing:
+		s.state = s.state.next(evIdle)
+		if s.down != nil {
+			fx.close[1], fx.reason = s.down, s.reason
+			s.detachLocked()
+		}
+		fx.end, fx.patterns = true, s.endLocked()
+	case s.state < stateClosing && s.down == nil && s.expiry == nil:
+		gen := s.detachGen
+		s.expiry = time.AfterFunc(s.disconnectDelay, func() { s.expire(gen) })
+	}
+}
+
+// disarmExpiryLocked stops the expiry timer; s.mu must be held.
+func (s *Session) disarmExpiryLocked() {
 	if s.expiry != nil {
 		s.expiry.Stop()
 		s.expiry = nil
 	}
+}
+
+// expire runs when the expiry timer armed at detach generation gen fires.
+// An Attach since then has stopped the timer, but may have come too late
+// to stop this call.
+func (s *Session) expire(gen uint64) {
+	var fx effects
+	s.mu.Lock()
+	if s.detachGen == gen && s.down == nil && s.state < stateClosing {
+		s.expiry = nil
+		// An open session expires; a flushing one's close packet was not
+		// collected in time.
+		s.abortLocked(DisconnectExpired, &fx)
+	}
+	s.mu.Unlock()
+	s.apply(fx)
+}
+
+// endLocked is the half of end that runs with s.mu held, right after the
+// session became ended: it lets go of everything but the hub
+// subscriptions, whose patterns it returns for end.
+func (s *Session) endLocked() []string {
+	s.disarmExpiryLocked()
 	if s.tokenEnd != nil {
 		s.tokenEnd.Stop()
 		s.tokenEnd = nil
@@ -252,76 +389,20 @@ func (s *Session) finish() {
 	s.subs = nil
 	s.pending, s.unacked, s.pubQ = nil, nil, nil
 	s.pendingBytes, s.unackedBytes = 0, 0
-	reason := s.reason
-	s.mu.Unlock()
+	return patterns
+}
+
+// end is the terminal step, run once by the goroutine that made the
+// session ended: it releases the hub subscriptions and the session's place
+// in the gateway, and closes Done.
+func (s *Session) end(patterns []string) {
 	for _, p := range patterns {
 		s.g.hub.unsubscribe(s, p)
 	}
 	s.g.forget(s)
-	s.g.metrics.sessionClosed(s.transport, reason)
+	s.g.metrics.sessionClosed(s.transport, s.Reason())
 	if s.onClose != nil {
 		s.onClose()
 	}
 	close(s.done)
-}
-
-// startExpiry ends a session that stays without a downstream for the
-// disconnect delay. gen is the detach generation it was called for: any
-// attach or detach since cancels it. A session has at most one expiry timer.
-func (s *Session) startExpiry(gen uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.finished || s.detachGen != gen || s.down != nil {
-		return
-	}
-	if s.expiry != nil {
-		s.expiry.Stop()
-	}
-	s.expiry = time.AfterFunc(s.disconnectDelay, func() { s.expire(gen) })
-}
-
-// expire runs when the expiry timer for detach generation gen fires. A
-// running writer re-arms the expiry when it stops, so it is left alone.
-func (s *Session) expire(gen uint64) {
-	s.mu.Lock()
-	if s.finished || s.detachGen != gen || s.down != nil || s.writing {
-		s.mu.Unlock()
-		return
-	}
-	if !s.closing {
-		s.mu.Unlock()
-		s.Close(DisconnectExpired)
-		return
-	}
-	s.closePending = false // nobody came for the close packet
-	over, last, reason := s.endLocked()
-	s.mu.Unlock()
-	if over {
-		s.end(reason, last)
-	}
-}
-
-// abort ends the session at once: the downstream is closed without a close
-// packet (it had its chance) so a blocked writer returns and finishes the
-// session.
-func (s *Session) abort() {
-	s.mu.Lock()
-	if !s.closing {
-		s.closing, s.reason = true, disconnectGone
-	}
-	s.signalRoomLocked()
-	s.closePending = false
-	down := s.down
-	s.down = nil
-	var over bool
-	if !s.writing {
-		over, _, _ = s.endLocked()
-	}
-	s.mu.Unlock()
-	if down != nil {
-		down.Close(disconnectGone)
-	}
-	if over {
-		s.finish()
-	}
 }

@@ -11,7 +11,7 @@ import (
 
 type subState struct {
 	ready bool // the hub holds the subscription (false while subscribing)
-	// History-backed subscriptions only (see resume.go):
+	// History-backed subscriptions only (resume.go):
 	history   bool
 	replaying bool               // a replay runs; live messages are not queued
 	lastSeq   uint64             // position of the last message queued
@@ -21,7 +21,8 @@ type subState struct {
 
 // HandleFrame applies one client frame. Errors are answered with an err
 // packet; a frame that cannot be decoded at all gets an err packet with code
-// 400 too, so a client bug never ends its session.
+// 400 too, so a client bug never ends its session. Only a frame over
+// Config.MaxFrameBytes does (DisconnectTooLarge).
 func (s *Session) HandleFrame(ctx context.Context, data []byte) {
 	if len(data) > s.g.cfg.MaxFrameBytes {
 		s.Close(DisconnectTooLarge)
@@ -35,7 +36,8 @@ func (s *Session) HandleFrame(ctx context.Context, data []byte) {
 	s.Apply(ctx, f)
 }
 
-// Reject answers a frame that could not be decoded with an err packet.
+// Reject answers a frame that could not be decoded with an err packet
+// (code 400), carrying the frame's id when it could be read.
 func (s *Session) Reject(f Frame, err error) {
 	var fe *FrameError
 	if errors.As(err, &fe) {
@@ -45,7 +47,9 @@ func (s *Session) Reject(f Frame, err error) {
 	s.push(errBody(f.ID, "", 400, err.Error()))
 }
 
-// Apply applies one decoded frame.
+// Apply applies one decoded frame. A frame numbered (n) at or below the
+// last one applied is a retried request and is ignored; one that skips a
+// number is answered with 409.
 func (s *Session) Apply(ctx context.Context, f Frame) {
 	if f.N != 0 {
 		s.mu.Lock()
@@ -101,7 +105,7 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor strin
 	history := s.g.hasHistory(pattern)
 	s.mu.Lock()
 	switch {
-	case s.closing:
+	case s.state != stateOpen:
 		s.mu.Unlock()
 		return
 	case s.subs[pattern] != nil:
@@ -134,13 +138,15 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor strin
 		return
 	}
 	st.ready = true
-	gone := s.finished
-	if !gone && st.replaying {
+	// A session that ended meanwhile released the subscriptions that were
+	// ready then, not this one.
+	gone := s.state == stateEnded
+	if s.state == stateOpen && st.replaying {
 		s.startReplayLocked(pattern, st)
 	}
 	s.mu.Unlock()
 	if gone {
-		s.g.hub.unsubscribe(s, pattern) // the session ended while subscribing
+		s.g.hub.unsubscribe(s, pattern)
 	}
 }
 
@@ -184,9 +190,7 @@ func (s *Session) ack(seq uint64) {
 // broker confirmation; more are refused with 429.
 const maxPendingPublishes = 64
 
-// enqueuePublish queues a client publish. One publisher goroutine per
-// session runs while publishes are pending, so a session's publishes reach
-// the broker in the order it sent them without blocking its read loop.
+// enqueuePublish queues a client publish for the session's publisher.
 func (s *Session) enqueuePublish(f Frame) {
 	if err := ValidateChannel(f.Ch); err != nil {
 		s.push(errBody(f.ID, f.Ch, 422, err.Error()))
@@ -197,7 +201,7 @@ func (s *Session) enqueuePublish(f Frame) {
 		return
 	}
 	s.mu.Lock()
-	if s.closing {
+	if s.state != stateOpen {
 		s.mu.Unlock()
 		return
 	}
@@ -215,11 +219,15 @@ func (s *Session) enqueuePublish(f Frame) {
 	s.mu.Unlock()
 }
 
+// publishLoop is the session's publisher goroutine: it runs while
+// publishes are pending, one at a time, so that they reach the broker in
+// the order the client sent them without blocking its read loop. It stops
+// when the queue is empty or the session is no longer open.
 func (s *Session) publishLoop() {
 	defer s.g.wg.Done()
 	for {
 		s.mu.Lock()
-		if len(s.pubQ) == 0 || s.closing {
+		if len(s.pubQ) == 0 || s.state != stateOpen {
 			s.pubQ = nil
 			s.publishing = false
 			s.mu.Unlock()

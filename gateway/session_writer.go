@@ -11,7 +11,8 @@ import (
 // The session's outgoing side: the queue (pending bodies, not yet
 // numbered), the writer that numbers and writes them, and heartbeats.
 
-// kickLocked starts the writer if it is not running. s.mu must be held.
+// kickLocked starts the writer if it is not running. s.mu must be held, so
+// that the goroutine is counted before Shutdown can wait for it.
 func (s *Session) kickLocked() {
 	if s.writing || s.down == nil {
 		return
@@ -26,21 +27,27 @@ func (s *Session) kickLocked() {
 // client that never acks must not grow the server's memory without limit).
 func (s *Session) queuedLocked() int { return s.pendingBytes + s.unackedBytes }
 
+// queueLocked appends b to the queue and starts the writer; s.mu must be
+// held and the session open.
+func (s *Session) queueLocked(b *Body) {
+	s.pending = append(s.pending, b)
+	s.pendingBytes += len(b.json)
+	s.kickLocked()
+}
+
 // push queues a session-specific packet (hello, ok, err, gap). These are not
 // subject to the slow-consumer policies but count against the queue bound.
 func (s *Session) push(b *Body) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing {
+	if s.state != stateOpen {
 		return
 	}
 	if s.queuedLocked()+len(b.json) > s.g.cfg.QueueBytes {
-		s.closeSlowLocked()
+		s.overflowLocked()
 		return
 	}
-	s.pending = append(s.pending, b)
-	s.pendingBytes += len(b.json)
-	s.kickLocked()
+	s.queueLocked(b)
 }
 
 // SendData queues a raw payload (a TypeData body, which the caller must
@@ -54,7 +61,7 @@ func (s *Session) SendData(ctx context.Context, data []byte) error {
 	b := dataBody(data)
 	s.mu.Lock()
 	for {
-		if s.closing {
+		if s.state != stateOpen {
 			reason := s.reason
 			s.mu.Unlock()
 			return reason
@@ -63,10 +70,7 @@ func (s *Session) SendData(ctx context.Context, data []byte) error {
 		if queued == 0 || queued+len(b.json) <= s.g.cfg.QueueBytes {
 			break
 		}
-		if s.room == nil {
-			s.room = make(chan struct{})
-		}
-		room := s.room
+		room := s.roomLocked()
 		s.mu.Unlock()
 		select {
 		case <-room:
@@ -75,11 +79,26 @@ func (s *Session) SendData(ctx context.Context, data []byte) error {
 		}
 		s.mu.Lock()
 	}
-	s.pending = append(s.pending, b)
-	s.pendingBytes += len(b.json)
-	s.kickLocked()
+	s.queueLocked(b)
 	s.mu.Unlock()
 	return nil
+}
+
+// roomLocked returns the channel closed when the queue shrinks or the
+// session stops being open; s.mu must be held.
+func (s *Session) roomLocked() <-chan struct{} {
+	if s.room == nil {
+		s.room = make(chan struct{})
+	}
+	return s.room
+}
+
+// signalRoomLocked wakes whoever waits in roomLocked; s.mu must be held.
+func (s *Session) signalRoomLocked() {
+	if s.room != nil {
+		close(s.room)
+		s.room = nil
+	}
 }
 
 // deliver queues a shared message body; it runs on the hub's fan-out path
@@ -87,7 +106,7 @@ func (s *Session) SendData(ctx context.Context, data []byte) error {
 func (s *Session) deliver(b *Body, policy SlowPolicy) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing {
+	if s.state != stateOpen {
 		return
 	}
 	if b.seq != 0 && !s.admitLiveLocked(b) {
@@ -107,12 +126,10 @@ func (s *Session) deliver(b *Body, policy SlowPolicy) {
 		s.dropOldestLocked(b.pattern, len(b.json))
 	}
 	if s.queuedLocked()+len(b.json) > s.g.cfg.QueueBytes {
-		s.closeSlowLocked()
+		s.overflowLocked()
 		return
 	}
-	s.pending = append(s.pending, b)
-	s.pendingBytes += len(b.json)
-	s.kickLocked()
+	s.queueLocked(b)
 }
 
 // dropOldestLocked drops the oldest queued messages of pattern until need
@@ -142,20 +159,20 @@ func (s *Session) dropOldestLocked(pattern string, need int) {
 	}
 }
 
-// closeSlowLocked closes the session as a slow consumer from a goroutine of
-// its own: the caller may be the hub's fan-out, which holds locks that
-// closing (unsubscribing) needs. s.mu must be held, so that the goroutine is
-// counted before Shutdown can wait for it; only the first call starts one.
-func (s *Session) closeSlowLocked() {
-	if s.slow {
-		return
+// overflowLocked closes the session as a slow consumer; s.mu must be held.
+// The caller may be the hub's fan-out, which holds the entry lock that
+// ending (unsubscribing) takes, so whatever the close leaves to do runs on
+// a goroutine of its own, counted before Shutdown can wait for it.
+func (s *Session) overflowLocked() {
+	var fx effects
+	s.closeLocked(DisconnectSlow, &fx)
+	if !fx.empty() {
+		s.g.wg.Add(1)
+		go func() {
+			defer s.g.wg.Done()
+			s.apply(fx)
+		}()
 	}
-	s.slow = true
-	s.g.wg.Add(1)
-	go func() {
-		defer s.g.wg.Done()
-		s.Close(DisconnectSlow)
-	}()
 }
 
 // batchPool holds the packet slices writers assemble a write in: a writer
@@ -173,8 +190,8 @@ func (s *Session) writeLoop() {
 }
 
 // writeRounds drains everything pending into one WritePackets call per
-// round until nothing is left. s.writing is set on entry; on return it is
-// cleared, or the session has been finished.
+// round until nothing is left. s.writing is set on entry and cleared when
+// it returns.
 func (s *Session) writeRounds() {
 	bp := batchPool.Get().(*[]Packet)
 	defer func() {
@@ -188,18 +205,11 @@ func (s *Session) writeRounds() {
 		s.mu.Lock()
 		down := s.down
 		if down == nil || (len(s.pending) == 0 && !s.resend) {
+			var fx effects
 			s.writing = false
-			over, last, reason := s.endLocked()
-			gen := s.detachGen
+			s.settleLocked(&fx)
 			s.mu.Unlock()
-			switch {
-			case over:
-				s.end(reason, last)
-			case down == nil:
-				// Detached during the write: an expiry that fired
-				// meanwhile saw the writer and did nothing.
-				s.startExpiry(gen)
-			}
+			s.apply(fx)
 			return
 		}
 		batch = batch[:0]
@@ -228,12 +238,13 @@ func (s *Session) writeRounds() {
 		}
 		s.pendingBytes = 0
 		s.signalRoomLocked()
-		s.closePending = false // if it was queued, it is in this batch
+		if s.state == stateFlushing {
+			s.state = s.state.next(evTaken) // the close packet is the last of this batch
+		}
 		s.wroteSince = true
 		oneShot := s.oneShot
 		if oneShot {
-			s.down = nil // the request completes with this write
-			s.detachGen++
+			s.detachLocked() // the request completes with this write
 		}
 		s.mu.Unlock()
 
@@ -251,19 +262,19 @@ func (s *Session) writeRounds() {
 // wrote handles the end of a write (packets or heartbeat) to down, on the
 // goroutine that wrote, with s.writing still set. It reports whether that
 // goroutine should go on writing (writeRounds); otherwise the writer has
-// stopped, and the session was finished if it is over.
+// stopped and the session has settled.
 func (s *Session) wrote(down Transport, oneShot bool, err error) bool {
 	if err == nil && !oneShot {
 		return true
 	}
+	var fx effects
 	s.mu.Lock()
 	if s.down == down { // failed on the current downstream
-		s.down = nil
-		s.detachGen++
+		s.detachLocked()
 	}
-	if err != nil && !s.retain && s.down == nil && !s.closing {
+	if err != nil && !s.retain && s.down == nil {
 		// The packets are lost and nothing would carry the next ones.
-		s.closing, s.reason = true, disconnectGone
+		s.abortLocked(disconnectGone, &fx)
 	}
 	if s.down != nil && (len(s.pending) > 0 || s.resend) {
 		s.mu.Unlock() // a newer request attached meanwhile: write to it
@@ -273,21 +284,16 @@ func (s *Session) wrote(down Transport, oneShot bool, err error) bool {
 		return true
 	}
 	s.writing = false
-	over, last, reason := s.endLocked()
-	gen, detached := s.detachGen, s.down == nil
+	s.settleLocked(&fx)
+	if fx.end && err == nil {
+		fx.close[0], fx.reason = down, s.reason // the close packet went in this write
+	}
 	s.mu.Unlock()
 	if err != nil {
 		s.g.log.Debug("write failed", slog.String("sid", s.id), slog.String("transport", down.Name()), slog.Any("err", err))
 		down.Close(disconnectGone)
 	}
-	switch {
-	case over && err == nil:
-		s.end(reason, last, down)
-	case over:
-		s.end(reason, last)
-	case detached:
-		s.startExpiry(gen)
-	}
+	s.apply(fx)
 	return false
 }
 
@@ -307,13 +313,14 @@ func (s *Session) recordWrite(batch []Packet, msgs, n int) {
 	}
 }
 
-// heartbeat is called by the gateway's shared ticker. It writes a
-// heartbeat when nothing else was written since the previous tick. On a
+// heartbeat is called by the ticker for the session's heartbeat interval.
+// It writes a heartbeat when nothing else was written since the previous
+// tick, on a goroutine that is the session's writer for that time. On a
 // one-shot downstream the heartbeat (an empty poll response) completes the
 // request, so the downstream is detached like after any other write.
 func (s *Session) heartbeat() {
 	s.mu.Lock()
-	if s.closing || s.down == nil || s.writing {
+	if s.state != stateOpen || s.down == nil || s.writing {
 		s.mu.Unlock()
 		return
 	}
@@ -324,8 +331,7 @@ func (s *Session) heartbeat() {
 	}
 	down, oneShot := s.down, s.oneShot
 	if oneShot {
-		s.down = nil
-		s.detachGen++
+		s.detachLocked()
 	}
 	s.writing = true
 	s.g.wg.Add(1)
