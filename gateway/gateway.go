@@ -163,12 +163,14 @@ func (g *Gateway) Ready() bool {
 
 // OpenOptions describe a new session.
 type OpenOptions struct {
-	// Transport names the transport family for metrics ("websocket", "sse").
+	// Transport names the transport family for metrics and logs
+	// ("websocket", "sse").
 	Transport string
 	// Retain keeps written packets until the client acknowledges them; the
 	// polling transports need it, persistent connections do not.
 	Retain bool
-	// RemoteAddr is the client's address, for logs.
+	// RemoteAddr is the client's address, for the session's open and close
+	// log lines (Debug level).
 	RemoteAddr string
 	// OnClose, if set, runs once when the session has ended.
 	OnClose func()
@@ -193,6 +195,7 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 		transport:       opts.Transport,
 		retain:          opts.Retain,
 		remote:          opts.RemoteAddr,
+		opened:          time.Now(),
 		onClose:         opts.OnClose,
 		principal:       opts.Principal,
 		heartbeatEvery:  cmp.Or(opts.Heartbeat, g.cfg.Heartbeat),
@@ -208,6 +211,7 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 	g.startTickerLocked(s.heartbeatEvery)
 	g.mu.Unlock()
 	g.metrics.sessionOpened(opts.Transport)
+	s.logEvent("session opened")
 	s.push(helloBody(s.id, s.heartbeatEvery))
 	if p := opts.Principal; p != nil && !p.Expires.IsZero() {
 		s.mu.Lock()

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"context"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -43,7 +45,8 @@ type Session struct {
 	id        string
 	transport string // transport family name, for metrics and logs
 	retain    bool   // keep written packets until acked (polling transports)
-	remote    string
+	remote    string // for logs
+	opened    time.Time
 	done      chan struct{}
 	onClose   func()
 	principal *Principal // nil: anonymous
@@ -400,9 +403,33 @@ func (s *Session) end(patterns []string) {
 		s.g.hub.unsubscribe(s, p)
 	}
 	s.g.forget(s)
-	s.g.metrics.sessionClosed(s.transport, s.Reason())
+	reason := s.Reason()
+	s.g.metrics.sessionClosed(s.transport, reason)
+	s.logEvent("session closed",
+		slog.Duration("duration", time.Since(s.opened)),
+		slog.Int("code", reason.Code),
+		slog.String("reason", reason.Reason))
 	if s.onClose != nil {
 		s.onClose()
 	}
 	close(s.done)
+}
+
+// logEvent logs a session's open or close at Debug level, when that level
+// is enabled.
+func (s *Session) logEvent(msg string, attrs ...slog.Attr) {
+	ctx := context.Background()
+	if !s.g.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	subject := ""
+	if s.principal != nil {
+		subject = s.principal.Subject
+	}
+	s.g.log.LogAttrs(ctx, slog.LevelDebug, msg, append([]slog.Attr{
+		slog.String("sid", s.id),
+		slog.String("transport", s.transport),
+		slog.String("remote", s.remote),
+		slog.String("subject", subject),
+	}, attrs...)...)
 }

@@ -1,9 +1,13 @@
 package gateway
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -398,4 +402,61 @@ func TestSessionTransitions(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestSessionOpenCloseLog: a session logs one Debug line when it opens and
+// one when it ends, with who, where from and, at the end, how long and why.
+func TestSessionOpenCloseLog(t *testing.T) {
+	var buf syncBuffer
+	g := newTestGateway(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	s, err := g.Open(OpenOptions{Transport: "fake", RemoteAddr: "192.0.2.7:4711", Principal: &Principal{Subject: "alice"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close(DisconnectShutdown)
+	waitDone(t, s)
+
+	var lines []map[string]any
+	for line := range strings.Lines(buf.String()) {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if m["sid"] == s.ID() {
+			lines = append(lines, m)
+		}
+	}
+	if len(lines) != 2 {
+		t.Fatalf("%d log lines for the session, want 2: %s", len(lines), buf.String())
+	}
+	for i, msg := range []string{"session opened", "session closed"} {
+		m := lines[i]
+		if m["msg"] != msg || m["level"] != "DEBUG" || m["transport"] != "fake" ||
+			m["remote"] != "192.0.2.7:4711" || m["subject"] != "alice" {
+			t.Errorf("line %d: %v", i, m)
+		}
+	}
+	if end := lines[1]; end["code"] != float64(DisconnectShutdown.Code) || end["reason"] != DisconnectShutdown.Reason || end["duration"] == nil {
+		t.Errorf("close line: %v", end)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
