@@ -319,3 +319,10 @@ func compactJSON(t *testing.T, s []byte) string {
 	}
 	return b.String()
 }
+
+// patterns returns the number of broker subscriptions the hub holds.
+func (h *hub) patterns() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.entries)
+}

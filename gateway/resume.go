@@ -10,24 +10,9 @@ import (
 	"github.com/cometgate/cometgate/brokers"
 )
 
-// Resuming from history.
-//
-// On a channel backed by broker history every message carries its position
-// (brokers.Message.Seq), shown to clients as the cursor. A subscription
-// remembers the position of the last message it queued and drops anything
-// at or before it, so the live stream and a replay can overlap without
-// duplicates.
-//
-// A client that subscribes with a cursor joins the live fan-out at once but
-// in "replaying" state: live messages are not queued, only the newest
-// position seen is noted. A replay from the broker's history queues every
-// stored message after the cursor, throttled by the session's queue (a slow
-// client slows its replay, it is not disconnected for it). When a replay
-// round ends, the subscription switches to live if no live message newer
-// than the last replayed one went by meanwhile; otherwise another round
-// fetches what came in during the first. The switch happens under the
-// session lock, the same lock live delivery takes, so no message falls
-// between the replay and the live stream.
+// Resuming from history (the design is in the package doc): a subscription
+// with a cursor replays the broker's history after it, then switches to
+// the live stream.
 
 // replayLimit is how full (in bytes) a session's queue may get before a
 // replay waits for the client.
