@@ -59,7 +59,7 @@ type Session struct {
 	state     sessionState
 	reason    Disconnect  // set when the state leaves stateOpen
 	tokenEnd  *time.Timer // closes the session when its token expires
-	expiry    *time.Timer // armed while the session waits for a downstream
+	expiry    *time.Timer // armed while there is neither downstream nor writer
 	detachGen uint64      // bumps at every attach/detach, for the expiry timer
 
 	// The downstream and the writer's bookkeeping (session_writer.go).
@@ -255,12 +255,14 @@ func (s *Session) detachLocked() {
 	s.detachGen++
 }
 
-// Close ends the session with reason d: the close packet is written (unless
-// the peer is gone), the downstream is closed, subscriptions are released.
-// DisconnectSlow drops what is queued first (the client resumes from its
-// cursors). A retaining session without a downstream keeps its close packet
-// for the next request, for at most its disconnect delay. Close does not
-// wait; use Done. Only the first call has an effect.
+// Close ends the session with reason d. The close packet (for any d but
+// DisconnectGone) is written to the downstream or, by a retaining session
+// without one, kept for its next request for at most its disconnect delay;
+// then the downstream is closed with d and the subscriptions are released.
+// A session with no way to deliver the close packet ends at once.
+// DisconnectSlow first drops what is queued (the client resumes from its
+// cursors). Close does not wait; use Done. Only the first call has an
+// effect.
 func (s *Session) Close(d Disconnect) {
 	var fx effects
 	s.mu.Lock()
@@ -296,10 +298,11 @@ func (s *Session) closeLocked(d Disconnect, fx *effects) {
 	s.settleLocked(fx)
 }
 
-// abort ends the session without ceremony (Shutdown gave up waiting): a
-// close packet still queued is dropped and the downstream is closed with
-// d, which makes a blocked write return; the session ends when no writer
-// runs any more.
+// abort ends the session without ceremony: a close packet still queued is
+// dropped and the downstream is closed with d, which makes a blocked write
+// return; the session ends when no writer runs any more. Shutdown aborts
+// the sessions it gave up waiting for; the expiry, and the loss of the
+// downstream of a session that does not retain, abort too.
 func (s *Session) abort(d Disconnect) {
 	var fx effects
 	s.mu.Lock()
