@@ -55,14 +55,11 @@ type Session struct {
 	heartbeatEvery  time.Duration
 	disconnectDelay time.Duration
 
-	mu        sync.Mutex
-	state     sessionState
-	reason    Disconnect  // set when the state leaves stateOpen
-	tokenEnd  *time.Timer // closes the session when its token expires
-	expiry    *time.Timer // armed while there is neither downstream nor writer
-	detachGen uint64      // bumps at every attach/detach, for the expiry timer
+	mu    sync.Mutex
+	state sessionState
 
-	// The downstream and the writer's bookkeeping (session_writer.go).
+	// The downstream and the writer's bookkeeping (session_writer.go),
+	// next to mu: every delivery and write round touches them.
 	down         Transport // attached downstream, or nil
 	oneShot      bool      // down completes after one write (long-poll)
 	writing      bool      // a writer (or heartbeat) goroutine is running
@@ -74,6 +71,11 @@ type Session struct {
 	unackedBytes int
 	nextSeq      uint64
 	room         chan struct{} // closed when the queue shrinks (SendData, replays wait on it)
+
+	reason    Disconnect  // set when the state leaves stateOpen
+	tokenEnd  *time.Timer // closes the session when its token expires
+	expiry    *time.Timer // armed while there is neither downstream nor writer
+	detachGen uint64      // bumps at every attach/detach, for the expiry timer
 
 	// What the client asked for (session_frames.go, resume.go).
 	subs       map[string]*subState
@@ -167,7 +169,10 @@ type effects struct {
 func (fx *effects) empty() bool { return !fx.end && fx.close[0] == nil && fx.close[1] == nil }
 
 // apply does what a transition left to do; s.mu must not be held.
-func (s *Session) apply(fx effects) {
+func (s *Session) apply(fx *effects) {
+	if fx.empty() { // most transitions: a write round that ends with nothing left
+		return
+	}
 	for i, d := range fx.close {
 		if d != nil && (i == 0 || d != fx.close[0]) {
 			d.Close(fx.reason)
@@ -246,7 +251,7 @@ func (s *Session) Detach(t Transport) {
 		s.abortLocked(disconnectGone, &fx)
 	}
 	s.mu.Unlock()
-	s.apply(fx)
+	s.apply(&fx)
 }
 
 // detachLocked forgets the downstream; s.mu must be held.
@@ -268,7 +273,7 @@ func (s *Session) Close(d Disconnect) {
 	s.mu.Lock()
 	s.closeLocked(d, &fx)
 	s.mu.Unlock()
-	s.apply(fx)
+	s.apply(&fx)
 }
 
 // closeLocked is Close with s.mu held; fx collects what is left to do.
@@ -308,7 +313,7 @@ func (s *Session) abort(d Disconnect) {
 	s.mu.Lock()
 	s.abortLocked(d, &fx)
 	s.mu.Unlock()
-	s.apply(fx)
+	s.apply(&fx)
 }
 
 // abortLocked is abort with s.mu held (evCut); d becomes the reason if the
@@ -370,7 +375,7 @@ func (s *Session) expire(gen uint64) {
 		s.abortLocked(DisconnectExpired, &fx)
 	}
 	s.mu.Unlock()
-	s.apply(fx)
+	s.apply(&fx)
 }
 
 // endLocked is the half of end that runs with s.mu held, right after the

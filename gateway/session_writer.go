@@ -170,7 +170,7 @@ func (s *Session) overflowLocked() {
 		s.g.wg.Add(1)
 		go func() {
 			defer s.g.wg.Done()
-			s.apply(fx)
+			s.apply(&fx)
 		}()
 	}
 }
@@ -209,7 +209,7 @@ func (s *Session) writeRounds() {
 			s.writing = false
 			s.settleLocked(&fx)
 			s.mu.Unlock()
-			s.apply(fx)
+			s.apply(&fx)
 			return
 		}
 		batch = batch[:0]
@@ -293,7 +293,7 @@ func (s *Session) wrote(down Transport, oneShot bool, err error) bool {
 		s.g.log.Debug("write failed", slog.String("sid", s.id), slog.String("transport", down.Name()), slog.Any("err", err))
 		down.Close(disconnectGone)
 	}
-	s.apply(fx)
+	s.apply(&fx)
 	return false
 }
 
