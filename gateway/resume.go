@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -70,6 +71,9 @@ func (s *Session) startReplayLocked(pattern string, st *subState) {
 	}()
 }
 
+// replay runs st's replay in rounds, each from the last position queued,
+// until a round ends with no newer live message seen (st then goes live,
+// under s.mu, which live delivery takes too) or until maxReplayRounds.
 func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 	hist := s.g.broker.(brokers.History)
 	for round := 0; ; round++ {
@@ -95,7 +99,7 @@ func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 		if err != nil {
 			// The history cannot be read now (broker down): say so and go
 			// live; the client may resubscribe with its cursor later.
-			s.g.log.Warn("replay failed", "sid", s.id, "pattern", pattern, "err", err)
+			s.g.log.Warn("replay failed", slog.String("sid", s.id), slog.String("pattern", pattern), slog.Any("err", err))
 			s.finishReplay(st, GapBody(pattern, "history unavailable: "+errText(err), ""))
 			return
 		}
