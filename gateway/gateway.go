@@ -176,7 +176,9 @@ type OpenOptions struct {
 	// RemoteAddr is the client's address, for the session's open and close
 	// log lines (Debug level).
 	RemoteAddr string
-	// OnClose, if set, runs once when the session has ended.
+	// OnClose, if set, runs once when the session has ended, just before
+	// Done is closed, on the goroutine that ended it (which may be one
+	// calling Session.Close or Detach); it must not block.
 	OnClose func()
 	// Principal is who the session acts for (a verified token), or nil.
 	// The session ends with DisconnectTokenExpired when its token expires.

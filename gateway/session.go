@@ -16,7 +16,10 @@ import (
 // time, from any goroutine, more than once: while a write is blocked (it
 // must then make that write return), concurrently with another Close, and
 // even just before a write the writer had already decided on (that write
-// should then fail at once). Name may be called at any time.
+// should then fail at once). Close may also run inside the Session method
+// the transport called (Attach closes the downstream it replaces; Close
+// and Detach may end the session), so a transport must not hold a lock
+// that its Close takes while it calls them. Name may be called at any time.
 type Transport interface {
 	// Name names the transport in metrics and logs ("websocket", "sse").
 	Name() string
