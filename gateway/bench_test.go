@@ -56,7 +56,11 @@ func BenchmarkFanout(b *testing.B) {
 	}
 }
 
-func benchFanout(b *testing.B, n int) {
+// newBenchGateway starts a gateway on a fake broker that keeps no
+// published messages, with sessions allowed on bench.> and no heartbeats
+// during the benchmark; Cleanup shuts both down.
+func newBenchGateway(b *testing.B) (*Gateway, *fakeBroker) {
+	b.Helper()
 	fb := newFakeBroker()
 	fb.noRecord = true
 	g, err := New(Config{
@@ -69,14 +73,19 @@ func benchFanout(b *testing.B, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer func() {
+	b.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := g.Shutdown(ctx); err != nil {
 			b.Error(err)
 		}
 		_ = fb.Close()
-	}()
+	})
+	return g, fb
+}
+
+func benchFanout(b *testing.B, n int) {
+	g, fb := newBenchGateway(b)
 
 	var delivered, written atomic.Int64
 	sessions := make([]*Session, n)
@@ -163,24 +172,7 @@ func BenchmarkDeliver(b *testing.B) {
 }
 
 func benchDeliver(b *testing.B, batch int) {
-	fb := newFakeBroker()
-	g, err := New(Config{
-		NodeID:    "bench",
-		Rules:     Rules{{Pattern: "bench.>", Subscribe: Anyone}},
-		Logger:    slog.New(slog.DiscardHandler),
-		Heartbeat: time.Hour,
-	}, fb)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := g.Shutdown(ctx); err != nil {
-			b.Error(err)
-		}
-		_ = fb.Close()
-	}()
+	g, _ := newBenchGateway(b)
 	s, err := g.Open(OpenOptions{Transport: "discard"})
 	if err != nil {
 		b.Fatal(err)

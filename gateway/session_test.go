@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -127,6 +126,10 @@ func TestSessionTransitions(t *testing.T) {
 	}
 	flushing := func(x setup) setup {
 		x.s.Close(DisconnectShutdown)
+		return x
+	}
+	cut := func(x setup) setup {
+		x.s.Close(DisconnectGone())
 		return x
 	}
 
@@ -317,11 +320,7 @@ func TestSessionTransitions(t *testing.T) {
 		},
 		{
 			name: "Close", from: stateClosing, ev: evClose, writing: true,
-			start: func(t *testing.T, g *testGateway) setup {
-				x := stuck(t, g, false)
-				x.s.Close(DisconnectGone())
-				return x
-			},
+			start: func(t *testing.T, g *testGateway) setup { return cut(stuck(t, g, false)) },
 			event: func(t *testing.T, x setup) { x.s.Close(DisconnectShutdown) },
 			check: func(t *testing.T, x setup) {
 				if r := x.s.Reason(); r != DisconnectGone() {
@@ -340,29 +339,17 @@ func TestSessionTransitions(t *testing.T) {
 		},
 		{
 			name: "writer stops", from: stateClosing, ev: evIdle,
-			start: func(t *testing.T, g *testGateway) setup {
-				x := stuck(t, g, false)
-				x.s.Close(DisconnectGone())
-				return x
-			},
+			start: func(t *testing.T, g *testGateway) setup { return cut(stuck(t, g, false)) },
 			event: func(t *testing.T, x setup) { x.release(); waitDone(t, x.s) },
 		},
 		{
 			name: "Close", from: stateEnded, ev: evClose,
-			start: func(t *testing.T, g *testGateway) setup {
-				x := open(t, g, false)
-				x.s.Close(DisconnectGone())
-				return x
-			},
+			start: func(t *testing.T, g *testGateway) setup { return cut(open(t, g, false)) },
 			event: func(t *testing.T, x setup) { x.s.Close(DisconnectShutdown) },
 		},
 		{
 			name: "abort", from: stateEnded, ev: evCut,
-			start: func(t *testing.T, g *testGateway) setup {
-				x := open(t, g, false)
-				x.s.Close(DisconnectGone())
-				return x
-			},
+			start: func(t *testing.T, g *testGateway) setup { return cut(open(t, g, false)) },
 			event: func(t *testing.T, x setup) { x.s.abort(DisconnectShutdown) },
 		},
 	} {
@@ -407,7 +394,9 @@ func TestSessionTransitions(t *testing.T) {
 // TestSessionOpenCloseLog: a session logs one Debug line when it opens and
 // one when it ends, with who, where from and, at the end, how long and why.
 func TestSessionOpenCloseLog(t *testing.T) {
-	var buf syncBuffer
+	// Read only after Done: the close line is written before Done is
+	// closed, and nothing else logs meanwhile.
+	var buf bytes.Buffer
 	g := newTestGateway(t, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
@@ -441,22 +430,4 @@ func TestSessionOpenCloseLog(t *testing.T) {
 	if end := lines[1]; end["code"] != float64(DisconnectShutdown.Code) || end["reason"] != DisconnectShutdown.Reason || end["duration"] == nil {
 		t.Errorf("close line: %v", end)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
