@@ -212,36 +212,8 @@ func (s *Session) writeRounds() {
 			s.apply(&fx)
 			return
 		}
-		batch = batch[:0]
-		if s.resend {
-			batch = append(batch, s.unacked...)
-			s.resend = false
-		}
-		msgs := 0
-		for _, b := range s.pending {
-			s.nextSeq++
-			p := Packet{Seq: s.nextSeq, body: b}
-			batch = append(batch, p)
-			if s.retain {
-				s.unacked = append(s.unacked, p)
-				s.unackedBytes += len(b.json)
-			}
-			if b.typ == TypeMsg {
-				msgs++
-			}
-		}
-		clear(s.pending)
-		if cap(s.pending) > 64 {
-			s.pending = nil
-		} else {
-			s.pending = s.pending[:0]
-		}
-		s.pendingBytes = 0
-		s.signalRoomLocked()
-		if s.state == stateFlushing {
-			s.state = s.state.next(evTaken) // the close packet is the last of this batch
-		}
-		s.wroteSince = true
+		var msgs int
+		batch, msgs = s.takeLocked(batch[:0])
 		oneShot := s.oneShot
 		if oneShot {
 			s.detachLocked() // the request completes with this write
@@ -257,6 +229,43 @@ func (s *Session) writeRounds() {
 			return
 		}
 	}
+}
+
+// takeLocked appends to batch, numbered, everything pending (after the
+// unacknowledged packets, when a newly attached request needs them again)
+// and empties the queue; it returns the batch and the number of msg
+// packets in it. s.mu must be held.
+func (s *Session) takeLocked(batch []Packet) ([]Packet, int) {
+	if s.resend {
+		batch = append(batch, s.unacked...)
+		s.resend = false
+	}
+	msgs := 0
+	for _, b := range s.pending {
+		s.nextSeq++
+		p := Packet{Seq: s.nextSeq, body: b}
+		batch = append(batch, p)
+		if s.retain {
+			s.unacked = append(s.unacked, p)
+			s.unackedBytes += len(b.json)
+		}
+		if b.typ == TypeMsg {
+			msgs++
+		}
+	}
+	clear(s.pending)
+	if cap(s.pending) > 64 {
+		s.pending = nil // a burst's backing array is not kept for good
+	} else {
+		s.pending = s.pending[:0]
+	}
+	s.pendingBytes = 0
+	s.signalRoomLocked()
+	if s.state == stateFlushing {
+		s.state = s.state.next(evTaken) // the close packet is the last of this batch
+	}
+	s.wroteSince = true
+	return batch, msgs
 }
 
 // wrote handles the end of a write (packets or heartbeat) to down, on the
