@@ -61,6 +61,21 @@ func TestMatchChannel(t *testing.T) {
 		{"a.>", "a", false},
 		{"*.*", "a.b", true},
 		{"*.*", "a", false},
+		{"a", "a", true},
+		{"a", "b", false},
+		{"a", "a.b", false},
+		{"a.b", "a", false},
+		{"*", "a", true},
+		{"*", "a.b", false},
+		{"a.*", "a", false},
+		{"a.*.c", "a.x.c", true},
+		{"a.*.c", "a.x.d", false},
+		{">", "a", true},
+		{">", "a.b.c", true},
+		{"a.>", "a.b", true},
+		{"a.>", "ab.c", false},
+		{"*.>", "a", false},
+		{"*.>", "a.b", true},
 	}
 	for _, tc := range tests {
 		if got := brokers.MatchChannel(tc.p, tc.ch); got != tc.want {
@@ -171,6 +186,41 @@ func TestPatternsExhaustive(t *testing.T) {
 		for _, ch := range channels {
 			if got := brokers.MatchChannel(a, ch); got != match(a, ch) {
 				t.Errorf("MatchChannel(%q, %q) = %v, want %v", a, ch, got, match(a, ch))
+			}
+		}
+	}
+}
+
+func TestPatternCoversAndMatch(t *testing.T) {
+	tests := []struct {
+		ns, p  string
+		covers bool
+	}{
+		{"a.b", "a.b", true},
+		{"a.*", "a.b", true},
+		{"a.*", "a.*", true},
+		{"a.*", "a.>", false},
+		{"a.*", "a.b.c", false},
+		{"a.>", "a.b", true},
+		{"a.>", "a.b.c", true},
+		{"a.>", "a.*.>", true},
+		{"a.>", "a", false},
+		{">", "a", true},
+		{">", ">", true},
+		{"*", ">", false},
+		{"*.>", ">", false},
+		{"*.>", "a.b", true},
+		{"demo.x.>", "demo.>", false},
+		{"demo.x.>", "demo.*.y", false},
+		{"a.b", "a.*", false},
+	}
+	for _, tt := range tests {
+		if got := brokers.PatternCovers(tt.ns, tt.p); got != tt.covers {
+			t.Errorf("PatternCovers(%q, %q) = %v, want %v", tt.ns, tt.p, got, tt.covers)
+		}
+		if !brokers.IsPattern(tt.p) {
+			if got := brokers.MatchChannel(tt.ns, tt.p); got != tt.covers {
+				t.Errorf("MatchChannel(%q, %q) = %v, want %v", tt.ns, tt.p, got, tt.covers)
 			}
 		}
 	}

@@ -11,17 +11,15 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cometgate/cometgate/brokers"
 )
 
 var (
 	nodeIDRe        = regexp.MustCompile(`^[a-z0-9]{1,16}$`)
 	subjectPrefixRe = regexp.MustCompile(`^([A-Za-z0-9_-]+\.)+$`)
-	patternTokenRe  = regexp.MustCompile(`^[A-Za-z0-9_:@=-]+$`)
 	hostnameRe      = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
 )
-
-// maxPatternBytes bounds a channel pattern (and so a channel name).
-const maxPatternBytes = 255
 
 // Validate checks every value against the rules documented in
 // cometgate.yaml and returns all problems found, joined, each naming its
@@ -359,31 +357,19 @@ func checkAdvertiseURL(s string) error {
 	return nil
 }
 
-// checkPattern accepts a NATS-style channel pattern: dot-separated tokens
-// of [A-Za-z0-9_:@=-], "*" for exactly one token, ">" as the last token for
-// one or more.
+// checkPattern checks a namespace pattern with the channel grammar's
+// owner, brokers, and words its rule for the YAML: the key, the rule, then
+// the value as given (unless it is empty, or too long to be worth echoing).
 func checkPattern(p string) error {
-	if p == "" {
-		return errors.New("must not be empty")
+	err := brokers.ValidatePattern(p)
+	var ne *brokers.NameError
+	if !errors.As(err, &ne) {
+		return err
 	}
-	if len(p) > maxPatternBytes {
-		return fmt.Errorf("must be at most %d bytes, got %d", maxPatternBytes, len(p))
+	if p == "" || len(p) > brokers.MaxNameLen {
+		return errors.New(ne.Rule)
 	}
-	tokens := strings.Split(p, ".")
-	for i, t := range tokens {
-		switch {
-		case t == "*":
-		case t == ">":
-			if i != len(tokens)-1 {
-				return fmt.Errorf(`">" must be the last token, got %q`, p)
-			}
-		case t == "":
-			return fmt.Errorf("has an empty token (leading, trailing or double dot), got %q", p)
-		case !patternTokenRe.MatchString(t):
-			return fmt.Errorf(`token %q is not [A-Za-z0-9_:@=-]+, "*" or a final ">", in %q`, t, p)
-		}
-	}
-	return nil
+	return fmt.Errorf("%s, got %q", ne.Rule, p)
 }
 
 // validStreamName accepts names that are valid both as a JetStream stream

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cometgate/cometgate/brokers"
 	"github.com/cometgate/cometgate/configs"
 	"github.com/cometgate/cometgate/gateway"
 )
@@ -79,7 +80,7 @@ func signToken(a configs.Auth, p gateway.Principal, ttl time.Duration) (string, 
 	}
 	for _, g := range [][]string{p.Subscribe, p.Publish} {
 		for _, pattern := range g {
-			if err := gateway.ValidatePattern(pattern); err != nil {
+			if err := brokers.ValidatePattern(pattern); err != nil {
 				return "", fmt.Errorf("token: pattern %q: %w", pattern, err)
 			}
 		}
