@@ -805,6 +805,13 @@ func TestValidate(t *testing.T) {
 			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", AllowNetworks: []string{"10.0.0.1"}}}
 		}, `bridge.targets[0].allow_networks[0]: must be a CIDR prefix`},
 		{"sockjs response limit", func(c *Config) { c.SockJS[0].ResponseLimit = 10 }, `sockjs[0].response_limit: must be at least 4096`},
+		{"sockjs prefix the node serves", func(c *Config) { c.SockJS[0].Prefix = "/ws" }, `sockjs: sockjs prefix "/ws": /ws is served by the node itself`},
+		{"sockjs prefixes nested", func(c *Config) { c.SockJS[1].Prefix = "/sockjs/echo" }, `sockjs: sockjs /sockjs/echo: prefix overlaps the endpoint at /sockjs`},
+		{"sockjs client_url", func(c *Config) { c.SockJS[0].ClientURL = "ftp://cdn/x.js" }, `sockjs: sockjs /sockjs: client_url:`},
+		{"sockjs tcp endpoint", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "db", Address: "db.internal:5432", Access: PermissionAnyone}}
+			c.SockJS[0].Mode, c.SockJS[0].Target = SockJSTCP, "db"
+		}, ""},
 		{"sockjs heartbeat", func(c *Config) { c.SockJS[0].HeartbeatDelay = time.Millisecond }, `sockjs[0].heartbeat_delay: must be at least 1s`},
 
 		{"log.level", func(c *Config) { c.Log.Level = "trace" }, `log.level: must be one of debug | info | warn | error, got "trace"`},

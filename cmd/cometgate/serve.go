@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -131,27 +130,10 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 		log.Info("authentication: jwt", slog.Bool("required", cfg.Auth.Required),
 			slog.Bool("hmac", cfg.Auth.HMACSecret != ""), slog.String("public_key_file", cfg.Auth.PublicKeyFile))
 	}
-	for _, sj := range cfg.SockJS {
-		topts.SockJS = append(topts.SockJS, transports.SockJSEndpoint{
-			Prefix: sj.Prefix, Mode: sj.Mode, Target: sj.Target,
-			Websocket: sj.Websocket, CookieNeeded: sj.CookieNeeded,
-			ResponseLimit: sj.ResponseLimit, HeartbeatDelay: sj.HeartbeatDelay,
-			DisconnectDelay: sj.DisconnectDelay, ClientURL: sj.ClientURL,
-		})
-	}
+	// configs.Validate checked these with transports' validators.
+	topts.SockJS = cfg.SockJSEndpoints()
 	topts.BridgeDialTimeout = cfg.Bridge.DialTimeout
-	for _, t := range cfg.Bridge.Targets {
-		bt := transports.BridgeTarget{Name: t.Name, Address: t.Address, MaxConnections: t.MaxConnections,
-			RequireGrant: t.Access == configs.PermissionToken}
-		for _, n := range t.AllowNetworks {
-			bt.AllowNetworks = append(bt.AllowNetworks, netip.MustParsePrefix(n)) // checked by configs.Validate
-		}
-		topts.Bridge = append(topts.Bridge, bt)
-	}
-	if err := errors.Join(transports.ValidateSockJS(topts.SockJS), transports.ValidateBridge(topts.Bridge, topts.SockJS)); err != nil {
-		_ = gw.Shutdown(context.Background())
-		return err
-	}
+	topts.Bridge = cfg.BridgeTargets()
 	if cfg.Metrics.Enabled {
 		topts.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	}
