@@ -550,7 +550,7 @@ channels:
 	}
 	for _, file := range []string{notPEM, filepath.Join(t.TempDir(), "missing.pem")} {
 		err := serve(context.Background(), []string{"--config", cfg},
-			[]string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0", "COMETGATE_AUTH_PUBLIC_KEY_FILE=" + file}, io.Discard, nil)
+			[]string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0", "COMETGATE_AUTH_PUBLIC_KEY_FILE=" + file}, io.Discard, io.Discard, nil)
 		if err == nil || !strings.Contains(err.Error(), "auth.public_key_file") {
 			t.Errorf("start-up with key file %s: %v, want an error naming auth.public_key_file", filepath.Base(file), err)
 		}

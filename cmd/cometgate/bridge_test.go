@@ -282,7 +282,7 @@ func TestBridgeConfigErrors(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("sockjs:\n  - prefix: /chat\n    mode: tcp\n    target: chat\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err := serve(context.Background(), []string{"--config", cfg}, []string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0"}, io.Discard, nil)
+	err := serve(context.Background(), []string{"--config", cfg}, []string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0"}, io.Discard, io.Discard, nil)
 	if err == nil || !strings.Contains(err.Error(), `sockjs[0].target: must name one of bridge.targets, got "chat"`) {
 		t.Fatalf("err = %v", err)
 	}

@@ -43,7 +43,7 @@ func startClusterNode(t *testing.T, id string, env ...string) *clusterNode {
 	n := &clusterNode{node: &node{logs: &syncBuffer{}, stop: cancel, done: make(chan error, 1)}, id: id}
 	ready := make(chan struct{})
 	go func() {
-		n.done <- serve(ctx, nil, environ, n.logs, &hooks{
+		n.done <- serve(ctx, nil, environ, n.logs, n.logs, &hooks{
 			announceInterval: testAnnounceInterval,
 			nodes:            func(tab *gateway.Nodes) { n.table = tab },
 			listening: func(addr string, emb *natsbroker.Embedded) {

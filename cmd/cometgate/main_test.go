@@ -67,7 +67,7 @@ func startNodeArgs(t *testing.T, args []string, env ...string) *node {
 	n := &node{logs: &syncBuffer{}, stop: cancel, done: make(chan error, 1)}
 	ready := make(chan struct{})
 	go func() {
-		n.done <- serve(ctx, args, environ, n.logs, &hooks{listening: func(addr string, emb *natsbroker.Embedded) {
+		n.done <- serve(ctx, args, environ, n.logs, n.logs, &hooks{listening: func(addr string, emb *natsbroker.Embedded) {
 			n.addr, n.emb = addr, emb
 			close(ready)
 		}})
@@ -479,7 +479,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 }
 
 func TestUnknownConfigKeyFailsStartup(t *testing.T) {
-	err := serve(context.Background(), nil, []string{"COMETGATE_HTTP_LISEN=x"}, io.Discard, nil)
+	err := serve(context.Background(), nil, []string{"COMETGATE_HTTP_LISEN=x"}, io.Discard, io.Discard, nil)
 	if err == nil || !strings.Contains(err.Error(), "COMETGATE_HTTP_LISEN") {
 		t.Fatalf("err = %v", err)
 	}
