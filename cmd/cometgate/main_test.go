@@ -105,7 +105,6 @@ func (n *node) url(path string) string { return "http://" + n.addr + path }
 type sseStream struct {
 	resp    *http.Response
 	packets chan map[string]any
-	ids     chan string
 }
 
 func openSSE(t *testing.T, url string) *sseStream {
