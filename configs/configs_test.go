@@ -92,23 +92,33 @@ func wantDefaults() *Config {
 	}
 }
 
+// defaults returns the embedded defaults, Load("", nil).
+func defaults(t *testing.T) *Config {
+	t.Helper()
+	c, err := Load("", nil)
+	if err != nil {
+		t.Fatalf("the embedded cometgate.yaml does not load: %v", err)
+	}
+	return c
+}
+
 func TestDefaults(t *testing.T) {
 	got, err := Load("", nil)
 	if err != nil {
 		t.Fatalf("the embedded cometgate.yaml does not load: %v", err)
 	}
 	if want := wantDefaults(); !reflect.DeepEqual(got, want) {
-		t.Errorf("Default() =\n%+v\nwant\n%+v", got, want)
+		t.Errorf("Load(\"\", nil) =\n%+v\nwant\n%+v", got, want)
 	}
 	if err := got.Validate(); err != nil {
 		t.Errorf("Validate() on the defaults: %v", err)
 	}
 	// Every call returns a fresh value: callers may modify theirs.
-	a, b := Default(), Default()
+	a, b := defaults(t), defaults(t)
 	a.API.Keys = append(a.API.Keys, "x")
 	a.Channels[0].Pattern = "changed"
 	if len(b.API.Keys) != 0 || b.Channels[0].Pattern != "demo.>" {
-		t.Error("Default() values share memory")
+		t.Error(`Load("", nil) values share memory`)
 	}
 	if !bytes.Equal(Reference(), reference) {
 		t.Error("Reference() differs from the embedded file")
@@ -821,7 +831,7 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := Default()
+			c := defaults(t)
 			tt.change(c)
 			err := c.Validate()
 			switch {
@@ -842,7 +852,7 @@ func TestValidate(t *testing.T) {
 // TestValidateAllProblems checks that several problems are reported at once
 // and that secrets are never echoed.
 func TestValidateAllProblems(t *testing.T) {
-	c := Default()
+	c := defaults(t)
 	c.Session.QueueBytes = 1
 	c.Log.Level = "loud"
 	c.Broker.AMQP.URL = "http://user:hunter2@host/"
