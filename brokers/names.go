@@ -47,6 +47,8 @@ type NameError struct {
 	Rule string
 }
 
+// Error says which name breaks which rule: `invalid channel "a..b": has an
+// empty token (...)`.
 func (e *NameError) Error() string {
 	return fmt.Sprintf("invalid channel %q: %s", e.Name, e.Rule)
 }
