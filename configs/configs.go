@@ -446,16 +446,6 @@ func Load(path string, environ []string) (*Config, error) {
 	return c, nil
 }
 
-// Default returns the embedded defaults, Load("", nil). It panics if they do
-// not load, which the package tests rule out.
-func Default() *Config {
-	c, err := Load("", nil)
-	if err != nil {
-		panic(err)
-	}
-	return c
-}
-
 // strictDecoding makes viper's decoder refuse anything that does not map
 // one to one onto Config. Values arrive already typed, so no weak typing or
 // decode hooks are wanted.

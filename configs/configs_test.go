@@ -92,23 +92,33 @@ func wantDefaults() *Config {
 	}
 }
 
+// defaults returns the embedded defaults, Load("", nil).
+func defaults(t *testing.T) *Config {
+	t.Helper()
+	c, err := Load("", nil)
+	if err != nil {
+		t.Fatalf("the embedded cometgate.yaml does not load: %v", err)
+	}
+	return c
+}
+
 func TestDefaults(t *testing.T) {
 	got, err := Load("", nil)
 	if err != nil {
 		t.Fatalf("the embedded cometgate.yaml does not load: %v", err)
 	}
 	if want := wantDefaults(); !reflect.DeepEqual(got, want) {
-		t.Errorf("Default() =\n%+v\nwant\n%+v", got, want)
+		t.Errorf("Load(\"\", nil) =\n%+v\nwant\n%+v", got, want)
 	}
 	if err := got.Validate(); err != nil {
 		t.Errorf("Validate() on the defaults: %v", err)
 	}
 	// Every call returns a fresh value: callers may modify theirs.
-	a, b := Default(), Default()
+	a, b := defaults(t), defaults(t)
 	a.API.Keys = append(a.API.Keys, "x")
 	a.Channels[0].Pattern = "changed"
 	if len(b.API.Keys) != 0 || b.Channels[0].Pattern != "demo.>" {
-		t.Error("Default() values share memory")
+		t.Error(`Load("", nil) values share memory`)
 	}
 	if !bytes.Equal(Reference(), reference) {
 		t.Error("Reference() differs from the embedded file")
@@ -805,6 +815,13 @@ func TestValidate(t *testing.T) {
 			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", AllowNetworks: []string{"10.0.0.1"}}}
 		}, `bridge.targets[0].allow_networks[0]: must be a CIDR prefix`},
 		{"sockjs response limit", func(c *Config) { c.SockJS[0].ResponseLimit = 10 }, `sockjs[0].response_limit: must be at least 4096`},
+		{"sockjs prefix the node serves", func(c *Config) { c.SockJS[0].Prefix = "/ws" }, `sockjs: sockjs prefix "/ws": /ws is served by the node itself`},
+		{"sockjs prefixes nested", func(c *Config) { c.SockJS[1].Prefix = "/sockjs/echo" }, `sockjs: sockjs /sockjs/echo: prefix overlaps the endpoint at /sockjs`},
+		{"sockjs client_url", func(c *Config) { c.SockJS[0].ClientURL = "ftp://cdn/x.js" }, `sockjs: sockjs /sockjs: client_url:`},
+		{"sockjs tcp endpoint", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "db", Address: "db.internal:5432", Access: PermissionAnyone}}
+			c.SockJS[0].Mode, c.SockJS[0].Target = SockJSTCP, "db"
+		}, ""},
 		{"sockjs heartbeat", func(c *Config) { c.SockJS[0].HeartbeatDelay = time.Millisecond }, `sockjs[0].heartbeat_delay: must be at least 1s`},
 
 		{"log.level", func(c *Config) { c.Log.Level = "trace" }, `log.level: must be one of debug | info | warn | error, got "trace"`},
@@ -814,7 +831,7 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := Default()
+			c := defaults(t)
 			tt.change(c)
 			err := c.Validate()
 			switch {
@@ -835,7 +852,7 @@ func TestValidate(t *testing.T) {
 // TestValidateAllProblems checks that several problems are reported at once
 // and that secrets are never echoed.
 func TestValidateAllProblems(t *testing.T) {
-	c := Default()
+	c := defaults(t)
 	c.Session.QueueBytes = 1
 	c.Log.Level = "loud"
 	c.Broker.AMQP.URL = "http://user:hunter2@host/"
