@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +37,8 @@ func wantDefaults() *Config {
 			IdleTimeout:       120 * time.Second,
 			ShutdownTimeout:   10 * time.Second,
 			AllowedOrigins:    []string{},
+			AllowedHosts:      []string{},
+			TrustedProxies:    []string{},
 			MaxSessionsPerIP:  0,
 		},
 		API:  API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
@@ -687,6 +690,10 @@ func TestValidate(t *testing.T) {
 			c.HTTP.AllowedOrigins = []string{"*", "https://example.com", "http://localhost:3000", "https://[::1]:8443"}
 		}, ""},
 		{"origin with path", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://example.com/app"} }, `http.allowed_origins[0]: must be "*" or scheme://host[:port]`},
+		{"host with port", func(c *Config) { c.HTTP.AllowedHosts = []string{"example.com:8080"} }, `http.allowed_hosts[0]: must be "*", a DNS name or an IP address (no port, no scheme)`},
+		{"host with scheme", func(c *Config) { c.HTTP.AllowedHosts = []string{"*", "https://example.com"} }, `http.allowed_hosts[1]: must be "*", a DNS name`},
+		{"proxy not an address", func(c *Config) { c.HTTP.TrustedProxies = []string{"proxy.local"} }, `http.trusted_proxies[0]: must be an IP address or a CIDR prefix`},
+		{"proxy bad prefix", func(c *Config) { c.HTTP.TrustedProxies = []string{"10.0.0.0/33"} }, `http.trusted_proxies[0]: must be an IP address or a CIDR prefix`},
 		{"origin trailing slash", func(c *Config) { c.HTTP.AllowedOrigins = []string{"*", "https://example.com/"} }, `http.allowed_origins[1]: must be "*" or scheme://host[:port]`},
 		{"origin scheme", func(c *Config) { c.HTTP.AllowedOrigins = []string{"ftp://example.com"} }, `http.allowed_origins[0]: must be "*"`},
 		{"origin no scheme", func(c *Config) { c.HTTP.AllowedOrigins = []string{"example.com"} }, `http.allowed_origins[0]: must be "*"`},
@@ -960,5 +967,37 @@ channels:
 	}
 	if _, err := Load("", []string{"COMETGATE_AUTH_LEEWAY=soon"}); err == nil || !strings.Contains(err.Error(), "COMETGATE_AUTH_LEEWAY") {
 		t.Errorf("bad leeway: %v", err)
+	}
+}
+
+// TestEffectiveHTTP: the allowed hosts default to the loopback names for a
+// loopback listener and to any host otherwise; trusted proxies parse as
+// prefixes, an address as its own host prefix.
+func TestEffectiveHTTP(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		hosts  []string
+		want   []string
+	}{
+		{"127.0.0.1:8080", nil, []string{"localhost", "127.0.0.1", "::1"}},
+		{"[::1]:0", nil, []string{"localhost", "127.0.0.1", "::1"}},
+		{"localhost:8080", nil, []string{"localhost", "127.0.0.1", "::1"}},
+		{"0.0.0.0:8080", nil, nil},
+		{":8080", nil, nil},
+		{"10.0.0.5:8080", nil, nil},
+		{"0.0.0.0:8080", []string{"push.example.com"}, []string{"push.example.com"}},
+	} {
+		h := HTTP{Listen: tc.listen, AllowedHosts: tc.hosts}
+		if got := h.EffectiveAllowedHosts(); !slices.Equal(got, tc.want) {
+			t.Errorf("listen %s, allowed_hosts %v: %v, want %v", tc.listen, tc.hosts, got, tc.want)
+		}
+	}
+	h := HTTP{TrustedProxies: []string{"10.0.0.0/8", "192.168.1.7", "::ffff:172.16.0.1", "fd00::/8"}}
+	var got []string
+	for _, p := range h.TrustedProxyPrefixes() {
+		got = append(got, p.String())
+	}
+	if want := []string{"10.0.0.0/8", "192.168.1.7/32", "172.16.0.1/32", "fd00::/8"}; !slices.Equal(got, want) {
+		t.Errorf("trusted proxies %v, want %v", got, want)
 	}
 }

@@ -75,6 +75,16 @@ func (v *validator) http(h *HTTP) {
 			v.failf(fmt.Sprintf("http.allowed_origins[%d]", i), "%v", err)
 		}
 	}
+	for i, host := range h.AllowedHosts {
+		if host != "*" && net.ParseIP(host) == nil && !hostnameRe.MatchString(host) {
+			v.failf(fmt.Sprintf("http.allowed_hosts[%d]", i), `must be "*", a DNS name or an IP address (no port, no scheme), got %q`, host)
+		}
+	}
+	for i, p := range h.TrustedProxies {
+		if _, err := parseProxy(p); err != nil {
+			v.failf(fmt.Sprintf("http.trusted_proxies[%d]", i), "must be an IP address or a CIDR prefix such as 10.0.0.0/8, got %q", p)
+		}
+	}
 	v.atLeast("http.max_sessions_per_ip", h.MaxSessionsPerIP, 0)
 }
 

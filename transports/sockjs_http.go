@@ -123,17 +123,30 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 	if fam.streaming {
 		h.Set("X-Accel-Buffering", "no")
 	}
-	f := &sjsFraming{kind: kind, callback: callback, single: !fam.streaming}
-
-	e, ref := ep.session(r, sid, kind == sjsHTMLFile || kind == sjsJSONP)
-	if ref != nil {
-		f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.msg))
-		return
+	// A session that expires between lookup and attach is gone: the
+	// request opens a new one (bounded: expiry takes a disconnect delay).
+	for range 3 {
+		f := &sjsFraming{kind: kind, callback: callback, single: !fam.streaming}
+		e, ref := ep.session(r, sid, callback != "")
+		if ref != nil {
+			f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.msg))
+			return
+		}
+		if !ep.receiveTurn(w, r, fam, f, e) {
+			return
+		}
 	}
+	(&sjsFraming{kind: kind, callback: callback, single: !fam.streaming}).respond(w, sjsFrameInterrupted)
+}
+
+// receiveTurn carries session e over one receiving request. It reports
+// false once it has answered, true (having written nothing) when the
+// session turned out to have expired, so that its id names a new one.
+func (ep *sockjsEndpoint) receiveTurn(w http.ResponseWriter, r *http.Request, fam *family, f *sjsFraming, e *sjsEntry) (expired bool) {
 	turn, ack, ok := e.claim()
 	if !ok {
 		f.respond(w, sjsFrameStillOpen)
-		return
+		return false
 	}
 	f.entry, f.turn, f.mode = e, turn, e.mode()
 	// A response that did not end with its last write (the session
@@ -141,7 +154,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 	defer e.endTurn(turn, 0)
 	if frame := e.closeFrameOf(); frame != nil {
 		f.respond(w, frame)
-		return
+		return false
 	}
 	// This request proves the previous response arrived.
 	if ack > 0 {
@@ -153,22 +166,31 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 		t.limit = ep.cfg.ResponseLimit + len(f.appendPrelude(nil))
 	}
 	if err := e.sess.Attach(t, !fam.streaming); err != nil {
-		// The session ended since it was looked up: its close frame.
-		frame := e.closeFrameOf()
-		if frame == nil {
-			frame = sjsFrameInterrupted
+		// The session is ending (its close frame may have just gone to
+		// the previous request, whose client came straight back): once
+		// it has ended, its close frame answers, unless it expired.
+		select {
+		case <-e.sess.Done():
+		case <-r.Context().Done():
+			return false
 		}
-		f.respond(w, frame)
-		return
+		if frame := e.closeFrameOf(); frame != nil {
+			f.respond(w, frame)
+			return false
+		}
+		return true
 	}
 	if fam.streaming {
 		t.start() // the prelude goes out at once
 	}
-	if _, reason := ep.n.hold(r, e.sess, t); reason == gateway.DisconnectGone() {
-		// The request broke off: the client went away or stopped
-		// reading. SockJS ends such a session.
+	// The request broke off when the client went away or stopped reading
+	// before the response was complete (a client may well close its
+	// connection once it has a complete response, even before this
+	// handler saw the write end): SockJS ends such a session.
+	if _, reason := ep.n.hold(r, e.sess, t); reason == gateway.DisconnectGone() && !f.finished {
 		e.sess.Close(sjsInterrupted)
 	}
+	return false
 }
 
 // closeFrameOf returns the close frame of a session that ended, or nil.
@@ -190,6 +212,7 @@ type sjsFraming struct {
 	turn     uint64 // the request's turn at receiving (sjsEntry.claim)
 	mode     sjsSessionMode
 	built    uint64 // the last seq the batch being written accounts for
+	finished bool   // the bytes that end the response went out (lastWrite ran)
 }
 
 var (
@@ -219,7 +242,10 @@ func (f *sjsFraming) appendBatch(b []byte, pkts []gateway.Packet, _ []byte) []by
 // lastWrite ends the request's turn as its last bytes go out: the next
 // request may come at once, finds the session free and acknowledges what
 // this response carried.
-func (f *sjsFraming) lastWrite() { f.entry.endTurn(f.turn, f.built) }
+func (f *sjsFraming) lastWrite() {
+	f.finished = true
+	f.entry.endTurn(f.turn, f.built)
+}
 
 func (f *sjsFraming) appendHeartbeat(b []byte) []byte { return f.appendFrame(b, sjsFrameHeartbeat) }
 

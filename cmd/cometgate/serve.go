@@ -191,8 +191,11 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		WriteTimeout:     cfg.Session.WriteTimeout,
 		StreamLimit:      cfg.Session.StreamLimitBytes,
 		MaxSessionsPerIP: cfg.HTTP.MaxSessionsPerIP,
+		AllowedHosts:     cfg.HTTP.EffectiveAllowedHosts(),
+		TrustedProxies:   cfg.HTTP.TrustedProxyPrefixes(),
 		Tokens:           tokens,
 		RequireToken:     cfg.Auth.Required,
+		CallbackCookie:   cfg.Auth.CallbackCookie,
 		// configs.Validate checked these with transports' validators.
 		SockJS:            cfg.SockJSEndpoints(),
 		BridgeDialTimeout: cfg.Bridge.DialTimeout,
@@ -207,6 +210,12 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		// Which kind of key, never the key.
 		log.Info("authentication: jwt", slog.Bool("required", cfg.Auth.Required),
 			slog.Bool("hmac", cfg.Auth.HMACSecret != ""), slog.String("public_key_file", cfg.Auth.PublicKeyFile))
+	}
+	if cfg.Auth.CallbackCookie && tokens != nil {
+		log.Warn("auth.callback_cookie is on: any web site can make a visitor's browser open JSONP and htmlfile sessions with her token cookie; keep it only with a SameSite=Strict cookie")
+	}
+	if topts.AllowedHosts == nil {
+		log.Warn("http.allowed_hosts is empty on a non-loopback listener: any Host is answered (list this node's names to refuse DNS rebinding)")
 	}
 	if cfg.Metrics.Enabled {
 		topts.Metrics = promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{})
