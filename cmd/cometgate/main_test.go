@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -444,20 +445,23 @@ func TestPublishAPIErrors(t *testing.T) {
 	cases := []struct {
 		name, auth, body string
 		status           int
+		contentType      string // "" is application/json
 	}{
-		{"no key", "", `{"channel":"demo.x","data":1}`, 401},
-		{"wrong key", "Bearer nope", `{"channel":"demo.x","data":1}`, 401},
-		{"ok", "Bearer k1", `{"channel":"demo.x","data":1}`, 200},
-		{"not json", "Bearer k1", `channel=demo.x`, 400},
-		{"no payload", "Bearer k1", `{"channel":"demo.x"}`, 400},
-		{"two payloads", "Bearer k1", `{"channel":"demo.x","data":1,"text":"a"}`, 400},
-		{"wildcard", "Bearer k1", `{"channel":"demo.*","data":1}`, 422},
-		{"bad b64", "Bearer k1", `{"channel":"demo.x","b64":"!!"}`, 400},
-		{"unknown field", "Bearer k1", `{"channel":"demo.x","data":1,"chanel":2}`, 400},
+		{"no key", "", `{"channel":"demo.x","data":1}`, 401, ""},
+		{"form", "Bearer k1", `{"channel":"demo.x","data":1}`, 415, "application/x-www-form-urlencoded"},
+		{"wrong key", "Bearer nope", `{"channel":"demo.x","data":1}`, 401, ""},
+		{"ok", "Bearer k1", `{"channel":"demo.x","data":1}`, 200, ""},
+		{"not json", "Bearer k1", `channel=demo.x`, 400, ""},
+		{"no payload", "Bearer k1", `{"channel":"demo.x"}`, 400, ""},
+		{"two payloads", "Bearer k1", `{"channel":"demo.x","data":1,"text":"a"}`, 400, ""},
+		{"wildcard", "Bearer k1", `{"channel":"demo.*","data":1}`, 422, ""},
+		{"bad b64", "Bearer k1", `{"channel":"demo.x","b64":"!!"}`, 400, ""},
+		{"unknown field", "Bearer k1", `{"channel":"demo.x","data":1,"chanel":2}`, 400, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(http.MethodPost, n.url("/api/publish"), strings.NewReader(tc.body))
+			req.Header.Set("Content-Type", cmp.Or(tc.contentType, "application/json"))
 			if tc.auth != "" {
 				req.Header.Set("Authorization", tc.auth)
 			}
