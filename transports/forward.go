@@ -32,11 +32,24 @@ import (
 const HeaderForwarded = "X-Cometgate-Forwarded"
 
 // NodeDirectory finds other nodes of the cluster. gateway.Nodes implements
-// it; Lookup must be safe for concurrent use.
+// it; every method must be safe for concurrent use.
 type NodeDirectory interface {
-	// Lookup returns the base URL ("http://10.0.0.5:8080") of node id, or
-	// false when the node is not known (or is this node).
-	Lookup(id string) (baseURL string, ok bool)
+	// Find returns the base URL ("http://10.0.0.5:8080") of node id,
+	// asking the cluster when it does not know the node; false when the
+	// node is gone (or is this node). gateway.ErrBrokerDown: nobody could
+	// be asked.
+	Find(ctx context.Context, id string) (baseURL string, ok bool, err error)
+	// Suspect is Find for a node that did not answer a forwarded request:
+	// it asks the node whether it lives, and forgets it when it does not.
+	Suspect(ctx context.Context, id string) (baseURL string, ok bool, err error)
+	// WhoOwns asks the cluster which node owns key (a SockJS session);
+	// see gateway.Nodes.WhoOwns.
+	WhoOwns(ctx context.Context, key string) (owner, ownerURL, claimant string, err error)
+	// SetOwnerFunc installs how this node answers WhoOwns questions.
+	SetOwnerFunc(f func(key string) (owns, claiming bool))
+	// Ready reports whether this node knows the cluster well enough to
+	// take requests (see gateway.Nodes.Ready).
+	Ready() bool
 }
 
 var _ NodeDirectory = (*gateway.Nodes)(nil)
@@ -58,9 +71,18 @@ type forwarder struct {
 	stop      context.CancelFunc
 }
 
-// forwardTarget is the owner's base URL, handed to Rewrite through the
-// request context.
-type forwardTarget struct{}
+// forwardKey is the context key of a forwarded request's forwardTarget.
+type forwardKey struct{}
+
+// forwardTarget travels with a forwarded request, for Rewrite and the
+// error handler: the owner's base URL and id, and whether the owner
+// turned out to be gone (then nothing was written, and the caller
+// answers "session not found").
+type forwardTarget struct {
+	url   *url.URL
+	owner string
+	gone  bool
+}
 
 func newForwarder(nodes NodeDirectory, gw *gateway.Gateway, log *slog.Logger) *forwarder {
 	ctx, stop := context.WithCancel(context.Background())
@@ -94,7 +116,7 @@ func newForwarder(nodes NodeDirectory, gw *gateway.Gateway, log *slog.Logger) *f
 }
 
 func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
-	pr.SetURL(pr.In.Context().Value(forwardTarget{}).(*url.URL))
+	pr.SetURL(pr.In.Context().Value(forwardKey{}).(*forwardTarget).url)
 	// The owner checks Origin against the Host the browser used, as if
 	// the request had come straight to it.
 	pr.Out.Host = pr.In.Host
@@ -102,13 +124,16 @@ func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Header.Set(HeaderForwarded, f.self)
 }
 
-// failed answers a forward that got no response from the owner.
+// failed answers a forward that got no response from the owner. When the
+// owner could not be reached at all, the cluster is asked whether it
+// lives: a node that crashed said no goodbye, and its clients must hear
+// "session not found" (open a new session, resume from cursors), not be
+// sent back to it.
 func (f *forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case f.ctx.Err() != nil:
 		// This node is shutting down; the client retries elsewhere.
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "server shutting down, reconnect to another node")
+		refusedShutdown.writeJSON(w)
 		return
 	case errors.Is(r.Context().Err(), context.Canceled):
 		// The client went away: nobody reads the answer.
@@ -116,16 +141,29 @@ func (f *forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	f.metrics.Forwarded(false)
+	st := r.Context().Value(forwardKey{}).(*forwardTarget)
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		_, alive, aerr := f.nodes.Suspect(r.Context(), st.owner)
+		if !alive && aerr == nil {
+			st.gone = true
+			return
+		}
+	}
 	f.log.Warn("forwarding to the session's node failed",
-		slog.String("path", r.URL.Path), slog.Any("err", err))
+		slog.String("path", r.URL.Path), slog.String("node", st.owner), slog.Any("err", err))
+	w.Header().Set("Retry-After", "1")
 	writeError(w, http.StatusBadGateway, "the node that owns this session is unreachable: "+err.Error())
 }
 
 // forward proxies r to the node that owns session sid when that session is
-// not here, its id names another node, that node is known, and r was not
-// forwarded already. It reports whether it answered r; when it did not,
-// the caller serves r itself (and answers "session not found" if the
-// session is not here).
+// not here, its id names another node, and r was not forwarded already.
+// A node the table does not know is asked for first (it may have started
+// after this one last heard of the cluster). It reports whether it
+// answered r; when it did not, the caller serves r itself, and answers
+// "session not found" if the session is not here: the owner is gone. While
+// the broker is down an unknown owner cannot be asked for, and the client
+// is told to come back (503).
 func (n *node) forward(w http.ResponseWriter, r *http.Request, sid string) bool {
 	f := n.fwd
 	if f == nil || sid == "" || r.Header.Get(HeaderForwarded) != "" || f.ctx.Err() != nil {
@@ -138,9 +176,26 @@ func (n *node) forward(w http.ResponseWriter, r *http.Request, sid string) bool 
 	if !ok || owner == "" || owner == f.self {
 		return false
 	}
-	base, ok := f.nodes.Lookup(owner)
-	if !ok {
-		return false
+	return n.forwardTo(w, r, owner, "")
+}
+
+// forwardTo proxies r to node owner (at base, when the caller knows it
+// already). It reports false, having written nothing, when the owner is
+// gone.
+func (n *node) forwardTo(w http.ResponseWriter, r *http.Request, owner, base string) bool {
+	f := n.fwd
+	if base == "" {
+		var ok bool
+		var err error
+		base, ok, err = f.nodes.Find(r.Context(), owner)
+		switch {
+		case errors.Is(err, gateway.ErrBrokerDown):
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "the session's node is not known and the broker is down: try again", Code: gateway.DisconnectShutdown.Code})
+			return true
+		case !ok:
+			return false
+		}
 	}
 	target, err := url.Parse(base)
 	if err != nil {
@@ -148,12 +203,13 @@ func (n *node) forward(w http.ResponseWriter, r *http.Request, sid string) bool 
 		n.log.Warn("node directory returned a bad URL", slog.String("node", owner), slog.String("url", base))
 		return false
 	}
-	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), forwardTarget{}, target))
+	st := &forwardTarget{url: target, owner: owner}
+	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), forwardKey{}, st))
 	defer cancel()
 	unlink := context.AfterFunc(f.ctx, cancel) // StopForwarding cuts this request
 	defer unlink()
 	f.proxy.ServeHTTP(w, r.WithContext(ctx))
-	return true
+	return !st.gone
 }
 
 // StopForwarding cancels the requests this node is proxying to other

@@ -1,6 +1,7 @@
 package transports
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net"
@@ -13,10 +14,33 @@ import (
 	"github.com/cometgate/cometgate/gateway"
 )
 
-// staticNodes is a fixed NodeDirectory.
-type staticNodes map[string]string
+// staticNodes is a fixed NodeDirectory: urls are the nodes it knows;
+// asked about a suspect, it says the nodes in dead are gone (they did not
+// answer) and the others live.
+type staticNodes struct {
+	urls map[string]string
+	dead map[string]bool
+}
 
-func (d staticNodes) Lookup(id string) (string, bool) { u, ok := d[id]; return u, ok }
+func (d staticNodes) Find(_ context.Context, id string) (string, bool, error) {
+	u, ok := d.urls[id]
+	return u, ok, nil
+}
+
+func (d staticNodes) Suspect(ctx context.Context, id string) (string, bool, error) {
+	if d.dead[id] {
+		return "", false, nil
+	}
+	return d.Find(ctx, id)
+}
+
+func (d staticNodes) WhoOwns(context.Context, string) (string, string, string, error) {
+	return "", "", "", nil
+}
+
+func (staticNodes) SetOwnerFunc(func(string) (bool, bool)) {}
+
+func (staticNodes) Ready() bool { return true }
 
 // recorded is what the fake owner node saw of a forwarded request.
 type recorded struct {
@@ -45,7 +69,10 @@ func TestForwardProxiesToOwner(t *testing.T) {
 	ln.Close()
 
 	n := startNode(t, nil, func(o *Options) {
-		o.Nodes = staticNodes{"n2": owner.URL, "n3": deadURL, "n1": owner.URL}
+		o.Nodes = staticNodes{
+			urls: map[string]string{"n2": owner.URL, "n3": deadURL, "n5": deadURL, "n1": owner.URL},
+			dead: map[string]bool{"n5": true},
+		}
 	})
 	do := func(method, path, body string, hdr map[string]string) (int, string) {
 		t.Helper()
@@ -135,11 +162,20 @@ func TestForwardProxiesToOwner(t *testing.T) {
 		t.Errorf("local send: %d %s", st, body)
 	}
 
-	// The owner is unreachable: 502 with a JSON error.
+	// The owner is unreachable but says it lives when asked: 502 with a
+	// JSON error.
 	st, body = do("GET", "/poll/n3.abc", "", nil)
 	var e errorBody
 	if err := json.Unmarshal([]byte(body), &e); st != http.StatusBadGateway || err != nil || !strings.Contains(e.Error, "unreachable") {
 		t.Errorf("unreachable owner: %d %s; want 502 with a JSON error", st, body)
+	}
+	// The owner is unreachable and does not answer when asked (it
+	// crashed): its sessions are gone, in the transport's own framing.
+	st, body = do("GET", "/poll/n5.abc", "", nil)
+	notFound("crashed owner", st, body)
+	st, body = do("GET", "/jsonp/n5.abc?cb=f", "", nil)
+	if st != http.StatusOK || !strings.HasPrefix(body, "/**/f(") || !strings.Contains(body, `"code":4004`) {
+		t.Errorf("crashed owner over JSONP: %d %s", st, body)
 	}
 
 	// After StopForwarding (shutdown) nothing is forwarded.

@@ -208,7 +208,7 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
-	ready := s.gw.Ready()
+	ready := s.gw.Ready() && (s.opts.Nodes == nil || s.opts.Nodes.Ready())
 	status := http.StatusOK
 	if !ready {
 		status = http.StatusServiceUnavailable

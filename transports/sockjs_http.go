@@ -107,6 +107,12 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return
 	}
+	// Before anything reads the body: a forwarded request carries it on.
+	answered, release := ep.route(w, r, sid, true)
+	defer release()
+	if answered {
+		return
+	}
 	// A receiver's body carries nothing; reading it to the end lets
 	// net/http notice when the client goes away (the request's context).
 	_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, int64(ep.maxBody())))
@@ -322,6 +328,9 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
 		return
 	}
+	if answered, _ := ep.route(w, r, sid, false); answered {
+		return
+	}
 	h := w.Header()
 	ep.setCookie(w, r)
 	sjsNoCache(h)
@@ -353,6 +362,9 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request, sid string) {
 	if ep.n.gate.origin(r) != nil {
 		sjsPlain(w, http.StatusForbidden, "origin not allowed")
+		return
+	}
+	if answered, _ := ep.route(w, r, sid, false); answered {
 		return
 	}
 	ep.setCookie(w, r)

@@ -254,7 +254,7 @@ func (n *nodeParts) startNodes(ctx context.Context, h *hooks) error {
 		return err
 	}
 	n.nodes = nodes
-	n.nodeDir.nodes.Store(nodes)
+	n.nodeDir.start(nodes)
 	if h.nodes != nil {
 		h.nodes(nodes)
 	}
@@ -313,33 +313,33 @@ func (n *nodeParts) goServe(name string, srv *http.Server, ln net.Listener) {
 }
 
 // shutdown takes down whatever build made, in the one order that drains
-// a node: the gateway refuses new sessions and tells every client to
-// reconnect elsewhere while, at the same time, the HTTP server stops
-// accepting and waits for plain requests (hijacked connections, which
-// http.Server does not track, are the gateway's to close); then the
-// transports' own goroutines end, the admin server closes, the node table
-// says goodbye, and the broker closes last.
+// a node: first the gateway refuses new sessions (and /readyz says so)
+// and tells every client to reconnect elsewhere, while the node still
+// listens, so that the polls other nodes forward here for its sessions
+// still reach it and carry their close packets; then the node table says
+// goodbye (the others answer "session not found" for this node's sessions
+// from then on); then the HTTP server stops accepting and waits for plain
+// requests (hijacked connections, which http.Server does not track, were
+// the gateway's to close); then the transports' own goroutines end, the
+// admin server closes, and the broker closes last.
 func (n *nodeParts) shutdown() {
 	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.HTTP.ShutdownTimeout)
 	defer cancel()
-	var drain sync.WaitGroup
-	if n.httpSrv != nil {
-		drain.Go(func() {
-			n.fresh.closeAll()
-			if err := n.httpSrv.Shutdown(sctx); err != nil {
-				n.log.Warn("http shutdown", slog.Any("err", err))
-				_ = n.httpSrv.Close()
-			}
-		})
-	}
 	if n.gw != nil {
-		drain.Go(func() {
-			if err := n.gw.Shutdown(sctx); err != nil {
-				n.log.Warn("gateway shutdown", slog.Any("err", err))
-			}
-		})
+		if err := n.gw.Shutdown(sctx); err != nil {
+			n.log.Warn("gateway shutdown", slog.Any("err", err))
+		}
 	}
-	drain.Wait()
+	if n.nodes != nil {
+		_ = n.nodes.Close()
+	}
+	if n.httpSrv != nil {
+		n.fresh.closeAll()
+		if err := n.httpSrv.Shutdown(sctx); err != nil {
+			n.log.Warn("http shutdown", slog.Any("err", err))
+			_ = n.httpSrv.Close()
+		}
+	}
 	if n.tsrv != nil {
 		n.tsrv.Wait()
 	}
@@ -354,9 +354,6 @@ func (n *nodeParts) shutdown() {
 		}
 	}
 	n.serving.Wait()
-	if n.nodes != nil {
-		_ = n.nodes.Close()
-	}
 	if n.closeBroker != nil {
 		if err := n.closeBroker(); err != nil {
 			n.log.Error("closing broker", slog.Any("err", err))
@@ -368,17 +365,62 @@ func (n *nodeParts) shutdown() {
 }
 
 // nodeDirectory is the transports' view of the node table, which starts
-// after the transports are built (it needs the listener's address). Until
-// then, and when forwarding is off, it knows no node.
+// after the transports are built (it needs the listener's address), and
+// before the node serves. When forwarding is off it knows no node: every
+// other node's session is gone, and no key is owned elsewhere.
 type nodeDirectory struct {
-	nodes atomic.Pointer[gateway.Nodes]
+	nodes   atomic.Pointer[gateway.Nodes]
+	mu      sync.Mutex
+	ownerFn func(key string) (owns, claiming bool)
 }
 
-func (d *nodeDirectory) Lookup(id string) (string, bool) {
-	if n := d.nodes.Load(); n != nil {
-		return n.Lookup(id)
+var _ transports.NodeDirectory = (*nodeDirectory)(nil)
+
+// start hands the directory its node table.
+func (d *nodeDirectory) start(n *gateway.Nodes) {
+	d.mu.Lock()
+	if d.ownerFn != nil {
+		n.SetOwnerFunc(d.ownerFn)
 	}
-	return "", false
+	d.nodes.Store(n)
+	d.mu.Unlock()
+}
+
+func (d *nodeDirectory) Find(ctx context.Context, id string) (string, bool, error) {
+	if n := d.nodes.Load(); n != nil {
+		return n.Find(ctx, id)
+	}
+	return "", false, nil
+}
+
+func (d *nodeDirectory) Suspect(ctx context.Context, id string) (string, bool, error) {
+	if n := d.nodes.Load(); n != nil {
+		return n.Suspect(ctx, id)
+	}
+	return "", false, nil
+}
+
+func (d *nodeDirectory) WhoOwns(ctx context.Context, key string) (string, string, string, error) {
+	if n := d.nodes.Load(); n != nil {
+		return n.WhoOwns(ctx, key)
+	}
+	return "", "", "", nil
+}
+
+func (d *nodeDirectory) SetOwnerFunc(f func(key string) (owns, claiming bool)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ownerFn = f
+	if n := d.nodes.Load(); n != nil {
+		n.SetOwnerFunc(f)
+	}
+}
+
+func (d *nodeDirectory) Ready() bool {
+	if n := d.nodes.Load(); n != nil {
+		return n.Ready()
+	}
+	return true
 }
 
 // advertiseURL is node.advertise_url, or else derived from the listener:
