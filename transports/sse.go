@@ -37,6 +37,7 @@ type sseConn struct {
 	n         *node
 	conn      net.Conn
 	sess      *gateway.Session
+	fd        int      // the socket's descriptor (socketBacklog); -1 unknown
 	reg       *pollReg // set when the poller watches the connection
 	wmu       sync.Mutex
 	deadline  writeDeadline // guarded by wmu
@@ -73,7 +74,14 @@ func sseResumeCursors(r *http.Request, channels []string) []string {
 	return cursors
 }
 
-var _ gateway.Transport = (*sseConn)(nil)
+var (
+	_ gateway.Transport  = (*sseConn)(nil)
+	_ gateway.Backlogger = (*sseConn)(nil)
+)
+
+// Backlog is what the kernel still holds of the stream's writes (see
+// wsSession.Backlog).
+func (c *sseConn) Backlog() int { return socketBacklog(c.fd) }
 
 // sseHandler serves GET /sse.
 type sseHandler struct{ *node }
@@ -111,7 +119,7 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The retry hint spreads reconnects after a node goes away.
 	head.WriteString("\r\nretry: 2000\n\n")
 	cursors := sseResumeCursors(r, channels)
-	c := &sseConn{n: h.node, conn: conn, sess: sess}
+	c := &sseConn{n: h.node, conn: conn, sess: sess, fd: socketFD(conn)}
 	if len(channels) > 0 {
 		c.urlChannels, c.cursors = channels, slices.Clone(cursors)
 	}

@@ -57,6 +57,7 @@ type wsOwner interface {
 type wsConn struct {
 	n     *node
 	conn  net.Conn
+	fd    int // the socket's descriptor, for its kernel backlog; -1 unknown
 	owner wsOwner
 
 	// readTimeout bounds the wait for a frame: three heartbeats (whose
@@ -115,6 +116,7 @@ func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.
 	c := &wsConn{
 		n:           n,
 		conn:        conn,
+		fd:          socketFD(conn),
 		readTimeout: 3*heartbeat + 5*time.Second,
 		wsem:        make(chan struct{}, 1),
 	}
