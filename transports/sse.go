@@ -3,6 +3,8 @@ package transports
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"slices"
@@ -116,8 +118,10 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		head.WriteString("Access-Control-Allow-Origin: " + sanitizeHeader(origin) + "\r\n" +
 			"Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n")
 	}
-	// The retry hint spreads reconnects after a node goes away.
-	head.WriteString("\r\nretry: 2000\n\n")
+	// The retry hint spreads reconnects after a node goes away: drawn
+	// for each stream, so the EventSources of a node that fails do not
+	// all come back at the same moment.
+	fmt.Fprintf(&head, "\r\nretry: %d\n\n", 1000+rand.N(4000))
 	cursors := sseResumeCursors(r, channels)
 	c := &sseConn{n: h.node, conn: conn, sess: sess, fd: socketFD(conn)}
 	if len(channels) > 0 {
