@@ -306,32 +306,38 @@ const sjsIframeTemplate = `<!DOCTYPE html>
 </body>
 </html>`
 
-// ServeHTTP routes a request under the endpoint's prefix.
+// ServeHTTP routes a request under the endpoint's prefix, as sockjs-node
+// 0.3.24's dispatcher (lib/sockjs.js generate_dispatcher) does: on the
+// request's path as it was sent (not percent-decoded), every URL but the
+// greeting may end with one "/", a known URL asked with another method
+// gets 405 with the methods it takes in Allow, an unknown one 404.
 func (ep *sockjsEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rest, ok := strings.CutPrefix(r.URL.Path, ep.cfg.Prefix)
+	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), ep.cfg.Prefix)
 	if !ok {
 		sjsNotFound(w)
 		return
 	}
-	switch {
-	case rest == "" || rest == "/":
+	if rest == "" || rest == "/" {
 		if sjsMethods(w, r, http.MethodGet) {
 			sjsPlain(w, http.StatusOK, "Welcome to SockJS!\n")
 		}
-	case rest == "/info":
+		return
+	}
+	path := strings.TrimSuffix(rest, "/")
+	switch {
+	case path == "/info":
 		ep.serveInfo(w, r)
-	case sjsIsIframe(rest):
+	case sjsIsIframe(path):
 		if sjsMethods(w, r, http.MethodGet) {
 			ep.serveIframe(w, r)
 		}
-	case rest == "/websocket":
-		if !ep.cfg.Websocket {
-			sjsNotFound(w)
+	case path == "/websocket":
+		if ep.websocketOff(w, r) {
 			return
 		}
 		ep.serveRawWebSocket(w, r)
 	default:
-		server, sid, transport, ok := sjsSessionPath(rest)
+		server, sid, transport, ok := sjsSessionPath(path)
 		if !ok {
 			sjsNotFound(w)
 			return
@@ -341,12 +347,32 @@ func (ep *sockjsEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// websocketOff answers a websocket URL of an endpoint whose websockets
+// are off, as sockjs-node does: GET gets a cacheable 404, other methods
+// 405.
+func (ep *sockjsEndpoint) websocketOff(w http.ResponseWriter, r *http.Request) bool {
+	if ep.cfg.Websocket {
+		return false
+	}
+	if sjsMethods(w, r, http.MethodGet) {
+		sjsCacheForever(w.Header())
+		sjsNotFound(w)
+	}
+	return true
+}
+
+// The methods of the session URLs in Allow, in sockjs-node's order; the
+// preflight's Access-Control-Allow-Methods lists them its own way.
+const (
+	sjsAllowXHR  = "POST, OPTIONS"
+	sjsAllowInfo = "OPTIONS, GET"
+)
+
 // serveSessionURL dispatches /{server}/{session}/{transport}.
 func (ep *sockjsEndpoint) serveSessionURL(w http.ResponseWriter, r *http.Request, sid, transport string) {
 	switch transport {
 	case "websocket":
-		if !ep.cfg.Websocket {
-			sjsNotFound(w)
+		if ep.websocketOff(w, r) {
 			return
 		}
 		ep.serveWebSocket(w, r)
@@ -361,7 +387,7 @@ func (ep *sockjsEndpoint) serveSessionURL(w http.ResponseWriter, r *http.Request
 			}
 			ep.serveReceiver(w, r, sid, kind)
 		default:
-			sjsMethodNotAllowed(w, "OPTIONS, POST")
+			sjsMethodNotAllowed(w, sjsAllowXHR)
 		}
 	case "xhr_send":
 		switch r.Method {
@@ -370,7 +396,7 @@ func (ep *sockjsEndpoint) serveSessionURL(w http.ResponseWriter, r *http.Request
 		case http.MethodPost:
 			ep.serveXHRSend(w, r, sid)
 		default:
-			sjsMethodNotAllowed(w, "OPTIONS, POST")
+			sjsMethodNotAllowed(w, sjsAllowXHR)
 		}
 	case "eventsource":
 		if sjsMethods(w, r, http.MethodGet) {
@@ -402,18 +428,19 @@ func (ep *sockjsEndpoint) serveInfo(w http.ResponseWriter, r *http.Request) {
 		return
 	case http.MethodGet:
 	default:
-		sjsMethodNotAllowed(w, "OPTIONS, GET")
+		sjsMethodNotAllowed(w, sjsAllowInfo)
 		return
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	entropy := binary.BigEndian.Uint32(b[:])
 	body := make([]byte, 0, 96)
+	// sockjs-node's key order (lib/chunking-test.js, info).
 	body = append(body, `{"websocket":`...)
 	body = strconv.AppendBool(body, ep.cfg.Websocket)
-	body = append(body, `,"cookie_needed":`...)
+	body = append(body, `,"origins":["*:*"],"cookie_needed":`...)
 	body = strconv.AppendBool(body, ep.cfg.CookieNeeded)
-	body = append(body, `,"origins":["*:*"],"entropy":`...)
+	body = append(body, `,"entropy":`...)
 	body = strconv.AppendUint(body, uint64(entropy), 10)
 	body = append(body, '}')
 	h := w.Header()
@@ -463,7 +490,6 @@ func (ep *sockjsEndpoint) preflight(w http.ResponseWriter, r *http.Request, meth
 	sjsCORS(w, r)
 	h.Set("Access-Control-Allow-Methods", methods)
 	h.Set("Access-Control-Max-Age", strconv.Itoa(sjsCacheSeconds))
-	h.Set("Allow", methods)
 	ep.setCookie(w, r)
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -492,9 +518,11 @@ func sjsCacheForever(h http.Header) {
 }
 
 // sjsNoCache is the protocol's header for everything private fetched by
-// GET (and POST, which some browsers cache).
+// GET (and POST, which some browsers cache): sockjs-node's h_no_cache
+// (lib/webjs.js), no-transform included since 0.3.16, as the current
+// protocol tests ask (verify_not_cached).
 func sjsNoCache(h http.Header) {
-	h.Set("Cache-Control", "no-store, no-cache, must-revalidate, max-age=0")
+	h.Set("Cache-Control", "no-store, no-cache, no-transform, must-revalidate, max-age=0")
 }
 
 // sjsCORS adds SockJS's CORS headers: the request's Origin (or "*" for
@@ -524,7 +552,11 @@ func sjsPlain(w http.ResponseWriter, status int, body string) {
 	_, _ = w.Write([]byte(body))
 }
 
-func sjsNotFound(w http.ResponseWriter) { sjsPlain(w, http.StatusNotFound, "404 Not Found\n") }
+// sjsNotFound answers 404 with sockjs-node's body (lib/sockjs.js,
+// handle_404).
+func sjsNotFound(w http.ResponseWriter) {
+	sjsPlain(w, http.StatusNotFound, "404 Error: Page not found\n")
+}
 
 // sjsMethodNotAllowed answers 405 with the Allow header and no body, as
 // the protocol asks.

@@ -48,24 +48,28 @@ func sjsValidID(s string) bool {
 	return s != "" && len(s) <= sjsMaxIDLen && !strings.ContainsAny(s, "/.")
 }
 
-// sjsIsIframe reports whether rest is "/iframe{version}.html" with a
-// version of [0-9a-z._-] (case matters: "/IFRAME.HTML" is not found).
-func sjsIsIframe(rest string) bool {
-	v, ok := strings.CutPrefix(rest, "/iframe")
+// sjsIsIframe reports whether path is an iframe page URL: what
+// sockjs-node 0.3.24 matches with /iframe[0-9-.a-z_]*.html (lib/sockjs.js),
+// whose unescaped "." takes any one character before "html". Case
+// matters: "/IFRAME.HTML" is not found. path is as sent (percent-encoded),
+// so it is ASCII.
+func sjsIsIframe(path string) bool {
+	v, ok := strings.CutPrefix(path, "/iframe")
 	if !ok {
 		return false
 	}
-	v, ok = strings.CutSuffix(v, ".html")
-	if !ok || len(v) > sjsMaxIDLen {
+	v, ok = strings.CutSuffix(v, "html")
+	if !ok || v == "" || len(v) > sjsMaxIDLen {
 		return false
 	}
-	for i := 0; i < len(v); i++ {
+	for i := 0; i < len(v)-1; i++ {
 		c := v[i]
 		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c == '.' || c == '_' || c == '-') {
 			return false
 		}
 	}
-	return true
+	c := v[len(v)-1] // the regexp's "." (no line terminator; ASCII here)
+	return c < utf8.RuneSelf && c != '\n' && c != '\r'
 }
 
 // sjsValidCallback reports whether name may be written into a script as

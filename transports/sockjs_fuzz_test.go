@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -197,16 +198,15 @@ func FuzzSJSJSONPPayload(f *testing.F) {
 }
 
 func FuzzSJSIframePath(f *testing.F) {
-	for _, s := range []string{"/iframe.html", "/iframe-0.1.2.html", "/iframe-/.html", "/IFRAME.HTML", "/iframe"} {
+	for _, s := range []string{"/iframe.html", "/iframe-0.1.2.html", "/iframe-/.html", "/IFRAME.HTML", "/iframe", "/iframeXhtml"} {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, rest string) {
-		if !sjsIsIframe(rest) {
-			return
-		}
-		v := strings.TrimSuffix(strings.TrimPrefix(rest, "/iframe"), ".html")
-		if strings.Trim(v, "abcdefghijklmnopqrstuvwxyz0123456789._-") != "" {
-			t.Fatalf("accepted %q", rest)
+	// sockjs-node's route, less its trailing "[/]?" (the caller trims one
+	// "/") and with a bound on the length.
+	ref := regexp.MustCompile(`^/iframe[0-9.a-z_-]*[\x00-\x09\x0b\x0c\x0e-\x7f]html$`)
+	f.Fuzz(func(t *testing.T, path string) {
+		if got, want := sjsIsIframe(path), ref.MatchString(path) && len(path) <= len("/iframe")+sjsMaxIDLen+len("html"); got != want {
+			t.Fatalf("sjsIsIframe(%q) = %v, sockjs-node's route says %v", path, got, want)
 		}
 	})
 }

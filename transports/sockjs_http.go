@@ -76,9 +76,9 @@ func (ep *sockjsEndpoint) maxBody() int {
 var sjsFamilies = map[sjsKind]*family{
 	sjsXHR:          {name: "sockjs", contentType: "application/javascript; charset=UTF-8"},
 	sjsXHRStreaming: {name: "sockjs", streaming: true, contentType: "application/javascript; charset=UTF-8"},
-	// Not in the protocol's CORS list, but what lets a cross-origin page
-	// use eventsource rather than fall back to an iframe.
-	sjsEventSource: {name: "sockjs", streaming: true, contentType: "text/event-stream; charset=UTF-8"},
+	// Exactly "text/event-stream", as sockjs-node's (lib/trans-eventsource.js)
+	// and the protocol tests' (EventSource.test_transport).
+	sjsEventSource: {name: "sockjs", streaming: true, contentType: "text/event-stream"},
 	sjsHTMLFile:    {name: "sockjs", streaming: true, contentType: "text/html; charset=UTF-8"},
 	sjsJSONP:       {name: "sockjs", contentType: "application/javascript; charset=UTF-8"},
 }

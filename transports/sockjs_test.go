@@ -40,7 +40,7 @@ func sjsContentType(t *testing.T, r sjsResp, want string) {
 
 func sjsCheckNotCached(t *testing.T, h http.Header) {
 	t.Helper()
-	if got := h.Get("Cache-Control"); got != "no-store, no-cache, must-revalidate, max-age=0" {
+	if got := h.Get("Cache-Control"); got != "no-store, no-cache, no-transform, must-revalidate, max-age=0" {
 		t.Errorf("Cache-Control = %q", got)
 	}
 	if h.Get("Expires") != "" || h.Get("Last-Modified") != "" {
@@ -69,17 +69,20 @@ func sjsCheckNoCookie(t *testing.T, r sjsResp) {
 	}
 }
 
+// sjsCheck404 checks a 404 with sockjs-node's body.
 func sjsCheck404(t *testing.T, r sjsResp, what string) {
 	t.Helper()
-	if r.status != http.StatusNotFound {
-		t.Errorf("%s: status %d, want 404", what, r.status)
+	if r.status != http.StatusNotFound || r.body != "404 Error: Page not found\n" || r.get("Content-Type") != "text/plain; charset=UTF-8" {
+		t.Errorf("%s: %d %q %q, want 404 \"404 Error: Page not found\\n\"", what, r.status, r.get("Content-Type"), r.body)
 	}
 }
 
-func sjsCheck405(t *testing.T, r sjsResp, what string) {
+// sjsCheck405 checks a bare 405 whose Allow lists the methods in
+// sockjs-node's order.
+func sjsCheck405(t *testing.T, r sjsResp, allow, what string) {
 	t.Helper()
-	if r.status != http.StatusMethodNotAllowed || r.get("Allow") == "" || r.get("Content-Type") != "" || r.body != "" {
-		t.Errorf("%s: got %d Allow=%q Content-Type=%q body=%q, want a bare 405 with Allow", what, r.status, r.get("Allow"), r.get("Content-Type"), r.body)
+	if r.status != http.StatusMethodNotAllowed || r.get("Allow") != allow || r.get("Content-Type") != "" || r.body != "" {
+		t.Errorf("%s: got %d Allow=%q Content-Type=%q body=%q, want a bare 405 with Allow %q", what, r.status, r.get("Allow"), r.get("Content-Type"), r.body, allow)
 	}
 }
 
@@ -124,7 +127,7 @@ func TestSockJSGreeting(t *testing.T) {
 	for _, suffix := range []string{"/a", "/a.html", "//", "///", "/a/a", "/a/a/", "/a/"} {
 		sjsCheck404(t, n.do(t, http.MethodGet, n.url("/echo"+suffix), ""), suffix)
 	}
-	sjsCheck405(t, n.do(t, http.MethodPost, n.url("/echo"), "x"), "POST greeting")
+	sjsCheck405(t, n.do(t, http.MethodPost, n.url("/echo"), "x"), "GET", "POST greeting")
 }
 
 var sjsIframeBody = regexp.MustCompile(`^<!DOCTYPE html>
@@ -218,6 +221,10 @@ func TestSockJSInfo(t *testing.T) {
 		if info.Websocket == nil || !*info.Websocket || info.CookieNeeded == nil || *info.CookieNeeded ||
 			len(info.Origins) != 1 || info.Origins[0] != "*:*" || info.Entropy == nil || *info.Entropy > 1<<32-1 {
 			t.Errorf("info %s", r.body)
+		}
+		// Byte for byte as sockjs-node writes it (its key order).
+		if want := fmt.Sprintf(`{"websocket":true,"origins":["*:*"],"cookie_needed":false,"entropy":%d}`, *info.Entropy); r.body != want {
+			t.Errorf("info body %s, want %s", r.body, want)
 		}
 		entropies = append(entropies, *info.Entropy)
 	}
@@ -409,8 +416,8 @@ func TestSockJSXHRPolling(t *testing.T) {
 	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "a[\"x\"]\n" {
 		t.Fatalf("poll: %q", r.body)
 	}
-	sjsCheck405(t, n.do(t, http.MethodGet, url+"/xhr", ""), "GET xhr")
-	sjsCheck405(t, n.do(t, http.MethodGet, url+"/xhr_send", ""), "GET xhr_send")
+	sjsCheck405(t, n.do(t, http.MethodGet, url+"/xhr", ""), "POST, OPTIONS", "GET xhr")
+	sjsCheck405(t, n.do(t, http.MethodGet, url+"/xhr_send", ""), "POST, OPTIONS", "GET xhr_send")
 
 	// Sending to a session that does not exist.
 	sjsCheck404(t, n.do(t, http.MethodPost, n.url("/echo/000/"+sjsSID()+"/xhr_send"), `["x"]`), "invalid session")
@@ -513,8 +520,9 @@ func TestSockJSEventSource(t *testing.T) {
 	n := sjsStartNode(t, sjsTestEndpoints(), nil)
 	url := n.url("/echo/000/" + sjsSID())
 	st := n.stream(t, http.MethodGet, url+"/eventsource")
-	r := sjsResp{header: st.resp.Header}
-	sjsContentType(t, r, "text/event-stream;charset=UTF-8")
+	if got := st.resp.Header.Get("Content-Type"); got != "text/event-stream" {
+		t.Errorf("Content-Type %q, want exactly text/event-stream", got)
+	}
 	sjsCheckNotCached(t, st.resp.Header)
 	if got := st.read(2); got != "\r\n" {
 		t.Fatalf("prelude %q", got)
@@ -625,7 +633,7 @@ func TestSockJSJSONP(t *testing.T) {
 	if r := n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", ""); r.body != "callback(\"a[\\\"x\\\"]\");\r\n" {
 		t.Fatalf("poll: %q", r.body)
 	}
-	sjsCheck405(t, n.do(t, http.MethodPost, url+"/jsonp?c=x", ""), "POST jsonp")
+	sjsCheck405(t, n.do(t, http.MethodPost, url+"/jsonp?c=x", ""), "GET", "POST jsonp")
 
 	for q, want := range map[string]string{"": `"callback" parameter required`,
 		"?c=alert(document.cookie)//": `invalid "callback" parameter`, "?callback=%3Cscript%3E": `invalid "callback" parameter`} {
@@ -821,9 +829,9 @@ func TestSockJSWebSocketHTTPErrors(t *testing.T) {
 	if r.status != http.StatusBadRequest || !strings.Contains(r.body, `"Connection" must be "Upgrade".`) {
 		t.Errorf("Connection: close: %d %q", r.status, r.body)
 	}
-	sjsCheck405(t, n.do(t, http.MethodPost, url, "", "Upgrade", "WebSocket", "Connection", "Upgrade"), "POST upgrade")
-	sjsCheck405(t, n.do(t, http.MethodPost, url, ""), "POST")
-	sjsCheck405(t, n.do(t, http.MethodPost, n.url("/echo/websocket"), ""), "POST raw")
+	sjsCheck405(t, n.do(t, http.MethodPost, url, "", "Upgrade", "WebSocket", "Connection", "Upgrade"), "GET", "POST upgrade")
+	sjsCheck405(t, n.do(t, http.MethodPost, url, ""), "GET", "POST")
+	sjsCheck405(t, n.do(t, http.MethodPost, n.url("/echo/websocket"), ""), "GET", "POST raw")
 
 	// Hybi-07, hybi-08 and RFC 6455 handshakes, and Firefox 6's
 	// "Connection: keep-alive, Upgrade".
@@ -1078,5 +1086,64 @@ func TestSockJSHTTP11Streaming(t *testing.T) {
 	}
 	if _, err := io.ReadFull(resp.Body, b); err != nil || b[0] != 'h' || string(b[2049:]) != "o\n" {
 		t.Fatalf("HTTP/1.0 stream %q: %v", b[2040:], err)
+	}
+}
+
+// The routes as sockjs-node 0.3.24 dispatches them (lib/sockjs.js): one
+// trailing "/" is allowed on every URL, the path is matched as sent
+// (percent-encoded), the methods of a known URL are in Allow.
+func TestSockJSRoutes(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	if r := n.do(t, http.MethodGet, n.url("/echo/info/"), ""); r.status != http.StatusOK || !strings.HasPrefix(r.body, `{"websocket":true,`) {
+		t.Errorf("info/: %d %q", r.status, r.body)
+	}
+	if r := n.do(t, http.MethodGet, n.url("/echo/iframe.html/"), ""); r.status != http.StatusOK {
+		t.Errorf("iframe.html/: %d", r.status)
+	}
+	// The route's unescaped "." takes any character before "html".
+	if r := n.do(t, http.MethodGet, n.url("/echo/iframe-html"), ""); r.status != http.StatusOK {
+		t.Errorf("iframe-html: %d", r.status)
+	}
+	for _, suffix := range []string{"/info//", "/iframe.html//", "/iframe%41.html", "/a/a/xhr//", "/IFRAME.HTML/", "/a/b/c/d/xhr"} {
+		sjsCheck404(t, n.do(t, http.MethodGet, n.url("/echo"+suffix), ""), suffix)
+	}
+	sid := sjsSID()
+	if r := n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr/"), ""); r.body != "o\n" {
+		t.Fatalf("xhr/: %q", r.body)
+	}
+	if r := n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr_send/"), `["a"]`); r.status != http.StatusNoContent {
+		t.Fatalf("xhr_send/: %d", r.status)
+	}
+	if r := n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr"), ""); r.body != "a[\"a\"]\n" {
+		t.Fatalf("poll: %q", r.body)
+	}
+	// Ids are taken as sent: "%2E" is no dot, "%2F" no slash.
+	for _, id := range []string{"a%2Eb", "a%2Fb"} {
+		if r := n.do(t, http.MethodPost, n.url("/echo/000/"+id+"/xhr"), ""); r.status != http.StatusOK || r.body != "o\n" {
+			t.Errorf("session %s: %d %q", id, r.status, r.body)
+		}
+	}
+
+	allow := map[string]string{
+		"/info": "OPTIONS, GET", "/iframe.html": "GET", "/websocket": "GET",
+		"/a/a/xhr": "POST, OPTIONS", "/a/a/xhr_send": "POST, OPTIONS", "/a/a/xhr_streaming": "POST, OPTIONS",
+		"/a/a/eventsource": "GET", "/a/a/htmlfile": "GET", "/a/a/jsonp": "GET", "/a/a/jsonp_send": "POST",
+		"/a/a/websocket": "GET",
+	}
+	for path, methods := range allow {
+		method := http.MethodPut
+		sjsCheck405(t, n.do(t, method, n.url("/echo"+path), ""), methods, method+" "+path)
+	}
+	sjsCheck405(t, n.do(t, http.MethodHead, n.url("/echo"), ""), "GET", "HEAD greeting")
+
+	// An endpoint without websockets: GET is a cacheable 404, and other
+	// methods 405.
+	for _, path := range []string{"/websocket", "/0/0/websocket", "/0/0/websocket/"} {
+		r := n.do(t, http.MethodGet, n.url("/disabled_websocket_echo"+path), "")
+		sjsCheck404(t, r, "disabled "+path)
+		if !strings.HasPrefix(r.get("Cache-Control"), "public, max-age=") || r.get("Expires") == "" {
+			t.Errorf("disabled %s: Cache-Control %q Expires %q", path, r.get("Cache-Control"), r.get("Expires"))
+		}
+		sjsCheck405(t, n.do(t, http.MethodPost, n.url("/disabled_websocket_echo"+path), ""), "GET", "POST disabled "+path)
 	}
 }
