@@ -104,7 +104,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 		}
 	}
 	if ref := ep.n.gate.origin(r); ref != nil {
-		sjsPlain(w, http.StatusForbidden, "origin not allowed")
+		sjsRefuse(w, ref)
 		return
 	}
 	// A receiver's body carries nothing; reading it to the end lets
@@ -117,8 +117,11 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 	sjsNoCache(h)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Type", fam.contentType)
-	if kind == sjsXHR || kind == sjsXHRStreaming || kind == sjsEventSource {
-		sjsCORS(w, r)
+	switch kind {
+	case sjsXHR, sjsXHRStreaming:
+		sjsCORS(h, r, "null")
+	case sjsEventSource:
+		sjsCORS(h, r, "*") // sockjs-node's eventsource answers null with "*"
 	}
 	if fam.streaming {
 		h.Set("X-Accel-Buffering", "no")
@@ -292,14 +295,14 @@ func (ep *sockjsEndpoint) deliver(r *http.Request, e *sjsEntry, msgs [][]byte) {
 // messages. 204 on success; 404 for an unknown session; 500 with the
 // protocol's text for a missing or broken body.
 func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, sid string) {
-	if ep.n.gate.origin(r) != nil {
-		sjsPlain(w, http.StatusForbidden, "origin not allowed")
+	if ref := ep.n.gate.origin(r); ref != nil {
+		sjsRefuse(w, ref)
 		return
 	}
 	h := w.Header()
 	ep.setCookie(w, r)
 	sjsNoCache(h)
-	sjsCORS(w, r)
+	sjsCORS(h, r, "null")
 	e := ep.lookup(r, sid)
 	if e == nil {
 		sjsNotFound(w)
@@ -325,8 +328,8 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 // text/plain. It answers "ok" with 200, as the protocol asks (some
 // browsers mishandle a 204 here).
 func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request, sid string) {
-	if ep.n.gate.origin(r) != nil {
-		sjsPlain(w, http.StatusForbidden, "origin not allowed")
+	if ref := ep.n.gate.origin(r); ref != nil {
+		sjsRefuse(w, ref)
 		return
 	}
 	ep.setCookie(w, r)

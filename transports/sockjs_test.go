@@ -48,17 +48,26 @@ func sjsCheckNotCached(t *testing.T, h http.Header) {
 	}
 }
 
+// sjsCheckCORS checks the CORS headers of an answer to a request from an
+// allowed origin ("" for none): sockjs-node's and the current protocol
+// tests' (verify_cors), except that null never gets credentials.
 func sjsCheckCORS(t *testing.T, h http.Header, origin string) {
 	t.Helper()
-	want := origin
-	if origin == "" || origin == "null" {
-		want = "*"
+	want, creds := origin, "true"
+	switch origin {
+	case "":
+		want, creds = "*", ""
+	case "null":
+		creds = ""
 	}
 	if got := h.Get("Access-Control-Allow-Origin"); got != want {
 		t.Errorf("Access-Control-Allow-Origin = %q, want %q", got, want)
 	}
-	if got := h.Get("Access-Control-Allow-Credentials"); got != "true" {
-		t.Errorf("Access-Control-Allow-Credentials = %q", got)
+	if got := h.Get("Access-Control-Allow-Credentials"); got != creds {
+		t.Errorf("Access-Control-Allow-Credentials = %q, want %q", got, creds)
+	}
+	if got := h.Get("Vary"); got != "Origin" {
+		t.Errorf("Vary = %q, want Origin", got)
 	}
 }
 
@@ -1145,5 +1154,93 @@ func TestSockJSRoutes(t *testing.T) {
 			t.Errorf("disabled %s: Cache-Control %q Expires %q", path, r.get("Cache-Control"), r.get("Expires"))
 		}
 		sjsCheck405(t, n.do(t, http.MethodPost, n.url("/disabled_websocket_echo"+path), ""), "GET", "POST disabled "+path)
+	}
+}
+
+// CORS answers follow the node's allowed Origins (the admission gate): an
+// Origin the node does not allow gets 403 and no Access-Control-Allow-*
+// header, on every URL that answers CORS; null is answered without
+// credentials even where it is allowed.
+func TestSockJSCORSOrigins(t *testing.T) {
+	type req struct{ method, path, body string }
+	corsURLs := func(sid string) []req {
+		return []req{
+			{http.MethodGet, "/echo/info", ""},
+			{http.MethodOptions, "/echo/info", ""},
+			{http.MethodOptions, "/echo/a/a/xhr", ""},
+			{http.MethodOptions, "/echo/a/a/xhr_send", ""},
+			{http.MethodOptions, "/echo/a/a/xhr_streaming", ""},
+			{http.MethodPost, "/echo/000/" + sjsSID() + "/xhr", ""}, // a new session: answered at once
+			{http.MethodPost, "/echo/000/" + sid + "/xhr_send", `["x"]`},
+		}
+	}
+	noCORS := func(t *testing.T, what string, h http.Header) {
+		t.Helper()
+		for k := range h {
+			if strings.HasPrefix(k, "Access-Control-Allow-") {
+				t.Errorf("%s: %s: %q on a refused answer", what, k, h.Get(k))
+			}
+		}
+	}
+
+	n := sjsStartNode(t, sjsTestEndpoints(), func(_ *gateway.Config, o *Options) { o.AllowedOrigins = []string{"http://good.example"} })
+	sid := sjsSID()
+	for _, origin := range []string{"http://evil.example", "null", "http://good.example.evil.example"} {
+		for _, q := range corsURLs(sid) {
+			r := n.do(t, q.method, n.url(q.path), q.body, "Origin", origin)
+			what := q.method + " " + q.path + " from " + origin
+			if r.status != http.StatusForbidden || r.body != "origin not allowed: "+origin {
+				t.Errorf("%s: %d %q, want 403", what, r.status, r.body)
+			}
+			noCORS(t, what, r.header)
+		}
+		st := n.stream(t, http.MethodGet, n.url("/echo/000/"+sjsSID()+"/eventsource"), "Origin", origin)
+		if st.resp.StatusCode != http.StatusForbidden {
+			t.Errorf("eventsource from %s: %d", origin, st.resp.StatusCode)
+		}
+		noCORS(t, "eventsource from "+origin, st.resp.Header)
+		st.close()
+	}
+	// The allowed one is echoed with credentials, on the same URLs.
+	n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr"), "")
+	for _, q := range corsURLs(sid) {
+		r := n.do(t, q.method, n.url(q.path), q.body, "Origin", "http://good.example")
+		if r.status >= 300 {
+			t.Fatalf("%s %s: %d %q", q.method, q.path, r.status, r.body)
+		}
+		sjsCheckCORS(t, r.header, "http://good.example")
+	}
+
+	// With every Origin allowed: null gets null, without credentials
+	// (eventsource: "*", as sockjs-node's eventsource); no Origin gets "*",
+	// without credentials.
+	n = sjsStartNode(t, sjsTestEndpoints(), nil)
+	sid = sjsSID()
+	n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr"), "")
+	for _, origin := range []string{"null", ""} {
+		for _, q := range corsURLs(sid) {
+			var hdr []string
+			if origin != "" {
+				hdr = []string{"Origin", origin}
+			}
+			r := n.do(t, q.method, n.url(q.path), q.body, hdr...)
+			if r.status >= 300 {
+				t.Fatalf("%s %s: %d %q", q.method, q.path, r.status, r.body)
+			}
+			sjsCheckCORS(t, r.header, origin)
+		}
+	}
+	st := n.stream(t, http.MethodGet, n.url("/echo/000/"+sjsSID()+"/eventsource"), "Origin", "null")
+	if got, creds := st.resp.Header.Get("Access-Control-Allow-Origin"), st.resp.Header.Get("Access-Control-Allow-Credentials"); got != "*" || creds != "" {
+		t.Errorf("eventsource from null: %q credentials %q, want * and none", got, creds)
+	}
+	st.close()
+	st = n.stream(t, http.MethodGet, n.url("/echo/000/"+sjsSID()+"/eventsource"), "Origin", "http://page.example")
+	sjsCheckCORS(t, st.resp.Header, "http://page.example")
+	st.close()
+	// The protocol's test_options_null_origin: 204 (or 200), no body, null.
+	r := n.do(t, http.MethodOptions, n.url("/echo/info"), "", "Origin", "null", "Access-Control-Request-Method", "POST")
+	if r.status != http.StatusNoContent || r.body != "" || r.get("Access-Control-Allow-Origin") != "null" {
+		t.Errorf("OPTIONS info from null: %d %q %q", r.status, r.body, r.get("Access-Control-Allow-Origin"))
 	}
 }

@@ -37,8 +37,8 @@ func (ep *sockjsEndpoint) sjsWSPreconditions(w http.ResponseWriter, r *http.Requ
 		sjsPlain(w, http.StatusBadRequest, `"Connection" must be "Upgrade".`)
 		return false
 	}
-	if ep.n.gate.origin(r) != nil {
-		sjsPlain(w, http.StatusForbidden, "origin not allowed")
+	if ref := ep.n.gate.origin(r); ref != nil {
+		sjsRefuse(w, ref)
 		return false
 	}
 	// hybi-07 and hybi-08 (Firefox 6 and 7) differ from RFC 6455 in the
@@ -197,10 +197,7 @@ func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Reque
 	}
 	sess, ref := ep.n.gate.open(r, sessionSpec{transport: "sockjs"})
 	if ref != nil {
-		if ref.retry {
-			w.Header().Set("Retry-After", "1")
-		}
-		sjsPlain(w, ref.status, ref.msg)
+		sjsRefuse(w, ref)
 		return
 	}
 	c := ep.n.upgradeWS(w, r, ep.n.heartbeat, ep.wsLimits())
