@@ -28,8 +28,12 @@ const (
 // use a few characters (sockjs-client: 3 and 8, test suites: a UUID).
 const sjsMaxIDLen = 128
 
-// sjsMaxCallbackLen bounds a JSONP or htmlfile callback name.
-const sjsMaxCallbackLen = 128
+// The bounds of a callback name: sockjs-node's 32 bytes for jsonp; for
+// htmlfile, where sockjs-node has none, cometgate's own.
+const (
+	sjsMaxJSONPCallbackLen    = 32
+	sjsMaxHTMLFileCallbackLen = 128
+)
 
 // sjsSessionPath splits "/{server}/{session}/{transport}". Server and
 // session ids may hold anything but "/" and "." and must not be empty.
@@ -73,15 +77,18 @@ func sjsIsIframe(path string) bool {
 }
 
 // sjsValidCallback reports whether name may be written into a script as
-// the callback of jsonp or htmlfile: letters, digits, "_" and "." only, so
-// that nothing a client sends can become code.
-func sjsValidCallback(name string) bool {
-	if name == "" || len(name) > sjsMaxCallbackLen {
+// the callback of jsonp or htmlfile: 1 to max bytes of letters, digits,
+// "_", "-" and ".", what sockjs-node allows ([^a-zA-Z0-9-_.] refused), so
+// that nothing a client sends can become code. sockjs-node takes an empty
+// name too (c=), and writes a script that cannot work; cometgate refuses
+// it with the same answer as a bad one, so the page's author learns why.
+func sjsValidCallback(name string, max int) bool {
+	if name == "" || len(name) > max {
 		return false
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
-		if !sjsIsAlnum(c) && c != '_' && c != '.' {
+		if !sjsIsAlnum(c) && c != '_' && c != '-' && c != '.' {
 			return false
 		}
 	}

@@ -159,19 +159,24 @@ func FuzzSJSSessionPath(f *testing.F) {
 }
 
 func FuzzSJSCallback(f *testing.F) {
-	for _, s := range []string{"callback", "_jp.a1b2c3", "a(1)", "", "x</script>", "a.b_c"} {
+	for _, s := range []string{"callback", "_jp.a1b2c3", "a(1)", "", "x</script>", "a.b_c", "a-b", strings.Repeat("a", 33)} {
 		f.Add(s)
 	}
+	// sockjs-node's check, and cometgate's bounds (1 to max bytes).
+	invalid := regexp.MustCompile(`[^a-zA-Z0-9-_.]`)
 	f.Fuzz(func(t *testing.T, name string) {
-		if !sjsValidCallback(name) {
-			return
+		for _, max := range []int{sjsMaxJSONPCallbackLen, sjsMaxHTMLFileCallbackLen} {
+			want := !invalid.MatchString(name) && name != "" && len(name) <= max
+			if got := sjsValidCallback(name, max); got != want {
+				t.Fatalf("sjsValidCallback(%q, %d) = %v, want %v", name, max, got, want)
+			}
 		}
-		if strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.") != "" || len(name) > sjsMaxCallbackLen {
-			t.Fatalf("accepted callback %q", name)
+		if !sjsValidCallback(name, sjsMaxHTMLFileCallbackLen) {
+			return
 		}
 		// It goes into a script as is: it must not end or escape it.
 		page := sjsHTMLFilePrelude(name)
-		if bytes.Count(page, []byte("</script>")) != 1 {
+		if bytes.Count(page, []byte("</script>")) != 1 || !bytes.Contains(page, []byte("var c = parent."+name+";\n")) {
 			t.Fatalf("callback %q changed the page's structure", name)
 		}
 	})

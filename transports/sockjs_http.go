@@ -39,30 +39,30 @@ const (
 // of a streaming response before that much arrived.
 var sjsXHRPrelude = append(bytes.Repeat([]byte{'h'}, 2048), '\n')
 
-// sjsHTMLFileHead is the htmlfile page before the frames; %s is the
-// callback (validated: letters, digits, "_" and ".").
-const sjsHTMLFileHead = `<!doctype html>
+// sjsHTMLFileTemplate is sockjs-node 0.3.24's htmlfile page before the
+// frames (lib/trans-htmlfile.js), byte for byte: {{ callback }} is
+// replaced by the callback (validated: letters, digits, "_", "-", ".").
+const sjsHTMLFileTemplate = `<!doctype html>
 <html><head>
   <meta http-equiv="X-UA-Compatible" content="IE=edge" />
   <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
 </head><body><h2>Don't panic!</h2>
   <script>
     document.domain = document.domain;
-    var c = parent.%s;
+    var c = parent.{{ callback }};
     c.start();
     function p(d) {c.message(d);};
     window.onload = function() {c.stop();};
-  </script>
-`
+  </script>`
 
-// sjsHTMLFilePrelude returns the htmlfile head for callback, padded past
-// the 1 KiB Safari needs before it renders anything.
+// sjsHTMLFileHead is the template padded as sockjs-node pads it (past the
+// 1 KiB Safari needs before it renders anything): 1024-len+13 spaces,
+// counted with the placeholder, then two CRLFs.
+var sjsHTMLFileHead = sjsHTMLFileTemplate + strings.Repeat(" ", 1024-len(sjsHTMLFileTemplate)+13) + "\r\n\r\n"
+
+// sjsHTMLFilePrelude returns the htmlfile head for callback.
 func sjsHTMLFilePrelude(callback string) []byte {
-	b := fmt.Appendf(nil, sjsHTMLFileHead, callback)
-	if pad := 1024 - len(b); pad > 0 {
-		b = append(b, bytes.Repeat([]byte{' '}, pad)...)
-	}
-	return append(b, "\r\n\r\n"...)
+	return []byte(strings.Replace(sjsHTMLFileHead, "{{ callback }}", callback, 1))
 }
 
 // sjsMaxBody bounds a send body (and a websocket message) of a session.
@@ -88,6 +88,8 @@ var sjsFamilies = map[sjsKind]*family{
 func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, sid string, kind sjsKind) {
 	var callback string
 	if kind == sjsHTMLFile || kind == sjsJSONP {
+		// sockjs-node's checks and answers (lib/trans-jsonp.js,
+		// lib/trans-htmlfile.js).
 		q := r.URL.Query()
 		switch {
 		case q.Has("c"):
@@ -98,7 +100,11 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 			sjsPlain(w, http.StatusInternalServerError, `"callback" parameter required`)
 			return
 		}
-		if !sjsValidCallback(callback) {
+		limit := sjsMaxJSONPCallbackLen
+		if kind == sjsHTMLFile {
+			limit = sjsMaxHTMLFileCallbackLen
+		}
+		if !sjsValidCallback(callback, limit) {
 			sjsPlain(w, http.StatusInternalServerError, `invalid "callback" parameter`)
 			return
 		}
@@ -228,7 +234,11 @@ func (f *sjsFraming) appendHeartbeat(b []byte) []byte { return f.appendFrame(b, 
 
 // appendFrame appends one frame in the receiver's framing: a line (xhr),
 // an event (eventsource), a script calling the callback (htmlfile, jsonp;
-// the frame is quoted as a script string, HTML-safe for htmlfile).
+// the frame is quoted as a script string, HTML-safe for htmlfile). A
+// JSONP answer starts with an empty comment, as sockjs-node's since 0.3.10
+// (#163) and the current protocol tests (JsonPolling): a response that
+// starts with the callback name could be read as a Flash file (Rosetta
+// Flash), one that starts with /**/ cannot.
 func (f *sjsFraming) appendFrame(b, frame []byte) []byte {
 	switch f.kind {
 	case sjsXHR, sjsXHRStreaming:
@@ -243,6 +253,7 @@ func (f *sjsFraming) appendFrame(b, frame []byte) []byte {
 		b = appendSJSQuote(b, frame, true)
 		return append(b, ");\n</script>\r\n"...)
 	}
+	b = append(b, "/**/"...)
 	b = append(b, f.callback...)
 	b = append(b, '(')
 	b = appendSJSQuote(b, frame, false)

@@ -588,6 +588,14 @@ func TestSockJSHTMLFile(t *testing.T) {
 	if strings.TrimSpace(d) != head || len(d) <= 1024 {
 		t.Fatalf("head (%d bytes):\n%s", len(d), d)
 	}
+	// Byte for byte as sockjs-node pads it: 1024-len+13 spaces, len counted
+	// with the template's "{{ callback }}" (14 bytes) rather than the name.
+	if want := head + strings.Repeat(" ", 1024-(len(head)-len("callback")+len("{{ callback }}"))+13) + "\r\n\r\n"; d != want {
+		t.Fatalf("head:\n%q\nwant\n%q", d, want)
+	}
+	if len(d) != 1035 {
+		t.Fatalf("head of %d bytes, want 1035 (sockjs-node's for the name \"callback\")", len(d))
+	}
 	if got := st.until("</script>\r\n"); got != "<script>\np(\"o\");\n</script>\r\n" {
 		t.Fatalf("open %q", got)
 	}
@@ -603,13 +611,22 @@ func TestSockJSHTMLFile(t *testing.T) {
 	}
 	st.close()
 
+	// The protocol's test_invalid_callback, and cometgate's bounds.
 	for q, want := range map[string]string{"": `"callback" parameter required`, "?c=a(1)": `invalid "callback" parameter`,
-		"?c=" + strings.Repeat("a", sjsMaxCallbackLen+1): `invalid "callback" parameter`, "?c=": `invalid "callback" parameter`} {
+		"?c=%20": `invalid "callback" parameter`, "?c=*": `invalid "callback" parameter`, "?c=abc(": `invalid "callback" parameter`,
+		"?c=abc%28": `invalid "callback" parameter`,
+		"?c=" + strings.Repeat("a", sjsMaxHTMLFileCallbackLen+1): `invalid "callback" parameter`, "?c=": `invalid "callback" parameter`} {
 		r := n.do(t, http.MethodGet, n.url("/echo/a/a/htmlfile"+q), "")
-		if r.status != http.StatusInternalServerError || !strings.Contains(r.body, want) {
+		if r.status != http.StatusInternalServerError || r.body != want {
 			t.Errorf("htmlfile%s: %d %q", q, r.status, r.body)
 		}
 	}
+	// sockjs-node takes "-" too.
+	st = n.stream(t, http.MethodGet, n.url("/echo/000/"+sjsSID()+"/htmlfile?c=a-b_c.d"))
+	if d := st.until("\r\n\r\n"); !strings.Contains(d, "var c = parent.a-b_c.d;\n") {
+		t.Fatalf("head %q", d)
+	}
+	st.close()
 
 	url = n.url("/echo/000/" + sjsSID())
 	st = n.stream(t, http.MethodGet, url+"/htmlfile?callback=callback")
@@ -628,10 +645,13 @@ func TestSockJSJSONP(t *testing.T) {
 	form := []string{"Content-Type", "application/x-www-form-urlencoded"}
 	url := n.url("/echo/000/" + sjsSID())
 	r := n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", "")
-	if r.status != http.StatusOK || r.body != "callback(\"o\");\r\n" {
+	if r.status != http.StatusOK || r.body != "/**/callback(\"o\");\r\n" {
 		t.Fatalf("open: %d %q", r.status, r.body)
 	}
 	sjsContentType(t, r, "application/javascript;charset=UTF-8")
+	if r.get("X-Content-Type-Options") != "nosniff" {
+		t.Errorf("X-Content-Type-Options %q", r.get("X-Content-Type-Options"))
+	}
 	sjsCheckNotCached(t, r.header)
 	r = n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22x%22%5D", form...)
 	if r.status != http.StatusOK || r.body != "ok" {
@@ -639,22 +659,28 @@ func TestSockJSJSONP(t *testing.T) {
 	}
 	sjsContentType(t, r, "text/plain;charset=UTF-8")
 	sjsCheckNotCached(t, r.header)
-	if r := n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", ""); r.body != "callback(\"a[\\\"x\\\"]\");\r\n" {
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", ""); r.body != "/**/callback(\"a[\\\"x\\\"]\");\r\n" {
 		t.Fatalf("poll: %q", r.body)
 	}
 	sjsCheck405(t, n.do(t, http.MethodPost, url+"/jsonp?c=x", ""), "GET", "POST jsonp")
 
+	// The protocol's test_invalid_callback, and sockjs-node's 32 bytes.
 	for q, want := range map[string]string{"": `"callback" parameter required`,
-		"?c=alert(document.cookie)//": `invalid "callback" parameter`, "?callback=%3Cscript%3E": `invalid "callback" parameter`} {
+		"?c=alert(document.cookie)//": `invalid "callback" parameter`, "?callback=%3Cscript%3E": `invalid "callback" parameter`,
+		"?c=%20": `invalid "callback" parameter`, "?c=*": `invalid "callback" parameter`, "?c=abc(": `invalid "callback" parameter`,
+		"?c=abc%28": `invalid "callback" parameter`, "?c=" + strings.Repeat("a", 33): `invalid "callback" parameter`} {
 		r := n.do(t, http.MethodGet, n.url("/echo/a/a/jsonp"+q), "")
-		if r.status != http.StatusInternalServerError || !strings.Contains(r.body, want) {
+		if r.status != http.StatusInternalServerError || r.body != want {
 			t.Errorf("jsonp%s: %d %q", q, r.status, r.body)
 		}
+	}
+	if r := n.do(t, http.MethodGet, n.url("/echo/000/"+sjsSID()+"/jsonp?c="+strings.Repeat("a", 31)+"-"), ""); r.body != "/**/"+strings.Repeat("a", 31)+"-(\"o\");\r\n" {
+		t.Errorf("32-byte callback: %q", r.body)
 	}
 
 	// Invalid and missing JSON.
 	url = n.url("/echo/000/" + sjsSID())
-	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"o\");\r\n" {
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"o\");\r\n" {
 		t.Fatalf("open: %q", r.body)
 	}
 	r = n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22x", form...)
@@ -671,7 +697,7 @@ func TestSockJSJSONP(t *testing.T) {
 		t.Errorf("unsupported content type: %d", r.status)
 	}
 	n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22b%22%5D", form...)
-	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"a[\\\"b\\\"]\");\r\n" {
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"a[\\\"b\\\"]\");\r\n" {
 		t.Fatalf("poll: %q", r.body)
 	}
 
@@ -684,7 +710,7 @@ func TestSockJSJSONP(t *testing.T) {
 	if r := n.do(t, http.MethodPost, url+"/jsonp_send", `["%61bc"]`, "Content-Type", "text/plain"); r.body != "ok" {
 		t.Fatalf("text: %q", r.body)
 	}
-	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"a[\\\"abc\\\",\\\"%61bc\\\"]\");\r\n" {
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"a[\\\"abc\\\",\\\"%61bc\\\"]\");\r\n" {
 		t.Fatalf("poll: %q", r.body)
 	}
 	sjsCheck404(t, n.do(t, http.MethodPost, n.url("/echo/000/"+sjsSID()+"/jsonp_send"), "d=%5B%22x%22%5D", form...), "unknown session")
@@ -695,12 +721,12 @@ func TestSockJSJSONPClose(t *testing.T) {
 	ep, base := n.endpoint(t, SockJSEndpoint{Prefix: "/close", Mode: SockJSEcho})
 	sid := sjsSID()
 	url := base + "/000/" + sid
-	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"o\");\r\n" {
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"o\");\r\n" {
 		t.Fatalf("open: %q", r.body)
 	}
 	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
 	for range 2 {
-		if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"c[3000,\\\"Go away!\\\"]\");\r\n" {
+		if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"c[3000,\\\"Go away!\\\"]\");\r\n" {
 			t.Fatalf("close: %q", r.body)
 		}
 	}
@@ -739,7 +765,7 @@ func TestSockJSCookie(t *testing.T) {
 	url = base + "/000/" + sjsSID()
 	r = n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", "")
 	check("jsonp", r.header, "dummy")
-	if r.body != "callback(\"o\");\r\n" {
+	if r.body != "/**/callback(\"o\");\r\n" {
 		t.Fatalf("jsonp open: %q", r.body)
 	}
 	r = n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22x%22%5D", "Content-Type", "application/x-www-form-urlencoded")
