@@ -3,6 +3,7 @@ package transports
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -55,9 +56,21 @@ const (
 )
 
 // DefaultSockJSClientURL is the sockjs-client script that iframe.html loads
-// when an endpoint names none: the conventional CDN location of the 1.x
-// line. Networks without access to it set SockJSEndpoint.ClientURL.
-const DefaultSockJSClientURL = "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js"
+// when an endpoint names none: one pinned release on the CDN sockjs-node
+// uses, loaded with DefaultSockJSClientIntegrity, so that a CDN serving
+// other bytes cannot run code in the node's origin. sockjs-client's iframe
+// transports need the page and the iframe to run the same release: pages
+// that load another one (or networks without access to the CDN) set
+// SockJSEndpoint.ClientURL (and ClientIntegrity). The browser test
+// installs this release from npm and checks the hash
+// (cmd/cometgate/sockjs_browser_test.go).
+const DefaultSockJSClientURL = "https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js"
+
+// DefaultSockJSClientIntegrity is the Subresource Integrity of
+// DefaultSockJSClientURL: the sha384 of dist/sockjs.min.js in the npm
+// package sockjs-client@1.6.1 (registry shasum
+// 350b8eda42d6d52ddc030c39943364c11dcad806).
+const DefaultSockJSClientIntegrity = "sha384-svdnwiXBL+Js+yUneJSRFy24NgGiOfDM/vkQl/vCeVrcbYD6yW8EwPr1FnxTEZsR"
 
 // SockJS defaults, the values SockJS servers conventionally use.
 const (
@@ -100,8 +113,15 @@ type SockJSEndpoint struct {
 	DisconnectDelay time.Duration
 	// ClientURL is the sockjs-client script the iframe page loads (the
 	// iframe transports need it): an absolute http(s) URL or a path on
-	// this host. "" means DefaultSockJSClientURL.
+	// this host. "" means DefaultSockJSClientURL, with
+	// DefaultSockJSClientIntegrity.
 	ClientURL string
+	// ClientIntegrity is the Subresource Integrity of ClientURL's script
+	// ("sha384-…", space-separated when there are several), which the
+	// iframe page's script element then carries with
+	// crossorigin="anonymous"; "" loads ClientURL without one. It needs
+	// ClientURL.
+	ClientIntegrity string
 }
 
 // reservedSockJSSegments are first path segments the node serves itself.
@@ -128,6 +148,9 @@ func (e SockJSEndpoint) withDefaults() SockJSEndpoint {
 	if e.ClientURL == "" {
 		e.ClientURL = DefaultSockJSClientURL
 	}
+	if e.ClientURL == DefaultSockJSClientURL && e.ClientIntegrity == "" {
+		e.ClientIntegrity = DefaultSockJSClientIntegrity
+	}
 	return e
 }
 
@@ -135,6 +158,12 @@ func (e SockJSEndpoint) withDefaults() SockJSEndpoint {
 func (e SockJSEndpoint) Validate() error {
 	if err := validateSockJSPrefix(e.Prefix); err != nil {
 		return err
+	}
+	if e.ClientIntegrity != "" && e.ClientURL == "" {
+		return fmt.Errorf("sockjs %s: client_integrity: only with client_url (the default client has its own)", e.Prefix)
+	}
+	if err := validateSRI(e.ClientIntegrity); err != nil {
+		return fmt.Errorf("sockjs %s: client_integrity: %w", e.Prefix, err)
 	}
 	e = e.withDefaults()
 	switch e.Mode {
@@ -230,6 +259,20 @@ func validateSockJSClientURL(s string) error {
 	return nil
 }
 
+// validateSRI checks Subresource Integrity metadata: space-separated
+// hash-algorithm-base64 tokens (sha256, sha384, sha512) whose digests
+// have the algorithm's length.
+func validateSRI(s string) error {
+	for _, tok := range strings.Fields(s) {
+		alg, b64, ok := strings.Cut(tok, "-")
+		size := map[string]int{"sha256": 32, "sha384": 48, "sha512": 64}[alg]
+		if d, err := base64.StdEncoding.DecodeString(b64); !ok || size == 0 || err != nil || len(d) != size {
+			return fmt.Errorf("%q is not sha256-, sha384- or sha512- with the digest in base64", tok)
+		}
+	}
+	return nil
+}
+
 // mountSockJS mounts every configured endpoint on r (New calls it).
 func mountSockJS(r chi.Router, n *node) {
 	for i, e := range n.opts.SockJS {
@@ -275,7 +318,11 @@ type sockjsEndpoint struct {
 }
 
 func newSockJSEndpoint(n *node, cfg SockJSEndpoint) *sockjsEndpoint {
-	page := []byte(strings.Replace(sjsIframeTemplate, "{{ sockjs_url }}", html.EscapeString(cfg.ClientURL), 1))
+	src := html.EscapeString(cfg.ClientURL) + `"`
+	if sri := strings.Join(strings.Fields(cfg.ClientIntegrity), " "); sri != "" {
+		src += ` integrity="` + sri + `" crossorigin="anonymous"`
+	}
+	page := []byte(strings.Replace(sjsIframeTemplate, `{{ sockjs_url }}"`, src, 1))
 	sum := sha256.Sum256(page)
 	return &sockjsEndpoint{
 		n:        n,
@@ -288,17 +335,24 @@ func newSockJSEndpoint(n *node, cfg SockJSEndpoint) *sockjsEndpoint {
 	}
 }
 
-// sjsIframeTemplate is the iframe page of the protocol, byte for byte.
+// sjsIframeTemplate is the iframe page of sockjs-node 0.3.24
+// (lib/iframe.js) and of the current protocol tests
+// (IframePage.iframe_body), byte for byte: the client script first, then
+// the bootstrap. The URL is HTML-escaped (sockjs-node writes it as it is),
+// and the script element carries integrity and crossorigin attributes when
+// the endpoint has a ClientIntegrity (the default client has one), which
+// the protocol's pattern does not foresee: loading code into the node's
+// origin from a CDN without pinning it is a hole the attributes close.
 const sjsIframeTemplate = `<!DOCTYPE html>
 <html>
 <head>
   <meta http-equiv="X-UA-Compatible" content="IE=edge" />
   <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+  <script src="{{ sockjs_url }}"></script>
   <script>
     document.domain = document.domain;
-    _sockjs_onload = function(){SockJS.bootstrap_iframe();};
+    SockJS.bootstrap_iframe();
   </script>
-  <script src="{{ sockjs_url }}"></script>
 </head>
 <body>
   <h2>Don't panic!</h2>

@@ -139,16 +139,18 @@ func TestSockJSGreeting(t *testing.T) {
 	sjsCheck405(t, n.do(t, http.MethodPost, n.url("/echo"), "x"), "GET", "POST greeting")
 }
 
+// sjsIframeBody is the current protocol tests' pattern of the iframe page
+// (sockjs-protocol.py, IframePage.iframe_body).
 var sjsIframeBody = regexp.MustCompile(`^<!DOCTYPE html>
 <html>
 <head>
   <meta http-equiv="X-UA-Compatible" content="IE=edge" />
   <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+  <script src="(?P<sockjs_url>[^"]*)"></script>
   <script>
     document.domain = document.domain;
-    _sockjs_onload = function\(\){SockJS.bootstrap_iframe\(\);};
+    SockJS.bootstrap_iframe\(\);
   </script>
-  <script src="(?P<sockjs_url>[^"]*)"></script>
 </head>
 <body>
   <h2>Don't panic!</h2>
@@ -199,10 +201,68 @@ func TestSockJSIframe(t *testing.T) {
 	if r.status != http.StatusNotModified || r.get("Content-Type") != "" || r.body != "" {
 		t.Errorf("If-None-Match: %d Content-Type %q body %q", r.status, r.get("Content-Type"), r.body)
 	}
-	// Another endpoint with the default client URL has another page.
+	// Another endpoint with the default client has another page: the
+	// pinned release with its integrity, byte for byte.
 	r3 := n.do(t, http.MethodGet, n.url("/pubsub/iframe.html"), "")
-	if r3.get("ETag") == r1.get("ETag") || !strings.Contains(r3.body, DefaultSockJSClientURL) {
-		t.Errorf("default client URL page: ETag %q body %q", r3.get("ETag"), r3.body)
+	if r3.get("ETag") == r1.get("ETag") {
+		t.Errorf("default client URL page: ETag %q", r3.get("ETag"))
+	}
+	want := `<!DOCTYPE html>
+<html>
+<head>
+  <meta http-equiv="X-UA-Compatible" content="IE=edge" />
+  <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+  <script src="https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js" integrity="sha384-svdnwiXBL+Js+yUneJSRFy24NgGiOfDM/vkQl/vCeVrcbYD6yW8EwPr1FnxTEZsR" crossorigin="anonymous"></script>
+  <script>
+    document.domain = document.domain;
+    SockJS.bootstrap_iframe();
+  </script>
+</head>
+<body>
+  <h2>Don't panic!</h2>
+  <p>This is a SockJS hidden iframe. It's used for cross domain magic.</p>
+</body>
+</html>`
+	if r3.body != want {
+		t.Errorf("default iframe page:\n%s\nwant\n%s", r3.body, want)
+	}
+	// Without the integrity attributes, it is the protocol's page.
+	if m := sjsIframeBody.FindStringSubmatch(strings.Replace(r3.body, `" integrity="`+DefaultSockJSClientIntegrity+`" crossorigin="anonymous`, "", 1)); m == nil || m[1] != DefaultSockJSClientURL {
+		t.Errorf("default iframe page does not match the protocol's pattern less its integrity")
+	}
+
+	// A configured client with its own integrity; the default URL named
+	// explicitly keeps the default integrity.
+	n2 := sjsStartNode(t, []SockJSEndpoint{
+		{Prefix: "/own", Mode: SockJSEcho, ClientURL: "/static/sockjs.min.js", ClientIntegrity: " sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=  " + DefaultSockJSClientIntegrity},
+		{Prefix: "/cdn", Mode: SockJSEcho, ClientURL: DefaultSockJSClientURL},
+	}, nil)
+	r4 := n2.do(t, http.MethodGet, n2.url("/own/iframe.html"), "")
+	if !strings.Contains(r4.body, `  <script src="/static/sockjs.min.js" integrity="sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU= `+DefaultSockJSClientIntegrity+`" crossorigin="anonymous"></script>
+`) {
+		t.Errorf("own client with integrity: %s", r4.body)
+	}
+	if r5 := n2.do(t, http.MethodGet, n2.url("/cdn/iframe.html"), ""); r5.body != want {
+		t.Errorf("the default URL named explicitly: %s", r5.body)
+	}
+}
+
+func TestSockJSEndpointValidateClient(t *testing.T) {
+	for _, tc := range []struct {
+		e    SockJSEndpoint
+		want string // "" valid, else a part of the error
+	}{
+		{SockJSEndpoint{Prefix: "/s", ClientURL: "/c.js", ClientIntegrity: DefaultSockJSClientIntegrity}, ""},
+		{SockJSEndpoint{Prefix: "/s", ClientURL: "/c.js", ClientIntegrity: "sha512-" + strings.Repeat("A", 86) + "=="}, ""},
+		{SockJSEndpoint{Prefix: "/s", ClientIntegrity: DefaultSockJSClientIntegrity}, "client_integrity: only with client_url"},
+		{SockJSEndpoint{Prefix: "/s", ClientURL: "/c.js", ClientIntegrity: "md5-1B2M2Y8AsgTpgAmY7PhCfg=="}, "client_integrity"},
+		{SockJSEndpoint{Prefix: "/s", ClientURL: "/c.js", ClientIntegrity: "sha384-abc"}, "client_integrity"},
+		{SockJSEndpoint{Prefix: "/s", ClientURL: "/c.js", ClientIntegrity: `sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=" onload="x`}, "client_integrity"},
+	} {
+		err := tc.e.Validate()
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%+v: %v, want %q", tc.e, err, tc.want)
+		}
 	}
 }
 
