@@ -327,3 +327,33 @@ func (c *sjsWS) closed() {
 		c.t.Fatalf("expected the connection to close, got message %q", s)
 	}
 }
+
+// frame reads the next frame as it is (no pong is sent).
+func (c *sjsWS) frame() ws.Frame {
+	c.t.Helper()
+	_ = c.conn.SetReadDeadline(time.Now().Add(sjsWait))
+	f, err := ws.ReadFrame(c.conn)
+	if err != nil {
+		c.t.Fatalf("websocket frame: %v", err)
+	}
+	if f.Header.Masked {
+		c.t.Fatalf("the server masked a frame")
+	}
+	return f
+}
+
+// closedWith reads up to the server's close frame, which no message may
+// precede, and returns its code and reason.
+func (c *sjsWS) closedWith() (ws.StatusCode, string) {
+	c.t.Helper()
+	for {
+		f := c.frame()
+		switch f.Header.OpCode {
+		case ws.OpClose:
+			code, reason := ws.ParseCloseFrameData(f.Payload)
+			return code, reason
+		case ws.OpText, ws.OpBinary, ws.OpContinuation:
+			c.t.Fatalf("a message %q before the close frame", f.Payload)
+		}
+	}
+}
