@@ -14,8 +14,11 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/cometgate/cometgate/gateway"
 )
 
 // SockJS: the SockJS protocol 0.3.x (sockjs-protocol 0.3.3), so that the
@@ -53,6 +56,13 @@ const (
 	// bridge.go): each SockJS message is a "byte string", one character
 	// per byte (U+0000 to U+00FF), both ways.
 	SockJSTCP = "tcp"
+	// SockJSClose opens every new session (the admission gate still
+	// decides) and closes it at once with CloseCode and CloseReason: the
+	// open frame, then c[code,"reason"], as the "close" service of the
+	// protocol's test suite (sockjs-node's test server: conn.close(3000,
+	// "Go away!") on every connection). An operator can retire an endpoint
+	// this way, telling sockjs-client why.
+	SockJSClose = "close"
 )
 
 // DefaultSockJSClientURL is the sockjs-client script that iframe.html loads
@@ -89,7 +99,7 @@ type SockJSEndpoint struct {
 	// api, healthz, readyz, metrics, poll, xhr, htmlfile, jsonp).
 	Prefix string
 	// Mode is what the endpoint carries: SockJSPubSub (the default),
-	// SockJSEcho, or SockJSTCP.
+	// SockJSEcho, SockJSTCP, or SockJSClose.
 	Mode string
 	// Target names the allow-listed TCP target of a tcp endpoint.
 	Target string
@@ -116,6 +126,14 @@ type SockJSEndpoint struct {
 	// this host. "" means DefaultSockJSClientURL, with
 	// DefaultSockJSClientIntegrity.
 	ClientURL string
+	// CloseCode and CloseReason are what a close endpoint closes every
+	// session with; only a close endpoint has them. The code is 1000 or
+	// 3000-4999 (what an application may close a SockJS connection with),
+	// the reason at most 123 bytes of UTF-8 (what a WebSocket close frame
+	// holds); 0 and "" mean 1000 and "Normal closure", sockjs-node's
+	// defaults for close().
+	CloseCode   int
+	CloseReason string
 	// ClientIntegrity is the Subresource Integrity of ClientURL's script
 	// ("sha384-…", space-separated when there are several), which the
 	// iframe page's script element then carries with
@@ -151,6 +169,14 @@ func (e SockJSEndpoint) withDefaults() SockJSEndpoint {
 	if e.ClientURL == DefaultSockJSClientURL && e.ClientIntegrity == "" {
 		e.ClientIntegrity = DefaultSockJSClientIntegrity
 	}
+	if e.Mode == SockJSClose {
+		if e.CloseCode == 0 {
+			e.CloseCode = gateway.CodeNormal
+		}
+		if e.CloseReason == "" {
+			e.CloseReason = "Normal closure"
+		}
+	}
 	return e
 }
 
@@ -165,9 +191,12 @@ func (e SockJSEndpoint) Validate() error {
 	if err := validateSRI(e.ClientIntegrity); err != nil {
 		return fmt.Errorf("sockjs %s: client_integrity: %w", e.Prefix, err)
 	}
+	if e.Mode != SockJSClose && (e.CloseCode != 0 || e.CloseReason != "") {
+		return fmt.Errorf("sockjs %s: close_code, close_reason: only a close endpoint has them", e.Prefix)
+	}
 	e = e.withDefaults()
 	switch e.Mode {
-	case SockJSPubSub, SockJSEcho:
+	case SockJSPubSub, SockJSEcho, SockJSClose:
 		if e.Target != "" {
 			return fmt.Errorf("sockjs %s: target: only a tcp endpoint has a target", e.Prefix)
 		}
@@ -176,7 +205,15 @@ func (e SockJSEndpoint) Validate() error {
 			return fmt.Errorf("sockjs %s: target: a tcp endpoint needs the name of a bridge target", e.Prefix)
 		}
 	default:
-		return fmt.Errorf("sockjs %s: mode: %q is not one of pubsub, echo, tcp", e.Prefix, e.Mode)
+		return fmt.Errorf("sockjs %s: mode: %q is not one of pubsub, echo, tcp, close", e.Prefix, e.Mode)
+	}
+	if e.Mode == SockJSClose {
+		if c := e.CloseCode; c != gateway.CodeNormal && (c < 3000 || c > 4999) {
+			return fmt.Errorf("sockjs %s: close_code: %d is not 1000 or 3000-4999", e.Prefix, c)
+		}
+		if r := e.CloseReason; !utf8.ValidString(r) || len(r) > 123 {
+			return fmt.Errorf("sockjs %s: close_reason: must be UTF-8 of at most 123 bytes", e.Prefix)
+		}
 	}
 	switch {
 	case e.ResponseLimit < 0:
@@ -305,12 +342,15 @@ func mountSockJS(r chi.Router, n *node) {
 
 // sockjsEndpoint serves one SockJS endpoint.
 type sockjsEndpoint struct {
-	n      *node
-	cfg    SockJSEndpoint
-	echo   bool
-	tcp    bool   // a bridge endpoint: each session has a link to cfg.Target
-	iframe []byte // the iframe page
-	etag   string
+	n    *node
+	cfg  SockJSEndpoint
+	echo bool // echo, and close: a close endpoint's sessions are echo sessions closed at once
+	tcp  bool // a bridge endpoint: each session has a link to cfg.Target
+	// closeWith is what a close endpoint closes every new session with;
+	// nil for the other modes.
+	closeWith *gateway.Disconnect
+	iframe    []byte // the iframe page
+	etag      string
 
 	mu       sync.Mutex
 	sessions map[string]*sjsEntry // the sessions over HTTP by id, live and recently closed
@@ -323,15 +363,20 @@ func newSockJSEndpoint(n *node, cfg SockJSEndpoint) *sockjsEndpoint {
 		src += ` integrity="` + sri + `" crossorigin="anonymous"`
 	}
 	page := []byte(strings.Replace(sjsIframeTemplate, `{{ sockjs_url }}"`, src, 1))
+	var closeWith *gateway.Disconnect
+	if cfg.Mode == SockJSClose {
+		closeWith = &gateway.Disconnect{Code: cfg.CloseCode, Reason: cfg.CloseReason}
+	}
 	sum := sha256.Sum256(page)
 	return &sockjsEndpoint{
-		n:        n,
-		cfg:      cfg,
-		echo:     cfg.Mode == SockJSEcho,
-		tcp:      cfg.Mode == SockJSTCP,
-		iframe:   page,
-		etag:     `"` + hex.EncodeToString(sum[:16]) + `"`,
-		sessions: make(map[string]*sjsEntry),
+		n:         n,
+		cfg:       cfg,
+		echo:      cfg.Mode == SockJSEcho || cfg.Mode == SockJSClose,
+		tcp:       cfg.Mode == SockJSTCP,
+		closeWith: closeWith,
+		iframe:    page,
+		etag:      `"` + hex.EncodeToString(sum[:16]) + `"`,
+		sessions:  make(map[string]*sjsEntry),
 	}
 }
 
@@ -359,6 +404,14 @@ const sjsIframeTemplate = `<!DOCTYPE html>
   <p>This is a SockJS hidden iframe. It's used for cross domain magic.</p>
 </body>
 </html>`
+
+// closeNew closes a session of a close endpoint, once it was opened;
+// further calls do nothing (Close does nothing on a closed session).
+func (ep *sockjsEndpoint) closeNew(sess *gateway.Session) {
+	if ep.closeWith != nil {
+		sess.Close(*ep.closeWith)
+	}
+}
 
 // ServeHTTP routes a request under the endpoint's prefix, as sockjs-node
 // 0.3.24's dispatcher (lib/sockjs.js generate_dispatcher) does: on the

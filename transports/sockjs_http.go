@@ -139,6 +139,9 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 		f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.msg))
 		return
 	}
+	// A close endpoint's session is closed before it attaches: its
+	// hello and close packets go out together, the open frame first.
+	ep.closeNew(e.sess)
 	turn, ack, ok := e.claim()
 	if !ok {
 		f.respond(w, sjsFrameStillOpen)

@@ -1356,3 +1356,144 @@ func TestSockJSCORSOrigins(t *testing.T) {
 		t.Errorf("OPTIONS info from null: %d %q %q", r.status, r.body, r.get("Access-Control-Allow-Origin"))
 	}
 }
+
+// sjsCloseEndpoint is the protocol test suite's "close" service.
+func sjsCloseEndpoint() SockJSEndpoint {
+	return SockJSEndpoint{Prefix: "/close", Mode: SockJSClose, Websocket: true, CloseCode: 3000, CloseReason: "Go away!"}
+}
+
+// A close endpoint opens every session and closes it at once, on every
+// transport, as the protocol tests' close service (Protocol.test_closeSession,
+// HandlingClose.test_close_frame, Http10/Http11.test_streaming,
+// Websocket.test_close, RawWebsocket.test_close, JsonPolling.test_close).
+func TestSockJSCloseMode(t *testing.T) {
+	n := sjsStartNode(t, []SockJSEndpoint{sjsCloseEndpoint(), {Prefix: "/bye", Mode: SockJSClose, Websocket: true}}, nil)
+	const closed = `c[3000,"Go away!"]`
+
+	trans := n.url("/close/000/" + sjsSID())
+	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.status != http.StatusOK || r.body != "o\n" {
+		t.Fatalf("open: %d %q", r.status, r.body)
+	}
+	for range 2 {
+		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.status != http.StatusOK || r.body != closed+"\n" {
+			t.Fatalf("after open: %d %q", r.status, r.body)
+		}
+	}
+	// A send to the closed session is taken and dropped, as sockjs-node's.
+	if r := n.do(t, http.MethodPost, trans+"/xhr_send", `["x"]`); r.status != http.StatusNoContent {
+		t.Errorf("send: %d %q", r.status, r.body)
+	}
+
+	trans = n.url("/close/000/" + sjsSID())
+	if r := n.do(t, http.MethodGet, trans+"/jsonp?c=x", ""); r.body != "/**/x(\"o\");\r\n" {
+		t.Fatalf("jsonp open: %q", r.body)
+	}
+	for range 2 {
+		if r := n.do(t, http.MethodGet, trans+"/jsonp?c=x", ""); r.body != "/**/x(\"c[3000,\\\"Go away!\\\"]\");\r\n" {
+			t.Fatalf("jsonp: %q", r.body)
+		}
+	}
+
+	// A stream gets both frames and ends; the next one the close frame.
+	trans = n.url("/close/000/" + sjsSID())
+	r1 := n.stream(t, http.MethodPost, trans+"/xhr_streaming")
+	r1.read(2049)
+	if got := r1.until("\n"); got != "o\n" {
+		t.Fatalf("open %q", got)
+	}
+	if got := r1.until("\n"); got != closed+"\n" {
+		t.Fatalf("close %q", got)
+	}
+	r1.eof()
+	r2 := n.stream(t, http.MethodPost, trans+"/xhr_streaming")
+	r2.read(2049)
+	if got := r2.until("\n"); got != closed+"\n" {
+		t.Fatalf("second request %q", got)
+	}
+	r2.eof()
+
+	es := n.stream(t, http.MethodGet, n.url("/close/000/"+sjsSID()+"/eventsource"))
+	if got := es.read(2) + es.until("\r\n\r\n") + es.until("\r\n\r\n"); got != "\r\ndata: o\r\n\r\ndata: "+closed+"\r\n\r\n" {
+		t.Fatalf("eventsource %q", got)
+	}
+	es.eof()
+	hf := n.stream(t, http.MethodGet, n.url("/close/000/"+sjsSID()+"/htmlfile?c=cb"))
+	hf.until("\r\n\r\n")
+	if got := hf.until("</script>\r\n") + hf.until("</script>\r\n"); got != "<script>\np(\"o\");\n</script>\r\n<script>\np(\"c[3000,\\\"Go away!\\\"]\");\n</script>\r\n" {
+		t.Fatalf("htmlfile %q", got)
+	}
+	hf.eof()
+
+	// HTTP/1.0: the stream ends with the connection.
+	conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(sjsWait))
+	fmt.Fprintf(conn, "POST /close/000/%s/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", sjsSID())
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || len(resp.TransferEncoding) != 0 || string(body) != strings.Repeat("h", 2048)+"\no\n"+closed+"\n" {
+		t.Fatalf("HTTP/1.0 stream: TE %v %q %v", resp.TransferEncoding, body, err)
+	}
+
+	// The session websocket: o, the close frame, then a normal closure.
+	c := sjsDialWS(t, n.url("/close/000/"+sjsSID()+"/websocket"), nil)
+	if got := c.recv(); got != "o" {
+		t.Fatalf("websocket open %q", got)
+	}
+	if got := c.recv(); got != closed {
+		t.Fatalf("websocket close frame %q", got)
+	}
+	if code, reason := c.closedWith(); code != 1000 || reason != "Normal closure" {
+		t.Fatalf("websocket closed with %d %q", code, reason)
+	}
+	// The raw websocket: closed with the code and reason, no message.
+	raw := sjsDialWS(t, n.url("/close/websocket"), nil)
+	if code, reason := raw.closedWith(); code != 3000 || reason != "Go away!" {
+		t.Fatalf("raw websocket closed with %d %q", code, reason)
+	}
+
+	// The defaults: sockjs-node's close().
+	if r := n.do(t, http.MethodPost, n.url("/bye/000/"+sjsSID()+"/xhr_streaming"), ""); !strings.HasSuffix(r.body, "o\nc[1000,\"Normal closure\"]\n") {
+		t.Fatalf("default close: %q", r.body)
+	}
+	sjsWaitFor(t, "every session to end", func() bool { return n.gw.SessionCount() == 0 })
+
+	// The admission gate still decides.
+	n2 := sjsStartNode(t, []SockJSEndpoint{sjsCloseEndpoint()}, func(_ *gateway.Config, o *Options) { o.AllowedOrigins = []string{"http://good.example"} })
+	if r := n2.do(t, http.MethodPost, n2.url("/close/000/"+sjsSID()+"/xhr"), "", "Origin", "http://evil.example"); r.status != http.StatusForbidden {
+		t.Errorf("close endpoint, foreign origin: %d %q", r.status, r.body)
+	}
+}
+
+func TestSockJSEndpointValidateClose(t *testing.T) {
+	for _, tc := range []struct {
+		e    SockJSEndpoint
+		want string // "" valid, else a part of the error
+	}{
+		{sjsCloseEndpoint(), ""},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose}, ""},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: 1000}, ""},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: 4999, CloseReason: strings.Repeat("é", 61) + "x"}, ""},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: 2999}, "close_code: 2999"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: 1002}, "close_code: 1002"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: 5000}, "close_code: 5000"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: -1}, "close_code"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseReason: strings.Repeat("x", 124)}, "close_reason"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseReason: "\xff"}, "close_reason"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, Target: "redis"}, "target"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSEcho, CloseCode: 3000}, "only a close endpoint"},
+		{SockJSEndpoint{Prefix: "/s", CloseReason: "bye"}, "only a close endpoint"},
+		{SockJSEndpoint{Prefix: "/s", Mode: "shut"}, "not one of pubsub, echo, tcp, close"},
+	} {
+		err := tc.e.Validate()
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%+v: %v, want %q", tc.e, err, tc.want)
+		}
+	}
+}

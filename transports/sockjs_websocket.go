@@ -109,6 +109,7 @@ func (ep *sockjsEndpoint) serveWebSocket(w http.ResponseWriter, r *http.Request)
 	}
 	codec := &sjsCodec{ep: ep, mode: sjsSessionMode{sess: sess, pubsub: !ep.echo && !ep.tcp, link: link}}
 	attachWS(c, sess, codec)
+	ep.closeNew(sess) // a close endpoint: o, c[code,"reason"], then close 1000
 	if link != nil {
 		ep.startBridge(sess, link)
 	}
@@ -225,6 +226,7 @@ func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Reque
 		return
 	}
 	attachWS(c, sess, rawEchoCodec{})
+	ep.closeNew(sess) // a close endpoint: closed with its code and reason, no message
 }
 
 // rawEchoCodec is the raw echo websocket's framing: the session's data
