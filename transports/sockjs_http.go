@@ -165,7 +165,15 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 		t.limit = ep.cfg.ResponseLimit + len(f.appendPrelude(nil))
 	}
 	if err := e.sess.Attach(t, !fam.streaming); err != nil {
-		// The session ended since it was looked up: its close frame.
+		// The session ended since it was looked up, or is ending (its
+		// close packet went out with the previous response, which the
+		// client may have read before the session finished): its close
+		// frame, once the session has recorded it (ended runs before
+		// Done is closed).
+		select {
+		case <-e.sess.Done():
+		case <-r.Context().Done():
+		}
 		frame := e.closeFrameOf()
 		if frame == nil {
 			frame = sjsFrameInterrupted

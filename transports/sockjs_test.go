@@ -1497,3 +1497,27 @@ func TestSockJSEndpointValidateClose(t *testing.T) {
 		}
 	}
 }
+
+// A request that comes as soon as the response carrying the close frame
+// ended gets the close frame, although the session may still be finishing
+// then (it used to get c[1002,"Connection interrupted"] now and then).
+func TestSockJSCloseFrameRightAfterClose(t *testing.T) {
+	n := sjsStartNode(t, nil, nil)
+	ep, base := n.endpoint(t, SockJSEndpoint{Prefix: "/close", Mode: SockJSEcho})
+	for i := range 100 {
+		sid := sjsSID()
+		trans := base + "/000/" + sid
+		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
+			t.Fatalf("open: %q", r.body)
+		}
+		poll, _ := n.async(t, http.MethodPost, trans+"/xhr")
+		waitAttached(t, ep, trans)
+		ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
+		if r := poll.wait(t); r.body != "c[3000,\"Go away!\"]\n" {
+			t.Fatalf("%d: the poll that held the session: %q", i, r.body)
+		}
+		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "c[3000,\"Go away!\"]\n" {
+			t.Fatalf("%d: the next poll: %q", i, r.body)
+		}
+	}
+}
