@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -114,20 +115,25 @@ func sjsValidCookieValue(v string) bool {
 	return true
 }
 
+// sjsJSONSpace is what JSON (and JavaScript's JSON.parse) takes as
+// whitespace around a value.
+const sjsJSONSpace = " \t\r\n"
+
 // parseSJSMessages decodes a send body: a JSON array of messages. A string
 // element is the message text; any other JSON value is passed on as its
 // compact JSON text (hand-written clients may send frames as objects).
-// The errors are the protocol's: errSJSPayloadExpected for an empty body
-// or a JSON value that is not an array, errSJSBrokenJSON for anything that
-// is not JSON.
+// The errors are the protocol's, as sockjs-node's xhr_send gives them:
+// errSJSPayloadExpected for an empty body or a JSON value that is not an
+// array, errSJSBrokenJSON for anything that is not JSON (whitespace
+// alone included).
 func parseSJSMessages(body []byte) ([][]byte, error) {
-	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
 		return nil, errSJSPayloadExpected
 	}
 	if !json.Valid(body) {
 		return nil, errSJSBrokenJSON
 	}
+	body = bytes.Trim(body, sjsJSONSpace)
 	if body[0] != '[' {
 		return nil, errSJSPayloadExpected
 	}
@@ -155,18 +161,20 @@ func parseSJSMessages(body []byte) ([][]byte, error) {
 }
 
 // parseSJSWebSocketMessage decodes one WebSocket message of a SockJS
-// session: a JSON array of messages or a single JSON string. An empty
-// message carries nothing (the protocol says to ignore it).
+// session: a JSON array of messages or a single JSON value. An empty
+// message carries nothing (the protocol says to ignore it); anything
+// else that is not JSON, whitespace alone included, is broken framing,
+// as for sockjs-node's WebSocketReceiver.didMessage.
 func parseSJSWebSocketMessage(data []byte) ([][]byte, error) {
-	data = bytes.TrimSpace(data)
 	if len(data) == 0 {
 		return nil, nil
 	}
-	if data[0] == '[' {
-		return parseSJSMessages(data)
-	}
 	if !json.Valid(data) {
 		return nil, errSJSBrokenJSON
+	}
+	data = bytes.Trim(data, sjsJSONSpace)
+	if data[0] == '[' {
+		return parseSJSMessages(data)
 	}
 	if data[0] == '"' {
 		var s string
@@ -184,21 +192,26 @@ func parseSJSWebSocketMessage(data []byte) ([][]byte, error) {
 
 const sjsHex = "0123456789abcdef"
 
-// sjsEscaped reports whether r must go as \uXXXX in a SockJS JSON string.
-// Browsers mangle or drop these on some transports (the protocol's
-// "escapable by server" set: U+200C–U+200F, U+2028–U+202F, U+2060–U+206F,
-// U+FFF0–U+FFFF); like sockjs-node, the whole U+2000–U+20FF block is
-// escaped.
+// sjsEscaped reports whether r must go as \uXXXX in a SockJS JSON string:
+// the characters browsers mangle or drop on some transports, which
+// sockjs-node 0.3.24 escapes (utils.quote's escapable in lib/utils.js, the
+// protocol's escapable_by_server): U+200C–U+200F, U+2028–U+202F,
+// U+2060–U+206F, U+FFF0–U+FFFF; and every character beyond U+FFFF, which
+// sockjs-node escapes as its two UTF-16 surrogates (its pattern matches
+// U+D800–U+DFFF, and a JavaScript string holds such a character as a
+// surrogate pair).
 func sjsEscaped(r rune) bool {
-	return r >= 0x2000 && r <= 0x20ff || r >= 0xfff0 && r <= 0xffff
+	return r >= 0x200c && r <= 0x200f || r >= 0x2028 && r <= 0x202f || r >= 0x2060 && r <= 0x206f ||
+		r >= 0xfff0 && r <= 0xffff || r > 0xffff
 }
 
-// appendSJSQuote appends s as a JSON string the way SockJS servers quote
-// messages: JSON's escapes (JSON.stringify's short forms for \b \f \n \r
-// \t), lowercase \uXXXX for the other control characters and the ranges
-// of sjsEscaped, U+FFFD for invalid UTF-8. With htmlSafe, "<", ">" and "&"
-// are escaped too, so that the string can sit inside an HTML <script>
-// without ending it.
+// appendSJSQuote appends s as a JSON string the way sockjs-node quotes
+// messages (JSON.stringify, then the escapes of sjsEscaped): JSON's
+// escapes (JSON.stringify's short forms for \b \f \n \r \t), lowercase
+// \uXXXX for the other control characters and for sjsEscaped (a surrogate
+// pair beyond U+FFFF), U+FFFD for invalid UTF-8 (escaped too: it is in
+// U+FFF0–U+FFFF). With htmlSafe, "<", ">" and "&" are escaped too, so that
+// the string can sit inside an HTML <script> without ending it.
 func appendSJSQuote(dst, s []byte, htmlSafe bool) []byte {
 	dst = append(dst, '"')
 	start := 0
@@ -224,7 +237,7 @@ func appendSJSQuote(dst, s []byte, htmlSafe bool) []byte {
 			case '\t':
 				dst = append(dst, '\\', 't')
 			default:
-				dst = append(dst, '\\', 'u', '0', '0', sjsHex[c>>4], sjsHex[c&0xf])
+				dst = appendSJSEscape(dst, rune(c))
 			}
 			i++
 			start = i
@@ -234,10 +247,14 @@ func appendSJSQuote(dst, s []byte, htmlSafe bool) []byte {
 		switch {
 		case r == utf8.RuneError && size == 1:
 			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
+			dst = appendSJSEscape(dst, utf8.RuneError)
+		case r > 0xffff:
+			dst = append(dst, s[start:i]...)
+			hi, lo := utf16.EncodeRune(r)
+			dst = appendSJSEscape(appendSJSEscape(dst, hi), lo)
 		case sjsEscaped(r):
 			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', sjsHex[r>>12&0xf], sjsHex[r>>8&0xf], sjsHex[r>>4&0xf], sjsHex[r&0xf])
+			dst = appendSJSEscape(dst, r)
 		default:
 			i += size
 			continue
@@ -247,6 +264,11 @@ func appendSJSQuote(dst, s []byte, htmlSafe bool) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// appendSJSEscape appends \uXXXX (lowercase hex) for r <= U+FFFF.
+func appendSJSEscape(dst []byte, r rune) []byte {
+	return append(dst, '\\', 'u', sjsHex[r>>12&0xf], sjsHex[r>>8&0xf], sjsHex[r>>4&0xf], sjsHex[r&0xf])
 }
 
 // appendSJSEventData appends a frame as the data of an EventSource event.

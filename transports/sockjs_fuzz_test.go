@@ -15,7 +15,7 @@ import (
 // the server writes into JSON, HTML and event streams.
 
 func FuzzSJSParseMessages(f *testing.F) {
-	for _, s := range []string{`["a"]`, `[]`, ``, `["x`, `{"a":1}`, `null`, `[1,{"op":"ping"},"\u2028",null]`, ` [ "a" , "b" ] `, `["\ud800"]`} {
+	for _, s := range []string{`["a"]`, `[]`, ``, `["x`, `{"a":1}`, `null`, `[1,{"op":"ping"},"\u2028",null]`, ` [ "a" , "b" ] `, `["\ud800"]`, "  ", "\f[]"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -29,8 +29,8 @@ func FuzzSJSParseMessages(f *testing.F) {
 			}
 			return
 		}
-		trimmed := bytes.TrimSpace(body)
-		if !json.Valid(trimmed) || trimmed[0] != '[' {
+		trimmed := bytes.Trim(body, sjsJSONSpace)
+		if !json.Valid(body) || trimmed[0] != '[' {
 			t.Fatalf("accepted %q", body)
 		}
 		var raws []json.RawMessage
@@ -60,7 +60,7 @@ func FuzzSJSParseMessages(f *testing.F) {
 }
 
 func FuzzSJSWebSocketMessage(f *testing.F) {
-	for _, s := range []string{``, `["a"]`, `"a"`, `["a`, `{}`, `  `, `42`, "0\f"} {
+	for _, s := range []string{``, `["a"]`, `"a"`, `["a`, `{}`, `  `, `42`, "0\f", " [] "} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -69,15 +69,19 @@ func FuzzSJSWebSocketMessage(f *testing.F) {
 			if !errors.Is(err, errSJSPayloadExpected) && !errors.Is(err, errSJSBrokenJSON) {
 				t.Fatalf("unexpected error %v", err)
 			}
+			if errors.Is(err, errSJSBrokenJSON) && json.Valid(data) {
+				t.Fatalf("valid JSON %q called broken", data)
+			}
 			return
 		}
-		if len(bytes.TrimSpace(data)) == 0 {
+		if len(data) == 0 {
 			if len(msgs) != 0 {
 				t.Fatalf("messages from an empty message")
 			}
 			return
 		}
-		if !json.Valid(bytes.TrimSpace(data)) {
+		// Only an empty message is ignored; anything else is JSON.
+		if !json.Valid(data) {
 			t.Fatalf("accepted invalid JSON %q", data)
 		}
 	})
@@ -188,13 +192,19 @@ func FuzzSJSJSONPPayload(f *testing.F) {
 	f.Add("", []byte(""))
 	f.Add("application/x-www-form-urlencoded; charset=UTF-8", []byte("p=p&d=%ZZ"))
 	f.Add("multipart/form-data", []byte("x"))
+	f.Add("text/plain", []byte(`"[\"x\"]"`))
+	f.Add("text/plain", []byte(`""`))
+	f.Add("Text/Plain", []byte(`["x"]`))
 	f.Fuzz(func(t *testing.T, ct string, body []byte) {
 		payload, err := sjsJSONPPayload(ct, body)
 		if err != nil {
-			if !errors.Is(err, errSJSPayloadExpected) {
+			if !errors.Is(err, errSJSPayloadExpected) && !errors.Is(err, errSJSBrokenJSON) {
 				t.Fatalf("unexpected error %v", err)
 			}
 			return
+		}
+		if len(payload) == 0 {
+			t.Fatalf("an empty payload from %q %q", ct, body)
 		}
 		if _, err := parseSJSMessages(payload); err != nil && !errors.Is(err, errSJSPayloadExpected) && !errors.Is(err, errSJSBrokenJSON) {
 			t.Fatalf("unexpected error %v", err)

@@ -2,14 +2,15 @@ package transports
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cometgate/cometgate/gateway"
 )
@@ -191,10 +192,17 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 	}
 }
 
-// closeFrameOf returns the close frame of a session that ended, or nil.
+// closeFrameOf returns the close frame of a session that ended, or nil,
+// for a receiving request to answer with. Each such request keeps the id
+// answering it for another disconnect delay, as sockjs-node re-arms a
+// closing session's timer at every receiving request (lib/transport.js,
+// Session.register).
 func (e *sjsEntry) closeFrameOf() []byte {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.closeFrame != nil {
+		e.gone = time.Now()
+	}
 	return e.closeFrame
 }
 
@@ -314,8 +322,10 @@ func (ep *sockjsEndpoint) deliver(r *http.Request, e *sjsEntry, msgs [][]byte) {
 }
 
 // serveXHRSend takes messages for a session by XHR POST: a JSON array of
-// messages. 204 on success; 404 for an unknown session; 500 with the
-// protocol's text for a missing or broken body.
+// messages. As sockjs-node 0.3.24's xhr_send (lib/trans-xhr.js, with
+// expect_xhr in lib/webjs.js): the body is checked before the session is
+// looked up, so a bad body gets 500 with the protocol's text whether or
+// not the session exists, then 404 for an unknown session, else 204.
 func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, sid string) {
 	if ref := ep.n.gate.origin(r); ref != nil {
 		sjsRefuse(w, ref)
@@ -325,18 +335,21 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 	ep.setCookie(w, r)
 	sjsNoCache(h)
 	sjsCORS(h, r, "null")
-	e := ep.lookup(r, sid)
-	if e == nil {
-		sjsNotFound(w)
-		return
-	}
 	body, ok := ep.readSJSBody(w, r)
 	if !ok {
 		return
 	}
+	if !sjsXHRContentTypes[sjsMediaType(r.Header.Get("Content-Type"))] {
+		body = nil // sockjs-node reads no body of another type
+	}
 	msgs, err := parseSJSMessages(body)
 	if err != nil {
 		sjsPlain(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	e := ep.lookup(r, sid)
+	if e == nil {
+		sjsNotFound(w)
 		return
 	}
 	ep.deliver(r, e, msgs)
@@ -345,10 +358,26 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// sjsXHRContentTypes are the media types whose body xhr_send reads
+// (sockjs-node's expect_xhr); a body of another type is no payload.
+var sjsXHRContentTypes = map[string]bool{
+	"text/plain": true, "T": true, "application/json": true, "application/xml": true, "": true, "text/xml": true,
+}
+
+// sjsMediaType is a Content-Type's media type as sockjs-node reads it:
+// what comes before the first ";", as it is (no trimming, no case
+// folding).
+func sjsMediaType(contentType string) string {
+	mt, _, _ := strings.Cut(contentType, ";")
+	return mt
+}
+
 // serveJSONPSend takes messages for a session by form POST (the jsonp
 // transport's sender): field "d" of a form, or the body itself as
 // text/plain. It answers "ok" with 200, as the protocol asks (some
-// browsers mishandle a 204 here).
+// browsers mishandle a 204 here). As sockjs-node's jsonp_send
+// (lib/trans-jsonp.js, with expect_form), the body is checked before the
+// session is looked up.
 func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request, sid string) {
 	if ref := ep.n.gate.origin(r); ref != nil {
 		sjsRefuse(w, ref)
@@ -356,11 +385,6 @@ func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request,
 	}
 	ep.setCookie(w, r)
 	sjsNoCache(w.Header())
-	e := ep.lookup(r, sid)
-	if e == nil {
-		sjsNotFound(w)
-		return
-	}
 	body, ok := ep.readSJSBody(w, r)
 	if !ok {
 		return
@@ -374,17 +398,23 @@ func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request,
 		sjsPlain(w, http.StatusInternalServerError, err.Error())
 		return
 	}
+	e := ep.lookup(r, sid)
+	if e == nil {
+		sjsNotFound(w)
+		return
+	}
 	ep.deliver(r, e, msgs)
 	sjsPlain(w, http.StatusOK, "ok")
 }
 
-// sjsJSONPPayload extracts the messages' JSON from a jsonp_send body.
+// sjsJSONPPayload extracts the messages' JSON from a jsonp_send body, as
+// sockjs-node's jsonp_send does: from a form, field "d" (absent or empty:
+// no payload); from a text/plain body (or one without a type), the body,
+// which is JSON, and when that JSON is a non-empty string, the string
+// (clients may quote the array once more). Another media type carries no
+// payload.
 func sjsJSONPPayload(contentType string, body []byte) ([]byte, error) {
-	mt, _, err := mime.ParseMediaType(contentType)
-	if err != nil {
-		mt = strings.ToLower(strings.TrimSpace(strings.Split(contentType, ";")[0]))
-	}
-	switch mt {
+	switch sjsMediaType(contentType) {
 	case "application/x-www-form-urlencoded":
 		// A malformed pair does not spoil the others: ParseQuery keeps
 		// what it could read.
@@ -395,6 +425,16 @@ func sjsJSONPPayload(contentType string, body []byte) ([]byte, error) {
 		}
 		return []byte(d), nil
 	case "text/plain", "":
+		if len(body) == 0 {
+			return nil, errSJSPayloadExpected
+		}
+		if !json.Valid(body) {
+			return nil, errSJSBrokenJSON
+		}
+		var s string
+		if t := bytes.Trim(body, sjsJSONSpace); t[0] == '"' && json.Unmarshal(t, &s) == nil && s != "" {
+			return []byte(s), nil
+		}
 		return body, nil
 	}
 	return nil, errSJSPayloadExpected

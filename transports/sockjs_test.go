@@ -1521,3 +1521,101 @@ func TestSockJSCloseFrameRightAfterClose(t *testing.T) {
 		}
 	}
 }
+
+// The send answers as sockjs-node's xhr_send and jsonp_send give them: the
+// body is checked first (so a bad body to an unknown session is a 500,
+// not a 404), with its media type as sockjs-node reads it.
+func TestSockJSSendAnswers(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	form := []string{"Content-Type", "application/x-www-form-urlencoded"}
+	unknown := n.url("/echo/000/" + sjsSID())
+	for _, tc := range []struct {
+		path, body string
+		hdr        []string
+		status     int
+		answer     string
+	}{
+		{"/xhr_send", `["x`, nil, 500, "Broken JSON encoding."},
+		{"/xhr_send", ``, nil, 500, "Payload expected."},
+		{"/xhr_send", `  `, nil, 500, "Broken JSON encoding."}, // JSON.parse("  ") throws
+		{"/xhr_send", "\f[\"x\"]", nil, 500, "Broken JSON encoding."},
+		{"/xhr_send", `["x"]`, []string{"Content-Type", "application/x-www-form-urlencoded"}, 500, "Payload expected."},
+		{"/xhr_send", `["x"]`, []string{"Content-Type", "Text/Plain"}, 500, "Payload expected."},
+		{"/xhr_send", `["x"]`, nil, 404, "404 Error: Page not found\n"},
+		{"/jsonp_send", "d=%5B%22x", form, 500, "Broken JSON encoding."},
+		{"/jsonp_send", "d=", form, 500, "Payload expected."},
+		{"/jsonp_send", `["x"]`, []string{"Content-Type", "application/json"}, 500, "Payload expected."},
+		{"/jsonp_send", `""`, []string{"Content-Type", "text/plain"}, 500, "Payload expected."},
+		{"/jsonp_send", `"[\"x"`, []string{"Content-Type", "text/plain"}, 500, "Broken JSON encoding."},
+		{"/jsonp_send", "d=%5B%22x%22%5D", form, 404, "404 Error: Page not found\n"},
+	} {
+		r := n.do(t, http.MethodPost, unknown+tc.path, tc.body, tc.hdr...)
+		if r.status != tc.status || r.body != tc.answer {
+			t.Errorf("%s %q %v: %d %q, want %d %q", tc.path, tc.body, tc.hdr, r.status, r.body, tc.status, tc.answer)
+		}
+	}
+
+	// A text/plain jsonp_send body that is a JSON string is read again,
+	// as sockjs-node's.
+	url := n.url("/echo/000/" + sjsSID())
+	n.do(t, http.MethodGet, url+"/jsonp?c=x", "")
+	if r := n.do(t, http.MethodPost, url+"/jsonp_send", `"[\"quoted\"]"`, "Content-Type", "text/plain;charset=UTF-8"); r.status != http.StatusOK || r.body != "ok" {
+		t.Fatalf("quoted body: %d %q", r.status, r.body)
+	}
+	if r := n.do(t, http.MethodPost, url+"/jsonp_send", `d=%22%5B%5C%22x%5C%22%5D%22`, form...); r.status != 500 || r.body != "Payload expected." {
+		t.Fatalf("quoted form field: %d %q", r.status, r.body)
+	}
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"a[\\\"quoted\\\"]\");\r\n" {
+		t.Fatalf("poll: %q", r.body)
+	}
+
+	// A websocket message of whitespace alone is no empty message: broken
+	// framing, as sockjs-node's JSON.parse says.
+	c := sjsDialWS(t, n.url("/echo/000/"+sjsSID()+"/websocket"), nil)
+	c.recv()
+	c.send("  ")
+	if code, reason := c.closedWith(); code != 3000 || reason != "Broken framing." {
+		t.Fatalf("whitespace message: closed with %d %q", code, reason)
+	}
+}
+
+// Messages are quoted byte for byte as sockjs-node's utils.quote does:
+// only its ranges escaped, characters beyond U+FFFF as surrogate pairs.
+func TestSockJSQuoting(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	url := n.url("/echo/000/" + sjsSID())
+	n.do(t, http.MethodPost, url+"/xhr", "")
+	msg := "\u2000\u200b\u200c\u20ac\u2070\u206f\ufeff\ufff0\U0001f600 é\u007f\u0001\u2028"
+	body, _ := json.Marshal([]string{msg})
+	if r := n.do(t, http.MethodPost, url+"/xhr_send", string(body)); r.status != http.StatusNoContent {
+		t.Fatalf("send: %d", r.status)
+	}
+	want := "a[\"\u2000\u200b\\u200c\u20ac\u2070\\u206f\ufeff\\ufff0\\ud83d\\ude00 é\u007f\\u0001\\u2028\"]\n"
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != want {
+		t.Fatalf("quoted as\n%q\nwant\n%q", r.body, want)
+	}
+}
+
+// A closed session keeps answering with its close frame for a disconnect
+// delay after the last request that asked, as sockjs-node re-arms its
+// timer at every receiving request.
+func TestSockJSClosedSessionLifetime(t *testing.T) {
+	n := sjsStartNode(t, nil, nil)
+	ep, base := n.endpoint(t, SockJSEndpoint{Prefix: "/close", Mode: SockJSClose, CloseCode: 3000, CloseReason: "Go away!", DisconnectDelay: 2 * time.Second})
+	sid := sjsSID()
+	trans := base + "/000/" + sid
+	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
+		t.Fatalf("open: %q", r.body)
+	}
+	// Past the delay in all, each poll well within it of the previous.
+	for i := range 6 {
+		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "c[3000,\"Go away!\"]\n" {
+			t.Fatalf("poll %d: %q", i, r.body)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	sjsWaitFor(t, "the closed session to be forgotten", func() bool { return ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid) == nil })
+	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
+		t.Fatalf("after the delay: %q", r.body)
+	}
+}
