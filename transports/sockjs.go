@@ -21,17 +21,52 @@ import (
 	"github.com/cometgate/cometgate/gateway"
 )
 
-// SockJS: the SockJS protocol 0.3.x (sockjs-protocol 0.3.3), so that the
-// unmodified sockjs-client library works against cometgate with each of
-// its transports.
+// SockJS: the SockJS protocol 0.3.4 as its reference server, sockjs-node
+// 0.3.24, speaks it and as the current sockjs-protocol test suite
+// (sockjs-protocol.py, the one sockjs-node's tests run) checks it, so that
+// the unmodified sockjs-client library works against cometgate with each
+// of its transports.
 //
 // An endpoint lives under its prefix and answers the URLs the protocol
 // defines: the greeting ({prefix} and {prefix}/), /info, /iframe*.html,
 // the session URLs /{server}/{session}/{transport} for websocket, xhr,
 // xhr_send, xhr_streaming, eventsource, htmlfile, jsonp and jsonp_send,
-// and the raw /websocket. Headers, status codes, the JSESSIONID cookie,
-// CORS and the framing (o, h, a[...], c[code,"reason"]) follow the
-// protocol's test suite.
+// and the raw /websocket. Routes, headers, status codes and bodies, the
+// JSESSIONID cookie and the framing (o, h, a[...], c[code,"reason"]) are
+// sockjs-node 0.3.24's, byte for byte where the tests pin them
+// (sockjs_test.go), with these deliberate differences:
+//
+//   - Security. CORS answers follow the node's allowed Origins (an Origin
+//     the admission gate refuses gets 403 and no Access-Control-Allow-*;
+//     sockjs-node answers every Origin), and Origin null never gets
+//     credentials (sjsCORS). The iframe page loads a pinned sockjs-client
+//     with its integrity (DefaultSockJSClientURL), which the protocol's
+//     pattern for the page does not foresee, and escapes the URL. htmlfile
+//     frames have "<", ">" and "&" escaped, so a message cannot end the
+//     script element. An empty callback is refused, an htmlfile callback
+//     is bounded (128 bytes), ids to 128 bytes; the JSESSIONID value is
+//     echoed only when it is a plain cookie value (else "dummy"). Error
+//     and refusal bodies are text/plain with nosniff (sockjs-node sends
+//     none), streams carry X-Accel-Buffering: no, and the iframe page's
+//     304 keeps its ETag, as RFC 9110 asks.
+//   - The session layer. A SockJS session is a gateway session
+//     (sockjs_session.go): heartbeats come from the gateway's shared
+//     ticker, so an idle receiver gets "h" one to two heartbeat delays
+//     after its last frame (sockjs-node: a timer per session, exactly one
+//     delay). A receiving request that breaks off ends the session with
+//     c[1002,"Connection interrupted"] for its next request, which the
+//     protocol allows (HandlingClose.test_abort_*); sockjs-node 0.3.24
+//     forgets the session, and the next request silently opens a new one.
+//   - WebSocket. Every WebSocket is cometgate's one connection type
+//     (wsconn.go): RFC 6455 and hybi-07/08 only (sockjs-node also takes
+//     hixie-76, which no browser has spoken since 2012), pings on busy
+//     connections too, and a client that answers nothing for three
+//     heartbeat delays and 5 s is cut off without a frame (sockjs-node
+//     closes 10 s after an unanswered ping with c[3000,"No response from
+//     heartbeat"]). The raw /websocket of a pubsub endpoint is the native
+//     /ws, of a tcp endpoint the bridge.
+//   - /chunking_test, protocol 0.1's, which /info replaced (sockjs-node
+//     still serves it for clients of that age), is not served.
 //
 // A SockJS session is a gateway session like any other (sockjs_session.go
 // has the design): the admission gate opens it, its queue, expiry and
@@ -40,9 +75,10 @@ import (
 // from the client is one client frame of the wire format in doc.go, and
 // every packet is one SockJS message; in echo mode the client's messages
 // come back through the session's queue as they went; in tcp mode they
-// carry a byte stream to and from a bridge target. A response's messages
-// are kept until the client's next request proves they arrived, so a
-// response lost on the way is sent again.
+// carry a byte stream to and from a bridge target; in close mode every
+// session closes as soon as it opened. A response's messages are kept
+// until the client's next request proves they arrived, so a response lost
+// on the way is sent again.
 
 // The SockJS endpoint modes: what the endpoint carries.
 const (
@@ -103,6 +139,14 @@ type SockJSEndpoint struct {
 	Mode string
 	// Target names the allow-listed TCP target of a tcp endpoint.
 	Target string
+	// CloseCode and CloseReason are what a close endpoint closes every
+	// session with; only a close endpoint has them. The code is 1000 or
+	// 3000-4999 (what an application may close a SockJS connection with),
+	// the reason at most 123 bytes of UTF-8 (what a WebSocket close frame
+	// holds); 0 and "" mean 1000 and "Normal closure", sockjs-node's
+	// defaults for close().
+	CloseCode   int
+	CloseReason string
 	// Websocket enables the websocket transports (/{s}/{s}/websocket and
 	// the raw /websocket); /info tells clients whether it is on.
 	Websocket bool
@@ -114,8 +158,10 @@ type SockJSEndpoint struct {
 	// new one, so that the browser can free what it received; 0 means
 	// 128 KiB.
 	ResponseLimit int
-	// HeartbeatDelay is how long a receiving request may stay without a
-	// frame before the server sends an "h" frame; 0 means 25 s.
+	// HeartbeatDelay is the interval of heartbeats: an "h" frame on a
+	// receiving request, a ping on a websocket; 0 means 25 s. A receiver
+	// that had nothing else gets one one to two delays after its last
+	// frame (the gateway's shared ticker).
 	HeartbeatDelay time.Duration
 	// DisconnectDelay is how long a session may stay without a receiving
 	// request before it ends (and how long a closed session keeps
@@ -126,14 +172,6 @@ type SockJSEndpoint struct {
 	// this host. "" means DefaultSockJSClientURL, with
 	// DefaultSockJSClientIntegrity.
 	ClientURL string
-	// CloseCode and CloseReason are what a close endpoint closes every
-	// session with; only a close endpoint has them. The code is 1000 or
-	// 3000-4999 (what an application may close a SockJS connection with),
-	// the reason at most 123 bytes of UTF-8 (what a WebSocket close frame
-	// holds); 0 and "" mean 1000 and "Normal closure", sockjs-node's
-	// defaults for close().
-	CloseCode   int
-	CloseReason string
 	// ClientIntegrity is the Subresource Integrity of ClientURL's script
 	// ("sha384-…", space-separated when there are several), which the
 	// iframe page's script element then carries with
