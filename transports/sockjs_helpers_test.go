@@ -332,12 +332,16 @@ func (c *sjsWS) closed() {
 func (c *sjsWS) frame() ws.Frame {
 	c.t.Helper()
 	_ = c.conn.SetReadDeadline(time.Now().Add(sjsWait))
-	f, err := ws.ReadFrame(c.conn)
+	h, err := ws.ReadHeader(c.conn)
 	if err != nil {
 		c.t.Fatalf("websocket frame: %v", err)
 	}
-	if f.Header.Masked {
-		c.t.Fatalf("the server masked a frame")
+	if h.Masked || h.Length > 1<<20 {
+		c.t.Fatalf("the server sent a frame masked (%v) or of %d bytes", h.Masked, h.Length)
+	}
+	f := ws.Frame{Header: h, Payload: make([]byte, h.Length)}
+	if _, err := io.ReadFull(c.conn, f.Payload); err != nil {
+		c.t.Fatalf("websocket frame payload: %v", err)
 	}
 	return f
 }
