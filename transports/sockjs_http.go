@@ -87,6 +87,11 @@ var sjsFamilies = map[sjsKind]*family{
 // serveReceiver serves a receiving request of the given kind for session
 // sid, opening the session if it does not exist.
 func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, sid string, kind sjsKind) {
+	// The cookie and the cache header go on every answer, errors
+	// included, as sockjs-node's h_sid and h_no_cache run first.
+	h := w.Header()
+	ep.setCookie(w, r)
+	sjsNoCache(h)
 	var callback string
 	if kind == sjsHTMLFile || kind == sjsJSONP {
 		// sockjs-node's checks and answers (lib/trans-jsonp.js,
@@ -119,9 +124,6 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 	_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, int64(ep.maxBody())))
 
 	fam := sjsFamilies[kind]
-	h := w.Header()
-	ep.setCookie(w, r)
-	sjsNoCache(h)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Type", fam.contentType)
 	switch kind {

@@ -837,6 +837,39 @@ func TestSockJSCookie(t *testing.T) {
 	r = n.do(t, http.MethodPost, url+"/xhr_send", `["y"]`)
 	check("xhr_send", r.header, "dummy")
 
+	// sockjs-node's h_sid runs first on every session URL but the
+	// websocket and on the preflights, so errors and 404s carry the
+	// cookie too; the greeting, /info, iframe.html and the websocket
+	// carry none.
+	for _, path := range []string{"/info", "/a/a/xhr", "/a/a/xhr_send", "/a/a/xhr_streaming"} {
+		check("OPTIONS "+path, n.do(t, http.MethodOptions, base+path, "").header, "dummy")
+	}
+	check("xhr_send, bad body", n.do(t, http.MethodPost, url+"/xhr_send", `["x`).header, "dummy")
+	check("xhr_send, unknown session", n.do(t, http.MethodPost, base+"/000/"+sjsSID()+"/xhr_send", `["x"]`).header, "dummy")
+	check("jsonp_send, unknown session", n.do(t, http.MethodPost, base+"/000/"+sjsSID()+"/jsonp_send", "d=%5B%5D", "Content-Type", "application/x-www-form-urlencoded").header, "dummy")
+	r = n.do(t, http.MethodGet, base+"/000/"+sjsSID()+"/jsonp", "")
+	check("jsonp, no callback", r.header, "dummy")
+	sjsCheckNotCached(t, r.header)
+	r = n.do(t, http.MethodGet, base+"/000/"+sjsSID()+"/htmlfile?c=a(", "")
+	check("htmlfile, bad callback", r.header, "dummy")
+	sjsCheckNotCached(t, r.header)
+	sjsCheckNoCookie(t, n.do(t, http.MethodGet, base, ""))
+	conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(sjsWait))
+	fmt.Fprintf(conn, "GET /cookie_needed_echo/000/%s/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n\r\n", sjsSID())
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("websocket: %v", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Set-Cookie") != "" {
+		t.Errorf("websocket: %d, Set-Cookie %q", resp.StatusCode, resp.Header.Get("Set-Cookie"))
+	}
+
 	// Without CookieNeeded: no cookie anywhere.
 	r = n.do(t, http.MethodPost, n.url("/echo/000/"+sjsSID()+"/xhr"), "")
 	sjsCheckNoCookie(t, r)
