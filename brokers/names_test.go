@@ -34,3 +34,14 @@ func TestCheckName(t *testing.T) {
 		}
 	}
 }
+
+// Brokers check every published channel: a valid name costs no
+// allocation.
+func TestCheckNameAllocs(t *testing.T) {
+	if n := testing.AllocsPerRun(100, func() {
+		_ = CheckName("prices.eur-usd.>", true, "#")
+		_ = ValidateChannel("prices.eur-usd")
+	}); n != 0 {
+		t.Errorf("%v allocations per valid name, want 0", n)
+	}
+}

@@ -41,10 +41,23 @@ func TestPatternCovers(t *testing.T) {
 		{"a.*.c", "a.b.>", false},
 		{"ab", "a", false},
 		{"a", "ab", false},
+		{"a.b", "a.b", true},
+		{"a.>", "a.b.c", true},
+		{"a.>", "a.*.>", true},
+		{"*.>", ">", false},
+		{"*.>", "a.b", true},
+		{"demo.x.>", "demo.>", false},
+		{"demo.x.>", "demo.*.y", false},
 	}
 	for _, tc := range tests {
 		if got := brokers.PatternCovers(tc.ns, tc.p); got != tc.want {
 			t.Errorf("PatternCovers(%q, %q) = %v, want %v", tc.ns, tc.p, got, tc.want)
+		}
+		// A channel is covered exactly when it matches.
+		if !brokers.IsPattern(tc.p) {
+			if got := brokers.MatchChannel(tc.ns, tc.p); got != tc.want {
+				t.Errorf("MatchChannel(%q, %q) = %v, want %v", tc.ns, tc.p, got, tc.want)
+			}
 		}
 	}
 }
@@ -61,6 +74,21 @@ func TestMatchChannel(t *testing.T) {
 		{"a.>", "a", false},
 		{"*.*", "a.b", true},
 		{"*.*", "a", false},
+		{"a", "a", true},
+		{"a", "b", false},
+		{"a", "a.b", false},
+		{"a.b", "a", false},
+		{"*", "a", true},
+		{"*", "a.b", false},
+		{"a.*", "a", false},
+		{"a.*.c", "a.x.c", true},
+		{"a.*.c", "a.x.d", false},
+		{">", "a", true},
+		{">", "a.b.c", true},
+		{"a.>", "a.b", true},
+		{"a.>", "ab.c", false},
+		{"*.>", "a", false},
+		{"*.>", "a.b", true},
 	}
 	for _, tc := range tests {
 		if got := brokers.MatchChannel(tc.p, tc.ch); got != tc.want {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"net"
+	"net/netip"
 	"os"
 	"reflect"
 	"slices"
@@ -129,8 +131,58 @@ type HTTP struct {
 	// AllowedOrigins lists the origins accepted for WebSocket and CORS:
 	// "*" or exact lower-case "scheme://host[:port]". Empty means same host only.
 	AllowedOrigins []string `mapstructure:"allowed_origins"`
-	// MaxSessionsPerIP bounds concurrent sessions per client IP; 0 = unlimited.
+	// AllowedHosts lists the Host names the node answers ("*": any);
+	// empty means a default that depends on Listen (EffectiveAllowedHosts).
+	AllowedHosts []string `mapstructure:"allowed_hosts"`
+	// TrustedProxies lists the reverse proxies (IPs or CIDR prefixes)
+	// whose X-Forwarded-For and X-Forwarded-Proto are believed.
+	TrustedProxies []string `mapstructure:"trusted_proxies"`
+	// MaxSessionsPerIP bounds concurrent sessions per client (an IPv4
+	// address or an IPv6 /64); 0 = unlimited.
 	MaxSessionsPerIP int `mapstructure:"max_sessions_per_ip"`
+}
+
+// EffectiveAllowedHosts is AllowedHosts, or when it is empty: localhost
+// and the loopback addresses for a listener on a loopback host, nil (any
+// host) otherwise.
+func (h *HTTP) EffectiveAllowedHosts() []string {
+	if len(h.AllowedHosts) > 0 {
+		return h.AllowedHosts
+	}
+	host, _, err := net.SplitHostPort(h.Listen)
+	if err != nil {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); (err == nil && ip.IsLoopback()) || strings.EqualFold(host, "localhost") {
+		return []string{"localhost", "127.0.0.1", "::1"}
+	}
+	return nil
+}
+
+// TrustedProxyPrefixes is TrustedProxies parsed (Validate checked them);
+// an address stands for its own /32 or /128.
+func (h *HTTP) TrustedProxyPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range h.TrustedProxies {
+		if p, err := parseProxy(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// parseProxy reads a trusted proxy: an IP address or a CIDR prefix.
+func parseProxy(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // API configures the HTTP publish API (POST /api/publish).
@@ -163,6 +215,9 @@ type Auth struct {
 	Leeway time.Duration `mapstructure:"leeway"`
 	// Required refuses sessions without a valid token.
 	Required bool `mapstructure:"required"`
+	// CallbackCookie lets JSONP and htmlfile authenticate with the token
+	// cookie (see the reference file for why that is off by default).
+	CallbackCookie bool `mapstructure:"callback_cookie"`
 }
 
 // Broker selects and configures the message broker. Only the sub-struct
@@ -444,16 +499,6 @@ func Load(path string, environ []string) (*Config, error) {
 		return nil, err
 	}
 	return c, nil
-}
-
-// Default returns the embedded defaults, Load("", nil). It panics if they do
-// not load, which the package tests rule out.
-func Default() *Config {
-	c, err := Load("", nil)
-	if err != nil {
-		panic(err)
-	}
-	return c
 }
 
 // strictDecoding makes viper's decoder refuse anything that does not map

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +37,8 @@ func wantDefaults() *Config {
 			IdleTimeout:       120 * time.Second,
 			ShutdownTimeout:   10 * time.Second,
 			AllowedOrigins:    []string{},
+			AllowedHosts:      []string{},
+			TrustedProxies:    []string{},
 			MaxSessionsPerIP:  0,
 		},
 		API:  API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
@@ -92,23 +95,33 @@ func wantDefaults() *Config {
 	}
 }
 
+// defaults returns the embedded defaults, Load("", nil).
+func defaults(t *testing.T) *Config {
+	t.Helper()
+	c, err := Load("", nil)
+	if err != nil {
+		t.Fatalf("the embedded cometgate.yaml does not load: %v", err)
+	}
+	return c
+}
+
 func TestDefaults(t *testing.T) {
 	got, err := Load("", nil)
 	if err != nil {
 		t.Fatalf("the embedded cometgate.yaml does not load: %v", err)
 	}
 	if want := wantDefaults(); !reflect.DeepEqual(got, want) {
-		t.Errorf("Default() =\n%+v\nwant\n%+v", got, want)
+		t.Errorf("Load(\"\", nil) =\n%+v\nwant\n%+v", got, want)
 	}
 	if err := got.Validate(); err != nil {
 		t.Errorf("Validate() on the defaults: %v", err)
 	}
 	// Every call returns a fresh value: callers may modify theirs.
-	a, b := Default(), Default()
+	a, b := defaults(t), defaults(t)
 	a.API.Keys = append(a.API.Keys, "x")
 	a.Channels[0].Pattern = "changed"
 	if len(b.API.Keys) != 0 || b.Channels[0].Pattern != "demo.>" {
-		t.Error("Default() values share memory")
+		t.Error(`Load("", nil) values share memory`)
 	}
 	if !bytes.Equal(Reference(), reference) {
 		t.Error("Reference() differs from the embedded file")
@@ -677,6 +690,10 @@ func TestValidate(t *testing.T) {
 			c.HTTP.AllowedOrigins = []string{"*", "https://example.com", "http://localhost:3000", "https://[::1]:8443"}
 		}, ""},
 		{"origin with path", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://example.com/app"} }, `http.allowed_origins[0]: must be "*" or scheme://host[:port]`},
+		{"host with port", func(c *Config) { c.HTTP.AllowedHosts = []string{"example.com:8080"} }, `http.allowed_hosts[0]: must be "*", a DNS name or an IP address (no port, no scheme)`},
+		{"host with scheme", func(c *Config) { c.HTTP.AllowedHosts = []string{"*", "https://example.com"} }, `http.allowed_hosts[1]: must be "*", a DNS name`},
+		{"proxy not an address", func(c *Config) { c.HTTP.TrustedProxies = []string{"proxy.local"} }, `http.trusted_proxies[0]: must be an IP address or a CIDR prefix`},
+		{"proxy bad prefix", func(c *Config) { c.HTTP.TrustedProxies = []string{"10.0.0.0/33"} }, `http.trusted_proxies[0]: must be an IP address or a CIDR prefix`},
 		{"origin trailing slash", func(c *Config) { c.HTTP.AllowedOrigins = []string{"*", "https://example.com/"} }, `http.allowed_origins[1]: must be "*" or scheme://host[:port]`},
 		{"origin scheme", func(c *Config) { c.HTTP.AllowedOrigins = []string{"ftp://example.com"} }, `http.allowed_origins[0]: must be "*"`},
 		{"origin no scheme", func(c *Config) { c.HTTP.AllowedOrigins = []string{"example.com"} }, `http.allowed_origins[0]: must be "*"`},
@@ -805,6 +822,13 @@ func TestValidate(t *testing.T) {
 			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", AllowNetworks: []string{"10.0.0.1"}}}
 		}, `bridge.targets[0].allow_networks[0]: must be a CIDR prefix`},
 		{"sockjs response limit", func(c *Config) { c.SockJS[0].ResponseLimit = 10 }, `sockjs[0].response_limit: must be at least 4096`},
+		{"sockjs prefix the node serves", func(c *Config) { c.SockJS[0].Prefix = "/ws" }, `sockjs: sockjs prefix "/ws": /ws is served by the node itself`},
+		{"sockjs prefixes nested", func(c *Config) { c.SockJS[1].Prefix = "/sockjs/echo" }, `sockjs: sockjs /sockjs/echo: prefix overlaps the endpoint at /sockjs`},
+		{"sockjs client_url", func(c *Config) { c.SockJS[0].ClientURL = "ftp://cdn/x.js" }, `sockjs: sockjs /sockjs: client_url:`},
+		{"sockjs tcp endpoint", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "db", Address: "db.internal:5432", Access: PermissionAnyone}}
+			c.SockJS[0].Mode, c.SockJS[0].Target = SockJSTCP, "db"
+		}, ""},
 		{"sockjs heartbeat", func(c *Config) { c.SockJS[0].HeartbeatDelay = time.Millisecond }, `sockjs[0].heartbeat_delay: must be at least 1s`},
 
 		{"log.level", func(c *Config) { c.Log.Level = "trace" }, `log.level: must be one of debug | info | warn | error, got "trace"`},
@@ -814,7 +838,7 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := Default()
+			c := defaults(t)
 			tt.change(c)
 			err := c.Validate()
 			switch {
@@ -835,7 +859,7 @@ func TestValidate(t *testing.T) {
 // TestValidateAllProblems checks that several problems are reported at once
 // and that secrets are never echoed.
 func TestValidateAllProblems(t *testing.T) {
-	c := Default()
+	c := defaults(t)
 	c.Session.QueueBytes = 1
 	c.Log.Level = "loud"
 	c.Broker.AMQP.URL = "http://user:hunter2@host/"
@@ -943,5 +967,37 @@ channels:
 	}
 	if _, err := Load("", []string{"COMETGATE_AUTH_LEEWAY=soon"}); err == nil || !strings.Contains(err.Error(), "COMETGATE_AUTH_LEEWAY") {
 		t.Errorf("bad leeway: %v", err)
+	}
+}
+
+// TestEffectiveHTTP: the allowed hosts default to the loopback names for a
+// loopback listener and to any host otherwise; trusted proxies parse as
+// prefixes, an address as its own host prefix.
+func TestEffectiveHTTP(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		hosts  []string
+		want   []string
+	}{
+		{"127.0.0.1:8080", nil, []string{"localhost", "127.0.0.1", "::1"}},
+		{"[::1]:0", nil, []string{"localhost", "127.0.0.1", "::1"}},
+		{"localhost:8080", nil, []string{"localhost", "127.0.0.1", "::1"}},
+		{"0.0.0.0:8080", nil, nil},
+		{":8080", nil, nil},
+		{"10.0.0.5:8080", nil, nil},
+		{"0.0.0.0:8080", []string{"push.example.com"}, []string{"push.example.com"}},
+	} {
+		h := HTTP{Listen: tc.listen, AllowedHosts: tc.hosts}
+		if got := h.EffectiveAllowedHosts(); !slices.Equal(got, tc.want) {
+			t.Errorf("listen %s, allowed_hosts %v: %v, want %v", tc.listen, tc.hosts, got, tc.want)
+		}
+	}
+	h := HTTP{TrustedProxies: []string{"10.0.0.0/8", "192.168.1.7", "::ffff:172.16.0.1", "fd00::/8"}}
+	var got []string
+	for _, p := range h.TrustedProxyPrefixes() {
+		got = append(got, p.String())
+	}
+	if want := []string{"10.0.0.0/8", "192.168.1.7/32", "172.16.0.1/32", "fd00::/8"}; !slices.Equal(got, want) {
+		t.Errorf("trusted proxies %v, want %v", got, want)
 	}
 }

@@ -1,6 +1,10 @@
 // Package configs loads cometgate's configuration. It is the only package in
 // the repository that imports viper; everything else receives the plain
-// structs defined here (or values copied out of them by cmd/cometgate).
+// structs defined here, or values copied out of them: by cmd/cometgate, or
+// here for the sections whose rules another package owns (SockJS
+// endpoints and bridge targets are transports', the channel-name grammar
+// is brokers'), so that Validate applies those rules to the very values
+// the node will run with.
 //
 // # One YAML file, embedded defaults
 //
@@ -32,8 +36,8 @@
 // behaves unexpectedly. So an unknown key in the file, an unknown COMETGATE_
 // variable, a value of the wrong type (a number where a duration string is
 // expected, "yes" for a boolean) and a value outside its rules are all
-// start-up errors that name the key. [Config.Validate] holds the value rules
-// and can be called on a Config built in code.
+// start-up errors that name the key. [Config.Validate] holds the value rules,
+// one step per section, and can be called on a Config built in code.
 //
 // # How viper is used
 //

@@ -11,54 +11,93 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cometgate/cometgate/brokers"
+	"github.com/cometgate/cometgate/transports"
 )
 
 var (
 	nodeIDRe        = regexp.MustCompile(`^[a-z0-9]{1,16}$`)
 	subjectPrefixRe = regexp.MustCompile(`^([A-Za-z0-9_-]+\.)+$`)
-	patternTokenRe  = regexp.MustCompile(`^[A-Za-z0-9_:@=-]+$`)
 	hostnameRe      = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
 )
-
-// maxPatternBytes bounds a channel pattern (and so a channel name).
-const maxPatternBytes = 255
 
 // Validate checks every value against the rules documented in
 // cometgate.yaml and returns all problems found, joined, each naming its
 // key and rule, e.g. "configs: session.queue_bytes: must be at least 4096,
 // got 12". It does not change c and returns nil for a valid config. Load
 // calls it; call it again after changing a Config in code.
+//
+// Each section has its own step. Rules another package owns are that
+// package's: the channel grammar is brokers', and the SockJS endpoints and
+// bridge targets, once their keys pass the checks here, must also pass
+// transports.ValidateSockJS and transports.ValidateBridge (prefixes the
+// node serves itself, nested prefixes, client URLs, ...).
 func (c *Config) Validate() error {
 	v := &validator{}
-
-	if c.Node.ID != "" && !nodeIDRe.MatchString(c.Node.ID) {
-		v.failf("node.id", "must be 1 to 16 characters of [a-z0-9], got %q", c.Node.ID)
+	v.node(&c.Node)
+	v.http(&c.HTTP)
+	v.api(&c.API)
+	v.auth(&c.Auth)
+	v.broker(&c.Broker)
+	v.session(&c.Session)
+	v.channels(c.Channels, c.Auth.Mode, c.Broker.Kind)
+	sockjsOK := v.sockjs(c.SockJS, c.Bridge.Targets)
+	if bridgeOK := v.bridge(&c.Bridge, c.Auth.Mode); sockjsOK && bridgeOK {
+		v.transports(c)
 	}
-	if c.Node.AdvertiseURL != "" {
-		if err := checkAdvertiseURL(c.Node.AdvertiseURL); err != nil {
+	v.oneOf("log.level", c.Log.Level, LogDebug, LogInfo, LogWarn, LogError)
+	v.oneOf("log.format", c.Log.Format, LogText, LogJSON)
+	if c.Admin.Listen != "" {
+		v.listen("admin.listen", c.Admin.Listen)
+	}
+	return errors.Join(v.errs...)
+}
+
+func (v *validator) node(n *Node) {
+	if n.ID != "" && !nodeIDRe.MatchString(n.ID) {
+		v.failf("node.id", "must be 1 to 16 characters of [a-z0-9], got %q", n.ID)
+	}
+	if n.AdvertiseURL != "" {
+		if err := checkAdvertiseURL(n.AdvertiseURL); err != nil {
 			v.failf("node.advertise_url", "%v", err)
 		}
 	}
+}
 
-	v.listen("http.listen", c.HTTP.Listen)
-	v.positive("http.read_header_timeout", c.HTTP.ReadHeaderTimeout)
-	v.positive("http.idle_timeout", c.HTTP.IdleTimeout)
-	v.positive("http.shutdown_timeout", c.HTTP.ShutdownTimeout)
-	for i, o := range c.HTTP.AllowedOrigins {
+func (v *validator) http(h *HTTP) {
+	v.listen("http.listen", h.Listen)
+	v.positive("http.read_header_timeout", h.ReadHeaderTimeout)
+	v.positive("http.idle_timeout", h.IdleTimeout)
+	v.positive("http.shutdown_timeout", h.ShutdownTimeout)
+	for i, o := range h.AllowedOrigins {
 		if err := checkOrigin(o); err != nil {
 			v.failf(fmt.Sprintf("http.allowed_origins[%d]", i), "%v", err)
 		}
 	}
-	v.atLeast("http.max_sessions_per_ip", c.HTTP.MaxSessionsPerIP, 0)
+	for i, host := range h.AllowedHosts {
+		if host != "*" && net.ParseIP(host) == nil && !hostnameRe.MatchString(host) {
+			v.failf(fmt.Sprintf("http.allowed_hosts[%d]", i), `must be "*", a DNS name or an IP address (no port, no scheme), got %q`, host)
+		}
+	}
+	for i, p := range h.TrustedProxies {
+		if _, err := parseProxy(p); err != nil {
+			v.failf(fmt.Sprintf("http.trusted_proxies[%d]", i), "must be an IP address or a CIDR prefix such as 10.0.0.0/8, got %q", p)
+		}
+	}
+	v.atLeast("http.max_sessions_per_ip", h.MaxSessionsPerIP, 0)
+}
 
-	for i, k := range c.API.Keys {
+func (v *validator) api(a *API) {
+	for i, k := range a.Keys {
 		if k == "" { // never echo a key: it is a secret
 			v.failf(fmt.Sprintf("api.keys[%d]", i), "must not be empty")
 		}
 	}
-	v.atLeast("api.max_body_bytes", c.API.MaxBodyBytes, 1)
+	v.atLeast("api.max_body_bytes", a.MaxBodyBytes, 1)
+}
 
-	au := &c.Auth
+func (v *validator) auth(au *Auth) {
 	jwt := au.Mode == AuthJWT
 	v.oneOf("auth.mode", au.Mode, AuthNone, AuthJWT)
 	switch {
@@ -78,8 +117,9 @@ func (c *Config) Validate() error {
 	if au.Required && !jwt {
 		v.failf("auth.required", "true needs auth.mode jwt")
 	}
+}
 
-	b := &c.Broker
+func (v *validator) broker(b *Broker) {
 	v.oneOf("broker.kind", b.Kind, BrokerEmbedded, BrokerNATS, BrokerAMQP)
 	if b.SubjectPrefix != "" && !subjectPrefixRe.MatchString(b.SubjectPrefix) {
 		v.failf("broker.subject_prefix", `must be "" or dot-terminated tokens of [A-Za-z0-9_-] such as "cg.", got %q`, b.SubjectPrefix)
@@ -88,9 +128,13 @@ func (c *Config) Validate() error {
 	if b.Embedded.Listen != "" {
 		v.listen("broker.embedded.listen", b.Embedded.Listen)
 	}
+	v.nats(&b.NATS, b.Kind == BrokerNATS)
+	v.amqp(&b.AMQP, b.Kind == BrokerAMQP)
+}
 
-	n := &b.NATS
-	if b.Kind == BrokerNATS && len(n.URLs) == 0 {
+// nats checks broker.nats; used says broker.kind is nats.
+func (v *validator) nats(n *NATS, used bool) {
+	if used && len(n.URLs) == 0 {
 		v.failf("broker.nats.urls", "must list at least one server URL when broker.kind is nats")
 	}
 	for i, u := range n.URLs {
@@ -102,17 +146,12 @@ func (c *Config) Validate() error {
 		v.failf("broker.nats.password", "requires broker.nats.user")
 	}
 	var auth []string
-	if n.User != "" {
-		auth = append(auth, "user")
-	}
-	if n.Token != "" {
-		auth = append(auth, "token")
-	}
-	if n.NKeySeedFile != "" {
-		auth = append(auth, "nkey_seed_file")
-	}
-	if n.CredsFile != "" {
-		auth = append(auth, "creds_file")
+	for _, m := range []struct{ name, value string }{
+		{"user", n.User}, {"token", n.Token}, {"nkey_seed_file", n.NKeySeedFile}, {"creds_file", n.CredsFile},
+	} {
+		if m.value != "" {
+			auth = append(auth, m.name)
+		}
 	}
 	if len(auth) > 1 {
 		v.failf("broker.nats", "set only one authentication method, got %s", strings.Join(auth, " and "))
@@ -121,10 +160,12 @@ func (c *Config) Validate() error {
 		v.failf("broker.nats.tls", "cert_file and key_file must be set together")
 	}
 	v.backoff("broker.nats", n.ReconnectWait, n.MaxReconnectWait)
+}
 
-	a := &b.AMQP
+// amqp checks broker.amqp; used says broker.kind is amqp.
+func (v *validator) amqp(a *AMQP, used bool) {
 	if a.URL == "" {
-		if b.Kind == BrokerAMQP {
+		if used {
 			v.failf("broker.amqp.url", "must be set when broker.kind is amqp")
 		}
 	} else if u, err := url.Parse(a.URL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
@@ -139,22 +180,23 @@ func (c *Config) Validate() error {
 		v.failf("broker.amqp.prefetch", "must be between 1 and 65535, got %d", a.Prefetch)
 	}
 	v.backoff("broker.amqp", a.ReconnectWait, a.MaxReconnectWait)
+}
 
-	s := &c.Session
+func (v *validator) session(s *Session) {
 	v.atLeast("session.queue_bytes", s.QueueBytes, 4096)
 	v.atLeast("session.max_frame_bytes", s.MaxFrameBytes, 256)
 	v.atLeast("session.max_subscriptions", s.MaxSubscriptions, 1)
-	if s.Heartbeat < time.Second {
-		v.failf("session.heartbeat", "must be at least 1s, got %s", s.Heartbeat)
-	}
+	v.minDuration("session.heartbeat", s.Heartbeat, time.Second)
 	v.positive("session.write_timeout", s.WriteTimeout)
 	v.positive("session.disconnect_delay", s.DisconnectDelay)
-	if s.StreamLimitBytes < 4096 {
-		v.failf("session.stream_limit_bytes", "must be at least 4096, got %d", s.StreamLimitBytes)
-	}
+	v.atLeast("session.stream_limit_bytes", s.StreamLimitBytes, 4096)
+}
 
+// channels checks the namespaces; permissions and history depend on
+// auth.mode and broker.kind.
+func (v *validator) channels(chs []Channel, authMode, brokerKind string) {
 	seen := map[string]int{}
-	for i, ch := range c.Channels {
+	for i, ch := range chs {
 		key := fmt.Sprintf("channels[%d]", i)
 		if err := checkPattern(ch.Pattern); err != nil {
 			v.failf(key+".pattern", "%v", err)
@@ -164,32 +206,42 @@ func (c *Config) Validate() error {
 			seen[ch.Pattern] = i
 		}
 		for _, perm := range []struct{ key, val string }{{key + ".subscribe", ch.Subscribe}, {key + ".publish", ch.Publish}} {
-			if v.oneOf(perm.key, perm.val, PermissionAnyone, PermissionNobody, PermissionToken) && perm.val == PermissionToken && !jwt {
-				v.failf(perm.key, "token needs auth.mode jwt, got auth.mode %q", au.Mode)
+			if v.oneOf(perm.key, perm.val, PermissionAnyone, PermissionNobody, PermissionToken) && perm.val == PermissionToken && authMode != AuthJWT {
+				v.failf(perm.key, "token needs auth.mode jwt, got auth.mode %q", authMode)
 			}
 		}
 		v.oneOf(key+".slow_consumer", ch.SlowConsumer, SlowConsumerDisconnect, SlowConsumerDropOldest, SlowConsumerConflate)
-		if v.oneOf(key+".history", ch.History, HistoryNone, HistoryJetStream, HistoryStream) {
-			switch {
-			case ch.History == HistoryJetStream && b.Kind == BrokerAMQP:
-				v.failf(key+".history", "jetstream needs broker.kind embedded or nats, not amqp")
-			case ch.History == HistoryStream && b.Kind != BrokerAMQP:
-				v.failf(key+".history", "stream (a RabbitMQ stream queue) needs broker.kind amqp, not %s", b.Kind)
-			}
-		}
-		if ch.HistoryMaxAge < 0 {
-			v.failf(key+".history_max_age", "must not be negative, got %s", ch.HistoryMaxAge)
-		}
-		if ch.HistoryMaxBytes < 0 {
-			v.failf(key+".history_max_bytes", "must not be negative, got %d", ch.HistoryMaxBytes)
-		}
-		if ch.HistoryStream != "" && !validStreamName(ch.HistoryStream) {
-			v.failf(key+".history_stream", "must be 1 to 64 characters of [A-Za-z0-9_-], got %q", ch.HistoryStream)
+		v.history(key, &ch, brokerKind)
+	}
+}
+
+// history checks the history keys of the namespace at key.
+func (v *validator) history(key string, ch *Channel, brokerKind string) {
+	if v.oneOf(key+".history", ch.History, HistoryNone, HistoryJetStream, HistoryStream) {
+		switch {
+		case ch.History == HistoryJetStream && brokerKind == BrokerAMQP:
+			v.failf(key+".history", "jetstream needs broker.kind embedded or nats, not amqp")
+		case ch.History == HistoryStream && brokerKind != BrokerAMQP:
+			v.failf(key+".history", "stream (a RabbitMQ stream queue) needs broker.kind amqp, not %s", brokerKind)
 		}
 	}
+	if ch.HistoryMaxAge < 0 {
+		v.failf(key+".history_max_age", "must not be negative, got %s", ch.HistoryMaxAge)
+	}
+	if ch.HistoryMaxBytes < 0 {
+		v.failf(key+".history_max_bytes", "must not be negative, got %d", ch.HistoryMaxBytes)
+	}
+	if ch.HistoryStream != "" && !validStreamName(ch.HistoryStream) {
+		v.failf(key+".history_stream", "must be 1 to 64 characters of [A-Za-z0-9_-], got %q", ch.HistoryStream)
+	}
+}
 
+// sockjs checks the keys of the SockJS endpoints and reports whether they
+// all passed.
+func (v *validator) sockjs(eps []SockJS, targets []BridgeTarget) bool {
+	before := len(v.errs)
 	prefixes := map[string]int{}
-	for i, sj := range c.SockJS {
+	for i, sj := range eps {
 		key := fmt.Sprintf("sockjs[%d]", i)
 		if !strings.HasPrefix(sj.Prefix, "/") || strings.HasSuffix(sj.Prefix, "/") || strings.ContainsAny(sj.Prefix, "?#* ") {
 			v.failf(key+".prefix", `must be a path like "/sockjs": starting with "/", not ending with one, got %q`, sj.Prefix)
@@ -200,23 +252,25 @@ func (c *Config) Validate() error {
 		}
 		v.oneOf(key+".mode", sj.Mode, SockJSPubSub, SockJSEcho, SockJSTCP)
 		switch {
-		case sj.Mode == SockJSTCP && !slices.ContainsFunc(c.Bridge.Targets, func(t BridgeTarget) bool { return t.Name == sj.Target }):
+		case sj.Mode == SockJSTCP && !slices.ContainsFunc(targets, func(t BridgeTarget) bool { return t.Name == sj.Target }):
 			v.failf(key+".target", "must name one of bridge.targets, got %q", sj.Target)
 		case sj.Mode != SockJSTCP && sj.Target != "":
 			v.failf(key+".target", "only a tcp endpoint has a target; write \"\" or remove the key")
 		}
-		if sj.ResponseLimit < 4096 {
-			v.failf(key+".response_limit", "must be at least 4096, got %d", sj.ResponseLimit)
-		}
-		if sj.HeartbeatDelay < time.Second {
-			v.failf(key+".heartbeat_delay", "must be at least 1s, got %s", sj.HeartbeatDelay)
-		}
+		v.atLeast(key+".response_limit", sj.ResponseLimit, 4096)
+		v.minDuration(key+".heartbeat_delay", sj.HeartbeatDelay, time.Second)
 		v.positive(key+".disconnect_delay", sj.DisconnectDelay)
 	}
+	return len(v.errs) == before
+}
 
-	v.positive("bridge.dial_timeout", c.Bridge.DialTimeout)
+// bridge checks the keys of the bridge section and reports whether they
+// all passed.
+func (v *validator) bridge(b *Bridge, authMode string) bool {
+	before := len(v.errs)
+	v.positive("bridge.dial_timeout", b.DialTimeout)
 	names := map[string]int{}
-	for i, t := range c.Bridge.Targets {
+	for i, t := range b.Targets {
 		key := fmt.Sprintf("bridge.targets[%d]", i)
 		if !validTargetName(t.Name) {
 			v.failf(key+".name", "must be 1 to 64 characters of [A-Za-z0-9_.-], got %q", t.Name)
@@ -232,8 +286,8 @@ func (c *Config) Validate() error {
 			v.failf(key+".max_connections", "must be 0 (no bound) or more, got %d", t.MaxConnections)
 		}
 		v.oneOf(key+".access", t.Access, PermissionAnyone, PermissionToken)
-		if t.Access == PermissionToken && c.Auth.Mode != AuthJWT {
-			v.failf(key+".access", "token needs auth.mode jwt, not %s", c.Auth.Mode)
+		if t.Access == PermissionToken && authMode != AuthJWT {
+			v.failf(key+".access", "token needs auth.mode jwt, not %s", authMode)
 		}
 		for j, n := range t.AllowNetworks {
 			if _, err := netip.ParsePrefix(n); err != nil {
@@ -241,16 +295,22 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-
-	v.oneOf("log.level", c.Log.Level, LogDebug, LogInfo, LogWarn, LogError)
-	v.oneOf("log.format", c.Log.Format, LogText, LogJSON)
-
-	if c.Admin.Listen != "" {
-		v.listen("admin.listen", c.Admin.Listen)
-	}
-	return errors.Join(v.errs...)
+	return len(v.errs) == before
 }
 
+// transports applies the transports package's own rules to the SockJS
+// endpoints and bridge targets, whose keys passed the checks above.
+func (v *validator) transports(c *Config) {
+	eps, targets := c.SockJSEndpoints(), c.BridgeTargets()
+	if err := transports.ValidateSockJS(eps); err != nil {
+		v.failf("sockjs", "%v", err)
+	}
+	if err := transports.ValidateBridge(targets, eps); err != nil {
+		v.failf("bridge", "%v", err)
+	}
+}
+
+// validator collects the problems of a Config, each naming its key.
 type validator struct{ errs []error }
 
 func (v *validator) failf(key, format string, args ...any) {
@@ -269,6 +329,12 @@ func (v *validator) oneOf(key, val string, allowed ...string) bool {
 func (v *validator) atLeast(key string, n, min int) {
 	if n < min {
 		v.failf(key, "must be at least %d, got %d", min, n)
+	}
+}
+
+func (v *validator) minDuration(key string, d, min time.Duration) {
+	if d < min {
+		v.failf(key, "must be at least %s, got %s", min, d)
 	}
 }
 
@@ -359,31 +425,19 @@ func checkAdvertiseURL(s string) error {
 	return nil
 }
 
-// checkPattern accepts a NATS-style channel pattern: dot-separated tokens
-// of [A-Za-z0-9_:@=-], "*" for exactly one token, ">" as the last token for
-// one or more.
+// checkPattern checks a namespace pattern with the channel grammar's
+// owner, brokers, and words its rule for the YAML: the key, the rule, then
+// the value as given (unless it is empty, or too long to be worth echoing).
 func checkPattern(p string) error {
-	if p == "" {
-		return errors.New("must not be empty")
+	err := brokers.ValidatePattern(p)
+	var ne *brokers.NameError
+	if !errors.As(err, &ne) {
+		return err
 	}
-	if len(p) > maxPatternBytes {
-		return fmt.Errorf("must be at most %d bytes, got %d", maxPatternBytes, len(p))
+	if p == "" || len(p) > brokers.MaxNameLen {
+		return errors.New(ne.Rule)
 	}
-	tokens := strings.Split(p, ".")
-	for i, t := range tokens {
-		switch {
-		case t == "*":
-		case t == ">":
-			if i != len(tokens)-1 {
-				return fmt.Errorf(`">" must be the last token, got %q`, p)
-			}
-		case t == "":
-			return fmt.Errorf("has an empty token (leading, trailing or double dot), got %q", p)
-		case !patternTokenRe.MatchString(t):
-			return fmt.Errorf(`token %q is not [A-Za-z0-9_:@=-]+, "*" or a final ">", in %q`, t, p)
-		}
-	}
-	return nil
+	return fmt.Errorf("%s, got %q", ne.Rule, p)
 }
 
 // validStreamName accepts names that are valid both as a JetStream stream

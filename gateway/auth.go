@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/cometgate/cometgate/brokers"
 )
 
 // Authentication: a session may act for a principal, the subject of a
@@ -51,7 +53,7 @@ type Principal struct {
 // covers reports whether one of grants covers pattern.
 func covers(grants []string, pattern string) bool {
 	for _, g := range grants {
-		if PatternCovers(g, pattern) {
+		if brokers.PatternCovers(g, pattern) {
 			return true
 		}
 	}
@@ -200,7 +202,7 @@ func (v *TokenVerifier) Verify(token string) (*Principal, error) {
 	if c.Grants != nil {
 		for _, list := range [][]string{c.Grants.Subscribe, c.Grants.Publish} {
 			for _, g := range list {
-				if err := ValidatePattern(g); err != nil {
+				if err := brokers.ValidatePattern(g); err != nil {
 					return nil, fmt.Errorf("token grant %q: %w", g, err)
 				}
 			}

@@ -56,7 +56,11 @@ func BenchmarkFanout(b *testing.B) {
 	}
 }
 
-func benchFanout(b *testing.B, n int) {
+// newBenchGateway starts a gateway on a fake broker that keeps no
+// published messages, with sessions allowed on bench.> and no heartbeats
+// during the benchmark; Cleanup shuts both down.
+func newBenchGateway(b *testing.B) (*Gateway, *fakeBroker) {
+	b.Helper()
 	fb := newFakeBroker()
 	fb.noRecord = true
 	g, err := New(Config{
@@ -69,14 +73,19 @@ func benchFanout(b *testing.B, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer func() {
+	b.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := g.Shutdown(ctx); err != nil {
 			b.Error(err)
 		}
 		_ = fb.Close()
-	}()
+	})
+	return g, fb
+}
+
+func benchFanout(b *testing.B, n int) {
+	g, fb := newBenchGateway(b)
 
 	var delivered, written atomic.Int64
 	sessions := make([]*Session, n)
@@ -149,5 +158,47 @@ func BenchmarkEncodeMessage(b *testing.B) {
 				EncodeMessage(m, "prices.*", now)
 			}
 		})
+	}
+}
+
+// BenchmarkDeliver measures one session's hot path without scheduling
+// noise: batch deliveries are queued, then one write round numbers and
+// writes them, run on the benchmark's goroutine standing in for the
+// session's writer. Time and allocations are per delivery.
+func BenchmarkDeliver(b *testing.B) {
+	for _, batch := range []int{1, 16} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) { benchDeliver(b, batch) })
+	}
+}
+
+func benchDeliver(b *testing.B, batch int) {
+	g, _ := newBenchGateway(b)
+	s, err := g.Open(OpenOptions{Transport: "discard"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var delivered, written atomic.Int64
+	if err := s.Attach(&discardTransport{delivered: &delivered, written: &written}, false); err != nil {
+		b.Fatal(err)
+	}
+	writerRuns := func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.writing }
+	for written.Load() < 1 || writerRuns() { // the hello's writer
+		time.Sleep(time.Millisecond)
+	}
+	body := EncodeMessage(brokers.Message{Channel: "bench.x", Data: []byte(`{"bid":1.0841}`)}, "bench.x", time.Now())
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := 0; n < b.N; n += batch {
+		s.mu.Lock()
+		s.writing = true // this goroutine is the writer: deliver starts none
+		s.mu.Unlock()
+		for range batch {
+			s.deliver(body, SlowDisconnect)
+		}
+		s.writeRounds()
+	}
+	b.StopTimer()
+	if want := int64((b.N + batch - 1) / batch * batch); delivered.Load() != want {
+		b.Fatalf("%d deliveries written, want %d", delivered.Load(), want)
 	}
 }

@@ -11,7 +11,7 @@ import (
 )
 
 // fakeBroker is an in-memory brokers.Broker for the gateway's unit tests.
-// Patterns match like NATS subjects (MatchChannel). Like nats.go async
+// Patterns match like NATS subjects (brokers.MatchChannel). Like nats.go async
 // subscriptions, each subscription delivers on a goroutine of its own, in
 // publish order, from an unbounded queue; Unsubscribe waits for that
 // goroutine, so the Handler is not called after it returns.
@@ -167,7 +167,7 @@ func (b *fakeBroker) Publish(ctx context.Context, msg brokers.Message) error {
 		b.published = append(b.published, msg)
 	}
 	for s := range b.subs {
-		if MatchChannel(s.pattern, msg.Channel) {
+		if brokers.MatchChannel(s.pattern, msg.Channel) {
 			s.enqueue(msg)
 		}
 	}

@@ -22,17 +22,21 @@ var ErrShuttingDown = errors.New("gateway: shutting down")
 // Config is the gateway's own configuration; cmd/cometgate fills it from the
 // YAML file.
 type Config struct {
-	// NodeID is the first token of every session id (see Open).
+	// NodeID is the first token of every session id (see Session.ID).
 	NodeID string
-	// QueueBytes bounds each session's outgoing queue.
+	// QueueBytes bounds each session's outgoing queue, in bytes: packets
+	// not yet written and, for a retaining session, written but not yet
+	// acknowledged.
 	QueueBytes int
 	// MaxFrameBytes bounds a client frame and a client publish payload.
 	MaxFrameBytes int
 	// MaxSubscriptions bounds subscriptions per session.
 	MaxSubscriptions int
-	// Heartbeat is the keep-alive interval of every transport.
+	// Heartbeat is the keep-alive interval of sessions opened without
+	// their own (OpenOptions.Heartbeat).
 	Heartbeat time.Duration
-	// DisconnectDelay is how long a polling session may go without a request.
+	// DisconnectDelay is how long a retaining session may stay without a
+	// downstream, unless opened with its own (OpenOptions.DisconnectDelay).
 	DisconnectDelay time.Duration
 	// PublishTimeout bounds the wait for the broker's confirmation.
 	PublishTimeout time.Duration
@@ -69,9 +73,9 @@ func (c *Config) setDefaults() {
 }
 
 // Gateway is one node: its sessions, the hub that fans broker messages out
-// to them, and the shared heartbeat ticker. It owns every goroutine it
-// starts (session writers, publishers, the ticker) and Shutdown waits for
-// all of them.
+// to them, and one heartbeat ticker per heartbeat interval in use. It owns
+// every goroutine it starts (see the package doc) and Shutdown waits for
+// all of them. All methods are safe for concurrent use.
 type Gateway struct {
 	cfg     Config
 	broker  brokers.Broker
@@ -81,7 +85,7 @@ type Gateway struct {
 
 	ctx    context.Context // cancelled when Shutdown gives up waiting
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // writers, publishers, heartbeats, closers
+	wg     sync.WaitGroup // writers, heartbeat writes, publishers, replays, closers
 
 	mu       sync.Mutex
 	sessions map[string]*Session
@@ -163,14 +167,18 @@ func (g *Gateway) Ready() bool {
 
 // OpenOptions describe a new session.
 type OpenOptions struct {
-	// Transport names the transport family for metrics ("websocket", "sse").
+	// Transport names the transport family for metrics and logs
+	// ("websocket", "sse").
 	Transport string
 	// Retain keeps written packets until the client acknowledges them; the
 	// polling transports need it, persistent connections do not.
 	Retain bool
-	// RemoteAddr is the client's address, for logs.
+	// RemoteAddr is the client's address, for the session's open and close
+	// log lines (Debug level).
 	RemoteAddr string
-	// OnClose, if set, runs once when the session has ended.
+	// OnClose, if set, runs once when the session has ended, just before
+	// Done is closed, on the goroutine that ended it (which may be one
+	// calling Session.Close or Detach); it must not block.
 	OnClose func()
 	// Principal is who the session acts for (a verified token), or nil.
 	// The session ends with DisconnectTokenExpired when its token expires.
@@ -185,7 +193,8 @@ type OpenOptions struct {
 }
 
 // Open creates a session and queues its hello packet. Nothing is written
-// until a downstream is attached (Session.Attach).
+// until a downstream is attached (Session.Attach). Open fails with
+// ErrShuttingDown once Shutdown has begun.
 func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 	s := &Session{
 		g:               g,
@@ -193,6 +202,7 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 		transport:       opts.Transport,
 		retain:          opts.Retain,
 		remote:          opts.RemoteAddr,
+		opened:          time.Now(),
 		onClose:         opts.OnClose,
 		principal:       opts.Principal,
 		heartbeatEvery:  cmp.Or(opts.Heartbeat, g.cfg.Heartbeat),
@@ -208,10 +218,11 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 	g.startTickerLocked(s.heartbeatEvery)
 	g.mu.Unlock()
 	g.metrics.sessionOpened(opts.Transport)
+	s.logEvent("session opened")
 	s.push(helloBody(s.id, s.heartbeatEvery))
 	if p := opts.Principal; p != nil && !p.Expires.IsZero() {
 		s.mu.Lock()
-		if !s.finished {
+		if s.state != stateEnded {
 			s.tokenEnd = time.AfterFunc(time.Until(p.Expires), func() { s.Close(DisconnectTokenExpired) })
 		}
 		s.mu.Unlock()
@@ -348,7 +359,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 			case <-ctx.Done():
 			}
 			cut++
-			s.abort()
+			s.abort(disconnectGone)
 		}
 		g.cancel() // publishes still waiting for the broker give up
 		idle := make(chan struct{})

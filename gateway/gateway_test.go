@@ -1424,65 +1424,6 @@ func TestSubscribeCannotReachEarlierDeniedNamespace(t *testing.T) {
 	}
 }
 
-func TestPatternCoversAndMatch(t *testing.T) {
-	tests := []struct {
-		ns, p  string
-		covers bool
-	}{
-		{"a.b", "a.b", true},
-		{"a.*", "a.b", true},
-		{"a.*", "a.*", true},
-		{"a.*", "a.>", false},
-		{"a.*", "a.b.c", false},
-		{"a.>", "a.b", true},
-		{"a.>", "a.b.c", true},
-		{"a.>", "a.*.>", true},
-		{"a.>", "a", false},
-		{">", "a", true},
-		{">", ">", true},
-		{"*", ">", false},
-		{"*.>", ">", false},
-		{"*.>", "a.b", true},
-		{"demo.x.>", "demo.>", false},
-		{"demo.x.>", "demo.*.y", false},
-		{"a.b", "a.*", false},
-	}
-	for _, tt := range tests {
-		if got := PatternCovers(tt.ns, tt.p); got != tt.covers {
-			t.Errorf("PatternCovers(%q, %q) = %v, want %v", tt.ns, tt.p, got, tt.covers)
-		}
-		if !IsPattern(tt.p) {
-			if got := MatchChannel(tt.ns, tt.p); got != tt.covers {
-				t.Errorf("MatchChannel(%q, %q) = %v, want %v", tt.ns, tt.p, got, tt.covers)
-			}
-		}
-	}
-}
-
-func TestValidateChannel(t *testing.T) {
-	for _, ok := range []string{"a", "a.b", "A-z_0:9@x=y", strings.Repeat("a", MaxChannelLen)} {
-		if err := ValidateChannel(ok); err != nil {
-			t.Errorf("ValidateChannel(%q): %v", ok, err)
-		}
-	}
-	for _, bad := range []string{"", ".", "a.", ".a", "a..b", "a.*", "a.>", "a b", "a/b", "ä", strings.Repeat("a", MaxChannelLen+1)} {
-		var ce *ChannelError
-		if err := ValidateChannel(bad); !errors.As(err, &ce) || ce.Rule == "" {
-			t.Errorf("ValidateChannel(%q) = %v, want a *ChannelError", bad, err)
-		}
-	}
-	for _, ok := range []string{"*", ">", "a.*.c", "a.>", "*.*.>"} {
-		if err := ValidatePattern(ok); err != nil {
-			t.Errorf("ValidatePattern(%q): %v", ok, err)
-		}
-	}
-	for _, bad := range []string{">.a", "a.>.>", "a.**", "a.b*", "a.>b"} {
-		if err := ValidatePattern(bad); err == nil {
-			t.Errorf("ValidatePattern(%q) succeeded", bad)
-		}
-	}
-}
-
 func TestRulesForSubscribe(t *testing.T) {
 	rules := Rules{
 		{Pattern: "t.secret.>", Subscribe: Nobody, Publish: Anyone},

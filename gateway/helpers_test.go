@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -310,12 +309,9 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...
 	return -1
 }
 
-// compactJSON is s compacted, for comparisons.
-func compactJSON(t *testing.T, s []byte) string {
-	t.Helper()
-	var b bytes.Buffer
-	if err := json.Compact(&b, s); err != nil {
-		t.Fatalf("compact %q: %v", s, err)
-	}
-	return b.String()
+// patterns returns the number of broker subscriptions the hub holds.
+func (h *hub) patterns() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.entries)
 }

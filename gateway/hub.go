@@ -11,10 +11,6 @@ import (
 // hub keeps one broker subscription per active pattern on this node,
 // reference-counted by the sessions subscribed to it, and fans each message
 // out to them.
-//
-// Fan-out encodes a message once (EncodeMessage) and hands the same *Body to
-// every session; a session only appends a pointer to its queue, so one slow
-// client never holds up the others or the broker's delivery goroutine.
 type hub struct {
 	broker  brokers.Broker
 	metrics *Metrics
@@ -140,14 +136,6 @@ func (h *hub) release(e *hubEntry) {
 	}
 }
 
-// patterns returns the number of broker subscriptions held (for tests and
-// metrics).
-func (h *hub) patterns() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.entries)
-}
-
 // fanout runs on the broker's delivery goroutine for e's subscription. A
 // Gap marker (only history subscriptions get them) becomes a gap packet
 // for every session on the pattern, in order with the messages around it.
@@ -162,6 +150,8 @@ func (h *hub) fanout(e *hubEntry, m brokers.Message) {
 		return
 	}
 	h.metrics.received()
+	// Encoded once for every session; a session only queues the pointer,
+	// so a slow client never holds up the others or the broker.
 	body := EncodeMessage(m, e.pattern, time.Now())
 	e.mu.RLock()
 	for _, s := range e.sessions {

@@ -26,6 +26,10 @@ const (
 	// missedAnnouncements is how many announcements in a row a node may
 	// miss before it is forgotten (NodesOptions.TTL's default).
 	missedAnnouncements = 3
+)
+
+// Bounds on announcements and on the table they fill.
+const (
 	// maxNodes bounds the node table: the broker is trusted, but a
 	// misconfigured fleet must not grow it without end.
 	maxNodes = 1024
@@ -243,8 +247,6 @@ func (n *Nodes) receive(m brokers.Message) {
 	n.mu.Unlock()
 	if fresh || old.url != a.URL {
 		n.log.Info("node discovered", slog.String("node", a.ID), slog.String("url", a.URL))
-	}
-	if fresh || old.url != a.URL {
 		// A node that just (re)started knows nobody: answer it now rather
 		// than at the next tick, so forwarding to this node works sooner.
 		select {

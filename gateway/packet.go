@@ -35,7 +35,7 @@ const (
 // The JSON is compact and HTML-safe ("<", ">", "&", U+2028 and U+2029 are
 // escaped), so the same bytes can go into an SSE data line, a WebSocket
 // frame, a JSONP callback argument or an inline <script> without another
-// encoding pass.
+// encoding pass. A TypeData body holds raw bytes instead (see Data).
 type Body struct {
 	json    []byte // `"t":"msg",…}`
 	typ     string
@@ -87,7 +87,8 @@ func (p Packet) Channel() string { return p.body.channel }
 // Pattern is the subscription pattern a msg packet was delivered for.
 func (p Packet) Pattern() string { return p.body.pattern }
 
-// Size is an upper bound of the bytes AppendJSON adds.
+// Size is an upper bound of the bytes AppendJSON adds (not meaningful for
+// TypeData, which has no JSON form).
 func (p Packet) Size() int { return len(p.body.json) + len(`{"seq":,`) + 20 }
 
 // JSONLen is the exact number of bytes AppendJSON adds, for framings that
@@ -139,8 +140,9 @@ func appendIntField(dst []byte, name string, v int64) []byte {
 }
 
 // EncodeMessage builds the body of a msg packet for a broker message
-// delivered through the subscription pattern. It is called once per message
-// per pattern, however many sessions receive it.
+// delivered through the subscription pattern. The hub calls it once per
+// message and pattern, however many sessions receive it; a replay, once per
+// message for its one session.
 func EncodeMessage(m brokers.Message, pattern string, arrived time.Time) *Body {
 	buf, b := newBody(TypeMsg)
 	b.channel, b.arrived, b.seq = m.Channel, arrived, m.Seq

@@ -4,30 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
 	"github.com/cometgate/cometgate/brokers"
 )
 
-// Resuming from history.
-//
-// On a channel backed by broker history every message carries its position
-// (brokers.Message.Seq), shown to clients as the cursor. A subscription
-// remembers the position of the last message it queued and drops anything
-// at or before it, so the live stream and a replay can overlap without
-// duplicates.
-//
-// A client that subscribes with a cursor joins the live fan-out at once but
-// in "replaying" state: live messages are not queued, only the newest
-// position seen is noted. A replay from the broker's history queues every
-// stored message after the cursor, throttled by the session's queue (a slow
-// client slows its replay, it is not disconnected for it). When a replay
-// round ends, the subscription switches to live if no live message newer
-// than the last replayed one went by meanwhile; otherwise another round
-// fetches what came in during the first. The switch happens under the
-// session lock, the same lock live delivery takes, so no message falls
-// between the replay and the live stream.
+// Resuming from history (the design is in the package doc): a subscription
+// with a cursor replays the broker's history after it, then switches to
+// the live stream.
 
 // replayLimit is how full (in bytes) a session's queue may get before a
 // replay waits for the client.
@@ -73,13 +59,6 @@ func (s *Session) admitLiveLocked(b *Body) bool {
 	return true
 }
 
-func (s *Session) signalRoomLocked() {
-	if s.room != nil {
-		close(s.room)
-		s.room = nil
-	}
-}
-
 // startReplayLocked starts the replay of st; s.mu must be held.
 func (s *Session) startReplayLocked(pattern string, st *subState) {
 	ctx, cancel := context.WithCancel(s.g.ctx)
@@ -92,6 +71,9 @@ func (s *Session) startReplayLocked(pattern string, st *subState) {
 	}()
 }
 
+// replay runs st's replay in rounds, each from the last position queued,
+// until a round ends with no newer live message seen (st then goes live,
+// under s.mu, which live delivery takes too) or until maxReplayRounds.
 func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 	hist := s.g.broker.(brokers.History)
 	for round := 0; ; round++ {
@@ -117,7 +99,7 @@ func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 		if err != nil {
 			// The history cannot be read now (broker down): say so and go
 			// live; the client may resubscribe with its cursor later.
-			s.g.log.Warn("replay failed", "sid", s.id, "pattern", pattern, "err", err)
+			s.g.log.Warn("replay failed", slog.String("sid", s.id), slog.String("pattern", pattern), slog.Any("err", err))
 			s.finishReplay(st, GapBody(pattern, "history unavailable: "+errText(err), ""))
 			return
 		}
@@ -135,7 +117,7 @@ func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 			s.push(GapBody(pattern, "history does not reach back to the cursor", strconv.FormatUint(res.Oldest, 10)))
 		}
 		s.mu.Lock()
-		if st.liveSeen <= st.lastSeq || s.closing {
+		if st.liveSeen <= st.lastSeq || s.state != stateOpen {
 			st.replaying = false
 			s.mu.Unlock()
 			return
@@ -169,11 +151,8 @@ func errText(err error) string {
 func (s *Session) queueReplayed(ctx context.Context, pattern string, st *subState, m brokers.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.queuedLocked() > s.replayLimit() && !s.closing {
-		if s.room == nil {
-			s.room = make(chan struct{})
-		}
-		room := s.room
+	for s.queuedLocked() > s.replayLimit() && s.state == stateOpen {
+		room := s.roomLocked()
 		s.mu.Unlock()
 		select {
 		case <-room:
@@ -186,12 +165,9 @@ func (s *Session) queueReplayed(ctx context.Context, pattern string, st *subStat
 	}
 	// ctx is cancelled under s.mu when the subscription goes away, so this
 	// check keeps replayed messages from following an unsubscribe's ok.
-	if s.closing || ctx.Err() != nil || m.Seq <= st.lastSeq {
+	if s.state != stateOpen || ctx.Err() != nil || m.Seq <= st.lastSeq {
 		return
 	}
 	st.lastSeq = m.Seq
-	b := EncodeMessage(m, pattern, time.Now())
-	s.pending = append(s.pending, b)
-	s.pendingBytes += len(b.json)
-	s.kickLocked()
+	s.queueLocked(EncodeMessage(m, pattern, time.Now()))
 }

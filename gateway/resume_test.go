@@ -29,10 +29,10 @@ type historyBroker struct {
 
 var _ brokers.History = (*historyBroker)(nil)
 
-func (b *historyBroker) HasHistory(pattern string) bool { return PatternCovers("h.>", pattern) }
+func (b *historyBroker) HasHistory(pattern string) bool { return brokers.PatternCovers("h.>", pattern) }
 
 func (b *historyBroker) Publish(ctx context.Context, msg brokers.Message) error {
-	if !MatchChannel("h.>", msg.Channel) {
+	if !brokers.MatchChannel("h.>", msg.Channel) {
 		return b.fakeBroker.Publish(ctx, msg)
 	}
 	// Store and deliver in one critical section, as a stream's sequence
@@ -63,7 +63,7 @@ func (b *historyBroker) gap() {
 	b.fakeBroker.mu.Lock()
 	defer b.fakeBroker.mu.Unlock()
 	for s := range b.fakeBroker.subs {
-		if PatternCovers("h.>", s.pattern) {
+		if brokers.PatternCovers("h.>", s.pattern) {
 			s.enqueue(brokers.Message{Gap: true, Seq: b.last + 1})
 		}
 	}
@@ -90,7 +90,7 @@ func (b *historyBroker) Replay(ctx context.Context, pattern string, after uint64
 		if i == len(snapshot)/2 && hook != nil {
 			hook()
 		}
-		if m.Seq < from || !MatchChannel(pattern, m.Channel) {
+		if m.Seq < from || !brokers.MatchChannel(pattern, m.Channel) {
 			continue
 		}
 		if err := ctx.Err(); err != nil {

@@ -1,6 +1,10 @@
 package gateway
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/cometgate/cometgate/brokers"
+)
 
 // Permission says who may do something on a namespace.
 type Permission int
@@ -59,7 +63,7 @@ type Rules []Namespace
 // pattern), or nil.
 func (r Rules) Find(pattern string) *Namespace {
 	for i := range r {
-		if PatternCovers(r[i].Pattern, pattern) {
+		if brokers.PatternCovers(r[i].Pattern, pattern) {
 			return &r[i]
 		}
 	}
@@ -78,13 +82,13 @@ func (r Rules) ForSubscribe(pattern string, p *Principal) *Namespace {
 	for i := range r {
 		ns := &r[i]
 		allowed := mayDo(ns.Subscribe, p, subscribeGrants, pattern)
-		if PatternCovers(ns.Pattern, pattern) {
+		if brokers.PatternCovers(ns.Pattern, pattern) {
 			if !allowed {
 				return nil
 			}
 			return ns
 		}
-		if !allowed && patternsIntersect(ns.Pattern, pattern) {
+		if !allowed && brokers.PatternsOverlap(ns.Pattern, pattern) {
 			return nil
 		}
 	}
@@ -101,7 +105,7 @@ func (r Rules) MayPublish(channel string, p *Principal) bool {
 // Validate checks every namespace pattern.
 func (r Rules) Validate() error {
 	for i, ns := range r {
-		if err := ValidatePattern(ns.Pattern); err != nil {
+		if err := brokers.ValidatePattern(ns.Pattern); err != nil {
 			return fmt.Errorf("gateway: namespace %d: %w", i, err)
 		}
 	}

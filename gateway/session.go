@@ -2,10 +2,7 @@ package gateway
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 )
@@ -14,10 +11,15 @@ import (
 // carries packets to the client. Package transports implements it once per
 // transport family.
 //
-// The session guarantees that WritePackets, WriteHeartbeat and Close are
-// never called concurrently with each other: one writer at a time, started
-// only while there is something to write, so an idle session has no
-// goroutine of its own in the gateway.
+// WritePackets and WriteHeartbeat are never called concurrently with each
+// other: they run on the session's one writer. Close may be called at any
+// time, from any goroutine, more than once: while a write is blocked (it
+// must then make that write return), concurrently with another Close, and
+// even just before a write the writer had already decided on (that write
+// should then fail at once). Close may also run inside the Session method
+// the transport called (Attach closes the downstream it replaces; Close
+// and Detach may end the session), so a transport must not hold a lock
+// that its Close takes while it calls them. Name may be called at any time.
 type Transport interface {
 	// Name names the transport in metrics and logs ("websocket", "sse").
 	Name() string
@@ -33,9 +35,8 @@ type Transport interface {
 	// and no close packet was written: the transport ends this request its
 	// own way. Otherwise the session's close packet was already written by
 	// WritePackets and the transport adds its own close (a WebSocket close
-	// frame). Close may be called more than once, and concurrently with a
-	// blocked write (to unblock it): it must be idempotent and safe for
-	// that.
+	// frame). It must be idempotent and safe for concurrent use (see
+	// Transport).
 	Close(d Disconnect)
 }
 
@@ -45,51 +46,144 @@ type Transport interface {
 type Session struct {
 	g         *Gateway
 	id        string
-	transport string // transport family name, for metrics
+	transport string // transport family name, for metrics and logs
 	retain    bool   // keep written packets until acked (polling transports)
+	remote    string // for logs
+	opened    time.Time
 	done      chan struct{}
-	remote    string
 	onClose   func()
-	principal *Principal  // nil: anonymous
-	tokenEnd  *time.Timer // closes the session when its token expires
+	principal *Principal // nil: anonymous
 	// heartbeatEvery and disconnectDelay are the session's own intervals
 	// (OpenOptions, else the gateway's).
 	heartbeatEvery  time.Duration
 	disconnectDelay time.Duration
 
-	mu           sync.Mutex
+	mu    sync.Mutex
+	state sessionState
+
+	// The downstream and the writer's bookkeeping (session_writer.go),
+	// next to mu: every delivery and write round touches them.
 	down         Transport // attached downstream, or nil
 	oneShot      bool      // down completes after one write (long-poll)
-	detachGen    uint64    // bumps at every attach/detach, for the expiry timer
-	expiry       *time.Timer
-	pending      []*Body // queued, not yet numbered
+	writing      bool      // a writer (or heartbeat) goroutine is running
+	resend       bool      // write unacked again first: a new request attached
+	wroteSince   bool      // something was written since the last heartbeat tick
+	pending      []*Body   // queued, not yet numbered
 	pendingBytes int
 	unacked      []Packet // written but not acknowledged (retain only)
 	unackedBytes int
-	resend       bool // write unacked again first: a new request attached
 	nextSeq      uint64
-	writing      bool // a writer (or heartbeat) goroutine is running
-	wroteSince   bool // something was written since the last heartbeat tick
-	closing      bool
-	closePending bool // the close packet is queued and not yet written
-	slow         bool // a slow-consumer close is on its way
-	finished     bool
-	reason       Disconnect
-	subs         map[string]*subState
-	lastN        uint64 // last upstream frame number applied
-	pubQ         []Frame
-	publishing   bool
-	room         chan struct{} // closed when the queue drains below the replay limit
+	room         chan struct{} // closed when the queue shrinks (SendData, replays wait on it)
+
+	reason    Disconnect  // set when the state leaves stateOpen
+	tokenEnd  *time.Timer // closes the session when its token expires
+	expiry    *time.Timer // armed while there is neither downstream nor writer
+	detachGen uint64      // bumps at every attach/detach, for the expiry timer
+
+	// What the client asked for (session_frames.go, resume.go).
+	subs       map[string]*subState
+	lastN      uint64 // last upstream frame number applied
+	pubQ       []Frame
+	publishing bool // the publisher goroutine is running
 }
 
-type subState struct {
-	ready bool // the hub holds the subscription (false while subscribing)
-	// History-backed subscriptions only (see resume.go):
-	history   bool
-	replaying bool               // a replay runs; live messages are not queued
-	lastSeq   uint64             // position of the last message queued
-	liveSeen  uint64             // newest live position seen while replaying
-	cancel    context.CancelFunc // stops the replay
+// sessionState is where a session is in its life. It changes only with
+// s.mu held, only forward, and only as the table says (sessionEvent):
+//
+//	state      close      cut        taken      idle
+//	open       flushing   closing    -          open
+//	flushing   flushing   closing    closing    flushing
+//	closing    closing    closing    -          ended
+//	ended      ended      ended      ended      ended
+//
+// ("-": cannot happen, nothing changes.) Invariants:
+//   - reason is set when the state leaves open and never changes after.
+//   - Only an open session queues packets, applies frames, publishes,
+//     replays and gets heartbeats. In flushing, the close packet is the
+//     last packet queued.
+//   - Attach succeeds in open and flushing (a retaining session's next
+//     request collects the close packet), and fails after.
+//   - closing never outlasts the writer: the transition that leaves a
+//     closing session without a writer (idle) is made under the same hold
+//     of s.mu as the check, so exactly one goroutine ends the session.
+//   - ended: everything is released and Done is closed (right after, by
+//     the goroutine that made the transition).
+//   - The expiry timer is armed only in open and flushing, while the
+//     session has neither a downstream nor a writer.
+type sessionState uint8
+
+const (
+	stateOpen     sessionState = iota // serving the client
+	stateFlushing                     // closing; the close packet waits for a write
+	stateClosing                      // closing; nothing more will be written
+	stateEnded                        // released; Done is closed
+	numStates
+)
+
+var stateNames = [numStates]string{"open", "flushing", "closing", "ended"}
+
+func (st sessionState) String() string { return stateNames[st] }
+
+// sessionEvent is what moves a session along the table of sessionState.
+type sessionEvent uint8
+
+const (
+	// evClose: Close with a reason that has a close packet (not
+	// DisconnectGone) and a way to deliver it: a downstream, or a
+	// retaining session's next request (not after DisconnectExpired).
+	evClose sessionEvent = iota
+	// evCut: stop writing now, without a close packet: Close otherwise,
+	// abort (Shutdown gave up waiting), the disconnect delay passed
+	// without a downstream, or a session that does not retain lost its
+	// downstream.
+	evCut
+	// evTaken: the writer took the close packet into a write.
+	evTaken
+	// evIdle: no writer runs (it stopped, or none ran).
+	evIdle
+	numEvents
+)
+
+var eventNames = [numEvents]string{"close", "cut", "taken", "idle"}
+
+func (ev sessionEvent) String() string { return eventNames[ev] }
+
+// transitions is the table of sessionState, as data.
+var transitions = [numStates][numEvents]sessionState{
+	stateOpen:     {evClose: stateFlushing, evCut: stateClosing, evTaken: stateOpen, evIdle: stateOpen},
+	stateFlushing: {evClose: stateFlushing, evCut: stateClosing, evTaken: stateClosing, evIdle: stateFlushing},
+	stateClosing:  {evClose: stateClosing, evCut: stateClosing, evTaken: stateClosing, evIdle: stateEnded},
+	stateEnded:    {evClose: stateEnded, evCut: stateEnded, evTaken: stateEnded, evIdle: stateEnded},
+}
+
+// next is the state after ev.
+func (st sessionState) next(ev sessionEvent) sessionState { return transitions[st][ev] }
+
+// effects are what a transition leaves to do once s.mu is released:
+// closing a downstream may block until its write returns, and ending takes
+// the hub's locks and runs the OnClose callback.
+type effects struct {
+	close    [2]Transport // downstreams to close with reason (nil: none)
+	reason   Disconnect
+	end      bool     // the session reached stateEnded
+	patterns []string // with end: hub subscriptions to release
+}
+
+func (fx *effects) empty() bool { return !fx.end && fx.close[0] == nil && fx.close[1] == nil }
+
+// apply does what a transition left to do; s.mu must not be held.
+func (s *Session) apply(fx *effects) {
+	if fx.empty() { // most transitions: a write round that ends with nothing left
+		return
+	}
+	for i, d := range fx.close {
+		if d != nil && (i == 0 || d != fx.close[0]) {
+			d.Close(fx.reason)
+		}
+	}
+	if fx.end {
+		s.end(fx.patterns)
+	}
 }
 
 // ID is the session id: the node id, a dot, and 128 random bits.
@@ -106,7 +200,8 @@ func (s *Session) Done() <-chan struct{} { return s.done }
 // Principal is who the session acts for; nil for an anonymous session.
 func (s *Session) Principal() *Principal { return s.principal }
 
-// Reason is why the session ended; valid after Done is closed.
+// Reason is why the session ended, or is ending: it is set when the
+// session starts closing, and is the zero Disconnect until then.
 func (s *Session) Reason() Disconnect {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -119,16 +214,18 @@ func (s *Session) Reason() Disconnect {
 // oneShot transports (long-poll responses) are detached after their first
 // write (a heartbeat counts). A retaining session that was closed while no
 // downstream was attached still accepts one, to deliver its close packet.
-// Attach fails with DisconnectNotFound once the session has ended.
+// Attach fails with DisconnectNotFound once the session has nothing more
+// to write (it is closing without a close packet waiting, or has ended).
 func (s *Session) Attach(t Transport, oneShot bool) error {
 	s.mu.Lock()
-	if s.finished || (s.closing && !s.closePending) {
+	if s.state >= stateClosing {
 		s.mu.Unlock()
 		return DisconnectNotFound
 	}
 	old := s.down
 	s.down, s.oneShot = t, oneShot
 	s.detachGen++
+	s.disarmExpiryLocked()
 	s.resend = s.retain && len(s.unacked) > 0
 	if s.resend || len(s.pending) > 0 {
 		s.kickLocked()
@@ -141,115 +238,154 @@ func (s *Session) Attach(t Transport, oneShot bool) error {
 }
 
 // Detach removes t if it is still the downstream. A retaining session then
-// waits for the next request for up to the configured disconnect delay; any
-// other session ends.
+// waits for its next request for up to its disconnect delay (counted from
+// the end of a write in progress); any other session ends.
 func (s *Session) Detach(t Transport) {
 	s.mu.Lock()
 	if t == nil || s.down != t {
 		s.mu.Unlock()
 		return
 	}
+	s.detachLocked()
+	var fx effects
+	if s.retain {
+		s.settleLocked(&fx)
+	} else {
+		s.abortLocked(disconnectGone, &fx)
+	}
+	s.mu.Unlock()
+	s.apply(&fx)
+}
+
+// detachLocked forgets the downstream; s.mu must be held.
+func (s *Session) detachLocked() {
 	s.down = nil
 	s.detachGen++
-	gen := s.detachGen
-	retain := s.retain
-	s.mu.Unlock()
-	if !retain {
-		s.Close(disconnectGone)
-		return
-	}
-	s.startExpiry(gen)
 }
 
-// Close ends the session with reason d: the close packet is written (unless
-// the peer is gone), the downstream is closed, subscriptions are released.
-// A retaining session without a downstream keeps its close packet for the
-// next request, for at most the disconnect delay. Close does not wait; use
-// Done. Calling it again has no effect.
+// Close ends the session with reason d. The close packet (for any d but
+// DisconnectGone) is written to the downstream or, by a retaining session
+// without one, kept for its next request for at most its disconnect delay;
+// then the downstream is closed with d and the subscriptions are released.
+// A session with no way to deliver the close packet ends at once.
+// DisconnectSlow first drops what is queued (the client resumes from its
+// cursors). Close does not wait; use Done. Only the first call has an
+// effect.
 func (s *Session) Close(d Disconnect) {
+	var fx effects
 	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return
-	}
-	s.closing, s.reason = true, d
-	s.signalRoomLocked() // SendData waiters fail now
-	if d != disconnectGone && (s.down != nil || (s.retain && d != DisconnectExpired)) {
-		if d == DisconnectSlow {
-			clear(s.pending)
-			s.pending, s.pendingBytes = s.pending[:0], 0 // the client resumes from its cursors
-		}
-		s.pending = append(s.pending, closeBody(d))
-		s.closePending = true
-		if s.down != nil {
-			s.kickLocked() // the writer finishes the session
-			s.mu.Unlock()
-			return
-		}
-		gen, writing := s.detachGen, s.writing
-		s.mu.Unlock()
-		if !writing { // a running one-shot writer starts the expiry itself
-			s.startExpiry(gen)
-		}
-		return
-	}
-	if s.writing {
-		// The writer ends the session; closing its downstream unblocks it.
-		down := s.down
-		s.down = nil
-		s.mu.Unlock()
-		if down != nil {
-			down.Close(d)
-		}
-		return
-	}
-	over, down, reason := s.endLocked()
+	s.closeLocked(d, &fx)
 	s.mu.Unlock()
-	if over {
-		s.end(reason, down)
-	}
+	s.apply(&fx)
 }
 
-// endLocked decides, with s.mu held and no writer running, whether a
-// closing session is over: its close packet was written, or there is no
-// close packet, or it cannot be written any more. When it is, it detaches
-// the downstream, which the caller passes to end.
-func (s *Session) endLocked() (over bool, down Transport, reason Disconnect) {
-	if !s.closing || s.finished {
-		return false, nil, Disconnect{}
-	}
-	if s.closePending && s.down == nil && s.retain {
-		return false, nil, Disconnect{} // the next Attach or the expiry ends it
-	}
-	down = s.down
-	s.down = nil
-	return true, down, s.reason
-}
-
-// end closes the given downstreams with reason and releases everything.
-func (s *Session) end(reason Disconnect, downs ...Transport) {
-	for i, d := range downs {
-		if d != nil && (i == 0 || d != downs[0]) {
-			d.Close(reason)
-		}
-	}
-	s.finish()
-}
-
-// finish releases everything; it runs exactly once, after the last write.
-func (s *Session) finish() {
-	s.mu.Lock()
-	if s.finished {
-		s.mu.Unlock()
+// closeLocked is Close with s.mu held; fx collects what is left to do.
+func (s *Session) closeLocked(d Disconnect, fx *effects) {
+	if s.state != stateOpen {
 		return
 	}
-	s.finished = true
-	s.closing = true
-	s.closePending = false
+	if d == disconnectGone || (s.down == nil && (!s.retain || d == DisconnectExpired)) {
+		s.abortLocked(d, fx) // nothing can carry a close packet
+		return
+	}
+	s.reason = d
+	s.signalRoomLocked() // SendData waiters fail now
+	if d == DisconnectSlow {
+		clear(s.pending)
+		s.pending, s.pendingBytes = s.pending[:0], 0
+	}
+	s.pending = append(s.pending, closeBody(d))
+	s.state = s.state.next(evClose)
+	if s.down != nil {
+		s.kickLocked()
+		return
+	}
+	// The next request collects the close packet; the wait for it starts
+	// now, even if the session was already waiting.
+	s.disarmExpiryLocked()
+	s.settleLocked(fx)
+}
+
+// abort ends the session without ceremony: a close packet still queued is
+// dropped and the downstream is closed with d, which makes a blocked write
+// return; the session ends when no writer runs any more. Shutdown aborts
+// the sessions it gave up waiting for; the expiry, and the loss of the
+// downstream of a session that does not retain, abort too.
+func (s *Session) abort(d Disconnect) {
+	var fx effects
+	s.mu.Lock()
+	s.abortLocked(d, &fx)
+	s.mu.Unlock()
+	s.apply(&fx)
+}
+
+// abortLocked is abort with s.mu held (evCut); d becomes the reason if the
+// session was open.
+func (s *Session) abortLocked(d Disconnect, fx *effects) {
+	if s.state == stateEnded {
+		return
+	}
+	if s.state == stateOpen {
+		s.reason = d
+	}
+	s.state = s.state.next(evCut)
+	s.signalRoomLocked()
+	if s.down != nil {
+		fx.close[0], fx.reason = s.down, d
+		s.detachLocked()
+	}
+	s.settleLocked(fx)
+}
+
+// settleLocked ends every transition that may leave the session without a
+// writer (evIdle), with s.mu held: a closing session ends; an open or
+// flushing one without a downstream waits for the next, for at most its
+// disconnect delay. A running writer settles when it stops.
+func (s *Session) settleLocked(fx *effects) {
+	switch {
+	case s.writing:
+	case s.state == stateClosing:
+		s.state = s.state.next(evIdle)
+		if s.down != nil {
+			fx.close[1], fx.reason = s.down, s.reason
+			s.detachLocked()
+		}
+		fx.end, fx.patterns = true, s.endLocked()
+	case s.state < stateClosing && s.down == nil && s.expiry == nil:
+		gen := s.detachGen
+		s.expiry = time.AfterFunc(s.disconnectDelay, func() { s.expire(gen) })
+	}
+}
+
+// disarmExpiryLocked stops the expiry timer; s.mu must be held.
+func (s *Session) disarmExpiryLocked() {
 	if s.expiry != nil {
 		s.expiry.Stop()
 		s.expiry = nil
 	}
+}
+
+// expire runs when the expiry timer armed at detach generation gen fires.
+// An Attach since then has stopped the timer, but may have come too late
+// to stop this call.
+func (s *Session) expire(gen uint64) {
+	var fx effects
+	s.mu.Lock()
+	if s.detachGen == gen && s.down == nil && s.state < stateClosing {
+		s.expiry = nil
+		// An open session expires; a flushing one's close packet was not
+		// collected in time.
+		s.abortLocked(DisconnectExpired, &fx)
+	}
+	s.mu.Unlock()
+	s.apply(&fx)
+}
+
+// endLocked is the half of end that runs with s.mu held, right after the
+// session became ended: it lets go of everything but the hub
+// subscriptions, whose patterns it returns for end.
+func (s *Session) endLocked() []string {
+	s.disarmExpiryLocked()
 	if s.tokenEnd != nil {
 		s.tokenEnd.Stop()
 		s.tokenEnd = nil
@@ -267,633 +403,44 @@ func (s *Session) finish() {
 	s.subs = nil
 	s.pending, s.unacked, s.pubQ = nil, nil, nil
 	s.pendingBytes, s.unackedBytes = 0, 0
-	reason := s.reason
-	s.mu.Unlock()
+	return patterns
+}
+
+// end is the terminal step, run once by the goroutine that made the
+// session ended: it releases the hub subscriptions and the session's place
+// in the gateway, and closes Done.
+func (s *Session) end(patterns []string) {
 	for _, p := range patterns {
 		s.g.hub.unsubscribe(s, p)
 	}
 	s.g.forget(s)
+	reason := s.Reason()
 	s.g.metrics.sessionClosed(s.transport, reason)
+	s.logEvent("session closed",
+		slog.Duration("duration", time.Since(s.opened)),
+		slog.Int("code", reason.Code),
+		slog.String("reason", reason.Reason))
 	if s.onClose != nil {
 		s.onClose()
 	}
 	close(s.done)
 }
 
-// kickLocked starts the writer if it is not running. s.mu must be held.
-func (s *Session) kickLocked() {
-	if s.writing || s.down == nil {
+// logEvent logs a session's open or close at Debug level, when that level
+// is enabled.
+func (s *Session) logEvent(msg string, attrs ...slog.Attr) {
+	ctx := context.Background()
+	if !s.g.log.Enabled(ctx, slog.LevelDebug) {
 		return
 	}
-	s.writing = true
-	s.g.wg.Add(1)
-	go s.writeLoop()
-}
-
-// queuedLocked is what counts against the queue bound: packets queued and,
-// for a retaining session, packets written but not yet acknowledged (a
-// client that never acks must not grow the server's memory without limit).
-func (s *Session) queuedLocked() int { return s.pendingBytes + s.unackedBytes }
-
-// push queues a session-specific packet (hello, ok, err, gap). These are not
-// subject to the slow-consumer policies but count against the queue bound.
-func (s *Session) push(b *Body) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return
+	subject := ""
+	if s.principal != nil {
+		subject = s.principal.Subject
 	}
-	if s.queuedLocked()+len(b.json) > s.g.cfg.QueueBytes {
-		s.closeSlowLocked()
-		return
-	}
-	s.pending = append(s.pending, b)
-	s.pendingBytes += len(b.json)
-	s.kickLocked()
-}
-
-// SendData queues a raw payload (a TypeData body, which the caller must
-// not modify afterwards) for a session whose transport carries bytes
-// rather than packets: a SockJS echo or tcp endpoint. It waits while the
-// queue is full, so that a caller copying from a source (a TCP target)
-// stops reading it: that is the backpressure. An empty queue takes a
-// payload of any size. It fails with the session's reason once the
-// session is closing, or with ctx's error.
-func (s *Session) SendData(ctx context.Context, data []byte) error {
-	b := dataBody(data)
-	s.mu.Lock()
-	for {
-		if s.closing {
-			reason := s.reason
-			s.mu.Unlock()
-			return reason
-		}
-		queued := s.queuedLocked()
-		if queued == 0 || queued+len(b.json) <= s.g.cfg.QueueBytes {
-			break
-		}
-		if s.room == nil {
-			s.room = make(chan struct{})
-		}
-		room := s.room
-		s.mu.Unlock()
-		select {
-		case <-room:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		s.mu.Lock()
-	}
-	s.pending = append(s.pending, b)
-	s.pendingBytes += len(b.json)
-	s.kickLocked()
-	s.mu.Unlock()
-	return nil
-}
-
-// deliver queues a shared message body; it runs on the hub's fan-out path
-// and never blocks.
-func (s *Session) deliver(b *Body, policy SlowPolicy) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return
-	}
-	if b.seq != 0 && !s.admitLiveLocked(b) {
-		return
-	}
-	if policy == SlowConflate && len(s.pending) > 0 {
-		for i := len(s.pending) - 1; i >= 0; i-- {
-			p := s.pending[i]
-			if p.typ == TypeMsg && p.channel == b.channel && p.pattern == b.pattern {
-				s.pending[i] = b
-				s.pendingBytes += len(b.json) - len(p.json)
-				return
-			}
-		}
-	}
-	if s.queuedLocked()+len(b.json) > s.g.cfg.QueueBytes && policy == SlowDropOldest {
-		s.dropOldestLocked(b.pattern, len(b.json))
-	}
-	if s.queuedLocked()+len(b.json) > s.g.cfg.QueueBytes {
-		s.closeSlowLocked()
-		return
-	}
-	s.pending = append(s.pending, b)
-	s.pendingBytes += len(b.json)
-	s.kickLocked()
-}
-
-// dropOldestLocked drops the oldest queued messages of pattern until need
-// more bytes fit, and queues one gap packet for the pattern (room for it is
-// made too, or the gap itself would overflow the queue).
-func (s *Session) dropOldestLocked(pattern string, need int) {
-	var gap *Body
-	if !slices.ContainsFunc(s.pending, func(p *Body) bool { return p.typ == TypeGap && p.channel == pattern }) {
-		gap = GapBody(pattern, "slow consumer: messages dropped", "")
-		need += len(gap.json)
-	}
-	dropped := 0
-	kept := s.pending[:0]
-	for _, p := range s.pending {
-		if s.queuedLocked()+need > s.g.cfg.QueueBytes && p.typ == TypeMsg && p.pattern == pattern {
-			s.pendingBytes -= len(p.json)
-			dropped++
-			continue
-		}
-		kept = append(kept, p)
-	}
-	clear(s.pending[len(kept):])
-	s.pending = kept
-	if dropped > 0 && gap != nil {
-		s.pending = append(s.pending, gap)
-		s.pendingBytes += len(gap.json)
-	}
-}
-
-// closeSlowLocked closes the session as a slow consumer from a goroutine of
-// its own: the caller may be the hub's fan-out, which holds locks that
-// closing (unsubscribing) needs. s.mu must be held, so that the goroutine is
-// counted before Shutdown can wait for it; only the first call starts one.
-func (s *Session) closeSlowLocked() {
-	if s.slow {
-		return
-	}
-	s.slow = true
-	s.g.wg.Add(1)
-	go func() {
-		defer s.g.wg.Done()
-		s.Close(DisconnectSlow)
-	}()
-}
-
-// batchPool holds the packet slices writers assemble a write in: a writer
-// exists only while a session has something to send, so its batch is
-// borrowed for that long instead of being allocated at every start.
-var batchPool = sync.Pool{New: func() any { b := make([]Packet, 0, 16); return &b }}
-
-// maxPooledBatch keeps rare huge batches out of the pool.
-const maxPooledBatch = 4096
-
-// writeLoop is the session's writer goroutine.
-func (s *Session) writeLoop() {
-	defer s.g.wg.Done()
-	s.writeRounds()
-}
-
-// writeRounds drains everything pending into one WritePackets call per
-// round until nothing is left. s.writing is set on entry; on return it is
-// cleared, or the session has been finished.
-func (s *Session) writeRounds() {
-	bp := batchPool.Get().(*[]Packet)
-	defer func() {
-		if cap(*bp) <= maxPooledBatch {
-			batchPool.Put(bp)
-		}
-	}()
-	batch := (*bp)[:0]
-	defer func() { *bp = batch[:0] }()
-	for {
-		s.mu.Lock()
-		down := s.down
-		if down == nil || (len(s.pending) == 0 && !s.resend) {
-			s.writing = false
-			over, last, reason := s.endLocked()
-			gen := s.detachGen
-			s.mu.Unlock()
-			switch {
-			case over:
-				s.end(reason, last)
-			case down == nil:
-				// Detached during the write: an expiry that fired
-				// meanwhile saw the writer and did nothing.
-				s.startExpiry(gen)
-			}
-			return
-		}
-		batch = batch[:0]
-		if s.resend {
-			batch = append(batch, s.unacked...)
-			s.resend = false
-		}
-		msgs := 0
-		for _, b := range s.pending {
-			s.nextSeq++
-			p := Packet{Seq: s.nextSeq, body: b}
-			batch = append(batch, p)
-			if s.retain {
-				s.unacked = append(s.unacked, p)
-				s.unackedBytes += len(b.json)
-			}
-			if b.typ == TypeMsg {
-				msgs++
-			}
-		}
-		clear(s.pending)
-		if cap(s.pending) > 64 {
-			s.pending = nil
-		} else {
-			s.pending = s.pending[:0]
-		}
-		s.pendingBytes = 0
-		s.signalRoomLocked()
-		s.closePending = false // if it was queued, it is in this batch
-		s.wroteSince = true
-		oneShot := s.oneShot
-		if oneShot {
-			s.down = nil // the request completes with this write
-			s.detachGen++
-		}
-		s.mu.Unlock()
-
-		n, err := down.WritePackets(batch)
-		if err == nil {
-			s.recordWrite(batch, msgs, n)
-		}
-		clear(batch)
-		if !s.wrote(down, oneShot, err) {
-			return
-		}
-	}
-}
-
-// wrote handles the end of a write (packets or heartbeat) to down, on the
-// goroutine that wrote, with s.writing still set. It reports whether that
-// goroutine should go on writing (writeRounds); otherwise the writer has
-// stopped, and the session was finished if it is over.
-func (s *Session) wrote(down Transport, oneShot bool, err error) bool {
-	if err == nil && !oneShot {
-		return true
-	}
-	s.mu.Lock()
-	if s.down == down { // failed on the current downstream
-		s.down = nil
-		s.detachGen++
-	}
-	if err != nil && !s.retain && s.down == nil && !s.closing {
-		// The packets are lost and nothing would carry the next ones.
-		s.closing, s.reason = true, disconnectGone
-	}
-	if s.down != nil && (len(s.pending) > 0 || s.resend) {
-		s.mu.Unlock() // a newer request attached meanwhile: write to it
-		if err != nil {
-			down.Close(disconnectGone)
-		}
-		return true
-	}
-	s.writing = false
-	over, last, reason := s.endLocked()
-	gen, detached := s.detachGen, s.down == nil
-	s.mu.Unlock()
-	if err != nil {
-		s.g.log.Debug("write failed", slog.String("sid", s.id), slog.String("transport", down.Name()), slog.Any("err", err))
-		down.Close(disconnectGone)
-	}
-	switch {
-	case over && err == nil:
-		s.end(reason, last, down)
-	case over:
-		s.end(reason, last)
-	case detached:
-		s.startExpiry(gen)
-	}
-	return false
-}
-
-func (s *Session) recordWrite(batch []Packet, msgs, n int) {
-	m := s.g.metrics
-	if m == nil {
-		return
-	}
-	m.wrote(msgs, n)
-	if msgs > 0 {
-		now := time.Now()
-		for _, p := range batch {
-			if p.body.typ == TypeMsg {
-				m.observeLatency(now.Sub(p.body.arrived).Seconds())
-			}
-		}
-	}
-}
-
-// startExpiry ends a session that stays without a downstream for the
-// disconnect delay. gen is the detach generation it was called for: any
-// attach or detach since cancels it. A session has at most one expiry timer.
-func (s *Session) startExpiry(gen uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.finished || s.detachGen != gen || s.down != nil {
-		return
-	}
-	if s.expiry != nil {
-		s.expiry.Stop()
-	}
-	s.expiry = time.AfterFunc(s.disconnectDelay, func() { s.expire(gen) })
-}
-
-// expire runs when the expiry timer for detach generation gen fires. A
-// running writer re-arms the expiry when it stops, so it is left alone.
-func (s *Session) expire(gen uint64) {
-	s.mu.Lock()
-	if s.finished || s.detachGen != gen || s.down != nil || s.writing {
-		s.mu.Unlock()
-		return
-	}
-	if !s.closing {
-		s.mu.Unlock()
-		s.Close(DisconnectExpired)
-		return
-	}
-	s.closePending = false // nobody came for the close packet
-	over, last, reason := s.endLocked()
-	s.mu.Unlock()
-	if over {
-		s.end(reason, last)
-	}
-}
-
-// heartbeat is called by the gateway's shared ticker. It writes a
-// heartbeat when nothing else was written since the previous tick. On a
-// one-shot downstream the heartbeat (an empty poll response) completes the
-// request, so the downstream is detached like after any other write.
-func (s *Session) heartbeat() {
-	s.mu.Lock()
-	if s.closing || s.down == nil || s.writing {
-		s.mu.Unlock()
-		return
-	}
-	if s.wroteSince {
-		s.wroteSince = false
-		s.mu.Unlock()
-		return
-	}
-	down, oneShot := s.down, s.oneShot
-	if oneShot {
-		s.down = nil
-		s.detachGen++
-	}
-	s.writing = true
-	s.g.wg.Add(1)
-	s.mu.Unlock()
-	go func() {
-		defer s.g.wg.Done()
-		err := down.WriteHeartbeat()
-		if s.wrote(down, oneShot, err) {
-			s.writeRounds() // something was queued meanwhile
-		}
-	}()
-}
-
-// HandleFrame applies one client frame. Errors are answered with an err
-// packet; a frame that cannot be decoded at all gets an err packet with code
-// 400 too, so a client bug never ends its session.
-func (s *Session) HandleFrame(ctx context.Context, data []byte) {
-	if len(data) > s.g.cfg.MaxFrameBytes {
-		s.Close(DisconnectTooLarge)
-		return
-	}
-	f, err := DecodeFrame(data)
-	if err != nil {
-		s.Reject(f, err)
-		return
-	}
-	s.Apply(ctx, f)
-}
-
-// Reject answers a frame that could not be decoded with an err packet.
-func (s *Session) Reject(f Frame, err error) {
-	var fe *FrameError
-	if errors.As(err, &fe) {
-		s.push(errBody(fe.ID, "", 400, fe.Error()))
-		return
-	}
-	s.push(errBody(f.ID, "", 400, err.Error()))
-}
-
-// Apply applies one decoded frame.
-func (s *Session) Apply(ctx context.Context, f Frame) {
-	if f.N != 0 {
-		s.mu.Lock()
-		switch {
-		case f.N <= s.lastN:
-			s.mu.Unlock()
-			return // a retried POST: applied already
-		case f.N != s.lastN+1:
-			want := s.lastN + 1
-			s.mu.Unlock()
-			s.push(errBody(f.ID, f.Ch, 409, fmt.Sprintf("upstream frame n=%d out of order, expected %d", f.N, want)))
-			return
-		}
-		s.lastN = f.N
-		s.mu.Unlock()
-	}
-	switch f.Op {
-	case OpSub:
-		s.subscribe(ctx, f.ID, f.Ch, f.Cursor)
-	case OpUnsub:
-		s.unsubscribe(f.ID, f.Ch)
-	case OpPub:
-		s.enqueuePublish(f)
-	case OpAck:
-		s.ack(f.Seq)
-	case OpPing:
-		s.push(okBody(f.ID, ""))
-	}
-}
-
-// Subscribe subscribes the session to pattern as if the client had sent a
-// sub frame without id (transports use it for subscriptions named in the
-// URL). The answer is an ok or err packet carrying the channel.
-func (s *Session) Subscribe(ctx context.Context, pattern, cursor string) {
-	s.subscribe(ctx, 0, pattern, cursor)
-}
-
-func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor string) {
-	if err := ValidatePattern(pattern); err != nil {
-		s.push(errBody(id, pattern, 422, err.Error()))
-		return
-	}
-	ns := s.g.cfg.Rules.ForSubscribe(pattern, s.principal)
-	if ns == nil {
-		s.push(errBody(id, pattern, 403, fmt.Sprintf("permission denied: subscribe to %q", pattern)))
-		return
-	}
-	after, err := parseCursor(cursor)
-	if err != nil {
-		s.push(errBody(id, pattern, 400, err.Error()))
-		return
-	}
-	history := s.g.hasHistory(pattern)
-	s.mu.Lock()
-	switch {
-	case s.closing:
-		s.mu.Unlock()
-		return
-	case s.subs[pattern] != nil:
-		s.mu.Unlock()
-		s.push(errBody(id, pattern, 409, fmt.Sprintf("already subscribed to %q", pattern)))
-		return
-	case len(s.subs) >= s.g.cfg.MaxSubscriptions:
-		s.mu.Unlock()
-		s.push(errBody(id, pattern, 429, fmt.Sprintf("at most %d subscriptions per session", s.g.cfg.MaxSubscriptions)))
-		return
-	}
-	if s.subs == nil {
-		s.subs = make(map[string]*subState)
-	}
-	st := &subState{history: history, lastSeq: after, replaying: history && cursor != ""}
-	s.subs[pattern] = st
-	s.mu.Unlock()
-
-	err = s.g.hub.subscribe(ctx, s, pattern, ns.Slow, func() {
-		s.push(subOKBody(id, pattern, history))
-		if cursor != "" && !history {
-			s.push(GapBody(pattern, "channel has no history: recovery is not possible", ""))
-		}
-	})
-	s.mu.Lock()
-	if err != nil {
-		delete(s.subs, pattern)
-		s.mu.Unlock()
-		s.push(errBody(id, pattern, 503, "subscribe failed: "+err.Error()))
-		return
-	}
-	st.ready = true
-	gone := s.finished
-	if !gone && st.replaying {
-		s.startReplayLocked(pattern, st)
-	}
-	s.mu.Unlock()
-	if gone {
-		s.g.hub.unsubscribe(s, pattern) // the session ended while subscribing
-	}
-}
-
-func (s *Session) unsubscribe(id int64, pattern string) {
-	s.mu.Lock()
-	st := s.subs[pattern]
-	if st == nil || !st.ready {
-		s.mu.Unlock()
-		s.push(errBody(id, pattern, 404, fmt.Sprintf("not subscribed to %q", pattern)))
-		return
-	}
-	delete(s.subs, pattern)
-	if st.cancel != nil {
-		st.cancel()
-	}
-	s.mu.Unlock()
-	s.g.hub.unsubscribe(s, pattern)
-	s.push(okBody(id, pattern))
-}
-
-// ack drops retained packets up to seq.
-func (s *Session) ack(seq uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	i := 0
-	for i < len(s.unacked) && s.unacked[i].Seq <= seq {
-		s.unackedBytes -= len(s.unacked[i].body.json)
-		i++
-	}
-	if i > 0 {
-		clear(s.unacked[:i])
-		s.unacked = s.unacked[i:]
-		if len(s.unacked) == 0 {
-			s.unacked = nil
-		}
-		s.signalRoomLocked()
-	}
-}
-
-// maxPendingPublishes bounds the publishes a session may have waiting for
-// broker confirmation; more are refused with 429.
-const maxPendingPublishes = 64
-
-// enqueuePublish queues a client publish. One publisher goroutine per
-// session runs while publishes are pending, so a session's publishes reach
-// the broker in the order it sent them without blocking its read loop.
-func (s *Session) enqueuePublish(f Frame) {
-	if err := ValidateChannel(f.Ch); err != nil {
-		s.push(errBody(f.ID, f.Ch, 422, err.Error()))
-		return
-	}
-	if !s.g.cfg.Rules.MayPublish(f.Ch, s.principal) || f.Ch == NodesChannel {
-		s.push(errBody(f.ID, f.Ch, 403, fmt.Sprintf("permission denied: publish to %q", f.Ch)))
-		return
-	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return
-	}
-	if len(s.pubQ) >= maxPendingPublishes {
-		s.mu.Unlock()
-		s.push(errBody(f.ID, f.Ch, 429, fmt.Sprintf("at most %d publishes may await confirmation", maxPendingPublishes)))
-		return
-	}
-	s.pubQ = append(s.pubQ, f)
-	if !s.publishing {
-		s.publishing = true
-		s.g.wg.Add(1)
-		go s.publishLoop()
-	}
-	s.mu.Unlock()
-}
-
-func (s *Session) publishLoop() {
-	defer s.g.wg.Done()
-	for {
-		s.mu.Lock()
-		if len(s.pubQ) == 0 || s.closing {
-			s.pubQ = nil
-			s.publishing = false
-			s.mu.Unlock()
-			return
-		}
-		f := s.pubQ[0]
-		s.pubQ[0] = Frame{}
-		s.pubQ = s.pubQ[1:]
-		s.mu.Unlock()
-
-		data, contentType, err := decodePayload(&f)
-		if err != nil {
-			s.push(errBody(f.ID, f.Ch, 400, "bad payload: "+err.Error()))
-			continue
-		}
-		if len(data) > s.g.cfg.MaxFrameBytes {
-			s.push(errBody(f.ID, f.Ch, 413, fmt.Sprintf("payload of %d bytes exceeds %d", len(data), s.g.cfg.MaxFrameBytes)))
-			continue
-		}
-		err = s.g.publish(s.g.ctx, "client", f.Ch, data, contentType)
-		if err != nil {
-			s.push(errBody(f.ID, f.Ch, 503, "publish failed: "+err.Error()))
-			continue
-		}
-		s.push(okBody(f.ID, f.Ch))
-	}
-}
-
-// abort ends the session at once: the downstream is closed without a close
-// packet (it had its chance) so a blocked writer returns and finishes the
-// session.
-func (s *Session) abort() {
-	s.mu.Lock()
-	if !s.closing {
-		s.closing, s.reason = true, disconnectGone
-	}
-	s.signalRoomLocked()
-	s.closePending = false
-	down := s.down
-	s.down = nil
-	var over bool
-	if !s.writing {
-		over, _, _ = s.endLocked()
-	}
-	s.mu.Unlock()
-	if down != nil {
-		down.Close(disconnectGone)
-	}
-	if over {
-		s.finish()
-	}
+	s.g.log.LogAttrs(ctx, slog.LevelDebug, msg, append([]slog.Attr{
+		slog.String("sid", s.id),
+		slog.String("transport", s.transport),
+		slog.String("remote", s.remote),
+		slog.String("subject", subject),
+	}, attrs...)...)
 }

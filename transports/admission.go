@@ -63,28 +63,38 @@ type sessionSpec struct {
 	// onClose runs once when the session has ended, after the gate
 	// released what it holds for it.
 	onClose func()
+	// callback marks the callback transports (JSONP, htmlfile), which
+	// browsers load with script and iframe elements: see
+	// Options.CallbackCookie.
+	callback bool
 }
 
 // gate is the admission check of a node. It is safe for concurrent use.
 type gate struct {
-	gw           *gateway.Gateway
-	origins      originPolicy
-	tokens       *gateway.TokenVerifier // nil: no authentication
-	requireToken bool
-	maxPerIP     int // 0: unlimited
+	gw             *gateway.Gateway
+	origins        originPolicy
+	hosts          hostPolicy
+	proxies        []netip.Prefix         // trusted reverse proxies
+	tokens         *gateway.TokenVerifier // nil: no authentication
+	requireToken   bool
+	callbackCookie bool
+	maxPerIP       int // 0: unlimited
 
 	mu    sync.Mutex
-	perIP map[netip.Addr]int
+	perIP map[netip.Addr]int // by ipKey
 }
 
 func newGate(opts Options) *gate {
 	return &gate{
-		gw:           opts.Gateway,
-		origins:      newOriginPolicy(opts.AllowedOrigins),
-		tokens:       opts.Tokens,
-		requireToken: opts.RequireToken,
-		maxPerIP:     opts.MaxSessionsPerIP,
-		perIP:        make(map[netip.Addr]int),
+		gw:             opts.Gateway,
+		origins:        newOriginPolicy(opts.AllowedOrigins),
+		hosts:          newHostPolicy(opts.AllowedHosts),
+		proxies:        opts.TrustedProxies,
+		tokens:         opts.Tokens,
+		requireToken:   opts.RequireToken,
+		callbackCookie: opts.CallbackCookie,
+		maxPerIP:       opts.MaxSessionsPerIP,
+		perIP:          make(map[netip.Addr]int),
 	}
 }
 
@@ -93,11 +103,11 @@ func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refus
 	if ref := g.origin(r); ref != nil {
 		return nil, ref
 	}
-	principal, ref := g.authenticate(r)
+	principal, ref := g.authenticate(r, spec.callback)
 	if ref != nil {
 		return nil, ref
 	}
-	ip := clientAddr(r)
+	ip := ipKey(g.clientAddr(r))
 	if !g.acquireIP(ip) {
 		return nil, refusedTooMany
 	}
@@ -127,8 +137,8 @@ func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refus
 // allowed Origin that acts for the session's principal. A session opened
 // with a token is bound to its subject, so a leaked session id alone does
 // not give its stream away; anonymous sessions rely on their unguessable
-// id.
-func (g *gate) join(r *http.Request, sess *gateway.Session) *refusal {
+// id. callback marks the callback transports, as in sessionSpec.
+func (g *gate) join(r *http.Request, sess *gateway.Session, callback bool) *refusal {
 	if ref := g.origin(r); ref != nil {
 		return ref
 	}
@@ -136,7 +146,7 @@ func (g *gate) join(r *http.Request, sess *gateway.Session) *refusal {
 	if owner == nil {
 		return nil
 	}
-	p, ref := g.authenticate(r)
+	p, ref := g.authenticate(r, callback)
 	if ref != nil {
 		return ref
 	}
@@ -148,7 +158,7 @@ func (g *gate) join(r *http.Request, sess *gateway.Session) *refusal {
 
 // origin refuses a browser page from an Origin the node does not allow.
 func (g *gate) origin(r *http.Request) *refusal {
-	if g.origins.allowed(r) {
+	if g.origins.allowed(r, g.scheme(r)) {
 		return nil
 	}
 	return &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code, "origin not allowed: " + r.Header.Get("Origin"), false}
@@ -159,13 +169,16 @@ const tokenCookie = "cometgate_token"
 
 // requestToken is the token a request presents: the token query
 // parameter (WebSocket and EventSource cannot set headers), a bearer
-// Authorization header, or the cookie; "" when none.
-func requestToken(r *http.Request) string {
+// Authorization header, or the cookie (unless noCookie); "" when none.
+func requestToken(r *http.Request, noCookie bool) string {
 	if t := r.URL.Query().Get("token"); t != "" {
 		return t
 	}
 	if t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && t != "" {
 		return t
+	}
+	if noCookie {
+		return ""
 	}
 	if c, err := r.Cookie(tokenCookie); err == nil {
 		return c.Value
@@ -173,15 +186,31 @@ func requestToken(r *http.Request) string {
 	return ""
 }
 
+// refusedCallbackCookie refuses a callback transport's request that
+// would authenticate with the token cookie: a script or iframe load sends
+// no Origin, so the cookie cannot tell the victim's own page from another
+// site that makes her browser load the URL (and reads her channels
+// through the callback).
+var refusedCallbackCookie = &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code,
+	"JSONP and htmlfile take a token only from ?token=, not from the " + tokenCookie + " cookie: a script or iframe load cannot show which site made it", false}
+
 // authenticate returns the principal of the request's token: nil for a
 // request without one (allowed unless requireToken), a refusal (401,
 // 4401) for a token that does not verify. The reason names what is wrong
-// with the token, never the token.
-func (g *gate) authenticate(r *http.Request) (*gateway.Principal, *refusal) {
+// with the token, never the token. A callback transport's request does
+// not take the cookie unless the node allows it (Options.CallbackCookie),
+// and is refused when it carries one and no token of its own.
+func (g *gate) authenticate(r *http.Request, callback bool) (*gateway.Principal, *refusal) {
 	if g.tokens == nil {
 		return nil, nil
 	}
-	tok := requestToken(r)
+	noCookie := callback && !g.callbackCookie
+	tok := requestToken(r, noCookie)
+	if tok == "" && noCookie {
+		if _, err := r.Cookie(tokenCookie); err == nil {
+			return nil, refusedCallbackCookie
+		}
+	}
 	if tok == "" {
 		if g.requireToken {
 			return nil, refuse(http.StatusUnauthorized, gateway.DisconnectUnauthorized)
@@ -195,14 +224,74 @@ func (g *gate) authenticate(r *http.Request) (*gateway.Principal, *refusal) {
 	return p, nil
 }
 
-func clientAddr(r *http.Request) netip.Addr {
+// peerAddr is the address of the connection's peer.
+func peerAddr(r *http.Request) netip.Addr {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
 		a, _ := netip.ParseAddr(host)
-		return a
+		return a.Unmap()
 	}
 	return ap.Addr().Unmap()
+}
+
+// trusted reports whether a is one of the trusted reverse proxies.
+func (g *gate) trusted(a netip.Addr) bool {
+	for _, p := range g.proxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// clientAddr is the client's address: the connection's peer, or, when
+// the peer is a trusted proxy, the last address of X-Forwarded-For that
+// is not one (each proxy appends the address it got the request from, so
+// only entries right of the first untrusted one are believed).
+func (g *gate) clientAddr(r *http.Request) netip.Addr {
+	addr := peerAddr(r)
+	if !g.trusted(addr) {
+		return addr
+	}
+	hops := r.Header.Values("X-Forwarded-For")
+	for i := len(hops) - 1; i >= 0; i-- {
+		parts := strings.Split(hops[i], ",")
+		for j := len(parts) - 1; j >= 0; j-- {
+			a, err := netip.ParseAddr(strings.TrimSpace(parts[j]))
+			if err != nil {
+				return addr // malformed: stop at the last proxy we trust
+			}
+			addr = a.Unmap()
+			if !g.trusted(addr) {
+				return addr
+			}
+		}
+	}
+	return addr
+}
+
+// scheme is the scheme the browser used: https when the connection is
+// TLS or a trusted proxy says so (X-Forwarded-Proto), else http.
+func (g *gate) scheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	if g.trusted(peerAddr(r)) && strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
+		return "https"
+	}
+	return "http"
+}
+
+// ipKey is what per-address limits count by: an IPv4 address, or the /64
+// an IPv6 address belongs to (one subscriber's network: each of its
+// addresses must not get a quota of its own).
+func ipKey(a netip.Addr) netip.Addr {
+	if a.Is4() || !a.IsValid() {
+		return a
+	}
+	p, _ := a.Prefix(64)
+	return p.Addr()
 }
 
 func (g *gate) acquireIP(ip netip.Addr) bool {
@@ -253,8 +342,9 @@ func newOriginPolicy(allowed []string) originPolicy {
 // an Origin (curl, servers) are not from a browser page and pass; a browser
 // page from a site not configured is refused, which is what stops
 // cross-site WebSocket hijacking. With no configuration only the page's own
-// host is allowed.
-func (p originPolicy) allowed(r *http.Request) bool {
+// origin is allowed: the same scheme (as the node sees it: scheme), host
+// and port.
+func (p originPolicy) allowed(r *http.Request, scheme string) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return true
@@ -272,5 +362,37 @@ func (p originPolicy) allowed(r *http.Request) bool {
 	if err != nil || u.Host == "" {
 		return false
 	}
-	return strings.EqualFold(u.Host, r.Host)
+	return strings.EqualFold(u.Scheme, scheme) && strings.EqualFold(u.Host, r.Host)
+}
+
+// hostPolicy decides which Host header values the node answers.
+type hostPolicy struct {
+	any   bool
+	names map[string]bool // lower case, no port, IPv6 without brackets
+}
+
+func newHostPolicy(allowed []string) hostPolicy {
+	p := hostPolicy{any: len(allowed) == 0, names: make(map[string]bool)}
+	for _, h := range allowed {
+		if h == "*" {
+			p.any = true
+			continue
+		}
+		p.names[hostName(h)] = true
+	}
+	return p
+}
+
+// hostName is the host of a Host header value, lower case, without port
+// or IPv6 brackets.
+func hostName(hostport string) string {
+	h := hostport
+	if host, _, err := net.SplitHostPort(hostport); err == nil {
+		h = host
+	}
+	return strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"))
+}
+
+func (p hostPolicy) allowed(host string) bool {
+	return p.any || p.names[hostName(host)]
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"strings"
 
@@ -63,9 +64,22 @@ func compactJSON(raw json.RawMessage) ([]byte, error) {
 type publishHandler struct{ *node }
 
 func (h publishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !h.authorized(r) {
+	keyed := h.hasKey(r)
+	if !keyed && h.crossSite(r) {
+		// A browser on the node's own machine is loopback too: a page of
+		// any site could publish through it with a simple POST.
+		writeJSON(w, http.StatusForbidden, errorBody{Error: "a cross-site request to the publish API needs an API key", Code: gateway.DisconnectForbidden.Code})
+		return
+	}
+	if !keyed && !(h.opts.AllowLoopback && h.gate.clientAddr(r).IsLoopback()) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="cometgate"`)
 		writeError(w, http.StatusUnauthorized, "an API key is required: Authorization: Bearer KEY")
+		return
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		// Also what keeps a browser from sending a cross-site form or
+		// text/plain POST without a CORS preflight.
+		writeError(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
@@ -121,7 +135,7 @@ func (h sendHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refusedNotFound.writeJSON(w)
 		return
 	}
-	if ref := h.gate.join(r, sess); ref != nil {
+	if ref := h.gate.join(r, sess, false); ref != nil {
 		ref.writeJSON(w)
 		return
 	}
@@ -148,11 +162,15 @@ func (h sendHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// authorized applies the publish API's key rule.
-func (h publishHandler) authorized(r *http.Request) bool {
-	if h.opts.AllowLoopback && clientAddr(r).IsLoopback() {
-		return true
-	}
+// crossSite reports whether a browser sent r from a page of another site:
+// its Origin is one the node does not allow, or the browser says so
+// (Sec-Fetch-Site, sent even where Origin is not).
+func (h publishHandler) crossSite(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Sec-Fetch-Site"), "cross-site") || h.gate.origin(r) != nil
+}
+
+// hasKey reports whether r carries one of the API keys.
+func (h publishHandler) hasKey(r *http.Request) bool {
 	auth := r.Header.Get("Authorization")
 	key, ok := strings.CutPrefix(auth, "Bearer ")
 	if !ok || key == "" {

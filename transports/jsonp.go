@@ -120,7 +120,7 @@ func (h jsonpSendHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(gateway.DisconnectNotFound.Code, gateway.DisconnectNotFound.Reason)
 		return
 	}
-	if ref := h.gate.join(r, sess); ref != nil {
+	if ref := h.gate.join(r, sess, true); ref != nil {
 		fail(ref.code, ref.msg)
 		return
 	}

@@ -182,7 +182,7 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var sess *gateway.Session
 	if req.sid == "" {
-		sess, ref = h.gate.open(r, sessionSpec{transport: fam.name, retain: true})
+		sess, ref = h.gate.open(r, sessionSpec{transport: fam.name, retain: true, callback: fam.callback})
 		if ref != nil {
 			writeRefusal(w, fam, f, ref)
 			return
@@ -198,7 +198,7 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeRefusal(w, fam, f, refusedNotFound)
 			return
 		}
-		if ref := h.gate.join(r, sess); ref != nil {
+		if ref := h.gate.join(r, sess, fam.callback); ref != nil {
 			writeRefusal(w, fam, f, ref)
 			return
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -20,9 +21,30 @@ type Options struct {
 	AllowedOrigins []string
 	// APIKeys authorise POST /api/publish (Authorization: Bearer KEY).
 	APIKeys []string
-	// AllowLoopback lets loopback clients use the API without a key. Turn it
-	// off behind a reverse proxy on the same host.
+	// AllowLoopback lets loopback clients use the API without a key.
+	// Behind a reverse proxy on the same host every request comes from
+	// loopback: turn it off there, or list the proxy in TrustedProxies so
+	// that the client's own address counts.
 	AllowLoopback bool
+	// AllowedHosts lists the Host header values (host names or IP
+	// addresses, without port; "*" for any) browsers may reach the node
+	// by; a request for another host gets 421. It defends against DNS
+	// rebinding: a page of an attacker's domain that resolves to the node
+	// names that domain as its Host. Empty: any host (set it whenever the
+	// node listens on a public address).
+	AllowedHosts []string
+	// TrustedProxies are the addresses of reverse proxies whose
+	// X-Forwarded-For (and X-Forwarded-Proto) headers are believed: the
+	// client's address is then the last one in the chain that is not a
+	// trusted proxy. It is what per-address limits count and what
+	// AllowLoopback looks at. Empty: the connection's peer address.
+	TrustedProxies []netip.Prefix
+	// CallbackCookie lets the callback transports (JSONP and htmlfile,
+	// native and SockJS) authenticate with the cometgate_token cookie. A
+	// script or iframe load sends no Origin, so any site can make a
+	// browser load them with the cookie: off, they take a token only from
+	// ?token=, and refuse a request that carries the cookie and no token.
+	CallbackCookie bool
 	// MaxBodyBytes bounds API request bodies.
 	MaxBodyBytes int64
 	// WriteTimeout bounds every write to a client; a write that takes longer
@@ -90,16 +112,19 @@ func New(opts Options) *Server {
 	if n.opts.Metrics != nil {
 		r.Method(http.MethodGet, "/metrics", n.opts.Metrics)
 	}
-	r.Method(http.MethodGet, "/ws", wsHandler{n})
-	r.Method(http.MethodGet, "/sse", sseHandler{n})
-	r.Method(http.MethodGet, "/tcp/{target}", bridgeHandler{n})
-	r.Method(http.MethodPost, "/session/{sid}/send", sendHandler{n})
-	r.Options("/session/{sid}/send", n.preflight)
-	routePolling(r, n)
-	mountSockJS(r, n)
-	r.Method(http.MethodPost, "/api/publish", publishHandler{n})
+	// Everything but the health and metrics endpoints (which probes and
+	// scrapers reach by address) answers only the allowed hosts.
+	t := r.With(s.checkHost)
+	t.Method(http.MethodGet, "/ws", wsHandler{n})
+	t.Method(http.MethodGet, "/sse", sseHandler{n})
+	t.Method(http.MethodGet, "/tcp/{target}", bridgeHandler{n})
+	t.Method(http.MethodPost, "/session/{sid}/send", sendHandler{n})
+	t.Options("/session/{sid}/send", n.preflight)
+	routePolling(t, n)
+	mountSockJS(t, n)
+	t.Method(http.MethodPost, "/api/publish", publishHandler{n})
 	if n.opts.Web != nil {
-		r.Handle("/*", n.opts.Web)
+		t.Handle("/*", n.opts.Web)
 	}
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not found")
@@ -130,6 +155,18 @@ func (s *Server) Wait() {
 	if s.fwd != nil {
 		s.fwd.transport.CloseIdleConnections()
 	}
+}
+
+// checkHost answers 421 to a request for a host the node does not serve
+// (Options.AllowedHosts): DNS rebinding.
+func (s *Server) checkHost(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.gate.hosts.allowed(r.Host) {
+			writeJSON(w, http.StatusMisdirectedRequest, errorBody{Error: "host not allowed: " + truncate(r.Host, 64), Code: gateway.DisconnectForbidden.Code})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) recoverer(next http.Handler) http.Handler {

@@ -135,20 +135,33 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 	if fam.streaming {
 		h.Set("X-Accel-Buffering", "no")
 	}
-	f := &sjsFraming{kind: kind, callback: callback, single: !fam.streaming}
-
-	e, ref := ep.session(r, sid)
-	if ref != nil {
-		f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.msg))
-		return
+	// A session that expires between lookup and attach is gone: the
+	// request opens a new one (bounded: expiry takes a disconnect delay).
+	for range 3 {
+		f := &sjsFraming{kind: kind, callback: callback, single: !fam.streaming}
+		e, ref := ep.session(r, sid, callback != "")
+		if ref != nil {
+			f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.msg))
+			return
+		}
+		// A close endpoint's session is closed before it attaches: its
+		// hello and close packets go out together, the open frame first.
+		ep.closeNew(e.sess)
+		if !ep.receiveTurn(w, r, fam, f, e) {
+			return
+		}
 	}
-	// A close endpoint's session is closed before it attaches: its
-	// hello and close packets go out together, the open frame first.
-	ep.closeNew(e.sess)
+	(&sjsFraming{kind: kind, callback: callback, single: !fam.streaming}).respond(w, sjsFrameInterrupted)
+}
+
+// receiveTurn carries session e over one receiving request. It reports
+// false once it has answered, true (having written nothing) when the
+// session turned out to have expired, so that its id names a new one.
+func (ep *sockjsEndpoint) receiveTurn(w http.ResponseWriter, r *http.Request, fam *family, f *sjsFraming, e *sjsEntry) (expired bool) {
 	turn, ack, ok := e.claim()
 	if !ok {
 		f.respond(w, sjsFrameStillOpen)
-		return
+		return false
 	}
 	f.entry, f.turn, f.mode = e, turn, e.mode()
 	// A response that did not end with its last write (the session
@@ -156,7 +169,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 	defer e.endTurn(turn, 0)
 	if frame := e.closeFrameOf(); frame != nil {
 		f.respond(w, frame)
-		return
+		return false
 	}
 	// This request proves the previous response arrived.
 	if ack > 0 {
@@ -168,30 +181,31 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 		t.limit = ep.cfg.ResponseLimit + len(f.appendPrelude(nil))
 	}
 	if err := e.sess.Attach(t, !fam.streaming); err != nil {
-		// The session ended since it was looked up, or is ending (its
-		// close packet went out with the previous response, which the
-		// client may have read before the session finished): its close
-		// frame, once the session has recorded it (ended runs before
-		// Done is closed).
+		// The session is ending (its close frame may have just gone to
+		// the previous request, whose client came straight back): once
+		// it has ended, its close frame answers, unless it expired.
 		select {
 		case <-e.sess.Done():
 		case <-r.Context().Done():
+			return false
 		}
-		frame := e.closeFrameOf()
-		if frame == nil {
-			frame = sjsFrameInterrupted
+		if frame := e.closeFrameOf(); frame != nil {
+			f.respond(w, frame)
+			return false
 		}
-		f.respond(w, frame)
-		return
+		return true
 	}
 	if fam.streaming {
 		t.start() // the prelude goes out at once
 	}
-	if _, reason := ep.n.hold(r, e.sess, t); reason == gateway.DisconnectGone() {
-		// The request broke off: the client went away or stopped
-		// reading. SockJS ends such a session.
+	// The request broke off when the client went away or stopped reading
+	// before the response was complete (a client may well close its
+	// connection once it has a complete response, even before this
+	// handler saw the write end): SockJS ends such a session.
+	if _, reason := ep.n.hold(r, e.sess, t); reason == gateway.DisconnectGone() && !f.finished {
 		e.sess.Close(sjsInterrupted)
 	}
+	return false
 }
 
 // closeFrameOf returns the close frame of a session that ended, or nil,
@@ -220,6 +234,7 @@ type sjsFraming struct {
 	turn     uint64 // the request's turn at receiving (sjsEntry.claim)
 	mode     sjsSessionMode
 	built    uint64 // the last seq the batch being written accounts for
+	finished bool   // the bytes that end the response went out (lastWrite ran)
 }
 
 var (
@@ -249,7 +264,10 @@ func (f *sjsFraming) appendBatch(b []byte, pkts []gateway.Packet, _ []byte) []by
 // lastWrite ends the request's turn as its last bytes go out: the next
 // request may come at once, finds the session free and acknowledges what
 // this response carried.
-func (f *sjsFraming) lastWrite() { f.entry.endTurn(f.turn, f.built) }
+func (f *sjsFraming) lastWrite() {
+	f.finished = true
+	f.entry.endTurn(f.turn, f.built)
+}
 
 func (f *sjsFraming) appendHeartbeat(b []byte) []byte { return f.appendFrame(b, sjsFrameHeartbeat) }
 
@@ -349,7 +367,7 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 		sjsPlain(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	e := ep.lookup(r, sid)
+	e := ep.lookup(r, sid, false)
 	if e == nil {
 		sjsNotFound(w)
 		return
@@ -400,7 +418,7 @@ func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request,
 		sjsPlain(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	e := ep.lookup(r, sid)
+	e := ep.lookup(r, sid, true)
 	if e == nil {
 		sjsNotFound(w)
 		return

@@ -72,8 +72,8 @@ type sjsSessionMode struct {
 // session returns the entry of session id, opening the session when
 // there is none (a closed one whose close frame still answers is
 // returned as it is). The request must act for a live session's
-// principal.
-func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsEntry, *refusal) {
+// principal; callback marks the callback transports (sessionSpec).
+func (ep *sockjsEndpoint) session(r *http.Request, id string, callback bool) (*sjsEntry, *refusal) {
 	ep.mu.Lock()
 	e := ep.entryLocked(id)
 	if e != nil {
@@ -81,7 +81,7 @@ func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsEntry, *refus
 		if e.closed() {
 			return e, nil
 		}
-		if ref := ep.n.gate.join(r, e.sess); ref != nil {
+		if ref := ep.n.gate.join(r, e.sess, callback); ref != nil {
 			return nil, ref
 		}
 		return e, nil
@@ -97,6 +97,7 @@ func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsEntry, *refus
 		heartbeat:       ep.cfg.HeartbeatDelay,
 		disconnectDelay: ep.cfg.DisconnectDelay,
 		onClose:         e.ended,
+		callback:        callback,
 	})
 	if ref != nil {
 		ep.mu.Unlock()
@@ -115,11 +116,11 @@ func (ep *sockjsEndpoint) session(r *http.Request, id string) (*sjsEntry, *refus
 // lookup returns the entry of session id, live or closed, or nil; and nil
 // when r does not act for a live session's principal (a sender learns
 // nothing from a foreign session id).
-func (ep *sockjsEndpoint) lookup(r *http.Request, id string) *sjsEntry {
+func (ep *sockjsEndpoint) lookup(r *http.Request, id string, callback bool) *sjsEntry {
 	ep.mu.Lock()
 	e := ep.entryLocked(id)
 	ep.mu.Unlock()
-	if e != nil && !e.closed() && ep.n.gate.join(r, e.sess) != nil {
+	if e != nil && !e.closed() && ep.n.gate.join(r, e.sess, callback) != nil {
 		return nil
 	}
 	return e

@@ -393,7 +393,7 @@ func waitAttached(t *testing.T, ep *sockjsEndpoint, trans string) {
 	t.Helper()
 	sid := trans[strings.LastIndex(trans, "/")+1:]
 	sjsWaitFor(t, "a receiving request on "+sid, func() bool {
-		s := ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid)
+		s := ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false)
 		if s == nil {
 			return false
 		}
@@ -425,7 +425,7 @@ func TestSockJSCloseSession(t *testing.T) {
 	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
 		t.Fatalf("open: %q", r.body)
 	}
-	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
+	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
 	for range 2 {
 		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.status != http.StatusOK || r.body != "c[3000,\"Go away!\"]\n" {
 			t.Fatalf("after close: %d %q", r.status, r.body)
@@ -435,7 +435,7 @@ func TestSockJSCloseSession(t *testing.T) {
 		t.Errorf("send to a closing session: %d", r.status)
 	}
 	// Once it expired, the id names a new session.
-	sjsWaitFor(t, "the closed session to expire", func() bool { return ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid) == nil })
+	sjsWaitFor(t, "the closed session to expire", func() bool { return ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false) == nil })
 	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
 		t.Fatalf("after expiry: %q", r.body)
 	}
@@ -449,7 +449,7 @@ func TestSockJSCloseSession(t *testing.T) {
 	if got := st.until("\n"); got != "o\n" {
 		t.Fatalf("open frame %q", got)
 	}
-	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
+	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
 	if got := st.until("\n"); got != "c[3000,\"Go away!\"]\n" {
 		t.Fatalf("close frame %q", got)
 	}
@@ -785,7 +785,7 @@ func TestSockJSJSONPClose(t *testing.T) {
 	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"o\");\r\n" {
 		t.Fatalf("open: %q", r.body)
 	}
-	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
+	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
 	for range 2 {
 		if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"c[3000,\\\"Go away!\\\"]\");\r\n" {
 			t.Fatalf("close: %q", r.body)
@@ -1110,7 +1110,7 @@ func TestSockJSHandlingClose(t *testing.T) {
 	r1.close()
 	sid := url[strings.LastIndex(url, "/")+1:]
 	sjsWaitFor(t, "the session to notice the abort", func() bool {
-		s := ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid)
+		s := ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false)
 		return s.sess.Reason() == sjsInterrupted
 	})
 	r3 := n.stream(t, http.MethodPost, url+"/xhr_streaming")
@@ -1131,7 +1131,7 @@ func TestSockJSHandlingClose(t *testing.T) {
 	}
 	abort()
 	sjsWaitFor(t, "the session to notice the abort", func() bool {
-		s := ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid)
+		s := ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false)
 		return s.sess.Reason() == sjsInterrupted
 	})
 	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "c[1002,\"Connection interrupted\"]\n" {
@@ -1176,7 +1176,7 @@ func TestSockJSExpiry(t *testing.T) {
 	}
 	// Nobody comes back: the session and its gateway session end.
 	sjsWaitFor(t, "the session to expire", func() bool {
-		return ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid) == nil && n.gw.SessionCount() == 0
+		return ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false) == nil && n.gw.SessionCount() == 0
 	})
 	sjsCheck404(t, n.do(t, http.MethodPost, url+"/xhr_send", `["x"]`), "send after expiry")
 	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "o\n" {
@@ -1545,7 +1545,7 @@ func TestSockJSCloseFrameRightAfterClose(t *testing.T) {
 		}
 		poll, _ := n.async(t, http.MethodPost, trans+"/xhr")
 		waitAttached(t, ep, trans)
-		ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
+		ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
 		if r := poll.wait(t); r.body != "c[3000,\"Go away!\"]\n" {
 			t.Fatalf("%d: the poll that held the session: %q", i, r.body)
 		}
@@ -1647,7 +1647,7 @@ func TestSockJSClosedSessionLifetime(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	sjsWaitFor(t, "the closed session to be forgotten", func() bool { return ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid) == nil })
+	sjsWaitFor(t, "the closed session to be forgotten", func() bool { return ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false) == nil })
 	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
 		t.Fatalf("after the delay: %q", r.body)
 	}

@@ -265,7 +265,7 @@ func (b *Broker) add(s *subscription, name string) error {
 		s.p = p
 		return nil
 	}
-	wild := isWildcard(name)
+	wild := brokers.IsPattern(name)
 	p := b.literal[name]
 	if wild {
 		p = b.nwild[name]
@@ -557,7 +557,7 @@ func (b *Broker) deliver(d *amqp.Delivery, targets []*subscription) []*subscript
 		targets = append(targets, p.subs...)
 	}
 	for _, p := range b.wild {
-		if match(p.name, ch) {
+		if brokers.MatchChannel(p.name, ch) {
 			targets = append(targets, p.subs...)
 		}
 	}

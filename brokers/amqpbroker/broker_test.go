@@ -73,7 +73,7 @@ func connect(t *testing.T, opts amqpbroker.Options) *amqpbroker.Broker {
 func node(t *testing.T, u string) *amqpbroker.Broker {
 	t.Helper()
 	b := connect(t, amqpbroker.Options{URL: u, Exchange: testExchange, DeclareExchange: true})
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	return b
 }
 
@@ -128,60 +128,10 @@ func token() string {
 	return hex.EncodeToString(b[:])
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// inbox collects messages from a Handler.
-type inbox struct {
-	mu   sync.Mutex
-	msgs []brokers.Message
-}
-
-func (in *inbox) handle(m brokers.Message) {
-	in.mu.Lock()
-	in.msgs = append(in.msgs, m)
-	in.mu.Unlock()
-}
-
-func (in *inbox) all() []brokers.Message {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return slices.Clone(in.msgs)
-}
-
-func (in *inbox) count() int {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return len(in.msgs)
-}
-
-func (in *inbox) wait(t *testing.T, channel, data string) brokers.Message {
-	t.Helper()
-	var got brokers.Message
-	waitUntil(t, strconv.Quote(data)+" on "+channel, func() bool {
-		for _, m := range in.all() {
-			if m.Channel == channel && string(m.Data) == data {
-				got = m
-				return true
-			}
-		}
-		return false
-	})
-	return got
 }
 
 func TestConformance(t *testing.T) {
@@ -223,8 +173,8 @@ func TestRawClientInterop(t *testing.T) {
 	b := node(t, u)
 	raw := rawChannel(t, u)
 
-	var in inbox
-	sub, err := b.Subscribe(ctxT(t), "demo.x", in.handle)
+	var in brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), "demo.x", in.Handle)
 	if err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
@@ -241,7 +191,7 @@ func TestRawClientInterop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := in.wait(t, "demo.x", data)
+	got := in.Wait(t, "demo.x", data)
 	want := map[string]string{"Content-Type": "text/plain", "X-Str": "v", "X-Int": "7", "X-Bool": "true", "X-Bytes": "raw"}
 	if len(got.Header) != len(want) {
 		t.Errorf("header %v, want %v", got.Header, want)
@@ -285,12 +235,12 @@ func TestTwoNodes(t *testing.T) {
 		t.Fatalf("queues %q and %q, want two different ones", n1.Queue(), n2.Queue())
 	}
 	base := "nodes." + token()
-	var in1, in2 inbox
+	var in1, in2 brokertest.Inbox
 	for _, x := range []struct {
 		b  *amqpbroker.Broker
-		in *inbox
+		in *brokertest.Inbox
 	}{{n1, &in1}, {n2, &in2}} {
-		sub, err := x.b.Subscribe(ctxT(t), base+".>", x.in.handle)
+		sub, err := x.b.Subscribe(ctxT(t), base+".>", x.in.Handle)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -317,10 +267,10 @@ func TestTwoNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for name, in := range map[string]*inbox{"node 1": &in1, "node 2": &in2} {
-		waitUntil(t, name+" to get every message", func() bool { return in.count() >= n })
+	for name, in := range map[string]*brokertest.Inbox{"node 1": &in1, "node 2": &in2} {
+		brokertest.WaitUntil(t, name+" to get every message", func() bool { return in.Count() >= n })
 		seen := make(map[string]int)
-		for _, m := range in.all() {
+		for _, m := range in.Messages() {
 			seen[string(m.Data)]++
 		}
 		for i := range n {
@@ -341,30 +291,30 @@ func TestOneQueueOneBindingPerPattern(t *testing.T) {
 	base := "bind." + token()
 
 	const patterns = 10
-	var ins [patterns]inbox
+	var ins [patterns]brokertest.Inbox
 	subs := make([]brokers.Subscription, patterns)
 	for i := range patterns {
 		p := base + "." + strconv.Itoa(i)
 		if i%2 == 1 {
 			p += ".*"
 		}
-		sub, err := b.Subscribe(ctxT(t), p, ins[i].handle)
+		sub, err := b.Subscribe(ctxT(t), p, ins[i].Handle)
 		if err != nil {
 			t.Fatal(err)
 		}
 		subs[i] = sub
 	}
 	// Pattern 0 twice more, and one overlapping wildcard.
-	var twin, twin2, wide inbox
-	twinSub, err := b.Subscribe(ctxT(t), base+".0", twin.handle)
+	var twin, twin2, wide brokertest.Inbox
+	twinSub, err := b.Subscribe(ctxT(t), base+".0", twin.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	twin2Sub, err := b.Subscribe(ctxT(t), base+".0", twin2.handle)
+	twin2Sub, err := b.Subscribe(ctxT(t), base+".0", twin2.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wideSub, err := b.Subscribe(ctxT(t), base+".>", wide.handle)
+	wideSub, err := b.Subscribe(ctxT(t), base+".>", wide.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,13 +333,13 @@ func TestOneQueueOneBindingPerPattern(t *testing.T) {
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: base + ".0", Data: []byte("sentinel")}); err != nil {
 		t.Fatal(err)
 	}
-	for name, in := range map[string]*inbox{"first": &ins[0], "twin": &twin, "twin2": &twin2, "wide": &wide} {
-		in.wait(t, base+".0", "sentinel")
-		if n := in.count(); n != 2 {
+	for name, in := range map[string]*brokertest.Inbox{"first": &ins[0], "twin": &twin, "twin2": &twin2, "wide": &wide} {
+		in.Wait(t, base+".0", "sentinel")
+		if n := in.Count(); n != 2 {
 			t.Errorf("%s subscription got %d messages, want 2 (x and sentinel, once each)", name, n)
 		}
 	}
-	if all := twin.all(); &all[0].Data[0] == &ins[0].all()[0].Data[0] {
+	if all := twin.Messages(); &all[0].Data[0] == &ins[0].Messages()[0].Data[0] {
 		t.Error("two subscriptions share one Data buffer")
 	}
 
@@ -403,7 +353,7 @@ func TestOneQueueOneBindingPerPattern(t *testing.T) {
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: base + ".0", Data: []byte("still")}); err != nil {
 		t.Fatal(err)
 	}
-	twin2.wait(t, base+".0", "still")
+	twin2.Wait(t, base+".0", "still")
 	if got := b.Bindings(); got != patterns+1 {
 		t.Errorf("Bindings() = %d after ending 2 of 3 subscriptions of a pattern, want %d", got, patterns+1)
 	}
@@ -411,14 +361,14 @@ func TestOneQueueOneBindingPerPattern(t *testing.T) {
 	if err := twin2Sub.Unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the binding of the ended pattern to go", func() bool { return b.Bindings() == patterns })
+	brokertest.WaitUntil(t, "the binding of the ended pattern to go", func() bool { return b.Bindings() == patterns })
 	checkServerBindings(t, queue, base, patterns)
 	for i := 1; i < patterns; i++ {
 		if err := subs[i].Unsubscribe(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, "only the wide binding left", func() bool { return b.Bindings() == 1 })
+	brokertest.WaitUntil(t, "only the wide binding left", func() bool { return b.Bindings() == 1 })
 	if b.Queue() != queue {
 		t.Errorf("queue changed from %q to %q", queue, b.Queue())
 	}
@@ -466,8 +416,8 @@ func TestHeadersRoundTrip(t *testing.T) {
 	u := serverURL(t)
 	pub, sub := node(t, u), node(t, u)
 	ch := "headers." + token()
-	var in inbox
-	s, err := sub.Subscribe(ctxT(t), ch, in.handle)
+	var in brokertest.Inbox
+	s, err := sub.Subscribe(ctxT(t), ch, in.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -484,7 +434,7 @@ func TestHeadersRoundTrip(t *testing.T) {
 	if err := pub.Publish(ctxT(t), brokers.Message{Channel: ch, Data: []byte("bare")}); err != nil {
 		t.Fatal(err)
 	}
-	got := in.wait(t, ch, "h")
+	got := in.Wait(t, ch, "h")
 	if len(got.Header) != len(want) {
 		t.Errorf("header %v, want %v", got.Header, want)
 	}
@@ -493,7 +443,7 @@ func TestHeadersRoundTrip(t *testing.T) {
 			t.Errorf("header %q = %q (present %v), want %q", k, g, ok, v)
 		}
 	}
-	if bare := in.wait(t, ch, "bare"); bare.Header != nil {
+	if bare := in.Wait(t, ch, "bare"); bare.Header != nil {
 		t.Errorf("message without header arrived with %v", bare.Header)
 	}
 }
@@ -502,7 +452,7 @@ func TestSubjectPrefix(t *testing.T) {
 	u := serverURL(t)
 	prefix := "app" + token()
 	b := connect(t, amqpbroker.Options{URL: u, Exchange: testExchange, DeclareExchange: true, SubjectPrefix: prefix + "."})
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	raw := rawChannel(t, u)
 
 	// Broker → server: the prefix is prepended.
@@ -516,8 +466,8 @@ func TestSubjectPrefix(t *testing.T) {
 
 	// Server → Broker: the prefix is stripped, and ">" (bound as
 	// "<prefix>.#") delivers neither the bare prefix nor other keys.
-	var in inbox
-	sub, err := b.Subscribe(ctxT(t), ">", in.handle)
+	var in brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), ">", in.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -528,10 +478,10 @@ func TestSubjectPrefix(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	in.wait(t, "z", prefix+".z")
-	in.wait(t, "sentinel", prefix+".sentinel")
+	in.Wait(t, "z", prefix+".z")
+	in.Wait(t, "sentinel", prefix+".sentinel")
 	time.Sleep(50 * time.Millisecond)
-	for _, m := range in.all() {
+	for _, m := range in.Messages() {
 		if m.Channel != "z" && m.Channel != "sentinel" {
 			t.Errorf("unexpected delivery on %q (data %q)", m.Channel, m.Data)
 		}
@@ -547,10 +497,10 @@ func TestFanoutExchange(t *testing.T) {
 	u := serverURL(t)
 	ex := "cometgate.test.fanout." + token()
 	b := connect(t, amqpbroker.Options{URL: u, Exchange: ex, ExchangeType: "fanout", DeclareExchange: true})
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	t.Cleanup(func() { _ = rawChannel(t, u).ExchangeDelete(ex, false, false) })
-	var in inbox
-	sub, err := b.Subscribe(ctxT(t), "f.*", in.handle)
+	var in brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), "f.*", in.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -560,9 +510,9 @@ func TestFanoutExchange(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	in.wait(t, "f.a", "f.a")
+	in.Wait(t, "f.a", "f.a")
 	time.Sleep(50 * time.Millisecond)
-	if n := in.count(); n != 1 {
+	if n := in.Count(); n != 1 {
 		t.Errorf("got %d messages on a fanout exchange, want only f.a (the dispatcher filters)", n)
 	}
 }
@@ -583,9 +533,9 @@ func TestPassiveExchange(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := connect(t, amqpbroker.Options{URL: u, Exchange: ex})
-	waitUntil(t, "Ready", b.Ready)
-	var in inbox
-	sub, err := b.Subscribe(ctxT(t), "p.x", in.handle)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
+	var in brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), "p.x", in.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -593,7 +543,7 @@ func TestPassiveExchange(t *testing.T) {
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: "p.x", Data: []byte("ok")}); err != nil {
 		t.Fatal(err)
 	}
-	in.wait(t, "p.x", "ok")
+	in.Wait(t, "p.x", "ok")
 
 	// An existing exchange of another type is refused too.
 	_, err = amqpbroker.Connect(ctxT(t), amqpbroker.Options{URL: u, Exchange: ex, ExchangeType: "fanout", DeclareExchange: true})
@@ -613,11 +563,11 @@ func TestExchangeDeletedRecovers(t *testing.T) {
 		URL: u, Exchange: ex, DeclareExchange: true, OnState: st.Record,
 		ReconnectWait: 10 * time.Millisecond, MaxReconnectWait: 100 * time.Millisecond,
 	})
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	raw := rawChannel(t, u)
 	t.Cleanup(func() { _ = raw.ExchangeDelete(ex, false, false) })
-	var in inbox
-	sub, err := b.Subscribe(ctxT(t), "del.x", in.handle)
+	var in brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), "del.x", in.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -630,11 +580,11 @@ func TestExchangeDeletedRecovers(t *testing.T) {
 	if !errors.Is(err, brokers.ErrUnavailable) {
 		t.Errorf("Publish to a deleted exchange: %v, want ErrUnavailable", err)
 	}
-	waitUntil(t, "a reconnect", func() bool { return b.Reconnects() >= 1 && b.Ready() })
+	brokertest.WaitUntil(t, "a reconnect", func() bool { return b.Reconnects() >= 1 && b.Ready() })
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: "del.x", Data: []byte("back")}); err != nil {
 		t.Fatalf("Publish after recovery: %v", err)
 	}
-	in.wait(t, "del.x", "back")
+	in.Wait(t, "del.x", "back")
 	want := []brokers.State{brokers.StateConnected, brokers.StateDisconnected, brokers.StateConnected}
 	if got := st.List(); !slices.Equal(got, want) {
 		t.Errorf("states %v, want %v", got, want)
@@ -647,11 +597,11 @@ func TestRefusedBinding(t *testing.T) {
 	u := serverURL(t)
 	ex := "cometgate.test.refused." + token()
 	b := connect(t, amqpbroker.Options{URL: u, Exchange: ex, DeclareExchange: true})
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	raw := rawChannel(t, u)
 	t.Cleanup(func() { _ = raw.ExchangeDelete(ex, false, false) })
-	var in inbox
-	sub, err := b.Subscribe(ctxT(t), "ok.x", in.handle)
+	var in brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), "ok.x", in.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -674,8 +624,8 @@ func TestRefusedBinding(t *testing.T) {
 	if err := raw.ExchangeDeclare(ex, "topic", true, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
-	var in2 inbox
-	sub2, err := b.Subscribe(ctxT(t), "again.x", in2.handle)
+	var in2 brokertest.Inbox
+	sub2, err := b.Subscribe(ctxT(t), "again.x", in2.Handle)
 	if err != nil {
 		t.Fatalf("Subscribe after the exchange is back: %v", err)
 	}
@@ -683,7 +633,7 @@ func TestRefusedBinding(t *testing.T) {
 	if err := raw.PublishWithContext(ctxT(t), ex, "again.x", false, false, amqp.Publishing{Body: []byte("y")}); err != nil {
 		t.Fatal(err)
 	}
-	in2.wait(t, "again.x", "y")
+	in2.Wait(t, "again.x", "y")
 }
 
 // Connect returns a Broker that is not Ready while no server listens,
@@ -804,7 +754,7 @@ func TestReadyAfterConnect(t *testing.T) {
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: "ready." + token(), Data: []byte("x")}); err != nil {
 		t.Errorf("Publish right after Connect: %v", err)
 	}
-	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
+	brokertest.WaitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
 }
 
 // After a reconnect the node has a new queue with exactly the bindings of
@@ -825,13 +775,13 @@ func TestReconnectRestoresTopology(t *testing.T) {
 		URL: pu.String(), Exchange: testExchange, DeclareExchange: true,
 		ReconnectWait: 10 * time.Millisecond, MaxReconnectWait: 100 * time.Millisecond,
 	})
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	base := "restore." + token()
-	ins := make([]inbox, 5)
+	ins := make([]brokertest.Inbox, 5)
 	subs := make([]brokers.Subscription, 5)
 	for i := range subs {
 		pattern := base + ".p" + strconv.Itoa(i%4) + ".*" // p0 twice
-		s, err := b.Subscribe(ctxT(t), pattern, ins[i].handle)
+		s, err := b.Subscribe(ctxT(t), pattern, ins[i].Handle)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -844,7 +794,7 @@ func TestReconnectRestoresTopology(t *testing.T) {
 	oldQueue := b.Queue()
 
 	p.Cut()
-	waitUntil(t, "not Ready", func() bool { return !b.Ready() })
+	brokertest.WaitUntil(t, "not Ready", func() bool { return !b.Ready() })
 	if b.Queue() != "" || b.Bindings() != 0 {
 		t.Errorf("while disconnected: Queue() %q, Bindings() %d", b.Queue(), b.Bindings())
 	}
@@ -855,7 +805,7 @@ func TestReconnectRestoresTopology(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Restore()
-	waitUntil(t, "Ready again", b.Ready)
+	brokertest.WaitUntil(t, "Ready again", b.Ready)
 	if b.Queue() == "" || b.Queue() == oldQueue {
 		t.Errorf("queue after reconnect %q, want a new one (was %q)", b.Queue(), oldQueue)
 	}
@@ -870,10 +820,10 @@ func TestReconnectRestoresTopology(t *testing.T) {
 		}
 	}
 	for i := range 3 {
-		ins[i].wait(t, base+".p"+strconv.Itoa(i)+".x", "after")
+		ins[i].Wait(t, base+".p"+strconv.Itoa(i)+".x", "after")
 	}
 	time.Sleep(50 * time.Millisecond)
-	if n := ins[3].count() + ins[4].count(); n != 0 {
+	if n := ins[3].Count() + ins[4].Count(); n != 0 {
 		t.Errorf("subscriptions ended during the outage got %d messages", n)
 	}
 }
@@ -929,7 +879,7 @@ func TestConnectSilentServer(t *testing.T) {
 	if b.Ready() {
 		t.Error("Ready with a silent server")
 	}
-	waitUntil(t, "a second connection attempt", func() bool { return accepted() >= 2 })
+	brokertest.WaitUntil(t, "a second connection attempt", func() bool { return accepted() >= 2 })
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}

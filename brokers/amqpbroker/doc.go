@@ -28,9 +28,10 @@
 // must not receive. All bindings feed the one queue anyway, so the
 // dispatcher matches every delivery's channel against the active patterns
 // in the contract's semantics (a map lookup for patterns without
-// wildcards, a scan of the wildcard patterns) and hands it to every
-// Subscription whose pattern matches, once each; a delivery that matches
-// none (the zero-word case, or a binding being removed) is dropped.
+// wildcards, brokers.MatchChannel over the wildcard patterns) and hands
+// it to every Subscription whose pattern matches, once each; a delivery
+// that matches none (the zero-word case, or a binding being removed) is
+// dropped.
 // Names are validated like natsbroker's (non-empty tokens without
 // whitespace or control characters, wildcards only as whole tokens in
 // patterns), and additionally refuse "#" anywhere and anything longer

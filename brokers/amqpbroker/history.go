@@ -287,7 +287,7 @@ func (r *replay) run(ctx context.Context) (brokers.ReplayResult, error) {
 			continue
 		}
 		channel, ok := b.keys.channel(d.RoutingKey)
-		if !ok || !match(r.pattern, channel) {
+		if !ok || !brokers.MatchChannel(r.pattern, channel) {
 			continue
 		}
 		delete(d.Headers, offsetHeader)
@@ -545,7 +545,7 @@ func (b *Broker) deliverStream(st *stream, d *amqp.Delivery, off int64, targets 
 	}
 	b.mu.RLock()
 	for _, p := range st.plist {
-		if match(p.name, ch) {
+		if brokers.MatchChannel(p.name, ch) {
 			targets = append(targets, p.subs...)
 		}
 	}

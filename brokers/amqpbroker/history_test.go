@@ -91,7 +91,7 @@ func (h *history) options() amqpbroker.Options {
 func (h *history) node(t *testing.T) *amqpbroker.Broker {
 	t.Helper()
 	b := connect(t, h.options())
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	return b
 }
 
@@ -112,7 +112,7 @@ func (h *history) viaProxy(t *testing.T) (*amqpbroker.Broker, *brokertest.Proxy)
 	opts := h.options()
 	opts.URL = pu.String()
 	b := connect(t, opts)
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	return b, p
 }
 
@@ -212,8 +212,8 @@ func TestHistorySeqIsOffsetPlusOne(t *testing.T) {
 	u := serverURL(t)
 	h := newHistory(t, u, false)
 	b := h.node(t)
-	var live inbox
-	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.handle)
+	var live brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,9 +226,9 @@ func TestHistorySeqIsOffsetPlusOne(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, "live delivery", func() bool { return live.count() >= n })
+	brokertest.WaitUntil(t, "live delivery", func() bool { return live.Count() >= n })
 	offsets, bodies, keys := rawStream(t, u, h.spec.Name, n)
-	got := live.all()
+	got := live.Messages()
 	for i, m := range got {
 		if string(m.Data) != strconv.Itoa(i) || bodies[i] != strconv.Itoa(i) {
 			t.Fatalf("message %d: live %q, stored %q", i, m.Data, bodies[i])
@@ -246,13 +246,13 @@ func TestHistorySeqIsOffsetPlusOne(t *testing.T) {
 
 	// Replay after the k-th gives exactly the rest, with the same Seq.
 	for _, k := range []int{0, 1, 7, n - 2, n - 1} {
-		var r inbox
-		res, err := b.Replay(ctxT(t), h.prefix+".>", got[k].Seq, r.handle)
+		var r brokertest.Inbox
+		res, err := b.Replay(ctxT(t), h.prefix+".>", got[k].Seq, r.Handle)
 		if err != nil {
 			t.Fatal(err)
 		}
 		want := got[k+1:]
-		rep := r.all()
+		rep := r.Messages()
 		if len(rep) != len(want) {
 			t.Fatalf("Replay after #%d: %d messages, want %d", k, len(rep), len(want))
 		}
@@ -283,8 +283,8 @@ func TestHistoryZeroWordMatchFiltered(t *testing.T) {
 	u := serverURL(t)
 	h := newHistory(t, u, false)
 	b := h.node(t)
-	var live inbox
-	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.handle)
+	var live brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,19 +295,19 @@ func TestHistoryZeroWordMatchFiltered(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	live.wait(t, h.prefix+".y", h.prefix+".y")
+	live.Wait(t, h.prefix+".y", h.prefix+".y")
 	_, bodies, _ := rawStream(t, u, h.spec.Name, 4)
 	if bodies[0] != h.prefix {
 		t.Fatalf("stream holds %q, expected the zero-word key to be stored too", bodies)
 	}
-	if got := live.all(); len(got) != 2 || got[0].Channel != h.prefix+".x" {
+	if got := live.Messages(); len(got) != 2 || got[0].Channel != h.prefix+".x" {
 		t.Errorf("live delivery %v, want only .x and .y", got)
 	}
-	var r inbox
-	if _, err := b.Replay(ctxT(t), h.prefix+".>", 0, r.handle); err != nil {
+	var r brokertest.Inbox
+	if _, err := b.Replay(ctxT(t), h.prefix+".>", 0, r.Handle); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.all(); len(got) != 2 || got[0].Channel != h.prefix+".x" || got[1].Channel != h.prefix+".y" {
+	if got := r.Messages(); len(got) != 2 || got[0].Channel != h.prefix+".x" || got[1].Channel != h.prefix+".y" {
 		t.Errorf("Replay %v, want only .x and .y", got)
 	}
 }
@@ -341,20 +341,20 @@ func TestHistoryOutageNoLoss(t *testing.T) {
 	h := newHistory(t, u, false)
 	b, p := h.viaProxy(t)
 	pub := h.node(t)
-	var witness, live inbox
-	wsub, err := pub.Subscribe(ctxT(t), h.prefix+".>", witness.handle)
+	var witness, live brokertest.Inbox
+	wsub, err := pub.Subscribe(ctxT(t), h.prefix+".>", witness.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer wsub.Unsubscribe()
-	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.handle)
+	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
 	narrow := h.prefix + ".a"
-	var liveNarrow inbox
-	nsub, err := b.Subscribe(ctxT(t), narrow, liveNarrow.handle)
+	var liveNarrow brokertest.Inbox
+	nsub, err := b.Subscribe(ctxT(t), narrow, liveNarrow.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,18 +375,18 @@ func TestHistoryOutageNoLoss(t *testing.T) {
 		}
 	}
 	publishSome(10)
-	waitUntil(t, "before the outage", func() bool { return live.count() == 10 })
+	brokertest.WaitUntil(t, "before the outage", func() bool { return live.Count() == 10 })
 	for round := range 2 {
 		p.Cut()
-		waitUntil(t, "not Ready", func() bool { return !b.Ready() })
+		brokertest.WaitUntil(t, "not Ready", func() bool { return !b.Ready() })
 		publishSome(50)
 		p.Restore()
-		waitUntil(t, "Ready again", b.Ready)
+		brokertest.WaitUntil(t, "Ready again", b.Ready)
 		publishSome(10)
-		waitUntil(t, fmt.Sprintf("every message after outage %d", round), func() bool { return live.count() >= published })
+		brokertest.WaitUntil(t, fmt.Sprintf("every message after outage %d", round), func() bool { return live.Count() >= published })
 	}
-	waitUntil(t, "the witness", func() bool { return witness.count() >= published })
-	got, want := live.all(), witness.all()
+	brokertest.WaitUntil(t, "the witness", func() bool { return witness.Count() >= published })
+	got, want := live.Messages(), witness.Messages()
 	checkOrdered(t, "live", got)
 	if len(got) != published {
 		t.Fatalf("got %d messages, want %d", len(got), published)
@@ -396,8 +396,8 @@ func TestHistoryOutageNoLoss(t *testing.T) {
 			t.Fatalf("message %d: %d=%q, want %d=%q", i, got[i].Seq, got[i].Data, want[i].Seq, strconv.Itoa(i))
 		}
 	}
-	waitUntil(t, "the narrow subscription", func() bool { return liveNarrow.count() >= published/2 })
-	ng := liveNarrow.all()
+	brokertest.WaitUntil(t, "the narrow subscription", func() bool { return liveNarrow.Count() >= published/2 })
+	ng := liveNarrow.Messages()
 	checkOrdered(t, "narrow", ng)
 	if len(ng) != published/2 {
 		t.Errorf("narrow subscription got %d messages, want %d", len(ng), published/2)
@@ -414,22 +414,22 @@ func TestHistoryOutageBeforeFirstMessage(t *testing.T) {
 	h := newHistory(t, u, false)
 	b, p := h.viaProxy(t)
 	pub := h.node(t)
-	var live inbox
-	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.handle)
+	var live brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
 	p.Cut()
-	waitUntil(t, "not Ready", func() bool { return !b.Ready() })
+	brokertest.WaitUntil(t, "not Ready", func() bool { return !b.Ready() })
 	for i := range 5 {
 		if err := pub.Publish(ctxT(t), brokers.Message{Channel: h.prefix + ".x", Data: []byte(strconv.Itoa(i))}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	p.Restore()
-	waitUntil(t, "the messages of the outage", func() bool { return live.count() >= 5 })
-	got := live.all()
+	brokertest.WaitUntil(t, "the messages of the outage", func() bool { return live.Count() >= 5 })
+	got := live.Messages()
 	checkOrdered(t, "live", got)
 	for i, m := range got {
 		if string(m.Data) != strconv.Itoa(i) {
@@ -447,13 +447,13 @@ func TestHistoryRetentionGap(t *testing.T) {
 	h := newHistory(t, u, true)
 	b, p := h.viaProxy(t)
 	pub := h.node(t)
-	var witness, live inbox
-	wsub, err := pub.Subscribe(ctxT(t), h.prefix+".>", witness.handle)
+	var witness, live brokertest.Inbox
+	wsub, err := pub.Subscribe(ctxT(t), h.prefix+".>", witness.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer wsub.Unsubscribe()
-	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.handle)
+	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -466,10 +466,10 @@ func TestHistoryRetentionGap(t *testing.T) {
 		}
 	}
 	publish("first")
-	first := live.wait(t, ch, "first")
+	first := live.Wait(t, ch, "first")
 
 	p.Cut()
-	waitUntil(t, "not Ready", func() bool { return !b.Ready() })
+	brokertest.WaitUntil(t, "not Ready", func() bool { return !b.Ready() })
 	// Publish until the first message is gone from the stream.
 	published := 1
 	for {
@@ -480,15 +480,15 @@ func TestHistoryRetentionGap(t *testing.T) {
 			publish(strconv.Itoa(published))
 			published++
 		}
-		var r inbox
-		res, err := pub.Replay(ctxT(t), h.prefix+".>", first.Seq, r.handle)
+		var r brokertest.Inbox
+		res, err := pub.Replay(ctxT(t), h.prefix+".>", first.Seq, r.Handle)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !res.Gap {
 			continue
 		}
-		got := r.all()
+		got := r.Messages()
 		if res.Oldest <= first.Seq+1 || len(got) == 0 || got[0].Seq < res.Oldest {
 			t.Fatalf("gap %+v, replay starting with %v, after Seq %d", res, got[0], first.Seq)
 		}
@@ -501,10 +501,10 @@ func TestHistoryRetentionGap(t *testing.T) {
 		published++
 	}
 	p.Restore()
-	waitUntil(t, "Ready again", b.Ready)
+	brokertest.WaitUntil(t, "Ready again", b.Ready)
 	publish("last")
-	live.wait(t, ch, "last")
-	got := live.all()
+	live.Wait(t, ch, "last")
+	got := live.Messages()
 	// The gap is told once, as a marker right before the first message
 	// after it; its Seq is the first record read after the gap (perhaps
 	// an end marker, never delivered).
@@ -520,8 +520,8 @@ func TestHistoryRetentionGap(t *testing.T) {
 		t.Errorf("after the outage delivery went on at Seq %d, right after %d: nothing was skipped?", got[1].Seq, first.Seq)
 	}
 	// What came is exactly the tail of what was published.
-	waitUntil(t, "the witness", func() bool { return witness.count() >= published+1 })
-	all := witness.all()
+	brokertest.WaitUntil(t, "the witness", func() bool { return witness.Count() >= published+1 })
+	all := witness.Messages()
 	i := slices.IndexFunc(all, func(m brokers.Message) bool { return m.Seq == got[1].Seq })
 	if i < 2 {
 		t.Fatalf("delivery resumed at Seq %d, which is not a dropped-past position", got[1].Seq)
@@ -547,8 +547,8 @@ func TestHistoryStreamRecreated(t *testing.T) {
 	u := serverURL(t)
 	h := newHistory(t, u, false)
 	b := h.node(t)
-	var live inbox
-	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.handle)
+	var live brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", live.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -559,18 +559,18 @@ func TestHistoryStreamRecreated(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	old := live.wait(t, ch, "old29")
+	old := live.Wait(t, ch, "old29")
 
 	raw := rawChannel(t, u)
 	if _, err := raw.QueueDelete(h.spec.Name, false, false, false); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "a reconnect", func() bool { return b.Reconnects() >= 1 && b.Ready() })
+	brokertest.WaitUntil(t, "a reconnect", func() bool { return b.Reconnects() >= 1 && b.Ready() })
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: ch, Data: []byte("new")}); err != nil {
 		t.Fatal(err)
 	}
-	m := live.wait(t, ch, "new")
-	lived := live.all()
+	m := live.Wait(t, ch, "new")
+	lived := live.Messages()
 	if gaps := gapIndexes(lived); !slices.Equal(gaps, []int{30}) || lived[30].Seq == 0 || lived[30].Seq > m.Seq {
 		t.Errorf("gap markers at %v (%+v), want exactly one at 30, before %q (Seq %d)", gaps, lived[min(30, len(lived)-1)], "new", m.Seq)
 	}
@@ -580,12 +580,12 @@ func TestHistoryStreamRecreated(t *testing.T) {
 	if b.HistoryGaps() != 1 {
 		t.Errorf("HistoryGaps %d, want 1", b.HistoryGaps())
 	}
-	var r inbox
-	res, err := b.Replay(ctxT(t), h.prefix+".>", old.Seq, r.handle)
+	var r brokertest.Inbox
+	res, err := b.Replay(ctxT(t), h.prefix+".>", old.Seq, r.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := r.all()
+	got := r.Messages()
 	if !res.Gap || len(got) != 1 || string(got[0].Data) != "new" || res.Oldest > got[0].Seq || res.Last != got[0].Seq {
 		t.Errorf("Replay with a cursor of the old stream: %+v, %d messages; want a gap and the new message", res, len(got))
 	}
@@ -599,24 +599,24 @@ func TestHistoryResubscribeStartsAtEnd(t *testing.T) {
 	h := newHistory(t, u, false)
 	b := h.node(t)
 	ch := h.prefix + ".s"
-	var first inbox
-	sub, err := b.Subscribe(ctxT(t), ch, first.handle)
+	var first brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), ch, first.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: ch, Data: []byte("1")}); err != nil {
 		t.Fatal(err)
 	}
-	first.wait(t, ch, "1")
+	first.Wait(t, ch, "1")
 	if err := sub.Unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the stream consumer to stop", func() bool { return amqpbroker.StreamConsumers(b) == 0 })
+	brokertest.WaitUntil(t, "the stream consumer to stop", func() bool { return amqpbroker.StreamConsumers(b) == 0 })
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: ch, Data: []byte("2")}); err != nil {
 		t.Fatal(err)
 	}
-	var second inbox
-	sub2, err := b.Subscribe(ctxT(t), ch, second.handle)
+	var second brokertest.Inbox
+	sub2, err := b.Subscribe(ctxT(t), ch, second.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,12 +624,12 @@ func TestHistoryResubscribeStartsAtEnd(t *testing.T) {
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: ch, Data: []byte("3")}); err != nil {
 		t.Fatal(err)
 	}
-	second.wait(t, ch, "3")
-	if got := second.all(); len(got) != 1 {
+	second.Wait(t, ch, "3")
+	if got := second.Messages(); len(got) != 1 {
 		t.Errorf("new subscription got %d messages, want only the one published after it", len(got))
 	}
-	if first.count() != 1 {
-		t.Errorf("ended subscription got %d messages", first.count())
+	if first.Count() != 1 {
+		t.Errorf("ended subscription got %d messages", first.Count())
 	}
 }
 
@@ -639,12 +639,12 @@ func TestHistoryOneConsumerPerStream(t *testing.T) {
 	u := serverURL(t)
 	h := newHistory(t, u, false)
 	b := h.node(t)
-	var all, a, star inbox
+	var all, a, star brokertest.Inbox
 	for _, s := range []struct {
 		p  string
-		in *inbox
+		in *brokertest.Inbox
 	}{{h.prefix + ".>", &all}, {h.prefix + ".a", &a}, {h.prefix + ".*.x", &star}} {
-		sub, err := b.Subscribe(ctxT(t), s.p, s.in.handle)
+		sub, err := b.Subscribe(ctxT(t), s.p, s.in.Handle)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -658,9 +658,9 @@ func TestHistoryOneConsumerPerStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	all.wait(t, h.prefix+".end", h.prefix+".end")
-	if all.count() != 4 || a.count() != 1 || star.count() != 2 {
-		t.Errorf("got %d, %d, %d messages; want 4, 1, 2", all.count(), a.count(), star.count())
+	all.Wait(t, h.prefix+".end", h.prefix+".end")
+	if all.Count() != 4 || a.Count() != 1 || star.Count() != 2 {
+		t.Errorf("got %d, %d, %d messages; want 4, 1, 2", all.Count(), a.Count(), star.Count())
 	}
 	if b.Bindings() != 0 {
 		t.Errorf("Bindings() = %d: history patterns must not bind the node's queue (duplicates)", b.Bindings())
@@ -713,25 +713,25 @@ func TestHistoryReplayDisconnected(t *testing.T) {
 	h := newHistory(t, u, false)
 	b, p := h.viaProxy(t)
 	p.Cut()
-	waitUntil(t, "not Ready", func() bool { return !b.Ready() })
+	brokertest.WaitUntil(t, "not Ready", func() bool { return !b.Ready() })
 	_, err := b.Replay(ctxT(t), h.prefix+".>", 0, func(brokers.Message) {})
 	if !errors.Is(err, brokers.ErrUnavailable) {
 		t.Errorf("Replay while disconnected: %v, want ErrUnavailable", err)
 	}
 	// Subscribe while disconnected registers; the consumer starts on
 	// reconnect and delivers what is published from then on.
-	var in inbox
-	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", in.handle)
+	var in brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), h.prefix+".>", in.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
 	p.Restore()
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: h.prefix + ".x", Data: []byte("after")}); err != nil {
 		t.Fatal(err)
 	}
-	if m := in.wait(t, h.prefix+".x", "after"); m.Seq == 0 {
+	if m := in.Wait(t, h.prefix+".x", "after"); m.Seq == 0 {
 		t.Error("message on a history channel without Seq")
 	}
 }
@@ -760,15 +760,15 @@ func TestHistoryStreamNotDeclared(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := connect(t, opts)
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: h.prefix + ".o", Data: []byte("op")}); err != nil {
 		t.Fatal(err)
 	}
-	var r inbox
-	if _, err := b.Replay(ctxT(t), h.prefix+".>", 0, r.handle); err != nil {
+	var r brokertest.Inbox
+	if _, err := b.Replay(ctxT(t), h.prefix+".>", 0, r.Handle); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.all(); len(got) != 1 || string(got[0].Data) != "op" {
+	if got := r.Messages(); len(got) != 1 || string(got[0].Data) != "op" {
 		t.Errorf("Replay on an operator's stream: %v", got)
 	}
 
@@ -876,11 +876,11 @@ func TestHistoryStopConsumerWhileDelivering(t *testing.T) {
 				}
 			}
 		}()
-		waitUntil(t, "the first flood records", func() bool { return got.Load() > 0 })
+		brokertest.WaitUntil(t, "the first flood records", func() bool { return got.Load() > 0 })
 		if err := sub.Unsubscribe(); err != nil {
 			t.Fatal(err)
 		}
-		waitUntil(t, "the stream consumer to stop", func() bool { return amqpbroker.StreamConsumers(b) == 0 })
+		brokertest.WaitUntil(t, "the stream consumer to stop", func() bool { return amqpbroker.StreamConsumers(b) == 0 })
 		close(stop)
 		if err := <-pubErr; err != nil {
 			t.Fatalf("round %d: raw publish: %v", round, err)

@@ -80,54 +80,17 @@ func (k keys) checkLen(name string) error {
 	return nil
 }
 
-// checkChannel reports whether name is a concrete channel: non-empty
-// dot-separated tokens without wildcards, whitespace or control characters.
+// checkChannel reports whether name is a concrete channel in the broker
+// alphabet (brokers.CheckName). AMQP gives "#" a meaning in binding keys,
+// so it is refused in any token.
 func checkChannel(name string) error {
-	return checkTokens(name, false)
+	return brokers.CheckName(name, false, "#")
 }
 
-// checkPattern reports whether name is a subscription pattern: like a
-// channel, except that a token may be "*", and the last token may be ">".
+// checkPattern reports whether name is a subscription pattern in the
+// broker alphabet, "#" refused like in checkChannel.
 func checkPattern(name string) error {
-	return checkTokens(name, true)
-}
-
-func checkTokens(name string, wildcards bool) error {
-	return brokers.CheckName(name, wildcards, "#")
-}
-
-// isWildcard reports whether a valid pattern has a wildcard token.
-func isWildcard(pattern string) bool {
-	for tok := range strings.SplitSeq(pattern, ".") {
-		if tok == "*" || tok == ">" {
-			return true
-		}
-	}
-	return false
-}
-
-// match reports whether the valid channel ch matches the valid pattern p,
-// in the contract's (NATS) semantics: "*" is exactly one token, a trailing
-// ">" one or more. It allocates nothing: it runs once per wildcard pattern
-// per delivery.
-func match(p, ch string) bool {
-	for {
-		pt, prest, pmore := strings.Cut(p, ".")
-		if pt == ">" {
-			return ch != ""
-		}
-		ct, crest, cmore := strings.Cut(ch, ".")
-		if pt != "*" && pt != ct {
-			return false
-		}
-		if pmore != cmore {
-			return false
-		}
-		if !pmore {
-			return true
-		}
-		p, ch = prest, crest
-	}
+	return brokers.CheckName(name, true, "#")
 }
 
 // publishing converts a message header to AMQP properties: Content-Type

@@ -83,7 +83,7 @@ func (s *suite) broker(t *testing.T) brokers.Broker {
 			t.Errorf("Close: %v", err)
 		}
 	})
-	waitUntil(t, "broker ready", b.Ready)
+	WaitUntil(t, "broker ready", b.Ready)
 	return b
 }
 
@@ -126,73 +126,6 @@ func subscribe(t *testing.T, b brokers.Broker, pattern string, h brokers.Handler
 	return sub
 }
 
-// waitUntil polls cond until it holds or waitTimeout passes.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for delay := time.Millisecond; !cond(); delay = min(2*delay, 50*time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
-		}
-		time.Sleep(delay)
-	}
-}
-
-// collector is a Handler that records what it receives. It also checks
-// that the broker never calls it concurrently.
-type collector struct {
-	mu       sync.Mutex
-	msgs     []brokers.Message
-	inflight atomic.Int32
-	overlap  atomic.Bool
-}
-
-func (c *collector) handle(m brokers.Message) {
-	if c.inflight.Add(1) > 1 {
-		c.overlap.Store(true)
-	}
-	c.mu.Lock()
-	c.msgs = append(c.msgs, m)
-	c.mu.Unlock()
-	c.inflight.Add(-1)
-}
-
-func (c *collector) snapshot() []brokers.Message {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Clone(c.msgs)
-}
-
-func (c *collector) count() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.msgs)
-}
-
-// waitData waits until a message with the given channel and data arrived.
-func (c *collector) waitData(t *testing.T, channel, data string) {
-	t.Helper()
-	waitUntil(t, fmt.Sprintf("%q on %q", data, channel), func() bool {
-		return slices.ContainsFunc(c.snapshot(), func(m brokers.Message) bool {
-			return m.Channel == channel && string(m.Data) == data
-		})
-	})
-}
-
-// waitN waits until at least n messages arrived.
-func (c *collector) waitN(t *testing.T, n int) {
-	t.Helper()
-	waitUntil(t, fmt.Sprintf("%d messages", n), func() bool { return c.count() >= n })
-}
-
-// checkSerial fails if the Handler was ever called concurrently.
-func (c *collector) checkSerial(t *testing.T) {
-	t.Helper()
-	if c.overlap.Load() {
-		t.Error("Handler was called concurrently for one subscription")
-	}
-}
-
 func describe(msgs []brokers.Message) []string {
 	out := make([]string, len(msgs))
 	for i, m := range msgs {
@@ -204,18 +137,18 @@ func describe(msgs []brokers.Message) []string {
 func testPublishSubscribe(t *testing.T, s *suite) {
 	b := s.broker(t)
 	ch := s.ch("news")
-	var c collector
-	subscribe(t, b, ch, c.handle)
+	var c Inbox
+	subscribe(t, b, ch, c.Handle)
 
 	publish(t, b, ch, "hello")
-	c.waitN(t, 1)
+	c.WaitN(t, 1)
 	// A sentinel on the same channel: once it is in, a duplicate of the
 	// first message would have arrived already.
 	publish(t, b, ch, "sentinel")
-	c.waitData(t, ch, "sentinel")
+	c.Wait(t, ch, "sentinel")
 	time.Sleep(quietPeriod)
 
-	got := c.snapshot()
+	got := c.Messages()
 	if len(got) != 2 {
 		t.Fatalf("got %d messages %v, want exactly [hello sentinel]", len(got), describe(got))
 	}
@@ -231,18 +164,18 @@ func testPublishSubscribe(t *testing.T, s *suite) {
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: ch}); err != nil {
 		t.Fatalf("Publish(empty): %v", err)
 	}
-	c.waitN(t, 3)
-	if m := c.snapshot()[2]; m.Channel != ch || len(m.Data) != 0 {
+	c.WaitN(t, 3)
+	if m := c.Messages()[2]; m.Channel != ch || len(m.Data) != 0 {
 		t.Errorf("empty message arrived as %s=%q", m.Channel, m.Data)
 	}
-	c.checkSerial(t)
+	c.CheckSerial(t)
 }
 
 func testHeaders(t *testing.T, s *suite) {
 	b := s.broker(t)
 	ch := s.ch("headers")
-	var c collector
-	subscribe(t, b, ch, c.handle)
+	var c Inbox
+	subscribe(t, b, ch, c.Handle)
 
 	want := map[string]string{
 		"Content-Type":     "application/json",
@@ -254,8 +187,8 @@ func testHeaders(t *testing.T, s *suite) {
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: ch, Data: []byte("plain")}); err != nil {
 		t.Fatalf("Publish without header: %v", err)
 	}
-	c.waitN(t, 2)
-	got := c.snapshot()
+	c.WaitN(t, 2)
+	got := c.Messages()
 	for k, v := range want {
 		if got[0].Header[k] != v {
 			t.Errorf("header %q = %q, want %q (all: %v)", k, got[0].Header[k], v, got[0].Header)
@@ -271,21 +204,21 @@ func testHeaders(t *testing.T, s *suite) {
 func testUnsubscribe(t *testing.T, s *suite) {
 	b := s.broker(t)
 	ch := s.ch("unsub")
-	var c collector
+	var c Inbox
 	var unsubscribed atomic.Bool
 	var lateCalls atomic.Int32
 	sub := subscribe(t, b, ch, func(m brokers.Message) {
 		if unsubscribed.Load() {
 			lateCalls.Add(1)
 		}
-		c.handle(m)
+		c.Handle(m)
 	})
 	// A second subscription on the same channel receives the sentinel.
-	var witness collector
-	subscribe(t, b, ch, witness.handle)
+	var witness Inbox
+	subscribe(t, b, ch, witness.Handle)
 
 	publish(t, b, ch, "before")
-	c.waitData(t, ch, "before")
+	c.Wait(t, ch, "before")
 
 	if err := sub.Unsubscribe(); err != nil {
 		t.Fatalf("Unsubscribe: %v", err)
@@ -296,12 +229,12 @@ func testUnsubscribe(t *testing.T, s *suite) {
 	}
 
 	publish(t, b, ch, "after")
-	witness.waitData(t, ch, "after")
+	witness.Wait(t, ch, "after")
 	time.Sleep(quietPeriod)
 	if n := lateCalls.Load(); n > 0 {
 		t.Errorf("Handler called %d times after Unsubscribe returned", n)
 	}
-	if got := c.snapshot(); len(got) != 1 {
+	if got := c.Messages(); len(got) != 1 {
 		t.Errorf("unsubscribed handler got %v, want only \"before\"", describe(got))
 	}
 }
@@ -311,17 +244,17 @@ func testUnsubscribe(t *testing.T, s *suite) {
 // checks that exactly the channels in want arrived.
 func checkPattern(t *testing.T, b brokers.Broker, pattern string, channels []string, want []string, sentinel string) {
 	t.Helper()
-	var c collector
-	subscribe(t, b, pattern, c.handle)
+	var c Inbox
+	subscribe(t, b, pattern, c.Handle)
 	for _, ch := range channels {
 		publish(t, b, ch, ch)
 	}
 	publish(t, b, sentinel, "sentinel")
-	c.waitData(t, sentinel, "sentinel")
+	c.Wait(t, sentinel, "sentinel")
 	time.Sleep(quietPeriod)
 
 	var got []string
-	for _, m := range c.snapshot() {
+	for _, m := range c.Messages() {
 		if m.Channel == sentinel {
 			continue
 		}
@@ -368,15 +301,15 @@ func testOrdering(t *testing.T, s *suite) {
 	b := s.broker(t)
 	ch := s.ch("ordered")
 	const n = 1000
-	var c collector
-	subscribe(t, b, ch, c.handle)
+	var c Inbox
+	subscribe(t, b, ch, c.Handle)
 	for i := range n {
 		publish(t, b, ch, strconv.Itoa(i))
 	}
-	c.waitN(t, n)
+	c.WaitN(t, n)
 	// The payloads are checked only now, which also catches a broker that
 	// reuses Data buffers after delivery.
-	got := c.snapshot()
+	got := c.Messages()
 	if len(got) != n {
 		t.Fatalf("got %d messages, want %d", len(got), n)
 	}
@@ -385,7 +318,7 @@ func testOrdering(t *testing.T, s *suite) {
 			t.Fatalf("message %d is %q, want %d (out of order, duplicated or reused buffer)", i, m.Data, i)
 		}
 	}
-	c.checkSerial(t)
+	c.CheckSerial(t)
 }
 
 func testManyChannels(t *testing.T, s *suite) {
@@ -395,11 +328,11 @@ func testManyChannels(t *testing.T, s *suite) {
 		perChannel = 5
 		publishers = 8
 	)
-	cs := make([]collector, channels)
+	cs := make([]Inbox, channels)
 	names := make([]string, channels)
 	for i := range channels {
 		names[i] = s.ch("many", strconv.Itoa(i))
-		subscribe(t, b, names[i], cs[i].handle)
+		subscribe(t, b, names[i], cs[i].Handle)
 	}
 	// Each publisher owns a subset of the channels, so per-channel order
 	// is defined while channels interleave.
@@ -425,18 +358,18 @@ func testManyChannels(t *testing.T, s *suite) {
 		t.Fatal(err)
 	}
 	for i := range cs {
-		cs[i].waitN(t, perChannel)
+		cs[i].WaitN(t, perChannel)
 	}
 	// Sentinels on every channel flush out stray deliveries.
 	for i := range channels {
 		publish(t, b, names[i], "sentinel")
 	}
 	for i := range cs {
-		cs[i].waitData(t, names[i], "sentinel")
+		cs[i].Wait(t, names[i], "sentinel")
 	}
 	time.Sleep(quietPeriod)
 	for i := range cs {
-		got := cs[i].snapshot()
+		got := cs[i].Messages()
 		want := make([]string, 0, perChannel+1)
 		for k := range perChannel {
 			want = append(want, fmt.Sprintf("%s=%q", names[i], fmt.Sprintf("%d/%d", i, k)))
@@ -456,10 +389,10 @@ func testPublishConfirmed(t *testing.T, s *suite) {
 	pub := s.broker(t)
 	for i := range 20 {
 		ch := s.ch("confirmed", strconv.Itoa(i))
-		var c collector
-		subscribe(t, sub, ch, c.handle)
+		var c Inbox
+		subscribe(t, sub, ch, c.Handle)
 		publish(t, pub, ch, "x")
-		c.waitData(t, ch, "x")
+		c.Wait(t, ch, "x")
 	}
 }
 
@@ -478,10 +411,10 @@ func testCanceledContext(t *testing.T, s *suite) {
 		}
 	}
 	// The broker still works.
-	var c collector
-	subscribe(t, b, s.ch("after"), c.handle)
+	var c Inbox
+	subscribe(t, b, s.ch("after"), c.Handle)
 	publish(t, b, s.ch("after"), "ok")
-	c.waitData(t, s.ch("after"), "ok")
+	c.Wait(t, s.ch("after"), "ok")
 }
 
 func testCloseWhileBusy(t *testing.T, s *suite) {
@@ -538,7 +471,7 @@ func testCloseWhileBusy(t *testing.T, s *suite) {
 		}
 	})
 
-	waitUntil(t, "traffic before Close", func() bool { return received.Load() >= 100 })
+	WaitUntil(t, "traffic before Close", func() bool { return received.Load() >= 100 })
 	if err := b.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -575,8 +508,8 @@ func testCloseWhileBusy(t *testing.T, s *suite) {
 
 func testCloseTwice(t *testing.T, s *suite) {
 	b := s.broker(t)
-	var c collector
-	subscribe(t, b, s.ch("twice"), c.handle)
+	var c Inbox
+	subscribe(t, b, s.ch("twice"), c.Handle)
 	var wg sync.WaitGroup
 	for range 3 {
 		wg.Go(func() {

@@ -104,7 +104,7 @@ func (s *histSuite) broker(t *testing.T, opts HistoryOptions) (historyBroker, st
 	if !ok || prefix == "" {
 		t.Fatalf("factory returned pattern %q, want the form \"<prefix>.>\"", pattern)
 	}
-	waitUntil(t, "broker ready", b.Ready)
+	WaitUntil(t, "broker ready", b.Ready)
 	return hb, prefix
 }
 
@@ -139,7 +139,7 @@ func (r *recorder) snapshot() []stored {
 
 func (r *recorder) waitN(t *testing.T, n int) []stored {
 	t.Helper()
-	waitUntil(t, fmt.Sprintf("%d messages", n), func() bool {
+	WaitUntil(t, fmt.Sprintf("%d messages", n), func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		return len(r.msgs) >= n
@@ -357,7 +357,7 @@ func testReplayBackpressure(t *testing.T, s *histSuite) {
 		})
 		errc <- err
 	}()
-	waitUntil(t, "replay to reach the blocking message", func() bool {
+	WaitUntil(t, "replay to reach the blocking message", func() bool {
 		return len(r.snapshot()) == n/2
 	})
 	// The replay is held back: it cannot go past the blocked Handler.
@@ -508,7 +508,7 @@ func testMergeLiveAndReplay(t *testing.T, s *histSuite) {
 		})
 	}
 	close(start)
-	waitUntil(t, "publishing under way", func() bool { return len(witness.snapshot()) >= pre+50 })
+	WaitUntil(t, "publishing under way", func() bool { return len(witness.snapshot()) >= pre+50 })
 
 	// The "gateway": live first, buffered while the replay runs.
 	var mu sync.Mutex
@@ -564,7 +564,7 @@ func testMergeLiveAndReplay(t *testing.T, s *histSuite) {
 	all := witness.waitN(t, total)
 	checkIncreasing(t, "witness", all)
 	want := all[5:]
-	waitUntil(t, "the merged stream to reach the last message", func() bool {
+	WaitUntil(t, "the merged stream to reach the last message", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return last >= want[len(want)-1].seq

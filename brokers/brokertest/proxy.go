@@ -185,21 +185,21 @@ func RunOutage(t *testing.T, newBroker func(t *testing.T, proxyAddr string, onSt
 			t.Errorf("Close: %v", err)
 		}
 	})
-	waitUntil(t, "broker ready", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) >= 1 })
+	WaitUntil(t, "broker ready", b.Ready)
+	WaitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) >= 1 })
 
 	s := &suite{prefix: "cgtest." + token()}
 	old, during, gone := s.ch("old"), s.ch("during"), s.ch("gone")
-	var cOld, cDuring, cGone collector
-	subscribe(t, b, old, cOld.handle)
-	goneSub := subscribe(t, b, gone, cGone.handle)
+	var cOld, cDuring, cGone Inbox
+	subscribe(t, b, old, cOld.Handle)
+	goneSub := subscribe(t, b, gone, cGone.Handle)
 	publish(t, b, old, "before")
-	cOld.waitData(t, old, "before")
+	cOld.Wait(t, old, "before")
 
 	for round := range 2 {
 		p.Cut()
-		waitUntil(t, fmt.Sprintf("Ready false after cut %d", round), func() bool { return !b.Ready() })
-		waitUntil(t, fmt.Sprintf("StateDisconnected after cut %d", round), func() bool {
+		WaitUntil(t, fmt.Sprintf("Ready false after cut %d", round), func() bool { return !b.Ready() })
+		WaitUntil(t, fmt.Sprintf("StateDisconnected after cut %d", round), func() bool {
 			return st.Count(brokers.StateDisconnected) >= round+1
 		})
 
@@ -216,7 +216,7 @@ func RunOutage(t *testing.T, newBroker func(t *testing.T, proxyAddr string, onSt
 			t.Errorf("Publish during outage %d waited for its context's deadline instead of failing at once", round)
 		}
 		if round == 0 {
-			subscribe(t, b, during, cDuring.handle)
+			subscribe(t, b, during, cDuring.Handle)
 			if err := goneSub.Unsubscribe(); err != nil {
 				t.Errorf("Unsubscribe during outage: %v", err)
 			}
@@ -224,8 +224,8 @@ func RunOutage(t *testing.T, newBroker func(t *testing.T, proxyAddr string, onSt
 
 		connected := st.Count(brokers.StateConnected)
 		p.Restore()
-		waitUntil(t, fmt.Sprintf("Ready after restore %d", round), b.Ready)
-		waitUntil(t, fmt.Sprintf("StateConnected after restore %d", round), func() bool {
+		WaitUntil(t, fmt.Sprintf("Ready after restore %d", round), b.Ready)
+		WaitUntil(t, fmt.Sprintf("StateConnected after restore %d", round), func() bool {
 			return st.Count(brokers.StateConnected) > connected
 		})
 		if last, _ := st.Last(); last != brokers.StateConnected {
@@ -236,20 +236,20 @@ func RunOutage(t *testing.T, newBroker func(t *testing.T, proxyAddr string, onSt
 		publish(t, b, gone, after)
 		publish(t, b, old, after)
 		publish(t, b, during, after)
-		cOld.waitData(t, old, after)
-		cDuring.waitData(t, during, after)
+		cOld.Wait(t, old, after)
+		cDuring.Wait(t, during, after)
 	}
 	time.Sleep(quietPeriod)
-	if got := cGone.snapshot(); len(got) > 0 {
+	if got := cGone.Messages(); len(got) > 0 {
 		t.Errorf("subscription ended during the outage received %v", describe(got))
 	}
-	for _, m := range cOld.snapshot() {
+	for _, m := range cOld.Messages() {
 		if len(m.Data) >= 4 && string(m.Data[:4]) == "lost" {
 			t.Errorf("a publish refused during an outage was delivered later: %q", m.Data)
 		}
 	}
-	cOld.checkSerial(t)
-	cDuring.checkSerial(t)
+	cOld.CheckSerial(t)
+	cDuring.CheckSerial(t)
 }
 
 // StateLog records the states a broker's StateFunc is told; pass its

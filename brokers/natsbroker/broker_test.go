@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,52 +70,10 @@ func rawConn(t *testing.T, url string) *nats.Conn {
 	return nc
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// inbox collects messages from a Handler.
-type inbox struct {
-	mu   sync.Mutex
-	msgs []brokers.Message
-}
-
-func (in *inbox) handle(m brokers.Message) {
-	in.mu.Lock()
-	in.msgs = append(in.msgs, m)
-	in.mu.Unlock()
-}
-
-func (in *inbox) has(channel, data string) bool {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return slices.ContainsFunc(in.msgs, func(m brokers.Message) bool {
-		return m.Channel == channel && string(m.Data) == data
-	})
-}
-
-func (in *inbox) wait(t *testing.T, channel, data string) brokers.Message {
-	t.Helper()
-	waitUntil(t, strconv.Quote(data)+" on "+channel, func() bool { return in.has(channel, data) })
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	i := slices.IndexFunc(in.msgs, func(m brokers.Message) bool {
-		return m.Channel == channel && string(m.Data) == data
-	})
-	return in.msgs[i]
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
@@ -180,10 +137,10 @@ func TestConformanceExternal(t *testing.T) {
 func TestRawClientInterop(t *testing.T) {
 	e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: "127.0.0.1:0"})
 	b := e.Broker()
-	waitUntil(t, "embedded broker ready", b.Ready)
+	brokertest.WaitUntil(t, "embedded broker ready", b.Ready)
 
-	var in inbox
-	sub, err := b.Subscribe(ctxT(t), "demo.x", in.handle)
+	var in brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), "demo.x", in.Handle)
 	if err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
@@ -196,7 +153,7 @@ func TestRawClientInterop(t *testing.T) {
 	if err := nc.PublishMsg(m); err != nil {
 		t.Fatal(err)
 	}
-	got := in.wait(t, "demo.x", "from raw")
+	got := in.Wait(t, "demo.x", "from raw")
 	if got.Header["Content-Type"] != "text/plain" || got.Seq != 0 {
 		t.Errorf("got header %v seq %d", got.Header, got.Seq)
 	}
@@ -220,7 +177,7 @@ func TestRawClientInterop(t *testing.T) {
 func TestSubjectPrefix(t *testing.T) {
 	e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: "127.0.0.1:0", SubjectPrefix: "app"})
 	b := e.Broker()
-	waitUntil(t, "embedded broker ready", b.Ready)
+	brokertest.WaitUntil(t, "embedded broker ready", b.Ready)
 	nc := rawConn(t, e.ClientURL())
 
 	// Broker → server: the prefix is prepended.
@@ -241,8 +198,8 @@ func TestSubjectPrefix(t *testing.T) {
 
 	// Server → Broker: the prefix is stripped, and ">" means everything
 	// under the prefix only.
-	var in inbox
-	sub, err := b.Subscribe(ctxT(t), ">", in.handle)
+	var in brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), ">", in.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,12 +209,10 @@ func TestSubjectPrefix(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	in.wait(t, "z", "app.z")
-	in.wait(t, "sentinel", "app.sentinel")
+	in.Wait(t, "z", "app.z")
+	in.Wait(t, "sentinel", "app.sentinel")
 	time.Sleep(50 * time.Millisecond)
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	for _, m := range in.msgs {
+	for _, m := range in.Messages() {
 		if m.Channel != "z" && m.Channel != "sentinel" && m.Channel != "x.y" {
 			t.Errorf("unexpected delivery %q (data %q)", m.Channel, m.Data)
 		}
@@ -267,7 +222,7 @@ func TestSubjectPrefix(t *testing.T) {
 func TestInvalidNames(t *testing.T) {
 	e := startEmbedded(t, natsbroker.EmbeddedOptions{})
 	b := e.Broker()
-	waitUntil(t, "embedded broker ready", b.Ready)
+	brokertest.WaitUntil(t, "embedded broker ready", b.Ready)
 	for _, ch := range []string{"", "a.*", "a.>", "a..b", "a b", "a."} {
 		err := b.Publish(ctxT(t), brokers.Message{Channel: ch})
 		if err == nil || errors.Is(err, brokers.ErrUnavailable) {
@@ -307,11 +262,11 @@ func TestReconnect(t *testing.T) {
 		MaxReconnectWait: 100 * time.Millisecond,
 		OnState:          st.Record,
 	})
-	waitUntil(t, "Ready", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
+	brokertest.WaitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
 
-	var in inbox
-	sub, err := b.Subscribe(ctxT(t), "demo.reconnect", in.handle)
+	var in brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), "demo.reconnect", in.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,14 +274,14 @@ func TestReconnect(t *testing.T) {
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: "demo.reconnect", Data: []byte("before")}); err != nil {
 		t.Fatal(err)
 	}
-	in.wait(t, "demo.reconnect", "before")
+	in.Wait(t, "demo.reconnect", "before")
 
 	// Outage.
 	if err := e1.Close(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "not Ready", func() bool { return !b.Ready() })
-	waitUntil(t, "StateDisconnected", func() bool { return st.Count(brokers.StateDisconnected) == 1 })
+	brokertest.WaitUntil(t, "not Ready", func() bool { return !b.Ready() })
+	brokertest.WaitUntil(t, "StateDisconnected", func() bool { return st.Count(brokers.StateDisconnected) == 1 })
 
 	// Publishing fails at once with ErrUnavailable; it does not wait for
 	// the (long) context deadline.
@@ -337,8 +292,8 @@ func TestReconnect(t *testing.T) {
 		t.Errorf("Publish during outage: %v, want ErrUnavailable", err)
 	}
 	// Subscribing during the outage works; it takes effect on reconnect.
-	var later inbox
-	sub2, err := b.Subscribe(ctxT(t), "demo.later", later.handle)
+	var later brokertest.Inbox
+	sub2, err := b.Subscribe(ctxT(t), "demo.later", later.Handle)
 	if err != nil {
 		t.Fatalf("Subscribe during outage: %v", err)
 	}
@@ -349,8 +304,8 @@ func TestReconnect(t *testing.T) {
 	if e2.ClientURL() != clientURL {
 		t.Fatalf("restarted server at %s, want %s", e2.ClientURL(), clientURL)
 	}
-	waitUntil(t, "Ready again", b.Ready)
-	waitUntil(t, "StateConnected again", func() bool { return st.Count(brokers.StateConnected) == 2 })
+	brokertest.WaitUntil(t, "Ready again", b.Ready)
+	brokertest.WaitUntil(t, "StateConnected again", func() bool { return st.Count(brokers.StateConnected) == 2 })
 	if s, _ := st.Last(); s != brokers.StateConnected {
 		t.Errorf("last state %v, want connected", s)
 	}
@@ -366,13 +321,13 @@ func TestReconnect(t *testing.T) {
 	if err := nc.Publish("demo.later", []byte("later")); err != nil {
 		t.Fatal(err)
 	}
-	in.wait(t, "demo.reconnect", "after")
-	later.wait(t, "demo.later", "later")
+	in.Wait(t, "demo.reconnect", "after")
+	later.Wait(t, "demo.later", "later")
 	if err := b.Publish(ctxT(t), brokers.Message{Channel: "demo.reconnect", Data: []byte("again")}); err != nil {
 		t.Fatalf("Publish after reconnect: %v", err)
 	}
-	in.wait(t, "demo.reconnect", "again")
-	if in.has("demo.reconnect", "lost") {
+	in.Wait(t, "demo.reconnect", "again")
+	if in.Has("demo.reconnect", "lost") {
 		t.Error("a publish refused during the outage was delivered later")
 	}
 
@@ -408,21 +363,21 @@ func TestConnectBeforeServer(t *testing.T) {
 	if !errors.Is(err, brokers.ErrUnavailable) {
 		t.Errorf("Publish without a server: %v, want ErrUnavailable", err)
 	}
-	var in inbox
-	sub, err := b.Subscribe(ctxT(t), "early", in.handle)
+	var in brokertest.Inbox
+	sub, err := b.Subscribe(ctxT(t), "early", in.Handle)
 	if err != nil {
 		t.Fatalf("Subscribe without a server: %v", err)
 	}
 	defer sub.Unsubscribe()
 
 	e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: addr})
-	waitUntil(t, "Ready", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
+	brokertest.WaitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
 	nc := rawConn(t, e.ClientURL())
 	if err := nc.Publish("early", []byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	in.wait(t, "early", "hello")
+	in.Wait(t, "early", "hello")
 }
 
 // Close works while the Broker has never reached a server.
@@ -461,7 +416,7 @@ func TestSlowConsumerCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 
 	release := make(chan struct{})
 	sub, err := b.Subscribe(ctxT(t), "slow", func(brokers.Message) { <-release })
@@ -475,7 +430,7 @@ func TestSlowConsumerCounted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, "a slow consumer event", func() bool { return b.SlowConsumers() > 0 })
+	brokertest.WaitUntil(t, "a slow consumer event", func() bool { return b.SlowConsumers() > 0 })
 }
 
 func TestEmbedded(t *testing.T) {
@@ -515,7 +470,7 @@ func TestEmbedded(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitUntil(t, "Ready", e.Broker().Ready)
+		brokertest.WaitUntil(t, "Ready", e.Broker().Ready)
 		if _, err := js.AccountInfo(ctxT(t)); err != nil {
 			t.Errorf("JetStream AccountInfo: %v", err)
 		}
@@ -557,7 +512,7 @@ func TestEmbedded(t *testing.T) {
 		var buf syncBuffer
 		logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		e := startEmbedded(t, natsbroker.EmbeddedOptions{Logger: logger})
-		waitUntil(t, "Ready", e.Broker().Ready)
+		brokertest.WaitUntil(t, "Ready", e.Broker().Ready)
 		if err := e.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -582,7 +537,7 @@ func TestEmbedded(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitUntil(t, "Ready", b.Ready)
+		brokertest.WaitUntil(t, "Ready", b.Ready)
 		if err := e.Close(); err != nil {
 			t.Fatal(err)
 		}

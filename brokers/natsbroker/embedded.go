@@ -52,9 +52,11 @@ type Embedded struct {
 	logger   *slog.Logger
 	broker   *Broker
 
+	// The package's tests open more Brokers on the server (NewBroker, in
+	// export_test.go); Close closes them.
 	mu     sync.Mutex
 	closed bool      // guarded by mu
-	extra  []*Broker // guarded by mu; from NewBroker
+	extra  []*Broker // guarded by mu
 
 	closeOnce sync.Once
 	closeErr  error
@@ -177,23 +179,6 @@ func (e *Embedded) connect(ctx context.Context, opts Options) (*Broker, error) {
 // owns it: Close closes it (closing it earlier is harmless).
 func (e *Embedded) Broker() *Broker { return e.broker }
 
-// NewBroker opens another in-process Broker (opts.URLs is ignored). The
-// caller may Close it; Embedded.Close closes it anyway, before the server
-// stops.
-func (e *Embedded) NewBroker(ctx context.Context, opts Options) (*Broker, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		return nil, fmt.Errorf("natsbroker: embedded server: %w", brokers.ErrClosed)
-	}
-	b, err := e.connect(ctx, opts)
-	if err != nil {
-		return nil, err
-	}
-	e.extra = append(e.extra, b)
-	return b, nil
-}
-
 // ClientURL returns the URL NATS clients connect to, or "" when the server
 // has no listener. A wildcard listen host is reported as loopback.
 func (e *Embedded) ClientURL() string {
@@ -211,12 +196,9 @@ func (e *Embedded) ClientURL() string {
 	return (&url.URL{Scheme: "nats", Host: net.JoinHostPort(host, strconv.Itoa(addr.Port))}).String()
 }
 
-// StoreDir returns the JetStream store directory.
-func (e *Embedded) StoreDir() string { return e.storeDir }
-
-// Close closes the Brokers (Broker's and NewBroker's), shuts the server down
-// and waits for it, then removes a temporary store directory. It is
-// idempotent.
+// Close closes the Brokers (Broker's and any the tests opened), shuts the
+// server down and waits for it, then removes a temporary store directory.
+// It is idempotent.
 func (e *Embedded) Close() error {
 	e.closeOnce.Do(func() {
 		e.mu.Lock()

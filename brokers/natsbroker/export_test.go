@@ -1,6 +1,12 @@
 package natsbroker
 
-import "time"
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/cometgate/cometgate/brokers"
+)
 
 // WithTestTimings returns o with a consumer heartbeat and a replay batch
 // size that tests can exercise quickly.
@@ -9,3 +15,23 @@ func WithTestTimings(o Options, heartbeat time.Duration, replayBatch int) Option
 	o.replayBatch = replayBatch
 	return o
 }
+
+// NewBroker opens another in-process Broker (opts.URLs is ignored). The
+// caller may Close it; Embedded.Close closes it anyway, before the server
+// stops.
+func (e *Embedded) NewBroker(ctx context.Context, opts Options) (*Broker, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, fmt.Errorf("natsbroker: embedded server: %w", brokers.ErrClosed)
+	}
+	b, err := e.connect(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	e.extra = append(e.extra, b)
+	return b, nil
+}
+
+// StoreDir returns the JetStream store directory.
+func (e *Embedded) StoreDir() string { return e.storeDir }

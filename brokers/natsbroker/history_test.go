@@ -87,7 +87,7 @@ func historyFactory(js jetstream.JetStream, memory bool, newBroker func(t *testi
 
 func TestHistoryConformanceEmbedded(t *testing.T) {
 	e := startEmbedded(t, natsbroker.EmbeddedOptions{})
-	waitUntil(t, "embedded broker ready", e.Broker().Ready)
+	brokertest.WaitUntil(t, "embedded broker ready", e.Broker().Ready)
 	js := jsOf(t, e.Broker().Conn())
 	keepAccountDir(t, js)
 	brokertest.RunHistory(t, historyFactory(js, false, func(t *testing.T, opts natsbroker.Options) *natsbroker.Broker {
@@ -187,7 +187,7 @@ func TestHasHistory(t *testing.T) {
 func TestStreamSpecErrors(t *testing.T) {
 	e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: "127.0.0.1:0"})
 	js := jsOf(t, e.Broker().Conn())
-	waitUntil(t, "Ready", e.Broker().Ready)
+	brokertest.WaitUntil(t, "Ready", e.Broker().Ready)
 	if _, err := js.CreateStream(ctxT(t), jetstream.StreamConfig{Name: "EXISTING", Subjects: []string{"ex.>"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func TestStreamSpecErrors(t *testing.T) {
 		t.Fatalf("existing stream refused: %v", err)
 	}
 	defer b.Close()
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	if !b.HasHistory("ex.b.c") || b.HasHistory("ex.c") {
 		t.Error("HasHistory does not follow the spec's patterns")
 	}
@@ -289,7 +289,7 @@ func TestStreamCreateAndUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	str, err := js.Stream(ctxT(t), "LIM")
 	if err != nil {
 		t.Fatal(err)
@@ -331,30 +331,15 @@ func TestStreamCreateAndUpdate(t *testing.T) {
 }
 
 // seqRecorder records the messages of a history subscription.
-type seqRecorder struct {
-	mu   sync.Mutex
-	msgs []brokers.Message
-}
-
-func (r *seqRecorder) handle(m brokers.Message) {
-	r.mu.Lock()
-	r.msgs = append(r.msgs, m)
-	r.mu.Unlock()
-}
-
-func (r *seqRecorder) get() []brokers.Message {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.msgs)
-}
+type seqRecorder struct{ brokertest.Inbox }
 
 // check waits until r holds exactly want (data, in order), with
 // increasing positions.
 func (r *seqRecorder) check(t *testing.T, what string, want ...string) {
 	t.Helper()
-	waitUntil(t, fmt.Sprintf("%s: %d messages", what, len(want)), func() bool { return len(r.get()) >= len(want) })
+	brokertest.WaitUntil(t, fmt.Sprintf("%s: %d messages", what, len(want)), func() bool { return len(r.Messages()) >= len(want) })
 	time.Sleep(50 * time.Millisecond) // stragglers (duplicates) would arrive now
-	got := r.get()
+	got := r.Messages()
 	var data []string
 	for i, m := range got {
 		data = append(data, string(m.Data))
@@ -397,18 +382,18 @@ func TestHistoryResumeAfterConnectionCut(t *testing.T) {
 		MaxReconnectWait: 100 * time.Millisecond,
 		OnState:          st.Record,
 	})
-	waitUntil(t, "Ready", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
+	brokertest.WaitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
 
 	var all, quiet, late, core seqRecorder
-	subAll, err := b.Subscribe(ctxT(t), "cut.>", all.handle)
+	subAll, err := b.Subscribe(ctxT(t), "cut.>", all.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer subAll.Unsubscribe()
 	// quiet gets nothing before the outage: it resumes from its start
 	// point, not from a delivered message.
-	subQuiet, err := b.Subscribe(ctxT(t), "cut.quiet", quiet.handle)
+	subQuiet, err := b.Subscribe(ctxT(t), "cut.quiet", quiet.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -418,20 +403,20 @@ func TestHistoryResumeAfterConnectionCut(t *testing.T) {
 	all.check(t, "before the cut", want...)
 
 	p.Cut()
-	waitUntil(t, "not Ready", func() bool { return !b.Ready() })
-	waitUntil(t, "StateDisconnected", func() bool { return st.Count(brokers.StateDisconnected) == 1 })
+	brokertest.WaitUntil(t, "not Ready", func() bool { return !b.Ready() })
+	brokertest.WaitUntil(t, "StateDisconnected", func() bool { return st.Count(brokers.StateDisconnected) == 1 })
 	// Stored while the broker is away.
 	want = append(want, publishN(t, pub, "cut.a", "m", 10, 20)...)
 	quietWant := publishN(t, pub, "cut.quiet", "q", 0, 3)
 	// Subscribing while disconnected works; it starts at the end of the
 	// stream once connected.
-	subLate, err := b.Subscribe(ctxT(t), "cut.a", late.handle)
+	subLate, err := b.Subscribe(ctxT(t), "cut.a", late.Handle)
 	if err != nil {
 		t.Fatalf("Subscribe while disconnected: %v", err)
 	}
 	defer subLate.Unsubscribe()
 	// A plain (no history) subscription is restored too.
-	subCore, err := b.Subscribe(ctxT(t), "nohist.x", core.handle)
+	subCore, err := b.Subscribe(ctxT(t), "nohist.x", core.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,8 +429,8 @@ func TestHistoryResumeAfterConnectionCut(t *testing.T) {
 	}
 
 	p.Restore()
-	waitUntil(t, "Ready again", b.Ready)
-	waitUntil(t, "StateConnected again", func() bool { return st.Count(brokers.StateConnected) == 2 })
+	brokertest.WaitUntil(t, "Ready again", b.Ready)
+	brokertest.WaitUntil(t, "StateConnected again", func() bool { return st.Count(brokers.StateConnected) == 2 })
 	want = append(want, publishN(t, b, "cut.a", "m", 20, 30)...)
 	if err := pub.Publish(ctxT(t), brokers.Message{Channel: "nohist.x", Data: []byte("core")}); err != nil {
 		t.Fatal(err)
@@ -455,7 +440,7 @@ func TestHistoryResumeAfterConnectionCut(t *testing.T) {
 	all.check(t, "across the cut", allWant...)
 	quiet.check(t, "quiet subscription across the cut", quietWant...)
 	late.check(t, "subscribed while cut", want[20:]...)
-	waitUntil(t, "core message", func() bool { return len(core.get()) == 1 })
+	brokertest.WaitUntil(t, "core message", func() bool { return len(core.Messages()) == 1 })
 	if b.HistoryGaps() != 0 {
 		t.Errorf("HistoryGaps() = %d, want 0", b.HistoryGaps())
 	}
@@ -485,7 +470,7 @@ func newRestartRig(t *testing.T, store string, specs []natsbroker.StreamSpec) *r
 		ReconnectWait:    10 * time.Millisecond,
 		MaxReconnectWait: 100 * time.Millisecond,
 	})
-	waitUntil(t, "Ready", r.b.Ready)
+	brokertest.WaitUntil(t, "Ready", r.b.Ready)
 	return r
 }
 
@@ -494,15 +479,15 @@ func newRestartRig(t *testing.T, store string, specs []natsbroker.StreamSpec) *r
 func (r *restartRig) restart(during func(other *natsbroker.Broker)) {
 	t := r.t
 	r.p.Cut()
-	waitUntil(t, "not Ready", func() bool { return !r.b.Ready() })
+	brokertest.WaitUntil(t, "not Ready", func() bool { return !r.b.Ready() })
 	if err := r.e.Close(); err != nil {
 		t.Fatal(err)
 	}
 	r.e = startEmbedded(t, natsbroker.EmbeddedOptions{Listen: r.host, StoreDir: r.store, Streams: r.specs})
-	waitUntil(t, "embedded broker ready", r.e.Broker().Ready)
+	brokertest.WaitUntil(t, "embedded broker ready", r.e.Broker().Ready)
 	during(r.e.Broker())
 	r.p.Restore()
-	waitUntil(t, "Ready again", r.b.Ready)
+	brokertest.WaitUntil(t, "Ready again", r.b.Ready)
 }
 
 // The server restarts with the same store while the broker is away, and
@@ -512,7 +497,7 @@ func TestHistoryServerRestart(t *testing.T) {
 	rig := newRestartRig(t, t.TempDir(), []natsbroker.StreamSpec{{Name: "RESTART", Patterns: []string{"rs.>"}, Create: true}})
 	b := rig.b
 	var r, quiet seqRecorder
-	sub, err := b.Subscribe(ctxT(t), "rs.>", r.handle)
+	sub, err := b.Subscribe(ctxT(t), "rs.>", r.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,7 +506,7 @@ func TestHistoryServerRestart(t *testing.T) {
 	r.check(t, "before restart", want...)
 	// Subscribed on a stream that holds messages already, and given none
 	// before the outage: it must resume from where it started.
-	subQuiet, err := b.Subscribe(ctxT(t), "rs.*", quiet.handle)
+	subQuiet, err := b.Subscribe(ctxT(t), "rs.*", quiet.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -535,12 +520,12 @@ func TestHistoryServerRestart(t *testing.T) {
 	quiet.check(t, "subscribed before the restart, nothing received before", want[5:]...)
 
 	var replayed seqRecorder
-	res, err := b.Replay(ctxT(t), "rs.>", 0, replayed.handle)
+	res, err := b.Replay(ctxT(t), "rs.>", 0, replayed.Handle)
 	if err != nil || res.Gap {
 		t.Fatalf("Replay: %+v, %v", res, err)
 	}
 	replayed.check(t, "replay after restart", want...)
-	if got := replayed.get(); !slices.EqualFunc(got, r.get(), func(a, b brokers.Message) bool { return a.Seq == b.Seq }) {
+	if got := replayed.Messages(); !slices.EqualFunc(got, r.Messages(), func(a, b brokers.Message) bool { return a.Seq == b.Seq }) {
 		t.Error("replayed positions differ from live ones")
 	}
 	if b.HistoryGaps() != 0 {
@@ -556,7 +541,7 @@ func TestHistoryRetentionGapAcrossRestart(t *testing.T) {
 	rig := newRestartRig(t, t.TempDir(), []natsbroker.StreamSpec{{Name: "RET", Patterns: []string{"ret.>"}, Create: true, MaxMsgs: 10}})
 	b := rig.b
 	var r seqRecorder
-	sub, err := b.Subscribe(ctxT(t), "ret.>", r.handle)
+	sub, err := b.Subscribe(ctxT(t), "ret.>", r.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -571,9 +556,9 @@ func TestHistoryRetentionGapAcrossRestart(t *testing.T) {
 	})
 	want = slices.Concat(want, kept, publishN(t, b, "ret.a", "m", 33, 35))
 
-	waitUntil(t, "all messages", func() bool { return len(r.get()) >= len(want)+1 })
+	brokertest.WaitUntil(t, "all messages", func() bool { return len(r.Messages()) >= len(want)+1 })
 	time.Sleep(50 * time.Millisecond) // stragglers would arrive now
-	got := r.get()
+	got := r.Messages()
 	if len(got) != len(want)+1 {
 		t.Fatalf("got %d deliveries, want %d messages and one gap marker", len(got), len(want))
 	}
@@ -604,7 +589,7 @@ func TestHistoryStreamRecreated(t *testing.T) {
 	rig := newRestartRig(t, "", []natsbroker.StreamSpec{{Name: "MEM", Patterns: []string{"mem.>"}, Create: true, Memory: true}})
 	b := rig.b
 	var r seqRecorder
-	sub, err := b.Subscribe(ctxT(t), "mem.>", r.handle)
+	sub, err := b.Subscribe(ctxT(t), "mem.>", r.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -618,9 +603,9 @@ func TestHistoryStreamRecreated(t *testing.T) {
 	want = append(want, publishN(t, b, "mem.a", "new", 25, 27)...)
 	// The gap is told once, as a marker right before the first message
 	// of the new stream.
-	waitUntil(t, "all messages", func() bool { return len(r.get()) >= len(want)+1 })
+	brokertest.WaitUntil(t, "all messages", func() bool { return len(r.Messages()) >= len(want)+1 })
 	time.Sleep(50 * time.Millisecond)
-	got := r.get()
+	got := r.Messages()
 	var gaps []int
 	for i, m := range got {
 		if m.Gap {
@@ -651,7 +636,7 @@ func TestHistoryStreamRecreated(t *testing.T) {
 	}
 
 	var replayed seqRecorder
-	res, err := b.Replay(ctxT(t), "mem.>", 1000, replayed.handle)
+	res, err := b.Replay(ctxT(t), "mem.>", 1000, replayed.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -672,21 +657,21 @@ func TestHistorySlowConsumerRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	release := make(chan struct{})
 	var r seqRecorder
 	sub, err := b.Subscribe(ctxT(t), "slow.>", func(m brokers.Message) {
 		if string(m.Data) == "m0" {
 			<-release
 		}
-		r.handle(m)
+		r.Handle(m)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
 	want := publishN(t, e.Broker(), "slow.a", "m", 0, 50)
-	waitUntil(t, "a slow consumer event", func() bool { return b.SlowConsumers() > 0 })
+	brokertest.WaitUntil(t, "a slow consumer event", func() bool { return b.SlowConsumers() > 0 })
 	close(release)
 	// Messages after the hole reveal it (a lost tail only shows in the
 	// consumer's heartbeats).
@@ -704,9 +689,9 @@ func TestHistoryConsumerDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	var r seqRecorder
-	sub, err := b.Subscribe(ctxT(t), "hb.>", r.handle)
+	sub, err := b.Subscribe(ctxT(t), "hb.>", r.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -755,7 +740,7 @@ func TestHistoryConsumersCleanedUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 
 	publishN(t, b, "clean.a", "m", 0, 10)
 	var subs []brokers.Subscription
@@ -774,12 +759,12 @@ func TestHistoryConsumersCleanedUp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, "consumers deleted after Unsubscribe", func() bool { return consumers() == 0 })
+	brokertest.WaitUntil(t, "consumers deleted after Unsubscribe", func() bool { return consumers() == 0 })
 
 	// Replays, complete, canceled midway and failing in the Handler's
 	// wake, leave nothing behind (batch size 3: several fetches).
 	var r seqRecorder
-	if _, err := b.Replay(ctxT(t), "clean.>", 0, r.handle); err != nil {
+	if _, err := b.Replay(ctxT(t), "clean.>", 0, r.Handle); err != nil {
 		t.Fatal(err)
 	}
 	r.check(t, "replay", publishedData("m", 0, 10)...)
@@ -832,12 +817,12 @@ func TestHistoryReplayGapWhileReading(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	waitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "Ready", b.Ready)
 	publishN(t, b, "race.a", "m", 0, 20) // Seq 1..20
 
 	var r seqRecorder
 	res, err := b.Replay(ctxT(t), "race.>", 0, func(m brokers.Message) {
-		r.handle(m)
+		r.Handle(m)
 		if m.Seq == 5 {
 			// The first batch (1..5) is in; push everything not fetched
 			// yet out of the stream before the next fetch.
@@ -869,7 +854,7 @@ func TestHistoryReplayGapWhileReading(t *testing.T) {
 func TestHistoryReadiness(t *testing.T) {
 	e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: "127.0.0.1:0"})
 	js := jsOf(t, e.Broker().Conn())
-	waitUntil(t, "Ready", e.Broker().Ready)
+	brokertest.WaitUntil(t, "Ready", e.Broker().Ready)
 	keepAccountDir(t, js)
 	if _, err := js.CreateStream(ctxT(t), jetstream.StreamConfig{Name: "OPS", Subjects: []string{"ops.>"}}); err != nil {
 		t.Fatal(err)
@@ -880,8 +865,8 @@ func TestHistoryReadiness(t *testing.T) {
 		Streams: []natsbroker.StreamSpec{{Name: "OPS", Patterns: []string{"ops.>"}}},
 		OnState: st.Record,
 	})
-	waitUntil(t, "Ready", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
+	brokertest.WaitUntil(t, "Ready", b.Ready)
+	brokertest.WaitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 1 })
 
 	// The operator deletes the stream; on the next reconnect the broker
 	// cannot ensure it and is not ready, until the stream is back.
@@ -889,13 +874,13 @@ func TestHistoryReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	var r seqRecorder
-	if _, err := b.Subscribe(ctxT(t), "ops.x", r.handle); err == nil {
+	if _, err := b.Subscribe(ctxT(t), "ops.x", r.Handle); err == nil {
 		t.Error("Subscribe on a deleted stream succeeded")
 	}
 	if err := b.Conn().ForceReconnect(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "StateDisconnected", func() bool { return st.Count(brokers.StateDisconnected) == 1 })
+	brokertest.WaitUntil(t, "StateDisconnected", func() bool { return st.Count(brokers.StateDisconnected) == 1 })
 	time.Sleep(300 * time.Millisecond)
 	if b.Ready() || st.Count(brokers.StateConnected) != 1 {
 		t.Errorf("Ready %v, %d connected reports, with the stream missing", b.Ready(), st.Count(brokers.StateConnected))
@@ -903,6 +888,6 @@ func TestHistoryReadiness(t *testing.T) {
 	if _, err := js.CreateStream(ctxT(t), jetstream.StreamConfig{Name: "OPS", Subjects: []string{"ops.>"}}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "Ready after the stream is back", b.Ready)
-	waitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 2 })
+	brokertest.WaitUntil(t, "Ready after the stream is back", b.Ready)
+	brokertest.WaitUntil(t, "StateConnected", func() bool { return st.Count(brokers.StateConnected) == 2 })
 }

@@ -41,20 +41,16 @@ func (s subjects) channel(subject string) (string, bool) {
 	return ch, ok && ch != ""
 }
 
-// checkChannel reports whether name is a concrete channel: non-empty
-// dot-separated tokens without wildcards, whitespace or control characters.
+// checkChannel reports whether name is a concrete channel in the broker
+// alphabet (brokers.CheckName).
 func checkChannel(name string) error {
-	return checkTokens(name, false)
+	return brokers.CheckName(name, false, "")
 }
 
-// checkPattern reports whether name is a subscription pattern: like a
-// channel, except that a token may be "*", and the last token may be ">".
+// checkPattern reports whether name is a subscription pattern in the
+// broker alphabet.
 func checkPattern(name string) error {
-	return checkTokens(name, true)
-}
-
-func checkTokens(name string, wildcards bool) error {
-	return brokers.CheckName(name, wildcards, "")
+	return brokers.CheckName(name, true, "")
 }
 
 // checkHeader reports whether a header can travel in a NATS message

@@ -208,7 +208,7 @@ func (o Options) natsOptions() ([]nats.Option, error) {
 		// Secure must come first: RootCAs and ClientCert amend its config.
 		opts = append(opts, nats.Secure(&tls.Config{
 			MinVersion:         tls.VersionTLS12,
-			InsecureSkipVerify: t.InsecureSkipVerify, //nolint:gosec // documented as tests only
+			InsecureSkipVerify: t.InsecureSkipVerify, // the option is documented as for tests only
 		}))
 		if t.CAFile != "" {
 			opts = append(opts, nats.RootCAs(t.CAFile))

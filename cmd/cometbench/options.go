@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cometgate/cometgate/gateway"
+	"github.com/cometgate/cometgate/brokers"
 )
 
 // runOptions are the flags of "cometbench run".
@@ -123,7 +123,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	if o.Channels < 1 || o.Channels > o.Sessions {
 		bad("--channels %d: must be 1..sessions (%d), every channel needs a subscriber", o.Channels, o.Sessions)
 	}
-	if err := gateway.ValidateChannel(o.Prefix + ".0"); err != nil {
+	if err := brokers.ValidateChannel(o.Prefix + ".0"); err != nil {
 		bad("--prefix %q: %v", o.Prefix, err)
 	}
 	for _, r := range splitList(*rates) {

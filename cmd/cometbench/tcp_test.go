@@ -115,15 +115,20 @@ func TestAppendMaskedFrame(t *testing.T) {
 		if string(frame[:4]) != "junk" {
 			t.Fatalf("%d: the frame did not append", n)
 		}
-		f, err := ws.ReadFrame(bytes.NewReader(frame[4:]))
+		r := bytes.NewReader(frame[4:])
+		h, err := ws.ReadHeader(r)
 		if err != nil {
 			t.Fatalf("%d: %v", n, err)
 		}
-		if !f.Header.Fin || f.Header.OpCode != ws.OpBinary || !f.Header.Masked || f.Header.Mask != key || f.Header.Length != int64(n) {
-			t.Fatalf("%d: header %+v", n, f.Header)
+		if !h.Fin || h.OpCode != ws.OpBinary || !h.Masked || h.Mask != key || h.Length != int64(n) {
+			t.Fatalf("%d: header %+v", n, h)
 		}
-		ws.Cipher(f.Payload, f.Header.Mask, 0)
-		if !bytes.Equal(f.Payload, p.at(99, n)) {
+		payload := make([]byte, h.Length)
+		if _, err := io.ReadFull(r, payload); err != nil {
+			t.Fatalf("%d: payload: %v", n, err)
+		}
+		ws.Cipher(payload, h.Mask, 0)
+		if !bytes.Equal(payload, p.at(99, n)) {
 			t.Fatalf("%d: the payload differs after unmasking", n)
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -44,11 +43,8 @@ func TestAMQPNodeDeliversExchangeMessages(t *testing.T) {
 	needRabbit(t)
 	exchange := fmt.Sprintf("cometgate-test-%d", rand.Uint64())
 	// As an operator would run it: cometgate --config with an AMQP broker.
-	cfg := filepath.Join(t.TempDir(), "amqp.yaml")
 	yaml := fmt.Sprintf("broker:\n  kind: amqp\n  amqp:\n    url: %q\n    exchange: %q\n", amqpURL(), exchange)
-	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg := writeTemp(t, "amqp.yaml", yaml)
 	n := startNodeArgs(t, []string{"--config", cfg})
 
 	conn, err := amqp.Dial(amqpURL())

@@ -14,6 +14,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +30,9 @@ import (
 // what each sees. tokens is the list of tokens the token function hands
 // out in turn (the last one again and again); mode is "sync" (the function
 // returns the string), "async" (a Promise of it), "fixed" (options.token
-// is the first token itself) or "none" (no token option).
+// is the first token itself), "fetch" (tokens[0] is a URL that the
+// function fetches a token from, as an application would, with ?n= the
+// call's number) or "none" (no token option).
 const authHarnessJS = `(() => {
   window.A = {
     c: {},
@@ -37,6 +42,8 @@ const authHarnessJS = `(() => {
       const o = Object.assign({ url: location.origin }, opts);
       if (mode === "fixed") {
         o.token = tokens[0];
+      } else if (mode === "fetch") {
+        o.token = () => fetch(tokens[0] + "?n=" + (++r.tokenCalls)).then((res) => res.text());
       } else if (mode !== "none") {
         o.token = () => {
           const tok = tokens[Math.min(r.tokenCalls, tokens.length - 1)];
@@ -89,9 +96,12 @@ func startAuthNode(t *testing.T, authExtra string, env ...string) (*node, []byte
 	return startNodeArgs(t, []string{"--config", cfg}, env...), []byte(secret)
 }
 
+// alice is the principal of the tokens the browser tests sign.
+var alice = gateway.Principal{Subject: "alice", Subscribe: []string{"secret.>"}, Publish: []string{"secret.>"}}
+
 func signAlice(t *testing.T, secret []byte, ttl time.Duration) string {
 	t.Helper()
-	tok, err := gateway.SignToken(secret, gateway.Principal{Subject: "alice", Subscribe: []string{"secret.>"}, Publish: []string{"secret.>"}}, "", "", ttl)
+	tok, err := gateway.SignToken(secret, alice, "", "", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,15 +328,31 @@ func TestAuthBrowserTokenExpiry(t *testing.T) {
 	// No leeway: the node ends a session at its token's "exp" plus the
 	// leeway (30 s by default).
 	n, secret := startAuthNode(t, "  leeway: 0s\n")
-	// JWT expiry has a resolution of a second: this one ends in 2 to 3 s.
-	short := signAlice(t, secret, 3*time.Second)
-	long := signAlice(t, secret, time.Hour)
+	// The application signs a token when the page asks for it, as a real
+	// one would: the first one short, so that it expires while the page
+	// watches (signed before the browser started, it could expire before
+	// the first connection on a busy machine). JWT expiry has a
+	// resolution of a second: the first ends in 4 to 5 s.
+	issuer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ttl := time.Hour
+		if r.URL.Query().Get("n") == "1" {
+			ttl = 5 * time.Second
+		}
+		tok, err := gateway.SignToken(secret, alice, "", "", ttl)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		_, _ = io.WriteString(w, tok)
+	}))
+	defer issuer.Close()
 
 	b := newTab(t)
 	b.do(chromedp.Navigate(n.url("/")))
 	b.waitFor(`typeof CometGate === "function"`, `typeof CometGate`)
 	b.eval(authHarnessJS, nil)
-	b.openAuthClient("exp", `{transports: ["websocket"], minReconnectDelay: 100, maxReconnectDelay: 400}`, "secret.exp", []string{short, long}, "sync")
+	b.openAuthClient("exp", `{transports: ["websocket"], minReconnectDelay: 100, maxReconnectDelay: 400}`, "secret.exp", []string{issuer.URL + "/token"}, "fetch")
 	b.waitFor(`A.c["exp"].subscribed === 1 && A.c["exp"].cg.state === "connected"`, diagOf("exp"))
 	publishSecret(t, n, "secret.exp", 0, 1)
 	b.waitFor(`A.c["exp"].msgs.length >= 1`, diagOf("exp"))

@@ -44,7 +44,6 @@ func authConfig(t *testing.T) string {
 // lines authExtra added to its auth section, and returns its path.
 func writeAuthConfig(t *testing.T, secret, authExtra string) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "auth.yaml")
 	yaml := fmt.Sprintf(`auth:
   mode: jwt
   hmac_secret: %q
@@ -56,9 +55,7 @@ func writeAuthConfig(t *testing.T, secret, authExtra string) string {
     subscribe: anyone
     publish: anyone
 `, secret, authExtra)
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := writeTemp(t, "auth.yaml", yaml)
 	return path
 }
 
@@ -446,10 +443,7 @@ func TestTokenCommand(t *testing.T) {
 	}
 
 	// The secret may come from the environment, as for serve.
-	path := filepath.Join(t.TempDir(), "env.yaml")
-	if err := os.WriteFile(path, []byte("auth:\n  mode: jwt\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := writeTemp(t, "env.yaml", "auth:\n  mode: jwt\n")
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"token", "--config", path, "--sub", "bob"}, []string{"COMETGATE_AUTH_HMAC_SECRET=" + authSecret}, &out, io.Discard); err != nil {
 		t.Fatalf("secret from the environment: %v", err)
@@ -463,10 +457,7 @@ func TestTokenCommand(t *testing.T) {
 	}
 
 	keyFile, _ := writeKeyPair(t)
-	pubCfg := filepath.Join(t.TempDir(), "pub.yaml")
-	if err := os.WriteFile(pubCfg, []byte("auth:\n  mode: jwt\n  public_key_file: "+keyFile+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	pubCfg := writeTemp(t, "pub.yaml", "auth:\n  mode: jwt\n  public_key_file: "+keyFile+"\n")
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -502,10 +493,7 @@ func writeKeyPair(t *testing.T) (string, ed25519.PrivateKey) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "key.pem")
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := writeTemp(t, "key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})))
 	return path, priv
 }
 
@@ -514,7 +502,6 @@ func writeKeyPair(t *testing.T) (string, ed25519.PrivateKey) {
 // a key file that does not load stops start-up naming the key.
 func TestAuthPublicKey(t *testing.T) {
 	keyFile, priv := writeKeyPair(t)
-	cfg := filepath.Join(t.TempDir(), "pub.yaml")
 	yaml := fmt.Sprintf(`auth:
   mode: jwt
   public_key_file: %q
@@ -523,9 +510,7 @@ channels:
     subscribe: token
     publish: nobody
 `, keyFile)
-	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg := writeTemp(t, "pub.yaml", yaml)
 	n := startNodeArgs(t, []string{"--config", cfg})
 	tok, err := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{
 		"sub": "carol", "exp": time.Now().Add(time.Hour).Unix(),
@@ -544,13 +529,10 @@ channels:
 	status, e := request(t, http.MethodGet, n.url("/ws?token="+hs), wsUpgrade(), "")
 	wantRefusal(t, "HS256 token on a public-key node", status, e, http.StatusUnauthorized, 4401)
 
-	notPEM := filepath.Join(t.TempDir(), "bad.pem")
-	if err := os.WriteFile(notPEM, []byte("not a key"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	notPEM := writeTemp(t, "bad.pem", "not a key")
 	for _, file := range []string{notPEM, filepath.Join(t.TempDir(), "missing.pem")} {
 		err := serve(context.Background(), []string{"--config", cfg},
-			[]string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0", "COMETGATE_AUTH_PUBLIC_KEY_FILE=" + file}, io.Discard, nil)
+			[]string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0", "COMETGATE_AUTH_PUBLIC_KEY_FILE=" + file}, io.Discard, io.Discard, nil)
 		if err == nil || !strings.Contains(err.Error(), "auth.public_key_file") {
 			t.Errorf("start-up with key file %s: %v, want an error naming auth.public_key_file", filepath.Base(file), err)
 		}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -86,7 +85,6 @@ func echoServer(t *testing.T) string {
 // targets "redis" and "echo" and a SockJS endpoint in tcp mode for each.
 func startBridgeNode(t *testing.T, echoAddr string) *node {
 	t.Helper()
-	cfg := filepath.Join(t.TempDir(), "bridge.yaml")
 	yaml := fmt.Sprintf(`bridge:
   targets:
     - name: redis
@@ -105,9 +103,7 @@ sockjs:
     mode: tcp
     target: echo
 `, redisAddr, echoAddr, echoAddr)
-	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg := writeTemp(t, "bridge.yaml", yaml)
 	return startNodeArgs(t, []string{"--config", cfg})
 }
 
@@ -278,11 +274,8 @@ func TestBridgeSockJSOverHTTP(t *testing.T) {
 // TestBridgeConfigErrors: a SockJS tcp endpoint must name a bridge target,
 // and the error says which key is wrong.
 func TestBridgeConfigErrors(t *testing.T) {
-	cfg := filepath.Join(t.TempDir(), "c.yaml")
-	if err := os.WriteFile(cfg, []byte("sockjs:\n  - prefix: /chat\n    mode: tcp\n    target: chat\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	err := serve(context.Background(), []string{"--config", cfg}, []string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0"}, io.Discard, nil)
+	cfg := writeTemp(t, "c.yaml", "sockjs:\n  - prefix: /chat\n    mode: tcp\n    target: chat\n")
+	err := serve(context.Background(), []string{"--config", cfg}, []string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0"}, io.Discard, io.Discard, nil)
 	if err == nil || !strings.Contains(err.Error(), `sockjs[0].target: must name one of bridge.targets, got "chat"`) {
 		t.Fatalf("err = %v", err)
 	}

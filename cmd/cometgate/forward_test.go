@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cometgate/cometgate/brokers/natsbroker"
 	"github.com/cometgate/cometgate/gateway"
 	"github.com/cometgate/cometgate/transports"
 )
@@ -33,33 +31,15 @@ type clusterNode struct {
 	table *gateway.Nodes
 }
 
-// startClusterNode is startNodeArgs with the announcement interval
+// startClusterNode is startNode with the announcement interval
 // shortened and the node table kept.
 func startClusterNode(t *testing.T, id string, env ...string) *clusterNode {
 	t.Helper()
-	environ := append([]string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0", "COMETGATE_HTTP_SHUTDOWN_TIMEOUT=5s",
-		"COMETGATE_NODE_ID=" + id}, env...)
-	ctx, cancel := context.WithCancel(context.Background())
-	n := &clusterNode{node: &node{logs: &syncBuffer{}, stop: cancel, done: make(chan error, 1)}, id: id}
-	ready := make(chan struct{})
-	go func() {
-		n.done <- serve(ctx, nil, environ, n.logs, &hooks{
-			announceInterval: testAnnounceInterval,
-			nodes:            func(tab *gateway.Nodes) { n.table = tab },
-			listening: func(addr string, emb *natsbroker.Embedded) {
-				n.addr, n.emb = addr, emb
-				close(ready)
-			},
-		})
-	}()
-	select {
-	case <-ready:
-	case err := <-n.done:
-		t.Fatalf("serve returned before listening: %v\n%s", err, n.logs)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("node did not start\n%s", n.logs)
-	}
-	t.Cleanup(func() { n.shutdown(t) })
+	n := &clusterNode{id: id}
+	n.node = launchNode(t, nil, append([]string{"COMETGATE_NODE_ID=" + id}, env...), hooks{
+		announceInterval: testAnnounceInterval,
+		nodes:            func(tab *gateway.Nodes) { n.table = tab },
+	})
 	if n.table == nil {
 		t.Fatalf("node %s: forwarding is off\n%s", id, n.logs)
 	}

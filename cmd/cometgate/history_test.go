@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,7 +24,6 @@ import (
 // the plain demo.> namespace.
 func historyConfig(t *testing.T, kind, stream string) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "cometgate.yaml")
 	yaml := fmt.Sprintf(`channels:
   - pattern: "demo.h.>"
     subscribe: anyone
@@ -37,9 +35,7 @@ func historyConfig(t *testing.T, kind, stream string) string {
     subscribe: anyone
     publish: anyone
 `, kind, stream)
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := writeTemp(t, "cometgate.yaml", yaml)
 	return path
 }
 

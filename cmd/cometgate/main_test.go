@@ -3,12 +3,15 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -62,16 +65,24 @@ func startNode(t *testing.T, env ...string) *node {
 // extra environment.
 func startNodeArgs(t *testing.T, args []string, env ...string) *node {
 	t.Helper()
+	return launchNode(t, args, env, hooks{})
+}
+
+// launchNode runs serve on random ports with command-line args, extra
+// environment and the hooks in h (launchNode sets listening itself), and
+// stops the node when the test ends. The start-up of every node the tests
+// run through serve.
+func launchNode(t *testing.T, args, env []string, h hooks) *node {
+	t.Helper()
 	environ := append([]string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0", "COMETGATE_HTTP_SHUTDOWN_TIMEOUT=5s"}, env...)
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{logs: &syncBuffer{}, stop: cancel, done: make(chan error, 1)}
 	ready := make(chan struct{})
-	go func() {
-		n.done <- serve(ctx, args, environ, n.logs, &hooks{listening: func(addr string, emb *natsbroker.Embedded) {
-			n.addr, n.emb = addr, emb
-			close(ready)
-		}})
-	}()
+	h.listening = func(addr string, emb *natsbroker.Embedded) {
+		n.addr, n.emb = addr, emb
+		close(ready)
+	}
+	go func() { n.done <- serve(ctx, args, environ, n.logs, n.logs, &h) }()
 	select {
 	case <-ready:
 	case err := <-n.done:
@@ -81,6 +92,17 @@ func startNodeArgs(t *testing.T, args []string, env ...string) *node {
 	}
 	t.Cleanup(func() { n.shutdown(t) })
 	return n
+}
+
+// writeTemp writes content to a new file called name in a temporary
+// directory and returns its path.
+func writeTemp(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func (n *node) shutdown(t *testing.T) {
@@ -105,7 +127,6 @@ func (n *node) url(path string) string { return "http://" + n.addr + path }
 type sseStream struct {
 	resp    *http.Response
 	packets chan map[string]any
-	ids     chan string
 }
 
 func openSSE(t *testing.T, url string) *sseStream {
@@ -424,20 +445,23 @@ func TestPublishAPIErrors(t *testing.T) {
 	cases := []struct {
 		name, auth, body string
 		status           int
+		contentType      string // "" is application/json
 	}{
-		{"no key", "", `{"channel":"demo.x","data":1}`, 401},
-		{"wrong key", "Bearer nope", `{"channel":"demo.x","data":1}`, 401},
-		{"ok", "Bearer k1", `{"channel":"demo.x","data":1}`, 200},
-		{"not json", "Bearer k1", `channel=demo.x`, 400},
-		{"no payload", "Bearer k1", `{"channel":"demo.x"}`, 400},
-		{"two payloads", "Bearer k1", `{"channel":"demo.x","data":1,"text":"a"}`, 400},
-		{"wildcard", "Bearer k1", `{"channel":"demo.*","data":1}`, 422},
-		{"bad b64", "Bearer k1", `{"channel":"demo.x","b64":"!!"}`, 400},
-		{"unknown field", "Bearer k1", `{"channel":"demo.x","data":1,"chanel":2}`, 400},
+		{"no key", "", `{"channel":"demo.x","data":1}`, 401, ""},
+		{"form", "Bearer k1", `{"channel":"demo.x","data":1}`, 415, "application/x-www-form-urlencoded"},
+		{"wrong key", "Bearer nope", `{"channel":"demo.x","data":1}`, 401, ""},
+		{"ok", "Bearer k1", `{"channel":"demo.x","data":1}`, 200, ""},
+		{"not json", "Bearer k1", `channel=demo.x`, 400, ""},
+		{"no payload", "Bearer k1", `{"channel":"demo.x"}`, 400, ""},
+		{"two payloads", "Bearer k1", `{"channel":"demo.x","data":1,"text":"a"}`, 400, ""},
+		{"wildcard", "Bearer k1", `{"channel":"demo.*","data":1}`, 422, ""},
+		{"bad b64", "Bearer k1", `{"channel":"demo.x","b64":"!!"}`, 400, ""},
+		{"unknown field", "Bearer k1", `{"channel":"demo.x","data":1,"chanel":2}`, 400, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(http.MethodPost, n.url("/api/publish"), strings.NewReader(tc.body))
+			req.Header.Set("Content-Type", cmp.Or(tc.contentType, "application/json"))
 			if tc.auth != "" {
 				req.Header.Set("Authorization", tc.auth)
 			}
@@ -479,7 +503,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 }
 
 func TestUnknownConfigKeyFailsStartup(t *testing.T) {
-	err := serve(context.Background(), nil, []string{"COMETGATE_HTTP_LISEN=x"}, io.Discard, nil)
+	err := serve(context.Background(), nil, []string{"COMETGATE_HTTP_LISEN=x"}, io.Discard, io.Discard, nil)
 	if err == nil || !strings.Contains(err.Error(), "COMETGATE_HTTP_LISEN") {
 		t.Fatalf("err = %v", err)
 	}

@@ -482,7 +482,11 @@ func checkNginxDirectives(t *testing.T) {
 			t.Errorf("nginx example: %s makes sessions sticky; cometgate needs no stickiness", sticky)
 		}
 	}
-	heartbeat := configs.Default().Session.Heartbeat
+	defaults, err := configs.Load("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heartbeat := defaults.Session.Heartbeat
 	if len(dirs["proxy_read_timeout"]) != 1 {
 		t.Fatalf("nginx example: proxy_read_timeout %q, want one", dirs["proxy_read_timeout"])
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,17 +16,16 @@ import (
 // publish sends one message through a running node's HTTP API, so it works
 // with every broker kind, including the embedded one that has no TCP port.
 func publish(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("publish", "cometgate publish [--url URL] [--key KEY] [--text] CHANNEL DATA")
 	url := fs.String("url", "", "base URL of a running node (default: from http.listen of the configuration)")
 	key := fs.String("key", "", "API key (default: $COMETGATE_PUBLISH_KEY; loopback needs none by default)")
 	text := fs.Bool("text", false, "send DATA as text even if it is valid JSON")
 	configPath := fs.String("config", "", "configuration file to read http.listen from")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	if err := parseFlagsArgs(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	if fs.NArg() != 2 {
-		fmt.Fprint(stderr, "usage: cometgate publish [--url URL] [--key KEY] [--text] CHANNEL DATA\n")
+		fs.Usage()
 		return errUsage
 	}
 	channel, data := fs.Arg(0), fs.Arg(1)

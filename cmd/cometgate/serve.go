@@ -4,14 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -42,58 +40,123 @@ type hooks struct {
 	nodes func(*gateway.Nodes)
 }
 
-func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hooks) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "YAML configuration file (defaults: cometgate config)")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+// serve runs a node until ctx ends or a server fails: build, run, and
+// shutdown, which is the one cleanup path, whether build got half way or
+// the node ran.
+func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer, h *hooks) error {
+	if h == nil {
+		h = &hooks{}
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("serve: unexpected argument %q", fs.Arg(0))
-	}
-	cfg, err := configs.Load(*configPath, environ)
+	cfg, err := loadServeConfig(args, environ, stdout, stderr)
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log, stderr)
+	n := &nodeParts{cfg: cfg, log: newLogger(cfg.Log, stderr)}
+	err = n.build(ctx, h)
+	if err == nil {
+		err = n.run(ctx, h)
+	}
+	n.shutdown()
+	return err
+}
+
+// loadServeConfig parses serve's flags and loads the configuration they
+// name.
+func loadServeConfig(args, environ []string, stdout, stderr io.Writer) (*configs.Config, error) {
+	fs := newFlagSet("serve", "cometgate [serve] [--config FILE]")
+	configPath := fs.String("config", "", "YAML configuration file (defaults: cometgate config)")
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return nil, err
+	}
+	cfg, err := configs.Load(*configPath, environ)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Node.ID == "" {
 		cfg.Node.ID = randomNodeID()
 	}
-	rules, err := buildRules(cfg)
+	return cfg, nil
+}
+
+// nodeParts is a node: what build made, run serves and shutdown takes
+// down. A nil part was not made (build failed before it, or the
+// configuration has none), and shutdown skips it.
+type nodeParts struct {
+	cfg *configs.Config
+	log *slog.Logger
+
+	broker      brokers.Broker
+	emb         *natsbroker.Embedded // broker.kind embedded only
+	closeBroker func() error
+	relay       atomic.Pointer[brokers.StateFunc] // the gateway's, once it exists
+	reg         *prometheus.Registry
+	gw          *gateway.Gateway
+	tsrv        *transports.Server
+	fresh       *freshConns
+	httpSrv     *http.Server
+	ln          net.Listener
+	nodeDir     nodeDirectory
+	nodes       *gateway.Nodes // nil when forwarding between nodes is off
+	adminSrv    *http.Server   // nil without admin.listen
+	adminLn     net.Listener
+
+	// serving counts the goroutines serving the listeners; errc carries
+	// their failures.
+	serving sync.WaitGroup
+	errc    chan error
+}
+
+// build makes every part of the node, in dependency order, up to but not
+// including serving: what fails stops start-up before anything is served.
+func (n *nodeParts) build(ctx context.Context, h *hooks) error {
+	rules, err := buildRules(n.cfg)
 	if err != nil {
 		return err
 	}
 	// Before the broker: a key that does not load must stop start-up at
 	// once, not after a node came half up.
-	tokens, err := tokenVerifier(cfg.Auth)
+	tokens, err := tokenVerifier(n.cfg.Auth)
 	if err != nil {
 		return err
 	}
+	if err := n.openBroker(ctx); err != nil {
+		return err
+	}
+	if err := n.newGateway(rules); err != nil {
+		return err
+	}
+	if err := n.listenHTTP(tokens); err != nil {
+		return err
+	}
+	if err := n.startNodes(ctx, h); err != nil {
+		return err
+	}
+	return n.listenAdmin()
+}
 
-	// The broker reports state changes from its own goroutine; the gateway
-	// that wants them is created after the broker, so they go through a
-	// relay that forwards once it is set.
-	var relay atomic.Pointer[brokers.StateFunc]
+// openBroker connects the broker. It reports state changes from its own
+// goroutine and may do so before the gateway that wants them exists, so
+// they go through a relay that newGateway sets.
+func (n *nodeParts) openBroker(ctx context.Context) error {
 	onState := func(st brokers.State) {
-		log.Info("broker "+st.String(), slog.String("kind", cfg.Broker.Kind))
-		if f := relay.Load(); f != nil {
+		n.log.Info("broker "+st.String(), slog.String("kind", n.cfg.Broker.Kind))
+		if f := n.relay.Load(); f != nil {
 			(*f)(st)
 		}
 	}
-	broker, emb, closeBroker, err := openBroker(ctx, cfg, onState, log)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err := closeBroker(); err != nil {
-			log.Error("closing broker", slog.Any("err", err))
-		}
-	}()
+	var err error
+	n.broker, n.emb, n.closeBroker, err = dialBroker(ctx, n.cfg, onState, n.log)
+	return err
+}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	gw, err := gateway.New(gateway.Config{
+// newGateway builds the gateway on the broker and has it told of the
+// broker's state from then on.
+func (n *nodeParts) newGateway(rules gateway.Rules) error {
+	n.reg = prometheus.NewRegistry()
+	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg := n.cfg
+	var err error
+	n.gw, err = gateway.New(gateway.Config{
 		NodeID:           cfg.Node.ID,
 		QueueBytes:       cfg.Session.QueueBytes,
 		MaxFrameBytes:    cfg.Session.MaxFrameBytes,
@@ -102,18 +165,25 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 		DisconnectDelay:  cfg.Session.DisconnectDelay,
 		PublishTimeout:   cfg.Broker.PublishTimeout,
 		Rules:            rules,
-		Logger:           log,
-		Metrics:          gateway.NewMetrics(reg),
-	}, broker)
+		Logger:           n.log,
+		Metrics:          gateway.NewMetrics(n.reg),
+	}, n.broker)
 	if err != nil {
 		return err
 	}
-	stateFn := brokers.StateFunc(gw.BrokerState)
-	relay.Store(&stateFn)
-	gw.BrokerState(stateOf(broker)) // anything that happened before the relay was set
+	stateFn := brokers.StateFunc(n.gw.BrokerState)
+	n.relay.Store(&stateFn)
+	n.gw.BrokerState(stateOf(n.broker)) // anything that happened before the relay was set
+	return nil
+}
 
+// listenHTTP builds the transports and the HTTP server, and takes the
+// listening socket: the node table needs this node's address before
+// anything is served.
+func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
+	cfg, log := n.cfg, n.log
 	topts := transports.Options{
-		Gateway:          gw,
+		Gateway:          n.gw,
 		AllowedOrigins:   cfg.HTTP.AllowedOrigins,
 		APIKeys:          cfg.API.Keys,
 		AllowLoopback:    cfg.API.AllowLoopback,
@@ -121,162 +191,180 @@ func serve(ctx context.Context, args, environ []string, stderr io.Writer, h *hoo
 		WriteTimeout:     cfg.Session.WriteTimeout,
 		StreamLimit:      cfg.Session.StreamLimitBytes,
 		MaxSessionsPerIP: cfg.HTTP.MaxSessionsPerIP,
+		AllowedHosts:     cfg.HTTP.EffectiveAllowedHosts(),
+		TrustedProxies:   cfg.HTTP.TrustedProxyPrefixes(),
 		Tokens:           tokens,
 		RequireToken:     cfg.Auth.Required,
-		Web:              web.Handler(),
-		Logger:           log,
+		CallbackCookie:   cfg.Auth.CallbackCookie,
+		// configs.Validate checked these with transports' validators.
+		SockJS:            cfg.SockJSEndpoints(),
+		BridgeDialTimeout: cfg.Bridge.DialTimeout,
+		Bridge:            cfg.BridgeTargets(),
+		// The node table starts after the transports (it needs the
+		// listener's address); until then, the directory knows no node.
+		Nodes:  &n.nodeDir,
+		Web:    web.Handler(),
+		Logger: log,
 	}
 	if tokens != nil {
 		// Which kind of key, never the key.
 		log.Info("authentication: jwt", slog.Bool("required", cfg.Auth.Required),
 			slog.Bool("hmac", cfg.Auth.HMACSecret != ""), slog.String("public_key_file", cfg.Auth.PublicKeyFile))
 	}
-	for _, sj := range cfg.SockJS {
-		topts.SockJS = append(topts.SockJS, transports.SockJSEndpoint{
-			Prefix: sj.Prefix, Mode: sj.Mode, Target: sj.Target,
-			Websocket: sj.Websocket, CookieNeeded: sj.CookieNeeded,
-			ResponseLimit: sj.ResponseLimit, HeartbeatDelay: sj.HeartbeatDelay,
-			DisconnectDelay: sj.DisconnectDelay, ClientURL: sj.ClientURL,
-		})
+	if cfg.Auth.CallbackCookie && tokens != nil {
+		log.Warn("auth.callback_cookie is on: any web site can make a visitor's browser open JSONP and htmlfile sessions with her token cookie; keep it only with a SameSite=Strict cookie")
 	}
-	topts.BridgeDialTimeout = cfg.Bridge.DialTimeout
-	for _, t := range cfg.Bridge.Targets {
-		bt := transports.BridgeTarget{Name: t.Name, Address: t.Address, MaxConnections: t.MaxConnections,
-			RequireGrant: t.Access == configs.PermissionToken}
-		for _, n := range t.AllowNetworks {
-			bt.AllowNetworks = append(bt.AllowNetworks, netip.MustParsePrefix(n)) // checked by configs.Validate
-		}
-		topts.Bridge = append(topts.Bridge, bt)
-	}
-	if err := errors.Join(transports.ValidateSockJS(topts.SockJS), transports.ValidateBridge(topts.Bridge, topts.SockJS)); err != nil {
-		_ = gw.Shutdown(context.Background())
-		return err
+	if topts.AllowedHosts == nil {
+		log.Warn("http.allowed_hosts is empty on a non-loopback listener: any Host is answered (list this node's names to refuse DNS rebinding)")
 	}
 	if cfg.Metrics.Enabled {
-		topts.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+		topts.Metrics = promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{})
 	}
-	// The node table needs this node's URL, hence the listener, before
-	// the transports (which forward through it) serve anything: it is
-	// filled in below, before the server starts.
-	nodeDir := &nodeDirectory{}
-	topts.Nodes = nodeDir
-	tsrv := transports.New(topts)
-	fresh := &freshConns{conns: make(map[net.Conn]struct{})}
-	httpSrv := &http.Server{
-		ConnState:         fresh.track,
-		Handler:           tsrv,
+	n.tsrv = transports.New(topts)
+	n.fresh = &freshConns{conns: make(map[net.Conn]struct{})}
+	n.httpSrv = &http.Server{
+		ConnState:         n.fresh.track,
+		Handler:           n.tsrv,
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout,
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
-	if err != nil {
-		_ = gw.Shutdown(context.Background())
+	n.httpSrv.RegisterOnShutdown(n.tsrv.StopForwarding)
+	var err error
+	if n.ln, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
 		return fmt.Errorf("http.listen: %w", err)
 	}
-	httpSrv.RegisterOnShutdown(tsrv.StopForwarding)
-	advertise := advertiseURL(cfg, ln.Addr())
+	return nil
+}
+
+// startNodes starts the node table, which forwarding between nodes needs,
+// when this node has an address the others can reach.
+func (n *nodeParts) startNodes(ctx context.Context, h *hooks) error {
+	advertise := advertiseURL(n.cfg, n.ln.Addr())
 	if advertise == "" {
-		log.Info("forwarding between nodes is off: http.listen has no concrete host and node.advertise_url is not set; " +
+		n.log.Info("forwarding between nodes is off: http.listen has no concrete host and node.advertise_url is not set; " +
 			"polling transports then need sticky sessions behind a load balancer")
-	} else {
-		var interval time.Duration
-		if h != nil {
-			interval = h.announceInterval
-		}
-		nodes, err := gateway.StartNodes(ctx, gateway.NodesOptions{
-			Broker: broker, SelfID: cfg.Node.ID, SelfURL: advertise, Interval: interval,
-			Logger: log.With(slog.String("component", "nodes")),
-		})
-		if err != nil {
-			_ = ln.Close()
-			_ = gw.Shutdown(context.Background())
-			return err
-		}
-		defer func() { _ = nodes.Close() }() // before the broker closes: defers run last-in first-out
-		nodeDir.nodes.Store(nodes)
-		if h != nil && h.nodes != nil {
-			h.nodes(nodes)
-		}
-		log.Info("forwarding between nodes is on", slog.String("advertise_url", advertise))
+		return nil
 	}
+	nodes, err := gateway.StartNodes(ctx, gateway.NodesOptions{
+		Broker: n.broker, SelfID: n.cfg.Node.ID, SelfURL: advertise, Interval: h.announceInterval,
+		Logger: n.log.With(slog.String("component", "nodes")),
+	})
+	if err != nil {
+		return err
+	}
+	n.nodes = nodes
+	n.nodeDir.nodes.Store(nodes)
+	if h.nodes != nil {
+		h.nodes(nodes)
+	}
+	n.log.Info("forwarding between nodes is on", slog.String("advertise_url", advertise))
+	return nil
+}
 
-	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("http: %w", err)
-		}
-	}()
-	var adminSrv *http.Server
-	if cfg.Admin.Listen != "" {
-		aln, err := net.Listen("tcp", cfg.Admin.Listen)
-		if err != nil {
-			_ = httpSrv.Close()
-			wg.Wait()
-			_ = gw.Shutdown(context.Background())
-			return fmt.Errorf("admin.listen: %w", err)
-		}
-		adminSrv = &http.Server{Handler: adminMux(), ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := adminSrv.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("admin: %w", err)
-			}
-		}()
-		log.Info("admin listener (pprof)", slog.String("addr", "http://"+aln.Addr().String()+"/debug/pprof/"))
+// listenAdmin takes the admin (pprof) listener when admin.listen is set.
+func (n *nodeParts) listenAdmin() error {
+	if n.cfg.Admin.Listen == "" {
+		return nil
 	}
+	var err error
+	if n.adminLn, err = net.Listen("tcp", n.cfg.Admin.Listen); err != nil {
+		return fmt.Errorf("admin.listen: %w", err)
+	}
+	n.adminSrv = &http.Server{Handler: adminMux(), ReadHeaderTimeout: n.cfg.HTTP.ReadHeaderTimeout}
+	return nil
+}
 
-	addr := ln.Addr().String()
-	attrs := []any{slog.String("node", cfg.Node.ID), slog.String("broker", cfg.Broker.Kind)}
-	if emb != nil && emb.ClientURL() != "" {
-		attrs = append(attrs, slog.String("nats", emb.ClientURL()))
+// run serves the listeners until ctx ends (the error is nil) or one of
+// them fails (that error).
+func (n *nodeParts) run(ctx context.Context, h *hooks) error {
+	n.errc = make(chan error, 2)
+	n.goServe("http", n.httpSrv, n.ln)
+	if n.adminSrv != nil {
+		n.goServe("admin", n.adminSrv, n.adminLn)
+		n.log.Info("admin listener (pprof)", slog.String("addr", "http://"+n.adminLn.Addr().String()+"/debug/pprof/"))
 	}
-	log.Info("cometgate is running: point a browser at http://"+addr+"/", attrs...)
-	if h != nil && h.listening != nil {
-		h.listening(addr, emb)
+	addr := n.ln.Addr().String()
+	attrs := []any{slog.String("node", n.cfg.Node.ID), slog.String("broker", n.cfg.Broker.Kind)}
+	if n.emb != nil && n.emb.ClientURL() != "" {
+		attrs = append(attrs, slog.String("nats", n.emb.ClientURL()))
 	}
-
-	var runErr error
+	n.log.Info("cometgate is running: point a browser at http://"+addr+"/", attrs...)
+	if h.listening != nil {
+		h.listening(addr, n.emb)
+	}
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down: refusing new sessions, telling clients to reconnect")
-	case runErr = <-errc:
-		log.Error("server failed, shutting down", slog.Any("err", runErr))
+		n.log.Info("shutting down: refusing new sessions, telling clients to reconnect")
+		return nil
+	case err := <-n.errc:
+		n.log.Error("server failed, shutting down", slog.Any("err", err))
+		return err
 	}
+}
 
-	// Drain: the HTTP server stops accepting and waits for plain requests
-	// while the gateway closes its sessions (hijacked connections, which
-	// http.Server does not track) at the same time. The broker goes last.
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.HTTP.ShutdownTimeout)
+// goServe serves ln with srv on a goroutine that n.serving counts.
+func (n *nodeParts) goServe(name string, srv *http.Server, ln net.Listener) {
+	n.serving.Go(func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.errc <- fmt.Errorf("%s: %w", name, err)
+		}
+	})
+}
+
+// shutdown takes down whatever build made, in the one order that drains
+// a node: the gateway refuses new sessions and tells every client to
+// reconnect elsewhere while, at the same time, the HTTP server stops
+// accepting and waits for plain requests (hijacked connections, which
+// http.Server does not track, are the gateway's to close); then the
+// transports' own goroutines end, the admin server closes, the node table
+// says goodbye, and the broker closes last.
+func (n *nodeParts) shutdown() {
+	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.HTTP.ShutdownTimeout)
 	defer cancel()
-	var swg sync.WaitGroup
-	swg.Add(2)
-	go func() {
-		defer swg.Done()
-		fresh.closeAll()
-		if err := httpSrv.Shutdown(sctx); err != nil {
-			log.Warn("http shutdown", slog.Any("err", err))
-			_ = httpSrv.Close()
-		}
-	}()
-	go func() {
-		defer swg.Done()
-		if err := gw.Shutdown(sctx); err != nil {
-			log.Warn("gateway shutdown", slog.Any("err", err))
-		}
-	}()
-	swg.Wait()
-	tsrv.Wait()
-	if adminSrv != nil {
-		_ = adminSrv.Close()
+	var drain sync.WaitGroup
+	if n.httpSrv != nil {
+		drain.Go(func() {
+			n.fresh.closeAll()
+			if err := n.httpSrv.Shutdown(sctx); err != nil {
+				n.log.Warn("http shutdown", slog.Any("err", err))
+				_ = n.httpSrv.Close()
+			}
+		})
 	}
-	wg.Wait()
-	log.Info("stopped")
-	return runErr
+	if n.gw != nil {
+		drain.Go(func() {
+			if err := n.gw.Shutdown(sctx); err != nil {
+				n.log.Warn("gateway shutdown", slog.Any("err", err))
+			}
+		})
+	}
+	drain.Wait()
+	if n.tsrv != nil {
+		n.tsrv.Wait()
+	}
+	if n.adminSrv != nil {
+		_ = n.adminSrv.Close()
+	}
+	// Listeners that run never served (build failed after taking them)
+	// are still open; closing a served one again does no harm.
+	for _, ln := range []net.Listener{n.ln, n.adminLn} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+	n.serving.Wait()
+	if n.nodes != nil {
+		_ = n.nodes.Close()
+	}
+	if n.closeBroker != nil {
+		if err := n.closeBroker(); err != nil {
+			n.log.Error("closing broker", slog.Any("err", err))
+		}
+	}
+	if n.errc != nil { // run served: a node that never came up did not stop
+		n.log.Info("stopped")
+	}
 }
 
 // nodeDirectory is the transports' view of the node table, which starts
@@ -323,9 +411,9 @@ func stateOf(b brokers.Broker) brokers.State {
 	return brokers.StateDisconnected
 }
 
-// openBroker connects the configured broker. closeFn closes it (and the
+// dialBroker connects the configured broker. closeFn closes it (and the
 // embedded server, if any).
-func openBroker(ctx context.Context, cfg *configs.Config, onState brokers.StateFunc, log *slog.Logger) (brokers.Broker, *natsbroker.Embedded, func() error, error) {
+func dialBroker(ctx context.Context, cfg *configs.Config, onState brokers.StateFunc, log *slog.Logger) (brokers.Broker, *natsbroker.Embedded, func() error, error) {
 	switch cfg.Broker.Kind {
 	case configs.BrokerEmbedded:
 		emb, err := natsbroker.StartEmbedded(ctx, natsbroker.EmbeddedOptions{

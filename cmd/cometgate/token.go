@@ -2,12 +2,12 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"time"
 
+	"github.com/cometgate/cometgate/brokers"
 	"github.com/cometgate/cometgate/configs"
 	"github.com/cometgate/cometgate/gateway"
 )
@@ -27,14 +27,13 @@ func (l *patternList) Set(v string) error {
 	return nil
 }
 
-const tokenUsage = "usage: cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS] [--tcp TARGETS] [--ttl 1h] [--config FILE]\n"
+const tokenSynopsis = "cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS] [--tcp TARGETS] [--ttl 1h] [--config FILE]"
 
 // token prints a token signed with auth.hmac_secret, for trying out
 // channels with the token permission and for tests. Applications sign
 // their own tokens after their login; this is the same token.
 func token(args, environ []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("token", tokenSynopsis)
 	sub := fs.String("sub", "", "the token's subject: the user, as the application names it (required)")
 	var subscribe, publish, tcp patternList
 	fs.Var(&subscribe, "subscribe", "channel patterns the token may subscribe to (repeatable or comma-separated)")
@@ -42,16 +41,12 @@ func token(args, environ []string, stdout, stderr io.Writer) error {
 	fs.Var(&tcp, "tcp", "TCP bridge targets (by name) the token may open (repeatable or comma-separated)")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	configPath := fs.String("config", "", "configuration file to read the auth section from")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
-	if fs.NArg() > 0 || *sub == "" {
-		if fs.NArg() > 0 {
-			fmt.Fprintf(stderr, "cometgate token: unexpected argument %q\n", fs.Arg(0))
-		} else {
-			fmt.Fprint(stderr, "cometgate token: --sub is required\n")
-		}
-		fmt.Fprint(stderr, tokenUsage)
+	if *sub == "" {
+		fmt.Fprint(stderr, "cometgate token: --sub is required\n")
+		fs.Usage()
 		return errUsage
 	}
 	cfg, err := configs.Load(*configPath, withoutPublishKey(environ))
@@ -79,7 +74,7 @@ func signToken(a configs.Auth, p gateway.Principal, ttl time.Duration) (string, 
 	}
 	for _, g := range [][]string{p.Subscribe, p.Publish} {
 		for _, pattern := range g {
-			if err := gateway.ValidatePattern(pattern); err != nil {
+			if err := brokers.ValidatePattern(pattern); err != nil {
 				return "", fmt.Errorf("token: pattern %q: %w", pattern, err)
 			}
 		}

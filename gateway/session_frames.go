@@ -1,0 +1,257 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// The session's incoming side: client frames, subscriptions, and the
+// publisher that takes the client's publishes to the broker.
+
+type subState struct {
+	ready bool // the hub holds the subscription (false while subscribing)
+	// History-backed subscriptions only (resume.go):
+	history   bool
+	replaying bool               // a replay runs; live messages are not queued
+	lastSeq   uint64             // position of the last message queued
+	liveSeen  uint64             // newest live position seen while replaying
+	cancel    context.CancelFunc // stops the replay
+}
+
+// HandleFrame applies one client frame. Errors are answered with an err
+// packet; a frame that cannot be decoded at all gets an err packet with code
+// 400 too, so a client bug never ends its session. Only a frame over
+// Config.MaxFrameBytes does (DisconnectTooLarge).
+func (s *Session) HandleFrame(ctx context.Context, data []byte) {
+	if len(data) > s.g.cfg.MaxFrameBytes {
+		s.Close(DisconnectTooLarge)
+		return
+	}
+	f, err := DecodeFrame(data)
+	if err != nil {
+		s.Reject(f, err)
+		return
+	}
+	s.Apply(ctx, f)
+}
+
+// Reject answers a frame that could not be decoded with an err packet
+// (code 400), carrying the frame's id when it could be read.
+func (s *Session) Reject(f Frame, err error) {
+	var fe *FrameError
+	if errors.As(err, &fe) {
+		s.push(errBody(fe.ID, "", 400, fe.Error()))
+		return
+	}
+	s.push(errBody(f.ID, "", 400, err.Error()))
+}
+
+// Apply applies one decoded frame. A frame numbered (n) at or below the
+// last one applied is a retried request and is ignored; one that skips a
+// number is answered with 409.
+func (s *Session) Apply(ctx context.Context, f Frame) {
+	if f.N != 0 {
+		s.mu.Lock()
+		switch {
+		case f.N <= s.lastN:
+			s.mu.Unlock()
+			return // a retried POST: applied already
+		case f.N != s.lastN+1:
+			want := s.lastN + 1
+			s.mu.Unlock()
+			s.push(errBody(f.ID, f.Ch, 409, fmt.Sprintf("upstream frame n=%d out of order, expected %d", f.N, want)))
+			return
+		}
+		s.lastN = f.N
+		s.mu.Unlock()
+	}
+	switch f.Op {
+	case OpSub:
+		s.subscribe(ctx, f.ID, f.Ch, f.Cursor)
+	case OpUnsub:
+		s.unsubscribe(f.ID, f.Ch)
+	case OpPub:
+		s.enqueuePublish(f)
+	case OpAck:
+		s.ack(f.Seq)
+	case OpPing:
+		s.push(okBody(f.ID, ""))
+	}
+}
+
+// Subscribe subscribes the session to pattern as if the client had sent a
+// sub frame without id (transports use it for subscriptions named in the
+// URL). The answer is an ok or err packet carrying the channel.
+func (s *Session) Subscribe(ctx context.Context, pattern, cursor string) {
+	s.subscribe(ctx, 0, pattern, cursor)
+}
+
+func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor string) {
+	if err := ValidatePattern(pattern); err != nil {
+		s.push(errBody(id, pattern, 422, err.Error()))
+		return
+	}
+	ns := s.g.cfg.Rules.ForSubscribe(pattern, s.principal)
+	if ns == nil {
+		s.push(errBody(id, pattern, 403, fmt.Sprintf("permission denied: subscribe to %q", pattern)))
+		return
+	}
+	after, err := parseCursor(cursor)
+	if err != nil {
+		s.push(errBody(id, pattern, 400, err.Error()))
+		return
+	}
+	history := s.g.hasHistory(pattern)
+	s.mu.Lock()
+	switch {
+	case s.state != stateOpen:
+		s.mu.Unlock()
+		return
+	case s.subs[pattern] != nil:
+		s.mu.Unlock()
+		s.push(errBody(id, pattern, 409, fmt.Sprintf("already subscribed to %q", pattern)))
+		return
+	case len(s.subs) >= s.g.cfg.MaxSubscriptions:
+		s.mu.Unlock()
+		s.push(errBody(id, pattern, 429, fmt.Sprintf("at most %d subscriptions per session", s.g.cfg.MaxSubscriptions)))
+		return
+	}
+	if s.subs == nil {
+		s.subs = make(map[string]*subState)
+	}
+	st := &subState{history: history, lastSeq: after, replaying: history && cursor != ""}
+	s.subs[pattern] = st
+	s.mu.Unlock()
+
+	err = s.g.hub.subscribe(ctx, s, pattern, ns.Slow, func() {
+		s.push(subOKBody(id, pattern, history))
+		if cursor != "" && !history {
+			s.push(GapBody(pattern, "channel has no history: recovery is not possible", ""))
+		}
+	})
+	s.mu.Lock()
+	if err != nil {
+		delete(s.subs, pattern)
+		s.mu.Unlock()
+		s.push(errBody(id, pattern, 503, "subscribe failed: "+err.Error()))
+		return
+	}
+	st.ready = true
+	// A session that ended meanwhile released the subscriptions that were
+	// ready then, not this one.
+	gone := s.state == stateEnded
+	if s.state == stateOpen && st.replaying {
+		s.startReplayLocked(pattern, st)
+	}
+	s.mu.Unlock()
+	if gone {
+		s.g.hub.unsubscribe(s, pattern)
+	}
+}
+
+func (s *Session) unsubscribe(id int64, pattern string) {
+	s.mu.Lock()
+	st := s.subs[pattern]
+	if st == nil || !st.ready {
+		s.mu.Unlock()
+		s.push(errBody(id, pattern, 404, fmt.Sprintf("not subscribed to %q", pattern)))
+		return
+	}
+	delete(s.subs, pattern)
+	if st.cancel != nil {
+		st.cancel()
+	}
+	s.mu.Unlock()
+	s.g.hub.unsubscribe(s, pattern)
+	s.push(okBody(id, pattern))
+}
+
+// ack drops retained packets up to seq.
+func (s *Session) ack(seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := 0
+	for i < len(s.unacked) && s.unacked[i].Seq <= seq {
+		s.unackedBytes -= len(s.unacked[i].body.json)
+		i++
+	}
+	if i > 0 {
+		clear(s.unacked[:i])
+		s.unacked = s.unacked[i:]
+		if len(s.unacked) == 0 {
+			s.unacked = nil
+		}
+		s.signalRoomLocked()
+	}
+}
+
+// maxPendingPublishes bounds the publishes a session may have waiting for
+// broker confirmation; more are refused with 429.
+const maxPendingPublishes = 64
+
+// enqueuePublish queues a client publish for the session's publisher.
+func (s *Session) enqueuePublish(f Frame) {
+	if err := ValidateChannel(f.Ch); err != nil {
+		s.push(errBody(f.ID, f.Ch, 422, err.Error()))
+		return
+	}
+	if !s.g.cfg.Rules.MayPublish(f.Ch, s.principal) || f.Ch == NodesChannel {
+		s.push(errBody(f.ID, f.Ch, 403, fmt.Sprintf("permission denied: publish to %q", f.Ch)))
+		return
+	}
+	s.mu.Lock()
+	if s.state != stateOpen {
+		s.mu.Unlock()
+		return
+	}
+	if len(s.pubQ) >= maxPendingPublishes {
+		s.mu.Unlock()
+		s.push(errBody(f.ID, f.Ch, 429, fmt.Sprintf("at most %d publishes may await confirmation", maxPendingPublishes)))
+		return
+	}
+	s.pubQ = append(s.pubQ, f)
+	if !s.publishing {
+		s.publishing = true
+		s.g.wg.Add(1)
+		go s.publishLoop()
+	}
+	s.mu.Unlock()
+}
+
+// publishLoop is the session's publisher goroutine: it runs while
+// publishes are pending, one at a time, so that they reach the broker in
+// the order the client sent them without blocking its read loop. It stops
+// when the queue is empty or the session is no longer open.
+func (s *Session) publishLoop() {
+	defer s.g.wg.Done()
+	for {
+		s.mu.Lock()
+		if len(s.pubQ) == 0 || s.state != stateOpen {
+			s.pubQ = nil
+			s.publishing = false
+			s.mu.Unlock()
+			return
+		}
+		f := s.pubQ[0]
+		s.pubQ[0] = Frame{}
+		s.pubQ = s.pubQ[1:]
+		s.mu.Unlock()
+
+		data, contentType, err := decodePayload(&f)
+		if err != nil {
+			s.push(errBody(f.ID, f.Ch, 400, "bad payload: "+err.Error()))
+			continue
+		}
+		if len(data) > s.g.cfg.MaxFrameBytes {
+			s.push(errBody(f.ID, f.Ch, 413, fmt.Sprintf("payload of %d bytes exceeds %d", len(data), s.g.cfg.MaxFrameBytes)))
+			continue
+		}
+		err = s.g.publish(s.g.ctx, "client", f.Ch, data, contentType)
+		if err != nil {
+			s.push(errBody(f.ID, f.Ch, 503, "publish failed: "+err.Error()))
+			continue
+		}
+		s.push(okBody(f.ID, f.Ch))
+	}
+}

@@ -1,0 +1,355 @@
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+)
+
+// The session's outgoing side: the queue (pending bodies, not yet
+// numbered), the writer that numbers and writes them, and heartbeats.
+
+// kickLocked starts the writer if it is not running. s.mu must be held, so
+// that the goroutine is counted before Shutdown can wait for it.
+func (s *Session) kickLocked() {
+	if s.writing || s.down == nil {
+		return
+	}
+	s.writing = true
+	s.g.wg.Add(1)
+	go s.writeLoop()
+}
+
+// queuedLocked is what counts against the queue bound: packets queued and,
+// for a retaining session, packets written but not yet acknowledged (a
+// client that never acks must not grow the server's memory without limit).
+func (s *Session) queuedLocked() int { return s.pendingBytes + s.unackedBytes }
+
+// queueLocked appends b to the queue and starts the writer; s.mu must be
+// held and the session open.
+func (s *Session) queueLocked(b *Body) {
+	s.pending = append(s.pending, b)
+	s.pendingBytes += len(b.json)
+	s.kickLocked()
+}
+
+// push queues a session-specific packet (hello, ok, err, gap). These are not
+// subject to the slow-consumer policies but count against the queue bound.
+func (s *Session) push(b *Body) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != stateOpen {
+		return
+	}
+	if s.queuedLocked()+len(b.json) > s.g.cfg.QueueBytes {
+		s.overflowLocked()
+		return
+	}
+	s.queueLocked(b)
+}
+
+// SendData queues a raw payload (a TypeData body, which the caller must
+// not modify afterwards) for a session whose transport carries bytes
+// rather than packets: a SockJS echo or tcp endpoint. It waits while the
+// queue is full, so that a caller copying from a source (a TCP target)
+// stops reading it: that is the backpressure. An empty queue takes a
+// payload of any size. It fails with the session's reason once the
+// session is closing, or with ctx's error.
+func (s *Session) SendData(ctx context.Context, data []byte) error {
+	b := dataBody(data)
+	s.mu.Lock()
+	for {
+		if s.state != stateOpen {
+			reason := s.reason
+			s.mu.Unlock()
+			return reason
+		}
+		queued := s.queuedLocked()
+		if queued == 0 || queued+len(b.json) <= s.g.cfg.QueueBytes {
+			break
+		}
+		room := s.roomLocked()
+		s.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		s.mu.Lock()
+	}
+	s.queueLocked(b)
+	s.mu.Unlock()
+	return nil
+}
+
+// roomLocked returns the channel closed when the queue shrinks or the
+// session stops being open; s.mu must be held.
+func (s *Session) roomLocked() <-chan struct{} {
+	if s.room == nil {
+		s.room = make(chan struct{})
+	}
+	return s.room
+}
+
+// signalRoomLocked wakes whoever waits in roomLocked; s.mu must be held.
+func (s *Session) signalRoomLocked() {
+	if s.room != nil {
+		close(s.room)
+		s.room = nil
+	}
+}
+
+// deliver queues a shared message body; it runs on the hub's fan-out path
+// and never blocks.
+func (s *Session) deliver(b *Body, policy SlowPolicy) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != stateOpen {
+		return
+	}
+	if b.seq != 0 && !s.admitLiveLocked(b) {
+		return
+	}
+	if policy == SlowConflate && len(s.pending) > 0 {
+		for i := len(s.pending) - 1; i >= 0; i-- {
+			p := s.pending[i]
+			if p.typ == TypeMsg && p.channel == b.channel && p.pattern == b.pattern {
+				s.pending[i] = b
+				s.pendingBytes += len(b.json) - len(p.json)
+				return
+			}
+		}
+	}
+	if s.queuedLocked()+len(b.json) > s.g.cfg.QueueBytes && policy == SlowDropOldest {
+		s.dropOldestLocked(b.pattern, len(b.json))
+	}
+	if s.queuedLocked()+len(b.json) > s.g.cfg.QueueBytes {
+		s.overflowLocked()
+		return
+	}
+	s.queueLocked(b)
+}
+
+// dropOldestLocked drops the oldest queued messages of pattern until need
+// more bytes fit, and queues one gap packet for the pattern (room for it is
+// made too, or the gap itself would overflow the queue).
+func (s *Session) dropOldestLocked(pattern string, need int) {
+	var gap *Body
+	if !slices.ContainsFunc(s.pending, func(p *Body) bool { return p.typ == TypeGap && p.channel == pattern }) {
+		gap = GapBody(pattern, "slow consumer: messages dropped", "")
+		need += len(gap.json)
+	}
+	dropped := 0
+	kept := s.pending[:0]
+	for _, p := range s.pending {
+		if s.queuedLocked()+need > s.g.cfg.QueueBytes && p.typ == TypeMsg && p.pattern == pattern {
+			s.pendingBytes -= len(p.json)
+			dropped++
+			continue
+		}
+		kept = append(kept, p)
+	}
+	clear(s.pending[len(kept):])
+	s.pending = kept
+	if dropped > 0 && gap != nil {
+		s.pending = append(s.pending, gap)
+		s.pendingBytes += len(gap.json)
+	}
+}
+
+// overflowLocked closes the session as a slow consumer; s.mu must be held.
+// The caller may be the hub's fan-out, which holds the entry lock that
+// ending (unsubscribing) takes, so whatever the close leaves to do runs on
+// a goroutine of its own, counted before Shutdown can wait for it.
+func (s *Session) overflowLocked() {
+	var fx effects
+	s.closeLocked(DisconnectSlow, &fx)
+	if !fx.empty() {
+		s.g.wg.Add(1)
+		go func() {
+			defer s.g.wg.Done()
+			s.apply(&fx)
+		}()
+	}
+}
+
+// batchPool holds the packet slices writers assemble a write in: a writer
+// exists only while a session has something to send, so its batch is
+// borrowed for that long instead of being allocated at every start.
+var batchPool = sync.Pool{New: func() any { b := make([]Packet, 0, 16); return &b }}
+
+// maxPooledBatch keeps rare huge batches out of the pool.
+const maxPooledBatch = 4096
+
+// writeLoop is the session's writer goroutine.
+func (s *Session) writeLoop() {
+	defer s.g.wg.Done()
+	s.writeRounds()
+}
+
+// writeRounds drains everything pending into one WritePackets call per
+// round until nothing is left. s.writing is set on entry and cleared when
+// it returns.
+func (s *Session) writeRounds() {
+	bp := batchPool.Get().(*[]Packet)
+	defer func() {
+		if cap(*bp) <= maxPooledBatch {
+			batchPool.Put(bp)
+		}
+	}()
+	batch := (*bp)[:0]
+	defer func() { *bp = batch[:0] }()
+	for {
+		s.mu.Lock()
+		down := s.down
+		if down == nil || (len(s.pending) == 0 && !s.resend) {
+			var fx effects
+			s.writing = false
+			s.settleLocked(&fx)
+			s.mu.Unlock()
+			s.apply(&fx)
+			return
+		}
+		var msgs int
+		batch, msgs = s.takeLocked(batch[:0])
+		oneShot := s.oneShot
+		if oneShot {
+			s.detachLocked() // the request completes with this write
+		}
+		s.mu.Unlock()
+
+		n, err := down.WritePackets(batch)
+		if err == nil {
+			s.recordWrite(batch, msgs, n)
+		}
+		clear(batch)
+		if !s.wrote(down, oneShot, err) {
+			return
+		}
+	}
+}
+
+// takeLocked appends to batch, numbered, everything pending (after the
+// unacknowledged packets, when a newly attached request needs them again)
+// and empties the queue; it returns the batch and the number of msg
+// packets in it. s.mu must be held.
+func (s *Session) takeLocked(batch []Packet) ([]Packet, int) {
+	if s.resend {
+		batch = append(batch, s.unacked...)
+		s.resend = false
+	}
+	msgs := 0
+	for _, b := range s.pending {
+		s.nextSeq++
+		p := Packet{Seq: s.nextSeq, body: b}
+		batch = append(batch, p)
+		if s.retain {
+			s.unacked = append(s.unacked, p)
+			s.unackedBytes += len(b.json)
+		}
+		if b.typ == TypeMsg {
+			msgs++
+		}
+	}
+	clear(s.pending)
+	if cap(s.pending) > 64 {
+		s.pending = nil // a burst's backing array is not kept for good
+	} else {
+		s.pending = s.pending[:0]
+	}
+	s.pendingBytes = 0
+	s.signalRoomLocked()
+	if s.state == stateFlushing {
+		s.state = s.state.next(evTaken) // the close packet is the last of this batch
+	}
+	s.wroteSince = true
+	return batch, msgs
+}
+
+// wrote handles the end of a write (packets or heartbeat) to down, on the
+// goroutine that wrote, with s.writing still set. It reports whether that
+// goroutine should go on writing (writeRounds); otherwise the writer has
+// stopped and the session has settled.
+func (s *Session) wrote(down Transport, oneShot bool, err error) bool {
+	if err == nil && !oneShot {
+		return true
+	}
+	var fx effects
+	s.mu.Lock()
+	if s.down == down { // failed on the current downstream
+		s.detachLocked()
+	}
+	if err != nil && !s.retain && s.down == nil {
+		// The packets are lost and nothing would carry the next ones.
+		s.abortLocked(disconnectGone, &fx)
+	}
+	if s.down != nil && (len(s.pending) > 0 || s.resend) {
+		s.mu.Unlock() // a newer request attached meanwhile: write to it
+		if err != nil {
+			down.Close(disconnectGone)
+		}
+		return true
+	}
+	s.writing = false
+	s.settleLocked(&fx)
+	if fx.end && err == nil {
+		fx.close[0], fx.reason = down, s.reason // the close packet went in this write
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.g.log.Debug("write failed", slog.String("sid", s.id), slog.String("transport", down.Name()), slog.Any("err", err))
+		down.Close(disconnectGone)
+	}
+	s.apply(&fx)
+	return false
+}
+
+func (s *Session) recordWrite(batch []Packet, msgs, n int) {
+	m := s.g.metrics
+	if m == nil {
+		return
+	}
+	m.wrote(msgs, n)
+	if msgs > 0 {
+		now := time.Now()
+		for _, p := range batch {
+			if p.body.typ == TypeMsg {
+				m.observeLatency(now.Sub(p.body.arrived).Seconds())
+			}
+		}
+	}
+}
+
+// heartbeat is called by the ticker for the session's heartbeat interval.
+// It writes a heartbeat when nothing else was written since the previous
+// tick, on a goroutine that is the session's writer for that time. On a
+// one-shot downstream the heartbeat (an empty poll response) completes the
+// request, so the downstream is detached like after any other write.
+func (s *Session) heartbeat() {
+	s.mu.Lock()
+	if s.state != stateOpen || s.down == nil || s.writing {
+		s.mu.Unlock()
+		return
+	}
+	if s.wroteSince {
+		s.wroteSince = false
+		s.mu.Unlock()
+		return
+	}
+	down, oneShot := s.down, s.oneShot
+	if oneShot {
+		s.detachLocked()
+	}
+	s.writing = true
+	s.g.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.g.wg.Done()
+		err := down.WriteHeartbeat()
+		if s.wrote(down, oneShot, err) {
+			s.writeRounds() // something was queued meanwhile
+		}
+	}()
+}
