@@ -3,6 +3,7 @@ package transports
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -360,4 +361,25 @@ func (c *sjsWS) closedWith() (ws.StatusCode, string) {
 			c.t.Fatalf("a message %q before the close frame", f.Payload)
 		}
 	}
+}
+
+// raw sends a request written by hand on a connection of its own and
+// reads the answer's head; the connection closes with the test.
+func (n *sjsNode) raw(t *testing.T, format string, args ...any) *http.Response {
+	t.Helper()
+	conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(sjsWait))
+	request := fmt.Sprintf(format, args...)
+	if _, err := io.WriteString(conn, request); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("%.60q: %v", request, err)
+	}
+	return resp
 }

@@ -208,28 +208,16 @@ func TestSockJSIframe(t *testing.T) {
 	if r3.get("ETag") == r1.get("ETag") {
 		t.Errorf("default client URL page: ETag %q", r3.get("ETag"))
 	}
-	want := `<!DOCTYPE html>
-<html>
-<head>
-  <meta http-equiv="X-UA-Compatible" content="IE=edge" />
-  <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
-  <script src="https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js" integrity="sha384-svdnwiXBL+Js+yUneJSRFy24NgGiOfDM/vkQl/vCeVrcbYD6yW8EwPr1FnxTEZsR" crossorigin="anonymous"></script>
-  <script>
-    document.domain = document.domain;
-    SockJS.bootstrap_iframe();
-  </script>
-</head>
-<body>
-  <h2>Don't panic!</h2>
-  <p>This is a SockJS hidden iframe. It's used for cross domain magic.</p>
-</body>
-</html>`
-	if r3.body != want {
-		t.Errorf("default iframe page:\n%s\nwant\n%s", r3.body, want)
+	// The protocol's page, whose script element carries the pinned URL
+	// and its integrity: with the attributes taken out, the protocol's
+	// pattern matches it whole.
+	const script = `<script src="https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js"` +
+		` integrity="sha384-svdnwiXBL+Js+yUneJSRFy24NgGiOfDM/vkQl/vCeVrcbYD6yW8EwPr1FnxTEZsR" crossorigin="anonymous"></script>`
+	if strings.Count(r3.body, "\n  "+script+"\n") != 1 {
+		t.Errorf("default iframe page without %s:\n%s", script, r3.body)
 	}
-	// Without the integrity attributes, it is the protocol's page.
 	if m := sjsIframeBody.FindStringSubmatch(strings.Replace(r3.body, `" integrity="`+DefaultSockJSClientIntegrity+`" crossorigin="anonymous`, "", 1)); m == nil || m[1] != DefaultSockJSClientURL {
-		t.Errorf("default iframe page does not match the protocol's pattern less its integrity")
+		t.Errorf("default iframe page does not match the protocol's pattern less its integrity:\n%s", r3.body)
 	}
 
 	// A configured client with its own integrity; the default URL named
@@ -243,7 +231,7 @@ func TestSockJSIframe(t *testing.T) {
 `) {
 		t.Errorf("own client with integrity: %s", r4.body)
 	}
-	if r5 := n2.do(t, http.MethodGet, n2.url("/cdn/iframe.html"), ""); r5.body != want {
+	if r5 := n2.do(t, http.MethodGet, n2.url("/cdn/iframe.html"), ""); r5.body != r3.body {
 		t.Errorf("the default URL named explicitly: %s", r5.body)
 	}
 }
@@ -854,18 +842,8 @@ func TestSockJSCookie(t *testing.T) {
 	check("htmlfile, bad callback", r.header, "dummy")
 	sjsCheckNotCached(t, r.header)
 	sjsCheckNoCookie(t, n.do(t, http.MethodGet, base, ""))
-	conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(sjsWait))
-	fmt.Fprintf(conn, "GET /cookie_needed_echo/000/%s/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+	resp := n.raw(t, "GET /cookie_needed_echo/000/%s/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n\r\n", sjsSID())
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatalf("websocket: %v", err)
-	}
 	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Set-Cookie") != "" {
 		t.Errorf("websocket: %d, Set-Cookie %q", resp.StatusCode, resp.Header.Get("Set-Cookie"))
 	}
@@ -968,24 +946,14 @@ func TestSockJSWebSocketHTTPErrors(t *testing.T) {
 	// Hybi-07, hybi-08 and RFC 6455 handshakes, and Firefox 6's
 	// "Connection: keep-alive, Upgrade".
 	for _, tc := range []struct{ version, connection string }{{"7", "Upgrade"}, {"8", "Upgrade"}, {"13", "Upgrade"}, {"7", "keep-alive, Upgrade"}} {
-		conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = conn.SetDeadline(time.Now().Add(sjsWait))
-		fmt.Fprintf(conn, "GET /echo/000/%s/websocket HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: %s\r\n"+
+		resp := n.raw(t, "GET /echo/000/%s/websocket HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: %s\r\n"+
 			"Sec-WebSocket-Version: %s\r\nSec-WebSocket-Origin: http://asd\r\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n\r\n",
 			sjsSID(), n.http.Listener.Addr(), tc.connection, tc.version)
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err != nil {
-			t.Fatalf("version %s: %v", tc.version, err)
-		}
 		if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != "HSmrc0sMlYUkAGmm5OPpG2HaGWk=" ||
 			!strings.EqualFold(resp.Header.Get("Connection"), "upgrade") || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") ||
 			resp.Header.Get("Content-Length") != "" {
 			t.Errorf("version %s / %s: %d %v", tc.version, tc.connection, resp.StatusCode, resp.Header)
 		}
-		_ = conn.Close()
 	}
 
 	// The raw websocket takes RFC 6455 only (8 or 13), as sockjs-node's.
@@ -996,17 +964,10 @@ func TestSockJSWebSocketHTTPErrors(t *testing.T) {
 			t.Errorf("raw websocket version %q: %d %q", version, r.status, r.body)
 		}
 	}
-	raw, err := net.Dial("tcp", n.http.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+	if resp := n.raw(t, "GET /echo/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n\r\n"); resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Errorf("raw websocket version 8: %d", resp.StatusCode)
 	}
-	_ = raw.SetDeadline(time.Now().Add(sjsWait))
-	fmt.Fprintf(raw, "GET /echo/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n\r\n")
-	if resp, err := http.ReadResponse(bufio.NewReader(raw), nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Errorf("raw websocket version 8: %v %v", resp, err)
-	}
-	_ = raw.Close()
 
 	// Origins the node does not allow are refused before the handshake.
 	n2 := sjsStartNode(t, sjsTestEndpoints(), func(_ *gateway.Config, o *Options) { o.AllowedOrigins = []string{"http://good.example"} })
@@ -1224,17 +1185,7 @@ func TestSockJSHTTP11Streaming(t *testing.T) {
 	}
 
 	// HTTP/1.0 has no chunking: the stream ends with the connection.
-	c10, err := net.Dial("tcp", n.http.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c10.Close()
-	_ = c10.SetDeadline(time.Now().Add(sjsWait))
-	fmt.Fprintf(c10, "POST /echo/000/%s/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", sjsSID())
-	resp, err = http.ReadResponse(bufio.NewReader(c10), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp = n.raw(t, "POST /echo/000/%s/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", sjsSID())
 	if len(resp.TransferEncoding) != 0 || resp.Header.Get("Content-Length") != "" || !resp.Close {
 		t.Fatalf("HTTP/1.0 stream: TE %v Content-Length %q close %v", resp.TransferEncoding, resp.Header.Get("Content-Length"), resp.Close)
 	}
@@ -1458,17 +1409,7 @@ func TestSockJSCloseMode(t *testing.T) {
 	hf.eof()
 
 	// HTTP/1.0: the stream ends with the connection.
-	conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(sjsWait))
-	fmt.Fprintf(conn, "POST /close/000/%s/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", sjsSID())
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := n.raw(t, "POST /close/000/%s/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", sjsSID())
 	body, err := io.ReadAll(resp.Body)
 	if err != nil || len(resp.TransferEncoding) != 0 || string(body) != strings.Repeat("h", 2048)+"\no\n"+closed+"\n" {
 		t.Fatalf("HTTP/1.0 stream: TE %v %q %v", resp.TransferEncoding, body, err)
