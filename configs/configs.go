@@ -116,6 +116,24 @@ type Node struct {
 	// this node's sessions to it. "" means derived from http.listen when
 	// its host is a concrete address, and forwarding off when it is not.
 	AdvertiseURL string `mapstructure:"advertise_url"`
+	// ClusterKey signs the nodes' messages and forwarded requests; ""
+	// means unsigned. Secret: never log it.
+	ClusterKey string `mapstructure:"cluster_key"`
+	// PeerNetworks are where other nodes may be (IPs or CIDR prefixes);
+	// empty means the private and loopback ranges (PeerPrefixes).
+	PeerNetworks []string `mapstructure:"peer_networks"`
+}
+
+// PeerPrefixes is PeerNetworks parsed (Validate checked them), or nil for
+// the default ranges.
+func (n *Node) PeerPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range n.PeerNetworks {
+		if p, err := parseProxy(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // HTTP configures the main HTTP listener.
@@ -245,6 +263,11 @@ type Embedded struct {
 	// StoreDir is the JetStream store directory; "" = a temporary directory
 	// removed at exit.
 	StoreDir string `mapstructure:"store_dir"`
+	// User and Password, or Token, are what the listener asks of clients
+	// (at most one kind). Secrets: never log them.
+	User     string `mapstructure:"user"`
+	Password string `mapstructure:"password"`
+	Token    string `mapstructure:"token"`
 }
 
 // NATS configures the connection to an external NATS server or cluster.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -107,12 +108,12 @@ func TestNodesAnnounceEveryInterval(t *testing.T) {
 		startTestNodes(t, b, "a", "http://10.0.0.5:8080", time.Second)
 		time.Sleep(4*time.Second + time.Millisecond)
 		synctest.Wait()
-		var got []announcement
+		var got []nodeMsg
 		for _, m := range b.Published() {
 			if m.Channel != NodesChannel {
 				t.Fatalf("published on %q", m.Channel)
 			}
-			var a announcement
+			var a nodeMsg
 			if err := json.Unmarshal(m.Data, &a); err != nil {
 				t.Fatal(err)
 			}
@@ -122,8 +123,12 @@ func TestNodesAnnounceEveryInterval(t *testing.T) {
 		if len(got) != 5 {
 			t.Fatalf("%d announcements in 4s at a 1s interval, want 5: %v", len(got), got)
 		}
-		if got[0] != (announcement{ID: "a", URL: "http://10.0.0.5:8080"}) {
-			t.Errorf("announcement %+v", got[0])
+		// The first one also asks the others to announce themselves.
+		if got[0] != (nodeMsg{ID: "a", URL: "http://10.0.0.5:8080", Ask: "nodes"}) {
+			t.Errorf("first announcement %+v", got[0])
+		}
+		if got[1] != (nodeMsg{ID: "a", URL: "http://10.0.0.5:8080"}) {
+			t.Errorf("announcement %+v", got[1])
 		}
 	})
 }
@@ -267,6 +272,216 @@ func TestNodesSayGoodbye(t *testing.T) {
 		synctest.Wait()
 		if _, ok := a.Lookup("c"); ok {
 			t.Error("a still knows c after its goodbye")
+		}
+	})
+}
+
+// TestNodesStartingNodeAsks: a node that starts asks the others to
+// announce themselves, and knows them long before their next tick; it
+// reports ready once their answers settled.
+func TestNodesStartingNodeAsks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBroker()
+		startTestNodes(t, b, "old", "http://127.0.0.1:1001", time.Hour)
+		synctest.Wait()
+		n := startTestNodes(t, b, "new", "http://127.0.0.1:1002", time.Hour)
+		synctest.Wait()
+		if u, ok := n.Lookup("old"); !ok || u != "http://127.0.0.1:1001" {
+			t.Fatalf("the new node does not know the old one: %q %v", u, ok)
+		}
+		if n.Ready() {
+			t.Error("ready before the answers settled")
+		}
+		time.Sleep(settleQuiet)
+		if !n.Ready() {
+			t.Error("not ready once the answers settled")
+		}
+	})
+}
+
+// TestNodesFind: a node the table does not know is asked for; one that
+// answers is found, one that does not is gone, and known gone for a while
+// without asking again.
+func TestNodesFind(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBroker()
+		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Hour)
+		startTestNodes(t, b, "c", "http://127.0.0.1:1003", time.Hour)
+		synctest.Wait()
+		// a loses c (a restart of a would): asking finds it again.
+		a.mu.Lock()
+		delete(a.table, "c")
+		a.mu.Unlock()
+		if u, ok, err := a.Find(context.Background(), "c"); !ok || err != nil || u != "http://127.0.0.1:1003" {
+			t.Fatalf("Find(c) = %q, %v, %v", u, ok, err)
+		}
+		start := time.Now()
+		if _, ok, err := a.Find(context.Background(), "ghost"); ok || err != nil {
+			t.Fatalf("Find(ghost) = %v, %v", ok, err)
+		}
+		if waited := time.Since(start); waited != DefaultAskTimeout {
+			t.Errorf("Find(ghost) waited %v, want the ask timeout %v", waited, DefaultAskTimeout)
+		}
+		start = time.Now()
+		if _, ok, _ := a.Find(context.Background(), "ghost"); ok || time.Since(start) != 0 {
+			t.Errorf("a node known gone was asked for again")
+		}
+	})
+}
+
+// TestNodesSuspect: a node that stops answering (it crashed: no goodbye)
+// is forgotten once asked about; one that answers stays.
+func TestNodesSuspect(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBroker()
+		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Hour)
+		startTestNodes(t, b, "c", "http://127.0.0.1:1003", time.Hour)
+		announce(t, b, `{"id":"dead","url":"http://127.0.0.1:2000"}`)
+		synctest.Wait()
+		if _, ok, err := a.Suspect(context.Background(), "c"); !ok || err != nil {
+			t.Errorf("Suspect(c), alive: %v %v", ok, err)
+		}
+		if _, ok, err := a.Suspect(context.Background(), "dead"); ok || err != nil {
+			t.Errorf("Suspect(dead): %v %v", ok, err)
+		}
+		if _, ok := a.Lookup("dead"); ok {
+			t.Error("a node that did not answer is still known")
+		}
+	})
+}
+
+// TestNodesBrokerOutage: while the broker is down nobody is forgotten,
+// however long it lasts, and an unknown node cannot be asked for; once it
+// is back every node gets a new TTL and is asked to announce itself.
+func TestNodesBrokerOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBroker()
+		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Second)
+		announce(t, b, `{"id":"peer","url":"http://127.0.0.1:2000"}`)
+		synctest.Wait()
+		b.ready.Store(false)
+		b.SetPublishErr(brokers.ErrUnavailable)
+		time.Sleep(time.Minute)
+		if _, ok := a.Lookup("peer"); !ok {
+			t.Fatal("a node was forgotten while the broker was down")
+		}
+		if _, _, err := a.Find(context.Background(), "other"); !errors.Is(err, ErrBrokerDown) {
+			t.Errorf("Find while the broker is down: %v, want ErrBrokerDown", err)
+		}
+		b.SetPublishErr(nil)
+		b.ready.Store(true)
+		time.Sleep(1500 * time.Millisecond) // a tick sees the broker back
+		if _, ok := a.Lookup("peer"); !ok {
+			t.Fatal("a node was forgotten as soon as the broker came back")
+		}
+		// The peer is really gone: without announcements it is forgotten
+		// one TTL after the broker came back.
+		time.Sleep(4 * time.Second)
+		if _, ok := a.Lookup("peer"); ok {
+			t.Error("a silent node is still known a TTL after the outage")
+		}
+	})
+}
+
+// TestNodesWhoOwns: every node answers whether it owns a key; the owner
+// is found, nobody owning it says so, and two nodes claiming a new key at
+// once agree that the lower id opens it.
+func TestNodesWhoOwns(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBroker()
+		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Hour)
+		c := startTestNodes(t, b, "c", "http://127.0.0.1:1003", time.Hour)
+		d := startTestNodes(t, b, "d", "http://127.0.0.1:1004", time.Hour)
+		c.SetOwnerFunc(func(key string) (bool, bool) { return key == "/sockjs/k1", false })
+		a.SetOwnerFunc(func(key string) (bool, bool) { return false, key == "/sockjs/new" })
+		d.SetOwnerFunc(func(key string) (bool, bool) { return false, key == "/sockjs/new" })
+		synctest.Wait()
+		owner, u, claimant, err := a.WhoOwns(context.Background(), "/sockjs/k1")
+		if owner != "c" || u != "http://127.0.0.1:1003" || claimant != "" || err != nil {
+			t.Errorf("WhoOwns(k1) from a = %q %q %q %v", owner, u, claimant, err)
+		}
+		start := time.Now()
+		owner, _, claimant, err = a.WhoOwns(context.Background(), "/sockjs/none")
+		if owner != "" || claimant != "" || err != nil {
+			t.Errorf("WhoOwns(none) = %q %q %v", owner, claimant, err)
+		}
+		if time.Since(start) != 0 {
+			t.Errorf("WhoOwns waited %v although every node answered", time.Since(start))
+		}
+		if owner, _, claimant, _ = d.WhoOwns(context.Background(), "/sockjs/new"); owner != "" || claimant != "a" {
+			t.Errorf("d asking about a key a claims too: owner %q claimant %q, want claimant a", owner, claimant)
+		}
+		if owner, _, claimant, _ = a.WhoOwns(context.Background(), "/sockjs/new"); owner != "" || claimant != "" {
+			t.Errorf("a asking about a key d claims too: owner %q claimant %q, want none (a opens it)", owner, claimant)
+		}
+		// d heard c's answer to a's question: it knows k1's owner without
+		// asking.
+		published := len(b.Published())
+		if owner, _, _, _ = d.WhoOwns(context.Background(), "/sockjs/k1"); owner != "c" || len(b.Published()) != published {
+			t.Errorf("d asked again for an owner it heard of (owner %q)", owner)
+		}
+	})
+}
+
+// TestReservedChannelsInvisible: whatever the rules grant, a browser
+// subscribed to a pattern that covers the nodes' channel never receives
+// their traffic, and cannot subscribe to it by name.
+func TestReservedChannelsInvisible(t *testing.T) {
+	g := newTestGateway(t, func(c *Config) {
+		c.Rules = append(Rules{{Pattern: ">", Subscribe: Anyone, Publish: Anyone}}, c.Rules...)
+	})
+	s, tr := openSession(t, g, false)
+	subscribe(t, s, tr, 1, ">")
+	send(s, `{"op":"sub","id":2,"ch":%q}`, NodesChannel)
+	expectErr(t, tr, 2, 403, "permission denied")
+	announce(t, g.b, `{"id":"x","url":"http://10.0.0.9:1"}`)
+	publish(t, g.b, "demo.after", "1")
+	if w := nextType(t, tr, TypeMsg); w.Ch != "demo.after" {
+		t.Fatalf("got %s, want only demo.after: the announcement reached the browser", w)
+	}
+}
+
+// TestNodesClusterKey: with a cluster key, nodes that share it find each
+// other, and an announcement that is unsigned, signed with another key or
+// signed too long ago is ignored, as is one naming a link-local address
+// (a cloud metadata service) whoever signed it.
+func TestNodesClusterKey(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		key := bytes.Repeat([]byte("k"), 32)
+		b := newFakeBroker()
+		start := func(id, u string, k []byte) *Nodes {
+			n, err := StartNodes(context.Background(), NodesOptions{
+				Broker: b, SelfID: id, SelfURL: u, Interval: time.Hour, ClusterKey: k,
+				Logger: slog.New(slog.DiscardHandler),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = n.Close() })
+			return n
+		}
+		a := start("a", "http://10.0.0.1:8080", key)
+		start("c", "http://10.0.0.3:8080", key)
+		start("evil", "http://10.0.0.66:8080", bytes.Repeat([]byte("x"), 32))
+		announce(t, b, `{"id":"forged","url":"http://10.0.0.99:8080"}`)
+		sign := func(msg string, ts time.Time) string {
+			data, _ := json.Marshal(signedMsg{Msg: json.RawMessage(msg), TS: ts.UnixMilli(), Sig: signNodeMsg(key, []byte(msg), ts.UnixMilli())})
+			return string(data)
+		}
+		announce(t, b, sign(`{"id":"stale","url":"http://10.0.0.98:8080"}`, time.Now().Add(-time.Minute)))
+		announce(t, b, sign(`{"id":"metadata","url":"http://169.254.169.254"}`, time.Now()))
+		announce(t, b, sign(`{"id":"public","url":"http://203.0.113.7:8080"}`, time.Now()))
+		synctest.Wait()
+		if _, ok := a.Lookup("c"); !ok {
+			t.Error("a node signing with the cluster key is not known")
+		}
+		for _, id := range []string{"evil", "forged", "stale", "metadata", "public"} {
+			if u, ok := a.Lookup(id); ok {
+				t.Errorf("%s is known at %s", id, u)
+			}
+		}
+		if _, err := StartNodes(context.Background(), NodesOptions{Broker: b, SelfID: "s", SelfURL: "http://10.0.0.5:1", ClusterKey: []byte("short")}); err == nil {
+			t.Error("a short cluster key was accepted")
 		}
 	})
 }

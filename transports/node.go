@@ -64,7 +64,7 @@ func newNode(opts Options) *node {
 		heartbeat: opts.Gateway.Config().Heartbeat,
 	}
 	if opts.Nodes != nil {
-		n.fwd = newForwarder(opts.Nodes, opts.Gateway, opts.Logger)
+		n.fwd = newForwarder(opts, opts.Logger)
 	}
 	return n
 }

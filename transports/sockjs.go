@@ -348,8 +348,15 @@ func validateSRI(s string) error {
 	return nil
 }
 
-// mountSockJS mounts every configured endpoint on r (New calls it).
+// mountSockJS mounts every configured endpoint on r (New calls it), and
+// tells the cluster which of their sessions this node owns.
 func mountSockJS(r chi.Router, n *node) {
+	var eps []*sockjsEndpoint
+	defer func() {
+		if n.opts.Nodes != nil && len(eps) > 0 {
+			n.opts.Nodes.SetOwnerFunc(func(key string) (owns, claiming bool) { return sjsOwns(eps, key) })
+		}
+	}()
 	for i, e := range n.opts.SockJS {
 		if err := sjsOverlap(n.opts.SockJS[:i], e); err != nil {
 			n.log.Error("sockjs endpoint refused", "prefix", e.Prefix, "err", err)
@@ -373,6 +380,7 @@ func mountSockJS(r chi.Router, n *node) {
 			continue
 		}
 		ep := newSockJSEndpoint(n, e.withDefaults())
+		eps = append(eps, ep)
 		r.Handle(e.Prefix, ep)
 		r.Handle(e.Prefix+"/*", ep)
 	}
@@ -393,6 +401,7 @@ type sockjsEndpoint struct {
 	mu       sync.Mutex
 	sessions map[string]*sjsEntry // the sessions over HTTP by id, live and recently closed
 	swept    time.Time            // when closed sessions were last forgotten
+	claims   map[string]int       // ids this node is asking the cluster about, to open them
 }
 
 func newSockJSEndpoint(n *node, cfg SockJSEndpoint) *sockjsEndpoint {
@@ -415,6 +424,7 @@ func newSockJSEndpoint(n *node, cfg SockJSEndpoint) *sockjsEndpoint {
 		iframe:    page,
 		etag:      `"` + hex.EncodeToString(sum[:16]) + `"`,
 		sessions:  make(map[string]*sjsEntry),
+		claims:    make(map[string]int),
 	}
 }
 

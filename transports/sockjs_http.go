@@ -87,15 +87,10 @@ var sjsFamilies = map[sjsKind]*family{
 // serveReceiver serves a receiving request of the given kind for session
 // sid, opening the session if it does not exist.
 func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, sid string, kind sjsKind) {
-	// The cookie and the cache header go on every answer, errors
-	// included, as sockjs-node's h_sid and h_no_cache run first.
-	h := w.Header()
-	ep.setCookie(w, r)
-	sjsNoCache(h)
 	var callback string
 	if kind == sjsHTMLFile || kind == sjsJSONP {
 		// sockjs-node's checks and answers (lib/trans-jsonp.js,
-		// lib/trans-htmlfile.js).
+		// lib/trans-htmlfile.js), with its cookie and cache header.
 		q := r.URL.Query()
 		switch {
 		case q.Has("c"):
@@ -103,6 +98,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 		case q.Has("callback"):
 			callback = q.Get("callback")
 		default:
+			ep.privateHeaders(w, r)
 			sjsPlain(w, http.StatusInternalServerError, `"callback" parameter required`)
 			return
 		}
@@ -111,6 +107,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 			limit = sjsMaxHTMLFileCallbackLen
 		}
 		if !sjsValidCallback(callback, limit) {
+			ep.privateHeaders(w, r)
 			sjsPlain(w, http.StatusInternalServerError, `invalid "callback" parameter`)
 			return
 		}
@@ -119,6 +116,15 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 		sjsRefuse(w, ref)
 		return
 	}
+	// Before anything reads the body or sets a header: a forwarded
+	// request carries it on, and the owner's answer has its own.
+	answered, release := ep.route(w, r, sid, true)
+	defer release()
+	if answered {
+		return
+	}
+	h := w.Header()
+	ep.privateHeaders(w, r)
 	// A receiver's body carries nothing; reading it to the end lets
 	// net/http notice when the client goes away (the request's context).
 	_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, int64(ep.maxBody())))
@@ -206,6 +212,14 @@ func (ep *sockjsEndpoint) receiveTurn(w http.ResponseWriter, r *http.Request, fa
 		e.sess.Close(sjsInterrupted)
 	}
 	return false
+}
+
+// privateHeaders sets what every answer on a session URL carries, errors
+// included, as sockjs-node's h_sid and h_no_cache filters run first: the
+// JSESSIONID cookie (CookieNeeded) and the no-cache header.
+func (ep *sockjsEndpoint) privateHeaders(w http.ResponseWriter, r *http.Request) {
+	ep.setCookie(w, r)
+	sjsNoCache(w.Header())
 }
 
 // closeFrameOf returns the close frame of a session that ended, or nil,
@@ -351,9 +365,11 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 		sjsRefuse(w, ref)
 		return
 	}
+	if answered, _ := ep.route(w, r, sid, false); answered {
+		return
+	}
 	h := w.Header()
-	ep.setCookie(w, r)
-	sjsNoCache(h)
+	ep.privateHeaders(w, r)
 	sjsCORS(h, r, "null")
 	body, ok := ep.readSJSBody(w, r)
 	if !ok {
@@ -403,8 +419,10 @@ func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request,
 		sjsRefuse(w, ref)
 		return
 	}
-	ep.setCookie(w, r)
-	sjsNoCache(w.Header())
+	if answered, _ := ep.route(w, r, sid, false); answered {
+		return
+	}
+	ep.privateHeaders(w, r)
 	body, ok := ep.readSJSBody(w, r)
 	if !ok {
 		return

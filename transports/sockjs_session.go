@@ -3,6 +3,7 @@ package transports
 import (
 	"context"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -364,4 +365,79 @@ loop:
 		b = emit(b, append(*msgs, ']'))
 	}
 	return b, rendered
+}
+
+// Sessions across nodes. A client chooses its SockJS session id, so the id
+// names no node, and behind a round-robin balancer each request of a
+// session may land on any node. The node a session's first request
+// reaches opens it, after asking the cluster (gateway.Nodes.WhoOwns)
+// whether another node owns that id already: every node answers, so the
+// question costs one round trip through the broker, and only when there
+// are other nodes. A request for a session that is not here goes to the
+// node that owns it (forwarded like the native request-per-poll
+// transports); every node hears each answer, so the next request for the
+// same session, wherever it lands, is forwarded without asking. Two nodes
+// asked about the same new id at once both say they are claiming it, and
+// the one with the lower id opens it. A request forwarded here is served
+// here.
+
+// sjsKey is the cluster-wide key of session id of an endpoint.
+func (ep *sockjsEndpoint) sjsKey(id string) string { return ep.cfg.Prefix + "/" + id }
+
+// sjsOwns answers the cluster's question about key for the endpoints of
+// this node.
+func sjsOwns(eps []*sockjsEndpoint, key string) (owns, claiming bool) {
+	for _, ep := range eps {
+		id, ok := strings.CutPrefix(key, ep.cfg.Prefix+"/")
+		if !ok || strings.Contains(id, "/") {
+			continue
+		}
+		ep.mu.Lock()
+		e := ep.entryLocked(id)
+		claiming = ep.claims[id] > 0
+		ep.mu.Unlock()
+		return e != nil && !e.closed(), claiming
+	}
+	return false, false
+}
+
+// route sends r, a request for session id that this node does not have,
+// to the node that has it, and reports whether it answered r. opening
+// says r would open the session if nobody has it; until the caller
+// releases the claim (the returned func), this node answers the
+// cluster's questions about id as claiming it.
+func (ep *sockjsEndpoint) route(w http.ResponseWriter, r *http.Request, id string, opening bool) (answered bool, release func()) {
+	release = func() {}
+	nodes := ep.n.opts.Nodes
+	if ep.n.fwd == nil || nodes == nil || r.Header.Get(HeaderForwarded) != "" {
+		return false, release
+	}
+	ep.mu.Lock()
+	here := ep.entryLocked(id) != nil
+	if !here && opening {
+		ep.claims[id]++
+		release = func() {
+			ep.mu.Lock()
+			if ep.claims[id]--; ep.claims[id] <= 0 {
+				delete(ep.claims, id)
+			}
+			ep.mu.Unlock()
+		}
+	}
+	ep.mu.Unlock()
+	if here {
+		return false, release
+	}
+	owner, url, claimant, err := nodes.WhoOwns(r.Context(), ep.sjsKey(id))
+	switch {
+	case err != nil:
+		// The broker is down: nobody can be asked. The session is served
+		// here (opened, or not found).
+		return false, release
+	case owner != "":
+		return ep.n.forwardTo(w, r, owner, url), release
+	case claimant != "":
+		return ep.n.forwardTo(w, r, claimant, ""), release
+	}
+	return false, release
 }

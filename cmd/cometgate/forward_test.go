@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/cometgate/cometgate/gateway"
 	"github.com/cometgate/cometgate/transports"
 )
@@ -542,5 +544,139 @@ func TestForwardForgetsSilentNode(t *testing.T) {
 	}
 	if _, ok := a.table.Lookup(b.id); ok {
 		t.Error("A still knows B")
+	}
+}
+
+// TestForwardSockJSRoundRobin: a SockJS session over XHR polling behind a
+// round-robin balancer. The client chooses the session id, so no request
+// names a node: the node the first request reaches asks the other whether
+// it has the session, opens it, and every later request that lands on the
+// other node is forwarded to it. Exactly one open frame, every message in
+// order, nothing lost.
+func TestForwardSockJSRoundRobin(t *testing.T) {
+	a, b := startPair(t)
+	rr := newRoundRobin(t, a, b)
+	c := newTestClient(t)
+	url := rr.url("/sockjs/000/" + fmt.Sprintf("rr%d", time.Now().UnixNano()))
+	post := func(path, body string) (int, string) {
+		t.Helper()
+		resp, err := c.Post(url+path, "text/plain", strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	if st, body := post("/xhr", ""); st != http.StatusOK || body != "o\n" {
+		t.Fatalf("open: %d %q", st, body)
+	}
+	seq := &sequence{t: t}
+	poll := func() {
+		t.Helper()
+		st, body := post("/xhr", "")
+		if st != http.StatusOK {
+			t.Fatalf("poll: %d %q", st, body)
+		}
+		for _, frame := range strings.Split(strings.TrimSuffix(body, "\n"), "\n") {
+			switch {
+			case frame == "h":
+			case strings.HasPrefix(frame, "a["):
+				var msgs []string
+				if err := json.Unmarshal([]byte(frame[1:]), &msgs); err != nil {
+					t.Fatalf("frame %q: %v", frame, err)
+				}
+				for _, m := range msgs {
+					var p packet
+					if err := json.Unmarshal([]byte(m), &p); err != nil {
+						t.Fatalf("message %q: %v", m, err)
+					}
+					seq.add(p)
+				}
+			default:
+				// "o" again: a second node opened the same id.
+				t.Fatalf("unexpected frame %q", frame)
+			}
+		}
+	}
+	if st, body := post("/xhr_send", `["{\"op\":\"sub\",\"id\":1,\"ch\":\"demo.rr\"}"]`); st != http.StatusNoContent {
+		t.Fatalf("send: %d %q", st, body)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !seq.oks[1] {
+		if time.Now().After(deadline) {
+			t.Fatal("the subscription was not answered")
+		}
+		poll()
+	}
+	const count = 100
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	pubErr := publishAll(&wg, newTestClient(t), []*clusterNode{a, b}, "demo.rr", count)
+	for seq.msgs < count {
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d of %d messages", seq.msgs, count)
+		}
+		poll()
+	}
+	if err := <-pubErr; err != nil {
+		t.Fatal(err)
+	}
+	if rr.counts[0].Load() < 2 || rr.counts[1].Load() < 2 {
+		t.Fatalf("the balancer did not use both nodes: %d and %d requests", rr.counts[0].Load(), rr.counts[1].Load())
+	}
+	if seq.dups != 0 {
+		t.Errorf("%d packets came twice", seq.dups)
+	}
+}
+
+// TestForwardClusterKey: nodes sharing node.cluster_key find each other
+// and forward; an announcement forged on the broker (unsigned) is ignored
+// and counted, so it cannot steer forwarding (and the browsers' cookies
+// it carries) anywhere.
+func TestForwardClusterKey(t *testing.T) {
+	key := "COMETGATE_NODE_CLUSTER_KEY=" + strings.Repeat("c", 32)
+	a, b := startPair(t, key)
+	nc, err := nats.Connect(a.emb.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	forged := `{"id":"evil","url":"http://127.0.0.1:9"}`
+	if err := nc.Publish(gateway.NodesChannel, []byte(forged)); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestClient(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for metricValue(t, c, a, `cometgate_node_messages_rejected_total{reason="unsigned"}`) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the forged announcement was not counted as rejected")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if u, ok := a.table.Lookup("evil"); ok {
+		t.Fatalf("the forged node is known at %s", u)
+	}
+	// Forwarding between the two works, signed.
+	seq := &sequence{t: t}
+	for _, p := range pollOnce(t, c, b.url("/poll?ch=demo.rr")) {
+		seq.add(p)
+	}
+	if !strings.HasPrefix(seq.sid, "nodeb.") {
+		t.Fatalf("sid %q", seq.sid)
+	}
+	if err := publishVia(c, a.url(""), "demo.rr", 0); err != nil {
+		t.Fatal(err)
+	}
+	for seq.msgs < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no message through the forwarding node")
+		}
+		for _, p := range pollOnce(t, c, a.url(fmt.Sprintf("/poll/%s?ack=%d", seq.sid, seq.lastSeq))) {
+			seq.add(p)
+		}
 	}
 }

@@ -85,20 +85,21 @@ type nodeParts struct {
 	cfg *configs.Config
 	log *slog.Logger
 
-	broker      brokers.Broker
-	emb         *natsbroker.Embedded // broker.kind embedded only
-	closeBroker func() error
-	relay       atomic.Pointer[brokers.StateFunc] // the gateway's, once it exists
-	reg         *prometheus.Registry
-	gw          *gateway.Gateway
-	tsrv        *transports.Server
-	fresh       *freshConns
-	httpSrv     *http.Server
-	ln          net.Listener
-	nodeDir     nodeDirectory
-	nodes       *gateway.Nodes // nil when forwarding between nodes is off
-	adminSrv    *http.Server   // nil without admin.listen
-	adminLn     net.Listener
+	broker       brokers.Broker
+	emb          *natsbroker.Embedded // broker.kind embedded only
+	closeBroker  func() error
+	relay        atomic.Pointer[brokers.StateFunc] // the gateway's, once it exists
+	reg          *prometheus.Registry
+	nodesMetrics *gateway.NodesMetrics
+	gw           *gateway.Gateway
+	tsrv         *transports.Server
+	fresh        *freshConns
+	httpSrv      *http.Server
+	ln           net.Listener
+	nodeDir      nodeDirectory
+	nodes        *gateway.Nodes // nil when forwarding between nodes is off
+	adminSrv     *http.Server   // nil without admin.listen
+	adminLn      net.Listener
 
 	// serving counts the goroutines serving the listeners; errc carries
 	// their failures.
@@ -154,6 +155,7 @@ func (n *nodeParts) openBroker(ctx context.Context) error {
 func (n *nodeParts) newGateway(rules gateway.Rules) error {
 	n.reg = prometheus.NewRegistry()
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	n.nodesMetrics = gateway.NewNodesMetrics(n.reg)
 	cfg := n.cfg
 	var err error
 	n.gw, err = gateway.New(gateway.Config{
@@ -192,6 +194,8 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		StreamLimit:      cfg.Session.StreamLimitBytes,
 		MaxSessionsPerIP: cfg.HTTP.MaxSessionsPerIP,
 		AllowedHosts:     cfg.HTTP.EffectiveAllowedHosts(),
+		ClusterKey:       clusterKey(cfg),
+		PeerNetworks:     cfg.Node.PeerPrefixes(),
 		TrustedProxies:   cfg.HTTP.TrustedProxyPrefixes(),
 		Tokens:           tokens,
 		RequireToken:     cfg.Auth.Required,
@@ -246,15 +250,21 @@ func (n *nodeParts) startNodes(ctx context.Context, h *hooks) error {
 			"polling transports then need sticky sessions behind a load balancer")
 		return nil
 	}
+	if n.cfg.Node.ClusterKey == "" {
+		n.log.Warn("node.cluster_key is empty: node announcements and forwarded requests are not signed, so whoever can publish on the broker's cometgate-nodes subject can steer forwarding")
+	}
 	nodes, err := gateway.StartNodes(ctx, gateway.NodesOptions{
 		Broker: n.broker, SelfID: n.cfg.Node.ID, SelfURL: advertise, Interval: h.announceInterval,
-		Logger: n.log.With(slog.String("component", "nodes")),
+		ClusterKey:   clusterKey(n.cfg),
+		PeerNetworks: n.cfg.Node.PeerPrefixes(),
+		Metrics:      n.nodesMetrics,
+		Logger:       n.log.With(slog.String("component", "nodes")),
 	})
 	if err != nil {
 		return err
 	}
 	n.nodes = nodes
-	n.nodeDir.nodes.Store(nodes)
+	n.nodeDir.start(nodes)
 	if h.nodes != nil {
 		h.nodes(nodes)
 	}
@@ -313,33 +323,33 @@ func (n *nodeParts) goServe(name string, srv *http.Server, ln net.Listener) {
 }
 
 // shutdown takes down whatever build made, in the one order that drains
-// a node: the gateway refuses new sessions and tells every client to
-// reconnect elsewhere while, at the same time, the HTTP server stops
-// accepting and waits for plain requests (hijacked connections, which
-// http.Server does not track, are the gateway's to close); then the
-// transports' own goroutines end, the admin server closes, the node table
-// says goodbye, and the broker closes last.
+// a node: first the gateway refuses new sessions (and /readyz says so)
+// and tells every client to reconnect elsewhere, while the node still
+// listens, so that the polls other nodes forward here for its sessions
+// still reach it and carry their close packets; then the node table says
+// goodbye (the others answer "session not found" for this node's sessions
+// from then on); then the HTTP server stops accepting and waits for plain
+// requests (hijacked connections, which http.Server does not track, were
+// the gateway's to close); then the transports' own goroutines end, the
+// admin server closes, and the broker closes last.
 func (n *nodeParts) shutdown() {
 	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.HTTP.ShutdownTimeout)
 	defer cancel()
-	var drain sync.WaitGroup
-	if n.httpSrv != nil {
-		drain.Go(func() {
-			n.fresh.closeAll()
-			if err := n.httpSrv.Shutdown(sctx); err != nil {
-				n.log.Warn("http shutdown", slog.Any("err", err))
-				_ = n.httpSrv.Close()
-			}
-		})
-	}
 	if n.gw != nil {
-		drain.Go(func() {
-			if err := n.gw.Shutdown(sctx); err != nil {
-				n.log.Warn("gateway shutdown", slog.Any("err", err))
-			}
-		})
+		if err := n.gw.Shutdown(sctx); err != nil {
+			n.log.Warn("gateway shutdown", slog.Any("err", err))
+		}
 	}
-	drain.Wait()
+	if n.nodes != nil {
+		_ = n.nodes.Close()
+	}
+	if n.httpSrv != nil {
+		n.fresh.closeAll()
+		if err := n.httpSrv.Shutdown(sctx); err != nil {
+			n.log.Warn("http shutdown", slog.Any("err", err))
+			_ = n.httpSrv.Close()
+		}
+	}
 	if n.tsrv != nil {
 		n.tsrv.Wait()
 	}
@@ -354,9 +364,6 @@ func (n *nodeParts) shutdown() {
 		}
 	}
 	n.serving.Wait()
-	if n.nodes != nil {
-		_ = n.nodes.Close()
-	}
 	if n.closeBroker != nil {
 		if err := n.closeBroker(); err != nil {
 			n.log.Error("closing broker", slog.Any("err", err))
@@ -367,18 +374,71 @@ func (n *nodeParts) shutdown() {
 	}
 }
 
-// nodeDirectory is the transports' view of the node table, which starts
-// after the transports are built (it needs the listener's address). Until
-// then, and when forwarding is off, it knows no node.
-type nodeDirectory struct {
-	nodes atomic.Pointer[gateway.Nodes]
+// clusterKey is node.cluster_key as bytes, nil when unset.
+func clusterKey(cfg *configs.Config) []byte {
+	if cfg.Node.ClusterKey == "" {
+		return nil
+	}
+	return []byte(cfg.Node.ClusterKey)
 }
 
-func (d *nodeDirectory) Lookup(id string) (string, bool) {
-	if n := d.nodes.Load(); n != nil {
-		return n.Lookup(id)
+// nodeDirectory is the transports' view of the node table, which starts
+// after the transports are built (it needs the listener's address), and
+// before the node serves. When forwarding is off it knows no node: every
+// other node's session is gone, and no key is owned elsewhere.
+type nodeDirectory struct {
+	nodes   atomic.Pointer[gateway.Nodes]
+	mu      sync.Mutex
+	ownerFn func(key string) (owns, claiming bool)
+}
+
+var _ transports.NodeDirectory = (*nodeDirectory)(nil)
+
+// start hands the directory its node table.
+func (d *nodeDirectory) start(n *gateway.Nodes) {
+	d.mu.Lock()
+	if d.ownerFn != nil {
+		n.SetOwnerFunc(d.ownerFn)
 	}
-	return "", false
+	d.nodes.Store(n)
+	d.mu.Unlock()
+}
+
+func (d *nodeDirectory) Find(ctx context.Context, id string) (string, bool, error) {
+	if n := d.nodes.Load(); n != nil {
+		return n.Find(ctx, id)
+	}
+	return "", false, nil
+}
+
+func (d *nodeDirectory) Suspect(ctx context.Context, id string) (string, bool, error) {
+	if n := d.nodes.Load(); n != nil {
+		return n.Suspect(ctx, id)
+	}
+	return "", false, nil
+}
+
+func (d *nodeDirectory) WhoOwns(ctx context.Context, key string) (string, string, string, error) {
+	if n := d.nodes.Load(); n != nil {
+		return n.WhoOwns(ctx, key)
+	}
+	return "", "", "", nil
+}
+
+func (d *nodeDirectory) SetOwnerFunc(f func(key string) (owns, claiming bool)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ownerFn = f
+	if n := d.nodes.Load(); n != nil {
+		n.SetOwnerFunc(f)
+	}
+}
+
+func (d *nodeDirectory) Ready() bool {
+	if n := d.nodes.Load(); n != nil {
+		return n.Ready()
+	}
+	return true
 }
 
 // advertiseURL is node.advertise_url, or else derived from the listener:
@@ -419,6 +479,9 @@ func dialBroker(ctx context.Context, cfg *configs.Config, onState brokers.StateF
 		emb, err := natsbroker.StartEmbedded(ctx, natsbroker.EmbeddedOptions{
 			Listen:        cfg.Broker.Embedded.Listen,
 			StoreDir:      cfg.Broker.Embedded.StoreDir,
+			User:          cfg.Broker.Embedded.User,
+			Password:      cfg.Broker.Embedded.Password,
+			Token:         cfg.Broker.Embedded.Token,
 			SubjectPrefix: cfg.Broker.SubjectPrefix,
 			Streams:       natsStreams(cfg),
 			OnState:       onState,
