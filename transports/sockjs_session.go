@@ -348,6 +348,9 @@ loop:
 				b = emit(b, append(*msgs, ']'))
 			}
 			d := mode.sess.Reason()
+			if d == sjsBrokenFraming {
+				return b, p.Seq // the websocket's own close says it
+			}
 			return emit(b, appendSJSCloseFrame((*tmp)[:0], d.Code, d.Reason)), p.Seq
 		case gateway.TypeData:
 			add(p.Body().Data())
