@@ -67,6 +67,7 @@ const (
 	SockJSPubSub = "pubsub"
 	SockJSEcho   = "echo"
 	SockJSTCP    = "tcp"
+	SockJSClose  = "close"
 )
 
 // Values of Channel.History.
@@ -375,8 +376,8 @@ type Channel struct {
 type SockJS struct {
 	// Prefix is the URL path the endpoint is served under, e.g. "/sockjs".
 	Prefix string `mapstructure:"prefix"`
-	// Mode is what the endpoint carries: SockJSPubSub, SockJSEcho or
-	// SockJSTCP.
+	// Mode is what the endpoint carries: SockJSPubSub, SockJSEcho,
+	// SockJSTCP or SockJSClose.
 	Mode string `mapstructure:"mode"`
 	// Target names the TCP target (tcp mode only).
 	Target string `mapstructure:"target"`
@@ -391,8 +392,15 @@ type SockJS struct {
 	// DisconnectDelay closes a session with no request attached.
 	DisconnectDelay time.Duration `mapstructure:"disconnect_delay"`
 	// ClientURL is the sockjs-client script iframe.html loads; "" = the
-	// library's public CDN URL.
+	// pinned release on a public CDN, with its integrity hash.
 	ClientURL string `mapstructure:"client_url"`
+	// ClientIntegrity is the Subresource Integrity of ClientURL ("" =
+	// none).
+	ClientIntegrity string `mapstructure:"client_integrity"`
+	// CloseCode and CloseReason are what a close endpoint closes every
+	// new session with (0 and "" = 1000 "Normal closure").
+	CloseCode   int    `mapstructure:"close_code"`
+	CloseReason string `mapstructure:"close_reason"`
 }
 
 // Bridge configures the TCP bridge: browser sessions that carry a byte
@@ -459,6 +467,9 @@ var sockjsDefaults = map[string]any{
 	"heartbeat_delay":  25 * time.Second,
 	"disconnect_delay": 5 * time.Second,
 	"client_url":       "",
+	"client_integrity": "",
+	"close_code":       0,
+	"close_reason":     "",
 }
 
 // channelDefaults are the values of keys a channels entry in a config file

@@ -1007,3 +1007,20 @@ func TestEffectiveHTTP(t *testing.T) {
 		t.Errorf("trusted proxies %v, want %v", got, want)
 	}
 }
+
+// TestSockJSCloseMode: a close endpoint's keys reach transports, and
+// transports' rules for them apply at load.
+func TestSockJSCloseMode(t *testing.T) {
+	cfg, err := Load(writeConfig(t, "sockjs:\n  - prefix: /close\n    mode: close\n    close_code: 3000\n    close_reason: Go away!\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps := cfg.SockJSEndpoints()
+	if len(eps) != 1 || eps[0].Mode != SockJSClose || eps[0].CloseCode != 3000 || eps[0].CloseReason != "Go away!" {
+		t.Fatalf("endpoints %+v", eps)
+	}
+	_, err = Load(writeConfig(t, "sockjs:\n  - prefix: /x\n    mode: pubsub\n    close_code: 3000\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "sockjs") {
+		t.Fatalf("close_code on a pubsub endpoint: %v", err)
+	}
+}

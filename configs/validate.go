@@ -265,7 +265,7 @@ func (v *validator) sockjs(eps []SockJS, targets []BridgeTarget) bool {
 		} else {
 			prefixes[sj.Prefix] = i
 		}
-		v.oneOf(key+".mode", sj.Mode, SockJSPubSub, SockJSEcho, SockJSTCP)
+		v.oneOf(key+".mode", sj.Mode, SockJSPubSub, SockJSEcho, SockJSTCP, SockJSClose)
 		switch {
 		case sj.Mode == SockJSTCP && !slices.ContainsFunc(targets, func(t BridgeTarget) bool { return t.Name == sj.Target }):
 			v.failf(key+".target", "must name one of bridge.targets, got %q", sj.Target)

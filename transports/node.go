@@ -118,7 +118,11 @@ func (n *node) cors(w http.ResponseWriter, r *http.Request) {
 	}
 	h := w.Header()
 	h.Set("Access-Control-Allow-Origin", origin)
-	h.Set("Access-Control-Allow-Credentials", "true")
+	if origin != "null" {
+		// "null" is any sandboxed frame or local file: never with the
+		// browser's credentials.
+		h.Set("Access-Control-Allow-Credentials", "true")
+	}
 	h.Add("Vary", "Origin")
 }
 

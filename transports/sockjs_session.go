@@ -396,7 +396,9 @@ func sjsOwns(eps []*sockjsEndpoint, key string) (owns, claiming bool) {
 		e := ep.entryLocked(id)
 		claiming = ep.claims[id] > 0
 		ep.mu.Unlock()
-		return e != nil && !e.closed(), claiming
+		// A closed session still answering with its close frame is
+		// this node's too: its requests must come here for that frame.
+		return e != nil, claiming
 	}
 	return false, false
 }

@@ -115,8 +115,10 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if origin := r.Header.Get("Origin"); origin != "" {
 		// Allowed by the gate; EventSource needs these for cross-origin
 		// streams (withCredentials included).
-		head.WriteString("Access-Control-Allow-Origin: " + sanitizeHeader(origin) + "\r\n" +
-			"Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n")
+		head.WriteString("Access-Control-Allow-Origin: " + sanitizeHeader(origin) + "\r\nVary: Origin\r\n")
+		if origin != "null" { // a sandboxed frame or local file: no credentials
+			head.WriteString("Access-Control-Allow-Credentials: true\r\n")
+		}
 	}
 	// The retry hint spreads reconnects after a node goes away: drawn
 	// for each stream, so the EventSources of a node that fails do not
