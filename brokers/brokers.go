@@ -46,6 +46,13 @@ type Message struct {
 	// Header carries broker metadata worth preserving end to end (for
 	// example "Content-Type"). It may be nil.
 	Header map[string]string
+	// ID is the publisher's id of the message, "" for none: a publisher
+	// that retries a publish whose confirmation it never got sends the
+	// same ID again. A broker that deduplicates does so on it (JetStream:
+	// Nats-Msg-Id, within the stream's duplicate window); others carry it
+	// (AMQP: message_id), and every broker hands it back on delivery, so
+	// a subscriber can drop a message it already has.
+	ID string
 	// Gap marks a message that carries no data: it tells the subscriber
 	// that messages matching its pattern may have been lost between the
 	// broker and this node (Seq, if non-zero, is the first position

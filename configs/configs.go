@@ -249,6 +249,11 @@ type Broker struct {
 	SubjectPrefix string `mapstructure:"subject_prefix"`
 	// PublishTimeout bounds the wait for a broker publish confirmation.
 	PublishTimeout time.Duration `mapstructure:"publish_timeout"`
+	// DedupeWindow is how long message ids are remembered to drop a
+	// retried publish's second copy; 0 turns it off.
+	DedupeWindow time.Duration `mapstructure:"dedupe_window"`
+	// DedupeMax bounds the ids remembered per subscribed pattern.
+	DedupeMax int `mapstructure:"dedupe_max"`
 	// Embedded configures the in-process NATS server (Kind == BrokerEmbedded).
 	Embedded Embedded `mapstructure:"embedded"`
 	// NATS configures the external NATS connection (Kind == BrokerNATS).

@@ -47,6 +47,8 @@ func wantDefaults() *Config {
 			Kind:           BrokerEmbedded,
 			SubjectPrefix:  "",
 			PublishTimeout: 5 * time.Second,
+			DedupeWindow:   2 * time.Minute,
+			DedupeMax:      10000,
 			Embedded:       Embedded{Listen: "", StoreDir: ""},
 			NATS: NATS{
 				URLs:             []string{"nats://127.0.0.1:4222"},

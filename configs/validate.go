@@ -133,6 +133,10 @@ func (v *validator) broker(b *Broker) {
 		v.failf("broker.subject_prefix", `must be "" or dot-terminated tokens of [A-Za-z0-9_-] such as "cg.", got %q`, b.SubjectPrefix)
 	}
 	v.positive("broker.publish_timeout", b.PublishTimeout)
+	if b.DedupeWindow < 0 {
+		v.failf("broker.dedupe_window", "must not be negative, got %s", b.DedupeWindow)
+	}
+	v.atLeast("broker.dedupe_max", b.DedupeMax, 1)
 	if b.Embedded.Listen != "" {
 		v.listen("broker.embedded.listen", b.Embedded.Listen)
 	}

@@ -31,6 +31,10 @@ type Frame struct {
 	Data   json.RawMessage `json:"data,omitempty"`
 	Text   *string         `json:"text,omitempty"`
 	B64    *string         `json:"b64,omitempty"`
+	// MID is a pub frame's message id: a client that publishes again
+	// after it lost the answer sends the same MID, and the message is
+	// delivered once (see brokers.Message.ID).
+	MID string `json:"mid,omitempty"`
 }
 
 var errPayloadFields = errors.New(`exactly one of "data", "text" or "b64" is required`)
@@ -57,6 +61,9 @@ func DecodeFrame(data []byte) (Frame, error) {
 	}
 	if f.ID < 0 {
 		return f, &FrameError{Msg: `"id" must be a positive integer`}
+	}
+	if err := CheckMessageID(f.MID); err != nil {
+		return f, &FrameError{ID: f.ID, Msg: `"mid": ` + err.Error()}
 	}
 	switch f.Op {
 	case OpSub, OpUnsub, OpPub, OpAck, OpPing:
@@ -100,4 +107,21 @@ func jsonErrorText(err error) string {
 		return fmt.Sprintf("field %q must be %s, not %s", te.Field, te.Type, te.Value)
 	}
 	return err.Error()
+}
+
+// MaxMessageIDLen bounds a message id.
+const MaxMessageIDLen = 64
+
+// CheckMessageID accepts a message id ("" is none): 1 to 64 bytes of
+// printable ASCII, as every broker can carry it in a header.
+func CheckMessageID(id string) error {
+	if len(id) > MaxMessageIDLen {
+		return fmt.Errorf("a message id is at most %d bytes, got %d", MaxMessageIDLen, len(id))
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c < 0x21 || c > 0x7e {
+			return fmt.Errorf("a message id is printable ASCII without spaces, got byte %#x", c)
+		}
+	}
+	return nil
 }

@@ -40,6 +40,13 @@ type Config struct {
 	DisconnectDelay time.Duration
 	// PublishTimeout bounds the wait for the broker's confirmation.
 	PublishTimeout time.Duration
+	// DedupeWindow is how long a message id (brokers.Message.ID) is
+	// remembered on each delivery path, so that a publish retried within
+	// it is delivered once; DedupeMax bounds the ids remembered per
+	// subscribed pattern. 0 means 2 minutes and 10,000; a negative window
+	// turns it off.
+	DedupeWindow time.Duration
+	DedupeMax    int
 	// Rules are the channel namespaces; nothing else is allowed.
 	Rules Rules
 	// Logger defaults to slog.Default().
@@ -66,6 +73,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.PublishTimeout == 0 {
 		c.PublishTimeout = 5 * time.Second
+	}
+	if c.DedupeWindow == 0 {
+		c.DedupeWindow = 2 * time.Minute
+	}
+	if c.DedupeMax == 0 {
+		c.DedupeMax = 10000
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -114,7 +127,7 @@ func New(cfg Config, b brokers.Broker) (*Gateway, error) {
 	g := &Gateway{
 		cfg:       cfg,
 		broker:    b,
-		hub:       newHub(b, cfg.Metrics),
+		hub:       newHub(b, cfg.Metrics, cfg.DedupeWindow, cfg.DedupeMax),
 		log:       cfg.Logger,
 		metrics:   cfg.Metrics,
 		ctx:       ctx,
@@ -265,6 +278,14 @@ func (g *Gateway) newSessionID() string {
 // subscribers' packets follow the bytes) travels with the message. It
 // returns once the broker confirmed.
 func (g *Gateway) Publish(ctx context.Context, channel string, data []byte, contentType string) error {
+	return g.PublishWithID(ctx, channel, "", data, contentType)
+}
+
+// PublishWithID is Publish with the publisher's message id (see
+// brokers.Message.ID; "" for none): a publisher that retries a publish
+// whose answer it never got sends the same id, and subscribers get the
+// message once.
+func (g *Gateway) PublishWithID(ctx context.Context, channel, id string, data []byte, contentType string) error {
 	if err := ValidateChannel(channel); err != nil {
 		return err
 	}
@@ -272,13 +293,16 @@ func (g *Gateway) Publish(ctx context.Context, channel string, data []byte, cont
 		// Announcements there steer request forwarding between nodes.
 		return &ChannelError{Name: channel, Rule: "reserved for the gateway nodes"}
 	}
-	return g.publish(ctx, "api", channel, data, contentType)
+	if err := CheckMessageID(id); err != nil {
+		return err
+	}
+	return g.publish(ctx, "api", channel, id, data, contentType)
 }
 
-func (g *Gateway) publish(ctx context.Context, source, channel string, data []byte, contentType string) error {
+func (g *Gateway) publish(ctx context.Context, source, channel, id string, data []byte, contentType string) error {
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.PublishTimeout)
 	defer cancel()
-	msg := brokers.Message{Channel: channel, Data: data}
+	msg := brokers.Message{Channel: channel, Data: data, ID: id}
 	if contentType != "" {
 		msg.Header = map[string]string{"Content-Type": contentType}
 	}

@@ -14,6 +14,10 @@ import (
 type hub struct {
 	broker  brokers.Broker
 	metrics *Metrics
+	// dedupeWindow and dedupeMax configure each entry's dedupe
+	// (Config.DedupeWindow, DedupeMax).
+	dedupeWindow time.Duration
+	dedupeMax    int
 
 	mu      sync.Mutex // guards entries and every entry's refs
 	entries map[string]*hubEntry
@@ -31,13 +35,16 @@ type hubEntry struct {
 	mu       sync.RWMutex // guards sessions and index; fan-out holds it for reading
 	sessions []*Session
 	index    map[*Session]int
+	// dedupe drops a message id seen lately; only fanout (the broker
+	// subscription's one delivery goroutine) touches it.
+	dedupe *dedupe
 }
 
 // brokerSubscribeTimeout bounds the creation of a broker subscription.
 const brokerSubscribeTimeout = 30 * time.Second
 
-func newHub(b brokers.Broker, m *Metrics) *hub {
-	return &hub{broker: b, metrics: m, entries: make(map[string]*hubEntry)}
+func newHub(b brokers.Broker, m *Metrics, dedupeWindow time.Duration, dedupeMax int) *hub {
+	return &hub{broker: b, metrics: m, entries: make(map[string]*hubEntry), dedupeWindow: dedupeWindow, dedupeMax: dedupeMax}
 }
 
 // subscribe adds s to pattern's fan-out set, creating the broker
@@ -49,7 +56,8 @@ func (h *hub) subscribe(ctx context.Context, s *Session, pattern string, policy 
 	e := h.entries[pattern]
 	creator := e == nil
 	if creator {
-		e = &hubEntry{pattern: pattern, policy: policy, ready: make(chan struct{}), index: make(map[*Session]int)}
+		e = &hubEntry{pattern: pattern, policy: policy, ready: make(chan struct{}), index: make(map[*Session]int),
+			dedupe: newDedupe(h.dedupeWindow, h.dedupeMax)}
 		if hist, ok := h.broker.(brokers.History); ok {
 			e.history = hist.HasHistory(pattern)
 		}
@@ -151,6 +159,9 @@ func (h *hub) fanout(e *hubEntry, m brokers.Message) {
 	}
 	if IsReserved(m.Channel) {
 		return // the nodes' own traffic, which a broad pattern matches too
+	}
+	if !e.dedupe.first(m.Channel, m.ID, time.Now()) {
+		return // a publish retried: its first copy went out already
 	}
 	h.metrics.received()
 	// Encoded once for every session; a session only queues the pointer,

@@ -76,6 +76,9 @@ func (s *Session) startReplayLocked(pattern string, st *subState) {
 // under s.mu, which live delivery takes too) or until maxReplayRounds.
 func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 	hist := s.g.broker.(brokers.History)
+	// A publish retried and stored twice (see brokers.Message.ID) is
+	// replayed once, as it is delivered live once.
+	dup := newDedupe(s.g.cfg.DedupeWindow, s.g.cfg.DedupeMax)
 	for round := 0; ; round++ {
 		s.mu.Lock()
 		after := st.lastSeq
@@ -91,7 +94,9 @@ func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 				s.mu.Unlock()
 			}
 			first = false
-			s.queueReplayed(ctx, pattern, st, m)
+			if dup.first(m.Channel, m.ID, time.Now()) {
+				s.queueReplayed(ctx, pattern, st, m)
+			}
 		})
 		if ctx.Err() != nil {
 			return // unsubscribed, session over, or shutdown

@@ -247,7 +247,7 @@ func (s *Session) publishLoop() {
 			s.push(errBody(f.ID, f.Ch, 413, fmt.Sprintf("payload of %d bytes exceeds %d", len(data), s.g.cfg.MaxFrameBytes)))
 			continue
 		}
-		err = s.g.publish(s.g.ctx, "client", f.Ch, data, contentType)
+		err = s.g.publish(s.g.ctx, "client", f.Ch, f.MID, data, contentType)
 		if err != nil {
 			s.push(errBody(f.ID, f.Ch, 503, "publish failed: "+err.Error()))
 			continue

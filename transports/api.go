@@ -19,9 +19,12 @@ import (
 
 // publishRequest is the body of POST /api/publish: a channel and exactly one
 // of data (any JSON value), text (a string sent as UTF-8 bytes) or b64
-// (bytes, standard base64).
+// (bytes, standard base64), and optionally the publisher's message id: a
+// publisher that retries a publish it got no answer for sends the same
+// id, and subscribers get the message once.
 type publishRequest struct {
 	Channel string          `json:"channel"`
+	ID      string          `json:"id"`
 	Data    json.RawMessage `json:"data"`
 	Text    *string         `json:"text"`
 	B64     *string         `json:"b64"`
@@ -108,7 +111,11 @@ func (h publishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if err := h.gw.Publish(r.Context(), req.Channel, data, contentType); err != nil {
+	if err := gateway.CheckMessageID(req.ID); err != nil {
+		writeError(w, http.StatusBadRequest, `"id": `+err.Error())
+		return
+	}
+	if err := h.gw.PublishWithID(r.Context(), req.Channel, req.ID, data, contentType); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "publish failed: "+err.Error())
 		return
 	}

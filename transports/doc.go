@@ -52,10 +52,16 @@
 //	{"op":"pub","id":4,"ch":"bids.lot7","data":{"eur":120}}
 //	{"op":"pub","id":5,"ch":"chat.room1","text":"hi"}  payload as text
 //	{"op":"pub","id":6,"ch":"raw.x","b64":"AAEC"}      payload as base64 bytes
+//	{"op":"pub","id":8,"ch":"bids.lot7","data":1,"mid":"bid-17"}  with a message id
 //	{"op":"ack","seq":41}                              every packet up to seq 41 arrived
 //	{"op":"ping","id":7}                               answered with ok
 //
 // A pub is answered with ok only after the broker confirmed the message.
+// "mid" is the publisher's id of the message (1 to 64 bytes of printable
+// ASCII): a client that publishes again after it got no answer sends the
+// same mid, and subscribers get the message once (JetStream drops the
+// second copy itself; every node drops a copy whose channel and mid it
+// delivered within broker.dedupe_window).
 // On the transports that send upstream frames by HTTP POST a frame may also
 // carry "n", the client's own upstream counter starting at 1: a frame whose
 // n was already applied is skipped (its answer, if it had one, is already
@@ -80,7 +86,7 @@
 //	{"seq":4,"t":"msg","ch":"prices.eur.gbp","sub":"prices.*","data":0.8611}
 //	{"seq":5,"t":"err","id":4,"code":403,"error":"permission denied: publish to \"bids.lot7\""}
 //	{"seq":6,"t":"gap","ch":"prices.*","reason":"history does not reach back","oldest":"977"}
-//	{"seq":7,"t":"close","code":3000,"reason":"server shutting down","reconnect":true}
+//	{"seq":7,"t":"close","code":3000,"reason":"server shutting down","reconnect":true,"delay":1834}
 //
 // hello opens every session: "sid" names the session (its first token is the
 // node that owns it), "hb" is the heartbeat interval in seconds.
@@ -109,8 +115,10 @@
 // available, when there is one.
 //
 // close is the last packet of a session. Codes 3000–3999 mean "reconnect"
-// (after a jittered delay, resuming from your cursors); codes 4000–4999
-// mean "do not reconnect, it will fail again":
+// (after a jittered delay, resuming from your cursors: "delay" is the
+// server's advice in milliseconds, drawn per session so that the clients
+// of a node that drains do not all return at once); codes 4000–4999 mean
+// "do not reconnect, it will fail again":
 //
 //	3000 server shutting down        4000 protocol error (bad frames)
 //	3001 slow consumer               4001 frame too large

@@ -1580,23 +1580,28 @@
       return sub;
     }
 
-    publish(channel, value) {
-      return this._publish(channel, "data", value);
+    // publish, publishText and publishBytes take an optional options
+    // object: {id: "order-42"} gives the message an id (printable ASCII,
+    // at most 64 bytes), so that publishing it again after a failure
+    // (the promise rejected: it may or may not have gone out) delivers it
+    // once.
+    publish(channel, value, options) {
+      return this._publish(channel, "data", value, options);
     }
 
-    publishText(channel, text) {
+    publishText(channel, text, options) {
       if (typeof text !== "string") return Promise.reject(new TypeError("CometGate: publishText needs a string"));
-      return this._publish(channel, "text", text);
+      return this._publish(channel, "text", text, options);
     }
 
-    publishBytes(channel, bytes) {
+    publishBytes(channel, bytes, options) {
       let b64;
       try {
         b64 = bytesToBase64(bytes);
       } catch (e) {
         return Promise.reject(e);
       }
-      return this._publish(channel, "b64", b64);
+      return this._publish(channel, "b64", b64, options);
     }
 
     ping() {
@@ -1606,17 +1611,22 @@
 
     // ---- requests ----
 
-    _publish(channel, field, value) {
+    _publish(channel, field, value, options) {
+      const id = options && options.id;
       try {
         checkChannel(channel);
         if (field === "data" && (value === undefined || typeof JSON.stringify(value) !== "string")) {
           throw new TypeError("CometGate: publish needs a JSON-serializable value");
+        }
+        if (id !== undefined && (typeof id !== "string" || !/^[\x21-\x7e]{1,64}$/.test(id))) {
+          throw new TypeError("CometGate: a message id is 1 to 64 printable ASCII characters");
         }
       } catch (e) {
         return Promise.reject(e);
       }
       const frame = { op: "pub", ch: channel };
       frame[field] = value;
+      if (id !== undefined) frame.mid = id;
       return this._request("pub", frame);
     }
 

@@ -436,6 +436,7 @@ func (b *Broker) Publish(ctx context.Context, msg brokers.Message) error {
 		ContentType:  contentType,
 		Headers:      table,
 		DeliveryMode: amqp.Transient,
+		MessageId:    msg.ID,
 		Body:         msg.Data,
 	})
 	if err != nil {
@@ -576,7 +577,7 @@ func (b *Broker) deliver(d *amqp.Delivery, targets []*subscription) []*subscript
 func fanOut(targets []*subscription, d *amqp.Delivery, ch string, seq uint64) {
 	hdr := headerMap(d)
 	for i, s := range targets {
-		m := brokers.Message{Channel: ch, Data: d.Body, Seq: seq, Header: hdr}
+		m := brokers.Message{Channel: ch, Data: d.Body, Seq: seq, Header: hdr, ID: d.MessageId}
 		if i > 0 {
 			// Each receiver owns its message: the first gets the
 			// delivery's own buffer, the others copies.

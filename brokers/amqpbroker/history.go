@@ -291,7 +291,7 @@ func (r *replay) run(ctx context.Context) (brokers.ReplayResult, error) {
 			continue
 		}
 		delete(d.Headers, offsetHeader)
-		r.h(brokers.Message{Channel: channel, Data: d.Body, Seq: seqOf(off), Header: headerMap(&d)})
+		r.h(brokers.Message{Channel: channel, Data: d.Body, Seq: seqOf(off), Header: headerMap(&d), ID: d.MessageId})
 		res.Last = seqOf(off)
 		if err := ctx.Err(); err != nil {
 			return res, err

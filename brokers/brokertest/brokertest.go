@@ -52,6 +52,7 @@ func Run(t *testing.T, newBroker func(t *testing.T) brokers.Broker) {
 	}{
 		{"PublishSubscribe", testPublishSubscribe},
 		{"Headers", testHeaders},
+		{"MessageID", testMessageID},
 		{"Unsubscribe", testUnsubscribe},
 		{"WildcardStar", testWildcardStar},
 		{"WildcardTail", testWildcardTail},
@@ -198,6 +199,27 @@ func testHeaders(t *testing.T, s *suite) {
 		if _, ok := want[k]; ok {
 			t.Errorf("header %q=%q leaked into a message published without it", k, v)
 		}
+	}
+}
+
+// testMessageID: a message's ID comes back on delivery, and a message
+// published without one has none.
+func testMessageID(t *testing.T, s *suite) {
+	b := s.broker(t)
+	ch := s.ch("msgid")
+	var c Inbox
+	subscribe(t, b, ch, c.Handle)
+	id := "m-" + token()
+	if err := b.Publish(ctxT(t), brokers.Message{Channel: ch, Data: []byte("1"), ID: id}); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	if err := b.Publish(ctxT(t), brokers.Message{Channel: ch, Data: []byte("2")}); err != nil {
+		t.Fatalf("Publish without an ID: %v", err)
+	}
+	c.WaitN(t, 2)
+	got := c.Messages()
+	if got[0].ID != id || got[1].ID != "" {
+		t.Errorf("IDs %q and %q, want %q and none", got[0].ID, got[1].ID, id)
 	}
 }
 

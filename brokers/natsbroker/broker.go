@@ -381,6 +381,15 @@ func (b *Broker) Publish(ctx context.Context, msg brokers.Message) error {
 	if err != nil {
 		return err
 	}
+	if msg.ID != "" {
+		if err := checkHeader(msgIDHeader, msg.ID); err != nil {
+			return err
+		}
+		if hdr == nil {
+			hdr = nats.Header{}
+		}
+		hdr.Set(msgIDHeader, msg.ID)
+	}
 	if !b.nc.IsConnected() {
 		return fmt.Errorf("natsbroker: publish to %q: %w", msg.Channel, brokers.ErrUnavailable)
 	}
@@ -628,7 +637,7 @@ func (s *subscription) deliver(m *nats.Msg) {
 		return
 	}
 	// nats.go allocates Data per message, so it can be handed over.
-	s.h(brokers.Message{Channel: ch, Data: m.Data, Header: headerMap(m.Header)})
+	s.h(brokers.Message{Channel: ch, Data: m.Data, Header: headerMap(m.Header), ID: m.Header.Get(msgIDHeader)})
 }
 
 // Unsubscribe implements brokers.Subscription. It returns after the
@@ -655,6 +664,10 @@ func (s *subscription) wait() {
 		<-s.done
 	}
 }
+
+// msgIDHeader carries brokers.Message.ID: JetStream's header, so a stream
+// drops a second copy of a message id within its duplicate window.
+const msgIDHeader = "Nats-Msg-Id"
 
 // natsHeader converts and validates a message header.
 func natsHeader(h map[string]string) (nats.Header, error) {

@@ -404,7 +404,7 @@ func (s *histSub) deliver(g *generation, m *nats.Msg) {
 	}
 	s.flushGapLocked(seq)
 	// nats.go allocates Data per message, so it can be handed over.
-	s.h(brokers.Message{Channel: ch, Data: m.Data, Seq: seq, Header: headerMap(m.Header)})
+	s.h(brokers.Message{Channel: ch, Data: m.Data, Seq: seq, Header: headerMap(m.Header), ID: m.Header.Get(msgIDHeader)})
 }
 
 // control handles a status message of the consumer.
@@ -920,7 +920,7 @@ func (r *replay) fetch(ctx context.Context) (bool, error) {
 		}
 		ch, ok := r.b.subj.channel(msg.Subject())
 		if ok {
-			r.h(brokers.Message{Channel: ch, Data: msg.Data(), Seq: seq, Header: headerMap(msg.Headers())})
+			r.h(brokers.Message{Channel: ch, Data: msg.Data(), Seq: seq, Header: headerMap(msg.Headers()), ID: msg.Headers().Get(msgIDHeader)})
 		}
 		r.last, r.res.Last = seq, seq
 		r.pending = meta.NumPending

@@ -322,3 +322,49 @@ func (s *natsServer) stop(t *testing.T) {
 		t.Errorf("stopping NATS: %v", err)
 	}
 }
+
+// retriedPublishOnce: a publish retried with the same id (the publisher
+// never got the first answer) reaches a live subscriber once, and so does
+// a resume from history, on each broker: JetStream drops the second copy
+// (Nats-Msg-Id), RabbitMQ's stream keeps both and the node drops it.
+func retriedPublishOnce(t *testing.T, n *node) {
+	ws := dialWS(t, n)
+	p, _ := wsPackets(t, ws)
+	next(t, p, "hello")
+	sendWS(t, ws, `{"op":"sub","id":1,"ch":"demo.h.id"}`)
+	next(t, p, "ok")
+	publishAPI(t, n, "demo.h.id", 1, 1)
+	for range 2 {
+		if code, body := postPublish(t, n, `{"channel":"demo.h.id","id":"order-2","data":2}`); code != 200 {
+			t.Fatalf("publish: %d %s", code, body)
+		}
+	}
+	publishAPI(t, n, "demo.h.id", 3, 3)
+	cursors := expectSeq(t, p, "demo.h.id", 1, 3)
+	ws.Close()
+
+	ws2 := dialWS(t, n)
+	p2, _ := wsPackets(t, ws2)
+	next(t, p2, "hello")
+	sendWS(t, ws2, `{"op":"sub","id":1,"ch":"demo.h.id","cursor":"`+cursors[0]+`"}`)
+	next(t, p2, "ok")
+	expectSeq(t, p2, "demo.h.id", 2, 3)
+	if code, body := postPublish(t, n, `{"channel":"demo.h.id","id":"has space","data":4}`); code != 400 {
+		t.Fatalf("a bad id: %d %s", code, body)
+	}
+}
+
+func TestRetriedPublishOnceJetStream(t *testing.T) {
+	cfg := historyConfig(t, "jetstream", "cgtest_retry")
+	retriedPublishOnce(t, startNodeArgs(t, []string{"--config", cfg}))
+}
+
+func TestRetriedPublishOnceRabbitMQStream(t *testing.T) {
+	needRabbit(t)
+	suffix := fmt.Sprintf("%d", rand.Uint64())
+	exchange, stream := "cometgate-test-"+suffix, "cgtest_"+suffix
+	cfg := historyConfig(t, "stream", stream)
+	t.Cleanup(func() { deleteAMQP(t, exchange, stream) })
+	retriedPublishOnce(t, startNodeArgs(t, []string{"--config", cfg},
+		"COMETGATE_BROKER_KIND=amqp", "COMETGATE_BROKER_AMQP_URL="+amqpURL(), "COMETGATE_BROKER_AMQP_EXCHANGE="+exchange))
+}

@@ -20,6 +20,7 @@ func publish(ctx context.Context, args, environ []string, stdout, stderr io.Writ
 	url := fs.String("url", "", "base URL of a running node (default: from http.listen of the configuration)")
 	key := fs.String("key", "", "API key (default: $COMETGATE_PUBLISH_KEY; loopback needs none by default)")
 	text := fs.Bool("text", false, "send DATA as text even if it is valid JSON")
+	id := fs.String("id", "", "message id: publishing again with the same id (a retry) delivers the message once")
 	configPath := fs.String("config", "", "configuration file to read http.listen from")
 	if err := parseFlagsArgs(fs, args, stdout, stderr); err != nil {
 		return err
@@ -40,6 +41,9 @@ func publish(ctx context.Context, args, environ []string, stdout, stderr io.Writ
 		*key = lookupEnv(environ, "COMETGATE_PUBLISH_KEY")
 	}
 	body := map[string]any{"channel": channel}
+	if *id != "" {
+		body["id"] = *id
+	}
 	if !*text && json.Valid([]byte(data)) {
 		body["data"] = json.RawMessage(data)
 	} else {

@@ -166,6 +166,8 @@ func (n *nodeParts) newGateway(rules gateway.Rules) error {
 		Heartbeat:        cfg.Session.Heartbeat,
 		DisconnectDelay:  cfg.Session.DisconnectDelay,
 		PublishTimeout:   cfg.Broker.PublishTimeout,
+		DedupeWindow:     dedupeWindow(cfg.Broker.DedupeWindow),
+		DedupeMax:        cfg.Broker.DedupeMax,
 		Rules:            rules,
 		Logger:           n.log,
 		Metrics:          gateway.NewMetrics(n.reg),
@@ -372,6 +374,15 @@ func (n *nodeParts) shutdown() {
 	if n.errc != nil { // run served: a node that never came up did not stop
 		n.log.Info("stopped")
 	}
+}
+
+// dedupeWindow maps broker.dedupe_window to the gateway's: 0 (off) is a
+// negative window there, where 0 means the default.
+func dedupeWindow(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // clusterKey is node.cluster_key as bytes, nil when unset.
