@@ -19,6 +19,7 @@ package brokers
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // ErrClosed is returned by every method of a Broker after Close.
@@ -152,6 +153,72 @@ type History interface {
 	// (retention removed them), the result has Gap set and Oldest is the
 	// oldest position still stored; the replay then starts there.
 	Replay(ctx context.Context, pattern string, after uint64, h Handler) (ReplayResult, error)
+	// ReplayRecent calls h, in order of position, for the recent messages
+	// that which selects among those stored on channels matching pattern
+	// when it was called (the current state of those channels), and then
+	// returns. Like Replay's, h may block.
+	//
+	// The result's End is the position the history was read up to: a
+	// Replay after End continues with what was stored later, so recent
+	// messages, then Replay rounds, then live delivery give a subscriber
+	// the current state and every change after it, without a duplicate.
+	// Messages at or before End that h did not get are not part of the
+	// selection (older messages of a channel whose latest one h got, or,
+	// with PerChannel, older messages of a channel whose newer message
+	// was stored after End: the Replay after End brings that one). Last
+	// is the position of the last message handed to h (0 if none); Gap
+	// is never set: a channel whose messages retention removed has no
+	// recent message, and nobody can tell.
+	//
+	// which must select something (Recent.Check); an invalid which, a
+	// pattern without history and a broker that is down fail as Replay
+	// does.
+	ReplayRecent(ctx context.Context, pattern string, which Recent, h Handler) (ReplayResult, error)
+}
+
+// MaxRecent bounds Recent.Last.
+const MaxRecent = 1000
+
+// Recent selects the stored messages a subscription starts with, for
+// History.ReplayRecent. Exactly one of its fields is set.
+type Recent struct {
+	// PerChannel selects the last stored message of each channel that
+	// matches the pattern ("latest": an election board's regions, an
+	// auction's lots). For a concrete channel it is the same as Last 1.
+	PerChannel bool
+	// Last selects the last Last stored messages matching the pattern,
+	// whatever their channels, 1 to MaxRecent.
+	Last int
+}
+
+// KeepLast trims msgs to its last n messages once it holds more than
+// limit, for implementations of ReplayRecent that collect the last n
+// messages of a read: with limit 2n, collecting costs O(1) per message;
+// with limit n, it trims to the last n.
+func KeepLast(msgs []Message, n, limit int) []Message {
+	if len(msgs) <= limit {
+		return msgs
+	}
+	k := copy(msgs, msgs[len(msgs)-n:])
+	clear(msgs[k:])
+	return msgs[:k]
+}
+
+// IsZero reports whether r selects nothing (a subscription without
+// recent messages).
+func (r Recent) IsZero() bool { return r == Recent{} }
+
+// Check reports what is wrong with r as an argument of ReplayRecent.
+func (r Recent) Check() error {
+	switch {
+	case r.PerChannel && r.Last != 0:
+		return errors.New("brokers: recent: PerChannel and Last exclude each other")
+	case r.IsZero():
+		return errors.New("brokers: recent: select PerChannel or Last")
+	case r.Last < 0 || r.Last > MaxRecent:
+		return fmt.Errorf("brokers: recent: Last must be 1 to %d, not %d", MaxRecent, r.Last)
+	}
+	return nil
 }
 
 // ReplayResult reports how a Replay went.
@@ -163,4 +230,7 @@ type ReplayResult struct {
 	Oldest uint64
 	// Last is the position of the last message replayed (0 if none).
 	Last uint64
+	// End is set by ReplayRecent only: the position the history was read
+	// up to, after which a Replay continues.
+	End uint64
 }

@@ -97,7 +97,7 @@ func benchFanout(b *testing.B, n int) {
 		if err := s.Attach(&discardTransport{delivered: &delivered, written: &written}, false); err != nil {
 			b.Fatal(err)
 		}
-		s.Subscribe(context.Background(), "bench.x", "")
+		s.Subscribe(context.Background(), "bench.x", Start{})
 		sessions[i] = s
 	}
 	waitUntil := func(cond func() bool) {

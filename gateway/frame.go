@@ -26,6 +26,8 @@ type Frame struct {
 	ID     int64           `json:"id,omitempty"`
 	Ch     string          `json:"ch,omitempty"`
 	Cursor string          `json:"cursor,omitempty"`
+	Latest bool            `json:"latest,omitempty"`
+	Last   int             `json:"last,omitempty"`
 	Seq    uint64          `json:"seq,omitempty"`
 	N      uint64          `json:"n,omitempty"`
 	Data   json.RawMessage `json:"data,omitempty"`

@@ -13,7 +13,10 @@ import (
 
 // Resuming from history (the design is in the package doc): a subscription
 // with a cursor replays the broker's history after it, then switches to
-// the live stream.
+// the live stream. A subscription that asks for the current state (Start's
+// Latest or Last) does the same, with a first round that reads the recent
+// messages (brokers.History.ReplayRecent) and the next ones after the
+// position that round read up to.
 
 // replayLimit is how full (in bytes) a session's queue may get before a
 // replay waits for the client.
@@ -32,6 +35,23 @@ func parseCursor(cursor string) (uint64, error) {
 		return 0, fmt.Errorf("bad cursor %q: use the \"cur\" of a msg packet", cursor)
 	}
 	return n, nil
+}
+
+// recent is what s asks of the history before its cursor-less replay:
+// nothing when it has a cursor (which wins), else the latest message per
+// channel or the last N. Both at once, or N out of range, is an error
+// the client can fix.
+func (s Start) recent() (brokers.Recent, error) {
+	if s.Cursor != "" {
+		return brokers.Recent{}, nil
+	}
+	switch {
+	case s.Latest && s.Last != 0:
+		return brokers.Recent{}, errors.New(`"latest" and "last" exclude each other`)
+	case s.Last < 0 || s.Last > brokers.MaxRecent:
+		return brokers.Recent{}, fmt.Errorf(`"last" must be 1 to %d, not %d`, brokers.MaxRecent, s.Last)
+	}
+	return brokers.Recent{PerChannel: s.Latest, Last: s.Last}, nil
 }
 
 // hasHistory reports whether the broker stores every channel of pattern.
@@ -84,7 +104,7 @@ func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 		after := st.lastSeq
 		s.mu.Unlock()
 		first := true
-		res, err := hist.Replay(ctx, pattern, after, func(m brokers.Message) {
+		queue := func(m brokers.Message) {
 			if first && m.Seq <= after {
 				// The broker restarted the replay at its oldest message
 				// (a gap, or a cursor from a history that was reset):
@@ -97,7 +117,21 @@ func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 			if dup.first(m.Channel, m.ID, time.Now()) {
 				s.queueReplayed(ctx, pattern, st, m)
 			}
-		})
+		}
+		var res brokers.ReplayResult
+		var err error
+		if round == 0 && !st.recent.IsZero() {
+			// The current state first; the next rounds go on after the
+			// position it was read up to.
+			res, err = hist.ReplayRecent(ctx, pattern, st.recent, queue)
+			if err == nil {
+				s.mu.Lock()
+				st.lastSeq = max(st.lastSeq, res.End)
+				s.mu.Unlock()
+			}
+		} else {
+			res, err = hist.Replay(ctx, pattern, after, queue)
+		}
 		if ctx.Err() != nil {
 			return // unsubscribed, session over, or shutdown
 		}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/cometgate/cometgate/brokers"
 )
 
 // The session's incoming side: client frames, subscriptions, and the
@@ -13,6 +15,7 @@ type subState struct {
 	ready bool // the hub holds the subscription (false while subscribing)
 	// History-backed subscriptions only (resume.go):
 	history   bool
+	recent    brokers.Recent     // the first replay round reads the current state
 	replaying bool               // a replay runs; live messages are not queued
 	lastSeq   uint64             // position of the last message queued
 	liveSeen  uint64             // newest live position seen while replaying
@@ -68,7 +71,7 @@ func (s *Session) Apply(ctx context.Context, f Frame) {
 	}
 	switch f.Op {
 	case OpSub:
-		s.subscribe(ctx, f.ID, f.Ch, f.Cursor)
+		s.subscribe(ctx, f.ID, f.Ch, Start{Cursor: f.Cursor, Latest: f.Latest, Last: f.Last})
 	case OpUnsub:
 		s.unsubscribe(f.ID, f.Ch)
 	case OpPub:
@@ -80,14 +83,28 @@ func (s *Session) Apply(ctx context.Context, f Frame) {
 	}
 }
 
+// Start says where a subscription starts: live (the zero Start), after a
+// cursor, or with the current state of its channels (resume.go).
+type Start struct {
+	// Cursor resumes after the message with this cursor. It wins over
+	// Latest and Last: a client that holds a cursor has the state already.
+	Cursor string
+	// Latest starts with the last stored message of each channel.
+	Latest bool
+	// Last starts with the last Last stored messages (1 to
+	// brokers.MaxRecent).
+	Last int
+}
+
 // Subscribe subscribes the session to pattern as if the client had sent a
 // sub frame without id (transports use it for subscriptions named in the
 // URL). The answer is an ok or err packet carrying the channel.
-func (s *Session) Subscribe(ctx context.Context, pattern, cursor string) {
-	s.subscribe(ctx, 0, pattern, cursor)
+func (s *Session) Subscribe(ctx context.Context, pattern string, start Start) {
+	s.subscribe(ctx, 0, pattern, start)
 }
 
-func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor string) {
+func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start Start) {
+	cursor := start.Cursor
 	if err := ValidatePattern(pattern); err != nil {
 		s.push(errBody(id, pattern, 422, err.Error()))
 		return
@@ -98,6 +115,11 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor strin
 		return
 	}
 	after, err := parseCursor(cursor)
+	if err != nil {
+		s.push(errBody(id, pattern, 400, err.Error()))
+		return
+	}
+	recent, err := start.recent()
 	if err != nil {
 		s.push(errBody(id, pattern, 400, err.Error()))
 		return
@@ -120,14 +142,21 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor strin
 	if s.subs == nil {
 		s.subs = make(map[string]*subState)
 	}
-	st := &subState{history: history, lastSeq: after, replaying: history && cursor != ""}
+	st := &subState{history: history, lastSeq: after, replaying: history && (cursor != "" || !recent.IsZero())}
+	if history {
+		st.recent = recent
+	}
 	s.subs[pattern] = st
 	s.mu.Unlock()
 
 	err = s.g.hub.subscribe(ctx, s, pattern, ns.Slow, func() {
 		s.push(subOKBody(id, pattern, history))
-		if cursor != "" && !history {
+		switch {
+		case history:
+		case cursor != "":
 			s.push(GapBody(pattern, "channel has no history: recovery is not possible", ""))
+		case !recent.IsZero():
+			s.push(GapBody(pattern, "channel has no history: its current state is not available", ""))
 		}
 	})
 	s.mu.Lock()

@@ -48,6 +48,8 @@
 //
 //	{"op":"sub","id":1,"ch":"prices.eur.usd"}          subscribe
 //	{"op":"sub","id":2,"ch":"prices.*","cursor":"c"}   subscribe, resuming after cursor c
+//	{"op":"sub","id":8,"ch":"votes.>","latest":true}   the latest message of each channel, then live
+//	{"op":"sub","id":9,"ch":"bids.lot7","last":20}     the last 20 messages, then live
 //	{"op":"unsub","id":3,"ch":"prices.*"}              unsubscribe
 //	{"op":"pub","id":4,"ch":"bids.lot7","data":{"eur":120}}
 //	{"op":"pub","id":5,"ch":"chat.room1","text":"hi"}  payload as text
@@ -55,6 +57,21 @@
 //	{"op":"pub","id":8,"ch":"bids.lot7","data":1,"mid":"bid-17"}  with a message id
 //	{"op":"ack","seq":41}                              every packet up to seq 41 arrived
 //	{"op":"ping","id":7}                               answered with ok
+//
+// Current state on subscribe: on a channel with history, "latest":true
+// starts the subscription with the last stored message of each channel
+// that matches the pattern, and "last":N (1 to 1000) with the last N
+// messages matching it, in order; then the live messages follow, with no
+// duplicate and nothing missing at the switch. They are ordinary msg
+// packets with cursors, after the ok. A "cursor" wins over both: a
+// client that holds one resumes after it (send both, and the cursor once
+// you have one). "latest" and "last" together, or N out of range, get
+// err 400. On a channel without history the subscription is made (ok
+// with "history":false) and a gap packet follows at once, reason
+// "channel has no history: its current state is not available". Which
+// messages a broker can find: JetStream answers "latest" from its own
+// index of the last message per subject; a RabbitMQ stream has no index
+// per channel, so the gateway reads it (see package amqpbroker).
 //
 // A pub is answered with ok only after the broker confirmed the message.
 // "mid" is the publisher's id of the message (1 to 64 bytes of printable
@@ -136,7 +153,12 @@
 //
 // Every transport opens a session at a URL of its own; channels named with
 // ch= (repeatable) are subscribed before anything else, and their ok or err
-// packets follow hello. Frames the downstream cannot carry go by
+// packets follow hello. Each may say where it starts, with the channel's
+// name after a prefix: cursor.CH=41 (resume after cursor 41),
+// latest.CH=1 (the latest message of each channel) or last.CH=N (the last
+// N), as the sub frame's fields do: ?ch=votes.>&latest.votes.%3E=1. A
+// latest. or last. parameter for a channel the URL does not name, or with
+// another value, is refused with 400 and a message naming it. Frames the downstream cannot carry go by
 // POST /session/{sid}/send (body: a frame or a JSON array of frames;
 // answer 204, or 404 {"error":…,"code":4004} for an unknown session).
 //

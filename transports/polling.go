@@ -131,6 +131,7 @@ func routePolling(r chi.Router, n *node) {
 type pollRequest struct {
 	sid      string // "" opens a new session
 	channels []string
+	starts   []gateway.Start // where each of channels starts (urlStarts)
 	ack      uint64
 	hasAck   bool
 	frames   []gateway.Frame
@@ -189,8 +190,8 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		// Subscribe before attaching, so that the first response carries
 		// the hello packet and every subscription's answer together.
-		for _, ch := range req.channels {
-			sess.Subscribe(ctx, ch, "")
+		for i, ch := range req.channels {
+			sess.Subscribe(ctx, ch, req.starts[i])
 		}
 	} else {
 		sess = h.gw.Session(req.sid)
@@ -249,6 +250,11 @@ func (h pollHandler) parseRequest(w http.ResponseWriter, r *http.Request, q url.
 	if len(req.channels) > h.gw.Config().MaxSubscriptions {
 		return req, bad(fmt.Sprintf("too many channels in the URL: at most %d", h.gw.Config().MaxSubscriptions))
 	}
+	starts, err := urlStarts(q, req.channels)
+	if err != nil {
+		return req, bad(err.Error())
+	}
+	req.starts = starts
 	ack, has, err := parseAck(q["ack"])
 	if err != nil {
 		return req, bad(err.Error())

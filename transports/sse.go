@@ -24,8 +24,9 @@ import (
 // are comment lines.
 //
 // Subscriptions are named in the URL (?ch=a&ch=b), each optionally resuming
-// from a cursor (&cursor.a=41); later requests (sub, unsub, pub, ack) go by
-// POST /session/{sid}/send.
+// from a cursor (&cursor.a=41) or starting with the current state
+// (&latest.a=1, &last.a=10; see urlStarts); later requests (sub, unsub,
+// pub, ack) go by POST /session/{sid}/send.
 //
 // Resuming with a plain EventSource: every msg packet with a cursor on a
 // URL subscription sets the event id to the cursors of all URL
@@ -94,6 +95,11 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "too many channels in the URL")
 		return
 	}
+	starts, err := urlStarts(r.URL.Query(), channels)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	sess, ref := h.gate.open(r, sessionSpec{transport: "sse"})
 	if ref != nil {
 		ref.writeJSON(w)
@@ -148,7 +154,8 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := context.Background()
 	for i, ch := range channels {
-		sess.Subscribe(ctx, ch, cursors[i])
+		starts[i].Cursor = cursors[i]
+		sess.Subscribe(ctx, ch, starts[i])
 	}
 	if c.reg != nil {
 		if err := c.reg.arm(); err != nil {

@@ -139,6 +139,14 @@
 //     reconnects and declares again.
 //   - Replay reads the stream on a channel and consumer of its own; see
 //     Broker.Replay for how it finds gaps.
+//   - ReplayRecent (the current state: the last record per channel, or
+//     the last N) reads the stream the same way. What RabbitMQ offers
+//     for it is little: a consumer starts at "first", "last" (the start
+//     of the last chunk, whatever its channels), "next", an offset or a
+//     timestamp, and the records are filtered by channel here. So the
+//     last N are found by reading windows of offsets backwards from the
+//     end, and the last record per channel of a wildcard pattern by
+//     reading the whole stream (see Broker.ReplayRecent for the costs).
 //
 // The end of a stream. Both the start of a live consumer and a Replay
 // need the stream's current end, which AMQP 0.9.1 does not tell (the
@@ -149,8 +157,8 @@
 // (so only the stream receives it) on a channel that consumes the stream
 // from "next"; its offset, once it comes back, is beyond everything
 // stored before. Markers are never delivered to Handlers, by this node or
-// any other, but they are stored like any record: one per Replay and per
-// live consumer start (first Subscribe, reconnect). Plain AMQP consumers
+// any other, but they are stored like any record: one per Replay and
+// ReplayRecent and per live consumer start (first Subscribe, reconnect). Plain AMQP consumers
 // of the stream see them, and the Broker's user needs write access to
 // the default exchange.
 //

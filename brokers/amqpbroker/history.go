@@ -126,6 +126,16 @@ func (b *Broker) endOffset(ctx context.Context, ch *amqp.Channel, queue string) 
 // connection is lost during the replay. It returns ctx's error when ctx
 // ends. At most maxReplays run at once per Broker; more wait for a turn.
 func (b *Broker) Replay(ctx context.Context, pattern string, after uint64, h brokers.Handler) (brokers.ReplayResult, error) {
+	return b.withReplay(ctx, pattern, h, func(r *replay) (brokers.ReplayResult, error) {
+		r.after = after
+		return r.run(ctx)
+	})
+}
+
+// withReplay checks the arguments of a Replay or ReplayRecent, takes a
+// replay slot and a channel of its own, and runs fn with them; the
+// channel is closed when fn returns.
+func (b *Broker) withReplay(ctx context.Context, pattern string, h brokers.Handler, fn func(*replay) (brokers.ReplayResult, error)) (brokers.ReplayResult, error) {
 	if h == nil {
 		return brokers.ReplayResult{}, errors.New("amqpbroker: replay: nil handler")
 	}
@@ -157,8 +167,7 @@ func (b *Broker) Replay(ctx context.Context, pattern string, after uint64, h bro
 		return brokers.ReplayResult{}, b.replayErr(ctx, s, pattern, err)
 	}
 	defer ch.Close()
-	r := replay{b: b, ch: ch, queue: st.spec.Name, pattern: pattern, after: after, h: h}
-	res, err := r.run(ctx)
+	res, err := fn(&replay{b: b, ch: ch, queue: st.spec.Name, pattern: pattern, h: h})
 	if err != nil {
 		return res, b.replayErr(ctx, s, pattern, err)
 	}
@@ -192,11 +201,7 @@ type replay struct {
 
 func (r *replay) run(ctx context.Context) (brokers.ReplayResult, error) {
 	var res brokers.ReplayResult
-	b := r.b
-	if err := r.ch.Qos(b.opts.Prefetch, 0, false); err != nil {
-		return res, fmt.Errorf("set prefetch: %w", err)
-	}
-	end, err := b.endOffset(ctx, r.ch, r.queue)
+	end, err := r.start(ctx)
 	if err != nil {
 		return res, err
 	}
@@ -224,51 +229,8 @@ func (r *replay) run(ctx context.Context) (brokers.ReplayResult, error) {
 		}
 		return res, nil
 	}
-	tag := "cometgate-replay-" + markerID()
-	dels, err := r.ch.Consume(r.queue, tag, false, false, false, false, amqp.Table{offsetHeader: start})
-	if err != nil {
-		return res, fmt.Errorf("consume stream %q: %w", r.queue, err)
-	}
-	// Cancelled before the channel closes (see stopStream); the library
-	// then drops what it buffered for the consumer when the channel
-	// closes.
-	defer func() { _ = r.ch.Cancel(tag, false) }()
-	ackEvery := max(1, b.opts.Prefetch/2)
-	var lastTag uint64
-	unacked := 0
 	first := true
-	for {
-		var d amqp.Delivery
-		var ok bool
-		select {
-		case d, ok = <-dels:
-		default:
-			if unacked > 0 {
-				if err := r.ch.Ack(lastTag, true); err != nil {
-					return res, err
-				}
-				unacked = 0
-			}
-			select {
-			case d, ok = <-dels:
-			case <-ctx.Done():
-				return res, ctx.Err()
-			}
-		}
-		if !ok {
-			return res, fmt.Errorf("%w: stream %q: the replay's consumer ended (stream deleted, or connection lost)", brokers.ErrUnavailable, r.queue)
-		}
-		lastTag = d.DeliveryTag
-		if unacked++; unacked >= ackEvery {
-			if err := r.ch.Ack(lastTag, true); err != nil {
-				return res, err
-			}
-			unacked = 0
-		}
-		off, isRecord := streamOffset(&d)
-		if !isRecord {
-			continue
-		}
+	err = r.consume(ctx, start, func(off int64, d *amqp.Delivery) (bool, error) {
 		if first {
 			first = false
 			switch {
@@ -281,20 +243,96 @@ func (r *replay) run(ctx context.Context) (brokers.ReplayResult, error) {
 			}
 		}
 		if off >= end {
-			return res, nil // stored after Replay was called
+			return true, nil // stored after Replay was called
 		}
-		if off <= skip || isMarker(&d) {
+		if off <= skip {
+			return false, nil
+		}
+		if m, ok := r.message(d, off); ok {
+			r.h(m)
+			res.Last = m.Seq
+		}
+		return false, ctx.Err()
+	})
+	return res, err
+}
+
+// start sets the replay's prefetch and returns the stream's end: the
+// offset of an end marker written now (see endOffset).
+func (r *replay) start(ctx context.Context) (int64, error) {
+	if err := r.ch.Qos(r.b.opts.Prefetch, 0, false); err != nil {
+		return 0, fmt.Errorf("set prefetch: %w", err)
+	}
+	return r.b.endOffset(ctx, r.ch, r.queue)
+}
+
+// message turns a record into the Message it carries, unless it is an
+// end marker or its channel does not match the replay's pattern.
+func (r *replay) message(d *amqp.Delivery, off int64) (brokers.Message, bool) {
+	if isMarker(d) {
+		return brokers.Message{}, false
+	}
+	channel, ok := r.b.keys.channel(d.RoutingKey)
+	if !ok || !brokers.MatchChannel(r.pattern, channel) {
+		return brokers.Message{}, false
+	}
+	delete(d.Headers, offsetHeader)
+	return brokers.Message{Channel: channel, Data: d.Body, Seq: seqOf(off), Header: headerMap(d), ID: d.MessageId}, true
+}
+
+// consume reads the stream from start (an x-stream-offset value) with a
+// consumer of its own and calls visit for each record, in order, until
+// visit says to stop (or fails); records are acknowledged as they are
+// read, so a blocking visit holds the stream back at the prefetch
+// window. The consumer is cancelled before consume returns. A record that
+// ends the read must exist (an end marker), or consume waits for one.
+func (r *replay) consume(ctx context.Context, start any, visit func(off int64, d *amqp.Delivery) (stop bool, err error)) error {
+	tag := "cometgate-replay-" + markerID()
+	dels, err := r.ch.Consume(r.queue, tag, false, false, false, false, amqp.Table{offsetHeader: start})
+	if err != nil {
+		return fmt.Errorf("consume stream %q: %w", r.queue, err)
+	}
+	// Cancelled before the channel closes (see stopStream); the library
+	// then drops what it buffered for the consumer when the channel
+	// closes.
+	defer func() { _ = r.ch.Cancel(tag, false) }()
+	ackEvery := max(1, r.b.opts.Prefetch/2)
+	var lastTag uint64
+	unacked := 0
+	for {
+		var d amqp.Delivery
+		var ok bool
+		select {
+		case d, ok = <-dels:
+		default:
+			if unacked > 0 {
+				if err := r.ch.Ack(lastTag, true); err != nil {
+					return err
+				}
+				unacked = 0
+			}
+			select {
+			case d, ok = <-dels:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if !ok {
+			return fmt.Errorf("%w: stream %q: the replay's consumer ended (stream deleted, or connection lost)", brokers.ErrUnavailable, r.queue)
+		}
+		lastTag = d.DeliveryTag
+		if unacked++; unacked >= ackEvery {
+			if err := r.ch.Ack(lastTag, true); err != nil {
+				return err
+			}
+			unacked = 0
+		}
+		off, isRecord := streamOffset(&d)
+		if !isRecord {
 			continue
 		}
-		channel, ok := b.keys.channel(d.RoutingKey)
-		if !ok || !brokers.MatchChannel(r.pattern, channel) {
-			continue
-		}
-		delete(d.Headers, offsetHeader)
-		r.h(brokers.Message{Channel: channel, Data: d.Body, Seq: seqOf(off), Header: headerMap(&d), ID: d.MessageId})
-		res.Last = seqOf(off)
-		if err := ctx.Err(); err != nil {
-			return res, err
+		if stop, err := visit(off, &d); stop || err != nil {
+			return err
 		}
 	}
 }

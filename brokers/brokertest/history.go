@@ -44,8 +44,10 @@ type HistoryFactory func(t *testing.T, opts HistoryOptions) (b brokers.Broker, p
 // RunHistory runs the conformance suite of brokers.History: live delivery
 // carries increasing positions, Replay returns exactly what was stored
 // after a position and in order, a gateway-style merge of a live
-// subscription and a Replay loses and duplicates nothing, and a history
-// that dropped messages reports a gap rather than losing them silently.
+// subscription and a Replay loses and duplicates nothing, a history
+// that dropped messages reports a gap rather than losing them silently,
+// and ReplayRecent returns the last message per channel or the last N,
+// from which a Replay after End continues (recent.go).
 //
 // Positions are compared only by order (Seq is opaque apart from growing
 // along the history), so implementations may number them as they like.
@@ -65,6 +67,12 @@ func RunHistory(t *testing.T, newBroker HistoryFactory) {
 		{"ReplayNoHistory", testReplayNoHistory},
 		{"MergeLiveAndReplay", testMergeLiveAndReplay},
 		{"Gap", testGap},
+		{"RecentLatest", testRecentLatest},
+		{"RecentLast", testRecentLast},
+		{"RecentSparse", testRecentSparse},
+		{"RecentThenLive", testRecentThenLive},
+		{"RecentEmpty", testRecentEmpty},
+		{"RecentErrors", testRecentErrors},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

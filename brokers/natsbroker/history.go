@@ -725,32 +725,42 @@ func (b *Broker) reportReady(nc *nats.Conn, epoch uint64) {
 // wrapping brokers.ErrUnavailable. It returns ctx's error when ctx ends;
 // h is not called after Replay returned.
 func (b *Broker) Replay(ctx context.Context, pattern string, after uint64, h brokers.Handler) (brokers.ReplayResult, error) {
-	if h == nil {
-		return brokers.ReplayResult{}, errors.New("natsbroker: replay: nil handler")
-	}
-	if b.closing.Load() {
-		return brokers.ReplayResult{}, fmt.Errorf("natsbroker: replay: %w", brokers.ErrClosed)
-	}
-	if err := ctx.Err(); err != nil {
-		return brokers.ReplayResult{}, fmt.Errorf("natsbroker: replay: %w", err)
-	}
-	if err := checkPattern(pattern); err != nil {
+	r, err := b.newReplay(ctx, pattern, h)
+	if err != nil {
 		return brokers.ReplayResult{}, err
 	}
-	st := b.streamFor(pattern)
-	if st == nil {
-		return brokers.ReplayResult{}, fmt.Errorf("%w: %q", ErrNoHistory, pattern)
-	}
-	if !b.nc.IsConnected() {
-		return brokers.ReplayResult{}, fmt.Errorf("natsbroker: replay %q: %w", pattern, brokers.ErrUnavailable)
-	}
-	r := &replay{b: b, st: st, filter: b.subj.subject(pattern), after: after, h: h}
+	r.after = after
 	defer r.deleteConsumer(ctx)
 	res, err := r.run(ctx)
 	if err != nil {
 		return res, b.connErr(ctx, "replay "+pattern, err)
 	}
 	return res, nil
+}
+
+// newReplay checks the arguments of a Replay or ReplayRecent and returns
+// the replay's state.
+func (b *Broker) newReplay(ctx context.Context, pattern string, h brokers.Handler) (*replay, error) {
+	if h == nil {
+		return nil, errors.New("natsbroker: replay: nil handler")
+	}
+	if b.closing.Load() {
+		return nil, fmt.Errorf("natsbroker: replay: %w", brokers.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("natsbroker: replay: %w", err)
+	}
+	if err := checkPattern(pattern); err != nil {
+		return nil, err
+	}
+	st := b.streamFor(pattern)
+	if st == nil {
+		return nil, fmt.Errorf("%w: %q", ErrNoHistory, pattern)
+	}
+	if !b.nc.IsConnected() {
+		return nil, fmt.Errorf("natsbroker: replay %q: %w", pattern, brokers.ErrUnavailable)
+	}
+	return &replay{b: b, st: st, filter: b.subj.subject(pattern), h: h}, nil
 }
 
 // replay is the state of one Replay call.
@@ -760,6 +770,14 @@ type replay struct {
 	filter string
 	after  uint64
 	h      brokers.Handler
+	// For ReplayRecent (recent.go): perSubject reads the last message of
+	// each subject (DeliverLastPerSubject) instead of from after; stop,
+	// when set, ends the read there rather than at the stream's end;
+	// recent turns off the gap checks (a recent read skips positions by
+	// design).
+	perSubject bool
+	stop       uint64
+	recent     bool
 
 	res     brokers.ReplayResult
 	end     uint64 // the stream's last sequence when Replay was called
@@ -777,6 +795,9 @@ func (r *replay) run(ctx context.Context) (brokers.ReplayResult, error) {
 		return r.res, err
 	}
 	r.end = si.LastSeq
+	if r.stop != 0 {
+		r.end = min(r.end, r.stop)
+	}
 	oldest := si.FirstSeq
 	if si.Msgs == 0 || oldest == 0 {
 		oldest = si.LastSeq + 1
@@ -846,7 +867,7 @@ func (r *replay) createConsumer(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, r.b.opts.ConfirmTimeout)
 	defer cancel()
 	name := consumerName("cgreplay")
-	cons, err := r.b.js.CreateConsumer(cctx, r.st.spec.Name, jetstream.ConsumerConfig{
+	cfg := jetstream.ConsumerConfig{
 		Name:              name,
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:       r.last + 1,
@@ -855,7 +876,13 @@ func (r *replay) createConsumer(ctx context.Context) error {
 		InactiveThreshold: consumerInactive,
 		MemoryStorage:     true,
 		Replicas:          1,
-	})
+	}
+	if r.perSubject {
+		// Again from the first subject after a failure: what was
+		// handed to h already is skipped by position.
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverLastPerSubjectPolicy, 0
+	}
+	cons, err := r.b.js.CreateConsumer(cctx, r.st.spec.Name, cfg)
 	if err != nil {
 		return fmt.Errorf("create consumer on stream %q: %w", r.st.spec.Name, err)
 	}
@@ -975,7 +1002,7 @@ func (r *replay) fetch(ctx context.Context) (bool, error) {
 // has removed any of them, since they may have been messages on the
 // filter. With toEnd, the positions run to the end of the replay.
 func (r *replay) checkGap(ctx context.Context, from uint64, toEnd bool) error {
-	if from == 0 || (toEnd && from >= r.end) {
+	if r.recent || from == 0 || (toEnd && from >= r.end) {
 		// From the oldest message (after == 0): nothing can be missing
 		// before it.
 		return nil
