@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,4 +79,25 @@ func TestPublishRetriedOnce(t *testing.T) {
 	}
 	send(s, `{"op":"pub","id":6,"ch":"pub.p","data":1,"mid":"has space"}`)
 	expectErr(t, tr, 6, 400, `"mid"`)
+}
+
+// TestResumeCursor: a client that resubscribes after a break without a
+// cursor of its own ("~") is told, with a gap, that messages published
+// meanwhile may be lost: on a channel without history, and on one with
+// history (nothing can be replayed without a position) unless it asked
+// for the current state, which covers the break.
+func TestResumeCursor(t *testing.T) {
+	g := newTestGateway(t, nil)
+	s, tr := openSession(t, g, false)
+	send(s, `{"op":"sub","id":1,"ch":"t.plain","cursor":"~"}`)
+	if w := nextType(t, tr, TypeOK); w.ID != 1 {
+		t.Fatalf("got %s", w)
+	}
+	if w := nextType(t, tr, TypeGap); w.Ch != "t.plain" || !strings.Contains(w.Reason, "no history") {
+		t.Fatalf("got %s", w)
+	}
+	// A plain subscription (no break) gets no gap.
+	send(s, `{"op":"sub","id":2,"ch":"t.other"}`)
+	nextType(t, tr, TypeOK)
+	noPacket(t, tr)
 }

@@ -26,8 +26,17 @@ func (s *Session) replayLimit() int { return s.g.cfg.QueueBytes / 2 }
 // outruns that many rounds is handed to the live stream with a gap packet.
 const maxReplayRounds = 64
 
+// ResumeCursor is the cursor a client gives when it resubscribes after a
+// break in its session but holds no cursor: the channel has no history
+// (its messages carry none), or none arrived before the break. It cannot
+// be resumed from, so the answer is a gap packet: the client learns that
+// messages published meanwhile may be lost, and can fetch the state
+// another way. A plain EventSource sends it by itself (see transports'
+// SSE resume id).
+const ResumeCursor = "~"
+
 func parseCursor(cursor string) (uint64, error) {
-	if cursor == "" {
+	if cursor == "" || cursor == ResumeCursor {
 		return 0, nil
 	}
 	n, err := strconv.ParseUint(cursor, 10, 64)

@@ -142,6 +142,12 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start
 	if s.subs == nil {
 		s.subs = make(map[string]*subState)
 	}
+	// Resuming without a cursor has nothing to resume from: the client
+	// gets a gap, unless the current state it asked for covers the break.
+	blind := cursor == ResumeCursor
+	if blind {
+		cursor = ""
+	}
 	st := &subState{history: history, lastSeq: after, replaying: history && (cursor != "" || !recent.IsZero())}
 	if history {
 		st.recent = recent
@@ -152,6 +158,10 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start
 	err = s.g.hub.subscribe(ctx, s, pattern, ns.Slow, func() {
 		s.push(subOKBody(id, pattern, history))
 		switch {
+		case blind && history && recent.IsZero():
+			s.push(GapBody(pattern, "resumed without a cursor: messages published while the session was away are not replayed", ""))
+		case blind && !history:
+			s.push(GapBody(pattern, "channel has no history: messages published while the session was away are lost", ""))
 		case history:
 		case cursor != "":
 			s.push(GapBody(pattern, "channel has no history: recovery is not possible", ""))

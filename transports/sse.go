@@ -28,13 +28,17 @@ import (
 // (&latest.a=1, &last.a=10; see urlStarts); later requests (sub, unsub,
 // pub, ack) go by POST /session/{sid}/send.
 //
-// Resuming with a plain EventSource: every msg packet with a cursor on a
-// URL subscription sets the event id to the cursors of all URL
-// subscriptions, in URL order, comma-separated ("41,,7": the second has
-// none yet). EventSource sends the last id back as Last-Event-ID when it
-// reconnects by itself to the same URL, and the new session resumes every
-// URL subscription from its cursor. One channel's cursor alone would not
-// do: deliveries on different channels are not ordered against each other.
+// Resuming with a plain EventSource: the stream's first event, and every
+// msg packet with a cursor on a URL subscription, set the event id to the
+// cursors of all URL subscriptions, in URL order, comma-separated
+// ("41,~,7": "~" is gateway.ResumeCursor, for a channel that has no
+// history or no message yet). EventSource sends the last id back as
+// Last-Event-ID when it reconnects by itself to the same URL, and the new
+// session resumes every URL subscription from its cursor, or, for "~",
+// tells the client with a gap packet that messages published meanwhile
+// may be lost: no loss is silent, on channels without history either. One
+// channel's cursor alone would not do: deliveries on different channels
+// are not ordered against each other.
 
 type sseConn struct {
 	n         *node
@@ -46,8 +50,10 @@ type sseConn struct {
 	deadline  writeDeadline // guarded by wmu
 	closeOnce sync.Once
 
-	// The resume id: the URL subscriptions and their latest cursors. Only
-	// the session's writer touches them.
+	// The resume id: the URL subscriptions and their latest cursors, and
+	// whether the stream has set it yet. Only the session's writer touches
+	// them.
+	idSent      bool
 	urlChannels []string
 	cursors     []string
 }
@@ -216,14 +222,18 @@ func (c *sseConn) WritePackets(pkts []gateway.Packet) (int, error) {
 			size += len("id: \n") + len(c.urlChannels)*(len(p.Cursor())+1)
 		}
 	}
-	buf := getBuffer(size)
+	buf := getBuffer(size + 8*len(c.urlChannels))
 	b := *buf
 	for _, p := range pkts {
-		if c.updateCursor(p) {
+		if c.updateCursor(p) || (!c.idSent && len(c.urlChannels) > 0) {
+			c.idSent = true
 			b = append(b, "id: "...)
 			for i, cur := range c.cursors {
 				if i > 0 {
 					b = append(b, ',')
+				}
+				if cur == "" {
+					cur = gateway.ResumeCursor
 				}
 				b = append(b, cur...)
 			}

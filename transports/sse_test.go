@@ -263,8 +263,10 @@ func TestSSEThousandInOrder(t *testing.T) {
 	if c.seq != total+2 {
 		t.Fatalf("last seq %d, want %d", c.seq, total+2)
 	}
-	if len(c.ids) != 0 {
-		t.Fatalf("id lines on a channel without history: %q", c.ids)
+	// On a channel without history only the stream's first event sets
+	// an id ("~": resuming says the session broke, and gets a gap).
+	if !slices.Equal(c.ids, []string{"~"}) {
+		t.Fatalf("id lines on a channel without history: %q, want only the first event's ~", c.ids)
 	}
 	// The client going away ends the session.
 	sess := c.sess
@@ -565,6 +567,12 @@ func TestSSEResumeID(t *testing.T) {
 	noLeaks(t)
 	n := startHistoryNode(t)
 	c := openSSE(t, n, "ch=demo.h.a&ch=demo.x&ch=demo.h.b", nil)
+	// The stream's first event sets the resume id at once, "~" for every
+	// channel (none has a cursor yet): an EventSource that reconnects has
+	// something to say even before any message came.
+	if c.ids[0] != "~,~,~" {
+		t.Fatalf("the first event's id %q, want ~,~,~", c.ids[0])
+	}
 	for i := 0; i < 3; i++ {
 		if p := c.next(); p.T != gateway.TypeOK || c.lastID != "" {
 			t.Fatalf("want ok without an id, got %+v id %q", p, c.lastID)
@@ -580,14 +588,14 @@ func TestSSEResumeID(t *testing.T) {
 		return c.cur, c.lastID
 	}
 	curA, id := msg("demo.h.a", 1)
-	if curA == "" || id != curA+",," {
+	if curA == "" || id != curA+",~,~" {
 		t.Fatalf("cur %q id %q", curA, id)
 	}
 	if cur, id := msg("demo.x", 2); cur != "" || id != "" {
 		t.Fatalf("a channel without history: cur %q id %q", cur, id)
 	}
 	curB, id := msg("demo.h.b", 3)
-	if curB == "" || id != curA+",,"+curB {
+	if curB == "" || id != curA+",~,"+curB {
 		t.Fatalf("cur %q id %q", curB, id)
 	}
 	// An answer on the stream carries no id: EventSource keeps the last.
@@ -603,12 +611,21 @@ func TestSSEResumeID(t *testing.T) {
 	n.publishN(t, "demo.h.b", 6, 1)
 	r := openSSE(t, n, "ch=demo.h.a&ch=demo.x&ch=demo.h.b", http.Header{"Last-Event-ID": {last}})
 	got := map[string][]int{}
-	for len(got["demo.h.a"]) < 2 || len(got["demo.h.b"]) < 1 {
+	gaps := 0
+	for len(got["demo.h.a"]) < 2 || len(got["demo.h.b"]) < 1 || gaps < 1 {
 		p := r.next()
 		switch p.T {
 		case gateway.TypeOK:
 		case gateway.TypeMsg:
 			got[p.Ch] = append(got[p.Ch], p.index())
+		case gateway.TypeGap:
+			// demo.x has no history: what it missed (message 2 was
+			// before the break, nothing after) cannot come back, and
+			// the client is told.
+			if p.Ch != "demo.x" {
+				t.Fatalf("a gap on %s: %+v", p.Ch, p)
+			}
+			gaps++
 		default:
 			t.Fatalf("unexpected %+v", p)
 		}
@@ -616,7 +633,7 @@ func TestSSEResumeID(t *testing.T) {
 	if !slices.Equal(got["demo.h.a"], []int{4, 5}) || !slices.Equal(got["demo.h.b"], []int{6}) || len(got["demo.x"]) != 0 {
 		t.Fatalf("resumed with %v, want exactly what was missed", got)
 	}
-	if ids := strings.Split(r.ids[len(r.ids)-1], ","); len(ids) != 3 || ids[1] != "" || ids[0] == curA || ids[2] == curB {
+	if ids := strings.Split(r.ids[len(r.ids)-1], ","); len(ids) != 3 || ids[1] != "~" || ids[0] == curA || ids[2] == curB {
 		t.Fatalf("resume id after the replay %q", r.ids[len(r.ids)-1])
 	}
 }

@@ -417,6 +417,10 @@
     return wsScheme(endpointURL(base, path || "/ws"));
   }
 
+  // RESUME_CURSOR is the cursor of a subscription resumed after a break
+  // without a cursor of its own (the gateway's ResumeCursor).
+  const RESUME_CURSOR = "~";
+
   function cursorKey(cursor) {
     return cursor === null || cursor === undefined ? "" : String(cursor);
   }
@@ -1912,6 +1916,10 @@
       for (const entry of this._subs.values()) {
         clearTimeout(entry.retryTimer);
         entry.retryTimer = null;
+        // A subscription that had no cursor (a channel without history,
+        // or nothing received yet) says so when it subscribes again:
+        // the server answers with a gap, so a loss is never silent.
+        if (entry.status !== "pending" && cursorKey(entry.cursor) === "") entry.cursor = RESUME_CURSOR;
         entry.status = "pending";
         entry.reqId = 0;
         entry.dropUntilConfirmed = false;

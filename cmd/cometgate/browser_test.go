@@ -498,6 +498,10 @@ func TestBrowserReconnect(t *testing.T) {
 
 			bnode := startNode(t, "COMETGATE_HTTP_LISTEN="+addr)
 			b.waitFor(`T.subscribed === 2 && T.cg.state === "connected"`, diagJS)
+			// demo.browser has no history: the resubscription says the
+			// session broke, and the node answers that messages published
+			// meanwhile are lost. No loss is silent.
+			b.waitFor(`T.gaps.length === 1 && /no history/.test(T.gaps[0].reason)`, diagJS)
 			var sid string
 			b.eval("T.cg.sessionId", &sid)
 			if sid == "" || sid == firstSID {
