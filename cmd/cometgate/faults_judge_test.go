@@ -1,0 +1,559 @@
+package main
+
+// Fault-injection suite (faults_test.go): judging what the clients
+// recorded, one subtest per (transport, assertion), and the table of
+// recovery times and counts.
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// clientReport is what one client's record shows.
+type clientReport struct {
+	c  *fclient
+	ev []cevent
+
+	histFrom, plainFrom int // first number the client should have got
+	histLost            []string
+	histLostCount       int
+	histDups            []string
+	histDupCount        int
+	histReorders        []string
+	plainLostCount      int
+	plainSilent         []string // runs of lost messages without a gap
+	plainDupCount       int
+	replaced            []string // sessions replaced on nodes the fault did not touch
+	sessions            int
+	drainMissed         []string
+	recovery            []time.Duration // per step, for affected clients; -1: never
+}
+
+func (s *scen) judge() {
+	recsH, recsP := s.hist.records(), s.plain.records()
+	byKind := map[string][]*clientReport{}
+	for _, c := range s.clients {
+		byKind[c.kind] = append(byKind[c.kind], s.analyse(c, recsH, recsP))
+	}
+	for _, note := range s.notes {
+		s.logf("note: %s", note)
+	}
+	if s.name == "natscluster" {
+		s.t.Run("stream-replicas", func(t *testing.T) {
+			if s.replicas < 3 {
+				t.Errorf("the history stream %s had %d replica(s) once the nodes ran, not the 3 it was created with: the nodes "+
+					"create or update it at start-up with replicas 1 (no channels[].history_replicas key), so a three-server "+
+					"cluster cannot keep history through the loss of the server that holds it; the scenario killed a server "+
+					"that does not hold the stream instead", s.stream, s.replicas)
+			}
+		})
+	}
+	var rows []faultRow
+	for _, tr := range faultTransports {
+		reports := byKind[tr.name]
+		rows = append(rows, s.row(tr.name, reports))
+		s.t.Run(tr.name, func(t *testing.T) {
+			t.Run("history-no-loss", func(t *testing.T) {
+				for _, r := range reports {
+					if r.histLostCount > 0 {
+						t.Errorf("%s lost %d message(s) on %s (channel with history): %s", r.c.name, r.histLostCount, s.env.hist, strings.Join(r.histLost, "; "))
+					}
+				}
+			})
+			t.Run("history-no-dup", func(t *testing.T) {
+				for _, r := range reports {
+					if r.histDupCount > 0 {
+						t.Errorf("%s got %d message(s) twice on %s: %s", r.c.name, r.histDupCount, s.env.hist, strings.Join(r.histDups, "; "))
+					}
+				}
+			})
+			t.Run("history-in-order", func(t *testing.T) {
+				for _, r := range reports {
+					if len(r.histReorders) > 0 {
+						t.Errorf("%s got %d message(s) after a later one on %s: %s", r.c.name, len(r.histReorders), s.env.hist, strings.Join(first(r.histReorders, 5), "; "))
+					}
+				}
+			})
+			t.Run("plain-gap-on-loss", func(t *testing.T) {
+				for _, r := range reports {
+					if len(r.plainSilent) > 0 {
+						t.Errorf("%s lost messages on %s (channel without history) without a gap packet: %s", r.c.name, s.env.plain, strings.Join(r.plainSilent, "; "))
+					}
+				}
+			})
+			t.Run("sessions-kept", func(t *testing.T) {
+				for _, r := range reports {
+					if len(r.replaced) > 0 {
+						t.Errorf("%s: %d session(s) replaced on nodes the fault did not touch: %s", r.c.name, len(r.replaced), strings.Join(first(r.replaced, 4), "; "))
+					}
+				}
+			})
+			if slices.ContainsFunc(s.steps, func(st faultStep) bool { return st.drain }) {
+				t.Run("drain-3000", func(t *testing.T) {
+					for _, r := range reports {
+						if len(r.drainMissed) > 0 {
+							t.Errorf("%s: %s", r.c.name, strings.Join(r.drainMissed, "; "))
+						}
+					}
+				})
+			}
+		})
+	}
+	s.table.add(s.broker, s.name, s.steps, rows)
+	for _, row := range rows {
+		s.logf("%s", row.line())
+	}
+}
+
+func first(a []string, n int) []string {
+	if len(a) <= n {
+		return a
+	}
+	return append(a[:n:n], fmt.Sprintf("… %d more", len(a)-n))
+}
+
+// expectedFrom is the first number published after the client's first
+// subscription to ch was confirmed (0 for a client that never got one:
+// everything is lost to it).
+func expectedFrom(ev []cevent, ch string, recs []pubRec) int {
+	for _, e := range ev {
+		if e.kind == evOK && e.ch == ch {
+			for n, r := range recs {
+				if r.start.After(e.at) {
+					return n
+				}
+			}
+			return len(recs)
+		}
+	}
+	return 0
+}
+
+func confirmedCount(recs []pubRec) int {
+	n := len(recs)
+	if n > 0 && recs[n-1].confirmed.IsZero() {
+		n--
+	}
+	return n
+}
+
+func ownerOf(sid string) string {
+	id, _, _ := strings.Cut(sid, ".")
+	return id
+}
+
+func (s *scen) nodeIndex(id string) int {
+	for _, n := range s.nodes {
+		if n.id == id {
+			return n.idx
+		}
+	}
+	return -1
+}
+
+// around describes what the client went through from..to: session
+// changes, breaks, closes, gaps (at most a few).
+func around(ev []cevent, from, to time.Time) string {
+	var parts []string
+	for _, e := range ev {
+		if e.at.Before(from) || e.at.After(to) || e.kind == evMsg || e.kind == evOK {
+			continue
+		}
+		parts = append(parts, e.String())
+	}
+	if len(parts) == 0 {
+		return "no session change, break or gap around it"
+	}
+	return strings.Join(first(parts, 6), " | ")
+}
+
+// ranges renders sorted numbers as runs "a–b".
+func ranges(nums []int) [][2]int {
+	var out [][2]int
+	for _, n := range nums {
+		if len(out) > 0 && out[len(out)-1][1] == n-1 {
+			out[len(out)-1][1] = n
+			continue
+		}
+		out = append(out, [2]int{n, n})
+	}
+	return out
+}
+
+func (s *scen) analyse(c *fclient, recsH, recsP []pubRec) *clientReport {
+	ev := c.events()
+	r := &clientReport{c: c, ev: ev}
+	hist, plain := s.env.hist, s.env.plain
+	lastH, lastP := confirmedCount(recsH)-1, confirmedCount(recsP)-1
+	r.histFrom, r.plainFrom = expectedFrom(ev, hist, recsH), expectedFrom(ev, plain, recsP)
+
+	// The channel with history: every number once, in order.
+	seen := map[int][]cevent{}
+	runMax := -1
+	for _, e := range ev {
+		if e.kind != evMsg || e.ch != hist {
+			continue
+		}
+		seen[e.num] = append(seen[e.num], e)
+		if len(seen[e.num]) == 1 {
+			if e.num < runMax {
+				r.histReorders = append(r.histReorders, fmt.Sprintf("%d after %d at %s (sid %s)", e.num, runMax, e.at.Format("15:04:05.000"), e.sid))
+			}
+			runMax = max(runMax, e.num)
+		}
+	}
+	var missing []int
+	for n := r.histFrom; n <= lastH; n++ {
+		if len(seen[n]) == 0 {
+			missing = append(missing, n)
+		}
+	}
+	r.histLostCount = len(missing)
+	for i, rg := range ranges(missing) {
+		if i == 4 {
+			r.histLost = append(r.histLost, fmt.Sprintf("… %d more runs", len(ranges(missing))-4))
+			break
+		}
+		pub := recsH[rg[0]].start
+		r.histLost = append(r.histLost, fmt.Sprintf("%d–%d (%d, published from %s): %s", rg[0], rg[1], rg[1]-rg[0]+1,
+			pub.Format("15:04:05.000"), around(ev, pub.Add(-2*time.Second), recsH[rg[1]].start.Add(10*time.Second))))
+	}
+	var dups []int
+	for n, es := range seen {
+		if len(es) > 1 {
+			dups = append(dups, n)
+		}
+	}
+	sort.Ints(dups)
+	for _, n := range dups {
+		es := seen[n]
+		r.histDupCount += len(es) - 1
+		if len(r.histDups) >= 4 {
+			continue
+		}
+		var curs []string
+		for _, e := range es {
+			curs = append(curs, fmt.Sprintf("cur %s sid %s at %s", e.cur, e.sid, e.at.Format("15:04:05.000")))
+		}
+		why := "the same cursor twice: the gateway delivered one stored message twice"
+		if es[0].cur != es[1].cur {
+			why = "different cursors: the message is stored twice"
+			if n < len(recsH) && len(recsH[n].failures) > 0 {
+				why += fmt.Sprintf(" (the publisher's attempt failed with %q and its retry was stored again: no idempotency key)", recsH[n].failures[0])
+			}
+		}
+		r.histDups = append(r.histDups, fmt.Sprintf("%d: %s; %s", n, strings.Join(curs, ", "), why))
+	}
+	if len(dups) > 4 {
+		r.histDups = append(r.histDups, fmt.Sprintf("… %d more numbers", len(dups)-4))
+	}
+
+	// The channel without history: every run of lost numbers needs a gap
+	// packet between the message before it and the one after it.
+	type firstRx struct{ num, idx int }
+	var firsts []firstRx
+	got := map[int]int{}
+	for i, e := range ev {
+		if e.kind == evMsg && e.ch == plain {
+			got[e.num]++
+			if got[e.num] == 1 {
+				firsts = append(firsts, firstRx{e.num, i})
+			}
+		}
+	}
+	for _, k := range got {
+		r.plainDupCount += k - 1
+	}
+	for n := r.plainFrom; n <= lastP; n++ {
+		if got[n] == 0 {
+			r.plainLostCount++
+		}
+	}
+	gapBetween := func(lo, hi int) bool {
+		for i := lo + 1; i < hi && i < len(ev); i++ {
+			if ev[i].kind == evGap && ev[i].ch == plain {
+				return true
+			}
+		}
+		return false
+	}
+	prev, prevIdx := r.plainFrom-1, -1
+	check := func(from, to, hi int) {
+		if from > to || gapBetween(prevIdx, hi) {
+			return
+		}
+		lost := 0
+		for n := from; n <= to; n++ {
+			if got[n] == 0 {
+				lost++
+			}
+		}
+		if lost == 0 {
+			return
+		}
+		if len(r.plainSilent) >= 4 {
+			return
+		}
+		pub := recsP[from].start
+		r.plainSilent = append(r.plainSilent, fmt.Sprintf("%d of %d–%d (published from %s): %s", lost, from, to,
+			pub.Format("15:04:05.000"), around(ev, pub.Add(-2*time.Second), recsP[to].start.Add(10*time.Second))))
+	}
+	for _, f := range firsts {
+		if f.num > prev+1 {
+			check(prev+1, f.num-1, f.idx)
+		}
+		if f.num > prev {
+			prev, prevIdx = f.num, f.idx
+		}
+	}
+	check(prev+1, lastP, len(ev))
+
+	// Sessions replaced on nodes the fault did not touch.
+	var hellos []int
+	for i, e := range ev {
+		if e.kind == evHello {
+			hellos = append(hellos, i)
+		}
+	}
+	r.sessions = len(hellos)
+	for k := 1; k < len(hellos); k++ {
+		old, nw := ev[hellos[k-1]], ev[hellos[k]]
+		owner := s.nodeIndex(ownerOf(old.sid))
+		touched := false
+		for _, st := range s.steps {
+			if st.node == owner && !st.start.Before(old.at) && !st.start.After(nw.at) {
+				touched = true
+			}
+		}
+		if touched {
+			continue
+		}
+		// Why the client gave it up: its last break and end before the new hello.
+		why := ""
+		for i := hellos[k] - 1; i > hellos[k-1]; i-- {
+			if ev[i].kind == evEnd || ev[i].kind == evBreak || ev[i].kind == evClose {
+				why = ev[i].String() + " " + why
+				if ev[i].kind == evBreak {
+					break
+				}
+			}
+		}
+		r.replaced = append(r.replaced, fmt.Sprintf("%s (opened %s) replaced by %s at %s; %s was not touched; before: %s",
+			old.sid, old.at.Format("15:04:05.000"), nw.sid, nw.at.Format("15:04:05.000"), ownerOf(old.sid), strings.TrimSpace(why)))
+	}
+
+	// Drains: the sessions on a draining node get close 3000.
+	for _, st := range s.steps {
+		if !st.drain {
+			continue
+		}
+		sid := ""
+		for _, e := range ev {
+			if e.at.After(st.start) {
+				break
+			}
+			if e.kind == evHello {
+				sid = e.sid
+			}
+		}
+		if sid == "" || s.nodeIndex(ownerOf(sid)) != st.node {
+			continue
+		}
+		told := false
+		var instead []string
+		for _, e := range ev {
+			if e.at.Before(st.start) || e.sid != sid && e.kind != evEnd {
+				continue
+			}
+			if e.kind == evClose && e.code == 3000 {
+				told = true
+				break
+			}
+			if e.kind == evBreak || e.kind == evEnd || e.kind == evClose {
+				instead = append(instead, e.String())
+			}
+			if e.kind == evEnd {
+				break
+			}
+		}
+		if !told {
+			r.drainMissed = append(r.drainMissed, fmt.Sprintf("session %s on %s (%s at %s) never got close 3000; instead: %s", sid,
+				ownerOf(sid), st.what, st.start.Format("15:04:05.000"), strings.Join(first(instead, 4), " | ")))
+		}
+	}
+
+	// Recovery per step.
+	for i, st := range s.steps {
+		end := time.Now()
+		if i+1 < len(s.steps) {
+			end = s.steps[i+1].start
+		}
+		ref := st.start
+		var from time.Time
+		if st.outage {
+			ref, from = st.end, st.end
+		} else {
+			for k, e := range ev {
+				if e.at.Before(st.start) || !e.at.Before(end) {
+					continue
+				}
+				if e.kind == evBreak || e.kind == evEnd || e.kind == evClose || (e.kind == evHello && k != hellos[0]) {
+					from = e.at
+					break
+				}
+			}
+		}
+		if from.IsZero() {
+			continue // not affected
+		}
+		d := time.Duration(-1)
+		for _, e := range ev {
+			if e.kind == evMsg && !e.at.Before(from) {
+				d = e.at.Sub(ref)
+				break
+			}
+		}
+		r.recovery = append(r.recovery, d)
+	}
+	return r
+}
+
+// ---- the table ---------------------------------------------------------------
+
+// faultRow is one transport in one scenario.
+type faultRow struct {
+	transport      string
+	clients        int
+	sessions       int
+	recovery       []time.Duration
+	histLost       int
+	histDup        int
+	plainLost      int
+	plainSilent    int // clients with lost runs and no gap
+	replaced       int
+	drainMissed    int
+	drainChecked   bool
+	worstRecovered string
+}
+
+func (s *scen) row(transport string, reports []*clientReport) faultRow {
+	row := faultRow{transport: transport, clients: len(reports)}
+	var worst time.Duration
+	for _, r := range reports {
+		row.sessions += r.sessions
+		row.recovery = append(row.recovery, r.recovery...)
+		for _, d := range r.recovery {
+			if d > worst {
+				worst, row.worstRecovered = d, r.c.name
+			}
+		}
+		row.histLost += r.histLostCount
+		row.histDup += r.histDupCount
+		row.plainLost += r.plainLostCount
+		if len(r.plainSilent) > 0 {
+			row.plainSilent++
+		}
+		row.replaced += len(r.replaced)
+		row.drainMissed += len(r.drainMissed)
+	}
+	row.drainChecked = slices.ContainsFunc(s.steps, func(st faultStep) bool { return st.drain })
+	return row
+}
+
+// recoveryText is "affected: median / max (never: n)".
+func (row faultRow) recoveryText() string {
+	var ok []time.Duration
+	never := 0
+	for _, d := range row.recovery {
+		if d < 0 {
+			never++
+			continue
+		}
+		ok = append(ok, d)
+	}
+	if len(row.recovery) == 0 {
+		return "not affected"
+	}
+	txt := fmt.Sprintf("%d affected", len(row.recovery))
+	if len(ok) > 0 {
+		slices.Sort(ok)
+		txt += fmt.Sprintf(": median %.1fs, max %.1fs", ok[len(ok)/2].Seconds(), ok[len(ok)-1].Seconds())
+	}
+	if never > 0 {
+		txt += fmt.Sprintf(", %d never recovered", never)
+	}
+	return txt
+}
+
+func (row faultRow) line() string {
+	drain := -1
+	if row.drainChecked {
+		drain = row.drainMissed
+	}
+	return fmt.Sprintf("%-20s | %-44s | %8d | %9d | %8d | %10d | %12d | %8d | %7d",
+		row.transport, row.recoveryText(), row.sessions, row.histLost, row.histDup, row.plainLost, row.plainSilent, row.replaced, drain)
+}
+
+const faultTableHeader = "transport            | recovery (fault → first message after)       | sessions | hist lost | hist dup | plain lost | plain no-gap | replaced | no 3000"
+
+// faultTable collects every scenario's rows.
+type faultTable struct {
+	mu   sync.Mutex
+	runs []faultRun
+}
+
+type faultRun struct {
+	broker, scenario string
+	steps            []faultStep
+	rows             []faultRow
+}
+
+func (ft *faultTable) add(broker, scenario string, steps []faultStep, rows []faultRow) {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	ft.runs = append(ft.runs, faultRun{broker, scenario, steps, rows})
+}
+
+// log writes the table (and to COMETGATE_FAULTS_REPORT when set).
+func (ft *faultTable) log(t *testing.T, took time.Duration) {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	order := map[string]int{}
+	for i, sc := range faultScenarios {
+		order[sc.name] = i
+	}
+	sort.Slice(ft.runs, func(i, j int) bool {
+		a, b := ft.runs[i], ft.runs[j]
+		if a.broker != b.broker {
+			return a.broker > b.broker // nats first
+		}
+		return order[a.scenario] < order[b.scenario]
+	})
+	var b strings.Builder
+	fmt.Fprintf(&b, "fault-injection suite: %d scenario runs in %v\n", len(ft.runs), took.Round(time.Second))
+	b.WriteString("columns: recovery of the clients the fault interrupted (median, max); sessions opened by the 3 clients; " +
+		"history messages lost / duplicated; plain-channel messages lost; clients with a loss on the plain channel and no gap; " +
+		"sessions replaced on untouched nodes; drained sessions not told 3000 (-1: no drain)\n")
+	for _, run := range ft.runs {
+		var what []string
+		for _, st := range run.steps {
+			what = append(what, st.what)
+		}
+		fmt.Fprintf(&b, "\n== %s / %s: %s\n%s\n", run.broker, run.scenario, strings.Join(what, ", "), faultTableHeader)
+		for _, row := range run.rows {
+			b.WriteString(row.line() + "\n")
+		}
+	}
+	t.Log("\n" + b.String())
+	if path := os.Getenv("COMETGATE_FAULTS_REPORT"); path != "" {
+		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+			t.Errorf("writing the report: %v", err)
+		}
+	}
+}
