@@ -302,6 +302,9 @@ func (c *fclient) run(ctx context.Context, r runner) {
 	defer c.tr.CloseIdleConnections()
 	attempt := 0
 	for ctx.Err() == nil {
+		c.mu.Lock()
+		c.sid = "" // until the next session's hello
+		c.mu.Unlock()
 		res := r(ctx, c)
 		if ctx.Err() != nil {
 			return

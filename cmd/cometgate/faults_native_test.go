@@ -182,7 +182,7 @@ func runWS(ctx context.Context, c *fclient) sessionResult {
 	defer l.close()
 	s := newSess(c)
 	var helloAt time.Time
-	lastRecv := time.Now()
+	live := liveness{lastRecv: time.Now()}
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	res := func(code int, reason string) sessionResult {
@@ -208,7 +208,7 @@ func runWS(ctx context.Context, c *fclient) sessionResult {
 				c.record(cevent{at: m.at, kind: evBreak, sid: s.sid, code: m.code, text: "websocket ended: " + m.text, node: l.node})
 				return res(m.code, "websocket ended: "+m.text)
 			}
-			lastRecv = m.at
+			live.lastRecv = m.at
 			p, err := parsePacket(m.data, m.at, l.node)
 			if err != nil {
 				c.record(cevent{at: m.at, kind: evBreak, sid: s.sid, text: fmt.Sprintf("bad packet %q", m.data)})
@@ -235,15 +235,47 @@ func runWS(ctx context.Context, c *fclient) sessionResult {
 				}
 				continue
 			}
-			if err := send(s.due(now, true)); err != nil {
-				return res(1006, "websocket write: "+err.Error())
-			}
-			if now.Sub(lastRecv) > 2*s.hb+clientRequestSlack {
+			frames := s.due(now, true)
+			ping, dead := live.check(now, s)
+			if dead {
 				c.record(cevent{kind: evBreak, sid: s.sid, text: "websocket: heartbeat timeout"})
 				return res(1006, "heartbeat timeout")
 			}
+			if ping != nil {
+				frames = append(frames, ping)
+			}
+			if err := send(frames); err != nil {
+				return res(1006, "websocket write: "+err.Error())
+			}
 		}
 	}
+}
+
+// liveness is cometgate.js's rule for the transports whose heartbeats a
+// browser page cannot see (WebSocket pings, SSE comments): after one
+// silent heartbeat interval the client pings (a ping frame, answered with
+// ok), and it gives the connection up when nothing at all arrived for
+// another interval (at least 10 s) after that.
+type liveness struct {
+	lastRecv time.Time
+	pingAt   time.Time
+}
+
+// check returns a ping frame to send, or dead.
+func (l *liveness) check(now time.Time, s *csess) (ping map[string]any, dead bool) {
+	if !l.pingAt.IsZero() {
+		if !l.lastRecv.Before(l.pingAt) {
+			l.pingAt = time.Time{}
+		} else {
+			return nil, now.Sub(l.pingAt) > max(s.hb, 10*time.Second)
+		}
+	}
+	if now.Sub(l.lastRecv) >= s.hb {
+		l.pingAt = now
+		s.nextID++
+		return map[string]any{"op": "ping", "id": s.nextID}, false
+	}
+	return nil, false
 }
 
 // ---- upstream by POST ----------------------------------------------------
@@ -519,13 +551,8 @@ func readSSEStream(ctx context.Context, c *fclient, resp *http.Response, node st
 	events := make(chan sseEvent, 4096)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	var amu sync.Mutex
-	lastRecv := time.Now()
-	alive := func() {
-		amu.Lock()
-		lastRecv = time.Now()
-		amu.Unlock()
-	}
+	live := liveness{lastRecv: time.Now()}
+	alive := func() {} // comment lines are invisible to a page
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -553,6 +580,7 @@ func readSSEStream(ctx context.Context, c *fclient, resp *http.Response, node st
 				}
 				return nil, "stream ended: " + e.end.Error()
 			}
+			live.lastRecv = e.at
 			if e.hasID {
 				*lastID = e.id
 			}
@@ -585,15 +613,16 @@ func readSSEStream(ctx context.Context, c *fclient, resp *http.Response, node st
 				continue
 			}
 			up.add(s.due(now, true))
-			if gone, why := up.pump(ctx); gone {
-				return result(1006, why), ""
-			}
-			amu.Lock()
-			silent := now.Sub(lastRecv)
-			amu.Unlock()
-			if silent > 2*s.hb+clientRequestSlack {
+			ping, dead := live.check(now, s)
+			if dead {
 				c.record(cevent{kind: evBreak, sid: s.sid, text: "sse: heartbeat timeout"})
 				return result(1006, "heartbeat timeout"), ""
+			}
+			if ping != nil {
+				up.add([]map[string]any{ping})
+			}
+			if gone, why := up.pump(ctx); gone {
+				return result(1006, why), ""
 			}
 		}
 	}

@@ -41,7 +41,7 @@ package main
 //
 //	COMETGATE_FAULTS=1 go test -race -count=1 -run 'TestFaults/nats/kill9' ./cmd/cometgate/
 //
-// COMETGATE_FAULTS_PARALLEL (default 2) bounds the scenarios that run at
+// COMETGATE_FAULTS_PARALLEL (default 3) bounds the scenarios that run at
 // once; COMETGATE_FAULTS_LOGDIR keeps the node and nats-server logs there.
 
 import (
@@ -73,8 +73,8 @@ const (
 	faultRate         = 10 * time.Millisecond // per channel: 100 msg/s each, 200 msg/s in all
 	faultHeartbeat    = "2s"
 	faultOutage       = 20 * time.Second
-	faultSetupWait    = 30 * time.Second
-	faultRecoverWait  = 60 * time.Second
+	faultSetupWait    = 15 * time.Second
+	faultRecoverWait  = 30 * time.Second
 	faultFinalWait    = 30 * time.Second
 	faultSteadyMsgs   = 300 // history messages published in the steady phases
 	faultHealthyAfter = 3 * time.Second
@@ -111,7 +111,7 @@ func TestFaults(t *testing.T) {
 	if os.Getenv("COMETGATE_FAULTS") != "1" {
 		t.Skip("fault-injection suite of issue 9: set COMETGATE_FAULTS=1 (several assertions fail until its fixes land)")
 	}
-	parallel := 2
+	parallel := 3
 	if v := os.Getenv("COMETGATE_FAULTS_PARALLEL"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
@@ -281,6 +281,7 @@ func (s *scen) run() {
 	s.logf("published %d + %d messages in %v; balancer: served %v, failed %v", lastH+1, lastP+1,
 		time.Since(s.began).Round(time.Second), counts(s.lb.served), counts(s.lb.failed))
 	s.logNodeLogs()
+	s.dumpClients()
 	s.judge()
 }
 
@@ -470,7 +471,7 @@ func (s *scen) waitSteady(phase string) {
 		return nil
 	})
 	healthy := s.healthy()
-	s.waitFor(phase+": clients", faultRecoverWait, func() []string {
+	s.waitFor(phase+": clients", 10*time.Second, func() []string {
 		var late []string
 		for _, c := range healthy {
 			if c.max(s.env.hist) < target-1 {
@@ -635,6 +636,34 @@ func (s *scen) logNodeLogs() {
 	if os.Getenv("COMETGATE_FAULTS_LOGDIR") != "" {
 		s.logf("logs in %s", s.dir)
 	}
+}
+
+// dumpClients writes every client's record into the log directory, when
+// one is kept.
+func (s *scen) dumpClients() {
+	if os.Getenv("COMETGATE_FAULTS_LOGDIR") == "" {
+		return
+	}
+	dir := filepath.Join(s.dir, "clients")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		s.t.Error(err)
+		return
+	}
+	for _, c := range s.clients {
+		var b strings.Builder
+		for _, e := range c.events() {
+			b.WriteString(e.String())
+			b.WriteByte('\n')
+		}
+		if err := os.WriteFile(filepath.Join(dir, strings.ReplaceAll(c.name, "@", "_")+".events"), []byte(b.String()), 0o644); err != nil {
+			s.t.Error(err)
+		}
+	}
+	var b strings.Builder
+	for _, st := range s.steps {
+		fmt.Fprintf(&b, "%s %s .. %s\n", st.what, st.start.Format("15:04:05.000"), st.end.Format("15:04:05.000"))
+	}
+	_ = os.WriteFile(filepath.Join(s.dir, "steps"), []byte(b.String()), 0o644)
 }
 
 // ---- publisher ---------------------------------------------------------------
