@@ -96,9 +96,10 @@ const (
 	evBreak                // the transport broke or a request failed (text); the session may go on
 	evEnd                  // the client gave the session up (code, text)
 	evFinal                // the client stopped for good (code, text)
+	evSend                 // an upstream request (frames, acks) failed; the downstream goes on
 )
 
-var evNames = [...]string{"hello", "ok", "sub-err", "msg", "gap", "close", "break", "end", "final"}
+var evNames = [...]string{"hello", "ok", "sub-err", "msg", "gap", "close", "break", "end", "final", "send-fail"}
 
 func (k evKind) String() string { return evNames[k] }
 
@@ -138,14 +139,27 @@ func (e cevent) String() string {
 	return b.String()
 }
 
+// chanSpec is a channel every client subscribes to.
+type chanSpec struct {
+	name    string
+	history bool
+}
+
 // clientEnv is what the clients of a scenario share.
 type clientEnv struct {
-	base       string   // the balancer's URL
-	wsBase     string   // the same, ws://
-	hist       string   // the channel with history
-	plain      string   // the channel without
-	nodeIDs    []string // node ids, for placement
-	sockPrefix string   // "/sockjs"
+	base       string     // the balancer's URL
+	wsBase     string     // the same, ws://
+	chans      []chanSpec // what every client subscribes to, in this order
+	nodeIDs    []string   // node ids, for placement
+	sockPrefix string     // "/sockjs"
+}
+
+func (e *clientEnv) names() []string {
+	out := make([]string, len(e.chans))
+	for i, c := range e.chans {
+		out[i] = c.name
+	}
+	return out
 }
 
 // fclient is one simulated page.
@@ -159,11 +173,11 @@ type fclient struct {
 
 	mu      sync.Mutex
 	ev      []cevent
-	cursor  string         // the last cursor on the history channel
-	maxNum  map[string]int // highest num received per channel
-	sid     string         // the current session
-	placed  bool           // the first open went to home
-	stopped bool           // final: the client gave up for good
+	cursors map[string]string // the last cursor per channel with history
+	maxNum  map[string]int    // highest num received per channel
+	sid     string            // the current session
+	placed  bool              // the first open went to home
+	stopped bool              // final: the client gave up for good
 }
 
 func newClient(env *clientEnv, kind string, home int) *fclient {
@@ -171,13 +185,14 @@ func newClient(env *clientEnv, kind string, home int) *fclient {
 	// would (cometgate.js keeps at most two requests in flight).
 	tr := &http.Transport{Proxy: nil, MaxConnsPerHost: 6, MaxIdleConnsPerHost: 6, DisableCompression: true}
 	return &fclient{
-		name:   fmt.Sprintf("%s@%s", kind, env.nodeIDs[home]),
-		kind:   kind,
-		home:   home,
-		env:    env,
-		tr:     tr,
-		hc:     &http.Client{Transport: tr},
-		maxNum: map[string]int{},
+		name:    fmt.Sprintf("%s@%s", kind, env.nodeIDs[home]),
+		kind:    kind,
+		home:    home,
+		env:     env,
+		tr:      tr,
+		hc:      &http.Client{Transport: tr},
+		maxNum:  map[string]int{},
+		cursors: map[string]string{},
 	}
 }
 
@@ -198,8 +213,8 @@ func (c *fclient) recordLocked(e cevent) {
 		if old, ok := c.maxNum[e.ch]; !ok || e.num > old {
 			c.maxNum[e.ch] = e.num
 		}
-		if e.ch == c.env.hist && e.cur != "" {
-			c.cursor = e.cur
+		if e.cur != "" {
+			c.cursors[e.ch] = e.cur
 		}
 	case evHello:
 		c.sid = e.sid
@@ -236,10 +251,11 @@ func (c *fclient) lastMsg(ch string) time.Time {
 	return time.Time{}
 }
 
-func (c *fclient) histCursor() string {
+// cursor is the last cursor received on ch ("" for none).
+func (c *fclient) cursor(ch string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.cursor
+	return c.cursors[ch]
 }
 
 func (c *fclient) isStopped() bool {
@@ -254,8 +270,8 @@ func (c *fclient) currentSID() string {
 	return c.sid
 }
 
-// subscribed reports whether the client's current session confirmed both
-// subscriptions.
+// subscribed reports whether the client's current session confirmed every
+// subscription.
 func (c *fclient) subscribed() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -269,7 +285,12 @@ func (c *fclient) subscribed() bool {
 			break
 		}
 	}
-	return got[c.env.hist] && got[c.env.plain]
+	for _, ch := range c.env.chans {
+		if !got[ch.name] {
+			return false
+		}
+	}
+	return true
 }
 
 // placeHeader adds the placement of the client's first session to h, once.
@@ -422,16 +443,13 @@ func (s *csess) handle(p fpacket) packetResult {
 	return pktOK
 }
 
-// subFrame is a subscription request for ch, from the last cursor on the
-// channel with history.
+// subFrame is a subscription request for ch, from its last cursor.
 func (s *csess) subFrame(ch string) map[string]any {
 	s.nextID++
 	s.subs[s.nextID] = ch
 	f := map[string]any{"op": "sub", "id": s.nextID, "ch": ch}
-	if ch == s.c.env.hist {
-		if cur := s.c.histCursor(); cur != "" {
-			f["cursor"] = cur
-		}
+	if cur := s.c.cursor(ch); cur != "" {
+		f["cursor"] = cur
 	}
 	return f
 }
@@ -440,9 +458,11 @@ func (s *csess) subFrame(ch string) map[string]any {
 // subscribes (cometgate.js buildOpenURL): the channels without a cursor.
 // The others are subscribed by frames after the hello (subsAfter).
 func (c *fclient) openChannels() []string {
-	chs := []string{c.env.plain}
-	if c.histCursor() == "" {
-		chs = append([]string{c.env.hist}, chs...)
+	var chs []string
+	for _, ch := range c.env.chans {
+		if c.cursor(ch.name) == "" {
+			chs = append(chs, ch.name)
+		}
 	}
 	return chs
 }
@@ -451,7 +471,7 @@ func (c *fclient) openChannels() []string {
 // channel not already named in the URL that opened it.
 func (s *csess) subsAfter(inURL []string) []map[string]any {
 	var out []map[string]any
-	for _, ch := range []string{s.c.env.hist, s.c.env.plain} {
+	for _, ch := range s.c.env.names() {
 		found := false
 		for _, u := range inURL {
 			found = found || u == ch

@@ -20,37 +20,45 @@ type clientReport struct {
 	c  *fclient
 	ev []cevent
 
-	histFrom, plainFrom int // first number the client should have got
-	histLost            []string
-	histLostCount       int
-	histDups            []string
-	histDupCount        int
-	histReorders        []string
-	plainLostCount      int
-	plainSilent         []string // runs of lost messages without a gap
-	plainDupCount       int
-	replaced            []string // sessions replaced on nodes the fault did not touch
-	sessions            int
-	drainMissed         []string
-	recovery            []time.Duration // per step, for affected clients; -1: never
+	histLost      []string
+	histLostCount int
+	histDups      []string
+	histDupCount  int
+	histReorders  []string
+	plainLost     int
+	plainSilent   []string // runs of lost messages without a gap
+	lateGaps      int      // runs whose gap came just after the first message after them
+	plainDupCount int
+	replaced      []string // sessions replaced on nodes the fault did not touch
+	sessions      int
+	drainMissed   []string
+	recovery      []time.Duration // per step, for affected clients; -1: never
 }
 
+// gapGrace is how long after the first message that follows a run of
+// lost messages its gap packet may still come (the gateway sends it once
+// it resubscribed, when live messages may already flow): later, or not
+// at all, the loss was silent.
+const gapGrace = 2 * time.Second
+
 func (s *scen) judge() {
-	recsH, recsP := s.hist.records(), s.plain.records()
 	byKind := map[string][]*clientReport{}
 	for _, c := range s.clients {
-		byKind[c.kind] = append(byKind[c.kind], s.analyse(c, recsH, recsP))
+		byKind[c.kind] = append(byKind[c.kind], s.analyse(c))
 	}
 	for _, note := range s.notes {
 		s.logf("note: %s", note)
 	}
 	if s.name == "natscluster" {
 		s.t.Run("stream-replicas", func(t *testing.T) {
-			if s.replicas < 3 {
-				t.Errorf("the history stream %s had %d replica(s) once the nodes ran, not the 3 it was created with: the nodes "+
-					"create or update it at start-up with replicas 1 (no channels[].history_replicas key), so a three-server "+
-					"cluster cannot keep history through the loss of the server that holds it; the scenario killed a server "+
-					"that does not hold the stream instead", s.stream, s.replicas)
+			if s.replicas[0] < 3 {
+				t.Errorf("the history stream %s, created with 3 replicas, had %d once the nodes started: they create or update "+
+					"it with one replica (there is no channels[].history_replicas key); the suite set it back to 3 before the fault",
+					s.stream, s.replicas[0])
+			}
+			if s.replicas[1] < 3 {
+				t.Errorf("after the server loss the stream had %d replica(s) again: a node that reconnected updated it to one",
+					s.replicas[1])
 			}
 		})
 	}
@@ -62,28 +70,28 @@ func (s *scen) judge() {
 			t.Run("history-no-loss", func(t *testing.T) {
 				for _, r := range reports {
 					if r.histLostCount > 0 {
-						t.Errorf("%s lost %d message(s) on %s (channel with history): %s", r.c.name, r.histLostCount, s.env.hist, strings.Join(r.histLost, "; "))
+						t.Errorf("%s lost %d message(s) on channels with history: %s", r.c.name, r.histLostCount, strings.Join(r.histLost, "; "))
 					}
 				}
 			})
 			t.Run("history-no-dup", func(t *testing.T) {
 				for _, r := range reports {
 					if r.histDupCount > 0 {
-						t.Errorf("%s got %d message(s) twice on %s: %s", r.c.name, r.histDupCount, s.env.hist, strings.Join(r.histDups, "; "))
+						t.Errorf("%s got %d message(s) twice on channels with history: %s", r.c.name, r.histDupCount, strings.Join(r.histDups, "; "))
 					}
 				}
 			})
 			t.Run("history-in-order", func(t *testing.T) {
 				for _, r := range reports {
 					if len(r.histReorders) > 0 {
-						t.Errorf("%s got %d message(s) after a later one on %s: %s", r.c.name, len(r.histReorders), s.env.hist, strings.Join(first(r.histReorders, 5), "; "))
+						t.Errorf("%s got %d message(s) after a later one on channels with history: %s", r.c.name, len(r.histReorders), strings.Join(first(r.histReorders, 5), "; "))
 					}
 				}
 			})
 			t.Run("plain-gap-on-loss", func(t *testing.T) {
 				for _, r := range reports {
 					if len(r.plainSilent) > 0 {
-						t.Errorf("%s lost messages on %s (channel without history) without a gap packet: %s", r.c.name, s.env.plain, strings.Join(r.plainSilent, "; "))
+						t.Errorf("%s lost messages on a channel without history and got no gap packet for them: %s", r.c.name, strings.Join(r.plainSilent, "; "))
 					}
 				}
 			})
@@ -173,7 +181,7 @@ func around(ev []cevent, from, to time.Time) string {
 	return strings.Join(first(parts, 6), " | ")
 }
 
-// ranges renders sorted numbers as runs "a–b".
+// ranges renders sorted numbers as runs [a, b].
 func ranges(nums []int) [][2]int {
 	var out [][2]int
 	for _, n := range nums {
@@ -186,43 +194,65 @@ func ranges(nums []int) [][2]int {
 	return out
 }
 
-func (s *scen) analyse(c *fclient, recsH, recsP []pubRec) *clientReport {
+func (s *scen) analyse(c *fclient) *clientReport {
 	ev := c.events()
+	if !s.stopped.IsZero() {
+		// What happened while the clients were being stopped is not theirs.
+		for i, e := range ev {
+			if e.at.After(s.stopped) {
+				ev = ev[:i]
+				break
+			}
+		}
+	}
 	r := &clientReport{c: c, ev: ev}
-	hist, plain := s.env.hist, s.env.plain
-	lastH, lastP := confirmedCount(recsH)-1, confirmedCount(recsP)-1
-	r.histFrom, r.plainFrom = expectedFrom(ev, hist, recsH), expectedFrom(ev, plain, recsP)
+	for _, ch := range s.chans {
+		recs := ch.pub.records()
+		if ch.history {
+			r.analyseHistory(ch.name, recs)
+		} else {
+			r.analysePlain(ch.name, recs)
+		}
+	}
+	s.analyseSessions(r)
+	return r
+}
 
-	// The channel with history: every number once, in order.
+// analyseHistory: every number published after the first subscription
+// arrives once, in order.
+func (r *clientReport) analyseHistory(ch string, recs []pubRec) {
+	ev := r.ev
+	from, last := expectedFrom(ev, ch, recs), confirmedCount(recs)-1
 	seen := map[int][]cevent{}
 	runMax := -1
 	for _, e := range ev {
-		if e.kind != evMsg || e.ch != hist {
+		if e.kind != evMsg || e.ch != ch {
 			continue
 		}
 		seen[e.num] = append(seen[e.num], e)
 		if len(seen[e.num]) == 1 {
 			if e.num < runMax {
-				r.histReorders = append(r.histReorders, fmt.Sprintf("%d after %d at %s (sid %s)", e.num, runMax, e.at.Format("15:04:05.000"), e.sid))
+				r.histReorders = append(r.histReorders, fmt.Sprintf("%s %d after %d at %s (sid %s)", ch, e.num, runMax, e.at.Format("15:04:05.000"), e.sid))
 			}
 			runMax = max(runMax, e.num)
 		}
 	}
 	var missing []int
-	for n := r.histFrom; n <= lastH; n++ {
+	for n := from; n <= last; n++ {
 		if len(seen[n]) == 0 {
 			missing = append(missing, n)
 		}
 	}
-	r.histLostCount = len(missing)
-	for i, rg := range ranges(missing) {
-		if i == 4 {
-			r.histLost = append(r.histLost, fmt.Sprintf("… %d more runs", len(ranges(missing))-4))
+	r.histLostCount += len(missing)
+	runs := ranges(missing)
+	for i, rg := range runs {
+		if i == 3 {
+			r.histLost = append(r.histLost, fmt.Sprintf("%s: … %d more runs", ch, len(runs)-3))
 			break
 		}
-		pub := recsH[rg[0]].start
-		r.histLost = append(r.histLost, fmt.Sprintf("%d–%d (%d, published from %s): %s", rg[0], rg[1], rg[1]-rg[0]+1,
-			pub.Format("15:04:05.000"), around(ev, pub.Add(-2*time.Second), recsH[rg[1]].start.Add(10*time.Second))))
+		pub := recs[rg[0]].start
+		r.histLost = append(r.histLost, fmt.Sprintf("%s %d–%d (%d, published from %s): %s", ch, rg[0], rg[1], rg[1]-rg[0]+1,
+			pub.Format("15:04:05.000"), around(ev, pub.Add(-2*time.Second), recs[rg[1]].start.Add(10*time.Second))))
 	}
 	var dups []int
 	for n, es := range seen {
@@ -231,10 +261,13 @@ func (s *scen) analyse(c *fclient, recsH, recsP []pubRec) *clientReport {
 		}
 	}
 	sort.Ints(dups)
-	for _, n := range dups {
+	for i, n := range dups {
 		es := seen[n]
 		r.histDupCount += len(es) - 1
-		if len(r.histDups) >= 4 {
+		if i == 3 {
+			r.histDups = append(r.histDups, fmt.Sprintf("%s: … %d more numbers", ch, len(dups)-3))
+		}
+		if i >= 3 {
 			continue
 		}
 		var curs []string
@@ -244,23 +277,24 @@ func (s *scen) analyse(c *fclient, recsH, recsP []pubRec) *clientReport {
 		why := "the same cursor twice: the gateway delivered one stored message twice"
 		if es[0].cur != es[1].cur {
 			why = "different cursors: the message is stored twice"
-			if n < len(recsH) && len(recsH[n].failures) > 0 {
-				why += fmt.Sprintf(" (the publisher's attempt failed with %q and its retry was stored again: no idempotency key)", recsH[n].failures[0])
+			if n < len(recs) && len(recs[n].failures) > 0 {
+				why += fmt.Sprintf(" (the publisher's attempt failed with %q and its retry was stored again: no idempotency key)", recs[n].failures[0])
 			}
 		}
-		r.histDups = append(r.histDups, fmt.Sprintf("%d: %s; %s", n, strings.Join(curs, ", "), why))
+		r.histDups = append(r.histDups, fmt.Sprintf("%s %d: %s; %s", ch, n, strings.Join(curs, ", "), why))
 	}
-	if len(dups) > 4 {
-		r.histDups = append(r.histDups, fmt.Sprintf("… %d more numbers", len(dups)-4))
-	}
+}
 
-	// The channel without history: every run of lost numbers needs a gap
-	// packet between the message before it and the one after it.
+// analysePlain: every run of lost numbers is followed by a gap packet
+// (between the message before it and the one after it, or just after).
+func (r *clientReport) analysePlain(ch string, recs []pubRec) {
+	ev := r.ev
+	from, last := expectedFrom(ev, ch, recs), confirmedCount(recs)-1
 	type firstRx struct{ num, idx int }
 	var firsts []firstRx
 	got := map[int]int{}
 	for i, e := range ev {
-		if e.kind == evMsg && e.ch == plain {
+		if e.kind == evMsg && e.ch == ch {
 			got[e.num]++
 			if got[e.num] == 1 {
 				firsts = append(firsts, firstRx{e.num, i})
@@ -270,26 +304,31 @@ func (s *scen) analyse(c *fclient, recsH, recsP []pubRec) *clientReport {
 	for _, k := range got {
 		r.plainDupCount += k - 1
 	}
-	for n := r.plainFrom; n <= lastP; n++ {
+	for n := from; n <= last; n++ {
 		if got[n] == 0 {
-			r.plainLostCount++
+			r.plainLost++
 		}
 	}
-	gapBetween := func(lo, hi int) bool {
-		for i := lo + 1; i < hi && i < len(ev); i++ {
-			if ev[i].kind == evGap && ev[i].ch == plain {
-				return true
+	// told reports whether a gap on ch came after ev[lo] and before ev[hi],
+	// or within gapGrace after it (late).
+	told := func(lo, hi int) (ok, late bool) {
+		for i := lo + 1; i < len(ev); i++ {
+			if i >= hi && (hi >= len(ev) || ev[i].at.After(ev[hi].at.Add(gapGrace))) {
+				return false, false
+			}
+			if ev[i].kind == evGap && ev[i].ch == ch {
+				return true, i > hi
 			}
 		}
-		return false
+		return false, false
 	}
-	prev, prevIdx := r.plainFrom-1, -1
-	check := func(from, to, hi int) {
-		if from > to || gapBetween(prevIdx, hi) {
+	prev, prevIdx := from-1, -1
+	check := func(lo, hi, idx int) {
+		if lo > hi {
 			return
 		}
 		lost := 0
-		for n := from; n <= to; n++ {
+		for n := lo; n <= hi; n++ {
 			if got[n] == 0 {
 				lost++
 			}
@@ -297,12 +336,16 @@ func (s *scen) analyse(c *fclient, recsH, recsP []pubRec) *clientReport {
 		if lost == 0 {
 			return
 		}
-		if len(r.plainSilent) >= 4 {
+		ok, late := told(prevIdx, idx)
+		if late {
+			r.lateGaps++
+		}
+		if ok || len(r.plainSilent) >= 3 {
 			return
 		}
-		pub := recsP[from].start
-		r.plainSilent = append(r.plainSilent, fmt.Sprintf("%d of %d–%d (published from %s): %s", lost, from, to,
-			pub.Format("15:04:05.000"), around(ev, pub.Add(-2*time.Second), recsP[to].start.Add(10*time.Second))))
+		pub := recs[lo].start
+		r.plainSilent = append(r.plainSilent, fmt.Sprintf("%s: %d of %d–%d (published from %s): %s", ch, lost, lo, hi,
+			pub.Format("15:04:05.000"), around(ev, pub.Add(-2*time.Second), recs[hi].start.Add(10*time.Second))))
 	}
 	for _, f := range firsts {
 		if f.num > prev+1 {
@@ -312,9 +355,13 @@ func (s *scen) analyse(c *fclient, recsH, recsP []pubRec) *clientReport {
 			prev, prevIdx = f.num, f.idx
 		}
 	}
-	check(prev+1, lastP, len(ev))
+	check(prev+1, last, len(ev))
+}
 
-	// Sessions replaced on nodes the fault did not touch.
+// analyseSessions: sessions replaced on untouched nodes, close 3000 from
+// draining nodes, recovery times.
+func (s *scen) analyseSessions(r *clientReport) {
+	ev := r.ev
 	var hellos []int
 	for i, e := range ev {
 		if e.kind == evHello {
@@ -334,21 +381,21 @@ func (s *scen) analyse(c *fclient, recsH, recsP []pubRec) *clientReport {
 		if touched {
 			continue
 		}
-		// Why the client gave it up: its last break and end before the new hello.
-		why := ""
-		for i := hellos[k] - 1; i > hellos[k-1]; i-- {
-			if ev[i].kind == evEnd || ev[i].kind == evBreak || ev[i].kind == evClose {
-				why = ev[i].String() + " " + why
-				if ev[i].kind == evBreak {
-					break
-				}
+		// Why the client gave it up: what happened to it since its hello,
+		// the last few things.
+		var why []string
+		for i := hellos[k-1] + 1; i < hellos[k]; i++ {
+			if e := ev[i]; e.kind == evEnd || e.kind == evBreak || e.kind == evClose || e.kind == evSend {
+				why = append(why, e.String())
 			}
 		}
-		r.replaced = append(r.replaced, fmt.Sprintf("%s (opened %s) replaced by %s at %s; %s was not touched; before: %s",
-			old.sid, old.at.Format("15:04:05.000"), nw.sid, nw.at.Format("15:04:05.000"), ownerOf(old.sid), strings.TrimSpace(why)))
+		if len(why) > 3 {
+			why = why[len(why)-3:]
+		}
+		r.replaced = append(r.replaced, fmt.Sprintf("%s (opened %s) replaced by %s at %s, although %s was not touched; before: %s",
+			old.sid, old.at.Format("15:04:05.000"), nw.sid, nw.at.Format("15:04:05.000"), ownerOf(old.sid), strings.Join(why, " | ")))
 	}
 
-	// Drains: the sessions on a draining node get close 3000.
 	for _, st := range s.steps {
 		if !st.drain {
 			continue
@@ -368,14 +415,14 @@ func (s *scen) analyse(c *fclient, recsH, recsP []pubRec) *clientReport {
 		told := false
 		var instead []string
 		for _, e := range ev {
-			if e.at.Before(st.start) || e.sid != sid && e.kind != evEnd {
+			if e.at.Before(st.start) || (e.sid != sid && e.kind != evEnd) {
 				continue
 			}
 			if e.kind == evClose && e.code == 3000 {
 				told = true
 				break
 			}
-			if e.kind == evBreak || e.kind == evEnd || e.kind == evClose {
+			if e.kind == evBreak || e.kind == evEnd || e.kind == evClose || e.kind == evSend {
 				instead = append(instead, e.String())
 			}
 			if e.kind == evEnd {
@@ -388,9 +435,11 @@ func (s *scen) analyse(c *fclient, recsH, recsP []pubRec) *clientReport {
 		}
 	}
 
-	// Recovery per step.
+	// Recovery per step: from the fault (from the broker's return for an
+	// outage) to the first message after the client's interruption (its
+	// first break, session end or new session after the fault).
 	for i, st := range s.steps {
-		end := time.Now()
+		end := s.stopped
 		if i+1 < len(s.steps) {
 			end = s.steps[i+1].start
 		}
@@ -421,7 +470,6 @@ func (s *scen) analyse(c *fclient, recsH, recsP []pubRec) *clientReport {
 		}
 		r.recovery = append(r.recovery, d)
 	}
-	return r
 }
 
 // ---- the table ---------------------------------------------------------------
@@ -436,6 +484,7 @@ type faultRow struct {
 	histDup        int
 	plainLost      int
 	plainSilent    int // clients with lost runs and no gap
+	lateGaps       int
 	replaced       int
 	drainMissed    int
 	drainChecked   bool
@@ -455,7 +504,8 @@ func (s *scen) row(transport string, reports []*clientReport) faultRow {
 		}
 		row.histLost += r.histLostCount
 		row.histDup += r.histDupCount
-		row.plainLost += r.plainLostCount
+		row.plainLost += r.plainLost
+		row.lateGaps += r.lateGaps
 		if len(r.plainSilent) > 0 {
 			row.plainSilent++
 		}
@@ -496,11 +546,11 @@ func (row faultRow) line() string {
 	if row.drainChecked {
 		drain = row.drainMissed
 	}
-	return fmt.Sprintf("%-20s | %-44s | %8d | %9d | %8d | %10d | %12d | %8d | %7d",
-		row.transport, row.recoveryText(), row.sessions, row.histLost, row.histDup, row.plainLost, row.plainSilent, row.replaced, drain)
+	return fmt.Sprintf("%-20s | %-44s | %8d | %9d | %8d | %10d | %12d | %9d | %8d | %7d",
+		row.transport, row.recoveryText(), row.sessions, row.histLost, row.histDup, row.plainLost, row.plainSilent, row.lateGaps, row.replaced, drain)
 }
 
-const faultTableHeader = "transport            | recovery (fault → first message after)       | sessions | hist lost | hist dup | plain lost | plain no-gap | replaced | no 3000"
+const faultTableHeader = "transport            | recovery (fault → first message after)       | sessions | hist lost | hist dup | plain lost | plain no-gap | late gaps | replaced | no 3000"
 
 // faultTable collects every scenario's rows.
 type faultTable struct {
@@ -531,14 +581,15 @@ func (ft *faultTable) log(t *testing.T, took time.Duration) {
 	sort.Slice(ft.runs, func(i, j int) bool {
 		a, b := ft.runs[i], ft.runs[j]
 		if a.broker != b.broker {
-			return a.broker > b.broker // nats first
+			return a.broker < b.broker // nats first
 		}
 		return order[a.scenario] < order[b.scenario]
 	})
 	var b strings.Builder
 	fmt.Fprintf(&b, "fault-injection suite: %d scenario runs in %v\n", len(ft.runs), took.Round(time.Second))
 	b.WriteString("columns: recovery of the clients the fault interrupted (median, max); sessions opened by the 3 clients; " +
-		"history messages lost / duplicated; plain-channel messages lost; clients with a loss on the plain channel and no gap; " +
+		"history messages lost / duplicated; plain-channel messages lost; clients with a loss on a plain channel and no gap; " +
+		"losses whose gap came after the first message that followed them (within 2 s: accepted); " +
 		"sessions replaced on untouched nodes; drained sessions not told 3000 (-1: no drain)\n")
 	for _, run := range ft.runs {
 		var what []string

@@ -325,18 +325,21 @@ func (u *upstream) pump(ctx context.Context) (gone bool, why string) {
 	}
 	body, _ := json.Marshal(u.batch)
 	status, node, detail := u.post(ctx, body)
+	if ctx.Err() != nil {
+		return false, ""
+	}
 	switch {
 	case status >= 200 && status < 300:
 		u.batch, u.failures = nil, 0
 	case status == http.StatusNotFound:
-		u.c.record(cevent{kind: evBreak, sid: u.s.sid, code: 404, text: "send: " + detail, node: node})
+		u.c.record(cevent{kind: evSend, sid: u.s.sid, code: 404, text: "send: " + detail, node: node})
 		return true, fmt.Sprintf("session not found by a send (via %s): %s", node, detail)
 	case status == 0 || status == 408 || status == 429 || status >= 500:
-		u.c.record(cevent{kind: evBreak, sid: u.s.sid, code: status, text: "send: " + detail, node: node})
+		u.c.record(cevent{kind: evSend, sid: u.s.sid, code: status, text: "send: " + detail, node: node})
 		u.nextTry = time.Now().Add(backoff(u.failures, clientUpMinRetry, clientUpMaxRetry))
 		u.failures++
 	default: // refused frames: sending them again would not help
-		u.c.record(cevent{kind: evBreak, sid: u.s.sid, code: status, text: "send refused: " + detail, node: node})
+		u.c.record(cevent{kind: evSend, sid: u.s.sid, code: status, text: "send refused: " + detail, node: node})
 		u.batch = nil
 	}
 	return false, ""
@@ -467,9 +470,11 @@ func readSSE(body io.Reader, out chan<- sseEvent, done <-chan struct{}, retry *t
 // EventSource and the client opens a new one after its backoff; a close
 // packet ends it at once.
 func runSSE(ctx context.Context, c *fclient) sessionResult {
-	q := url.Values{"ch": {c.env.hist, c.env.plain}}
-	if cur := c.histCursor(); cur != "" {
-		q.Set("cursor."+c.env.hist, cur)
+	q := url.Values{"ch": c.env.names()}
+	for _, ch := range c.env.chans {
+		if cur := c.cursor(ch.name); cur != "" {
+			q.Set("cursor."+ch.name, cur)
+		}
 	}
 	u := c.env.base + "/sse?" + q.Encode()
 	retry := 3 * time.Second // EventSource's default, until the server says
@@ -600,7 +605,7 @@ func readSSEStream(ctx context.Context, c *fclient, resp *http.Response, node st
 			switch r {
 			case pktHello:
 				*helloAt = p.at
-				up.add(s.subsAfter([]string{c.env.hist, c.env.plain}))
+				up.add(s.subsAfter(c.env.names()))
 			case pktJump:
 				c.record(cevent{at: e.at, kind: evBreak, sid: s.sid, text: fmt.Sprintf("seq jumped from %d to %d", s.lastSeq, p.Seq)})
 				return result(1006, "seq jumped"), ""

@@ -145,14 +145,17 @@ func (x *sjsConn) send(ctx context.Context, frames []map[string]any) *sessionRes
 	req.Header.Set("Content-Type", "text/plain;charset=UTF-8")
 	resp, err := x.c.hc.Do(req)
 	if err != nil {
-		x.c.record(cevent{kind: evBreak, sid: x.s.sid, text: "sockjs xhr_send: " + err.Error()})
+		if ctx.Err() != nil {
+			return nil
+		}
+		x.c.record(cevent{kind: evSend, sid: x.s.sid, text: "sockjs xhr_send: " + err.Error()})
 		return x.result(1006, "Sending error: "+err.Error())
 	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
 	node := resp.Header.Get(headerBackend)
 	if resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusOK {
-		x.c.record(cevent{kind: evBreak, sid: x.s.sid, code: resp.StatusCode, text: fmt.Sprintf("sockjs xhr_send: HTTP %d %s", resp.StatusCode, bytes.TrimSpace(b)), node: node})
+		x.c.record(cevent{kind: evSend, sid: x.s.sid, code: resp.StatusCode, text: fmt.Sprintf("sockjs xhr_send: HTTP %d %s", resp.StatusCode, bytes.TrimSpace(b)), node: node})
 		return x.result(1006, fmt.Sprintf("Sending error: HTTP %d (via %s)", resp.StatusCode, node))
 	}
 	return nil

@@ -163,14 +163,22 @@ type scen struct {
 	lb       *faultLB
 	env      *clientEnv
 	clients  []*fclient
-	hist     *publisher
-	plain    *publisher
+	chans    []*fchan
+	main     *publisher // the API-published channel with history: the progress signal
 	steps    []faultStep
 	stream   string
 	exchange string
 	began    time.Time
-	replicas int      // natscluster: the stream's replicas once the nodes ran
-	notes    []string // what the scenario observed outside the assertions
+	stopped  time.Time // the clients stopped: the record ends
+	replicas [2]int    // natscluster: the stream's replicas once the nodes ran, and after the fault
+	notes    []string  // what the scenario observed outside the assertions
+}
+
+// fchan is a channel of the scenario and its publisher.
+type fchan struct {
+	chanSpec
+	via string // "api": the balancer's POST /api/publish; "broker": straight into the broker
+	pub *publisher
 }
 
 // faultStep is one fault: when it struck and when it was over.
@@ -201,18 +209,21 @@ func (s *scen) run() {
 	s.setupBroker()
 	s.startNodes()
 	s.lb = newFaultLB(t, s.nodes)
-	s.env = &clientEnv{
-		base: s.lb.url(""), wsBase: "ws" + strings.TrimPrefix(s.lb.url(""), "http"),
-		hist: "fault.h.x", plain: "fault.p.x", sockPrefix: "/sockjs",
-	}
+	s.env = &clientEnv{base: s.lb.url(""), wsBase: "ws" + strings.TrimPrefix(s.lb.url(""), "http"), sockPrefix: "/sockjs"}
 	for _, n := range s.nodes {
 		s.env.nodeIDs = append(s.env.nodeIDs, n.id)
 	}
 	s.startPublishers()
+	for _, ch := range s.chans {
+		s.env.chans = append(s.env.chans, ch.chanSpec)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	stopClients := func() {
+		if s.stopped.IsZero() {
+			s.stopped = time.Now()
+		}
 		cancel()
 		wg.Wait()
 	}
@@ -238,7 +249,8 @@ func (s *scen) run() {
 	defer pwg.Wait()
 	pctx, pcancel := context.WithCancel(context.Background())
 	defer pcancel() // first: then the publishers end
-	for _, p := range []*publisher{s.hist, s.plain} {
+	for _, ch := range s.chans {
+		p := ch.pub
 		pwg.Add(1)
 		go func() {
 			defer pwg.Done()
@@ -264,22 +276,26 @@ func (s *scen) run() {
 	// The end: the publishers stop, and every client that is receiving
 	// gets to the last message.
 	healthy := s.healthy()
-	s.hist.stop()
-	s.plain.stop()
+	for _, ch := range s.chans {
+		ch.pub.stop()
+	}
 	pwg.Wait()
-	lastH, lastP := s.hist.count()-1, s.plain.count()-1
 	s.waitFor("healthy clients at the last message", faultFinalWait, func() []string {
 		var late []string
 		for _, c := range healthy {
-			if c.max(s.env.hist) < lastH || c.max(s.env.plain) < lastP {
-				late = append(late, fmt.Sprintf("%s (history %d/%d, plain %d/%d)", c.name, c.max(s.env.hist), lastH, c.max(s.env.plain), lastP))
+			for _, ch := range s.chans {
+				if last := ch.pub.count() - 1; c.max(ch.name) < last {
+					late = append(late, fmt.Sprintf("%s (%s %d/%d)", c.name, ch.name, c.max(ch.name), last))
+				}
 			}
 		}
 		return late
 	})
 	stopClients()
-	s.logf("published %d + %d messages in %v; balancer: served %v, failed %v", lastH+1, lastP+1,
-		time.Since(s.began).Round(time.Second), counts(s.lb.served), counts(s.lb.failed))
+	for _, ch := range s.chans {
+		s.logf("publisher of %s (%s): %s", ch.name, ch.via, ch.pub.stats())
+	}
+	s.logf("ran %v; balancer: served %v, failed %v", time.Since(s.began).Round(time.Second), counts(s.lb.served), counts(s.lb.failed))
 	s.logNodeLogs()
 	s.dumpClients()
 	s.judge()
@@ -408,13 +424,24 @@ sockjs:
 	waitPeers(t, s.nodes)
 }
 
+// startPublishers makes the scenario's channels: one with history and one
+// without, published through the balancer's publish API (retried until
+// confirmed, as a server-side publisher would); for a broker outage also
+// one of each published straight into the broker, which the cut-off
+// nodes miss and must recover (history) or report (gap).
 func (s *scen) startPublishers() {
-	mode := "api"
-	if s.name == "brokerdown" {
-		mode = "broker" // the nodes are cut off; the publisher is not
+	add := func(name string, history bool, via string) {
+		ch := &fchan{chanSpec: chanSpec{name: name, history: history}, via: via}
+		ch.pub = s.newPublisher(name, history, via)
+		s.chans = append(s.chans, ch)
 	}
-	s.hist = s.newPublisher(s.env.hist, mode)
-	s.plain = s.newPublisher(s.env.plain, mode)
+	add("fault.h.x", true, "api")
+	add("fault.p.x", false, "api")
+	if s.name == "brokerdown" {
+		add("fault.h.b", true, "broker")
+		add("fault.p.b", false, "broker")
+	}
+	s.main = s.chans[0].pub
 }
 
 // ---- waiting ---------------------------------------------------------------
@@ -453,7 +480,7 @@ func (s *scen) healthy() []*fclient {
 	var out []*fclient
 	since := time.Now().Add(-faultHealthyAfter)
 	for _, c := range s.clients {
-		if !c.isStopped() && c.lastMsg(s.env.hist).After(since) {
+		if !c.isStopped() && c.lastMsg(s.chans[0].name).After(since) {
 			out = append(out, c)
 		}
 	}
@@ -463,9 +490,9 @@ func (s *scen) healthy() []*fclient {
 // waitSteady lets faultSteadyMsgs history messages go out and waits until
 // the clients that receive have them.
 func (s *scen) waitSteady(phase string) {
-	target := s.hist.count() + faultSteadyMsgs
+	target := s.main.count() + faultSteadyMsgs
 	s.waitFor(phase+": publisher", faultRecoverWait, func() []string {
-		if n := s.hist.count(); n < target {
+		if n := s.main.count(); n < target {
 			return []string{fmt.Sprintf("history publisher at %d of %d", n, target)}
 		}
 		return nil
@@ -474,7 +501,7 @@ func (s *scen) waitSteady(phase string) {
 	s.waitFor(phase+": clients", 10*time.Second, func() []string {
 		var late []string
 		for _, c := range healthy {
-			if c.max(s.env.hist) < target-1 {
+			if c.max(s.chans[0].name) < target-1 {
 				late = append(late, c.name)
 			}
 		}
@@ -486,11 +513,11 @@ func (s *scen) waitSteady(phase string) {
 // recovered waits, after a step, until every client that was receiving
 // before it received a history message published after it ended.
 func (s *scen) recovered(step faultStep, before []*fclient) {
-	target := s.hist.count()
+	target := s.main.count()
 	s.waitFor("recovery after "+step.what, faultRecoverWait, func() []string {
 		var late []string
 		for _, c := range before {
-			if c.max(s.env.hist) < target {
+			if c.max(s.chans[0].name) < target {
 				late = append(late, c.name)
 			}
 		}
@@ -560,50 +587,87 @@ func (s *scen) brokerDown() {
 	s.recovered(st, s.clients)
 }
 
-// natsCluster kills one of the three NATS servers: the stream's leader
-// when the stream has its three replicas (the worst case it survives),
-// else a server that does not hold the stream, so that the scenario still
-// tests what a lost server does to the nodes (stream-replicas fails).
+// natsCluster kills the NATS server that leads the history stream, whose
+// three replicas are current. The nodes have no key for a stream's
+// replicas and create or update it with one at start-up, so the suite
+// does what an operator would: it sets the stream back to three replicas
+// (recorded for stream-replicas), then kills the leader; afterwards it
+// records the replicas again, since a node that reconnects updates the
+// stream once more.
 func (s *scen) natsCluster() {
-	nc, err := nats.Connect(s.servers[0].url())
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	js, _ := nc.JetStream(nats.MaxWait(10 * time.Second))
-	info, err := js.StreamInfo(s.stream)
-	nc.Close()
-	if err != nil {
-		s.t.Fatalf("stream info: %v", err)
-	}
-	replicas := info.Config.Replicas
-	s.notes = append(s.notes, fmt.Sprintf("stream replicas after the nodes started: %d", replicas))
-	s.replicas = replicas
-	holders := map[string]bool{}
-	if info.Cluster != nil {
-		holders[info.Cluster.Leader] = true
-		for _, r := range info.Cluster.Replicas {
-			holders[r.Name] = true
+	t := s.t
+	info := s.streamInfo(s.servers[0])
+	s.replicas[0] = info.Config.Replicas
+	if info.Config.Replicas < 3 {
+		cfg := info.Config
+		cfg.Replicas = 3
+		nc, err := nats.Connect(s.servers[0].url())
+		if err != nil {
+			t.Fatal(err)
 		}
+		js, _ := nc.JetStream(nats.MaxWait(10 * time.Second))
+		_, err = js.UpdateStream(&cfg)
+		nc.Close()
+		if err != nil {
+			t.Fatalf("setting the stream back to 3 replicas: %v", err)
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		info = s.streamInfo(s.servers[0])
+		current := 0
+		if info.Cluster != nil && info.Cluster.Leader != "" {
+			for _, r := range info.Cluster.Replicas {
+				if r.Current {
+					current++
+				}
+			}
+		}
+		if info.Config.Replicas == 3 && current == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream did not get 3 current replicas: %+v %+v", info.Config, info.Cluster)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	victim := s.servers[0]
 	for _, srv := range s.servers {
-		if replicas >= 3 && info.Cluster != nil && srv.name == info.Cluster.Leader {
-			victim = srv
-		}
-		if replicas < 3 && !holders[srv.name] {
+		if srv.name == info.Cluster.Leader {
 			victim = srv
 		}
 	}
 	before := s.healthy()
-	st := faultStep{what: "kill -9 nats-server " + victim.name, node: -1, start: time.Now()}
+	st := faultStep{what: "kill -9 nats-server " + victim.name + " (the stream's leader)", node: -1, start: time.Now()}
 	p := victim.current()
 	p.signal(syscall.SIGKILL)
 	if err := p.wait(10 * time.Second); err != nil {
-		s.t.Fatal(err)
+		t.Fatal(err)
 	}
 	st.end = st.start
 	s.addStep(st)
 	s.recovered(st, before)
+	for _, srv := range s.servers {
+		if srv != victim {
+			s.replicas[1] = s.streamInfo(srv).Config.Replicas
+			break
+		}
+	}
+}
+
+func (s *scen) streamInfo(srv *natsProc) *nats.StreamInfo {
+	s.t.Helper()
+	nc, err := nats.Connect(srv.url())
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := nc.JetStream(nats.MaxWait(10 * time.Second))
+	info, err := js.StreamInfo(s.stream)
+	if err != nil {
+		s.t.Fatalf("stream info from %s: %v", srv.name, err)
+	}
+	return info
 }
 
 // ---- node logs -------------------------------------------------------------
@@ -689,7 +753,7 @@ type pubRec struct {
 	failures         []string
 }
 
-func (s *scen) newPublisher(ch, mode string) *publisher {
+func (s *scen) newPublisher(ch string, history bool, mode string) *publisher {
 	t := s.t
 	p := &publisher{ch: ch, every: faultRate, stopc: make(chan struct{}), close: func() {}}
 	switch {
@@ -709,7 +773,7 @@ func (s *scen) newPublisher(ch, mode string) *publisher {
 		p.close = nc.Close
 		p.pub = func(ctx context.Context, n int) error {
 			data := []byte(strconv.Itoa(n))
-			if ch == s.env.hist {
+			if history {
 				_, err := js.Publish(ch, data, nats.MsgId(fmt.Sprintf("%s-%d", ch, n)))
 				return err
 			}
@@ -814,6 +878,48 @@ func (p *publisher) count() int {
 		n--
 	}
 	return n
+}
+
+// stats summarises the publisher: confirmed numbers, retries, latency,
+// and why attempts failed.
+func (p *publisher) stats() string {
+	recs := p.records()
+	retried, worst := 0, 0
+	var lat []time.Duration
+	why := map[string]int{}
+	for _, r := range recs {
+		if len(r.failures) > 0 {
+			retried++
+			worst = max(worst, len(r.failures))
+		}
+		for _, f := range r.failures {
+			if len(f) > 120 {
+				f = f[:120]
+			}
+			why[f]++
+		}
+		if !r.confirmed.IsZero() {
+			lat = append(lat, r.confirmed.Sub(r.start))
+		}
+	}
+	txt := fmt.Sprintf("%d confirmed, %d needed retries (at most %d failed attempts)", confirmedCount(recs), retried, worst)
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		txt += fmt.Sprintf(", latency median %v p99 %v max %v", lat[len(lat)/2].Round(time.Millisecond),
+			lat[len(lat)*99/100].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
+	}
+	keys := make([]string, 0, len(why))
+	for k := range why {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return why[keys[i]] > why[keys[j]] })
+	for i, k := range keys {
+		if i == 3 {
+			break
+		}
+		txt += fmt.Sprintf("; %d× %s", why[k], k)
+	}
+	return txt
 }
 
 func (p *publisher) records() []pubRec {
