@@ -435,41 +435,64 @@ func (s *scen) analyseSessions(r *clientReport) {
 		}
 	}
 
-	// Recovery per step: from the fault (from the broker's return for an
-	// outage) to the first message after the client's interruption (its
-	// first break, session end or new session after the fault).
-	for i, st := range s.steps {
-		end := s.stopped
-		if i+1 < len(s.steps) {
-			end = s.steps[i+1].start
+	// Recovery per step, for the clients the fault hit.
+	for _, st := range s.steps {
+		if d, hit := s.recovery(ev, st); hit {
+			r.recovery = append(r.recovery, d)
 		}
-		ref := st.start
-		var from time.Time
-		if st.outage {
-			ref, from = st.end, st.end
-		} else {
-			for k, e := range ev {
-				if e.at.Before(st.start) || !e.at.Before(end) {
-					continue
-				}
-				if e.kind == evBreak || e.kind == evEnd || e.kind == evClose || (e.kind == evHello && k != hellos[0]) {
-					from = e.at
-					break
-				}
+	}
+}
+
+// recovery is how long the client took to get a message again after a
+// fault that hit it (-1: it never did):
+//   - a node fault hits the clients whose session was on that node: from
+//     the fault to the first message of a later session;
+//   - a broker outage hits everyone: from the broker's return to the
+//     first message after it;
+//   - a lost NATS server hits the clients interrupted (a break, a session
+//     end or close) within 10 s: from the fault to the first message after
+//     the interruption.
+func (s *scen) recovery(ev []cevent, st faultStep) (time.Duration, bool) {
+	firstMsg := func(after time.Time, notSID string) time.Duration {
+		for _, e := range ev {
+			if e.kind == evMsg && !e.at.Before(after) && (notSID == "" || e.sid != notSID) {
+				return e.at.Sub(st.start)
 			}
 		}
-		if from.IsZero() {
-			continue // not affected
-		}
-		d := time.Duration(-1)
+		return -1
+	}
+	switch {
+	case st.node >= 0:
+		sid := ""
 		for _, e := range ev {
-			if e.kind == evMsg && !e.at.Before(from) {
-				d = e.at.Sub(ref)
+			if e.at.After(st.start) {
 				break
 			}
+			if e.kind == evHello {
+				sid = e.sid
+			}
 		}
-		r.recovery = append(r.recovery, d)
+		if sid == "" || s.nodeIndex(ownerOf(sid)) != st.node {
+			return 0, false
+		}
+		return firstMsg(st.start, sid), true
+	case st.outage:
+		for _, e := range ev {
+			if e.kind == evMsg && !e.at.Before(st.end) {
+				return e.at.Sub(st.end), true
+			}
+		}
+		return -1, true
 	}
+	for _, e := range ev {
+		if e.at.Before(st.start) || e.at.After(st.start.Add(10*time.Second)) {
+			continue
+		}
+		if e.kind == evBreak || e.kind == evEnd || e.kind == evClose {
+			return firstMsg(e.at, ""), true
+		}
+	}
+	return 0, false
 }
 
 // ---- the table ---------------------------------------------------------------
@@ -587,7 +610,8 @@ func (ft *faultTable) log(t *testing.T, took time.Duration) {
 	})
 	var b strings.Builder
 	fmt.Fprintf(&b, "fault-injection suite: %d scenario runs in %v\n", len(ft.runs), took.Round(time.Second))
-	b.WriteString("columns: recovery of the clients the fault interrupted (median, max); sessions opened by the 3 clients; " +
+	b.WriteString("columns: recovery of the clients the fault hit (median, max): a node's fault hits its sessions (from the fault to the first message of a new session), " +
+		"a broker outage hits everyone (from the broker's return), a lost NATS server the clients interrupted within 10 s; sessions opened by the 3 clients; " +
 		"history messages lost / duplicated; plain-channel messages lost; clients with a loss on a plain channel and no gap; " +
 		"losses whose gap came after the first message that followed them (within 2 s: accepted); " +
 		"sessions replaced on untouched nodes; drained sessions not told 3000 (-1: no drain)\n")

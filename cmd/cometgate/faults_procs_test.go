@@ -436,7 +436,12 @@ func waitJetStream(t *testing.T, servers []*natsProc) {
 // to the nodes, nothing buffered, every write flushed, and a node that
 // does not answer costs the request a 502 (no retry on another node, no
 // health checks). newRoundRobin (forward_test.go) is the same rotation
-// for in-process nodes; this one adds what the suite needs: a client may
+// for in-process nodes; this one adds what the suite needs: a node that
+// refuses the connection (it is down) makes the balancer try the next one,
+// as nginx's default (proxy_next_upstream error) and haproxy's
+// retry-on conn-failure do (nothing was sent, so any request may go
+// elsewhere), so that a node that is gone costs its own sessions, not a
+// third of every client's requests; a client may
 // place the request that OPENS its first session on a given node
 // (headerPlace, so that every node has a client of every transport; what
 // the balancer would have done with some luck), and every answer says
@@ -471,7 +476,7 @@ func newFaultLB(t *testing.T, nodes []*fnode) *faultLB {
 		lb.ids = append(lb.ids, n.id)
 	}
 	proxy := &httputil.ReverseProxy{
-		Transport:     lb.tr,
+		Transport:     lbTransport{lb},
 		FlushInterval: -1,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			i := -1
@@ -493,11 +498,6 @@ func newFaultLB(t *testing.T, nodes []*fnode) *faultLB {
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			id := lb.backendOf(r)
-			var i int
-			fmt.Sscan(r.Header.Get(headerChosen), &i)
-			if i >= 0 && i < len(lb.failed) {
-				lb.failed[i].Add(1)
-			}
 			w.Header().Set(headerBackend, id)
 			if errors.Is(r.Context().Err(), context.Canceled) {
 				w.WriteHeader(499) // the client went away: nobody reads this
@@ -515,6 +515,29 @@ func newFaultLB(t *testing.T, nodes []*fnode) *faultLB {
 		lb.tr.CloseIdleConnections()
 	})
 	return lb
+}
+
+// lbTransport sends a request to the node Rewrite chose, and to the next
+// ones when a node refuses the connection.
+type lbTransport struct{ lb *faultLB }
+
+func (t lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	lb := t.lb
+	var i int
+	fmt.Sscan(req.Header.Get(headerChosen), &i)
+	for tries := 1; ; tries++ {
+		resp, err := lb.tr.RoundTrip(req)
+		var op *net.OpError
+		if err == nil || tries == len(lb.targets) || req.Context().Err() != nil || !errors.As(err, &op) || op.Op != "dial" {
+			return resp, err
+		}
+		lb.failed[i].Add(1)
+		i = (i + 1) % len(lb.targets)
+		lb.served[i].Add(1)
+		req = req.Clone(req.Context())
+		req.URL.Host = lb.targets[i].Host
+		req.Header.Set(headerChosen, fmt.Sprint(i))
+	}
 }
 
 func (lb *faultLB) backendOf(r *http.Request) string {
