@@ -7,6 +7,7 @@ package main
 // (the whole group) at cleanup and waited for.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -525,6 +526,18 @@ func (t lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	lb := t.lb
 	var i int
 	fmt.Sscan(req.Header.Get(headerChosen), &i)
+	// A failed attempt closes the body; the request bodies of every
+	// transport are small frames, kept for another attempt.
+	var body []byte
+	if req.Body != nil && req.Body != http.NoBody {
+		b, err := io.ReadAll(io.LimitReader(req.Body, 8<<20))
+		req.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		body = b
+		req.Body = io.NopCloser(bytes.NewReader(body))
+	}
 	for tries := 1; ; tries++ {
 		resp, err := lb.tr.RoundTrip(req)
 		var op *net.OpError
@@ -535,6 +548,9 @@ func (t lbTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		i = (i + 1) % len(lb.targets)
 		lb.served[i].Add(1)
 		req = req.Clone(req.Context())
+		if body != nil {
+			req.Body = io.NopCloser(bytes.NewReader(body))
+		}
 		req.URL.Host = lb.targets[i].Host
 		req.Header.Set(headerChosen, fmt.Sprint(i))
 	}

@@ -76,7 +76,7 @@ const (
 	faultSetupWait    = 15 * time.Second
 	faultRecoverWait  = 30 * time.Second
 	faultFinalWait    = 30 * time.Second
-	faultSteadyMsgs   = 300 // history messages published in the steady phases
+	faultSteadyMsgs   = 150 // history messages published in the steady phases
 	faultHealthyAfter = 3 * time.Second
 )
 
