@@ -25,6 +25,7 @@ type clientReport struct {
 	histDups      []string
 	histDupCount  int
 	histReorders  []string
+	falseGaps     []string // gaps on a channel with history although nothing was lost around them
 	plainLost     int
 	plainSilent   []string // runs of lost messages without a gap
 	lateGaps      int      // runs whose gap came just after the first message after them
@@ -85,6 +86,13 @@ func (s *scen) judge() {
 				for _, r := range reports {
 					if len(r.histReorders) > 0 {
 						t.Errorf("%s got %d message(s) after a later one on channels with history: %s", r.c.name, len(r.histReorders), strings.Join(first(r.histReorders, 5), "; "))
+					}
+				}
+			})
+			t.Run("history-no-false-gap", func(t *testing.T) {
+				for _, r := range reports {
+					if len(r.falseGaps) > 0 {
+						t.Errorf("%s got %d gap packet(s) on channels with history although no message around them was lost: %s", r.c.name, len(r.falseGaps), strings.Join(first(r.falseGaps, 3), "; "))
 					}
 				}
 			})
@@ -253,6 +261,37 @@ func (r *clientReport) analyseHistory(ch string, recs []pubRec) {
 		pub := recs[rg[0]].start
 		r.histLost = append(r.histLost, fmt.Sprintf("%s %d–%d (%d, published from %s): %s", ch, rg[0], rg[1], rg[1]-rg[0]+1,
 			pub.Format("15:04:05.000"), around(ev, pub.Add(-2*time.Second), recs[rg[1]].start.Add(10*time.Second))))
+	}
+	// A gap is false when every message from the last one before it to
+	// the highest one in the 5 s after it arrived.
+	for gi, g := range ev {
+		if g.kind != evGap || g.ch != ch {
+			continue
+		}
+		before, after := -1, -1
+		for i, e := range ev {
+			if e.kind != evMsg || e.ch != ch {
+				continue
+			}
+			if i < gi {
+				before = max(before, e.num)
+			} else if !e.at.After(g.at.Add(5 * time.Second)) {
+				after = max(after, e.num)
+			}
+		}
+		if after <= before {
+			continue // nothing to judge by
+		}
+		lost := 0
+		for n := before + 1; n <= after; n++ {
+			if len(seen[n]) == 0 {
+				lost++
+			}
+		}
+		if lost == 0 {
+			r.falseGaps = append(r.falseGaps, fmt.Sprintf("%s at %s (sid %s, %q) while every message from %d to %d arrived",
+				ch, g.at.Format("15:04:05.000"), g.sid, g.text, before, after))
+		}
 	}
 	var dups []int
 	for n, es := range seen {
@@ -505,6 +544,7 @@ type faultRow struct {
 	recovery       []time.Duration
 	histLost       int
 	histDup        int
+	falseGaps      int
 	plainLost      int
 	plainSilent    int // clients with lost runs and no gap
 	lateGaps       int
@@ -527,6 +567,7 @@ func (s *scen) row(transport string, reports []*clientReport) faultRow {
 		}
 		row.histLost += r.histLostCount
 		row.histDup += r.histDupCount
+		row.falseGaps += len(r.falseGaps)
 		row.plainLost += r.plainLost
 		row.lateGaps += r.lateGaps
 		if len(r.plainSilent) > 0 {
@@ -569,11 +610,11 @@ func (row faultRow) line() string {
 	if row.drainChecked {
 		drain = row.drainMissed
 	}
-	return fmt.Sprintf("%-20s | %-44s | %8d | %9d | %8d | %10d | %12d | %9d | %8d | %7d",
-		row.transport, row.recoveryText(), row.sessions, row.histLost, row.histDup, row.plainLost, row.plainSilent, row.lateGaps, row.replaced, drain)
+	return fmt.Sprintf("%-20s | %-44s | %8d | %9d | %8d | %9d | %10d | %12d | %9d | %8d | %7d",
+		row.transport, row.recoveryText(), row.sessions, row.histLost, row.histDup, row.falseGaps, row.plainLost, row.plainSilent, row.lateGaps, row.replaced, drain)
 }
 
-const faultTableHeader = "transport            | recovery (fault → first message after)       | sessions | hist lost | hist dup | plain lost | plain no-gap | late gaps | replaced | no 3000"
+const faultTableHeader = "transport            | recovery (fault → first message after)       | sessions | hist lost | hist dup | false gap | plain lost | plain no-gap | late gaps | replaced | no 3000"
 
 // faultTable collects every scenario's rows.
 type faultTable struct {
@@ -612,7 +653,7 @@ func (ft *faultTable) log(t *testing.T, took time.Duration) {
 	fmt.Fprintf(&b, "fault-injection suite: %d scenario runs in %v\n", len(ft.runs), took.Round(time.Second))
 	b.WriteString("columns: recovery of the clients the fault hit (median, max): a node's fault hits its sessions (from the fault to the first message of a new session), " +
 		"a broker outage hits everyone (from the broker's return), a lost NATS server the clients interrupted within 10 s; sessions opened by the 3 clients; " +
-		"history messages lost / duplicated; plain-channel messages lost; clients with a loss on a plain channel and no gap; " +
+		"history messages lost / duplicated; gaps on history channels where nothing was lost; plain-channel messages lost; clients with a loss on a plain channel and no gap; " +
 		"losses whose gap came after the first message that followed them (within 2 s: accepted); " +
 		"sessions replaced on untouched nodes; drained sessions not told 3000 (-1: no drain)\n")
 	for _, run := range ft.runs {

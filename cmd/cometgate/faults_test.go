@@ -24,6 +24,8 @@ package main
 //	                   after the client first subscribed arrived
 //	history-no-dup     none arrived twice
 //	history-in-order   none arrived after a later one
+//	history-no-false-gap  no gap packet on it unless a message around it
+//	                   was lost (issue 9, item 6)
 //	plain-gap-on-loss  on the channel without history, every run of lost
 //	                   messages was announced by a gap packet between the
 //	                   last message before it and the first after it
