@@ -263,7 +263,7 @@ func (r *clientReport) analyseHistory(ch string, recs []pubRec) {
 			pub.Format("15:04:05.000"), around(ev, pub.Add(-2*time.Second), recs[rg[1]].start.Add(10*time.Second))))
 	}
 	// A gap is false when every message from the last one before it to
-	// the highest one in the 5 s after it arrived.
+	// the highest one its session got in the 5 s after it arrived.
 	for gi, g := range ev {
 		if g.kind != evGap || g.ch != ch {
 			continue
@@ -275,7 +275,7 @@ func (r *clientReport) analyseHistory(ch string, recs []pubRec) {
 			}
 			if i < gi {
 				before = max(before, e.num)
-			} else if !e.at.After(g.at.Add(5 * time.Second)) {
+			} else if e.sid == g.sid && !e.at.After(g.at.Add(5*time.Second)) {
 				after = max(after, e.num)
 			}
 		}
@@ -488,9 +488,8 @@ func (s *scen) analyseSessions(r *clientReport) {
 //     the fault to the first message of a later session;
 //   - a broker outage hits everyone: from the broker's return to the
 //     first message after it;
-//   - a lost NATS server hits the clients interrupted (a break, a session
-//     end or close) within 10 s: from the fault to the first message after
-//     the interruption.
+//   - a lost NATS server hits everyone: from the fault to the first
+//     message on the main channel published after it.
 func (s *scen) recovery(ev []cevent, st faultStep) (time.Duration, bool) {
 	firstMsg := func(after time.Time, notSID string) time.Duration {
 		for _, e := range ev {
@@ -523,15 +522,20 @@ func (s *scen) recovery(ev []cevent, st faultStep) (time.Duration, bool) {
 		}
 		return -1, true
 	}
-	for _, e := range ev {
-		if e.at.Before(st.start) || e.at.After(st.start.Add(10*time.Second)) {
-			continue
-		}
-		if e.kind == evBreak || e.kind == evEnd || e.kind == evClose {
-			return firstMsg(e.at, ""), true
+	recs := s.main.records()
+	n0 := len(recs)
+	for n, r := range recs {
+		if r.start.After(st.start) {
+			n0 = n
+			break
 		}
 	}
-	return 0, false
+	for _, e := range ev {
+		if e.kind == evMsg && e.ch == s.chans[0].name && e.num >= n0 {
+			return e.at.Sub(st.start), true
+		}
+	}
+	return -1, true
 }
 
 // ---- the table ---------------------------------------------------------------
@@ -652,7 +656,7 @@ func (ft *faultTable) log(t *testing.T, took time.Duration) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "fault-injection suite: %d scenario runs in %v\n", len(ft.runs), took.Round(time.Second))
 	b.WriteString("columns: recovery of the clients the fault hit (median, max): a node's fault hits its sessions (from the fault to the first message of a new session), " +
-		"a broker outage hits everyone (from the broker's return), a lost NATS server the clients interrupted within 10 s; sessions opened by the 3 clients; " +
+		"a broker outage hits everyone (from the broker's return), a lost NATS server too (from the fault to the first message published after it); sessions opened by the 3 clients; " +
 		"history messages lost / duplicated; gaps on history channels where nothing was lost; plain-channel messages lost; clients with a loss on a plain channel and no gap; " +
 		"losses whose gap came after the first message that followed them (within 2 s: accepted); " +
 		"sessions replaced on untouched nodes; drained sessions not told 3000 (-1: no drain)\n")
