@@ -409,9 +409,9 @@ type sseEvent struct {
 	end   error // the stream ended
 }
 
-// readSSE reads events from an SSE response body until it ends; every
-// line, a comment included, counts as life (alive is called).
-func readSSE(body io.Reader, out chan<- sseEvent, done <-chan struct{}, retry *time.Duration, rmu *sync.Mutex, alive func()) {
+// readSSE reads events from an SSE response body until it ends, and the
+// retry: delay into *retry.
+func readSSE(body io.Reader, out chan<- sseEvent, done <-chan struct{}, retry *time.Duration, rmu *sync.Mutex) {
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	var data []byte
@@ -425,7 +425,6 @@ func readSSE(body io.Reader, out chan<- sseEvent, done <-chan struct{}, retry *t
 		}
 	}
 	for sc.Scan() {
-		alive()
 		line := sc.Text()
 		switch {
 		case line == "":
@@ -556,12 +555,11 @@ func readSSEStream(ctx context.Context, c *fclient, resp *http.Response, node st
 	events := make(chan sseEvent, 4096)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	live := liveness{lastRecv: time.Now()}
-	alive := func() {} // comment lines are invisible to a page
+	live := liveness{lastRecv: time.Now()} // comment lines are invisible to a page
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		readSSE(resp.Body, events, done, retry, rmu, alive)
+		readSSE(resp.Body, events, done, retry, rmu)
 	}()
 	defer func() {
 		close(done)

@@ -75,7 +75,7 @@ const (
 	faultRate         = 10 * time.Millisecond // per channel: 100 msg/s each, 200 msg/s in all
 	faultHeartbeat    = "2s"
 	faultOutage       = 20 * time.Second
-	faultSetupWait    = 15 * time.Second
+	faultSetupWait    = 10 * time.Second
 	faultRecoverWait  = 30 * time.Second
 	faultFinalWait    = 30 * time.Second
 	faultSteadyMsgs   = 150 // history messages published in the steady phases
