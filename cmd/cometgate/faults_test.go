@@ -336,9 +336,19 @@ func (s *scen) setupBroker() {
 			}
 			defer nc.Close()
 			js, _ := nc.JetStream(nats.MaxWait(10 * time.Second))
-			if _, err := js.AddStream(&nats.StreamConfig{Name: s.stream, Subjects: []string{"fault.h.>"},
-				Replicas: 3, Storage: nats.FileStorage, MaxBytes: 64 << 20}); err != nil {
-				t.Fatalf("creating the stream with 3 replicas: %v", err)
+			// Until every server has joined the JetStream cluster, three
+			// replicas find "no suitable peers for placement".
+			deadline := time.Now().Add(60 * time.Second)
+			for {
+				_, err := js.AddStream(&nats.StreamConfig{Name: s.stream, Subjects: []string{"fault.h.>"},
+					Replicas: 3, Storage: nats.FileStorage, MaxBytes: 64 << 20})
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("creating the stream with 3 replicas: %v", err)
+				}
+				time.Sleep(250 * time.Millisecond)
 			}
 		}
 	case "rabbitmq":
