@@ -57,7 +57,10 @@ func (s *scen) judge() {
 					"it with one replica (there is no channels[].history_replicas key); the suite set it back to 3 before the fault",
 					s.stream, s.replicas[0])
 			}
-			if s.replicas[1] < 3 {
+			switch {
+			case s.replicas[1] < 0:
+				t.Errorf("after the server loss no server that is left answered for the stream within %v", faultRecoverWait)
+			case s.replicas[1] < 3:
 				t.Errorf("after the server loss the stream had %d replica(s) again: a node that reconnected updated it to one",
 					s.replicas[1])
 			}

@@ -203,7 +203,12 @@ func (s *scen) run() {
 	s.began = time.Now()
 	s.dir = t.TempDir()
 	if d := os.Getenv("COMETGATE_FAULTS_LOGDIR"); d != "" {
+		// Empty: nats-server keeps its JetStream state here, which must
+		// not come back from an earlier run.
 		s.dir = filepath.Join(d, s.broker+"-"+s.name)
+		if err := os.RemoveAll(s.dir); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.MkdirAll(s.dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -608,7 +613,10 @@ func (s *scen) brokerDown() {
 // stream once more.
 func (s *scen) natsCluster() {
 	t := s.t
-	info := s.streamInfo(s.servers[0])
+	info, err := s.streamInfo(s.servers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.replicas[0] = info.Config.Replicas
 	if info.Config.Replicas < 3 {
 		cfg := info.Config
@@ -626,7 +634,9 @@ func (s *scen) natsCluster() {
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		info = s.streamInfo(s.servers[0])
+		if info, err = s.streamInfo(s.servers[0]); err != nil {
+			t.Fatal(err)
+		}
 		current := 0
 		if info.Cluster != nil && info.Cluster.Leader != "" {
 			for _, r := range info.Cluster.Replicas {
@@ -659,27 +669,37 @@ func (s *scen) natsCluster() {
 	st.end = st.start
 	s.addStep(st)
 	s.recovered(st, before)
-	for _, srv := range s.servers {
-		if srv != victim {
-			s.replicas[1] = s.streamInfo(srv).Config.Replicas
-			break
+	// The replicas now, from a server that is left (-1: none answered).
+	s.replicas[1] = -1
+	s.waitFor("the stream's info after the fault", faultRecoverWait, func() []string {
+		var errs []string
+		for _, srv := range s.servers {
+			if srv == victim {
+				continue
+			}
+			info, err := s.streamInfo(srv)
+			if err == nil {
+				s.replicas[1] = info.Config.Replicas
+				return nil
+			}
+			errs = append(errs, srv.name+": "+err.Error())
 		}
-	}
+		return errs
+	})
 }
 
-func (s *scen) streamInfo(srv *natsProc) *nats.StreamInfo {
-	s.t.Helper()
-	nc, err := nats.Connect(srv.url())
+func (s *scen) streamInfo(srv *natsProc) (*nats.StreamInfo, error) {
+	nc, err := nats.Connect(srv.url(), nats.Timeout(5*time.Second))
 	if err != nil {
-		s.t.Fatal(err)
+		return nil, err
 	}
 	defer nc.Close()
-	js, _ := nc.JetStream(nats.MaxWait(10 * time.Second))
+	js, _ := nc.JetStream(nats.MaxWait(5 * time.Second))
 	info, err := js.StreamInfo(s.stream)
 	if err != nil {
-		s.t.Fatalf("stream info from %s: %v", srv.name, err)
+		return nil, fmt.Errorf("stream info from %s: %w", srv.name, err)
 	}
-	return info
+	return info, nil
 }
 
 // ---- node logs -------------------------------------------------------------
