@@ -280,16 +280,15 @@ func (s *scen) run() {
 	}
 	s.waitSteady("after the fault")
 
-	// The end: the publishers stop, and every client that is receiving
-	// gets to the last message.
-	healthy := s.healthy()
+	// The end: the publishers stop, and every client gets to the last
+	// message (or the wait ends: what it did not get is lost).
 	for _, ch := range s.chans {
 		ch.pub.stop()
 	}
 	pwg.Wait()
-	s.waitFor("healthy clients at the last message", faultFinalWait, func() []string {
+	s.waitFor("clients at the last message", faultFinalWait, func() []string {
 		var late []string
-		for _, c := range healthy {
+		for _, c := range s.live() {
 			for _, ch := range s.chans {
 				if last := ch.pub.count() - 1; c.max(ch.name) < last {
 					late = append(late, fmt.Sprintf("%s (%s %d/%d)", c.name, ch.name, c.max(ch.name), last))
@@ -492,6 +491,17 @@ func (s *scen) clientsWhere(f func(*fclient) bool) []string {
 	return out
 }
 
+// live are the clients that have not stopped for good.
+func (s *scen) live() []*fclient {
+	var out []*fclient
+	for _, c := range s.clients {
+		if !c.isStopped() {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // healthy are the clients that received a history message lately.
 func (s *scen) healthy() []*fclient {
 	var out []*fclient
@@ -514,10 +524,9 @@ func (s *scen) waitSteady(phase string) {
 		}
 		return nil
 	})
-	healthy := s.healthy()
-	s.waitFor(phase+": clients", 10*time.Second, func() []string {
+	s.waitFor(phase+": clients", faultRecoverWait, func() []string {
 		var late []string
-		for _, c := range healthy {
+		for _, c := range s.live() {
 			if c.max(s.chans[0].name) < target-1 {
 				late = append(late, c.name)
 			}
@@ -527,13 +536,13 @@ func (s *scen) waitSteady(phase string) {
 	s.logf("%s: %d of %d clients receiving", phase, len(s.healthy()), len(s.clients))
 }
 
-// recovered waits, after a step, until every client that was receiving
-// before it received a history message published after it ended.
-func (s *scen) recovered(step faultStep, before []*fclient) {
+// recovered waits, after a step, until every client received a history
+// message published after it ended.
+func (s *scen) recovered(step faultStep) {
 	target := s.main.count()
 	s.waitFor("recovery after "+step.what, faultRecoverWait, func() []string {
 		var late []string
-		for _, c := range before {
+		for _, c := range s.live() {
 			if c.max(s.chans[0].name) < target {
 				late = append(late, c.name)
 			}
@@ -551,7 +560,6 @@ func (s *scen) addStep(st faultStep) {
 
 func (s *scen) kill9() {
 	n := s.nodes[0]
-	before := s.healthy()
 	st := faultStep{what: "kill -9 " + n.id, node: n.idx, start: time.Now()}
 	p := n.current()
 	p.signal(syscall.SIGKILL)
@@ -560,7 +568,7 @@ func (s *scen) kill9() {
 	}
 	st.end = st.start
 	s.addStep(st)
-	s.recovered(st, before)
+	s.recovered(st)
 }
 
 // drain sends SIGTERM to node n and waits for it to exit.
@@ -576,21 +584,19 @@ func (s *scen) drain(n *fnode) faultStep {
 }
 
 func (s *scen) sigterm() {
-	before := s.healthy()
 	st := s.drain(s.nodes[0])
 	s.addStep(st)
-	s.recovered(st, before)
+	s.recovered(st)
 }
 
 func (s *scen) rolling() {
 	for _, n := range s.nodes {
-		before := s.healthy()
 		st := s.drain(n)
 		st.what += " and start again"
 		n.start(s.t)
 		st.end = time.Now()
 		s.addStep(st)
-		s.recovered(st, before)
+		s.recovered(st)
 	}
 }
 
@@ -601,7 +607,7 @@ func (s *scen) brokerDown() {
 	s.bproxy.Restore()
 	st.end = time.Now()
 	s.addStep(st)
-	s.recovered(st, s.clients)
+	s.recovered(st)
 }
 
 // natsCluster kills the NATS server that leads the history stream, whose
@@ -659,7 +665,6 @@ func (s *scen) natsCluster() {
 			victim = srv
 		}
 	}
-	before := s.healthy()
 	st := faultStep{what: "kill -9 nats-server " + victim.name + " (the stream's leader)", node: -1, start: time.Now()}
 	p := victim.current()
 	p.signal(syscall.SIGKILL)
@@ -668,7 +673,7 @@ func (s *scen) natsCluster() {
 	}
 	st.end = st.start
 	s.addStep(st)
-	s.recovered(st, before)
+	s.recovered(st)
 	// The replicas now, from a server that is left (-1: none answered).
 	s.replicas[1] = -1
 	s.waitFor("the stream's info after the fault", faultRecoverWait, func() []string {
