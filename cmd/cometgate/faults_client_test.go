@@ -71,6 +71,28 @@ func backoff(attempt int, lo, hi time.Duration) time.Duration {
 	return lo + time.Duration(rand.Float64()*float64(capd-lo))
 }
 
+// handOver sends v on out unless done is closed first (the reader of out
+// is gone); it reports whether v went.
+func handOver[T any](out chan<- T, done <-chan struct{}, v T) bool {
+	select {
+	case out <- v:
+		return true
+	case <-done:
+		return false
+	}
+}
+
+// receiveLimit is how long a receiving request may go without data
+// (cometgate.js): connectTimeout until the session said hello, then two
+// heartbeat intervals and a margin (the server answers a poll, or writes
+// a heartbeat, within two).
+func receiveLimit(open bool, hb time.Duration) time.Duration {
+	if !open {
+		return clientConnectLimit
+	}
+	return 2*hb + clientRequestSlack
+}
+
 // sleepCtx sleeps d or until ctx ends; false when ctx ended.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

@@ -441,19 +441,8 @@ func (s *scen) analyseSessions(r *clientReport) {
 	}
 
 	for _, st := range s.steps {
-		if !st.drain {
-			continue
-		}
-		sid := ""
-		for _, e := range ev {
-			if e.at.After(st.start) {
-				break
-			}
-			if e.kind == evHello {
-				sid = e.sid
-			}
-		}
-		if sid == "" || s.nodeIndex(ownerOf(sid)) != st.node {
+		sid, hit := s.hitBy(ev, st)
+		if !st.drain || !hit {
 			continue
 		}
 		told := false
@@ -487,6 +476,20 @@ func (s *scen) analyseSessions(r *clientReport) {
 	}
 }
 
+// hitBy returns the client's session when the fault struck, and whether
+// that session was on the node the fault touched.
+func (s *scen) hitBy(ev []cevent, st faultStep) (sid string, hit bool) {
+	for _, e := range ev {
+		if e.at.After(st.start) {
+			break
+		}
+		if e.kind == evHello {
+			sid = e.sid
+		}
+	}
+	return sid, st.node >= 0 && sid != "" && s.nodeIndex(ownerOf(sid)) == st.node
+}
+
 // recovery is how long the client took to get a message again after a
 // fault that hit it (-1: it never did):
 //   - a node fault hits the clients whose session was on that node: from
@@ -506,16 +509,8 @@ func (s *scen) recovery(ev []cevent, st faultStep) (time.Duration, bool) {
 	}
 	switch {
 	case st.node >= 0:
-		sid := ""
-		for _, e := range ev {
-			if e.at.After(st.start) {
-				break
-			}
-			if e.kind == evHello {
-				sid = e.sid
-			}
-		}
-		if sid == "" || s.nodeIndex(ownerOf(sid)) != st.node {
+		sid, hit := s.hitBy(ev, st)
+		if !hit {
 			return 0, false
 		}
 		return firstMsg(st.start, sid), true

@@ -82,14 +82,7 @@ func dialWSLink(ctx context.Context, c *fclient, path string) (*wsLink, error) {
 	return l, nil
 }
 
-func (l *wsLink) hand(m wsIn) bool {
-	select {
-	case l.in <- m:
-		return true
-	case <-l.done:
-		return false
-	}
-}
+func (l *wsLink) hand(m wsIn) bool { return handOver(l.in, l.done, m) }
 
 // read reads server frames: text (and binary) messages, pings, the close
 // frame; fragmented messages are put together.
@@ -416,14 +409,7 @@ func readSSE(body io.Reader, out chan<- sseEvent, done <-chan struct{}, retry *t
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	var data []byte
 	id, hasID := "", false
-	hand := func(e sseEvent) bool {
-		select {
-		case out <- e:
-			return true
-		case <-done:
-			return false
-		}
-	}
+	hand := func(e sseEvent) bool { return handOver(out, done, e) }
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
@@ -732,12 +718,7 @@ func runPollFamily(fam pollFamily) runner {
 			if s.sid == "" {
 				c.placeHeader(req.Header)
 			}
-			// A poll is answered within two heartbeats; before the hello,
-			// connectTimeout applies.
-			limit := clientConnectLimit
-			if s.sid != "" {
-				limit = 2*s.hb + clientRequestSlack
-			}
+			limit := receiveLimit(s.sid != "", s.hb)
 			timer := time.AfterFunc(limit, cancel)
 			resp, err := c.hc.Do(req)
 			if err != nil {
@@ -929,14 +910,7 @@ func runPollFamily(fam pollFamily) runner {
 // one batch, or a stream's packets as they come. alive restarts the
 // request's silence timer.
 func readPollResponse(fam pollFamily, body io.Reader, node string, out chan<- pollLine, done <-chan struct{}, alive func()) {
-	hand := func(l pollLine) bool {
-		select {
-		case out <- l:
-			return true
-		case <-done:
-			return false
-		}
-	}
+	hand := func(l pollLine) bool { return handOver(out, done, l) }
 	if !fam.streaming {
 		b, err := io.ReadAll(io.LimitReader(body, 16<<20))
 		at := time.Now()

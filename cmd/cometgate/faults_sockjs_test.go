@@ -245,10 +245,7 @@ func (x *sjsConn) runXHR(ctx context.Context) *sessionResult {
 		recv = "/xhr_streaming"
 	}
 	for ctx.Err() == nil {
-		limit := clientConnectLimit
-		if x.opened {
-			limit = 2*x.s.hb + clientRequestSlack
-		}
+		limit := receiveLimit(x.opened, x.s.hb)
 		rctx, cancel := context.WithCancel(ctx)
 		req, _ := http.NewRequestWithContext(rctx, http.MethodPost, x.base+recv, nil)
 		c.placeHeader(req.Header)
@@ -278,14 +275,7 @@ func (x *sjsConn) runXHR(ctx context.Context) *sessionResult {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			hand := func(l sjsLine) bool {
-				select {
-				case lines <- l:
-					return true
-				case <-done:
-					return false
-				}
-			}
+			hand := func(l sjsLine) bool { return handOver(lines, done, l) }
 			sc := bufio.NewScanner(resp.Body)
 			sc.Buffer(make([]byte, 64<<10), 4<<20)
 			for sc.Scan() {
