@@ -313,9 +313,9 @@ func (r *clientReport) analyseHistory(ch string, recs []pubRec) {
 		}
 		why := "the same cursor twice: the gateway delivered one stored message twice"
 		if es[0].cur != es[1].cur {
-			why = "different cursors: the message is stored twice"
+			why = "different cursors: the message is stored twice, and no node dropped the copy although both carry the publisher's id " + msgID(n)
 			if n < len(recs) && len(recs[n].failures) > 0 {
-				why += fmt.Sprintf(" (the publisher's attempt failed with %q and its retry was stored again: no idempotency key)", recs[n].failures[0])
+				why += fmt.Sprintf(" (its first attempt failed with %q; the retry was stored again)", recs[n].failures[0])
 			}
 		}
 		r.histDups = append(r.histDups, fmt.Sprintf("%s %d: %s; %s", ch, n, strings.Join(curs, ", "), why))

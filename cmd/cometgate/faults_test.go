@@ -57,8 +57,10 @@ package main
 // and every client's record (clients/*.events) there.
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -781,7 +783,9 @@ func (s *scen) dumpClients() {
 
 // publisher publishes 0, 1, 2, … on one channel at faultRate, each
 // retried until confirmed (so the numbers stored are contiguous), through
-// the balancer's publish API or straight into the broker.
+// the balancer's publish API or straight into the broker; every message
+// carries an id ("m" and its number), the same on every attempt, as a
+// publisher that retries must send.
 type publisher struct {
 	ch    string
 	every time.Duration
@@ -809,7 +813,17 @@ func (s *scen) newPublisher(ch string, history bool, mode string) *publisher {
 		hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 		p.close = tr.CloseIdleConnections
 		p.pub = func(ctx context.Context, n int) error {
-			return publishVia(hc, s.lb.url(""), ch, n)
+			body := fmt.Sprintf(`{"channel":%q,"id":%q,"data":%d}`, ch, msgID(n), n)
+			resp, err := hc.Post(s.lb.url("/api/publish"), "application/json", strings.NewReader(body))
+			if err != nil {
+				return err
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("publish %d: %d %s", n, resp.StatusCode, bytes.TrimSpace(b))
+			}
+			return nil
 		}
 	case s.broker == "nats":
 		nc, err := nats.Connect(s.servers[0].url(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
@@ -821,10 +835,13 @@ func (s *scen) newPublisher(ch string, history bool, mode string) *publisher {
 		p.pub = func(ctx context.Context, n int) error {
 			data := []byte(strconv.Itoa(n))
 			if history {
-				_, err := js.Publish(ch, data, nats.MsgId(fmt.Sprintf("%s-%d", ch, n)))
+				_, err := js.Publish(ch, data, nats.MsgId(msgID(n)))
 				return err
 			}
-			if err := nc.Publish(ch, data); err != nil {
+			m := nats.NewMsg(ch)
+			m.Data = data
+			m.Header.Set(nats.MsgIdHdr, msgID(n))
+			if err := nc.PublishMsg(m); err != nil {
 				return err
 			}
 			return nc.FlushTimeout(5 * time.Second)
@@ -850,7 +867,7 @@ func (s *scen) newPublisher(ch string, history bool, mode string) *publisher {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			dc, err := ach.PublishWithDeferredConfirmWithContext(cctx, s.exchange, ch, false, false,
-				amqp.Publishing{ContentType: "application/json", Body: []byte(strconv.Itoa(n))})
+				amqp.Publishing{ContentType: "application/json", MessageId: msgID(n), Body: []byte(strconv.Itoa(n))})
 			if err != nil {
 				return err
 			}
@@ -864,6 +881,9 @@ func (s *scen) newPublisher(ch string, history bool, mode string) *publisher {
 	t.Cleanup(p.close)
 	return p
 }
+
+// msgID is the publisher's id of message n.
+func msgID(n int) string { return "m" + strconv.Itoa(n) }
 
 func (p *publisher) run(ctx context.Context) {
 	next := time.Now()
