@@ -313,7 +313,7 @@ func (r *clientReport) analyseHistory(ch string, recs []pubRec) {
 		}
 		why := "the same cursor twice: the gateway delivered one stored message twice"
 		if es[0].cur != es[1].cur {
-			why = "different cursors: the message is stored twice, and no node dropped the copy although both carry the publisher's id " + msgID(n)
+			why = "different cursors: the message is stored twice, and no node dropped the copy although both carry the publisher's id " + msgID(ch, n)
 			if n < len(recs) && len(recs[n].failures) > 0 {
 				why += fmt.Sprintf(" (its first attempt failed with %q; the retry was stored again)", recs[n].failures[0])
 			}

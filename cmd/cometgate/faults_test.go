@@ -784,7 +784,7 @@ func (s *scen) dumpClients() {
 // publisher publishes 0, 1, 2, … on one channel at faultRate, each
 // retried until confirmed (so the numbers stored are contiguous), through
 // the balancer's publish API or straight into the broker; every message
-// carries an id ("m" and its number), the same on every attempt, as a
+// carries an id (its channel and number), the same on every attempt, as a
 // publisher that retries must send.
 type publisher struct {
 	ch    string
@@ -813,7 +813,7 @@ func (s *scen) newPublisher(ch string, history bool, mode string) *publisher {
 		hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 		p.close = tr.CloseIdleConnections
 		p.pub = func(ctx context.Context, n int) error {
-			body := fmt.Sprintf(`{"channel":%q,"id":%q,"data":%d}`, ch, msgID(n), n)
+			body := fmt.Sprintf(`{"channel":%q,"id":%q,"data":%d}`, ch, msgID(ch, n), n)
 			resp, err := hc.Post(s.lb.url("/api/publish"), "application/json", strings.NewReader(body))
 			if err != nil {
 				return err
@@ -835,12 +835,12 @@ func (s *scen) newPublisher(ch string, history bool, mode string) *publisher {
 		p.pub = func(ctx context.Context, n int) error {
 			data := []byte(strconv.Itoa(n))
 			if history {
-				_, err := js.Publish(ch, data, nats.MsgId(msgID(n)))
+				_, err := js.Publish(ch, data, nats.MsgId(msgID(ch, n)))
 				return err
 			}
 			m := nats.NewMsg(ch)
 			m.Data = data
-			m.Header.Set(nats.MsgIdHdr, msgID(n))
+			m.Header.Set(nats.MsgIdHdr, msgID(ch, n))
 			if err := nc.PublishMsg(m); err != nil {
 				return err
 			}
@@ -867,7 +867,7 @@ func (s *scen) newPublisher(ch string, history bool, mode string) *publisher {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			dc, err := ach.PublishWithDeferredConfirmWithContext(cctx, s.exchange, ch, false, false,
-				amqp.Publishing{ContentType: "application/json", MessageId: msgID(n), Body: []byte(strconv.Itoa(n))})
+				amqp.Publishing{ContentType: "application/json", MessageId: msgID(ch, n), Body: []byte(strconv.Itoa(n))})
 			if err != nil {
 				return err
 			}
@@ -882,8 +882,9 @@ func (s *scen) newPublisher(ch string, history bool, mode string) *publisher {
 	return p
 }
 
-// msgID is the publisher's id of message n.
-func msgID(n int) string { return "m" + strconv.Itoa(n) }
+// msgID is the publisher's id of message n on channel ch: unique per
+// stream, which JetStream deduplicates by (both history channels share one).
+func msgID(ch string, n int) string { return ch + "/" + strconv.Itoa(n) }
 
 func (p *publisher) run(ctx context.Context) {
 	next := time.Now()
