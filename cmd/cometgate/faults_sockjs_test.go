@@ -8,7 +8,10 @@ package main
 // one closes, with cometgate.js's backoff. sockjs-client itself never
 // reconnects: a session ends on a close frame, on an "o" frame for a
 // session that is already open ("Server lost session"), on a failed send
-// ("Sending error") and on a failed receiving request.
+// ("Sending error") and on a failed receiving request. The application
+// also gives a session up after two heartbeat intervals and 10 s without
+// any frame (cometgate.js's rule; sockjs-client has none of its own): the
+// server promises an "h" frame every heartbeat_delay on an idle session.
 
 import (
 	"bufio"
