@@ -193,6 +193,10 @@ type Nodes struct {
 	asks    map[uint64]*ownerAsk       // open "owner" questions of this node
 	askSeq  uint64
 	ownerFn func(key string) (owns, claiming bool)
+	// lastDown is when the broker was last seen down: for a TTL after
+	// it, nobody is forgotten for being silent (the others may not have
+	// reconnected to the broker yet).
+	lastDown time.Time
 	// Readiness: the question "who is there?" went out at start; ready
 	// once settleQuiet passed without news, or settleMax since start.
 	started, lastNews time.Time
@@ -292,7 +296,7 @@ func (n *Nodes) Lookup(id string) (string, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	e, ok := n.table[id]
-	if !ok || (n.brokerUp() && time.Now().After(e.expires)) {
+	if !ok || !n.liveLocked(e, time.Now()) {
 		return "", false
 	}
 	return e.url, true
@@ -301,16 +305,26 @@ func (n *Nodes) Lookup(id string) (string, bool) {
 // Len is the number of nodes known right now (this one excluded).
 func (n *Nodes) Len() int {
 	now := time.Now()
-	up := n.brokerUp()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	c := 0
 	for _, e := range n.table {
-		if !up || !now.After(e.expires) {
+		if n.liveLocked(e, now) {
 			c++
 		}
 	}
 	return c
+}
+
+// liveLocked reports whether entry e still counts at now: it announced
+// itself within TTL, or the broker is down, or was within TTL (nobody
+// could announce meanwhile). n.mu must be held.
+func (n *Nodes) liveLocked(e nodeEntry, now time.Time) bool {
+	if !n.brokerUp() {
+		n.lastDown = now
+		return true
+	}
+	return !now.After(e.expires) || now.Before(n.lastDown.Add(n.opts.TTL))
 }
 
 // Ready reports whether this node has heard from the nodes that were
@@ -382,10 +396,17 @@ func (n *Nodes) ask(ctx context.Context, id string) (string, bool, error) {
 	if !n.brokerUp() {
 		return "", false, ErrBrokerDown
 	}
+	now := time.Now()
 	n.mu.Lock()
 	e, known := n.table[id]
+	if known && now.Before(n.lastDown.Add(n.opts.TTL)) {
+		// The broker was down lately: the node may not be back on it
+		// yet. Its last address stands until it has had the time.
+		n.mu.Unlock()
+		return e.url, true, nil
+	}
 	delete(n.table, id)
-	n.gone[id] = time.Now().Add(goneFor)
+	n.gone[id] = now.Add(goneFor)
 	n.mu.Unlock()
 	if known {
 		n.log.Info("node forgotten: it did not answer", slog.String("node", id), slog.String("url", e.url))
@@ -439,7 +460,7 @@ func (n *Nodes) WhoOwns(ctx context.Context, key string) (owner, ownerURL, claim
 	}
 	a := &ownerAsk{key: key, expect: make(map[string]bool), done: make(chan struct{})}
 	for id, e := range n.table {
-		if !up || !now.After(e.expires) {
+		if n.liveLocked(e, now) {
 			a.expect[id] = true
 		}
 	}
@@ -651,7 +672,7 @@ func (n *Nodes) heard(a nodeMsg) {
 	now := time.Now()
 	n.mu.Lock()
 	old, known := n.table[a.ID]
-	fresh := !known || (n.brokerUp() && now.After(old.expires))
+	fresh := !known || !n.liveLocked(old, now)
 	if !known && len(n.table) >= maxNodes {
 		n.pruneLocked(now)
 		if len(n.table) >= maxNodes {
@@ -772,14 +793,12 @@ func (n *Nodes) announce() {
 		switch {
 		case !up:
 			wasDown = true
+			n.lastDown = now
 		case wasDown:
-			// Nobody could announce while the broker was down: start
-			// their TTL again, and ask them to say they are still there.
+			// Nobody could announce while the broker was down: ask them
+			// to say they are still there (liveLocked gives them a TTL
+			// from the outage's end to do so).
 			wasDown = false
-			for id, e := range n.table {
-				e.expires = now.Add(n.opts.TTL)
-				n.table[id] = e
-			}
 			msg = nodeMsg{Ask: "nodes"}
 		default:
 			n.pruneLocked(now)
@@ -790,7 +809,7 @@ func (n *Nodes) announce() {
 
 func (n *Nodes) pruneLocked(now time.Time) {
 	for id, e := range n.table {
-		if now.After(e.expires) {
+		if !n.liveLocked(e, now) {
 			delete(n.table, id)
 			n.answeredLocked(id)
 			n.log.Info("node forgotten: no announcement", slog.String("node", id), slog.String("url", e.url))

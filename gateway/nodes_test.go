@@ -374,6 +374,11 @@ func TestNodesBrokerOutage(t *testing.T) {
 		if _, ok := a.Lookup("peer"); !ok {
 			t.Fatal("a node was forgotten as soon as the broker came back")
 		}
+		// The peer may not be back on the broker yet: asked and silent,
+		// it keeps its address until it has had a TTL to come back.
+		if u, ok, err := a.Suspect(context.Background(), "peer"); !ok || err != nil || u != "http://127.0.0.1:2000" {
+			t.Fatalf("Suspect right after the outage: %q %v %v", u, ok, err)
+		}
 		// The peer is really gone: without announcements it is forgotten
 		// one TTL after the broker came back.
 		time.Sleep(4 * time.Second)

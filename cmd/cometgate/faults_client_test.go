@@ -23,6 +23,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cometgate/cometgate/gateway"
 )
 
 // What web/cometgate.js uses (its DEFAULTS and constants).
@@ -273,11 +275,16 @@ func (c *fclient) lastMsg(ch string) time.Time {
 	return time.Time{}
 }
 
-// cursor is the last cursor received on ch ("" for none).
+// cursor is the last cursor received on ch; once the client had a
+// session, "~" (gateway.ResumeCursor) where it has none, as cometgate.js
+// resubscribes after a break; "" before its first session.
 func (c *fclient) cursor(ch string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.cursors[ch]
+	if cur := c.cursors[ch]; cur != "" || c.sid == "" {
+		return cur
+	}
+	return gateway.ResumeCursor
 }
 
 func (c *fclient) isStopped() bool {

@@ -11,7 +11,10 @@ package main
 // ("Sending error") and on a failed receiving request. The application
 // also gives a session up after two heartbeat intervals and 10 s without
 // any frame (cometgate.js's rule; sockjs-client has none of its own): the
-// server promises an "h" frame every heartbeat_delay on an idle session.
+// server promises an "h" frame every heartbeat_delay on an idle HTTP
+// session, and a ping on an idle websocket (as sockjs-node 0.3.24 does;
+// a browser answers it without telling the page, and the connection is
+// alive while it does).
 
 import (
 	"bufio"
@@ -216,6 +219,7 @@ func (x *sjsConn) runWebsocket(ctx context.Context) *sessionResult {
 				return r
 			}
 		case pl := <-l.pings:
+			lastRecv = time.Now()
 			_ = l.write(ws.OpPong, pl)
 		case now := <-tick.C:
 			if !x.opened && now.Sub(start) > clientConnectLimit {
