@@ -374,6 +374,9 @@ type Channel struct {
 	HistoryMaxAge time.Duration `mapstructure:"history_max_age"`
 	// HistoryMaxBytes bounds the stored messages in bytes; 0 = no limit.
 	HistoryMaxBytes int `mapstructure:"history_max_bytes"`
+	// HistoryReplicas is the JetStream stream's replica count; 0 = 1 when
+	// created, else left as the stream has it.
+	HistoryReplicas int `mapstructure:"history_replicas"`
 }
 
 // SockJS is one SockJS endpoint (protocol 0.3), for pages that use the
@@ -485,6 +488,7 @@ var channelDefaults = map[string]any{
 	"history_stream":    "",
 	"history_max_age":   24 * time.Hour,
 	"history_max_bytes": 256 << 20,
+	"history_replicas":  0,
 }
 
 // Load returns the configuration: the embedded cometgate.yaml, then the YAML

@@ -250,6 +250,9 @@ func (v *validator) history(key string, ch *Channel, brokerKind string) {
 	if ch.HistoryMaxBytes < 0 {
 		v.failf(key+".history_max_bytes", "must not be negative, got %d", ch.HistoryMaxBytes)
 	}
+	if ch.HistoryReplicas < 0 || ch.HistoryReplicas > 5 {
+		v.failf(key+".history_replicas", "must be 0 to 5 (JetStream's most), got %d", ch.HistoryReplicas)
+	}
 	if ch.HistoryStream != "" && !validStreamName(ch.HistoryStream) {
 		v.failf(key+".history_stream", "must be 1 to 64 characters of [A-Za-z0-9_-], got %q", ch.HistoryStream)
 	}

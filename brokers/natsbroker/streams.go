@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,7 +34,9 @@ type StreamSpec struct {
 	MaxAge   time.Duration
 	MaxMsgs  int64
 	MaxBytes int64
-	// Replicas is the number of copies in a JetStream cluster; zero means 1.
+	// Replicas is the number of copies in a JetStream cluster. Zero means
+	// 1 for a stream the broker creates, and whatever an existing stream
+	// has (an operator may have raised it): the broker never lowers it.
 	Replicas int
 	// Memory keeps the stream in server memory instead of files: faster,
 	// but the stream is lost (and recreated empty, with Create) when the
@@ -171,10 +174,23 @@ func (s *stream) config() jetstream.StreamConfig {
 var errStreamConfig = errors.New("natsbroker: stream configuration")
 
 // ensure creates or updates the stream (Create), or checks that the
-// existing one fits (not Create).
+// existing one fits (not Create). An existing stream that already has the
+// configuration is left alone: every node does this at every reconnect,
+// and updates sent to a cluster that is electing a stream leader (one of
+// its servers just went) only get in its way.
 func (s *stream) ensure(ctx context.Context, js jetstream.JetStream) error {
 	if s.spec.Create {
-		if _, err := js.CreateOrUpdateStream(ctx, s.config()); err != nil {
+		want := s.config()
+		if str, err := js.Stream(ctx, s.spec.Name); err == nil {
+			have := str.CachedInfo().Config
+			if s.spec.Replicas == 0 {
+				want.Replicas = have.Replicas
+			}
+			if sameStreamConfig(have, want) {
+				return nil
+			}
+		}
+		if _, err := js.CreateOrUpdateStream(ctx, want); err != nil {
 			return fmt.Errorf("natsbroker: create or update stream %q: %w", s.spec.Name, err)
 		}
 		return nil
@@ -224,4 +240,12 @@ func isConfigErr(err error) bool {
 			apiErr.ErrorCode == jetstream.JSErrCodeJetStreamNotEnabledForAccount
 	}
 	return false
+}
+
+// sameStreamConfig reports whether an existing stream's configuration is
+// what the broker would set (the fields it sets).
+func sameStreamConfig(have, want jetstream.StreamConfig) bool {
+	return slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
+		have.Discard == want.Discard && have.MaxAge == want.MaxAge && have.MaxMsgs == want.MaxMsgs &&
+		have.MaxBytes == want.MaxBytes && have.Replicas == want.Replicas && have.Storage == want.Storage
 }

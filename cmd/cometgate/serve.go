@@ -570,6 +570,7 @@ type historyStream struct {
 	patterns []string
 	maxAge   time.Duration
 	maxBytes int64
+	replicas int // JetStream: 0 = 1 when created, else as the stream has it
 }
 
 // historyStreams groups the history-backed namespaces into streams: by
@@ -593,7 +594,7 @@ func historyStreams(cfg *configs.Config) []historyStream {
 		}
 		index[name] = len(out)
 		out = append(out, historyStream{name: name, patterns: []string{ch.Pattern},
-			maxAge: ch.HistoryMaxAge, maxBytes: int64(ch.HistoryMaxBytes)})
+			maxAge: ch.HistoryMaxAge, maxBytes: int64(ch.HistoryMaxBytes), replicas: ch.HistoryReplicas})
 	}
 	return out
 }
@@ -628,7 +629,7 @@ func natsStreams(cfg *configs.Config) []natsbroker.StreamSpec {
 	var out []natsbroker.StreamSpec
 	for _, h := range historyStreams(cfg) {
 		out = append(out, natsbroker.StreamSpec{Name: h.name, Patterns: h.patterns,
-			MaxAge: h.maxAge, MaxBytes: h.maxBytes, Create: true})
+			MaxAge: h.maxAge, MaxBytes: h.maxBytes, Replicas: h.replicas, Create: true})
 	}
 	return out
 }
