@@ -79,6 +79,17 @@ func (s *Session) admitLiveLocked(b *Body) bool {
 	}
 	if st.replaying {
 		st.liveSeen = max(st.liveSeen, b.seq)
+		if !st.liveBufLost {
+			if st.liveBufBytes+len(b.json) > s.replayLimit() {
+				// Too much arrived meanwhile: forget it, later rounds
+				// replay it from the history.
+				clear(st.liveBuf)
+				st.liveBuf, st.liveBufBytes, st.liveBufLost = nil, 0, true
+			} else {
+				st.liveBuf = append(st.liveBuf, b)
+				st.liveBufBytes += len(b.json)
+			}
+		}
 		return false
 	}
 	if b.seq <= st.lastSeq {
@@ -165,8 +176,7 @@ func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 			s.push(GapBody(pattern, "history does not reach back to the cursor", strconv.FormatUint(res.Oldest, 10)))
 		}
 		s.mu.Lock()
-		if st.liveSeen <= st.lastSeq || s.state != stateOpen {
-			st.replaying = false
+		if s.switchLiveLocked(st) {
 			s.mu.Unlock()
 			return
 		}
@@ -178,11 +188,38 @@ func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 	}
 }
 
+// switchLiveLocked ends st's replay, at the end of a round, when what it
+// queued joins the live stream. A round replays every message stored when
+// it began; every live message since then was buffered, unless too many
+// came: then (and only then) another round is needed, with a fresh
+// buffer. Joining queues the buffered messages the replay did not reach,
+// in order. s.mu must be held.
+func (s *Session) switchLiveLocked(st *subState) bool {
+	if st.liveBufLost && st.liveSeen > st.lastSeq && s.state == stateOpen {
+		st.liveBufLost = false
+		return false
+	}
+	if s.state == stateOpen {
+		for _, b := range st.liveBuf {
+			if b.seq > st.lastSeq {
+				st.lastSeq = b.seq
+				s.queueLocked(b)
+			}
+		}
+	}
+	clear(st.liveBuf)
+	st.liveBuf, st.liveBufBytes = nil, 0
+	st.replaying = false
+	return true
+}
+
 // finishReplay switches st to live, first queueing the gap packet that
 // says messages between the replay and the live stream may be missing.
 func (s *Session) finishReplay(st *subState, gap *Body) {
 	s.push(gap)
 	s.mu.Lock()
+	clear(st.liveBuf)
+	st.liveBuf, st.liveBufBytes = nil, 0
 	st.replaying = false
 	s.mu.Unlock()
 }

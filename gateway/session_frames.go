@@ -20,6 +20,12 @@ type subState struct {
 	lastSeq   uint64             // position of the last message queued
 	liveSeen  uint64             // newest live position seen while replaying
 	cancel    context.CancelFunc // stops the replay
+	// liveBuf holds, in order, the live messages that arrived while the
+	// replay ran (up to liveBufBytes), so that the switch to live needs
+	// no further round once the replay reached the first of them.
+	liveBuf      []*Body
+	liveBufBytes int
+	liveBufLost  bool // the buffer overflowed: later rounds catch up instead
 }
 
 // HandleFrame applies one client frame. Errors are answered with an err
