@@ -22,6 +22,7 @@ type historyBroker struct {
 	last   uint64
 	// duringReplay, when set, runs once in the middle of the next Replay.
 	duringReplay func()
+	replays      int // Replay calls so far
 	// emptyGap makes Replay on an empty store report a gap with oldest 1
 	// (a history that was reset), as the real brokers do.
 	emptyGap bool
@@ -75,6 +76,7 @@ func (b *historyBroker) Replay(ctx context.Context, pattern string, after uint64
 	last := b.last
 	hook := b.duringReplay
 	b.duringReplay = nil
+	b.replays++
 	b.mu.Unlock()
 
 	var res brokers.ReplayResult
@@ -205,6 +207,34 @@ func TestResumeCatchesUpWithMessagesDuringReplay(t *testing.T) {
 	publishN(t, b, "h.a", 21, 21)
 	expectMsgs(t, tr, 21, 21)
 	noPacket(t, tr)
+}
+
+// Live messages that reach the session while a replay round runs are
+// queued after it: one round suffices, however many arrived meanwhile.
+func TestResumeJoinsLiveAfterOneRound(t *testing.T) {
+	g, b := newHistoryGateway(t, 0)
+	publishN(t, b, "h.a", 1, 10)
+	var s *Session
+	b.duringReplay = func() {
+		publishN(t, b, "h.a", 11, 20)
+		waitFor(t, "the live messages to reach the replaying session", func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return s.subs["h.a"].liveSeen == 20
+		})
+	}
+	s, tr := openOn(t, g)
+	send(s, `{"op":"sub","id":1,"ch":"h.a","cursor":"2"}`)
+	expectSubOK(t, tr, 1, true)
+	expectMsgs(t, tr, 3, 20)
+	publishN(t, b, "h.a", 21, 21)
+	expectMsgs(t, tr, 21, 21)
+	noPacket(t, tr)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.replays != 1 {
+		t.Errorf("%d replay rounds, want 1", b.replays)
+	}
 }
 
 func TestResumeGapWhenHistoryDoesNotReachBack(t *testing.T) {
