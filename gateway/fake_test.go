@@ -66,7 +66,7 @@ func (b *fakeBroker) Subscribe(ctx context.Context, pattern string, h brokers.Ha
 			return nil, ctx.Err()
 		}
 	}
-	if err := ValidatePattern(pattern); err != nil {
+	if err := brokers.ValidatePattern(pattern); err != nil {
 		return nil, err
 	}
 	b.mu.Lock()
@@ -160,7 +160,7 @@ func (b *fakeBroker) Publish(ctx context.Context, msg brokers.Message) error {
 	if b.pubErr != nil {
 		return b.pubErr
 	}
-	if err := ValidateChannel(msg.Channel); err != nil {
+	if err := brokers.ValidateChannel(msg.Channel); err != nil {
 		return err
 	}
 	if !b.noRecord {

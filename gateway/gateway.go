@@ -286,12 +286,12 @@ func (g *Gateway) Publish(ctx context.Context, channel string, data []byte, cont
 // whose answer it never got sends the same id, and subscribers get the
 // message once.
 func (g *Gateway) PublishWithID(ctx context.Context, channel, id string, data []byte, contentType string) error {
-	if err := ValidateChannel(channel); err != nil {
+	if err := brokers.ValidateChannel(channel); err != nil {
 		return err
 	}
 	if IsReserved(channel) {
 		// Announcements there steer request forwarding between nodes.
-		return &ChannelError{Name: channel, Rule: "reserved for the gateway nodes"}
+		return &brokers.NameError{Name: channel, Rule: "reserved for the gateway nodes"}
 	}
 	if err := CheckMessageID(id); err != nil {
 		return err

@@ -23,9 +23,9 @@ func TestNewChecksConfig(t *testing.T) {
 		t.Error("New without NodeID succeeded")
 	}
 	_, err := New(Config{NodeID: "n1", Rules: Rules{{Pattern: "a..b"}}}, b)
-	var ce *ChannelError
+	var ce *brokers.NameError
 	if !errors.As(err, &ce) {
-		t.Errorf("New with a bad namespace: err %v, want a *ChannelError", err)
+		t.Errorf("New with a bad namespace: err %v, want a *brokers.NameError", err)
 	}
 }
 
@@ -324,7 +324,7 @@ func TestSubscribeErrors(t *testing.T) {
 		{"empty name", nil, `{"op":"sub","id":1}`, 422, "must not be empty"},
 		{"tail wildcard not last", nil, `{"op":"sub","id":1,"ch":"t.>.a"}`, 422, `">" must be the last token`},
 		{"bad character", nil, `{"op":"sub","id":1,"ch":"t.a b"}`, 422, "not allowed"},
-		{"too long", nil, `{"op":"sub","id":1,"ch":"t.` + strings.Repeat("a", MaxChannelLen) + `"}`, 422, "at most 255 bytes"},
+		{"too long", nil, `{"op":"sub","id":1,"ch":"t.` + strings.Repeat("a", brokers.MaxNameLen) + `"}`, 422, "at most 255 bytes"},
 		{"no namespace", nil, `{"op":"sub","id":1,"ch":"nope.x"}`, 403, "permission denied"},
 		{"wider than its namespace", nil, `{"op":"sub","id":1,"ch":"demo.>"}`, 403, "permission denied"},
 		{"star wider than its namespace", nil, `{"op":"sub","id":1,"ch":"demo.*.y"}`, 403, "permission denied"},
@@ -577,9 +577,9 @@ func TestGatewayPublish(t *testing.T) {
 	if err := g.Publish(context.Background(), "ro.a", []byte("1"), ""); err != nil {
 		t.Errorf("Publish to a read-only namespace from the API: %v", err)
 	}
-	var ce *ChannelError
+	var ce *brokers.NameError
 	if err := g.Publish(context.Background(), "ro.*", []byte("1"), ""); !errors.As(err, &ce) {
-		t.Errorf("Publish to a pattern: %v, want *ChannelError", err)
+		t.Errorf("Publish to a pattern: %v, want *brokers.NameError", err)
 	}
 	g.b.SetPublishErr(brokers.ErrUnavailable)
 	if err := g.Publish(context.Background(), "ro.a", []byte("1"), ""); !errors.Is(err, brokers.ErrUnavailable) {

@@ -111,7 +111,7 @@ func (s *Session) Subscribe(ctx context.Context, pattern string, start Start) {
 
 func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start Start) {
 	cursor := start.Cursor
-	if err := ValidatePattern(pattern); err != nil {
+	if err := brokers.ValidatePattern(pattern); err != nil {
 		s.push(errBody(id, pattern, 422, err.Error()))
 		return
 	}
@@ -237,7 +237,7 @@ const maxPendingPublishes = 64
 
 // enqueuePublish queues a client publish for the session's publisher.
 func (s *Session) enqueuePublish(f Frame) {
-	if err := ValidateChannel(f.Ch); err != nil {
+	if err := brokers.ValidateChannel(f.Ch); err != nil {
 		s.push(errBody(f.ID, f.Ch, 422, err.Error()))
 		return
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/cometgate/cometgate/brokers"
 	"github.com/cometgate/cometgate/gateway"
 )
 
@@ -102,7 +103,7 @@ func (h publishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "body must be JSON like {\"channel\":\"demo.x\",\"data\":{}}: "+err.Error())
 		return
 	}
-	if err := gateway.ValidateChannel(req.Channel); err != nil {
+	if err := brokers.ValidateChannel(req.Channel); err != nil {
 		writeError(w, http.StatusUnprocessableEntity, err.Error())
 		return
 	}
