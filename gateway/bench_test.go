@@ -186,6 +186,7 @@ func benchDeliver(b *testing.B, batch int) {
 		time.Sleep(time.Millisecond)
 	}
 	body := EncodeMessage(brokers.Message{Channel: "bench.x", Data: []byte(`{"bid":1.0841}`)}, "bench.x", time.Now())
+	entry := &hubEntry{pattern: "bench.x", policy: SlowDisconnect}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for n := 0; n < b.N; n += batch {
@@ -193,7 +194,7 @@ func benchDeliver(b *testing.B, batch int) {
 		s.writing = true // this goroutine is the writer: deliver starts none
 		s.mu.Unlock()
 		for range batch {
-			s.deliver(body, SlowDisconnect)
+			s.deliver(body, entry)
 		}
 		s.writeRounds()
 	}

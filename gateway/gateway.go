@@ -186,8 +186,8 @@ type OpenOptions struct {
 	// Retain keeps written packets until the client acknowledges them; the
 	// polling transports need it, persistent connections do not.
 	Retain bool
-	// RemoteAddr is the client's address, for the session's open and close
-	// log lines (Debug level).
+	// RemoteAddr is the client's address (behind trusted proxies, the one
+	// they report), for the session's open and close log lines.
 	RemoteAddr string
 	// OnClose, if set, runs once when the session has ended, just before
 	// Done is closed, on the goroutine that ended it (which may be one
@@ -213,6 +213,7 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 		g:               g,
 		id:              g.newSessionID(),
 		transport:       opts.Transport,
+		metrics:         g.metrics.forTransport(opts.Transport),
 		retain:          opts.Retain,
 		remote:          opts.RemoteAddr,
 		opened:          time.Now(),
@@ -230,7 +231,7 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 	g.sessions[s.id] = s
 	g.startTickerLocked(s.heartbeatEvery)
 	g.mu.Unlock()
-	g.metrics.sessionOpened(opts.Transport)
+	s.metrics.sessionOpened()
 	s.logEvent("session opened")
 	s.push(helloBody(s.id, s.heartbeatEvery))
 	if p := opts.Principal; p != nil && !p.Expires.IsZero() {
@@ -306,8 +307,9 @@ func (g *Gateway) publish(ctx context.Context, source, channel, id string, data 
 	if contentType != "" {
 		msg.Header = map[string]string{"Content-Type": contentType}
 	}
+	start := time.Now()
 	err := g.broker.Publish(ctx, msg)
-	g.metrics.published(source, err)
+	g.metrics.published(source, time.Since(start).Seconds(), err)
 	return err
 }
 

@@ -729,7 +729,8 @@ func TestSlowConsumerIsDisconnected(t *testing.T) {
 }
 
 func TestSlowPolicyDropOldest(t *testing.T) {
-	g := newTestGateway(t, func(c *Config) { c.QueueBytes = 1024 })
+	reg := prometheus.NewRegistry()
+	g := newTestGateway(t, func(c *Config) { c.QueueBytes = 1024; c.Metrics = NewMetrics(reg) })
 	s, tr := openSession(t, g, false)
 	subscribe(t, s, tr, 1, "drop.x")
 	release := tr.Block(false)
@@ -776,11 +777,15 @@ func TestSlowPolicyDropOldest(t *testing.T) {
 	if msgs >= n {
 		t.Errorf("%d messages delivered, want some dropped", msgs)
 	}
+	if v := metricValue(t, reg, "cometgate_messages_dropped_total", "namespace", "drop.>", "policy", "drop_oldest"); v != float64(n-msgs) {
+		t.Errorf("dropped counter %v, want %d", v, n-msgs)
+	}
 	ping(t, s, tr, 2)
 }
 
 func TestSlowPolicyConflate(t *testing.T) {
-	g := newTestGateway(t, nil)
+	reg := prometheus.NewRegistry()
+	g := newTestGateway(t, func(c *Config) { c.Metrics = NewMetrics(reg) })
 	s, tr := openSession(t, g, false)
 	subscribe(t, s, tr, 1, "conf.*")
 	release := tr.Block(false)
@@ -802,6 +807,10 @@ func TestSlowPolicyConflate(t *testing.T) {
 		}
 	}
 	noPacket(t, tr)
+	// v1..v19 and w1..w19 were each replaced by the next.
+	if v := metricValue(t, reg, "cometgate_messages_dropped_total", "namespace", "conf.>", "policy", "conflate"); v != 38 {
+		t.Errorf("conflated counter %v, want 38", v)
+	}
 	ping(t, s, tr, 2)
 }
 
@@ -1167,24 +1176,34 @@ func TestMetricsCountTraffic(t *testing.T) {
 	nextType(t, tr, TypeMsg)
 	send(s, `{"op":"pub","id":2,"ch":"pub.a","text":"x"}`)
 	nextType(t, tr, TypeOK)
-	waitFor(t, "metrics", func() bool { return metricValue(t, reg, "cometgate_messages_out_total") == 1 })
-	for _, c := range []struct {
-		name   string
-		labels []string
-		want   float64
-	}{
-		{"cometgate_messages_in_total", nil, 1},
-		{"cometgate_delivery_latency_seconds", nil, 1},
-		{"cometgate_sessions_opened_total", []string{"transport", "fake"}, 1},
-		{"cometgate_publishes_total", []string{"source", "client", "result", "ok"}, 1},
-	} {
-		if v := metricValue(t, reg, c.name, c.labels...); v != c.want {
-			t.Errorf("%s%v = %v, want %v", c.name, c.labels, v, c.want)
+	waitFor(t, "metrics", func() bool { return metricValue(t, reg, "cometgate_messages_out_total", "transport", "fake") == 1 })
+	fake := []string{"transport", "fake"}
+	check := func(name string, labels []string, want float64) {
+		t.Helper()
+		if v := metricValue(t, reg, name, labels...); v != want {
+			t.Errorf("%s%v = %v, want %v", name, labels, v, want)
 		}
 	}
-	if v := metricValue(t, reg, "cometgate_bytes_out_total"); v < 100 {
+	check("cometgate_messages_in_total", nil, 1)
+	check("cometgate_delivery_latency_seconds", fake, 1)
+	check("cometgate_sessions_opened_total", fake, 1)
+	check("cometgate_subscriptions", fake, 1)
+	check("cometgate_publishes_total", []string{"source", "client", "result", "ok"}, 1)
+	check("cometgate_publish_duration_seconds", []string{"source", "client"}, 1)
+	if v := metricValue(t, reg, "cometgate_bytes_out_total", fake...); v < 100 {
 		t.Errorf("bytes out %v", v)
 	}
+
+	send(s, `{"op":"unsub","id":3,"ch":"t.a"}`)
+	nextType(t, tr, TypeOK)
+	check("cometgate_subscriptions", fake, 0)
+	subscribe(t, s, tr, 4, "t.a")
+	check("cometgate_subscriptions", fake, 1)
+	s.Close(DisconnectSlow)
+	waitFor(t, "the session to end", func() bool { return isDone(s) })
+	check("cometgate_subscriptions", fake, 0)
+	check("cometgate_sessions", fake, 0)
+	check("cometgate_session_closes_total", []string{"transport", "fake", "code", "3001"}, 1)
 }
 
 // TestConcurrentSubscribers hammers the hub's reference counting: sessions

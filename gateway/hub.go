@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/cometgate/cometgate/brokers"
 )
 
@@ -25,7 +27,10 @@ type hub struct {
 
 type hubEntry struct {
 	pattern string
-	policy  SlowPolicy
+	policy  SlowPolicy // the namespace's that covered the first subscription
+	// dropped counts what policy drops, under the namespace's label; nil
+	// without metrics or for the disconnect policy.
+	dropped prometheus.Counter
 	history bool          // the broker stores the pattern's channels
 	refs    int           // sessions holding or acquiring this entry; guarded by hub.mu
 	ready   chan struct{} // closed once the broker subscription exists or failed
@@ -51,13 +56,13 @@ func newHub(b brokers.Broker, m *Metrics, dedupeWindow time.Duration, dedupeMax 
 // subscription if s is the first local subscriber. added runs under the
 // entry's lock right after s joined, before any message can reach s, so the
 // answer it queues precedes every delivery.
-func (h *hub) subscribe(ctx context.Context, s *Session, pattern string, policy SlowPolicy, added func()) error {
+func (h *hub) subscribe(ctx context.Context, s *Session, pattern string, ns *Namespace, added func()) error {
 	h.mu.Lock()
 	e := h.entries[pattern]
 	creator := e == nil
 	if creator {
-		e = &hubEntry{pattern: pattern, policy: policy, ready: make(chan struct{}), index: make(map[*Session]int),
-			dedupe: newDedupe(h.dedupeWindow, h.dedupeMax)}
+		e = &hubEntry{pattern: pattern, policy: ns.Slow, dropped: h.metrics.droppedCounter(ns.Pattern, ns.Slow),
+			ready: make(chan struct{}), index: make(map[*Session]int), dedupe: newDedupe(h.dedupeWindow, h.dedupeMax)}
 		if hist, ok := h.broker.(brokers.History); ok {
 			e.history = hist.HasHistory(pattern)
 		}
@@ -99,6 +104,7 @@ func (h *hub) subscribe(ctx context.Context, s *Session, pattern string, policy 
 		added()
 	}
 	e.mu.Unlock()
+	s.metrics.subscribed(1)
 	return nil
 }
 
@@ -123,6 +129,7 @@ func (h *hub) unsubscribe(s *Session, pattern string) {
 	}
 	e.mu.Unlock()
 	if ok {
+		s.metrics.subscribed(-1)
 		h.release(e)
 	}
 }
@@ -169,7 +176,7 @@ func (h *hub) fanout(e *hubEntry, m brokers.Message) {
 	body := EncodeMessage(m, e.pattern, time.Now())
 	e.mu.RLock()
 	for _, s := range e.sessions {
-		s.deliver(body, e.policy)
+		s.deliver(body, e)
 	}
 	e.mu.RUnlock()
 }

@@ -59,6 +59,7 @@ type Session struct {
 	g         *Gateway
 	id        string
 	transport string // transport family name, for metrics and logs
+	metrics   *transportMetrics
 	retain    bool   // keep written packets until acked (polling transports)
 	remote    string // for logs
 	opened    time.Time
@@ -429,7 +430,7 @@ func (s *Session) end(patterns []string) {
 	}
 	s.g.forget(s)
 	reason := s.Reason()
-	s.g.metrics.sessionClosed(s.transport, reason)
+	s.g.metrics.sessionClosed(s.metrics, s.transport, reason)
 	s.logEvent("session closed",
 		slog.Duration("duration", time.Since(s.opened)),
 		slog.Int("code", reason.Code),
@@ -440,18 +441,19 @@ func (s *Session) end(patterns []string) {
 	close(s.done)
 }
 
-// logEvent logs a session's open or close at Debug level, when that level
-// is enabled.
+// logEvent logs a session's open or close at Info level, when that level
+// is enabled: one line each, which is what an operator follows a client
+// by (sid, transport, address, subject; duration and code at the close).
 func (s *Session) logEvent(msg string, attrs ...slog.Attr) {
 	ctx := context.Background()
-	if !s.g.log.Enabled(ctx, slog.LevelDebug) {
+	if !s.g.log.Enabled(ctx, slog.LevelInfo) {
 		return
 	}
 	subject := ""
 	if s.principal != nil {
 		subject = s.principal.Subject
 	}
-	s.g.log.LogAttrs(ctx, slog.LevelDebug, msg, append([]slog.Attr{
+	s.g.log.LogAttrs(ctx, slog.LevelInfo, msg, append([]slog.Attr{
 		slog.String("sid", s.id),
 		slog.String("transport", s.transport),
 		slog.String("remote", s.remote),

@@ -161,7 +161,7 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start
 	s.subs[pattern] = st
 	s.mu.Unlock()
 
-	err = s.g.hub.subscribe(ctx, s, pattern, ns.Slow, func() {
+	err = s.g.hub.subscribe(ctx, s, pattern, ns, func() {
 		s.push(subOKBody(id, pattern, history))
 		switch {
 		case blind && history && recent.IsZero():

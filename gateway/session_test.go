@@ -398,7 +398,7 @@ func TestSessionOpenCloseLog(t *testing.T) {
 	// closed, and nothing else logs meanwhile.
 	var buf bytes.Buffer
 	g := newTestGateway(t, func(c *Config) {
-		c.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	})
 	s, err := g.Open(OpenOptions{Transport: "fake", RemoteAddr: "192.0.2.7:4711", Principal: &Principal{Subject: "alice"}})
 	if err != nil {
@@ -422,7 +422,7 @@ func TestSessionOpenCloseLog(t *testing.T) {
 	}
 	for i, msg := range []string{"session opened", "session closed"} {
 		m := lines[i]
-		if m["msg"] != msg || m["level"] != "DEBUG" || m["transport"] != "fake" ||
+		if m["msg"] != msg || m["level"] != "INFO" || m["transport"] != "fake" ||
 			m["remote"] != "192.0.2.7:4711" || m["subject"] != "alice" {
 			t.Errorf("line %d: %v", i, m)
 		}

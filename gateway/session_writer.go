@@ -125,9 +125,10 @@ func (s *Session) signalRoomLocked() {
 	}
 }
 
-// deliver queues a shared message body; it runs on the hub's fan-out path
-// and never blocks.
-func (s *Session) deliver(b *Body, policy SlowPolicy) {
+// deliver queues a shared message body from e; it runs on the hub's
+// fan-out path and never blocks.
+func (s *Session) deliver(b *Body, e *hubEntry) {
+	policy := e.policy
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.state != stateOpen {
@@ -142,12 +143,17 @@ func (s *Session) deliver(b *Body, policy SlowPolicy) {
 			if p.typ == TypeMsg && p.channel == b.channel && p.pattern == b.pattern {
 				s.pending[i] = b
 				s.pendingBytes += len(b.json) - len(p.json)
+				if e.dropped != nil {
+					e.dropped.Inc()
+				}
 				return
 			}
 		}
 	}
 	if policy == SlowDropOldest && s.overLocked(len(b.json)) {
-		s.dropOldestLocked(b.pattern, len(b.json))
+		if n := s.dropOldestLocked(b.pattern, len(b.json)); n > 0 && e.dropped != nil {
+			e.dropped.Add(float64(n))
+		}
 	}
 	if s.overLocked(len(b.json)) {
 		s.overflowLocked()
@@ -158,8 +164,9 @@ func (s *Session) deliver(b *Body, policy SlowPolicy) {
 
 // dropOldestLocked drops the oldest queued messages of pattern until need
 // more bytes fit, and queues one gap packet for the pattern (room for it is
-// made too, or the gap itself would overflow the queue).
-func (s *Session) dropOldestLocked(pattern string, need int) {
+// made too, or the gap itself would overflow the queue). It returns how
+// many messages it dropped.
+func (s *Session) dropOldestLocked(pattern string, need int) int {
 	var gap *Body
 	if !slices.ContainsFunc(s.pending, func(p *Body) bool { return p.typ == TypeGap && p.channel == pattern }) {
 		gap = GapBody(pattern, "slow consumer: messages dropped", "")
@@ -181,6 +188,7 @@ func (s *Session) dropOldestLocked(pattern string, need int) {
 		s.pending = append(s.pending, gap)
 		s.pendingBytes += len(gap.json)
 	}
+	return dropped
 }
 
 // overflowLocked closes the session as a slow consumer; s.mu must be held.
@@ -346,16 +354,16 @@ func (s *Session) wrote(down Transport, oneShot bool, err error) bool {
 }
 
 func (s *Session) recordWrite(batch []Packet, msgs, n int) {
-	m := s.g.metrics
-	if m == nil {
+	tm := s.metrics
+	if tm == nil {
 		return
 	}
-	m.wrote(msgs, n)
+	tm.wrote(msgs, n)
 	if msgs > 0 {
 		now := time.Now()
 		for _, p := range batch {
 			if p.body.typ == TypeMsg {
-				m.observeLatency(now.Sub(p.body.arrived).Seconds())
+				tm.latency.Observe(now.Sub(p.body.arrived).Seconds())
 			}
 		}
 	}

@@ -115,7 +115,7 @@ func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refus
 	sess, err := g.gw.Open(gateway.OpenOptions{
 		Transport:  spec.transport,
 		Retain:     spec.retain,
-		RemoteAddr: r.RemoteAddr,
+		RemoteAddr: g.clientAddr(r).String(),
 		OnClose: func() {
 			g.releaseIP(ip)
 			if onClose != nil {

@@ -76,13 +76,13 @@ type family struct {
 
 var (
 	famPolling = &family{
-		name:        "polling",
+		name:        "poll",
 		contentType: "application/json",
 		frames:      true,
 		newFraming:  func(string) framing { return pollFraming{} },
 	}
 	famXHRStream = &family{
-		name:        "xhr_streaming",
+		name:        "xhr_stream",
 		streaming:   true,
 		contentType: "text/plain; charset=utf-8",
 		nosniff:     true,
