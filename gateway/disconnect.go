@@ -67,7 +67,10 @@ var (
 
 	// DisconnectProtocol: the client sent frames the server cannot read.
 	DisconnectProtocol = Disconnect{4000, "protocol error"}
-	// DisconnectTooLarge: the client sent a frame over the size limit.
+	// DisconnectTooLarge: the client sent a frame over the size limit in
+	// a request body (HTTP 413) or inside a SockJS message. A WebSocket
+	// message over its connection's limit closes with CodeMessageTooBig
+	// instead, on every WebSocket.
 	DisconnectTooLarge = Disconnect{4001, "frame too large"}
 	// DisconnectForbidden: the client may not open a session here.
 	DisconnectForbidden = Disconnect{4003, "forbidden"}

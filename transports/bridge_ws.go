@@ -50,7 +50,7 @@ func (h bridgeHandler) serveTarget(w http.ResponseWriter, r *http.Request, name 
 	}
 	link := newBridgeLink()
 	link.connected(target)
-	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code})
+	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.CodeMessageTooBig})
 	if c == nil {
 		link.close()
 		sess.Close(gateway.DisconnectGone())

@@ -113,16 +113,19 @@
 // mean "do not reconnect, it will fail again":
 //
 //	3000 server shutting down        4000 protocol error (bad frames)
-//	3001 slow consumer               4001 frame too large
+//	3001 slow consumer               4001 frame too large (in a body)
 //	3002 session expired             4003 forbidden
 //	3003 replaced by a newer request 4004 session not found
 //
 // A WebSocket session also ends with a WebSocket close frame carrying the
 // same code and reason. A WebSocket client that breaks RFC 6455 is closed
 // with the RFC's own codes instead of 4000, in the close packet too: 1002
-// (protocol error) and 1007 (a text message or close reason that is not
-// UTF-8); like 4000–4999 they mean "do not reconnect". Heartbeats are transport-level and carry no seq: a
-// WebSocket ping, an SSE comment line, an empty poll response.
+// (protocol error), 1007 (a text message or close reason that is not
+// UTF-8) and 1009 (a message over the size limit, session.max_frame_bytes;
+// 4001 is for a frame too large in an HTTP body, answered 413); like
+// 4000–4999 they mean "do not reconnect". Heartbeats are transport-level
+// and carry no seq: a WebSocket ping, an SSE comment line, an empty poll
+// response.
 //
 // # Transports and URLs
 //

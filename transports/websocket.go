@@ -106,7 +106,7 @@ func (h wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ref.writeJSON(w)
 		return
 	}
-	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code})
+	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.CodeMessageTooBig})
 	if c == nil {
 		sess.Close(gateway.DisconnectGone())
 		return
