@@ -61,15 +61,12 @@ func npmPackage(t *testing.T, cacheName, spec, name string) string {
 	return pkg
 }
 
-// clientsNode is a node whose bridge reaches the given targets (on
-// loopback), serving web at "/" from its own origin: the test pages and
-// the clients' files.
-type clientsNode struct {
-	base string // http://127.0.0.1:port
-	ws   string // ws://127.0.0.1:port
-}
-
-func startClientsNode(t *testing.T, targets []transports.BridgeTarget, web http.Handler) *clientsNode {
+// startTransportsNode runs a node for browser tests in-process: an
+// embedded NATS server, a gateway with gcfg, and the transports with the
+// options opts returns for the node's base URL (http://127.0.0.1:port,
+// on a free port), served by an http.Server. Cleanup shuts them down in
+// the production order and waits for each.
+func startTransportsNode(t *testing.T, gcfg gateway.Config, opts func(base string) transports.Options) (*gateway.Gateway, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -77,30 +74,21 @@ func startClientsNode(t *testing.T, targets []transports.BridgeTarget, web http.
 	if err != nil {
 		t.Fatalf("embedded NATS: %v", err)
 	}
-	gw, err := gateway.New(gateway.Config{NodeID: "clients", Logger: slog.New(slog.DiscardHandler)}, emb.Broker())
+	gcfg.Logger = slog.New(slog.DiscardHandler)
+	gw, err := gateway.New(gcfg, emb.Broker())
 	if err != nil {
 		_ = emb.Close()
 		t.Fatalf("gateway: %v", err)
-	}
-	loopback := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
-	for i := range targets {
-		targets[i].AllowNetworks = loopback
-	}
-	if err := transports.ValidateBridge(targets, nil); err != nil {
-		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	base := "http://" + ln.Addr().String()
-	srv := transports.New(transports.Options{
-		Gateway:        gw,
-		AllowedOrigins: []string{base},
-		Bridge:         targets,
-		Web:            web,
-		Logger:         slog.New(slog.DiscardHandler),
-	})
+	o := opts(base)
+	o.Gateway = gw
+	o.Logger = slog.New(slog.DiscardHandler)
+	srv := transports.New(o)
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
@@ -121,7 +109,30 @@ func startClientsNode(t *testing.T, targets []transports.BridgeTarget, web http.
 			t.Errorf("embedded NATS: %v", err)
 		}
 	})
-	return &clientsNode{base: base, ws: "ws://" + ln.Addr().String()}
+	return gw, base
+}
+
+// clientsNode is a node whose bridge reaches the given targets (on
+// loopback), serving web at "/" from its own origin: the test pages and
+// the clients' files.
+type clientsNode struct {
+	base string // http://127.0.0.1:port
+	ws   string // ws://127.0.0.1:port
+}
+
+func startClientsNode(t *testing.T, targets []transports.BridgeTarget, web http.Handler) *clientsNode {
+	t.Helper()
+	loopback := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	for i := range targets {
+		targets[i].AllowNetworks = loopback
+	}
+	if err := transports.ValidateBridge(targets, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, base := startTransportsNode(t, gateway.Config{NodeID: "clients"}, func(base string) transports.Options {
+		return transports.Options{AllowedOrigins: []string{base}, Bridge: targets, Web: web}
+	})
+	return &clientsNode{base: base, ws: "ws" + strings.TrimPrefix(base, "http")}
 }
 
 // testPages serves html pages by path, and no favicon (so that the
