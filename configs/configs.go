@@ -69,6 +69,7 @@ const (
 	SockJSPubSub = "pubsub"
 	SockJSEcho   = "echo"
 	SockJSTCP    = "tcp"
+	SockJSClose  = "close"
 )
 
 // Values of Channel.History.
@@ -118,6 +119,24 @@ type Node struct {
 	// this node's sessions to it. "" means derived from http.listen when
 	// its host is a concrete address, and forwarding off when it is not.
 	AdvertiseURL string `mapstructure:"advertise_url"`
+	// ClusterKey signs the nodes' messages and forwarded requests; ""
+	// means unsigned. Secret: never log it.
+	ClusterKey string `mapstructure:"cluster_key"`
+	// PeerNetworks are where other nodes may be (IPs or CIDR prefixes);
+	// empty means the private and loopback ranges (PeerPrefixes).
+	PeerNetworks []string `mapstructure:"peer_networks"`
+}
+
+// PeerPrefixes is PeerNetworks parsed (Validate checked them), or nil for
+// the default ranges.
+func (n *Node) PeerPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range n.PeerNetworks {
+		if p, err := parseProxy(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // HTTP configures the main HTTP listener.
@@ -247,6 +266,11 @@ type Embedded struct {
 	// StoreDir is the JetStream store directory; "" = a temporary directory
 	// removed at exit.
 	StoreDir string `mapstructure:"store_dir"`
+	// User and Password, or Token, are what the listener asks of clients
+	// (at most one kind). Secrets: never log them.
+	User     string `mapstructure:"user"`
+	Password string `mapstructure:"password"`
+	Token    string `mapstructure:"token"`
 }
 
 // NATS configures the connection to an external NATS server or cluster.
@@ -354,8 +378,8 @@ type Channel struct {
 type SockJS struct {
 	// Prefix is the URL path the endpoint is served under, e.g. "/sockjs".
 	Prefix string `mapstructure:"prefix"`
-	// Mode is what the endpoint carries: SockJSPubSub, SockJSEcho or
-	// SockJSTCP.
+	// Mode is what the endpoint carries: SockJSPubSub, SockJSEcho,
+	// SockJSTCP or SockJSClose.
 	Mode string `mapstructure:"mode"`
 	// Target names the TCP target (tcp mode only).
 	Target string `mapstructure:"target"`
@@ -370,8 +394,15 @@ type SockJS struct {
 	// DisconnectDelay closes a session with no request attached.
 	DisconnectDelay time.Duration `mapstructure:"disconnect_delay"`
 	// ClientURL is the sockjs-client script iframe.html loads; "" = the
-	// library's public CDN URL.
+	// pinned release on a public CDN, with its integrity hash.
 	ClientURL string `mapstructure:"client_url"`
+	// ClientIntegrity is the Subresource Integrity of ClientURL ("" =
+	// none).
+	ClientIntegrity string `mapstructure:"client_integrity"`
+	// CloseCode and CloseReason are what a close endpoint closes every
+	// new session with (0 and "" = 1000 "Normal closure").
+	CloseCode   int    `mapstructure:"close_code"`
+	CloseReason string `mapstructure:"close_reason"`
 }
 
 // Bridge configures the TCP bridge: browser sessions that carry a byte
@@ -445,6 +476,9 @@ var sockjsDefaults = map[string]any{
 	"heartbeat_delay":  25 * time.Second,
 	"disconnect_delay": 5 * time.Second,
 	"client_url":       "",
+	"client_integrity": "",
+	"close_code":       0,
+	"close_reason":     "",
 }
 
 // channelDefaults are the values of keys a channels entry in a config file

@@ -30,7 +30,7 @@ func writeConfig(t *testing.T, content string) string {
 // must be deliberate.
 func wantDefaults() *Config {
 	return &Config{
-		Node: Node{ID: "", AdvertiseURL: ""},
+		Node: Node{ID: "", AdvertiseURL: "", PeerNetworks: []string{}},
 		HTTP: HTTP{
 			Listen:            "127.0.0.1:8080",
 			ReadHeaderTimeout: 5 * time.Second,
@@ -693,6 +693,12 @@ func TestValidate(t *testing.T) {
 		{"host with port", func(c *Config) { c.HTTP.AllowedHosts = []string{"example.com:8080"} }, `http.allowed_hosts[0]: must be "*", a DNS name or an IP address (no port, no scheme)`},
 		{"host with scheme", func(c *Config) { c.HTTP.AllowedHosts = []string{"*", "https://example.com"} }, `http.allowed_hosts[1]: must be "*", a DNS name`},
 		{"proxy not an address", func(c *Config) { c.HTTP.TrustedProxies = []string{"proxy.local"} }, `http.trusted_proxies[0]: must be an IP address or a CIDR prefix`},
+		{"short cluster key", func(c *Config) { c.Node.ClusterKey = "short" }, `node.cluster_key: must be at least 32 bytes`},
+		{"peer network", func(c *Config) { c.Node.PeerNetworks = []string{"10.0.0.0/8", "lan"} }, `node.peer_networks[1]: must be an IP address or a CIDR prefix`},
+		{"embedded user without password", func(c *Config) { c.Broker.Embedded.User = "u" }, `broker.embedded: user and password go together`},
+		{"embedded user and token", func(c *Config) {
+			c.Broker.Embedded.User, c.Broker.Embedded.Password, c.Broker.Embedded.Token = "u", "p", "t"
+		}, `broker.embedded: set either user and password or token`},
 		{"proxy bad prefix", func(c *Config) { c.HTTP.TrustedProxies = []string{"10.0.0.0/33"} }, `http.trusted_proxies[0]: must be an IP address or a CIDR prefix`},
 		{"origin trailing slash", func(c *Config) { c.HTTP.AllowedOrigins = []string{"*", "https://example.com/"} }, `http.allowed_origins[1]: must be "*" or scheme://host[:port]`},
 		{"origin scheme", func(c *Config) { c.HTTP.AllowedOrigins = []string{"ftp://example.com"} }, `http.allowed_origins[0]: must be "*"`},
@@ -1016,5 +1022,22 @@ func TestEffectiveHTTP(t *testing.T) {
 	}
 	if want := []string{"10.0.0.0/8", "192.168.1.7/32", "172.16.0.1/32", "fd00::/8"}; !slices.Equal(got, want) {
 		t.Errorf("trusted proxies %v, want %v", got, want)
+	}
+}
+
+// TestSockJSCloseMode: a close endpoint's keys reach transports, and
+// transports' rules for them apply at load.
+func TestSockJSCloseMode(t *testing.T) {
+	cfg, err := Load(writeConfig(t, "sockjs:\n  - prefix: /close\n    mode: close\n    close_code: 3000\n    close_reason: Go away!\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps := cfg.SockJSEndpoints()
+	if len(eps) != 1 || eps[0].Mode != SockJSClose || eps[0].CloseCode != 3000 || eps[0].CloseReason != "Go away!" {
+		t.Fatalf("endpoints %+v", eps)
+	}
+	_, err = Load(writeConfig(t, "sockjs:\n  - prefix: /x\n    mode: pubsub\n    close_code: 3000\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "sockjs") {
+		t.Fatalf("close_code on a pubsub endpoint: %v", err)
 	}
 }

@@ -20,6 +20,7 @@ func (c *Config) SockJSEndpoints() []transports.SockJSEndpoint {
 			Websocket: sj.Websocket, CookieNeeded: sj.CookieNeeded,
 			ResponseLimit: sj.ResponseLimit, HeartbeatDelay: sj.HeartbeatDelay,
 			DisconnectDelay: sj.DisconnectDelay, ClientURL: sj.ClientURL,
+			ClientIntegrity: sj.ClientIntegrity, CloseCode: sj.CloseCode, CloseReason: sj.CloseReason,
 		})
 	}
 	return out

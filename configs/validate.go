@@ -63,6 +63,14 @@ func (v *validator) node(n *Node) {
 			v.failf("node.advertise_url", "%v", err)
 		}
 	}
+	if n.ClusterKey != "" && len(n.ClusterKey) < 32 {
+		v.failf("node.cluster_key", "must be at least 32 bytes (it signs the nodes' messages), got %d", len(n.ClusterKey))
+	}
+	for i, p := range n.PeerNetworks {
+		if _, err := parseProxy(p); err != nil {
+			v.failf(fmt.Sprintf("node.peer_networks[%d]", i), "must be an IP address or a CIDR prefix such as 10.0.0.0/8, got %q", p)
+		}
+	}
 }
 
 func (v *validator) http(h *HTTP) {
@@ -127,6 +135,13 @@ func (v *validator) broker(b *Broker) {
 	v.positive("broker.publish_timeout", b.PublishTimeout)
 	if b.Embedded.Listen != "" {
 		v.listen("broker.embedded.listen", b.Embedded.Listen)
+	}
+	e := &b.Embedded
+	switch {
+	case e.Token != "" && (e.User != "" || e.Password != ""):
+		v.failf("broker.embedded", "set either user and password or token, not both")
+	case (e.User == "") != (e.Password == ""):
+		v.failf("broker.embedded", "user and password go together")
 	}
 	v.nats(&b.NATS, b.Kind == BrokerNATS)
 	v.amqp(&b.AMQP, b.Kind == BrokerAMQP)
@@ -250,7 +265,7 @@ func (v *validator) sockjs(eps []SockJS, targets []BridgeTarget) bool {
 		} else {
 			prefixes[sj.Prefix] = i
 		}
-		v.oneOf(key+".mode", sj.Mode, SockJSPubSub, SockJSEcho, SockJSTCP)
+		v.oneOf(key+".mode", sj.Mode, SockJSPubSub, SockJSEcho, SockJSTCP, SockJSClose)
 		switch {
 		case sj.Mode == SockJSTCP && !slices.ContainsFunc(targets, func(t BridgeTarget) bool { return t.Name == sj.Target }):
 			v.failf(key+".target", "must name one of bridge.targets, got %q", sj.Target)

@@ -1,6 +1,10 @@
 package gateway
 
-import "github.com/cometgate/cometgate/brokers"
+import (
+	"strings"
+
+	"github.com/cometgate/cometgate/brokers"
+)
 
 // The channel-name grammar is brokers' (see brokers/names.go): the names
 // below are what the gateway's callers (the session layer, the transports'
@@ -22,3 +26,18 @@ func ValidateChannel(name string) error { return brokers.ValidateChannel(name) }
 // may also be "*" (exactly one token) or, as the last token only, ">" (one or
 // more tokens).
 func ValidatePattern(pattern string) error { return brokers.ValidatePattern(pattern) }
+
+// ReservedPrefix starts the channels the gateway nodes keep for
+// themselves (NodesChannel): no browser and no publish API caller may
+// publish on them, none may subscribe to one by name, and no
+// subscription delivers them, whatever the namespace rules grant (a rule
+// for ">" included). They steer forwarding between nodes, which carries
+// browsers' cookies.
+const ReservedPrefix = "cometgate-"
+
+// IsReserved reports whether channel is one of the gateway's own (see
+// ReservedPrefix); a pattern is reserved when its first token is.
+func IsReserved(channel string) bool {
+	first, _, _ := strings.Cut(channel, ".")
+	return strings.HasPrefix(first, ReservedPrefix)
+}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -125,5 +127,54 @@ func TestSessionOwnIntervals(t *testing.T) {
 	waitDone(t, s)
 	if r := s.Reason(); r != DisconnectExpired {
 		t.Fatalf("ended with %v, want %v", r, DisconnectExpired)
+	}
+}
+
+// backlogTransport is a fakeTransport whose kernel backlog the test sets.
+type backlogTransport struct {
+	*fakeTransport
+	backlog atomic.Int64
+	asked   atomic.Int64
+}
+
+func (t *backlogTransport) Backlog() int {
+	t.asked.Add(1)
+	return int(t.backlog.Load())
+}
+
+// TestKernelBacklogCountsTowardQueue: what the kernel still holds after a
+// write counts toward the queue bound, so a client that stopped reading
+// is a slow consumer at the configured size; a backlog that drained since
+// the last write is measured again before it can close a session.
+func TestKernelBacklogCountsTowardQueue(t *testing.T) {
+	g := newTestGateway(t, func(c *Config) { c.QueueBytes = 4096 })
+	for _, drained := range []bool{true, false} {
+		s, err := g.Open(OpenOptions{Transport: "fake"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := &backlogTransport{fakeTransport: newFakeTransport(0)}
+		tr.backlog.Store(4000) // measured after the hello's write
+		if err := s.Attach(tr, false); err != nil {
+			t.Fatal(err)
+		}
+		nextType(t, tr.fakeTransport, TypeHello)
+		subscribe(t, s, tr.fakeTransport, 1, "t.k")
+		if drained {
+			tr.backlog.Store(0) // the client read it meanwhile
+		}
+		publish(t, g.b, "t.k", strings.Repeat("x", 200))
+		if drained {
+			if w := nextType(t, tr.fakeTransport, TypeMsg); w.Ch != "t.k" {
+				t.Fatalf("got %s", w)
+			}
+			if tr.asked.Load() < 2 {
+				t.Error("a stale backlog was not measured again")
+			}
+			s.Close(DisconnectShutdown)
+		} else {
+			expectClose(t, tr.fakeTransport, DisconnectSlow)
+		}
+		waitDone(t, s)
 	}
 }

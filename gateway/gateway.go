@@ -268,7 +268,7 @@ func (g *Gateway) Publish(ctx context.Context, channel string, data []byte, cont
 	if err := ValidateChannel(channel); err != nil {
 		return err
 	}
-	if channel == NodesChannel {
+	if IsReserved(channel) {
 		// Announcements there steer request forwarding between nodes.
 		return &ChannelError{Name: channel, Rule: "reserved for the gateway nodes"}
 	}

@@ -134,6 +134,7 @@ type wire struct {
 	Error     string          `json:"error"`
 	Reason    string          `json:"reason"`
 	Reconnect *bool           `json:"reconnect"`
+	Delay     *int            `json:"delay"`
 	Oldest    string          `json:"oldest"`
 	History   *bool           `json:"history"`
 
@@ -252,6 +253,11 @@ func expectClose(t *testing.T, tr *fakeTransport, d Disconnect) wire {
 	w := next(t, tr)
 	if w.T != TypeClose || w.Code != d.Code || w.Reason != d.Reason || w.Reconnect == nil || *w.Reconnect != d.Reconnect() {
 		t.Fatalf("got %s, want close %d %q reconnect %v", w, d.Code, d.Reason, d.Reconnect())
+	}
+	// A reconnect comes with a jittered delay, at most 5 s; a final close
+	// has none.
+	if (w.Delay != nil) != d.Reconnect() || (w.Delay != nil && (*w.Delay < 0 || *w.Delay >= 5000)) {
+		t.Fatalf("got %s: delay advice wrong for reconnect %v", w, d.Reconnect())
 	}
 	return w
 }

@@ -149,6 +149,9 @@ func (h *hub) fanout(e *hubEntry, m brokers.Message) {
 		e.mu.RUnlock()
 		return
 	}
+	if IsReserved(m.Channel) {
+		return // the nodes' own traffic, which a broad pattern matches too
+	}
 	h.metrics.received()
 	// Encoded once for every session; a session only queues the pointer,
 	// so a slow client never holds up the others or the broker.

@@ -2,10 +2,14 @@ package gateway
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -78,6 +82,43 @@ type nodeMsg struct {
 // byeTimeout bounds the publish of the goodbye in Close.
 const byeTimeout = time.Second
 
+// MaxClockSkew is how far the time a message on NodesChannel was signed
+// may be from the receiving node's clock.
+const MaxClockSkew = 30 * time.Second
+
+// DefaultPeerNetworks are where gateway nodes are expected to live:
+// loopback, the private IPv4 ranges, carrier-grade NAT (some cloud
+// networks) and IPv6 unique-local addresses. Link-local addresses (cloud
+// metadata services) and public addresses are not among them.
+var DefaultPeerNetworks = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("fc00::/7"),
+}
+
+// signedMsg is a message on NodesChannel signed with the cluster key: Sig
+// is HMAC-SHA256 over "cometgate-nodes", TS (Unix milliseconds) and Msg.
+type signedMsg struct {
+	Msg json.RawMessage `json:"msg"`
+	TS  int64           `json:"ts"`
+	Sig []byte          `json:"sig"`
+}
+
+// signNodeMsg returns the signature of msg sent at ts under key.
+func signNodeMsg(key, msg []byte, ts int64) []byte {
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(NodesChannel))
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(ts))
+	mac.Write(b[:])
+	mac.Write(msg)
+	return mac.Sum(nil)
+}
+
 // ErrBrokerDown is what Find and WhoOwns return while the broker is
 // down: the nodes cannot be asked, and nothing can be said of a node the
 // table does not know (a transport answers "try again", not "gone").
@@ -104,6 +145,20 @@ type NodesOptions struct {
 	// AskTimeout bounds the wait for answers to a question; 0 means
 	// DefaultAskTimeout.
 	AskTimeout time.Duration
+	// ClusterKey, when set, signs every message this node sends on
+	// NodesChannel, and messages there without a valid signature, or
+	// signed more than MaxClockSkew away from this node's clock, are
+	// ignored (and counted): whoever can publish on the broker cannot
+	// then steer forwarding, which carries browsers' cookies, to an
+	// address of its choosing. At least 32 bytes; every node the same.
+	ClusterKey []byte
+	// PeerNetworks are where announced nodes may be: an announcement
+	// whose URL names an IP address outside them is ignored (and
+	// counted). nil means DefaultPeerNetworks. Host names are checked
+	// where they are dialled (the transports' forwarder).
+	PeerNetworks []netip.Prefix
+	// Metrics counts rejected messages; may be nil.
+	Metrics *NodesMetrics
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -129,7 +184,6 @@ type NodesOptions struct {
 type Nodes struct {
 	opts NodesOptions
 	log  *slog.Logger
-	self []byte // this node's announcement, encoded once
 
 	mu      sync.Mutex
 	table   map[string]nodeEntry
@@ -198,15 +252,19 @@ func StartNodes(ctx context.Context, opts NodesOptions) (*Nodes, error) {
 	if opts.AskTimeout == 0 {
 		opts.AskTimeout = DefaultAskTimeout
 	}
+	if opts.ClusterKey != nil && len(opts.ClusterKey) < 32 {
+		return nil, errors.New("gateway: nodes: ClusterKey must be at least 32 bytes")
+	}
+	if opts.PeerNetworks == nil {
+		opts.PeerNetworks = DefaultPeerNetworks
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	self, _ := json.Marshal(nodeMsg{ID: opts.SelfID, URL: opts.SelfURL})
 	now := time.Now()
 	n := &Nodes{
 		opts:     opts,
 		log:      opts.Logger,
-		self:     self,
 		table:    make(map[string]nodeEntry),
 		gone:     make(map[string]time.Time),
 		waiters:  make(map[string][]chan struct{}),
@@ -448,11 +506,60 @@ func (n *Nodes) Close() error {
 	return err
 }
 
-// publish sends m from this node.
+// publish sends m from this node, signed when there is a cluster key.
 func (n *Nodes) publish(ctx context.Context, m nodeMsg) error {
 	m.ID, m.URL = n.opts.SelfID, n.opts.SelfURL
 	data, _ := json.Marshal(m)
+	if n.opts.ClusterKey != nil {
+		ts := time.Now().UnixMilli()
+		data, _ = json.Marshal(signedMsg{Msg: data, TS: ts, Sig: signNodeMsg(n.opts.ClusterKey, data, ts)})
+	}
 	return n.opts.Broker.Publish(ctx, brokers.Message{Channel: NodesChannel, Data: data})
+}
+
+// open returns the message inside data: checked against the cluster key
+// when there is one. reason says why a message was refused.
+func (n *Nodes) open(data []byte) (msg []byte, reason string) {
+	if n.opts.ClusterKey == nil {
+		return data, ""
+	}
+	var s signedMsg
+	if err := json.Unmarshal(data, &s); err != nil || len(s.Msg) == 0 || len(s.Sig) == 0 {
+		return nil, "unsigned"
+	}
+	if !hmac.Equal(s.Sig, signNodeMsg(n.opts.ClusterKey, s.Msg, s.TS)) {
+		return nil, "bad signature"
+	}
+	if d := time.Since(time.UnixMilli(s.TS)); d > MaxClockSkew || d < -MaxClockSkew {
+		return nil, "stale"
+	}
+	return s.Msg, ""
+}
+
+// reject counts and logs a message that was not taken.
+func (n *Nodes) reject(reason string, attrs ...any) {
+	n.opts.Metrics.nodeMessageRejected(reason)
+	n.log.Warn("ignoring a message on "+NodesChannel+": "+reason, attrs...)
+}
+
+// peerURL reports whether an announced URL may be a node's: a host name
+// (checked where it is dialled), or an IP address in PeerNetworks.
+func (n *Nodes) peerURL(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(u.Hostname())
+	if err != nil {
+		return true
+	}
+	ip = ip.Unmap()
+	for _, p := range n.opts.PeerNetworks {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // receive is the subscription's Handler: it parses, updates the table and
@@ -460,16 +567,21 @@ func (n *Nodes) publish(ctx context.Context, m nodeMsg) error {
 // so it never blocks the broker.
 func (n *Nodes) receive(m brokers.Message) {
 	if len(m.Data) > maxAnnouncementBytes {
-		n.log.Warn("ignoring an oversized node announcement", slog.Int("bytes", len(m.Data)))
+		n.reject("oversized", slog.Int("bytes", len(m.Data)))
+		return
+	}
+	data, reason := n.open(m.Data)
+	if reason != "" {
+		n.reject(reason)
 		return
 	}
 	var a nodeMsg
-	if err := json.Unmarshal(m.Data, &a); err != nil {
-		n.log.Warn("ignoring a malformed node announcement", slog.Any("err", err))
+	if err := json.Unmarshal(data, &a); err != nil {
+		n.reject("malformed", slog.Any("err", err))
 		return
 	}
 	if err := checkNodeID(a.ID); err != nil {
-		n.log.Warn("ignoring a node announcement", slog.Any("err", err))
+		n.reject("malformed", slog.Any("err", err))
 		return
 	}
 	if a.ID == n.opts.SelfID {
@@ -480,11 +592,15 @@ func (n *Nodes) receive(m brokers.Message) {
 		return
 	}
 	if err := CheckNodeURL(a.URL); err != nil {
-		n.log.Warn("ignoring a node announcement", slog.String("node", a.ID), slog.Any("err", err))
+		n.reject("malformed", slog.String("node", a.ID), slog.Any("err", err))
+		return
+	}
+	if !n.peerURL(a.URL) {
+		n.reject("address not in the peer networks", slog.String("node", a.ID), slog.String("url", a.URL))
 		return
 	}
 	if len(a.Key) > maxOwnerKeyLen {
-		n.log.Warn("ignoring a node message with an oversized key", slog.String("node", a.ID))
+		n.reject("oversized", slog.String("node", a.ID))
 		return
 	}
 	if a.Bye {

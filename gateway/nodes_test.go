@@ -422,3 +422,66 @@ func TestNodesWhoOwns(t *testing.T) {
 		}
 	})
 }
+
+// TestReservedChannelsInvisible: whatever the rules grant, a browser
+// subscribed to a pattern that covers the nodes' channel never receives
+// their traffic, and cannot subscribe to it by name.
+func TestReservedChannelsInvisible(t *testing.T) {
+	g := newTestGateway(t, func(c *Config) {
+		c.Rules = append(Rules{{Pattern: ">", Subscribe: Anyone, Publish: Anyone}}, c.Rules...)
+	})
+	s, tr := openSession(t, g, false)
+	subscribe(t, s, tr, 1, ">")
+	send(s, `{"op":"sub","id":2,"ch":%q}`, NodesChannel)
+	expectErr(t, tr, 2, 403, "permission denied")
+	announce(t, g.b, `{"id":"x","url":"http://10.0.0.9:1"}`)
+	publish(t, g.b, "demo.after", "1")
+	if w := nextType(t, tr, TypeMsg); w.Ch != "demo.after" {
+		t.Fatalf("got %s, want only demo.after: the announcement reached the browser", w)
+	}
+}
+
+// TestNodesClusterKey: with a cluster key, nodes that share it find each
+// other, and an announcement that is unsigned, signed with another key or
+// signed too long ago is ignored, as is one naming a link-local address
+// (a cloud metadata service) whoever signed it.
+func TestNodesClusterKey(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		key := bytes.Repeat([]byte("k"), 32)
+		b := newFakeBroker()
+		start := func(id, u string, k []byte) *Nodes {
+			n, err := StartNodes(context.Background(), NodesOptions{
+				Broker: b, SelfID: id, SelfURL: u, Interval: time.Hour, ClusterKey: k,
+				Logger: slog.New(slog.DiscardHandler),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = n.Close() })
+			return n
+		}
+		a := start("a", "http://10.0.0.1:8080", key)
+		start("c", "http://10.0.0.3:8080", key)
+		start("evil", "http://10.0.0.66:8080", bytes.Repeat([]byte("x"), 32))
+		announce(t, b, `{"id":"forged","url":"http://10.0.0.99:8080"}`)
+		sign := func(msg string, ts time.Time) string {
+			data, _ := json.Marshal(signedMsg{Msg: json.RawMessage(msg), TS: ts.UnixMilli(), Sig: signNodeMsg(key, []byte(msg), ts.UnixMilli())})
+			return string(data)
+		}
+		announce(t, b, sign(`{"id":"stale","url":"http://10.0.0.98:8080"}`, time.Now().Add(-time.Minute)))
+		announce(t, b, sign(`{"id":"metadata","url":"http://169.254.169.254"}`, time.Now()))
+		announce(t, b, sign(`{"id":"public","url":"http://203.0.113.7:8080"}`, time.Now()))
+		synctest.Wait()
+		if _, ok := a.Lookup("c"); !ok {
+			t.Error("a node signing with the cluster key is not known")
+		}
+		for _, id := range []string{"evil", "forged", "stale", "metadata", "public"} {
+			if u, ok := a.Lookup(id); ok {
+				t.Errorf("%s is known at %s", id, u)
+			}
+		}
+		if _, err := StartNodes(context.Background(), NodesOptions{Broker: b, SelfID: "s", SelfURL: "http://10.0.0.5:1", ClusterKey: []byte("short")}); err == nil {
+			t.Error("a short cluster key was accepted")
+		}
+	})
+}

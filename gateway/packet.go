@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -323,16 +324,32 @@ func GapBody(ch, reason, oldest string) *Body {
 	return b.finish(buf)
 }
 
+// closeBody is the session's last packet. A close that asks the client
+// to reconnect also advises how long to wait first ("delay", in
+// milliseconds), drawn at random for each session: when a node drains or
+// fails, its clients come back spread over a few seconds instead of all
+// at once.
 func closeBody(d Disconnect) *Body {
 	buf, b := newBody(TypeClose)
 	buf = appendIntField(buf, "code", int64(d.Code))
 	buf = appendField(buf, "reason", d.Reason)
 	if d.Reconnect() {
 		buf = append(buf, `,"reconnect":true`...)
+		buf = appendIntField(buf, "delay", int64(reconnectDelay(d)/time.Millisecond))
 	} else {
 		buf = append(buf, `,"reconnect":false`...)
 	}
 	return b.finish(buf)
+}
+
+// reconnectDelay is the advice a close packet gives: up to 5 s after a
+// node's shutdown (all of its clients leave at once), up to 1 s otherwise.
+func reconnectDelay(d Disconnect) time.Duration {
+	spread := time.Second
+	if d == DisconnectShutdown {
+		spread = 5 * time.Second
+	}
+	return rand.N(spread)
 }
 
 const hexDigits = "0123456789abcdef"

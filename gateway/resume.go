@@ -151,7 +151,7 @@ func errText(err error) string {
 func (s *Session) queueReplayed(ctx context.Context, pattern string, st *subState, m brokers.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.queuedLocked() > s.replayLimit() && s.state == stateOpen {
+	for s.heldLocked() > s.replayLimit() && s.state == stateOpen {
 		room := s.roomLocked()
 		s.mu.Unlock()
 		select {

@@ -40,6 +40,18 @@ type Transport interface {
 	Close(d Disconnect)
 }
 
+// Backlogger is implemented by transports that can tell how many bytes
+// they wrote that the kernel still holds, unsent or unacknowledged by the
+// peer (Linux: SIOCOUTQ). The session counts them toward
+// Config.QueueBytes, so a client that stopped reading meets its
+// slow-consumer policy at the configured size rather than a socket buffer
+// (several MiB) later. Backlog is called by the session's writer after
+// each write, and under the session's lock when a delivery would
+// overflow; it must be quick and must not call the session.
+type Backlogger interface {
+	Backlog() int
+}
+
 // Session is one client's session: its subscriptions, its outgoing queue and
 // the numbering of its packets. It outlives the requests that carry it on
 // the polling transports. All methods are safe for concurrent use.
@@ -72,6 +84,8 @@ type Session struct {
 	pendingBytes int
 	unacked      []Packet // written but not acknowledged (retain only)
 	unackedBytes int
+	kernelBytes  int    // what the kernel still held after the last write measured (Backlogger)
+	writes       uint32 // write rounds, for measuring the backlog every so often
 	nextSeq      uint64
 	room         chan struct{} // closed when the queue shrinks (SendData, replays wait on it)
 

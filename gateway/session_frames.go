@@ -93,7 +93,7 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern, cursor strin
 		return
 	}
 	ns := s.g.cfg.Rules.ForSubscribe(pattern, s.principal)
-	if ns == nil {
+	if ns == nil || IsReserved(pattern) {
 		s.push(errBody(id, pattern, 403, fmt.Sprintf("permission denied: subscribe to %q", pattern)))
 		return
 	}
@@ -196,7 +196,7 @@ func (s *Session) enqueuePublish(f Frame) {
 		s.push(errBody(f.ID, f.Ch, 422, err.Error()))
 		return
 	}
-	if !s.g.cfg.Rules.MayPublish(f.Ch, s.principal) || f.Ch == NodesChannel {
+	if !s.g.cfg.Rules.MayPublish(f.Ch, s.principal) || IsReserved(f.Ch) {
 		s.push(errBody(f.ID, f.Ch, 403, fmt.Sprintf("permission denied: publish to %q", f.Ch)))
 		return
 	}

@@ -22,10 +22,34 @@ func (s *Session) kickLocked() {
 	go s.writeLoop()
 }
 
+// overLocked reports whether queueing extra more bytes would pass the
+// queue bound. A kernel backlog recorded at the last write may be stale
+// (the client read it since): it is measured again before it can be what
+// closes the session.
+func (s *Session) overLocked(extra int) bool {
+	if s.queuedLocked()+extra <= s.g.cfg.QueueBytes {
+		return false
+	}
+	if s.kernelBytes > 0 {
+		s.kernelBytes = 0
+		if b, ok := s.down.(Backlogger); ok {
+			s.kernelBytes = b.Backlog()
+		}
+	}
+	return s.queuedLocked()+extra > s.g.cfg.QueueBytes
+}
+
 // queuedLocked is what counts against the queue bound: packets queued and,
 // for a retaining session, packets written but not yet acknowledged (a
-// client that never acks must not grow the server's memory without limit).
-func (s *Session) queuedLocked() int { return s.pendingBytes + s.unackedBytes }
+// client that never acks must not grow the server's memory without limit),
+// and what the kernel still held after the last write.
+func (s *Session) queuedLocked() int { return s.heldLocked() + s.kernelBytes }
+
+// heldLocked is what the session itself holds: queued and unacknowledged.
+// What waits for room (SendData, a replay) waits on this: only a write
+// measures the kernel's part again, and the waiter may be what the next
+// write needs.
+func (s *Session) heldLocked() int { return s.pendingBytes + s.unackedBytes }
 
 // queueLocked appends b to the queue and starts the writer; s.mu must be
 // held and the session open.
@@ -43,7 +67,7 @@ func (s *Session) push(b *Body) {
 	if s.state != stateOpen {
 		return
 	}
-	if s.queuedLocked()+len(b.json) > s.g.cfg.QueueBytes {
+	if s.overLocked(len(b.json)) {
 		s.overflowLocked()
 		return
 	}
@@ -66,7 +90,7 @@ func (s *Session) SendData(ctx context.Context, data []byte) error {
 			s.mu.Unlock()
 			return reason
 		}
-		queued := s.queuedLocked()
+		queued := s.heldLocked()
 		if queued == 0 || queued+len(b.json) <= s.g.cfg.QueueBytes {
 			break
 		}
@@ -122,10 +146,10 @@ func (s *Session) deliver(b *Body, policy SlowPolicy) {
 			}
 		}
 	}
-	if s.queuedLocked()+len(b.json) > s.g.cfg.QueueBytes && policy == SlowDropOldest {
+	if policy == SlowDropOldest && s.overLocked(len(b.json)) {
 		s.dropOldestLocked(b.pattern, len(b.json))
 	}
-	if s.queuedLocked()+len(b.json) > s.g.cfg.QueueBytes {
+	if s.overLocked(len(b.json)) {
 		s.overflowLocked()
 		return
 	}
@@ -201,8 +225,12 @@ func (s *Session) writeRounds() {
 	}()
 	batch := (*bp)[:0]
 	defer func() { *bp = batch[:0] }()
+	backlog := -1 // measured after a write, recorded with the next lock
 	for {
 		s.mu.Lock()
+		if backlog >= 0 {
+			s.kernelBytes = backlog
+		}
 		down := s.down
 		if down == nil || (len(s.pending) == 0 && !s.resend) {
 			var fx effects
@@ -218,11 +246,22 @@ func (s *Session) writeRounds() {
 		if oneShot {
 			s.detachLocked() // the request completes with this write
 		}
+		// The kernel's backlog is measured (a system call) after a write
+		// that found it growing or carried several packets (the writer
+		// fell behind), after a session's first write, and after every
+		// eighth otherwise: a client that stopped reading is seen within
+		// eight writes, and a session that keeps up pays for one measure
+		// in eight.
+		s.writes++
+		measure := s.kernelBytes > 0 || len(batch) > 1 || s.writes%8 == 1
 		s.mu.Unlock()
 
 		n, err := down.WritePackets(batch)
 		if err == nil {
 			s.recordWrite(batch, msgs, n)
+			if b, ok := down.(Backlogger); ok && measure {
+				backlog = b.Backlog()
+			}
 		}
 		clear(batch)
 		if !s.wrote(down, oneShot, err) {

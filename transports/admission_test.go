@@ -224,3 +224,32 @@ func TestClientAddress(t *testing.T) {
 		t.Errorf("two IPv4 addresses count as one client: %v", a)
 	}
 }
+
+// TestNullOriginNoCredentials: the "null" Origin (a sandboxed frame, a
+// local file) is never answered with credentials, even where any origin
+// is allowed.
+func TestNullOriginNoCredentials(t *testing.T) {
+	n := startNode(t, nil, func(o *Options) { o.AllowedOrigins = []string{"*"} })
+	req, _ := http.NewRequest(http.MethodPost, n.url("/poll?ch=demo.a"), nil)
+	req.Header.Set("Origin", "null")
+	resp, err := n.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get("Access-Control-Allow-Credentials") != "" {
+		t.Errorf("poll: credentials for Origin null: %v", resp.Header)
+	}
+	sreq, _ := http.NewRequest(http.MethodGet, n.url("/sse?ch=demo.a"), nil)
+	sreq.Header.Set("Origin", "null")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sresp, err := n.client.Do(sreq.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sresp.Body.Close()
+	if sresp.Header.Get("Access-Control-Allow-Credentials") != "" || sresp.Header.Get("Access-Control-Allow-Origin") != "null" {
+		t.Errorf("sse: %v", sresp.Header)
+	}
+}

@@ -315,50 +315,25 @@ func (d *bridgeDialer) connect(ctx context.Context, t BridgeTarget) (net.Conn, e
 	name := t.Name
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	host, portStr, _ := net.SplitHostPort(t.Address) // checked by Validate
-	port, _ := strconv.ParseUint(portStr, 10, 16)
-	var addrs []netip.Addr
-	if a, err := netip.ParseAddr(host); err == nil {
-		addrs = []netip.Addr{a}
-	} else {
-		addrs, err = d.lookup(ctx, "ip", host)
-		if err != nil {
-			d.log("bridge: resolving the target failed", "target", name, "err", err)
-			return nil, bridgeUnreachable
+	conn, allowed, err := dialChecked(ctx, d.lookup, t.Address, func(a netip.Addr) string {
+		if inAny(a, t.AllowNetworks) {
+			return ""
 		}
-	}
-	var lastErr error
-	allowed := 0
-	for _, a := range addrs {
-		a = a.Unmap()
-		if why := refusedAddr(a); why != "" && !inAny(a, t.AllowNetworks) {
-			d.log("bridge: target address refused", "target", name, "addr", a, "why", why)
-			continue
-		}
-		allowed++
-		// The checked address itself, never the name again: the answer is
-		// pinned for this connection.
-		var nd net.Dialer
-		conn, err := nd.DialContext(ctx, "tcp", netip.AddrPortFrom(a, uint16(port)).String())
-		if err == nil {
-			return conn, nil
-		}
-		lastErr = err
-	}
-	if allowed == 0 {
+		return refusedAddr(a)
+	}, func(a netip.Addr, why string) {
+		d.log("bridge: target address refused", "target", name, "addr", a, "why", why)
+	})
+	switch {
+	case conn != nil:
+		return conn, nil
+	case allowed == 0 && err == nil:
 		return nil, bridgeRefused
+	case allowed == 0:
+		d.log("bridge: resolving the target failed", "target", name, "err", err)
+		return nil, bridgeUnreachable
 	}
-	d.log("bridge: connecting to the target failed", "target", name, "err", lastErr)
+	d.log("bridge: connecting to the target failed", "target", name, "err", err)
 	return nil, bridgeUnreachable
-}
-
-func inAny(a netip.Addr, nets []netip.Prefix) bool {
-	for _, n := range nets {
-		if n.Contains(a) {
-			return true
-		}
-	}
-	return false
 }
 
 // refusedPrefixes are ranges the policy refuses beyond what netip.Addr's

@@ -2,12 +2,18 @@ package transports
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,6 +36,42 @@ import (
 // HeaderForwarded marks a request one node proxied to the owner of its
 // session; its value is the forwarding node's id.
 const HeaderForwarded = "X-Cometgate-Forwarded"
+
+// HeaderForwardedSig carries, with a cluster key (Options.ClusterKey),
+// the forwarding node's signature of a forwarded request:
+// "UNIXSECONDS.SIGNATURE", the signature being HMAC-SHA256 (base64url)
+// over the node id, the time, the method and the request URI. The owner
+// refuses a forwarded request whose signature does not verify, or was
+// made more than gateway.MaxClockSkew away from its clock.
+const HeaderForwardedSig = "X-Cometgate-Signature"
+
+// forwardSig signs a forwarded request.
+func forwardSig(key []byte, node string, ts int64, method, uri string) string {
+	mac := hmac.New(sha256.New, key)
+	fmt.Fprintf(mac, "cometgate-forward\n%s\n%d\n%s %s", node, ts, method, uri)
+	return strconv.FormatInt(ts, 10) + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// verifyForwarded checks the signature of a forwarded request.
+func verifyForwarded(key []byte, r *http.Request) bool {
+	tsStr, _, ok := strings.Cut(r.Header.Get(HeaderForwardedSig), ".")
+	if !ok {
+		return false
+	}
+	ts, err := strconv.ParseInt(tsStr, 10, 64)
+	if err != nil {
+		return false
+	}
+	if d := time.Since(time.Unix(ts, 0)); d > gateway.MaxClockSkew || d < -gateway.MaxClockSkew {
+		return false
+	}
+	want := forwardSig(key, r.Header.Get(HeaderForwarded), ts, r.Method, r.URL.RequestURI())
+	return hmac.Equal([]byte(want), []byte(r.Header.Get(HeaderForwardedSig)))
+}
+
+// errPeerRefused is what dialling a node whose address lies outside the
+// peer networks fails with.
+var errPeerRefused = errors.New("transports: the node's address is not in the peer networks")
 
 // NodeDirectory finds other nodes of the cluster. gateway.Nodes implements
 // it; every method must be safe for concurrent use.
@@ -63,6 +105,7 @@ const forwardDialTimeout = 5 * time.Second
 type forwarder struct {
 	nodes     NodeDirectory
 	self      string
+	key       []byte // the cluster key; nil: requests are not signed
 	log       *slog.Logger
 	metrics   *gateway.Metrics
 	transport *http.Transport
@@ -84,18 +127,23 @@ type forwardTarget struct {
 	gone  bool
 }
 
-func newForwarder(nodes NodeDirectory, gw *gateway.Gateway, log *slog.Logger) *forwarder {
+func newForwarder(opts Options, log *slog.Logger) *forwarder {
 	ctx, stop := context.WithCancel(context.Background())
+	peers := opts.PeerNetworks
+	if peers == nil {
+		peers = gateway.DefaultPeerNetworks
+	}
 	f := &forwarder{
-		nodes:   nodes,
-		self:    gw.Config().NodeID,
+		nodes:   opts.Nodes,
+		self:    opts.Gateway.Config().NodeID,
+		key:     opts.ClusterKey,
 		log:     log,
-		metrics: gw.Config().Metrics,
+		metrics: opts.Gateway.Config().Metrics,
 		ctx:     ctx,
 		stop:    stop,
 		transport: &http.Transport{
 			Proxy:                 nil, // nodes talk directly, never through HTTP_PROXY
-			DialContext:           (&net.Dialer{Timeout: forwardDialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:           peerDialer(peers),
 			TLSHandshakeTimeout:   forwardDialTimeout,
 			MaxIdleConnsPerHost:   64,
 			IdleConnTimeout:       90 * time.Second,
@@ -122,6 +170,37 @@ func (f *forwarder) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Host = pr.In.Host
 	pr.SetXForwarded()
 	pr.Out.Header.Set(HeaderForwarded, f.self)
+	if f.key != nil {
+		pr.Out.Header.Set(HeaderForwardedSig, forwardSig(f.key, f.self, time.Now().Unix(), pr.Out.Method, pr.Out.URL.RequestURI()))
+	}
+}
+
+// peerDialer dials other nodes: only at addresses in peers, and the name
+// an announcement gave resolved once per connection (see dialChecked).
+func peerDialer(peers []netip.Prefix) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
+		defer cancel()
+		conn, allowed, err := dialChecked(ctx, net.DefaultResolver.LookupNetIP, addr, func(a netip.Addr) string {
+			if inAny(a, peers) {
+				return ""
+			}
+			return "not in the peer networks"
+		}, nil)
+		switch {
+		case conn != nil:
+			return conn, nil
+		case allowed == 0 && err == nil:
+			return nil, errPeerRefused
+		}
+		var op *net.OpError
+		if !errors.As(err, &op) {
+			// A name that no longer resolves: as unreachable as a refused
+			// connection (the node may be gone).
+			err = &net.OpError{Op: "dial", Net: network, Err: err}
+		}
+		return nil, err
+	}
 }
 
 // failed answers a forward that got no response from the owner. When the

@@ -7,9 +7,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cometgate/cometgate/gateway"
 )
@@ -182,4 +185,94 @@ func TestForwardProxiesToOwner(t *testing.T) {
 	n.srv.StopForwarding()
 	st, body = do("GET", "/poll/n2.abc", "", nil)
 	notFound("after StopForwarding", st, body)
+}
+
+// TestForwardClusterKey: with a cluster key, a forwarded request carries
+// the forwarding node's signature, and a node refuses a request that says
+// it was forwarded but is not signed with the key (or signed long ago).
+func TestForwardClusterKey(t *testing.T) {
+	key := []byte(strings.Repeat("k", 32))
+	var mu sync.Mutex
+	var seen *http.Request
+	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = r.Clone(context.Background())
+		mu.Unlock()
+		_, _ = io.WriteString(w, `[]`)
+	}))
+	defer owner.Close()
+	n := startNode(t, nil, func(o *Options) {
+		o.ClusterKey = key
+		o.Nodes = staticNodes{urls: map[string]string{"n2": owner.URL}}
+	})
+	resp, err := n.client.Get(n.url("/poll/n2.abc?ack=1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	mu.Lock()
+	if seen == nil || !verifyForwarded(key, seen) {
+		t.Errorf("the forwarded request does not verify: %v", seen.Header)
+	}
+	if verifyForwarded([]byte(strings.Repeat("x", 32)), seen) {
+		t.Error("the signature verifies under another key")
+	}
+	mu.Unlock()
+
+	c := newPollClient(t, n, false)
+	c.open("demo.sig")
+	for name, sig := range map[string]string{
+		"unsigned":  "",
+		"bad":       "1.AAAA",
+		"other key": forwardSig([]byte(strings.Repeat("x", 32)), "n2", time.Now().Unix(), http.MethodGet, "/poll/"+c.sid+"?ack=1"),
+		"stale":     forwardSig(key, "n2", time.Now().Add(-time.Hour).Unix(), http.MethodGet, "/poll/"+c.sid+"?ack=1"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, n.url("/poll/"+c.sid+"?ack=1"), nil)
+			req.Header.Set(HeaderForwarded, "n2")
+			if sig != "" {
+				req.Header.Set(HeaderForwardedSig, sig)
+			}
+			resp, err := n.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			expectJSONError(t, resp.StatusCode, body, http.StatusForbidden, gateway.DisconnectForbidden.Code)
+		})
+	}
+	// Signed with the key, now: served.
+	req, _ := http.NewRequest(http.MethodGet, n.url("/poll/"+c.sid+"?ack=1"), nil)
+	req.Header.Set(HeaderForwarded, "n2")
+	req.Header.Set(HeaderForwardedSig, forwardSig(key, "n2", time.Now().Unix(), http.MethodGet, "/poll/"+c.sid+"?ack=1"))
+	resp, err = n.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a signed forwarded poll: %d", resp.StatusCode)
+	}
+}
+
+// TestForwardPeerNetworks: a node announced at an address outside the
+// peer networks is never dialled.
+func TestForwardPeerNetworks(t *testing.T) {
+	var hits atomic.Int64
+	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	defer owner.Close()
+	n := startNode(t, nil, func(o *Options) {
+		o.PeerNetworks = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+		o.Nodes = staticNodes{urls: map[string]string{"n2": owner.URL}}
+	})
+	resp, err := n.client.Get(n.url("/poll/n2.abc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "peer networks") || hits.Load() != 0 {
+		t.Errorf("owner outside the peer networks: %d %s, %d requests reached it", resp.StatusCode, body, hits.Load())
+	}
 }

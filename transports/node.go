@@ -64,7 +64,7 @@ func newNode(opts Options) *node {
 		heartbeat: opts.Gateway.Config().Heartbeat,
 	}
 	if opts.Nodes != nil {
-		n.fwd = newForwarder(opts.Nodes, opts.Gateway, opts.Logger)
+		n.fwd = newForwarder(opts, opts.Logger)
 	}
 	return n
 }
@@ -118,7 +118,11 @@ func (n *node) cors(w http.ResponseWriter, r *http.Request) {
 	}
 	h := w.Header()
 	h.Set("Access-Control-Allow-Origin", origin)
-	h.Set("Access-Control-Allow-Credentials", "true")
+	if origin != "null" {
+		// "null" is any sandboxed frame or local file: never with the
+		// browser's credentials.
+		h.Set("Access-Control-Allow-Credentials", "true")
+	}
 	h.Add("Vary", "Origin")
 }
 

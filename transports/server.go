@@ -80,6 +80,14 @@ type Options struct {
 	Web http.Handler
 	// Metrics serves /metrics; may be nil.
 	Metrics http.Handler
+	// ClusterKey, when set, signs the requests this node forwards to
+	// others (HeaderForwardedSig) and makes it refuse forwarded requests
+	// that are not signed with it. Every node the same; the node table
+	// signs its messages with it too (gateway.NodesOptions.ClusterKey).
+	ClusterKey []byte
+	// PeerNetworks are where other nodes may be: forwarding dials no
+	// address outside them. nil means gateway.DefaultPeerNetworks.
+	PeerNetworks []netip.Prefix
 	// Nodes, when set, lets this node proxy a request for a session of
 	// another node to that node (see HeaderForwarded): the request-per-poll
 	// transports and POST /session/{sid}/send, so that a round-robin load
@@ -114,7 +122,7 @@ func New(opts Options) *Server {
 	}
 	// Everything but the health and metrics endpoints (which probes and
 	// scrapers reach by address) answers only the allowed hosts.
-	t := r.With(s.checkHost)
+	t := r.With(s.checkHost, s.checkForwarded)
 	t.Method(http.MethodGet, "/ws", wsHandler{n})
 	t.Method(http.MethodGet, "/sse", sseHandler{n})
 	t.Method(http.MethodGet, "/tcp/{target}", bridgeHandler{n})
@@ -163,6 +171,20 @@ func (s *Server) checkHost(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.gate.hosts.allowed(r.Host) {
 			writeJSON(w, http.StatusMisdirectedRequest, errorBody{Error: "host not allowed: " + truncate(r.Host, 64), Code: gateway.DisconnectForbidden.Code})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// checkForwarded refuses, when there is a cluster key, a request that
+// says another node forwarded it but does not carry that node's
+// signature: forwarded requests are served here without being forwarded
+// again, and must come from the cluster.
+func (s *Server) checkForwarded(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.opts.ClusterKey != nil && r.Header.Get(HeaderForwarded) != "" && !verifyForwarded(s.opts.ClusterKey, r) {
+			writeJSON(w, http.StatusForbidden, errorBody{Error: "a forwarded request without a valid cluster signature", Code: gateway.DisconnectForbidden.Code})
 			return
 		}
 		next.ServeHTTP(w, r)

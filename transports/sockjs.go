@@ -3,6 +3,7 @@ package transports
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -13,21 +14,59 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/cometgate/cometgate/gateway"
 )
 
-// SockJS: the SockJS protocol 0.3.x (sockjs-protocol 0.3.3), so that the
-// unmodified sockjs-client library works against cometgate with each of
-// its transports.
+// SockJS: the SockJS protocol 0.3.4 as its reference server, sockjs-node
+// 0.3.24, speaks it and as the current sockjs-protocol test suite
+// (sockjs-protocol.py, the one sockjs-node's tests run) checks it, so that
+// the unmodified sockjs-client library works against cometgate with each
+// of its transports.
 //
 // An endpoint lives under its prefix and answers the URLs the protocol
 // defines: the greeting ({prefix} and {prefix}/), /info, /iframe*.html,
 // the session URLs /{server}/{session}/{transport} for websocket, xhr,
 // xhr_send, xhr_streaming, eventsource, htmlfile, jsonp and jsonp_send,
-// and the raw /websocket. Headers, status codes, the JSESSIONID cookie,
-// CORS and the framing (o, h, a[...], c[code,"reason"]) follow the
-// protocol's test suite.
+// and the raw /websocket. Routes, headers, status codes and bodies, the
+// JSESSIONID cookie and the framing (o, h, a[...], c[code,"reason"]) are
+// sockjs-node 0.3.24's, byte for byte where the tests pin them
+// (sockjs_test.go), with these deliberate differences:
+//
+//   - Security. CORS answers follow the node's allowed Origins (an Origin
+//     the admission gate refuses gets 403 and no Access-Control-Allow-*;
+//     sockjs-node answers every Origin), and Origin null never gets
+//     credentials (sjsCORS). The iframe page loads a pinned sockjs-client
+//     with its integrity (DefaultSockJSClientURL), which the protocol's
+//     pattern for the page does not foresee, and escapes the URL. htmlfile
+//     frames have "<", ">" and "&" escaped, so a message cannot end the
+//     script element. An empty callback is refused, an htmlfile callback
+//     is bounded (128 bytes), ids to 128 bytes; the JSESSIONID value is
+//     echoed only when it is a plain cookie value (else "dummy"). Error
+//     and refusal bodies are text/plain with nosniff (sockjs-node sends
+//     none), streams carry X-Accel-Buffering: no, and the iframe page's
+//     304 keeps its ETag, as RFC 9110 asks.
+//   - The session layer. A SockJS session is a gateway session
+//     (sockjs_session.go): heartbeats come from the gateway's shared
+//     ticker, so an idle receiver gets "h" one to two heartbeat delays
+//     after its last frame (sockjs-node: a timer per session, exactly one
+//     delay). A receiving request that breaks off ends the session with
+//     c[1002,"Connection interrupted"] for its next request, which the
+//     protocol allows (HandlingClose.test_abort_*); sockjs-node 0.3.24
+//     forgets the session, and the next request silently opens a new one.
+//   - WebSocket. Every WebSocket is cometgate's one connection type
+//     (wsconn.go): RFC 6455 and hybi-07/08 only (sockjs-node also takes
+//     hixie-76, which no browser has spoken since 2012), pings on busy
+//     connections too, and a client that answers nothing for three
+//     heartbeat delays and 5 s is cut off without a frame (sockjs-node
+//     closes 10 s after an unanswered ping with c[3000,"No response from
+//     heartbeat"]). The raw /websocket of a pubsub endpoint is the native
+//     /ws, of a tcp endpoint the bridge.
+//   - /chunking_test, protocol 0.1's, which /info replaced (sockjs-node
+//     still serves it for clients of that age), is not served.
 //
 // A SockJS session is a gateway session like any other (sockjs_session.go
 // has the design): the admission gate opens it, its queue, expiry and
@@ -36,9 +75,10 @@ import (
 // from the client is one client frame of the wire format in doc.go, and
 // every packet is one SockJS message; in echo mode the client's messages
 // come back through the session's queue as they went; in tcp mode they
-// carry a byte stream to and from a bridge target. A response's messages
-// are kept until the client's next request proves they arrived, so a
-// response lost on the way is sent again.
+// carry a byte stream to and from a bridge target; in close mode every
+// session closes as soon as it opened. A response's messages are kept
+// until the client's next request proves they arrived, so a response lost
+// on the way is sent again.
 
 // The SockJS endpoint modes: what the endpoint carries.
 const (
@@ -52,12 +92,31 @@ const (
 	// bridge.go): each SockJS message is a "byte string", one character
 	// per byte (U+0000 to U+00FF), both ways.
 	SockJSTCP = "tcp"
+	// SockJSClose opens every new session (the admission gate still
+	// decides) and closes it at once with CloseCode and CloseReason: the
+	// open frame, then c[code,"reason"], as the "close" service of the
+	// protocol's test suite (sockjs-node's test server: conn.close(3000,
+	// "Go away!") on every connection). An operator can retire an endpoint
+	// this way, telling sockjs-client why.
+	SockJSClose = "close"
 )
 
 // DefaultSockJSClientURL is the sockjs-client script that iframe.html loads
-// when an endpoint names none: the conventional CDN location of the 1.x
-// line. Networks without access to it set SockJSEndpoint.ClientURL.
-const DefaultSockJSClientURL = "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js"
+// when an endpoint names none: one pinned release on the CDN sockjs-node
+// uses, loaded with DefaultSockJSClientIntegrity, so that a CDN serving
+// other bytes cannot run code in the node's origin. sockjs-client's iframe
+// transports need the page and the iframe to run the same release: pages
+// that load another one (or networks without access to the CDN) set
+// SockJSEndpoint.ClientURL (and ClientIntegrity). The browser test
+// installs this release from npm and checks the hash
+// (cmd/cometgate/sockjs_browser_test.go).
+const DefaultSockJSClientURL = "https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js"
+
+// DefaultSockJSClientIntegrity is the Subresource Integrity of
+// DefaultSockJSClientURL: the sha384 of dist/sockjs.min.js in the npm
+// package sockjs-client@1.6.1 (registry shasum
+// 350b8eda42d6d52ddc030c39943364c11dcad806).
+const DefaultSockJSClientIntegrity = "sha384-svdnwiXBL+Js+yUneJSRFy24NgGiOfDM/vkQl/vCeVrcbYD6yW8EwPr1FnxTEZsR"
 
 // SockJS defaults, the values SockJS servers conventionally use.
 const (
@@ -76,10 +135,18 @@ type SockJSEndpoint struct {
 	// api, healthz, readyz, metrics, poll, xhr, htmlfile, jsonp).
 	Prefix string
 	// Mode is what the endpoint carries: SockJSPubSub (the default),
-	// SockJSEcho, or SockJSTCP.
+	// SockJSEcho, SockJSTCP, or SockJSClose.
 	Mode string
 	// Target names the allow-listed TCP target of a tcp endpoint.
 	Target string
+	// CloseCode and CloseReason are what a close endpoint closes every
+	// session with; only a close endpoint has them. The code is 1000 or
+	// 3000-4999 (what an application may close a SockJS connection with),
+	// the reason at most 123 bytes of UTF-8 (what a WebSocket close frame
+	// holds); 0 and "" mean 1000 and "Normal closure", sockjs-node's
+	// defaults for close().
+	CloseCode   int
+	CloseReason string
 	// Websocket enables the websocket transports (/{s}/{s}/websocket and
 	// the raw /websocket); /info tells clients whether it is on.
 	Websocket bool
@@ -91,8 +158,10 @@ type SockJSEndpoint struct {
 	// new one, so that the browser can free what it received; 0 means
 	// 128 KiB.
 	ResponseLimit int
-	// HeartbeatDelay is how long a receiving request may stay without a
-	// frame before the server sends an "h" frame; 0 means 25 s.
+	// HeartbeatDelay is the interval of heartbeats: an "h" frame on a
+	// receiving request, a ping on a websocket; 0 means 25 s. A receiver
+	// that had nothing else gets one one to two delays after its last
+	// frame (the gateway's shared ticker).
 	HeartbeatDelay time.Duration
 	// DisconnectDelay is how long a session may stay without a receiving
 	// request before it ends (and how long a closed session keeps
@@ -100,8 +169,15 @@ type SockJSEndpoint struct {
 	DisconnectDelay time.Duration
 	// ClientURL is the sockjs-client script the iframe page loads (the
 	// iframe transports need it): an absolute http(s) URL or a path on
-	// this host. "" means DefaultSockJSClientURL.
+	// this host. "" means DefaultSockJSClientURL, with
+	// DefaultSockJSClientIntegrity.
 	ClientURL string
+	// ClientIntegrity is the Subresource Integrity of ClientURL's script
+	// ("sha384-…", space-separated when there are several), which the
+	// iframe page's script element then carries with
+	// crossorigin="anonymous"; "" loads ClientURL without one. It needs
+	// ClientURL.
+	ClientIntegrity string
 }
 
 // reservedSockJSSegments are first path segments the node serves itself.
@@ -128,6 +204,17 @@ func (e SockJSEndpoint) withDefaults() SockJSEndpoint {
 	if e.ClientURL == "" {
 		e.ClientURL = DefaultSockJSClientURL
 	}
+	if e.ClientURL == DefaultSockJSClientURL && e.ClientIntegrity == "" {
+		e.ClientIntegrity = DefaultSockJSClientIntegrity
+	}
+	if e.Mode == SockJSClose {
+		if e.CloseCode == 0 {
+			e.CloseCode = gateway.CodeNormal
+		}
+		if e.CloseReason == "" {
+			e.CloseReason = "Normal closure"
+		}
+	}
 	return e
 }
 
@@ -136,9 +223,18 @@ func (e SockJSEndpoint) Validate() error {
 	if err := validateSockJSPrefix(e.Prefix); err != nil {
 		return err
 	}
+	if e.ClientIntegrity != "" && e.ClientURL == "" {
+		return fmt.Errorf("sockjs %s: client_integrity: only with client_url (the default client has its own)", e.Prefix)
+	}
+	if err := validateSRI(e.ClientIntegrity); err != nil {
+		return fmt.Errorf("sockjs %s: client_integrity: %w", e.Prefix, err)
+	}
+	if e.Mode != SockJSClose && (e.CloseCode != 0 || e.CloseReason != "") {
+		return fmt.Errorf("sockjs %s: close_code, close_reason: only a close endpoint has them", e.Prefix)
+	}
 	e = e.withDefaults()
 	switch e.Mode {
-	case SockJSPubSub, SockJSEcho:
+	case SockJSPubSub, SockJSEcho, SockJSClose:
 		if e.Target != "" {
 			return fmt.Errorf("sockjs %s: target: only a tcp endpoint has a target", e.Prefix)
 		}
@@ -147,7 +243,15 @@ func (e SockJSEndpoint) Validate() error {
 			return fmt.Errorf("sockjs %s: target: a tcp endpoint needs the name of a bridge target", e.Prefix)
 		}
 	default:
-		return fmt.Errorf("sockjs %s: mode: %q is not one of pubsub, echo, tcp", e.Prefix, e.Mode)
+		return fmt.Errorf("sockjs %s: mode: %q is not one of pubsub, echo, tcp, close", e.Prefix, e.Mode)
+	}
+	if e.Mode == SockJSClose {
+		if c := e.CloseCode; c != gateway.CodeNormal && (c < 3000 || c > 4999) {
+			return fmt.Errorf("sockjs %s: close_code: %d is not 1000 or 3000-4999", e.Prefix, c)
+		}
+		if r := e.CloseReason; !utf8.ValidString(r) || len(r) > 123 {
+			return fmt.Errorf("sockjs %s: close_reason: must be UTF-8 of at most 123 bytes", e.Prefix)
+		}
 	}
 	switch {
 	case e.ResponseLimit < 0:
@@ -230,6 +334,20 @@ func validateSockJSClientURL(s string) error {
 	return nil
 }
 
+// validateSRI checks Subresource Integrity metadata: space-separated
+// hash-algorithm-base64 tokens (sha256, sha384, sha512) whose digests
+// have the algorithm's length.
+func validateSRI(s string) error {
+	for _, tok := range strings.Fields(s) {
+		alg, b64, ok := strings.Cut(tok, "-")
+		size := map[string]int{"sha256": 32, "sha384": 48, "sha512": 64}[alg]
+		if d, err := base64.StdEncoding.DecodeString(b64); !ok || size == 0 || err != nil || len(d) != size {
+			return fmt.Errorf("%q is not sha256-, sha384- or sha512- with the digest in base64", tok)
+		}
+	}
+	return nil
+}
+
 // mountSockJS mounts every configured endpoint on r (New calls it), and
 // tells the cluster which of their sessions this node owns.
 func mountSockJS(r chi.Router, n *node) {
@@ -270,12 +388,15 @@ func mountSockJS(r chi.Router, n *node) {
 
 // sockjsEndpoint serves one SockJS endpoint.
 type sockjsEndpoint struct {
-	n      *node
-	cfg    SockJSEndpoint
-	echo   bool
-	tcp    bool   // a bridge endpoint: each session has a link to cfg.Target
-	iframe []byte // the iframe page
-	etag   string
+	n    *node
+	cfg  SockJSEndpoint
+	echo bool // echo, and close: a close endpoint's sessions are echo sessions closed at once
+	tcp  bool // a bridge endpoint: each session has a link to cfg.Target
+	// closeWith is what a close endpoint closes every new session with;
+	// nil for the other modes.
+	closeWith *gateway.Disconnect
+	iframe    []byte // the iframe page
+	etag      string
 
 	mu       sync.Mutex
 	sessions map[string]*sjsEntry // the sessions over HTTP by id, live and recently closed
@@ -284,31 +405,47 @@ type sockjsEndpoint struct {
 }
 
 func newSockJSEndpoint(n *node, cfg SockJSEndpoint) *sockjsEndpoint {
-	page := []byte(strings.Replace(sjsIframeTemplate, "{{ sockjs_url }}", html.EscapeString(cfg.ClientURL), 1))
+	src := html.EscapeString(cfg.ClientURL) + `"`
+	if sri := strings.Join(strings.Fields(cfg.ClientIntegrity), " "); sri != "" {
+		src += ` integrity="` + sri + `" crossorigin="anonymous"`
+	}
+	page := []byte(strings.Replace(sjsIframeTemplate, `{{ sockjs_url }}"`, src, 1))
+	var closeWith *gateway.Disconnect
+	if cfg.Mode == SockJSClose {
+		closeWith = &gateway.Disconnect{Code: cfg.CloseCode, Reason: cfg.CloseReason}
+	}
 	sum := sha256.Sum256(page)
 	return &sockjsEndpoint{
-		n:        n,
-		cfg:      cfg,
-		echo:     cfg.Mode == SockJSEcho,
-		tcp:      cfg.Mode == SockJSTCP,
-		iframe:   page,
-		etag:     `"` + hex.EncodeToString(sum[:16]) + `"`,
-		sessions: make(map[string]*sjsEntry),
-		claims:   make(map[string]int),
+		n:         n,
+		cfg:       cfg,
+		echo:      cfg.Mode == SockJSEcho || cfg.Mode == SockJSClose,
+		tcp:       cfg.Mode == SockJSTCP,
+		closeWith: closeWith,
+		iframe:    page,
+		etag:      `"` + hex.EncodeToString(sum[:16]) + `"`,
+		sessions:  make(map[string]*sjsEntry),
+		claims:    make(map[string]int),
 	}
 }
 
-// sjsIframeTemplate is the iframe page of the protocol, byte for byte.
+// sjsIframeTemplate is the iframe page of sockjs-node 0.3.24
+// (lib/iframe.js) and of the current protocol tests
+// (IframePage.iframe_body), byte for byte: the client script first, then
+// the bootstrap. The URL is HTML-escaped (sockjs-node writes it as it is),
+// and the script element carries integrity and crossorigin attributes when
+// the endpoint has a ClientIntegrity (the default client has one), which
+// the protocol's pattern does not foresee: loading code into the node's
+// origin from a CDN without pinning it is a hole the attributes close.
 const sjsIframeTemplate = `<!DOCTYPE html>
 <html>
 <head>
   <meta http-equiv="X-UA-Compatible" content="IE=edge" />
   <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+  <script src="{{ sockjs_url }}"></script>
   <script>
     document.domain = document.domain;
-    _sockjs_onload = function(){SockJS.bootstrap_iframe();};
+    SockJS.bootstrap_iframe();
   </script>
-  <script src="{{ sockjs_url }}"></script>
 </head>
 <body>
   <h2>Don't panic!</h2>
@@ -316,32 +453,46 @@ const sjsIframeTemplate = `<!DOCTYPE html>
 </body>
 </html>`
 
-// ServeHTTP routes a request under the endpoint's prefix.
+// closeNew closes a session of a close endpoint, once it was opened;
+// further calls do nothing (Close does nothing on a closed session).
+func (ep *sockjsEndpoint) closeNew(sess *gateway.Session) {
+	if ep.closeWith != nil {
+		sess.Close(*ep.closeWith)
+	}
+}
+
+// ServeHTTP routes a request under the endpoint's prefix, as sockjs-node
+// 0.3.24's dispatcher (lib/sockjs.js generate_dispatcher) does: on the
+// request's path as it was sent (not percent-decoded), every URL but the
+// greeting may end with one "/", a known URL asked with another method
+// gets 405 with the methods it takes in Allow, an unknown one 404.
 func (ep *sockjsEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rest, ok := strings.CutPrefix(r.URL.Path, ep.cfg.Prefix)
+	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), ep.cfg.Prefix)
 	if !ok {
 		sjsNotFound(w)
 		return
 	}
-	switch {
-	case rest == "" || rest == "/":
+	if rest == "" || rest == "/" {
 		if sjsMethods(w, r, http.MethodGet) {
 			sjsPlain(w, http.StatusOK, "Welcome to SockJS!\n")
 		}
-	case rest == "/info":
+		return
+	}
+	path := strings.TrimSuffix(rest, "/")
+	switch {
+	case path == "/info":
 		ep.serveInfo(w, r)
-	case sjsIsIframe(rest):
+	case sjsIsIframe(path):
 		if sjsMethods(w, r, http.MethodGet) {
 			ep.serveIframe(w, r)
 		}
-	case rest == "/websocket":
-		if !ep.cfg.Websocket {
-			sjsNotFound(w)
+	case path == "/websocket":
+		if ep.websocketOff(w, r) {
 			return
 		}
 		ep.serveRawWebSocket(w, r)
 	default:
-		server, sid, transport, ok := sjsSessionPath(rest)
+		server, sid, transport, ok := sjsSessionPath(path)
 		if !ok {
 			sjsNotFound(w)
 			return
@@ -351,12 +502,32 @@ func (ep *sockjsEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// websocketOff answers a websocket URL of an endpoint whose websockets
+// are off, as sockjs-node does: GET gets a cacheable 404, other methods
+// 405.
+func (ep *sockjsEndpoint) websocketOff(w http.ResponseWriter, r *http.Request) bool {
+	if ep.cfg.Websocket {
+		return false
+	}
+	if sjsMethods(w, r, http.MethodGet) {
+		sjsCacheForever(w.Header())
+		sjsNotFound(w)
+	}
+	return true
+}
+
+// The methods of the session URLs in Allow, in sockjs-node's order; the
+// preflight's Access-Control-Allow-Methods lists them its own way.
+const (
+	sjsAllowXHR  = "POST, OPTIONS"
+	sjsAllowInfo = "OPTIONS, GET"
+)
+
 // serveSessionURL dispatches /{server}/{session}/{transport}.
 func (ep *sockjsEndpoint) serveSessionURL(w http.ResponseWriter, r *http.Request, sid, transport string) {
 	switch transport {
 	case "websocket":
-		if !ep.cfg.Websocket {
-			sjsNotFound(w)
+		if ep.websocketOff(w, r) {
 			return
 		}
 		ep.serveWebSocket(w, r)
@@ -371,7 +542,7 @@ func (ep *sockjsEndpoint) serveSessionURL(w http.ResponseWriter, r *http.Request
 			}
 			ep.serveReceiver(w, r, sid, kind)
 		default:
-			sjsMethodNotAllowed(w, "OPTIONS, POST")
+			sjsMethodNotAllowed(w, sjsAllowXHR)
 		}
 	case "xhr_send":
 		switch r.Method {
@@ -380,7 +551,7 @@ func (ep *sockjsEndpoint) serveSessionURL(w http.ResponseWriter, r *http.Request
 		case http.MethodPost:
 			ep.serveXHRSend(w, r, sid)
 		default:
-			sjsMethodNotAllowed(w, "OPTIONS, POST")
+			sjsMethodNotAllowed(w, sjsAllowXHR)
 		}
 	case "eventsource":
 		if sjsMethods(w, r, http.MethodGet) {
@@ -412,23 +583,30 @@ func (ep *sockjsEndpoint) serveInfo(w http.ResponseWriter, r *http.Request) {
 		return
 	case http.MethodGet:
 	default:
-		sjsMethodNotAllowed(w, "OPTIONS, GET")
+		sjsMethodNotAllowed(w, sjsAllowInfo)
+		return
+	}
+	// Not sockjs-node's, which answers every Origin: CORS answers follow
+	// the node's allowed Origins.
+	if ref := ep.n.gate.origin(r); ref != nil {
+		sjsRefuse(w, ref)
 		return
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	entropy := binary.BigEndian.Uint32(b[:])
 	body := make([]byte, 0, 96)
+	// sockjs-node's key order (lib/chunking-test.js, info).
 	body = append(body, `{"websocket":`...)
 	body = strconv.AppendBool(body, ep.cfg.Websocket)
-	body = append(body, `,"cookie_needed":`...)
+	body = append(body, `,"origins":["*:*"],"cookie_needed":`...)
 	body = strconv.AppendBool(body, ep.cfg.CookieNeeded)
-	body = append(body, `,"origins":["*:*"],"entropy":`...)
+	body = append(body, `,"entropy":`...)
 	body = strconv.AppendUint(body, uint64(entropy), 10)
 	body = append(body, '}')
 	h := w.Header()
 	sjsNoCache(h)
-	sjsCORS(w, r)
+	sjsCORS(h, r, "null")
 	h.Set("Content-Type", "application/json; charset=UTF-8")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
@@ -464,16 +642,15 @@ func sjsETagMatch(header, etag string) bool {
 // preflight answers a CORS preflight; it is cacheable, as the protocol
 // asks. Origins the node does not allow are refused.
 func (ep *sockjsEndpoint) preflight(w http.ResponseWriter, r *http.Request, methods string) {
-	if ep.n.gate.origin(r) != nil {
-		sjsPlain(w, http.StatusForbidden, "origin not allowed")
+	if ref := ep.n.gate.origin(r); ref != nil {
+		sjsRefuse(w, ref)
 		return
 	}
 	h := w.Header()
 	sjsCacheForever(h)
-	sjsCORS(w, r)
+	sjsCORS(h, r, "null")
 	h.Set("Access-Control-Allow-Methods", methods)
 	h.Set("Access-Control-Max-Age", strconv.Itoa(sjsCacheSeconds))
-	h.Set("Allow", methods)
 	ep.setCookie(w, r)
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -502,26 +679,49 @@ func sjsCacheForever(h http.Header) {
 }
 
 // sjsNoCache is the protocol's header for everything private fetched by
-// GET (and POST, which some browsers cache).
+// GET (and POST, which some browsers cache): sockjs-node's h_no_cache
+// (lib/webjs.js), no-transform included since 0.3.16, as the current
+// protocol tests ask (verify_not_cached).
 func sjsNoCache(h http.Header) {
-	h.Set("Cache-Control", "no-store, no-cache, must-revalidate, max-age=0")
+	h.Set("Cache-Control", "no-store, no-cache, no-transform, must-revalidate, max-age=0")
 }
 
-// sjsCORS adds SockJS's CORS headers: the request's Origin (or "*" for
-// none and for "null", which browsers would read as a refusal), with
-// credentials, and the request headers a preflight asked for.
-func sjsCORS(w http.ResponseWriter, r *http.Request) {
-	h := w.Header()
-	origin := r.Header.Get("Origin")
-	if origin == "" || origin == "null" {
-		origin = "*"
+// sjsCORS adds the CORS headers of an answer to r, whose Origin the
+// caller had the gate admit (gate.origin): what sockjs-node 0.3.24's
+// xhr_cors (lib/trans-xhr.js) writes and the current protocol tests ask
+// (verify_cors, test_options_null_origin), with one deliberate
+// difference. A request without Origin gets "*" and no credentials; an
+// Origin is echoed with credentials; "null" is answered null (eventsource
+// passes "*", as sockjs-node's eventsource does) but, unlike sockjs-node,
+// never with credentials: any site can send Origin null (a sandboxed
+// iframe, a redirect, a file:// page), so a credentialed answer to null is
+// a credentialed answer to every site. Only an operator who allows null
+// (or every Origin) gets this far with it.
+func sjsCORS(h http.Header, r *http.Request, null string) {
+	h.Set("Vary", "Origin")
+	switch origin := r.Header.Get("Origin"); origin {
+	case "":
+		h.Set("Access-Control-Allow-Origin", "*")
+	case "null":
+		h.Set("Access-Control-Allow-Origin", null)
+	default:
+		h.Set("Access-Control-Allow-Origin", origin)
+		h.Set("Access-Control-Allow-Credentials", "true")
 	}
-	h.Set("Access-Control-Allow-Origin", origin)
-	h.Set("Access-Control-Allow-Credentials", "true")
-	h.Add("Vary", "Origin")
 	if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
 		h.Set("Access-Control-Allow-Headers", req)
 	}
+}
+
+// sjsRefuse answers a request the admission gate refused before the
+// protocol took part (an Origin the node does not allow, mostly): its
+// status and message, and no Access-Control-Allow-* headers, so a browser
+// keeps the answer from the page.
+func sjsRefuse(w http.ResponseWriter, ref *refusal) {
+	if ref.retry {
+		w.Header().Set("Retry-After", "1")
+	}
+	sjsPlain(w, ref.status, ref.msg)
 }
 
 // sjsPlain answers with a plain-text body.
@@ -534,7 +734,11 @@ func sjsPlain(w http.ResponseWriter, status int, body string) {
 	_, _ = w.Write([]byte(body))
 }
 
-func sjsNotFound(w http.ResponseWriter) { sjsPlain(w, http.StatusNotFound, "404 Not Found\n") }
+// sjsNotFound answers 404 with sockjs-node's body (lib/sockjs.js,
+// handle_404).
+func sjsNotFound(w http.ResponseWriter) {
+	sjsPlain(w, http.StatusNotFound, "404 Error: Page not found\n")
+}
 
 // sjsMethodNotAllowed answers 405 with the Allow header and no body, as
 // the protocol asks.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -28,8 +29,12 @@ const (
 // use a few characters (sockjs-client: 3 and 8, test suites: a UUID).
 const sjsMaxIDLen = 128
 
-// sjsMaxCallbackLen bounds a JSONP or htmlfile callback name.
-const sjsMaxCallbackLen = 128
+// The bounds of a callback name: sockjs-node's 32 bytes for jsonp; for
+// htmlfile, where sockjs-node has none, cometgate's own.
+const (
+	sjsMaxJSONPCallbackLen    = 32
+	sjsMaxHTMLFileCallbackLen = 128
+)
 
 // sjsSessionPath splits "/{server}/{session}/{transport}". Server and
 // session ids may hold anything but "/" and "." and must not be empty.
@@ -48,36 +53,43 @@ func sjsValidID(s string) bool {
 	return s != "" && len(s) <= sjsMaxIDLen && !strings.ContainsAny(s, "/.")
 }
 
-// sjsIsIframe reports whether rest is "/iframe{version}.html" with a
-// version of [0-9a-z._-] (case matters: "/IFRAME.HTML" is not found).
-func sjsIsIframe(rest string) bool {
-	v, ok := strings.CutPrefix(rest, "/iframe")
+// sjsIsIframe reports whether path is an iframe page URL: what
+// sockjs-node 0.3.24 matches with /iframe[0-9-.a-z_]*.html (lib/sockjs.js),
+// whose unescaped "." takes any one character before "html". Case
+// matters: "/IFRAME.HTML" is not found. path is as sent (percent-encoded),
+// so it is ASCII.
+func sjsIsIframe(path string) bool {
+	v, ok := strings.CutPrefix(path, "/iframe")
 	if !ok {
 		return false
 	}
-	v, ok = strings.CutSuffix(v, ".html")
-	if !ok || len(v) > sjsMaxIDLen {
+	v, ok = strings.CutSuffix(v, "html")
+	if !ok || v == "" || len(v) > sjsMaxIDLen {
 		return false
 	}
-	for i := 0; i < len(v); i++ {
+	for i := 0; i < len(v)-1; i++ {
 		c := v[i]
 		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c == '.' || c == '_' || c == '-') {
 			return false
 		}
 	}
-	return true
+	c := v[len(v)-1] // the regexp's "." (no line terminator; ASCII here)
+	return c < utf8.RuneSelf && c != '\n' && c != '\r'
 }
 
 // sjsValidCallback reports whether name may be written into a script as
-// the callback of jsonp or htmlfile: letters, digits, "_" and "." only, so
-// that nothing a client sends can become code.
-func sjsValidCallback(name string) bool {
-	if name == "" || len(name) > sjsMaxCallbackLen {
+// the callback of jsonp or htmlfile: 1 to max bytes of letters, digits,
+// "_", "-" and ".", what sockjs-node allows ([^a-zA-Z0-9-_.] refused), so
+// that nothing a client sends can become code. sockjs-node takes an empty
+// name too (c=), and writes a script that cannot work; cometgate refuses
+// it with the same answer as a bad one, so the page's author learns why.
+func sjsValidCallback(name string, max int) bool {
+	if name == "" || len(name) > max {
 		return false
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
-		if !sjsIsAlnum(c) && c != '_' && c != '.' {
+		if !sjsIsAlnum(c) && c != '_' && c != '-' && c != '.' {
 			return false
 		}
 	}
@@ -103,20 +115,25 @@ func sjsValidCookieValue(v string) bool {
 	return true
 }
 
+// sjsJSONSpace is what JSON (and JavaScript's JSON.parse) takes as
+// whitespace around a value.
+const sjsJSONSpace = " \t\r\n"
+
 // parseSJSMessages decodes a send body: a JSON array of messages. A string
 // element is the message text; any other JSON value is passed on as its
 // compact JSON text (hand-written clients may send frames as objects).
-// The errors are the protocol's: errSJSPayloadExpected for an empty body
-// or a JSON value that is not an array, errSJSBrokenJSON for anything that
-// is not JSON.
+// The errors are the protocol's, as sockjs-node's xhr_send gives them:
+// errSJSPayloadExpected for an empty body or a JSON value that is not an
+// array, errSJSBrokenJSON for anything that is not JSON (whitespace
+// alone included).
 func parseSJSMessages(body []byte) ([][]byte, error) {
-	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
 		return nil, errSJSPayloadExpected
 	}
 	if !json.Valid(body) {
 		return nil, errSJSBrokenJSON
 	}
+	body = bytes.Trim(body, sjsJSONSpace)
 	if body[0] != '[' {
 		return nil, errSJSPayloadExpected
 	}
@@ -144,18 +161,20 @@ func parseSJSMessages(body []byte) ([][]byte, error) {
 }
 
 // parseSJSWebSocketMessage decodes one WebSocket message of a SockJS
-// session: a JSON array of messages or a single JSON string. An empty
-// message carries nothing (the protocol says to ignore it).
+// session: a JSON array of messages or a single JSON value. An empty
+// message carries nothing (the protocol says to ignore it); anything
+// else that is not JSON, whitespace alone included, is broken framing,
+// as for sockjs-node's WebSocketReceiver.didMessage.
 func parseSJSWebSocketMessage(data []byte) ([][]byte, error) {
-	data = bytes.TrimSpace(data)
 	if len(data) == 0 {
 		return nil, nil
 	}
-	if data[0] == '[' {
-		return parseSJSMessages(data)
-	}
 	if !json.Valid(data) {
 		return nil, errSJSBrokenJSON
+	}
+	data = bytes.Trim(data, sjsJSONSpace)
+	if data[0] == '[' {
+		return parseSJSMessages(data)
 	}
 	if data[0] == '"' {
 		var s string
@@ -173,21 +192,26 @@ func parseSJSWebSocketMessage(data []byte) ([][]byte, error) {
 
 const sjsHex = "0123456789abcdef"
 
-// sjsEscaped reports whether r must go as \uXXXX in a SockJS JSON string.
-// Browsers mangle or drop these on some transports (the protocol's
-// "escapable by server" set: U+200C–U+200F, U+2028–U+202F, U+2060–U+206F,
-// U+FFF0–U+FFFF); like sockjs-node, the whole U+2000–U+20FF block is
-// escaped.
+// sjsEscaped reports whether r must go as \uXXXX in a SockJS JSON string:
+// the characters browsers mangle or drop on some transports, which
+// sockjs-node 0.3.24 escapes (utils.quote's escapable in lib/utils.js, the
+// protocol's escapable_by_server): U+200C–U+200F, U+2028–U+202F,
+// U+2060–U+206F, U+FFF0–U+FFFF; and every character beyond U+FFFF, which
+// sockjs-node escapes as its two UTF-16 surrogates (its pattern matches
+// U+D800–U+DFFF, and a JavaScript string holds such a character as a
+// surrogate pair).
 func sjsEscaped(r rune) bool {
-	return r >= 0x2000 && r <= 0x20ff || r >= 0xfff0 && r <= 0xffff
+	return r >= 0x200c && r <= 0x200f || r >= 0x2028 && r <= 0x202f || r >= 0x2060 && r <= 0x206f ||
+		r >= 0xfff0 && r <= 0xffff || r > 0xffff
 }
 
-// appendSJSQuote appends s as a JSON string the way SockJS servers quote
-// messages: JSON's escapes (JSON.stringify's short forms for \b \f \n \r
-// \t), lowercase \uXXXX for the other control characters and the ranges
-// of sjsEscaped, U+FFFD for invalid UTF-8. With htmlSafe, "<", ">" and "&"
-// are escaped too, so that the string can sit inside an HTML <script>
-// without ending it.
+// appendSJSQuote appends s as a JSON string the way sockjs-node quotes
+// messages (JSON.stringify, then the escapes of sjsEscaped): JSON's
+// escapes (JSON.stringify's short forms for \b \f \n \r \t), lowercase
+// \uXXXX for the other control characters and for sjsEscaped (a surrogate
+// pair beyond U+FFFF), U+FFFD for invalid UTF-8 (escaped too: it is in
+// U+FFF0–U+FFFF). With htmlSafe, "<", ">" and "&" are escaped too, so that
+// the string can sit inside an HTML <script> without ending it.
 func appendSJSQuote(dst, s []byte, htmlSafe bool) []byte {
 	dst = append(dst, '"')
 	start := 0
@@ -213,7 +237,7 @@ func appendSJSQuote(dst, s []byte, htmlSafe bool) []byte {
 			case '\t':
 				dst = append(dst, '\\', 't')
 			default:
-				dst = append(dst, '\\', 'u', '0', '0', sjsHex[c>>4], sjsHex[c&0xf])
+				dst = appendSJSEscape(dst, rune(c))
 			}
 			i++
 			start = i
@@ -223,10 +247,14 @@ func appendSJSQuote(dst, s []byte, htmlSafe bool) []byte {
 		switch {
 		case r == utf8.RuneError && size == 1:
 			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
+			dst = appendSJSEscape(dst, utf8.RuneError)
+		case r > 0xffff:
+			dst = append(dst, s[start:i]...)
+			hi, lo := utf16.EncodeRune(r)
+			dst = appendSJSEscape(appendSJSEscape(dst, hi), lo)
 		case sjsEscaped(r):
 			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', sjsHex[r>>12&0xf], sjsHex[r>>8&0xf], sjsHex[r>>4&0xf], sjsHex[r&0xf])
+			dst = appendSJSEscape(dst, r)
 		default:
 			i += size
 			continue
@@ -236,6 +264,11 @@ func appendSJSQuote(dst, s []byte, htmlSafe bool) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// appendSJSEscape appends \uXXXX (lowercase hex) for r <= U+FFFF.
+func appendSJSEscape(dst []byte, r rune) []byte {
+	return append(dst, '\\', 'u', sjsHex[r>>12&0xf], sjsHex[r>>8&0xf], sjsHex[r>>4&0xf], sjsHex[r&0xf])
 }
 
 // appendSJSEventData appends a frame as the data of an EventSource event.

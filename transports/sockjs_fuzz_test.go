@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -14,7 +15,7 @@ import (
 // the server writes into JSON, HTML and event streams.
 
 func FuzzSJSParseMessages(f *testing.F) {
-	for _, s := range []string{`["a"]`, `[]`, ``, `["x`, `{"a":1}`, `null`, `[1,{"op":"ping"},"\u2028",null]`, ` [ "a" , "b" ] `, `["\ud800"]`} {
+	for _, s := range []string{`["a"]`, `[]`, ``, `["x`, `{"a":1}`, `null`, `[1,{"op":"ping"},"\u2028",null]`, ` [ "a" , "b" ] `, `["\ud800"]`, "  ", "\f[]"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -28,8 +29,8 @@ func FuzzSJSParseMessages(f *testing.F) {
 			}
 			return
 		}
-		trimmed := bytes.TrimSpace(body)
-		if !json.Valid(trimmed) || trimmed[0] != '[' {
+		trimmed := bytes.Trim(body, sjsJSONSpace)
+		if !json.Valid(body) || trimmed[0] != '[' {
 			t.Fatalf("accepted %q", body)
 		}
 		var raws []json.RawMessage
@@ -59,7 +60,7 @@ func FuzzSJSParseMessages(f *testing.F) {
 }
 
 func FuzzSJSWebSocketMessage(f *testing.F) {
-	for _, s := range []string{``, `["a"]`, `"a"`, `["a`, `{}`, `  `, `42`, "0\f"} {
+	for _, s := range []string{``, `["a"]`, `"a"`, `["a`, `{}`, `  `, `42`, "0\f", " [] "} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -68,15 +69,19 @@ func FuzzSJSWebSocketMessage(f *testing.F) {
 			if !errors.Is(err, errSJSPayloadExpected) && !errors.Is(err, errSJSBrokenJSON) {
 				t.Fatalf("unexpected error %v", err)
 			}
+			if errors.Is(err, errSJSBrokenJSON) && json.Valid(data) {
+				t.Fatalf("valid JSON %q called broken", data)
+			}
 			return
 		}
-		if len(bytes.TrimSpace(data)) == 0 {
+		if len(data) == 0 {
 			if len(msgs) != 0 {
 				t.Fatalf("messages from an empty message")
 			}
 			return
 		}
-		if !json.Valid(bytes.TrimSpace(data)) {
+		// Only an empty message is ignored; anything else is JSON.
+		if !json.Valid(data) {
 			t.Fatalf("accepted invalid JSON %q", data)
 		}
 	})
@@ -158,19 +163,24 @@ func FuzzSJSSessionPath(f *testing.F) {
 }
 
 func FuzzSJSCallback(f *testing.F) {
-	for _, s := range []string{"callback", "_jp.a1b2c3", "a(1)", "", "x</script>", "a.b_c"} {
+	for _, s := range []string{"callback", "_jp.a1b2c3", "a(1)", "", "x</script>", "a.b_c", "a-b", strings.Repeat("a", 33)} {
 		f.Add(s)
 	}
+	// sockjs-node's check, and cometgate's bounds (1 to max bytes).
+	invalid := regexp.MustCompile(`[^a-zA-Z0-9-_.]`)
 	f.Fuzz(func(t *testing.T, name string) {
-		if !sjsValidCallback(name) {
-			return
+		for _, max := range []int{sjsMaxJSONPCallbackLen, sjsMaxHTMLFileCallbackLen} {
+			want := !invalid.MatchString(name) && name != "" && len(name) <= max
+			if got := sjsValidCallback(name, max); got != want {
+				t.Fatalf("sjsValidCallback(%q, %d) = %v, want %v", name, max, got, want)
+			}
 		}
-		if strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.") != "" || len(name) > sjsMaxCallbackLen {
-			t.Fatalf("accepted callback %q", name)
+		if !sjsValidCallback(name, sjsMaxHTMLFileCallbackLen) {
+			return
 		}
 		// It goes into a script as is: it must not end or escape it.
 		page := sjsHTMLFilePrelude(name)
-		if bytes.Count(page, []byte("</script>")) != 1 {
+		if bytes.Count(page, []byte("</script>")) != 1 || !bytes.Contains(page, []byte("var c = parent."+name+";\n")) {
 			t.Fatalf("callback %q changed the page's structure", name)
 		}
 	})
@@ -182,13 +192,19 @@ func FuzzSJSJSONPPayload(f *testing.F) {
 	f.Add("", []byte(""))
 	f.Add("application/x-www-form-urlencoded; charset=UTF-8", []byte("p=p&d=%ZZ"))
 	f.Add("multipart/form-data", []byte("x"))
+	f.Add("text/plain", []byte(`"[\"x\"]"`))
+	f.Add("text/plain", []byte(`""`))
+	f.Add("Text/Plain", []byte(`["x"]`))
 	f.Fuzz(func(t *testing.T, ct string, body []byte) {
 		payload, err := sjsJSONPPayload(ct, body)
 		if err != nil {
-			if !errors.Is(err, errSJSPayloadExpected) {
+			if !errors.Is(err, errSJSPayloadExpected) && !errors.Is(err, errSJSBrokenJSON) {
 				t.Fatalf("unexpected error %v", err)
 			}
 			return
+		}
+		if len(payload) == 0 {
+			t.Fatalf("an empty payload from %q %q", ct, body)
 		}
 		if _, err := parseSJSMessages(payload); err != nil && !errors.Is(err, errSJSPayloadExpected) && !errors.Is(err, errSJSBrokenJSON) {
 			t.Fatalf("unexpected error %v", err)
@@ -197,16 +213,15 @@ func FuzzSJSJSONPPayload(f *testing.F) {
 }
 
 func FuzzSJSIframePath(f *testing.F) {
-	for _, s := range []string{"/iframe.html", "/iframe-0.1.2.html", "/iframe-/.html", "/IFRAME.HTML", "/iframe"} {
+	for _, s := range []string{"/iframe.html", "/iframe-0.1.2.html", "/iframe-/.html", "/IFRAME.HTML", "/iframe", "/iframeXhtml"} {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, rest string) {
-		if !sjsIsIframe(rest) {
-			return
-		}
-		v := strings.TrimSuffix(strings.TrimPrefix(rest, "/iframe"), ".html")
-		if strings.Trim(v, "abcdefghijklmnopqrstuvwxyz0123456789._-") != "" {
-			t.Fatalf("accepted %q", rest)
+	// sockjs-node's route, less its trailing "[/]?" (the caller trims one
+	// "/") and with a bound on the length.
+	ref := regexp.MustCompile(`^/iframe[0-9.a-z_-]*[\x00-\x09\x0b\x0c\x0e-\x7f]html$`)
+	f.Fuzz(func(t *testing.T, path string) {
+		if got, want := sjsIsIframe(path), ref.MatchString(path) && len(path) <= len("/iframe")+sjsMaxIDLen+len("html"); got != want {
+			t.Fatalf("sjsIsIframe(%q) = %v, sockjs-node's route says %v", path, got, want)
 		}
 	})
 }

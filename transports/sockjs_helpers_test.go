@@ -3,6 +3,7 @@ package transports
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -326,4 +327,59 @@ func (c *sjsWS) closed() {
 	if err == nil {
 		c.t.Fatalf("expected the connection to close, got message %q", s)
 	}
+}
+
+// frame reads the next frame as it is (no pong is sent).
+func (c *sjsWS) frame() ws.Frame {
+	c.t.Helper()
+	_ = c.conn.SetReadDeadline(time.Now().Add(sjsWait))
+	h, err := ws.ReadHeader(c.conn)
+	if err != nil {
+		c.t.Fatalf("websocket frame: %v", err)
+	}
+	if h.Masked || h.Length > 1<<20 {
+		c.t.Fatalf("the server sent a frame masked (%v) or of %d bytes", h.Masked, h.Length)
+	}
+	f := ws.Frame{Header: h, Payload: make([]byte, h.Length)}
+	if _, err := io.ReadFull(c.conn, f.Payload); err != nil {
+		c.t.Fatalf("websocket frame payload: %v", err)
+	}
+	return f
+}
+
+// closedWith reads up to the server's close frame, which no message may
+// precede, and returns its code and reason.
+func (c *sjsWS) closedWith() (ws.StatusCode, string) {
+	c.t.Helper()
+	for {
+		f := c.frame()
+		switch f.Header.OpCode {
+		case ws.OpClose:
+			code, reason := ws.ParseCloseFrameData(f.Payload)
+			return code, reason
+		case ws.OpText, ws.OpBinary, ws.OpContinuation:
+			c.t.Fatalf("a message %q before the close frame", f.Payload)
+		}
+	}
+}
+
+// raw sends a request written by hand on a connection of its own and
+// reads the answer's head; the connection closes with the test.
+func (n *sjsNode) raw(t *testing.T, format string, args ...any) *http.Response {
+	t.Helper()
+	conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(sjsWait))
+	request := fmt.Sprintf(format, args...)
+	if _, err := io.WriteString(conn, request); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("%.60q: %v", request, err)
+	}
+	return resp
 }

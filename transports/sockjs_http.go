@@ -2,14 +2,15 @@ package transports
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cometgate/cometgate/gateway"
 )
@@ -39,30 +40,30 @@ const (
 // of a streaming response before that much arrived.
 var sjsXHRPrelude = append(bytes.Repeat([]byte{'h'}, 2048), '\n')
 
-// sjsHTMLFileHead is the htmlfile page before the frames; %s is the
-// callback (validated: letters, digits, "_" and ".").
-const sjsHTMLFileHead = `<!doctype html>
+// sjsHTMLFileTemplate is sockjs-node 0.3.24's htmlfile page before the
+// frames (lib/trans-htmlfile.js), byte for byte: {{ callback }} is
+// replaced by the callback (validated: letters, digits, "_", "-", ".").
+const sjsHTMLFileTemplate = `<!doctype html>
 <html><head>
   <meta http-equiv="X-UA-Compatible" content="IE=edge" />
   <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
 </head><body><h2>Don't panic!</h2>
   <script>
     document.domain = document.domain;
-    var c = parent.%s;
+    var c = parent.{{ callback }};
     c.start();
     function p(d) {c.message(d);};
     window.onload = function() {c.stop();};
-  </script>
-`
+  </script>`
 
-// sjsHTMLFilePrelude returns the htmlfile head for callback, padded past
-// the 1 KiB Safari needs before it renders anything.
+// sjsHTMLFileHead is the template padded as sockjs-node pads it (past the
+// 1 KiB Safari needs before it renders anything): 1024-len+13 spaces,
+// counted with the placeholder, then two CRLFs.
+var sjsHTMLFileHead = sjsHTMLFileTemplate + strings.Repeat(" ", 1024-len(sjsHTMLFileTemplate)+13) + "\r\n\r\n"
+
+// sjsHTMLFilePrelude returns the htmlfile head for callback.
 func sjsHTMLFilePrelude(callback string) []byte {
-	b := fmt.Appendf(nil, sjsHTMLFileHead, callback)
-	if pad := 1024 - len(b); pad > 0 {
-		b = append(b, bytes.Repeat([]byte{' '}, pad)...)
-	}
-	return append(b, "\r\n\r\n"...)
+	return []byte(strings.Replace(sjsHTMLFileHead, "{{ callback }}", callback, 1))
 }
 
 // sjsMaxBody bounds a send body (and a websocket message) of a session.
@@ -76,9 +77,9 @@ func (ep *sockjsEndpoint) maxBody() int {
 var sjsFamilies = map[sjsKind]*family{
 	sjsXHR:          {name: "sockjs", contentType: "application/javascript; charset=UTF-8"},
 	sjsXHRStreaming: {name: "sockjs", streaming: true, contentType: "application/javascript; charset=UTF-8"},
-	// Not in the protocol's CORS list, but what lets a cross-origin page
-	// use eventsource rather than fall back to an iframe.
-	sjsEventSource: {name: "sockjs", streaming: true, contentType: "text/event-stream; charset=UTF-8"},
+	// Exactly "text/event-stream", as sockjs-node's (lib/trans-eventsource.js)
+	// and the protocol tests' (EventSource.test_transport).
+	sjsEventSource: {name: "sockjs", streaming: true, contentType: "text/event-stream"},
 	sjsHTMLFile:    {name: "sockjs", streaming: true, contentType: "text/html; charset=UTF-8"},
 	sjsJSONP:       {name: "sockjs", contentType: "application/javascript; charset=UTF-8"},
 }
@@ -88,6 +89,8 @@ var sjsFamilies = map[sjsKind]*family{
 func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, sid string, kind sjsKind) {
 	var callback string
 	if kind == sjsHTMLFile || kind == sjsJSONP {
+		// sockjs-node's checks and answers (lib/trans-jsonp.js,
+		// lib/trans-htmlfile.js), with its cookie and cache header.
 		q := r.URL.Query()
 		switch {
 		case q.Has("c"):
@@ -95,36 +98,45 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 		case q.Has("callback"):
 			callback = q.Get("callback")
 		default:
+			ep.privateHeaders(w, r)
 			sjsPlain(w, http.StatusInternalServerError, `"callback" parameter required`)
 			return
 		}
-		if !sjsValidCallback(callback) {
+		limit := sjsMaxJSONPCallbackLen
+		if kind == sjsHTMLFile {
+			limit = sjsMaxHTMLFileCallbackLen
+		}
+		if !sjsValidCallback(callback, limit) {
+			ep.privateHeaders(w, r)
 			sjsPlain(w, http.StatusInternalServerError, `invalid "callback" parameter`)
 			return
 		}
 	}
 	if ref := ep.n.gate.origin(r); ref != nil {
-		sjsPlain(w, http.StatusForbidden, "origin not allowed")
+		sjsRefuse(w, ref)
 		return
 	}
-	// Before anything reads the body: a forwarded request carries it on.
+	// Before anything reads the body or sets a header: a forwarded
+	// request carries it on, and the owner's answer has its own.
 	answered, release := ep.route(w, r, sid, true)
 	defer release()
 	if answered {
 		return
 	}
+	h := w.Header()
+	ep.privateHeaders(w, r)
 	// A receiver's body carries nothing; reading it to the end lets
 	// net/http notice when the client goes away (the request's context).
 	_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, int64(ep.maxBody())))
 
 	fam := sjsFamilies[kind]
-	h := w.Header()
-	ep.setCookie(w, r)
-	sjsNoCache(h)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Type", fam.contentType)
-	if kind == sjsXHR || kind == sjsXHRStreaming || kind == sjsEventSource {
-		sjsCORS(w, r)
+	switch kind {
+	case sjsXHR, sjsXHRStreaming:
+		sjsCORS(h, r, "null")
+	case sjsEventSource:
+		sjsCORS(h, r, "*") // sockjs-node's eventsource answers null with "*"
 	}
 	if fam.streaming {
 		h.Set("X-Accel-Buffering", "no")
@@ -138,6 +150,9 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 			f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.msg))
 			return
 		}
+		// A close endpoint's session is closed before it attaches: its
+		// hello and close packets go out together, the open frame first.
+		ep.closeNew(e.sess)
 		if !ep.receiveTurn(w, r, fam, f, e) {
 			return
 		}
@@ -199,10 +214,25 @@ func (ep *sockjsEndpoint) receiveTurn(w http.ResponseWriter, r *http.Request, fa
 	return false
 }
 
-// closeFrameOf returns the close frame of a session that ended, or nil.
+// privateHeaders sets what every answer on a session URL carries, errors
+// included, as sockjs-node's h_sid and h_no_cache filters run first: the
+// JSESSIONID cookie (CookieNeeded) and the no-cache header.
+func (ep *sockjsEndpoint) privateHeaders(w http.ResponseWriter, r *http.Request) {
+	ep.setCookie(w, r)
+	sjsNoCache(w.Header())
+}
+
+// closeFrameOf returns the close frame of a session that ended, or nil,
+// for a receiving request to answer with. Each such request keeps the id
+// answering it for another disconnect delay, as sockjs-node re-arms a
+// closing session's timer at every receiving request (lib/transport.js,
+// Session.register).
 func (e *sjsEntry) closeFrameOf() []byte {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.closeFrame != nil {
+		e.gone = time.Now()
+	}
 	return e.closeFrame
 }
 
@@ -257,7 +287,11 @@ func (f *sjsFraming) appendHeartbeat(b []byte) []byte { return f.appendFrame(b, 
 
 // appendFrame appends one frame in the receiver's framing: a line (xhr),
 // an event (eventsource), a script calling the callback (htmlfile, jsonp;
-// the frame is quoted as a script string, HTML-safe for htmlfile).
+// the frame is quoted as a script string, HTML-safe for htmlfile). A
+// JSONP answer starts with an empty comment, as sockjs-node's since 0.3.10
+// (#163) and the current protocol tests (JsonPolling): a response that
+// starts with the callback name could be read as a Flash file (Rosetta
+// Flash), one that starts with /**/ cannot.
 func (f *sjsFraming) appendFrame(b, frame []byte) []byte {
 	switch f.kind {
 	case sjsXHR, sjsXHRStreaming:
@@ -272,6 +306,7 @@ func (f *sjsFraming) appendFrame(b, frame []byte) []byte {
 		b = appendSJSQuote(b, frame, true)
 		return append(b, ");\n</script>\r\n"...)
 	}
+	b = append(b, "/**/"...)
 	b = append(b, f.callback...)
 	b = append(b, '(')
 	b = appendSJSQuote(b, frame, false)
@@ -321,32 +356,36 @@ func (ep *sockjsEndpoint) deliver(r *http.Request, e *sjsEntry, msgs [][]byte) {
 }
 
 // serveXHRSend takes messages for a session by XHR POST: a JSON array of
-// messages. 204 on success; 404 for an unknown session; 500 with the
-// protocol's text for a missing or broken body.
+// messages. As sockjs-node 0.3.24's xhr_send (lib/trans-xhr.js, with
+// expect_xhr in lib/webjs.js): the body is checked before the session is
+// looked up, so a bad body gets 500 with the protocol's text whether or
+// not the session exists, then 404 for an unknown session, else 204.
 func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, sid string) {
-	if ep.n.gate.origin(r) != nil {
-		sjsPlain(w, http.StatusForbidden, "origin not allowed")
+	if ref := ep.n.gate.origin(r); ref != nil {
+		sjsRefuse(w, ref)
 		return
 	}
 	if answered, _ := ep.route(w, r, sid, false); answered {
 		return
 	}
 	h := w.Header()
-	ep.setCookie(w, r)
-	sjsNoCache(h)
-	sjsCORS(w, r)
-	e := ep.lookup(r, sid, false)
-	if e == nil {
-		sjsNotFound(w)
-		return
-	}
+	ep.privateHeaders(w, r)
+	sjsCORS(h, r, "null")
 	body, ok := ep.readSJSBody(w, r)
 	if !ok {
 		return
 	}
+	if !sjsXHRContentTypes[sjsMediaType(r.Header.Get("Content-Type"))] {
+		body = nil // sockjs-node reads no body of another type
+	}
 	msgs, err := parseSJSMessages(body)
 	if err != nil {
 		sjsPlain(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	e := ep.lookup(r, sid, false)
+	if e == nil {
+		sjsNotFound(w)
 		return
 	}
 	ep.deliver(r, e, msgs)
@@ -355,25 +394,35 @@ func (ep *sockjsEndpoint) serveXHRSend(w http.ResponseWriter, r *http.Request, s
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// sjsXHRContentTypes are the media types whose body xhr_send reads
+// (sockjs-node's expect_xhr); a body of another type is no payload.
+var sjsXHRContentTypes = map[string]bool{
+	"text/plain": true, "T": true, "application/json": true, "application/xml": true, "": true, "text/xml": true,
+}
+
+// sjsMediaType is a Content-Type's media type as sockjs-node reads it:
+// what comes before the first ";", as it is (no trimming, no case
+// folding).
+func sjsMediaType(contentType string) string {
+	mt, _, _ := strings.Cut(contentType, ";")
+	return mt
+}
+
 // serveJSONPSend takes messages for a session by form POST (the jsonp
 // transport's sender): field "d" of a form, or the body itself as
 // text/plain. It answers "ok" with 200, as the protocol asks (some
-// browsers mishandle a 204 here).
+// browsers mishandle a 204 here). As sockjs-node's jsonp_send
+// (lib/trans-jsonp.js, with expect_form), the body is checked before the
+// session is looked up.
 func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request, sid string) {
-	if ep.n.gate.origin(r) != nil {
-		sjsPlain(w, http.StatusForbidden, "origin not allowed")
+	if ref := ep.n.gate.origin(r); ref != nil {
+		sjsRefuse(w, ref)
 		return
 	}
 	if answered, _ := ep.route(w, r, sid, false); answered {
 		return
 	}
-	ep.setCookie(w, r)
-	sjsNoCache(w.Header())
-	e := ep.lookup(r, sid, true)
-	if e == nil {
-		sjsNotFound(w)
-		return
-	}
+	ep.privateHeaders(w, r)
 	body, ok := ep.readSJSBody(w, r)
 	if !ok {
 		return
@@ -387,17 +436,23 @@ func (ep *sockjsEndpoint) serveJSONPSend(w http.ResponseWriter, r *http.Request,
 		sjsPlain(w, http.StatusInternalServerError, err.Error())
 		return
 	}
+	e := ep.lookup(r, sid, true)
+	if e == nil {
+		sjsNotFound(w)
+		return
+	}
 	ep.deliver(r, e, msgs)
 	sjsPlain(w, http.StatusOK, "ok")
 }
 
-// sjsJSONPPayload extracts the messages' JSON from a jsonp_send body.
+// sjsJSONPPayload extracts the messages' JSON from a jsonp_send body, as
+// sockjs-node's jsonp_send does: from a form, field "d" (absent or empty:
+// no payload); from a text/plain body (or one without a type), the body,
+// which is JSON, and when that JSON is a non-empty string, the string
+// (clients may quote the array once more). Another media type carries no
+// payload.
 func sjsJSONPPayload(contentType string, body []byte) ([]byte, error) {
-	mt, _, err := mime.ParseMediaType(contentType)
-	if err != nil {
-		mt = strings.ToLower(strings.TrimSpace(strings.Split(contentType, ";")[0]))
-	}
-	switch mt {
+	switch sjsMediaType(contentType) {
 	case "application/x-www-form-urlencoded":
 		// A malformed pair does not spoil the others: ParseQuery keeps
 		// what it could read.
@@ -408,6 +463,16 @@ func sjsJSONPPayload(contentType string, body []byte) ([]byte, error) {
 		}
 		return []byte(d), nil
 	case "text/plain", "":
+		if len(body) == 0 {
+			return nil, errSJSPayloadExpected
+		}
+		if !json.Valid(body) {
+			return nil, errSJSBrokenJSON
+		}
+		var s string
+		if t := bytes.Trim(body, sjsJSONSpace); t[0] == '"' && json.Unmarshal(t, &s) == nil && s != "" {
+			return []byte(s), nil
+		}
 		return body, nil
 	}
 	return nil, errSJSPayloadExpected

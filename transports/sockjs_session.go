@@ -348,6 +348,9 @@ loop:
 				b = emit(b, append(*msgs, ']'))
 			}
 			d := mode.sess.Reason()
+			if d == sjsBrokenFraming {
+				return b, p.Seq // the websocket's own close says it
+			}
 			return emit(b, appendSJSCloseFrame((*tmp)[:0], d.Code, d.Reason)), p.Seq
 		case gateway.TypeData:
 			add(p.Body().Data())
@@ -393,7 +396,9 @@ func sjsOwns(eps []*sockjsEndpoint, key string) (owns, claiming bool) {
 		e := ep.entryLocked(id)
 		claiming = ep.claims[id] > 0
 		ep.mu.Unlock()
-		return e != nil && !e.closed(), claiming
+		// A closed session still answering with its close frame is
+		// this node's too: its requests must come here for that frame.
+		return e != nil, claiming
 	}
 	return false, false
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/gobwas/ws"
 
 	"github.com/cometgate/cometgate/gateway"
 )
@@ -40,7 +41,7 @@ func sjsContentType(t *testing.T, r sjsResp, want string) {
 
 func sjsCheckNotCached(t *testing.T, h http.Header) {
 	t.Helper()
-	if got := h.Get("Cache-Control"); got != "no-store, no-cache, must-revalidate, max-age=0" {
+	if got := h.Get("Cache-Control"); got != "no-store, no-cache, no-transform, must-revalidate, max-age=0" {
 		t.Errorf("Cache-Control = %q", got)
 	}
 	if h.Get("Expires") != "" || h.Get("Last-Modified") != "" {
@@ -48,17 +49,26 @@ func sjsCheckNotCached(t *testing.T, h http.Header) {
 	}
 }
 
+// sjsCheckCORS checks the CORS headers of an answer to a request from an
+// allowed origin ("" for none): sockjs-node's and the current protocol
+// tests' (verify_cors), except that null never gets credentials.
 func sjsCheckCORS(t *testing.T, h http.Header, origin string) {
 	t.Helper()
-	want := origin
-	if origin == "" || origin == "null" {
-		want = "*"
+	want, creds := origin, "true"
+	switch origin {
+	case "":
+		want, creds = "*", ""
+	case "null":
+		creds = ""
 	}
 	if got := h.Get("Access-Control-Allow-Origin"); got != want {
 		t.Errorf("Access-Control-Allow-Origin = %q, want %q", got, want)
 	}
-	if got := h.Get("Access-Control-Allow-Credentials"); got != "true" {
-		t.Errorf("Access-Control-Allow-Credentials = %q", got)
+	if got := h.Get("Access-Control-Allow-Credentials"); got != creds {
+		t.Errorf("Access-Control-Allow-Credentials = %q, want %q", got, creds)
+	}
+	if got := h.Get("Vary"); got != "Origin" {
+		t.Errorf("Vary = %q, want Origin", got)
 	}
 }
 
@@ -69,17 +79,20 @@ func sjsCheckNoCookie(t *testing.T, r sjsResp) {
 	}
 }
 
+// sjsCheck404 checks a 404 with sockjs-node's body.
 func sjsCheck404(t *testing.T, r sjsResp, what string) {
 	t.Helper()
-	if r.status != http.StatusNotFound {
-		t.Errorf("%s: status %d, want 404", what, r.status)
+	if r.status != http.StatusNotFound || r.body != "404 Error: Page not found\n" || r.get("Content-Type") != "text/plain; charset=UTF-8" {
+		t.Errorf("%s: %d %q %q, want 404 \"404 Error: Page not found\\n\"", what, r.status, r.get("Content-Type"), r.body)
 	}
 }
 
-func sjsCheck405(t *testing.T, r sjsResp, what string) {
+// sjsCheck405 checks a bare 405 whose Allow lists the methods in
+// sockjs-node's order.
+func sjsCheck405(t *testing.T, r sjsResp, allow, what string) {
 	t.Helper()
-	if r.status != http.StatusMethodNotAllowed || r.get("Allow") == "" || r.get("Content-Type") != "" || r.body != "" {
-		t.Errorf("%s: got %d Allow=%q Content-Type=%q body=%q, want a bare 405 with Allow", what, r.status, r.get("Allow"), r.get("Content-Type"), r.body)
+	if r.status != http.StatusMethodNotAllowed || r.get("Allow") != allow || r.get("Content-Type") != "" || r.body != "" {
+		t.Errorf("%s: got %d Allow=%q Content-Type=%q body=%q, want a bare 405 with Allow %q", what, r.status, r.get("Allow"), r.get("Content-Type"), r.body, allow)
 	}
 }
 
@@ -124,19 +137,21 @@ func TestSockJSGreeting(t *testing.T) {
 	for _, suffix := range []string{"/a", "/a.html", "//", "///", "/a/a", "/a/a/", "/a/"} {
 		sjsCheck404(t, n.do(t, http.MethodGet, n.url("/echo"+suffix), ""), suffix)
 	}
-	sjsCheck405(t, n.do(t, http.MethodPost, n.url("/echo"), "x"), "POST greeting")
+	sjsCheck405(t, n.do(t, http.MethodPost, n.url("/echo"), "x"), "GET", "POST greeting")
 }
 
+// sjsIframeBody is the current protocol tests' pattern of the iframe page
+// (sockjs-protocol.py, IframePage.iframe_body).
 var sjsIframeBody = regexp.MustCompile(`^<!DOCTYPE html>
 <html>
 <head>
   <meta http-equiv="X-UA-Compatible" content="IE=edge" />
   <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+  <script src="(?P<sockjs_url>[^"]*)"></script>
   <script>
     document.domain = document.domain;
-    _sockjs_onload = function\(\){SockJS.bootstrap_iframe\(\);};
+    SockJS.bootstrap_iframe\(\);
   </script>
-  <script src="(?P<sockjs_url>[^"]*)"></script>
 </head>
 <body>
   <h2>Don't panic!</h2>
@@ -187,10 +202,56 @@ func TestSockJSIframe(t *testing.T) {
 	if r.status != http.StatusNotModified || r.get("Content-Type") != "" || r.body != "" {
 		t.Errorf("If-None-Match: %d Content-Type %q body %q", r.status, r.get("Content-Type"), r.body)
 	}
-	// Another endpoint with the default client URL has another page.
+	// Another endpoint with the default client has another page: the
+	// pinned release with its integrity, byte for byte.
 	r3 := n.do(t, http.MethodGet, n.url("/pubsub/iframe.html"), "")
-	if r3.get("ETag") == r1.get("ETag") || !strings.Contains(r3.body, DefaultSockJSClientURL) {
-		t.Errorf("default client URL page: ETag %q body %q", r3.get("ETag"), r3.body)
+	if r3.get("ETag") == r1.get("ETag") {
+		t.Errorf("default client URL page: ETag %q", r3.get("ETag"))
+	}
+	// The protocol's page, whose script element carries the pinned URL
+	// and its integrity: with the attributes taken out, the protocol's
+	// pattern matches it whole.
+	const script = `<script src="https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js"` +
+		` integrity="sha384-svdnwiXBL+Js+yUneJSRFy24NgGiOfDM/vkQl/vCeVrcbYD6yW8EwPr1FnxTEZsR" crossorigin="anonymous"></script>`
+	if strings.Count(r3.body, "\n  "+script+"\n") != 1 {
+		t.Errorf("default iframe page without %s:\n%s", script, r3.body)
+	}
+	if m := sjsIframeBody.FindStringSubmatch(strings.Replace(r3.body, `" integrity="`+DefaultSockJSClientIntegrity+`" crossorigin="anonymous`, "", 1)); m == nil || m[1] != DefaultSockJSClientURL {
+		t.Errorf("default iframe page does not match the protocol's pattern less its integrity:\n%s", r3.body)
+	}
+
+	// A configured client with its own integrity; the default URL named
+	// explicitly keeps the default integrity.
+	n2 := sjsStartNode(t, []SockJSEndpoint{
+		{Prefix: "/own", Mode: SockJSEcho, ClientURL: "/static/sockjs.min.js", ClientIntegrity: " sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=  " + DefaultSockJSClientIntegrity},
+		{Prefix: "/cdn", Mode: SockJSEcho, ClientURL: DefaultSockJSClientURL},
+	}, nil)
+	r4 := n2.do(t, http.MethodGet, n2.url("/own/iframe.html"), "")
+	if !strings.Contains(r4.body, `  <script src="/static/sockjs.min.js" integrity="sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU= `+DefaultSockJSClientIntegrity+`" crossorigin="anonymous"></script>
+`) {
+		t.Errorf("own client with integrity: %s", r4.body)
+	}
+	if r5 := n2.do(t, http.MethodGet, n2.url("/cdn/iframe.html"), ""); r5.body != r3.body {
+		t.Errorf("the default URL named explicitly: %s", r5.body)
+	}
+}
+
+func TestSockJSEndpointValidateClient(t *testing.T) {
+	for _, tc := range []struct {
+		e    SockJSEndpoint
+		want string // "" valid, else a part of the error
+	}{
+		{SockJSEndpoint{Prefix: "/s", ClientURL: "/c.js", ClientIntegrity: DefaultSockJSClientIntegrity}, ""},
+		{SockJSEndpoint{Prefix: "/s", ClientURL: "/c.js", ClientIntegrity: "sha512-" + strings.Repeat("A", 86) + "=="}, ""},
+		{SockJSEndpoint{Prefix: "/s", ClientIntegrity: DefaultSockJSClientIntegrity}, "client_integrity: only with client_url"},
+		{SockJSEndpoint{Prefix: "/s", ClientURL: "/c.js", ClientIntegrity: "md5-1B2M2Y8AsgTpgAmY7PhCfg=="}, "client_integrity"},
+		{SockJSEndpoint{Prefix: "/s", ClientURL: "/c.js", ClientIntegrity: "sha384-abc"}, "client_integrity"},
+		{SockJSEndpoint{Prefix: "/s", ClientURL: "/c.js", ClientIntegrity: `sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=" onload="x`}, "client_integrity"},
+	} {
+		err := tc.e.Validate()
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%+v: %v, want %q", tc.e, err, tc.want)
+		}
 	}
 }
 
@@ -218,6 +279,10 @@ func TestSockJSInfo(t *testing.T) {
 		if info.Websocket == nil || !*info.Websocket || info.CookieNeeded == nil || *info.CookieNeeded ||
 			len(info.Origins) != 1 || info.Origins[0] != "*:*" || info.Entropy == nil || *info.Entropy > 1<<32-1 {
 			t.Errorf("info %s", r.body)
+		}
+		// Byte for byte as sockjs-node writes it (its key order).
+		if want := fmt.Sprintf(`{"websocket":true,"origins":["*:*"],"cookie_needed":false,"entropy":%d}`, *info.Entropy); r.body != want {
+			t.Errorf("info body %s, want %s", r.body, want)
 		}
 		entropies = append(entropies, *info.Entropy)
 	}
@@ -409,8 +474,8 @@ func TestSockJSXHRPolling(t *testing.T) {
 	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "a[\"x\"]\n" {
 		t.Fatalf("poll: %q", r.body)
 	}
-	sjsCheck405(t, n.do(t, http.MethodGet, url+"/xhr", ""), "GET xhr")
-	sjsCheck405(t, n.do(t, http.MethodGet, url+"/xhr_send", ""), "GET xhr_send")
+	sjsCheck405(t, n.do(t, http.MethodGet, url+"/xhr", ""), "POST, OPTIONS", "GET xhr")
+	sjsCheck405(t, n.do(t, http.MethodGet, url+"/xhr_send", ""), "POST, OPTIONS", "GET xhr_send")
 
 	// Sending to a session that does not exist.
 	sjsCheck404(t, n.do(t, http.MethodPost, n.url("/echo/000/"+sjsSID()+"/xhr_send"), `["x"]`), "invalid session")
@@ -513,8 +578,9 @@ func TestSockJSEventSource(t *testing.T) {
 	n := sjsStartNode(t, sjsTestEndpoints(), nil)
 	url := n.url("/echo/000/" + sjsSID())
 	st := n.stream(t, http.MethodGet, url+"/eventsource")
-	r := sjsResp{header: st.resp.Header}
-	sjsContentType(t, r, "text/event-stream;charset=UTF-8")
+	if got := st.resp.Header.Get("Content-Type"); got != "text/event-stream" {
+		t.Errorf("Content-Type %q, want exactly text/event-stream", got)
+	}
 	sjsCheckNotCached(t, st.resp.Header)
 	if got := st.read(2); got != "\r\n" {
 		t.Fatalf("prelude %q", got)
@@ -571,6 +637,14 @@ func TestSockJSHTMLFile(t *testing.T) {
 	if strings.TrimSpace(d) != head || len(d) <= 1024 {
 		t.Fatalf("head (%d bytes):\n%s", len(d), d)
 	}
+	// Byte for byte as sockjs-node pads it: 1024-len+13 spaces, len counted
+	// with the template's "{{ callback }}" (14 bytes) rather than the name.
+	if want := head + strings.Repeat(" ", 1024-(len(head)-len("callback")+len("{{ callback }}"))+13) + "\r\n\r\n"; d != want {
+		t.Fatalf("head:\n%q\nwant\n%q", d, want)
+	}
+	if len(d) != 1035 {
+		t.Fatalf("head of %d bytes, want 1035 (sockjs-node's for the name \"callback\")", len(d))
+	}
 	if got := st.until("</script>\r\n"); got != "<script>\np(\"o\");\n</script>\r\n" {
 		t.Fatalf("open %q", got)
 	}
@@ -586,13 +660,22 @@ func TestSockJSHTMLFile(t *testing.T) {
 	}
 	st.close()
 
+	// The protocol's test_invalid_callback, and cometgate's bounds.
 	for q, want := range map[string]string{"": `"callback" parameter required`, "?c=a(1)": `invalid "callback" parameter`,
-		"?c=" + strings.Repeat("a", sjsMaxCallbackLen+1): `invalid "callback" parameter`, "?c=": `invalid "callback" parameter`} {
+		"?c=%20": `invalid "callback" parameter`, "?c=*": `invalid "callback" parameter`, "?c=abc(": `invalid "callback" parameter`,
+		"?c=abc%28": `invalid "callback" parameter`,
+		"?c=" + strings.Repeat("a", sjsMaxHTMLFileCallbackLen+1): `invalid "callback" parameter`, "?c=": `invalid "callback" parameter`} {
 		r := n.do(t, http.MethodGet, n.url("/echo/a/a/htmlfile"+q), "")
-		if r.status != http.StatusInternalServerError || !strings.Contains(r.body, want) {
+		if r.status != http.StatusInternalServerError || r.body != want {
 			t.Errorf("htmlfile%s: %d %q", q, r.status, r.body)
 		}
 	}
+	// sockjs-node takes "-" too.
+	st = n.stream(t, http.MethodGet, n.url("/echo/000/"+sjsSID()+"/htmlfile?c=a-b_c.d"))
+	if d := st.until("\r\n\r\n"); !strings.Contains(d, "var c = parent.a-b_c.d;\n") {
+		t.Fatalf("head %q", d)
+	}
+	st.close()
 
 	url = n.url("/echo/000/" + sjsSID())
 	st = n.stream(t, http.MethodGet, url+"/htmlfile?callback=callback")
@@ -611,10 +694,13 @@ func TestSockJSJSONP(t *testing.T) {
 	form := []string{"Content-Type", "application/x-www-form-urlencoded"}
 	url := n.url("/echo/000/" + sjsSID())
 	r := n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", "")
-	if r.status != http.StatusOK || r.body != "callback(\"o\");\r\n" {
+	if r.status != http.StatusOK || r.body != "/**/callback(\"o\");\r\n" {
 		t.Fatalf("open: %d %q", r.status, r.body)
 	}
 	sjsContentType(t, r, "application/javascript;charset=UTF-8")
+	if r.get("X-Content-Type-Options") != "nosniff" {
+		t.Errorf("X-Content-Type-Options %q", r.get("X-Content-Type-Options"))
+	}
 	sjsCheckNotCached(t, r.header)
 	r = n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22x%22%5D", form...)
 	if r.status != http.StatusOK || r.body != "ok" {
@@ -622,22 +708,28 @@ func TestSockJSJSONP(t *testing.T) {
 	}
 	sjsContentType(t, r, "text/plain;charset=UTF-8")
 	sjsCheckNotCached(t, r.header)
-	if r := n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", ""); r.body != "callback(\"a[\\\"x\\\"]\");\r\n" {
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", ""); r.body != "/**/callback(\"a[\\\"x\\\"]\");\r\n" {
 		t.Fatalf("poll: %q", r.body)
 	}
-	sjsCheck405(t, n.do(t, http.MethodPost, url+"/jsonp?c=x", ""), "POST jsonp")
+	sjsCheck405(t, n.do(t, http.MethodPost, url+"/jsonp?c=x", ""), "GET", "POST jsonp")
 
+	// The protocol's test_invalid_callback, and sockjs-node's 32 bytes.
 	for q, want := range map[string]string{"": `"callback" parameter required`,
-		"?c=alert(document.cookie)//": `invalid "callback" parameter`, "?callback=%3Cscript%3E": `invalid "callback" parameter`} {
+		"?c=alert(document.cookie)//": `invalid "callback" parameter`, "?callback=%3Cscript%3E": `invalid "callback" parameter`,
+		"?c=%20": `invalid "callback" parameter`, "?c=*": `invalid "callback" parameter`, "?c=abc(": `invalid "callback" parameter`,
+		"?c=abc%28": `invalid "callback" parameter`, "?c=" + strings.Repeat("a", 33): `invalid "callback" parameter`} {
 		r := n.do(t, http.MethodGet, n.url("/echo/a/a/jsonp"+q), "")
-		if r.status != http.StatusInternalServerError || !strings.Contains(r.body, want) {
+		if r.status != http.StatusInternalServerError || r.body != want {
 			t.Errorf("jsonp%s: %d %q", q, r.status, r.body)
 		}
+	}
+	if r := n.do(t, http.MethodGet, n.url("/echo/000/"+sjsSID()+"/jsonp?c="+strings.Repeat("a", 31)+"-"), ""); r.body != "/**/"+strings.Repeat("a", 31)+"-(\"o\");\r\n" {
+		t.Errorf("32-byte callback: %q", r.body)
 	}
 
 	// Invalid and missing JSON.
 	url = n.url("/echo/000/" + sjsSID())
-	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"o\");\r\n" {
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"o\");\r\n" {
 		t.Fatalf("open: %q", r.body)
 	}
 	r = n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22x", form...)
@@ -654,7 +746,7 @@ func TestSockJSJSONP(t *testing.T) {
 		t.Errorf("unsupported content type: %d", r.status)
 	}
 	n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22b%22%5D", form...)
-	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"a[\\\"b\\\"]\");\r\n" {
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"a[\\\"b\\\"]\");\r\n" {
 		t.Fatalf("poll: %q", r.body)
 	}
 
@@ -667,7 +759,7 @@ func TestSockJSJSONP(t *testing.T) {
 	if r := n.do(t, http.MethodPost, url+"/jsonp_send", `["%61bc"]`, "Content-Type", "text/plain"); r.body != "ok" {
 		t.Fatalf("text: %q", r.body)
 	}
-	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"a[\\\"abc\\\",\\\"%61bc\\\"]\");\r\n" {
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"a[\\\"abc\\\",\\\"%61bc\\\"]\");\r\n" {
 		t.Fatalf("poll: %q", r.body)
 	}
 	sjsCheck404(t, n.do(t, http.MethodPost, n.url("/echo/000/"+sjsSID()+"/jsonp_send"), "d=%5B%22x%22%5D", form...), "unknown session")
@@ -678,12 +770,12 @@ func TestSockJSJSONPClose(t *testing.T) {
 	ep, base := n.endpoint(t, SockJSEndpoint{Prefix: "/close", Mode: SockJSEcho})
 	sid := sjsSID()
 	url := base + "/000/" + sid
-	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"o\");\r\n" {
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"o\");\r\n" {
 		t.Fatalf("open: %q", r.body)
 	}
 	ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
 	for range 2 {
-		if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "x(\"c[3000,\\\"Go away!\\\"]\");\r\n" {
+		if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"c[3000,\\\"Go away!\\\"]\");\r\n" {
 			t.Fatalf("close: %q", r.body)
 		}
 	}
@@ -722,7 +814,7 @@ func TestSockJSCookie(t *testing.T) {
 	url = base + "/000/" + sjsSID()
 	r = n.do(t, http.MethodGet, url+"/jsonp?c=%63allback", "")
 	check("jsonp", r.header, "dummy")
-	if r.body != "callback(\"o\");\r\n" {
+	if r.body != "/**/callback(\"o\");\r\n" {
 		t.Fatalf("jsonp open: %q", r.body)
 	}
 	r = n.do(t, http.MethodPost, url+"/jsonp_send", "d=%5B%22x%22%5D", "Content-Type", "application/x-www-form-urlencoded")
@@ -732,6 +824,29 @@ func TestSockJSCookie(t *testing.T) {
 	check("jsonp_send", r.header, "dummy")
 	r = n.do(t, http.MethodPost, url+"/xhr_send", `["y"]`)
 	check("xhr_send", r.header, "dummy")
+
+	// sockjs-node's h_sid runs first on every session URL but the
+	// websocket and on the preflights, so errors and 404s carry the
+	// cookie too; the greeting, /info, iframe.html and the websocket
+	// carry none.
+	for _, path := range []string{"/info", "/a/a/xhr", "/a/a/xhr_send", "/a/a/xhr_streaming"} {
+		check("OPTIONS "+path, n.do(t, http.MethodOptions, base+path, "").header, "dummy")
+	}
+	check("xhr_send, bad body", n.do(t, http.MethodPost, url+"/xhr_send", `["x`).header, "dummy")
+	check("xhr_send, unknown session", n.do(t, http.MethodPost, base+"/000/"+sjsSID()+"/xhr_send", `["x"]`).header, "dummy")
+	check("jsonp_send, unknown session", n.do(t, http.MethodPost, base+"/000/"+sjsSID()+"/jsonp_send", "d=%5B%5D", "Content-Type", "application/x-www-form-urlencoded").header, "dummy")
+	r = n.do(t, http.MethodGet, base+"/000/"+sjsSID()+"/jsonp", "")
+	check("jsonp, no callback", r.header, "dummy")
+	sjsCheckNotCached(t, r.header)
+	r = n.do(t, http.MethodGet, base+"/000/"+sjsSID()+"/htmlfile?c=a(", "")
+	check("htmlfile, bad callback", r.header, "dummy")
+	sjsCheckNotCached(t, r.header)
+	sjsCheckNoCookie(t, n.do(t, http.MethodGet, base, ""))
+	resp := n.raw(t, "GET /cookie_needed_echo/000/%s/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n\r\n", sjsSID())
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Set-Cookie") != "" {
+		t.Errorf("websocket: %d, Set-Cookie %q", resp.StatusCode, resp.Header.Get("Set-Cookie"))
+	}
 
 	// Without CookieNeeded: no cookie anywhere.
 	r = n.do(t, http.MethodPost, n.url("/echo/000/"+sjsSID()+"/xhr"), "")
@@ -746,7 +861,8 @@ func TestSockJSWebSocket(t *testing.T) {
 	if got := c.recv(); got != "o" {
 		t.Fatalf("open %q", got)
 	}
-	c.send("") // ignored
+	c.send("")   // ignored
+	c.send("[]") // ignored: no messages (the current protocol's test_empty_frame)
 	c.send(`["a"]`)
 	if got := c.recv(); got != `a["a"]` {
 		t.Fatalf("echo %q", got)
@@ -776,14 +892,14 @@ func TestSockJSWebSocket(t *testing.T) {
 		t.Fatalf("after reuse %q", got)
 	}
 
-	// Broken JSON ends the connection.
+	// Broken JSON ends the connection as sockjs-node's does: no c[...]
+	// frame, the websocket closed with 3000 "Broken framing.".
 	b := sjsDialWS(t, n.url("/echo/000/"+sjsSID()+"/websocket"), nil)
 	b.recv()
 	b.send(`["a`)
-	if got := b.recv(); got != `c[1002,"Broken framing."]` {
-		t.Fatalf("broken framing: %q", got)
+	if code, reason := b.closedWith(); code != 3000 || reason != "Broken framing." {
+		t.Fatalf("broken framing: closed with %d %q", code, reason)
 	}
-	b.closed()
 
 	// Disabled websocket: 404, and info says so.
 	sjsCheck404(t, n.do(t, http.MethodGet, n.url("/disabled_websocket_echo/0/0/websocket"), ""), "disabled websocket")
@@ -812,45 +928,50 @@ func TestSockJSWebSocketClose(t *testing.T) {
 
 func TestSockJSWebSocketHTTPErrors(t *testing.T) {
 	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	// sockjs-node's answer to what is no upgrade (faye-websocket's
+	// isWebSocket), on the session and the raw websocket.
 	url := n.url("/echo/0/0/websocket")
-	r := n.do(t, http.MethodGet, url, "")
-	if r.status != http.StatusBadRequest || !strings.Contains(r.body, `Can "Upgrade" only to "WebSocket".`) {
-		t.Errorf("plain GET: %d %q", r.status, r.body)
+	for _, u := range []string{url, n.url("/echo/websocket")} {
+		for _, hdr := range [][]string{nil, {"Upgrade", "WebSocket", "Connection", "close"}, {"Upgrade", "h2c", "Connection", "Upgrade"}} {
+			r := n.do(t, http.MethodGet, u, "", hdr...)
+			if r.status != http.StatusBadRequest || r.body != "Not a valid websocket request" {
+				t.Errorf("GET %s %v: %d %q", u, hdr, r.status, r.body)
+			}
+		}
 	}
-	r = n.do(t, http.MethodGet, url, "", "Upgrade", "WebSocket", "Connection", "close")
-	if r.status != http.StatusBadRequest || !strings.Contains(r.body, `"Connection" must be "Upgrade".`) {
-		t.Errorf("Connection: close: %d %q", r.status, r.body)
-	}
-	sjsCheck405(t, n.do(t, http.MethodPost, url, "", "Upgrade", "WebSocket", "Connection", "Upgrade"), "POST upgrade")
-	sjsCheck405(t, n.do(t, http.MethodPost, url, ""), "POST")
-	sjsCheck405(t, n.do(t, http.MethodPost, n.url("/echo/websocket"), ""), "POST raw")
+	sjsCheck405(t, n.do(t, http.MethodPost, url, "", "Upgrade", "WebSocket", "Connection", "Upgrade"), "GET", "POST upgrade")
+	sjsCheck405(t, n.do(t, http.MethodPost, url, ""), "GET", "POST")
+	sjsCheck405(t, n.do(t, http.MethodPost, n.url("/echo/websocket"), ""), "GET", "POST raw")
 
 	// Hybi-07, hybi-08 and RFC 6455 handshakes, and Firefox 6's
 	// "Connection: keep-alive, Upgrade".
 	for _, tc := range []struct{ version, connection string }{{"7", "Upgrade"}, {"8", "Upgrade"}, {"13", "Upgrade"}, {"7", "keep-alive, Upgrade"}} {
-		conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = conn.SetDeadline(time.Now().Add(sjsWait))
-		fmt.Fprintf(conn, "GET /echo/000/%s/websocket HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: %s\r\n"+
+		resp := n.raw(t, "GET /echo/000/%s/websocket HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: %s\r\n"+
 			"Sec-WebSocket-Version: %s\r\nSec-WebSocket-Origin: http://asd\r\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n\r\n",
 			sjsSID(), n.http.Listener.Addr(), tc.connection, tc.version)
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err != nil {
-			t.Fatalf("version %s: %v", tc.version, err)
-		}
 		if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != "HSmrc0sMlYUkAGmm5OPpG2HaGWk=" ||
 			!strings.EqualFold(resp.Header.Get("Connection"), "upgrade") || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") ||
 			resp.Header.Get("Content-Length") != "" {
 			t.Errorf("version %s / %s: %d %v", tc.version, tc.connection, resp.StatusCode, resp.Header)
 		}
-		_ = conn.Close()
+	}
+
+	// The raw websocket takes RFC 6455 only (8 or 13), as sockjs-node's.
+	for _, version := range []string{"7", "", "12"} {
+		r := n.do(t, http.MethodGet, n.url("/echo/websocket"), "", "Upgrade", "websocket", "Connection", "Upgrade",
+			"Sec-WebSocket-Version", version, "Sec-WebSocket-Key", "x3JJHMbDL1EzLkh9GBhXDw==")
+		if r.status != http.StatusBadRequest || r.body != "Only supported WebSocket protocol is RFC 6455." {
+			t.Errorf("raw websocket version %q: %d %q", version, r.status, r.body)
+		}
+	}
+	if resp := n.raw(t, "GET /echo/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n\r\n"); resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Errorf("raw websocket version 8: %d", resp.StatusCode)
 	}
 
 	// Origins the node does not allow are refused before the handshake.
 	n2 := sjsStartNode(t, sjsTestEndpoints(), func(_ *gateway.Config, o *Options) { o.AllowedOrigins = []string{"http://good.example"} })
-	r = n2.do(t, http.MethodGet, n2.url("/echo/0/0/websocket"), "", "Upgrade", "websocket", "Connection", "Upgrade",
+	r := n2.do(t, http.MethodGet, n2.url("/echo/0/0/websocket"), "", "Upgrade", "websocket", "Connection", "Upgrade",
 		"Sec-WebSocket-Version", "13", "Sec-WebSocket-Key", "x3JJHMbDL1EzLkh9GBhXDw==", "Origin", "http://evil.example")
 	if r.status != http.StatusForbidden {
 		t.Errorf("cross-site websocket: %d", r.status)
@@ -995,11 +1116,13 @@ func TestSockJSHeartbeat(t *testing.T) {
 			t.Fatalf("heartbeat %q", got)
 		}
 	}
+	// On a websocket the heartbeat is a ping, and no "h" frame, as
+	// sockjs-node's.
 	c := sjsDialWS(t, n.url("/hb/000/"+sjsSID()+"/websocket"), nil)
 	c.recv()
 	for range 3 {
-		if got := c.recv(); got != "h" {
-			t.Fatalf("websocket heartbeat %q", got)
+		if f := c.frame(); f.Header.OpCode != ws.OpPing {
+			t.Fatalf("websocket heartbeat: %v %q", f.Header.OpCode, f.Payload)
 		}
 	}
 }
@@ -1062,21 +1185,411 @@ func TestSockJSHTTP11Streaming(t *testing.T) {
 	}
 
 	// HTTP/1.0 has no chunking: the stream ends with the connection.
-	c10, err := net.Dial("tcp", n.http.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c10.Close()
-	_ = c10.SetDeadline(time.Now().Add(sjsWait))
-	fmt.Fprintf(c10, "POST /echo/000/%s/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", sjsSID())
-	resp, err = http.ReadResponse(bufio.NewReader(c10), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp = n.raw(t, "POST /echo/000/%s/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", sjsSID())
 	if len(resp.TransferEncoding) != 0 || resp.Header.Get("Content-Length") != "" || !resp.Close {
 		t.Fatalf("HTTP/1.0 stream: TE %v Content-Length %q close %v", resp.TransferEncoding, resp.Header.Get("Content-Length"), resp.Close)
 	}
 	if _, err := io.ReadFull(resp.Body, b); err != nil || b[0] != 'h' || string(b[2049:]) != "o\n" {
 		t.Fatalf("HTTP/1.0 stream %q: %v", b[2040:], err)
+	}
+}
+
+// The routes as sockjs-node 0.3.24 dispatches them (lib/sockjs.js): one
+// trailing "/" is allowed on every URL, the path is matched as sent
+// (percent-encoded), the methods of a known URL are in Allow.
+func TestSockJSRoutes(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	if r := n.do(t, http.MethodGet, n.url("/echo/info/"), ""); r.status != http.StatusOK || !strings.HasPrefix(r.body, `{"websocket":true,`) {
+		t.Errorf("info/: %d %q", r.status, r.body)
+	}
+	if r := n.do(t, http.MethodGet, n.url("/echo/iframe.html/"), ""); r.status != http.StatusOK {
+		t.Errorf("iframe.html/: %d", r.status)
+	}
+	// The route's unescaped "." takes any character before "html".
+	if r := n.do(t, http.MethodGet, n.url("/echo/iframe-html"), ""); r.status != http.StatusOK {
+		t.Errorf("iframe-html: %d", r.status)
+	}
+	for _, suffix := range []string{"/info//", "/iframe.html//", "/iframe%41.html", "/a/a/xhr//", "/IFRAME.HTML/", "/a/b/c/d/xhr"} {
+		sjsCheck404(t, n.do(t, http.MethodGet, n.url("/echo"+suffix), ""), suffix)
+	}
+	sid := sjsSID()
+	if r := n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr/"), ""); r.body != "o\n" {
+		t.Fatalf("xhr/: %q", r.body)
+	}
+	if r := n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr_send/"), `["a"]`); r.status != http.StatusNoContent {
+		t.Fatalf("xhr_send/: %d", r.status)
+	}
+	if r := n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr"), ""); r.body != "a[\"a\"]\n" {
+		t.Fatalf("poll: %q", r.body)
+	}
+	// Ids are taken as sent: "%2E" is no dot, "%2F" no slash.
+	for _, id := range []string{"a%2Eb", "a%2Fb"} {
+		if r := n.do(t, http.MethodPost, n.url("/echo/000/"+id+"/xhr"), ""); r.status != http.StatusOK || r.body != "o\n" {
+			t.Errorf("session %s: %d %q", id, r.status, r.body)
+		}
+	}
+
+	allow := map[string]string{
+		"/info": "OPTIONS, GET", "/iframe.html": "GET", "/websocket": "GET",
+		"/a/a/xhr": "POST, OPTIONS", "/a/a/xhr_send": "POST, OPTIONS", "/a/a/xhr_streaming": "POST, OPTIONS",
+		"/a/a/eventsource": "GET", "/a/a/htmlfile": "GET", "/a/a/jsonp": "GET", "/a/a/jsonp_send": "POST",
+		"/a/a/websocket": "GET",
+	}
+	for path, methods := range allow {
+		method := http.MethodPut
+		sjsCheck405(t, n.do(t, method, n.url("/echo"+path), ""), methods, method+" "+path)
+	}
+	sjsCheck405(t, n.do(t, http.MethodHead, n.url("/echo"), ""), "GET", "HEAD greeting")
+
+	// An endpoint without websockets: GET is a cacheable 404, and other
+	// methods 405.
+	for _, path := range []string{"/websocket", "/0/0/websocket", "/0/0/websocket/"} {
+		r := n.do(t, http.MethodGet, n.url("/disabled_websocket_echo"+path), "")
+		sjsCheck404(t, r, "disabled "+path)
+		if !strings.HasPrefix(r.get("Cache-Control"), "public, max-age=") || r.get("Expires") == "" {
+			t.Errorf("disabled %s: Cache-Control %q Expires %q", path, r.get("Cache-Control"), r.get("Expires"))
+		}
+		sjsCheck405(t, n.do(t, http.MethodPost, n.url("/disabled_websocket_echo"+path), ""), "GET", "POST disabled "+path)
+	}
+}
+
+// CORS answers follow the node's allowed Origins (the admission gate): an
+// Origin the node does not allow gets 403 and no Access-Control-Allow-*
+// header, on every URL that answers CORS; null is answered without
+// credentials even where it is allowed.
+func TestSockJSCORSOrigins(t *testing.T) {
+	type req struct{ method, path, body string }
+	corsURLs := func(sid string) []req {
+		return []req{
+			{http.MethodGet, "/echo/info", ""},
+			{http.MethodOptions, "/echo/info", ""},
+			{http.MethodOptions, "/echo/a/a/xhr", ""},
+			{http.MethodOptions, "/echo/a/a/xhr_send", ""},
+			{http.MethodOptions, "/echo/a/a/xhr_streaming", ""},
+			{http.MethodPost, "/echo/000/" + sjsSID() + "/xhr", ""}, // a new session: answered at once
+			{http.MethodPost, "/echo/000/" + sid + "/xhr_send", `["x"]`},
+		}
+	}
+	noCORS := func(t *testing.T, what string, h http.Header) {
+		t.Helper()
+		for k := range h {
+			if strings.HasPrefix(k, "Access-Control-Allow-") {
+				t.Errorf("%s: %s: %q on a refused answer", what, k, h.Get(k))
+			}
+		}
+	}
+
+	n := sjsStartNode(t, sjsTestEndpoints(), func(_ *gateway.Config, o *Options) { o.AllowedOrigins = []string{"http://good.example"} })
+	sid := sjsSID()
+	for _, origin := range []string{"http://evil.example", "null", "http://good.example.evil.example"} {
+		for _, q := range corsURLs(sid) {
+			r := n.do(t, q.method, n.url(q.path), q.body, "Origin", origin)
+			what := q.method + " " + q.path + " from " + origin
+			if r.status != http.StatusForbidden || r.body != "origin not allowed: "+origin {
+				t.Errorf("%s: %d %q, want 403", what, r.status, r.body)
+			}
+			noCORS(t, what, r.header)
+		}
+		st := n.stream(t, http.MethodGet, n.url("/echo/000/"+sjsSID()+"/eventsource"), "Origin", origin)
+		if st.resp.StatusCode != http.StatusForbidden {
+			t.Errorf("eventsource from %s: %d", origin, st.resp.StatusCode)
+		}
+		noCORS(t, "eventsource from "+origin, st.resp.Header)
+		st.close()
+	}
+	// The allowed one is echoed with credentials, on the same URLs.
+	n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr"), "")
+	for _, q := range corsURLs(sid) {
+		r := n.do(t, q.method, n.url(q.path), q.body, "Origin", "http://good.example")
+		if r.status >= 300 {
+			t.Fatalf("%s %s: %d %q", q.method, q.path, r.status, r.body)
+		}
+		sjsCheckCORS(t, r.header, "http://good.example")
+	}
+
+	// With every Origin allowed: null gets null, without credentials
+	// (eventsource: "*", as sockjs-node's eventsource); no Origin gets "*",
+	// without credentials.
+	n = sjsStartNode(t, sjsTestEndpoints(), nil)
+	sid = sjsSID()
+	n.do(t, http.MethodPost, n.url("/echo/000/"+sid+"/xhr"), "")
+	for _, origin := range []string{"null", ""} {
+		for _, q := range corsURLs(sid) {
+			var hdr []string
+			if origin != "" {
+				hdr = []string{"Origin", origin}
+			}
+			r := n.do(t, q.method, n.url(q.path), q.body, hdr...)
+			if r.status >= 300 {
+				t.Fatalf("%s %s: %d %q", q.method, q.path, r.status, r.body)
+			}
+			sjsCheckCORS(t, r.header, origin)
+		}
+	}
+	st := n.stream(t, http.MethodGet, n.url("/echo/000/"+sjsSID()+"/eventsource"), "Origin", "null")
+	if got, creds := st.resp.Header.Get("Access-Control-Allow-Origin"), st.resp.Header.Get("Access-Control-Allow-Credentials"); got != "*" || creds != "" {
+		t.Errorf("eventsource from null: %q credentials %q, want * and none", got, creds)
+	}
+	st.close()
+	st = n.stream(t, http.MethodGet, n.url("/echo/000/"+sjsSID()+"/eventsource"), "Origin", "http://page.example")
+	sjsCheckCORS(t, st.resp.Header, "http://page.example")
+	st.close()
+	// The protocol's test_options_null_origin: 204 (or 200), no body, null.
+	r := n.do(t, http.MethodOptions, n.url("/echo/info"), "", "Origin", "null", "Access-Control-Request-Method", "POST")
+	if r.status != http.StatusNoContent || r.body != "" || r.get("Access-Control-Allow-Origin") != "null" {
+		t.Errorf("OPTIONS info from null: %d %q %q", r.status, r.body, r.get("Access-Control-Allow-Origin"))
+	}
+}
+
+// sjsCloseEndpoint is the protocol test suite's "close" service.
+func sjsCloseEndpoint() SockJSEndpoint {
+	return SockJSEndpoint{Prefix: "/close", Mode: SockJSClose, Websocket: true, CloseCode: 3000, CloseReason: "Go away!"}
+}
+
+// A close endpoint opens every session and closes it at once, on every
+// transport, as the protocol tests' close service (Protocol.test_closeSession,
+// HandlingClose.test_close_frame, Http10/Http11.test_streaming,
+// Websocket.test_close, RawWebsocket.test_close, JsonPolling.test_close).
+func TestSockJSCloseMode(t *testing.T) {
+	n := sjsStartNode(t, []SockJSEndpoint{sjsCloseEndpoint(), {Prefix: "/bye", Mode: SockJSClose, Websocket: true}}, nil)
+	const closed = `c[3000,"Go away!"]`
+
+	trans := n.url("/close/000/" + sjsSID())
+	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.status != http.StatusOK || r.body != "o\n" {
+		t.Fatalf("open: %d %q", r.status, r.body)
+	}
+	for range 2 {
+		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.status != http.StatusOK || r.body != closed+"\n" {
+			t.Fatalf("after open: %d %q", r.status, r.body)
+		}
+	}
+	// A send to the closed session is taken and dropped, as sockjs-node's.
+	if r := n.do(t, http.MethodPost, trans+"/xhr_send", `["x"]`); r.status != http.StatusNoContent {
+		t.Errorf("send: %d %q", r.status, r.body)
+	}
+
+	trans = n.url("/close/000/" + sjsSID())
+	if r := n.do(t, http.MethodGet, trans+"/jsonp?c=x", ""); r.body != "/**/x(\"o\");\r\n" {
+		t.Fatalf("jsonp open: %q", r.body)
+	}
+	for range 2 {
+		if r := n.do(t, http.MethodGet, trans+"/jsonp?c=x", ""); r.body != "/**/x(\"c[3000,\\\"Go away!\\\"]\");\r\n" {
+			t.Fatalf("jsonp: %q", r.body)
+		}
+	}
+
+	// A stream gets both frames and ends; the next one the close frame.
+	trans = n.url("/close/000/" + sjsSID())
+	r1 := n.stream(t, http.MethodPost, trans+"/xhr_streaming")
+	r1.read(2049)
+	if got := r1.until("\n"); got != "o\n" {
+		t.Fatalf("open %q", got)
+	}
+	if got := r1.until("\n"); got != closed+"\n" {
+		t.Fatalf("close %q", got)
+	}
+	r1.eof()
+	r2 := n.stream(t, http.MethodPost, trans+"/xhr_streaming")
+	r2.read(2049)
+	if got := r2.until("\n"); got != closed+"\n" {
+		t.Fatalf("second request %q", got)
+	}
+	r2.eof()
+
+	es := n.stream(t, http.MethodGet, n.url("/close/000/"+sjsSID()+"/eventsource"))
+	if got := es.read(2) + es.until("\r\n\r\n") + es.until("\r\n\r\n"); got != "\r\ndata: o\r\n\r\ndata: "+closed+"\r\n\r\n" {
+		t.Fatalf("eventsource %q", got)
+	}
+	es.eof()
+	hf := n.stream(t, http.MethodGet, n.url("/close/000/"+sjsSID()+"/htmlfile?c=cb"))
+	hf.until("\r\n\r\n")
+	if got := hf.until("</script>\r\n") + hf.until("</script>\r\n"); got != "<script>\np(\"o\");\n</script>\r\n<script>\np(\"c[3000,\\\"Go away!\\\"]\");\n</script>\r\n" {
+		t.Fatalf("htmlfile %q", got)
+	}
+	hf.eof()
+
+	// HTTP/1.0: the stream ends with the connection.
+	resp := n.raw(t, "POST /close/000/%s/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", sjsSID())
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || len(resp.TransferEncoding) != 0 || string(body) != strings.Repeat("h", 2048)+"\no\n"+closed+"\n" {
+		t.Fatalf("HTTP/1.0 stream: TE %v %q %v", resp.TransferEncoding, body, err)
+	}
+
+	// The session websocket: o, the close frame, then a normal closure.
+	c := sjsDialWS(t, n.url("/close/000/"+sjsSID()+"/websocket"), nil)
+	if got := c.recv(); got != "o" {
+		t.Fatalf("websocket open %q", got)
+	}
+	if got := c.recv(); got != closed {
+		t.Fatalf("websocket close frame %q", got)
+	}
+	if code, reason := c.closedWith(); code != 1000 || reason != "Normal closure" {
+		t.Fatalf("websocket closed with %d %q", code, reason)
+	}
+	// The raw websocket: closed with the code and reason, no message.
+	raw := sjsDialWS(t, n.url("/close/websocket"), nil)
+	if code, reason := raw.closedWith(); code != 3000 || reason != "Go away!" {
+		t.Fatalf("raw websocket closed with %d %q", code, reason)
+	}
+
+	// The defaults: sockjs-node's close().
+	if r := n.do(t, http.MethodPost, n.url("/bye/000/"+sjsSID()+"/xhr_streaming"), ""); !strings.HasSuffix(r.body, "o\nc[1000,\"Normal closure\"]\n") {
+		t.Fatalf("default close: %q", r.body)
+	}
+	sjsWaitFor(t, "every session to end", func() bool { return n.gw.SessionCount() == 0 })
+
+	// The admission gate still decides.
+	n2 := sjsStartNode(t, []SockJSEndpoint{sjsCloseEndpoint()}, func(_ *gateway.Config, o *Options) { o.AllowedOrigins = []string{"http://good.example"} })
+	if r := n2.do(t, http.MethodPost, n2.url("/close/000/"+sjsSID()+"/xhr"), "", "Origin", "http://evil.example"); r.status != http.StatusForbidden {
+		t.Errorf("close endpoint, foreign origin: %d %q", r.status, r.body)
+	}
+}
+
+func TestSockJSEndpointValidateClose(t *testing.T) {
+	for _, tc := range []struct {
+		e    SockJSEndpoint
+		want string // "" valid, else a part of the error
+	}{
+		{sjsCloseEndpoint(), ""},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose}, ""},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: 1000}, ""},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: 4999, CloseReason: strings.Repeat("é", 61) + "x"}, ""},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: 2999}, "close_code: 2999"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: 1002}, "close_code: 1002"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: 5000}, "close_code: 5000"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseCode: -1}, "close_code"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseReason: strings.Repeat("x", 124)}, "close_reason"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, CloseReason: "\xff"}, "close_reason"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSClose, Target: "redis"}, "target"},
+		{SockJSEndpoint{Prefix: "/s", Mode: SockJSEcho, CloseCode: 3000}, "only a close endpoint"},
+		{SockJSEndpoint{Prefix: "/s", CloseReason: "bye"}, "only a close endpoint"},
+		{SockJSEndpoint{Prefix: "/s", Mode: "shut"}, "not one of pubsub, echo, tcp, close"},
+	} {
+		err := tc.e.Validate()
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%+v: %v, want %q", tc.e, err, tc.want)
+		}
+	}
+}
+
+// A request that comes as soon as the response carrying the close frame
+// ended gets the close frame, although the session may still be finishing
+// then (it used to get c[1002,"Connection interrupted"] now and then).
+func TestSockJSCloseFrameRightAfterClose(t *testing.T) {
+	n := sjsStartNode(t, nil, nil)
+	ep, base := n.endpoint(t, SockJSEndpoint{Prefix: "/close", Mode: SockJSEcho})
+	for i := range 100 {
+		sid := sjsSID()
+		trans := base + "/000/" + sid
+		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
+			t.Fatalf("open: %q", r.body)
+		}
+		poll, _ := n.async(t, http.MethodPost, trans+"/xhr")
+		waitAttached(t, ep, trans)
+		ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false).sess.Close(gateway.Disconnect{Code: 3000, Reason: "Go away!"})
+		if r := poll.wait(t); r.body != "c[3000,\"Go away!\"]\n" {
+			t.Fatalf("%d: the poll that held the session: %q", i, r.body)
+		}
+		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "c[3000,\"Go away!\"]\n" {
+			t.Fatalf("%d: the next poll: %q", i, r.body)
+		}
+	}
+}
+
+// The send answers as sockjs-node's xhr_send and jsonp_send give them: the
+// body is checked first (so a bad body to an unknown session is a 500,
+// not a 404), with its media type as sockjs-node reads it.
+func TestSockJSSendAnswers(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	form := []string{"Content-Type", "application/x-www-form-urlencoded"}
+	unknown := n.url("/echo/000/" + sjsSID())
+	for _, tc := range []struct {
+		path, body string
+		hdr        []string
+		status     int
+		answer     string
+	}{
+		{"/xhr_send", `["x`, nil, 500, "Broken JSON encoding."},
+		{"/xhr_send", ``, nil, 500, "Payload expected."},
+		{"/xhr_send", `  `, nil, 500, "Broken JSON encoding."}, // JSON.parse("  ") throws
+		{"/xhr_send", "\f[\"x\"]", nil, 500, "Broken JSON encoding."},
+		{"/xhr_send", `["x"]`, []string{"Content-Type", "application/x-www-form-urlencoded"}, 500, "Payload expected."},
+		{"/xhr_send", `["x"]`, []string{"Content-Type", "Text/Plain"}, 500, "Payload expected."},
+		{"/xhr_send", `["x"]`, nil, 404, "404 Error: Page not found\n"},
+		{"/jsonp_send", "d=%5B%22x", form, 500, "Broken JSON encoding."},
+		{"/jsonp_send", "d=", form, 500, "Payload expected."},
+		{"/jsonp_send", `["x"]`, []string{"Content-Type", "application/json"}, 500, "Payload expected."},
+		{"/jsonp_send", `""`, []string{"Content-Type", "text/plain"}, 500, "Payload expected."},
+		{"/jsonp_send", `"[\"x"`, []string{"Content-Type", "text/plain"}, 500, "Broken JSON encoding."},
+		{"/jsonp_send", "d=%5B%22x%22%5D", form, 404, "404 Error: Page not found\n"},
+	} {
+		r := n.do(t, http.MethodPost, unknown+tc.path, tc.body, tc.hdr...)
+		if r.status != tc.status || r.body != tc.answer {
+			t.Errorf("%s %q %v: %d %q, want %d %q", tc.path, tc.body, tc.hdr, r.status, r.body, tc.status, tc.answer)
+		}
+	}
+
+	// A text/plain jsonp_send body that is a JSON string is read again,
+	// as sockjs-node's.
+	url := n.url("/echo/000/" + sjsSID())
+	n.do(t, http.MethodGet, url+"/jsonp?c=x", "")
+	if r := n.do(t, http.MethodPost, url+"/jsonp_send", `"[\"quoted\"]"`, "Content-Type", "text/plain;charset=UTF-8"); r.status != http.StatusOK || r.body != "ok" {
+		t.Fatalf("quoted body: %d %q", r.status, r.body)
+	}
+	if r := n.do(t, http.MethodPost, url+"/jsonp_send", `d=%22%5B%5C%22x%5C%22%5D%22`, form...); r.status != 500 || r.body != "Payload expected." {
+		t.Fatalf("quoted form field: %d %q", r.status, r.body)
+	}
+	if r := n.do(t, http.MethodGet, url+"/jsonp?c=x", ""); r.body != "/**/x(\"a[\\\"quoted\\\"]\");\r\n" {
+		t.Fatalf("poll: %q", r.body)
+	}
+
+	// A websocket message of whitespace alone is no empty message: broken
+	// framing, as sockjs-node's JSON.parse says.
+	c := sjsDialWS(t, n.url("/echo/000/"+sjsSID()+"/websocket"), nil)
+	c.recv()
+	c.send("  ")
+	if code, reason := c.closedWith(); code != 3000 || reason != "Broken framing." {
+		t.Fatalf("whitespace message: closed with %d %q", code, reason)
+	}
+}
+
+// Messages are quoted byte for byte as sockjs-node's utils.quote does:
+// only its ranges escaped, characters beyond U+FFFF as surrogate pairs.
+func TestSockJSQuoting(t *testing.T) {
+	n := sjsStartNode(t, sjsTestEndpoints(), nil)
+	url := n.url("/echo/000/" + sjsSID())
+	n.do(t, http.MethodPost, url+"/xhr", "")
+	msg := "\u2000\u200b\u200c\u20ac\u2070\u206f\ufeff\ufff0\U0001f600 é\u007f\u0001\u2028"
+	body, _ := json.Marshal([]string{msg})
+	if r := n.do(t, http.MethodPost, url+"/xhr_send", string(body)); r.status != http.StatusNoContent {
+		t.Fatalf("send: %d", r.status)
+	}
+	want := "a[\"\u2000\u200b\\u200c\u20ac\u2070\\u206f\ufeff\\ufff0\\ud83d\\ude00 é\u007f\\u0001\\u2028\"]\n"
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != want {
+		t.Fatalf("quoted as\n%q\nwant\n%q", r.body, want)
+	}
+}
+
+// A closed session keeps answering with its close frame for a disconnect
+// delay after the last request that asked, as sockjs-node re-arms its
+// timer at every receiving request.
+func TestSockJSClosedSessionLifetime(t *testing.T) {
+	n := sjsStartNode(t, nil, nil)
+	ep, base := n.endpoint(t, SockJSEndpoint{Prefix: "/close", Mode: SockJSClose, CloseCode: 3000, CloseReason: "Go away!", DisconnectDelay: 2 * time.Second})
+	sid := sjsSID()
+	trans := base + "/000/" + sid
+	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
+		t.Fatalf("open: %q", r.body)
+	}
+	// Past the delay in all, each poll well within it of the previous.
+	for i := range 6 {
+		if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "c[3000,\"Go away!\"]\n" {
+			t.Fatalf("poll %d: %q", i, r.body)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	sjsWaitFor(t, "the closed session to be forgotten", func() bool { return ep.lookup(httptest.NewRequest(http.MethodGet, "/", nil), sid, false) == nil })
+	if r := n.do(t, http.MethodPost, trans+"/xhr", ""); r.body != "o\n" {
+		t.Fatalf("after the delay: %q", r.body)
 	}
 }

@@ -22,28 +22,34 @@ import (
 // once, as the protocol allows. The upgrade request's goroutine writes the
 // frames (run); a small reader goroutine reads the connection.
 
-// sjsWSPreconditions checks an upgrade request as SockJS servers do before
-// the handshake proper; on failure it has answered.
-func (ep *sockjsEndpoint) sjsWSPreconditions(w http.ResponseWriter, r *http.Request) bool {
+// sjsWSPreconditions checks an upgrade request as sockjs-node 0.3.24 does
+// before the handshake proper (lib/trans-websocket.js): a request that is
+// no websocket upgrade (faye-websocket's isWebSocket: GET, a Connection
+// header with the token upgrade, Upgrade: websocket) gets 400 "Not a valid
+// websocket request", and the raw websocket takes RFC 6455 only
+// (Sec-WebSocket-Version 8 or 13). On failure it has answered.
+func (ep *sockjsEndpoint) sjsWSPreconditions(w http.ResponseWriter, r *http.Request, raw bool) bool {
 	if r.Method != http.MethodGet {
 		sjsMethodNotAllowed(w, "GET")
 		return false
 	}
-	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
-		sjsPlain(w, http.StatusBadRequest, `Can "Upgrade" only to "WebSocket".`)
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") || !sjsHeaderHasToken(r.Header.Values("Connection"), "upgrade") {
+		sjsPlain(w, http.StatusBadRequest, "Not a valid websocket request")
 		return false
 	}
-	if !sjsHeaderHasToken(r.Header.Values("Connection"), "upgrade") {
-		sjsPlain(w, http.StatusBadRequest, `"Connection" must be "Upgrade".`)
+	version := r.Header.Get("Sec-WebSocket-Version")
+	if raw && version != "8" && version != "13" {
+		sjsPlain(w, http.StatusBadRequest, "Only supported WebSocket protocol is RFC 6455.")
 		return false
 	}
-	if ep.n.gate.origin(r) != nil {
-		sjsPlain(w, http.StatusForbidden, "origin not allowed")
+	if ref := ep.n.gate.origin(r); ref != nil {
+		sjsRefuse(w, ref)
 		return false
 	}
 	// hybi-07 and hybi-08 (Firefox 6 and 7) differ from RFC 6455 in the
-	// version number only; the protocol asks servers to accept them.
-	switch r.Header.Get("Sec-WebSocket-Version") {
+	// version number only; the protocol asks servers to accept them on
+	// the session websocket (sockjs-protocol 0.3.3's test_headersSanity).
+	switch version {
 	case "7", "8":
 		r.Header.Set("Sec-WebSocket-Version", "13")
 	}
@@ -75,7 +81,7 @@ func (ep *sockjsEndpoint) wsLimits() wsLimits {
 // connections may use the same session id at once, as the protocol
 // allows.
 func (ep *sockjsEndpoint) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	if !ep.sjsWSPreconditions(w, r) {
+	if !ep.sjsWSPreconditions(w, r, false) {
 		return
 	}
 	var link *bridgeLink
@@ -103,6 +109,7 @@ func (ep *sockjsEndpoint) serveWebSocket(w http.ResponseWriter, r *http.Request)
 	}
 	codec := &sjsCodec{ep: ep, mode: sjsSessionMode{sess: sess, pubsub: !ep.echo && !ep.tcp, link: link}}
 	attachWS(c, sess, codec)
+	ep.closeNew(sess) // a close endpoint: o, c[code,"reason"], then close 1000
 	if link != nil {
 		ep.startBridge(sess, link)
 	}
@@ -116,8 +123,13 @@ func (wsRefused) message([]byte, bool) bool { return false }
 func (wsRefused) ended(gateway.Disconnect)  {}
 
 // sjsBrokenFraming ends a websocket session whose client sent a message
-// that is not a JSON string or array of strings.
-var sjsBrokenFraming = gateway.Disconnect{Code: gateway.CodeProtocolError, Reason: "Broken framing."}
+// that is not JSON. sockjs-node 0.3.24 (lib/trans-websocket.js,
+// WebSocketReceiver.didMessage: didClose(3000, 'Broken framing.')) sends
+// no c[...] frame for it and closes the websocket with 3000 and this
+// reason, and so does cometgate: appendSJSFrames renders no frame for it,
+// closeFrame passes it on. It is SockJS's code, not a "reconnect" of
+// cometgate's close-code table: no client reads it as a close packet.
+var sjsBrokenFraming = gateway.Disconnect{Code: 3000, Reason: "Broken framing."}
 
 // sjsCodec is the SockJS framing on a websocket: each SockJS frame one
 // text message.
@@ -144,14 +156,22 @@ func (c *sjsCodec) wasOpened() bool {
 	return was
 }
 
-// heartbeat is the "h" frame (and the ping after it).
-func (*sjsCodec) heartbeat() []byte { return appendMessage(nil, ws.OpText, sjsFrameHeartbeat) }
+// heartbeat is a ping alone: sockjs-node 0.3.24's websocket receiver
+// pings an RFC 6455 client instead of sending "h" frames
+// (WebSocketReceiver.heartbeat; "h" only where the protocol version has no
+// ping).
+func (*sjsCodec) heartbeat() []byte { return nil }
 
 // closeFrame: the session's own close went out as a c[...] frame; the
-// websocket closes normally after it. A violation of RFC 6455 closes
-// with its code, as on every websocket.
+// websocket closes normally after it, as sockjs-node's didClose() does
+// (1000 "Normal closure"). Broken framing closes with its own code and no
+// c[...] frame, as sockjs-node's. A violation of RFC 6455 closes with its
+// code, as on every websocket.
 func (*sjsCodec) closeFrame(d gateway.Disconnect) gateway.Disconnect {
-	if d.Code < 3000 && d.Code != gateway.CodeNormal && d != sjsBrokenFraming && d != sjsInterrupted {
+	switch {
+	case d == sjsBrokenFraming:
+		return d
+	case d.Code < 3000 && d.Code != gateway.CodeNormal && d != sjsInterrupted:
 		return d
 	}
 	return gateway.Disconnect{Code: gateway.CodeNormal, Reason: "Normal closure"}
@@ -184,7 +204,7 @@ func (c *sjsCodec) receive(t *wsSession, data []byte, polled bool) bool {
 // gateway session gives the connection the node's lifecycle and its
 // pings.
 func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Request) {
-	if !ep.sjsWSPreconditions(w, r) {
+	if !ep.sjsWSPreconditions(w, r, true) {
 		return
 	}
 	switch {
@@ -197,10 +217,7 @@ func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Reque
 	}
 	sess, ref := ep.n.gate.open(r, sessionSpec{transport: "sockjs"})
 	if ref != nil {
-		if ref.retry {
-			w.Header().Set("Retry-After", "1")
-		}
-		sjsPlain(w, ref.status, ref.msg)
+		sjsRefuse(w, ref)
 		return
 	}
 	c := ep.n.upgradeWS(w, r, ep.n.heartbeat, ep.wsLimits())
@@ -209,6 +226,7 @@ func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Reque
 		return
 	}
 	attachWS(c, sess, rawEchoCodec{})
+	ep.closeNew(sess) // a close endpoint: closed with its code and reason, no message
 }
 
 // rawEchoCodec is the raw echo websocket's framing: the session's data

@@ -3,6 +3,8 @@ package transports
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"slices"
@@ -37,6 +39,7 @@ type sseConn struct {
 	n         *node
 	conn      net.Conn
 	sess      *gateway.Session
+	fd        int      // the socket's descriptor (socketBacklog); -1 unknown
 	reg       *pollReg // set when the poller watches the connection
 	wmu       sync.Mutex
 	deadline  writeDeadline // guarded by wmu
@@ -73,7 +76,14 @@ func sseResumeCursors(r *http.Request, channels []string) []string {
 	return cursors
 }
 
-var _ gateway.Transport = (*sseConn)(nil)
+var (
+	_ gateway.Transport  = (*sseConn)(nil)
+	_ gateway.Backlogger = (*sseConn)(nil)
+)
+
+// Backlog is what the kernel still holds of the stream's writes (see
+// wsSession.Backlog).
+func (c *sseConn) Backlog() int { return socketBacklog(c.fd) }
 
 // sseHandler serves GET /sse.
 type sseHandler struct{ *node }
@@ -105,13 +115,17 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if origin := r.Header.Get("Origin"); origin != "" {
 		// Allowed by the gate; EventSource needs these for cross-origin
 		// streams (withCredentials included).
-		head.WriteString("Access-Control-Allow-Origin: " + sanitizeHeader(origin) + "\r\n" +
-			"Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n")
+		head.WriteString("Access-Control-Allow-Origin: " + sanitizeHeader(origin) + "\r\nVary: Origin\r\n")
+		if origin != "null" { // a sandboxed frame or local file: no credentials
+			head.WriteString("Access-Control-Allow-Credentials: true\r\n")
+		}
 	}
-	// The retry hint spreads reconnects after a node goes away.
-	head.WriteString("\r\nretry: 2000\n\n")
+	// The retry hint spreads reconnects after a node goes away: drawn
+	// for each stream, so the EventSources of a node that fails do not
+	// all come back at the same moment.
+	fmt.Fprintf(&head, "\r\nretry: %d\n\n", 1000+rand.N(4000))
 	cursors := sseResumeCursors(r, channels)
-	c := &sseConn{n: h.node, conn: conn, sess: sess}
+	c := &sseConn{n: h.node, conn: conn, sess: sess, fd: socketFD(conn)}
 	if len(channels) > 0 {
 		c.urlChannels, c.cursors = channels, slices.Clone(cursors)
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -58,8 +59,10 @@ func openSSE(t *testing.T, n *testNode, query string, hdr http.Header) *sseClien
 	}
 	c := &sseClient{t: t, n: n, resp: resp, br: bufio.NewReader(resp.Body), cancel: cancel}
 	t.Cleanup(c.close)
-	if ev := c.event(); ev.retry != "2000" || len(ev.data) != 0 {
-		t.Fatalf("the stream does not start with the retry hint: %+v", ev)
+	// A retry hint drawn per stream, between 1 and 5 s: a failed node's
+	// EventSources do not all come back at once.
+	if ev := c.event(); len(ev.data) != 0 || !retryHint(ev.retry) {
+		t.Fatalf("the stream does not start with a retry hint of 1000-4999 ms: %+v", ev)
 	}
 	hello := c.next()
 	if hello.T != gateway.TypeHello || hello.SID == "" || hello.seq() != 1 {
@@ -616,4 +619,11 @@ func TestSSEResumeID(t *testing.T) {
 	if ids := strings.Split(r.ids[len(r.ids)-1], ","); len(ids) != 3 || ids[1] != "" || ids[0] == curA || ids[2] == curB {
 		t.Fatalf("resume id after the replay %q", r.ids[len(r.ids)-1])
 	}
+}
+
+// retryHint reports whether an SSE retry field is a whole number of
+// milliseconds from 1000 to 4999.
+func retryHint(v string) bool {
+	ms, err := strconv.Atoi(v)
+	return err == nil && ms >= 1000 && ms < 5000
 }

@@ -25,8 +25,9 @@ type wsSession struct {
 }
 
 var (
-	_ gateway.Transport = (*wsSession)(nil)
-	_ wsOwner           = (*wsSession)(nil)
+	_ gateway.Transport  = (*wsSession)(nil)
+	_ gateway.Backlogger = (*wsSession)(nil)
+	_ wsOwner            = (*wsSession)(nil)
 )
 
 // wsCodec is how a session's packets and messages look on a WebSocket.
@@ -63,6 +64,11 @@ func (t *wsSession) WritePackets(pkts []gateway.Packet) (int, error) {
 	}
 	return t.c.writeFrames(buf)
 }
+
+// Backlog is what the kernel still holds of the connection's writes: a
+// client that stopped reading meets the slow-consumer policy at the
+// session's queue size, not a socket buffer later.
+func (t *wsSession) Backlog() int { return socketBacklog(t.c.fd) }
 
 // WriteHeartbeat sends a ping (after the codec's own heartbeat frame, if
 // it has one); browsers answer pings by themselves, which keeps the read

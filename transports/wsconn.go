@@ -60,6 +60,7 @@ type wsOwner interface {
 type wsConn struct {
 	n     *node
 	conn  net.Conn
+	fd    int // the socket's descriptor, for its kernel backlog; -1 unknown
 	owner wsOwner
 	// protocol is the subprotocol the handshake agreed on, "" for none.
 	protocol string
@@ -138,6 +139,7 @@ func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.
 	c := &wsConn{
 		n:           n,
 		conn:        conn,
+		fd:          socketFD(conn),
 		protocol:    proto,
 		readTimeout: 3*heartbeat + 5*time.Second,
 		wsem:        make(chan struct{}, 1),

@@ -1919,7 +1919,8 @@
     }
 
     _scheduleReconnect(info) {
-      const delay = backoffDelay(this._attempt++, this.options.minReconnectDelay, this.options.maxReconnectDelay);
+      const delay = Math.max(backoffDelay(this._attempt++, this.options.minReconnectDelay, this.options.maxReconnectDelay),
+        Math.min(info.minDelay || 0, this.options.maxReconnectDelay));
       this._debug("reconnecting in", delay, "ms");
       this._setState("disconnected", { code: info.code, reason: info.reason, delay: delay });
       clearTimeout(this._reconnectTimer);
@@ -2197,6 +2198,9 @@
         code: typeof p.code === "number" ? p.code : 1000,
         reason: typeof p.reason === "string" ? p.reason : "",
         reconnect: p.reconnect,
+        // The server's advice: wait at least this long (jittered per
+        // session, so a draining node's clients do not return together).
+        minDelay: typeof p.delay === "number" && p.delay > 0 ? p.delay : 0,
       };
       this._debug("server closed the session:", info.code, info.reason);
       // Close the transport now: an EventSource would otherwise reconnect.

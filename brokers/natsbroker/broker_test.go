@@ -481,6 +481,36 @@ func TestEmbedded(t *testing.T) {
 			t.Errorf("given store dir removed: %v", err)
 		}
 	})
+	t.Run("Authentication", func(t *testing.T) {
+		for _, eo := range []natsbroker.EmbeddedOptions{
+			{Listen: "127.0.0.1:0", Token: "s3cret-token"},
+			{Listen: "127.0.0.1:0", User: "gw", Password: "s3cret"},
+		} {
+			e := startEmbedded(t, eo)
+			// The node's own in-process broker presents the credentials.
+			brokertest.WaitUntil(t, "Ready", e.Broker().Ready)
+			if err := e.Broker().Publish(ctxT(t), brokers.Message{Channel: "auth.x", Data: []byte("1")}); err != nil {
+				t.Errorf("in-process publish: %v", err)
+			}
+			if nc, err := nats.Connect(e.ClientURL(), nats.Timeout(2*time.Second)); err == nil {
+				nc.Close()
+				t.Errorf("a client without credentials connected (%+v)", eo)
+			}
+			creds := nats.Token(eo.Token)
+			if eo.User != "" {
+				creds = nats.UserInfo(eo.User, eo.Password)
+			}
+			nc, err := nats.Connect(e.ClientURL(), creds, nats.Timeout(2*time.Second))
+			if err != nil {
+				t.Errorf("a client with the credentials: %v", err)
+			} else {
+				nc.Close()
+			}
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 	t.Run("RandomPortNot4222", func(t *testing.T) {
 		for _, listen := range []string{"127.0.0.1:0", "127.0.0.1:-1"} {
 			e := startEmbedded(t, natsbroker.EmbeddedOptions{Listen: listen})

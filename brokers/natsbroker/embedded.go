@@ -25,12 +25,18 @@ type EmbeddedOptions struct {
 	// Listen is "" for no network listener at all (the server is only
 	// reachable in-process), or "host:port" to also accept NATS clients
 	// there. Port "0" or "-1" picks a free port (never the NATS default
-	// 4222); an empty host means all interfaces. The listener has no
-	// authentication: bind it to loopback unless the network is trusted.
+	// 4222); an empty host means all interfaces. Without User/Password or
+	// Token the listener has no authentication: bind it to loopback unless
+	// the network is trusted.
 	Listen string
 	// StoreDir is the JetStream store directory. "" means a new temporary
 	// directory, removed by Close.
 	StoreDir string
+	// User and Password, or Token, are what the server asks of every
+	// client, the in-process Broker included (which presents them); none
+	// means no authentication.
+	User, Password string
+	Token          string
 	// SubjectPrefix, Streams, OnState and Logger configure the Broker
 	// returned by Broker (see Options). Logger also receives the server's
 	// log: notices at debug level, warnings and errors at their own; nil
@@ -73,11 +79,14 @@ func StartEmbedded(ctx context.Context, eo EmbeddedOptions) (*Embedded, error) {
 		return nil, err
 	}
 	sopts := &server.Options{
-		ServerName: "cometgate-embedded",
-		JetStream:  true,
-		NoSigs:     true, // signals belong to the gateway
-		NoLog:      eo.Logger == nil,
-		DontListen: eo.Listen == "",
+		ServerName:    "cometgate-embedded",
+		JetStream:     true,
+		NoSigs:        true, // signals belong to the gateway
+		NoLog:         eo.Logger == nil,
+		DontListen:    eo.Listen == "",
+		Username:      eo.User,
+		Password:      eo.Password,
+		Authorization: eo.Token,
 	}
 	if eo.Listen != "" {
 		host, port, err := parseListen(eo.Listen)
@@ -113,6 +122,9 @@ func StartEmbedded(ctx context.Context, eo EmbeddedOptions) (*Embedded, error) {
 
 	b, err := e.connect(ctx, Options{
 		Name:          "cometgate-embedded",
+		User:          eo.User,
+		Password:      eo.Password,
+		Token:         eo.Token,
 		SubjectPrefix: eo.SubjectPrefix,
 		Streams:       eo.Streams,
 		OnState:       eo.OnState,

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/cometgate/cometgate/gateway"
 	"github.com/cometgate/cometgate/transports"
 )
@@ -625,5 +627,56 @@ func TestForwardSockJSRoundRobin(t *testing.T) {
 	}
 	if seq.dups != 0 {
 		t.Errorf("%d packets came twice", seq.dups)
+	}
+}
+
+// TestForwardClusterKey: nodes sharing node.cluster_key find each other
+// and forward; an announcement forged on the broker (unsigned) is ignored
+// and counted, so it cannot steer forwarding (and the browsers' cookies
+// it carries) anywhere.
+func TestForwardClusterKey(t *testing.T) {
+	key := "COMETGATE_NODE_CLUSTER_KEY=" + strings.Repeat("c", 32)
+	a, b := startPair(t, key)
+	nc, err := nats.Connect(a.emb.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	forged := `{"id":"evil","url":"http://127.0.0.1:9"}`
+	if err := nc.Publish(gateway.NodesChannel, []byte(forged)); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestClient(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for metricValue(t, c, a, `cometgate_node_messages_rejected_total{reason="unsigned"}`) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the forged announcement was not counted as rejected")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if u, ok := a.table.Lookup("evil"); ok {
+		t.Fatalf("the forged node is known at %s", u)
+	}
+	// Forwarding between the two works, signed.
+	seq := &sequence{t: t}
+	for _, p := range pollOnce(t, c, b.url("/poll?ch=demo.rr")) {
+		seq.add(p)
+	}
+	if !strings.HasPrefix(seq.sid, "nodeb.") {
+		t.Fatalf("sid %q", seq.sid)
+	}
+	if err := publishVia(c, a.url(""), "demo.rr", 0); err != nil {
+		t.Fatal(err)
+	}
+	for seq.msgs < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no message through the forwarding node")
+		}
+		for _, p := range pollOnce(t, c, a.url(fmt.Sprintf("/poll/%s?ack=%d", seq.sid, seq.lastSeq))) {
+			seq.add(p)
+		}
 	}
 }

@@ -486,6 +486,24 @@ func TestPublishAPIErrors(t *testing.T) {
 
 func TestHealthReadyMetrics(t *testing.T) {
 	n := startNode(t)
+	// Ready once the node heard the cluster's answers to its question
+	// "who is there?" (a fraction of a second after start).
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(n.url("/readyz"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			t.Fatalf("/readyz: %d %s", resp.StatusCode, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/nope": 404} {
 		resp, err := http.Get(n.url(path))
 		if err != nil {

@@ -85,20 +85,21 @@ type nodeParts struct {
 	cfg *configs.Config
 	log *slog.Logger
 
-	broker      brokers.Broker
-	emb         *natsbroker.Embedded // broker.kind embedded only
-	closeBroker func() error
-	relay       atomic.Pointer[brokers.StateFunc] // the gateway's, once it exists
-	reg         *prometheus.Registry
-	gw          *gateway.Gateway
-	tsrv        *transports.Server
-	fresh       *freshConns
-	httpSrv     *http.Server
-	ln          net.Listener
-	nodeDir     nodeDirectory
-	nodes       *gateway.Nodes // nil when forwarding between nodes is off
-	adminSrv    *http.Server   // nil without admin.listen
-	adminLn     net.Listener
+	broker       brokers.Broker
+	emb          *natsbroker.Embedded // broker.kind embedded only
+	closeBroker  func() error
+	relay        atomic.Pointer[brokers.StateFunc] // the gateway's, once it exists
+	reg          *prometheus.Registry
+	nodesMetrics *gateway.NodesMetrics
+	gw           *gateway.Gateway
+	tsrv         *transports.Server
+	fresh        *freshConns
+	httpSrv      *http.Server
+	ln           net.Listener
+	nodeDir      nodeDirectory
+	nodes        *gateway.Nodes // nil when forwarding between nodes is off
+	adminSrv     *http.Server   // nil without admin.listen
+	adminLn      net.Listener
 
 	// serving counts the goroutines serving the listeners; errc carries
 	// their failures.
@@ -154,6 +155,7 @@ func (n *nodeParts) openBroker(ctx context.Context) error {
 func (n *nodeParts) newGateway(rules gateway.Rules) error {
 	n.reg = prometheus.NewRegistry()
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	n.nodesMetrics = gateway.NewNodesMetrics(n.reg)
 	cfg := n.cfg
 	var err error
 	n.gw, err = gateway.New(gateway.Config{
@@ -192,6 +194,8 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		StreamLimit:      cfg.Session.StreamLimitBytes,
 		MaxSessionsPerIP: cfg.HTTP.MaxSessionsPerIP,
 		AllowedHosts:     cfg.HTTP.EffectiveAllowedHosts(),
+		ClusterKey:       clusterKey(cfg),
+		PeerNetworks:     cfg.Node.PeerPrefixes(),
 		TrustedProxies:   cfg.HTTP.TrustedProxyPrefixes(),
 		Tokens:           tokens,
 		RequireToken:     cfg.Auth.Required,
@@ -246,9 +250,15 @@ func (n *nodeParts) startNodes(ctx context.Context, h *hooks) error {
 			"polling transports then need sticky sessions behind a load balancer")
 		return nil
 	}
+	if n.cfg.Node.ClusterKey == "" {
+		n.log.Warn("node.cluster_key is empty: node announcements and forwarded requests are not signed, so whoever can publish on the broker's cometgate-nodes subject can steer forwarding")
+	}
 	nodes, err := gateway.StartNodes(ctx, gateway.NodesOptions{
 		Broker: n.broker, SelfID: n.cfg.Node.ID, SelfURL: advertise, Interval: h.announceInterval,
-		Logger: n.log.With(slog.String("component", "nodes")),
+		ClusterKey:   clusterKey(n.cfg),
+		PeerNetworks: n.cfg.Node.PeerPrefixes(),
+		Metrics:      n.nodesMetrics,
+		Logger:       n.log.With(slog.String("component", "nodes")),
 	})
 	if err != nil {
 		return err
@@ -364,6 +374,14 @@ func (n *nodeParts) shutdown() {
 	}
 }
 
+// clusterKey is node.cluster_key as bytes, nil when unset.
+func clusterKey(cfg *configs.Config) []byte {
+	if cfg.Node.ClusterKey == "" {
+		return nil
+	}
+	return []byte(cfg.Node.ClusterKey)
+}
+
 // nodeDirectory is the transports' view of the node table, which starts
 // after the transports are built (it needs the listener's address), and
 // before the node serves. When forwarding is off it knows no node: every
@@ -461,6 +479,9 @@ func dialBroker(ctx context.Context, cfg *configs.Config, onState brokers.StateF
 		emb, err := natsbroker.StartEmbedded(ctx, natsbroker.EmbeddedOptions{
 			Listen:        cfg.Broker.Embedded.Listen,
 			StoreDir:      cfg.Broker.Embedded.StoreDir,
+			User:          cfg.Broker.Embedded.User,
+			Password:      cfg.Broker.Embedded.Password,
+			Token:         cfg.Broker.Embedded.Token,
 			SubjectPrefix: cfg.Broker.SubjectPrefix,
 			Streams:       natsStreams(cfg),
 			OnState:       onState,

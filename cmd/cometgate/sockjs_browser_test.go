@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha512"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -22,8 +24,11 @@ import (
 // from npm) in headless chromium, once per sockjs-client transport, from
 // a page of the server's own origin and from a page of another origin.
 
-// sjsClientVersion is the sockjs-client line the test installs.
-const sjsClientVersion = "sockjs-client@1"
+// sjsClientVersion is the sockjs-client release the test installs: the
+// one iframe.html loads by default (transports.DefaultSockJSClientURL),
+// whose hash the test checks against
+// transports.DefaultSockJSClientIntegrity.
+const sjsClientVersion = "sockjs-client@1.6.1"
 
 // sjsBrowserTransports are sockjs-client's transports that Chromium can
 // use (xdr-streaming and xdr-polling are Internet Explorer's only).
@@ -49,10 +54,18 @@ func sjsNeeds(t *testing.T, format string, args ...any) {
 // the repository (once per machine) and returns dist/sockjs.min.js.
 func sjsClientJS(t *testing.T) []byte {
 	t.Helper()
-	pkg := npmPackage(t, "sockjs-client-1", sjsClientVersion, "sockjs-client")
+	pkg := npmPackage(t, strings.ReplaceAll(sjsClientVersion, "@", "-"), sjsClientVersion, "sockjs-client")
 	js, err := os.ReadFile(filepath.Join(pkg, "dist", "sockjs.min.js"))
 	if err != nil {
 		t.Fatalf("sockjs-client: %v", err)
+	}
+	// The release iframe.html loads by default is this very file.
+	if !strings.Contains(transports.DefaultSockJSClientURL, "/"+sjsClientVersion+"/dist/sockjs.min.js") {
+		t.Fatalf("the test installs %s, iframe.html loads %s", sjsClientVersion, transports.DefaultSockJSClientURL)
+	}
+	sum := sha512.Sum384(js)
+	if sri := "sha384-" + base64.StdEncoding.EncodeToString(sum[:]); sri != transports.DefaultSockJSClientIntegrity {
+		t.Fatalf("%s's dist/sockjs.min.js is %s; DefaultSockJSClientIntegrity says %s", sjsClientVersion, sri, transports.DefaultSockJSClientIntegrity)
 	}
 	return js
 }
@@ -146,8 +159,12 @@ func sjsStartBrowserNode(t *testing.T, clientJS []byte) *sjsBrowserNode {
 	eps := []transports.SockJSEndpoint{
 		// A small response limit, so that the streaming transports
 		// recycle their responses during the test.
-		{Prefix: "/echo", Mode: transports.SockJSEcho, Websocket: true, ResponseLimit: 4096, ClientURL: "/static/sockjs.min.js"},
-		{Prefix: "/pubsub", Mode: transports.SockJSPubSub, Websocket: true, ClientURL: "/static/sockjs.min.js"},
+		// The iframe page loads the client with its integrity, as the
+		// default one from the CDN does.
+		{Prefix: "/echo", Mode: transports.SockJSEcho, Websocket: true, ResponseLimit: 4096,
+			ClientURL: "/static/sockjs.min.js", ClientIntegrity: transports.DefaultSockJSClientIntegrity},
+		{Prefix: "/pubsub", Mode: transports.SockJSPubSub, Websocket: true,
+			ClientURL: "/static/sockjs.min.js", ClientIntegrity: transports.DefaultSockJSClientIntegrity},
 	}
 	if err := transports.ValidateSockJS(eps); err != nil {
 		t.Fatal(err)
