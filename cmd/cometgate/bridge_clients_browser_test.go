@@ -35,6 +35,14 @@ import (
 // enables it); the VNC server is the test's own.
 const stompAddr = "127.0.0.1:61613"
 
+// The client releases the tests install: the newest of each line (noVNC
+// 1.7.0 is the newest 1.x, and installs with Node 20's npm: it declares
+// no engines), pinned so that a run tests what the last one did.
+const (
+	noVNCVersion   = "@novnc/novnc@1.7.0"
+	stompjsVersion = "@stomp/stompjs@7.5.0"
+)
+
 // npmPackage installs spec from npm into a cache folder outside the
 // repository (once per machine) and returns the package's folder (name
 // is its name under node_modules).
@@ -257,7 +265,7 @@ VNC.ready = true;
 // server, gets "binary" answered, reaches the connected state and draws
 // the server's framebuffer (its white root window).
 func TestBridgeNoVNC(t *testing.T) {
-	pkg := npmPackage(t, "novnc-1", "@novnc/novnc@1", "@novnc/novnc")
+	pkg := npmPackage(t, "novnc-1.7.0", noVNCVersion, "@novnc/novnc")
 	vnc := startVNCServer(t)
 	mux := testPages(map[string]string{"/vnc.html": noVNCPage})
 	mux.Handle("/novnc/", http.StripPrefix("/novnc/", http.FileServer(http.Dir(pkg))))
@@ -282,8 +290,10 @@ func TestBridgeNoVNC(t *testing.T) {
 // stompPage drives @stomp/stompjs (its UMD bundle, as npm ships it) with
 // brokerURL, so that the library opens the WebSocket itself and offers
 // the STOMP subprotocols. ST.start subscribes (waiting for the broker's
-// receipt), then publishes n messages, and checks each one that comes
-// back: in order, and byte for byte.
+// receipt), then publishes n messages, at most window of them not back
+// yet (a page that stays responsive, and bounded memory on a busy
+// machine), and checks each one that comes back: in order, and byte for
+// byte.
 const stompPage = `<!doctype html>
 <html><head><meta charset="utf-8"><title>STOMP through the bridge</title>
 <script src="/stompjs/bundles/stomp.umd.min.js"></script>
@@ -298,7 +308,13 @@ function body(i) {
 }
 window.ST = {
   got: 0, bytes: 0, error: null, done: false, protocol: null,
-  start(url, dest, n) {
+  start(url, dest, n, window) {
+    let sent = 0;
+    const publish = () => {
+      for (; sent < n && sent - ST.got < window; sent++) {
+        client.publish({destination: dest, body: body(sent), headers: {seq: String(sent)}});
+      }
+    };
     const client = new StompJs.Client({
       brokerURL: url,
       connectHeaders: {login: "guest", passcode: "guest", host: "/"},
@@ -308,9 +324,7 @@ window.ST = {
     ST.client = client;
     client.onConnect = () => {
       ST.protocol = client.webSocket.protocol;
-      client.watchForReceipt("subscribed", () => {
-        for (let i = 0; i < n; i++) client.publish({destination: dest, body: body(i), headers: {seq: String(i)}});
-      });
+      client.watchForReceipt("subscribed", publish);
       client.subscribe(dest, (m) => {
         const i = ST.got;
         if (ST.error) return;
@@ -318,7 +332,8 @@ window.ST = {
         else if (m.body !== body(i)) ST.error = "message " + i + ": " + m.body.length + " bytes differ from the " + body(i).length + " sent";
         ST.got++;
         ST.bytes += m.body.length;
-        if (ST.got === n) { ST.done = true; client.deactivate(); }
+        if (ST.got === n) { ST.done = true; client.deactivate(); return; }
+        publish();
       }, {receipt: "subscribed"});
     };
     client.onStompError = (f) => { ST.error = "STOMP ERROR " + f.headers.message + ": " + f.body; };
@@ -340,7 +355,7 @@ func TestBridgeSTOMP(t *testing.T) {
 	} else {
 		_ = c.Close()
 	}
-	pkg := npmPackage(t, "stompjs-7", "@stomp/stompjs@7", "@stomp/stompjs")
+	pkg := npmPackage(t, "stompjs-7.5.0", stompjsVersion, "@stomp/stompjs")
 	mux := testPages(map[string]string{"/stomp.html": stompPage})
 	mux.Handle("/stompjs/", http.StripPrefix("/stompjs/", http.FileServer(http.Dir(pkg))))
 	n := startClientsNode(t, []transports.BridgeTarget{{Name: "stomp", Address: stompAddr,
@@ -352,7 +367,7 @@ func TestBridgeSTOMP(t *testing.T) {
 	// A topic: RabbitMQ binds an exclusive queue for the subscription and
 	// drops it with the connection.
 	dest := fmt.Sprintf("/topic/cometgate-test.%d", time.Now().UnixNano())
-	b.eval(fmt.Sprintf("ST.start(%q, %q, %d)", n.ws+"/tcp/stomp", dest, count), nil)
+	b.eval(fmt.Sprintf("ST.start(%q, %q, %d, 32)", n.ws+"/tcp/stomp", dest, count), nil)
 
 	// Wait as long as messages keep coming: a busy machine is slow, not
 	// stuck.
