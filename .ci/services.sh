@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests talk to are running on loopback: a NATS
 # server with JetStream on 127.0.0.1:4222 and RabbitMQ (with streams) on
-# 127.0.0.1:5672, and Redis on 127.0.0.1:6379 (a real TCP server behind the
-# TCP bridge tests). Uses them where they already run; otherwise installs them
-# from Debian's packages (as root) and starts them. Also installs chromium
-# for the browser tests and nginx for the reverse-proxy test (not started:
-# the test runs its own). Idempotent.
+# 127.0.0.1:5672 and its STOMP plugin on 61613, and Redis on 127.0.0.1:6379
+# (real TCP servers behind the TCP bridge tests). Uses them where they
+# already run; otherwise installs them from Debian's packages (as root) and
+# starts them. Also installs chromium and a VNC server (tigervnc) for the
+# browser tests and nginx for the reverse-proxy test (not started: the tests
+# run their own). Idempotent.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -44,6 +45,15 @@ if ! port_open 5672; then
 	wait_port 5672 rabbitmq-server
 fi
 
+# RabbitMQ's STOMP plugin on 127.0.0.1:61613: a real STOMP broker behind the
+# TCP bridge for @stomp/stompjs in the browser tests. Enabling it again is
+# harmless; it is only asked for when the port is closed.
+if ! port_open 61613; then
+	echo "services: enabling RabbitMQ's STOMP plugin on port 61613"
+	rabbitmq-plugins enable rabbitmq_stomp >/dev/null
+	wait_port 61613 rabbitmq-stomp
+fi
+
 if ! port_open 6379; then
 	echo "services: starting redis-server on 127.0.0.1:6379"
 	need_pkg redis-server
@@ -57,6 +67,10 @@ fi
 # headless; the fonts make its screenshots readable.
 need_pkg chromium
 need_pkg fonts-dejavu-core
+# A VNC server for noVNC behind the TCP bridge: Xtigervnc is an X server
+# and a VNC server in one process, started by the test itself (no Xvfb, no
+# window manager).
+need_pkg tigervnc-standalone-server
 
 # The nginx example test (cmd/cometgate/deploy_test.go) runs nginx itself,
 # as a child process on a free port; the package's own service must not
@@ -75,4 +89,4 @@ if ! dpkg -s nginx >/dev/null 2>&1; then
 	fi
 fi
 
-echo "services: nats on 4222, rabbitmq on 5672 and redis on 6379 are up; chromium and nginx are installed"
+echo "services: nats on 4222, rabbitmq on 5672 (stomp on 61613) and redis on 6379 are up; chromium, tigervnc and nginx are installed"

@@ -19,6 +19,8 @@ import (
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/cometgate/cometgate/transports"
 )
 
 //go:embed cometgate.yaml
@@ -435,6 +437,12 @@ type BridgeTarget struct {
 	// Access is PermissionAnyone (any page from an allowed Origin) or
 	// PermissionToken (sessions whose token grants the target by name).
 	Access string `mapstructure:"access"`
+	// MaxMessageBytes is the largest WebSocket message the bridge takes
+	// for this target (over it: close 1009).
+	MaxMessageBytes int `mapstructure:"max_message_bytes"`
+	// Subprotocols are WebSocket subprotocols of the target's clients the
+	// bridge may answer, besides binary and base64 (e.g. v12.stomp).
+	Subprotocols []string `mapstructure:"subprotocols"`
 }
 
 // Log configures structured logging.
@@ -459,9 +467,10 @@ type Admin struct {
 
 // listDefaults are, per list, the values of keys an entry may leave out.
 var listDefaults = map[string]map[string]any{
-	"channels":       channelDefaults,
-	"sockjs":         sockjsDefaults,
-	"bridge.targets": {"allow_networks": []string{}, "max_connections": 0, "access": PermissionAnyone},
+	"channels": channelDefaults,
+	"sockjs":   sockjsDefaults,
+	"bridge.targets": {"allow_networks": []string{}, "max_connections": 0, "access": PermissionAnyone,
+		"max_message_bytes": transports.DefaultBridgeMaxMessage, "subprotocols": []string{}},
 }
 
 // sockjsDefaults are the values of keys a sockjs entry in a config file may

@@ -829,6 +829,19 @@ func TestValidate(t *testing.T) {
 		{"bridge allow networks", func(c *Config) {
 			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", AllowNetworks: []string{"10.0.0.1"}}}
 		}, `bridge.targets[0].allow_networks[0]: must be a CIDR prefix`},
+		{"bridge max message bytes", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", Access: PermissionAnyone, MaxMessageBytes: 1000}}
+		}, `bridge: bridge target a: max_message_bytes: must be 0 (the default, 1048576) or 65536 to 67108864, got 1000`},
+		{"bridge subprotocol not a token", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", Access: PermissionAnyone, Subprotocols: []string{"v1 stomp"}}}
+		}, `bridge: bridge target a: subprotocols: "v1 stomp" is not a token`},
+		{"bridge subprotocol of the bridge", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", Access: PermissionAnyone, Subprotocols: []string{"base64"}}}
+		}, `bridge: bridge target a: subprotocols: "base64" is the bridge's own`},
+		{"bridge subprotocols", func(c *Config) {
+			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", Access: PermissionAnyone, MaxMessageBytes: 256 << 10,
+				Subprotocols: []string{"v10.stomp", "v11.stomp", "v12.stomp"}}}
+		}, ""},
 		{"sockjs response limit", func(c *Config) { c.SockJS[0].ResponseLimit = 10 }, `sockjs[0].response_limit: must be at least 4096`},
 		{"sockjs prefix the node serves", func(c *Config) { c.SockJS[0].Prefix = "/ws" }, `sockjs: sockjs prefix "/ws": /ws is served by the node itself`},
 		{"sockjs prefixes nested", func(c *Config) { c.SockJS[1].Prefix = "/sockjs/echo" }, `sockjs: sockjs /sockjs/echo: prefix overlaps the endpoint at /sockjs`},
@@ -896,6 +909,8 @@ bridge:
       address: 127.0.0.1:6379
       allow_networks: [127.0.0.0/8, "::1/128"]
       max_connections: 50
+      max_message_bytes: 4194304
+      subprotocols: [resp3]
     - name: chat
       address: chat.example.com:6667
 sockjs:
@@ -908,8 +923,10 @@ sockjs:
 		t.Fatal(err)
 	}
 	want := Bridge{DialTimeout: 2 * time.Second, Targets: []BridgeTarget{
-		{Name: "redis", Address: "127.0.0.1:6379", AllowNetworks: []string{"127.0.0.0/8", "::1/128"}, MaxConnections: 50, Access: PermissionAnyone},
-		{Name: "chat", Address: "chat.example.com:6667", AllowNetworks: []string{}, Access: PermissionAnyone},
+		{Name: "redis", Address: "127.0.0.1:6379", AllowNetworks: []string{"127.0.0.0/8", "::1/128"}, MaxConnections: 50, Access: PermissionAnyone,
+			MaxMessageBytes: 4 << 20, Subprotocols: []string{"resp3"}},
+		{Name: "chat", Address: "chat.example.com:6667", AllowNetworks: []string{}, Access: PermissionAnyone,
+			MaxMessageBytes: 1 << 20, Subprotocols: []string{}},
 	}}
 	if !reflect.DeepEqual(c.Bridge, want) {
 		t.Errorf("bridge = %+v\nwant %+v", c.Bridge, want)

@@ -33,7 +33,7 @@ func (c *Config) BridgeTargets() []transports.BridgeTarget {
 	var out []transports.BridgeTarget
 	for _, t := range c.Bridge.Targets {
 		bt := transports.BridgeTarget{Name: t.Name, Address: t.Address, MaxConnections: t.MaxConnections,
-			RequireGrant: t.Access == PermissionToken}
+			RequireGrant: t.Access == PermissionToken, MaxMessageBytes: t.MaxMessageBytes, Subprotocols: t.Subprotocols}
 		for _, n := range t.AllowNetworks {
 			bt.AllowNetworks = append(bt.AllowNetworks, netip.MustParsePrefix(n))
 		}

@@ -19,7 +19,8 @@ import "fmt"
 //
 // Within the application ranges, x4xx and x5xx codes follow the HTTP status
 // of the same condition where there is one (4003/403, 4004/404, 4029/429,
-// 4401/401, 3502/502, 3503/503).
+// 4401/401, 3502/502, 3503/503; 3520 as the 520 some proxies answer when
+// an origin reset the connection).
 type Disconnect struct {
 	Code   int
 	Reason string
@@ -59,15 +60,24 @@ var (
 	// a fresh one.
 	DisconnectTokenExpired = Disconnect{3004, "token expired"}
 	// DisconnectTargetUnreachable: a TCP bridge could not connect to its
-	// target, or the connection broke.
+	// target, or an established connection broke without a reset (timed
+	// out, the route went away).
 	DisconnectTargetUnreachable = Disconnect{3502, "target unreachable"}
 	// DisconnectTargetBusy: the node holds as many connections to the TCP
 	// target as it may.
 	DisconnectTargetBusy = Disconnect{3503, "target busy"}
+	// DisconnectTargetReset: the TCP target reset an established
+	// connection (it aborted, crashed, or closed with data unread). Like
+	// an HTTP 520 (an origin's reset after a successful connect), there
+	// is no HTTP status for it.
+	DisconnectTargetReset = Disconnect{3520, "connection reset by target"}
 
 	// DisconnectProtocol: the client sent frames the server cannot read.
 	DisconnectProtocol = Disconnect{4000, "protocol error"}
-	// DisconnectTooLarge: the client sent a frame over the size limit.
+	// DisconnectTooLarge: the client sent a frame over the size limit in
+	// a request body (HTTP 413) or inside a SockJS message. A WebSocket
+	// message over its connection's limit closes with CodeMessageTooBig
+	// instead, on every WebSocket.
 	DisconnectTooLarge = Disconnect{4001, "frame too large"}
 	// DisconnectForbidden: the client may not open a session here.
 	DisconnectForbidden = Disconnect{4003, "forbidden"}

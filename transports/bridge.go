@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cometgate/cometgate/gateway"
@@ -72,7 +73,37 @@ type BridgeTarget struct {
 	// so that browsers cannot exhaust what the server accepts; 0 means
 	// no bound.
 	MaxConnections int
+	// MaxMessageBytes is the largest WebSocket message the bridge takes
+	// from the browser for this target (a larger one closes with 1009);
+	// 0 means DefaultBridgeMaxMessage. It is the bridge's own limit, not
+	// the pub/sub frame limit: a bridged protocol has messages of its
+	// own size (a STOMP body, a Redis SET). Each connection may hold one
+	// message this big while it is written to the target.
+	MaxMessageBytes int
+	// Subprotocols are WebSocket subprotocols the target's clients offer
+	// and the bridge may answer (e.g. "v12.stomp"), besides the two it
+	// always speaks: "binary" (the bytes in binary messages; preferred
+	// when offered) and "base64" (websockify's text mode: every message
+	// base64 text, both ways; chosen only when nothing else offered is).
+	// The first offered one of these is echoed; the bytes go in binary
+	// messages, as with binary.
+	Subprotocols []string
 }
+
+// Bridge message limits: DefaultBridgeMaxMessage when a target names none,
+// and the bounds MaxMessageBytes must keep. The least is what
+// cometgate.js's TCPSocket writes in one message at most.
+const (
+	DefaultBridgeMaxMessage = 1 << 20
+	MinBridgeMaxMessage     = 64 << 10
+	MaxBridgeMaxMessage     = 64 << 20
+)
+
+// The subprotocols the bridge always speaks.
+const (
+	bridgeBinary = "binary"
+	bridgeBase64 = "base64"
+)
 
 // Validate checks a target's name and address.
 func (t BridgeTarget) Validate() error {
@@ -97,7 +128,34 @@ func (t BridgeTarget) Validate() error {
 	if t.MaxConnections < 0 {
 		return fmt.Errorf("bridge target %s: max_connections: must not be negative", t.Name)
 	}
+	if m := t.MaxMessageBytes; m != 0 && (m < MinBridgeMaxMessage || m > MaxBridgeMaxMessage) {
+		return fmt.Errorf("bridge target %s: max_message_bytes: must be 0 (the default, %d) or %d to %d, got %d",
+			t.Name, DefaultBridgeMaxMessage, MinBridgeMaxMessage, MaxBridgeMaxMessage, m)
+	}
+	for _, p := range t.Subprotocols {
+		switch {
+		case !validSubprotocol(p):
+			return fmt.Errorf("bridge target %s: subprotocols: %q is not a token (RFC 9110: letters, digits and !#$%%&'*+-.^_`|~)", t.Name, p)
+		case p == bridgeBinary || p == bridgeBase64:
+			return fmt.Errorf("bridge target %s: subprotocols: %q is the bridge's own and always spoken; list only the target's", t.Name, p)
+		}
+	}
 	return nil
+}
+
+// maxMessage is the target's message limit, the default filled in.
+func (t BridgeTarget) maxMessage() int {
+	if t.MaxMessageBytes == 0 {
+		return DefaultBridgeMaxMessage
+	}
+	return t.MaxMessageBytes
+}
+
+// subprotocols are what the target's WebSocket speaks, in tiers: binary
+// when offered, else the first offered one of the target's own, else
+// base64.
+func (t BridgeTarget) subprotocols() *wsSubprotocols {
+	return &wsSubprotocols{tiers: [][]string{{bridgeBinary}, t.Subprotocols, {bridgeBase64}}}
 }
 
 func validTargetName(s string) bool {
@@ -141,6 +199,7 @@ func ValidateBridge(targets []BridgeTarget, sockjs []SockJSEndpoint) error {
 var (
 	bridgeClosed      = gateway.DisconnectTargetClosed
 	bridgeUnreachable = gateway.DisconnectTargetUnreachable
+	bridgeReset       = gateway.DisconnectTargetReset
 	bridgeRefused     = gateway.DisconnectTargetRefused
 	bridgeUnknown     = gateway.DisconnectTargetUnknown
 	bridgeBusy        = gateway.DisconnectTargetBusy
@@ -199,6 +258,12 @@ func newBridgeDialer(targets []BridgeTarget, timeout time.Duration, log func(str
 func (d *bridgeDialer) has(name string) bool {
 	_, ok := d.targets[name]
 	return ok
+}
+
+// target returns the target called name.
+func (d *bridgeDialer) target(name string) (BridgeTarget, bool) {
+	t, ok := d.targets[name]
+	return t, ok
 }
 
 // dial connects a session acting for p (nil: anonymous) to the target
@@ -419,6 +484,17 @@ func (l *bridgeLink) afterWriteError(err error, ended <-chan struct{}) gateway.D
 	case <-ended:
 	case <-t.C:
 	}
+	return brokenLink(err)
+}
+
+// brokenLink is how a session ends when its established connection to
+// the target failed with err: reset by the target (RST: the server
+// aborted, crashed, or closed with data unread), or otherwise broken
+// (timed out, the route went away), which is unreachable.
+func brokenLink(err error) gateway.Disconnect {
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return bridgeReset
+	}
 	return bridgeUnreachable
 }
 
@@ -456,7 +532,7 @@ func (l *bridgeLink) pump(headroom int, send func(frame []byte) error) gateway.D
 		case errors.Is(err, net.ErrClosed):
 			return gateway.DisconnectGone() // the session ended first
 		default:
-			return bridgeUnreachable
+			return brokenLink(err)
 		}
 	}
 }

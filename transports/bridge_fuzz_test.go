@@ -2,6 +2,8 @@ package transports
 
 import (
 	"bytes"
+	"encoding/base64"
+	"strings"
 	"testing"
 	"unicode/utf8"
 )
@@ -54,6 +56,42 @@ func FuzzByteString(f *testing.F) {
 			if again := appendByteString(nil, got); !bytes.Equal(again, p) {
 				t.Fatalf("%q parsed to %q, whose byte string is %q", p, got, again)
 			}
+		}
+	})
+}
+
+// FuzzBase64Message: the bridge's base64 mode (websockify's text mode)
+// reads a message exactly as the standard library's base64 decoder does,
+// any bytes survive the round trip, and the decoded bytes never outgrow
+// what the buffer was sized for, whatever buffer it is handed.
+func FuzzBase64Message(f *testing.F) {
+	for _, s := range []string{"", "aGVsbG8=", "aGVsbG8", "aGVsbG8=!", "AA==", "AA=", "=", "////", "AAAA\r\nAAAA", "aGVs\nbG8=", "A"} {
+		f.Add([]byte(s), 0)
+	}
+	f.Add([]byte("AAECAwQFBgcICQ=="), 64)
+	f.Fuzz(func(t *testing.T, msg []byte, bufCap int) {
+		if bufCap < 0 || bufCap > 1<<16 {
+			bufCap = 0
+		}
+		got, err := decodeBase64Message(make([]byte, 0, bufCap), msg)
+		want, wantErr := base64.StdEncoding.DecodeString(string(msg))
+		if (err != nil) != (wantErr != nil) {
+			t.Fatalf("%q: error %v, the standard decoder says %v", msg, err, wantErr)
+		}
+		if err != nil {
+			if !strings.Contains(err.Error(), wantErr.Error()) {
+				t.Fatalf("%q: error %q does not say where (%q)", msg, err, wantErr)
+			}
+			return
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%q: decoded %q, want %q", msg, got, want)
+		}
+		// Round trip of the message read as bytes.
+		enc := base64.StdEncoding.EncodeToString(msg)
+		back, err := decodeBase64Message(got, []byte(enc))
+		if err != nil || !bytes.Equal(back, msg) {
+			t.Fatalf("round trip of %q: %q, %v", msg, back, err)
 		}
 	})
 }

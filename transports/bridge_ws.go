@@ -2,6 +2,8 @@ package transports
 
 import (
 	"context"
+	"encoding/base64"
+	"fmt"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
@@ -13,13 +15,16 @@ import (
 // bridgeHandler answers GET /tcp/{target}: the native WebSocket way into the
 // TCP bridge (see bridge.go). The node connects to the target before it
 // upgrades, so that a refusal is an HTTP status with a JSON body
-// ({"error":…,"code":…}: 404 unknown target, 403 address not allowed or
-// target not granted, 502 unreachable, 503 busy) rather than a WebSocket
-// that opens and closes at once.
+// ({"error":…,"code":…}: 404 unknown target, 400 a subprotocol offer it
+// cannot answer, 403 address not allowed or target not granted, 502
+// unreachable, 503 busy) rather than a WebSocket that opens and closes at
+// once.
 // After the upgrade each data message from the browser (binary or text) is
 // written to the target as its bytes, and what the target sends comes
 // back as binary messages; when the target closes, so does the WebSocket
-// (1000 "target closed the connection").
+// (1000 "target closed the connection"). With the subprotocol "base64"
+// (websockify's text mode) every message carries base64 text instead, both
+// ways. A message over the target's MaxMessageBytes closes with 1009.
 //
 // The session is a gateway session like any other (Origin check, per
 // address limit, drain on shutdown, heartbeat pings) that carries no
@@ -32,8 +37,16 @@ func (h bridgeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // serveTarget bridges a WebSocket to the target called name.
 func (h bridgeHandler) serveTarget(w http.ResponseWriter, r *http.Request, name string) {
-	if !h.bridge.has(name) {
+	t, ok := h.bridge.target(name)
+	if !ok {
 		writeBridgeRefusal(w, bridgeUnknown)
+		return
+	}
+	lim := wsLimits{maxMessage: t.maxMessage(), tooLarge: gateway.CodeMessageTooBig, protocols: t.subprotocols()}
+	// upgradeWS negotiates; asking first refuses an offer the bridge
+	// cannot answer before the target sees a connection.
+	if _, refused := lim.protocols.negotiate(r.Header); refused != nil {
+		writeOfferRefusal(w, refused)
 		return
 	}
 	sess, ref := h.gate.open(r, sessionSpec{transport: "tcp"})
@@ -50,13 +63,13 @@ func (h bridgeHandler) serveTarget(w http.ResponseWriter, r *http.Request, name 
 	}
 	link := newBridgeLink()
 	link.connected(target)
-	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code})
+	c := h.upgradeWS(w, r, h.heartbeat, lim)
 	if c == nil {
 		link.close()
 		sess.Close(gateway.DisconnectGone())
 		return
 	}
-	b := &wsBridge{c: c, sess: sess, link: link}
+	b := &wsBridge{c: c, sess: sess, link: link, base64: c.protocol == bridgeBase64}
 	c.owner = b
 	c.watch(true)
 	if err := sess.Attach(b, false); err != nil {
@@ -68,7 +81,11 @@ func (h bridgeHandler) serveTarget(w http.ResponseWriter, r *http.Request, name 
 	h.readers.Add(1)
 	go func() {
 		defer h.readers.Done()
-		sess.Close(link.pump(maxServerHeader, b.writeBinary))
+		send, headroom := b.writeBinary, maxServerHeader
+		if b.base64 {
+			send, headroom = b.writeBase64, 0
+		}
+		sess.Close(link.pump(headroom, send))
 	}()
 }
 
@@ -81,6 +98,12 @@ type wsBridge struct {
 	c    *wsConn
 	sess *gateway.Session
 	link *bridgeLink
+	// base64 is websockify's text mode (subprotocol "base64"): messages
+	// carry base64 text both ways.
+	base64 bool
+	// decoded holds a base64 message's bytes (the reader's); encoded a
+	// text frame of the target's bytes (the pump's).
+	decoded, encoded []byte
 }
 
 var (
@@ -103,8 +126,22 @@ func (b *wsBridge) Close(d gateway.Disconnect) {
 }
 
 // message writes the browser's bytes to the target; it blocks while the
-// target does not read: backpressure.
+// target does not read: backpressure. In base64 mode a message that is
+// not base64 closes the connection with 1007.
 func (b *wsBridge) message(data []byte, _ bool) bool {
+	if b.base64 {
+		var err error
+		if b.decoded, err = decodeBase64Message(b.decoded, data); err != nil {
+			b.c.fail(gateway.Disconnect{Code: gateway.CodeInvalidPayload, Reason: err.Error()})
+			return false
+		}
+		data = b.decoded
+		defer func() {
+			if cap(b.decoded) > bridgeChunk {
+				b.decoded = nil // keep no big buffer for a rare big message
+			}
+		}()
+	}
 	if err := b.link.write(context.Background(), data); err != nil {
 		b.c.fail(b.link.afterWriteError(err, b.sess.Done()))
 		return false
@@ -131,4 +168,35 @@ func (b *wsBridge) writeBinary(frame []byte) error {
 	appendFrameHeader(frame[start:start], ws.OpBinary, n)
 	_, err := b.c.write(frame[start:])
 	return err
+}
+
+// writeBase64 writes the target's bytes as one text message of their
+// base64 (websockify's text mode), in one write.
+func (b *wsBridge) writeBase64(p []byte) error {
+	n := base64.StdEncoding.EncodedLen(len(p))
+	if cap(b.encoded) < maxServerHeader+n {
+		b.encoded = make([]byte, maxServerHeader+base64.StdEncoding.EncodedLen(bridgeChunk))
+	}
+	frame := b.encoded[:maxServerHeader+n]
+	base64.StdEncoding.Encode(frame[maxServerHeader:], p)
+	start := maxServerHeader - frameHeaderLen(n)
+	appendFrameHeader(frame[start:start], ws.OpText, n)
+	_, err := b.c.write(frame[start:])
+	return err
+}
+
+// decodeBase64Message decodes a message of websockify's text mode: the
+// standard base64 alphabet with padding (RFC 4648 section 4; line breaks
+// are skipped), into dst's storage. Its error says where the text stops
+// being base64.
+func decodeBase64Message(dst, msg []byte) ([]byte, error) {
+	n := base64.StdEncoding.DecodedLen(len(msg))
+	if cap(dst) < n {
+		dst = make([]byte, n)
+	}
+	m, err := base64.StdEncoding.Decode(dst[:n], msg)
+	if err != nil {
+		return dst[:0], fmt.Errorf("message is not base64 (the subprotocol is base64): %w", err)
+	}
+	return dst[:m], nil
 }

@@ -138,16 +138,19 @@
 // "do not reconnect, it will fail again":
 //
 //	3000 server shutting down        4000 protocol error (bad frames)
-//	3001 slow consumer               4001 frame too large
+//	3001 slow consumer               4001 frame too large (in a body)
 //	3002 session expired             4003 forbidden
 //	3003 replaced by a newer request 4004 session not found
 //
 // A WebSocket session also ends with a WebSocket close frame carrying the
 // same code and reason. A WebSocket client that breaks RFC 6455 is closed
 // with the RFC's own codes instead of 4000, in the close packet too: 1002
-// (protocol error) and 1007 (a text message or close reason that is not
-// UTF-8); like 4000–4999 they mean "do not reconnect". Heartbeats are transport-level and carry no seq: a
-// WebSocket ping, an SSE comment line, an empty poll response.
+// (protocol error), 1007 (a text message or close reason that is not
+// UTF-8) and 1009 (a message over the size limit, session.max_frame_bytes;
+// 4001 is for a frame too large in an HTTP body, answered 413); like
+// 4000–4999 they mean "do not reconnect". Heartbeats are transport-level
+// and carry no seq: a WebSocket ping, an SSE comment line, an empty poll
+// response.
 //
 // # Transports and URLs
 //
@@ -274,14 +277,27 @@
 // written to the target as their bytes, the target's bytes come back as
 // binary messages, and no packets of the wire format are sent. Refusals
 // come before the upgrade as JSON: 404 {"error":"unknown TCP target",
-// "code":4404}, 403 (4403 "target address not allowed"), 502 (3502
-// "target unreachable"), 503 (3503 "target busy": the node holds the
-// target's MaxConnections already). A target with RequireGrant opens only
-// for a session whose token names it in the "tcp" grant; others get 403
-// (code 4003). The WebSocket closes with 1000 "target closed the
-// connection" when the target does, 3502 when the connection to it
-// breaks, 3000 when the node shuts down. A SockJS endpoint in tcp mode
-// carries the same stream as byte strings (one character U+0000-U+00FF
-// per byte), with the same codes in its close frame. bridge.go has the
-// address policy.
+// "code":4404}, 400 (4000: a Sec-WebSocket-Protocol offer the bridge cannot
+// answer), 403 (4403 "target address not allowed"), 502 (3502 "target
+// unreachable"), 503 (3503 "target busy": the node holds the target's
+// MaxConnections already). A target with RequireGrant opens only for a
+// session whose token names it in the "tcp" grant; others get 403 (code
+// 4003).
+//
+// Subprotocols, as websockify answers them: "binary" when offered; else
+// the first offered one of the target's Subprotocols (e.g. STOMP's
+// v10.stomp, v11.stomp, v12.stomp), carried as binary; else "base64",
+// websockify's text mode, where every message carries base64 text both
+// ways. No offer is answered with none. The native /ws speaks none and
+// refuses any offer the same way (400, code 4000).
+//
+// A message from the client over the target's MaxMessageBytes (1 MiB by
+// default; the bridge's own limit, not the pub/sub frame limit) closes
+// with 1009. The WebSocket closes with 1000 "target closed the connection"
+// when the target does, 3520 "connection reset by target" when the target
+// resets the connection, 3502 when it breaks otherwise, 1007 for a message
+// that is not base64 in base64 mode, 3000 when the node shuts down. A
+// SockJS endpoint in tcp mode carries the same stream as byte strings (one
+// character U+0000-U+00FF per byte), with the same codes in its close
+// frame. bridge.go has the address policy.
 package transports

@@ -112,7 +112,7 @@ func (h wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ref.writeJSON(w)
 		return
 	}
-	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.DisconnectTooLarge.Code})
+	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.CodeMessageTooBig, protocols: nativeProtocols})
 	if c == nil {
 		sess.Close(gateway.DisconnectGone())
 		return
@@ -121,6 +121,11 @@ func (h wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// buffers; the poller (or a small reader goroutine) reads from now on.
 	attachWS(c, sess, nativeCodec{})
 }
+
+// nativeProtocols: the native transport speaks no subprotocol, and
+// refuses an offer (400 before the upgrade) rather than leave the
+// browser to fail the connection without a word (see wsSubprotocols).
+var nativeProtocols = &wsSubprotocols{}
 
 // nativeCodec is the native transport's framing: each packet its own
 // text message.

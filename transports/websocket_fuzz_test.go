@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -72,5 +76,60 @@ func FuzzWebSocketReader(f *testing.F) {
 			t.Fatalf("the server did not close the connection after input %q", stream)
 		}
 		_ = c.conn.Close()
+	})
+}
+
+// subprotocolList is the list syntax of Sec-WebSocket-Protocol as a
+// regular expression (RFC 9110 5.6.1: elements separated by commas with
+// optional whitespace, empty elements allowed), the reference that
+// parseSubprotocols must agree with.
+var subprotocolList = regexp.MustCompile("^[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]*)[ \t]*(?:,[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]*)[ \t]*)*$")
+
+// FuzzSubprotocols: the subprotocol offer parser accepts exactly the list
+// syntax, returns its tokens in order, and says what is wrong otherwise;
+// negotiation answers only a subprotocol that was offered.
+func FuzzSubprotocols(f *testing.F) {
+	for _, s := range []string{"", "binary", "v10.stomp, v11.stomp, v12.stomp", " , ,binary,", "a b", "a;b", "chät", "\t base64 \t", "a,,b", "\"q\""} {
+		f.Add(s, "base64")
+	}
+	f.Fuzz(func(t *testing.T, v1, v2 string) {
+		got, err := parseSubprotocols([]string{v1, v2})
+		var want []string
+		ok := true
+		for _, v := range []string{v1, v2} {
+			if !subprotocolList.MatchString(v) {
+				ok = false
+				break
+			}
+			for elem := range strings.SplitSeq(v, ",") {
+				if tok := strings.Trim(elem, " \t"); tok != "" {
+					want = append(want, tok)
+				}
+			}
+		}
+		if !ok {
+			if err == nil || !strings.HasPrefix(err.Error(), "malformed Sec-WebSocket-Protocol header: ") {
+				t.Fatalf("%q %q: %q, %v; want a malformed-header error", v1, v2, got, err)
+			}
+			return
+		}
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("%q %q: %q, %v; want %q", v1, v2, got, err, want)
+		}
+		for _, p := range got {
+			if !validSubprotocol(p) {
+				t.Fatalf("%q is not valid", p)
+			}
+		}
+		sp := &wsSubprotocols{tiers: [][]string{{"binary"}, {"v12.stomp", "x"}, {"base64"}}}
+		chosen, refused := sp.negotiate(http.Header{"Sec-Websocket-Protocol": {v1, v2}})
+		switch {
+		case len(got) == 0 && (chosen != "" || refused != nil):
+			t.Fatalf("no offer: %q %v", chosen, refused)
+		case len(got) > 0 && (chosen == "") == (refused == nil):
+			t.Fatalf("offer %q: %q and %v", got, chosen, refused)
+		case chosen != "" && !slices.Contains(got, chosen):
+			t.Fatalf("offer %q answered %q", got, chosen)
+		}
 	})
 }

@@ -636,7 +636,7 @@ func TestWebSocketBinary(t *testing.T) {
 }
 
 // TestWebSocketTooLarge: a message over MaxFrameBytes, in one frame or
-// summed over fragments, ends the session with 4001, the close packet
+// summed over fragments, ends the session with 1009, the close packet
 // before the close frame. Exactly the limit is fine, and control frames
 // in the middle of a fragmented message do not count towards it.
 func TestWebSocketTooLarge(t *testing.T) {
@@ -672,7 +672,7 @@ func TestWebSocketTooLarge(t *testing.T) {
 	t.Run("one frame", func(t *testing.T) {
 		c := dialWS(t, n)
 		c.send(wsFrame{fin: true, op: opText, payload: pad(1, limit+1)})
-		if reason := c.expectClose(gateway.DisconnectTooLarge.Code); !strings.Contains(reason, "256") {
+		if reason := c.expectClose(gateway.CodeMessageTooBig); !strings.Contains(reason, "256") {
 			t.Fatalf("reason %q does not name the limit", reason)
 		}
 	})
@@ -682,7 +682,7 @@ func TestWebSocketTooLarge(t *testing.T) {
 		msg := pad(1, 3*100)
 		c.send(wsFrame{op: opText, payload: msg[:100]}, wsFrame{op: opCont, payload: msg[100:200]})
 		c.send(wsFrame{fin: true, op: opCont, payload: msg[200:]})
-		c.expectClose(gateway.DisconnectTooLarge.Code)
+		c.expectClose(gateway.CodeMessageTooBig)
 	})
 
 	t.Run("declared length", func(t *testing.T) {
@@ -691,7 +691,7 @@ func TestWebSocketTooLarge(t *testing.T) {
 		c := dialWS(t, n)
 		f := wsFrame{fin: true, op: opText, payload: make([]byte, 1<<20)}.bytes()
 		c.conn.Write(f[:14])
-		c.expectClose(gateway.DisconnectTooLarge.Code)
+		c.expectClose(gateway.CodeMessageTooBig)
 	})
 	waitReaders(t, n)
 }

@@ -3,10 +3,13 @@ package transports
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +62,8 @@ type wsConn struct {
 	conn  net.Conn
 	fd    int // the socket's descriptor, for its kernel backlog; -1 unknown
 	owner wsOwner
+	// protocol is the subprotocol the handshake agreed on, "" for none.
+	protocol string
 
 	// readTimeout bounds the wait for a frame: three heartbeats (whose
 	// pings a live client answers) and some slack.
@@ -97,16 +102,34 @@ type wsLimits struct {
 	// utf8Binary checks binary messages for UTF-8 too (a SockJS message
 	// is text whatever frame carries it).
 	utf8Binary bool
+	// protocols are the subprotocols the endpoint speaks (see
+	// wsSubprotocols). nil ignores the client's offer and answers none,
+	// as the SockJS reference server does.
+	protocols *wsSubprotocols
 }
 
 // upgradeWS answers the WebSocket handshake and returns the connection,
 // keeping the bytes a client sent along with the handshake. heartbeat is
 // the session's: pings go out when the client has been quiet that long,
-// and three of them unanswered end the connection. When the handshake
-// fails gobwas has answered it (400 with the reason) and upgradeWS
-// returns nil.
+// and three of them unanswered end the connection. The subprotocol is
+// negotiated here (lim.protocols), for every WebSocket alike: an offer the
+// endpoint cannot answer is refused with 400 {"error":…,"code":4000}
+// before the upgrade. When the handshake fails gobwas has answered it
+// (400 with the reason) and upgradeWS returns nil.
 func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.Duration, lim wsLimits) *wsConn {
-	conn, rw, _, err := ws.UpgradeHTTP(r, w)
+	proto, refused := lim.protocols.negotiate(r.Header)
+	if refused != nil {
+		writeOfferRefusal(w, refused)
+		return nil
+	}
+	var u ws.HTTPUpgrader
+	if proto != "" {
+		// Written as a header rather than through gobwas's Protocol
+		// callback, so that one parser (parseSubprotocols) reads the
+		// offer: gobwas's is laxer (it takes "a b" for two tokens).
+		u.Header = http.Header{"Sec-WebSocket-Protocol": {proto}}
+	}
+	conn, rw, _, err := u.Upgrade(r, w)
 	if err != nil {
 		return nil
 	}
@@ -117,12 +140,106 @@ func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.
 		n:           n,
 		conn:        conn,
 		fd:          socketFD(conn),
+		protocol:    proto,
 		readTimeout: 3*heartbeat + 5*time.Second,
 		wsem:        make(chan struct{}, 1),
 	}
 	c.frames = wsFrames{conn: conn, limit: lim.maxMessage, tooLarge: lim.tooLarge, utf8Binary: lim.utf8Binary}
 	c.clock.start(heartbeat)
 	return c
+}
+
+// Subprotocols (RFC 6455 section 4.2.2, Sec-WebSocket-Protocol). A browser
+// that offers subprotocols fails the connection when the answer names none
+// (the WHATWG WebSocket standard: "If protocols is not the empty list and
+// ... the empty byte sequence, then fail the WebSocket connection"), with
+// nothing but code 1006 for the page to see. So an endpoint that cannot
+// answer an offer refuses it before the upgrade, with 400 and a JSON body
+// that says which were offered and which it speaks: the same failure for
+// the page, but one that the browser's network panel, a proxy's log and a
+// non-browser client can read.
+
+// wsSubprotocols are the subprotocols an endpoint speaks, in tiers of
+// preference, the most preferred first. The answer is the first
+// subprotocol the client offered within the first tier that holds any
+// offered one: within a tier the client's order decides. No offer gets no
+// answer, and is fine. An endpoint that speaks none has no tiers and
+// refuses every offer.
+type wsSubprotocols struct {
+	tiers [][]string
+}
+
+// negotiate chooses the subprotocol to answer h's offer with, "" for none,
+// or the refusal (code 4000) for an offer that is malformed or holds no
+// subprotocol the endpoint speaks. A nil p ignores the offer.
+func (p *wsSubprotocols) negotiate(h http.Header) (string, *gateway.Disconnect) {
+	values := h.Values("Sec-WebSocket-Protocol")
+	if len(values) == 0 || p == nil {
+		return "", nil
+	}
+	offered, err := parseSubprotocols(values)
+	if err != nil {
+		return "", &gateway.Disconnect{Code: gateway.DisconnectProtocol.Code, Reason: err.Error()}
+	}
+	if len(offered) == 0 {
+		return "", nil
+	}
+	for _, tier := range p.tiers {
+		for _, o := range offered {
+			if slices.Contains(tier, o) {
+				return o, nil
+			}
+		}
+	}
+	speaks := "none"
+	if all := slices.Concat(p.tiers...); len(all) > 0 {
+		speaks = strings.Join(all, ", ")
+	}
+	return "", &gateway.Disconnect{Code: gateway.DisconnectProtocol.Code,
+		Reason: fmt.Sprintf("unsupported subprotocol: offered %s; this endpoint speaks %s", strings.Join(offered, ", "), speaks)}
+}
+
+// parseSubprotocols reads the values of a request's Sec-WebSocket-Protocol
+// headers: comma-separated lists of tokens (RFC 6455 section 4.1, RFC 9110
+// section 5.6.1), in order. Whitespace around the commas and empty
+// elements are allowed, as the list syntax asks; anything else that is
+// not a token is an error that says where.
+func parseSubprotocols(values []string) ([]string, error) {
+	var out []string
+	for _, v := range values {
+		for elem := range strings.SplitSeq(v, ",") {
+			tok := strings.Trim(elem, " \t")
+			if tok == "" {
+				continue
+			}
+			if i := strings.IndexFunc(tok, func(r rune) bool { return r >= utf8.RuneSelf || !isTokenChar(byte(r)) }); i >= 0 {
+				return nil, fmt.Errorf("malformed Sec-WebSocket-Protocol header: %q is not a token (at byte %d)", tok, i)
+			}
+			out = append(out, tok)
+		}
+	}
+	return out, nil
+}
+
+// isTokenChar reports whether c may appear in an HTTP token (tchar).
+func isTokenChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+// validSubprotocol reports whether s is one subprotocol name (a token).
+func validSubprotocol(s string) bool {
+	p, err := parseSubprotocols([]string{s})
+	return err == nil && len(p) == 1 && p[0] == s
+}
+
+// writeOfferRefusal answers a handshake whose subprotocol offer the
+// endpoint refuses (see wsSubprotocols), before any upgrade.
+func writeOfferRefusal(w http.ResponseWriter, d *gateway.Disconnect) {
+	writeJSON(w, http.StatusBadRequest, errorBody{Error: d.Reason, Code: d.Code})
 }
 
 // watch prepares reading, before the connection's session may write to

@@ -208,20 +208,30 @@
  *                  sockjs-client library) is loaded. Its messages are byte
  *                  strings (one character per byte).
  *     sockjsOptions  options for the SockJS constructor (e.g. transports).
+ *     sockjsMaxBody  the largest send body the SockJS endpoint takes, in
+ *                  bytes: 8 x the server's session.max_frame_bytes, and
+ *                  at least 65536, the default. A larger value lets a
+ *                  burst go in fewer requests.
  *     WebSocket, SockJS  implementations to use instead of the globals;
  *                  WebSocket: false goes straight to SockJS.
  *   readyState         "connecting" | "open" | "closed".
  *   transport          "websocket" | "sockjs" | null.
  *   send(data)         Uint8Array, ArrayBuffer, a view, or a string (sent
- *                      as UTF-8). Data sent while connecting waits for the
- *                      open. Returns false once closed.
+ *                      as UTF-8), of any size: a stream has no message
+ *                      boundaries, so the socket splits writes (64 KiB per
+ *                      WebSocket message, what every bridge target takes)
+ *                      and paces a burst over SockJS so that no send body
+ *                      exceeds sockjsMaxBody. Data sent while connecting
+ *                      waits for the open. Returns false once closed.
  *   close()            closes the stream (the gateway closes the TCP side).
  *   events: "open" (), "data" (Uint8Array), "close" ({code, reason}):
  *     code 1000 "target closed the connection" when the server side closed;
+ *     3520 "connection reset by target" when it reset the connection,
  *     3502 "target unreachable", 3503 "target busy", 4403 "target address
  *     not allowed", 4404 "unknown TCP target" (SockJS; a refused WebSocket
- *     shows as 1006), 3000 when the node shuts down. There is no reconnect: a TCP stream does not
- *     resume, the page decides what to do.
+ *     shows as 1006), 1009 a message over the target's max_message_bytes,
+ *     3000 when the node shuts down. There is no reconnect: a TCP stream
+ *     does not resume, the page decides what to do.
  *
  * Pure helpers, exported for tests: CometGate._decodePacket(text),
  * _decodePayload(packet), _encodeFrame(frame), _base64ToBytes(string),
@@ -2281,6 +2291,30 @@
   }
 
   // TCPSocket: a byte stream through the TCP bridge (see the header).
+  //
+  // Writes are split and paced so that the server takes each of them:
+  //   - a WebSocket message carries TCP_WS_CHUNK bytes at most, the least
+  //     bridge.targets[].max_message_bytes a server may set, so any send()
+  //     fits whatever the target's limit;
+  //   - a SockJS send body (sockjs-client puts every message queued while
+  //     a send is in flight into the next body, as a JSON array of JSON
+  //     strings) stays within sockjsMaxBody, counting what each byte
+  //     costs there once quoted: TCPSocket hands sockjs-client no more
+  //     than fits beside what it holds already, and waits for its sender
+  //     otherwise.
+  const TCP_WS_CHUNK = 65536;
+  // The least send body a SockJS endpoint takes: 8 x session.max_frame_bytes,
+  // and never less than this.
+  const TCP_SOCKJS_MAX_BODY = 65536;
+  // How often a write that waits for sockjs-client's sender looks again.
+  const TCP_SOCKJS_RETRY_MS = 10;
+  // Transports whose sender TCPSocket cannot see (the iframe-* ones send
+  // from inside an iframe): one message of at most sockjsMaxBody / 8 per
+  // TCP_SOCKJS_BLIND_MS, so that even a sender a few round trips behind
+  // stays within the limit. Slower; the XHR, JSONP and websocket
+  // transports are exact.
+  const TCP_SOCKJS_BLIND_MS = 25;
+
   class TCPSocket extends Emitter {
     constructor(target, options) {
       super();
@@ -2290,7 +2324,13 @@
       this.readyState = "connecting";
       this.transport = null;
       this._opts = o;
-      this._queue = [];
+      this._maxBody = o.sockjsMaxBody > 0 ? Math.max(1024, Math.floor(o.sockjsMaxBody)) : TCP_SOCKJS_MAX_BODY;
+      // Bytes not handed to the connection yet, oldest first; _outOff is
+      // how much of the first is handed already.
+      this._out = [];
+      this._outOff = 0;
+      this._timer = null; // a SockJS write waiting for room
+      this._lastBlind = 0;
       this._sock = null;
       // WebSocket: false skips the WebSocket (straight to SockJS).
       this._WebSocket = o.WebSocket !== undefined ? o.WebSocket : root && root.WebSocket;
@@ -2341,42 +2381,123 @@
     _opened() {
       if (this.readyState !== "connecting") return;
       this.readyState = "open";
-      const q = this._queue;
-      this._queue = [];
       this._emit("open");
-      for (const b of q) this._write(b);
+      this._flush();
     }
 
     _closed(info) {
       if (this.readyState === "closed") return;
       this.readyState = "closed";
-      this._queue = [];
+      this._out = [];
+      this._outOff = 0;
+      clearTimeout(this._timer);
+      this._timer = null;
       this._emit("close", info);
     }
 
     send(data) {
       if (this.readyState === "closed") return false;
       const bytes = typeof data === "string" ? new TextEncoder().encode(data) : toUint8Array(data);
-      if (this.readyState === "connecting") {
-        this._queue.push(bytes);
-      } else {
-        this._write(bytes);
-      }
+      if (!bytes) throw new TypeError("TCPSocket.send takes a string, an ArrayBuffer or a view");
+      if (bytes.length === 0) return true;
+      // A copy: the caller may reuse its buffer once send returns.
+      this._out.push(bytes.slice());
+      if (this.readyState === "open") this._flush();
       return true;
     }
 
-    _write(bytes) {
-      if (this.transport === "sockjs") {
-        this._sock.send(bytesToByteString(bytes));
-      } else {
-        this._sock.send(bytes);
+    // _flush hands what is pending to the connection: all of it to a
+    // WebSocket, in messages of TCP_WS_CHUNK bytes at most; to SockJS as
+    // much as the send body has room for (see _sockjsRoom), the rest once
+    // there is room again.
+    _flush() {
+      if (this.readyState !== "open" || this._timer !== null) return;
+      const ws = this.transport === "websocket";
+      while (this._out.length > 0) {
+        const head = this._out[0];
+        let n;
+        if (ws) {
+          n = Math.min(head.length - this._outOff, TCP_WS_CHUNK);
+        } else {
+          const room = this._sockjsRoom();
+          n = room.bytes > 0 ? sockjsFit(head, this._outOff, room.bytes, room.factor) : 0;
+          if (n === 0) {
+            this._timer = setTimeout(() => {
+              this._timer = null;
+              this._flush();
+            }, room.wait);
+            return;
+          }
+        }
+        const chunk = head.subarray(this._outOff, this._outOff + n);
+        this._outOff += n;
+        if (this._outOff === head.length) {
+          this._out.shift();
+          this._outOff = 0;
+        }
+        this._sock.send(ws ? chunk : bytesToByteString(chunk));
       }
+    }
+
+    // _sockjsRoom says how many bytes of send body the next message may
+    // take (bytes: its quoted byte string, times factor), or when to look
+    // again (wait, in ms) when there is none. sockjs-client's XHR and
+    // JSONP senders (a BufferedSender: sendBuffer holds the quoted
+    // messages of the next body) are read exactly; its websocket
+    // transport sends each message as its own "[...]" frame.
+    _sockjsRoom() {
+      const max = this._maxBody - 8; // "[", "]", a comma, and the form's "d=" for JSONP
+      const name = this._sock.transport;
+      if (name === "websocket") return { bytes: max, factor: 1 };
+      // A form field's value is percent-encoded: 3 bytes for each byte of
+      // the quoted string at most.
+      const factor = name === "jsonp-polling" ? 3 : 1;
+      const t = this._sock._transport;
+      if (t && Array.isArray(t.sendBuffer)) {
+        let used = 0;
+        for (const m of t.sendBuffer) used += (utf8Length(m) + 1) * factor;
+        return { bytes: max - used, factor: factor, wait: TCP_SOCKJS_RETRY_MS };
+      }
+      const now = Date.now();
+      if (now - this._lastBlind < TCP_SOCKJS_BLIND_MS) return { bytes: 0, wait: TCP_SOCKJS_BLIND_MS };
+      this._lastBlind = now;
+      return { bytes: Math.floor(this._maxBody / 8), factor: factor };
     }
 
     close() {
       if (this._sock) this._sock.close();
       this._closed({ code: 1000, reason: "closed by the page" });
     }
+  }
+
+  // sockjsFit is how many bytes of b from off on fit in room bytes of a
+  // SockJS send body once sent as a byte string that sockjs-client quotes
+  // (JSON.stringify, then \uXXXX for what it also escapes): 1 byte for
+  // printable ASCII, 2 for \b \t \n \f \r \" \\ and for U+0080-U+00FF
+  // (two in UTF-8), 6 for other controls (\u00XX); the quotes take 2. Each
+  // counts factor times.
+  function sockjsFit(b, off, room, factor) {
+    let used = 2 * factor;
+    let i = off;
+    for (; i < b.length; i++) {
+      const c = b[i];
+      let cost = 1;
+      if (c >= 0x80 || c === 0x22 || c === 0x5c || c === 8 || c === 9 || c === 10 || c === 12 || c === 13) cost = 2;
+      else if (c < 0x20) cost = 6;
+      used += cost * factor;
+      if (used > room) break;
+    }
+    return i - off;
+  }
+
+  // utf8Length is the length of s in UTF-8.
+  function utf8Length(s) {
+    let n = 0;
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      n += c < 0x80 ? 1 : c < 0x800 ? 2 : 3;
+    }
+    return n;
   }
 
   // Byte strings: one character (U+0000 to U+00FF) per byte, the framing of
@@ -2413,6 +2534,7 @@
   CometGate._shouldReconnect = shouldReconnect;
   CometGate._bytesToByteString = bytesToByteString;
   CometGate._byteStringToBytes = byteStringToBytes;
+  CometGate._sockjsFit = sockjsFit;
 
   return CometGate;
 });

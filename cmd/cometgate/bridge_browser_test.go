@@ -10,13 +10,16 @@ import (
 )
 
 // bridgePageJS drives cometgate.js's TCPSocket in the page: TB.roundTrip
-// opens a socket, sends bytes (base64) and resolves, once as many bytes
-// came back, with the transport used and the bytes (base64).
+// opens a socket, sends bytes (base64) in TB.pieces calls of send() and
+// resolves, once as many bytes came back, with the transport used and the
+// bytes (base64).
 const bridgePageJS = `
 window.TB = {
   socks: [],
-  // payload is set by the test before roundTrip (base64).
+  // payload is set by the test before roundTrip (base64), and in how
+  // many send() calls it goes.
   payload: "",
+  pieces: 1,
   roundTrip(target, opts, want) {
     return new Promise((resolve, reject) => {
       const payload = Uint8Array.from(atob(TB.payload), (c) => c.charCodeAt(0));
@@ -26,7 +29,8 @@ window.TB = {
       let n = 0;
       const timer = setTimeout(() => reject(new Error("timeout after " + n + " bytes")), 25000);
       // Sent before the open on purpose: TCPSocket queues it.
-      sock.send(payload);
+      const step = Math.ceil(payload.length / TB.pieces);
+      for (let i = 0; i < payload.length; i += step) sock.send(payload.subarray(i, i + step));
       sock.on("data", (b) => {
         parts.push(b);
         n += b.length;
@@ -71,14 +75,18 @@ func TestBridgeBrowser(t *testing.T) {
 			all = append(all, byte(v))
 		}
 	}
-	roundTrip := func(t *testing.T, target, opts string, payload []byte, want []byte) string {
+	roundTrip := func(t *testing.T, target, opts string, payload []byte, want []byte, pieces ...int) string {
 		tb := b.in(t)
 		t.Cleanup(func() { tb.eval("TB.closeAll()", nil) })
 		var res struct {
 			Transport string `json:"transport"`
 			Data      string `json:"data"`
 		}
-		tb.eval(fmt.Sprintf("TB.payload = %q, true", base64.StdEncoding.EncodeToString(payload)), nil)
+		k := 1
+		if len(pieces) > 0 {
+			k = pieces[0]
+		}
+		tb.eval(fmt.Sprintf("TB.payload = %q, TB.pieces = %d, true", base64.StdEncoding.EncodeToString(payload), k), nil)
 		tb.eval(fmt.Sprintf("TB.roundTrip(%q, %s, %d)", target, opts, len(want)), &res)
 		got, err := base64.StdEncoding.DecodeString(res.Data)
 		if err != nil {
@@ -95,6 +103,33 @@ func TestBridgeBrowser(t *testing.T) {
 			t.Fatalf("went over %q", tr)
 		}
 	})
+	// What one send() may carry: far over session.max_frame_bytes (64
+	// KiB) and over a target's message limit (1 MiB), which TCPSocket
+	// splits into messages the bridge takes.
+	var big []byte
+	for len(big) < 1<<20+300<<10 {
+		big = append(big, all...)
+	}
+	t.Run("websocket one send of 1.3 MiB", func(t *testing.T) {
+		if tr := roundTrip(t, "echo", "{}", big, big); tr != "websocket" {
+			t.Fatalf("went over %q", tr)
+		}
+	})
+	// A burst over SockJS: 600 KiB in one send() and in 40, where
+	// sockjs-client would put everything queued into one send body (1.2
+	// MB once quoted), over the endpoint's 512 KiB (HTTP 413), if
+	// TCPSocket did not pace.
+	burst := big[:600<<10]
+	for _, tr := range []string{"xhr-streaming", "xhr-polling"} {
+		for _, k := range []int{1, 40} {
+			t.Run(fmt.Sprintf("sockjs-%s burst of %d", tr, k), func(t *testing.T) {
+				opts := fmt.Sprintf(`{WebSocket: false, sockjs: "/sockjs-echo-tcp", sockjsOptions: {transports: [%q], timeout: 10000}}`, tr)
+				if used := roundTrip(t, "echo", opts, burst, burst, k); used != "sockjs" {
+					t.Fatalf("went over %q", used)
+				}
+			})
+		}
+	}
 	t.Run("redis", func(t *testing.T) {
 		roundTrip(t, "redis", "{}", []byte("PING\r\n"), []byte("+PONG\r\n"))
 	})

@@ -420,7 +420,7 @@ func TestWebSocketOversizeFrame(t *testing.T) {
 	packets, closeCode := wsPackets(t, conn)
 	next(t, packets, "hello")
 	sendWS(t, conn, `{"op":"ping","id":1,"pad":"`+strings.Repeat("x", 2000)+`"}`)
-	expectClose(t, packets, closeCode, 4001, false)
+	expectClose(t, packets, closeCode, 1009, false)
 }
 
 // expectClose reads the close packet (code, reconnect) and then the

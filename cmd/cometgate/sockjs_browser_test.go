@@ -5,22 +5,17 @@ import (
 	"crypto/sha512"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/cometgate/cometgate/brokers/natsbroker"
 	"github.com/cometgate/cometgate/gateway"
 	"github.com/cometgate/cometgate/transports"
 )
@@ -59,25 +54,8 @@ func sjsNeeds(t *testing.T, format string, args ...any) {
 // the repository (once per machine) and returns dist/sockjs.min.js.
 func sjsClientJS(t *testing.T) []byte {
 	t.Helper()
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		sjsNeeds(t, "the SockJS browser test needs npm to install %s: apt-get install npm", sjsClientVersion)
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	dir := filepath.Join(cache, "cometgate-test", strings.ReplaceAll(sjsClientVersion, "@", "-"))
-	file := filepath.Join(dir, "node_modules", "sockjs-client", "dist", "sockjs.min.js")
-	if _, err := os.Stat(file); err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, npm, "install", "--prefix", dir, "--no-audit", "--no-fund", "--no-package-lock", sjsClientVersion)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			sjsNeeds(t, "npm install %s failed: %v\n%s", sjsClientVersion, err, out)
-		}
-	}
-	js, err := os.ReadFile(file)
+	pkg := npmPackage(t, strings.ReplaceAll(sjsClientVersion, "@", "-"), sjsClientVersion, "sockjs-client")
+	js, err := os.ReadFile(filepath.Join(pkg, "dist", "sockjs.min.js"))
 	if err != nil {
 		t.Fatalf("sockjs-client: %v", err)
 	}
@@ -169,26 +147,6 @@ type sjsBrowserNode struct {
 
 func sjsStartBrowserNode(t *testing.T, clientJS []byte) *sjsBrowserNode {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	emb, err := natsbroker.StartEmbedded(ctx, natsbroker.EmbeddedOptions{})
-	if err != nil {
-		t.Fatalf("embedded NATS: %v", err)
-	}
-	gw, err := gateway.New(gateway.Config{
-		NodeID: "sjs",
-		Rules:  gateway.Rules{{Pattern: "demo.>", Subscribe: gateway.Anyone, Publish: gateway.Anyone}},
-		Logger: slog.New(slog.DiscardHandler),
-	}, emb.Broker())
-	if err != nil {
-		_ = emb.Close()
-		t.Fatalf("gateway: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	web := http.NewServeMux()
 	web.HandleFunc("/static/sockjs.min.js", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/javascript; charset=utf-8")
@@ -211,36 +169,21 @@ func sjsStartBrowserNode(t *testing.T, clientJS []byte) *sjsBrowserNode {
 	if err := transports.ValidateSockJS(eps); err != nil {
 		t.Fatal(err)
 	}
-	srv := transports.New(transports.Options{
-		Gateway: gw,
-		// The server's own origin and another one (localhost), for the
-		// cross-origin run.
-		AllowedOrigins: []string{"http://127.0.0.1:" + port, "http://localhost:" + port},
-		SockJS:         eps,
-		Web:            web,
-		Logger:         slog.New(slog.DiscardHandler),
-	})
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
-	t.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if err := gw.Shutdown(sctx); err != nil {
-			t.Errorf("gateway shutdown: %v", err)
-		}
-		if err := hs.Shutdown(sctx); err != nil {
-			t.Errorf("http shutdown: %v", err)
-		}
-		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("serve: %v", err)
-		}
-		srv.Wait()
-		if err := emb.Close(); err != nil {
-			t.Errorf("embedded NATS: %v", err)
+	var port string
+	gw, base := startTransportsNode(t, gateway.Config{
+		NodeID: "sjs",
+		Rules:  gateway.Rules{{Pattern: "demo.>", Subscribe: gateway.Anyone, Publish: gateway.Anyone}},
+	}, func(base string) transports.Options {
+		_, port, _ = net.SplitHostPort(strings.TrimPrefix(base, "http://"))
+		return transports.Options{
+			// The server's own origin and another one (localhost), for
+			// the cross-origin run.
+			AllowedOrigins: []string{base, "http://localhost:" + port},
+			SockJS:         eps,
+			Web:            web,
 		}
 	})
-	return &sjsBrowserNode{gw: gw, base: "http://127.0.0.1:" + port, port: port}
+	return &sjsBrowserNode{gw: gw, base: base, port: port}
 }
 
 // sjsEchoMessages exercise what SockJS must carry intact: escapes, the
