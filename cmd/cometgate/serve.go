@@ -154,8 +154,8 @@ func (n *nodeParts) openBroker(ctx context.Context) error {
 // broker's state from then on.
 func (n *nodeParts) newGateway(rules gateway.Rules) error {
 	n.reg = prometheus.NewRegistry()
-	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	n.nodesMetrics = gateway.NewNodesMetrics(n.reg)
+	metrics, nodesMetrics := registerMetrics(n.reg)
+	n.nodesMetrics = nodesMetrics
 	cfg := n.cfg
 	var err error
 	n.gw, err = gateway.New(gateway.Config{
@@ -170,7 +170,7 @@ func (n *nodeParts) newGateway(rules gateway.Rules) error {
 		DedupeMax:        cfg.Broker.DedupeMax,
 		Rules:            rules,
 		Logger:           n.log,
-		Metrics:          gateway.NewMetrics(n.reg),
+		Metrics:          metrics,
 	}, n.broker)
 	if err != nil {
 		return err
@@ -179,6 +179,13 @@ func (n *nodeParts) newGateway(rules gateway.Rules) error {
 	n.relay.Store(&stateFn)
 	n.gw.BrokerState(stateOf(n.broker)) // anything that happened before the relay was set
 	return nil
+}
+
+// registerMetrics registers every collector a node serves at /metrics
+// (the Grafana dashboard's test checks its queries against the same set).
+func registerMetrics(reg prometheus.Registerer) (*gateway.Metrics, *gateway.NodesMetrics) {
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return gateway.NewMetrics(reg), gateway.NewNodesMetrics(reg)
 }
 
 // listenHTTP builds the transports and the HTTP server, and takes the
