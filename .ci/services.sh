@@ -71,6 +71,9 @@ need_pkg fonts-dejavu-core
 # and a VNC server in one process, started by the test itself (no Xvfb, no
 # window manager).
 need_pkg tigervnc-standalone-server
+# The publishing examples (cmd/examples, TestPublishingExamples): Python's
+# RabbitMQ client from Debian, for Debian's python3 (PyPI is not reachable).
+need_pkg python3-pika
 
 # The nginx example test (cmd/cometgate/deploy_test.go) runs nginx itself,
 # as a child process on a free port; the package's own service must not
@@ -89,4 +92,4 @@ if ! dpkg -s nginx >/dev/null 2>&1; then
 	fi
 fi
 
-echo "services: nats on 4222, rabbitmq on 5672 (stomp on 61613) and redis on 6379 are up; chromium, tigervnc and nginx are installed"
+echo "services: nats on 4222, rabbitmq on 5672 (stomp on 61613) and redis on 6379 are up; chromium, tigervnc, nginx and python3-pika are installed"

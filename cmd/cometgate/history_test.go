@@ -134,7 +134,7 @@ func TestResumeRabbitMQStreamAcrossNodes(t *testing.T) {
 	resumeAcrossNodes(t, n1, n2)
 }
 
-// deleteAMQP removes what a test's nodes declared; it runs after the nodes
+// deleteAMQP removes what a test's nodes declared (queue may be ""); it runs after the nodes
 // stopped (Cleanup order is last-in first-out).
 func deleteAMQP(t *testing.T, exchange, queue string) {
 	conn, err := amqp.Dial(amqpURL())
@@ -144,7 +144,9 @@ func deleteAMQP(t *testing.T, exchange, queue string) {
 	}
 	defer conn.Close()
 	if ch, err := conn.Channel(); err == nil {
-		_, _ = ch.QueueDelete(queue, false, false, false)
+		if queue != "" {
+			_, _ = ch.QueueDelete(queue, false, false, false)
+		}
 		_ = ch.ExchangeDelete(exchange, false, false)
 	}
 }
