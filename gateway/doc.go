@@ -31,13 +31,15 @@
 // which waits while the queue is full: backpressure on the source.
 //
 // Resume: on channels with broker history, each message carries a cursor.
-// A subscription with a cursor joins the live fan-out but queues no live
-// message while a replay after the cursor runs, throttled by the queue (a
-// slow client slows its replay). A round that saw no newer live message
-// switches to live under the lock delivery takes, so nothing falls
-// between; otherwise another round follows. Messages at or before the last
-// position queued are dropped (no duplicates); what cannot be recovered
-// gets a gap packet, never silence.
+// A subscription with a cursor joins the live fan-out at once, but while a
+// replay after the cursor runs (throttled by the queue: a slow client
+// slows its replay) its live messages are buffered, not queued. At the end
+// of a round the buffered messages the replay did not reach are queued in
+// order and the subscription is live, under the lock delivery takes, so
+// nothing falls between; only a buffer that overflowed the replay limit
+// costs another round. Messages at or before the last position queued are
+// dropped (no duplicates); what cannot be recovered gets a gap packet,
+// never silence.
 //
 // Slow consumers: when a message would overflow a queue, the namespace's
 // SlowPolicy decides: SlowDisconnect (default) closes with DisconnectSlow

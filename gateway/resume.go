@@ -70,8 +70,9 @@ func (g *Gateway) hasHistory(pattern string) bool {
 }
 
 // admitLiveLocked decides whether a live message on a history-backed
-// subscription is queued: not while the subscription replays, and not if
-// it was already queued. s.mu must be held.
+// subscription is queued now: not while the subscription replays (it is
+// buffered for the end of the round instead), and not if it was already
+// queued. s.mu must be held.
 func (s *Session) admitLiveLocked(b *Body) bool {
 	st := s.subs[b.pattern]
 	if st == nil {
@@ -112,8 +113,9 @@ func (s *Session) startReplayLocked(pattern string, st *subState) {
 }
 
 // replay runs st's replay in rounds, each from the last position queued,
-// until a round ends with no newer live message seen (st then goes live,
-// under s.mu, which live delivery takes too) or until maxReplayRounds.
+// until a round ends whose live buffer held every live message since it
+// began (st then goes live, under s.mu, which live delivery takes too; see
+// switchLiveLocked) or until maxReplayRounds.
 func (s *Session) replay(ctx context.Context, pattern string, st *subState) {
 	hist := s.g.broker.(brokers.History)
 	// A publish retried and stored twice (see brokers.Message.ID) is
