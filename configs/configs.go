@@ -95,18 +95,19 @@ const (
 // so concurrent reads are safe. Units: durations are time.Duration, sizes
 // are bytes.
 type Config struct {
-	Node     Node      `mapstructure:"node"`
-	HTTP     HTTP      `mapstructure:"http"`
-	API      API       `mapstructure:"api"`
-	Auth     Auth      `mapstructure:"auth"`
-	Broker   Broker    `mapstructure:"broker"`
-	Session  Session   `mapstructure:"session"`
-	Channels []Channel `mapstructure:"channels"`
-	SockJS   []SockJS  `mapstructure:"sockjs"`
-	Bridge   Bridge    `mapstructure:"bridge"`
-	Log      Log       `mapstructure:"log"`
-	Metrics  Metrics   `mapstructure:"metrics"`
-	Admin    Admin     `mapstructure:"admin"`
+	Node      Node      `mapstructure:"node"`
+	HTTP      HTTP      `mapstructure:"http"`
+	API       API       `mapstructure:"api"`
+	Auth      Auth      `mapstructure:"auth"`
+	Broker    Broker    `mapstructure:"broker"`
+	Session   Session   `mapstructure:"session"`
+	WebSocket WebSocket `mapstructure:"websocket"`
+	Channels  []Channel `mapstructure:"channels"`
+	SockJS    []SockJS  `mapstructure:"sockjs"`
+	Bridge    Bridge    `mapstructure:"bridge"`
+	Log       Log       `mapstructure:"log"`
+	Metrics   Metrics   `mapstructure:"metrics"`
+	Admin     Admin     `mapstructure:"admin"`
 }
 
 // Node identifies this gateway node among the nodes sharing a broker.
@@ -351,6 +352,22 @@ type Session struct {
 	DisconnectDelay time.Duration `mapstructure:"disconnect_delay"`
 	// StreamLimitBytes recycles XHR-streaming and htmlfile responses.
 	StreamLimitBytes int `mapstructure:"stream_limit_bytes"`
+}
+
+// WebSocket configures what the packet WebSockets (/ws and the SockJS
+// websocket) negotiate with browsers.
+type WebSocket struct {
+	// Compression offers permessage-deflate (RFC 7692).
+	Compression bool `mapstructure:"compression"`
+	// CompressionThreshold is the size in bytes of the smallest message
+	// body compressed; smaller ones go uncompressed.
+	CompressionThreshold int `mapstructure:"compression_threshold"`
+}
+
+// TransportCompression returns the websocket section as transports
+// takes it.
+func (w WebSocket) TransportCompression() transports.Compression {
+	return transports.Compression{Off: !w.Compression, Threshold: w.CompressionThreshold}
 }
 
 // Channel is one channel namespace. Config.Channels is ordered: the first

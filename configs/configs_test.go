@@ -75,6 +75,7 @@ func wantDefaults() *Config {
 			DisconnectDelay:  5 * time.Second,
 			StreamLimitBytes: 128 << 10,
 		},
+		WebSocket: WebSocket{Compression: true, CompressionThreshold: 256},
 		Channels: []Channel{{
 			Pattern:         "demo.>",
 			Subscribe:       PermissionAnyone,
@@ -774,6 +775,8 @@ func TestValidate(t *testing.T) {
 		{"session.queue_bytes minimum", func(c *Config) { c.Session.QueueBytes = 4096 }, ""},
 		{"session.max_frame_bytes", func(c *Config) { c.Session.MaxFrameBytes = 255 }, `session.max_frame_bytes: must be at least 256, got 255`},
 		{"session.max_subscriptions", func(c *Config) { c.Session.MaxSubscriptions = 0 }, `session.max_subscriptions: must be at least 1, got 0`},
+		{"websocket.compression_threshold", func(c *Config) { c.WebSocket.CompressionThreshold = 0 }, `websocket.compression_threshold: must be at least 1, got 0`},
+		{"websocket.compression off", func(c *Config) { c.WebSocket.Compression = false }, ""},
 		{"session.heartbeat", func(c *Config) { c.Session.Heartbeat = 999 * time.Millisecond }, `session.heartbeat: must be at least 1s, got 999ms`},
 		{"session.write_timeout", func(c *Config) { c.Session.WriteTimeout = 0 }, `session.write_timeout: must be greater than 0`},
 		{"session.disconnect_delay", func(c *Config) { c.Session.DisconnectDelay = 0 }, `session.disconnect_delay: must be greater than 0`},

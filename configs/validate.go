@@ -41,6 +41,7 @@ func (c *Config) Validate() error {
 	v.auth(&c.Auth)
 	v.broker(&c.Broker)
 	v.session(&c.Session)
+	v.atLeast("websocket.compression_threshold", c.WebSocket.CompressionThreshold, 1)
 	v.channels(c.Channels, c.Auth.Mode, c.Broker.Kind)
 	sockjsOK := v.sockjs(c.SockJS, c.Bridge.Targets)
 	if bridgeOK := v.bridge(&c.Bridge, c.Auth.Mode); sockjsOK && bridgeOK {

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -32,6 +34,7 @@ const (
 // everything after `{"seq":N,`. A message's Body is encoded once when it
 // arrives from the broker and the same Body is queued to every subscriber;
 // it is immutable after creation and may be read from any goroutine.
+// (Derived adds to it encodings computed once, on first use.)
 //
 // The JSON is compact and HTML-safe ("<", ">", "&", U+2028 and U+2029 are
 // escaped), so the same bytes can go into an SSE data line, a WebSocket
@@ -45,6 +48,37 @@ type Body struct {
 	cursor  string // msg: the message's cursor, if the channel has history
 	seq     uint64 // msg: the message's position in history, 0 if none
 	arrived time.Time
+	// derived holds the encodings transports derive from json (see
+	// Derived), allocated by the first of them: nil costs a body one
+	// pointer.
+	derived atomic.Pointer[derivedSet]
+}
+
+// MaxDerived is the number of encodings a body can hold for transports
+// (see Derived): slots 0 to MaxDerived-1.
+const MaxDerived = 2
+
+// derivedSet is a body's derived encodings, one per slot.
+type derivedSet [MaxDerived]struct {
+	once sync.Once
+	b    []byte
+}
+
+// Derived returns the encoding of the body's JSON that derive computes
+// (a transport's compressed form, say), computing it once per body and
+// slot, on first use, however many sessions send the body: the first
+// caller pays, concurrent callers wait for it, later ones read it. A
+// slot is a transport's own (0 to MaxDerived-1), and must always be
+// asked with the same derive. The result must not be modified.
+func (b *Body) Derived(slot int, derive func(json []byte) []byte) []byte {
+	set := b.derived.Load()
+	if set == nil {
+		b.derived.CompareAndSwap(nil, new(derivedSet))
+		set = b.derived.Load()
+	}
+	d := &set[slot]
+	d.once.Do(func() { d.b = derive(b.json) })
+	return d.b
 }
 
 // Type is the packet type ("msg", "ok", …).
@@ -72,6 +106,10 @@ type Packet struct {
 	Seq  uint64
 	body *Body
 }
+
+// NewPacket numbers body for a session: what the session's queue does,
+// for transports' tests and benchmarks of their framing.
+func NewPacket(seq uint64, body *Body) Packet { return Packet{Seq: seq, body: body} }
 
 // Body returns the packet's shared body.
 func (p Packet) Body() *Body { return p.body }
@@ -105,10 +143,15 @@ func (p Packet) JSONLen() int {
 // AppendJSON appends the packet's complete JSON object to dst: the
 // per-session prefix `{"seq":N,` followed by the shared body bytes.
 func (p Packet) AppendJSON(dst []byte) []byte {
+	return append(p.AppendPrefix(dst), p.body.json...)
+}
+
+// AppendPrefix appends the per-session part of the packet's JSON,
+// `{"seq":N,`; what follows it is the body's (Derived's input).
+func (p Packet) AppendPrefix(dst []byte) []byte {
 	dst = append(dst, `{"seq":`...)
 	dst = strconv.AppendUint(dst, p.Seq, 10)
-	dst = append(dst, ',')
-	return append(dst, p.body.json...)
+	return append(dst, ',')
 }
 
 // newBody starts a body of type typ; the caller appends fields and calls

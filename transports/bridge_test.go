@@ -559,18 +559,7 @@ func binFrame(p []byte) wsFrame { return wsFrame{fin: true, op: opBinary, payloa
 func (c *bridgeClient) next() (ws.OpCode, []byte) {
 	c.t.Helper()
 	for {
-		_ = c.conn.SetReadDeadline(time.Now().Add(waitTimeout))
-		h, err := ws.ReadHeader(c.br)
-		if err != nil {
-			c.t.Fatalf("reading a frame header: %v", err)
-		}
-		if h.Masked || h.Rsv != 0 || !h.Fin {
-			c.t.Fatalf("bad server frame header %+v", h)
-		}
-		p := make([]byte, h.Length)
-		if _, err := io.ReadFull(c.br, p); err != nil {
-			c.t.Fatalf("reading a %d-byte payload: %v", h.Length, err)
-		}
+		h, p := readServerFrame(c.t, c.conn, c.br, false)
 		switch h.OpCode {
 		case ws.OpPing:
 			c.send(wsFrame{fin: true, op: opPong, payload: p})

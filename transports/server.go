@@ -47,6 +47,9 @@ type Options struct {
 	CallbackCookie bool
 	// MaxBodyBytes bounds API request bodies.
 	MaxBodyBytes int64
+	// Compression configures permessage-deflate on /ws and the SockJS
+	// websocket (wsdeflate.go); the zero value offers it.
+	Compression Compression
 	// WriteTimeout bounds every write to a client; a write that takes longer
 	// ends the session (its peer is gone or not reading).
 	WriteTimeout time.Duration

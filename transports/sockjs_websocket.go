@@ -143,7 +143,7 @@ var _ wsCodec = (*sjsCodec)(nil)
 
 func (*sjsCodec) name() string { return "sockjs" }
 
-func (c *sjsCodec) appendPackets(b []byte, pkts []gateway.Packet) []byte {
+func (c *sjsCodec) appendPackets(b []byte, pkts []gateway.Packet, _ *wsDeflate) []byte {
 	b, _ = appendSJSFrames(b, pkts, c.mode, c.wasOpened, false, func(b, frame []byte) []byte {
 		return appendMessage(b, ws.OpText, frame)
 	})
@@ -235,7 +235,7 @@ type rawEchoCodec struct{}
 
 func (rawEchoCodec) name() string { return "sockjs" }
 
-func (rawEchoCodec) appendPackets(b []byte, pkts []gateway.Packet) []byte {
+func (rawEchoCodec) appendPackets(b []byte, pkts []gateway.Packet, _ *wsDeflate) []byte {
 	for _, p := range pkts {
 		if data := p.Body().Data(); p.Type() == gateway.TypeData {
 			b = appendMessage(b, ws.OpText, data)

@@ -34,9 +34,10 @@ var (
 type wsCodec interface {
 	// name names the transport in metrics and logs.
 	name() string
-	// appendPackets appends pkts as complete frames. Only the session's
-	// writer calls it, one call at a time.
-	appendPackets(b []byte, pkts []gateway.Packet) []byte
+	// appendPackets appends pkts as complete frames, compressed as z
+	// says (nil: not at all). Only the session's writer calls it, one
+	// call at a time.
+	appendPackets(b []byte, pkts []gateway.Packet, z *wsDeflate) []byte
 	// heartbeat returns the frames a heartbeat sends before its ping
 	// (none for the native transport: the ping is the heartbeat).
 	heartbeat() []byte
@@ -58,7 +59,7 @@ func (t *wsSession) WritePackets(pkts []gateway.Packet) (int, error) {
 	}
 	buf := getBuffer(size + 16)
 	defer putBuffer(buf)
-	*buf = t.codec.appendPackets(*buf, pkts)
+	*buf = t.codec.appendPackets(*buf, pkts, t.c.deflate)
 	if len(*buf) == 0 {
 		return 0, t.c.checkAlive()
 	}
@@ -112,7 +113,7 @@ func (h wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ref.writeJSON(w)
 		return
 	}
-	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.CodeMessageTooBig, protocols: nativeProtocols})
+	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.CodeMessageTooBig, protocols: nativeProtocols, deflate: true})
 	if c == nil {
 		sess.Close(gateway.DisconnectGone())
 		return
@@ -128,13 +129,20 @@ func (h wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 var nativeProtocols = &wsSubprotocols{}
 
 // nativeCodec is the native transport's framing: each packet its own
-// text message.
+// text message, compressed when the connection negotiated
+// permessage-deflate and the body is large enough.
 type nativeCodec struct{}
 
 func (nativeCodec) name() string { return "websocket" }
 
-func (nativeCodec) appendPackets(b []byte, pkts []gateway.Packet) []byte {
+func (nativeCodec) appendPackets(b []byte, pkts []gateway.Packet, z *wsDeflate) []byte {
 	for _, p := range pkts {
+		if z.compresses(p.Body().Size()) {
+			var ok bool
+			if b, ok = appendDeflatedPacket(b, p); ok {
+				continue
+			}
+		}
 		b = appendFrameHeader(b, ws.OpText, p.JSONLen())
 		b = p.AppendJSON(b)
 	}

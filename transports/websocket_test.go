@@ -191,17 +191,25 @@ func (c *wsClient) send(frames ...wsFrame) {
 // no RSV bits, and (from this server) are never fragmented.
 func (c *wsClient) readFrame() (ws.Header, []byte) {
 	c.t.Helper()
-	_ = c.conn.SetReadDeadline(time.Now().Add(waitTimeout))
-	h, err := ws.ReadHeader(c.br)
+	return readServerFrame(c.t, c.conn, c.br, false)
+}
+
+// readServerFrame reads one server frame: never masked nor fragmented,
+// no RSV bits but RSV1 on a data frame where compressed says it may be.
+func readServerFrame(t testing.TB, conn net.Conn, br *bufio.Reader, compressed bool) (ws.Header, []byte) {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(waitTimeout))
+	h, err := ws.ReadHeader(br)
 	if err != nil {
-		c.t.Fatalf("reading a frame header: %v", err)
+		t.Fatalf("reading a frame header: %v", err)
 	}
-	if h.Masked || h.Rsv != 0 || !h.Fin {
-		c.t.Fatalf("bad server frame header %+v", h)
+	rsvOK := h.Rsv == 0 || compressed && h.Rsv1() && !h.Rsv2() && !h.Rsv3() && !h.OpCode.IsControl()
+	if h.Masked || !rsvOK || !h.Fin {
+		t.Fatalf("bad server frame header %+v", h)
 	}
 	p := make([]byte, h.Length)
-	if _, err := io.ReadFull(c.br, p); err != nil {
-		c.t.Fatalf("reading a %d-byte payload: %v", h.Length, err)
+	if _, err := io.ReadFull(br, p); err != nil {
+		t.Fatalf("reading a %d-byte payload: %v", h.Length, err)
 	}
 	return h, p
 }

@@ -64,6 +64,9 @@ type wsConn struct {
 	owner wsOwner
 	// protocol is the subprotocol the handshake agreed on, "" for none.
 	protocol string
+	// deflate is the permessage-deflate the handshake agreed on, nil for
+	// none (wsdeflate.go).
+	deflate *wsDeflate
 
 	// readTimeout bounds the wait for a frame: three heartbeats (whose
 	// pings a live client answers) and some slack.
@@ -106,6 +109,9 @@ type wsLimits struct {
 	// wsSubprotocols). nil ignores the client's offer and answers none,
 	// as the SockJS reference server does.
 	protocols *wsSubprotocols
+	// deflate offers permessage-deflate as the node's Options.Compression
+	// says (the packet transports; the bridge does not compress).
+	deflate bool
 }
 
 // upgradeWS answers the WebSocket handshake and returns the connection,
@@ -114,8 +120,9 @@ type wsLimits struct {
 // and three of them unanswered end the connection. The subprotocol is
 // negotiated here (lim.protocols), for every WebSocket alike: an offer the
 // endpoint cannot answer is refused with 400 {"error":…,"code":4000}
-// before the upgrade. When the handshake fails gobwas has answered it
-// (400 with the reason) and upgradeWS returns nil.
+// before the upgrade. So is permessage-deflate (lim.deflate, see
+// wsdeflate.go). When the handshake fails gobwas has answered it (400
+// with the reason) and upgradeWS returns nil.
 func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.Duration, lim wsLimits) *wsConn {
 	proto, refused := lim.protocols.negotiate(r.Header)
 	if refused != nil {
@@ -123,11 +130,19 @@ func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.
 		return nil
 	}
 	var u ws.HTTPUpgrader
+	u.Header = http.Header{}
 	if proto != "" {
 		// Written as a header rather than through gobwas's Protocol
 		// callback, so that one parser (parseSubprotocols) reads the
 		// offer: gobwas's is laxer (it takes "a b" for two tokens).
-		u.Header = http.Header{"Sec-WebSocket-Protocol": {proto}}
+		u.Header.Set("Sec-WebSocket-Protocol", proto)
+	}
+	var z *wsDeflate
+	if lim.deflate {
+		var answer string
+		if answer, z = negotiateDeflate(r.Header.Values("Sec-WebSocket-Extensions"), n.opts.Compression); z != nil {
+			u.Header.Set("Sec-WebSocket-Extensions", answer)
+		}
 	}
 	conn, rw, _, err := u.Upgrade(r, w)
 	if err != nil {
@@ -141,10 +156,11 @@ func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.
 		conn:        conn,
 		fd:          socketFD(conn),
 		protocol:    proto,
+		deflate:     z,
 		readTimeout: 3*heartbeat + 5*time.Second,
 		wsem:        make(chan struct{}, 1),
 	}
-	c.frames = wsFrames{conn: conn, limit: lim.maxMessage, tooLarge: lim.tooLarge, utf8Binary: lim.utf8Binary}
+	c.frames = wsFrames{conn: conn, limit: lim.maxMessage, tooLarge: lim.tooLarge, utf8Binary: lim.utf8Binary, inflate: z != nil}
 	c.clock.start(heartbeat)
 	return c
 }

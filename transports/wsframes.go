@@ -1,6 +1,7 @@
 package transports
 
 import (
+	"errors"
 	"io"
 	"strconv"
 	"unicode/utf8"
@@ -11,8 +12,9 @@ import (
 )
 
 // wsFrames reads a client's WebSocket frames and assembles its messages,
-// enforcing what RFC 6455 asks of a server: masking, no extensions, no
-// reserved opcodes, final control frames of at most 125 bytes, well-formed
+// enforcing what RFC 6455 asks of a server: masking, no extension but
+// permessage-deflate when negotiated (RSV1 on a data message's first
+// frame; the message is inflated within the limit), no reserved opcodes, final control frames of at most 125 bytes, well-formed
 // fragmentation (control frames may come between fragments), a size limit
 // per message, and UTF-8 in text messages. Both WebSocket readers (native
 // and SockJS) use it; what they do with messages, pings and closes is
@@ -26,12 +28,16 @@ type wsFrames struct {
 	// utf8Binary checks binary messages too (a SockJS message is text
 	// whatever frame carries it).
 	utf8Binary bool
+	// inflate says permessage-deflate was negotiated (wsdeflate.go).
+	inflate bool
 
 	hdr     [ws.MaxHeaderSize - 2]byte
 	payload []byte    // the current frame's payload
 	frag    []byte    // a fragmented data message being assembled
 	fragOp  ws.OpCode // its opcode, while inFrag
 	inFrag  bool
+	fragZ   bool   // the fragmented message is compressed
+	plain   []byte // the last message inflated
 }
 
 // wsEvent is what next found: a complete data message (OpText or
@@ -59,13 +65,20 @@ func (r *wsFrames) next() (wsEvent, *wsViolation, error) {
 		if !r.inFrag && cap(r.frag) > 4096 {
 			r.frag = nil
 		}
+		if cap(r.plain) > 4096 {
+			r.plain = nil
+		}
 		h, err := ws.ReadHeaderBuffer(r.conn, r.hdr[:])
 		if err != nil {
 			return wsEvent{}, nil, err
 		}
 		switch {
-		case h.Rsv != 0:
+		case h.Rsv != 0 && !r.inflate:
 			return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "reserved bits set without a negotiated extension"}, nil
+		case h.Rsv2() || h.Rsv3():
+			return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "RSV2 and RSV3 must be clear (only permessage-deflate was negotiated)"}, nil
+		case h.Rsv1() && h.OpCode != ws.OpText && h.OpCode != ws.OpBinary:
+			return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "RSV1 is allowed on the first frame of a data message only"}, nil
 		case !h.Masked:
 			return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "client frames must be masked"}, nil
 		case h.OpCode.IsReserved():
@@ -89,6 +102,7 @@ func (r *wsFrames) next() (wsEvent, *wsViolation, error) {
 		ws.Cipher(r.payload, h.Mask, 0)
 
 		var ev wsEvent
+		compressed := h.Rsv1()
 		switch h.OpCode {
 		case ws.OpPing, ws.OpPong, ws.OpClose:
 			return wsEvent{op: h.OpCode, data: r.payload}, nil, nil
@@ -101,17 +115,28 @@ func (r *wsFrames) next() (wsEvent, *wsViolation, error) {
 				continue
 			}
 			ev = wsEvent{op: r.fragOp, data: r.frag}
-			r.inFrag = false
+			r.inFrag, compressed = false, r.fragZ
 		default: // text or binary
 			if r.inFrag {
 				return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "new data frame inside a fragmented message"}, nil
 			}
 			if !h.Fin {
-				r.inFrag, r.fragOp = true, h.OpCode
+				r.inFrag, r.fragOp, r.fragZ = true, h.OpCode, compressed
 				r.frag = append(r.frag[:0], r.payload...)
 				continue
 			}
 			ev = wsEvent{op: h.OpCode, data: r.payload}
+		}
+		if compressed {
+			var err error
+			r.plain, err = inflate(r.plain, ev.data, r.limit)
+			switch {
+			case errors.Is(err, errInflateTooLarge):
+				return wsEvent{}, &wsViolation{r.tooLarge, "message too large: it inflates beyond the limit of " + strconv.Itoa(r.limit) + " bytes"}, nil
+			case err != nil:
+				return wsEvent{}, &wsViolation{gateway.CodeInvalidPayload, "compressed message is not valid deflate data"}, nil
+			}
+			ev.data = r.plain
 		}
 		if (ev.op == ws.OpText || r.utf8Binary) && !utf8.Valid(ev.data) {
 			return wsEvent{}, &wsViolation{gateway.CodeInvalidPayload, "text message is not valid UTF-8"}, nil

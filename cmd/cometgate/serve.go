@@ -200,6 +200,7 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		AllowLoopback:    cfg.API.AllowLoopback,
 		MaxBodyBytes:     int64(cfg.API.MaxBodyBytes),
 		WriteTimeout:     cfg.Session.WriteTimeout,
+		Compression:      cfg.WebSocket.TransportCompression(),
 		StreamLimit:      cfg.Session.StreamLimitBytes,
 		MaxSessionsPerIP: cfg.HTTP.MaxSessionsPerIP,
 		AllowedHosts:     cfg.HTTP.EffectiveAllowedHosts(),
