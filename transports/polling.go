@@ -204,7 +204,7 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if req.hasAck {
-			sess.Apply(ctx, gateway.Frame{Op: gateway.OpAck, Seq: req.ack})
+			sess.Ack(req.ack)
 		}
 	}
 	applyFrames(ctx, sess, req.frames, req.errs)

@@ -179,7 +179,7 @@ func (ep *sockjsEndpoint) receiveTurn(w http.ResponseWriter, r *http.Request, fa
 	}
 	// This request proves the previous response arrived.
 	if ack > 0 {
-		e.sess.Apply(r.Context(), gateway.Frame{Op: gateway.OpAck, Seq: ack})
+		e.sess.Ack(ack)
 	}
 	t := &httpDown{n: ep.n, sess: e.sess, fam: fam, f: f, w: w, rc: http.NewResponseController(w), done: make(chan struct{})}
 	if fam.streaming {
