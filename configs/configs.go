@@ -101,6 +101,7 @@ type Config struct {
 	Auth     Auth      `mapstructure:"auth"`
 	Broker   Broker    `mapstructure:"broker"`
 	Session  Session   `mapstructure:"session"`
+	Limits   Limits    `mapstructure:"limits"`
 	Channels []Channel `mapstructure:"channels"`
 	SockJS   []SockJS  `mapstructure:"sockjs"`
 	Bridge   Bridge    `mapstructure:"bridge"`
@@ -351,6 +352,28 @@ type Session struct {
 	DisconnectDelay time.Duration `mapstructure:"disconnect_delay"`
 	// StreamLimitBytes recycles XHR-streaming and htmlfile responses.
 	StreamLimitBytes int `mapstructure:"stream_limit_bytes"`
+}
+
+// Limits are the rate limits on what clients do: per session (frames and
+// publishes) and on new sessions (per client address and per node). Each
+// is a token bucket: a rate per second and a burst above it; a rate of 0
+// is unlimited. The concurrent sessions per address are
+// HTTP.MaxSessionsPerIP.
+type Limits struct {
+	// FramesPerSecond and FrameBurst limit the frames one session sends.
+	FramesPerSecond int `mapstructure:"frames_per_second"`
+	FrameBurst      int `mapstructure:"frame_burst"`
+	// PublishesPerSecond and PublishBurst limit its pub frames.
+	PublishesPerSecond int `mapstructure:"publishes_per_second"`
+	PublishBurst       int `mapstructure:"publish_burst"`
+	// NewSessionsPerIPPerSecond and NewSessionsPerIPBurst limit the
+	// sessions one client address (IPv4 address, IPv6 /64) opens.
+	NewSessionsPerIPPerSecond int `mapstructure:"new_sessions_per_ip_per_second"`
+	NewSessionsPerIPBurst     int `mapstructure:"new_sessions_per_ip_burst"`
+	// NewSessionsPerSecond and NewSessionsBurst limit the sessions the
+	// node opens, whoever asks.
+	NewSessionsPerSecond int `mapstructure:"new_sessions_per_second"`
+	NewSessionsBurst     int `mapstructure:"new_sessions_burst"`
 }
 
 // Channel is one channel namespace. Config.Channels is ordered: the first

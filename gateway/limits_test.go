@@ -2,18 +2,11 @@ package gateway
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// manualClock is a Clock that moves only when the test says so.
-type manualClock struct{ now atomic.Int64 }
-
-func (c *manualClock) read() int64             { return c.now.Load() }
-func (c *manualClock) advance(d time.Duration) { c.now.Add(int64(d)) }
 
 func TestBucket(t *testing.T) {
 	r := Rate{PerSecond: 2, Burst: 3}
@@ -66,16 +59,16 @@ func TestBucket(t *testing.T) {
 }
 
 // rateGateway is a test gateway whose sessions' rate limits read clk.
-func rateGateway(t *testing.T, clk *manualClock, reg *prometheus.Registry, frames, pubs Rate) *testGateway {
+func rateGateway(t *testing.T, clk *ManualClock, reg *prometheus.Registry, frames, pubs Rate) *testGateway {
 	return newTestGateway(t, func(c *Config) {
-		c.Clock = clk.read
+		c.Clock = clk.Read
 		c.FrameRate, c.PublishRate = frames, pubs
 		c.Metrics = NewMetrics(reg)
 	})
 }
 
 func TestFrameRateClosesWith4029(t *testing.T) {
-	clk := &manualClock{}
+	clk := &ManualClock{}
 	reg := prometheus.NewRegistry()
 	g := rateGateway(t, clk, reg, Rate{PerSecond: 10, Burst: 5}, Rate{PerSecond: -1})
 	s, tr := openSession(t, g, false)
@@ -83,7 +76,7 @@ func TestFrameRateClosesWith4029(t *testing.T) {
 	for i := 1; i <= 5; i++ {
 		ping(t, s, tr, i)
 	}
-	clk.advance(100 * time.Millisecond) // one token back
+	clk.Advance(100 * time.Millisecond) // one token back
 	ping(t, s, tr, 6)
 	// Every way in counts: a frame that does not decode, and Apply.
 	s.Reject(Frame{ID: 7}, &FrameError{ID: 7, Msg: "bad"})
@@ -103,18 +96,18 @@ func TestFrameRateClosesWith4029(t *testing.T) {
 }
 
 func TestFrameRateSustained(t *testing.T) {
-	clk := &manualClock{}
+	clk := &ManualClock{}
 	g := rateGateway(t, clk, prometheus.NewRegistry(), Rate{PerSecond: 100, Burst: 2}, Rate{PerSecond: -1})
 	s, tr := openSession(t, g, false)
 	// 100 frames a second for 3 s, at the limit: never closed.
 	for i := 1; i <= 300; i++ {
 		ping(t, s, tr, i)
-		clk.advance(10 * time.Millisecond)
+		clk.Advance(10 * time.Millisecond)
 	}
 }
 
 func TestPublishRate(t *testing.T) {
-	clk := &manualClock{}
+	clk := &ManualClock{}
 	reg := prometheus.NewRegistry()
 	g := rateGateway(t, clk, reg, Rate{PerSecond: -1}, Rate{PerSecond: 1, Burst: 2})
 	s, tr := openSession(t, g, false)
@@ -123,7 +116,7 @@ func TestPublishRate(t *testing.T) {
 	// A publish the rules refuse counts too.
 	send(s, `{"op":"pub","id":2,"ch":"ro.a","text":"b"}`)
 	expectErr(t, tr, 2, 403, "permission denied")
-	clk.advance(time.Second)
+	clk.Advance(time.Second)
 	send(s, `{"op":"pub","id":3,"ch":"pub.a","text":"c"}`)
 	nextType(t, tr, TypeOK)
 	ping(t, s, tr, 4) // other frames are not publishes

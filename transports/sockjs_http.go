@@ -147,7 +147,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 		f := &sjsFraming{kind: kind, callback: callback, single: !fam.streaming}
 		e, ref := ep.session(r, sid, callback != "")
 		if ref != nil {
-			f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.msg))
+			f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.sjsReason(w.Header())))
 			return
 		}
 		// A close endpoint's session is closed before it attaches: its
