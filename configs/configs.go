@@ -108,6 +108,7 @@ type Config struct {
 	Log       Log       `mapstructure:"log"`
 	Metrics   Metrics   `mapstructure:"metrics"`
 	Admin     Admin     `mapstructure:"admin"`
+	Limits    Limits    `mapstructure:"limits"`
 }
 
 // Node identifies this gateway node among the nodes sharing a broker.
@@ -368,6 +369,28 @@ type WebSocket struct {
 // takes it.
 func (w WebSocket) TransportCompression() transports.Compression {
 	return transports.Compression{Off: !w.Compression, Threshold: w.CompressionThreshold}
+}
+
+// Limits are the rate limits on what clients do: per session (frames and
+// publishes) and on new sessions (per client address and per node). Each
+// is a token bucket: a rate per second and a burst above it; a rate of 0
+// is unlimited. The concurrent sessions per address are
+// HTTP.MaxSessionsPerIP.
+type Limits struct {
+	// FramesPerSecond and FrameBurst limit the frames one session sends.
+	FramesPerSecond int `mapstructure:"frames_per_second"`
+	FrameBurst      int `mapstructure:"frame_burst"`
+	// PublishesPerSecond and PublishBurst limit its pub frames.
+	PublishesPerSecond int `mapstructure:"publishes_per_second"`
+	PublishBurst       int `mapstructure:"publish_burst"`
+	// NewSessionsPerIPPerSecond and NewSessionsPerIPBurst limit the
+	// sessions one client address (IPv4 address, IPv6 /64) opens.
+	NewSessionsPerIPPerSecond int `mapstructure:"new_sessions_per_ip_per_second"`
+	NewSessionsPerIPBurst     int `mapstructure:"new_sessions_per_ip_burst"`
+	// NewSessionsPerSecond and NewSessionsBurst limit the sessions the
+	// node opens, whoever asks.
+	NewSessionsPerSecond int `mapstructure:"new_sessions_per_second"`
+	NewSessionsBurst     int `mapstructure:"new_sessions_burst"`
 }
 
 // Channel is one channel namespace. Config.Channels is ordered: the first

@@ -42,6 +42,7 @@ func (c *Config) Validate() error {
 	v.broker(&c.Broker)
 	v.session(&c.Session)
 	v.atLeast("websocket.compression_threshold", c.WebSocket.CompressionThreshold, 1)
+	v.limits(&c.Limits)
 	v.channels(c.Channels, c.Auth.Mode, c.Broker.Kind)
 	sockjsOK := v.sockjs(c.SockJS, c.Bridge.Targets)
 	if bridgeOK := v.bridge(&c.Bridge, c.Auth.Mode); sockjsOK && bridgeOK {
@@ -210,6 +211,22 @@ func (v *validator) session(s *Session) {
 	v.positive("session.write_timeout", s.WriteTimeout)
 	v.positive("session.disconnect_delay", s.DisconnectDelay)
 	v.atLeast("session.stream_limit_bytes", s.StreamLimitBytes, 4096)
+}
+
+func (v *validator) limits(l *Limits) {
+	v.rate("limits.frames_per_second", "limits.frame_burst", l.FramesPerSecond, l.FrameBurst)
+	v.rate("limits.publishes_per_second", "limits.publish_burst", l.PublishesPerSecond, l.PublishBurst)
+	v.rate("limits.new_sessions_per_ip_per_second", "limits.new_sessions_per_ip_burst", l.NewSessionsPerIPPerSecond, l.NewSessionsPerIPBurst)
+	v.rate("limits.new_sessions_per_second", "limits.new_sessions_burst", l.NewSessionsPerSecond, l.NewSessionsBurst)
+}
+
+// rate checks a token bucket: a rate >= 0 (0: unlimited) and, for a
+// limited rate, a burst of at least one event.
+func (v *validator) rate(rateKey, burstKey string, rate, burst int) {
+	v.atLeast(rateKey, rate, 0)
+	if rate > 0 {
+		v.atLeast(burstKey, burst, 1)
+	}
 }
 
 // channels checks the namespaces; permissions and history depend on

@@ -19,8 +19,11 @@ import "fmt"
 //
 // Within the application ranges, x4xx and x5xx codes follow the HTTP status
 // of the same condition where there is one (4003/403, 4004/404, 4029/429,
-// 4401/401, 3502/502, 3503/503; 3520 as the 520 some proxies answer when
-// an origin reset the connection).
+// 4401/401, 3029/429, 3502/502, 3503/503; 3520 as the 520 some proxies
+// answer when an origin reset the connection). 4029 is every limit a
+// client went past for good (sessions per address, frames or publishes
+// per second); 3029 and 3005 are rate limits on new sessions, which the
+// client should retry after a delay.
 type Disconnect struct {
 	Code   int
 	Reason string
@@ -59,6 +62,13 @@ var (
 	// DisconnectTokenExpired: the session's token expired; reconnect with
 	// a fresh one.
 	DisconnectTokenExpired = Disconnect{3004, "token expired"}
+	// DisconnectNodeBusy: the node opens no more new sessions per second
+	// than it is configured to (a reconnect storm); come back after the
+	// refusal's jittered delay, to this node or another (HTTP 503).
+	DisconnectNodeBusy = Disconnect{3005, "node busy: too many new sessions, try again later"}
+	// DisconnectSessionRate: the client's address opened new sessions
+	// faster than it may; come back after the refusal's delay (HTTP 429).
+	DisconnectSessionRate = Disconnect{3029, "too many new sessions from this address, try again later"}
 	// DisconnectTargetUnreachable: a TCP bridge could not connect to its
 	// target, or an established connection broke without a reset (timed
 	// out, the route went away).
@@ -86,6 +96,13 @@ var (
 	// DisconnectTooManySessions: the client's address holds as many
 	// sessions as it may.
 	DisconnectTooManySessions = Disconnect{4029, "too many sessions from this address"}
+	// DisconnectFrameRate: the session sent frames faster than its limit
+	// (Config.FrameRate) past the burst. A client that floods is not
+	// asked back.
+	DisconnectFrameRate = Disconnect{4029, "too many frames per second"}
+	// DisconnectPublishRate: the session published faster than its limit
+	// (Config.PublishRate) past the burst.
+	DisconnectPublishRate = Disconnect{4029, "too many publishes per second"}
 	// DisconnectUnauthorized: the request carries no valid token where one
 	// is needed.
 	DisconnectUnauthorized = Disconnect{4401, "authentication required"}

@@ -47,6 +47,18 @@ type Config struct {
 	// turns it off.
 	DedupeWindow time.Duration
 	DedupeMax    int
+	// FrameRate limits the frames a session may send (every frame a
+	// transport hands to HandleFrame, Apply or Reject: WebSocket
+	// messages, SockJS messages, the frames of a POST body); PublishRate
+	// limits its pub frames. Past the burst the session is closed with
+	// DisconnectFrameRate or DisconnectPublishRate (4029). The zero Rate
+	// means DefaultFrameRate and DefaultPublishRate; a negative PerSecond
+	// turns the limit off.
+	FrameRate   Rate
+	PublishRate Rate
+	// Clock is what rate limits read; nil means SystemClock. Tests inject
+	// one they move by hand.
+	Clock Clock
 	// Rules are the channel namespaces; nothing else is allowed.
 	Rules Rules
 	// Logger defaults to slog.Default().
@@ -80,10 +92,28 @@ func (c *Config) setDefaults() {
 	if c.DedupeMax == 0 {
 		c.DedupeMax = 10000
 	}
+	if c.FrameRate == (Rate{}) {
+		c.FrameRate = DefaultFrameRate
+	}
+	if c.PublishRate == (Rate{}) {
+		c.PublishRate = DefaultPublishRate
+	}
+	if c.Clock == nil {
+		c.Clock = SystemClock()
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 }
+
+// The default per-session limits: far above what a page does (a ticker
+// page acknowledges every 100 packets; a chat page publishes a few times
+// a second), far below a flood (a script sending 10,000 frames a second
+// is closed after a fifth of a second).
+var (
+	DefaultFrameRate   = Rate{PerSecond: 200, Burst: 1000}
+	DefaultPublishRate = Rate{PerSecond: 50, Burst: 200}
+)
 
 // Gateway is one node: its sessions, the hub that fans broker messages out
 // to them, and one heartbeat ticker per heartbeat interval in use. It owns

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +33,7 @@ type Metrics struct {
 	publishes      *prometheus.CounterVec
 	publishLatency *prometheus.HistogramVec
 	forwards       *prometheus.CounterVec
+	refusals       [numRefusals]prometheus.Counter // by Refusal, resolved once
 
 	transports sync.Map // transport name → *transportMetrics
 }
@@ -108,10 +110,59 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Requests for a session of another node, proxied to that node, by result (ok: the owner answered; error: it could not be reached).",
 		}, []string{"result"}),
 	}
+	refusals := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cometgate_refusals_total",
+		Help: "Requests refused and sessions closed by the admission gate and the rate limits, by reason (" + refusalList() + ").",
+	}, []string{"reason"})
+	for r := range numRefusals {
+		// Every reason exists from the start (at 0): a dashboard shows
+		// a rate, not a gap, before the first refusal.
+		m.refusals[r] = refusals.WithLabelValues(r.String())
+	}
 	reg.MustRegister(m.sessions, m.sessionsOpened, m.closes, m.subscriptions, m.messagesIn,
 		m.messagesOut, m.bytesOut, m.latency, m.slowCloses, m.dropped, m.brokerUp,
-		m.brokerReconn, m.publishes, m.publishLatency, m.forwards)
+		m.brokerReconn, m.publishes, m.publishLatency, m.forwards, refusals)
 	return m
+}
+
+// Refusal is why the admission gate refused a request, or a rate limit
+// closed a session: the reason label of cometgate_refusals_total. The set
+// is fixed, so the label's values are bounded whatever clients send.
+type Refusal uint8
+
+// The refusals, each a reason label.
+const (
+	RefusedOrigin              Refusal = iota // origin: a browser page from an Origin the node does not allow
+	RefusedHost                               // host: a Host the node does not serve (421)
+	RefusedToken                              // token: no valid token where one is needed
+	RefusedCookieWithoutOrigin                // cookie_without_origin: a callback transport's request that would use the token cookie
+	RefusedPrincipal                          // principal: a request for a session of another principal
+	RefusedIPLimit                            // ip_limit: the address (IPv4, IPv6 /64) holds as many sessions as it may
+	RefusedIPRate                             // ip_rate: the address opens new sessions faster than it may
+	RefusedNodeRate                           // node_rate: the node opens no more new sessions per second
+	RefusedShutdown                           // shutdown: the node is draining
+	RefusedFrameRate                          // frame_rate: a session sent frames too fast (closed with 4029)
+	RefusedPublishRate                        // publish_rate: a session published too fast (closed with 4029)
+	RefusedForwardSignature                   // forward_signature: a forwarded request without the cluster's signature
+	RefusedAPIKey                             // api_key: a publish API request without a valid key where one is needed
+	numRefusals
+)
+
+var refusalNames = [numRefusals]string{
+	"origin", "host", "token", "cookie_without_origin", "principal", "ip_limit", "ip_rate",
+	"node_rate", "shutdown", "frame_rate", "publish_rate", "forward_signature", "api_key",
+}
+
+func (r Refusal) String() string { return refusalNames[r] }
+
+func refusalList() string { return strings.Join(refusalNames[:], ", ") }
+
+// Refused counts one refusal. Safe on a nil *Metrics and for concurrent
+// use; it looks up nothing.
+func (m *Metrics) Refused(r Refusal) {
+	if m != nil {
+		m.refusals[r].Inc()
+	}
 }
 
 // forTransport returns name's collectors, creating them on first use.

@@ -98,6 +98,8 @@ type Session struct {
 	// What the client asked for (session_frames.go, resume.go).
 	subs       map[string]*subState
 	lastN      uint64 // last upstream frame number applied
+	frames     Bucket // frames the client sent (Config.FrameRate)
+	pubs       Bucket // publishes the client sent (Config.PublishRate)
 	pubQ       []Frame
 	publishing bool // the publisher goroutine is running
 }

@@ -31,23 +31,62 @@ type subState struct {
 // HandleFrame applies one client frame. Errors are answered with an err
 // packet; a frame that cannot be decoded at all gets an err packet with code
 // 400 too, so a client bug never ends its session. Only a frame over
-// Config.MaxFrameBytes does (DisconnectTooLarge).
+// Config.MaxFrameBytes does (DisconnectTooLarge), and a frame past the
+// session's frame rate (DisconnectFrameRate).
 func (s *Session) HandleFrame(ctx context.Context, data []byte) {
+	if !s.admitFrame() {
+		return
+	}
 	if len(data) > s.g.cfg.MaxFrameBytes {
 		s.Close(DisconnectTooLarge)
 		return
 	}
 	f, err := DecodeFrame(data)
 	if err != nil {
-		s.Reject(f, err)
+		s.reject(f, err)
 		return
 	}
-	s.Apply(ctx, f)
+	s.applyFrame(ctx, f)
+}
+
+// admitFrame counts one client frame against Config.FrameRate: every
+// frame of every transport comes through HandleFrame, Apply or Reject,
+// and only there. Past the burst it closes the session (once: later
+// frames of a closing session are dropped) and reports false.
+func (s *Session) admitFrame() bool {
+	return s.takeToken(&s.frames, s.g.cfg.FrameRate, DisconnectFrameRate, RefusedFrameRate)
+}
+
+// takeToken takes a token from b, a bucket of the session's in rate r.
+// Without one the session is closed with d (counted as refusal why) and
+// takeToken reports false; so it does for a session no longer open.
+func (s *Session) takeToken(b *Bucket, r Rate, d Disconnect, why Refusal) bool {
+	if r.Unlimited() {
+		return true
+	}
+	now := s.g.cfg.Clock()
+	s.mu.Lock()
+	open := s.state == stateOpen
+	ok := open && b.Take(r, now)
+	s.mu.Unlock()
+	if ok || !open {
+		return ok
+	}
+	s.g.metrics.Refused(why)
+	s.Close(d)
+	return false
 }
 
 // Reject answers a frame that could not be decoded with an err packet
-// (code 400), carrying the frame's id when it could be read.
+// (code 400), carrying the frame's id when it could be read. It counts
+// as a frame (Config.FrameRate).
 func (s *Session) Reject(f Frame, err error) {
+	if s.admitFrame() {
+		s.reject(f, err)
+	}
+}
+
+func (s *Session) reject(f Frame, err error) {
 	var fe *FrameError
 	if errors.As(err, &fe) {
 		s.push(errBody(fe.ID, "", 400, fe.Error()))
@@ -58,8 +97,20 @@ func (s *Session) Reject(f Frame, err error) {
 
 // Apply applies one decoded frame. A frame numbered (n) at or below the
 // last one applied is a retried request and is ignored; one that skips a
-// number is answered with 409.
+// number is answered with 409. It counts against Config.FrameRate.
 func (s *Session) Apply(ctx context.Context, f Frame) {
+	if s.admitFrame() {
+		s.applyFrame(ctx, f)
+	}
+}
+
+// Ack acknowledges the packets up to seq, as an ack frame would, for a
+// transport that carries the acknowledgement in its request (a poll's
+// ?ack=): part of a request, not a frame, so it is not counted against
+// Config.FrameRate.
+func (s *Session) Ack(seq uint64) { s.ack(seq) }
+
+func (s *Session) applyFrame(ctx context.Context, f Frame) {
 	if f.N != 0 {
 		s.mu.Lock()
 		switch {
@@ -236,7 +287,11 @@ func (s *Session) ack(seq uint64) {
 const maxPendingPublishes = 64
 
 // enqueuePublish queues a client publish for the session's publisher.
+// Every pub frame counts against Config.PublishRate, allowed or not.
 func (s *Session) enqueuePublish(f Frame) {
+	if !s.takeToken(&s.pubs, s.g.cfg.PublishRate, DisconnectPublishRate, RefusedPublishRate) {
+		return
+	}
 	if err := brokers.ValidateChannel(f.Ch); err != nil {
 		s.push(errBody(f.ID, f.Ch, 422, err.Error()))
 		return

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/cometgate/cometgate/gateway"
@@ -25,12 +24,16 @@ import (
 // refusal is why a request was refused: its HTTP status, the close code a
 // transport that can only answer in-band (JSONP, htmlfile, SockJS) reports
 // instead, and the message. retry asks the client to come back
-// (Retry-After).
+// (Retry-After, and "delay" in milliseconds in the JSON body or close
+// packet; see retryHint).
 type refusal struct {
 	status int
 	code   int
 	msg    string
 	retry  bool
+	// wait and spread are the retry advice of a rate limit: after wait,
+	// plus a jitter drawn up to spread for each answer (retryHint).
+	wait, spread time.Duration
 }
 
 func refuse(status int, d gateway.Disconnect) *refusal {
@@ -46,10 +49,8 @@ var (
 
 // writeJSON answers the refusal as a JSON error body.
 func (ref *refusal) writeJSON(w http.ResponseWriter) {
-	if ref.retry {
-		w.Header().Set("Retry-After", "1")
-	}
-	writeJSON(w, ref.status, errorBody{Error: ref.msg, Code: ref.code})
+	delay := ref.retryHint(w.Header())
+	writeJSON(w, ref.status, errorBody{Error: ref.msg, Code: ref.code, Delay: delay.Milliseconds()})
 }
 
 // sessionSpec describes the session a transport asks the gate to open.
@@ -78,10 +79,8 @@ type gate struct {
 	tokens         *gateway.TokenVerifier // nil: no authentication
 	requireToken   bool
 	callbackCookie bool
-	maxPerIP       int // 0: unlimited
-
-	mu    sync.Mutex
-	perIP map[netip.Addr]int // by ipKey
+	limits         *admissionLimits
+	metrics        *gateway.Metrics
 }
 
 func newGate(opts Options) *gate {
@@ -93,8 +92,8 @@ func newGate(opts Options) *gate {
 		tokens:         opts.Tokens,
 		requireToken:   opts.RequireToken,
 		callbackCookie: opts.CallbackCookie,
-		maxPerIP:       opts.MaxSessionsPerIP,
-		perIP:          make(map[netip.Addr]int),
+		limits:         newAdmissionLimits(opts),
+		metrics:        opts.Gateway.Config().Metrics,
 	}
 }
 
@@ -108,8 +107,8 @@ func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refus
 		return nil, ref
 	}
 	ip := ipKey(g.clientAddr(r))
-	if !g.acquireIP(ip) {
-		return nil, refusedTooMany
+	if ref := g.limits.acquire(ip); ref != nil {
+		return nil, ref
 	}
 	onClose := spec.onClose
 	sess, err := g.gw.Open(gateway.OpenOptions{
@@ -117,7 +116,7 @@ func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refus
 		Retain:     spec.retain,
 		RemoteAddr: g.clientAddr(r).String(),
 		OnClose: func() {
-			g.releaseIP(ip)
+			g.limits.release(ip)
 			if onClose != nil {
 				onClose()
 			}
@@ -127,7 +126,8 @@ func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refus
 		DisconnectDelay: spec.disconnectDelay,
 	})
 	if err != nil {
-		g.releaseIP(ip)
+		g.limits.release(ip)
+		g.metrics.Refused(gateway.RefusedShutdown)
 		return nil, refusedShutdown
 	}
 	return sess, nil
@@ -151,7 +151,8 @@ func (g *gate) join(r *http.Request, sess *gateway.Session, callback bool) *refu
 		return ref
 	}
 	if p == nil || p.Subject != owner.Subject {
-		return &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code, "the session belongs to another principal", false}
+		g.metrics.Refused(gateway.RefusedPrincipal)
+		return &refusal{status: http.StatusForbidden, code: gateway.DisconnectForbidden.Code, msg: "the session belongs to another principal"}
 	}
 	return nil
 }
@@ -161,7 +162,8 @@ func (g *gate) origin(r *http.Request) *refusal {
 	if g.origins.allowed(r, g.scheme(r)) {
 		return nil
 	}
-	return &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code, "origin not allowed: " + r.Header.Get("Origin"), false}
+	g.metrics.Refused(gateway.RefusedOrigin)
+	return &refusal{status: http.StatusForbidden, code: gateway.DisconnectForbidden.Code, msg: "origin not allowed: " + r.Header.Get("Origin")}
 }
 
 // tokenCookie is the cookie a page may carry its token in.
@@ -191,8 +193,8 @@ func requestToken(r *http.Request, noCookie bool) string {
 // no Origin, so the cookie cannot tell the victim's own page from another
 // site that makes her browser load the URL (and reads her channels
 // through the callback).
-var refusedCallbackCookie = &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code,
-	"JSONP and htmlfile take a token only from ?token=, not from the " + tokenCookie + " cookie: a script or iframe load cannot show which site made it", false}
+var refusedCallbackCookie = &refusal{status: http.StatusForbidden, code: gateway.DisconnectForbidden.Code,
+	msg: "JSONP and htmlfile take a token only from ?token=, not from the " + tokenCookie + " cookie: a script or iframe load cannot show which site made it"}
 
 // authenticate returns the principal of the request's token: nil for a
 // request without one (allowed unless requireToken), a refusal (401,
@@ -208,18 +210,21 @@ func (g *gate) authenticate(r *http.Request, callback bool) (*gateway.Principal,
 	tok := requestToken(r, noCookie)
 	if tok == "" && noCookie {
 		if _, err := r.Cookie(tokenCookie); err == nil {
+			g.metrics.Refused(gateway.RefusedCookieWithoutOrigin)
 			return nil, refusedCallbackCookie
 		}
 	}
 	if tok == "" {
 		if g.requireToken {
+			g.metrics.Refused(gateway.RefusedToken)
 			return nil, refuse(http.StatusUnauthorized, gateway.DisconnectUnauthorized)
 		}
 		return nil, nil
 	}
 	p, err := g.tokens.Verify(tok)
 	if err != nil {
-		return nil, &refusal{http.StatusUnauthorized, gateway.DisconnectUnauthorized.Code, "invalid token: " + err.Error(), false}
+		g.metrics.Refused(gateway.RefusedToken)
+		return nil, &refusal{status: http.StatusUnauthorized, code: gateway.DisconnectUnauthorized.Code, msg: "invalid token: " + err.Error()}
 	}
 	return p, nil
 }
@@ -292,32 +297,6 @@ func ipKey(a netip.Addr) netip.Addr {
 	}
 	p, _ := a.Prefix(64)
 	return p.Addr()
-}
-
-func (g *gate) acquireIP(ip netip.Addr) bool {
-	if g.maxPerIP <= 0 {
-		return true
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.perIP[ip] >= g.maxPerIP {
-		return false
-	}
-	g.perIP[ip]++
-	return true
-}
-
-func (g *gate) releaseIP(ip netip.Addr) {
-	if g.maxPerIP <= 0 {
-		return
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.perIP[ip] <= 1 {
-		delete(g.perIP, ip)
-	} else {
-		g.perIP[ip]--
-	}
 }
 
 // originPolicy decides which browser Origins may use the gateway.

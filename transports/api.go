@@ -72,10 +72,12 @@ func (h publishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !keyed && h.crossSite(r) {
 		// A browser on the node's own machine is loopback too: a page of
 		// any site could publish through it with a simple POST.
+		h.gate.metrics.Refused(gateway.RefusedAPIKey)
 		writeJSON(w, http.StatusForbidden, errorBody{Error: "a cross-site request to the publish API needs an API key", Code: gateway.DisconnectForbidden.Code})
 		return
 	}
 	if !keyed && !(h.opts.AllowLoopback && h.gate.clientAddr(r).IsLoopback()) {
+		h.gate.metrics.Refused(gateway.RefusedAPIKey)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="cometgate"`)
 		writeError(w, http.StatusUnauthorized, "an API key is required: Authorization: Bearer KEY")
 		return

@@ -182,6 +182,9 @@
 //	3001 slow consumer               4001 frame too large (in a body)
 //	3002 session expired             4003 forbidden
 //	3003 replaced by a newer request 4004 session not found
+//	3005 node busy (new sessions)    4029 past a limit: sessions per
+//	3029 too many new sessions from       address, frames or publishes
+//	     this address                     per second
 //
 // A WebSocket session also ends with a WebSocket close frame carrying the
 // same code and reason. A WebSocket client that breaks RFC 6455 is closed
@@ -278,7 +281,9 @@
 // a client acts on: 4000 bad request (the message names the parameter),
 // 4001 body too large, 4003 origin not allowed, 4004 session not found,
 // 4029 too many sessions from this address, 3000 shutting down (Retry-After,
-// reconnect elsewhere). XHR transports get them as a JSON error with the
+// reconnect elsewhere), 3029 too many new sessions from this address (429)
+// and 3005 node busy (503), both with Retry-After and "delay", the advised
+// wait in milliseconds, jittered per answer. XHR transports get them as a JSON error with the
 // HTTP status (400, 413, 403, 404, 429, 503). The callback transports
 // cannot read a status, so once the callback name is valid every answer
 // calls it: JSONP answers 200 with NAME([close packet]), htmlfile answers

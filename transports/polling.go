@@ -204,7 +204,7 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if req.hasAck {
-			sess.Apply(ctx, gateway.Frame{Op: gateway.OpAck, Seq: req.ack})
+			sess.Ack(req.ack)
 		}
 	}
 	applyFrames(ctx, sess, req.frames, req.errs)
@@ -551,18 +551,20 @@ func (t *httpDown) release() (started bool, reason gateway.Disconnect) {
 // ctlReplaced is the transport-level packet (no seq: it ends this request,
 // not the session) that a request gets when a newer one of the same
 // session replaced it.
-var ctlReplaced = controlClose(gateway.DisconnectReplaced.Code, gateway.DisconnectReplaced.Reason, true)
+var ctlReplaced = controlClose(gateway.DisconnectReplaced.Code, gateway.DisconnectReplaced.Reason, true, 0)
 
-// controlClose encodes a transport-level close packet. encoding/json escapes
-// "<", ">", "&", U+2028 and U+2029, so it is as HTML-safe as the gateway's
-// packets.
-func controlClose(code int, reason string, reconnect bool) []byte {
+// controlClose encodes a transport-level close packet; a delay (a
+// refusal's retry advice) goes in "delay", in milliseconds, as in the
+// gateway's close packets. encoding/json escapes "<", ">", "&", U+2028
+// and U+2029, so it is as HTML-safe as the gateway's packets.
+func controlClose(code int, reason string, reconnect bool, delay time.Duration) []byte {
 	b, _ := json.Marshal(struct {
 		T         string `json:"t"`
 		Code      int    `json:"code"`
 		Reason    string `json:"reason"`
 		Reconnect bool   `json:"reconnect"`
-	}{"close", code, reason, reconnect})
+		Delay     int64  `json:"delay,omitempty"`
+	}{"close", code, reason, reconnect, delay.Milliseconds()})
 	return b
 }
 
@@ -574,13 +576,11 @@ func writeRefusal(w http.ResponseWriter, fam *family, f framing, ref *refusal) {
 	h := w.Header()
 	h.Set("Cache-Control", "no-store, no-transform")
 	h.Set("X-Accel-Buffering", "no")
-	if ref.retry {
-		h.Set("Retry-After", "1")
-	}
+	delay := ref.retryHint(h)
 	if f == nil || fam.inBandStatus == nil {
 		h.Set("Content-Type", "application/json")
 		h.Set("X-Content-Type-Options", "nosniff")
-		b, _ := json.Marshal(errorBody{Error: ref.msg, Code: ref.code})
+		b, _ := json.Marshal(errorBody{Error: ref.msg, Code: ref.code, Delay: delay.Milliseconds()})
 		b = append(b, '\n')
 		h.Set("Content-Length", strconv.Itoa(len(b)))
 		w.WriteHeader(ref.status)
@@ -589,7 +589,7 @@ func writeRefusal(w http.ResponseWriter, fam *family, f framing, ref *refusal) {
 	}
 	reconnect := (gateway.Disconnect{Code: ref.code}).Reconnect()
 	b := f.appendPrelude(nil)
-	b = f.appendBatch(b, nil, controlClose(ref.code, ref.msg, reconnect))
+	b = f.appendBatch(b, nil, controlClose(ref.code, ref.msg, reconnect, delay))
 	h.Set("Content-Type", fam.contentType)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Length", strconv.Itoa(len(b)))

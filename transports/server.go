@@ -53,9 +53,18 @@ type Options struct {
 	// WriteTimeout bounds every write to a client; a write that takes longer
 	// ends the session (its peer is gone or not reading).
 	WriteTimeout time.Duration
-	// MaxSessionsPerIP bounds concurrent sessions per client address; 0 is
-	// unlimited.
+	// MaxSessionsPerIP bounds concurrent sessions per client address (an
+	// IPv4 address, an IPv6 /64); 0 is unlimited. Refused with 429 and
+	// code 4029.
 	MaxSessionsPerIP int
+	// NewSessionsPerIP limits how fast one client address opens sessions;
+	// NewSessionsPerNode how fast the node opens them, whoever asks (a
+	// reconnect storm after another node went away). A session refused
+	// by either gets 429 (code 3029) or 503 (code 3005) with a jittered
+	// Retry-After, in the framing of its transport. The zero Rate is
+	// unlimited. The buckets read the gateway's clock (gateway.Config.Clock).
+	NewSessionsPerIP   gateway.Rate
+	NewSessionsPerNode gateway.Rate
 	// StreamLimit is the number of bytes after which a streaming response
 	// (XHR streaming, htmlfile) ends so that the client opens a fresh one,
 	// acknowledging what it got; 0 means 128 KiB. Keep it below the
@@ -173,6 +182,7 @@ func (s *Server) Wait() {
 func (s *Server) checkHost(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.gate.hosts.allowed(r.Host) {
+			s.gate.metrics.Refused(gateway.RefusedHost)
 			writeJSON(w, http.StatusMisdirectedRequest, errorBody{Error: "host not allowed: " + truncate(r.Host, 64), Code: gateway.DisconnectForbidden.Code})
 			return
 		}
@@ -187,6 +197,7 @@ func (s *Server) checkHost(next http.Handler) http.Handler {
 func (s *Server) checkForwarded(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.opts.ClusterKey != nil && r.Header.Get(HeaderForwarded) != "" && !verifyForwarded(s.opts.ClusterKey, r) {
+			s.gate.metrics.Refused(gateway.RefusedForwardSignature)
 			writeJSON(w, http.StatusForbidden, errorBody{Error: "a forwarded request without a valid cluster signature", Code: gateway.DisconnectForbidden.Code})
 			return
 		}
@@ -213,6 +224,10 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 type errorBody struct {
 	Error string `json:"error"`
 	Code  int    `json:"code,omitempty"`
+	// Delay is the advice of a refusal that asks the client to retry:
+	// how long to wait first, in milliseconds, jittered per answer (the
+	// Retry-After header says the same in whole seconds).
+	Delay int64 `json:"delay,omitempty"`
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {

@@ -718,10 +718,7 @@ func sjsCORS(h http.Header, r *http.Request, null string) {
 // status and message, and no Access-Control-Allow-* headers, so a browser
 // keeps the answer from the page.
 func sjsRefuse(w http.ResponseWriter, ref *refusal) {
-	if ref.retry {
-		w.Header().Set("Retry-After", "1")
-	}
-	sjsPlain(w, ref.status, ref.msg)
+	sjsPlain(w, ref.status, ref.sjsReason(w.Header()))
 }
 
 // sjsPlain answers with a plain-text body.

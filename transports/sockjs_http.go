@@ -147,7 +147,7 @@ func (ep *sockjsEndpoint) serveReceiver(w http.ResponseWriter, r *http.Request, 
 		f := &sjsFraming{kind: kind, callback: callback, single: !fam.streaming}
 		e, ref := ep.session(r, sid, callback != "")
 		if ref != nil {
-			f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.msg))
+			f.respond(w, appendSJSCloseFrame(nil, ref.code, ref.sjsReason(w.Header())))
 			return
 		}
 		// A close endpoint's session is closed before it attaches: its
@@ -179,7 +179,7 @@ func (ep *sockjsEndpoint) receiveTurn(w http.ResponseWriter, r *http.Request, fa
 	}
 	// This request proves the previous response arrived.
 	if ack > 0 {
-		e.sess.Apply(r.Context(), gateway.Frame{Op: gateway.OpAck, Seq: ack})
+		e.sess.Ack(ack)
 	}
 	t := &httpDown{n: ep.n, sess: e.sess, fam: fam, f: f, w: w, rc: http.NewResponseController(w), done: make(chan struct{})}
 	if fam.streaming {

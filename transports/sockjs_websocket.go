@@ -103,7 +103,8 @@ func (ep *sockjsEndpoint) serveWebSocket(w http.ResponseWriter, r *http.Request)
 		c.owner = wsRefused{}
 		c.watch(false)
 		c.start()
-		_, _ = c.write(appendMessage(nil, ws.OpText, appendSJSCloseFrame(nil, ref.code, ref.msg)))
+		// The upgrade's headers are gone: the advice is in the reason.
+		_, _ = c.write(appendMessage(nil, ws.OpText, appendSJSCloseFrame(nil, ref.code, ref.sjsReason(http.Header{}))))
 		c.close(gateway.Disconnect{Code: gateway.CodeNormal, Reason: "Normal closure"})
 		return
 	}

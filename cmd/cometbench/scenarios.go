@@ -20,6 +20,9 @@ const scenarioSetup = `# build, and start one node pinned to CPU 0: the default 
 # straight into the broker (--publish api goes through POST /api/publish
 # instead, one request at a time per channel, on the gateway's own core)
 go build -o cometgate ./cmd/cometgate && go build -o cometbench ./cmd/cometbench
+# every session comes from one address, as fast as the generator opens them:
+# lift the limits on new sessions (limits.new_sessions_*) for every node below
+export COMETGATE_LIMITS_NEW_SESSIONS_PER_IP_PER_SECOND=0 COMETGATE_LIMITS_NEW_SESSIONS_PER_SECOND=0
 COMETGATE_BROKER_EMBEDDED_LISTEN=127.0.0.1:4223 taskset -c 0 ./cometgate & GW=$!
 B="taskset -c 1 ./cometbench run --pid $GW"`
 

@@ -168,6 +168,8 @@ func (n *nodeParts) newGateway(rules gateway.Rules) error {
 		PublishTimeout:   cfg.Broker.PublishTimeout,
 		DedupeWindow:     dedupeWindow(cfg.Broker.DedupeWindow),
 		DedupeMax:        cfg.Broker.DedupeMax,
+		FrameRate:        rate(cfg.Limits.FramesPerSecond, cfg.Limits.FrameBurst),
+		PublishRate:      rate(cfg.Limits.PublishesPerSecond, cfg.Limits.PublishBurst),
 		Rules:            rules,
 		Logger:           n.log,
 		Metrics:          metrics,
@@ -179,6 +181,16 @@ func (n *nodeParts) newGateway(rules gateway.Rules) error {
 	n.relay.Store(&stateFn)
 	n.gw.BrokerState(stateOf(n.broker)) // anything that happened before the relay was set
 	return nil
+}
+
+// rate is a limits rate of the configuration (0: unlimited) as a
+// gateway.Rate, where the zero Rate means the gateway's default and a
+// negative rate means unlimited.
+func rate(perSecond, burst int) gateway.Rate {
+	if perSecond <= 0 {
+		return gateway.Rate{PerSecond: -1}
+	}
+	return gateway.Rate{PerSecond: float64(perSecond), Burst: burst}
 }
 
 // registerMetrics registers every collector a node serves at /metrics
@@ -194,22 +206,24 @@ func registerMetrics(reg prometheus.Registerer) (*gateway.Metrics, *gateway.Node
 func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 	cfg, log := n.cfg, n.log
 	topts := transports.Options{
-		Gateway:          n.gw,
-		AllowedOrigins:   cfg.HTTP.AllowedOrigins,
-		APIKeys:          cfg.API.Keys,
-		AllowLoopback:    cfg.API.AllowLoopback,
-		MaxBodyBytes:     int64(cfg.API.MaxBodyBytes),
-		WriteTimeout:     cfg.Session.WriteTimeout,
-		Compression:      cfg.WebSocket.TransportCompression(),
-		StreamLimit:      cfg.Session.StreamLimitBytes,
-		MaxSessionsPerIP: cfg.HTTP.MaxSessionsPerIP,
-		AllowedHosts:     cfg.HTTP.EffectiveAllowedHosts(),
-		ClusterKey:       clusterKey(cfg),
-		PeerNetworks:     cfg.Node.PeerPrefixes(),
-		TrustedProxies:   cfg.HTTP.TrustedProxyPrefixes(),
-		Tokens:           tokens,
-		RequireToken:     cfg.Auth.Required,
-		CallbackCookie:   cfg.Auth.CallbackCookie,
+		Gateway:            n.gw,
+		AllowedOrigins:     cfg.HTTP.AllowedOrigins,
+		APIKeys:            cfg.API.Keys,
+		AllowLoopback:      cfg.API.AllowLoopback,
+		MaxBodyBytes:       int64(cfg.API.MaxBodyBytes),
+		WriteTimeout:       cfg.Session.WriteTimeout,
+		Compression:        cfg.WebSocket.TransportCompression(),
+		StreamLimit:        cfg.Session.StreamLimitBytes,
+		MaxSessionsPerIP:   cfg.HTTP.MaxSessionsPerIP,
+		AllowedHosts:       cfg.HTTP.EffectiveAllowedHosts(),
+		ClusterKey:         clusterKey(cfg),
+		PeerNetworks:       cfg.Node.PeerPrefixes(),
+		TrustedProxies:     cfg.HTTP.TrustedProxyPrefixes(),
+		Tokens:             tokens,
+		RequireToken:       cfg.Auth.Required,
+		CallbackCookie:     cfg.Auth.CallbackCookie,
+		NewSessionsPerIP:   rate(cfg.Limits.NewSessionsPerIPPerSecond, cfg.Limits.NewSessionsPerIPBurst),
+		NewSessionsPerNode: rate(cfg.Limits.NewSessionsPerSecond, cfg.Limits.NewSessionsBurst),
 		// configs.Validate checked these with transports' validators.
 		SockJS:            cfg.SockJSEndpoints(),
 		BridgeDialTimeout: cfg.Bridge.DialTimeout,
