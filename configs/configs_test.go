@@ -42,7 +42,7 @@ func wantDefaults() *Config {
 			MaxSessionsPerIP:  0,
 		},
 		API:  API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
-		Auth: Auth{Mode: AuthNone, Leeway: 30 * time.Second},
+		Auth: Auth{Mode: AuthNone, Leeway: 30 * time.Second, Keys: []AuthKey{}},
 		Broker: Broker{
 			Kind:           BrokerEmbedded,
 			SubjectPrefix:  "",
@@ -721,11 +721,34 @@ func TestValidate(t *testing.T) {
 		{"auth.mode", func(c *Config) { c.Auth.Mode = "JWT" }, `auth.mode: must be one of none | jwt, got "JWT"`},
 		{"auth jwt hmac", func(c *Config) { c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 32) }, ""},
 		{"auth jwt public key", func(c *Config) { c.Auth.Mode, c.Auth.PublicKeyFile = AuthJWT, "key.pem" }, ""},
-		{"auth jwt no key", func(c *Config) { c.Auth.Mode = AuthJWT }, `auth: mode jwt needs hmac_secret or public_key_file`},
+		{"auth jwt no key", func(c *Config) { c.Auth.Mode = AuthJWT }, `auth: mode jwt needs hmac_secret, public_key_file or keys`},
 		{"auth jwt both keys", func(c *Config) {
 			c.Auth.Mode, c.Auth.HMACSecret, c.Auth.PublicKeyFile = AuthJWT, strings.Repeat("k", 32), "key.pem"
 		}, `auth: set either hmac_secret or public_key_file, not both`},
 		{"auth short secret", func(c *Config) { c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 31) }, `auth.hmac_secret: must be at least 32 bytes, got 31`},
+		{"auth keys", func(c *Config) {
+			c.Auth.Mode = AuthJWT
+			c.Auth.Keys = []AuthKey{{ID: "a", HMACSecret: strings.Repeat("k", 32)}, {ID: "b", PublicKeyFile: "b.pem", Algorithm: "RS256"}}
+		}, ""},
+		{"auth keys without id", func(c *Config) {
+			c.Auth.Mode, c.Auth.Keys = AuthJWT, []AuthKey{{HMACSecret: strings.Repeat("k", 32)}}
+		}, `auth.keys[0].id: is required`},
+		{"auth keys twice", func(c *Config) {
+			c.Auth.Mode, c.Auth.Keys = AuthJWT, []AuthKey{{ID: "a", PublicKeyFile: "a.pem"}, {ID: "a", PublicKeyFile: "b.pem"}}
+		}, `auth.keys[1].id: "a" is listed twice`},
+		{"auth key with both", func(c *Config) {
+			c.Auth.Mode, c.Auth.Keys = AuthJWT, []AuthKey{{ID: "a", PublicKeyFile: "a.pem", HMACSecret: strings.Repeat("k", 32)}}
+		}, `auth.keys[0]: set exactly one of hmac_secret and public_key_file`},
+		{"auth key short secret", func(c *Config) {
+			c.Auth.Mode, c.Auth.Keys = AuthJWT, []AuthKey{{ID: "a", HMACSecret: "short"}}
+		}, `auth.keys[0].hmac_secret: must be at least 32 bytes, got 5`},
+		{"auth key algorithm", func(c *Config) {
+			c.Auth.Mode, c.Auth.Keys = AuthJWT, []AuthKey{{ID: "a", PublicKeyFile: "a.pem", Algorithm: "none"}}
+		}, `auth.keys[0].algorithm: must be one of HS256`},
+		{"auth keys and a single key", func(c *Config) {
+			c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 32)
+			c.Auth.Keys = []AuthKey{{ID: "a", PublicKeyFile: "a.pem"}}
+		}, `auth: set hmac_secret or public_key_file, or keys, not both`},
 		{"auth secret unused when none", func(c *Config) { c.Auth.HMACSecret = "short" }, ""},
 		{"auth leeway zero", func(c *Config) { c.Auth.Leeway = 0 }, ""},
 		{"auth leeway negative", func(c *Config) { c.Auth.Leeway = -time.Second }, `auth.leeway: must not be negative, got -1s`},
@@ -939,6 +962,28 @@ sockjs:
 	}
 }
 
+// TestLoadAuthKeys: auth.keys from a file.
+func TestLoadAuthKeys(t *testing.T) {
+	path := writeConfig(t, `
+auth:
+  mode: jwt
+  keys:
+    - id: "2026-01"
+      public_key_file: /etc/cometgate/2026-01.pem
+      algorithm: RS256
+    - id: "2026-02"
+      hmac_secret: "`+strings.Repeat("k", 32)+`"
+`)
+	c, err := Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []AuthKey{{ID: "2026-01", PublicKeyFile: "/etc/cometgate/2026-01.pem", Algorithm: "RS256"}, {ID: "2026-02", HMACSecret: strings.Repeat("k", 32)}}
+	if !reflect.DeepEqual(c.Auth.Keys, want) {
+		t.Errorf("keys = %+v\nwant %+v", c.Auth.Keys, want)
+	}
+}
+
 // TestLoadAuth: the auth section from a file with the secret from the
 // environment, the token permission accepted with it, and errors that
 // name their key without echoing the secret.
@@ -962,7 +1007,8 @@ channels:
 	}
 	want := Auth{Mode: AuthJWT, HMACSecret: secret, Issuer: "https://app.example.com", Audience: "cometgate",
 		Leeway: 5 * time.Second, Required: true}
-	if c.Auth != want {
+	want.Keys = []AuthKey{}
+	if !reflect.DeepEqual(c.Auth, want) {
 		t.Errorf("auth = %+v\nwant %+v", c.Auth, want)
 	}
 	if ch := c.Channels[0]; ch.Subscribe != PermissionToken || ch.Publish != PermissionToken {
@@ -970,7 +1016,7 @@ channels:
 	}
 
 	// Without the secret the same file is refused, naming the section.
-	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), "auth: mode jwt needs hmac_secret or public_key_file") {
+	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), "auth: mode jwt needs hmac_secret, public_key_file or keys") {
 		t.Errorf("no secret: %v", err)
 	}
 	// A short secret is refused without being echoed.

@@ -112,18 +112,53 @@ func (v *validator) auth(au *Auth) {
 	case !jwt:
 	case au.HMACSecret != "" && au.PublicKeyFile != "":
 		v.failf("auth", "set either hmac_secret or public_key_file, not both")
-	case au.HMACSecret == "" && au.PublicKeyFile == "":
-		v.failf("auth", "mode jwt needs hmac_secret or public_key_file")
+	case au.HMACSecret == "" && au.PublicKeyFile == "" && len(au.Keys) == 0:
+		v.failf("auth", "mode jwt needs hmac_secret, public_key_file or keys")
 	case au.HMACSecret != "" && len(au.HMACSecret) < 32:
 		// A short shared secret can be brute-forced offline from any one
 		// token. Its value is never echoed.
 		v.failf("auth.hmac_secret", "must be at least 32 bytes, got %d", len(au.HMACSecret))
+	}
+	if jwt {
+		v.authKeys(au)
 	}
 	if au.Leeway < 0 {
 		v.failf("auth.leeway", "must not be negative, got %s", au.Leeway)
 	}
 	if au.Required && !jwt {
 		v.failf("auth.required", "true needs auth.mode jwt")
+	}
+}
+
+// authKeys checks auth.keys: ids present and distinct (a token's "kid"
+// picks one), one key each, an algorithm of a known name. Whether the
+// algorithm goes with a key file's type is checked where the file is
+// read, at start-up.
+func (v *validator) authKeys(au *Auth) {
+	single := au.HMACSecret != "" || au.PublicKeyFile != ""
+	seen := make(map[string]bool)
+	for i, k := range au.Keys {
+		key := fmt.Sprintf("auth.keys[%d]", i)
+		switch {
+		case k.ID == "":
+			v.failf(key+".id", "is required: it is the \"kid\" of the tokens the key verifies")
+		case seen[k.ID]:
+			v.failf(key+".id", "%q is listed twice", k.ID)
+		}
+		seen[k.ID] = true
+		switch {
+		case (k.HMACSecret == "") == (k.PublicKeyFile == ""):
+			v.failf(key, "set exactly one of hmac_secret and public_key_file")
+		case k.HMACSecret != "" && len(k.HMACSecret) < 32:
+			v.failf(key+".hmac_secret", "must be at least 32 bytes, got %d", len(k.HMACSecret))
+		}
+		if k.Algorithm != "" {
+			v.oneOf(key+".algorithm", k.Algorithm, "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+		}
+	}
+	if single && len(au.Keys) > 0 {
+		// The single key has no id: among several, tokens could not name it.
+		v.failf("auth", "set hmac_secret or public_key_file, or keys, not both (list every key under keys, each with its id)")
 	}
 }
 

@@ -222,7 +222,8 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 	if tokens != nil {
 		// Which kind of key, never the key.
 		log.Info("authentication: jwt", slog.Bool("required", cfg.Auth.Required),
-			slog.Bool("hmac", cfg.Auth.HMACSecret != ""), slog.String("public_key_file", cfg.Auth.PublicKeyFile))
+			slog.Bool("hmac", cfg.Auth.HMACSecret != ""), slog.String("public_key_file", cfg.Auth.PublicKeyFile),
+			slog.Int("keys", len(cfg.Auth.Keys)))
 	}
 	if cfg.Auth.CallbackCookie && tokens != nil {
 		log.Warn("auth.callback_cookie is on: any web site can make a visitor's browser open JSONP and htmlfile sessions with her token cookie; keep it only with a SameSite=Strict cookie")
@@ -681,15 +682,29 @@ func tokenVerifier(a configs.Auth) (*gateway.TokenVerifier, error) {
 	// A token without "exp" would bind a session for ever: refused.
 	opts := gateway.TokenOptions{Issuer: a.Issuer, Audience: a.Audience, Leeway: a.Leeway, RequireExpiry: true}
 	key := "auth.hmac_secret"
-	if a.HMACSecret != "" {
+	switch {
+	case a.HMACSecret != "":
 		opts.HMACSecret = []byte(a.HMACSecret)
-	} else {
+	case a.PublicKeyFile != "":
 		key = "auth.public_key_file"
 		pem, err := os.ReadFile(a.PublicKeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", key, err)
 		}
 		opts.PublicKeyPEM = pem
+	default:
+		key = "auth.keys"
+	}
+	for i, k := range a.Keys {
+		vk := gateway.VerificationKey{ID: k.ID, Algorithm: k.Algorithm, HMACSecret: []byte(k.HMACSecret)}
+		if k.PublicKeyFile != "" {
+			pem, err := os.ReadFile(k.PublicKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("auth.keys[%d].public_key_file: %w", i, err)
+			}
+			vk.PublicKeyPEM = pem
+		}
+		opts.Keys = append(opts.Keys, vk)
 	}
 	v, err := gateway.NewTokenVerifier(opts)
 	if err != nil {
