@@ -231,6 +231,8 @@ type Auth struct {
 	PublicKeyFile string `mapstructure:"public_key_file"`
 	// Keys are verification keys named by the tokens' "kid" (rotation).
 	Keys []AuthKey `mapstructure:"keys"`
+	// JWKS is a key set fetched from a URL (an identity provider's).
+	JWKS AuthJWKS `mapstructure:"jwks"`
 	// Issuer, when not "", must be the token's "iss".
 	Issuer string `mapstructure:"issuer"`
 	// Audience, when not "", must be one of the token's "aud".
@@ -256,6 +258,22 @@ type AuthKey struct {
 	HMACSecret string `mapstructure:"hmac_secret"`
 	// PublicKeyFile is the path of a PEM public key (RSA, ECDSA, Ed25519).
 	PublicKeyFile string `mapstructure:"public_key_file"`
+}
+
+// AuthJWKS configures auth.jwks: the key set of an identity provider,
+// fetched and refreshed in the background.
+type AuthJWKS struct {
+	// URL of the key set; "" = none. https, or http to a loopback address.
+	URL string `mapstructure:"url"`
+	// Refresh is the time between two fetches.
+	Refresh time.Duration `mapstructure:"refresh"`
+	// MinRefetch is the least time between two fetches caused by tokens
+	// naming a "kid" not held.
+	MinRefetch time.Duration `mapstructure:"min_refetch"`
+	// MaxAge is how long keys stay usable when the set cannot be fetched.
+	MaxAge time.Duration `mapstructure:"max_age"`
+	// Timeout bounds one fetch.
+	Timeout time.Duration `mapstructure:"timeout"`
 }
 
 // Broker selects and configures the message broker. Only the sub-struct

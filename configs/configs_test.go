@@ -41,8 +41,9 @@ func wantDefaults() *Config {
 			TrustedProxies:    []string{},
 			MaxSessionsPerIP:  0,
 		},
-		API:  API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
-		Auth: Auth{Mode: AuthNone, Leeway: 30 * time.Second, Keys: []AuthKey{}},
+		API: API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
+		Auth: Auth{Mode: AuthNone, Leeway: 30 * time.Second, Keys: []AuthKey{},
+			JWKS: AuthJWKS{Refresh: 10 * time.Minute, MinRefetch: 30 * time.Second, MaxAge: 24 * time.Hour, Timeout: 5 * time.Second}},
 		Broker: Broker{
 			Kind:           BrokerEmbedded,
 			SubjectPrefix:  "",
@@ -721,7 +722,7 @@ func TestValidate(t *testing.T) {
 		{"auth.mode", func(c *Config) { c.Auth.Mode = "JWT" }, `auth.mode: must be one of none | jwt, got "JWT"`},
 		{"auth jwt hmac", func(c *Config) { c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 32) }, ""},
 		{"auth jwt public key", func(c *Config) { c.Auth.Mode, c.Auth.PublicKeyFile = AuthJWT, "key.pem" }, ""},
-		{"auth jwt no key", func(c *Config) { c.Auth.Mode = AuthJWT }, `auth: mode jwt needs hmac_secret, public_key_file or keys`},
+		{"auth jwt no key", func(c *Config) { c.Auth.Mode = AuthJWT }, `auth: mode jwt needs hmac_secret, public_key_file, keys or jwks.url`},
 		{"auth jwt both keys", func(c *Config) {
 			c.Auth.Mode, c.Auth.HMACSecret, c.Auth.PublicKeyFile = AuthJWT, strings.Repeat("k", 32), "key.pem"
 		}, `auth: set either hmac_secret or public_key_file, not both`},
@@ -749,6 +750,16 @@ func TestValidate(t *testing.T) {
 			c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 32)
 			c.Auth.Keys = []AuthKey{{ID: "a", PublicKeyFile: "a.pem"}}
 		}, `auth: set hmac_secret or public_key_file, or keys, not both`},
+		{"auth jwks", func(c *Config) {
+			c.Auth.Mode, c.Auth.JWKS.URL = AuthJWT, "https://id.example.com/.well-known/jwks.json"
+		}, ""},
+		{"auth jwks loopback http", func(c *Config) { c.Auth.Mode, c.Auth.JWKS.URL = AuthJWT, "http://127.0.0.1:9000/jwks" }, ""},
+		{"auth jwks http", func(c *Config) { c.Auth.Mode, c.Auth.JWKS.URL = AuthJWT, "http://id.example.com/jwks" },
+			`auth.jwks.url: must be https (http only to a loopback address), got "http://id.example.com/jwks"`},
+		{"auth jwks relative", func(c *Config) { c.Auth.Mode, c.Auth.JWKS.URL = AuthJWT, "/jwks" }, `auth.jwks.url: must be an absolute URL`},
+		{"auth jwks refresh", func(c *Config) {
+			c.Auth.Mode, c.Auth.JWKS.URL, c.Auth.JWKS.Refresh = AuthJWT, "https://id.example.com/jwks", 0
+		}, `auth.jwks.refresh: must be greater than 0`},
 		{"auth secret unused when none", func(c *Config) { c.Auth.HMACSecret = "short" }, ""},
 		{"auth leeway zero", func(c *Config) { c.Auth.Leeway = 0 }, ""},
 		{"auth leeway negative", func(c *Config) { c.Auth.Leeway = -time.Second }, `auth.leeway: must not be negative, got -1s`},
@@ -1008,6 +1019,7 @@ channels:
 	want := Auth{Mode: AuthJWT, HMACSecret: secret, Issuer: "https://app.example.com", Audience: "cometgate",
 		Leeway: 5 * time.Second, Required: true}
 	want.Keys = []AuthKey{}
+	want.JWKS = wantDefaults().Auth.JWKS
 	if !reflect.DeepEqual(c.Auth, want) {
 		t.Errorf("auth = %+v\nwant %+v", c.Auth, want)
 	}
@@ -1016,7 +1028,7 @@ channels:
 	}
 
 	// Without the secret the same file is refused, naming the section.
-	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), "auth: mode jwt needs hmac_secret, public_key_file or keys") {
+	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), "auth: mode jwt needs hmac_secret, public_key_file, keys or jwks.url") {
 		t.Errorf("no secret: %v", err)
 	}
 	// A short secret is refused without being echoed.

@@ -84,6 +84,10 @@ type TokenOptions struct {
 	// application signs with the newest, the gateway accepts all listed).
 	// See Verify for how a token's "kid" picks one.
 	Keys []VerificationKey
+	// JWKS, when set, is a key set fetched from a URL whose keys the
+	// verifier uses too (after Keys). The caller owns it and closes it
+	// after the verifier's last use.
+	JWKS *JWKS
 	// Issuer and Audience, when set, must be the token's "iss" and one of
 	// its "aud".
 	Issuer   string
@@ -98,6 +102,7 @@ type TokenOptions struct {
 // for concurrent use.
 type TokenVerifier struct {
 	keys   []verifyKey // the configured keys
+	jwks   *JWKS       // nil: none
 	leeway time.Duration
 	parser *jwt.Parser
 }
@@ -111,8 +116,8 @@ func NewTokenVerifier(o TokenOptions) (*TokenVerifier, error) {
 	if len(o.HMACSecret) > 0 || len(o.PublicKeyPEM) > 0 {
 		all = append([]VerificationKey{{HMACSecret: o.HMACSecret, PublicKeyPEM: o.PublicKeyPEM}}, all...)
 	}
-	if len(all) == 0 {
-		return nil, errors.New("gateway: tokens: an HMAC secret, a public key or keys are required")
+	if len(all) == 0 && o.JWKS == nil {
+		return nil, errors.New("gateway: tokens: an HMAC secret, a public key, keys or a JWKS is required")
 	}
 	keys := make([]verifyKey, 0, len(all))
 	ids := make(map[string]bool)
@@ -151,7 +156,7 @@ func NewTokenVerifier(o TokenOptions) (*TokenVerifier, error) {
 	if o.RequireExpiry {
 		opts = append(opts, jwt.WithExpirationRequired())
 	}
-	return &TokenVerifier{keys: keys, leeway: o.Leeway, parser: jwt.NewParser(opts...)}, nil
+	return &TokenVerifier{keys: keys, jwks: o.JWKS, leeway: o.Leeway, parser: jwt.NewParser(opts...)}, nil
 }
 
 // tokenClaims are the claims cometgate reads.

@@ -125,7 +125,7 @@ var ErrUnknownKeyID = errors.New(`no key has the token's "kid"`)
 // keyFor is the parser's key function: the key the token names, checked
 // against the token's algorithm.
 func (v *TokenVerifier) keyFor(t *jwt.Token) (any, error) {
-	k, err := pickKey(v.keys, t)
+	k, err := v.pick(t)
 	if err != nil {
 		return nil, err
 	}
@@ -135,6 +135,29 @@ func (v *TokenVerifier) keyFor(t *jwt.Token) (any, error) {
 		return nil, fmt.Errorf("%w: algorithm %s does not go with key %q (it verifies %v)", jwt.ErrTokenSignatureInvalid, t.Method.Alg(), k.id, k.algs)
 	}
 	return k.key, nil
+}
+
+// pick is the key token t names: among the configured keys and the
+// JWKS's. A "kid" not held makes the JWKS fetch again (rate limited), as
+// the provider may have rotated; when the JWKS has no usable keys the
+// error says why.
+func (v *TokenVerifier) pick(t *jwt.Token) (*verifyKey, error) {
+	if v.jwks == nil {
+		return pickKey(v.keys, t)
+	}
+	for fetched := false; ; fetched = true {
+		remote, rerr := v.jwks.usable()
+		k, err := pickKey(slices.Concat(v.keys, remote), t)
+		if err == nil {
+			return k, nil
+		}
+		if fetched || !(errors.Is(err, ErrUnknownKeyID) || rerr != nil) || !v.jwks.refetch() {
+			if rerr != nil {
+				return nil, rerr
+			}
+			return nil, err
+		}
+	}
 }
 
 // pickKey is the key of keys that token t names (see Verify).

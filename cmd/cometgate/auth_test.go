@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -13,9 +14,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -635,5 +638,58 @@ channels:
 	err = serve(context.Background(), []string{"--config", bad}, []string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0"}, io.Discard, io.Discard, nil)
 	if err == nil || !strings.Contains(err.Error(), "auth.keys[2].public_key_file") {
 		t.Errorf("start-up with a missing key file: %v, want an error naming auth.keys[2].public_key_file", err)
+	}
+}
+
+// TestAuthJWKS: a node with auth.jwks.url verifies tokens with the keys a
+// real server publishes, and, when the set cannot be fetched, refuses
+// them saying so (fail closed).
+func TestAuthJWKS(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Bool
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, `{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"idp-1","use":"sig","x":%q}]}`, base64.RawURLEncoding.EncodeToString(pub))
+	}))
+	defer jwks.Close()
+	yaml := fmt.Sprintf(`auth:
+  mode: jwt
+  jwks:
+    url: %q
+channels:
+  - pattern: "secret.>"
+    subscribe: token
+    publish: nobody
+`, jwks.URL+"/jwks.json")
+	cfg := writeTemp(t, "jwks.yaml", yaml)
+	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{
+		"sub": "carol", "exp": time.Now().Add(time.Hour).Unix(),
+		"cometgate": map[string]any{"subscribe": []string{"secret.carol"}},
+	})
+	tok.Header["kid"] = "idp-1"
+	signed, err := tok.SignedString(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	n := startNodeArgs(t, []string{"--config", cfg})
+	conn := dialWSWith(t, n, "/ws", http.Header{"Authorization": {"Bearer " + signed}})
+	packets, _ := wsPackets(t, conn)
+	next(t, packets, "hello")
+	wantAnswer(t, conn, packets, 1, `{"op":"sub","id":1,"ch":"secret.carol"}`, "ok")
+
+	// A node that cannot fetch the set refuses every token, with why.
+	failing.Store(true)
+	down := startNodeArgs(t, []string{"--config", cfg})
+	status, e := request(t, http.MethodGet, down.url("/ws?token="+signed), wsUpgrade(), "")
+	wantRefusal(t, "JWKS down", status, e, http.StatusUnauthorized, 4401)
+	if !strings.Contains(e.Error, "could not be fetched: status 503") {
+		t.Errorf("refusal %q, want it to say the key set could not be fetched", e.Error)
 	}
 }
