@@ -219,8 +219,9 @@ type API struct {
 }
 
 // Auth configures how browser sessions authenticate: with a token (a JWT)
-// the application signed after its own login. With AuthJWT exactly one of
-// HMACSecret and PublicKeyFile is set (Validate checks it).
+// the application signed after its own login. With AuthJWT at least one
+// key is configured: HMACSecret or PublicKeyFile (not both), or Keys
+// (Validate checks it).
 type Auth struct {
 	// Mode is AuthNone (every session is anonymous) or AuthJWT.
 	Mode string `mapstructure:"mode"`
@@ -230,6 +231,10 @@ type Auth struct {
 	// PublicKeyFile is the path of a PEM public key (RSA, ECDSA or
 	// Ed25519) that verifies RS*, PS*, ES* or EdDSA tokens.
 	PublicKeyFile string `mapstructure:"public_key_file"`
+	// Keys are verification keys named by the tokens' "kid" (rotation).
+	Keys []AuthKey `mapstructure:"keys"`
+	// JWKS is a key set fetched from a URL (an identity provider's).
+	JWKS AuthJWKS `mapstructure:"jwks"`
 	// Issuer, when not "", must be the token's "iss".
 	Issuer string `mapstructure:"issuer"`
 	// Audience, when not "", must be one of the token's "aud".
@@ -241,6 +246,36 @@ type Auth struct {
 	// CallbackCookie lets JSONP and htmlfile authenticate with the token
 	// cookie (see the reference file for why that is off by default).
 	CallbackCookie bool `mapstructure:"callback_cookie"`
+}
+
+// AuthKey is one verification key of auth.keys: an ID and exactly one of
+// HMACSecret and PublicKeyFile.
+type AuthKey struct {
+	// ID is the "kid" of the tokens the key verifies.
+	ID string `mapstructure:"id"`
+	// Algorithm, when not "", is the one algorithm the key verifies; it
+	// must go with the key's type. "" = each of the type's.
+	Algorithm string `mapstructure:"algorithm"`
+	// HMACSecret, at least 32 bytes. Secret: never log it.
+	HMACSecret string `mapstructure:"hmac_secret"`
+	// PublicKeyFile is the path of a PEM public key (RSA, ECDSA, Ed25519).
+	PublicKeyFile string `mapstructure:"public_key_file"`
+}
+
+// AuthJWKS configures auth.jwks: the key set of an identity provider,
+// fetched and refreshed in the background.
+type AuthJWKS struct {
+	// URL of the key set; "" = none. https, or http to a loopback address.
+	URL string `mapstructure:"url"`
+	// Refresh is the time between two fetches.
+	Refresh time.Duration `mapstructure:"refresh"`
+	// MinRefetch is the least time between two fetches caused by tokens
+	// naming a "kid" not held.
+	MinRefetch time.Duration `mapstructure:"min_refetch"`
+	// MaxAge is how long keys stay usable when the set cannot be fetched.
+	MaxAge time.Duration `mapstructure:"max_age"`
+	// Timeout bounds one fetch.
+	Timeout time.Duration `mapstructure:"timeout"`
 }
 
 // Broker selects and configures the message broker. Only the sub-struct
@@ -511,6 +546,7 @@ var listDefaults = map[string]map[string]any{
 	"sockjs":   sockjsDefaults,
 	"bridge.targets": {"allow_networks": []string{}, "max_connections": 0, "access": PermissionAnyone,
 		"max_message_bytes": transports.DefaultBridgeMaxMessage, "subprotocols": []string{}},
+	"auth.keys": {"algorithm": "", "hmac_secret": "", "public_key_file": ""},
 }
 
 // sockjsDefaults are the values of keys a sockjs entry in a config file may

@@ -41,8 +41,9 @@ func wantDefaults() *Config {
 			TrustedProxies:    []string{},
 			MaxSessionsPerIP:  0,
 		},
-		API:  API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
-		Auth: Auth{Mode: AuthNone, Leeway: 30 * time.Second},
+		API: API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
+		Auth: Auth{Mode: AuthNone, Leeway: 30 * time.Second, Keys: []AuthKey{},
+			JWKS: AuthJWKS{Refresh: 10 * time.Minute, MinRefetch: 30 * time.Second, MaxAge: 24 * time.Hour, Timeout: 5 * time.Second}},
 		Broker: Broker{
 			Kind:           BrokerEmbedded,
 			SubjectPrefix:  "",
@@ -738,11 +739,44 @@ func TestValidate(t *testing.T) {
 		{"auth.mode", func(c *Config) { c.Auth.Mode = "JWT" }, `auth.mode: must be one of none | jwt, got "JWT"`},
 		{"auth jwt hmac", func(c *Config) { c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 32) }, ""},
 		{"auth jwt public key", func(c *Config) { c.Auth.Mode, c.Auth.PublicKeyFile = AuthJWT, "key.pem" }, ""},
-		{"auth jwt no key", func(c *Config) { c.Auth.Mode = AuthJWT }, `auth: mode jwt needs hmac_secret or public_key_file`},
+		{"auth jwt no key", func(c *Config) { c.Auth.Mode = AuthJWT }, `auth: mode jwt needs hmac_secret, public_key_file, keys or jwks.url`},
 		{"auth jwt both keys", func(c *Config) {
 			c.Auth.Mode, c.Auth.HMACSecret, c.Auth.PublicKeyFile = AuthJWT, strings.Repeat("k", 32), "key.pem"
 		}, `auth: set either hmac_secret or public_key_file, not both`},
 		{"auth short secret", func(c *Config) { c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 31) }, `auth.hmac_secret: must be at least 32 bytes, got 31`},
+		{"auth keys", func(c *Config) {
+			c.Auth.Mode = AuthJWT
+			c.Auth.Keys = []AuthKey{{ID: "a", HMACSecret: strings.Repeat("k", 32)}, {ID: "b", PublicKeyFile: "b.pem", Algorithm: "RS256"}}
+		}, ""},
+		{"auth keys without id", func(c *Config) {
+			c.Auth.Mode, c.Auth.Keys = AuthJWT, []AuthKey{{HMACSecret: strings.Repeat("k", 32)}}
+		}, `auth.keys[0].id: is required`},
+		{"auth keys twice", func(c *Config) {
+			c.Auth.Mode, c.Auth.Keys = AuthJWT, []AuthKey{{ID: "a", PublicKeyFile: "a.pem"}, {ID: "a", PublicKeyFile: "b.pem"}}
+		}, `auth.keys[1].id: "a" is listed twice`},
+		{"auth key with both", func(c *Config) {
+			c.Auth.Mode, c.Auth.Keys = AuthJWT, []AuthKey{{ID: "a", PublicKeyFile: "a.pem", HMACSecret: strings.Repeat("k", 32)}}
+		}, `auth.keys[0]: set exactly one of hmac_secret and public_key_file`},
+		{"auth key short secret", func(c *Config) {
+			c.Auth.Mode, c.Auth.Keys = AuthJWT, []AuthKey{{ID: "a", HMACSecret: "short"}}
+		}, `auth.keys[0].hmac_secret: must be at least 32 bytes, got 5`},
+		{"auth key algorithm", func(c *Config) {
+			c.Auth.Mode, c.Auth.Keys = AuthJWT, []AuthKey{{ID: "a", PublicKeyFile: "a.pem", Algorithm: "none"}}
+		}, `auth.keys[0].algorithm: must be one of HS256`},
+		{"auth keys and a single key", func(c *Config) {
+			c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 32)
+			c.Auth.Keys = []AuthKey{{ID: "a", PublicKeyFile: "a.pem"}}
+		}, `auth: set hmac_secret or public_key_file, or keys, not both`},
+		{"auth jwks", func(c *Config) {
+			c.Auth.Mode, c.Auth.JWKS.URL = AuthJWT, "https://id.example.com/.well-known/jwks.json"
+		}, ""},
+		{"auth jwks loopback http", func(c *Config) { c.Auth.Mode, c.Auth.JWKS.URL = AuthJWT, "http://127.0.0.1:9000/jwks" }, ""},
+		{"auth jwks http", func(c *Config) { c.Auth.Mode, c.Auth.JWKS.URL = AuthJWT, "http://id.example.com/jwks" },
+			`auth.jwks.url: must be https (http only to a loopback address), got "http://id.example.com/jwks"`},
+		{"auth jwks relative", func(c *Config) { c.Auth.Mode, c.Auth.JWKS.URL = AuthJWT, "/jwks" }, `auth.jwks.url: must be an absolute URL`},
+		{"auth jwks refresh", func(c *Config) {
+			c.Auth.Mode, c.Auth.JWKS.URL, c.Auth.JWKS.Refresh = AuthJWT, "https://id.example.com/jwks", 0
+		}, `auth.jwks.refresh: must be greater than 0`},
 		{"auth secret unused when none", func(c *Config) { c.Auth.HMACSecret = "short" }, ""},
 		{"auth leeway zero", func(c *Config) { c.Auth.Leeway = 0 }, ""},
 		{"auth leeway negative", func(c *Config) { c.Auth.Leeway = -time.Second }, `auth.leeway: must not be negative, got -1s`},
@@ -958,6 +992,28 @@ sockjs:
 	}
 }
 
+// TestLoadAuthKeys: auth.keys from a file.
+func TestLoadAuthKeys(t *testing.T) {
+	path := writeConfig(t, `
+auth:
+  mode: jwt
+  keys:
+    - id: "2026-01"
+      public_key_file: /etc/cometgate/2026-01.pem
+      algorithm: RS256
+    - id: "2026-02"
+      hmac_secret: "`+strings.Repeat("k", 32)+`"
+`)
+	c, err := Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []AuthKey{{ID: "2026-01", PublicKeyFile: "/etc/cometgate/2026-01.pem", Algorithm: "RS256"}, {ID: "2026-02", HMACSecret: strings.Repeat("k", 32)}}
+	if !reflect.DeepEqual(c.Auth.Keys, want) {
+		t.Errorf("keys = %+v\nwant %+v", c.Auth.Keys, want)
+	}
+}
+
 // TestLoadAuth: the auth section from a file with the secret from the
 // environment, the token permission accepted with it, and errors that
 // name their key without echoing the secret.
@@ -981,7 +1037,9 @@ channels:
 	}
 	want := Auth{Mode: AuthJWT, HMACSecret: secret, Issuer: "https://app.example.com", Audience: "cometgate",
 		Leeway: 5 * time.Second, Required: true}
-	if c.Auth != want {
+	want.Keys = []AuthKey{}
+	want.JWKS = wantDefaults().Auth.JWKS
+	if !reflect.DeepEqual(c.Auth, want) {
 		t.Errorf("auth = %+v\nwant %+v", c.Auth, want)
 	}
 	if ch := c.Channels[0]; ch.Subscribe != PermissionToken || ch.Publish != PermissionToken {
@@ -989,7 +1047,7 @@ channels:
 	}
 
 	// Without the secret the same file is refused, naming the section.
-	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), "auth: mode jwt needs hmac_secret or public_key_file") {
+	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), "auth: mode jwt needs hmac_secret, public_key_file, keys or jwks.url") {
 		t.Errorf("no secret: %v", err)
 	}
 	// A short secret is refused without being echoed.

@@ -114,12 +114,16 @@ func (v *validator) auth(au *Auth) {
 	case !jwt:
 	case au.HMACSecret != "" && au.PublicKeyFile != "":
 		v.failf("auth", "set either hmac_secret or public_key_file, not both")
-	case au.HMACSecret == "" && au.PublicKeyFile == "":
-		v.failf("auth", "mode jwt needs hmac_secret or public_key_file")
+	case au.HMACSecret == "" && au.PublicKeyFile == "" && len(au.Keys) == 0 && au.JWKS.URL == "":
+		v.failf("auth", "mode jwt needs hmac_secret, public_key_file, keys or jwks.url")
 	case au.HMACSecret != "" && len(au.HMACSecret) < 32:
 		// A short shared secret can be brute-forced offline from any one
 		// token. Its value is never echoed.
 		v.failf("auth.hmac_secret", "must be at least 32 bytes, got %d", len(au.HMACSecret))
+	}
+	if jwt {
+		v.authKeys(au)
+		v.jwks(&au.JWKS)
 	}
 	if au.Leeway < 0 {
 		v.failf("auth.leeway", "must not be negative, got %s", au.Leeway)
@@ -127,6 +131,69 @@ func (v *validator) auth(au *Auth) {
 	if au.Required && !jwt {
 		v.failf("auth.required", "true needs auth.mode jwt")
 	}
+}
+
+// authKeys checks auth.keys: ids present and distinct (a token's "kid"
+// picks one), one key each, an algorithm of a known name. Whether the
+// algorithm goes with a key file's type is checked where the file is
+// read, at start-up.
+func (v *validator) authKeys(au *Auth) {
+	single := au.HMACSecret != "" || au.PublicKeyFile != ""
+	seen := make(map[string]bool)
+	for i, k := range au.Keys {
+		key := fmt.Sprintf("auth.keys[%d]", i)
+		switch {
+		case k.ID == "":
+			v.failf(key+".id", "is required: it is the \"kid\" of the tokens the key verifies")
+		case seen[k.ID]:
+			v.failf(key+".id", "%q is listed twice", k.ID)
+		}
+		seen[k.ID] = true
+		switch {
+		case (k.HMACSecret == "") == (k.PublicKeyFile == ""):
+			v.failf(key, "set exactly one of hmac_secret and public_key_file")
+		case k.HMACSecret != "" && len(k.HMACSecret) < 32:
+			v.failf(key+".hmac_secret", "must be at least 32 bytes, got %d", len(k.HMACSecret))
+		}
+		if k.Algorithm != "" {
+			v.oneOf(key+".algorithm", k.Algorithm, "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+		}
+	}
+	if single && len(au.Keys) > 0 {
+		// The single key has no id: among several, tokens could not name it.
+		v.failf("auth", "set hmac_secret or public_key_file, or keys, not both (list every key under keys, each with its id)")
+	}
+}
+
+// jwks checks auth.jwks: a URL the node may trust keys from (https, or
+// http only to a loopback address: keys fetched in the clear could be
+// replaced on the way) and positive intervals.
+func (v *validator) jwks(j *AuthJWKS) {
+	if j.URL == "" {
+		return
+	}
+	u, err := url.Parse(j.URL)
+	switch {
+	case err != nil || u.Host == "":
+		v.failf("auth.jwks.url", "must be an absolute URL, got %q", j.URL)
+	case u.Scheme == "https":
+	case u.Scheme == "http" && isLoopbackHost(u.Hostname()):
+	default:
+		v.failf("auth.jwks.url", "must be https (http only to a loopback address), got %q", j.URL)
+	}
+	v.positive("auth.jwks.refresh", j.Refresh)
+	v.positive("auth.jwks.min_refetch", j.MinRefetch)
+	v.positive("auth.jwks.max_age", j.MaxAge)
+	v.positive("auth.jwks.timeout", j.Timeout)
+}
+
+// isLoopbackHost reports whether host is localhost or a loopback address.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }
 
 func (v *validator) broker(b *Broker) {

@@ -1,12 +1,6 @@
 package gateway
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"time"
@@ -75,14 +69,25 @@ func mayDo(perm Permission, p *Principal, grants func(*Principal) []string, patt
 func subscribeGrants(p *Principal) []string { return p.Subscribe }
 func publishGrants(p *Principal) []string   { return p.Publish }
 
-// TokenOptions configure a TokenVerifier. Exactly one of HMACSecret and
-// PublicKeyPEM is set.
+// TokenOptions configure a TokenVerifier: the keys tokens may be signed
+// with (Keys, or the single key of HMACSecret or PublicKeyPEM, or a JWKS
+// the verifier keeps fetched), and the checks on their claims.
 type TokenOptions struct {
 	// HMACSecret verifies HS256, HS384 and HS512 tokens. At least 32 bytes.
+	// It is the same as one entry of Keys without an ID.
 	HMACSecret []byte
 	// PublicKeyPEM verifies RS*, PS*, ES* or EdDSA tokens, by the key type:
-	// an RSA, ECDSA or Ed25519 public key ("PUBLIC KEY" PEM block).
+	// an RSA, ECDSA or Ed25519 public key ("PUBLIC KEY" PEM block). It is
+	// the same as one entry of Keys without an ID.
 	PublicKeyPEM []byte
+	// Keys are verification keys with their "kid" (rotation: the
+	// application signs with the newest, the gateway accepts all listed).
+	// See Verify for how a token's "kid" picks one.
+	Keys []VerificationKey
+	// JWKS, when set, is a key set fetched from a URL whose keys the
+	// verifier uses too (after Keys). The caller owns it and closes it
+	// after the verifier's last use.
+	JWKS *JWKS
 	// Issuer and Audience, when set, must be the token's "iss" and one of
 	// its "aud".
 	Issuer   string
@@ -96,47 +101,52 @@ type TokenOptions struct {
 // TokenVerifier checks tokens and turns them into principals. It is safe
 // for concurrent use.
 type TokenVerifier struct {
-	key    any
+	keys   []verifyKey // the configured keys
+	jwks   *JWKS       // nil: none
 	leeway time.Duration
 	parser *jwt.Parser
 }
 
 // NewTokenVerifier checks the options and builds a verifier.
 func NewTokenVerifier(o TokenOptions) (*TokenVerifier, error) {
-	var methods []string
-	var key any
-	switch {
-	case len(o.HMACSecret) > 0 && len(o.PublicKeyPEM) > 0:
+	if len(o.HMACSecret) > 0 && len(o.PublicKeyPEM) > 0 {
 		return nil, errors.New("gateway: tokens: set either an HMAC secret or a public key, not both")
-	case len(o.HMACSecret) > 0:
-		if len(o.HMACSecret) < 32 {
-			return nil, fmt.Errorf("gateway: tokens: the HMAC secret must be at least 32 bytes, got %d", len(o.HMACSecret))
-		}
-		key, methods = o.HMACSecret, []string{"HS256", "HS384", "HS512"}
-	case len(o.PublicKeyPEM) > 0:
-		block, _ := pem.Decode(o.PublicKeyPEM)
-		if block == nil {
-			return nil, errors.New("gateway: tokens: the public key is not PEM")
-		}
-		pub, err := x509.ParsePKIXPublicKey(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("gateway: tokens: the public key: %w", err)
-		}
-		switch pub.(type) {
-		case *rsa.PublicKey:
-			methods = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
-		case *ecdsa.PublicKey:
-			methods = []string{"ES256", "ES384", "ES512"}
-		case ed25519.PublicKey:
-			methods = []string{"EdDSA"}
-		default:
-			return nil, fmt.Errorf("gateway: tokens: unsupported public key type %T", pub)
-		}
-		key = pub.(crypto.PublicKey)
-	default:
-		return nil, errors.New("gateway: tokens: an HMAC secret or a public key is required")
 	}
-	opts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithLeeway(o.Leeway), jwt.WithIssuedAt()}
+	all := o.Keys
+	if len(o.HMACSecret) > 0 || len(o.PublicKeyPEM) > 0 {
+		all = append([]VerificationKey{{HMACSecret: o.HMACSecret, PublicKeyPEM: o.PublicKeyPEM}}, all...)
+	}
+	if len(all) == 0 && o.JWKS == nil {
+		return nil, errors.New("gateway: tokens: an HMAC secret, a public key, keys or a JWKS is required")
+	}
+	keys := make([]verifyKey, 0, len(all))
+	ids := make(map[string]bool)
+	for i, k := range all {
+		vk, err := k.parse()
+		if err != nil {
+			if k.ID != "" {
+				return nil, fmt.Errorf("gateway: tokens: key %q: %w", k.ID, err)
+			}
+			if len(all) > 1 {
+				return nil, fmt.Errorf("gateway: tokens: key %d: %w", i, err)
+			}
+			return nil, fmt.Errorf("gateway: tokens: %w", err)
+		}
+		if ids[k.ID] {
+			if k.ID == "" {
+				return nil, errors.New("gateway: tokens: with several keys, each needs an id (the tokens' \"kid\")")
+			}
+			return nil, fmt.Errorf("gateway: tokens: key id %q is listed twice", k.ID)
+		}
+		ids[k.ID] = true
+		keys = append(keys, vk)
+	}
+	if len(keys) > 1 && ids[""] {
+		return nil, errors.New("gateway: tokens: with several keys, each needs an id (the tokens' \"kid\")")
+	}
+	// Every algorithm some key type has; each key then accepts only its
+	// own (keyFor), so that no token picks how its key is used.
+	opts := []jwt.ParserOption{jwt.WithValidMethods(allAlgorithms), jwt.WithLeeway(o.Leeway), jwt.WithIssuedAt()}
 	if o.Issuer != "" {
 		opts = append(opts, jwt.WithIssuer(o.Issuer))
 	}
@@ -146,7 +156,7 @@ func NewTokenVerifier(o TokenOptions) (*TokenVerifier, error) {
 	if o.RequireExpiry {
 		opts = append(opts, jwt.WithExpirationRequired())
 	}
-	return &TokenVerifier{key: key, leeway: o.Leeway, parser: jwt.NewParser(opts...)}, nil
+	return &TokenVerifier{keys: keys, jwks: o.JWKS, leeway: o.Leeway, parser: jwt.NewParser(opts...)}, nil
 }
 
 // tokenClaims are the claims cometgate reads.
@@ -180,7 +190,13 @@ func (p *Principal) MayBridge(name string) bool {
 const maxTokenBytes = 8 << 10
 
 // Verify checks token's signature, algorithm, expiry, issuer and audience
-// and returns its principal. A token without a subject, or whose grants
+// and returns its principal. The key is the one whose ID is the token's
+// "kid"; a token without "kid" is verified only when the verifier holds
+// exactly one key (there is no trying one key after another); a single key
+// configured without an ID verifies every token, whatever its "kid" (the
+// set-up of one key, before rotation). The key's type fixes the
+// algorithm: an HMAC secret verifies only HS*, an RSA key only RS*/PS*,
+// and so on, whatever the token's "alg" says. A token without a subject, or whose grants
 // are not valid patterns, is refused. The error says why, without the
 // token.
 func (v *TokenVerifier) Verify(token string) (*Principal, error) {
@@ -188,7 +204,7 @@ func (v *TokenVerifier) Verify(token string) (*Principal, error) {
 		return nil, fmt.Errorf("token longer than %d bytes", maxTokenBytes)
 	}
 	var c tokenClaims
-	_, err := v.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return v.key, nil })
+	_, err := v.parser.ParseWithClaims(token, &c, v.keyFor)
 	if err != nil {
 		return nil, err
 	}
@@ -216,6 +232,12 @@ func (v *TokenVerifier) Verify(token string) (*Principal, error) {
 // audience when they are not "": what "cometgate token" prints, for tests
 // and for applications that sign with a shared secret.
 func SignToken(secret []byte, p Principal, issuer, audience string, ttl time.Duration) (string, error) {
+	return SignTokenKID(secret, "", p, issuer, audience, ttl)
+}
+
+// SignTokenKID is SignToken with the header "kid" (none when kid is ""):
+// the id of the key among a verifier's Keys.
+func SignTokenKID(secret []byte, kid string, p Principal, issuer, audience string, ttl time.Duration) (string, error) {
 	now := time.Now()
 	c := tokenClaims{RegisteredClaims: jwt.RegisteredClaims{
 		Subject:   p.Subject,
@@ -227,5 +249,9 @@ func SignToken(secret []byte, p Principal, issuer, audience string, ttl time.Dur
 		c.Audience = jwt.ClaimStrings{audience}
 	}
 	c.Grants = &grantClaim{Subscribe: p.Subscribe, Publish: p.Publish, TCP: p.TCP}
-	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
+	t := jwt.NewWithClaims(jwt.SigningMethodHS256, c)
+	if kid != "" {
+		t.Header["kid"] = kid
+	}
+	return t.SignedString(secret)
 }

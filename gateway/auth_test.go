@@ -547,18 +547,10 @@ func TestRulesTokenMayPublish(t *testing.T) {
 // and reads its hello.
 func openAs(t *testing.T, g *testGateway, p *Principal) (*Session, *fakeTransport) {
 	t.Helper()
-	s, err := g.Open(OpenOptions{Transport: "fake", Principal: p})
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
+	s, tr := openWith(t, g, OpenOptions{Transport: "fake", Principal: p})
 	if s.Principal() != p {
 		t.Fatalf("Principal() = %v, want %v", s.Principal(), p)
 	}
-	tr := newFakeTransport(0)
-	if err := s.Attach(tr, false); err != nil {
-		t.Fatalf("Attach: %v", err)
-	}
-	nextType(t, tr, TypeHello)
 	return s, tr
 }
 

@@ -113,15 +113,7 @@ func TestSendDataContext(t *testing.T) {
 // gateway's (an hour here).
 func TestSessionOwnIntervals(t *testing.T) {
 	g := newTestGateway(t, func(c *Config) { c.Heartbeat, c.DisconnectDelay = time.Hour, time.Hour })
-	s, err := g.Open(OpenOptions{Transport: "fake", Retain: true, Heartbeat: 20 * time.Millisecond, DisconnectDelay: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := newFakeTransport(0)
-	if err := s.Attach(tr, false); err != nil {
-		t.Fatal(err)
-	}
-	nextType(t, tr, TypeHello)
+	s, tr := openWith(t, g, OpenOptions{Transport: "fake", Retain: true, Heartbeat: 20 * time.Millisecond, DisconnectDelay: 20 * time.Millisecond})
 	waitFor(t, "a heartbeat on the session's own interval", func() bool { return tr.heartbeats.Load() > 0 })
 	s.Detach(tr)
 	waitDone(t, s)

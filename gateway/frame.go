@@ -17,6 +17,9 @@ const (
 	OpPub   = "pub"
 	OpAck   = "ack"
 	OpPing  = "ping"
+	// OpRefresh carries a fresh token for the session's principal (in-band
+	// token refresh, see Session.Apply).
+	OpRefresh = "refresh"
 )
 
 // Frame is one decoded client→server frame. The wire format is documented
@@ -37,6 +40,8 @@ type Frame struct {
 	// after it lost the answer sends the same MID, and the message is
 	// delivered once (see brokers.Message.ID).
 	MID string `json:"mid,omitempty"`
+	// Token is a refresh frame's token.
+	Token string `json:"token,omitempty"`
 }
 
 var errPayloadFields = errors.New(`exactly one of "data", "text" or "b64" is required`)
@@ -68,7 +73,7 @@ func DecodeFrame(data []byte) (Frame, error) {
 		return f, &FrameError{ID: f.ID, Msg: `"mid": ` + err.Error()}
 	}
 	switch f.Op {
-	case OpSub, OpUnsub, OpPub, OpAck, OpPing:
+	case OpSub, OpUnsub, OpPub, OpAck, OpPing, OpRefresh:
 	case "":
 		return f, &FrameError{ID: f.ID, Msg: `missing "op"`}
 	default:

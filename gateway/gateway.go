@@ -224,8 +224,13 @@ type OpenOptions struct {
 	// calling Session.Close or Detach); it must not block.
 	OnClose func()
 	// Principal is who the session acts for (a verified token), or nil.
-	// The session ends with DisconnectTokenExpired when its token expires.
+	// The session ends with DisconnectTokenExpired when its token expires,
+	// unless a refresh frame brought a fresh one first.
 	Principal *Principal
+	// Reauth checks the token of a refresh frame and returns its
+	// principal: the admission gate's check, bound to the session's
+	// subject. nil: the session cannot refresh (it has no token).
+	Reauth func(token string) (*Principal, error)
 	// Heartbeat, when set, replaces Config.Heartbeat for this session (a
 	// SockJS endpoint has its own heartbeat delay). Sessions with the same
 	// interval share one ticker.
@@ -248,11 +253,12 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 		remote:          opts.RemoteAddr,
 		opened:          time.Now(),
 		onClose:         opts.OnClose,
-		principal:       opts.Principal,
+		reauth:          opts.Reauth,
 		heartbeatEvery:  cmp.Or(opts.Heartbeat, g.cfg.Heartbeat),
 		disconnectDelay: cmp.Or(opts.DisconnectDelay, g.cfg.DisconnectDelay),
 		done:            make(chan struct{}),
 	}
+	s.principal.Store(opts.Principal)
 	g.mu.Lock()
 	if g.draining {
 		g.mu.Unlock()
@@ -264,10 +270,10 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 	s.metrics.sessionOpened()
 	s.logEvent("session opened")
 	s.push(helloBody(s.id, s.heartbeatEvery))
-	if p := opts.Principal; p != nil && !p.Expires.IsZero() {
+	if p := opts.Principal; p != nil {
 		s.mu.Lock()
 		if s.state != stateEnded {
-			s.tokenEnd = time.AfterFunc(time.Until(p.Expires), func() { s.Close(DisconnectTokenExpired) })
+			s.armTokenEndLocked(p)
 		}
 		s.mu.Unlock()
 	}

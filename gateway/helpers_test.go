@@ -207,7 +207,14 @@ func noPacket(t *testing.T, tr *fakeTransport) {
 // its hello.
 func openSession(t *testing.T, g *testGateway, retain bool) (*Session, *fakeTransport) {
 	t.Helper()
-	s, err := g.Open(OpenOptions{Transport: "fake", Retain: retain})
+	return openWith(t, g, OpenOptions{Transport: "fake", Retain: retain})
+}
+
+// openWith opens a session with opts and a persistent fake downstream,
+// and reads its hello.
+func openWith(t *testing.T, g *testGateway, opts OpenOptions) (*Session, *fakeTransport) {
+	t.Helper()
+	s, err := g.Open(opts)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

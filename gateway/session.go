@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -65,7 +66,10 @@ type Session struct {
 	opened    time.Time
 	done      chan struct{}
 	onClose   func()
-	principal *Principal // nil: anonymous
+	// principal is who the session acts for (nil: anonymous). A refresh
+	// replaces it, with s.mu held; readers load it without.
+	principal atomic.Pointer[Principal]
+	reauth    func(token string) (*Principal, error) // OpenOptions.Reauth
 	// heartbeatEvery and disconnectDelay are the session's own intervals
 	// (OpenOptions, else the gateway's).
 	heartbeatEvery  time.Duration
@@ -215,7 +219,8 @@ func (s *Session) Retain() bool { return s.retain }
 func (s *Session) Done() <-chan struct{} { return s.done }
 
 // Principal is who the session acts for; nil for an anonymous session.
-func (s *Session) Principal() *Principal { return s.principal }
+// A refresh frame replaces it with the fresh token's.
+func (s *Session) Principal() *Principal { return s.principal.Load() }
 
 // Reason is why the session ended, or is ending: it is set when the
 // session starts closing, and is the zero Disconnect until then.
@@ -452,8 +457,8 @@ func (s *Session) logEvent(msg string, attrs ...slog.Attr) {
 		return
 	}
 	subject := ""
-	if s.principal != nil {
-		subject = s.principal.Subject
+	if p := s.Principal(); p != nil {
+		subject = p.Subject
 	}
 	s.g.log.LogAttrs(ctx, slog.LevelInfo, msg, append([]slog.Attr{
 		slog.String("sid", s.id),

@@ -26,6 +26,9 @@ type subState struct {
 	liveBuf      []*Body
 	liveBufBytes int
 	liveBufLost  bool // the buffer overflowed: later rounds catch up instead
+	// revoked: a refresh took the grant away before the subscription was
+	// ready; subscribe ends it once it is.
+	revoked bool
 }
 
 // HandleFrame applies one client frame. Errors are answered with an err
@@ -137,6 +140,8 @@ func (s *Session) applyFrame(ctx context.Context, f Frame) {
 		s.ack(f.Seq)
 	case OpPing:
 		s.push(okBody(f.ID, ""))
+	case OpRefresh:
+		s.refresh(f.ID, f.Token)
 	}
 }
 
@@ -166,7 +171,8 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start
 		s.push(errBody(id, pattern, 422, err.Error()))
 		return
 	}
-	ns := s.g.cfg.Rules.ForSubscribe(pattern, s.principal)
+	principal := s.Principal()
+	ns := s.g.cfg.Rules.ForSubscribe(pattern, principal)
 	if ns == nil || IsReserved(pattern) {
 		s.push(errBody(id, pattern, 403, fmt.Sprintf("permission denied: subscribe to %q", pattern)))
 		return
@@ -186,6 +192,11 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start
 	switch {
 	case s.state != stateOpen:
 		s.mu.Unlock()
+		return
+	case s.Principal() != principal && s.g.cfg.Rules.ForSubscribe(pattern, s.Principal()) == nil:
+		// A refresh replaced the grants since the check.
+		s.mu.Unlock()
+		s.push(errBody(id, pattern, 403, fmt.Sprintf("permission denied: subscribe to %q", pattern)))
 		return
 	case s.subs[pattern] != nil:
 		s.mu.Unlock()
@@ -235,14 +246,21 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start
 	}
 	st.ready = true
 	// A session that ended meanwhile released the subscriptions that were
-	// ready then, not this one.
+	// ready then, not this one; a refresh that took the grant away
+	// meanwhile left this one to end here.
 	gone := s.state == stateEnded
-	if s.state == stateOpen && st.replaying {
+	if st.revoked {
+		delete(s.subs, pattern)
+	}
+	if s.state == stateOpen && st.replaying && !st.revoked {
 		s.startReplayLocked(pattern, st)
 	}
 	s.mu.Unlock()
-	if gone {
+	if gone || st.revoked {
 		s.g.hub.unsubscribe(s, pattern)
+	}
+	if st.revoked {
+		s.push(subscriptionEnded(pattern))
 	}
 }
 
@@ -296,7 +314,7 @@ func (s *Session) enqueuePublish(f Frame) {
 		s.push(errBody(f.ID, f.Ch, 422, err.Error()))
 		return
 	}
-	if !s.g.cfg.Rules.MayPublish(f.Ch, s.principal) || IsReserved(f.Ch) {
+	if !s.g.cfg.Rules.MayPublish(f.Ch, s.Principal()) || IsReserved(f.Ch) {
 		s.push(errBody(f.ID, f.Ch, 403, fmt.Sprintf("permission denied: publish to %q", f.Ch)))
 		return
 	}

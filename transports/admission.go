@@ -1,6 +1,7 @@
 package transports
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -122,6 +123,7 @@ func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refus
 			}
 		},
 		Principal:       principal,
+		Reauth:          g.reauth(principal),
 		Heartbeat:       spec.heartbeat,
 		DisconnectDelay: spec.disconnectDelay,
 	})
@@ -155,6 +157,25 @@ func (g *gate) join(r *http.Request, sess *gateway.Session, callback bool) *refu
 		return &refusal{status: http.StatusForbidden, code: gateway.DisconnectForbidden.Code, msg: "the session belongs to another principal"}
 	}
 	return nil
+}
+
+// reauth is the check of a session's refresh frames (in-band token
+// refresh): the token verifies as at admission, and is for the principal
+// the session is bound to. nil for a session without one.
+func (g *gate) reauth(owner *gateway.Principal) func(string) (*gateway.Principal, error) {
+	if owner == nil || g.tokens == nil {
+		return nil
+	}
+	return func(tok string) (*gateway.Principal, error) {
+		p, err := g.tokens.Verify(tok)
+		if err != nil {
+			return nil, fmt.Errorf("invalid token: %w", err)
+		}
+		if p.Subject != owner.Subject {
+			return nil, gateway.ErrOtherPrincipal
+		}
+		return p, nil
+	}
 }
 
 // origin refuses a browser page from an Origin the node does not allow.

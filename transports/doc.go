@@ -98,6 +98,18 @@
 //	{"op":"pub","id":8,"ch":"bids.lot7","data":1,"mid":"bid-17"}  with a message id
 //	{"op":"ack","seq":41}                              every packet up to seq 41 arrived
 //	{"op":"ping","id":7}                               answered with ok
+//	{"op":"refresh","id":10,"token":"eyJ…"}            a fresh token for the session's principal
+//
+// In-band token refresh: a session opened with a token ends with close
+// 3004 "token expired" at its expiry, unless the client sent a refresh
+// frame with a fresh token first (on any transport: a WebSocket message,
+// a poll or send POST). The token is checked as at admission and must be
+// for the same subject (else err 401 / 403; the session goes on with the
+// old token). Accepted, the session acts with the new token's grants and
+// lives until its expiry; each subscription the new grants no longer
+// allow ends first, with an err packet carrying its "ch", code 403 and no
+// id. Follow-up requests of the session (poll, send) must then carry the
+// new token, as they carry the old one.
 //
 // Current state on subscribe: on a channel with history, "latest":true
 // starts the subscription with the last stored message of each channel

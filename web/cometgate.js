@@ -60,6 +60,12 @@
  *                      set headers): use HTTPS and short-lived tokens.
  *                        token: () => fetch("/my-app/cometgate-token",
  *                          { credentials: "same-origin" }).then((r) => r.text())
+ *                      In-band refresh: when token is a function and its
+ *                      token is a JWT with "exp", the client calls it again
+ *                      before that expiry (with a third of the remaining
+ *                      lifetime left, at most a minute before) and sends the
+ *                      new token over the session (refreshToken), which then
+ *                      outlives the first token without reconnecting.
  *   WebSocket, EventSource, fetch
  *                      implementations to use instead of the globals (tests,
  *                      non-browser hosts).
@@ -77,6 +83,11 @@
  *       promise is pending);
  *       {code, reason, delay} for "disconnected" (delay = ms until the next
  *       attempt); {code, reason} for "closed".
+ *   refreshToken(token) → Promise: sends a fresh token for the session's
+ *     principal in-band ({"op":"refresh"}); resolves when the gateway took
+ *     it (the session then has its grants and expiry; subscriptions they
+ *     no longer allow end with an "error" event, code 403), rejects with
+ *     the gateway's refusal. Later requests and reconnects use the token.
  *   subscribe(channel, onMessage?, {cursor}?) → Subscription
  *       channel may be a pattern ("demo.ticker.*", "demo.>"). cursor resumes
  *       a channel with history after that message. Subscribing to a channel
@@ -415,6 +426,18 @@
   // tokenParam is the query part that carries a token ("" without one):
   // WebSocket and EventSource cannot set an Authorization header, so every
   // transport presents the token the same way.
+  // tokenExpiry is a JWT's "exp" in ms since the epoch, 0 when it has none
+  // (or is not a JWT): only for scheduling a refresh, nothing is verified.
+  function tokenExpiry(token) {
+    try {
+      const part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const exp = JSON.parse(atob(part + "===".slice((part.length + 3) % 4))).exp;
+      return typeof exp === "number" && exp > 0 ? exp * 1000 : 0;
+    } catch (e) {
+      return 0;
+    }
+  }
+
   function tokenParam(token) {
     return token ? "token=" + encodeURIComponent(token) : "";
   }
@@ -1535,6 +1558,7 @@
       this._preferred = null; // the transport that worked last
       this._token = ""; // the token of the current connection attempt
       this._tokenWait = null; // set while options.token's promise is pending
+      this._refreshTimer = null; // in-band token refresh (_scheduleTokenRefresh)
 
       this._onOnline = () => {
         if (this.state === "disconnected" && this._reconnectTimer) this.connect();
@@ -1564,6 +1588,7 @@
 
     close() {
       if (this.state === "closed") return;
+      clearTimeout(this._refreshTimer);
       this._finish({ code: 1000, reason: "closed by the client" });
     }
 
@@ -1621,6 +1646,35 @@
     ping() {
       const t0 = now();
       return this._request("ping", { op: "ping" }).then(() => now() - t0);
+    }
+
+    // ---- in-band token refresh ----
+
+    refreshToken(token) {
+      if (typeof token !== "string" || token === "") return Promise.reject(new TypeError("CometGate: refreshToken needs a token"));
+      return this._request("refresh", { op: "refresh", token: token }).then((p) => {
+        this._token = token;
+        if (this._conn && this._conn.helloSeen) this._scheduleTokenRefresh(this._conn);
+        return p;
+      });
+    }
+
+    // _scheduleTokenRefresh arms the refresh of the current token on conn
+    // (see options.token): only with a token function and a JWT "exp".
+    _scheduleTokenRefresh(conn) {
+      clearTimeout(this._refreshTimer);
+      this._refreshTimer = null;
+      const exp = typeof this.options.token === "function" ? tokenExpiry(this._token) : 0;
+      if (!exp) return;
+      const left = exp - Date.now();
+      this._refreshTimer = setTimeout(() => {
+        this._refreshTimer = null;
+        if (this._conn !== conn || this.state !== "connected") return;
+        Promise.resolve()
+          .then(() => this.options.token())
+          .then((t) => (this._conn === conn ? this.refreshToken(t) : null))
+          .catch((e) => this._debug("token refresh failed (the session ends when the token expires):", e));
+      }, Math.max(0, left - Math.min(60000, left / 3)));
     }
 
     // ---- requests ----
@@ -2078,6 +2132,7 @@
       this._transmit(conn, out);
       this._startLiveness(conn);
       this._setState("connected", { transport: conn.name, sessionId: p.sid });
+      this._scheduleTokenRefresh(conn);
     }
 
     // _syncSubscriptions brings a new session in line with the client's
@@ -2132,6 +2187,12 @@
           // Unsubscribed before the server had it: an unsub sent meanwhile
           // may have come too early.
           this._sendUnsub(conn, p.ch);
+          return;
+        }
+        if (entry && entry.status === "active" && p.t === "err") {
+          // The server ended the subscription (a refreshed token no
+          // longer grants it).
+          this._subAnswered(entry, p);
           return;
         }
         if (!entry || entry.status !== "initial") return;

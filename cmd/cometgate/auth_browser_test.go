@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -333,20 +334,18 @@ func TestAuthBrowserTokenExpiry(t *testing.T) {
 	// watches (signed before the browser started, it could expire before
 	// the first connection on a busy machine). JWT expiry has a
 	// resolution of a second: the first ends in 4 to 5 s.
-	issuer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ttl := time.Hour
-		if r.URL.Query().Get("n") == "1" {
-			ttl = 5 * time.Second
+	issuer := tokenIssuer(t, secret, func(n string) (time.Duration, bool) {
+		switch n {
+		case "1":
+			return 5 * time.Second, true
+		case "2":
+			// The client asks for a fresh token before the first one
+			// expires, to refresh in-band: this one is refused, so the
+			// session ends at the first token's expiry.
+			return 0, false
 		}
-		tok, err := gateway.SignToken(secret, alice, "", "", ttl)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Access-Control-Allow-Origin", "*")
-		_, _ = io.WriteString(w, tok)
-	}))
-	defer issuer.Close()
+		return time.Hour, true
+	})
 
 	b := newTab(t)
 	b.do(chromedp.Navigate(n.url("/")))
@@ -360,8 +359,8 @@ func TestAuthBrowserTokenExpiry(t *testing.T) {
 	b.waitFor(`A.c["exp"].subscribed === 2 && A.c["exp"].cg.state === "connected"`, diagOf("exp"))
 	var calls int
 	b.eval(`A.c["exp"].tokenCalls`, &calls)
-	if calls != 2 {
-		t.Fatalf("token function called %d times, want 2", calls)
+	if calls != 3 {
+		t.Fatalf("token function called %d times, want 3 (the first token, the refused refresh, the reconnect)", calls)
 	}
 	var sids []string
 	expired := false
@@ -380,4 +379,86 @@ func TestAuthBrowserTokenExpiry(t *testing.T) {
 	b.waitFor(`A.c["exp"].msgs.length >= 2`, diagOf("exp"))
 	checkSecret(t, b.authMsgs("exp"), "secret.exp", 0, 2)
 	b.closeAuthClient("exp")
+}
+
+// tokenIssuer is the application's token endpoint of the browser tests:
+// for the n-th call of a client's token function (?n=), ttl says how long
+// the token it signs for alice lives, or that it answers a string that is
+// no token.
+func tokenIssuer(t *testing.T, secret []byte, ttl func(n string) (time.Duration, bool)) *httptest.Server {
+	t.Helper()
+	issuer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		d, ok := ttl(r.URL.Query().Get("n"))
+		if !ok {
+			_, _ = io.WriteString(w, "not-a-token")
+			return
+		}
+		tok, err := gateway.SignToken(secret, alice, "", "", d)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		_, _ = io.WriteString(w, tok)
+	}))
+	t.Cleanup(issuer.Close)
+	return issuer
+}
+
+// TestAuthBrowserRefresh: a page whose token function hands out a fresh
+// token before the first one expires keeps its WebSocket session and its
+// long-poll session past that expiry: the client sends the new token
+// in-band, the poll's follow-up requests carry it, and no session ends.
+func TestAuthBrowserRefresh(t *testing.T) {
+	n, secret := startAuthNode(t, "  leeway: 0s\n")
+	// The first token of each client is short: JWT expiry has a
+	// resolution of a second, so it ends 4 to 5 s after it was signed.
+	var firstExp atomic.Int64
+	issuer := tokenIssuer(t, secret, func(n string) (time.Duration, bool) {
+		if n != "1" {
+			return time.Hour, true
+		}
+		exp := time.Now().Add(5 * time.Second).Unix()
+		for old := firstExp.Load(); exp > old && !firstExp.CompareAndSwap(old, exp); old = firstExp.Load() {
+		}
+		return 5 * time.Second, true
+	})
+
+	b := newTab(t)
+	b.do(chromedp.Navigate(n.url("/")))
+	b.waitFor(`typeof CometGate === "function"`, `typeof CometGate`)
+	b.eval(authHarnessJS, nil)
+	clients := map[string]string{"ws": "websocket", "poll": "poll"}
+	for name, transport := range clients {
+		b.openAuthClient(name, fmt.Sprintf(`{transports: [%q], minReconnectDelay: 100, maxReconnectDelay: 400}`, transport),
+			"secret."+name, []string{issuer.URL + "/token"}, "fetch")
+	}
+	for name, transport := range clients {
+		b.waitFor(fmt.Sprintf(`A.c[%q].subscribed === 1 && A.c[%q].cg.transport === %q`, name, name, transport), diagOf(name))
+	}
+	// Each client refreshes in-band (its second token call) ...
+	for name := range clients {
+		b.waitFor(fmt.Sprintf(`A.c[%q].tokenCalls >= 2`, name), diagOf(name))
+	}
+	// ... and is still in its first session once the first tokens expired.
+	expMs := firstExp.Load()*1000 + 1000
+	b.waitFor(fmt.Sprintf(`Date.now() > %d`, expMs), `Date.now()`)
+	for i, name := range []string{"ws", "poll"} {
+		publishSecret(t, n, "secret."+name, i, i+1)
+		b.waitFor(fmt.Sprintf(`A.c[%q].msgs.length >= 1`, name), diagOf(name))
+		checkSecret(t, b.authMsgs(name), "secret."+name, i, i+1)
+		var sids []string
+		for _, s := range b.authStates(name) {
+			if s.State == "disconnected" || s.State == "closed" {
+				t.Errorf("%s: the session ended: %+v", name, b.authStates(name))
+			}
+			if s.State == "connected" {
+				sids = append(sids, s.Sid)
+			}
+		}
+		if len(sids) != 1 {
+			t.Errorf("%s: sessions %q, want one across the refresh", name, sids)
+		}
+		b.closeAuthClient(name)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -13,9 +14,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -464,7 +467,7 @@ func TestTokenCommand(t *testing.T) {
 		want string
 	}{
 		{"auth none", []string{"token", "--sub", "alice"}, "auth.mode"},
-		{"public key only", []string{"token", "--config", pubCfg, "--sub", "alice"}, "auth.hmac_secret is not set"},
+		{"public key only", []string{"token", "--config", pubCfg, "--sub", "alice"}, "no HMAC secret"},
 		{"no subject", []string{"token", "--config", cfg}, "usage"},
 		{"argument", []string{"token", "--config", cfg, "--sub", "alice", "extra"}, "usage"},
 		{"bad pattern", []string{"token", "--config", cfg, "--sub", "alice", "--subscribe", "a..b"}, `pattern "a..b"`},
@@ -565,5 +568,128 @@ func TestAuthBridgeAccess(t *testing.T) {
 	}
 	if got := readBridge(t, conn, 2); string(got) != "hi" {
 		t.Fatalf("echo %q", got)
+	}
+}
+
+// TestAuthKeyRotation: a node with auth.keys accepts tokens of each key
+// by their "kid" ("cometgate token --kid" for the HMAC ones), refuses a
+// token whose "kid" no key has and a token without "kid", and a key file
+// that does not load stops start-up naming its entry.
+func TestAuthKeyRotation(t *testing.T) {
+	keyFile, priv := writeKeyPair(t)
+	yaml := fmt.Sprintf(`auth:
+  mode: jwt
+  keys:
+    - id: old
+      hmac_secret: %q
+    - id: new
+      hmac_secret: %q
+    - id: app
+      public_key_file: %q
+      algorithm: EdDSA
+channels:
+  - pattern: "secret.>"
+    subscribe: token
+    publish: nobody
+`, authSecret, strings.Repeat("n", 32), keyFile)
+	cfg := writeTemp(t, "keys.yaml", yaml)
+	n := startNodeArgs(t, []string{"--config", cfg})
+	ed := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{
+		"sub": "carol", "exp": time.Now().Add(time.Hour).Unix(),
+		"cometgate": map[string]any{"subscribe": []string{"secret.carol"}},
+	})
+	ed.Header["kid"] = "app"
+	edTok, err := ed.SignedString(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tok := range map[string]string{
+		"old": makeToken(t, cfg, "--sub", "carol", "--subscribe", "secret.carol", "--kid", "old"),
+		"new": makeToken(t, cfg, "--sub", "carol", "--subscribe", "secret.carol", "--kid", "new"),
+		"app": edTok,
+	} {
+		conn := dialWSWith(t, n, "/ws", http.Header{"Authorization": {"Bearer " + tok}})
+		packets, _ := wsPackets(t, conn)
+		next(t, packets, "hello")
+		wantAnswer(t, conn, packets, 1, `{"op":"sub","id":1,"ch":"secret.carol"}`, "ok")
+		_ = conn.Close()
+		t.Logf("key %s: accepted", name)
+	}
+	p := gateway.Principal{Subject: "carol"}
+	retired, _ := gateway.SignTokenKID([]byte(strings.Repeat("r", 32)), "retired", p, "", "", time.Hour)
+	noKID, _ := gateway.SignToken([]byte(authSecret), p, "", "", time.Hour)
+	for _, tt := range []struct{ name, token, msg string }{
+		{"unknown kid", retired, `no key has the token's \"kid\" (\"retired\")`},
+		{"no kid", noKID, `the token has no \"kid\" and 3 keys are configured`},
+	} {
+		status, e := request(t, http.MethodGet, n.url("/ws?token="+tt.token), wsUpgrade(), "")
+		wantRefusal(t, tt.name, status, e, http.StatusUnauthorized, 4401)
+		if !strings.Contains(e.Error, strings.ReplaceAll(tt.msg, `\"`, `"`)) {
+			t.Errorf("%s: refusal %q, want it to say %s", tt.name, e.Error, tt.msg)
+		}
+	}
+	// The application signs with the public key's private half: the
+	// command has no secret for it.
+	err = run(context.Background(), []string{"token", "--config", cfg, "--sub", "x", "--kid", "app"}, nil, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `auth.keys has no entry "app" with an hmac_secret`) {
+		t.Errorf("token --kid app: %v", err)
+	}
+	bad := writeTemp(t, "bad-keys.yaml", strings.Replace(yaml, keyFile, filepath.Join(t.TempDir(), "missing.pem"), 1))
+	err = serve(context.Background(), []string{"--config", bad}, []string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0"}, io.Discard, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "auth.keys[2].public_key_file") {
+		t.Errorf("start-up with a missing key file: %v, want an error naming auth.keys[2].public_key_file", err)
+	}
+}
+
+// TestAuthJWKS: a node with auth.jwks.url verifies tokens with the keys a
+// real server publishes, and, when the set cannot be fetched, refuses
+// them saying so (fail closed).
+func TestAuthJWKS(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Bool
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, `{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"idp-1","use":"sig","x":%q}]}`, base64.RawURLEncoding.EncodeToString(pub))
+	}))
+	defer jwks.Close()
+	yaml := fmt.Sprintf(`auth:
+  mode: jwt
+  jwks:
+    url: %q
+channels:
+  - pattern: "secret.>"
+    subscribe: token
+    publish: nobody
+`, jwks.URL+"/jwks.json")
+	cfg := writeTemp(t, "jwks.yaml", yaml)
+	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{
+		"sub": "carol", "exp": time.Now().Add(time.Hour).Unix(),
+		"cometgate": map[string]any{"subscribe": []string{"secret.carol"}},
+	})
+	tok.Header["kid"] = "idp-1"
+	signed, err := tok.SignedString(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	n := startNodeArgs(t, []string{"--config", cfg})
+	conn := dialWSWith(t, n, "/ws", http.Header{"Authorization": {"Bearer " + signed}})
+	packets, _ := wsPackets(t, conn)
+	next(t, packets, "hello")
+	wantAnswer(t, conn, packets, 1, `{"op":"sub","id":1,"ch":"secret.carol"}`, "ok")
+
+	// A node that cannot fetch the set refuses every token, with why.
+	failing.Store(true)
+	down := startNodeArgs(t, []string{"--config", cfg})
+	status, e := request(t, http.MethodGet, down.url("/ws?token="+signed), wsUpgrade(), "")
+	wantRefusal(t, "JWKS down", status, e, http.StatusUnauthorized, 4401)
+	if !strings.Contains(e.Error, "could not be fetched: status 503") {
+		t.Errorf("refusal %q, want it to say the key set could not be fetched", e.Error)
 	}
 }

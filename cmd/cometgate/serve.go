@@ -98,6 +98,7 @@ type nodeParts struct {
 	ln           net.Listener
 	nodeDir      nodeDirectory
 	nodes        *gateway.Nodes // nil when forwarding between nodes is off
+	jwks         *gateway.JWKS  // nil without auth.jwks.url
 	adminSrv     *http.Server   // nil without admin.listen
 	adminLn      net.Listener
 
@@ -116,7 +117,7 @@ func (n *nodeParts) build(ctx context.Context, h *hooks) error {
 	}
 	// Before the broker: a key that does not load must stop start-up at
 	// once, not after a node came half up.
-	tokens, err := tokenVerifier(n.cfg.Auth)
+	tokens, err := n.tokenVerifier()
 	if err != nil {
 		return err
 	}
@@ -237,7 +238,8 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 	if tokens != nil {
 		// Which kind of key, never the key.
 		log.Info("authentication: jwt", slog.Bool("required", cfg.Auth.Required),
-			slog.Bool("hmac", cfg.Auth.HMACSecret != ""), slog.String("public_key_file", cfg.Auth.PublicKeyFile))
+			slog.Bool("hmac", cfg.Auth.HMACSecret != ""), slog.String("public_key_file", cfg.Auth.PublicKeyFile),
+			slog.Int("keys", len(cfg.Auth.Keys)), slog.String("jwks_url", cfg.Auth.JWKS.URL))
 	}
 	if cfg.Auth.CallbackCookie && tokens != nil {
 		log.Warn("auth.callback_cookie is on: any web site can make a visitor's browser open JSONP and htmlfile sessions with her token cookie; keep it only with a SameSite=Strict cookie")
@@ -376,6 +378,9 @@ func (n *nodeParts) shutdown() {
 	}
 	if n.tsrv != nil {
 		n.tsrv.Wait()
+	}
+	if n.jwks != nil { // after the last request that could verify a token
+		n.jwks.Close()
 	}
 	if n.adminSrv != nil {
 		_ = n.adminSrv.Close()
@@ -688,23 +693,51 @@ func permission(s string) gateway.Permission {
 }
 
 // tokenVerifier builds the verifier of the auth section; nil when
-// auth.mode is none. Errors name the key whose value does not work.
-func tokenVerifier(a configs.Auth) (*gateway.TokenVerifier, error) {
+// auth.mode is none. Errors name the key whose value does not work. With
+// auth.jwks.url it starts the JWKS (n.jwks; shutdown closes it), which
+// fetches the key set once before serving.
+func (n *nodeParts) tokenVerifier() (*gateway.TokenVerifier, error) {
+	a := n.cfg.Auth
 	if a.Mode != configs.AuthJWT {
 		return nil, nil
 	}
 	// A token without "exp" would bind a session for ever: refused.
 	opts := gateway.TokenOptions{Issuer: a.Issuer, Audience: a.Audience, Leeway: a.Leeway, RequireExpiry: true}
 	key := "auth.hmac_secret"
-	if a.HMACSecret != "" {
+	switch {
+	case a.HMACSecret != "":
 		opts.HMACSecret = []byte(a.HMACSecret)
-	} else {
+	case a.PublicKeyFile != "":
 		key = "auth.public_key_file"
 		pem, err := os.ReadFile(a.PublicKeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", key, err)
 		}
 		opts.PublicKeyPEM = pem
+	case len(a.Keys) > 0:
+		key = "auth.keys"
+	default:
+		key = "auth.jwks.url"
+	}
+	if j := a.JWKS; j.URL != "" {
+		var err error
+		n.jwks, err = gateway.StartJWKS(gateway.JWKSOptions{URL: j.URL, Refresh: j.Refresh, MinRefetch: j.MinRefetch,
+			MaxAge: j.MaxAge, Timeout: j.Timeout, Logger: n.log})
+		if err != nil {
+			return nil, fmt.Errorf("auth.jwks.url: %w", err)
+		}
+		opts.JWKS = n.jwks
+	}
+	for i, k := range a.Keys {
+		vk := gateway.VerificationKey{ID: k.ID, Algorithm: k.Algorithm, HMACSecret: []byte(k.HMACSecret)}
+		if k.PublicKeyFile != "" {
+			pem, err := os.ReadFile(k.PublicKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("auth.keys[%d].public_key_file: %w", i, err)
+			}
+			vk.PublicKeyPEM = pem
+		}
+		opts.Keys = append(opts.Keys, vk)
 	}
 	v, err := gateway.NewTokenVerifier(opts)
 	if err != nil {
