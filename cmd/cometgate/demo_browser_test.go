@@ -27,9 +27,9 @@ const screenshotsEnv = "COMETGATE_SCREENSHOTS"
 // startDemoNode starts a node with the demo backend, made predictable:
 // no robot bidders and lots that stay open for an hour (the tests are the
 // only bidders), then whatever mod changes.
-func startDemoNode(t *testing.T, mod func(*demo.Options)) *node {
+func startDemoNode(t *testing.T, mod func(*demo.Options), env ...string) *node {
 	t.Helper()
-	return launchNode(t, nil, []string{"COMETGATE_DEMO_ENABLED=on"}, hooks{demo: func(o *demo.Options) {
+	return launchNode(t, nil, append([]string{"COMETGATE_DEMO_ENABLED=on"}, env...), hooks{demo: func(o *demo.Options) {
 		o.RobotInterval = -1
 		o.LotDuration = time.Hour
 		if mod != nil {
@@ -259,4 +259,45 @@ func TestBrowserDemoElection(t *testing.T) {
 	}
 	b.screenshot("election")
 	b.noNotice("election.html")
+}
+
+// When the node goes away and another takes its place, the ticker page
+// reconnects by itself; ticker.> keeps no history, so the gateway reports
+// a gap on the resubscription, and the page says it may have missed
+// prices, then goes on updating.
+func TestBrowserDemoGapNotice(t *testing.T) {
+	addr := freePort(t)
+	a := startDemoNode(t, nil, "COMETGATE_HTTP_LISTEN="+addr)
+	b := newTab(t)
+	b.do(chromedp.Navigate(a.url("/ticker.html")))
+	b.connected("websocket")
+	diag := `{received: tickerState.received, notice: document.getElementById("notice").textContent, state: document.getElementById("state").textContent}`
+	b.waitFor(`tickerState.received > 100`, diag)
+	b.noNotice("ticker.html")
+	a.shutdown(t)
+	startDemoNode(t, nil, "COMETGATE_HTTP_LISTEN="+addr)
+	b.waitFor(`!document.getElementById("notice").hidden && /may have missed prices/.test(document.getElementById("notice").textContent)`, diag)
+	b.connected("websocket")
+	var received int
+	b.eval(`tickerState.received`, &received)
+	b.waitFor(fmt.Sprintf(`tickerState.received > %d + 100`, received), diag)
+}
+
+// With no configuration but the test's listener, the demo runs on the
+// embedded broker (demo.enabled auto) and its election is there at once
+// for a late subscriber, from history; a node on an external broker
+// (here the first node's embedded NATS) does not run it.
+func TestDemoRunsByDefaultOnTheEmbeddedBroker(t *testing.T) {
+	a := launchNode(t, nil, []string{"COMETGATE_DEMO_ENABLED=auto", "COMETGATE_BROKER_EMBEDDED_LISTEN=127.0.0.1:0"}, hooks{})
+	if !strings.Contains(a.logs.String(), "demo backend is running") {
+		t.Fatalf("no demo backend on the embedded broker:\n%s", a.logs)
+	}
+	s := openSSE(t, a.url("/sse?ch=election.national&latest.election.national=1"))
+	if p := next(t, s.packets, "msg"); p["ch"] != "election.national" || p["cur"] == nil {
+		t.Fatalf("first message %v", p)
+	}
+	b := launchNode(t, nil, []string{"COMETGATE_DEMO_ENABLED=auto", "COMETGATE_BROKER_KIND=nats", "COMETGATE_BROKER_NATS_URLS=" + a.emb.ClientURL()}, hooks{})
+	if strings.Contains(b.logs.String(), "demo backend") {
+		t.Fatalf("a demo backend on an external broker:\n%s", b.logs)
+	}
 }
