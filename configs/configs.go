@@ -77,6 +77,19 @@ const (
 	HistoryNone      = "none"
 	HistoryJetStream = "jetstream"
 	HistoryStream    = "stream"
+	// HistoryAuto is HistoryJetStream with the embedded broker, whose
+	// streams live in this process and cost the operator nothing, and
+	// HistoryNone with an external broker, whose streams are the
+	// operator's to plan (Channel.EffectiveHistory).
+	HistoryAuto = "auto"
+)
+
+// Values of Demo.Enabled.
+const (
+	// DemoAuto runs the demo backend with the embedded broker only.
+	DemoAuto = "auto"
+	DemoOn   = "on"
+	DemoOff  = "off"
 )
 
 // Values of Log.Level and Log.Format.
@@ -109,6 +122,26 @@ type Config struct {
 	Metrics   Metrics   `mapstructure:"metrics"`
 	Admin     Admin     `mapstructure:"admin"`
 	Limits    Limits    `mapstructure:"limits"`
+	Demo      Demo      `mapstructure:"demo"`
+}
+
+// Demo switches the built-in demo backend (package web/demo), which feeds
+// the ticker, auction and election pages.
+type Demo struct {
+	// Enabled is DemoAuto (on with broker.kind embedded only), DemoOn or
+	// DemoOff.
+	Enabled string `mapstructure:"enabled"`
+}
+
+// DemoRuns reports whether the node runs the demo backend.
+func (c *Config) DemoRuns() bool {
+	switch c.Demo.Enabled {
+	case DemoOn:
+		return true
+	case DemoAuto:
+		return c.Broker.Kind == BrokerEmbedded
+	}
+	return false
 }
 
 // Node identifies this gateway node among the nodes sharing a broker.
@@ -442,7 +475,8 @@ type Channel struct {
 	Publish string `mapstructure:"publish"`
 	// SlowConsumer is one of the SlowConsumer* constants.
 	SlowConsumer string `mapstructure:"slow_consumer"`
-	// History is one of the History* constants.
+	// History is one of the History* constants; EffectiveHistory
+	// resolves HistoryAuto.
 	History string `mapstructure:"history"`
 	// HistoryStream names the JetStream stream or RabbitMQ stream queue
 	// that stores the namespace; "" derives one from Pattern.
@@ -454,6 +488,18 @@ type Channel struct {
 	// HistoryReplicas is the JetStream stream's replica count; 0 = 1 when
 	// created, else left as the stream has it.
 	HistoryReplicas int `mapstructure:"history_replicas"`
+}
+
+// EffectiveHistory is the history the namespace has with a broker of
+// kind brokerKind: History, with HistoryAuto resolved.
+func (ch *Channel) EffectiveHistory(brokerKind string) string {
+	if ch.History != HistoryAuto {
+		return ch.History
+	}
+	if brokerKind == BrokerEmbedded {
+		return HistoryJetStream
+	}
+	return HistoryNone
 }
 
 // SockJS is one SockJS endpoint (protocol 0.3), for pages that use the

@@ -95,6 +95,22 @@ func wantDefaults() *Config {
 			History:         HistoryNone,
 			HistoryMaxAge:   24 * time.Hour,
 			HistoryMaxBytes: 256 << 20,
+		}, {
+			Pattern: "ticker.>", Subscribe: PermissionAnyone, Publish: PermissionNobody,
+			SlowConsumer: SlowConsumerConflate, History: HistoryNone,
+			HistoryMaxAge: 24 * time.Hour, HistoryMaxBytes: 256 << 20,
+		}, {
+			Pattern: "auction.bids", Subscribe: PermissionNobody, Publish: PermissionAnyone,
+			SlowConsumer: SlowConsumerDisconnect, History: HistoryNone,
+			HistoryMaxAge: 24 * time.Hour, HistoryMaxBytes: 256 << 20,
+		}, {
+			Pattern: "auction.>", Subscribe: PermissionAnyone, Publish: PermissionNobody,
+			SlowConsumer: SlowConsumerDisconnect, History: HistoryAuto,
+			HistoryMaxAge: time.Hour, HistoryMaxBytes: 64 << 20,
+		}, {
+			Pattern: "election.>", Subscribe: PermissionAnyone, Publish: PermissionNobody,
+			SlowConsumer: SlowConsumerDisconnect, History: HistoryAuto,
+			HistoryMaxAge: time.Hour, HistoryMaxBytes: 64 << 20,
 		}},
 		SockJS: []SockJS{
 			{Prefix: "/sockjs", Mode: SockJSPubSub, Websocket: true, ResponseLimit: 128 << 10,
@@ -106,6 +122,7 @@ func wantDefaults() *Config {
 		Log:     Log{Level: LogInfo, Format: LogText},
 		Metrics: Metrics{Enabled: true},
 		Admin:   Admin{Listen: ""},
+		Demo:    Demo{Enabled: DemoAuto},
 	}
 }
 
@@ -846,15 +863,19 @@ func TestValidate(t *testing.T) {
 		{"pattern space", func(c *Config) { c.Channels[0].Pattern = "a b" }, `channels[0].pattern: token "a b" is not`},
 		{"pattern too long", func(c *Config) { c.Channels[0].Pattern = strings.Repeat("a", 256) }, `channels[0].pattern: must be at most 255 bytes, got 256`},
 		{"pattern 255 bytes", func(c *Config) { c.Channels[0].Pattern = strings.Repeat("a", 255) }, ""},
-		{"pattern duplicate", func(c *Config) { c.Channels = append(c.Channels, c.Channels[0]) }, `channels[1].pattern: "demo.>" repeats channels[0].pattern`},
+		{"pattern duplicate", func(c *Config) { c.Channels = append(c.Channels, c.Channels[0]) }, `channels[5].pattern: "demo.>" repeats channels[0].pattern`},
 		{"subscribe enum", func(c *Config) { c.Channels[0].Subscribe = "everyone" }, `channels[0].subscribe: must be one of anyone | nobody | token, got "everyone"`},
 		{"publish enum", func(c *Config) { c.Channels[0].Publish = "" }, `channels[0].publish: must be one of anyone | nobody | token, got ""`},
 		{"slow_consumer enum", func(c *Config) { c.Channels[0].SlowConsumer = "drop" }, `channels[0].slow_consumer: must be one of disconnect | drop_oldest | conflate, got "drop"`},
-		{"history enum", func(c *Config) { c.Channels[0].History = "all" }, `channels[0].history: must be one of none | jetstream | stream, got "all"`},
+		{"history enum", func(c *Config) { c.Channels[0].History = "all" }, `channels[0].history: must be one of none | jetstream | stream | auto, got "all"`},
 		{"history jetstream on amqp", func(c *Config) { c.Broker.Kind = BrokerAMQP; c.Channels[0].History = HistoryJetStream }, `channels[0].history: jetstream needs broker.kind embedded or nats`},
 		{"history jetstream on nats", func(c *Config) { c.Broker.Kind = BrokerNATS; c.Channels[0].History = HistoryJetStream }, ""},
 		{"history stream on embedded", func(c *Config) { c.Channels[0].History = HistoryStream }, `channels[0].history: stream (a RabbitMQ stream queue) needs broker.kind amqp, not embedded`},
 		{"history stream on amqp", func(c *Config) { c.Broker.Kind = BrokerAMQP; c.Channels[0].History = HistoryStream }, ""},
+		{"history auto on amqp", func(c *Config) { c.Broker.Kind = BrokerAMQP; c.Channels[0].History = HistoryAuto }, ""},
+		{"demo enabled on", func(c *Config) { c.Demo.Enabled = DemoOn }, ""},
+		{"demo enabled off", func(c *Config) { c.Demo.Enabled = DemoOff }, ""},
+		{"demo enabled enum", func(c *Config) { c.Demo.Enabled = "yes" }, `demo.enabled: must be one of auto | on | off, got "yes"`},
 		{"history max age negative", func(c *Config) { c.Channels[0].HistoryMaxAge = -time.Second }, `channels[0].history_max_age: must not be negative`},
 		{"history max bytes negative", func(c *Config) { c.Channels[0].HistoryMaxBytes = -1 }, `channels[0].history_max_bytes: must not be negative`},
 		{"history stream name", func(c *Config) { c.Channels[0].HistoryStream = "a.b" }, `channels[0].history_stream: must be 1 to 64 characters`},
@@ -1118,5 +1139,38 @@ func TestSockJSCloseMode(t *testing.T) {
 	_, err = Load(writeConfig(t, "sockjs:\n  - prefix: /x\n    mode: pubsub\n    close_code: 3000\n"), nil)
 	if err == nil || !strings.Contains(err.Error(), "sockjs") {
 		t.Fatalf("close_code on a pubsub endpoint: %v", err)
+	}
+}
+
+// The demo runs by itself only on the embedded broker, and history auto
+// is JetStream there and nothing on an external broker.
+func TestDemoAndHistoryAuto(t *testing.T) {
+	for _, tc := range []struct {
+		enabled, kind string
+		runs          bool
+		history       string
+	}{
+		{DemoAuto, BrokerEmbedded, true, HistoryJetStream},
+		{DemoAuto, BrokerNATS, false, HistoryNone},
+		{DemoAuto, BrokerAMQP, false, HistoryNone},
+		{DemoOn, BrokerAMQP, true, HistoryNone},
+		{DemoOff, BrokerEmbedded, false, HistoryJetStream},
+	} {
+		c := defaults(t)
+		c.Demo.Enabled, c.Broker.Kind = tc.enabled, tc.kind
+		if got := c.DemoRuns(); got != tc.runs {
+			t.Errorf("demo.enabled %s with %s: DemoRuns() = %v", tc.enabled, tc.kind, got)
+		}
+		ch := Channel{History: HistoryAuto}
+		if got := ch.EffectiveHistory(tc.kind); got != tc.history {
+			t.Errorf("history auto with %s = %q, want %q", tc.kind, got, tc.history)
+		}
+	}
+	if got := (&Channel{History: HistoryStream}).EffectiveHistory(BrokerAMQP); got != HistoryStream {
+		t.Errorf("history stream resolved to %q", got)
+	}
+	env, err := Load("", []string{"COMETGATE_DEMO_ENABLED=off"})
+	if err != nil || env.DemoRuns() {
+		t.Errorf("COMETGATE_DEMO_ENABLED=off: %v, runs %v", err, err == nil && env.DemoRuns())
 	}
 }

@@ -53,6 +53,7 @@ func (c *Config) Validate() error {
 	if c.Admin.Listen != "" {
 		v.listen("admin.listen", c.Admin.Listen)
 	}
+	v.oneOf("demo.enabled", c.Demo.Enabled, DemoAuto, DemoOn, DemoOff)
 	return errors.Join(v.errs...)
 }
 
@@ -321,7 +322,7 @@ func (v *validator) channels(chs []Channel, authMode, brokerKind string) {
 
 // history checks the history keys of the namespace at key.
 func (v *validator) history(key string, ch *Channel, brokerKind string) {
-	if v.oneOf(key+".history", ch.History, HistoryNone, HistoryJetStream, HistoryStream) {
+	if v.oneOf(key+".history", ch.History, HistoryNone, HistoryJetStream, HistoryStream, HistoryAuto) {
 		switch {
 		case ch.History == HistoryJetStream && brokerKind == BrokerAMQP:
 			v.failf(key+".history", "jetstream needs broker.kind embedded or nats, not amqp")

@@ -88,11 +88,15 @@
  *     it (the session then has its grants and expiry; subscriptions they
  *     no longer allow end with an "error" event, code 403), rejects with
  *     the gateway's refusal. Later requests and reconnects use the token.
- *   subscribe(channel, onMessage?, {cursor}?) → Subscription
+ *   subscribe(channel, onMessage?, {cursor, latest, last}?) → Subscription
  *       channel may be a pattern ("demo.ticker.*", "demo.>"). cursor resumes
- *       a channel with history after that message. Subscribing to a channel
- *       that is already subscribed shares the server subscription (and its
- *       cursor; the second cursor is ignored).
+ *       a channel with history after that message. Without a cursor,
+ *       latest: true starts with the latest stored message of each channel
+ *       the pattern covers (the current state), last: N with the last N
+ *       stored messages, then live; once a message arrived, a reconnect
+ *       resumes from its cursor instead. Subscribing to a channel that is
+ *       already subscribed shares the server subscription (and its
+ *       cursor; the second one's options are ignored).
  *   publish(channel, value) → Promise   value is sent as JSON ("data").
  *   publishText(channel, string) → Promise   sent as "text".
  *   publishBytes(channel, Uint8Array | ArrayBuffer | view) → Promise   "b64".
@@ -1603,7 +1607,8 @@
       const isNew = !entry;
       if (isNew) {
         const cursor = options && options.cursor !== undefined && options.cursor !== null && options.cursor !== "" ? options.cursor : null;
-        entry = { channel: channel, cursor: cursor, subs: new Set(), status: "pending", reqId: 0, retries: 0, retryTimer: null, dropUntilConfirmed: false };
+        entry = { channel: channel, cursor: cursor, subs: new Set(), status: "pending", reqId: 0, retries: 0, retryTimer: null, dropUntilConfirmed: false,
+          latest: !!(options && options.latest), last: (options && options.last) || 0 };
         this._subs.set(channel, entry);
       }
       const sub = new Subscription(this, channel, entry);
@@ -1742,6 +1747,8 @@
     _sendSub(conn, entry) {
       const frame = { op: "sub", ch: entry.channel };
       if (entry.cursor !== null && entry.cursor !== undefined && entry.cursor !== "") frame.cursor = entry.cursor;
+      else if (entry.latest) frame.latest = true;
+      else if (entry.last) frame.last = entry.last;
       const req = this._newRequest("sub", frame, entry);
       entry.status = "sent";
       entry.reqId = req.id;
@@ -1869,7 +1876,11 @@
         try {
           // The subscriptions an open URL may carry (SSE, xhr_stream, poll).
           const subs = [];
-          for (const e of this._subs.values()) if (e.status === "pending") subs.push([e.channel, e.cursor]);
+          // One that asks for the current state (latest, last) without a
+          // cursor goes by frame, which carries that.
+          for (const e of this._subs.values()) {
+            if (e.status === "pending" && (cursorKey(e.cursor) !== "" || !(e.latest || e.last))) subs.push([e.channel, e.cursor]);
+          }
           conn = new Impl(this, subs);
           conn.order = order;
           conn.index = i;

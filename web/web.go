@@ -1,7 +1,11 @@
 // Package web is the browser side of cometgate: the client library
 // cometgate.js (it speaks wire protocol version 1, see package transports),
-// the landing page with a live console (index.html), the ticker and auction
-// demos, their stylesheet and icon.
+// the landing page with a live console (index.html), the ticker, auction
+// and election demos (ticker.html, auction.html, election.html, with what
+// they share in demo.js), their stylesheet and icon. The application
+// behind the demos, a plain broker client, is package web/demo; the
+// screenshots folder holds the README's pictures of them and is not
+// served.
 //
 // The files are embedded with go:embed so that the single cometgate binary
 // serves the client and the demos with nothing else installed, and so that

@@ -596,10 +596,11 @@ func TestBrowserFallback(t *testing.T) {
 	checkMixed(t, msgs, "demo.browser", 31, 40, true)
 }
 
-// TestBrowserDemoPages loads each demo page, uses it as a person would and
-// fails on any console error or uncaught exception. It also screenshots
-// index.html after it received a message, and checks that the picture is a
-// rendered page (set CG_BROWSER_SCREENSHOT=FILE.png to keep it).
+// TestBrowserDemoPages loads the console page (index.html), uses it as a
+// person would and fails on any console error or uncaught exception. It
+// also screenshots it after it received a message, and checks that the
+// picture is a rendered page (set CG_BROWSER_SCREENSHOT=FILE.png to keep
+// it). The three demos have tests of their own (demo_browser_test.go).
 func TestBrowserDemoPages(t *testing.T) {
 	n := startNode(t)
 	browser := newTab(t)
@@ -665,74 +666,6 @@ func TestBrowserDemoPages(t *testing.T) {
 		noProblems(t, b, "index.html")
 	})
 
-	t.Run("ticker", func(t *testing.T) {
-		b := browser.in(t)
-		b.do(chromedp.Navigate(n.url("/ticker.html")))
-		b.waitFor(`document.getElementById("state").textContent.startsWith("connected")`, `document.getElementById("state").textContent`)
-		b.do(chromedp.Click(chromedp.ID("simulate")))
-		rows := `document.querySelectorAll("#quotes tr:not(#empty)").length`
-		b.waitFor(rows+` >= 3 && document.getElementById("empty").hidden`, `document.getElementById("quotes").innerText`)
-		b.waitFor(`/^\d+ prices published$/.test(document.getElementById("feed-status").textContent)`, `document.getElementById("feed-status").textContent`)
-		// Every row shows a price and a change.
-		var cells [][]string
-		b.eval(`Array.from(document.querySelectorAll("#quotes tr:not(#empty)"), (tr) => Array.from(tr.cells, (c) => c.textContent))`, &cells)
-		for _, row := range cells {
-			if len(row) != 4 || row[0] == "" || !strings.Contains(row[2], "%") {
-				t.Fatalf("ticker row %q", row)
-			}
-			if _, err := strconv.ParseFloat(row[1], 64); err != nil {
-				t.Fatalf("ticker row %q: price: %v", row, err)
-			}
-		}
-		b.do(chromedp.Click(chromedp.ID("simulate")))
-		noProblems(t, b, "ticker.html")
-	})
-
-	t.Run("auction", func(t *testing.T) {
-		b := browser.in(t)
-		b.do(chromedp.Navigate(n.url("/auction.html")))
-		b.waitFor(`document.getElementById("state").textContent.startsWith("connected")`, `document.getElementById("state").textContent`)
-		var highest string
-		b.eval(`document.getElementById("highest").textContent`, &highest)
-		if highest != "no bids yet" {
-			t.Fatalf("a fresh node's auction shows %q", highest)
-		}
-		b.do(
-			chromedp.SetValue(chromedp.ID("bidder"), "Ada"),
-			chromedp.SetValue(chromedp.ID("amount"), "150"),
-			chromedp.Click(chromedp.ID("bid")),
-		)
-		b.waitFor(`document.getElementById("result").textContent.includes("confirmed by the broker")`, `document.getElementById("result").textContent`)
-		b.waitFor(`document.querySelectorAll("#bids tr").length === 1`, `document.getElementById("bids").innerText`)
-		var leader string
-		b.eval(`document.getElementById("leader").textContent`, &leader)
-		if leader != "highest bid by Ada (you)" {
-			t.Fatalf("leader %q", leader)
-		}
-		// The next bid must be higher: the form says so itself.
-		var valid []bool
-		b.eval(`(() => {
-		  const amount = document.getElementById("amount");
-		  const ok = [amount.min === "151"];
-		  amount.value = "120";
-		  ok.push(!amount.checkValidity());
-		  amount.value = "151";
-		  ok.push(amount.checkValidity());
-		  return ok;
-		})()`, &valid)
-		if !reflect.DeepEqual(valid, []bool{true, true, true}) {
-			t.Fatalf("amount validation after a bid of 150: %v", valid)
-		}
-		// A reload keeps the bids the page saw and follows the auction on.
-		b.do(chromedp.Reload())
-		b.waitFor(`document.getElementById("state").textContent.startsWith("connected")`, `document.getElementById("state").textContent`)
-		b.waitFor(`document.querySelectorAll("#bids tr").length === 1 && document.getElementById("leader").textContent === "highest bid by Ada (you)"`, `document.getElementById("bids").innerText`)
-		if code, body := postPublish(t, n, `{"channel":"demo.auction.lot1","data":{"id":"x1","bidder":"Grace","amount":200,"at":1700000000000}}`); code != 200 {
-			t.Fatalf("publish: %d %s", code, body)
-		}
-		b.waitFor(`document.querySelectorAll("#bids tr").length === 2 && document.getElementById("leader").textContent === "highest bid by Grace"`, `document.getElementById("bids").innerText`)
-		noProblems(t, b, "auction.html")
-	})
 }
 
 // checkScreenshot checks that a PNG is a 1280×900 picture with enough

@@ -74,7 +74,10 @@ func startNodeArgs(t *testing.T, args []string, env ...string) *node {
 // run through serve.
 func launchNode(t *testing.T, args, env []string, h hooks) *node {
 	t.Helper()
-	environ := append([]string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0", "COMETGATE_HTTP_SHUTDOWN_TIMEOUT=5s"}, env...)
+	// The demo backend publishes hundreds of prices a second: only the
+	// tests of the demos turn it on (the last occurrence of a variable
+	// wins).
+	environ := append([]string{"COMETGATE_HTTP_LISTEN=127.0.0.1:0", "COMETGATE_HTTP_SHUTDOWN_TIMEOUT=5s", "COMETGATE_DEMO_ENABLED=off"}, env...)
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{logs: &syncBuffer{}, stop: cancel, done: make(chan error, 1)}
 	ready := make(chan struct{})

@@ -27,6 +27,7 @@ import (
 	"github.com/cometgate/cometgate/gateway"
 	"github.com/cometgate/cometgate/transports"
 	"github.com/cometgate/cometgate/web"
+	"github.com/cometgate/cometgate/web/demo"
 )
 
 // hooks let tests observe a running node.
@@ -38,6 +39,9 @@ type hooks struct {
 	announceInterval time.Duration
 	// nodes is called with the node table once it runs.
 	nodes func(*gateway.Nodes)
+	// demo, when set, adjusts the demo backend's options before it
+	// starts (tests make it quiet and predictable).
+	demo func(*demo.Options)
 }
 
 // serve runs a node until ctx ends or a server fails: build, run, and
@@ -101,6 +105,7 @@ type nodeParts struct {
 	jwks         *gateway.JWKS  // nil without auth.jwks.url
 	adminSrv     *http.Server   // nil without admin.listen
 	adminLn      net.Listener
+	demo         *demo.Backend // nil unless demo.enabled says it runs
 
 	// serving counts the goroutines serving the listeners; errc carries
 	// their failures.
@@ -133,7 +138,43 @@ func (n *nodeParts) build(ctx context.Context, h *hooks) error {
 	if err := n.startNodes(ctx, h); err != nil {
 		return err
 	}
-	return n.listenAdmin()
+	if err := n.listenAdmin(); err != nil {
+		return err
+	}
+	return n.startDemo(ctx, h)
+}
+
+// startDemo starts the demo backend when demo.enabled says so. It is a
+// client of the broker like any application; the node only owns its
+// lifetime.
+func (n *nodeParts) startDemo(ctx context.Context, h *hooks) error {
+	if !n.cfg.DemoRuns() {
+		return nil
+	}
+	for _, ns := range []string{"auction.lot.x", "election.national"} {
+		if !n.historyFor(ns) {
+			n.log.Warn("demo: channel " + ns + " has no history: a late visitor of its page waits for the next update instead of seeing the current state")
+		}
+	}
+	opts := demo.Options{Broker: n.broker, Logger: n.log.With(slog.String("component", "demo"))}
+	if h.demo != nil {
+		h.demo(&opts)
+	}
+	var err error
+	n.demo, err = demo.Start(ctx, opts)
+	return err
+}
+
+// historyFor reports whether the namespace that channel falls in keeps
+// history with this node's broker.
+func (n *nodeParts) historyFor(channel string) bool {
+	for _, ch := range n.cfg.Channels {
+		if brokers.MatchChannel(ch.Pattern, channel) {
+			h := ch.EffectiveHistory(n.cfg.Broker.Kind)
+			return h != configs.HistoryNone && h != ""
+		}
+	}
+	return false
 }
 
 // openBroker connects the broker. It reports state changes from its own
@@ -349,7 +390,8 @@ func (n *nodeParts) goServe(name string, srv *http.Server, ln net.Listener) {
 }
 
 // shutdown takes down whatever build made, in the one order that drains
-// a node: first the gateway refuses new sessions (and /readyz says so)
+// a node: first the demo backend stops publishing (it is a client of the
+// broker, like the applications outside); then the gateway refuses new sessions (and /readyz says so)
 // and tells every client to reconnect elsewhere, while the node still
 // listens, so that the polls other nodes forward here for its sessions
 // still reach it and carry their close packets; then the node table says
@@ -361,6 +403,9 @@ func (n *nodeParts) goServe(name string, srv *http.Server, ln net.Listener) {
 func (n *nodeParts) shutdown() {
 	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.HTTP.ShutdownTimeout)
 	defer cancel()
+	if n.demo != nil {
+		n.demo.Close()
+	}
 	if n.gw != nil {
 		if err := n.gw.Shutdown(sctx); err != nil {
 			n.log.Warn("gateway shutdown", slog.Any("err", err))
@@ -608,7 +653,7 @@ func historyStreams(cfg *configs.Config) []historyStream {
 	var out []historyStream
 	index := map[string]int{}
 	for _, ch := range cfg.Channels {
-		if ch.History == configs.HistoryNone || ch.History == "" {
+		if h := ch.EffectiveHistory(cfg.Broker.Kind); h == configs.HistoryNone || h == "" {
 			continue
 		}
 		name := ch.HistoryStream
