@@ -5,8 +5,9 @@
 # (real TCP servers behind the TCP bridge tests). Uses them where they
 # already run; otherwise installs them from Debian's packages (as root) and
 # starts them. Also installs chromium and a VNC server (tigervnc) for the
-# browser tests and nginx for the reverse-proxy test (not started: the tests
-# run their own). Idempotent.
+# browser tests, nginx for the reverse-proxy test (not started: the tests
+# run their own), and node with npm (the TypeScript check of the client's
+# declarations and the npm packages of the browser tests). Idempotent.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -75,6 +76,13 @@ need_pkg tigervnc-standalone-server
 # RabbitMQ client from Debian, for Debian's python3 (PyPI is not reachable).
 need_pkg python3-pika
 
+# node and npm: web/typescript_test.go installs TypeScript with npm into
+# the ignored .ci/tmp, and the browser tests install client libraries
+# with it. An image may ship node with its own npm rather than Debian's
+# npm package, so only a missing command is installed.
+command -v node >/dev/null 2>&1 || need_pkg nodejs
+command -v npm >/dev/null 2>&1 || need_pkg npm
+
 # The nginx example test (cmd/cometgate/deploy_test.go) runs nginx itself,
 # as a child process on a free port; the package's own service must not
 # start (it would take port 80). A policy-rc.d that says 101 keeps
@@ -92,4 +100,4 @@ if ! dpkg -s nginx >/dev/null 2>&1; then
 	fi
 fi
 
-echo "services: nats on 4222, rabbitmq on 5672 (stomp on 61613) and redis on 6379 are up; chromium, tigervnc, nginx and python3-pika are installed"
+echo "services: nats on 4222, rabbitmq on 5672 (stomp on 61613) and redis on 6379 are up; chromium, tigervnc, nginx, python3-pika, node and npm are installed"

@@ -6,7 +6,11 @@
  * or long-polling, the last three with HTTP POSTs for upstream frames. Plain
  * ES2018, no dependencies, no build step. Loading
  * this file as a classic <script> defines window.CometGate; under CommonJS it
- * is also module.exports.
+ * is also module.exports; cometgate.mjs is its ES module entry
+ * (import { CometGate } from "/cometgate.mjs"), which evaluates this very
+ * file, so this file must stay valid as a module too (no top-level "this",
+ * no sloppy-mode code). Types: cometgate.d.ts and cometgate.d.mts. The API
+ * reference is client.html.
  *
  * QUICK START
  *

@@ -1,17 +1,21 @@
 // Package web is the browser side of cometgate: the client library
-// cometgate.js (it speaks wire protocol version 1, see package transports),
-// the landing page with a live console (index.html), the ticker, auction
-// and election demos (ticker.html, auction.html, election.html, with what
-// they share in demo.js), their stylesheet and icon. The application
-// behind the demos, a plain broker client, is package web/demo; the
-// screenshots folder holds the README's pictures of them and is not
-// served.
+// cometgate.js (it speaks wire protocol version 1, see package transports)
+// with its ES module entry cometgate.mjs and its TypeScript declarations
+// (cometgate.d.ts, cometgate.d.mts), the client's API reference
+// (client.html), the landing page with a live console (index.html), the
+// ticker, auction and election demos (ticker.html, auction.html,
+// election.html, with what they share in demo.js), their stylesheet and
+// icon. The application behind the demos, a plain broker client, is
+// package web/demo; the screenshots folder holds the README's pictures of
+// them and is not served.
 //
 // The files are embedded with go:embed so that the single cometgate binary
 // serves the client and the demos with nothing else installed, and so that
 // the client a page loads always matches the protocol of the server that
 // serves it. They are hand-written and served exactly as they are in this
-// folder: there is no build step, nothing generated or minified.
+// folder: there is no build step, nothing generated or minified. The same
+// files are the npm package (package.json), so a page that bundles the
+// client runs the bytes the gateway serves.
 package web
 
 import (
@@ -28,7 +32,7 @@ import (
 	"time"
 )
 
-//go:embed *.html *.js *.css *.svg
+//go:embed *.html *.js *.mjs *.ts *.mts *.css *.svg
 var files embed.FS
 
 // FS returns the embedded files, at the root of the file system
@@ -42,6 +46,9 @@ func FS() fs.FS {
 var contentTypes = map[string]string{
 	".html": "text/html; charset=utf-8",
 	".js":   "text/javascript; charset=utf-8",
+	".mjs":  "text/javascript; charset=utf-8",
+	".ts":   "text/plain; charset=utf-8",
+	".mts":  "text/plain; charset=utf-8",
 	".css":  "text/css; charset=utf-8",
 	".svg":  "image/svg+xml",
 }
@@ -50,6 +57,16 @@ type asset struct {
 	body        []byte
 	contentType string
 	etag        string
+	public      bool // the client's code: any origin may load it
+}
+
+// public reports whether a file is the client library or its types, which
+// pages of any origin may load: a module script (and what it imports) from
+// another origin loads only with CORS. They are the same public bytes for
+// everyone and the response carries no credentials, so "*" is safe; the
+// demo pages are not shared this way.
+func public(name string) bool {
+	return strings.HasPrefix(name, "cometgate.")
 }
 
 // assets reads every embedded file once: they are small, and an ETag lets
@@ -73,7 +90,7 @@ var assets = sync.OnceValue(func() map[string]asset {
 			ct = "application/octet-stream"
 		}
 		sum := sha256.Sum256(body)
-		m[name] = asset{body: body, contentType: ct, etag: `"` + hex.EncodeToString(sum[:12]) + `"`}
+		m[name] = asset{body: body, contentType: ct, etag: `"` + hex.EncodeToString(sum[:12]) + `"`, public: public(name)}
 		return nil
 	})
 	if err != nil {
@@ -87,7 +104,10 @@ var assets = sync.OnceValue(func() map[string]asset {
 // NAME, anything else is 404. Only GET and HEAD are allowed. Responses carry
 // an explicit Content-Type, Cache-Control: no-cache (always revalidate, so a
 // new server version is picked up at once) with an ETag, and
-// X-Content-Type-Options: nosniff.
+// X-Content-Type-Options: nosniff. The client's files (cometgate.js,
+// cometgate.mjs and the declarations) also carry
+// Access-Control-Allow-Origin: *, so that a page of another origin can
+// import the module.
 //
 // Mount it at the root, or under a prefix with http.StripPrefix: the pages
 // refer to each other and to their assets by relative URLs.
@@ -113,6 +133,9 @@ func Handler() http.Handler {
 		h.Set("Content-Type", f.contentType)
 		h.Set("Cache-Control", "no-cache")
 		h.Set("ETag", f.etag)
+		if f.public {
+			h.Set("Access-Control-Allow-Origin", "*")
+		}
 		http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(f.body))
 	})
 }

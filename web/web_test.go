@@ -33,7 +33,7 @@ func body(t *testing.T, res *http.Response) string {
 }
 
 func TestFSHasTheFiles(t *testing.T) {
-	for _, name := range []string{"index.html", "ticker.html", "auction.html", "cometgate.js", "style.css"} {
+	for _, name := range []string{"index.html", "ticker.html", "auction.html", "cometgate.js", "cometgate.mjs", "cometgate.d.ts", "cometgate.d.mts", "style.css"} {
 		if _, err := fs.Stat(FS(), name); err != nil {
 			t.Errorf("FS lacks %s: %v", name, err)
 		}
@@ -79,10 +79,13 @@ func checkHeaders(t *testing.T, target string, res *http.Response, contentType s
 
 func TestHandlerContentTypes(t *testing.T) {
 	for target, ct := range map[string]string{
-		"/cometgate.js": "text/javascript; charset=utf-8",
-		"/style.css":    "text/css; charset=utf-8",
-		"/ticker.html":  "text/html; charset=utf-8",
-		"/auction.html": "text/html; charset=utf-8",
+		"/cometgate.js":    "text/javascript; charset=utf-8",
+		"/cometgate.mjs":   "text/javascript; charset=utf-8",
+		"/cometgate.d.ts":  "text/plain; charset=utf-8",
+		"/cometgate.d.mts": "text/plain; charset=utf-8",
+		"/style.css":       "text/css; charset=utf-8",
+		"/ticker.html":     "text/html; charset=utf-8",
+		"/auction.html":    "text/html; charset=utf-8",
 	} {
 		res := get(t, http.MethodGet, target, nil)
 		if res.StatusCode != http.StatusOK {
@@ -92,6 +95,23 @@ func TestHandlerContentTypes(t *testing.T) {
 		want, _ := fs.ReadFile(FS(), strings.TrimPrefix(target, "/"))
 		if got := body(t, res); got != string(want) {
 			t.Errorf("GET %s: body differs from the embedded file", target)
+		}
+	}
+}
+
+// TestHandlerCORS: the client's files load from pages of any origin (a
+// module script needs CORS), the demo pages do not.
+func TestHandlerCORS(t *testing.T) {
+	for target, want := range map[string]string{
+		"/cometgate.js": "*", "/cometgate.mjs": "*", "/cometgate.d.ts": "*",
+		"/": "", "/ticker.html": "", "/style.css": "",
+	} {
+		res := get(t, http.MethodGet, target, http.Header{"Origin": {"https://app.example"}})
+		if got := res.Header.Get("Access-Control-Allow-Origin"); got != want {
+			t.Errorf("GET %s: Access-Control-Allow-Origin %q, want %q", target, got, want)
+		}
+		if got := res.Header.Get("Access-Control-Allow-Credentials"); got != "" {
+			t.Errorf("GET %s: Access-Control-Allow-Credentials %q", target, got)
 		}
 	}
 }
@@ -190,14 +210,17 @@ func TestPagesReferenceExistingFiles(t *testing.T) {
 	}
 }
 
-// TestClientSyntax runs node --check on the client when node is installed.
+// TestClientSyntax runs node --check on the client and its module when
+// node is installed.
 func TestClientSyntax(t *testing.T) {
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Skip("node not installed")
 	}
-	out, err := exec.Command(node, "--check", "cometgate.js").CombinedOutput()
-	if err != nil {
-		t.Fatalf("node --check cometgate.js: %v\n%s", err, out)
+	for _, f := range []string{"cometgate.js", "cometgate.mjs"} {
+		out, err := exec.Command(node, "--check", f).CombinedOutput()
+		if err != nil {
+			t.Fatalf("node --check %s: %v\n%s", f, err, out)
+		}
 	}
 }

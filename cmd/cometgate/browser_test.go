@@ -219,7 +219,12 @@ const harnessJS = `new Promise((resolve, reject) => {
   s.onerror = () => reject(new Error("cannot load /cometgate.js"));
   document.documentElement.appendChild(s);
 }).then(() => {
-  window.T = {
+  ` + harnessT + `
+  return typeof CometGate;
+})`
+
+// harnessT defines window.T with the global CometGate.
+const harnessT = `window.T = {
     states: [], msgs: [], subscribed: 0, subErrors: [], gaps: [],
     start(opts, channel) {
       const cg = new CometGate(opts);
@@ -241,9 +246,7 @@ const harnessJS = `new Promise((resolve, reject) => {
       return { state: T.cg && T.cg.state, transport: T.cg && T.cg.transport, sid: T.cg && T.cg.sessionId,
         states: T.states, received: T.msgs.length, subscribed: T.subscribed, subErrors: T.subErrors };
     },
-  };
-  return typeof CometGate;
-})`
+  };`
 
 // openClient navigates to base (a gateway's origin), loads the client and
 // starts one on channel with the given options (a JavaScript object).
