@@ -744,19 +744,28 @@ func (n *Nodes) ownerAnswered(a nodeMsg) {
 	if a.Owns && ask.owner == "" {
 		ask.owner = a.ID
 	}
-	n.answeredLocked(a.ID)
+	// This question only: an answer to another one says nothing about
+	// this key, and counting it here closed questions before their owner
+	// answered (another node then opened a second session under the id).
+	delete(ask.expect, a.ID)
+	ask.closeIfCompleteLocked()
 }
 
-// answeredLocked marks node id as having answered every open question
-// (or as never going to: it left), and closes the questions that are
-// complete: an owner answered, or nobody is left to.
+// answeredLocked marks node id as never going to answer any open question
+// (it left, or is gone), and closes the questions that are complete.
 func (n *Nodes) answeredLocked(id string) {
 	for _, ask := range n.asks {
 		delete(ask.expect, id)
-		if !ask.closed && (ask.owner != "" || len(ask.expect) == 0) {
-			ask.closed = true
-			close(ask.done)
-		}
+		ask.closeIfCompleteLocked()
+	}
+}
+
+// closeIfCompleteLocked closes a question that is complete: an owner
+// answered, or nobody is left to. Nodes.mu must be held.
+func (a *ownerAsk) closeIfCompleteLocked() {
+	if !a.closed && (a.owner != "" || len(a.expect) == 0) {
+		a.closed = true
+		close(a.done)
 	}
 }
 

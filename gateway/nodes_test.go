@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -424,6 +425,50 @@ func TestNodesWhoOwns(t *testing.T) {
 		published := len(b.Published())
 		if owner, _, _, _ = d.WhoOwns(context.Background(), "/sockjs/k1"); owner != "c" || len(b.Published()) != published {
 			t.Errorf("d asked again for an owner it heard of (owner %q)", owner)
+		}
+	})
+}
+
+// TestNodesWhoOwnsAnswersPerQuestion: an answer closes only the question
+// it answers. With two questions open at once, a node's answer to one
+// must not count as its answer to the other, which then ended before
+// the owner answered it (and the asker opened a second session under an
+// id another node had).
+func TestNodesWhoOwnsAnswersPerQuestion(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBroker()
+		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Hour)
+		announce(t, b, `{"id":"p","url":"http://127.0.0.1:1002"}`)
+		synctest.Wait()
+		type result struct{ owner string }
+		x, y := make(chan result, 1), make(chan result, 1)
+		go func() { o, _, _, _ := a.WhoOwns(context.Background(), "/sockjs/x"); x <- result{o} }()
+		go func() { o, _, _, _ := a.WhoOwns(context.Background(), "/sockjs/y"); y <- result{o} }()
+		synctest.Wait()
+		q := map[string]uint64{}
+		for _, m := range b.Published() {
+			var nm nodeMsg
+			if json.Unmarshal(m.Data, &nm) == nil && nm.Ask == "owner" {
+				q[nm.Key] = nm.Q
+			}
+		}
+		if q["/sockjs/x"] == 0 || q["/sockjs/y"] == 0 {
+			t.Fatalf("questions published: %v", q)
+		}
+		announce(t, b, fmt.Sprintf(`{"id":"p","url":"http://127.0.0.1:1002","to":"a","q":%d,"key":"/sockjs/x"}`, q["/sockjs/x"]))
+		synctest.Wait()
+		if r := <-x; r.owner != "" {
+			t.Errorf("WhoOwns(x) = %q, want none", r.owner)
+		}
+		select {
+		case r := <-y:
+			t.Fatalf("WhoOwns(y) returned %q before p answered it", r.owner)
+		default:
+		}
+		announce(t, b, fmt.Sprintf(`{"id":"p","url":"http://127.0.0.1:1002","to":"a","q":%d,"key":"/sockjs/y","owns":true}`, q["/sockjs/y"]))
+		synctest.Wait()
+		if r := <-y; r.owner != "p" {
+			t.Errorf("WhoOwns(y) = %q, want p", r.owner)
 		}
 	})
 }

@@ -211,8 +211,10 @@ func peerDialer(peers []netip.Prefix) func(ctx context.Context, network, addr st
 func (f *forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case f.ctx.Err() != nil:
-		// This node is shutting down; the client retries elsewhere.
-		refusedShutdown.writeJSON(w)
+		// This node is shutting down, the session's node is not: the
+		// client retries the request elsewhere (never 3000, which would
+		// end a healthy session on another node).
+		writeRetryElsewhere(w)
 		return
 	case errors.Is(r.Context().Err(), context.Canceled):
 		// The client went away: nobody reads the answer.
@@ -245,7 +247,7 @@ func (f *forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 // is told to come back (503).
 func (n *node) forward(w http.ResponseWriter, r *http.Request, sid string) bool {
 	f := n.fwd
-	if f == nil || sid == "" || r.Header.Get(HeaderForwarded) != "" || f.ctx.Err() != nil {
+	if f == nil || sid == "" || r.Header.Get(HeaderForwarded) != "" {
 		return false
 	}
 	if parseSID(sid) != nil || n.gw.Session(sid) != nil {
@@ -255,7 +257,23 @@ func (n *node) forward(w http.ResponseWriter, r *http.Request, sid string) bool 
 	if !ok || owner == "" || owner == f.self {
 		return false
 	}
+	if f.ctx.Err() != nil {
+		// Forwarding stopped (this node shuts down); the session's node
+		// may well live, so this is no "session not found".
+		writeRetryElsewhere(w)
+		return true
+	}
 	return n.forwardTo(w, r, owner, "")
+}
+
+// writeRetryElsewhere answers a request for another node's session that
+// this node, shutting down, no longer forwards: 503 with Retry-After and
+// no close code, which clients take as "try the request again" (to
+// another node, as the balancer sends it) and not as the end of their
+// session.
+func writeRetryElsewhere(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "1")
+	writeError(w, http.StatusServiceUnavailable, "this node is shutting down and no longer forwards: try the request again")
 }
 
 // forwardTo proxies r to node owner (at base, when the caller knows it

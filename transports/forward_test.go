@@ -181,10 +181,21 @@ func TestForwardProxiesToOwner(t *testing.T) {
 		t.Errorf("crashed owner over JSONP: %d %s", st, body)
 	}
 
-	// After StopForwarding (shutdown) nothing is forwarded.
+	// After StopForwarding (shutdown) nothing is forwarded, and a request
+	// for another node's session is told to try again (503 without a
+	// close code): its session may well live on, and 3000 or 4004 would
+	// end it.
 	n.srv.StopForwarding()
 	st, body = do("GET", "/poll/n2.abc", "", nil)
-	notFound("after StopForwarding", st, body)
+	e = errorBody{}
+	if err := json.Unmarshal([]byte(body), &e); st != http.StatusServiceUnavailable || err != nil || e.Code != 0 {
+		t.Errorf("after StopForwarding: %d %s; want 503 without a close code", st, body)
+	}
+	mu.Lock()
+	if len(got) != 0 {
+		t.Errorf("owner got %d requests after StopForwarding", len(got))
+	}
+	mu.Unlock()
 }
 
 // TestForwardClusterKey: with a cluster key, a forwarded request carries

@@ -38,6 +38,12 @@ type node struct {
 
 	maxFrame  int           // the gateway's frame limit
 	heartbeat time.Duration // the gateway's heartbeat interval
+
+	// sjsEps are the SockJS endpoints (mountSockJS); sjsCloseOut is
+	// kicked whenever one of their ended sessions gave its close frame
+	// to a request (Server.AwaitSockJSCloses waits on it).
+	sjsEps      []*sockjsEndpoint
+	sjsCloseOut chan struct{}
 }
 
 // newNode fills the options' defaults and builds the shared parts.
@@ -55,13 +61,14 @@ func newNode(opts Options) *node {
 		opts.StreamLimit = defaultStreamLimit
 	}
 	n := &node{
-		opts:      opts,
-		gw:        opts.Gateway,
-		log:       opts.Logger,
-		gate:      newGate(opts),
-		bridge:    newBridgeDialer(opts.Bridge, opts.BridgeDialTimeout, opts.Logger.Warn),
-		maxFrame:  opts.Gateway.Config().MaxFrameBytes,
-		heartbeat: opts.Gateway.Config().Heartbeat,
+		sjsCloseOut: make(chan struct{}, 1),
+		opts:        opts,
+		gw:          opts.Gateway,
+		log:         opts.Logger,
+		gate:        newGate(opts),
+		bridge:      newBridgeDialer(opts.Bridge, opts.BridgeDialTimeout, opts.Logger.Warn),
+		maxFrame:    opts.Gateway.Config().MaxFrameBytes,
+		heartbeat:   opts.Gateway.Config().Heartbeat,
 	}
 	if opts.Nodes != nil {
 		n.fwd = newForwarder(opts, opts.Logger)

@@ -353,6 +353,7 @@ func validateSRI(s string) error {
 func mountSockJS(r chi.Router, n *node) {
 	var eps []*sockjsEndpoint
 	defer func() {
+		n.sjsEps = eps
 		if n.opts.Nodes != nil && len(eps) > 0 {
 			n.opts.Nodes.SetOwnerFunc(func(key string) (owns, claiming bool) { return sjsOwns(eps, key) })
 		}

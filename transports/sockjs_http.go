@@ -229,11 +229,15 @@ func (ep *sockjsEndpoint) privateHeaders(w http.ResponseWriter, r *http.Request)
 // Session.register).
 func (e *sjsEntry) closeFrameOf() []byte {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closeFrame != nil {
+	frame := e.closeFrame
+	if frame != nil {
 		e.gone = time.Now()
 	}
-	return e.closeFrame
+	e.mu.Unlock()
+	if frame != nil {
+		e.markCloseOut()
+	}
+	return frame
 }
 
 // sjsFraming is the framing of one SockJS receiving request (see
@@ -272,6 +276,9 @@ func (f *sjsFraming) appendPrelude(b []byte) []byte {
 // control packet) never comes to a SockJS request.
 func (f *sjsFraming) appendBatch(b []byte, pkts []gateway.Packet, _ []byte) []byte {
 	b, f.built = appendSJSFrames(b, pkts, f.mode, f.entry.markOpened, f.single, f.appendFrame)
+	if n := len(pkts); n > 0 && pkts[n-1].Type() == gateway.TypeClose && pkts[n-1].Seq <= f.built {
+		f.entry.markCloseOut() // the close packet is the last of a session's packets
+	}
 	return b
 }
 

@@ -224,6 +224,64 @@ func TestSockJSShutdown(t *testing.T) {
 	}
 }
 
+// A polling response carries one frame, so a session the drain closes
+// with a message still to send ends before its close frame goes out: the
+// frame answers the next poll. AwaitSockJSCloses holds the node (in the
+// cluster, listening) until that poll came, and no longer.
+func TestSockJSAwaitClosesAfterDrain(t *testing.T) {
+	n := sjsStartNode(t, []SockJSEndpoint{{Prefix: "/echo", Mode: SockJSEcho}}, nil)
+	id := sjsSID()
+	url := n.url("/echo/000/" + id)
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "o\n" {
+		t.Fatalf("open %q", r.body)
+	}
+	if r := n.do(t, http.MethodPost, url+"/xhr_send", `["a"]`); r.status != http.StatusNoContent {
+		t.Fatalf("send %d %q", r.status, r.body)
+	}
+	ep := n.srv.sjsEps[0]
+	ep.mu.Lock()
+	sess := ep.sessions[id].sess
+	ep.mu.Unlock()
+	// xhr_send answered once the echo was queued (SendData).
+
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), sjsWait)
+		defer cancel()
+		shut <- n.gw.Shutdown(ctx)
+	}()
+	sjsWaitFor(t, "the drain to close the session", func() bool { return sess.Reason() == gateway.DisconnectShutdown })
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "a[\"a\"]\n" {
+		t.Fatalf("poll after the drain began %q", r.body)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	// The session has ended; its close frame has not gone out.
+	short, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	n.srv.AwaitSockJSCloses(short)
+	early := short.Err() == nil
+	cancel()
+	if early {
+		t.Fatal("AwaitSockJSCloses returned before the close frame went out")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), sjsWait)
+		defer cancel()
+		n.srv.AwaitSockJSCloses(ctx)
+	}()
+	if r := n.do(t, http.MethodPost, url+"/xhr", ""); r.body != "c[3000,\"server shutting down\"]\n" {
+		t.Fatalf("next poll %q", r.body)
+	}
+	select {
+	case <-done:
+	case <-time.After(sjsWait):
+		t.Fatal("AwaitSockJSCloses still waiting after the close frame went out")
+	}
+}
+
 // The per-address session limit and the Origin policy apply to SockJS.
 func TestSockJSLimits(t *testing.T) {
 	n := sjsStartNode(t, []SockJSEndpoint{{Prefix: "/echo", Mode: SockJSEcho}}, func(_ *gateway.Config, o *Options) {

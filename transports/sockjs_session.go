@@ -60,6 +60,12 @@ type sjsEntry struct {
 	// answers every request for the id until gone.
 	closeFrame []byte
 	gone       time.Time
+	// closeOut: the close frame went to a request (in the session's last
+	// response, or answering one after the end). drained: the session
+	// ended because the node shuts down, so the node waits for its close
+	// frame to go out before it leaves the cluster (AwaitSockJSCloses).
+	closeOut bool
+	drained  bool
 }
 
 // sjsSessionMode is what a session of an endpoint carries; the framings
@@ -177,7 +183,71 @@ func (e *sjsEntry) ended() {
 	}
 	e.mu.Lock()
 	e.closeFrame, e.gone = frame, time.Now()
+	e.drained = reason == gateway.DisconnectShutdown
 	e.mu.Unlock()
+}
+
+// markCloseOut records that the session's close frame went to a request.
+func (e *sjsEntry) markCloseOut() {
+	e.mu.Lock()
+	was := e.closeOut
+	e.closeOut = true
+	e.mu.Unlock()
+	if !was {
+		select {
+		case e.ep.n.sjsCloseOut <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// closeAwaited reports whether the node must wait for the session's close
+// frame before it leaves: the drain ended the session, the frame has not
+// gone out, and the id still answers with it; until when it answers.
+func (e *sjsEntry) closeAwaited(now time.Time) (bool, time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	until := e.gone.Add(e.ep.cfg.DisconnectDelay)
+	return e.closeFrame != nil && e.drained && !e.closeOut && now.Before(until), until
+}
+
+// AwaitSockJSCloses waits until every SockJS session over HTTP that the
+// drain ended has given its close frame to a request, or until ctx ends
+// (or the ids stop answering with it). A polling response carries one
+// frame, so a session closed with messages still to send ends before its
+// close frame goes out: the frame answers the client's next request,
+// which may come to this node from any other. So a node that shuts down
+// calls this after Gateway.Shutdown and before it says goodbye to the
+// cluster (gateway.Nodes.Close) and stops listening; otherwise the others
+// find no owner for the id, one of them opens a new session under it, and
+// the client, told "o" a second time, gives the session up without the
+// close 3000 that says why.
+func (s *Server) AwaitSockJSCloses(ctx context.Context) {
+	for {
+		now := time.Now()
+		var next time.Time
+		for _, ep := range s.sjsEps {
+			ep.mu.Lock()
+			for _, e := range ep.sessions {
+				if wait, until := e.closeAwaited(now); wait && (next.IsZero() || until.Before(next)) {
+					next = until
+				}
+			}
+			ep.mu.Unlock()
+		}
+		if next.IsZero() {
+			return
+		}
+		t := time.NewTimer(time.Until(next))
+		select {
+		case <-s.sjsCloseOut:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		t.Stop()
+	}
 }
 
 // closed returns whether the session has ended.

@@ -199,9 +199,13 @@ type fclient struct {
 	ev      []cevent
 	cursors map[string]string // the last cursor per channel with history
 	maxNum  map[string]int    // highest num received per channel
-	sid     string            // the current session
-	placed  bool              // the first open went to home
-	stopped bool              // final: the client gave up for good
+	// confirmed are the channels a session of the client subscribed
+	// (an "ok"): after a break each is subscribed again with its
+	// cursor, or "~" when it has none.
+	confirmed map[string]bool
+	sid       string // the current session
+	placed    bool   // the first open went to home
+	stopped   bool   // final: the client gave up for good
 }
 
 func newClient(env *clientEnv, kind string, home int) *fclient {
@@ -209,14 +213,15 @@ func newClient(env *clientEnv, kind string, home int) *fclient {
 	// would (cometgate.js keeps at most two requests in flight).
 	tr := &http.Transport{Proxy: nil, MaxConnsPerHost: 6, MaxIdleConnsPerHost: 6, DisableCompression: true}
 	return &fclient{
-		name:    fmt.Sprintf("%s@%s", kind, env.nodeIDs[home]),
-		kind:    kind,
-		home:    home,
-		env:     env,
-		tr:      tr,
-		hc:      &http.Client{Transport: tr},
-		maxNum:  map[string]int{},
-		cursors: map[string]string{},
+		name:      fmt.Sprintf("%s@%s", kind, env.nodeIDs[home]),
+		kind:      kind,
+		home:      home,
+		env:       env,
+		tr:        tr,
+		hc:        &http.Client{Transport: tr},
+		maxNum:    map[string]int{},
+		cursors:   map[string]string{},
+		confirmed: map[string]bool{},
 	}
 }
 
@@ -242,6 +247,8 @@ func (c *fclient) recordLocked(e cevent) {
 		}
 	case evHello:
 		c.sid = e.sid
+	case evOK:
+		c.confirmed[e.ch] = true
 	case evFinal:
 		c.stopped = true
 	}
@@ -275,13 +282,17 @@ func (c *fclient) lastMsg(ch string) time.Time {
 	return time.Time{}
 }
 
-// cursor is the last cursor received on ch; once the client had a
-// session, "~" (gateway.ResumeCursor) where it has none, as cometgate.js
-// resubscribes after a break; "" before its first session.
+// cursor is the last cursor received on ch; "~" (gateway.ResumeCursor)
+// where it has none but a session of the client subscribed ch already, as
+// cometgate.js resubscribes after a break (a subscription that is not
+// pending and has no cursor); "" before ch was first confirmed. (Not
+// "once the client has a session": the first session's subscriptions,
+// sent after its hello, would ask for a resume that nothing precedes,
+// and get a gap for a loss that cannot have happened.)
 func (c *fclient) cursor(ch string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if cur := c.cursors[ch]; cur != "" || c.sid == "" {
+	if cur := c.cursors[ch]; cur != "" || !c.confirmed[ch] {
 		return cur
 	}
 	return gateway.ResumeCursor

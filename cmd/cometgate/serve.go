@@ -394,9 +394,12 @@ func (n *nodeParts) goServe(name string, srv *http.Server, ln net.Listener) {
 // broker, like the applications outside); then the gateway refuses new sessions (and /readyz says so)
 // and tells every client to reconnect elsewhere, while the node still
 // listens, so that the polls other nodes forward here for its sessions
-// still reach it and carry their close packets; then the node table says
-// goodbye (the others answer "session not found" for this node's sessions
-// from then on); then the HTTP server stops accepting and waits for plain
+// still reach it and carry their close packets (a SockJS poll carries one
+// frame, so the close frame of a SockJS session that ended with messages
+// still to send answers the client's next poll, which the node waits
+// for); then the node table says goodbye (the others answer "session not
+// found" for this node's sessions from then on, and stop asking it about
+// SockJS ids); then the HTTP server stops accepting and waits for plain
 // requests (hijacked connections, which http.Server does not track, were
 // the gateway's to close); then the transports' own goroutines end, the
 // admin server closes, and the broker closes last.
@@ -410,6 +413,9 @@ func (n *nodeParts) shutdown() {
 		if err := n.gw.Shutdown(sctx); err != nil {
 			n.log.Warn("gateway shutdown", slog.Any("err", err))
 		}
+	}
+	if n.tsrv != nil {
+		n.tsrv.AwaitSockJSCloses(sctx)
 	}
 	if n.nodes != nil {
 		_ = n.nodes.Close()
