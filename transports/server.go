@@ -47,6 +47,10 @@ type Options struct {
 	CallbackCookie bool
 	// MaxBodyBytes bounds API request bodies.
 	MaxBodyBytes int64
+	// ReadBodyTimeout bounds the time a client may take to send a request
+	// body (a trickled body is slowloris too); past it the request gets
+	// 408. 0 means 10s.
+	ReadBodyTimeout time.Duration
 	// WriteTimeout bounds every write to a client; a write that takes longer
 	// ends the session (its peer is gone or not reading).
 	WriteTimeout time.Duration

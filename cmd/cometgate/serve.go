@@ -199,6 +199,7 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		APIKeys:          cfg.API.Keys,
 		AllowLoopback:    cfg.API.AllowLoopback,
 		MaxBodyBytes:     int64(cfg.API.MaxBodyBytes),
+		ReadBodyTimeout:  cfg.HTTP.ReadBodyTimeout,
 		WriteTimeout:     cfg.Session.WriteTimeout,
 		StreamLimit:      cfg.Session.StreamLimitBytes,
 		MaxSessionsPerIP: cfg.HTTP.MaxSessionsPerIP,
