@@ -845,6 +845,16 @@ func resourceAttacks() []attack {
 				}
 				jsonRefusal(t, resp.StatusCode, string(body), http.StatusRequestTimeout, 4000, "request body not received within 500ms")
 			}
+			// The bound is on the body only: a long-poll that sent one is
+			// then held for as long as it needs (here until the 1 s
+			// heartbeat answers it with an empty batch; a deadline left on
+			// the connection would cancel it first, with no answer).
+			c := newPollClient(t, e.n, false)
+			c.open("demo.a")
+			status, body := e.n.do(t, http.MethodPost, c.pollURL(c.acked), "")
+			if status != http.StatusOK || body != "[]" {
+				t.Fatalf("a held POST poll: %d %q", status, body)
+			}
 		}},
 		// A session opened and never come back to ends after the
 		// disconnect delay, and frees its place.
