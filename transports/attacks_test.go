@@ -577,6 +577,16 @@ func crossSiteAttacks() []attack {
 				t.Fatalf("iframe.html: %s", resp.body)
 			}
 		}},
+		// The node's own pages (the demos publish on a click) cannot be
+		// framed by another site to steal a click.
+		{"demo pages framed by another site", func(_ *gateway.Config, o *Options) {
+			o.Web = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "<!doctype html>") })
+		}, func(t *testing.T, e *attackEnv) {
+			resp := sjsDo(t, e.n.client, http.MethodGet, e.n.url("/auction.html"), "")
+			if resp.status != http.StatusOK || resp.get("Content-Security-Policy") != "frame-ancestors 'self'" {
+				t.Fatalf("a page: %d %v", resp.status, resp.header)
+			}
+		}},
 		{"SockJS iframe framed where origins are listed", func(_ *gateway.Config, o *Options) { o.AllowedOrigins = []string{"https://app.example", "null"} }, func(t *testing.T, e *attackEnv) {
 			resp := sjsDo(t, e.n.client, http.MethodGet, e.n.url("/sockjs/iframe.html"), "")
 			if resp.get("Content-Security-Policy") != "frame-ancestors 'self' https://app.example" {

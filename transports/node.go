@@ -152,6 +152,16 @@ func (n *node) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]
 	return nil, &refusal{status: http.StatusBadRequest, code: gateway.DisconnectProtocol.Code, msg: "reading body: " + err.Error()}
 }
 
+// framedBy lets only the allowed Origins frame the pages h serves (the
+// demo pages publish on a click: a foreign site that framed them could
+// make a visitor click through an invisible frame).
+func (n *node) framedBy(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Security-Policy", n.gate.origins.frameAncestors)
+		h.ServeHTTP(w, r)
+	})
+}
+
 // cors adds the CORS headers for an allowed cross-origin request.
 func (n *node) cors(w http.ResponseWriter, r *http.Request) {
 	origin := r.Header.Get("Origin")

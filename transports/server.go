@@ -136,7 +136,7 @@ func New(opts Options) *Server {
 	mountSockJS(t, n)
 	t.Method(http.MethodPost, "/api/publish", publishHandler{n})
 	if n.opts.Web != nil {
-		t.Handle("/*", n.opts.Web)
+		t.Handle("/*", n.framedBy(n.opts.Web))
 	}
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not found")
