@@ -180,6 +180,9 @@ type HTTP struct {
 	Listen string `mapstructure:"listen"`
 	// ReadHeaderTimeout bounds the time to read request headers (slowloris).
 	ReadHeaderTimeout time.Duration `mapstructure:"read_header_timeout"`
+	// ReadBodyTimeout bounds the time to read a request body (slowloris
+	// with a trickled body).
+	ReadBodyTimeout time.Duration `mapstructure:"read_body_timeout"`
 	// IdleTimeout bounds how long an idle keep-alive connection stays open.
 	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
 	// ShutdownTimeout bounds a graceful shutdown.

@@ -34,6 +34,7 @@ func wantDefaults() *Config {
 		HTTP: HTTP{
 			Listen:            "127.0.0.1:8080",
 			ReadHeaderTimeout: 5 * time.Second,
+			ReadBodyTimeout:   10 * time.Second,
 			IdleTimeout:       120 * time.Second,
 			ShutdownTimeout:   10 * time.Second,
 			AllowedOrigins:    []string{},
@@ -715,6 +716,7 @@ func TestValidate(t *testing.T) {
 		{"http.listen empty port", func(c *Config) { c.HTTP.Listen = "127.0.0.1:" }, `http.listen: port must be a number 0-65535`},
 		{"http.listen big port", func(c *Config) { c.HTTP.Listen = ":65536" }, `http.listen: port must be a number 0-65535, got ":65536"`},
 		{"http.read_header_timeout", func(c *Config) { c.HTTP.ReadHeaderTimeout = 0 }, `http.read_header_timeout: must be greater than 0, got 0s`},
+		{"http.read_body_timeout", func(c *Config) { c.HTTP.ReadBodyTimeout = 0 }, `http.read_body_timeout: must be greater than 0, got 0s`},
 		{"http.idle_timeout", func(c *Config) { c.HTTP.IdleTimeout = -time.Second }, `http.idle_timeout: must be greater than 0, got -1s`},
 		{"http.shutdown_timeout", func(c *Config) { c.HTTP.ShutdownTimeout = 0 }, `http.shutdown_timeout: must be greater than 0`},
 		{"origins valid", func(c *Config) {

@@ -79,6 +79,7 @@ func (v *validator) node(n *Node) {
 func (v *validator) http(h *HTTP) {
 	v.listen("http.listen", h.Listen)
 	v.positive("http.read_header_timeout", h.ReadHeaderTimeout)
+	v.positive("http.read_body_timeout", h.ReadBodyTimeout)
 	v.positive("http.idle_timeout", h.IdleTimeout)
 	v.positive("http.shutdown_timeout", h.ShutdownTimeout)
 	for i, o := range h.AllowedOrigins {

@@ -324,16 +324,31 @@ func ipKey(a netip.Addr) netip.Addr {
 type originPolicy struct {
 	any   bool
 	exact map[string]bool
+	// frameAncestors is the Content-Security-Policy of pages that run in
+	// the node's origin for other pages to frame (SockJS iframe.html):
+	// only the allowed Origins may frame them. A page framed by any site
+	// would act in the node's origin, where its requests are same-origin
+	// and carry the visitor's cookie, and report to the framing page.
+	frameAncestors string
 }
 
 func newOriginPolicy(allowed []string) originPolicy {
 	p := originPolicy{exact: make(map[string]bool)}
+	ancestors := []string{"frame-ancestors 'self'"}
 	for _, o := range allowed {
 		if o == "*" {
 			p.any = true
 			continue
 		}
-		p.exact[strings.ToLower(strings.TrimRight(o, "/"))] = true
+		o = strings.ToLower(strings.TrimRight(o, "/"))
+		p.exact[o] = true
+		if o != "null" { // no source expression names it
+			ancestors = append(ancestors, o)
+		}
+	}
+	p.frameAncestors = strings.Join(ancestors, " ")
+	if p.any {
+		p.frameAncestors = "frame-ancestors *"
 	}
 	return p
 }

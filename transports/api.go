@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"mime"
 	"net/http"
 	"strings"
@@ -88,14 +87,9 @@ func (h publishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
-			return
-		}
-		writeError(w, http.StatusBadRequest, "reading body: "+err.Error())
+	body, ref := h.readBody(w, r, h.opts.MaxBodyBytes)
+	if ref != nil {
+		ref.writeJSON(w)
 		return
 	}
 	var req publishRequest
@@ -107,6 +101,14 @@ func (h publishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := brokers.ValidateChannel(req.Channel); err != nil {
 		writeError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	if gateway.IsReserved(req.Channel) {
+		// Refused here, not by the broker's publish: a server's mistake
+		// or probe is a 403, not a failed publish to retry.
+		ref := &refusal{status: http.StatusForbidden, code: gateway.DisconnectForbidden.Code,
+			msg: fmt.Sprintf("channel %q is reserved for the gateway nodes", req.Channel)}
+		ref.writeJSON(w)
 		return
 	}
 	data, contentType, err := req.payload()
@@ -149,10 +151,9 @@ func (h sendHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ref.writeJSON(w)
 		return
 	}
-	limit := int64(h.maxFrame) * 8
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", limit))
+	body, ref := h.readFrames(w, r)
+	if ref != nil {
+		ref.writeJSON(w)
 		return
 	}
 	frames, errs, err := gateway.DecodeFrames(body)

@@ -1,6 +1,9 @@
 package transports
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -60,6 +63,9 @@ func newNode(opts Options) *node {
 	if opts.StreamLimit <= 0 {
 		opts.StreamLimit = defaultStreamLimit
 	}
+	if opts.ReadBodyTimeout <= 0 {
+		opts.ReadBodyTimeout = 10 * time.Second
+	}
 	n := &node{
 		sjsCloseOut: make(chan struct{}, 1),
 		opts:        opts,
@@ -115,6 +121,52 @@ func (n *node) watchIdle(conn net.Conn, ready func()) *pollReg {
 		return nil
 	}
 	return p.register(rc, ready)
+}
+
+// readBody reads r's body, up to limit bytes and within
+// Options.ReadBodyTimeout: http.Server's ReadHeaderTimeout stops a client
+// that trickles its headers, but nothing else bounds one that trickles a
+// body (ReadTimeout would cut the long-polls and streams that follow the
+// body), so every handler that reads a body reads it here. The deadline
+// is lifted once the body is in, so a long-poll may then wait as long as
+// it likes. A refusal is 413 past limit, 408 past the deadline, 400 for a
+// body that breaks off.
+func (n *node) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *refusal) {
+	rc := http.NewResponseController(w)
+	// Without a deadline (a connection that has none to set) the body is
+	// read as before: bounded in size only.
+	timed := rc.SetReadDeadline(time.Now().Add(n.opts.ReadBodyTimeout)) == nil
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err == nil {
+		if timed {
+			_ = rc.SetReadDeadline(time.Time{})
+		}
+		return body, nil
+	}
+	// The rest of the body is not worth waiting for: net/http would read
+	// up to 256 KiB of it before answering, to keep the connection.
+	w.Header().Set("Connection", "close")
+	var mbe *http.MaxBytesError
+	var ne net.Error
+	switch {
+	case errors.As(err, &mbe):
+		return nil, &refusal{status: http.StatusRequestEntityTooLarge, code: gateway.DisconnectTooLarge.Code,
+			msg: fmt.Sprintf("body exceeds %d bytes", limit)}
+	case errors.As(err, &ne) && ne.Timeout():
+		return nil, &refusal{status: http.StatusRequestTimeout, code: gateway.DisconnectProtocol.Code,
+			msg: fmt.Sprintf("request body not received within %s", n.opts.ReadBodyTimeout)}
+	}
+	return nil, &refusal{status: http.StatusBadRequest, code: gateway.DisconnectProtocol.Code, msg: "reading body: " + err.Error()}
+}
+
+// framedBy lets only the allowed Origins frame the pages h serves (the
+// demo pages publish on a click: a foreign site that framed them could
+// make a visitor click through an invisible frame).
+func (n *node) framedBy(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Security-Policy", n.gate.origins.frameAncestors)
+		h.ServeHTTP(w, r)
+	})
 }
 
 // cors adds the CORS headers for an allowed cross-origin request.

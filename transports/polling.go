@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -281,17 +280,8 @@ func (h pollHandler) parseRequest(w http.ResponseWriter, r *http.Request, q url.
 // readFrames reads a request body of upstream frames, bounded like
 // POST /session/{sid}/send. It returns the trimmed body.
 func (n *node) readFrames(w http.ResponseWriter, r *http.Request) ([]byte, *refusal) {
-	limit := int64(n.maxFrame) * 8
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return nil, &refusal{status: http.StatusRequestEntityTooLarge, code: gateway.DisconnectTooLarge.Code,
-				msg: fmt.Sprintf("body exceeds %d bytes", limit)}
-		}
-		return nil, &refusal{status: http.StatusBadRequest, code: gateway.DisconnectProtocol.Code, msg: "reading body: " + err.Error()}
-	}
-	return bytes.TrimSpace(body), nil
+	body, ref := n.readBody(w, r, int64(n.maxFrame)*8)
+	return bytes.TrimSpace(body), ref
 }
 
 // applyFrames applies upstream frames that came with a request, like

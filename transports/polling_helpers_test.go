@@ -35,6 +35,7 @@ const waitTimeout = 20 * time.Second
 // transports.Server on a real loopback listener.
 type testNode struct {
 	gw     *gateway.Gateway
+	broker *natsbroker.Broker // what the gateway runs on, for messages that do not come through it
 	srv    *Server
 	http   *httptest.Server
 	client *http.Client
@@ -74,7 +75,7 @@ func startNode(t testing.TB, cfg func(*gateway.Config), opts func(*Options)) *te
 		opts(&o)
 	}
 	srv := New(o)
-	n := &testNode{gw: gw, srv: srv, http: httptest.NewServer(srv), client: &http.Client{Transport: &http.Transport{}}}
+	n := &testNode{gw: gw, broker: emb.Broker(), srv: srv, http: httptest.NewServer(srv), client: &http.Client{Transport: &http.Transport{}}}
 	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
@@ -158,6 +159,7 @@ type pollClient struct {
 	n     *testNode
 	jsonp bool
 	cb    string
+	token string // sent as ?token= with every request when set
 	sid   string
 	acked uint64 // the highest seq received, sent as ack=
 }
@@ -180,6 +182,9 @@ func (c *pollClient) open(channels ...string) []packet {
 	if c.jsonp {
 		q.Set("cb", c.cb)
 	}
+	if c.token != "" {
+		q.Set("token", c.token)
+	}
 	status, body := c.get(c.path() + "?" + q.Encode())
 	if status != http.StatusOK {
 		c.t.Fatalf("open: %d %s", status, body)
@@ -198,6 +203,9 @@ func (c *pollClient) pollURL(ack uint64) string {
 	q := url.Values{"ack": {strconv.FormatUint(ack, 10)}}
 	if c.jsonp {
 		q.Set("cb", c.cb)
+	}
+	if c.token != "" {
+		q.Set("token", c.token)
 	}
 	return c.path() + "/" + c.sid + "?" + q.Encode()
 }

@@ -50,6 +50,10 @@ type Options struct {
 	// Compression configures permessage-deflate on /ws and the SockJS
 	// websocket (wsdeflate.go); the zero value offers it.
 	Compression Compression
+	// ReadBodyTimeout bounds the time a client may take to send a request
+	// body (a trickled body is slowloris too); past it the request gets
+	// 408. 0 means 10s.
+	ReadBodyTimeout time.Duration
 	// WriteTimeout bounds every write to a client; a write that takes longer
 	// ends the session (its peer is gone or not reading).
 	WriteTimeout time.Duration
@@ -144,7 +148,7 @@ func New(opts Options) *Server {
 	mountSockJS(t, n)
 	t.Method(http.MethodPost, "/api/publish", publishHandler{n})
 	if n.opts.Web != nil {
-		t.Handle("/*", n.opts.Web)
+		t.Handle("/*", n.framedBy(n.opts.Web))
 	}
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not found")

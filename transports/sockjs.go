@@ -615,10 +615,13 @@ func (ep *sockjsEndpoint) serveInfo(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveIframe answers /iframe*.html: a strongly cacheable page that loads
-// sockjs-client in the server's origin, for the iframe transports.
+// sockjs-client in the server's origin, for the iframe transports. Only
+// the allowed Origins may frame it (originPolicy.frameAncestors):
+// sockjs-client's iframe takes orders from whichever page frames it.
 func (ep *sockjsEndpoint) serveIframe(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	sjsCacheForever(h)
+	h.Set("Content-Security-Policy", ep.n.gate.origins.frameAncestors)
 	h.Set("ETag", ep.etag)
 	if inm := r.Header.Get("If-None-Match"); inm != "" && sjsETagMatch(inm, ep.etag) {
 		w.WriteHeader(http.StatusNotModified)

@@ -3,8 +3,6 @@ package transports
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -334,15 +332,9 @@ func (f *sjsFraming) respond(w http.ResponseWriter, frame []byte) {
 
 // readSJSBody reads a send body; on failure it has answered.
 func (ep *sockjsEndpoint) readSJSBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	limit := int64(ep.maxBody())
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			sjsPlain(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", limit))
-		} else {
-			sjsPlain(w, http.StatusBadRequest, "reading body: "+err.Error())
-		}
+	body, ref := ep.n.readBody(w, r, int64(ep.maxBody()))
+	if ref != nil {
+		sjsPlain(w, ref.status, ref.msg)
 		return nil, false
 	}
 	return body, true

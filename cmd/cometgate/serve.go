@@ -266,6 +266,7 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		CallbackCookie:     cfg.Auth.CallbackCookie,
 		NewSessionsPerIP:   rate(cfg.Limits.NewSessionsPerIPPerSecond, cfg.Limits.NewSessionsPerIPBurst),
 		NewSessionsPerNode: rate(cfg.Limits.NewSessionsPerSecond, cfg.Limits.NewSessionsBurst),
+		ReadBodyTimeout:    cfg.HTTP.ReadBodyTimeout,
 		// configs.Validate checked these with transports' validators.
 		SockJS:            cfg.SockJSEndpoints(),
 		BridgeDialTimeout: cfg.Bridge.DialTimeout,
