@@ -57,7 +57,7 @@ func FuzzWebSocketReader(f *testing.F) {
 			wsFrame{fin: true, op: opCont, payload: zping[3:]}.bytes(),
 		}, nil),
 		wsFrame{fin: true, rsv: 4, op: opText, payload: compress(f, make([]byte, 1<<20))}.bytes(), // inflates beyond the limit
-		wsFrame{fin: true, rsv: 4, op: opBinary, payload: []byte{0xff, 0x00, 0x01}}.bytes(),     // not deflate
+		wsFrame{fin: true, rsv: 4, op: opBinary, payload: []byte{0xff, 0x00, 0x01}}.bytes(),       // not deflate
 		wsFrame{fin: true, rsv: 4, op: opPing}.bytes(),
 	} {
 		f.Add(s, true)
