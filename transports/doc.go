@@ -26,7 +26,10 @@
 //     is their only writer of packets.
 //   - One WebSocket connection type (wsconn.go) owns the wire of every
 //     WebSocket: RFC 6455 checks, the write lock, deadlines, pings on busy
-//     connections, the close handshake.
+//     connections, the close handshake, and permessage-deflate on the
+//     packet WebSockets (wsdeflate.go: why no context takeover, and how a
+//     broadcast message is compressed once and shared by every session
+//     after its own seq prefix).
 //   - Hijacked connections that are idle (WebSocket, SSE) are watched by one
 //     epoll poller per node (netpoll_linux.go), with no goroutine per
 //     connection; input starts a short-lived reader. Elsewhere, and for the
@@ -141,6 +144,9 @@
 //
 // A WebSocket binary frame is read exactly like a text frame (the same JSON),
 // for clients that send ArrayBuffers; the server always sends text frames.
+// With permessage-deflate negotiated (RFC 7692, no context takeover both
+// ways), messages of either side may be compressed; the server compresses
+// those whose body reaches the configured threshold.
 //
 // # Server → client packets
 //

@@ -273,7 +273,7 @@ func (f *sjsFraming) appendPrelude(b []byte) []byte {
 // appendBatch appends the packets' frames; ctl (a native transport's
 // control packet) never comes to a SockJS request.
 func (f *sjsFraming) appendBatch(b []byte, pkts []gateway.Packet, _ []byte) []byte {
-	b, f.built = appendSJSFrames(b, pkts, f.mode, f.entry.markOpened, f.single, f.appendFrame)
+	b, f.built = appendSJSFrames(b, pkts, f.mode, f.entry.markOpened, f.single, nil, f.appendFrame)
 	if n := len(pkts); n > 0 && pkts[n-1].Type() == gateway.TypeClose && pkts[n-1].Seq <= f.built {
 		f.entry.markCloseOut() // the close packet is the last of a session's packets
 	}

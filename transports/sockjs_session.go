@@ -371,8 +371,10 @@ func (ep *sockjsEndpoint) startBridge(sess *gateway.Session, link *bridgeLink) {
 // frame, and c[code,"reason"] for the close packet. With single, one frame
 // is rendered at most (a polling response carries one). It returns the seq
 // of the last packet the frames account for: packets after it were not
-// rendered and go out again with the next request.
-func appendSJSFrames(b []byte, pkts []gateway.Packet, mode sjsSessionMode, wasOpened func() bool, single bool, emit func(b, frame []byte) []byte) ([]byte, uint64) {
+// rendered and go out again with the next request. spans, when not nil,
+// receives where the a[...] frame passed to emit holds each packet's body
+// (quoted, as sjsBodySpan says), and is emptied after that frame.
+func appendSJSFrames(b []byte, pkts []gateway.Packet, mode sjsSessionMode, wasOpened func() bool, single bool, spans *[]sjsBodySpan, emit func(b, frame []byte) []byte) ([]byte, uint64) {
 	tmp := getBuffer(512)
 	defer putBuffer(tmp)
 	msgs := getBuffer(512)
@@ -388,7 +390,25 @@ func appendSJSFrames(b []byte, pkts []gateway.Packet, mode sjsSessionMode, wasOp
 	}
 	addPacket := func(p gateway.Packet) {
 		*tmp = p.AppendJSON((*tmp)[:0])
+		start := len(*msgs)
 		add(*tmp)
+		if spans != nil {
+			// Quoting is per character, so the quoted packet is the
+			// quoted prefix `{\"seq\":N,` (its two quotes escaped)
+			// followed by the quoted body, then the closing quote.
+			start += len(`,"`) + len(p.AppendPrefix((*tmp)[:0])) + 2
+			if n == 1 {
+				start-- // no comma before the first
+			}
+			*spans = append(*spans, sjsBodySpan{start: start, end: len(*msgs) - 1, body: p.Body()})
+		}
+	}
+	emitMsgs := func(b []byte) []byte {
+		b = emit(b, append(*msgs, ']'))
+		if spans != nil {
+			*spans = (*spans)[:0]
+		}
+		return b
 	}
 	var rendered uint64
 loop:
@@ -415,7 +435,7 @@ loop:
 				addPacket(p)
 			}
 			if n > 0 {
-				b = emit(b, append(*msgs, ']'))
+				b = emitMsgs(b)
 			}
 			d := mode.sess.Reason()
 			if d == sjsBrokenFraming {
@@ -432,9 +452,18 @@ loop:
 		rendered = p.Seq
 	}
 	if n > 0 {
-		b = emit(b, append(*msgs, ']'))
+		b = emitMsgs(b)
 	}
 	return b, rendered
+}
+
+// sjsBodySpan is where a SockJS frame holds a packet's body: frame[start:end]
+// is the body's JSON quoted as a SockJS message string (without its
+// quotes), the same bytes for every session that sends the body, which
+// is what lets the websocket compress it once (sjsCodec).
+type sjsBodySpan struct {
+	start, end int
+	body       *gateway.Body
 }
 
 // Sessions across nodes. A client chooses its SockJS session id, so the id

@@ -91,7 +91,9 @@ func (ep *sockjsEndpoint) serveWebSocket(w http.ResponseWriter, r *http.Request)
 		onClose = link.close
 	}
 	sess, ref := ep.n.gate.open(r, sessionSpec{transport: "sockjs", heartbeat: ep.cfg.HeartbeatDelay, onClose: onClose})
-	c := ep.n.upgradeWS(w, r, ep.cfg.HeartbeatDelay, ep.wsLimits())
+	lim := ep.wsLimits()
+	lim.deflate = !ep.echo && !ep.tcp // packets: compressed bodies are shared
+	c := ep.n.upgradeWS(w, r, ep.cfg.HeartbeatDelay, lim)
 	if c == nil {
 		if sess != nil {
 			sess.Close(gateway.DisconnectGone())
@@ -133,22 +135,71 @@ func (wsRefused) ended(gateway.Disconnect)  {}
 var sjsBrokenFraming = gateway.Disconnect{Code: 3000, Reason: "Broken framing."}
 
 // sjsCodec is the SockJS framing on a websocket: each SockJS frame one
-// text message.
+// text message, compressed when the connection negotiated
+// permessage-deflate and it holds a body large enough.
 type sjsCodec struct {
 	ep     *sockjsEndpoint
 	mode   sjsSessionMode
 	opened bool // the open frame went out; only the session's writer touches it
+	// spans are where the a[...] frame being built holds bodies; only
+	// the session's writer touches them.
+	spans []sjsBodySpan
 }
 
 var _ wsCodec = (*sjsCodec)(nil)
 
 func (*sjsCodec) name() string { return "sockjs" }
 
-func (c *sjsCodec) appendPackets(b []byte, pkts []gateway.Packet, _ *wsDeflate) []byte {
-	b, _ = appendSJSFrames(b, pkts, c.mode, c.wasOpened, false, func(b, frame []byte) []byte {
-		return appendMessage(b, ws.OpText, frame)
+func (c *sjsCodec) appendPackets(b []byte, pkts []gateway.Packet, z *wsDeflate) []byte {
+	if z == nil {
+		b, _ = appendSJSFrames(b, pkts, c.mode, c.wasOpened, false, nil, func(b, frame []byte) []byte {
+			return appendMessage(b, ws.OpText, frame)
+		})
+		return b
+	}
+	b, _ = appendSJSFrames(b, pkts, c.mode, c.wasOpened, false, &c.spans, func(b, frame []byte) []byte {
+		return appendSJSDeflated(b, frame, c.spans, z)
 	})
+	if cap(c.spans) > 64 {
+		c.spans = nil // keep no large slice on an idle session
+	}
 	return b
+}
+
+// appendSJSDeflated appends a SockJS frame as one text message: the
+// bodies it holds (spans) that are large enough compressed once for
+// every session (gateway.Body.Derived), what is around them as stored
+// blocks (deflateAsm); uncompressed when no body is worth it.
+func appendSJSDeflated(b, frame []byte, spans []sjsBodySpan, z *wsDeflate) []byte {
+	tmp := getBuffer(len(frame)/2 + 64)
+	defer putBuffer(tmp)
+	var a deflateAsm
+	pos := 0
+	for _, s := range spans {
+		// The window bound is on what was compressed: the quoted body.
+		if !z.compresses(s.end - s.start) {
+			continue
+		}
+		zb := s.body.Derived(derivedDeflateSJS, deflateSJSBody)
+		if zb == nil {
+			continue
+		}
+		*tmp = a.literal(*tmp, frame[pos:s.start])
+		*tmp = a.body(*tmp, zb)
+		pos = s.end
+	}
+	if pos == 0 {
+		return appendMessage(b, ws.OpText, frame)
+	}
+	*tmp = a.end(a.literal(*tmp, frame[pos:]))
+	return append(appendFrameHeaderRSV1(b, ws.OpText, len(*tmp)), *tmp...)
+}
+
+// deflateSJSBody compresses a body's JSON quoted as a SockJS message
+// string, without its quotes: what appendSJSFrames writes for it.
+func deflateSJSBody(json []byte) []byte {
+	q := appendSJSQuote(nil, json, false)
+	return deflateBody(q[1 : len(q)-1])
 }
 
 func (c *sjsCodec) wasOpened() bool {

@@ -21,6 +21,8 @@ import (
 // (a panic in its reader goroutine kills the test binary), and the session
 // must end and the connection close: the client side reads until the
 // server closes, and the session's Done must close, within a bounded time.
+// With deflate the connection negotiated permessage-deflate, so frames
+// with RSV1 are inflated (within the frame limit) rather than refused.
 func FuzzWebSocketReader(f *testing.F) {
 	ping := []byte(`{"op":"ping","id":1}`)
 	seeds := [][]byte{
@@ -43,16 +45,35 @@ func FuzzWebSocketReader(f *testing.F) {
 		bytes.Repeat(wsFrame{fin: true, op: opPing, payload: bytes.Repeat([]byte{'x'}, 125)}.bytes(), 64),
 	}
 	for _, s := range seeds {
-		f.Add(s)
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	zping := compress(f, ping)
+	for _, s := range [][]byte{
+		wsFrame{fin: true, rsv: 4, op: opText, payload: zping}.bytes(),
+		bytes.Join([][]byte{
+			wsFrame{rsv: 4, op: opText, payload: zping[:3]}.bytes(),
+			wsFrame{fin: true, op: opPing}.bytes(),
+			wsFrame{fin: true, op: opCont, payload: zping[3:]}.bytes(),
+		}, nil),
+		wsFrame{fin: true, rsv: 4, op: opText, payload: compress(f, make([]byte, 1<<20))}.bytes(), // inflates beyond the limit
+		wsFrame{fin: true, rsv: 4, op: opBinary, payload: []byte{0xff, 0x00, 0x01}}.bytes(),       // not deflate
+		wsFrame{fin: true, rsv: 4, op: opPing}.bytes(),
+	} {
+		f.Add(s, true)
 	}
 	// One node for every input: starting a broker per input would make the
 	// fuzzer crawl. A small frame limit keeps big declared lengths cheap.
 	n := startNode(f, func(c *gateway.Config) { c.MaxFrameBytes = 4096 }, nil)
-	f.Fuzz(func(t *testing.T, stream []byte) {
+	f.Fuzz(func(t *testing.T, stream []byte, deflate bool) {
 		if len(stream) > 1<<16 {
 			t.Skip("inputs are bounded to 64 KiB")
 		}
-		c := dialWS(t, n)
+		var hdr http.Header
+		if deflate {
+			hdr = http.Header{"Sec-Websocket-Extensions": {"permessage-deflate"}}
+		}
+		c := dialWSWith(t, n, hdr, nil)
 		deadline := time.Now().Add(waitTimeout)
 		_ = c.conn.SetDeadline(deadline)
 		// Read everything the server sends, so that none of its writes

@@ -328,8 +328,9 @@ func (c *wsConn) onInput() {
 		}
 	}
 	// An idle connection keeps no payload buffer: the next frame, maybe
-	// a pong a heartbeat from now, allocates its own.
-	c.frames.payload = nil
+	// a pong a heartbeat from now, allocates its own. Nor the buffer of
+	// an inflated message (permessage-deflate).
+	c.frames.payload, c.frames.plain = nil, nil
 	if err := c.reg.arm(); err != nil {
 		c.end(gateway.DisconnectGone())
 		c.finish()

@@ -3,6 +3,7 @@ package transports
 import (
 	"bytes"
 	"compress/flate"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -419,4 +420,97 @@ func wsExtensionsAnswer(t *testing.T, n *testNode, hdr http.Header) string {
 		t.Fatalf("first packet %+v", hello)
 	}
 	return resp.Header.Get("Sec-WebSocket-Extensions")
+}
+
+// The SockJS framing: a batch of packets is one a[...] message whose
+// large bodies are compressed once per body and whose prefixes, small
+// packets and punctuation are stored blocks; inflated, it is exactly the
+// uncompressed frame.
+func TestSockJSDeflateFrames(t *testing.T) {
+	_, z := negotiateDeflate([]string{"permessage-deflate"}, Compression{})
+	bodies := []*gateway.Body{testBody(t, jsonPayload(1000)), testBody(t, `{"i":1}`), testBody(t, jsonPayload(3000)), testBody(t, `"\u2028 <&> \"quoted\""`+strings.Repeat(" ", 300)), testBody(t, jsonPayload(700))}
+	for _, from := range []int{0, 1, 2, 3} {
+		var pkts []gateway.Packet
+		for i, body := range bodies[from:] {
+			pkts = append(pkts, gateway.NewPacket(uint64(i+7), body))
+		}
+		plainCodec := &sjsCodec{mode: sjsSessionMode{pubsub: true}, opened: true}
+		plain := plainCodec.appendPackets(nil, pkts, nil)
+		zc := &sjsCodec{mode: sjsSessionMode{pubsub: true}, opened: true}
+		b := zc.appendPackets(nil, pkts, z)
+		ph, err := ws.ReadHeader(bytes.NewReader(plain))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := ws.ReadHeader(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !h.Rsv1() || h.OpCode != ws.OpText || int(h.Length) != len(b)-frameHeaderLen(int(h.Length)) {
+			t.Fatalf("from %d: header %+v of a %d-byte message", from, h, len(b))
+		}
+		want := plain[len(plain)-int(ph.Length):]
+		if got := inflateRef(t, b[len(b)-int(h.Length):]); !bytes.Equal(got, want) {
+			t.Fatalf("from %d: inflates to %.200s\nwant %.200s", from, got, want)
+		}
+		if h.Length*2 > ph.Length {
+			t.Fatalf("from %d: %d bytes compressed, %d plain", from, h.Length, ph.Length)
+		}
+	}
+	// Only small bodies: no compression.
+	zc := &sjsCodec{mode: sjsSessionMode{pubsub: true}, opened: true}
+	b := zc.appendPackets(nil, []gateway.Packet{gateway.NewPacket(1, bodies[1])}, z)
+	if h, _ := ws.ReadHeader(bytes.NewReader(b)); h.Rsv1() {
+		t.Fatalf("a small packet was compressed")
+	}
+}
+
+// A SockJS websocket session negotiates permessage-deflate like /ws, and
+// two sessions get the same compressed body.
+func TestSockJSWebSocketDeflate(t *testing.T) {
+	n := startNode(t, nil, func(o *Options) { o.SockJS = []SockJSEndpoint{{Prefix: "/pubsub", Websocket: true}} })
+	hdr := http.Header{"Sec-Websocket-Extensions": {"permessage-deflate; client_max_window_bits"}}
+	large := jsonPayload(4000)
+	var clients []*wsClient
+	for i := range 2 {
+		conn, br, resp := wsUpgrade(t, n, fmt.Sprintf("/pubsub/000/s%d/websocket", i), hdr, nil)
+		if got := resp.Header.Get("Sec-WebSocket-Extensions"); resp.StatusCode != http.StatusSwitchingProtocols || got != "permessage-deflate; server_no_context_takeover; client_no_context_takeover" {
+			t.Fatalf("upgrade: %d, Sec-WebSocket-Extensions %q", resp.StatusCode, got)
+		}
+		c := &wsClient{t: t, n: n, conn: conn, br: br}
+		if _, p, _ := c.readZ(); string(p) != "o" {
+			t.Fatalf("first frame %q", p)
+		}
+		c.send(wsFrame{fin: true, rsv: 4, op: opText, payload: compress(t, []byte(`["{\"op\":\"sub\",\"id\":1,\"ch\":\"demo.sz\"}"]`))})
+		for {
+			_, p, _ := c.readZ()
+			if strings.Contains(string(p), `\"t\":\"ok\",\"id\":1`) {
+				break
+			}
+			if !strings.Contains(string(p), `\"t\":\"hello\"`) {
+				t.Fatalf("client %d: %s", i, p)
+			}
+		}
+		clients = append(clients, c)
+	}
+	if err := n.gw.Publish(t.Context(), "demo.sz", []byte(large), ""); err != nil {
+		t.Fatal(err)
+	}
+	var wires [2][]byte
+	for i, c := range clients {
+		h, p, wire := c.readZ()
+		var msgs []string
+		if !h.Rsv1() || p[0] != 'a' || json.Unmarshal(p[1:], &msgs) != nil || len(msgs) != 1 {
+			t.Fatalf("client %d: RSV1 %v, %.100s", i, h.Rsv1(), p)
+		}
+		var pkt packet
+		if err := json.Unmarshal([]byte(msgs[0]), &pkt); err != nil || pkt.T != gateway.TypeMsg || string(pkt.Data) != large {
+			t.Fatalf("client %d: %.100s (%v)", i, msgs[0], err)
+		}
+		wires[i] = wire
+	}
+	// Both say a["{\"seq\":3, in a stored block, then the same bytes.
+	if !bytes.Equal(wires[0], wires[1]) {
+		t.Fatalf("the sessions' compressed messages differ")
+	}
 }

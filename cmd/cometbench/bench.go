@@ -308,7 +308,7 @@ func (c *coordinator) startWorkers(ctx context.Context, procs int) error {
 		}
 		spec := workerSpec{ID: i, URLs: urls, Transport: o.Transport, First: first, Count: count,
 			Channels: o.Channels, Prefix: o.Prefix, SrcIPs: ips, Ramp: o.Ramp / float64(n),
-			ReadBuffer: o.ReadBuffer, OpenTimeout: o.OpenTimeout, Poll: o.Poll}
+			ReadBuffer: o.ReadBuffer, OpenTimeout: o.OpenTimeout, Poll: o.Poll, Deflate: o.Deflate}
 		first += count
 		h, err := c.startWorker(ctx, spec)
 		if err != nil {

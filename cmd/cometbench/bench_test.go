@@ -237,6 +237,9 @@ func TestBenchAgainstGateway(t *testing.T) {
 		{"ws api", []string{"--transport", "ws", "--publish", "api"}},
 		{"sse api", []string{"--transport", "sse", "--publish", "api"}},
 		{"ws goroutine per connection", []string{"--transport", "ws", "--epoll=false"}},
+		// 1 KiB payloads: compressed by the gateway, inflated here.
+		{"ws deflate", []string{"--transport", "ws", "--deflate", "--payload", "1024"}},
+		{"ws deflate goroutine per connection", []string{"--transport", "ws", "--deflate", "--payload", "1024", "--epoll=false"}},
 		{"sse goroutine per connection", []string{"--transport", "sse", "--epoll=false"}},
 		{"ws nats", []string{"--transport", "ws", "--publish", "nats", "--nats-url", gw.natsURL, "--channels", "5"}},
 		{"sse nats two sources", []string{"--transport", "sse", "--publish", "nats", "--nats-url", gw.natsURL,

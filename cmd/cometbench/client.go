@@ -37,6 +37,8 @@ type openOptions struct {
 	Channel string
 	// ReadBuffer is the size of the connection's read buffer.
 	ReadBuffer int
+	// Deflate offers permessage-deflate (websocket only).
+	Deflate bool
 }
 
 // dialFunc dials a TCP address from the session's source address.

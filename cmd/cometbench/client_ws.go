@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"compress/flate"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,8 +11,10 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
+	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 )
 
@@ -51,7 +54,13 @@ func (wsTransport) Open(ctx context.Context, o openOptions) (packetStream, error
 			status = fmt.Sprintf("%d %s: %s", code, reason, bytes.TrimSpace(body[:n]))
 		},
 	}
-	br, _, err := d.Upgrade(conn, &u)
+	if o.Deflate {
+		// The gateway answers with no context takeover both ways, so
+		// every message inflates on its own and nothing is sent
+		// compressed (the sub frame is small).
+		d.Extensions = []httphead.Option{{Name: []byte("permessage-deflate")}}
+	}
+	br, hs, err := d.Upgrade(conn, &u)
 	if err != nil {
 		_ = conn.Close()
 		if status != "" {
@@ -69,7 +78,11 @@ func (wsTransport) Open(ctx context.Context, o openOptions) (packetStream, error
 		rd = io.MultiReader(pre, conn)
 		ws.PutReader(br)
 	}
-	c := &wsStream{conn: conn, pre: pre, r: bufio.NewReaderSize(rd, o.ReadBuffer)}
+	c := &wsStream{conn: conn, pre: pre, r: bufio.NewReaderSize(rd, o.ReadBuffer), deflate: len(hs.Extensions) > 0}
+	if o.Deflate && !c.deflate {
+		_ = conn.Close()
+		return nil, errors.New("websocket handshake: the gateway declined permessage-deflate")
+	}
 	sub := []byte(`{"op":"sub","id":1,"ch":` + strconv.Quote(o.Channel) + `}`)
 	if err := c.writeFrame(ws.OpText, sub); err != nil {
 		_ = conn.Close()
@@ -87,6 +100,7 @@ type wsStream struct {
 	discard int    // bytes of the previous frame still in r's buffer
 	big     []byte // payloads that do not fit in r's buffer
 	hdr     [ws.MaxHeaderSize]byte
+	deflate bool // permessage-deflate was negotiated
 }
 
 // Next returns the payload of the next text or binary frame, answering
@@ -128,6 +142,9 @@ func (c *wsStream) Next() ([]byte, error) {
 		case ws.OpText, ws.OpBinary:
 			if !h.Fin {
 				return nil, errors.New("fragmented websocket message (the gateway sends whole frames)")
+			}
+			if h.Rsv1() {
+				return inflateMessage(c.deflate, p)
 			}
 			return p, nil
 		case ws.OpPing:
@@ -184,13 +201,14 @@ func (c *wsStream) Handover() (net.Conn, []byte, streamParser) {
 		_, _ = c.pre.Read(more)
 		rest = append(rest, more...)
 	}
-	return c.conn, rest, &wsParser{conn: c.conn}
+	return c.conn, rest, &wsParser{conn: c.conn, deflate: c.deflate}
 }
 
 // wsParser cuts server frames out of the bytes the event loop reads.
 type wsParser struct {
-	conn net.Conn
-	left []byte // an incomplete frame from the previous read
+	conn    net.Conn
+	left    []byte // an incomplete frame from the previous read
+	deflate bool   // permessage-deflate was negotiated
 }
 
 func (p *wsParser) Feed(b []byte, emit func([]byte)) error {
@@ -199,7 +217,7 @@ func (p *wsParser) Feed(b []byte, emit func([]byte)) error {
 		b = p.left
 	}
 	for len(b) >= 2 {
-		fin, op := b[0]&0x80 != 0, ws.OpCode(b[0]&0x0f)
+		fin, op, rsv1 := b[0]&0x80 != 0, ws.OpCode(b[0]&0x0f), b[0]&0x40 != 0
 		masked := b[1]&0x80 != 0
 		n, hl := uint64(b[1]&0x7f), 2
 		switch n {
@@ -238,6 +256,12 @@ func (p *wsParser) Feed(b []byte, emit func([]byte)) error {
 			if !fin {
 				return errors.New("fragmented websocket message (the gateway sends whole frames)")
 			}
+			if rsv1 {
+				var err error
+				if payload, err = inflateMessage(p.deflate, payload); err != nil {
+					return err
+				}
+			}
 			emit(payload)
 		case ws.OpPing:
 			if err := writeClientFrame(p.conn, ws.OpPong, payload); err != nil {
@@ -274,4 +298,31 @@ type wsClosedError struct {
 
 func (e *wsClosedError) Error() string {
 	return fmt.Sprintf("websocket closed by the server: %d %s", e.code, e.reason)
+}
+
+// Compressed messages (RFC 7692): the gateway compresses each message on
+// its own, so one pooled decompressor inflates any of them.
+
+// deflateTail completes a compressed message for compress/flate: the
+// 00 00 ff ff RFC 7692 removes, then an empty final block.
+var deflateTail = []byte{0, 0, 0xff, 0xff, 1, 0, 0, 0xff, 0xff}
+
+var inflaters = sync.Pool{New: func() any { return flate.NewReader(nil) }}
+
+// inflateMessage inflates the payload of a message whose first frame had
+// RSV1, which only a connection that negotiated deflate may receive.
+func inflateMessage(negotiated bool, p []byte) ([]byte, error) {
+	if !negotiated {
+		return nil, errors.New("compressed websocket message without permessage-deflate")
+	}
+	fr := inflaters.Get().(io.ReadCloser)
+	defer inflaters.Put(fr)
+	if err := fr.(flate.Resetter).Reset(io.MultiReader(bytes.NewReader(p), bytes.NewReader(deflateTail)), nil); err != nil {
+		return nil, err
+	}
+	out, err := io.ReadAll(fr)
+	if err != nil {
+		return nil, fmt.Errorf("inflating a websocket message: %w", err)
+	}
+	return out, nil
 }

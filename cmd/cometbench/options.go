@@ -44,6 +44,7 @@ type runOptions struct {
 	Label       string
 	CPUProfile  string
 	Poll        bool
+	Deflate     bool
 }
 
 // Bounds that keep every run finite and sane.
@@ -86,6 +87,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	jsonOut := fs.Bool("json", false, "print one JSON line per run step instead of the table")
 	label := fs.String("label", "", "a name for this run, copied into the output")
 	poll := fs.Bool("epoll", true, "read subscribed sessions from one epoll loop per worker (false: one goroutine per connection)")
+	deflate := fs.Bool("deflate", false, "websocket: offer permessage-deflate, and inflate the compressed messages the gateway sends")
 	cpuProfile := fs.String("cpuprofile", "", "write the load generator's own CPU profile (this process only) to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, errUsage
@@ -99,6 +101,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 		Publish: *publish, NATSURL: *natsURL, SubjPrefix: *subjPrefix, APIKey: *apiKey,
 		APILanes: *apiLanes, Procs: *procs, Ramp: *ramp, Payload: *payload,
 		ReadBuffer: *readBuf, MaxP99: *maxP99, JSON: *jsonOut, Label: *label, CPUProfile: *cpuProfile, Poll: *poll,
+		Deflate: *deflate,
 	}
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
@@ -206,6 +209,9 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	}
 	if o.MaxP99 < 0 {
 		bad("--max-p99 must not be negative")
+	}
+	if o.Deflate && o.Transport != "ws" {
+		bad("--deflate: only the ws transport compresses, not %s", o.Transport)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

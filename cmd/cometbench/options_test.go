@@ -26,6 +26,7 @@ func TestParseRunFlagsRefusesNonLoopback(t *testing.T) {
 		{[]string{"--transport", "carrier-pigeon"}, "--transport"},
 		{[]string{"--prefix", "demo..x"}, "--prefix"},
 		{[]string{"--publish", "smtp"}, "--publish"},
+		{[]string{"--transport", "sse", "--deflate"}, "--deflate"},
 	}
 	for _, tc := range cases {
 		_, err := parseRunFlags(tc.args, io.Discard)

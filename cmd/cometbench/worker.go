@@ -46,6 +46,8 @@ type workerSpec struct {
 	// Poll reads subscribed sessions from one epoll loop instead of one
 	// goroutine each (transports that support it).
 	Poll bool `json:"poll"`
+	// Deflate offers permessage-deflate (websocket).
+	Deflate bool `json:"deflate,omitempty"`
 }
 
 // command is a parent → worker line after the spec.
@@ -432,6 +434,7 @@ func (w *worker) runSession(s *benchSession, results chan<- openResult) {
 		Base:       w.bases[g%len(w.bases)],
 		Channel:    s.channel,
 		ReadBuffer: w.spec.ReadBuffer,
+		Deflate:    w.spec.Deflate,
 	})
 	cancel()
 	if err != nil {

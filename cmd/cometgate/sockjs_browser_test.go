@@ -186,6 +186,18 @@ func sjsStartBrowserNode(t *testing.T, clientJS []byte) *sjsBrowserNode {
 	return &sjsBrowserNode{gw: gw, base: base, port: port}
 }
 
+// sjsPubSubMessage is the i-th message published to a SockJS page: small
+// ones, and ones large enough to be compressed on the websocket (whose
+// SockJS quoting, of the escapes and characters below, is compressed
+// with them).
+func sjsPubSubMessage(i int) string {
+	if i%2 == 0 {
+		return fmt.Sprintf(`{"i":%d,"s":"é </script> %%"}`, i)
+	}
+	return fmt.Sprintf(`{"i":%d,"s":"é </script> %%","rows":[%s]}`, i,
+		strings.TrimSuffix(strings.Repeat(`{"name":"\"quoted\" \u2028 𝄞 € <&>","n":12345},`, 40), ","))
+}
+
 // sjsEchoMessages exercise what SockJS must carry intact: escapes, the
 // characters browsers mangle, "%" (eventsource), "</script>" (htmlfile),
 // non-BMP characters, and enough bytes to recycle streaming responses.
@@ -263,8 +275,18 @@ func TestSockJSBrowser(t *testing.T) {
 					if used != tr {
 						t.Fatalf("pubsub went over %q, want %q", used, tr)
 					}
+					if tr == "websocket" {
+						// Chromium offers permessage-deflate; the node
+						// accepts (sockjs-client keeps the browser's
+						// WebSocket as _transport.ws).
+						var ext string
+						tt.eval(fmt.Sprintf("SJ.ps[%q].sock._transport.ws.extensions", tr), &ext)
+						if ext != "permessage-deflate; server_no_context_takeover; client_no_context_takeover" {
+							t.Fatalf("the SockJS websocket negotiated extensions %q", ext)
+						}
+					}
 					for i := range 5 {
-						if err := n.gw.Publish(context.Background(), channel, fmt.Appendf(nil, `{"i":%d,"s":"é </script> %%"}`, i), ""); err != nil {
+						if err := n.gw.Publish(context.Background(), channel, []byte(sjsPubSubMessage(i)), ""); err != nil {
 							t.Fatalf("publish: %v", err)
 						}
 					}
@@ -278,7 +300,7 @@ func TestSockJSBrowser(t *testing.T) {
 						return json.Unmarshal(raw, &a) == nil && json.Unmarshal([]byte(want), &b) == nil && reflect.DeepEqual(a, b)
 					}
 					for i := range 5 {
-						if want := fmt.Sprintf(`{"i":%d,"s":"é </script> %%"}`, i); !same(got[i], want) {
+						if want := sjsPubSubMessage(i); !same(got[i], want) {
 							t.Fatalf("message %d: %s, want %s", i, got[i], want)
 						}
 					}
