@@ -91,11 +91,16 @@
  *       promise is pending);
  *       {code, reason, delay} for "disconnected" (delay = ms until the next
  *       attempt); {code, reason} for "closed".
- *   subscribe(channel, onMessage?, {cursor}?) → Subscription
+ *   subscribe(channel, onMessage?, {cursor, latest, last}?) → Subscription
  *       channel may be a pattern ("demo.ticker.*", "demo.>"). cursor resumes
- *       a channel with history after that message. Subscribing to a channel
- *       that is already subscribed shares the server subscription (and its
- *       cursor; the second cursor is ignored).
+ *       a channel with history after that message. latest: true starts
+ *       with the last stored message of each matching channel, last: N
+ *       (1 to 1000) with the last N messages, then live (on channels with
+ *       history; elsewhere a gap says the state is not available); a
+ *       cursor, once a message brought one, wins over both. Subscribing to
+ *       a channel that is already subscribed shares the server
+ *       subscription (and its cursor; the second one's options are
+ *       ignored).
  *   publish(channel, value) → Promise   value is sent as JSON ("data").
  *   publishText(channel, string) → Promise   sent as "text".
  *   publishBytes(channel, Uint8Array | ArrayBuffer | view) → Promise   "b64".
@@ -554,6 +559,21 @@
     }
     if (out.length === 0) throw new TypeError("CometGate: options.transports is empty");
     return out;
+  }
+
+  // MAX_LAST is the most messages a subscription may ask for with last.
+  const MAX_LAST = 1000;
+
+  // checkStart validates subscribe's latest and last options.
+  function checkStart(options) {
+    const latest = options ? options.latest : undefined;
+    const last = options ? options.last : undefined;
+    if (latest !== undefined && latest !== null && typeof latest !== "boolean") throw new TypeError("CometGate: latest must be true or false");
+    if (last !== undefined && last !== null && (typeof last !== "number" || !Number.isInteger(last) || last < 1 || last > MAX_LAST)) {
+      throw new TypeError("CometGate: last must be an integer from 1 to " + MAX_LAST);
+    }
+    if (latest && last) throw new TypeError("CometGate: latest and last exclude each other");
+    return { latest: latest === true, last: last || 0 };
   }
 
   function checkChannel(channel) {
@@ -1965,12 +1985,19 @@
         onMessage = null;
       }
       checkChannel(channel);
+      const start = checkStart(options);
       if (this.state === "closed") throw new CometGateError("closed", "CometGate: the client is closed");
       let entry = this._subs.get(channel);
       const isNew = !entry;
       if (isNew) {
         const cursor = options && options.cursor !== undefined && options.cursor !== null && options.cursor !== "" ? options.cursor : null;
         entry = { channel: channel, cursor: cursor, subs: new Set(), status: "pending", reqId: 0, retries: 0, retryTimer: null, dropUntilConfirmed: false };
+        // Current state on subscribe: sent with every sub frame of this
+        // subscription, reconnects included. The server starts from the
+        // cursor once there is one (a message arrived), and otherwise from
+        // the current state, which also covers a break without a cursor.
+        if (start.latest) entry.latest = true;
+        if (start.last) entry.last = start.last;
         this._subs.set(channel, entry);
       }
       const sub = new Subscription(this, channel, entry);
@@ -2080,6 +2107,8 @@
     _sendSub(conn, entry) {
       const frame = { op: "sub", ch: entry.channel };
       if (entry.cursor !== null && entry.cursor !== undefined && entry.cursor !== "") frame.cursor = entry.cursor;
+      if (entry.latest) frame.latest = true;
+      if (entry.last) frame.last = entry.last;
       const req = this._newRequest("sub", frame, entry);
       entry.status = "sent";
       entry.reqId = req.id;
@@ -2210,7 +2239,8 @@
         try {
           // The subscriptions an open URL may carry (SSE, xhr_stream, poll).
           const subs = [];
-          for (const e of this._subs.values()) if (e.status === "pending") subs.push([e.channel, e.cursor]);
+          // Subscriptions that ask for the current state go by frame.
+          for (const e of this._subs.values()) if (e.status === "pending" && !e.latest && !e.last) subs.push([e.channel, e.cursor]);
           conn = new Impl(this, subs);
           if (carry && typeof conn.adopt === "function") {
             this._debug(name, "attaches to session", carry.sid);

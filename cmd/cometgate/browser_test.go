@@ -226,7 +226,7 @@ const harnessJS = `new Promise((resolve, reject) => {
 // harnessT defines window.T with the global CometGate.
 const harnessT = `window.T = {
     states: [], msgs: [], subscribed: 0, subErrors: [], gaps: [],
-    start(opts, channel) {
+    start(opts, channel, subOpts) {
       const cg = new CometGate(opts);
       T.cg = cg;
       cg.on("state", (state, info) => T.states.push({
@@ -237,7 +237,7 @@ const harnessT = `window.T = {
         channel: m.channel, pattern: m.pattern, kind: m.kind, seq: m.seq,
         u8: m.data instanceof Uint8Array,
         data: m.data instanceof Uint8Array ? Array.from(m.data) : m.data,
-      }));
+      }), subOpts);
       T.sub.on("subscribed", () => T.subscribed++);
       T.sub.on("error", (e) => T.subErrors.push({ code: e.code, message: e.message }));
       T.sub.on("gap", (g) => T.gaps.push(g));

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -299,4 +300,47 @@ func TestBrowserBufferingProxy(t *testing.T) {
 		t.Fatalf("publish resolved with %v", ok)
 	}
 	b.waitFor("T.msgs.length >= 31", diagJS)
+}
+
+// TestBrowserCurrentState: subscribe(channel, fn, {latest: true}) on a
+// channel with history starts with its last message, then live, on a
+// streaming, a callback and a WebSocket transport; {last: 3} starts with
+// the last three. Nothing is duplicated or missing at the switch.
+func TestBrowserCurrentState(t *testing.T) {
+	cfg := historyConfig(t, "jetstream", "cgtest_current_state")
+	n := startNodeArgs(t, []string{"--config", cfg}, "COMETGATE_BROKER_EMBEDDED_LISTEN=127.0.0.1:0")
+	for _, transport := range []string{"websocket", "sse", "jsonp"} {
+		t.Run(transport, func(t *testing.T) {
+			ch := "demo.h.state." + transport
+			publishMixed(t, n, ch, 0, 5)
+			b := newTab(t)
+			b.do(chromedp.Navigate(n.url("/cometgate.js")))
+			var typ string
+			b.eval(harnessJS, &typ)
+			b.eval(fmt.Sprintf(`T.start({transports: [%q]}, %q, {latest: true}), true`, transport, ch), nil)
+			b.waitFor(`T.subscribed === 1 && T.cg.state === "connected" && T.msgs.length >= 1`, diagJS)
+			publishMixed(t, n, ch, 5, 8)
+			b.waitFor("T.msgs.length >= 4", diagJS)
+			checkMixed(t, b.messages(), ch, 4, 8, true)
+
+			if transport != "websocket" {
+				return
+			}
+			var got []pageMsg
+			b.eval(fmt.Sprintf(`new Promise((resolve) => {
+			  const got = [];
+			  new CometGate({transports: ["websocket"]}).subscribe(%q, (m) => {
+			    got.push({channel: m.channel, pattern: m.pattern, kind: m.kind, seq: m.seq,
+			      u8: m.data instanceof Uint8Array, data: m.data instanceof Uint8Array ? Array.from(m.data) : m.data});
+			    if (got.length === 3) resolve(got);
+			  }, {last: 3});
+			})`, ch), &got)
+			checkMixed(t, got, ch, 5, 8, true)
+			var err string
+			b.eval(`(() => { try { T.cg.subscribe("demo.h.x", {latest: true, last: 2}); return "accepted"; } catch (e) { return e.message; } })()`, &err)
+			if !strings.Contains(err, "exclude") {
+				t.Fatalf("latest and last together: %q", err)
+			}
+		})
+	}
 }
