@@ -146,7 +146,8 @@
  *   - Transports are tried in order. Each falls back to the next when it
  *     fails to open (a refused handshake or request, a network error),
  *     closes before the server's hello, or brings no hello within
- *     connectTimeout. The transport that worked last is tried first on the
+ *     connectTimeout (sse and xhr_stream: within bufferingTimeout once
+ *     their response started). The transport that worked last is tried first on the
  *     next connection.
  *   - Requests carry ids 1, 2, 3, … (per client); ok/err answers are matched
  *     by id. Packets are de-duplicated by seq within a session.

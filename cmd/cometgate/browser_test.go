@@ -460,9 +460,10 @@ func freePort(t *testing.T) string {
 
 // TestBrowserReconnect: when its node shuts down (close 3000), the client
 // goes "disconnected", keeps trying, and once a node is back at the same
-// address it opens a new session, subscribes again and receives.
+// address it opens a new session, subscribes again and receives: over
+// WebSocket, SSE, and the last resorts htmlfile and jsonp.
 func TestBrowserReconnect(t *testing.T) {
-	for _, transport := range []string{"websocket", "sse"} {
+	for _, transport := range []string{"websocket", "sse", "htmlfile", "jsonp"} {
 		t.Run(transport, func(t *testing.T) {
 			addr := freePort(t)
 			a := startNode(t, "COMETGATE_HTTP_LISTEN="+addr)
