@@ -5,6 +5,7 @@ package main
 // fallback), with the harness of browser_test.go.
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -116,6 +117,26 @@ func TestBrowserCallbackTransports(t *testing.T) {
 			}
 
 			checkPagePublishes(t, b, 100)
+
+			// A burst of publishes larger than one upstream request takes
+			// (jsonp: about 6,000 URL characters per /jsonp_send): all
+			// resolve, and they come back in the order they were made.
+			sends := p.count("/jsonp_send/")
+			var burst []map[string]any
+			b.eval(`Promise.all(Array.from({length: 40}, (_, i) => T.cg.publishText("demo.browser", i + ":" + "é".repeat(200))))`, &burst)
+			if len(burst) != 40 {
+				t.Fatalf("the burst resolved with %d answers", len(burst))
+			}
+			b.waitFor("T.msgs.length >= 143", diagJS)
+			for i, m := range b.messages()[103:143] {
+				var text string
+				if err := json.Unmarshal(m.Data, &text); err != nil || m.Kind != "text" || text != fmt.Sprintf("%d:%s", i, strings.Repeat("é", 200)) {
+					t.Fatalf("burst message %d came back as %s %.40s", i, m.Kind, m.Data)
+				}
+			}
+			if transport == "jsonp" && p.count("/jsonp_send/")-sends < 3 {
+				t.Fatalf("a burst of about 50,000 URL characters went in %d /jsonp_send requests", p.count("/jsonp_send/")-sends)
+			}
 			if pr := b.problems(p.srv.URL + "/favicon.ico"); len(pr) > 0 {
 				t.Fatalf("console errors: %v", pr)
 			}
@@ -126,13 +147,13 @@ func TestBrowserCallbackTransports(t *testing.T) {
 			p.fail.Store(true)
 			p.srv.CloseClientConnections()
 			b.waitFor(`T.cg.state === "connecting"`, diagJS)
-			publishMixed(t, n, "demo.browser", 103, 160)
+			publishMixed(t, n, "demo.browser", 143, 200)
 			p.fail.Store(false)
-			b.waitFor("T.msgs.length >= 160", diagJS)
-			publishMixed(t, n, "demo.browser", 160, 161)
-			b.waitFor(`T.msgs.length >= 161 && T.cg.state === "connected"`, diagJS)
+			b.waitFor("T.msgs.length >= 200", diagJS)
+			publishMixed(t, n, "demo.browser", 200, 201)
+			b.waitFor(`T.msgs.length >= 201 && T.cg.state === "connected"`, diagJS)
 			msgs := b.messages()
-			checkMixed(t, msgs[103:], "demo.browser", 103, 161, true)
+			checkMixed(t, msgs[143:], "demo.browser", 143, 201, true)
 			keptSession(t, b, sid, before)
 		})
 	}
