@@ -1709,13 +1709,13 @@
 
     _open(req, url) {
       const cb = registerCallback((packets) => this._onScriptCall(req, packets));
-      const done = loadScript(appendQuery(url, ["cb=" + cb.name]), (ok) => {
+      const remove = loadScript(appendQuery(url, ["cb=" + cb.name]), (ok) => {
         cb.retire();
         if (req !== this.active || this.closed) return;
         this._failed(req, ok ? "the JSONP response called nothing" : "JSONP request failed");
       });
       req.cleanup = () => {
-        done();
+        remove();
         cb.retire();
       };
     }
