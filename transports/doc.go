@@ -263,7 +263,12 @@
 // (Content-Type: application/javascript).
 //
 // XHR streaming (/xhr_stream) and htmlfile (/htmlfile) keep one response
-// open and write packets as they come, each write flushed. An XHR stream
+// open and write packets as they come, each write flushed. The response
+// that opens an XHR stream names its session in the X-Cometgate-Session
+// header (exposed to CORS): behind a proxy that buffers the stream, the
+// headers arrive but no packet does, and the client attaches to the same
+// session by /poll/{sid}, which gets every packet not yet acknowledged,
+// hello included. An XHR stream
 // (Content-Type: text/plain; charset=utf-8) starts with 2,047 spaces and a
 // newline (a prelude some browsers and proxies need before they deliver
 // anything), then has one packet JSON per line; an empty line is a

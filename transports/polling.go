@@ -40,6 +40,10 @@ const defaultStreamLimit = 128 << 10
 // maxCallbackLen bounds a JSONP or htmlfile callback name.
 const maxCallbackLen = 64
 
+// HeaderSession names the session an XHR stream opened, in the response's
+// headers (see doc.go, "Request per poll").
+const HeaderSession = "X-Cometgate-Session"
+
 // maxSIDLen bounds a session id taken from a URL.
 const maxSIDLen = 128
 
@@ -186,6 +190,14 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if ref != nil {
 			writeRefusal(w, fam, f, ref)
 			return
+		}
+		if fam.streaming && !fam.callback {
+			// A proxy that buffers the stream lets the headers through
+			// and holds every packet: with the session id in a header
+			// the client can attach to this very session with another
+			// transport (GET /poll/{sid}) instead of losing it.
+			hdr.Set(HeaderSession, sess.ID())
+			hdr.Set("Access-Control-Expose-Headers", HeaderSession)
 		}
 		// Subscribe before attaching, so that the first response carries
 		// the hello packet and every subscription's answer together.

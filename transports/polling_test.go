@@ -3,7 +3,9 @@ package transports
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -819,5 +821,66 @@ func TestPollResponseHeaderBytes(t *testing.T) {
 	}
 	if head.Len() > 200 {
 		t.Errorf("response head is %d bytes, budget 200", head.Len())
+	}
+}
+
+// TestStreamSessionHeader: the response that opens an XHR stream names
+// its session in a header, so a client that never sees the stream's body
+// (a buffering proxy holds it) can attach to the session by long-polling
+// and get everything from the hello on, messages published meanwhile
+// included.
+func TestStreamSessionHeader(t *testing.T) {
+	n := startNode(t, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.url("/xhr_stream?ch=demo.buffered"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := n.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid := resp.Header.Get(HeaderSession)
+	if err := parseSID(sid); err != nil || resp.Header.Get("Access-Control-Expose-Headers") != HeaderSession {
+		t.Fatalf("stream headers: %s %q, Access-Control-Expose-Headers %q (%v)", HeaderSession, sid,
+			resp.Header.Get("Access-Control-Expose-Headers"), err)
+	}
+	// The session subscribed before the headers went out.
+	n.publishN(t, "demo.buffered", 0, 3)
+	cancel()
+	resp.Body.Close()
+
+	presp, err := n.client.Get(n.url("/poll/" + sid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer presp.Body.Close()
+	var pkts []packet
+	if err := json.NewDecoder(presp.Body).Decode(&pkts); err != nil || presp.StatusCode != http.StatusOK {
+		t.Fatalf("poll: %d %v", presp.StatusCode, err)
+	}
+	var msgs []int
+	for i, p := range pkts {
+		if p.seq() != uint64(i+1) {
+			t.Fatalf("packet %d has seq %d: %+v", i, p.seq(), pkts)
+		}
+		if p.T == gateway.TypeMsg {
+			msgs = append(msgs, p.index())
+		}
+	}
+	if len(pkts) < 5 || pkts[0].T != gateway.TypeHello || pkts[0].SID != sid || pkts[1].T != gateway.TypeOK ||
+		fmt.Sprint(msgs) != "[0 1 2]" {
+		t.Fatalf("the poll got %+v", pkts)
+	}
+
+	// Opening a poll names no session in a header: its body has the hello.
+	oresp, err := n.client.Get(n.url("/poll?ch=demo.x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, oresp.Body)
+	oresp.Body.Close()
+	if h := oresp.Header.Get(HeaderSession); h != "" {
+		t.Fatalf("a poll's open response names session %q", h)
 	}
 }

@@ -112,10 +112,14 @@ declare namespace CometGate {
     fetch?: ((input: string, init?: RequestInit) => Promise<Response>) | null;
   }
 
-  interface SubscribeOptions {
-    /** Resume a channel with history after this cursor. */
-    cursor?: string | null;
-  }
+  /**
+   * Where a subscription starts. On channels with history, latest starts
+   * with the last stored message of each matching channel and last with
+   * the last N messages (1 to 1000), then live; a cursor wins over both.
+   */
+  type SubscribeOptions =
+    | { cursor?: string | null; latest?: boolean; last?: undefined }
+    | { cursor?: string | null; latest?: false; last?: number };
 
   interface PublishOptions {
     /** The message's id (1 to 64 printable ASCII characters): publishing again with it delivers once. */

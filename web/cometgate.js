@@ -3,7 +3,8 @@
  *
  * It speaks wire protocol version 1 (see package transports, doc.go) over a
  * WebSocket or, when that does not work, an EventSource (SSE), XHR streaming
- * or long-polling, the last three with HTTP POSTs for upstream frames. Plain
+ * or long-polling, the last three with HTTP POSTs for upstream frames, and as
+ * last resorts htmlfile (a hidden iframe that streams) and JSONP. Plain
  * ES2018, no dependencies, no build step. Loading
  * this file as a classic <script> defines window.CometGate; under CommonJS it
  * is also module.exports; cometgate.mjs is its ES module entry
@@ -29,10 +30,14 @@
  *   Every option is optional.
  *   url                base URL of the gateway (default location.origin). The
  *                      client uses url + "/ws", "/sse", "/xhr_stream",
- *                      "/poll" and "/session/{sid}/send".
+ *                      "/poll", "/htmlfile", "/jsonp", "/jsonp_send/{sid}"
+ *                      and "/session/{sid}/send".
  *   transports         transports to try, in order (default
- *                      ["websocket", "sse", "xhr_stream", "poll"]; "auto"
- *                      means the same).
+ *                      ["websocket", "sse", "xhr_stream", "poll",
+ *                      "htmlfile", "jsonp"]; "auto" means the same; one
+ *                      name, or a list of one, forces that transport).
+ *                      htmlfile is used only when url is the page's own
+ *                      origin (its iframe calls the page).
  *   debug              log protocol events with console.debug (default false).
  *   autoConnect        connect right away (default true); otherwise call
  *                      connect().
@@ -41,6 +46,11 @@
  *                      for the n-th retry in a row.
  *   connectTimeout     10000 ms: how long a transport may take to deliver the
  *                      server's hello before the next transport is tried.
+ *   bufferingTimeout   4000 ms: how long sse and xhr_stream may stay silent
+ *                      once their response started before the client takes
+ *                      the path for a buffering proxy and tries the next
+ *                      transport; xhr_stream hands its session on (see
+ *                      BEHAVIOUR). 0 leaves it to connectTimeout.
  *   requestTimeout     30000 ms: a publish or ping that has no answer by then
  *                      rejects with code "timeout" (0 disables).
  *   ackInterval        1000 ms } acknowledge the highest packet seq received
@@ -77,8 +87,8 @@
  * CometGate
  *   state              "disconnected" (not connected, maybe waiting to retry),
  *                      "connecting", "connected" or "closed" (final).
- *   transport          "websocket" | "sse" | "xhr_stream" | "poll" | null: the
- *                      transport in use.
+ *   transport          "websocket" | "sse" | "xhr_stream" | "poll" |
+ *                      "htmlfile" | "jsonp" | null: the transport in use.
  *   sessionId          the server's session id, or null.
  *   on(event, fn)      add a listener; returns a function that removes it.
  *   off(event, fn)     remove a listener.
@@ -94,13 +104,14 @@
  *     the gateway's refusal. Later requests and reconnects use the token.
  *   subscribe(channel, onMessage?, {cursor, latest, last}?) → Subscription
  *       channel may be a pattern ("demo.ticker.*", "demo.>"). cursor resumes
- *       a channel with history after that message. Without a cursor,
- *       latest: true starts with the latest stored message of each channel
- *       the pattern covers (the current state), last: N with the last N
- *       stored messages, then live; once a message arrived, a reconnect
- *       resumes from its cursor instead. Subscribing to a channel that is
- *       already subscribed shares the server subscription (and its
- *       cursor; the second one's options are ignored).
+ *       a channel with history after that message. latest: true starts
+ *       with the last stored message of each matching channel, last: N
+ *       (1 to 1000) with the last N messages, then live (on channels with
+ *       history; elsewhere a gap says the state is not available); a
+ *       cursor, once a message brought one, wins over both. Subscribing to
+ *       a channel that is already subscribed shares the server
+ *       subscription (and its cursor; the second one's options are
+ *       ignored).
  *   publish(channel, value) → Promise   value is sent as JSON ("data").
  *   publishText(channel, string) → Promise   sent as "text".
  *   publishBytes(channel, Uint8Array | ArrayBuffer | view) → Promise   "b64".
@@ -146,7 +157,8 @@
  *   - Transports are tried in order. Each falls back to the next when it
  *     fails to open (a refused handshake or request, a network error),
  *     closes before the server's hello, or brings no hello within
- *     connectTimeout. The transport that worked last is tried first on the
+ *     connectTimeout (sse and xhr_stream: within bufferingTimeout once
+ *     their response started). The transport that worked last is tried first on the
  *     next connection.
  *   - Requests carry ids 1, 2, 3, … (per client); ok/err answers are matched
  *     by id. Packets are de-duplicated by seq within a session.
@@ -187,6 +199,27 @@
  *     again once, and a second 3003 in a row, with no packet between, means
  *     someone else polls the session, so the client leaves it to them and
  *     opens its own.
+ *   - Buffering proxies: some proxies hold a streamed response until it
+ *     ends, so a stream opens but brings nothing. When sse or xhr_stream
+ *     got its response headers but no hello within bufferingTimeout, the
+ *     client moves to the next transport at once. The response that opens
+ *     an XHR stream names its session (header X-Cometgate-Session), so a
+ *     request-per-poll transport next in line (poll, by default) attaches
+ *     to that session (GET /poll/{sid}) and gets every packet it holds,
+ *     hello included: nothing sent to it meanwhile is lost. (An SSE
+ *     session ends with its stream; the next transport opens its own.)
+ *   - htmlfile and jsonp are request-per-poll too, with a callback instead
+ *     of a readable response: each request names a function of its own in
+ *     window.__cometgate_cb (cb=__cometgate_cb.cN) that the response calls,
+ *     per packet from a hidden iframe's streamed document (htmlfile) or
+ *     with a batch from a script (jsonp). The gateway refuses them in-band
+ *     (a close packet with the code a status would carry), which the
+ *     client treats as the other transports treat the status. Upstream,
+ *     htmlfile POSTs to /session/{sid}/send and jsonp loads
+ *     /jsonp_send/{sid}?d=FRAMES scripts (batches cut at about 6,000
+ *     URL characters). A browser neither ends nor reports an iframe
+ *     document whose connection broke mid-stream, so htmlfile notices a
+ *     broken stream by its silence (two heartbeat intervals and 10 s).
  *   - Every subscription remembers the cursor of its last message; after a
  *     reconnect each channel is subscribed again from that cursor, so
  *     channels with history resume without loss (or report a gap).
@@ -271,12 +304,13 @@
 
   const DEFAULTS = {
     url: "",
-    transports: ["websocket", "sse", "xhr_stream", "poll"],
+    transports: ["websocket", "sse", "xhr_stream", "poll", "htmlfile", "jsonp"],
     debug: false,
     autoConnect: true,
     minReconnectDelay: 500,
     maxReconnectDelay: 30000,
     connectTimeout: 10000,
+    bufferingTimeout: 4000,
     requestTimeout: 30000,
     ackInterval: 1000,
     ackEvery: 100,
@@ -287,7 +321,7 @@
     fetch: null,
   };
 
-  const TRANSPORT_NAMES = ["websocket", "sse", "xhr_stream", "poll"];
+  const TRANSPORT_NAMES = ["websocket", "sse", "xhr_stream", "poll", "htmlfile", "jsonp"];
   // The /sse URL carries the initial subscriptions; channels that would make
   // it longer than this are subscribed by POST after the hello instead.
   const MAX_SSE_URL_LENGTH = 4000;
@@ -305,6 +339,18 @@
   const MAX_RESUME_ATTEMPTS = 10;
   // A stream line (one packet) longer than this means a broken stream.
   const MAX_STREAM_LINE = 16 << 20;
+  // The callback transports (htmlfile, jsonp) name a function of the page
+  // that the gateway's responses call: one per request, in this global
+  // object, so that a late response of a request given up calls nothing.
+  const CALLBACKS = "__cometgate_cb";
+  // The response header that names the session an XHR stream opened.
+  const SESSION_HEADER = "X-Cometgate-Session";
+  // A callback of a request given up stays (as a no-op) this long, for a
+  // response already on its way.
+  const CALLBACK_GRACE_MS = 60000;
+  // /jsonp_send carries frames in its URL: a batch is cut before its
+  // encoded frames pass this many characters (one frame may pass it).
+  const MAX_JSONP_SEND = 6000;
   // A connection that stayed up this long resets the backoff.
   const STABLE_CONNECTION_MS = 10000;
   // Subscription errors worth retrying: the broker or the server had trouble.
@@ -537,6 +583,21 @@
     }
     if (out.length === 0) throw new TypeError("CometGate: options.transports is empty");
     return out;
+  }
+
+  // MAX_LAST is the most messages a subscription may ask for with last.
+  const MAX_LAST = 1000;
+
+  // checkStart validates subscribe's latest and last options.
+  function checkStart(options) {
+    const latest = options ? options.latest : undefined;
+    const last = options ? options.last : undefined;
+    if (latest !== undefined && latest !== null && typeof latest !== "boolean") throw new TypeError("CometGate: latest must be true or false");
+    if (last !== undefined && last !== null && (typeof last !== "number" || !Number.isInteger(last) || last < 1 || last > MAX_LAST)) {
+      throw new TypeError("CometGate: last must be an integer from 1 to " + MAX_LAST);
+    }
+    if (latest && last) throw new TypeError("CometGate: latest and last exclude each other");
+    return { latest: latest === true, last: last || 0 };
   }
 
   function checkChannel(channel) {
@@ -790,7 +851,16 @@
         this._flush();
       };
       es.onopen = () => {
-        if (this.closed || !this.interrupted) return;
+        if (this.closed) return;
+        if (!this.helloSeen) {
+          // The response started; the hello comes with it, unless a
+          // buffering proxy holds the stream. The SSE session cannot be
+          // handed on (it ends with its stream): the next transport opens
+          // its own.
+          this.bufferTimer = this.client._watchBuffering(this, null);
+          return;
+        }
+        if (!this.interrupted) return;
         this.interrupted = false;
         this.client._onTransportResumed(this);
       };
@@ -922,7 +992,8 @@
       if (this.closed) return;
       this.closed = true;
       clearTimeout(this.retryTimer);
-      this.retryTimer = null;
+      clearTimeout(this.bufferTimer);
+      this.retryTimer = this.bufferTimer = null;
       const es = this.es;
       this.es = null;
       if (!es) return;
@@ -959,6 +1030,15 @@
       this.initial = built.included;
       this.ownsLiveness = true;
       this.ownsRecovery = true;
+      // A downstream request may carry upstream frames in its body (poll,
+      // xhr_stream); the callback transports (htmlfile, jsonp) are GETs
+      // that name a callback and send frames on their own.
+      this.carriesFrames = true;
+      this.callback = false;
+      // A session this transport attaches to instead of opening one: set
+      // when the previous transport opened it and then delivered nothing
+      // (a buffering proxy), so the session and its packets carry over.
+      this.resumeSid = null;
       // Downstream.
       this.active = null; // the request in flight: {ctrl, timer, batch, progress, lines}
       this.retryTimer = null; // the next attempt after a failure
@@ -1003,6 +1083,16 @@
       }
     }
 
+    // adopt makes this transport attach to a session that the previous
+    // one opened but could not deliver (see _watchBuffering): its first
+    // request names the session, which sends every packet it holds, the
+    // hello and the answers to the open URL's subscriptions included.
+    adopt(carry) {
+      this.openInitial = this.initial;
+      this.resumeSid = carry.sid;
+      this.initial = carry.initial;
+    }
+
     takeUndelivered() {
       const ids = new Set();
       const add = (f) => {
@@ -1030,21 +1120,32 @@
 
     _request() {
       if (this.closed || this.active || this.retryTimer) return;
-      const req = { ctrl: null, timer: null, batch: null, progress: false, lines: 0 };
+      // cleanup (set by _open) releases what the request holds besides
+      // the fetch: an iframe or a script element, and its callback.
+      const req = { ctrl: null, timer: null, batch: null, progress: false, lines: 0, cleanup: null, called: false, bufferTimer: null };
       let url = this.url;
       let body;
-      if (this.sid) {
-        url = this.client._url(this.path + "/" + encodeURIComponent(this.sid), ["ack=" + this.lastSeq]);
+      const sid = this.sid || this.resumeSid;
+      if (sid) {
+        url = this.client._url(this.path + "/" + encodeURIComponent(sid), ["ack=" + this.lastSeq]);
         // The URL acknowledges everything received so far.
         this.ackedSeq = this.lastSeq;
         this.unacked = 0;
-        req.batch = this._takeBatch();
-        if (req.batch) body = JSON.stringify(req.batch.frames);
+        if (this.carriesFrames) {
+          req.batch = this._takeBatch();
+          if (req.batch) body = JSON.stringify(req.batch.frames);
+        }
       }
-      if (typeof root.AbortController === "function") req.ctrl = new root.AbortController();
       this.active = req;
       // Before the hello the client's connectTimeout covers the request.
       if (this.helloSeen) this._armTimer(req);
+      this._open(req, url, body);
+    }
+
+    // _open sends a downstream request: a fetch (poll, xhr_stream); the
+    // callback transports load an iframe or a script instead.
+    _open(req, url, body) {
+      if (typeof root.AbortController === "function") req.ctrl = new root.AbortController();
       const init = { method: body === undefined ? "GET" : "POST", credentials: "same-origin", cache: "no-store" };
       if (body !== undefined) {
         // text/plain keeps a cross-origin POST a simple request (no preflight).
@@ -1079,7 +1180,23 @@
     _finish(req) {
       clearTimeout(req.timer);
       req.timer = null;
+      clearTimeout(req.bufferTimer);
+      releaseRequest(req);
       if (this.active === req) this.active = null;
+    }
+
+    // _attached: the server attached the request to the session (a 2xx,
+    // or the first call of a callback) and applied the frames it
+    // carried. It returns false when the connection ended meanwhile.
+    _attached(req) {
+      this.failingSince = 0;
+      if (req.batch) this._batchDone(req.batch);
+      req.batch = null;
+      if (this.interrupted) {
+        this.interrupted = false;
+        this.client._onTransportResumed(this);
+      }
+      return !this.closed;
     }
 
     _onResponse(req, res) {
@@ -1094,13 +1211,13 @@
       }
       // The server had the session and attached this request; it applied
       // the frames the request carried before answering.
-      this.failingSince = 0;
-      if (req.batch) this._batchDone(req.batch);
-      req.batch = null;
-      if (this.interrupted) {
-        this.interrupted = false;
-        this.client._onTransportResumed(this);
-        if (this.closed) return;
+      if (!this._attached(req)) return;
+      if (this.streaming && !this.helloSeen) {
+        // The stream started. A proxy that buffers it lets these headers
+        // through and holds the hello: the session id in them lets the
+        // next transport attach to this session instead of losing it.
+        const sid = res.headers && typeof res.headers.get === "function" ? res.headers.get(SESSION_HEADER) : null;
+        req.bufferTimer = this.client._watchBuffering(this, sid ? { sid: sid, initial: this.initial } : null);
       }
       if (this.streaming) this._readStream(req, res);
       else this._readPoll(req, res);
@@ -1174,9 +1291,14 @@
         // the heartbeat interval; before it, connectTimeout applies).
         if (this.helloSeen) this._armTimer(req);
       }
-      // The server ended the stream: its stream limit was reached
-      // (recycling), or the request was cut short. A partial last line is
-      // dropped: its packet was not acknowledged and comes again.
+      // A partial last line is dropped: its packet was not acknowledged
+      // and comes again.
+      this._streamEnded(req);
+    }
+
+    // _streamEnded: the server ended the stream: its stream limit was
+    // reached (recycling), or the request was cut short.
+    _streamEnded(req) {
       const progressed = req.progress;
       this._finish(req);
       if (!this.helloSeen) {
@@ -1260,6 +1382,12 @@
       const reason = typeof p.reason === "string" ? p.reason : "";
       this._finish(req);
       abortRequest(req);
+      if (code !== 3003 && this.callback) {
+        // The callback transports cannot read a status: the gateway
+        // refuses them in-band, with the close code the status goes with.
+        this._refusal(req, refusalStatus(code), { code: code, error: reason });
+        return;
+      }
       if (code === 3003) {
         // "replaced by a newer request". This client makes one request at a
         // time, so the newer one was not its own (a request repeated by
@@ -1279,10 +1407,24 @@
 
     _refused(req, status, info) {
       if (req !== this.active || this.closed) return;
+      this._refusal(req, status, info);
+    }
+
+    // _refusal handles a refused request: status is its HTTP status,
+    // info the gateway's {error, code}.
+    _refusal(req, status, info) {
       const code = typeof info.code === "number" ? info.code : 0;
       const reason = (typeof info.error === "string" && info.error) || "HTTP " + status;
       const batch = req.batch;
       this._finish(req);
+      if (!this.helloSeen && this.resumeSid && status === 404) {
+        // The session handed on is gone already: open one.
+        this.client._debug(this.name, "the session handed on is gone; opening one");
+        this.resumeSid = null;
+        this.initial = this.openInitial;
+        this._request();
+        return;
+      }
       if (!this.helloSeen) {
         // The open request: the next transport, or the end when the
         // server gave a final code (4000-4999).
@@ -1357,9 +1499,22 @@
 
     // ---- upstream ----
 
+    // _numberQueue numbers the waiting frames as the next batch: all of
+    // them, or as many as fit in maxBatchChars once URL-encoded (at least
+    // one).
     _numberQueue() {
-      const frames = this.queue.map((f) => Object.assign({}, f, { n: ++this.n }));
-      this.queue = [];
+      let take = this.queue.length;
+      if (this.maxBatchChars) {
+        let size = 2;
+        take = 0;
+        for (const f of this.queue) {
+          size += encodeURIComponent(JSON.stringify(f)).length + 16; // the comma and "n"
+          if (take > 0 && size > this.maxBatchChars) break;
+          take++;
+        }
+      }
+      const frames = this.queue.slice(0, take).map((f) => Object.assign({}, f, { n: ++this.n }));
+      this.queue = this.queue.slice(take);
       return { frames: frames, sending: false, maybeApplied: false };
     }
 
@@ -1380,9 +1535,10 @@
 
     // _pump sends waiting frames by POST /session/{sid}/send while a
     // downstream request is held; without one in flight, the next one
-    // carries them.
+    // carries them (except on the callback transports, which always send
+    // their own).
     _pump() {
-      if (this.closed || !this.sid || this.upTimer || !this.active) return;
+      if (this.closed || !this.sid || this.upTimer || (!this.active && this.carriesFrames)) return;
       if (this.batch ? this.batch.sending : this.queue.length === 0) return;
       if (!this.batch) this.batch = this._numberQueue();
       this._post(this.batch);
@@ -1406,30 +1562,39 @@
       Promise.resolve(p).then(
         (res) => {
           discardBody(res);
-          if (this.closed || this.batch !== batch) return;
-          const status = res.status;
-          if (status >= 200 && status < 300) {
-            this._batchDone(batch);
-            return;
-          }
-          batch.sending = false;
-          if (status === 404) {
-            this._batchGone(batch);
-            this.client._onTransportClose(this, { code: 3002, reason: "session not found (HTTP 404)" });
-          } else if (status === 408 || status === 429 || status >= 500) {
-            if (status >= 500) batch.maybeApplied = true;
-            this._upRetry();
-          } else {
-            this._batchRejected(batch, status);
-          }
+          this._upAnswered(batch, res.status);
         },
-        () => {
-          if (this.closed || this.batch !== batch) return;
-          batch.sending = false;
-          batch.maybeApplied = true;
-          this._upRetry();
-        }
+        () => this._upFailed(batch)
       );
+    }
+
+    // _upAnswered takes the answer to an upstream request, as an HTTP
+    // status.
+    _upAnswered(batch, status) {
+      if (this.closed || this.batch !== batch) return;
+      if (status >= 200 && status < 300) {
+        this._batchDone(batch);
+        return;
+      }
+      batch.sending = false;
+      if (status === 404) {
+        this._batchGone(batch);
+        this.client._onTransportClose(this, { code: 3002, reason: "session not found (HTTP 404)" });
+      } else if (status === 408 || status === 429 || status >= 500) {
+        if (status >= 500) batch.maybeApplied = true;
+        this._upRetry();
+      } else {
+        this._batchRejected(batch, status);
+      }
+    }
+
+    // _upFailed: an upstream request failed on the way; whether the
+    // server applied it is unknown, so it goes again with the same n.
+    _upFailed(batch) {
+      if (this.closed || this.batch !== batch) return;
+      batch.sending = false;
+      batch.maybeApplied = true;
+      this._upRetry();
     }
 
     _upRetry() {
@@ -1483,9 +1648,247 @@
     }
   }
 
+  // HTMLFileTransport (iframe streaming, the "forever frame") and
+  // JSONPTransport (JSONP polling): the last resorts, for networks and
+  // browsers where fetch cannot stream or reach the gateway. They are
+  // HTTPPollTransport with another way of making a downstream request: a
+  // hidden iframe whose document calls parent.CALLBACK(packet) once per
+  // packet (p(null) is the heartbeat) and ends after the stream limit, or
+  // a script whose response calls CALLBACK([packets]). Each request
+  // names a callback of its own (registerCallback), so whatever a request
+  // that was given up still runs calls nothing. A status cannot be read:
+  // the gateway refuses in-band with a transport-level close packet
+  // (_onRequestClosed). Upstream, htmlfile POSTs to /session/{sid}/send
+  // (its page is on the gateway's origin anyway); jsonp loads
+  // /jsonp_send/{sid}?cb=…&d=FRAMES scripts, one at a time.
+  class HTMLFileTransport extends HTTPPollTransport {
+    constructor(client, subs) {
+      super(client, "htmlfile", "/htmlfile", subs);
+      this.streaming = true;
+      this.callback = true;
+      this.carriesFrames = false;
+      this.ackFrames = "count";
+    }
+
+    // The iframe's document calls its parent: only on the same origin.
+    static supported(client) {
+      return hasDocument() && typeof client._fetch === "function" && sameOrigin(client._base);
+    }
+
+    _open(req, url) {
+      const doc = root.document;
+      const cb = registerCallback((x) => this._onFrameCall(req, x));
+      const frame = doc.createElement("iframe");
+      frame.setAttribute("aria-hidden", "true");
+      frame.tabIndex = -1;
+      frame.title = "cometgate";
+      frame.style.display = "none";
+      frame.src = appendQuery(url, ["cb=" + cb.name]);
+      // The document finished: the stream ended (or never started: an
+      // error page calls nothing).
+      frame.onload = () => {
+        if (req === this.active && !this.closed) this._streamEnded(req);
+      };
+      req.cleanup = () => {
+        frame.onload = null;
+        if (frame.parentNode) frame.parentNode.removeChild(frame);
+        cb.retire();
+      };
+      this.client._debug(this.name, "GET", frame.src);
+      (doc.body || doc.documentElement).appendChild(frame);
+    }
+
+    _onFrameCall(req, x) {
+      if (req !== this.active || this.closed) return;
+      if (isRefusal(x)) {
+        this._onRequestClosed(req, x);
+        return;
+      }
+      if (!req.called) {
+        req.called = true;
+        if (!this._attached(req)) return;
+      }
+      if (x === null || x === undefined) {
+        if (this.helloSeen) this._progress(req); // the heartbeat
+      } else if (!this._deliver(req, [x])) {
+        return;
+      }
+      if (this.helloSeen && req === this.active) this._armTimer(req);
+    }
+  }
+
+  class JSONPTransport extends HTTPPollTransport {
+    constructor(client, subs) {
+      super(client, "jsonp", "/jsonp", subs);
+      this.callback = true;
+      this.carriesFrames = false;
+      this.ackFrames = "none";
+      this.maxBatchChars = MAX_JSONP_SEND;
+    }
+
+    static supported() {
+      return hasDocument();
+    }
+
+    _open(req, url) {
+      const cb = registerCallback((packets) => this._onScriptCall(req, packets));
+      const remove = loadScript(appendQuery(url, ["cb=" + cb.name]), (ok) => {
+        cb.retire();
+        if (req !== this.active || this.closed) return;
+        this._failed(req, ok ? "the JSONP response called nothing" : "JSONP request failed");
+      });
+      req.cleanup = () => {
+        remove();
+        cb.retire();
+      };
+    }
+
+    _onScriptCall(req, packets) {
+      if (req !== this.active || this.closed) return;
+      req.called = true;
+      if (!Array.isArray(packets)) {
+        this._failed(req, "malformed JSONP response");
+        return;
+      }
+      if (packets.length === 1 && isRefusal(packets[0])) {
+        this._onRequestClosed(req, packets[0]);
+        return;
+      }
+      if (!this._attached(req)) return;
+      this._finish(req);
+      // A batch, even an empty one (the heartbeat), is news from the session.
+      this._progress(req);
+      if (this._deliver(req, packets)) this._request();
+    }
+
+    // _post sends a batch by /jsonp_send, whose answer calls back with
+    // {ok} or {ok: false, code, error}.
+    _post(batch) {
+      batch.sending = true;
+      let answered = false;
+      const cb = registerCallback((a) => {
+        answered = true;
+        this._upAnswered(batch, a && a.ok === true ? 204 : refusalStatus(a && a.code));
+      });
+      const url = this.client._url("/jsonp_send/" + encodeURIComponent(this.sid), [
+        "cb=" + cb.name,
+        "d=" + encodeURIComponent(JSON.stringify(batch.frames)),
+      ]);
+      loadScript(url, () => {
+        cb.retire();
+        if (!answered) this._upFailed(batch);
+      });
+    }
+  }
+
+  function hasDocument() {
+    const doc = root.document;
+    return !!(doc && typeof doc.createElement === "function" && (doc.body || doc.documentElement));
+  }
+
+  function sameOrigin(base) {
+    const loc = root.location;
+    if (!loc || !loc.origin || typeof root.URL !== "function") return false;
+    try {
+      return new root.URL(base).origin === loc.origin;
+    } catch (e) {
+      return false;
+    }
+  }
+
+  let callbackSeq = 0;
+
+  // registerCallback adds fn to the page's callback registry
+  // (window[CALLBACKS]) and returns the name the gateway calls (cb=) and
+  // retire(), which takes it out again. A retired callback stays a no-op
+  // for CALLBACK_GRACE_MS: a response on its way then calls nothing
+  // rather than failing with a ReferenceError.
+  function registerCallback(fn) {
+    let reg = root[CALLBACKS];
+    if (!reg || typeof reg !== "object") {
+      reg = {};
+      root[CALLBACKS] = reg;
+    }
+    const key = "c" + ++callbackSeq;
+    reg[key] = fn;
+    return {
+      name: CALLBACKS + "." + key,
+      retire() {
+        if (reg[key] !== fn) return;
+        reg[key] = noop;
+        setTimeout(() => {
+          if (reg[key] === noop) delete reg[key];
+        }, CALLBACK_GRACE_MS);
+      },
+    };
+  }
+
+  // loadScript loads url as a script; after it ran (or failed), done(ok)
+  // is called once. It returns a function that removes the element.
+  function loadScript(url, done) {
+    const doc = root.document;
+    const s = doc.createElement("script");
+    s.async = true;
+    s.src = url;
+    let over = false;
+    const finish = (ok) => {
+      if (over) return;
+      over = true;
+      s.onload = s.onerror = null;
+      if (s.parentNode) s.parentNode.removeChild(s);
+      done(ok);
+    };
+    s.onload = () => finish(true);
+    s.onerror = () => finish(false);
+    (doc.head || doc.documentElement).appendChild(s);
+    return () => {
+      over = true;
+      s.onload = s.onerror = null;
+      if (s.parentNode) s.parentNode.removeChild(s);
+    };
+  }
+
+  // isRefusal tells an in-band refusal of a callback transport: a
+  // transport-level close packet (no seq) other than 3003, which only
+  // ends the request.
+  function isRefusal(p) {
+    return !!p && typeof p === "object" && p.t === "close" && typeof p.seq !== "number" && p.code !== 3003;
+  }
+
+  // refusalStatus is the HTTP status a refusal's close code goes with
+  // (the gateway answers the others with it).
+  function refusalStatus(code) {
+    switch (code) {
+      case 4000:
+        return 400;
+      case 4001:
+        return 413;
+      case 4003:
+        return 403;
+      case 4004:
+        return 404;
+      case 4029:
+        return 429;
+      case 4401:
+        return 401;
+      case 3000:
+        return 503;
+      default:
+        return typeof code === "number" && code >= 4000 ? 400 : 503;
+    }
+  }
+
+  function releaseRequest(req) {
+    if (!req.cleanup) return;
+    const c = req.cleanup;
+    req.cleanup = null;
+    c();
+  }
+
   function abortRequest(req) {
     clearTimeout(req.timer);
     req.timer = null;
+    releaseRequest(req);
     if (!req.ctrl) return;
     try {
       req.ctrl.abort();
@@ -1537,6 +1940,8 @@
     sse: SSETransport,
     xhr_stream: XHRStreamTransport,
     poll: PollingTransport,
+    htmlfile: HTMLFileTransport,
+    jsonp: JSONPTransport,
   };
 
   // ---------------------------------------------------------------------------
@@ -1606,13 +2011,19 @@
         onMessage = null;
       }
       checkChannel(channel);
+      const start = checkStart(options);
       if (this.state === "closed") throw new CometGateError("closed", "CometGate: the client is closed");
       let entry = this._subs.get(channel);
       const isNew = !entry;
       if (isNew) {
         const cursor = options && options.cursor !== undefined && options.cursor !== null && options.cursor !== "" ? options.cursor : null;
-        entry = { channel: channel, cursor: cursor, subs: new Set(), status: "pending", reqId: 0, retries: 0, retryTimer: null, dropUntilConfirmed: false,
-          latest: !!(options && options.latest), last: (options && options.last) || 0 };
+        entry = { channel: channel, cursor: cursor, subs: new Set(), status: "pending", reqId: 0, retries: 0, retryTimer: null, dropUntilConfirmed: false };
+        // Current state on subscribe: sent with every sub frame of this
+        // subscription, reconnects included. The server starts from the
+        // cursor once there is one (a message arrived), and otherwise from
+        // the current state, which also covers a break without a cursor.
+        if (start.latest) entry.latest = true;
+        if (start.last) entry.last = start.last;
         this._subs.set(channel, entry);
       }
       const sub = new Subscription(this, channel, entry);
@@ -1751,8 +2162,8 @@
     _sendSub(conn, entry) {
       const frame = { op: "sub", ch: entry.channel };
       if (entry.cursor !== null && entry.cursor !== undefined && entry.cursor !== "") frame.cursor = entry.cursor;
-      else if (entry.latest) frame.latest = true;
-      else if (entry.last) frame.last = entry.last;
+      if (entry.latest) frame.latest = true;
+      if (entry.last) frame.last = entry.last;
       const req = this._newRequest("sub", frame, entry);
       entry.status = "sent";
       entry.reqId = req.id;
@@ -1868,7 +2279,10 @@
       return list;
     }
 
-    _tryTransport(order, index) {
+    // _tryTransport tries order[index] and the transports after it;
+    // carry is a session the previous one opened and could not deliver
+    // (_watchBuffering), for the first request-per-poll transport tried.
+    _tryTransport(order, index, carry) {
       for (let i = index; i < order.length; i++) {
         const name = order[i];
         const Impl = TRANSPORTS[name];
@@ -1880,12 +2294,14 @@
         try {
           // The subscriptions an open URL may carry (SSE, xhr_stream, poll).
           const subs = [];
-          // One that asks for the current state (latest, last) without a
-          // cursor goes by frame, which carries that.
-          for (const e of this._subs.values()) {
-            if (e.status === "pending" && (cursorKey(e.cursor) !== "" || !(e.latest || e.last))) subs.push([e.channel, e.cursor]);
-          }
+          // Subscriptions that ask for the current state go by frame.
+          for (const e of this._subs.values()) if (e.status === "pending" && !e.latest && !e.last) subs.push([e.channel, e.cursor]);
           conn = new Impl(this, subs);
+          if (carry && typeof conn.adopt === "function") {
+            this._debug(name, "attaches to session", carry.sid);
+            conn.adopt(carry);
+            carry = null;
+          }
           conn.order = order;
           conn.index = i;
           this._conn = conn;
@@ -1925,10 +2341,30 @@
         // Never got going: try the next transport. (A refused token would
         // be refused by every transport: that goes to the backoff instead.)
         this._teardown(conn);
-        this._tryTransport(conn.order, conn.index + 1);
+        this._tryTransport(conn.order, conn.index + 1, info.carry);
         return;
       }
       this._connectionLost(conn, info);
+    }
+
+    // _watchBuffering starts the buffering-proxy timer of a streaming
+    // transport whose response started: no hello within bufferingTimeout
+    // means something on the way holds the stream, so the next transport
+    // is tried at once instead of after connectTimeout. carry ({sid,
+    // initial}, or null) is the session the stream opened, which a
+    // request-per-poll transport next in line attaches to, so that what
+    // it was sent meanwhile is not lost. It returns the timer.
+    _watchBuffering(conn, carry) {
+      const ms = this.options.bufferingTimeout;
+      if (!(ms > 0)) return null;
+      return setTimeout(() => {
+        if (conn !== this._conn || conn.helloSeen) return;
+        this._onTransportClose(conn, {
+          code: 1006,
+          reason: conn.name + " connected but delivered nothing within " + ms + " ms (a buffering proxy?)",
+          carry: carry,
+        });
+      }, ms);
     }
 
     _onTransportInterrupted(conn) {

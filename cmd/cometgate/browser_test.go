@@ -226,7 +226,7 @@ const harnessJS = `new Promise((resolve, reject) => {
 // harnessT defines window.T with the global CometGate.
 const harnessT = `window.T = {
     states: [], msgs: [], subscribed: 0, subErrors: [], gaps: [],
-    start(opts, channel) {
+    start(opts, channel, subOpts) {
       const cg = new CometGate(opts);
       T.cg = cg;
       cg.on("state", (state, info) => T.states.push({
@@ -237,7 +237,7 @@ const harnessT = `window.T = {
         channel: m.channel, pattern: m.pattern, kind: m.kind, seq: m.seq,
         u8: m.data instanceof Uint8Array,
         data: m.data instanceof Uint8Array ? Array.from(m.data) : m.data,
-      }));
+      }), subOpts);
       T.sub.on("subscribed", () => T.subscribed++);
       T.sub.on("error", (e) => T.subErrors.push({ code: e.code, message: e.message }));
       T.sub.on("gap", (g) => T.gaps.push(g));
@@ -415,20 +415,7 @@ func TestBrowserSSE(t *testing.T) {
 	s := openSSE(t, n.url("/sse?ch=demo.browser"))
 	next(t, s.packets, "ok")
 
-	var oks []map[string]any
-	b.eval(`Promise.all([
-	  T.cg.publish("demo.browser", {from: "page", n: 1}),
-	  T.cg.publishText("demo.browser", "text from the page ✓"),
-	  T.cg.publishBytes("demo.browser", new Uint8Array([0, 255, 1, 128])),
-	])`, &oks)
-	if len(oks) != 3 {
-		t.Fatalf("publishes resolved with %v", oks)
-	}
-	for _, ok := range oks {
-		if ok["t"] != "ok" {
-			t.Fatalf("publishes resolved with %v", oks)
-		}
-	}
+	publishThree(t, b, "text from the page ✓")
 	// One POST carries the three frames in order, so they arrive in order.
 	if m := next(t, s.packets, "msg"); !reflect.DeepEqual(m["data"], map[string]any{"from": "page", "n": 1.0}) {
 		t.Fatalf("first page publish arrived as %v", m)
@@ -473,9 +460,10 @@ func freePort(t *testing.T) string {
 
 // TestBrowserReconnect: when its node shuts down (close 3000), the client
 // goes "disconnected", keeps trying, and once a node is back at the same
-// address it opens a new session, subscribes again and receives.
+// address it opens a new session, subscribes again and receives: over
+// WebSocket, SSE, and the last resorts htmlfile and jsonp.
 func TestBrowserReconnect(t *testing.T) {
-	for _, transport := range []string{"websocket", "sse"} {
+	for _, transport := range []string{"websocket", "sse", "htmlfile", "jsonp"} {
 		t.Run(transport, func(t *testing.T) {
 			addr := freePort(t)
 			a := startNode(t, "COMETGATE_HTTP_LISTEN="+addr)
@@ -742,7 +730,7 @@ func newPollProxy(t *testing.T, n *node, refuse ...string) *pollProxy {
 			http.Error(w, "not through this proxy", http.StatusForbidden)
 			return
 		}
-		if p.fail.Load() && (strings.HasPrefix(kind, "/poll") || strings.HasPrefix(kind, "/xhr_stream") || kind == "/session/send") {
+		if p.fail.Load() && (kind == "/session/send" || slices.ContainsFunc(pollFamilies, func(f string) bool { return strings.HasPrefix(kind, f) })) {
 			http.Error(w, "no backend available", http.StatusServiceUnavailable)
 			return
 		}
@@ -758,10 +746,13 @@ func newPollProxy(t *testing.T, n *node, refuse ...string) *pollProxy {
 	return p
 }
 
+// pollFamilies are the request-per-poll families' paths.
+var pollFamilies = []string{"/poll", "/xhr_stream", "/htmlfile", "/jsonp", "/jsonp_send"}
+
 // pathKind names a request without its session id: "/poll" opens a
 // session, "/poll/" is a next poll, "/session/send" an upstream POST.
 func pathKind(path string) string {
-	for _, fam := range []string{"/poll/", "/xhr_stream/"} {
+	for _, fam := range []string{"/poll/", "/xhr_stream/", "/htmlfile/", "/jsonp/", "/jsonp_send/"} {
 		if strings.HasPrefix(path, fam) {
 			return fam
 		}
@@ -985,43 +976,7 @@ func TestBrowserRequestPerPoll(t *testing.T) {
 				}
 			}
 
-			// Publishes from the page resolve with the node's ok (after the
-			// broker confirmed) and come back in the order they were made.
-			var oks []map[string]any
-			b.eval(`Promise.all([
-			  T.cg.publish("demo.browser", {from: "page", n: 1}),
-			  T.cg.publishText("demo.browser", "text from the page ✓"),
-			  T.cg.publishBytes("demo.browser", new Uint8Array([0, 255, 1, 128])),
-			])`, &oks)
-			if len(oks) != 3 {
-				t.Fatalf("publishes resolved with %v", oks)
-			}
-			for _, ok := range oks {
-				if ok["t"] != "ok" {
-					t.Fatalf("publishes resolved with %v", oks)
-				}
-			}
-			b.waitFor("T.msgs.length >= 203", diagJS)
-			echo := b.messages()[200:]
-			wantEcho := []struct {
-				kind string
-				data any
-			}{
-				{"json", map[string]any{"from": "page", "n": 1.0}},
-				{"text", "text from the page ✓"},
-				{"bytes", []any{0.0, 255.0, 1.0, 128.0}},
-			}
-			for i, w := range wantEcho {
-				var data any
-				if err := json.Unmarshal(echo[i].Data, &data); err != nil || echo[i].Kind != w.kind || !reflect.DeepEqual(data, w.data) {
-					t.Fatalf("page publish %d came back as %s %s, want %s %v", i, echo[i].Kind, echo[i].Data, w.kind, w.data)
-				}
-			}
-			var code any
-			b.eval(`T.cg.publish("secret.x", 1).then(() => "resolved", (e) => e.code)`, &code)
-			if code != 403.0 {
-				t.Fatalf("publish to secret.x: %v, want 403", code)
-			}
+			checkPagePublishes(t, b, 200)
 
 			// A broken response.
 			before := len(b.states())
@@ -1040,16 +995,7 @@ func TestBrowserRequestPerPoll(t *testing.T) {
 			checkMixed(t, msgs[:200], "demo.browser", 0, 200, true)
 			checkMixed(t, msgs[203:], "demo.browser", 203, 404, true)
 			seqsOnce(t, msgs, cut)
-			var after string
-			b.eval("T.cg.sessionId", &after)
-			if after != sid {
-				t.Fatalf("session %q after the broken response, was %q: the session was not resumed", after, sid)
-			}
-			for _, s := range b.states()[before:] {
-				if s.State == "disconnected" || s.State == "closed" {
-					t.Fatalf("the client left its session: %+v", b.states())
-				}
-			}
+			keptSession(t, b, sid, before)
 			b.waitFor(`T.cg.state === "connected"`, diagJS)
 			// An acknowledgement lost on the way: the node sends the last 5
 			// packets again, and the page drops them.
@@ -1065,10 +1011,7 @@ func TestBrowserRequestPerPoll(t *testing.T) {
 			b.waitFor("T.msgs.length >= 505", diagJS)
 			msgs = b.messages()
 			checkMixed(t, msgs[203:], "demo.browser", 203, 505, true)
-			b.eval("T.cg.sessionId", &after)
-			if after != sid {
-				t.Fatalf("session %q after a lowered ack, was %q", after, sid)
-			}
+			keptSession(t, b, sid, before)
 			t.Logf("broke %s (seqs %v), lowered %s", cutURL, cut, p.loweredAck())
 
 			// The broken response is a network error in the console.
@@ -1076,6 +1019,74 @@ func TestBrowserRequestPerPoll(t *testing.T) {
 				t.Fatalf("console errors: %v", pr)
 			}
 		})
+	}
+}
+
+// publishThree makes the page's client publish {"from":"page","n":1},
+// text and the bytes 0 255 1 128 to demo.browser at once, and checks that
+// each resolves with the node's ok.
+func publishThree(t *testing.T, b *tab, text string) {
+	t.Helper()
+	var oks []map[string]any
+	b.eval(fmt.Sprintf(`Promise.all([
+	  T.cg.publish("demo.browser", {from: "page", n: 1}),
+	  T.cg.publishText("demo.browser", %s),
+	  T.cg.publishBytes("demo.browser", new Uint8Array([0, 255, 1, 128])),
+	])`, strconv.Quote(text)), &oks)
+	if len(oks) != 3 {
+		t.Fatalf("publishes resolved with %v", oks)
+	}
+	for _, ok := range oks {
+		if ok["t"] != "ok" {
+			t.Fatalf("publishes resolved with %v", oks)
+		}
+	}
+}
+
+// keptSession checks that the page's client is still in session sid and
+// has not been "disconnected" or "closed" since its state number before.
+func keptSession(t *testing.T, b *tab, sid string, before int) {
+	t.Helper()
+	var after string
+	b.eval("T.cg.sessionId", &after)
+	if after != sid {
+		t.Fatalf("session %q, was %q: the session was not kept", after, sid)
+	}
+	for _, s := range b.states()[before:] {
+		if s.State == "disconnected" || s.State == "closed" {
+			t.Fatalf("the client left its session: %+v", b.states())
+		}
+	}
+}
+
+// checkPagePublishes: the page's client publishes JSON, text (with a
+// "</script>" in it, for the callback transports) and bytes at once; each
+// publish resolves with the node's ok (after the broker confirmed it),
+// they come back as messages from, from+1 and from+2 in the order they
+// were made, and a refused publish rejects with 403 and ends nothing.
+func checkPagePublishes(t *testing.T, b *tab, from int) {
+	t.Helper()
+	publishThree(t, b, "text from the page ✓ </script>")
+	b.waitFor(fmt.Sprintf("T.msgs.length >= %d", from+3), diagJS)
+	echo := b.messages()[from:]
+	wantEcho := []struct {
+		kind string
+		data any
+	}{
+		{"json", map[string]any{"from": "page", "n": 1.0}},
+		{"text", "text from the page ✓ </script>"},
+		{"bytes", []any{0.0, 255.0, 1.0, 128.0}},
+	}
+	for i, w := range wantEcho {
+		var data any
+		if err := json.Unmarshal(echo[i].Data, &data); err != nil || echo[i].Kind != w.kind || !reflect.DeepEqual(data, w.data) {
+			t.Fatalf("page publish %d came back as %s %s, want %s %v", i, echo[i].Kind, echo[i].Data, w.kind, w.data)
+		}
+	}
+	var code any
+	b.eval(`T.cg.publish("secret.x", 1).then(() => "resolved", (e) => e.code)`, &code)
+	if code != 403.0 {
+		t.Fatalf("publish to secret.x: %v, want 403", code)
 	}
 }
 

@@ -91,3 +91,8 @@ sock.on("close", (info) => console.log(info.code, info.reason, sock.readyState, 
 const sent: boolean = sock.send(new Uint8Array([1, 2, 3]));
 console.log(sent);
 sock.close();
+
+// Current state on subscribe.
+cg.subscribe("demo.elections.>", (m) => console.log(m.data), { latest: true });
+cg.subscribe("demo.auction.lot1", { last: 20 });
+cg.subscribe("demo.auction.lot2", { cursor: "41", latest: true });

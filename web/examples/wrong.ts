@@ -16,4 +16,6 @@ cg.state = "connected"; // wrong: read-only
 cg.subscribe("demo.x").on("gap", (g) => g.cursor); // wrong: a gap has no cursor
 new CometGate.Subscription(); // wrong: subscriptions come from subscribe()
 const ok: Promise<void> = cg.ping(); // wrong: ping resolves with a number
+cg.subscribe("demo.x", { last: "5" }); // wrong: last is a number
+cg.subscribe("demo.x", { latest: true, last: 5 }); // wrong: latest and last exclude each other
 console.log(ok);
