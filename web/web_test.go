@@ -33,7 +33,7 @@ func body(t *testing.T, res *http.Response) string {
 }
 
 func TestFSHasTheFiles(t *testing.T) {
-	for _, name := range []string{"index.html", "ticker.html", "auction.html", "cometgate.js", "style.css"} {
+	for _, name := range []string{"index.html", "ticker.html", "auction.html", "election.html", "demo.js", "cometgate.js", "style.css"} {
 		if _, err := fs.Stat(FS(), name); err != nil {
 			t.Errorf("FS lacks %s: %v", name, err)
 		}
