@@ -2433,8 +2433,11 @@
         entry.retryTimer = null;
         // A subscription that had no cursor (a channel without history,
         // or nothing received yet) says so when it subscribes again:
-        // the server answers with a gap, so a loss is never silent.
-        if (entry.status !== "pending" && cursorKey(entry.cursor) === "") entry.cursor = RESUME_CURSOR;
+        // the server answers with a gap, so a loss is never silent. One
+        // that asked for the current state (latest, last) asks for it
+        // again instead: from history it gets what is current now, and
+        // on a channel without history the server answers with a gap.
+        if (entry.status !== "pending" && cursorKey(entry.cursor) === "" && !(entry.latest || entry.last)) entry.cursor = RESUME_CURSOR;
         entry.status = "pending";
         entry.reqId = 0;
         entry.dropUntilConfirmed = false;

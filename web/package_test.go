@@ -79,7 +79,7 @@ func TestPackage(t *testing.T) {
 		if name == "LICENSE" || name == "README.md" {
 			continue // the package's own, not the gateway's
 		}
-		if _, err := fs.Stat(FS(), name); err != nil {
+		if _, err := fs.Stat(files, name); err != nil {
 			t.Errorf("package.json files: %s is not served by the gateway: %v", name, err)
 		}
 	}

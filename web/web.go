@@ -35,12 +35,6 @@ import (
 //go:embed *.html *.js *.mjs *.ts *.mts *.css *.svg
 var files embed.FS
 
-// FS returns the embedded files, at the root of the file system
-// ("index.html", "cometgate.js", …).
-func FS() fs.FS {
-	return files
-}
-
 // contentTypes fixes the types of the files we ship, independently of the
 // host's mime tables.
 var contentTypes = map[string]string{

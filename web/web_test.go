@@ -33,19 +33,19 @@ func body(t *testing.T, res *http.Response) string {
 }
 
 func TestFSHasTheFiles(t *testing.T) {
-	for _, name := range []string{"index.html", "ticker.html", "auction.html", "cometgate.js", "cometgate.mjs", "cometgate.d.ts", "cometgate.d.mts", "style.css"} {
-		if _, err := fs.Stat(FS(), name); err != nil {
+	for _, name := range []string{"index.html", "ticker.html", "auction.html", "election.html", "demo.js", "cometgate.js", "cometgate.mjs", "cometgate.d.ts", "cometgate.d.mts", "client.html", "style.css"} {
+		if _, err := fs.Stat(files, name); err != nil {
 			t.Errorf("FS lacks %s: %v", name, err)
 		}
 	}
-	matches, err := fs.Glob(FS(), "*.go")
+	matches, err := fs.Glob(files, "*.go")
 	if err != nil || len(matches) != 0 {
 		t.Errorf("FS exposes Go files %v (err %v)", matches, err)
 	}
 }
 
 func TestHandlerServesIndexAtRoot(t *testing.T) {
-	want, err := fs.ReadFile(FS(), "index.html")
+	want, err := fs.ReadFile(files, "index.html")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestHandlerContentTypes(t *testing.T) {
 			t.Fatalf("GET %s: status %d", target, res.StatusCode)
 		}
 		checkHeaders(t, target, res, ct)
-		want, _ := fs.ReadFile(FS(), strings.TrimPrefix(target, "/"))
+		want, _ := fs.ReadFile(files, strings.TrimPrefix(target, "/"))
 		if got := body(t, res); got != string(want) {
 			t.Errorf("GET %s: body differs from the embedded file", target)
 		}
@@ -165,13 +165,13 @@ var attrRef = regexp.MustCompile(`(?i)\b(?:src|href)\s*=\s*(?:"([^"]*)"|'([^']*)
 // local references must name an embedded file (the handler must serve it),
 // and nothing may come from another host (the demos run offline).
 func TestPagesReferenceExistingFiles(t *testing.T) {
-	pages, err := fs.Glob(FS(), "*.html")
+	pages, err := fs.Glob(files, "*.html")
 	if err != nil || len(pages) == 0 {
 		t.Fatalf("no pages: %v", err)
 	}
 	scheme := regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9+.-]*:`)
 	for _, page := range pages {
-		html, err := fs.ReadFile(FS(), page)
+		html, err := fs.ReadFile(files, page)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -199,7 +199,7 @@ func TestPagesReferenceExistingFiles(t *testing.T) {
 			if name == "" {
 				name = "index.html"
 			}
-			if _, err := fs.Stat(FS(), name); err != nil {
+			if _, err := fs.Stat(files, name); err != nil {
 				t.Errorf("%s: %q names %s, which is not in the FS", page, m[1]+m[2], name)
 				continue
 			}

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cometgate/cometgate/brokers"
@@ -35,6 +36,8 @@ const (
 	// closedShown is how long a closed lot stays on show before the next
 	// one replaces it.
 	closedShown = 20 * time.Second
+	// maxBid bounds a bid, so that no sum overflows.
+	maxBid = 10_000_000
 )
 
 // Lot is a lot's state as published on auction.lot.<id>.
@@ -164,15 +167,31 @@ func (a *auctioneer) run(ctx context.Context, bids <-chan brokers.Message) {
 // judge decides on one bid and publishes the outcome: the lot's new
 // state if accepted, and the bidder's result either way.
 func (a *auctioneer) judge(ctx context.Context, m brokers.Message) {
-	var bid Bid
-	if err := json.Unmarshal(m.Data, &bid); err != nil || !bidderRe.MatchString(bid.Bidder) || !bidIDRe.MatchString(bid.ID) {
+	res, bidder, l, ok := a.decide(m.Data, time.Now())
+	if !ok {
 		// Nobody to answer: a bid must name its bidder and itself.
 		a.opts.Logger.Debug("demo auction: unreadable bid dropped", slog.String("data", string(m.Data)))
 		return
 	}
-	res := Result{ID: bid.ID, Lot: bid.Lot, Amount: bid.Amount}
-	l := a.lot(bid.Lot)
-	now := time.Now()
+	if res.Accepted {
+		// The lot's state first: whoever sees the accepted result and
+		// looks at the lot finds the bid there.
+		a.publish(ctx, lotPrefix+l.ID, l)
+	}
+	a.publish(ctx, resultPrefix+bidder, res)
+}
+
+// decide judges the bid in data at now, updating the lot when it is
+// accepted. ok is false for a bid that cannot be answered (not JSON, or
+// without a valid bidder or id); otherwise res goes to bidder, and l is
+// the lot (nil if there is none such).
+func (a *auctioneer) decide(data []byte, now time.Time) (res Result, bidder string, l *Lot, ok bool) {
+	var bid Bid
+	if err := json.Unmarshal(data, &bid); err != nil || !bidderRe.MatchString(bid.Bidder) || !bidIDRe.MatchString(bid.ID) {
+		return Result{}, "", nil, false
+	}
+	res = Result{ID: bid.ID, Lot: bid.Lot, Amount: bid.Amount}
+	l = a.lot(bid.Lot)
 	switch {
 	case l == nil:
 		res.Reason = "no such lot on show"
@@ -182,11 +201,11 @@ func (a *auctioneer) judge(ctx context.Context, m brokers.Message) {
 		res.Reason = fmt.Sprintf("the opening price is €%d", l.Start)
 	case l.Top != 0 && bid.Amount < l.Top+l.Step:
 		res.Reason = fmt.Sprintf("a bid must be at least €%d (top €%d + €%d)", l.Top+l.Step, l.Top, l.Step)
-	case bid.Amount > 10_000_000:
-		res.Reason = "that is more than this house takes"
+	case bid.Amount > maxBid:
+		res.Reason = fmt.Sprintf("this house takes bids up to €%d", maxBid)
 	default:
 		res.Accepted = true
-		name := bid.Name
+		name := strings.TrimSpace(bid.Name)
 		if r := []rune(name); len(r) > 24 {
 			name = string(r[:24])
 		}
@@ -202,12 +221,7 @@ func (a *auctioneer) judge(ctx context.Context, m brokers.Message) {
 	if l != nil {
 		res.Top = l.Top
 	}
-	if res.Accepted {
-		// The lot's state first: whoever sees the accepted result and
-		// looks at the lot finds the bid there.
-		a.publish(ctx, lotPrefix+l.ID, l)
-	}
-	a.publish(ctx, resultPrefix+bid.Bidder, res)
+	return res, bid.Bidder, l, true
 }
 
 func (a *auctioneer) lot(id string) *Lot {

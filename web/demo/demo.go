@@ -74,6 +74,9 @@ type Options struct {
 	// count that is complete starts again after RecountAfter (1m).
 	CountInterval time.Duration
 	RecountAfter  time.Duration
+	// CountSteps, when set, moves the count on at each time received
+	// instead of every CountInterval (tests drive the count with it).
+	CountSteps <-chan time.Time
 }
 
 func (o *Options) defaults() {

@@ -244,3 +244,50 @@ func TestTickerAndElection(t *testing.T) {
 		t.Fatalf("latest per channel: %d channels, %v", len(seen), err)
 	}
 }
+
+// Whatever a browser publishes on auction.bids, the auctioneer answers
+// with a verdict that holds, or drops a bid it cannot answer, and never
+// leaves a lot in a state its rules forbid.
+func FuzzDecide(f *testing.F) {
+	for _, s := range []string{
+		`{"id":"b1","lot":"L-0","amount":500,"bidder":"me","name":"Ada"}`,
+		`{"id":"b1","lot":"L-0","amount":-5,"bidder":"me"}`,
+		`{"id":"b1","lot":"L-0","amount":1e12,"bidder":"me"}`,
+		`{"id":"","lot":"L-0","amount":500,"bidder":"me"}`,
+		`{"id":"b1","lot":"L-0","amount":500,"bidder":"../x"}`,
+		`{"id":"b1","lot":"nope","amount":500,"bidder":"me","name":"` + strings.Repeat("é", 40) + `"}`,
+		`[]`, `null`, `{"amount":"500"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		a := &auctioneer{idBase: "L"}
+		now := time.UnixMilli(1_700_000_000_000)
+		a.lots = []*Lot{a.newLot(now, time.Minute)}
+		a.lots[0].Start, a.lots[0].Step = 500, 25
+		before := *a.lots[0]
+		res, bidder, l, ok := a.decide(data, now)
+		if !ok {
+			if *a.lots[0] != before {
+				t.Fatalf("an unanswered bid changed the lot: %+v", a.lots[0])
+			}
+			return
+		}
+		if !bidderRe.MatchString(bidder) || !bidIDRe.MatchString(res.ID) {
+			t.Fatalf("answered bidder %q bid %q", bidder, res.ID)
+		}
+		if res.Accepted != (res.Reason == "") {
+			t.Fatalf("verdict %+v", res)
+		}
+		if !res.Accepted {
+			if *a.lots[0] != before {
+				t.Fatalf("a rejected bid changed the lot: %+v", a.lots[0])
+			}
+			return
+		}
+		if l != a.lots[0] || l.Top != res.Amount || res.Amount < l.Start || res.Amount > maxBid ||
+			l.Bids != 1 || l.BidID != res.ID || l.Name == "" || len([]rune(l.Name)) > 24 {
+			t.Fatalf("accepted %+v, lot %+v", res, l)
+		}
+	})
+}

@@ -134,7 +134,18 @@ func (e *election) publishAll(ctx context.Context) error {
 }
 
 func (e *election) run(ctx context.Context) {
-	every(ctx, e.opts.CountInterval, func(now time.Time) { e.step(ctx, now) })
+	if e.opts.CountSteps == nil {
+		every(ctx, e.opts.CountInterval, func(now time.Time) { e.step(ctx, now) })
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-e.opts.CountSteps:
+			e.step(ctx, now)
+		}
+	}
 }
 
 // step counts a batch of ballots in one region still counting, or, a
