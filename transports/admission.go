@@ -76,7 +76,8 @@ type gate struct {
 	origins        originPolicy
 	hosts          hostPolicy
 	proxies        []netip.Prefix         // trusted reverse proxies
-	tokens         *gateway.TokenVerifier // nil: no authentication
+	tokens         *gateway.TokenVerifier // nil: no token authentication
+	webhook        *webhook               // nil: no auth webhook
 	requireToken   bool
 	callbackCookie bool
 	maxPerIP       int // 0: unlimited
@@ -92,6 +93,7 @@ func newGate(opts Options) *gate {
 		hosts:          newHostPolicy(opts.AllowedHosts),
 		proxies:        opts.TrustedProxies,
 		tokens:         opts.Tokens,
+		webhook:        optWebhook(opts.Webhook),
 		requireToken:   opts.RequireToken,
 		callbackCookie: opts.CallbackCookie,
 		maxPerIP:       opts.MaxSessionsPerIP,
@@ -222,6 +224,9 @@ var refusedCallbackCookie = &refusal{http.StatusForbidden, gateway.DisconnectFor
 // not take the cookie unless the node allows it (Options.CallbackCookie),
 // and is refused when it carries one and no token of its own.
 func (g *gate) authenticate(r *http.Request, callback bool) (*gateway.Principal, *refusal) {
+	if g.webhook != nil {
+		return g.askWebhook(r, callback)
+	}
 	if g.tokens == nil {
 		return nil, nil
 	}
@@ -243,6 +248,40 @@ func (g *gate) authenticate(r *http.Request, callback bool) (*gateway.Principal,
 		return nil, &refusal{http.StatusUnauthorized, gateway.DisconnectUnauthorized.Code, "invalid token: " + err.Error(), false}
 	}
 	return p, nil
+}
+
+func optWebhook(o *WebhookOptions) *webhook {
+	if o == nil {
+		return nil
+	}
+	return newWebhook(*o)
+}
+
+// refusedCallbackWebhook refuses a callback transport's request where a
+// principal is required and only the auth webhook (the cookies) could
+// name it: see refusedCallbackCookie.
+var refusedCallbackWebhook = &refusal{http.StatusForbidden, gateway.DisconnectForbidden.Code,
+	"JSONP and htmlfile do not authenticate through the auth webhook: a script or iframe load cannot show which site made it", false}
+
+// askWebhook is authenticate with the auth webhook: the application's
+// principal for r, nil (anonymous) when the application does not know
+// the browser and none is required, a refusal (401, 4401) with the reason
+// when it is required or the webhook failed (fail closed).
+func (g *gate) askWebhook(r *http.Request, callback bool) (*gateway.Principal, *refusal) {
+	if callback && !g.callbackCookie {
+		if g.requireToken {
+			return nil, refusedCallbackWebhook
+		}
+		return nil, nil
+	}
+	p, reason, denied := g.webhook.principal(r.Context(), r)
+	switch {
+	case p != nil:
+		return p, nil
+	case denied && !g.requireToken:
+		return nil, nil
+	}
+	return nil, &refusal{http.StatusUnauthorized, gateway.DisconnectUnauthorized.Code, reason, false}
 }
 
 // peerAddr is the address of the connection's peer.

@@ -208,6 +208,7 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		PeerNetworks:     cfg.Node.PeerPrefixes(),
 		TrustedProxies:   cfg.HTTP.TrustedProxyPrefixes(),
 		Tokens:           tokens,
+		Webhook:          authWebhook(cfg.Auth),
 		RequireToken:     cfg.Auth.Required,
 		CallbackCookie:   cfg.Auth.CallbackCookie,
 		// configs.Validate checked these with transports' validators.
@@ -226,7 +227,10 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 			slog.Bool("hmac", cfg.Auth.HMACSecret != ""), slog.String("public_key_file", cfg.Auth.PublicKeyFile),
 			slog.Int("keys", len(cfg.Auth.Keys)), slog.String("jwks_url", cfg.Auth.JWKS.URL))
 	}
-	if cfg.Auth.CallbackCookie && tokens != nil {
+	if topts.Webhook != nil {
+		log.Info("authentication: webhook", slog.Bool("required", cfg.Auth.Required), slog.String("url", cfg.Auth.Webhook.URL))
+	}
+	if cfg.Auth.CallbackCookie && (tokens != nil || topts.Webhook != nil) {
 		log.Warn("auth.callback_cookie is on: any web site can make a visitor's browser open JSONP and htmlfile sessions with her token cookie; keep it only with a SameSite=Strict cookie")
 	}
 	if topts.AllowedHosts == nil {
@@ -729,6 +733,16 @@ func (n *nodeParts) tokenVerifier() (*gateway.TokenVerifier, error) {
 		return nil, fmt.Errorf("%s: %w", key, err)
 	}
 	return v, nil
+}
+
+// authWebhook is the auth.webhook section for the transports; nil unless
+// auth.mode is webhook.
+func authWebhook(a configs.Auth) *transports.WebhookOptions {
+	if a.Mode != configs.AuthWebhook {
+		return nil
+	}
+	w := a.Webhook
+	return &transports.WebhookOptions{URL: w.URL, Headers: w.Headers, Timeout: w.Timeout, CacheTTL: w.CacheTTL}
 }
 
 func newLogger(c configs.Log, w io.Writer) *slog.Logger {
