@@ -135,6 +135,7 @@ func New(opts Options) *Server {
 	routePolling(t, n)
 	mountSockJS(t, n)
 	t.Method(http.MethodPost, "/api/publish", publishHandler{n})
+	t.Method(http.MethodPost, "/api/revoke", revokeHandler{n})
 	if n.opts.Web != nil {
 		t.Handle("/*", n.opts.Web)
 	}

@@ -170,10 +170,14 @@ func (n *nodeParts) newGateway(rules gateway.Rules) error {
 		DedupeWindow:     dedupeWindow(cfg.Broker.DedupeWindow),
 		DedupeMax:        cfg.Broker.DedupeMax,
 		Rules:            rules,
+		ClusterKey:       clusterKey(cfg),
 		Logger:           n.log,
 		Metrics:          metrics,
 	}, n.broker)
 	if err != nil {
+		return err
+	}
+	if err := n.gw.StartRevocations(context.Background()); err != nil {
 		return err
 	}
 	stateFn := brokers.StateFunc(n.gw.BrokerState)
