@@ -55,6 +55,8 @@ const (
 const (
 	AuthNone = "none"
 	AuthJWT  = "jwt"
+	// AuthWebhook asks the application who a browser is (auth.webhook).
+	AuthWebhook = "webhook"
 )
 
 // Values of Channel.SlowConsumer.
@@ -259,7 +261,8 @@ type API struct {
 // key is configured: HMACSecret or PublicKeyFile (not both), or Keys
 // (Validate checks it).
 type Auth struct {
-	// Mode is AuthNone (every session is anonymous) or AuthJWT.
+	// Mode is AuthNone (every session is anonymous), AuthJWT or
+	// AuthWebhook.
 	Mode string `mapstructure:"mode"`
 	// HMACSecret verifies HS256/384/512 tokens; at least 32 bytes. Secret:
 	// never log it.
@@ -271,6 +274,9 @@ type Auth struct {
 	Keys []AuthKey `mapstructure:"keys"`
 	// JWKS is a key set fetched from a URL (an identity provider's).
 	JWKS AuthJWKS `mapstructure:"jwks"`
+	// Webhook is the application's URL that says who a browser is (mode
+	// webhook).
+	Webhook AuthWebhookConfig `mapstructure:"webhook"`
 	// Issuer, when not "", must be the token's "iss".
 	Issuer string `mapstructure:"issuer"`
 	// Audience, when not "", must be one of the token's "aud".
@@ -312,6 +318,19 @@ type AuthJWKS struct {
 	MaxAge time.Duration `mapstructure:"max_age"`
 	// Timeout bounds one fetch.
 	Timeout time.Duration `mapstructure:"timeout"`
+}
+
+// AuthWebhookConfig configures auth.webhook.
+type AuthWebhookConfig struct {
+	// URL is called (GET) with the browser's cookies; https, or http to a
+	// loopback address.
+	URL string `mapstructure:"url"`
+	// Headers are the request headers forwarded besides Cookie.
+	Headers []string `mapstructure:"headers"`
+	// Timeout bounds a call.
+	Timeout time.Duration `mapstructure:"timeout"`
+	// CacheTTL is how long an answer is reused.
+	CacheTTL time.Duration `mapstructure:"cache_ttl"`
 }
 
 // Broker selects and configures the message broker. Only the sub-struct

@@ -44,7 +44,8 @@ func wantDefaults() *Config {
 		},
 		API: API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
 		Auth: Auth{Mode: AuthNone, Leeway: 30 * time.Second, Keys: []AuthKey{},
-			JWKS: AuthJWKS{Refresh: 10 * time.Minute, MinRefetch: 30 * time.Second, MaxAge: 24 * time.Hour, Timeout: 5 * time.Second}},
+			JWKS:    AuthJWKS{Refresh: 10 * time.Minute, MinRefetch: 30 * time.Second, MaxAge: 24 * time.Hour, Timeout: 5 * time.Second},
+			Webhook: AuthWebhookConfig{Headers: []string{}, Timeout: 2 * time.Second, CacheTTL: 30 * time.Second}},
 		Broker: Broker{
 			Kind:           BrokerEmbedded,
 			SubjectPrefix:  "",
@@ -755,7 +756,7 @@ func TestValidate(t *testing.T) {
 		{"api.keys empty entry", func(c *Config) { c.API.Keys = []string{"secret", ""} }, `api.keys[1]: must not be empty`},
 		{"api.max_body_bytes", func(c *Config) { c.API.MaxBodyBytes = 0 }, `api.max_body_bytes: must be at least 1, got 0`},
 
-		{"auth.mode", func(c *Config) { c.Auth.Mode = "JWT" }, `auth.mode: must be one of none | jwt, got "JWT"`},
+		{"auth.mode", func(c *Config) { c.Auth.Mode = "JWT" }, `auth.mode: must be one of none | jwt | webhook, got "JWT"`},
 		{"auth jwt hmac", func(c *Config) { c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 32) }, ""},
 		{"auth jwt public key", func(c *Config) { c.Auth.Mode, c.Auth.PublicKeyFile = AuthJWT, "key.pem" }, ""},
 		{"auth jwt no key", func(c *Config) { c.Auth.Mode = AuthJWT }, `auth: mode jwt needs hmac_secret, public_key_file, keys or jwks.url`},
@@ -796,14 +797,26 @@ func TestValidate(t *testing.T) {
 		{"auth jwks refresh", func(c *Config) {
 			c.Auth.Mode, c.Auth.JWKS.URL, c.Auth.JWKS.Refresh = AuthJWT, "https://id.example.com/jwks", 0
 		}, `auth.jwks.refresh: must be greater than 0`},
+		{"auth webhook", func(c *Config) {
+			c.Auth.Mode, c.Auth.Webhook.URL, c.Auth.Webhook.Headers = AuthWebhook, "https://app.example.com/cometgate-auth", []string{"Authorization"}
+			c.Channels[0].Subscribe, c.Auth.Required = PermissionToken, true
+		}, ""},
+		{"auth webhook no url", func(c *Config) { c.Auth.Mode = AuthWebhook }, `auth.webhook.url: mode webhook needs the application's URL`},
+		{"auth webhook http", func(c *Config) { c.Auth.Mode, c.Auth.Webhook.URL = AuthWebhook, "http://app.example.com/auth" }, `auth.webhook.url: must be https`},
+		{"auth webhook header", func(c *Config) {
+			c.Auth.Mode, c.Auth.Webhook.URL, c.Auth.Webhook.Headers = AuthWebhook, "https://app.example.com/auth", []string{"Host"}
+		}, `auth.webhook.headers[0]: must be a header name (not Host), got "Host"`},
+		{"auth webhook cache", func(c *Config) {
+			c.Auth.Mode, c.Auth.Webhook.URL, c.Auth.Webhook.CacheTTL = AuthWebhook, "https://app.example.com/auth", 0
+		}, `auth.webhook.cache_ttl: must be greater than 0`},
 		{"auth secret unused when none", func(c *Config) { c.Auth.HMACSecret = "short" }, ""},
 		{"auth leeway zero", func(c *Config) { c.Auth.Leeway = 0 }, ""},
 		{"auth leeway negative", func(c *Config) { c.Auth.Leeway = -time.Second }, `auth.leeway: must not be negative, got -1s`},
-		{"auth required without jwt", func(c *Config) { c.Auth.Required = true }, `auth.required: true needs auth.mode jwt`},
+		{"auth required without jwt", func(c *Config) { c.Auth.Required = true }, `auth.required: true needs auth.mode jwt or webhook`},
 		{"auth required with jwt", func(c *Config) {
 			c.Auth.Mode, c.Auth.HMACSecret, c.Auth.Required = AuthJWT, strings.Repeat("k", 32), true
 		}, ""},
-		{"subscribe token without jwt", func(c *Config) { c.Channels[0].Subscribe = PermissionToken }, `channels[0].subscribe: token needs auth.mode jwt, got auth.mode "none"`},
+		{"subscribe token without jwt", func(c *Config) { c.Channels[0].Subscribe = PermissionToken }, `channels[0].subscribe: token needs auth.mode jwt or webhook, got auth.mode "none"`},
 		{"publish token without jwt", func(c *Config) { c.Channels[0].Publish = PermissionToken }, `channels[0].publish: token needs auth.mode jwt`},
 		{"token with jwt", func(c *Config) {
 			c.Auth.Mode, c.Auth.HMACSecret = AuthJWT, strings.Repeat("k", 32)
@@ -898,7 +911,7 @@ func TestValidate(t *testing.T) {
 		}, `bridge.targets[0].access: must be one of anyone | token`},
 		{"bridge access token without jwt", func(c *Config) {
 			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", Access: PermissionToken}}
-		}, `bridge.targets[0].access: token needs auth.mode jwt, not none`},
+		}, `bridge.targets[0].access: token needs auth.mode jwt or webhook, not none`},
 		{"bridge max connections", func(c *Config) {
 			c.Bridge.Targets = []BridgeTarget{{Name: "a", Address: "x:1", MaxConnections: -1}}
 		}, `bridge.targets[0].max_connections: must be 0 (no bound) or more, got -1`},
@@ -1062,6 +1075,7 @@ channels:
 		Leeway: 5 * time.Second, Required: true}
 	want.Keys = []AuthKey{}
 	want.JWKS = wantDefaults().Auth.JWKS
+	want.Webhook = wantDefaults().Auth.Webhook
 	if !reflect.DeepEqual(c.Auth, want) {
 		t.Errorf("auth = %+v\nwant %+v", c.Auth, want)
 	}

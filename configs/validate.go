@@ -111,7 +111,7 @@ func (v *validator) api(a *API) {
 
 func (v *validator) auth(au *Auth) {
 	jwt := au.Mode == AuthJWT
-	v.oneOf("auth.mode", au.Mode, AuthNone, AuthJWT)
+	v.oneOf("auth.mode", au.Mode, AuthNone, AuthJWT, AuthWebhook)
 	switch {
 	case !jwt:
 	case au.HMACSecret != "" && au.PublicKeyFile != "":
@@ -130,8 +130,23 @@ func (v *validator) auth(au *Auth) {
 	if au.Leeway < 0 {
 		v.failf("auth.leeway", "must not be negative, got %s", au.Leeway)
 	}
-	if au.Required && !jwt {
-		v.failf("auth.required", "true needs auth.mode jwt")
+	if au.Required && au.Mode == AuthNone {
+		v.failf("auth.required", "true needs auth.mode jwt or webhook")
+	}
+	if au.Mode == AuthWebhook {
+		w := &au.Webhook
+		if w.URL == "" {
+			v.failf("auth.webhook.url", "mode webhook needs the application's URL")
+		} else {
+			v.fetchURL("auth.webhook.url", w.URL)
+		}
+		for i, h := range w.Headers {
+			if h == "" || strings.ContainsAny(h, " :\r\n") || strings.EqualFold(h, "Host") {
+				v.failf(fmt.Sprintf("auth.webhook.headers[%d]", i), "must be a header name (not Host), got %q", h)
+			}
+		}
+		v.positive("auth.webhook.timeout", w.Timeout)
+		v.positive("auth.webhook.cache_ttl", w.CacheTTL)
 	}
 }
 
@@ -167,26 +182,32 @@ func (v *validator) authKeys(au *Auth) {
 	}
 }
 
-// jwks checks auth.jwks: a URL the node may trust keys from (https, or
-// http only to a loopback address: keys fetched in the clear could be
-// replaced on the way) and positive intervals.
+// jwks checks auth.jwks: a URL the node may trust keys from and positive
+// intervals.
 func (v *validator) jwks(j *AuthJWKS) {
 	if j.URL == "" {
 		return
 	}
-	u, err := url.Parse(j.URL)
-	switch {
-	case err != nil || u.Host == "":
-		v.failf("auth.jwks.url", "must be an absolute URL, got %q", j.URL)
-	case u.Scheme == "https":
-	case u.Scheme == "http" && isLoopbackHost(u.Hostname()):
-	default:
-		v.failf("auth.jwks.url", "must be https (http only to a loopback address), got %q", j.URL)
-	}
+	v.fetchURL("auth.jwks.url", j.URL)
 	v.positive("auth.jwks.refresh", j.Refresh)
 	v.positive("auth.jwks.min_refetch", j.MinRefetch)
 	v.positive("auth.jwks.max_age", j.MaxAge)
 	v.positive("auth.jwks.timeout", j.Timeout)
+}
+
+// fetchURL checks the URL of something the node trusts what it fetches
+// from (keys, principals): https, or http only to a loopback address
+// (what travels in the clear could be replaced on the way).
+func (v *validator) fetchURL(key, raw string) {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil || u.Host == "":
+		v.failf(key, "must be an absolute URL, got %q", raw)
+	case u.Scheme == "https":
+	case u.Scheme == "http" && isLoopbackHost(u.Hostname()):
+	default:
+		v.failf(key, "must be https (http only to a loopback address), got %q", raw)
+	}
 }
 
 // isLoopbackHost reports whether host is localhost or a loopback address.
@@ -312,8 +333,8 @@ func (v *validator) channels(chs []Channel, authMode, brokerKind string) {
 			seen[ch.Pattern] = i
 		}
 		for _, perm := range []struct{ key, val string }{{key + ".subscribe", ch.Subscribe}, {key + ".publish", ch.Publish}} {
-			if v.oneOf(perm.key, perm.val, PermissionAnyone, PermissionNobody, PermissionToken) && perm.val == PermissionToken && authMode != AuthJWT {
-				v.failf(perm.key, "token needs auth.mode jwt, got auth.mode %q", authMode)
+			if v.oneOf(perm.key, perm.val, PermissionAnyone, PermissionNobody, PermissionToken) && perm.val == PermissionToken && authMode == AuthNone {
+				v.failf(perm.key, "token needs auth.mode jwt or webhook, got auth.mode %q", authMode)
 			}
 		}
 		v.oneOf(key+".slow_consumer", ch.SlowConsumer, SlowConsumerDisconnect, SlowConsumerDropOldest, SlowConsumerConflate)
@@ -395,8 +416,8 @@ func (v *validator) bridge(b *Bridge, authMode string) bool {
 			v.failf(key+".max_connections", "must be 0 (no bound) or more, got %d", t.MaxConnections)
 		}
 		v.oneOf(key+".access", t.Access, PermissionAnyone, PermissionToken)
-		if t.Access == PermissionToken && authMode != AuthJWT {
-			v.failf(key+".access", "token needs auth.mode jwt, not %s", authMode)
+		if t.Access == PermissionToken && authMode == AuthNone {
+			v.failf(key+".access", "token needs auth.mode jwt or webhook, not %s", authMode)
 		}
 		for j, n := range t.AllowNetworks {
 			if _, err := netip.ParsePrefix(n); err != nil {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -196,9 +197,9 @@ const maxTokenBytes = 8 << 10
 // configured without an ID verifies every token, whatever its "kid" (the
 // set-up of one key, before rotation). The key's type fixes the
 // algorithm: an HMAC secret verifies only HS*, an RSA key only RS*/PS*,
-// and so on, whatever the token's "alg" says. A token without a subject, or whose grants
-// are not valid patterns, is refused. The error says why, without the
-// token.
+// and so on, whatever the token's "alg" says. A token without a subject,
+// or whose grants are not valid patterns, is refused. The error says why,
+// without the token.
 func (v *TokenVerifier) Verify(token string) (*Principal, error) {
 	if len(token) > maxTokenBytes {
 		return nil, fmt.Errorf("token longer than %d bytes", maxTokenBytes)
@@ -208,22 +209,48 @@ func (v *TokenVerifier) Verify(token string) (*Principal, error) {
 	if err != nil {
 		return nil, err
 	}
+	return principalOf(&c, v.leeway, "token")
+}
+
+// principalOf is the principal of claims c, checked: a subject, grants
+// that are valid patterns; its expiry with the leeway. what names where
+// the claims came from, in errors.
+func principalOf(c *tokenClaims, leeway time.Duration, what string) (*Principal, error) {
 	if c.Subject == "" {
-		return nil, errors.New(`token has no "sub"`)
+		return nil, fmt.Errorf(`%s has no "sub"`, what)
 	}
 	p := &Principal{Subject: c.Subject}
 	if c.ExpiresAt != nil {
-		p.Expires = c.ExpiresAt.Add(v.leeway)
+		p.Expires = c.ExpiresAt.Add(leeway)
 	}
 	if c.Grants != nil {
 		for _, list := range [][]string{c.Grants.Subscribe, c.Grants.Publish} {
 			for _, g := range list {
 				if err := brokers.ValidatePattern(g); err != nil {
-					return nil, fmt.Errorf("token grant %q: %w", g, err)
+					return nil, fmt.Errorf("%s grant %q: %w", what, g, err)
 				}
 			}
 		}
 		p.Subscribe, p.Publish, p.TCP = c.Grants.Subscribe, c.Grants.Publish, c.Grants.TCP
+	}
+	return p, nil
+}
+
+// ParseGrants reads a principal from JSON of the shape of a token's
+// claims, {"sub":…,"exp":…,"cometgate":{…}} (what an auth webhook
+// answers), with the checks Verify makes of a token's claims: a subject,
+// valid patterns, an "exp" not past (when there is one).
+func ParseGrants(data []byte) (*Principal, error) {
+	var c tokenClaims
+	if err := json.Unmarshal(data, &c); err != nil {
+		return nil, err
+	}
+	p, err := principalOf(&c, 0, "the answer")
+	if err != nil {
+		return nil, err
+	}
+	if !p.Expires.IsZero() && !time.Now().Before(p.Expires) {
+		return nil, errors.New(`the answer's "exp" is past`)
 	}
 	return p, nil
 }

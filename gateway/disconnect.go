@@ -106,6 +106,9 @@ var (
 	// DisconnectUnauthorized: the request carries no valid token where one
 	// is needed.
 	DisconnectUnauthorized = Disconnect{4401, "authentication required"}
+	// DisconnectRevoked: the application revoked the session's principal
+	// (RevokeChannel); the reason may say why after a colon.
+	DisconnectRevoked = Disconnect{4010, "access revoked"}
 	// DisconnectTargetRefused: every address of a TCP target is one the
 	// bridge's address policy refuses.
 	DisconnectTargetRefused = Disconnect{4403, "target address not allowed"}

@@ -24,6 +24,8 @@ var frameSeeds = []string{
 	`{"op":"ack","seq":41}`,
 	`{"op":"ping","id":7}`,
 	`{"op":"ping","id":7,"n":3}`,
+	`{"op":"refresh","id":8,"token":"eyJhbGciOiJIUzI1NiJ9.e30.x"}`,
+	`{"op":"refresh","id":8,"token":7}`,
 	` {"op":"pub","id":1,"ch":"a","data": [ 1 , {"x": "<\u2028>"} ] } `,
 	`{"op":"pub","id":1,"ch":"a","data":null}`,
 	`{"op":"pub","id":1,"ch":"a","text":null}`,
@@ -108,7 +110,7 @@ func FuzzDecodeFrames(f *testing.F) {
 func checkFrameRoundTrip(t *testing.T, fr Frame) {
 	t.Helper()
 	switch fr.Op {
-	case OpSub, OpUnsub, OpPub, OpAck, OpPing:
+	case OpSub, OpUnsub, OpPub, OpAck, OpPing, OpRefresh:
 	default:
 		t.Fatalf("decoded frame with op %q", fr.Op)
 	}
@@ -123,7 +125,7 @@ func checkFrameRoundTrip(t *testing.T, fr Frame) {
 	if err != nil {
 		t.Fatalf("re-decoding %s: %v", enc, err)
 	}
-	if fr.Op != fr2.Op || fr.ID != fr2.ID || fr.Ch != fr2.Ch || fr.Cursor != fr2.Cursor || fr.Seq != fr2.Seq || fr.N != fr2.N {
+	if fr.Op != fr2.Op || fr.ID != fr2.ID || fr.Ch != fr2.Ch || fr.Cursor != fr2.Cursor || fr.Seq != fr2.Seq || fr.N != fr2.N || fr.Token != fr2.Token {
 		t.Fatalf("round trip changed the frame: %+v → %s → %+v", fr, enc, fr2)
 	}
 	if !equalStringPtr(fr.Text, fr2.Text) || !equalStringPtr(fr.B64, fr2.B64) {

@@ -61,6 +61,10 @@ type Config struct {
 	Clock Clock
 	// Rules are the channel namespaces; nothing else is allowed.
 	Rules Rules
+	// ClusterKey, when set, signs the revocations this node sends and is
+	// required of those it receives (see RevokeChannel). At least 32
+	// bytes; every node the same.
+	ClusterKey []byte
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Metrics may be nil.
@@ -130,9 +134,10 @@ type Gateway struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // writers, heartbeat writes, publishers, replays, closers
 
-	mu       sync.Mutex
-	sessions map[string]*Session
-	draining bool
+	mu        sync.Mutex
+	sessions  map[string]*Session
+	draining  bool
+	revokeSub brokers.Subscription // StartRevocations; nil before
 
 	brokerUp    atomic.Bool
 	everDown    atomic.Bool            // the connection was up once and then lost
@@ -152,6 +157,9 @@ func New(cfg Config, b brokers.Broker) (*Gateway, error) {
 	}
 	if err := cfg.Rules.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.ClusterKey != nil && len(cfg.ClusterKey) < 32 {
+		return nil, errors.New("gateway: ClusterKey must be at least 32 bytes")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gateway{
@@ -422,6 +430,12 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 			}
 			cut++
 			s.abort(disconnectGone)
+		}
+		g.mu.Lock()
+		revokeSub := g.revokeSub
+		g.mu.Unlock()
+		if revokeSub != nil {
+			_ = revokeSub.Unsubscribe()
 		}
 		g.cancel() // publishes still waiting for the broker give up
 		idle := make(chan struct{})

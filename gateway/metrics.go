@@ -134,7 +134,7 @@ type Refusal uint8
 const (
 	RefusedOrigin              Refusal = iota // origin: a browser page from an Origin the node does not allow
 	RefusedHost                               // host: a Host the node does not serve (421)
-	RefusedToken                              // token: no valid token where one is needed
+	RefusedToken                              // token: no valid token (or auth webhook answer) where one is needed
 	RefusedCookieWithoutOrigin                // cookie_without_origin: a callback transport's request that would use the token cookie
 	RefusedPrincipal                          // principal: a request for a session of another principal
 	RefusedIPLimit                            // ip_limit: the address (IPv4, IPv6 /64) holds as many sessions as it may

@@ -100,23 +100,55 @@ var DefaultPeerNetworks = []netip.Prefix{
 	netip.MustParsePrefix("fc00::/7"),
 }
 
-// signedMsg is a message on NodesChannel signed with the cluster key: Sig
-// is HMAC-SHA256 over "cometgate-nodes", TS (Unix milliseconds) and Msg.
+// signedMsg is a message on a reserved channel (NodesChannel,
+// RevokeChannel) signed with the cluster key: Sig is HMAC-SHA256 over the
+// channel's name, TS (Unix milliseconds) and Msg.
 type signedMsg struct {
 	Msg json.RawMessage `json:"msg"`
 	TS  int64           `json:"ts"`
 	Sig []byte          `json:"sig"`
 }
 
-// signNodeMsg returns the signature of msg sent at ts under key.
-func signNodeMsg(key, msg []byte, ts int64) []byte {
+// signMsg returns the signature of msg sent on channel at ts under key.
+func signMsg(key []byte, channel string, msg []byte, ts int64) []byte {
 	mac := hmac.New(sha256.New, key)
-	mac.Write([]byte(NodesChannel))
+	mac.Write([]byte(channel))
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], uint64(ts))
 	mac.Write(b[:])
 	mac.Write(msg)
 	return mac.Sum(nil)
+}
+
+// sealMsg is what goes on channel for msg: msg itself without a cluster
+// key, else msg signed now.
+func sealMsg(key []byte, channel string, msg []byte) []byte {
+	if key == nil {
+		return msg
+	}
+	ts := time.Now().UnixMilli()
+	data, _ := json.Marshal(signedMsg{Msg: msg, TS: ts, Sig: signMsg(key, channel, msg, ts)})
+	return data
+}
+
+// openMsg returns the message inside data received on channel: checked
+// against the cluster key when there is one. reason says why a message
+// was refused.
+func openMsg(key []byte, channel string, data []byte) (msg []byte, reason string) {
+	if key == nil {
+		return data, ""
+	}
+	var s signedMsg
+	if err := json.Unmarshal(data, &s); err != nil || len(s.Msg) == 0 || len(s.Sig) == 0 {
+		return nil, "unsigned"
+	}
+	if !hmac.Equal(s.Sig, signMsg(key, channel, s.Msg, s.TS)) {
+		return nil, "bad signature"
+	}
+	if d := time.Since(time.UnixMilli(s.TS)); d > MaxClockSkew || d < -MaxClockSkew {
+		return nil, "stale"
+	}
+	return s.Msg, ""
 }
 
 // ErrBrokerDown is what Find and WhoOwns return while the broker is
@@ -531,30 +563,7 @@ func (n *Nodes) Close() error {
 func (n *Nodes) publish(ctx context.Context, m nodeMsg) error {
 	m.ID, m.URL = n.opts.SelfID, n.opts.SelfURL
 	data, _ := json.Marshal(m)
-	if n.opts.ClusterKey != nil {
-		ts := time.Now().UnixMilli()
-		data, _ = json.Marshal(signedMsg{Msg: data, TS: ts, Sig: signNodeMsg(n.opts.ClusterKey, data, ts)})
-	}
-	return n.opts.Broker.Publish(ctx, brokers.Message{Channel: NodesChannel, Data: data})
-}
-
-// open returns the message inside data: checked against the cluster key
-// when there is one. reason says why a message was refused.
-func (n *Nodes) open(data []byte) (msg []byte, reason string) {
-	if n.opts.ClusterKey == nil {
-		return data, ""
-	}
-	var s signedMsg
-	if err := json.Unmarshal(data, &s); err != nil || len(s.Msg) == 0 || len(s.Sig) == 0 {
-		return nil, "unsigned"
-	}
-	if !hmac.Equal(s.Sig, signNodeMsg(n.opts.ClusterKey, s.Msg, s.TS)) {
-		return nil, "bad signature"
-	}
-	if d := time.Since(time.UnixMilli(s.TS)); d > MaxClockSkew || d < -MaxClockSkew {
-		return nil, "stale"
-	}
-	return s.Msg, ""
+	return n.opts.Broker.Publish(ctx, brokers.Message{Channel: NodesChannel, Data: sealMsg(n.opts.ClusterKey, NodesChannel, data)})
 }
 
 // reject counts and logs a message that was not taken.
@@ -591,7 +600,7 @@ func (n *Nodes) receive(m brokers.Message) {
 		n.reject("oversized", slog.Int("bytes", len(m.Data)))
 		return
 	}
-	data, reason := n.open(m.Data)
+	data, reason := openMsg(n.opts.ClusterKey, NodesChannel, m.Data)
 	if reason != "" {
 		n.reject(reason)
 		return

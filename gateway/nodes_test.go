@@ -515,7 +515,7 @@ func TestNodesClusterKey(t *testing.T) {
 		start("evil", "http://10.0.0.66:8080", bytes.Repeat([]byte("x"), 32))
 		announce(t, b, `{"id":"forged","url":"http://10.0.0.99:8080"}`)
 		sign := func(msg string, ts time.Time) string {
-			data, _ := json.Marshal(signedMsg{Msg: json.RawMessage(msg), TS: ts.UnixMilli(), Sig: signNodeMsg(key, []byte(msg), ts.UnixMilli())})
+			data, _ := json.Marshal(signedMsg{Msg: json.RawMessage(msg), TS: ts.UnixMilli(), Sig: signMsg(key, NodesChannel, []byte(msg), ts.UnixMilli())})
 			return string(data)
 		}
 		announce(t, b, sign(`{"id":"stale","url":"http://10.0.0.98:8080"}`, time.Now().Add(-time.Minute)))

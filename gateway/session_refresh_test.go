@@ -105,3 +105,54 @@ func TestSessionRefresh(t *testing.T) {
 		}
 	})
 }
+
+// TestSessionRefreshDuringSubscribe: a refresh that takes a grant away
+// while the subscription is still being made ends it once it is made:
+// its ok, then the err that ends it, and no broker subscription left.
+func TestSessionRefreshDuringSubscribe(t *testing.T) {
+	g := newTestGateway(t, func(c *Config) { c.Rules = tokenRules() })
+	v := newVerifier(t, TokenOptions{HMACSecret: testSecret})
+	tok := func(grants ...string) string {
+		s, err := SignToken(testSecret, Principal{Subject: "alice", Subscribe: grants}, "", "", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	first, err := v.Verify(tok("prices.>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, tr := refreshing(t, g, v, first)
+	release := g.b.HoldSubscribes()
+	defer release()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		send(s, `{"op":"sub","id":1,"ch":"prices.MSFT"}`)
+	}()
+	waitFor(t, "the subscription to be under way", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.subs["prices.MSFT"] != nil
+	})
+	send(s, `{"op":"refresh","id":2,"token":%q}`, tok("prices.AAPL"))
+	if w := nextType(t, tr, TypeOK); w.ID != 2 {
+		t.Fatalf("refresh answer %s", w)
+	}
+	release()
+	<-done
+	if w := nextType(t, tr, TypeOK); w.ID != 1 || w.Ch != "prices.MSFT" {
+		t.Fatalf("subscribe answer %s", w)
+	}
+	if w := expectErr(t, tr, 0, 403, "subscription ended"); w.Ch != "prices.MSFT" {
+		t.Errorf("ended %s", w)
+	}
+	waitFor(t, "the broker subscription to go", func() bool { return g.b.SubsFor("prices.MSFT") == 0 })
+	s.mu.Lock()
+	left := len(s.subs)
+	s.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d subscriptions left", left)
+	}
+}

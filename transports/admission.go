@@ -77,7 +77,8 @@ type gate struct {
 	origins        originPolicy
 	hosts          hostPolicy
 	proxies        []netip.Prefix         // trusted reverse proxies
-	tokens         *gateway.TokenVerifier // nil: no authentication
+	tokens         *gateway.TokenVerifier // nil: no token authentication
+	webhook        *webhook               // nil: no auth webhook
 	requireToken   bool
 	callbackCookie bool
 	limits         *admissionLimits
@@ -91,6 +92,7 @@ func newGate(opts Options) *gate {
 		hosts:          newHostPolicy(opts.AllowedHosts),
 		proxies:        opts.TrustedProxies,
 		tokens:         opts.Tokens,
+		webhook:        optWebhook(opts.Webhook),
 		requireToken:   opts.RequireToken,
 		callbackCookie: opts.CallbackCookie,
 		limits:         newAdmissionLimits(opts),
@@ -224,6 +226,13 @@ var refusedCallbackCookie = &refusal{status: http.StatusForbidden, code: gateway
 // not take the cookie unless the node allows it (Options.CallbackCookie),
 // and is refused when it carries one and no token of its own.
 func (g *gate) authenticate(r *http.Request, callback bool) (*gateway.Principal, *refusal) {
+	if g.webhook != nil {
+		p, ref := g.askWebhook(r, callback)
+		if ref != nil {
+			g.metrics.Refused(gateway.RefusedToken)
+		}
+		return p, ref
+	}
 	if g.tokens == nil {
 		return nil, nil
 	}
@@ -248,6 +257,40 @@ func (g *gate) authenticate(r *http.Request, callback bool) (*gateway.Principal,
 		return nil, &refusal{status: http.StatusUnauthorized, code: gateway.DisconnectUnauthorized.Code, msg: "invalid token: " + err.Error()}
 	}
 	return p, nil
+}
+
+func optWebhook(o *WebhookOptions) *webhook {
+	if o == nil {
+		return nil
+	}
+	return newWebhook(*o)
+}
+
+// refusedCallbackWebhook refuses a callback transport's request where a
+// principal is required and only the auth webhook (the cookies) could
+// name it: see refusedCallbackCookie.
+var refusedCallbackWebhook = &refusal{status: http.StatusForbidden, code: gateway.DisconnectForbidden.Code,
+	msg: "JSONP and htmlfile do not authenticate through the auth webhook: a script or iframe load cannot show which site made it"}
+
+// askWebhook is authenticate with the auth webhook: the application's
+// principal for r, nil (anonymous) when the application does not know
+// the browser and none is required, a refusal (401, 4401) with the reason
+// when it is required or the webhook failed (fail closed).
+func (g *gate) askWebhook(r *http.Request, callback bool) (*gateway.Principal, *refusal) {
+	if callback && !g.callbackCookie {
+		if g.requireToken {
+			return nil, refusedCallbackWebhook
+		}
+		return nil, nil
+	}
+	p, reason, denied := g.webhook.principal(r.Context(), r)
+	switch {
+	case p != nil:
+		return p, nil
+	case denied && !g.requireToken:
+		return nil, nil
+	}
+	return nil, &refusal{status: http.StatusUnauthorized, code: gateway.DisconnectUnauthorized.Code, msg: reason}
 }
 
 // peerAddr is the address of the connection's peer.

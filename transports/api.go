@@ -67,29 +67,8 @@ func compactJSON(raw json.RawMessage) ([]byte, error) {
 type publishHandler struct{ *node }
 
 func (h publishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	keyed := h.hasKey(r)
-	if !keyed && h.crossSite(r) {
-		// A browser on the node's own machine is loopback too: a page of
-		// any site could publish through it with a simple POST.
-		h.gate.metrics.Refused(gateway.RefusedAPIKey)
-		writeJSON(w, http.StatusForbidden, errorBody{Error: "a cross-site request to the publish API needs an API key", Code: gateway.DisconnectForbidden.Code})
-		return
-	}
-	if !keyed && !(h.opts.AllowLoopback && h.gate.clientAddr(r).IsLoopback()) {
-		h.gate.metrics.Refused(gateway.RefusedAPIKey)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="cometgate"`)
-		writeError(w, http.StatusUnauthorized, "an API key is required: Authorization: Bearer KEY")
-		return
-	}
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		// Also what keeps a browser from sending a cross-site form or
-		// text/plain POST without a CORS preflight.
-		writeError(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
-		return
-	}
-	body, ref := h.readBody(w, r, h.opts.MaxBodyBytes)
-	if ref != nil {
-		ref.writeJSON(w)
+	body, ok := h.authorizedBody(w, r)
+	if !ok {
 		return
 	}
 	var req publishRequest
@@ -122,6 +101,72 @@ func (h publishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := h.gw.PublishWithID(r.Context(), req.Channel, req.ID, data, contentType); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "publish failed: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+// authorizedBody authorises an API request (an API key, or loopback when
+// allowed; never a cross-site page without a key; a JSON body) and reads
+// its body. false: it answered already.
+func (h publishHandler) authorizedBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	keyed := h.hasKey(r)
+	if !keyed && h.crossSite(r) {
+		// A browser on the node's own machine is loopback too: a page of
+		// any site could publish through it with a simple POST.
+		h.gate.metrics.Refused(gateway.RefusedAPIKey)
+		writeJSON(w, http.StatusForbidden, errorBody{Error: "a cross-site request to the publish API needs an API key", Code: gateway.DisconnectForbidden.Code})
+		return nil, false
+	}
+	if !keyed && !(h.opts.AllowLoopback && h.gate.clientAddr(r).IsLoopback()) {
+		h.gate.metrics.Refused(gateway.RefusedAPIKey)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cometgate"`)
+		writeError(w, http.StatusUnauthorized, "an API key is required: Authorization: Bearer KEY")
+		return nil, false
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		// Also what keeps a browser from sending a cross-site form or
+		// text/plain POST without a CORS preflight.
+		writeError(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
+		return nil, false
+	}
+	body, ref := h.readBody(w, r, h.opts.MaxBodyBytes)
+	if ref != nil {
+		ref.writeJSON(w)
+		return nil, false
+	}
+	return body, true
+}
+
+// revokeRequest is the body of POST /api/revoke.
+type revokeRequest struct {
+	Sub    string `json:"sub"`
+	Reason string `json:"reason"`
+}
+
+// revokeHandler serves POST /api/revoke, authorised like the publish
+// API: {"sub":"alice","reason":"…"} ends alice's sessions on every node
+// (gateway.Gateway.Revoke). It answers 200 once the broker confirmed.
+type revokeHandler struct{ *node }
+
+func (h revokeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, ok := publishHandler(h).authorizedBody(w, r)
+	if !ok {
+		return
+	}
+	var req revokeRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil || req.Sub == "" {
+		writeError(w, http.StatusBadRequest, `body must be JSON like {"sub":"alice","reason":"password changed"}`)
+		return
+	}
+	if err := h.gw.Revoke(r.Context(), req.Sub, req.Reason); err != nil {
+		status := http.StatusServiceUnavailable
+		if errors.Is(err, gateway.ErrNoSubject) || errors.Is(err, gateway.ErrBadReason) {
+			status = http.StatusBadRequest
+		}
+		writeError(w, status, "revoke failed: "+err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true})

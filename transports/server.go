@@ -90,8 +90,12 @@ type Options struct {
 	// of that session must present a token of the same subject. Nil: no
 	// authentication, every session is anonymous.
 	Tokens *gateway.TokenVerifier
-	// RequireToken refuses sessions without a valid token (401, 4401).
+	// RequireToken refuses sessions without a valid token (401, 4401), or,
+	// with Webhook, sessions the application does not admit.
 	RequireToken bool
+	// Webhook, when set instead of Tokens, authenticates browsers by
+	// asking the application (see WebhookOptions).
+	Webhook *WebhookOptions
 	// Web serves the browser client and demo pages at "/"; may be nil.
 	Web http.Handler
 	// Metrics serves /metrics; may be nil.
@@ -147,6 +151,7 @@ func New(opts Options) *Server {
 	routePolling(t, n)
 	mountSockJS(t, n)
 	t.Method(http.MethodPost, "/api/publish", publishHandler{n})
+	t.Method(http.MethodPost, "/api/revoke", revokeHandler{n})
 	if n.opts.Web != nil {
 		t.Handle("/*", n.framedBy(n.opts.Web))
 	}

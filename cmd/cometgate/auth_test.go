@@ -693,3 +693,38 @@ channels:
 		t.Errorf("refusal %q, want it to say the key set could not be fetched", e.Error)
 	}
 }
+
+// TestAuthWebhookConfig: auth.mode webhook from a config file: the node
+// asks the application's URL (a real server) with the browser's cookie,
+// and the answer's grants apply.
+func TestAuthWebhookConfig(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, err := r.Cookie("shop"); err != nil || c.Value != "carol-session" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprint(w, `{"sub":"carol","cometgate":{"subscribe":["secret.carol"]}}`)
+	}))
+	defer app.Close()
+	cfg := writeTemp(t, "webhook.yaml", fmt.Sprintf(`auth:
+  mode: webhook
+  required: true
+  webhook:
+    url: %q
+channels:
+  - pattern: "secret.>"
+    subscribe: token
+    publish: nobody
+`, app.URL))
+	n := startNodeArgs(t, []string{"--config", cfg})
+	conn := dialWSWith(t, n, "/ws", http.Header{"Cookie": {"shop=carol-session"}})
+	packets, _ := wsPackets(t, conn)
+	next(t, packets, "hello")
+	wantAnswer(t, conn, packets, 1, `{"op":"sub","id":1,"ch":"secret.carol"}`, "ok")
+	wantAnswer(t, conn, packets, 2, `{"op":"sub","id":2,"ch":"secret.dave"}`, "err")
+	status, e := request(t, http.MethodGet, n.url("/ws"), wsUpgrade(), "")
+	wantRefusal(t, "no cookie", status, e, http.StatusUnauthorized, 4401)
+	if !strings.Contains(e.Error, "the application refused (status 401)") {
+		t.Errorf("refusal %q", e.Error)
+	}
+}

@@ -2,7 +2,8 @@
 //
 //	cometgate [serve] [--config FILE]     run a node (the default)
 //	cometgate publish [--url URL] [--key KEY] [--text] CHANNEL DATA
-//	cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS] [--tcp TARGETS] [--ttl 1h] [--config FILE]
+//	cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS] [--tcp TARGETS] [--ttl 1h] [--kid ID] [--config FILE]
+//	cometgate revoke [--url URL] [--key KEY] [--reason TEXT] SUBJECT
 //	cometgate config                      print the reference configuration
 //	cometgate version                     print the version of cometgate and Go
 //
@@ -49,8 +50,10 @@ const usage = `usage:
   cometgate publish [--url URL] [--key KEY] [--text] CHANNEL DATA
                                            publish through a running node's API
   cometgate token --sub SUBJECT [--subscribe PATTERNS] [--publish PATTERNS]
-                  [--tcp TARGETS] [--ttl 1h] [--config FILE]
+                  [--tcp TARGETS] [--ttl 1h] [--kid ID] [--config FILE]
                                            print a token signed with auth.hmac_secret
+  cometgate revoke [--url URL] [--key KEY] [--reason TEXT] SUBJECT
+                                           end a principal's sessions on every node
   cometgate config                         print the reference configuration
   cometgate version                        print the version of cometgate and Go
   cometgate help                           print this help
@@ -84,6 +87,8 @@ func dispatch(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 		return publish(ctx, args, environ, stdout, stderr)
 	case "token":
 		return token(args, environ, stdout, stderr)
+	case "revoke":
+		return revoke(ctx, args, environ, stdout, stderr)
 	case "config":
 		if err := parseFlags(newFlagSet("config", "cometgate config"), args, stdout, stderr); err != nil {
 			return err

@@ -30,16 +30,6 @@ func publish(ctx context.Context, args, environ []string, stdout, stderr io.Writ
 		return errUsage
 	}
 	channel, data := fs.Arg(0), fs.Arg(1)
-	if *url == "" {
-		cfg, err := configs.Load(*configPath, withoutPublishKey(environ))
-		if err != nil {
-			return err
-		}
-		*url = "http://" + cfg.HTTP.Listen
-	}
-	if *key == "" {
-		*key = lookupEnv(environ, "COMETGATE_PUBLISH_KEY")
-	}
 	body := map[string]any{"channel": channel}
 	if *id != "" {
 		body["id"] = *id
@@ -49,27 +39,70 @@ func publish(ctx context.Context, args, environ []string, stdout, stderr io.Writ
 	} else {
 		body["text"] = data
 	}
+	if err := postAPI(ctx, environ, *url, *key, *configPath, "/api/publish", body); err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	fmt.Fprintf(stdout, "published to %s\n", channel)
+	return nil
+}
+
+// revoke ends a principal's sessions on every node through a running
+// node's API (POST /api/revoke).
+func revoke(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("revoke", "cometgate revoke [--url URL] [--key KEY] [--reason TEXT] SUBJECT")
+	url := fs.String("url", "", "base URL of a running node (default: from http.listen of the configuration)")
+	key := fs.String("key", "", "API key (default: $COMETGATE_PUBLISH_KEY; loopback needs none by default)")
+	reason := fs.String("reason", "", "what the sessions' clients are told (at most 200 bytes)")
+	configPath := fs.String("config", "", "configuration file to read http.listen from")
+	if err := parseFlagsArgs(fs, args, stdout, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 || fs.Arg(0) == "" {
+		fs.Usage()
+		return errUsage
+	}
+	body := map[string]any{"sub": fs.Arg(0), "reason": *reason}
+	if err := postAPI(ctx, environ, *url, *key, *configPath, "/api/revoke", body); err != nil {
+		return fmt.Errorf("revoke: %w", err)
+	}
+	fmt.Fprintf(stdout, "revoked %s\n", fs.Arg(0))
+	return nil
+}
+
+// postAPI posts body as JSON to path of a node's API: at url, or the
+// http.listen of the configuration at configPath; with the API key, or
+// $COMETGATE_PUBLISH_KEY.
+func postAPI(ctx context.Context, environ []string, url, key, configPath, path string, body any) error {
+	if url == "" {
+		cfg, err := configs.Load(configPath, withoutPublishKey(environ))
+		if err != nil {
+			return err
+		}
+		url = "http://" + cfg.HTTP.Listen
+	}
+	if key == "" {
+		key = lookupEnv(environ, "COMETGATE_PUBLISH_KEY")
+	}
 	payload, _ := json.Marshal(body)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(*url, "/")+"/api/publish", bytes.NewReader(payload))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(url, "/")+path, bytes.NewReader(payload))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if *key != "" {
-		req.Header.Set("Authorization", "Bearer "+*key)
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("publish: %w", err)
+		return err
 	}
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("publish: %s: %s", resp.Status, strings.TrimSpace(string(out)))
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(out)))
 	}
-	fmt.Fprintf(stdout, "published to %s\n", channel)
 	return nil
 }
 

@@ -213,10 +213,14 @@ func (n *nodeParts) newGateway(rules gateway.Rules) error {
 		FrameRate:        rate(cfg.Limits.FramesPerSecond, cfg.Limits.FrameBurst),
 		PublishRate:      rate(cfg.Limits.PublishesPerSecond, cfg.Limits.PublishBurst),
 		Rules:            rules,
+		ClusterKey:       clusterKey(cfg),
 		Logger:           n.log,
 		Metrics:          metrics,
 	}, n.broker)
 	if err != nil {
+		return err
+	}
+	if err := n.gw.StartRevocations(context.Background()); err != nil {
 		return err
 	}
 	stateFn := brokers.StateFunc(n.gw.BrokerState)
@@ -267,6 +271,7 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		NewSessionsPerIP:   rate(cfg.Limits.NewSessionsPerIPPerSecond, cfg.Limits.NewSessionsPerIPBurst),
 		NewSessionsPerNode: rate(cfg.Limits.NewSessionsPerSecond, cfg.Limits.NewSessionsBurst),
 		ReadBodyTimeout:    cfg.HTTP.ReadBodyTimeout,
+		Webhook:            authWebhook(cfg.Auth),
 		// configs.Validate checked these with transports' validators.
 		SockJS:            cfg.SockJSEndpoints(),
 		BridgeDialTimeout: cfg.Bridge.DialTimeout,
@@ -283,7 +288,10 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 			slog.Bool("hmac", cfg.Auth.HMACSecret != ""), slog.String("public_key_file", cfg.Auth.PublicKeyFile),
 			slog.Int("keys", len(cfg.Auth.Keys)), slog.String("jwks_url", cfg.Auth.JWKS.URL))
 	}
-	if cfg.Auth.CallbackCookie && tokens != nil {
+	if topts.Webhook != nil {
+		log.Info("authentication: webhook", slog.Bool("required", cfg.Auth.Required), slog.String("url", cfg.Auth.Webhook.URL))
+	}
+	if cfg.Auth.CallbackCookie && (tokens != nil || topts.Webhook != nil) {
 		log.Warn("auth.callback_cookie is on: any web site can make a visitor's browser open JSONP and htmlfile sessions with her token cookie; keep it only with a SameSite=Strict cookie")
 	}
 	if topts.AllowedHosts == nil {
@@ -796,6 +804,16 @@ func (n *nodeParts) tokenVerifier() (*gateway.TokenVerifier, error) {
 		return nil, fmt.Errorf("%s: %w", key, err)
 	}
 	return v, nil
+}
+
+// authWebhook is the auth.webhook section for the transports; nil unless
+// auth.mode is webhook.
+func authWebhook(a configs.Auth) *transports.WebhookOptions {
+	if a.Mode != configs.AuthWebhook {
+		return nil
+	}
+	w := a.Webhook
+	return &transports.WebhookOptions{URL: w.URL, Headers: w.Headers, Timeout: w.Timeout, CacheTTL: w.CacheTTL}
 }
 
 func newLogger(c configs.Log, w io.Writer) *slog.Logger {
