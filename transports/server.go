@@ -34,9 +34,9 @@ type Options struct {
 	// node listens on a public address).
 	AllowedHosts []string
 	// TrustedProxies are the addresses of reverse proxies whose
-	// X-Forwarded-For (and X-Forwarded-Proto) headers are believed: the
-	// client's address is then the last one in the chain that is not a
-	// trusted proxy. It is what per-address limits count and what
+	// X-Forwarded-For (else Forwarded's for=, RFC 7239) and
+	// X-Forwarded-Proto headers are believed: the client's address is then
+	// the last one in the chain that is not a trusted proxy. It is what per-address limits count and what
 	// AllowLoopback looks at. Empty: the connection's peer address.
 	TrustedProxies []netip.Prefix
 	// CallbackCookie lets the callback transports (JSONP and htmlfile,
