@@ -442,3 +442,29 @@ func TestNodeAdmissionRate(t *testing.T) {
 		t.Fatalf("open a second later: %+v", e)
 	}
 }
+
+// TestMaxSessions: a node that holds its MaxSessions refuses the next
+// with 503, code 3005 "node full" and a retry hint of 1 to 5 s, and
+// admits again once a session ended.
+func TestMaxSessions(t *testing.T) {
+	noLeaks(t)
+	reg := prometheus.NewRegistry()
+	n := limitNode(t, &gateway.ManualClock{}, reg, nil, func(o *Options) { o.MaxSessions = 2 })
+	a := openSSE(t, n, "", nil)
+	openSSE(t, n, "", nil)
+	status, e, retry := openFrom(t, n, "")
+	if status != http.StatusServiceUnavailable || e.Code != gateway.DisconnectNodeFull.Code || e.Error != gateway.DisconnectNodeFull.Reason {
+		t.Fatalf("third session: %d %+v", status, e)
+	}
+	if secs, err := strconv.Atoi(retry); err != nil || e.Delay < 1000 || e.Delay >= 5000 || int64(secs) != (e.Delay+999)/1000 {
+		t.Errorf("retry hint: Retry-After %q, delay %d ms", retry, e.Delay)
+	}
+	if v := refusals(t, reg, "global_limit"); v != 1 {
+		t.Errorf("global_limit refusals %v, want 1", v)
+	}
+	a.close()
+	waitFor(t, "the first session to end", func() bool { return n.gw.SessionCount() == 1 })
+	if status, e, _ := openFrom(t, n, ""); status != http.StatusOK {
+		t.Fatalf("open after a session ended: %d %+v", status, e)
+	}
+}

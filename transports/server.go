@@ -54,6 +54,11 @@ type Options struct {
 	// IPv4 address, an IPv6 /64); 0 is unlimited. Refused with 429 and
 	// code 4029.
 	MaxSessionsPerIP int
+	// MaxSessions bounds the node's sessions; 0 is unlimited. Past it new
+	// sessions are refused with 503, code 3005 and a Retry-After of a few
+	// seconds (jittered), so that a load balancer or the client goes
+	// elsewhere.
+	MaxSessions int
 	// NewSessionsPerIP limits how fast one client address opens sessions;
 	// NewSessionsPerNode how fast the node opens them, whoever asks (a
 	// reconnect storm after another node went away). A session refused

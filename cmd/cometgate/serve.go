@@ -214,6 +214,7 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		WriteTimeout:       cfg.Session.WriteTimeout,
 		StreamLimit:        cfg.Session.StreamLimitBytes,
 		MaxSessionsPerIP:   cfg.HTTP.MaxSessionsPerIP,
+		MaxSessions:        cfg.Limits.MaxSessions,
 		NewSessionsPerIP:   rate(cfg.Limits.NewSessionsPerIPPerSecond, cfg.Limits.NewSessionsPerIPBurst),
 		NewSessionsPerNode: rate(cfg.Limits.NewSessionsPerSecond, cfg.Limits.NewSessionsBurst),
 		AllowedHosts:       cfg.HTTP.EffectiveAllowedHosts(),
