@@ -158,9 +158,13 @@ func (g *gate) join(r *http.Request, sess *gateway.Session, callback bool) *refu
 	return nil
 }
 
+// originAllowed reports whether r's Origin may use the node, for a caller
+// that only asks (origin is the check that refuses, and counts).
+func (g *gate) originAllowed(r *http.Request) bool { return g.origins.allowed(r, g.scheme(r)) }
+
 // origin refuses a browser page from an Origin the node does not allow.
 func (g *gate) origin(r *http.Request) *refusal {
-	if g.origins.allowed(r, g.scheme(r)) {
+	if g.originAllowed(r) {
 		return nil
 	}
 	g.metrics.Refused(gateway.RefusedOrigin)

@@ -468,3 +468,29 @@ func TestMaxSessions(t *testing.T) {
 		t.Fatalf("open after a session ended: %d %+v", status, e)
 	}
 }
+
+// TestRefusalsCountedOnce: each refusal counts once, under its own
+// reason, whichever check found it.
+func TestRefusalsCountedOnce(t *testing.T) {
+	noLeaks(t)
+	reg := prometheus.NewRegistry()
+	n := limitNode(t, &gateway.ManualClock{}, reg, nil, func(o *Options) {
+		o.AllowedHosts = []string{"127.0.0.1"}
+		o.AllowLoopback = true
+	})
+	if status, _ := n.do(t, http.MethodGet, "/poll?ch=demo.a", "", "Origin", "http://evil.example"); status != http.StatusForbidden {
+		t.Fatalf("foreign origin: %d", status)
+	}
+	if status, _ := n.do(t, http.MethodPost, "/api/publish", `{"channel":"demo.a","data":1}`,
+		"Origin", "http://evil.example", "Content-Type", "application/json"); status != http.StatusForbidden {
+		t.Fatalf("cross-site publish: %d", status)
+	}
+	if status, _ := n.do(t, http.MethodGet, "/poll?ch=demo.a", "", "Host", "evil.example"); status != http.StatusMisdirectedRequest {
+		t.Fatalf("foreign host: %d", status)
+	}
+	for reason, want := range map[string]float64{"origin": 1, "api_key": 1, "host": 1, "ip_rate": 0} {
+		if v := refusals(t, reg, reason); v != want {
+			t.Errorf("%s refusals %v, want %v", reason, v, want)
+		}
+	}
+}
