@@ -481,6 +481,8 @@ type Limits struct {
 	// node opens, whoever asks.
 	NewSessionsPerSecond int `mapstructure:"new_sessions_per_second"`
 	NewSessionsBurst     int `mapstructure:"new_sessions_burst"`
+	// MaxSessions bounds the sessions the node holds; 0 = unlimited.
+	MaxSessions int `mapstructure:"max_sessions"`
 }
 
 // Channel is one channel namespace. Config.Channels is ordered: the first

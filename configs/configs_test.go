@@ -88,6 +88,7 @@ func wantDefaults() *Config {
 			NewSessionsPerIPBurst:     100,
 			NewSessionsPerSecond:      1000,
 			NewSessionsBurst:          2000,
+			MaxSessions:               0,
 		},
 		Channels: []Channel{{
 			Pattern:         "demo.>",
@@ -732,6 +733,7 @@ func TestValidate(t *testing.T) {
 		{"limits no burst", func(c *Config) { c.Limits.PublishBurst = 0 }, `limits.publish_burst: must be at least 1, got 0`},
 		{"limits ip burst", func(c *Config) { c.Limits.NewSessionsPerIPPerSecond, c.Limits.NewSessionsPerIPBurst = 20, -3 }, `limits.new_sessions_per_ip_burst: must be at least 1, got -3`},
 		{"limits node rate", func(c *Config) { c.Limits.NewSessionsPerSecond = -1 }, `limits.new_sessions_per_second: must be at least 0`},
+		{"limits max sessions", func(c *Config) { c.Limits.MaxSessions = -1 }, `limits.max_sessions: must be at least 0, got -1`},
 		{"limits node burst without rate", func(c *Config) { c.Limits.NewSessionsPerSecond, c.Limits.NewSessionsBurst = 0, 0 }, ""},
 		{"short cluster key", func(c *Config) { c.Node.ClusterKey = "short" }, `node.cluster_key: must be at least 32 bytes`},
 		{"peer network", func(c *Config) { c.Node.PeerNetworks = []string{"10.0.0.0/8", "lan"} }, `node.peer_networks[1]: must be an IP address or a CIDR prefix`},

@@ -308,6 +308,7 @@ func (v *validator) limits(l *Limits) {
 	v.rate("limits.publishes_per_second", "limits.publish_burst", l.PublishesPerSecond, l.PublishBurst)
 	v.rate("limits.new_sessions_per_ip_per_second", "limits.new_sessions_per_ip_burst", l.NewSessionsPerIPPerSecond, l.NewSessionsPerIPBurst)
 	v.rate("limits.new_sessions_per_second", "limits.new_sessions_burst", l.NewSessionsPerSecond, l.NewSessionsBurst)
+	v.atLeast("limits.max_sessions", l.MaxSessions, 0)
 }
 
 // rate checks a token bucket: a rate >= 0 (0: unlimited) and, for a

@@ -66,6 +66,9 @@ var (
 	// than it is configured to (a reconnect storm); come back after the
 	// refusal's jittered delay, to this node or another (HTTP 503).
 	DisconnectNodeBusy = Disconnect{3005, "node busy: too many new sessions, try again later"}
+	// DisconnectNodeFull: the node holds as many sessions as it may; the
+	// same advice (HTTP 503).
+	DisconnectNodeFull = Disconnect{3005, "node full: too many sessions, try again later"}
 	// DisconnectSessionRate: the client's address opened new sessions
 	// faster than it may; come back after the refusal's delay (HTTP 429).
 	DisconnectSessionRate = Disconnect{3029, "too many new sessions from this address, try again later"}

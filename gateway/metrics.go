@@ -140,6 +140,7 @@ const (
 	RefusedIPLimit                            // ip_limit: the address (IPv4, IPv6 /64) holds as many sessions as it may
 	RefusedIPRate                             // ip_rate: the address opens new sessions faster than it may
 	RefusedNodeRate                           // node_rate: the node opens no more new sessions per second
+	RefusedGlobalLimit                        // global_limit: the node holds as many sessions as it may
 	RefusedShutdown                           // shutdown: the node is draining
 	RefusedFrameRate                          // frame_rate: a session sent frames too fast (closed with 4029)
 	RefusedPublishRate                        // publish_rate: a session published too fast (closed with 4029)
@@ -150,7 +151,7 @@ const (
 
 var refusalNames = [numRefusals]string{
 	"origin", "host", "token", "cookie_without_origin", "principal", "ip_limit", "ip_rate",
-	"node_rate", "shutdown", "frame_rate", "publish_rate", "forward_signature", "api_key",
+	"node_rate", "global_limit", "shutdown", "frame_rate", "publish_rate", "forward_signature", "api_key",
 }
 
 func (r Refusal) String() string { return refusalNames[r] }

@@ -109,7 +109,8 @@ func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refus
 	if ref != nil {
 		return nil, ref
 	}
-	ip := ipKey(g.clientAddr(r))
+	client := g.clientAddr(r)
+	ip := ipKey(client)
 	if ref := g.limits.acquire(ip); ref != nil {
 		return nil, ref
 	}
@@ -117,7 +118,7 @@ func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refus
 	sess, err := g.gw.Open(gateway.OpenOptions{
 		Transport:  spec.transport,
 		Retain:     spec.retain,
-		RemoteAddr: g.clientAddr(r).String(),
+		RemoteAddr: client.String(),
 		OnClose: func() {
 			g.limits.release(ip)
 			if onClose != nil {
@@ -180,9 +181,13 @@ func (g *gate) reauth(owner *gateway.Principal) func(string) (*gateway.Principal
 	}
 }
 
+// originAllowed reports whether r's Origin may use the node, for a caller
+// that only asks (origin is the check that refuses, and counts).
+func (g *gate) originAllowed(r *http.Request) bool { return g.origins.allowed(r, g.scheme(r)) }
+
 // origin refuses a browser page from an Origin the node does not allow.
 func (g *gate) origin(r *http.Request) *refusal {
-	if g.origins.allowed(r, g.scheme(r)) {
+	if g.originAllowed(r) {
 		return nil
 	}
 	g.metrics.Refused(gateway.RefusedOrigin)
@@ -315,26 +320,23 @@ func (g *gate) trusted(a netip.Addr) bool {
 }
 
 // clientAddr is the client's address: the connection's peer, or, when
-// the peer is a trusted proxy, the last address of X-Forwarded-For that
-// is not one (each proxy appends the address it got the request from, so
-// only entries right of the first untrusted one are believed).
+// the peer is a trusted proxy, the last address the proxies reported
+// (forwardedFor) that is not one (each proxy appends the address it got
+// the request from, so only entries right of the first untrusted one are
+// believed).
 func (g *gate) clientAddr(r *http.Request) netip.Addr {
 	addr := peerAddr(r)
 	if !g.trusted(addr) {
 		return addr
 	}
-	hops := r.Header.Values("X-Forwarded-For")
+	hops := forwardedFor(r.Header)
 	for i := len(hops) - 1; i >= 0; i-- {
-		parts := strings.Split(hops[i], ",")
-		for j := len(parts) - 1; j >= 0; j-- {
-			a, err := netip.ParseAddr(strings.TrimSpace(parts[j]))
-			if err != nil {
-				return addr // malformed: stop at the last proxy we trust
-			}
-			addr = a.Unmap()
-			if !g.trusted(addr) {
-				return addr
-			}
+		if !hops[i].IsValid() {
+			return addr // not an address: stop at the last proxy we trust
+		}
+		addr = hops[i]
+		if !g.trusted(addr) {
+			return addr
 		}
 	}
 	return addr

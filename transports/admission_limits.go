@@ -20,16 +20,18 @@ import (
 
 // admissionLimits holds the counts and buckets of one gate.
 type admissionLimits struct {
+	max      int          // sessions on the node; 0: unlimited
 	maxPerIP int          // 0: unlimited
 	ipRate   gateway.Rate // new sessions per address
 	nodeRate gateway.Rate // new sessions on the node
 	clock    gateway.Clock
 	metrics  *gateway.Metrics
 
-	mu    sync.Mutex
-	perIP map[netip.Addr]*ipEntry // by ipKey; only while maxPerIP or ipRate limit
-	node  gateway.Bucket
-	swept int64 // clock reading of the last sweep
+	mu       sync.Mutex
+	sessions int                     // admitted and not released (only while max is set)
+	perIP    map[netip.Addr]*ipEntry // by ipKey; only while maxPerIP or ipRate limit
+	node     gateway.Bucket
+	swept    int64 // clock reading of the last sweep
 }
 
 // ipEntry is what the gate knows of one address: its open sessions and
@@ -48,6 +50,7 @@ const sweepEvery = 10 * time.Second
 
 func newAdmissionLimits(opts Options) *admissionLimits {
 	l := &admissionLimits{
+		max:      opts.MaxSessions,
 		maxPerIP: opts.MaxSessionsPerIP,
 		ipRate:   opts.NewSessionsPerIP,
 		nodeRate: opts.NewSessionsPerNode,
@@ -61,17 +64,28 @@ func newAdmissionLimits(opts Options) *admissionLimits {
 // tracksIPs reports whether addresses are counted at all.
 func (l *admissionLimits) tracksIPs() bool { return l.maxPerIP > 0 || !l.ipRate.Unlimited() }
 
+// refusedFull refuses a session on a node that holds Options.MaxSessions:
+// the client should try again, on this node or another, spread over a
+// few seconds.
+var refusedFull = &refusal{status: http.StatusServiceUnavailable, code: gateway.DisconnectNodeFull.Code,
+	msg: gateway.DisconnectNodeFull.Reason, retry: true, wait: time.Second, spread: 4 * time.Second}
+
 // acquire admits one new session from ip (an ipKey), or says why not.
-// The address's own limits come first, so that an address over its rate
-// takes nothing from the node's: one client cannot spend the node's
-// budget on its own refusals. An admitted session must be released.
+// A full node refuses before any bucket is touched; then the address's
+// own limits come first, so that an address over its rate takes nothing
+// from the node's: one client cannot spend the node's budget on its own
+// refusals. An admitted session must be released.
 func (l *admissionLimits) acquire(ip netip.Addr) *refusal {
-	if !l.tracksIPs() && l.nodeRate.Unlimited() {
+	if l.max <= 0 && !l.tracksIPs() && l.nodeRate.Unlimited() {
 		return nil
 	}
 	now := l.clock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.max > 0 && l.sessions >= l.max {
+		l.metrics.Refused(gateway.RefusedGlobalLimit)
+		return refusedFull
+	}
 	var e *ipEntry
 	if l.tracksIPs() {
 		l.sweepLocked(now)
@@ -100,17 +114,26 @@ func (l *admissionLimits) acquire(ip netip.Addr) *refusal {
 		e.sessions++
 		l.perIP[ip] = e
 	}
+	if l.max > 0 {
+		l.sessions++
+	}
 	return nil
 }
 
 // release ends one session of ip that acquire admitted.
 func (l *admissionLimits) release(ip netip.Addr) {
-	if !l.tracksIPs() {
+	if l.max <= 0 && !l.tracksIPs() {
 		return
 	}
 	now := l.clock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.max > 0 {
+		l.sessions--
+	}
+	if !l.tracksIPs() {
+		return
+	}
 	if e := l.perIP[ip]; e != nil {
 		e.sessions--
 		l.forgetLocked(ip, e, now)

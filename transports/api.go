@@ -222,7 +222,7 @@ func (h sendHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // its Origin is one the node does not allow, or the browser says so
 // (Sec-Fetch-Site, sent even where Origin is not).
 func (h publishHandler) crossSite(r *http.Request) bool {
-	return strings.EqualFold(r.Header.Get("Sec-Fetch-Site"), "cross-site") || h.gate.origin(r) != nil
+	return strings.EqualFold(r.Header.Get("Sec-Fetch-Site"), "cross-site") || !h.gate.originAllowed(r)
 }
 
 // hasKey reports whether r carries one of the API keys.

@@ -200,7 +200,7 @@
 //	3001 slow consumer               4001 frame too large (in a body)
 //	3002 session expired             4003 forbidden
 //	3003 replaced by a newer request 4004 session not found
-//	3005 node busy (new sessions)    4029 past a limit: sessions per
+//	3005 node busy or full           4029 past a limit: sessions per
 //	3029 too many new sessions from       address, frames or publishes
 //	     this address                     per second
 //

@@ -442,3 +442,55 @@ func TestNodeAdmissionRate(t *testing.T) {
 		t.Fatalf("open a second later: %+v", e)
 	}
 }
+
+// TestMaxSessions: a node that holds its MaxSessions refuses the next
+// with 503, code 3005 "node full" and a retry hint of 1 to 5 s, and
+// admits again once a session ended.
+func TestMaxSessions(t *testing.T) {
+	noLeaks(t)
+	reg := prometheus.NewRegistry()
+	n := limitNode(t, &gateway.ManualClock{}, reg, nil, func(o *Options) { o.MaxSessions = 2 })
+	a := openSSE(t, n, "", nil)
+	openSSE(t, n, "", nil)
+	status, e, retry := openFrom(t, n, "")
+	if status != http.StatusServiceUnavailable || e.Code != gateway.DisconnectNodeFull.Code || e.Error != gateway.DisconnectNodeFull.Reason {
+		t.Fatalf("third session: %d %+v", status, e)
+	}
+	if secs, err := strconv.Atoi(retry); err != nil || e.Delay < 1000 || e.Delay >= 5000 || int64(secs) != (e.Delay+999)/1000 {
+		t.Errorf("retry hint: Retry-After %q, delay %d ms", retry, e.Delay)
+	}
+	if v := refusals(t, reg, "global_limit"); v != 1 {
+		t.Errorf("global_limit refusals %v, want 1", v)
+	}
+	a.close()
+	waitFor(t, "the first session to end", func() bool { return n.gw.SessionCount() == 1 })
+	if status, e, _ := openFrom(t, n, ""); status != http.StatusOK {
+		t.Fatalf("open after a session ended: %d %+v", status, e)
+	}
+}
+
+// TestRefusalsCountedOnce: each refusal counts once, under its own
+// reason, whichever check found it.
+func TestRefusalsCountedOnce(t *testing.T) {
+	noLeaks(t)
+	reg := prometheus.NewRegistry()
+	n := limitNode(t, &gateway.ManualClock{}, reg, nil, func(o *Options) {
+		o.AllowedHosts = []string{"127.0.0.1"}
+		o.AllowLoopback = true
+	})
+	if status, _ := n.do(t, http.MethodGet, "/poll?ch=demo.a", "", "Origin", "http://evil.example"); status != http.StatusForbidden {
+		t.Fatalf("foreign origin: %d", status)
+	}
+	if status, _ := n.do(t, http.MethodPost, "/api/publish", `{"channel":"demo.a","data":1}`,
+		"Origin", "http://evil.example", "Content-Type", "application/json"); status != http.StatusForbidden {
+		t.Fatalf("cross-site publish: %d", status)
+	}
+	if status, _ := n.do(t, http.MethodGet, "/poll?ch=demo.a", "", "Host", "evil.example"); status != http.StatusMisdirectedRequest {
+		t.Fatalf("foreign host: %d", status)
+	}
+	for reason, want := range map[string]float64{"origin": 1, "api_key": 1, "host": 1, "ip_rate": 0} {
+		if v := refusals(t, reg, reason); v != want {
+			t.Errorf("%s refusals %v, want %v", reason, v, want)
+		}
+	}
+}

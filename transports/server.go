@@ -34,9 +34,9 @@ type Options struct {
 	// node listens on a public address).
 	AllowedHosts []string
 	// TrustedProxies are the addresses of reverse proxies whose
-	// X-Forwarded-For (and X-Forwarded-Proto) headers are believed: the
-	// client's address is then the last one in the chain that is not a
-	// trusted proxy. It is what per-address limits count and what
+	// X-Forwarded-For (else Forwarded's for=, RFC 7239) and
+	// X-Forwarded-Proto headers are believed: the client's address is then
+	// the last one in the chain that is not a trusted proxy. It is what per-address limits count and what
 	// AllowLoopback looks at. Empty: the connection's peer address.
 	TrustedProxies []netip.Prefix
 	// CallbackCookie lets the callback transports (JSONP and htmlfile,
@@ -61,6 +61,11 @@ type Options struct {
 	// IPv4 address, an IPv6 /64); 0 is unlimited. Refused with 429 and
 	// code 4029.
 	MaxSessionsPerIP int
+	// MaxSessions bounds the node's sessions; 0 is unlimited. Past it new
+	// sessions are refused with 503, code 3005 and a Retry-After of a few
+	// seconds (jittered), so that a load balancer or the client goes
+	// elsewhere.
+	MaxSessions int
 	// NewSessionsPerIP limits how fast one client address opens sessions;
 	// NewSessionsPerNode how fast the node opens them, whoever asks (a
 	// reconnect storm after another node went away). A session refused

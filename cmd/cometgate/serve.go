@@ -261,6 +261,9 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		Compression:        cfg.WebSocket.TransportCompression(),
 		StreamLimit:        cfg.Session.StreamLimitBytes,
 		MaxSessionsPerIP:   cfg.HTTP.MaxSessionsPerIP,
+		MaxSessions:        cfg.Limits.MaxSessions,
+		NewSessionsPerIP:   rate(cfg.Limits.NewSessionsPerIPPerSecond, cfg.Limits.NewSessionsPerIPBurst),
+		NewSessionsPerNode: rate(cfg.Limits.NewSessionsPerSecond, cfg.Limits.NewSessionsBurst),
 		AllowedHosts:       cfg.HTTP.EffectiveAllowedHosts(),
 		ClusterKey:         clusterKey(cfg),
 		PeerNetworks:       cfg.Node.PeerPrefixes(),
@@ -268,8 +271,6 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		Tokens:             tokens,
 		RequireToken:       cfg.Auth.Required,
 		CallbackCookie:     cfg.Auth.CallbackCookie,
-		NewSessionsPerIP:   rate(cfg.Limits.NewSessionsPerIPPerSecond, cfg.Limits.NewSessionsPerIPBurst),
-		NewSessionsPerNode: rate(cfg.Limits.NewSessionsPerSecond, cfg.Limits.NewSessionsBurst),
 		ReadBodyTimeout:    cfg.HTTP.ReadBodyTimeout,
 		Webhook:            authWebhook(cfg.Auth),
 		// configs.Validate checked these with transports' validators.

@@ -16,7 +16,10 @@ import (
 // one goroutine per stream while it waits.
 func TestShutdownWithThousandsOfSSEStreams(t *testing.T) {
 	const streams = 2000
-	n := startNode(t, "COMETGATE_HTTP_SHUTDOWN_TIMEOUT=20s")
+	// Every stream comes from one address at once: no limit on new
+	// sessions.
+	n := startNode(t, "COMETGATE_HTTP_SHUTDOWN_TIMEOUT=20s",
+		"COMETGATE_LIMITS_NEW_SESSIONS_PER_IP_PER_SECOND=0", "COMETGATE_LIMITS_NEW_SESSIONS_PER_SECOND=0")
 	conns := make([]net.Conn, 0, streams)
 	defer func() {
 		for _, c := range conns {
