@@ -6,7 +6,8 @@
 # already run; otherwise installs them from Debian's packages (as root) and
 # starts them. Also installs chromium and a VNC server (tigervnc) for the
 # browser tests and nginx for the reverse-proxy test (not started: the tests
-# run their own). Idempotent.
+# run their own), and nats-server for the fault-injection suite, which
+# runs its own servers. Idempotent.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -62,6 +63,11 @@ if ! port_open 6379; then
 		--dir /var/lib/redis --logfile /var/log/redis/ci.log
 	wait_port 6379 redis-server
 fi
+
+# The fault-injection suite (cmd/cometgate/faults_test.go) runs its own
+# nats-server processes (one, or a cluster of three), whether or not the
+# one on 4222 came from this package.
+need_pkg nats-server
 
 # The browser tests (cmd/cometgate/browser_test.go) drive Debian's chromium,
 # headless; the fonts make its screenshots readable.
