@@ -13,10 +13,10 @@ package main
 //	kill9        kill -9 one node (it does not come back)
 //	sigterm      SIGTERM one node: it drains and exits
 //	rolling      SIGTERM, wait for the exit, start again, for each node in turn
-//	brokerdown   the nodes' connections to the broker cut for 20 s (a TCP
-//	             proxy between them; the broker itself stays up, and a
-//	             channel with and one without history are published
-//	             straight into it meanwhile)
+//	brokerdown   the nodes' connections to the broker cut (10 s; 20 s in
+//	             the full form) by a TCP proxy between them (the broker
+//	             itself stays up, and a channel with and one without
+//	             history are published straight into it meanwhile)
 //	natscluster  (NATS only) a three-server NATS cluster, the history
 //	             stream with three replicas, loses the stream's leader
 //	             (kill -9)
