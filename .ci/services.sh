@@ -6,8 +6,10 @@
 # already run; otherwise installs them from Debian's packages (as root) and
 # starts them. Also installs chromium and a VNC server (tigervnc) for the
 # browser tests, nginx for the reverse-proxy test (not started: the tests
-# run their own), and node with npm (the TypeScript check of the client's
-# declarations and the npm packages of the browser tests). Idempotent.
+# run their own), nats-server for the fault-injection suite (which runs its
+# own servers), python3-pika for the publishing examples, and node with npm
+# (the TypeScript check of the client's declarations and the npm packages
+# of the browser tests). Idempotent.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -63,6 +65,11 @@ if ! port_open 6379; then
 		--dir /var/lib/redis --logfile /var/log/redis/ci.log
 	wait_port 6379 redis-server
 fi
+
+# The fault-injection suite (cmd/cometgate/faults_test.go) runs its own
+# nats-server processes (one, or a cluster of three), whether or not the
+# one on 4222 came from this package.
+need_pkg nats-server
 
 # The browser tests (cmd/cometgate/browser_test.go) drive Debian's chromium,
 # headless; the fonts make its screenshots readable.

@@ -206,6 +206,14 @@ func (g *Gateway) BrokerState(st brokers.State) {
 	}
 }
 
+// Draining reports whether Shutdown has begun: every session of this node
+// was closed with DisconnectShutdown, or was gone before.
+func (g *Gateway) Draining() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.draining
+}
+
 // Ready reports whether the node should receive traffic: the broker is up
 // (as last reported to BrokerState, or as the broker said when New ran)
 // and the node is not draining.

@@ -138,6 +138,19 @@ func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refus
 	return sess, nil
 }
 
+// sessionGone is the refusal for a request whose session is not here (and
+// was not forwarded): "session not found", or, once the node drains, the
+// drain's own close (3000, reconnect): the drain closed every session of
+// this node, and a request that comes after its session's close packet
+// went out on another request (an SSE stream's, a send racing a poll)
+// must still learn why, not that the session never existed.
+func (g *gate) sessionGone() *refusal {
+	if g.gw.Draining() {
+		return refusedShutdown
+	}
+	return refusedNotFound
+}
+
 // join admits r to act on sess, a session that exists: a request from an
 // allowed Origin that acts for the session's principal. A session opened
 // with a token is bound to its subject, so a leaked session id alone does

@@ -189,7 +189,7 @@ func (h sendHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.cors(w, r)
 	sess := h.gw.Session(chi.URLParam(r, "sid"))
 	if sess == nil {
-		refusedNotFound.writeJSON(w)
+		h.gate.sessionGone().writeJSON(w)
 		return
 	}
 	if ref := h.gate.join(r, sess, false); ref != nil {

@@ -214,7 +214,7 @@ func (f *forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 		// This node is shutting down, the session's node is not: the
 		// client retries the request elsewhere (never 3000, which would
 		// end a healthy session on another node).
-		writeRetryElsewhere(w)
+		writeTryAgain(w, shuttingDownTryAgain)
 		return
 	case errors.Is(r.Context().Err(), context.Canceled):
 		// The client went away: nobody reads the answer.
@@ -260,21 +260,23 @@ func (n *node) forward(w http.ResponseWriter, r *http.Request, sid string) bool 
 	if f.ctx.Err() != nil {
 		// Forwarding stopped (this node shuts down); the session's node
 		// may well live, so this is no "session not found".
-		writeRetryElsewhere(w)
+		writeTryAgain(w, shuttingDownTryAgain)
 		return true
 	}
 	return n.forwardTo(w, r, owner, "")
 }
 
-// writeRetryElsewhere answers a request for another node's session that
-// this node, shutting down, no longer forwards: 503 with Retry-After and
-// no close code, which clients take as "try the request again" (to
-// another node, as the balancer sends it) and not as the end of their
-// session.
-func writeRetryElsewhere(w http.ResponseWriter) {
+// writeTryAgain answers a request for a session that this node cannot
+// reach now (it shuts down and no longer forwards, or the owner is
+// unknown while the broker is down): 503 with Retry-After and no close
+// code, which clients take as "try the request again" (the balancer sends
+// it on) and not as the end of their session.
+func writeTryAgain(w http.ResponseWriter, msg string) {
 	w.Header().Set("Retry-After", "1")
-	writeError(w, http.StatusServiceUnavailable, "this node is shutting down and no longer forwards: try the request again")
+	writeError(w, http.StatusServiceUnavailable, msg)
 }
+
+const shuttingDownTryAgain = "this node is shutting down and no longer forwards: try the request again"
 
 // forwardTo proxies r to node owner (at base, when the caller knows it
 // already). It reports false, having written nothing, when the owner is
@@ -287,8 +289,8 @@ func (n *node) forwardTo(w http.ResponseWriter, r *http.Request, owner, base str
 		base, ok, err = f.nodes.Find(r.Context(), owner)
 		switch {
 		case errors.Is(err, gateway.ErrBrokerDown):
-			w.Header().Set("Retry-After", "1")
-			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "the session's node is not known and the broker is down: try again", Code: gateway.DisconnectShutdown.Code})
+			// No close code: the session may well live (3000 would end it).
+			writeTryAgain(w, "the session's node is not known and the broker is down: try the request again")
 			return true
 		case !ok:
 			return false

@@ -117,7 +117,8 @@ func (h jsonpSendHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sess := h.gw.Session(sid)
 	if sess == nil || !sess.Retain() {
-		fail(gateway.DisconnectNotFound.Code, gateway.DisconnectNotFound.Reason)
+		ref := h.gate.sessionGone()
+		fail(ref.code, ref.msg)
 		return
 	}
 	if ref := h.gate.join(r, sess, true); ref != nil {

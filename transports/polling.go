@@ -207,7 +207,7 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		sess = h.gw.Session(req.sid)
 		if sess == nil || !sess.Retain() {
-			writeRefusal(w, fam, f, refusedNotFound)
+			writeRefusal(w, fam, f, h.gate.sessionGone())
 			return
 		}
 		if ref := h.gate.join(r, sess, fam.callback); ref != nil {
@@ -230,7 +230,7 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := sess.Attach(t, !fam.streaming); err != nil {
 		// The session ended since it was looked up (or opened).
-		writeRefusal(w, fam, f, refusedNotFound)
+		writeRefusal(w, fam, f, h.gate.sessionGone())
 		return
 	}
 	if fam.streaming {

@@ -608,6 +608,38 @@ func TestPollShutdown(t *testing.T) {
 	}
 }
 
+// TestPollAfterDrainClosed: once the drain has closed a session and its
+// close packet went out (on the held poll), a request that comes after it
+// for the session (a send racing the poll, the next poll) is told the
+// drain's 3000, not "session not found".
+func TestPollAfterDrainClosed(t *testing.T) {
+	n := startNode(t, nil, nil)
+	c := newPollClient(t, n, false)
+	c.open("demo.z")
+	sess := n.gw.Session(c.sid)
+	if sess == nil {
+		t.Fatal("no session")
+	}
+	shut := make(chan error, 1)
+	go func() { shut <- n.gw.Shutdown(t.Context()) }()
+	waitFor(t, "the drain to close the session", func() bool { return sess.Reason() == gateway.DisconnectShutdown })
+	if got := c.poll(); len(got) != 1 || got[0].T != gateway.TypeClose || got[0].Code != gateway.DisconnectShutdown.Code {
+		t.Fatalf("poll after the drain began: %+v", got)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	resp, err := n.client.Post(n.url("/session/"+c.sid+"/send"), "application/json", strings.NewReader(`{"op":"ping","id":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	expectJSONError(t, resp.StatusCode, body, http.StatusServiceUnavailable, gateway.DisconnectShutdown.Code)
+	status, pbody := c.get(c.pollURL(c.acked))
+	expectJSONError(t, status, pbody, http.StatusServiceUnavailable, gateway.DisconnectShutdown.Code)
+}
+
 // TestCallbackValidation: bad callback names are refused with a JSON 400;
 // good ones are called.
 func TestCallbackValidation(t *testing.T) {

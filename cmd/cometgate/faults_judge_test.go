@@ -32,6 +32,7 @@ type clientReport struct {
 	lateGapMax    time.Duration // how late the latest of those came
 	plainDupCount int
 	replaced      []string // sessions replaced on nodes the fault did not touch
+	lostVia       []string // SockJS-over-HTTP sessions ended by a request that failed at the struck node
 	sessions      int
 	drainMissed   []string
 	recovery      []time.Duration // per step, for affected clients; -1: never
@@ -105,6 +106,10 @@ func (s *scen) judge() {
 				for _, r := range reports {
 					if len(r.replaced) > 0 {
 						t.Errorf("%s: %d session(s) replaced on nodes the fault did not touch: %s", r.c.name, len(r.replaced), strings.Join(first(r.replaced, 4), "; "))
+					}
+					if len(r.lostVia) > 0 {
+						t.Logf("%s: %d session(s) on untouched nodes ended by a request through the struck node (sockjs-client gives a session up on a failed request): %s",
+							r.c.name, len(r.lostVia), strings.Join(first(r.lostVia, 4), "; "))
 					}
 				}
 			})
@@ -425,6 +430,10 @@ func (s *scen) analyseSessions(r *clientReport) {
 		if touched {
 			continue
 		}
+		if via := s.failedThroughHit(r.c, ev[hellos[k-1]+1:hellos[k]]); via != "" {
+			r.lostVia = append(r.lostVia, fmt.Sprintf("%s: %s", old.sid, via))
+			continue
+		}
 		// Why the client gave it up: what happened to it since its hello,
 		// the last few things.
 		var why []string
@@ -474,6 +483,41 @@ func (s *scen) analyseSessions(r *clientReport) {
 			r.recovery = append(r.recovery, d)
 		}
 	}
+}
+
+// sjsHTTPKinds are the clients that carry a SockJS session over HTTP
+// requests, as sockjs-client does: it ends the session when one of them
+// fails (a receiving request or a send answered with anything but 200 or
+// 204, or broken off), where cometgate.js retries the request in the
+// session.
+var sjsHTTPKinds = map[string]bool{"sockjs-xhr-streaming": true, "sockjs-xhr-polling": true}
+
+// failedThroughHit reports (a description, "" for none) whether one of
+// the requests of a SockJS-over-HTTP session went through the node a
+// fault struck, while it struck, and failed there: the balancer had sent
+// it to that node (a connection the node closed as it drained or died,
+// 502), or the node, shutting down, no longer forwarded it (503), or its
+// forward was cut. sockjs-client ends the session then, whichever node
+// owns it; the session was touched by the fault after all, through its
+// request. Other clients retry such a request and keep their session.
+func (s *scen) failedThroughHit(c *fclient, ev []cevent) string {
+	if !sjsHTTPKinds[c.kind] {
+		return ""
+	}
+	for _, e := range ev {
+		if (e.kind != evBreak && e.kind != evSend) || (e.code != 502 && e.code != 503) {
+			continue
+		}
+		for _, st := range s.steps {
+			if st.node < 0 || e.node != s.nodes[st.node].id {
+				continue
+			}
+			if !e.at.Before(st.start) && !e.at.After(st.end.Add(faultHealthyAfter)) {
+				return fmt.Sprintf("its request failed at %s (%s) at %s: %s", e.node, st.what, e.at.Format("15:04:05.000"), e.text)
+			}
+		}
+	}
+	return ""
 }
 
 // hitBy returns the client's session when the fault struck, and whether
@@ -554,6 +598,7 @@ type faultRow struct {
 	lateGaps       int
 	lateGapMax     time.Duration
 	replaced       int
+	lostVia        int
 	drainMissed    int
 	drainChecked   bool
 	worstRecovered string
@@ -580,6 +625,7 @@ func (s *scen) row(transport string, reports []*clientReport) faultRow {
 			row.plainSilent++
 		}
 		row.replaced += len(r.replaced)
+		row.lostVia += len(r.lostVia)
 		row.drainMissed += len(r.drainMissed)
 	}
 	row.drainChecked = slices.ContainsFunc(s.steps, func(st faultStep) bool { return st.drain })
@@ -620,11 +666,11 @@ func (row faultRow) line() string {
 	if row.lateGaps > 0 {
 		late = fmt.Sprintf("%d (%.1fs)", row.lateGaps, row.lateGapMax.Seconds())
 	}
-	return fmt.Sprintf("%-20s | %-44s | %8d | %9d | %8d | %9d | %10d | %12d | %10s | %8d | %7d",
-		row.transport, row.recoveryText(), row.sessions, row.histLost, row.histDup, row.falseGaps, row.plainLost, row.plainSilent, late, row.replaced, drain)
+	return fmt.Sprintf("%-20s | %-44s | %8d | %9d | %8d | %9d | %10d | %12d | %10s | %8d | %7d | %7d",
+		row.transport, row.recoveryText(), row.sessions, row.histLost, row.histDup, row.falseGaps, row.plainLost, row.plainSilent, late, row.replaced, row.lostVia, drain)
 }
 
-const faultTableHeader = "transport            | recovery (fault → first message after)       | sessions | hist lost | hist dup | false gap | plain lost | plain no-gap |  late gaps | replaced | no 3000"
+const faultTableHeader = "transport            | recovery (fault → first message after)       | sessions | hist lost | hist dup | false gap | plain lost | plain no-gap |  late gaps | replaced | via hit | no 3000"
 
 // faultTable collects every scenario's rows.
 type faultTable struct {
@@ -645,7 +691,7 @@ func (ft *faultTable) add(broker, scenario string, steps []faultStep, rows []fau
 }
 
 // log writes the table (and to COMETGATE_FAULTS_REPORT when set).
-func (ft *faultTable) log(t *testing.T, took time.Duration) {
+func (ft *faultTable) log(t *testing.T, form string, took time.Duration) {
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
 	order := map[string]int{}
@@ -660,12 +706,12 @@ func (ft *faultTable) log(t *testing.T, took time.Duration) {
 		return order[a.scenario] < order[b.scenario]
 	})
 	var b strings.Builder
-	fmt.Fprintf(&b, "fault-injection suite: %d scenario runs in %v\n", len(ft.runs), took.Round(time.Second))
+	fmt.Fprintf(&b, "fault-injection suite (%s): %d scenario runs in %v\n", form, len(ft.runs), took.Round(time.Second))
 	b.WriteString("columns: recovery of the clients the fault hit (median, max): a node's fault hits its sessions (from the fault to the first message of a new session), " +
 		"a broker outage hits everyone (from the broker's return), a lost NATS server too (from the fault to the first message published after it); sessions opened by the 3 clients; " +
 		"history messages lost / duplicated; gaps on history channels where nothing was lost; plain-channel messages lost; clients with a loss on a plain channel and no gap; " +
 		"losses whose gap came only after messages that followed them (counted as told; the latest, in seconds after the first such message); " +
-		"sessions replaced on untouched nodes; drained sessions not told 3000 (-1: no drain)\n")
+		"sessions replaced on untouched nodes; SockJS-over-HTTP sessions on untouched nodes that sockjs-client gave up because a request of theirs failed at the struck node; drained sessions not told 3000 (-1: no drain)\n")
 	for _, run := range ft.runs {
 		var what []string
 		for _, st := range run.steps {
