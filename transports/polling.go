@@ -25,7 +25,7 @@ import (
 // with their original seq), and the request ends after one write (polling)
 // or after StreamLimit bytes (streaming). The client acknowledges what it
 // got on its next request (ack=N), so a response lost on the way is simply
-// written again. The URL scheme is documented in doc.go.
+// written again. The URL scheme is documented in PROTOCOL.md.
 //
 // The handler goroutine waits while the request is held; the session's
 // writer writes into the ResponseWriter under httpDown's locks, and the
@@ -41,7 +41,7 @@ const defaultStreamLimit = 128 << 10
 const maxCallbackLen = 64
 
 // HeaderSession names the session an XHR stream opened, in the response's
-// headers (see doc.go, "Request per poll").
+// headers (see PROTOCOL.md, "Request per poll").
 const HeaderSession = "X-Cometgate-Session"
 
 // maxSIDLen bounds a session id taken from a URL.

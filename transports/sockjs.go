@@ -72,7 +72,7 @@ import (
 // has the design): the admission gate opens it, its queue, expiry and
 // resend rule are the gateway's, and its receiving requests and websockets
 // are downstreams in SockJS framings. In pubsub mode every SockJS message
-// from the client is one client frame of the wire format in doc.go, and
+// from the client is one client frame of the wire format (PROTOCOL.md), and
 // every packet is one SockJS message; in echo mode the client's messages
 // come back through the session's queue as they went; in tcp mode they
 // carry a byte stream to and from a bridge target; in close mode every

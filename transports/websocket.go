@@ -10,7 +10,7 @@ import (
 )
 
 // The native WebSocket transport, GET /ws: one packet per text message
-// down, one client frame per message up (doc.go has the wire format). The
+// down, one client frame per message up (PROTOCOL.md has the wire format). The
 // connection is a wsConn (wsconn.go); wsSession makes it a session's
 // downstream in a codec's framing, which is also how the SockJS websocket
 // transports are carried (sockjs_websocket.go).

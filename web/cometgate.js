@@ -1,7 +1,7 @@
 /*
  * cometgate.js: the browser client of the cometgate Comet gateway.
  *
- * It speaks wire protocol version 1 (see package transports, doc.go) over a
+ * It speaks wire protocol version 1 (see transports/PROTOCOL.md) over a
  * WebSocket or, when that does not work, an EventSource (SSE), XHR streaming
  * or long-polling, the last three with HTTP POSTs for upstream frames, and as
  * last resorts htmlfile (a hidden iframe that streams) and JSONP. Plain
@@ -1010,7 +1010,7 @@
   // grows (one packet per line; the server ends it after its stream limit
   // and the client opens the next one), "poll" gets one JSON array of
   // packets per request. The session outlives the requests that carry it
-  // (doc.go, "Transports and URLs"): every request after the first names
+  // (PROTOCOL.md, "Transports and URLs"): every request after the first names
   // the session and acknowledges what arrived (ack=N), and the server
   // writes every packet not yet acknowledged, with the seq it had, before
   // what is new. So a response lost on the way costs nothing: the next
