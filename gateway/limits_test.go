@@ -137,3 +137,36 @@ func TestRateDefaults(t *testing.T) {
 		t.Errorf("defaults %+v %+v", c.FrameRate, c.PublishRate)
 	}
 }
+
+// TestFrameLimitAllocatesNothing: counting a frame against the session's
+// limits takes its lock and a clock reading, and allocates nothing.
+func TestFrameLimitAllocatesNothing(t *testing.T) {
+	clk := &ManualClock{}
+	g := rateGateway(t, clk, prometheus.NewRegistry(), Rate{PerSecond: 1000, Burst: 10}, Rate{PerSecond: 1000, Burst: 10})
+	s, _ := openSession(t, g, false)
+	allocs := testing.AllocsPerRun(1000, func() {
+		clk.Advance(time.Millisecond) // one token back per frame
+		if !s.admitFrame() {
+			t.Fatal("a frame within the rate was refused")
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per frame", allocs)
+	}
+}
+
+func BenchmarkAdmitFrame(b *testing.B) {
+	g, err := New(Config{NodeID: "n1", Rules: testRules(), FrameRate: Rate{PerSecond: 1e12, Burst: 1 << 30}}, newFakeBroker())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = g.Shutdown(context.Background()) }()
+	s, err := g.Open(OpenOptions{Transport: "fake"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		s.admitFrame()
+	}
+}
