@@ -730,6 +730,27 @@ func (n *Nodes) answerOwner(a nodeMsg) {
 	}()
 }
 
+// Owned tells every node, in the background, that this node now owns key
+// (it opened the SockJS session it names), so that they forward its
+// requests at once, without asking, for ownerCacheFor; above all while
+// the broker is down, when nobody can be asked and a node that knows no
+// owner would open a second session under the id. It does nothing once
+// Close began; a failed publish only costs the others a question later.
+func (n *Nodes) Owned(key string) {
+	if n.ctx.Err() != nil {
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithTimeout(n.ctx, n.opts.AskTimeout)
+		defer cancel()
+		if err := n.publish(ctx, nodeMsg{Key: key, Owns: true}); err != nil && n.ctx.Err() == nil {
+			n.log.Debug("telling the other nodes about an owned key failed", slog.Any("err", err))
+		}
+	}()
+}
+
 // ownerAnswered records an answer to one of this node's questions.
 func (n *Nodes) ownerAnswered(a nodeMsg) {
 	n.mu.Lock()

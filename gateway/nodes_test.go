@@ -473,6 +473,24 @@ func TestNodesWhoOwnsAnswersPerQuestion(t *testing.T) {
 	})
 }
 
+// TestNodesOwned: a node that opened a key tells the others, who then
+// know its owner without asking, even while the broker is down.
+func TestNodesOwned(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBroker()
+		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Hour)
+		c := startTestNodes(t, b, "c", "http://127.0.0.1:1003", time.Hour)
+		synctest.Wait()
+		a.Owned("/sockjs/k")
+		synctest.Wait()
+		b.SetPublishErr(brokers.ErrUnavailable)
+		owner, u, _, err := c.WhoOwns(context.Background(), "/sockjs/k")
+		if owner != "a" || u != "http://127.0.0.1:1001" || err != nil {
+			t.Errorf("c.WhoOwns(k) after a said it owns k = %q %q %v, want a", owner, u, err)
+		}
+	})
+}
+
 // TestReservedChannelsInvisible: whatever the rules grant, a browser
 // subscribed to a pattern that covers the nodes' channel never receives
 // their traffic, and cannot subscribe to it by name.
