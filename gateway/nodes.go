@@ -716,6 +716,13 @@ func (n *Nodes) answerOwner(a nodeMsg) {
 	if f != nil {
 		owns, claiming = f(a.Key)
 	}
+	n.publishLater(nodeMsg{To: a.ID, Q: a.Q, Key: a.Key, Owns: owns, Claiming: claiming}, "answering an owner question")
+}
+
+// publishLater publishes m on a goroutine of the announcer's group
+// (publishing may wait for the broker), bounded by AskTimeout; nothing
+// once Close began. what names it in the debug log of a failure.
+func (n *Nodes) publishLater(m nodeMsg, what string) {
 	if n.ctx.Err() != nil {
 		return
 	}
@@ -724,8 +731,8 @@ func (n *Nodes) answerOwner(a nodeMsg) {
 		defer n.wg.Done()
 		ctx, cancel := context.WithTimeout(n.ctx, n.opts.AskTimeout)
 		defer cancel()
-		if err := n.publish(ctx, nodeMsg{To: a.ID, Q: a.Q, Key: a.Key, Owns: owns, Claiming: claiming}); err != nil && n.ctx.Err() == nil {
-			n.log.Debug("answering an owner question failed", slog.Any("err", err))
+		if err := n.publish(ctx, m); err != nil && n.ctx.Err() == nil {
+			n.log.Debug(what+" failed", slog.Any("err", err))
 		}
 	}()
 }
@@ -737,18 +744,7 @@ func (n *Nodes) answerOwner(a nodeMsg) {
 // owner would open a second session under the id. It does nothing once
 // Close began; a failed publish only costs the others a question later.
 func (n *Nodes) Owned(key string) {
-	if n.ctx.Err() != nil {
-		return
-	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		ctx, cancel := context.WithTimeout(n.ctx, n.opts.AskTimeout)
-		defer cancel()
-		if err := n.publish(ctx, nodeMsg{Key: key, Owns: true}); err != nil && n.ctx.Err() == nil {
-			n.log.Debug("telling the other nodes about an owned key failed", slog.Any("err", err))
-		}
-	}()
+	n.publishLater(nodeMsg{Key: key, Owns: true}, "telling the other nodes about an owned key")
 }
 
 // ownerAnswered records an answer to one of this node's questions.
