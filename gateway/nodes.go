@@ -449,6 +449,20 @@ func (n *Nodes) SetOwnerFunc(f func(key string) (owns, claiming bool)) {
 // first owner; an owner learnt from another node's question in the last
 // minute is returned at once. ErrBrokerDown means nobody could be asked.
 func (n *Nodes) WhoOwns(ctx context.Context, key string) (owner, ownerURL, claimant string, err error) {
+	// A node that has just started (a balancer without health checks
+	// sends it requests as soon as it listens) may not have heard of the
+	// others yet, and nobody to ask is no answer: it would open a second
+	// session under an id another node has. Wait until the table settled
+	// (see Ready; bounded by settleMax).
+	for !n.Ready() {
+		t := time.NewTimer(settleQuiet / 4)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return "", "", "", ctx.Err()
+		}
+	}
 	up := n.brokerUp()
 	now := time.Now()
 	n.mu.Lock()
