@@ -481,6 +481,20 @@ func (n *Nodes) SetOwnerFunc(f func(key string) (owns, claiming bool)) {
 // first owner; an owner learnt from another node's question in the last
 // minute is returned at once. ErrBrokerDown means nobody could be asked.
 func (n *Nodes) WhoOwns(ctx context.Context, key string) (owner, ownerURL, claimant string, err error) {
+	// A node that has just started (a balancer without health checks
+	// sends it requests as soon as it listens) may not have heard of the
+	// others yet, and nobody to ask is no answer: it would open a second
+	// session under an id another node has. Wait until the table settled
+	// (see Ready; bounded by settleMax).
+	for !n.Ready() {
+		t := time.NewTimer(settleQuiet / 4)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return "", "", "", ctx.Err()
+		}
+	}
 	up := n.brokerUp()
 	now := time.Now()
 	n.mu.Lock()
@@ -725,6 +739,13 @@ func (n *Nodes) answerOwner(a nodeMsg) {
 	if f != nil {
 		owns, claiming = f(a.Key)
 	}
+	n.publishLater(nodeMsg{To: a.ID, Q: a.Q, Key: a.Key, Owns: owns, Claiming: claiming}, "answering an owner question")
+}
+
+// publishLater publishes m on a goroutine of the announcer's group
+// (publishing may wait for the broker), bounded by AskTimeout; nothing
+// once Close began. what names it in the debug log of a failure.
+func (n *Nodes) publishLater(m nodeMsg, what string) {
 	if n.ctx.Err() != nil {
 		return
 	}
@@ -733,10 +754,20 @@ func (n *Nodes) answerOwner(a nodeMsg) {
 		defer n.wg.Done()
 		ctx, cancel := context.WithTimeout(n.ctx, n.opts.AskTimeout)
 		defer cancel()
-		if err := n.publish(ctx, nodeMsg{To: a.ID, Q: a.Q, Key: a.Key, Owns: owns, Claiming: claiming}); err != nil && n.ctx.Err() == nil {
-			n.log.Debug("answering an owner question failed", slog.Any("err", err))
+		if err := n.publish(ctx, m); err != nil && n.ctx.Err() == nil {
+			n.log.Debug(what+" failed", slog.Any("err", err))
 		}
 	}()
+}
+
+// Owned tells every node, in the background, that this node now owns key
+// (it opened the SockJS session it names), so that they forward its
+// requests at once, without asking, for ownerCacheFor; above all while
+// the broker is down, when nobody can be asked and a node that knows no
+// owner would open a second session under the id. It does nothing once
+// Close began; a failed publish only costs the others a question later.
+func (n *Nodes) Owned(key string) {
+	n.publishLater(nodeMsg{Key: key, Owns: true}, "telling the other nodes about an owned key")
 }
 
 // ownerAnswered records an answer to one of this node's questions.

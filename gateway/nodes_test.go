@@ -439,6 +439,7 @@ func TestNodesWhoOwnsAnswersPerQuestion(t *testing.T) {
 		b := newFakeBroker()
 		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Hour)
 		announce(t, b, `{"id":"p","url":"http://127.0.0.1:1002"}`)
+		time.Sleep(settleMax) // the table settled: WhoOwns asks at once
 		synctest.Wait()
 		type result struct{ owner string }
 		x, y := make(chan result, 1), make(chan result, 1)
@@ -469,6 +470,41 @@ func TestNodesWhoOwnsAnswersPerQuestion(t *testing.T) {
 		synctest.Wait()
 		if r := <-y; r.owner != "p" {
 			t.Errorf("WhoOwns(y) = %q, want p", r.owner)
+		}
+	})
+}
+
+// TestNodesWhoOwnsWaitsToSettle: a node that has just started and heard
+// of nobody yet does not take "nobody to ask" for "nobody owns it".
+func TestNodesWhoOwnsWaitsToSettle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBroker()
+		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Hour)
+		got := make(chan string, 1)
+		go func() { o, _, _, _ := a.WhoOwns(context.Background(), "/sockjs/k"); got <- o }()
+		synctest.Wait()
+		c := startTestNodes(t, b, "c", "http://127.0.0.1:1003", time.Hour)
+		c.SetOwnerFunc(func(key string) (bool, bool) { return key == "/sockjs/k", false })
+		if o := <-got; o != "c" {
+			t.Errorf("WhoOwns(k) on a node that had just started = %q, want c", o)
+		}
+	})
+}
+
+// TestNodesOwned: a node that opened a key tells the others, who then
+// know its owner without asking, even while the broker is down.
+func TestNodesOwned(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBroker()
+		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Hour)
+		c := startTestNodes(t, b, "c", "http://127.0.0.1:1003", time.Hour)
+		synctest.Wait()
+		a.Owned("/sockjs/k")
+		synctest.Wait()
+		b.SetPublishErr(brokers.ErrUnavailable)
+		owner, u, _, err := c.WhoOwns(context.Background(), "/sockjs/k")
+		if owner != "a" || u != "http://127.0.0.1:1001" || err != nil {
+			t.Errorf("c.WhoOwns(k) after a said it owns k = %q %q %v, want a", owner, u, err)
 		}
 	})
 }

@@ -89,6 +89,9 @@ type NodeDirectory interface {
 	WhoOwns(ctx context.Context, key string) (owner, ownerURL, claimant string, err error)
 	// SetOwnerFunc installs how this node answers WhoOwns questions.
 	SetOwnerFunc(f func(key string) (owns, claiming bool))
+	// Owned tells the cluster, in the background, that this node now owns
+	// key; see gateway.Nodes.Owned.
+	Owned(key string)
 	// Ready reports whether this node knows the cluster well enough to
 	// take requests (see gateway.Nodes.Ready).
 	Ready() bool

@@ -43,6 +43,8 @@ func (d staticNodes) WhoOwns(context.Context, string) (string, string, string, e
 
 func (staticNodes) SetOwnerFunc(func(string) (bool, bool)) {}
 
+func (staticNodes) Owned(string) {}
+
 func (staticNodes) Ready() bool { return true }
 
 // recorded is what the fake owner node saw of a forwarded request.

@@ -114,6 +114,12 @@ func (ep *sockjsEndpoint) session(r *http.Request, id string, callback bool) (*s
 	ep.sessions[id] = e
 	ep.sweepLocked()
 	ep.mu.Unlock()
+	if nodes := ep.n.opts.Nodes; nodes != nil && ep.n.fwd != nil {
+		// The others learn the owner now, not when they first ask: while
+		// the broker is down nobody can be asked, and a node that knew
+		// no owner would open a second session under this id.
+		nodes.Owned(ep.sjsKey(id))
+	}
 	if link != nil {
 		ep.startBridge(sess, link)
 	}

@@ -533,6 +533,12 @@ func (d *nodeDirectory) SetOwnerFunc(f func(key string) (owns, claiming bool)) {
 	}
 }
 
+func (d *nodeDirectory) Owned(key string) {
+	if n := d.nodes.Load(); n != nil {
+		n.Owned(key)
+	}
+}
+
 func (d *nodeDirectory) Ready() bool {
 	if n := d.nodes.Load(); n != nil {
 		return n.Ready()
