@@ -118,7 +118,10 @@ func TestBrowserDemoTicker(t *testing.T) {
 		Symbol string `json:"symbol"`
 		N      string `json:"n"`
 	}
-	b.eval(`(() => { const q = document.querySelector("#quotes .quote"); return {symbol: q.dataset.symbol, n: q.dataset.n}; })()`, &first)
+	// A cell appears with its symbol's first price and shows it (with its
+	// update number n) at the next paint: take one that was painted.
+	b.waitFor(`document.querySelector("#quotes .quote[data-n]") !== null`, diag)
+	b.eval(`(() => { const q = document.querySelector("#quotes .quote[data-n]"); return {symbol: q.dataset.symbol, n: q.dataset.n}; })()`, &first)
 	b.waitFor(fmt.Sprintf(`Number(document.querySelector('#quotes .quote[data-symbol=%q]').dataset.n) > %s`, first.Symbol, first.N), diag)
 	var cell []string
 	b.eval(fmt.Sprintf(`Array.from(document.querySelector('#quotes .quote[data-symbol=%q]').children, (c) => c.textContent)`, first.Symbol), &cell)
