@@ -553,13 +553,7 @@ func testMergeLiveAndReplay(t *testing.T, s *histSuite) {
 	}
 	mu.Lock()
 	merged = append(merged, replayed...)
-	last = max(cursor, res.Last)
-	for _, m := range buffered {
-		if m.seq > last {
-			merged = append(merged, m)
-			last = m.seq
-		}
-	}
+	merged, last = joinLive(merged, buffered, max(cursor, res.Last))
 	replaying = false
 	mu.Unlock()
 
@@ -652,4 +646,18 @@ func testGap(t *testing.T, s *histSuite) {
 	if res1.Gap {
 		t.Errorf("Replay(after=last) reported a gap: %+v", res1)
 	}
+}
+
+// joinLive switches a replaying subscriber to live, as the gateway does:
+// the live messages buffered during the replay that it did not reach
+// (after last) follow what it replayed, in order. It returns the merged
+// stream and the last sequence in it.
+func joinLive(merged, buffered []stored, last uint64) ([]stored, uint64) {
+	for _, m := range buffered {
+		if m.seq > last {
+			merged = append(merged, m)
+			last = m.seq
+		}
+	}
+	return merged, last
 }

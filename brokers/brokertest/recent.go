@@ -187,13 +187,7 @@ func testRecentThenLive(t *testing.T, s *histSuite) {
 	}
 	mu.Lock()
 	merged = append(slices.Clone(recent), after...)
-	last = max(res.End, res2.Last)
-	for _, m := range buffered {
-		if m.seq > last {
-			merged = append(merged, m)
-			last = m.seq
-		}
-	}
+	merged, last = joinLive(merged, buffered, max(res.End, res2.Last))
 	replaying = false
 	mu.Unlock()
 
