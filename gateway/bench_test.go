@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -196,10 +198,178 @@ func benchDeliver(b *testing.B, batch int) {
 		for range batch {
 			s.deliver(body, entry)
 		}
-		s.writeRounds()
+		s.writeRounds(nil, -1)
 	}
 	b.StopTimer()
 	if want := int64((b.N + batch - 1) / batch * batch); delivered.Load() != want {
 		b.Fatalf("%d deliveries written, want %d", delivered.Load(), want)
 	}
+}
+
+// socketTransport writes each batch to a real loopback TCP connection as
+// a write worker does (TryWriter): one non-blocking write(2), the rest
+// kept for Flush. It is the I/O of a real transport without its framing.
+type socketTransport struct {
+	conn      *net.TCPConn
+	raw       syscall.RawConn
+	buf, rest []byte
+	counter   *deliveryCounter
+}
+
+// deliveryCounter counts deliveries and signals when a target is reached,
+// so that the benchmark waits for an event rather than polling.
+type deliveryCounter struct {
+	n      atomic.Int64
+	target atomic.Int64
+	hit    chan struct{}
+}
+
+func (c *deliveryCounter) add() {
+	if c.n.Add(1) == c.target.Load() {
+		c.hit <- struct{}{}
+	}
+}
+
+var _ TryWriter = (*socketTransport)(nil)
+
+func (t *socketTransport) Name() string { return "socket" }
+
+func (t *socketTransport) frame(pkts []Packet) []byte {
+	t.buf = t.buf[:0]
+	for _, p := range pkts {
+		t.buf = p.AppendJSON(t.buf)
+		t.buf = append(t.buf, '\n')
+	}
+	return t.buf
+}
+
+func (t *socketTransport) count(pkts []Packet) {
+	for _, p := range pkts {
+		if p.Type() == TypeMsg {
+			t.counter.add()
+		}
+	}
+}
+
+func (t *socketTransport) WritePackets(pkts []Packet) (int, error) {
+	n, err := t.conn.Write(t.frame(pkts))
+	t.count(pkts)
+	return n, err
+}
+
+func (t *socketTransport) TryWritePackets(pkts []Packet) (int, error) {
+	b := t.frame(pkts)
+	n := 0
+	err := t.raw.Write(func(fd uintptr) bool {
+		n, _ = syscall.Write(int(fd), b)
+		n = max(n, 0)
+		return true
+	})
+	if err != nil {
+		return 0, err
+	}
+	t.count(pkts)
+	if n < len(b) {
+		t.rest = append(t.rest[:0], b[n:]...)
+		return len(b), ErrWriteBlocked
+	}
+	return n, nil
+}
+
+func (t *socketTransport) Flush() (int, error) { return t.conn.Write(t.rest) }
+
+func (t *socketTransport) WriteHeartbeat() error { return nil }
+func (t *socketTransport) Close(Disconnect)      { _ = t.conn.Close() }
+
+// BenchmarkFanoutParallel is the wall time of fanning one message out to
+// n sessions whose downstreams are real loopback TCP connections, so that
+// each delivery costs a real write(2). Run it with -cpu 1,2 (and more on
+// a larger machine): the write workers (one per GOMAXPROCS) each write
+// their shard of the subscribers, so the time per message should fall
+// nearly in proportion to the cores given. The readers do not read while
+// the clock runs (the kernel's buffers hold the messages), so their cost
+// is not in the figure; every 256 messages the clock stops and they
+// drain.
+func BenchmarkFanoutParallel(b *testing.B) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchFanoutParallel(b, n) })
+	}
+}
+
+func benchFanoutParallel(b *testing.B, n int) {
+	g, fb := newBenchGateway(b)
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	counter := &deliveryCounter{hit: make(chan struct{}, 1)}
+	readers := make([]syscall.RawConn, 0, n)
+	defer func() {
+		for _, r := range readers {
+			_ = r.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+		}
+	}()
+	for range n {
+		c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+		if err != nil {
+			b.Fatal(err)
+		}
+		r, err := ln.AcceptTCP()
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer r.Close()
+		rr, err := r.SyscallConn()
+		if err != nil {
+			b.Fatal(err)
+		}
+		readers = append(readers, rr)
+		raw, err := c.SyscallConn()
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := g.Open(OpenOptions{Transport: "socket"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Attach(&socketTransport{conn: c, raw: raw, counter: counter}, false); err != nil {
+			b.Fatal(err)
+		}
+		s.Subscribe(context.Background(), "bench.x", Start{})
+	}
+	buf := make([]byte, 64<<10)
+	drain := func() { // what the readers hold, without waiting for more
+		for _, r := range readers {
+			_ = r.Read(func(fd uintptr) bool {
+				for {
+					if n, _ := syscall.Read(int(fd), buf); n <= 0 {
+						return true
+					}
+				}
+			})
+		}
+	}
+	msg := brokers.Message{Channel: "bench.x", Data: []byte(`{"sym":"EURUSD","bid":1.0841,"ask":1.0843}`)}
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := range b.N {
+		if i%256 == 255 {
+			b.StopTimer()
+			drain()
+			b.StartTimer()
+		}
+		counter.target.Store(int64(i+1) * int64(n))
+		if err := fb.Publish(ctx, msg); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case <-counter.hit:
+		case <-time.After(time.Minute):
+			b.Fatalf("timed out: %d of %d deliveries", counter.n.Load(), counter.target.Load())
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/msg")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/delivery")
 }

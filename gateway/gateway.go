@@ -65,6 +65,9 @@ type Config struct {
 	// required of those it receives (see RevokeChannel). At least 32
 	// bytes; every node the same.
 	ClusterKey []byte
+	// Writers is the number of write workers that fan messages out and
+	// write sessions (writers.go); 0 means GOMAXPROCS.
+	Writers int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Metrics may be nil.
@@ -127,6 +130,7 @@ type Gateway struct {
 	cfg     Config
 	broker  brokers.Broker
 	hub     *hub
+	writers *writerPool
 	log     *slog.Logger
 	metrics *Metrics
 
@@ -165,7 +169,6 @@ func New(cfg Config, b brokers.Broker) (*Gateway, error) {
 	g := &Gateway{
 		cfg:       cfg,
 		broker:    b,
-		hub:       newHub(b, cfg.Metrics, cfg.DedupeWindow, cfg.DedupeMax),
 		log:       cfg.Logger,
 		metrics:   cfg.Metrics,
 		ctx:       ctx,
@@ -174,6 +177,8 @@ func New(cfg Config, b brokers.Broker) (*Gateway, error) {
 		tickers:   make(map[time.Duration]bool),
 		tickerEnd: make(chan struct{}),
 	}
+	g.writers = newWriterPool(g, cfg.Writers)
+	g.hub = newHub(b, cfg.Metrics, g.writers, cfg.DedupeWindow, cfg.DedupeMax)
 	g.brokerUp.Store(b.Ready())
 	g.metrics.brokerState(b.Ready(), false)
 	g.mu.Lock()
@@ -273,6 +278,7 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 		heartbeatEvery:  cmp.Or(opts.Heartbeat, g.cfg.Heartbeat),
 		disconnectDelay: cmp.Or(opts.DisconnectDelay, g.cfg.DisconnectDelay),
 		done:            make(chan struct{}),
+		shard:           g.writers.assign(),
 	}
 	s.principal.Store(opts.Principal)
 	g.mu.Lock()

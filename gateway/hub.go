@@ -16,6 +16,7 @@ import (
 type hub struct {
 	broker  brokers.Broker
 	metrics *Metrics
+	writers *writerPool
 	// dedupeWindow and dedupeMax configure each entry's dedupe
 	// (Config.DedupeWindow, DedupeMax).
 	dedupeWindow time.Duration
@@ -37,9 +38,12 @@ type hubEntry struct {
 	err     error         // set before ready is closed
 	bsub    brokers.Subscription
 
-	mu       sync.RWMutex // guards sessions and index; fan-out holds it for reading
-	sessions []*Session
-	index    map[*Session]int
+	// mu guards shards and index; fan-out holds it for reading. The
+	// subscribers are kept by their write worker (Session.shard), so that
+	// each worker fans a message out to its own (writers.go).
+	mu     sync.RWMutex
+	shards [][]*Session
+	index  map[*Session]int // position in the session's shard
 	// dedupe drops a message id seen lately; only fanout (the broker
 	// subscription's one delivery goroutine) touches it.
 	dedupe *dedupe
@@ -48,8 +52,8 @@ type hubEntry struct {
 // brokerSubscribeTimeout bounds the creation of a broker subscription.
 const brokerSubscribeTimeout = 30 * time.Second
 
-func newHub(b brokers.Broker, m *Metrics, dedupeWindow time.Duration, dedupeMax int) *hub {
-	return &hub{broker: b, metrics: m, entries: make(map[string]*hubEntry), dedupeWindow: dedupeWindow, dedupeMax: dedupeMax}
+func newHub(b brokers.Broker, m *Metrics, w *writerPool, dedupeWindow time.Duration, dedupeMax int) *hub {
+	return &hub{broker: b, metrics: m, writers: w, entries: make(map[string]*hubEntry), dedupeWindow: dedupeWindow, dedupeMax: dedupeMax}
 }
 
 // subscribe adds s to pattern's fan-out set, creating the broker
@@ -62,7 +66,8 @@ func (h *hub) subscribe(ctx context.Context, s *Session, pattern string, ns *Nam
 	creator := e == nil
 	if creator {
 		e = &hubEntry{pattern: pattern, policy: ns.Slow, dropped: h.metrics.droppedCounter(ns.Pattern, ns.Slow),
-			ready: make(chan struct{}), index: make(map[*Session]int), dedupe: newDedupe(h.dedupeWindow, h.dedupeMax)}
+			ready: make(chan struct{}), index: make(map[*Session]int), dedupe: newDedupe(h.dedupeWindow, h.dedupeMax),
+			shards: make([][]*Session, len(h.writers.workers))}
 		if hist, ok := h.broker.(brokers.History); ok {
 			e.history = hist.HasHistory(pattern)
 		}
@@ -98,8 +103,8 @@ func (h *hub) subscribe(ctx context.Context, s *Session, pattern string, ns *Nam
 		return e.err
 	}
 	e.mu.Lock()
-	e.index[s] = len(e.sessions)
-	e.sessions = append(e.sessions, s)
+	e.index[s] = len(e.shards[s.shard])
+	e.shards[s.shard] = append(e.shards[s.shard], s)
 	if added != nil {
 		added()
 	}
@@ -120,11 +125,12 @@ func (h *hub) unsubscribe(s *Session, pattern string) {
 	e.mu.Lock()
 	i, ok := e.index[s]
 	if ok {
-		last := len(e.sessions) - 1
-		e.sessions[i] = e.sessions[last]
-		e.index[e.sessions[i]] = i
-		e.sessions[last] = nil
-		e.sessions = e.sessions[:last]
+		shard := e.shards[s.shard]
+		last := len(shard) - 1
+		shard[i] = shard[last]
+		e.index[shard[i]] = i
+		shard[last] = nil
+		e.shards[s.shard] = shard[:last]
 		delete(e.index, s)
 	}
 	e.mu.Unlock()
@@ -151,17 +157,14 @@ func (h *hub) release(e *hubEntry) {
 	}
 }
 
-// fanout runs on the broker's delivery goroutine for e's subscription. A
-// Gap marker (only history subscriptions get them) becomes a gap packet
-// for every session on the pattern, in order with the messages around it.
+// fanout runs on the broker's delivery goroutine for e's subscription: it
+// encodes the message once and posts it to the write workers of e's
+// subscribers (writers.go), which queue and write it. A Gap marker (only
+// history subscriptions get them) becomes a gap packet for every session
+// on the pattern, in order with the messages around it.
 func (h *hub) fanout(e *hubEntry, m brokers.Message) {
 	if m.Gap {
-		gap := GapBody(e.pattern, "messages were lost between the broker and this node", "")
-		e.mu.RLock()
-		for _, s := range e.sessions {
-			s.push(gap)
-		}
-		e.mu.RUnlock()
+		h.post(e, GapBody(e.pattern, "messages were lost between the broker and this node", ""), true)
 		return
 	}
 	if IsReserved(m.Channel) {
@@ -173,10 +176,43 @@ func (h *hub) fanout(e *hubEntry, m brokers.Message) {
 	h.metrics.received()
 	// Encoded once for every session; a session only queues the pointer,
 	// so a slow client never holds up the others or the broker.
-	body := EncodeMessage(m, e.pattern, time.Now())
+	h.post(e, EncodeMessage(m, e.pattern, time.Now()), false)
+}
+
+// post hands b to the worker of every shard of e that has subscribers,
+// then waits while one of them is too far behind. Posting happens under
+// e.mu, so a session that is still subscribed when post runs is counted
+// by the worker before it can end (and Shutdown wait); the wait happens
+// after, since a worker takes e.mu to fan out.
+func (h *hub) post(e *hubEntry, b *Body, push bool) {
+	var posted uint64 // a bit per shard; more than 64 shards are always awaited
 	e.mu.RLock()
-	for _, s := range e.sessions {
-		s.deliver(body, e)
+	for shard, ss := range e.shards {
+		if len(ss) > 0 {
+			h.writers.post(shard, writeJob{e: e, b: b, push: push})
+			if shard < 64 {
+				posted |= 1 << shard
+			}
+		}
+	}
+	e.mu.RUnlock()
+	for shard := range e.shards {
+		if shard >= 64 || posted&(1<<shard) != 0 {
+			h.writers.await(shard)
+		}
+	}
+}
+
+// deliverShard queues b on e's subscribers in one shard; it runs on that
+// shard's write worker.
+func (e *hubEntry) deliverShard(shard int, b *Body, push bool) {
+	e.mu.RLock()
+	for _, s := range e.shards[shard] {
+		if push {
+			s.push(b)
+		} else {
+			s.deliver(b, e)
+		}
 	}
 	e.mu.RUnlock()
 }
@@ -184,7 +220,8 @@ func (h *hub) fanout(e *hubEntry, m brokers.Message) {
 // outageGaps tells every session on a pattern without history that
 // messages may have been lost while the broker connection was down; on
 // history-backed patterns the broker's consumer resumes where it stopped, so
-// nothing is lost there.
+// nothing is lost there. The gap goes through the write workers, in order
+// with the messages around it.
 func (h *hub) outageGaps() {
 	h.mu.Lock()
 	entries := make([]*hubEntry, 0, len(h.entries))
@@ -195,11 +232,6 @@ func (h *hub) outageGaps() {
 	}
 	h.mu.Unlock()
 	for _, e := range entries {
-		gap := GapBody(e.pattern, "broker connection was lost: messages may be missing", "")
-		e.mu.RLock()
-		for _, s := range e.sessions {
-			s.push(gap)
-		}
-		e.mu.RUnlock()
+		h.post(e, GapBody(e.pattern, "broker connection was lost: messages may be missing", ""), true)
 	}
 }

@@ -74,6 +74,8 @@ type Session struct {
 	// (OpenOptions, else the gateway's).
 	heartbeatEvery  time.Duration
 	disconnectDelay time.Duration
+	// shard is the session's write worker (writers.go).
+	shard int
 
 	mu    sync.Mutex
 	state sessionState
@@ -82,7 +84,7 @@ type Session struct {
 	// next to mu: every delivery and write round touches them.
 	down         Transport // attached downstream, or nil
 	oneShot      bool      // down completes after one write (long-poll)
-	writing      bool      // a writer (or heartbeat) goroutine is running
+	writing      bool      // a writer (a worker, a goroutine or a heartbeat) has the session
 	resend       bool      // write unacked again first: a new request attached
 	wroteSince   bool      // something was written since the last heartbeat tick
 	pending      []*Body   // queued, not yet numbered

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"sync"
@@ -11,16 +12,33 @@ import (
 // The session's outgoing side: the queue (pending bodies, not yet
 // numbered), the writer that numbers and writes them, and heartbeats.
 
-// kickLocked starts the writer if it is not running. s.mu must be held, so
-// that the goroutine is counted before Shutdown can wait for it.
+// kickLocked hands the session to its write worker if no writer has it.
+// s.mu must be held, so that the worker is counted before Shutdown can
+// wait for it.
 func (s *Session) kickLocked() {
 	if s.writing || s.down == nil {
 		return
 	}
 	s.writing = true
-	s.g.wg.Add(1)
-	go s.writeLoop()
+	s.g.writers.post(s.shard, writeJob{s: s})
 }
+
+// TryWriter is implemented by downstreams that can be written without
+// waiting for the client (writers.go): a socket the node owns.
+// TryWritePackets is WritePackets, except that when the kernel does not
+// take every byte at once, the transport keeps the rest and returns
+// ErrWriteBlocked (with the bytes of the whole write); the session then
+// calls Flush, on a goroutine of its own, before any other write. Flush
+// writes the rest, waiting as long as WritePackets would, and returns
+// what it wrote. Close must make a Flush in progress return.
+type TryWriter interface {
+	TryWritePackets(pkts []Packet) (int, error)
+	Flush() (int, error)
+}
+
+// ErrWriteBlocked is what TryWritePackets returns when part of the write
+// waits for Flush.
+var ErrWriteBlocked = errors.New("gateway: write would block")
 
 // overLocked reports whether queueing extra more bytes would pass the
 // queue bound. A kernel backlog recorded at the last write may be stale
@@ -215,29 +233,51 @@ var batchPool = sync.Pool{New: func() any { b := make([]Packet, 0, 16); return &
 // maxPooledBatch keeps rare huge batches out of the pool.
 const maxPooledBatch = 4096
 
-// writeLoop is the session's writer goroutine.
-func (s *Session) writeLoop() {
+// writeLoop writes the session on a goroutine of its own: a downstream
+// that is not a TryWriter, or one whose write would have made the worker
+// wait. backlog is as for writeRounds.
+func (s *Session) writeLoop(backlog int) {
 	defer s.g.wg.Done()
-	s.writeRounds()
+	s.writeRounds(nil, backlog)
 }
 
-// writeRounds drains everything pending into one WritePackets call per
-// round until nothing is left. s.writing is set on entry and cleared when
-// it returns.
-func (s *Session) writeRounds() {
-	bp := batchPool.Get().(*[]Packet)
-	defer func() {
-		if cap(*bp) <= maxPooledBatch {
-			batchPool.Put(bp)
-		}
-	}()
-	batch := (*bp)[:0]
-	defer func() { *bp = batch[:0] }()
-	backlog := -1 // measured after a write, recorded with the next lock
+// leaveWorker moves the session's writing from worker to a goroutine of
+// its own; writing stays set throughout.
+func (s *Session) leaveWorker(backlog int) {
+	s.g.wg.Add(1)
+	go s.writeLoop(backlog)
+}
+
+// writeRounds drains everything pending into one write per round until
+// nothing is left. s.writing is set on entry and cleared when it returns,
+// unless the session moved to a goroutine of its own. w is the worker
+// that runs it (writers.go), nil on the session's own goroutine: a worker
+// never waits for the client. backlog is the kernel's backlog measured
+// after the last write, to record, or -1.
+func (s *Session) writeRounds(w *writer, backlog int) {
+	var batch []Packet
+	if w != nil {
+		batch = w.batch[:0]
+		defer func() {
+			if cap(batch) <= maxPooledBatch {
+				w.batch = batch[:0]
+			}
+		}()
+	} else {
+		bp := batchPool.Get().(*[]Packet)
+		defer func() {
+			if cap(*bp) <= maxPooledBatch {
+				batchPool.Put(bp)
+			}
+		}()
+		batch = (*bp)[:0]
+		defer func() { *bp = batch[:0] }()
+	}
 	for {
 		s.mu.Lock()
 		if backlog >= 0 {
 			s.kernelBytes = backlog
+			backlog = -1
 		}
 		down := s.down
 		if down == nil || (len(s.pending) == 0 && !s.resend) {
@@ -245,7 +285,13 @@ func (s *Session) writeRounds() {
 			s.writing = false
 			s.settleLocked(&fx)
 			s.mu.Unlock()
-			s.apply(&fx)
+			s.applyFrom(w, &fx)
+			return
+		}
+		tw, try := down.(TryWriter)
+		if w != nil && !try {
+			s.mu.Unlock()
+			s.leaveWorker(-1)
 			return
 		}
 		var msgs int
@@ -255,27 +301,68 @@ func (s *Session) writeRounds() {
 			s.detachLocked() // the request completes with this write
 		}
 		// The kernel's backlog is measured (a system call) after a write
-		// that found it growing or carried several packets (the writer
-		// fell behind), after a session's first write, and after every
+		// that would have waited, while the last measure found a backlog
+		// worth watching, after a session's first write, and after every
 		// eighth otherwise: a client that stopped reading is seen within
 		// eight writes, and a session that keeps up pays for one measure
 		// in eight.
 		s.writes++
-		measure := s.kernelBytes > 0 || len(batch) > 1 || s.writes%8 == 1
+		measure := s.kernelBytes > s.g.cfg.QueueBytes/16 || s.writes%8 == 1
 		s.mu.Unlock()
 
-		n, err := down.WritePackets(batch)
+		var n int
+		var err error
+		if w != nil {
+			n, err = tw.TryWritePackets(batch)
+		} else {
+			n, err = down.WritePackets(batch)
+		}
+		blocked := err == ErrWriteBlocked
+		if blocked {
+			err = nil
+		}
 		if err == nil {
 			s.recordWrite(batch, msgs, n)
-			if b, ok := down.(Backlogger); ok && measure {
+			if b, ok := down.(Backlogger); ok && (measure || blocked) {
 				backlog = b.Backlog()
 			}
 		}
 		clear(batch)
+		if blocked || (w != nil && (err != nil || oneShot)) {
+			// What follows may wait: the rest of the write, or closing
+			// the downstream (a close frame). Not on a worker.
+			s.g.wg.Add(1)
+			go func() {
+				defer s.g.wg.Done()
+				err := err
+				if blocked {
+					_, err = tw.Flush()
+				}
+				if s.wrote(down, oneShot, err) {
+					s.writeRounds(nil, backlog)
+				}
+			}()
+			return
+		}
 		if !s.wrote(down, oneShot, err) {
 			return
 		}
 	}
+}
+
+// applyFrom applies fx for a writer: on a worker, effects that close a
+// downstream or end the session (which may wait for a write or a lock)
+// run on a goroutine of their own.
+func (s *Session) applyFrom(w *writer, fx *effects) {
+	if w == nil || fx.empty() {
+		s.apply(fx)
+		return
+	}
+	s.g.wg.Add(1)
+	go func() {
+		defer s.g.wg.Done()
+		s.apply(fx)
+	}()
 }
 
 // takeLocked appends to batch, numbered, everything pending (after the
@@ -396,7 +483,7 @@ func (s *Session) heartbeat() {
 		defer s.g.wg.Done()
 		err := down.WriteHeartbeat()
 		if s.wrote(down, oneShot, err) {
-			s.writeRounds() // something was queued meanwhile
+			s.writeRounds(nil, -1) // something was queued meanwhile
 		}
 	}()
 }

@@ -41,13 +41,15 @@ import (
 // are not ordered against each other.
 
 type sseConn struct {
-	n         *node
-	conn      net.Conn
-	sess      *gateway.Session
-	fd        int      // the socket's descriptor (socketBacklog); -1 unknown
-	reg       *pollReg // set when the poller watches the connection
+	n    *node
+	conn net.Conn
+	sess *gateway.Session
+	fd   int      // the socket's descriptor (socketBacklog); -1 unknown
+	reg  *pollReg // set when the poller watches the connection
+	// wmu is the write lock; a TryWritePackets that leaves a rest keeps
+	// it until Flush.
 	wmu       sync.Mutex
-	deadline  writeDeadline // guarded by wmu
+	out       sockOut // guarded by wmu
 	closeOnce sync.Once
 
 	// The resume id: the URL subscriptions and their latest cursors, and
@@ -86,6 +88,7 @@ func sseResumeCursors(r *http.Request, channels []string) []string {
 var (
 	_ gateway.Transport  = (*sseConn)(nil)
 	_ gateway.Backlogger = (*sseConn)(nil)
+	_ gateway.TryWriter  = (*sseConn)(nil)
 )
 
 // Backlog is what the kernel still holds of the stream's writes (see
@@ -137,7 +140,7 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// all come back at the same moment.
 	fmt.Fprintf(&head, "\r\nretry: %d\n\n", 1000+rand.N(4000))
 	cursors := sseResumeCursors(r, channels)
-	c := &sseConn{n: h.node, conn: conn, sess: sess, fd: socketFD(conn)}
+	c := &sseConn{n: h.node, conn: conn, sess: sess, fd: socketFD(conn), out: newSockOut(conn)}
 	if len(channels) > 0 {
 		c.urlChannels, c.cursors = channels, slices.Clone(cursors)
 	}
@@ -215,6 +218,23 @@ func (c *sseConn) onInput() {
 func (c *sseConn) Name() string { return "sse" }
 
 func (c *sseConn) WritePackets(pkts []gateway.Packet) (int, error) {
+	return c.writePackets(pkts, false)
+}
+
+// TryWritePackets is WritePackets for the gateway's write workers: it
+// does not wait for the client (gateway.TryWriter).
+func (c *sseConn) TryWritePackets(pkts []gateway.Packet) (int, error) {
+	return c.writePackets(pkts, true)
+}
+
+// Flush writes what a TryWritePackets left and releases the write lock
+// it kept.
+func (c *sseConn) Flush() (int, error) {
+	defer c.wmu.Unlock()
+	return c.out.flush(c.n.opts.WriteTimeout)
+}
+
+func (c *sseConn) writePackets(pkts []gateway.Packet, try bool) (int, error) {
 	size := 0
 	for _, p := range pkts {
 		size += p.Size() + len("data: \n\n")
@@ -243,9 +263,18 @@ func (c *sseConn) WritePackets(pkts []gateway.Packet) (int, error) {
 		b = p.AppendJSON(b)
 		b = append(b, '\n', '\n')
 	}
-	n, err := c.write(b)
 	*buf = b
-	putBuffer(buf)
+	if !try {
+		n, err := c.write(b)
+		putBuffer(buf)
+		return n, err
+	}
+	c.wmu.Lock()
+	n, err := c.out.try(buf, time.Now().UnixNano(), c.n.opts.WriteTimeout)
+	if err != gateway.ErrWriteBlocked {
+		c.wmu.Unlock()
+		putBuffer(buf) // otherwise the connection keeps it until Flush
+	}
 	return n, err
 }
 
@@ -268,8 +297,7 @@ func (c *sseConn) updateCursor(p gateway.Packet) bool {
 func (c *sseConn) write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.deadline.extend(c.conn, c.n.opts.WriteTimeout)
-	return c.conn.Write(b)
+	return c.out.write(b, time.Now().UnixNano(), c.n.opts.WriteTimeout)
 }
 
 var sseHeartbeat = []byte(":\n\n")

@@ -3,6 +3,7 @@ package transports
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/gobwas/ws"
 
@@ -27,6 +28,7 @@ type wsSession struct {
 var (
 	_ gateway.Transport  = (*wsSession)(nil)
 	_ gateway.Backlogger = (*wsSession)(nil)
+	_ gateway.TryWriter  = (*wsSession)(nil)
 	_ wsOwner            = (*wsSession)(nil)
 )
 
@@ -53,17 +55,34 @@ func (t *wsSession) Name() string { return t.codec.name() }
 // WritePackets writes the packets' frames in one write (with a ping when
 // the client has been quiet, see peerClock).
 func (t *wsSession) WritePackets(pkts []gateway.Packet) (int, error) {
+	return t.writePackets(pkts, false)
+}
+
+// TryWritePackets is WritePackets for the gateway's write workers: it
+// does not wait for the client (gateway.TryWriter).
+func (t *wsSession) TryWritePackets(pkts []gateway.Packet) (int, error) {
+	return t.writePackets(pkts, true)
+}
+
+// Flush writes what a TryWritePackets left.
+func (t *wsSession) Flush() (int, error) { return t.c.flush() }
+
+func (t *wsSession) writePackets(pkts []gateway.Packet, try bool) (int, error) {
 	size := 0
 	for _, p := range pkts {
 		size += p.Size() + 16
 	}
 	buf := getBuffer(size + 16)
-	defer putBuffer(buf)
 	*buf = t.codec.appendPackets(*buf, pkts, t.c.deflate)
 	if len(*buf) == 0 {
-		return 0, t.c.checkAlive()
+		putBuffer(buf)
+		return 0, t.c.checkAlive(time.Now().UnixNano())
 	}
-	return t.c.writeFrames(buf)
+	n, err := t.c.writeFrames(buf, try)
+	if err != gateway.ErrWriteBlocked {
+		putBuffer(buf) // otherwise the connection keeps it until Flush
+	}
+	return n, err
 }
 
 // Backlog is what the kernel still holds of the connection's writes: a

@@ -81,7 +81,7 @@ type wsConn struct {
 	// every write after the close frame fail with errCloseSent.
 	wsem      chan struct{}
 	closeSent bool
-	deadline  writeDeadline // guarded by wsem
+	out       sockOut // guarded by wsem
 	closeOnce sync.Once
 	// clock adds pings to writes while the client is quiet.
 	clock peerClock
@@ -159,6 +159,7 @@ func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.
 		deflate:     z,
 		readTimeout: 3*heartbeat + 5*time.Second,
 		wsem:        make(chan struct{}, 1),
+		out:         newSockOut(conn),
 	}
 	c.frames = wsFrames{conn: conn, limit: lim.maxMessage, tooLarge: lim.tooLarge, utf8Binary: lim.utf8Binary, inflate: z != nil}
 	c.clock.start(heartbeat)
@@ -398,9 +399,9 @@ func (c *wsConn) closeConn() {
 var errPeerSilent = errors.New("transports: the client answered no ping")
 
 // checkAlive fails a write to a polled connection whose client has been
-// silent too long.
-func (c *wsConn) checkAlive() error {
-	if c.reg != nil && time.Now().UnixNano()-c.clock.lastRead.Load() > int64(c.readTimeout) {
+// silent too long; now is the time in Unix nanoseconds.
+func (c *wsConn) checkAlive(now int64) error {
+	if c.reg != nil && now-c.clock.lastRead.Load() > int64(c.readTimeout) {
 		return errPeerSilent
 	}
 	return nil
@@ -414,28 +415,51 @@ func (c *wsConn) write(b []byte) (int, error) {
 	if c.closeSent {
 		return 0, errCloseSent
 	}
-	c.deadline.extend(c.conn, c.n.opts.WriteTimeout)
-	return c.conn.Write(b)
+	return c.out.write(b, time.Now().UnixNano(), c.n.opts.WriteTimeout)
 }
 
 // writeFrames writes frames a codec built (b), adding a ping when the
 // client has been quiet for a heartbeat (see peerClock). It fails, having
 // written nothing, on a polled connection whose client went silent.
-func (c *wsConn) writeFrames(buf *[]byte) (int, error) {
-	if err := c.checkAlive(); err != nil {
+// With try set it does not wait (gateway.TryWriter): if the kernel does
+// not take everything, buf becomes the connection's and the write lock
+// stays held until flush.
+func (c *wsConn) writeFrames(buf *[]byte, try bool) (int, error) {
+	now := time.Now().UnixNano()
+	if err := c.checkAlive(now); err != nil {
 		return 0, err
 	}
-	if c.clock.pingDue() {
+	if c.clock.pingDue(now) {
 		*buf = appendFrameHeader(*buf, ws.OpPing, 0)
 	}
-	return c.write(*buf)
+	c.wsem <- struct{}{}
+	if c.closeSent {
+		<-c.wsem
+		return 0, errCloseSent
+	}
+	if !try {
+		defer func() { <-c.wsem }()
+		return c.out.write(*buf, now, c.n.opts.WriteTimeout)
+	}
+	n, err := c.out.try(buf, now, c.n.opts.WriteTimeout)
+	if err != gateway.ErrWriteBlocked {
+		<-c.wsem
+	}
+	return n, err
+}
+
+// flush writes the rest of a try that would have waited, and releases
+// the write lock that try kept.
+func (c *wsConn) flush() (int, error) {
+	defer func() { <-c.wsem }()
+	return c.out.flush(c.n.opts.WriteTimeout)
 }
 
 // writeHeartbeat writes what a codec gives as its keep-alive (a SockJS
 // "h" frame, or nothing) followed by a ping, which a browser answers by
 // itself: that keeps the read deadline moving.
 func (c *wsConn) writeHeartbeat(frames []byte) error {
-	if err := c.checkAlive(); err != nil {
+	if err := c.checkAlive(time.Now().UnixNano()); err != nil {
 		return err
 	}
 	c.clock.pinged()
@@ -595,8 +619,7 @@ func checkClosePayload(payload []byte) (int, string) {
 // and a whole one.
 type writeDeadline struct{ until int64 } // Unix nanoseconds; guarded by the writer's lock
 
-func (d *writeDeadline) extend(conn net.Conn, timeout time.Duration) {
-	now := time.Now().UnixNano()
+func (d *writeDeadline) extend(conn net.Conn, now int64, timeout time.Duration) {
 	if d.until-now > int64(timeout)/2 {
 		return
 	}
@@ -629,10 +652,9 @@ func (p *peerClock) heard() { p.lastRead.Store(time.Now().UnixNano()) }
 // pinged records a ping sent.
 func (p *peerClock) pinged() { p.lastPing.Store(time.Now().UnixNano()) }
 
-// pingDue reports whether the write being assembled should carry a ping,
-// and if so records it as sent.
-func (p *peerClock) pingDue() bool {
-	now := time.Now().UnixNano()
+// pingDue reports whether the write being assembled at now (Unix
+// nanoseconds) should carry a ping, and if so records it as sent.
+func (p *peerClock) pingDue(now int64) bool {
 	if now-p.lastRead.Load() < p.every || now-p.lastPing.Load() < p.every {
 		return false
 	}

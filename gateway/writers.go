@@ -1,0 +1,169 @@
+package gateway
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+)
+
+// The node's write workers: where messages are fanned out and sessions'
+// queues are written.
+//
+// Each session belongs to one worker (its shard, chosen round-robin at
+// Open), and a hub entry keeps its subscribers by shard. A message from
+// the broker becomes one job per worker that has subscribers of the
+// channel; the worker queues the message on each of its sessions and
+// then writes every session that has something to send, one write per
+// session with everything it has. So:
+//
+//   - A message to N subscribers is spread over up to GOMAXPROCS workers
+//     (one per shard), each writing its own sessions: a hot channel uses
+//     every core, not the one goroutine the broker delivers on.
+//   - Per-session order holds: a session is written by one worker, which
+//     takes its jobs in the order they were posted, and a session has at
+//     most one writer at a time (Session.writing).
+//   - Under load, messages coalesce: the worker queues every job it has
+//     taken before it writes, so a session whose worker fell behind gets
+//     several messages in one write, and the CPU per delivery falls as the
+//     rate rises.
+//   - The broker's delivery goroutine only posts jobs and returns: a
+//     publish is confirmed without waiting behind the fan-out of earlier
+//     messages (a bounded backlog of jobs per worker is the backpressure
+//     to the broker when the node cannot keep up).
+//   - No goroutine is started per delivery. A worker runs while it has
+//     jobs and exits when it has none (it is counted in the gateway's wait
+//     group), so an idle node holds no worker, and a busy one keeps the
+//     grown stack of one goroutine per core instead of growing a new one
+//     per session and message.
+//
+// A worker never waits on a client: it writes through TryWriter, which
+// takes what the kernel accepts at once. A session whose write would wait
+// (a slow reader, a full socket buffer) leaves the worker: a goroutine of
+// its own finishes the write and goes on writing that session until its
+// queue is empty, exactly as every session was written before workers
+// existed; the next message brings it back to its worker. A downstream
+// that is not a TryWriter (a long-poll response, a SockJS HTTP request)
+// is always written that way.
+
+// writeJob is one unit of a worker's work: a body fanned out to the
+// worker's shard of a hub entry (e set), or a session to write (s set).
+type writeJob struct {
+	e    *hubEntry
+	b    *Body
+	push bool // e's body is a gap: queued like push, outside the slow policies
+	s    *Session
+}
+
+// writer is one worker's queue.
+type writer struct {
+	pool  *writerPool
+	shard int
+
+	mu      sync.Mutex
+	jobs    []writeJob
+	fanouts int        // fan-out jobs posted and not yet taken
+	full    *sync.Cond // on mu: a poster waits here while fanouts is over maxFanoutBacklog
+	running bool       // a worker goroutine is draining jobs
+	spare   []writeJob // the slice the worker drained last, reused
+	batch   []Packet   // the worker's batch for writeRounds
+}
+
+type writerPool struct {
+	g       *Gateway
+	workers []*writer
+	next    atomic.Uint32 // round-robin shard of the next session
+}
+
+// maxFanoutBacklog bounds the messages waiting for one worker. Past it
+// the broker's delivery goroutine waits (the broker's own buffering and
+// slow-consumer handling take over, as when the fan-out ran on that
+// goroutine), instead of the node queueing without bound.
+const maxFanoutBacklog = 256
+
+// yieldEvery is how many session writes a worker makes between yields to
+// the scheduler. With one core, a worker writing a large fan-out would
+// otherwise hold the core for its whole time slice; yielding lets a
+// publish request or a broker acknowledgement in between.
+const yieldEvery = 64
+
+func newWriterPool(g *Gateway, n int) *writerPool {
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	p := &writerPool{g: g, workers: make([]*writer, n)}
+	for i := range p.workers {
+		w := &writer{pool: p, shard: i}
+		w.full = sync.NewCond(&w.mu)
+		p.workers[i] = w
+	}
+	return p
+}
+
+// shardOf assigns a new session its worker.
+func (p *writerPool) assign() int {
+	return int(p.next.Add(1)-1) % len(p.workers)
+}
+
+// post queues j on worker shard and starts the worker if it is not
+// running. It never blocks.
+func (p *writerPool) post(shard int, j writeJob) {
+	w := p.workers[shard]
+	w.mu.Lock()
+	w.jobs = append(w.jobs, j)
+	if j.e != nil {
+		w.fanouts++
+	}
+	if !w.running {
+		w.running = true
+		p.g.wg.Add(1)
+		go w.run()
+	}
+	w.mu.Unlock()
+}
+
+// await waits while worker shard's backlog of messages is over its bound.
+// The caller must hold no lock a worker takes.
+func (p *writerPool) await(shard int) {
+	w := p.workers[shard]
+	w.mu.Lock()
+	for w.fanouts > maxFanoutBacklog {
+		w.full.Wait()
+	}
+	w.mu.Unlock()
+}
+
+// run drains the worker's jobs until there are none.
+func (w *writer) run() {
+	defer w.pool.g.wg.Done()
+	writes := 0
+	for {
+		w.mu.Lock()
+		if len(w.jobs) == 0 {
+			w.running = false
+			w.mu.Unlock()
+			return
+		}
+		jobs := w.jobs
+		w.jobs = w.spare[:0]
+		if w.fanouts > maxFanoutBacklog {
+			w.full.Broadcast()
+		}
+		w.fanouts = 0
+		w.mu.Unlock()
+
+		for i := range jobs {
+			j := &jobs[i]
+			switch {
+			case j.e != nil:
+				j.e.deliverShard(w.shard, j.b, j.push)
+			default:
+				j.s.writeRounds(w, -1)
+				if writes++; writes%yieldEvery == 0 {
+					runtime.Gosched()
+				}
+			}
+		}
+		clear(jobs)
+		w.spare = jobs
+	}
+}
