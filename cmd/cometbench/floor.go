@@ -67,7 +67,10 @@ import (
 //   - Only the writes are counted: the writer reads its thread's CPU clock
 //     around each burst of writes, so the sleeps between messages and the
 //     Go runtime's own threads are not in the floor (the gateway pays its
-//     wake-ups, and they are part of its overhead).
+//     wake-ups, and they are part of its overhead). That clock and the
+//     gateway's utime+stime are the same kernel accounting of a task's
+//     run time, so kernel work done on the writer's behalf (the loopback
+//     delivery into the reader's socket) counts the same way in both.
 //   - The reader reads like the load generator's sessions: one epoll loop
 //     that reads each ready connection once into a shared buffer (or, with
 //     --epoll=false, a goroutine per connection), and discards the bytes.
@@ -552,7 +555,7 @@ func (r *floorReader) close() {
 	if r.started && !r.fo.Epoll {
 		// Goroutine readers end when their connection is closed.
 		for _, c := range r.conns {
-			_ = c.(*net.TCPConn).SetReadDeadline(time.Now())
+			_ = c.SetReadDeadline(time.Now())
 		}
 	}
 	if r.started {
@@ -634,10 +637,6 @@ func runFloorWriter(ctx context.Context, args []string, stdin io.Reader, stdout,
 	// One thread does every write, as one event loop of a C server would.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	ran, err := affinityOf(0)
-	if err != nil {
-		return err
-	}
 
 	fds := make([]int, 0, *conns)
 	defer func() {
@@ -661,7 +660,11 @@ func runFloorWriter(ctx context.Context, args []string, stdin io.Reader, stdout,
 	if err != nil {
 		return err
 	}
-	rep.CPUs = ran
+	// Where every thread was allowed to run, after the writes: the parent
+	// checks that it is the gateway's set.
+	if rep.CPUs, err = threadsAffinity(); err != nil {
+		return err
+	}
 	b, err := json.Marshal(rep)
 	if err != nil {
 		return err
@@ -704,6 +707,21 @@ func pinProcess(cpus []int) error {
 		}
 	}
 	return fmt.Errorf("could not pin every thread to CPUs %v", cpus)
+}
+
+// threadsAffinity is the union of the CPU sets of this process's threads.
+func threadsAffinity() ([]int, error) {
+	tids, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, fmt.Errorf("listing this process's threads: %w", err)
+	}
+	var pids []int
+	for _, t := range tids {
+		if tid, err := strconv.Atoi(t.Name()); err == nil {
+			pids = append(pids, tid)
+		}
+	}
+	return affinityOf(pids...)
 }
 
 // dialRaw connects a non-blocking TCP socket with TCP_NODELAY, outside Go's
