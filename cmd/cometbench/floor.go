@@ -58,10 +58,10 @@ import (
 //     full. TCP_NODELAY is set, as the gateway sets it.
 //   - It writes in the fan-out's pattern: for each message, one frame to
 //     each of K connections in turn (K = the sessions, at most
-//     floorMaxConns), at the scenario's deliveries per second (the first
-//     publishing step's rate × sessions) or as fast as it can when that is
-//     more than one writer can do, for a bounded time and number of
-//     writes. The frame is the size of the WebSocket frame the gateway
+//     floorMaxConns), at the scenario's deliveries per second (those of
+//     its first publishing step: rate × sessions / channels) or as fast as
+//     it can when that is more than one writer can do, for a bounded time
+//     and number of writes. The frame is the size of the WebSocket frame the gateway
 //     sends for the scenario's payload (gateway.EncodeMessage's packet
 //     with a 4-digit seq, uncompressed), so the copy is the same too.
 //   - Only the writes are counted: the writer reads its thread's CPU clock
@@ -129,7 +129,7 @@ type floorReport struct {
 	ProcessCPUNs int64  `json:"process_cpu_ns"`
 	WallNs       int64  `json:"wall_ns"`
 	Full         uint64 `json:"full"` // writes that found the socket buffer full
-	CPUs         []int  `json:"cpus"` // the writer's CPU set after pinning
+	CPUs         []int  `json:"cpus"` // the union of its threads' CPU sets after the writes
 }
 
 // floorResult is a measured floor.
