@@ -144,6 +144,10 @@ func runBench(ctx context.Context, o *runOptions, stdout, stderr io.Writer) (err
 		defer pub.Close()
 	}
 
+	floor, err := c.measureFloor(ctx)
+	if err != nil {
+		return err
+	}
 	before, err := c.sampleGateway(ctx)
 	if err != nil {
 		return err
@@ -256,6 +260,7 @@ func runBench(ctx context.Context, o *runOptions, stdout, stderr io.Writer) (err
 		res.fill(ps, window, d, expected-prevExpected, hist, closed)
 		prevExpected = expected
 		res.gatewayCPU(gw0, gw1, wall, d.Received)
+		res.setFloor(floor)
 		res.Gateway.addRuntime(gw1)
 		res.Bench.CPUCores = (benchCPU1 - benchCPU0).Seconds() / wall.Seconds()
 		res.Bench.CPUs = runtime.NumCPU()
@@ -274,6 +279,30 @@ func runBench(ctx context.Context, o *runOptions, stdout, stderr io.Writer) (err
 		}
 	}
 	return nil
+}
+
+// measureFloor measures the loopback write floor (floor.go) when the run
+// asks for it and has a publishing step; nil otherwise.
+func (c *coordinator) measureFloor(ctx context.Context) (*floorResult, error) {
+	if !c.o.Floor {
+		return nil, nil
+	}
+	cpus, err := affinityOf(c.o.PIDs...)
+	if err != nil {
+		return nil, fmt.Errorf("the gateway's CPUs: %w", err)
+	}
+	fo, ok := planFloor(c.o, cpus)
+	if !ok {
+		return nil, nil
+	}
+	c.note("measuring the loopback write floor: %d-byte frames to %d connections, %.0f writes/s for at most %v",
+		len(appendWSTextFrame(nil, make([]byte, fo.Packet))), fo.Conns, fo.Rate, fo.Duration)
+	f, err := measureFloor(ctx, fo)
+	if err != nil {
+		return nil, fmt.Errorf("measuring the loopback write floor: %w", err)
+	}
+	c.note("%s", f.String())
+	return &f, nil
 }
 
 func (c *coordinator) procsText(procs int) string {

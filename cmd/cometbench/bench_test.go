@@ -25,6 +25,9 @@ import (
 // multi-process tests start it as their child workers.
 const childWorkerEnv = "COMETBENCH_TEST_CHILD_WORKER"
 
+// childFloorEnv makes the test binary act as "cometbench floor-writer".
+const childFloorEnv = "COMETBENCH_TEST_CHILD_FLOOR"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(childWorkerEnv) == "1" {
 		if err := runWorker(context.Background(), os.Stdin, os.Stdout); err != nil {
@@ -32,6 +35,18 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		os.Exit(0)
+	}
+	if os.Getenv(childFloorEnv) == "1" {
+		if err := runFloorWriter(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "floor-writer:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	floorWriterCommand = func(args []string) (*exec.Cmd, error) {
+		cmd := exec.Command(os.Args[0], args...)
+		cmd.Env = append(os.Environ(), childFloorEnv+"=1")
+		return cmd, nil
 	}
 	workerCommand = func() (*exec.Cmd, error) {
 		cmd := exec.Command(os.Args[0])
@@ -247,7 +262,7 @@ func TestBenchAgainstGateway(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"--url", gw.url, "--sessions", "50", "--rate", "20", "--duration", "2s",
-				"--settle", "0s", "--pid", pid, "--procs", "0"}, tc.args...)
+				"--settle", "0s", "--pid", pid, "--procs", "0", "--floor-time", "300ms"}, tc.args...)
 			res := benchJSON(t, args...)
 			if len(res) != 1 {
 				t.Fatalf("%d result lines, want 1", len(res))
@@ -263,6 +278,11 @@ func TestBenchAgainstGateway(t *testing.T) {
 			g := r.Gateway
 			if g == nil || g.PSSBefore <= 0 || g.PSSReady <= 0 || g.CPUSeconds < 0 || g.GoroutinesReady < 1 {
 				t.Errorf("gateway numbers %+v", g)
+			}
+			// --pid turns the floor on: every publishing step carries it,
+			// and the ratio when the gateway's CPU was measurable.
+			if r.FloorUs <= 0 || (g != nil && (g.CPUPerDelivery > 0) != (r.FloorRatio > 0)) {
+				t.Errorf("floor %v µs, ratio %v, gateway %+v", r.FloorUs, r.FloorRatio, g)
 			}
 		})
 	}
@@ -294,7 +314,7 @@ func TestBenchPollingTransports(t *testing.T) {
 func TestBenchWorkersAndSteps(t *testing.T) {
 	gw := startGateway(t)
 	res := benchJSON(t, "--url", gw.url, "--sessions", "60", "--procs", "2", "--channels", "3",
-		"--rate", "10,30", "--duration", "1s", "--settle", "0s", "--pid", strconv.Itoa(gw.pid))
+		"--rate", "10,30", "--duration", "1s", "--settle", "0s", "--pid", strconv.Itoa(gw.pid), "--floor-time", "300ms")
 	if len(res) != 2 {
 		t.Fatalf("%d result lines, want 2", len(res))
 	}
@@ -302,6 +322,9 @@ func TestBenchWorkersAndSteps(t *testing.T) {
 		checkClean(t, r, 60)
 		if r.Step != i+1 || r.Bench.Procs != 2 {
 			t.Errorf("step %d procs %d", r.Step, r.Bench.Procs)
+		}
+		if r.FloorUs != res[0].FloorUs || r.FloorUs <= 0 {
+			t.Errorf("step %d: floor %v µs, want one floor for the run", r.Step, r.FloorUs)
 		}
 	}
 	if res[0].Published != 10 || res[1].Published != 30 {
@@ -311,7 +334,7 @@ func TestBenchWorkersAndSteps(t *testing.T) {
 	idle := benchJSON(t, "--url", gw.url, "--transport", "sse", "--sessions", "40", "--procs", "2",
 		"--rate", "0", "--duration", "500ms", "--settle", "0s", "--pid", strconv.Itoa(gw.pid))
 	r := idle[0]
-	if r.Opened != 40 || r.Published != 0 || r.Deliveries != 0 || r.Gateway == nil || r.Gateway.GoroutinesReady < 0 {
+	if r.Opened != 40 || r.Published != 0 || r.Deliveries != 0 || r.Gateway == nil || r.Gateway.GoroutinesReady < 0 || r.FloorUs != 0 {
 		t.Fatalf("idle run %+v", r)
 	}
 }

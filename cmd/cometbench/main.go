@@ -16,7 +16,11 @@
 // is closed. Targets must be loopback addresses. One process may hold a
 // limited number of open files, so large runs spread their sessions over
 // child processes ("cometbench worker", not for direct use) that report to
-// the parent as JSON lines.
+// the parent as JSON lines. Before the first step, with --pid, a child
+// ("cometbench floor-writer") pinned to the gateway's CPUs measures the
+// loopback write floor, what one small write(2) of a delivery's frame
+// costs there, and every step prints the gateway's CPU per delivery as a
+// ratio to it (floor.go explains why it is measured that way).
 package main
 
 import (
@@ -87,6 +91,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "worker":
 		// A child started by "run"; it talks JSON lines on stdin/stdout.
 		return runWorker(ctx, stdin, stdout)
+	case "floor-writer":
+		// A child started by "run" to measure the write floor (floor.go).
+		return runFloorWriter(ctx, args, stdin, stdout, stderr)
 	case "scenarios":
 		printScenarios(stdout)
 		return nil

@@ -45,6 +45,10 @@ type runOptions struct {
 	CPUProfile  string
 	Poll        bool
 	Deflate     bool
+	// Floor measures the loopback write floor before the first step (see
+	// floor.go): on by default when --pid is given.
+	Floor     bool
+	FloorTime time.Duration
 }
 
 // Bounds that keep every run finite and sane.
@@ -88,6 +92,9 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	label := fs.String("label", "", "a name for this run, copied into the output")
 	poll := fs.Bool("epoll", true, "read subscribed sessions from one epoll loop per worker (false: one goroutine per connection)")
 	deflate := fs.Bool("deflate", false, "websocket: offer permessage-deflate, and inflate the compressed messages the gateway sends")
+	var floor optionalBool
+	fs.Var(&floor, "floor", "measure the loopback write floor (one write(2) of a frame, writer on the gateway's CPUs, reader on this program's) before the first step, and print each step's gateway CPU per delivery as a ratio to it (default: on with --pid)")
+	floorTime := fs.Duration("floor-time", 2*time.Second, "longest writing time of the floor measurement")
 	cpuProfile := fs.String("cpuprofile", "", "write the load generator's own CPU profile (this process only) to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, errUsage
@@ -101,7 +108,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 		Publish: *publish, NATSURL: *natsURL, SubjPrefix: *subjPrefix, APIKey: *apiKey,
 		APILanes: *apiLanes, Procs: *procs, Ramp: *ramp, Payload: *payload,
 		ReadBuffer: *readBuf, MaxP99: *maxP99, JSON: *jsonOut, Label: *label, CPUProfile: *cpuProfile, Poll: *poll,
-		Deflate: *deflate,
+		Deflate: *deflate, FloorTime: *floorTime,
 	}
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
@@ -209,6 +216,13 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	}
 	if o.MaxP99 < 0 {
 		bad("--max-p99 must not be negative")
+	}
+	o.Floor = floor.set && floor.v || !floor.set && len(o.PIDs) > 0
+	if o.Floor && len(o.PIDs) == 0 {
+		bad("--floor needs --pid: the floor's writer runs on the gateway's CPUs")
+	}
+	if o.FloorTime < 100*time.Millisecond || o.FloorTime > 10*time.Second {
+		bad("--floor-time %v: must be 100ms..10s", o.FloorTime)
 	}
 	if o.Deflate && o.Transport != "ws" {
 		bad("--deflate: only the ws transport compresses, not %s", o.Transport)
@@ -339,3 +353,26 @@ func parseSrcIPs(s string) ([]net.IP, error) {
 	}
 	return out, nil
 }
+
+// optionalBool is a boolean flag that knows whether it was given, for a
+// default that depends on other flags.
+type optionalBool struct{ v, set bool }
+
+func (b *optionalBool) String() string {
+	if b == nil || !b.set {
+		return "auto"
+	}
+	return strconv.FormatBool(b.v)
+}
+
+func (b *optionalBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	b.v, b.set = v, true
+	return nil
+}
+
+// IsBoolFlag lets the flag be given alone (--floor).
+func (b *optionalBool) IsBoolFlag() bool { return true }

@@ -43,6 +43,13 @@ type runResult struct {
 	CloseReasons     map[string]int `json:"close_reasons,omitempty"`
 	Latency          latencyMs      `json:"latency_ms"`
 
+	// FloorUs is the loopback write floor measured before the first step
+	// (µs of writer CPU per write, see floor.go), and FloorRatio the
+	// gateway's CPU per delivery divided by it; both absent without a
+	// floor.
+	FloorUs    float64 `json:"floor_us,omitempty"`
+	FloorRatio float64 `json:"floor_ratio,omitempty"`
+
 	Gateway  *gatewayResult `json:"gateway,omitempty"`
 	Bench    benchResult    `json:"bench"`
 	Warnings []string       `json:"warnings,omitempty"`
@@ -149,6 +156,18 @@ func (r *runResult) gatewayCPU(a, b gwSample, wall time.Duration, deliveries uin
 	}
 }
 
+// setFloor adds the floor and the gateway's CPU per delivery as a ratio
+// to it, for a publishing step whose gateway CPU was measured.
+func (r *runResult) setFloor(f *floorResult) {
+	if f == nil || r.Rate == 0 {
+		return
+	}
+	r.FloorUs = math.Round(f.PerWriteUs()*1000) / 1000
+	if g := r.Gateway; g != nil && g.measured {
+		r.FloorRatio = floorRatio(g.CPUPerDelivery, r.FloorUs)
+	}
+}
+
 // checkSaturation adds the warnings that say a number is not the
 // gateway's alone: the load generator ran out of CPU, the publisher fell
 // behind, latency kept growing, or sessions were closed.
@@ -223,7 +242,8 @@ func (r *runResult) print(w io.Writer, asJSON bool) {
 	}
 	if g := r.Gateway; g != nil && g.measured {
 		if r.Rate > 0 {
-			fmt.Fprintf(tw, "  gateway CPU\t%.2f s, %.3f cores, %.2f µs/delivery\n", g.CPUSeconds, g.CPUCores, g.CPUPerDelivery)
+			fmt.Fprintf(tw, "  gateway CPU\t%.2f s, %.3f cores, %.2f µs/delivery%s\n", g.CPUSeconds, g.CPUCores, g.CPUPerDelivery,
+				floorRatioText(g.CPUPerDelivery, r.FloorUs))
 		} else {
 			fmt.Fprintf(tw, "  gateway CPU\t%.2f s, %.3f cores while idle\n", g.CPUSeconds, g.CPUCores)
 		}
