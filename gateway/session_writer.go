@@ -332,21 +332,25 @@ func (s *Session) writeRounds(w *writer, backlog int) {
 			// What follows may wait: the rest of the write, or closing
 			// the downstream (a close frame). Not on a worker.
 			s.g.wg.Add(1)
-			go func() {
-				defer s.g.wg.Done()
-				err := err
-				if blocked {
-					_, err = tw.Flush()
-				}
-				if s.wrote(down, oneShot, err) {
-					s.writeRounds(nil, backlog)
-				}
-			}()
+			go s.finishWrite(down, oneShot, blocked, err, backlog)
 			return
 		}
 		if !s.wrote(down, oneShot, err) {
 			return
 		}
+	}
+}
+
+// finishWrite ends, on a goroutine of its own, a write a worker began:
+// flushes its rest when it was blocked, and goes on writing the session
+// (see writeRounds).
+func (s *Session) finishWrite(down Transport, oneShot, blocked bool, err error, backlog int) {
+	defer s.g.wg.Done()
+	if blocked {
+		_, err = down.(TryWriter).Flush()
+	}
+	if s.wrote(down, oneShot, err) {
+		s.writeRounds(nil, backlog)
 	}
 }
 
@@ -358,10 +362,11 @@ func (s *Session) applyFrom(w *writer, fx *effects) {
 		s.apply(fx)
 		return
 	}
+	later := *fx
 	s.g.wg.Add(1)
 	go func() {
 		defer s.g.wg.Done()
-		s.apply(fx)
+		s.apply(&later)
 	}()
 }
 
