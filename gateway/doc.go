@@ -4,23 +4,32 @@
 //
 // A Gateway is one node. Its hub holds one broker subscription per pattern
 // in use, shared by the sessions on it, and encodes each message once (a
-// Body: the packet minus its per-session seq); delivery appends a pointer
-// to each session's bounded queue, so fan-out never waits for a client. A
-// Session is one client: subscriptions, queue, packet numbering. A
-// transport opens it (Gateway.Open), attaches a Transport as its
-// downstream (Attach) and feeds it frames (HandleFrame); many requests may
-// carry one session. Rules and the session's Principal decide where it may
-// subscribe and publish; Nodes is the table of the nodes sharing the broker.
+// Body: the packet minus its per-session seq). The broker's delivery
+// goroutine hands the Body to the node's write workers, one per GOMAXPROCS
+// (writers.go): each session belongs to one worker, which appends a
+// pointer to the session's bounded queue and then writes every session
+// with something pending, everything it has in one write, without ever
+// waiting for a client. So fan-out never waits for a client, one hot
+// channel uses every core, and a worker that falls behind under load
+// writes several messages per system call. A Session is one client:
+// subscriptions, queue, packet numbering. A transport opens it
+// (Gateway.Open), attaches a Transport as its downstream (Attach) and
+// feeds it frames (HandleFrame); many requests may carry one session.
+// Rules and the session's Principal decide where it may subscribe and
+// publish; Nodes is the table of the nodes sharing the broker.
 //
-// Goroutines (the Gateway owns them all; Shutdown waits for them): a
-// session's writer, only while it has something to write and a
-// downstream, draining the whole queue into one WritePackets per round; its
-// publisher, while its client's publishes wait for the broker (in order);
-// one heartbeat ticker per interval, for the sessions that wrote nothing
-// for that long; a replay per resumed subscription; a closer for a slow
-// consumer met on the fan-out path. An idle session has no goroutine. One
-// writer per session: WritePackets and WriteHeartbeat are never
-// concurrent; Transport.Close may come at any time.
+// Goroutines (the Gateway owns them all; Shutdown waits for them): the
+// write workers, only while they have work; a session's own writer, only
+// while a write to it would wait (a slow client, a full socket buffer) or
+// its downstream cannot be written without waiting (TryWriter), draining
+// the whole queue into one WritePackets per round; its publisher, while
+// its client's publishes wait for the broker (in order); one heartbeat
+// ticker per interval, for the sessions that wrote nothing for that long;
+// a replay per resumed subscription; a closer for a slow consumer met on
+// the fan-out path. An idle session has no goroutine. One writer per
+// session at a time (a worker, or its own goroutine): WritePackets,
+// TryWritePackets, Flush and WriteHeartbeat are never concurrent;
+// Transport.Close may come at any time.
 //
 // Retain and ack: a session opened with OpenOptions.Retain (request-per-poll
 // transports) keeps written packets until the client acks their seq; the

@@ -23,7 +23,10 @@
 //     codec: native, SockJS, raw echo), sseConn, httpDown (one request of
 //     the request-per-poll family, SockJS's receivers included, in a
 //     framing), wsBridge (the bridge's byte stream). The session's writer
-//     is their only writer of packets.
+//     is their only writer of packets. The hijacked ones (wsSession,
+//     sseConn) are gateway.TryWriters: the gateway's write workers write
+//     them with one non-blocking write(2) (sockout.go), and a rest the
+//     kernel did not take is flushed by a goroutine of the session's own.
 //   - One WebSocket connection type (wsconn.go) owns the wire of every
 //     WebSocket: RFC 6455 checks, the write lock, deadlines, pings on busy
 //     connections, the close handshake, and permessage-deflate on the
