@@ -14,57 +14,58 @@ import (
 // writes of the gateway's write workers, which take only what the kernel
 // accepts at once (gateway.TryWriter). The owner's write lock guards it,
 // and stays held from a try that left a rest until the flush of that
-// rest, so that nothing (a pong, a close frame) goes between the two.
+// rest, so that nothing (a pong, a close frame) goes between the two. The
+// owner passes its connection to every call rather than sockOut keeping
+// a copy: an idle connection's memory is the budget that matters most
+// (PERFORMANCE.md), and sockOut costs it two words.
 //
 // Why a system call of our own rather than net.Conn.Write: Write waits in
 // Go's poller when the socket buffer is full, and a worker that writes
 // thousands of sessions must not wait for one slow client. RawConn.Write
 // with a callback that never asks to wait makes exactly one write(2),
 // through the same descriptor lock as Write, so a concurrent Close is
-// still safe.
+// still safe. The RawConn is asked for at each try (a 16-byte object)
+// rather than kept, for the same reason of idle memory.
 type sockOut struct {
-	conn     net.Conn
-	raw      syscall.RawConn // nil: no descriptor of our own (a try waits for flush)
 	deadline writeDeadline
-	rest     *[]byte // a try's buffer whose end the kernel did not take
-	restAt   int     // where in *rest the unwritten end starts
-}
-
-func newSockOut(conn net.Conn) sockOut {
-	o := sockOut{conn: conn}
-	c := conn
-	if b, ok := c.(*bufferedConn); ok {
-		c = b.Conn
-	}
-	if sc, ok := c.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			o.raw = raw
-		}
-	}
-	return o
+	rest     *[]byte // a try's buffer holding what the kernel did not take
 }
 
 // write writes b, waiting at most timeout (renewed lazily, see
 // writeDeadline) for the client to take it.
-func (o *sockOut) write(b []byte, now int64, timeout time.Duration) (int, error) {
-	o.deadline.extend(o.conn, now, timeout)
-	return o.conn.Write(b)
+func (o *sockOut) write(conn net.Conn, b []byte, now int64, timeout time.Duration) (int, error) {
+	o.deadline.extend(conn, now, timeout)
+	return conn.Write(b)
+}
+
+// rawConn is conn's descriptor access, or nil where there is none of our
+// own (a connection that is not a plain socket).
+func rawConn(conn net.Conn) syscall.RawConn {
+	if b, ok := conn.(*bufferedConn); ok {
+		conn = b.Conn
+	}
+	if sc, ok := conn.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			return raw
+		}
+	}
+	return nil
 }
 
 // try writes *buf without waiting. When the kernel takes all of it, try
-// returns and buf stays the caller's. Otherwise try keeps buf (returned
-// to the pool by flush) and returns gateway.ErrWriteBlocked with
-// len(*buf): the rest goes out at flush, which must follow before any
-// other write.
-func (o *sockOut) try(buf *[]byte, now int64, timeout time.Duration) (int, error) {
+// returns and buf stays the caller's. Otherwise try keeps buf, holding
+// what is left (returned to the pool by flush), and returns
+// gateway.ErrWriteBlocked with len(*buf): the rest goes out at flush,
+// which must follow before any other write.
+func (o *sockOut) try(conn net.Conn, buf *[]byte, now int64, timeout time.Duration) (int, error) {
 	b := *buf
 	// A write deadline that passed (the lazy one, after a quiet while)
 	// fails RawConn.Write as it fails Write: renew it first.
-	o.deadline.extend(o.conn, now, timeout)
+	o.deadline.extend(conn, now, timeout)
 	n := 0
-	if o.raw != nil {
+	if raw := rawConn(conn); raw != nil {
 		var werr error
-		err := o.raw.Write(func(fd uintptr) bool {
+		err := raw.Write(func(fd uintptr) bool {
 			for n < len(b) {
 				m, err := syscall.Write(int(fd), b[n:])
 				if m > 0 {
@@ -92,19 +93,22 @@ func (o *sockOut) try(buf *[]byte, now int64, timeout time.Duration) (int, error
 			return n, nil
 		}
 	}
-	o.rest, o.restAt = buf, n
+	// Keep the rest at the front of the buffer: a copy on this rare path
+	// saves the connection an offset field.
+	*buf = b[:copy(b, b[n:])]
+	o.rest = buf
 	return len(b), gateway.ErrWriteBlocked
 }
 
 // flush writes what the last try left, waiting as write does, and gives
 // its buffer back. It returns the bytes it wrote.
-func (o *sockOut) flush(timeout time.Duration) (int, error) {
-	buf, at := o.rest, o.restAt
+func (o *sockOut) flush(conn net.Conn, timeout time.Duration) (int, error) {
+	buf := o.rest
 	if buf == nil {
 		return 0, errNothingToFlush
 	}
-	o.rest, o.restAt = nil, 0
-	n, err := o.write((*buf)[at:], time.Now().UnixNano(), timeout)
+	o.rest = nil
+	n, err := o.write(conn, *buf, time.Now().UnixNano(), timeout)
 	putBuffer(buf)
 	return n, err
 }

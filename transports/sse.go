@@ -140,7 +140,7 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// all come back at the same moment.
 	fmt.Fprintf(&head, "\r\nretry: %d\n\n", 1000+rand.N(4000))
 	cursors := sseResumeCursors(r, channels)
-	c := &sseConn{n: h.node, conn: conn, sess: sess, fd: socketFD(conn), out: newSockOut(conn)}
+	c := &sseConn{n: h.node, conn: conn, sess: sess, fd: socketFD(conn)}
 	if len(channels) > 0 {
 		c.urlChannels, c.cursors = channels, slices.Clone(cursors)
 	}
@@ -231,7 +231,7 @@ func (c *sseConn) TryWritePackets(pkts []gateway.Packet) (int, error) {
 // it kept.
 func (c *sseConn) Flush() (int, error) {
 	defer c.wmu.Unlock()
-	return c.out.flush(c.n.opts.WriteTimeout)
+	return c.out.flush(c.conn, c.n.opts.WriteTimeout)
 }
 
 func (c *sseConn) writePackets(pkts []gateway.Packet, try bool) (int, error) {
@@ -270,7 +270,7 @@ func (c *sseConn) writePackets(pkts []gateway.Packet, try bool) (int, error) {
 		return n, err
 	}
 	c.wmu.Lock()
-	n, err := c.out.try(buf, time.Now().UnixNano(), c.n.opts.WriteTimeout)
+	n, err := c.out.try(c.conn, buf, time.Now().UnixNano(), c.n.opts.WriteTimeout)
 	if err != gateway.ErrWriteBlocked {
 		c.wmu.Unlock()
 		putBuffer(buf) // otherwise the connection keeps it until Flush
@@ -297,7 +297,7 @@ func (c *sseConn) updateCursor(p gateway.Packet) bool {
 func (c *sseConn) write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	return c.out.write(b, time.Now().UnixNano(), c.n.opts.WriteTimeout)
+	return c.out.write(c.conn, b, time.Now().UnixNano(), c.n.opts.WriteTimeout)
 }
 
 var sseHeartbeat = []byte(":\n\n")

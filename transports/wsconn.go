@@ -159,7 +159,6 @@ func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.
 		deflate:     z,
 		readTimeout: 3*heartbeat + 5*time.Second,
 		wsem:        make(chan struct{}, 1),
-		out:         newSockOut(conn),
 	}
 	c.frames = wsFrames{conn: conn, limit: lim.maxMessage, tooLarge: lim.tooLarge, utf8Binary: lim.utf8Binary, inflate: z != nil}
 	c.clock.start(heartbeat)
@@ -415,7 +414,7 @@ func (c *wsConn) write(b []byte) (int, error) {
 	if c.closeSent {
 		return 0, errCloseSent
 	}
-	return c.out.write(b, time.Now().UnixNano(), c.n.opts.WriteTimeout)
+	return c.out.write(c.conn, b, time.Now().UnixNano(), c.n.opts.WriteTimeout)
 }
 
 // writeFrames writes frames a codec built (b), adding a ping when the
@@ -439,9 +438,9 @@ func (c *wsConn) writeFrames(buf *[]byte, try bool) (int, error) {
 	}
 	if !try {
 		defer func() { <-c.wsem }()
-		return c.out.write(*buf, now, c.n.opts.WriteTimeout)
+		return c.out.write(c.conn, *buf, now, c.n.opts.WriteTimeout)
 	}
-	n, err := c.out.try(buf, now, c.n.opts.WriteTimeout)
+	n, err := c.out.try(c.conn, buf, now, c.n.opts.WriteTimeout)
 	if err != gateway.ErrWriteBlocked {
 		<-c.wsem
 	}
@@ -452,7 +451,7 @@ func (c *wsConn) writeFrames(buf *[]byte, try bool) (int, error) {
 // the write lock that try kept.
 func (c *wsConn) flush() (int, error) {
 	defer func() { <-c.wsem }()
-	return c.out.flush(c.n.opts.WriteTimeout)
+	return c.out.flush(c.conn, c.n.opts.WriteTimeout)
 }
 
 // writeHeartbeat writes what a codec gives as its keep-alive (a SockJS
