@@ -86,6 +86,8 @@ var scenarios = []scenario{
 		`$B --label fanout-2k-1k-100 --transport ws --sessions 1000 --rate 100 --duration 10s --publish nats --payload 2048`},
 	{"fanout-deflate-1k-100", "as fanout-2k-1k-100 with permessage-deflate: one compression per message, shared by the 1,000 subscribers",
 		`$B --label fanout-deflate-1k-100 --transport ws --sessions 1000 --rate 100 --duration 10s --publish nats --payload 2048 --deflate`},
+	{"fanout-sse-1k-100", "as fanout-1k-100 over SSE",
+		`$B --label fanout-sse-1k-100 --transport sse --sessions 1000 --rate 100 --duration 10s --publish nats`},
 	{"fanout-sse-10k-10", "as fanout-10k-10 over SSE",
 		`$B --label fanout-sse-10k-10 --transport sse --sessions 10000 --rate 10 --duration 10s --publish nats`},
 	{"idle-poll-10k", "memory per idle long-polling session (a request held open)",
