@@ -391,10 +391,15 @@ type bridgeLink struct {
 	dialCtx    context.Context
 	cancelDial context.CancelFunc
 
-	mu     sync.Mutex
-	conn   net.Conn
-	err    error // why there is no conn (set with ready)
-	closed bool
+	mu   sync.Mutex
+	conn net.Conn
+	// fd does conn's reads and writes where it can (bridge_fd_linux.go),
+	// nil where it cannot; set with conn. Its reads are the pump's, into
+	// pumpBuf.
+	fd      *fdConn
+	pumpBuf pumpBuffer
+	err     error // why there is no conn (set with ready)
+	closed  bool
 }
 
 func newBridgeLink() *bridgeLink {
@@ -412,6 +417,10 @@ func (l *bridgeLink) connected(conn net.Conn) bool {
 		return false
 	}
 	l.conn = conn
+	if c, ok := conn.(*countedConn); ok {
+		conn = c.Conn
+	}
+	l.fd = newFDConn(conn, l.pumpBuf.take, l.pumpBuf.drop)
 	close(l.ready)
 	l.cancelDial() // releases the context; the connection is made
 	return true
@@ -459,6 +468,10 @@ func (l *bridgeLink) write(ctx context.Context, p []byte) error {
 	if l.err != nil {
 		return l.err
 	}
+	if l.fd != nil {
+		_, err := l.fd.Write(p)
+		return err
+	}
 	_, err := l.conn.Write(p)
 	return err
 }
@@ -500,14 +513,63 @@ func brokenLink(err error) gateway.Disconnect {
 
 // bridgeChunk is the size of the buffer the target is read into: big
 // enough that bulk transfers make few frames, small enough to be a
-// modest cost per bridged session.
-const bridgeChunk = 16 << 10
+// modest cost per bridged session. bridgeBulkChunk is the size of the
+// next read when one filled its buffer (a bulk transfer): with fewer,
+// bigger reads and frames the system calls per byte, three quarters of
+// the bridge's cost in bulk, fall by as much. Where the bridge reads
+// with fdConn, its buffers come from pools for a read and its send only,
+// so an idle bridged session holds none.
+const (
+	bridgeChunk     = 16 << 10
+	bridgeBulkChunk = 64 << 10
+)
+
+// The pump's pooled buffers: headroom (at most maxServerHeader) plus a
+// chunk.
+var (
+	pumpPool     = sync.Pool{New: func() any { b := make([]byte, maxServerHeader+bridgeChunk); return &b }}
+	pumpBulkPool = sync.Pool{New: func() any { b := make([]byte, maxServerHeader+bridgeBulkChunk); return &b }}
+)
+
+// pumpBuffer is the pump's read buffer, taken from a pool for a read and
+// its send, and given back before the pump waits for the target: an
+// idle bridged session holds none. The pump owns it.
+type pumpBuffer struct {
+	headroom, chunk int
+	// bulk: the last read filled its buffer; the next takes a bulk one.
+	bulk bool
+	pool *sync.Pool
+	bp   *[]byte
+}
+
+// take returns where the next read goes: after the headroom, chunk bytes
+// at most.
+func (b *pumpBuffer) take() []byte {
+	if b.bp == nil {
+		b.pool = &pumpPool
+		if b.bulk && b.chunk >= bridgeBulkChunk {
+			b.pool = &pumpBulkPool
+		}
+		b.bp = b.pool.Get().(*[]byte)
+	}
+	return (*b.bp)[b.headroom : b.headroom+min(b.chunk, len(*b.bp)-maxServerHeader)]
+}
+
+// drop gives the buffer back.
+func (b *pumpBuffer) drop() {
+	if b.bp != nil {
+		b.pool.Put(b.bp)
+		b.bp = nil
+	}
+}
 
 // pump copies what the target sends to the browser until either side
-// ends, and returns how the session should end. It reads into buf after
-// headroom bytes that send may use (for a frame header), and send gets
-// buf[:headroom+n]. It must be called after the link is ready.
-func (l *bridgeLink) pump(headroom int, send func(frame []byte) error) gateway.Disconnect {
+// ends, and returns how the session should end. It reads into a buffer
+// after headroom bytes that send may use (for a frame header), and send
+// gets buf[:headroom+n], which it must not keep. Reads are of chunk bytes
+// at most (bridgeChunk, or bridgeBulkChunk when the send takes that much
+// at once). It must be called after the link is ready.
+func (l *bridgeLink) pump(headroom, chunk int, send func(frame []byte) error) gateway.Disconnect {
 	if l.err != nil {
 		if errors.Is(l.err, errBridgeClosed) {
 			return gateway.DisconnectGone()
@@ -517,22 +579,49 @@ func (l *bridgeLink) pump(headroom int, send func(frame []byte) error) gateway.D
 		}
 		return bridgeUnreachable
 	}
-	buf := make([]byte, headroom+bridgeChunk)
-	for {
-		n, err := l.conn.Read(buf[headroom:])
-		if n > 0 {
-			if send(buf[:headroom+n]) != nil {
-				return gateway.DisconnectGone()
+	if l.fd == nil {
+		buf := make([]byte, headroom+bridgeChunk)
+		for {
+			n, err := l.conn.Read(buf[headroom:])
+			if d, over := l.pumped(buf[:headroom+n], n, err, send); over {
+				return d
 			}
 		}
-		switch {
-		case err == nil:
-		case err == io.EOF:
-			return bridgeClosed
-		case errors.Is(err, net.ErrClosed):
-			return gateway.DisconnectGone() // the session ended first
-		default:
-			return brokenLink(err)
+	}
+	b := &l.pumpBuf
+	b.headroom, b.chunk = headroom, chunk
+	defer b.drop()
+	for {
+		n, err := l.fd.read()
+		var frame []byte
+		if n > 0 {
+			frame = (*b.bp)[:headroom+n]
+			b.bulk = n == min(chunk, len(*b.bp)-maxServerHeader)
+		}
+		d, over := l.pumped(frame, n, err, send)
+		b.drop()
+		if over {
+			return d
 		}
 	}
+}
+
+// pumped sends what one read of the target got (n bytes, the frame's
+// payload) and reports whether the pump is over (with how the session
+// ends): the send failed, or the read did.
+func (l *bridgeLink) pumped(frame []byte, n int, err error, send func(frame []byte) error) (gateway.Disconnect, bool) {
+	if n > 0 {
+		if send(frame) != nil {
+			return gateway.DisconnectGone(), true
+		}
+	}
+	switch {
+	case err == nil:
+		return gateway.Disconnect{}, false
+	case err == io.EOF:
+		return bridgeClosed, true
+	case errors.Is(err, net.ErrClosed):
+		return gateway.DisconnectGone(), true // the session ended first
+	}
+	return brokenLink(err), true
 }

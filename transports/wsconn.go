@@ -74,6 +74,15 @@ type wsConn struct {
 	// frames holds the reader's state (limit, close code for a message
 	// over it, partial messages), on the poller and on a goroutine alike.
 	frames wsFrames
+	// in is the reader of a busy connection that the poller watches
+	// while it is idle (the bridge; bridge_reader.go), nil for others.
+	in *bridgeReader
+	// idled: the last readEvent ended because in found the connection
+	// idle, not because reading is over.
+	idled bool
+	// out writes the socket with raw system calls where it can (set with
+	// in, bridge_fd_linux.go); nil: conn's Write.
+	out *fdConn
 
 	// wsem is the write lock (one frame writer at a time: the session's
 	// writer, pongs, the close frame). It is a channel so that closing can
@@ -261,17 +270,34 @@ func writeOfferRefusal(w http.ResponseWriter, d *gateway.Disconnect) {
 // watch prepares reading, before the connection's session may write to
 // it (and so close it): the connection counts as one of the node's
 // readers from now until it is closed, and an idle one is handed to the
-// poller where there is one. Busy connections (the bridge) ask for a
-// reader goroutine that reads through a buffer instead: one system call
-// for many small frames rather than three per frame. Then start, or
-// abandon if the session could not take the connection.
+// poller where there is one. Busy connections (the bridge) are read
+// through a buffer: one system call for many small frames rather than
+// three per frame. Where the poller and raw socket I/O are available, a
+// busy connection's poller goroutine stays with it while it is in use and
+// hands it back to the poller once idle (bridgeReader); elsewhere it gets
+// a reader goroutine of its own. Then start, or abandon if the session
+// could not take the connection.
 func (c *wsConn) watch(busy bool) {
 	c.n.readers.Add(1)
-	if busy {
-		c.frames.conn = bufio.NewReaderSize(c.conn, 4096)
+	if !busy {
+		c.reg = c.n.watchIdle(c.conn, c.onInput)
 		return
 	}
-	c.reg = c.n.watchIdle(c.conn, c.onInput)
+	raw := c.conn
+	var pre []byte
+	if b, ok := raw.(*bufferedConn); ok {
+		raw, pre = b.Conn, b.buf
+	}
+	if in := newBridgeReader(raw, pre, c.readTimeout, &c.lingerUntil); in != nil {
+		if c.reg = c.n.watchIdle(raw, c.onInput); c.reg != nil {
+			c.in, c.out = in, newFDConn(raw, nil, nil)
+			c.frames.conn, c.frames.buffered = in, in
+			// Nothing is left for bufferedConn to replay: in has it.
+			c.conn = raw
+			return
+		}
+	}
+	c.frames.conn = bufio.NewReaderSize(c.conn, 4096)
 }
 
 // start starts reading; the owner is set and its session has the
@@ -286,7 +312,7 @@ func (c *wsConn) start() {
 		}()
 		return
 	}
-	if hasBuffered(c.conn) {
+	if hasBuffered(c.conn) || (c.in != nil && len(c.in.pre) > 0) {
 		c.reg.run(c.onInput) // frames sent along with the upgrade
 		return
 	}
@@ -320,10 +346,14 @@ func (c *wsConn) end(d gateway.Disconnect) {
 func (c *wsConn) onInput() {
 	for {
 		if c.readEvent(true) {
+			if c.idled {
+				c.idled = false
+				break // a busy connection is idle now: back to the poller
+			}
 			c.finish()
 			return
 		}
-		if !hasBuffered(c.conn) {
+		if c.in == nil && !hasBuffered(c.conn) {
 			break
 		}
 	}
@@ -341,14 +371,19 @@ func (c *wsConn) onInput() {
 // data messages by the owner. It reports whether reading is over: the
 // connection failed or was closed, or the owner stopped it.
 func (c *wsConn) readEvent(polled bool) (over bool) {
-	_ = c.conn.SetReadDeadline(time.Now().Add(c.readTimeout))
-	if until := c.lingerUntil.Load(); until != 0 {
-		// Closing: the linger deadline stands. (Set after ours when
-		// linger ran concurrently: it stores before it sets.)
-		_ = c.conn.SetReadDeadline(time.Unix(0, until))
+	if c.in == nil { // in sets its own deadlines, lazily
+		_ = c.conn.SetReadDeadline(time.Now().Add(c.readTimeout))
+		if until := c.lingerUntil.Load(); until != 0 {
+			// Closing: the linger deadline stands. (Set after ours when
+			// linger ran concurrently: it stores before it sets.)
+			_ = c.conn.SetReadDeadline(time.Unix(0, until))
+		}
 	}
 	ev, bad, err := c.frames.next()
 	switch {
+	case err == errReadIdle:
+		c.idled = true
+		return true
 	case err != nil:
 		c.readFailed(err)
 		return true
@@ -415,6 +450,9 @@ func (c *wsConn) write(b []byte) (int, error) {
 		return 0, errCloseSent
 	}
 	c.deadline.extend(c.conn, c.n.opts.WriteTimeout)
+	if c.out != nil {
+		return c.out.Write(b)
+	}
 	return c.conn.Write(b)
 }
 
