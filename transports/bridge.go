@@ -398,8 +398,15 @@ type bridgeLink struct {
 	// pumpBuf.
 	fd      *fdConn
 	pumpBuf pumpBuffer
-	err     error // why there is no conn (set with ready)
-	closed  bool
+	// The pump parked in the node's poller while the target is idle
+	// (pumpAsync): its registration, whether it is parked (guarded by
+	// mu), and what it calls when it ends.
+	pumpReg    *pollReg
+	pumpParked bool
+	pumpEnd    func(gateway.Disconnect)
+	pumpIdle   pumpIdle
+	err        error // why there is no conn (set with ready)
+	closed     bool
 }
 
 func newBridgeLink() *bridgeLink {
@@ -441,14 +448,23 @@ func (l *bridgeLink) failed(err error) {
 func (l *bridgeLink) close() {
 	l.cancelDial()
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.closed = true
+	parked := l.pumpParked
+	l.pumpParked = false
+	if l.pumpReg != nil {
+		l.pumpReg.remove() // before the close: a queued event finds no slot
+	}
 	if l.conn != nil {
 		_ = l.conn.Close()
 	}
 	if l.conn == nil && l.err == nil {
 		l.err = errBridgeClosed
 		close(l.ready)
+	}
+	l.mu.Unlock()
+	if parked {
+		// No pump goroutine is there to see the connection closed.
+		l.pumpEnd(gateway.DisconnectGone())
 	}
 }
 
@@ -604,6 +620,117 @@ func (l *bridgeLink) pump(headroom, chunk int, send func(frame []byte) error) ga
 			return d
 		}
 	}
+}
+
+// pumpIdle is a parking pump's read deadline: renewed only when it
+// passes with bytes read since it was set, so that a busy target costs
+// one deadline per bridgeIdleAfter rather than one per read.
+type pumpIdle struct {
+	set    bool // a deadline is set since the pump (re)started
+	active bool // bytes were read since it was set
+}
+
+// pumpAsync runs the pump (see pump) on a goroutine and calls end, once,
+// with how the session ends. Where the node has a poller and the link
+// raw socket I/O, the goroutine gives the target's connection to the
+// poller once the target has sent nothing for bridgeIdleAfter, and the
+// poller's goroutine takes it up again on input: an idle bridged session
+// keeps no goroutine (nor buffer) for its target. end is called on the
+// pump's goroutine, or by close when the pump is parked. The link must be
+// ready.
+func (l *bridgeLink) pumpAsync(n *node, headroom, chunk int, send func(frame []byte) error, end func(gateway.Disconnect)) {
+	var reg *pollReg
+	if l.fd != nil && l.err == nil {
+		conn := l.conn
+		if c, ok := conn.(*countedConn); ok {
+			conn = c.Conn
+		}
+		reg = n.watchIdle(conn, func() { l.unpark(headroom, chunk, send) })
+	}
+	// The session may have closed the link already (it reads the
+	// browser from its upgrade on).
+	l.mu.Lock()
+	l.pumpEnd = end
+	if l.closed && reg != nil {
+		reg.remove()
+		reg = nil
+	}
+	l.pumpReg = reg
+	l.mu.Unlock()
+	go func() {
+		if reg == nil {
+			end(l.pump(headroom, chunk, send))
+			return
+		}
+		l.pumpParking(headroom, chunk, send)
+	}()
+}
+
+// pumpParking is the pump of pumpAsync with a poller: it pumps until the
+// session ends (and calls pumpEnd) or the target is idle (and parks).
+func (l *bridgeLink) pumpParking(headroom, chunk int, send func(frame []byte) error) {
+	b := &l.pumpBuf
+	b.headroom, b.chunk = headroom, chunk
+	idle := &l.pumpIdle
+	for {
+		if !idle.set {
+			_ = l.conn.SetReadDeadline(time.Now().Add(bridgeIdleAfter))
+			idle.set, idle.active = true, false
+		}
+		n, err := l.fd.read()
+		var frame []byte
+		if n > 0 {
+			frame = (*b.bp)[:headroom+n]
+			b.bulk = n == min(chunk, len(*b.bp)-maxServerHeader)
+			idle.active = true
+		}
+		if err != nil && isTimeout(err) {
+			b.drop()
+			if idle.active {
+				idle.set = false // busy: renew the deadline
+				continue
+			}
+			if l.park() {
+				return
+			}
+			err = net.ErrClosed // closed meanwhile
+		}
+		d, over := l.pumped(frame, n, err, send)
+		b.drop()
+		if over {
+			l.pumpEnd(d)
+			return
+		}
+	}
+}
+
+// park gives the target's connection to the poller, unless the link was
+// closed (false).
+func (l *bridgeLink) park() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	if err := l.pumpReg.arm(); err != nil {
+		return false
+	}
+	l.pumpParked = true
+	return true
+}
+
+// unpark runs on the poller's goroutine when the parked target has input
+// (or hung up): the pump goes on there, unless close ended it.
+func (l *bridgeLink) unpark(headroom, chunk int, send func(frame []byte) error) {
+	l.mu.Lock()
+	parked := l.pumpParked
+	l.pumpParked = false
+	l.mu.Unlock()
+	if !parked {
+		return // closed meanwhile: close called pumpEnd
+	}
+	l.pumpIdle.set = false
+	l.pumpParking(headroom, chunk, send)
 }
 
 // pumped sends what one read of the target got (n bytes, the frame's

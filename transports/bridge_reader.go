@@ -64,10 +64,11 @@ const (
 	waitLinger                 // closing: the linger deadline
 )
 
-// bridgeIdleAfter is how long a bridged connection's browser may send
-// nothing before its reader goroutine gives the connection back to the
-// poller: between it and twice it (the deadline is renewed lazily).
-const bridgeIdleAfter = time.Second
+// bridgeIdleAfter is how long a side of a bridged session (the browser,
+// the target) may send nothing before the goroutine reading it gives it
+// to the poller: between it and twice it (the deadline is renewed
+// lazily). A variable for the tests.
+var bridgeIdleAfter = time.Second
 
 // bridgeReadBuffer is the size of the reader's pooled buffer: a read
 // takes up to this much (many small frames, or a few bulk ones, parsed in
@@ -209,6 +210,10 @@ func (b *bridgeReader) setDeadline(passed bool) error {
 		}
 		return nil
 	case passed && b.deadline == waitIdle && want == waitIdle && !b.active:
+		// The deadline has passed: when input wakes the connection
+		// again, a new one is needed (a read with a passed deadline
+		// fails before it tries the socket).
+		b.deadline = waitNone
 		return errReadIdle
 	case passed && b.deadline == waitFrame:
 		return errReadTimeout // the rest of a frame did not come in time

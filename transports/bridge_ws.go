@@ -78,18 +78,19 @@ func (h bridgeHandler) serveTarget(w http.ResponseWriter, r *http.Request, name 
 		return
 	}
 	c.start()
+	// The pump counts as one of the node's readers until it ends.
 	h.readers.Add(1)
-	go func() {
-		defer h.readers.Done()
-		// Binary: the frame header goes in the read buffer's headroom;
-		// bulk reads may take bridgeBulkChunk. Base64 encodes into a
-		// buffer of its own, bridgeChunk at a time.
-		send, headroom, chunk := b.writeBinary, maxServerHeader, bridgeBulkChunk
-		if b.base64 {
-			send, headroom, chunk = b.writeBase64, 0, bridgeChunk
-		}
-		sess.Close(link.pump(headroom, chunk, send))
-	}()
+	// Binary: the frame header goes in the read buffer's headroom; bulk
+	// reads may take bridgeBulkChunk. Base64 encodes into a buffer of its
+	// own, bridgeChunk at a time.
+	send, headroom, chunk := b.writeBinary, maxServerHeader, bridgeBulkChunk
+	if b.base64 {
+		send, headroom, chunk = b.writeBase64, 0, bridgeChunk
+	}
+	link.pumpAsync(h.node, headroom, chunk, send, func(d gateway.Disconnect) {
+		sess.Close(d)
+		h.readers.Done()
+	})
 }
 
 // wsBridge is a TCP bridge over a WebSocket: a session of its own kind
