@@ -50,8 +50,22 @@ import (
 // previous chunk was handed to the browser's connection (native WebSocket)
 // or fitted into the session's bounded outbox (SockJS), and writes the
 // browser's bytes to the target before it reads the next message. Each
-// bridged session therefore holds one read buffer per direction and no
-// queue that a fast side could grow.
+// bridged session therefore holds at most one read buffer per direction
+// and no queue that a fast side could grow.
+//
+// Close to the wire (native WebSocket, Linux): a small round trip through
+// the bridge is two reads and two writes, and the bridge's own work around
+// them is kept below theirs. The sockets are read and written with raw
+// non-blocking system calls (fdConn, bridge_fd_linux.go); read buffers
+// come from pools and are held only while bytes are in them, a frame the
+// buffer holds whole is unmasked and handed on in place, and the target's
+// bytes are read behind room for the frame header, so one write sends
+// header and payload. Each side is read by a goroutine while it is in
+// use, which waits in Go's poller between messages (no goroutine started,
+// no registration re-armed, no deadline set per message); once a side has
+// been silent for bridgeIdleAfter it goes back to the node's poller
+// (bridgeReader for the browser, pumpAsync for the target), so an idle
+// bridged session holds no goroutine and no buffer.
 
 // BridgeTarget is one TCP server browsers may reach through the bridge.
 type BridgeTarget struct {

@@ -290,7 +290,9 @@ func (c *wsConn) watch(busy bool) {
 	}
 	if in := newBridgeReader(raw, pre, c.readTimeout, &c.lingerUntil); in != nil {
 		if c.reg = c.n.watchIdle(raw, c.onInput); c.reg != nil {
-			c.in, c.out = in, newFDConn(raw, nil, nil)
+			// One fdConn for both ways: its read and write states are
+			// apart, and writes take a lock of their own.
+			c.in, c.out = in, in.fd
 			c.frames.conn, c.frames.buffered = in, in
 			// Nothing is left for bufferedConn to replay: in has it.
 			c.conn = raw
