@@ -3,7 +3,6 @@
 package transports
 
 import (
-	"errors"
 	"io"
 	"net"
 	"os"
@@ -149,6 +148,3 @@ func (f *fdConn) tryWrite(fd uintptr) bool {
 	}
 	return true
 }
-
-// isTimeout reports whether err is a passed deadline.
-func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }

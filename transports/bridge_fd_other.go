@@ -2,11 +2,7 @@
 
 package transports
 
-import (
-	"errors"
-	"net"
-	"os"
-)
+import "net"
 
 // fdConn is raw socket I/O, Linux only (bridge_fd_linux.go): elsewhere
 // newFDConn returns nil and the bridge uses the net.Conn's own methods.
@@ -16,6 +12,3 @@ func newFDConn(net.Conn, func() []byte, func()) *fdConn { return nil }
 
 func (*fdConn) read() (int, error)        { panic("transports: no raw socket I/O") }
 func (*fdConn) Write([]byte) (int, error) { panic("transports: no raw socket I/O") }
-
-// isTimeout reports whether err is a passed deadline.
-func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }

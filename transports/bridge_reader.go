@@ -3,6 +3,7 @@ package transports
 import (
 	"errors"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -234,3 +235,6 @@ func (b *bridgeReader) setDeadline(passed bool) error {
 	}
 	return nil
 }
+
+// isTimeout reports whether err is a passed deadline.
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
