@@ -50,8 +50,22 @@ import (
 // previous chunk was handed to the browser's connection (native WebSocket)
 // or fitted into the session's bounded outbox (SockJS), and writes the
 // browser's bytes to the target before it reads the next message. Each
-// bridged session therefore holds one read buffer per direction and no
-// queue that a fast side could grow.
+// bridged session therefore holds at most one read buffer per direction
+// and no queue that a fast side could grow.
+//
+// Close to the wire (native WebSocket, Linux): a small round trip through
+// the bridge is two reads and two writes, and the bridge's own work around
+// them is kept below theirs. The sockets are read and written with raw
+// non-blocking system calls (fdConn, rawio_linux.go); read buffers
+// come from pools and are held only while bytes are in them, a frame the
+// buffer holds whole is unmasked and handed on in place, and the target's
+// bytes are read behind room for the frame header, so one write sends
+// header and payload. Each side is read by a goroutine while it is in
+// use, which waits in Go's poller between messages (no goroutine started,
+// no registration re-armed, no deadline set per message); once a side has
+// been silent for bridgeIdleAfter it goes back to the node's poller
+// (bridgeReader for the browser, pumpAsync for the target), so an idle
+// bridged session holds no goroutine and no buffer.
 
 // BridgeTarget is one TCP server browsers may reach through the bridge.
 type BridgeTarget struct {
@@ -391,10 +405,22 @@ type bridgeLink struct {
 	dialCtx    context.Context
 	cancelDial context.CancelFunc
 
-	mu     sync.Mutex
-	conn   net.Conn
-	err    error // why there is no conn (set with ready)
-	closed bool
+	mu   sync.Mutex
+	conn net.Conn
+	// fd does conn's reads and writes where it can (rawio_linux.go),
+	// nil where it cannot; set with conn. Its reads are the pump's, into
+	// pumpBuf.
+	fd      *fdConn
+	pumpBuf pumpBuffer
+	// The pump parked in the node's poller while the target is idle
+	// (pumpAsync): its registration, whether it is parked (guarded by
+	// mu), and what it calls when it ends.
+	pumpReg    *pollReg
+	pumpParked bool
+	pumpEnd    func(gateway.Disconnect)
+	pumpIdle   pumpIdle
+	err        error // why there is no conn (set with ready)
+	closed     bool
 }
 
 func newBridgeLink() *bridgeLink {
@@ -412,6 +438,10 @@ func (l *bridgeLink) connected(conn net.Conn) bool {
 		return false
 	}
 	l.conn = conn
+	if c, ok := conn.(*countedConn); ok {
+		conn = c.Conn
+	}
+	l.fd = newFDConn(conn, l.pumpBuf.take, l.pumpBuf.drop)
 	close(l.ready)
 	l.cancelDial() // releases the context; the connection is made
 	return true
@@ -432,14 +462,23 @@ func (l *bridgeLink) failed(err error) {
 func (l *bridgeLink) close() {
 	l.cancelDial()
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.closed = true
+	parked := l.pumpParked
+	l.pumpParked = false
+	if l.pumpReg != nil {
+		l.pumpReg.remove() // before the close: a queued event finds no slot
+	}
 	if l.conn != nil {
 		_ = l.conn.Close()
 	}
 	if l.conn == nil && l.err == nil {
 		l.err = errBridgeClosed
 		close(l.ready)
+	}
+	l.mu.Unlock()
+	if parked {
+		// No pump goroutine is there to see the connection closed.
+		l.pumpEnd(gateway.DisconnectGone())
 	}
 }
 
@@ -458,6 +497,10 @@ func (l *bridgeLink) write(ctx context.Context, p []byte) error {
 	}
 	if l.err != nil {
 		return l.err
+	}
+	if l.fd != nil {
+		_, err := l.fd.Write(p)
+		return err
 	}
 	_, err := l.conn.Write(p)
 	return err
@@ -500,14 +543,63 @@ func brokenLink(err error) gateway.Disconnect {
 
 // bridgeChunk is the size of the buffer the target is read into: big
 // enough that bulk transfers make few frames, small enough to be a
-// modest cost per bridged session.
-const bridgeChunk = 16 << 10
+// modest cost per bridged session. bridgeBulkChunk is the size of the
+// next read when one filled its buffer (a bulk transfer): with fewer,
+// bigger reads and frames the system calls per byte, three quarters of
+// the bridge's cost in bulk, fall by as much. Where the bridge reads
+// with fdConn, its buffers come from pools for a read and its send only,
+// so an idle bridged session holds none.
+const (
+	bridgeChunk     = 16 << 10
+	bridgeBulkChunk = 64 << 10
+)
+
+// The pump's pooled buffers: headroom (at most maxServerHeader) plus a
+// chunk.
+var (
+	pumpPool     = sync.Pool{New: func() any { b := make([]byte, maxServerHeader+bridgeChunk); return &b }}
+	pumpBulkPool = sync.Pool{New: func() any { b := make([]byte, maxServerHeader+bridgeBulkChunk); return &b }}
+)
+
+// pumpBuffer is the pump's read buffer, taken from a pool for a read and
+// its send, and given back before the pump waits for the target: an
+// idle bridged session holds none. The pump owns it.
+type pumpBuffer struct {
+	headroom, chunk int
+	// bulk: the last read filled its buffer; the next takes a bulk one.
+	bulk bool
+	pool *sync.Pool
+	bp   *[]byte
+}
+
+// take returns where the next read goes: after the headroom, chunk bytes
+// at most.
+func (b *pumpBuffer) take() []byte {
+	if b.bp == nil {
+		b.pool = &pumpPool
+		if b.bulk && b.chunk >= bridgeBulkChunk {
+			b.pool = &pumpBulkPool
+		}
+		b.bp = b.pool.Get().(*[]byte)
+	}
+	return (*b.bp)[b.headroom : b.headroom+min(b.chunk, len(*b.bp)-maxServerHeader)]
+}
+
+// drop gives the buffer back.
+func (b *pumpBuffer) drop() {
+	if b.bp != nil {
+		b.pool.Put(b.bp)
+		b.bp = nil
+	}
+}
 
 // pump copies what the target sends to the browser until either side
-// ends, and returns how the session should end. It reads into buf after
-// headroom bytes that send may use (for a frame header), and send gets
-// buf[:headroom+n]. It must be called after the link is ready.
-func (l *bridgeLink) pump(headroom int, send func(frame []byte) error) gateway.Disconnect {
+// ends, and returns how the session should end. It reads into a buffer
+// after headroom bytes that send may use (for a frame header), and send
+// gets buf[:headroom+n], which it must not keep. Reads are of chunk bytes
+// at most (bridgeChunk, or bridgeBulkChunk when the send takes that much
+// at once). It must be called after the link is ready.
+func (l *bridgeLink) pump(headroom, chunk int, send func(frame []byte) error) gateway.Disconnect {
 	if l.err != nil {
 		if errors.Is(l.err, errBridgeClosed) {
 			return gateway.DisconnectGone()
@@ -517,22 +609,160 @@ func (l *bridgeLink) pump(headroom int, send func(frame []byte) error) gateway.D
 		}
 		return bridgeUnreachable
 	}
-	buf := make([]byte, headroom+bridgeChunk)
-	for {
-		n, err := l.conn.Read(buf[headroom:])
-		if n > 0 {
-			if send(buf[:headroom+n]) != nil {
-				return gateway.DisconnectGone()
+	if l.fd == nil {
+		buf := make([]byte, headroom+bridgeChunk)
+		for {
+			n, err := l.conn.Read(buf[headroom:])
+			if d, over := l.pumped(buf[:headroom+n], n, err, send); over {
+				return d
 			}
 		}
-		switch {
-		case err == nil:
-		case err == io.EOF:
-			return bridgeClosed
-		case errors.Is(err, net.ErrClosed):
-			return gateway.DisconnectGone() // the session ended first
-		default:
-			return brokenLink(err)
+	}
+	b := &l.pumpBuf
+	b.headroom, b.chunk = headroom, chunk
+	defer b.drop()
+	for {
+		n, err := l.fd.read()
+		var frame []byte
+		if n > 0 {
+			frame = (*b.bp)[:headroom+n]
+			b.bulk = n == min(chunk, len(*b.bp)-maxServerHeader)
+		}
+		d, over := l.pumped(frame, n, err, send)
+		b.drop()
+		if over {
+			return d
 		}
 	}
+}
+
+// pumpIdle is a parking pump's read deadline: renewed only when it
+// passes with bytes read since it was set, so that a busy target costs
+// one deadline per bridgeIdleAfter rather than one per read.
+type pumpIdle struct {
+	set    bool // a deadline is set since the pump (re)started
+	active bool // bytes were read since it was set
+}
+
+// pumpAsync runs the pump (see pump) on a goroutine and calls end, once,
+// with how the session ends. Where the node has a poller and the link
+// raw socket I/O, the goroutine gives the target's connection to the
+// poller once the target has sent nothing for bridgeIdleAfter, and the
+// poller's goroutine takes it up again on input: an idle bridged session
+// keeps no goroutine (nor buffer) for its target. end is called on the
+// pump's goroutine, or by close when the pump is parked. The link must be
+// ready.
+func (l *bridgeLink) pumpAsync(n *node, headroom, chunk int, send func(frame []byte) error, end func(gateway.Disconnect)) {
+	var reg *pollReg
+	if l.fd != nil && l.err == nil {
+		conn := l.conn
+		if c, ok := conn.(*countedConn); ok {
+			conn = c.Conn
+		}
+		reg = n.watchIdle(conn, func() { l.unpark(headroom, chunk, send) })
+	}
+	// The session may have closed the link already (it reads the
+	// browser from its upgrade on).
+	l.mu.Lock()
+	l.pumpEnd = end
+	if l.closed && reg != nil {
+		reg.remove()
+		reg = nil
+	}
+	l.pumpReg = reg
+	l.mu.Unlock()
+	go func() {
+		if reg == nil {
+			end(l.pump(headroom, chunk, send))
+			return
+		}
+		l.pumpParking(headroom, chunk, send)
+	}()
+}
+
+// pumpParking is the pump of pumpAsync with a poller: it pumps until the
+// session ends (and calls pumpEnd) or the target is idle (and parks).
+func (l *bridgeLink) pumpParking(headroom, chunk int, send func(frame []byte) error) {
+	b := &l.pumpBuf
+	b.headroom, b.chunk = headroom, chunk
+	idle := &l.pumpIdle
+	for {
+		if !idle.set {
+			_ = l.conn.SetReadDeadline(time.Now().Add(bridgeIdleAfter))
+			idle.set, idle.active = true, false
+		}
+		n, err := l.fd.read()
+		var frame []byte
+		if n > 0 {
+			frame = (*b.bp)[:headroom+n]
+			b.bulk = n == min(chunk, len(*b.bp)-maxServerHeader)
+			idle.active = true
+		}
+		if err != nil && isTimeout(err) {
+			b.drop()
+			if idle.active {
+				idle.set = false // busy: renew the deadline
+				continue
+			}
+			if l.park() {
+				return
+			}
+			err = net.ErrClosed // closed meanwhile
+		}
+		d, over := l.pumped(frame, n, err, send)
+		b.drop()
+		if over {
+			l.pumpEnd(d)
+			return
+		}
+	}
+}
+
+// park gives the target's connection to the poller, unless the link was
+// closed (false).
+func (l *bridgeLink) park() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	if err := l.pumpReg.arm(); err != nil {
+		return false
+	}
+	l.pumpParked = true
+	return true
+}
+
+// unpark runs on the poller's goroutine when the parked target has input
+// (or hung up): the pump goes on there, unless close ended it.
+func (l *bridgeLink) unpark(headroom, chunk int, send func(frame []byte) error) {
+	l.mu.Lock()
+	parked := l.pumpParked
+	l.pumpParked = false
+	l.mu.Unlock()
+	if !parked {
+		return // closed meanwhile: close called pumpEnd
+	}
+	l.pumpIdle.set = false
+	l.pumpParking(headroom, chunk, send)
+}
+
+// pumped sends what one read of the target got (n bytes, the frame's
+// payload) and reports whether the pump is over (with how the session
+// ends): the send failed, or the read did.
+func (l *bridgeLink) pumped(frame []byte, n int, err error, send func(frame []byte) error) (gateway.Disconnect, bool) {
+	if n > 0 {
+		if send(frame) != nil {
+			return gateway.DisconnectGone(), true
+		}
+	}
+	switch {
+	case err == nil:
+		return gateway.Disconnect{}, false
+	case err == io.EOF:
+		return bridgeClosed, true
+	case errors.Is(err, net.ErrClosed):
+		return gateway.DisconnectGone(), true // the session ended first
+	}
+	return brokenLink(err), true
 }

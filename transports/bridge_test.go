@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1043,4 +1044,108 @@ func TestBridgeMaxConnections(t *testing.T) {
 	if got, _ := c.read(1); string(got) != "y" {
 		t.Fatalf("echo %q", got)
 	}
+}
+
+// bridgeGoroutines counts the goroutines reading a bridged session's
+// sides: the browser's (on the poller's goroutine) and the target's (the
+// pump).
+func bridgeGoroutines() int {
+	buf := make([]byte, 1<<20)
+	st := string(buf[:runtime.Stack(buf, true)])
+	return strings.Count(st, "transports.(*bridgeLink).pumpParking") + strings.Count(st, "transports.(*wsConn).onInput")
+}
+
+// TestBridgeIdle: a bridged session whose sides are both silent for
+// bridgeIdleAfter keeps no goroutine for either (both wait in the
+// node's poller) and takes up again when either sends; a frame that
+// arrives in pieces further apart than that is not cut; a target that
+// closes, or a browser that does, ends a parked session as a busy one.
+func TestBridgeIdle(t *testing.T) {
+	noLeaks(t)
+	p, err := newPoller()
+	if err != nil {
+		t.Skip("no poller on this platform")
+	}
+	p.close()
+	old := bridgeIdleAfter
+	bridgeIdleAfter = 50 * time.Millisecond
+	t.Cleanup(func() { bridgeIdleAfter = old })
+
+	tg := startTarget(t, nil)
+	n := startBridgeNode(t, []BridgeTarget{{Name: "t", Address: tg.addr(), AllowNetworks: bridgeLoopback}}, nil, nil)
+	c := dialBridge(t, n, "t")
+	target := tg.conn(t)
+	_ = target.SetDeadline(time.Now().Add(2 * waitTimeout))
+	got := func(msg string) {
+		t.Helper()
+		b := make([]byte, len(msg))
+		if _, err := io.ReadFull(target, b); err != nil || string(b) != msg {
+			t.Fatalf("target read %q, %v; want %q", b, err, msg)
+		}
+	}
+	up := func(msg string) {
+		t.Helper()
+		c.send(binFrame([]byte(msg)))
+		got(msg)
+	}
+	down := func(msg string) {
+		t.Helper()
+		if _, err := target.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := c.read(len(msg)); string(got) != msg {
+			t.Fatalf("browser read %q, want %q", got, msg)
+		}
+	}
+	parked := func() {
+		t.Helper()
+		waitFor(t, "both sides parked in the poller", func() bool { return bridgeGoroutines() == 0 })
+	}
+
+	up("ping")
+	down("pong")
+	parked()
+	down("from the target first")
+	up("then the browser")
+	parked()
+	up("from the browser first")
+	parked()
+
+	// One frame in two writes, further apart than the idle time.
+	whole := binFrame([]byte("a frame in pieces")).bytes()
+	for i, piece := range [][]byte{whole[:5], whole[5:]} {
+		if i > 0 {
+			time.Sleep(4 * bridgeIdleAfter)
+		}
+		if _, err := c.conn.Write(piece); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got("a frame in pieces")
+	parked()
+
+	// The target closes while parked.
+	_ = target.Close()
+	if got := c.expectClose(1000, "target closed the connection"); len(got) != 0 {
+		t.Fatalf("%q before the close", got)
+	}
+	waitNoSessions(t, n)
+
+	// The browser closes while parked.
+	c = dialBridge(t, n, "t")
+	target = tg.conn(t)
+	_ = target.SetDeadline(time.Now().Add(2 * waitTimeout))
+	up("hello")
+	down("hello")
+	parked()
+	c.send(closeFrame(1000, "bye"))
+	if op, p := c.next(); op != ws.OpClose || binary.BigEndian.Uint16(p) != 1000 {
+		t.Fatalf("frame %v %q, want the close answer", op, p)
+	}
+	if k, err := target.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the target read %d, %v, want EOF", k, err)
+	}
+	_ = c.conn.Close()
+	waitNoSessions(t, n)
+	waitReaders(t, n)
 }

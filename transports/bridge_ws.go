@@ -78,15 +78,19 @@ func (h bridgeHandler) serveTarget(w http.ResponseWriter, r *http.Request, name 
 		return
 	}
 	c.start()
+	// The pump counts as one of the node's readers until it ends.
 	h.readers.Add(1)
-	go func() {
-		defer h.readers.Done()
-		send, headroom := b.writeBinary, maxServerHeader
-		if b.base64 {
-			send, headroom = b.writeBase64, 0
-		}
-		sess.Close(link.pump(headroom, send))
-	}()
+	// Binary: the frame header goes in the read buffer's headroom; bulk
+	// reads may take bridgeBulkChunk. Base64 encodes into a buffer of its
+	// own, bridgeChunk at a time.
+	send, headroom, chunk := b.writeBinary, maxServerHeader, bridgeBulkChunk
+	if b.base64 {
+		send, headroom, chunk = b.writeBase64, 0, bridgeChunk
+	}
+	link.pumpAsync(h.node, headroom, chunk, send, func(d gateway.Disconnect) {
+		sess.Close(d)
+		h.readers.Done()
+	})
 }
 
 // wsBridge is a TCP bridge over a WebSocket: a session of its own kind
@@ -101,9 +105,8 @@ type wsBridge struct {
 	// base64 is websockify's text mode (subprotocol "base64"): messages
 	// carry base64 text both ways.
 	base64 bool
-	// decoded holds a base64 message's bytes (the reader's); encoded a
-	// text frame of the target's bytes (the pump's).
-	decoded, encoded []byte
+	// decoded holds a base64 message's bytes (the reader's).
+	decoded []byte
 }
 
 var (
@@ -171,13 +174,13 @@ func (b *wsBridge) writeBinary(frame []byte) error {
 }
 
 // writeBase64 writes the target's bytes as one text message of their
-// base64 (websockify's text mode), in one write.
+// base64 (websockify's text mode), in one write, from a pooled buffer (an
+// idle session holds none).
 func (b *wsBridge) writeBase64(p []byte) error {
 	n := base64.StdEncoding.EncodedLen(len(p))
-	if cap(b.encoded) < maxServerHeader+n {
-		b.encoded = make([]byte, maxServerHeader+base64.StdEncoding.EncodedLen(bridgeChunk))
-	}
-	frame := b.encoded[:maxServerHeader+n]
+	buf := getBuffer(maxServerHeader + n)
+	defer putBuffer(buf)
+	frame := (*buf)[:maxServerHeader+n]
 	base64.StdEncoding.Encode(frame[maxServerHeader:], p)
 	start := maxServerHeader - frameHeaderLen(n)
 	appendFrameHeader(frame[start:start], ws.OpText, n)

@@ -18,7 +18,11 @@ import (
 // input, the poller starts a goroutine that reads what arrived and then
 // re-arms it. So at most one goroutine reads a connection at a time, and
 // the read itself goes through Go's own poller as usual (a frame that
-// arrives in pieces is waited for there, within a read deadline).
+// arrives in pieces is waited for there, within a read deadline). A busy
+// connection (the TCP bridge's two sides) keeps the goroutine while it
+// is in use and re-arms only once it has been silent for a while
+// (bridge_reader.go, bridgeLink.pumpAsync): a goroutine started and an
+// epoll_ctl per message cost more than the message.
 //
 // Events name a slot of the table and its generation, never a file
 // descriptor: a connection closed and a new one given the same descriptor

@@ -363,7 +363,7 @@ func (ep *sockjsEndpoint) startBridge(sess *gateway.Session, link *bridgeLink) {
 		} else {
 			link.connected(conn)
 		}
-		sess.Close(link.pump(0, func(p []byte) error {
+		sess.Close(link.pump(0, bridgeChunk, func(p []byte) error {
 			return sess.SendData(context.Background(), appendByteString(make([]byte, 0, len(p)+len(p)/4), p))
 		}))
 	}()

@@ -3,6 +3,7 @@ package transports
 import (
 	"errors"
 	"net"
+	"os"
 	"syscall"
 	"time"
 
@@ -22,7 +23,8 @@ import (
 // Why a system call of our own rather than net.Conn.Write: Write waits in
 // Go's poller when the socket buffer is full, and a worker that writes
 // thousands of sessions must not wait for one slow client. RawConn.Write
-// with a callback that never asks to wait makes exactly one write(2),
+// with a callback that never asks to wait makes the write (sendNonblock,
+// shared with the bridge: a raw system call, no scheduler transition)
 // through the same descriptor lock as Write, so a concurrent Close is
 // still safe. The RawConn is asked for at each try (a 16-byte object)
 // rather than kept, for the same reason of idle memory.
@@ -64,27 +66,13 @@ func (o *sockOut) try(conn net.Conn, buf *[]byte, now int64, timeout time.Durati
 	o.deadline.extend(conn, now, timeout)
 	n := 0
 	if raw := rawConn(conn); raw != nil {
-		var werr error
+		var errno syscall.Errno
 		err := raw.Write(func(fd uintptr) bool {
-			for n < len(b) {
-				m, err := syscall.Write(int(fd), b[n:])
-				if m > 0 {
-					n += m
-				}
-				if err == syscall.EINTR {
-					continue
-				}
-				if err != nil && err != syscall.EAGAIN {
-					werr = err
-				}
-				if err != nil || m <= 0 {
-					break
-				}
-			}
+			n, errno = sendNonblock(fd, b)
 			return true // never wait here: the rest is flush's
 		})
-		if err == nil {
-			err = werr
+		if err == nil && errno != 0 && errno != syscall.EAGAIN {
+			err = os.NewSyscallError("sendto", errno)
 		}
 		if err != nil {
 			return n, err

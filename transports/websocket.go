@@ -88,7 +88,7 @@ func (t *wsSession) writePackets(pkts []gateway.Packet, try bool) (int, error) {
 // Backlog is what the kernel still holds of the connection's writes: a
 // client that stopped reading meets the slow-consumer policy at the
 // session's queue size, not a socket buffer later.
-func (t *wsSession) Backlog() int { return socketBacklog(t.c.fd) }
+func (t *wsSession) Backlog() int { return socketBacklog(int(t.c.fd)) }
 
 // WriteHeartbeat sends a ping (after the codec's own heartbeat frame, if
 // it has one); browsers answer pings by themselves, which keeps the read

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -56,11 +57,12 @@ type wsOwner interface {
 	ended(d gateway.Disconnect)
 }
 
-// wsConn is one WebSocket connection: see the comment above.
+// wsConn is one WebSocket connection: see the comment above. Every idle
+// WebSocket holds one, so its fields are ordered to pack: it fits the
+// allocator's 320-byte class.
 type wsConn struct {
 	n     *node
 	conn  net.Conn
-	fd    int // the socket's descriptor, for its kernel backlog; -1 unknown
 	owner wsOwner
 	// protocol is the subprotocol the handshake agreed on, "" for none.
 	protocol string
@@ -68,34 +70,39 @@ type wsConn struct {
 	// none (wsdeflate.go).
 	deflate *wsDeflate
 
-	// readTimeout bounds the wait for a frame: three heartbeats (whose
-	// pings a live client answers) and some slack.
-	readTimeout time.Duration
 	// frames holds the reader's state (limit, close code for a message
 	// over it, partial messages), on the poller and on a goroutine alike.
 	frames wsFrames
+	// in is the reader of a busy connection that the poller watches
+	// while it is idle (the bridge; bridge_reader.go), nil for others.
+	in *bridgeReader
 
 	// wsem is the write lock (one frame writer at a time: the session's
 	// writer, pongs, the close frame). It is a channel so that closing can
 	// give up waiting for a stuck write. closeSent, guarded by it, makes
 	// every write after the close frame fail with errCloseSent.
-	wsem      chan struct{}
-	closeSent bool
-	out       sockOut // guarded by wsem
-	closeOnce sync.Once
+	wsem chan struct{}
+	out  sockOut // guarded by wsem
 	// clock adds pings to writes while the client is quiet.
 	clock peerClock
 	// reg is set when the poller watches the connection instead of a
 	// reader goroutine; finish then ends the connection, once.
-	reg        *pollReg
-	finishOnce sync.Once
-	endOnce    sync.Once
+	reg *pollReg
 	// lingerUntil is the read deadline (Unix nanoseconds) set when the
 	// connection started closing, 0 before. From then on the reader no
 	// longer extends its deadline at each frame, so a client that ignores
 	// the close frame and keeps sending cannot hold the connection (and
 	// a node's shutdown, which waits for readers).
 	lingerUntil atomic.Int64
+
+	fd        int32 // the socket's descriptor, for its kernel backlog; -1 unknown
+	closeSent bool
+	// idled: the last readEvent ended because in found the connection
+	// idle, not because reading is over.
+	idled      bool
+	closeOnce  sync.Once
+	finishOnce sync.Once
+	endOnce    sync.Once
 }
 
 // wsLimits are what a connection accepts from its client.
@@ -152,15 +159,14 @@ func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.
 		conn = withBuffered(conn, rw.Reader)
 	}
 	c := &wsConn{
-		n:           n,
-		conn:        conn,
-		fd:          socketFD(conn),
-		protocol:    proto,
-		deflate:     z,
-		readTimeout: 3*heartbeat + 5*time.Second,
-		wsem:        make(chan struct{}, 1),
+		n:        n,
+		conn:     conn,
+		fd:       int32(socketFD(conn)),
+		protocol: proto,
+		deflate:  z,
+		wsem:     make(chan struct{}, 1),
 	}
-	c.frames = wsFrames{conn: conn, limit: lim.maxMessage, tooLarge: lim.tooLarge, utf8Binary: lim.utf8Binary, inflate: z != nil}
+	c.frames = wsFrames{conn: conn, limit: int32(min(lim.maxMessage, math.MaxInt32)), tooLarge: int32(lim.tooLarge), utf8Binary: lim.utf8Binary, inflate: z != nil}
 	c.clock.start(heartbeat)
 	return c
 }
@@ -261,17 +267,37 @@ func writeOfferRefusal(w http.ResponseWriter, d *gateway.Disconnect) {
 // watch prepares reading, before the connection's session may write to
 // it (and so close it): the connection counts as one of the node's
 // readers from now until it is closed, and an idle one is handed to the
-// poller where there is one. Busy connections (the bridge) ask for a
-// reader goroutine that reads through a buffer instead: one system call
-// for many small frames rather than three per frame. Then start, or
-// abandon if the session could not take the connection.
+// poller where there is one. Busy connections (the bridge) are read
+// through a buffer: one system call for many small frames rather than
+// three per frame. Where the poller and raw socket I/O are available, a
+// busy connection's poller goroutine stays with it while it is in use and
+// hands it back to the poller once idle (bridgeReader); elsewhere it gets
+// a reader goroutine of its own. Then start, or abandon if the session
+// could not take the connection.
 func (c *wsConn) watch(busy bool) {
 	c.n.readers.Add(1)
-	if busy {
-		c.frames.conn = bufio.NewReaderSize(c.conn, 4096)
+	if !busy {
+		c.reg = c.n.watchIdle(c.conn, c.onInput)
 		return
 	}
-	c.reg = c.n.watchIdle(c.conn, c.onInput)
+	raw := c.conn
+	var pre []byte
+	if b, ok := raw.(*bufferedConn); ok {
+		raw, pre = b.Conn, b.buf
+	}
+	if in := newBridgeReader(raw, pre, c.readTimeout(), &c.lingerUntil); in != nil {
+		if c.reg = c.n.watchIdle(raw, c.onInput); c.reg != nil {
+			// One fdConn for both ways (write uses in's): its read
+			// and write states are apart, and writes take a lock of
+			// their own.
+			c.in = in
+			c.frames.conn, c.frames.buffered = in, in
+			// Nothing is left for bufferedConn to replay: in has it.
+			c.conn = raw
+			return
+		}
+	}
+	c.frames.conn = bufio.NewReaderSize(c.conn, 4096)
 }
 
 // start starts reading; the owner is set and its session has the
@@ -286,7 +312,7 @@ func (c *wsConn) start() {
 		}()
 		return
 	}
-	if hasBuffered(c.conn) {
+	if hasBuffered(c.conn) || (c.in != nil && len(c.in.pre) > 0) {
 		c.reg.run(c.onInput) // frames sent along with the upgrade
 		return
 	}
@@ -320,10 +346,14 @@ func (c *wsConn) end(d gateway.Disconnect) {
 func (c *wsConn) onInput() {
 	for {
 		if c.readEvent(true) {
+			if c.idled {
+				c.idled = false
+				break // a busy connection is idle now: back to the poller
+			}
 			c.finish()
 			return
 		}
-		if !hasBuffered(c.conn) {
+		if c.in == nil && !hasBuffered(c.conn) {
 			break
 		}
 	}
@@ -341,14 +371,19 @@ func (c *wsConn) onInput() {
 // data messages by the owner. It reports whether reading is over: the
 // connection failed or was closed, or the owner stopped it.
 func (c *wsConn) readEvent(polled bool) (over bool) {
-	_ = c.conn.SetReadDeadline(time.Now().Add(c.readTimeout))
-	if until := c.lingerUntil.Load(); until != 0 {
-		// Closing: the linger deadline stands. (Set after ours when
-		// linger ran concurrently: it stores before it sets.)
-		_ = c.conn.SetReadDeadline(time.Unix(0, until))
+	if c.in == nil { // in sets its own deadlines, lazily
+		_ = c.conn.SetReadDeadline(time.Now().Add(c.readTimeout()))
+		if until := c.lingerUntil.Load(); until != 0 {
+			// Closing: the linger deadline stands. (Set after ours when
+			// linger ran concurrently: it stores before it sets.)
+			_ = c.conn.SetReadDeadline(time.Unix(0, until))
+		}
 	}
 	ev, bad, err := c.frames.next()
 	switch {
+	case err == errReadIdle:
+		c.idled = true
+		return true
 	case err != nil:
 		c.readFailed(err)
 		return true
@@ -397,10 +432,17 @@ func (c *wsConn) closeConn() {
 // the read timeout: no reader is waiting with a deadline to notice.
 var errPeerSilent = errors.New("transports: the client answered no ping")
 
+// readTimeout bounds the wait for a frame: three heartbeats (whose pings
+// a live client answers) and some slack. Derived rather than stored: an
+// idle connection's size matters (PERFORMANCE.md).
+func (c *wsConn) readTimeout() time.Duration {
+	return 3*time.Duration(c.clock.every) + 5*time.Second
+}
+
 // checkAlive fails a write to a polled connection whose client has been
 // silent too long; now is the time in Unix nanoseconds.
 func (c *wsConn) checkAlive(now int64) error {
-	if c.reg != nil && now-c.clock.lastRead.Load() > int64(c.readTimeout) {
+	if c.reg != nil && now-c.clock.lastRead.Load() > int64(c.readTimeout()) {
 		return errPeerSilent
 	}
 	return nil
@@ -414,7 +456,12 @@ func (c *wsConn) write(b []byte) (int, error) {
 	if c.closeSent {
 		return 0, errCloseSent
 	}
-	return c.out.write(c.conn, b, time.Now().UnixNano(), c.n.opts.WriteTimeout)
+	now := time.Now().UnixNano()
+	if c.in != nil { // the bridge: its raw socket I/O (rawio_linux.go)
+		c.out.deadline.extend(c.conn, now, c.n.opts.WriteTimeout)
+		return c.in.fd.Write(b)
+	}
+	return c.out.write(c.conn, b, now, c.n.opts.WriteTimeout)
 }
 
 // writeFrames writes frames a codec built (b), adding a ping when the

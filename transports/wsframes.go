@@ -21,10 +21,13 @@ import (
 // their own.
 type wsFrames struct {
 	conn io.Reader
+	// buffered, when set, is conn's buffer: a frame it holds whole is
+	// parsed in place (the bridge's reader, bridge_reader.go).
+	buffered framePeeker
 	// limit is the largest message accepted; tooLarge is the close code
 	// for one over it.
-	limit    int
-	tooLarge int
+	limit    int32 // 32 bits: every WebSocket holds a wsFrames (see wsConn)
+	tooLarge int32
 	// utf8Binary checks binary messages too (a SockJS message is text
 	// whatever frame carries it).
 	utf8Binary bool
@@ -38,6 +41,15 @@ type wsFrames struct {
 	inFrag  bool
 	fragZ   bool   // the fragmented message is compressed
 	plain   []byte // the last message inflated
+}
+
+// framePeeker is a reader whose buffer a frame can be read from in place.
+type framePeeker interface {
+	// frameStart says a frame's header is read next.
+	frameStart()
+	// peek returns the next n bytes, consumed, when the buffer holds
+	// them (nil otherwise); they are valid until the next read.
+	peek(n int) []byte
 }
 
 // wsEvent is what next found: a complete data message (OpText or
@@ -59,14 +71,21 @@ type wsViolation struct {
 // connection, or the read error that ended it.
 func (r *wsFrames) next() (wsEvent, *wsViolation, error) {
 	for {
-		if cap(r.payload) > 4096 {
-			r.payload = nil // keep no large buffer on an idle connection
+		// Keep no large buffer on an idle connection. The bridge's
+		// reader, busy by nature, keeps a bulk frame's (its connection
+		// drops it when it goes idle): one allocation per frame cost
+		// a bulk transfer more than the copy into it.
+		if cap(r.payload) > 4096 && (r.buffered == nil || cap(r.payload) > 64<<10) {
+			r.payload = nil
 		}
 		if !r.inFrag && cap(r.frag) > 4096 {
 			r.frag = nil
 		}
 		if cap(r.plain) > 4096 {
 			r.plain = nil
+		}
+		if r.buffered != nil {
+			r.buffered.frameStart()
 		}
 		h, err := ws.ReadHeaderBuffer(r.conn, r.hdr[:])
 		if err != nil {
@@ -89,28 +108,35 @@ func (r *wsFrames) next() (wsEvent, *wsViolation, error) {
 			// Only continuations add to a fragmented message; a ping
 			// between its fragments is not part of it.
 			h.OpCode == ws.OpContinuation && int64(len(r.frag))+h.Length > int64(r.limit):
-			return wsEvent{}, &wsViolation{r.tooLarge, "message too large: the limit is " + strconv.Itoa(r.limit) + " bytes"}, nil
+			return wsEvent{}, &wsViolation{int(r.tooLarge), "message too large: the limit is " + strconv.Itoa(int(r.limit)) + " bytes"}, nil
 		}
 		n := int(h.Length)
-		if cap(r.payload) < n {
-			r.payload = make([]byte, n)
+		var payload []byte
+		if r.buffered != nil && n > 0 {
+			payload = r.buffered.peek(n) // in the reader's buffer: no copy
 		}
-		r.payload = r.payload[:n]
-		if _, err := io.ReadFull(r.conn, r.payload); err != nil {
-			return wsEvent{}, nil, err
+		if payload == nil {
+			if cap(r.payload) < n {
+				r.payload = make([]byte, n)
+			}
+			r.payload = r.payload[:n]
+			if _, err := io.ReadFull(r.conn, r.payload); err != nil {
+				return wsEvent{}, nil, err
+			}
+			payload = r.payload
 		}
-		ws.Cipher(r.payload, h.Mask, 0)
+		ws.Cipher(payload, h.Mask, 0)
 
 		var ev wsEvent
 		compressed := h.Rsv1()
 		switch h.OpCode {
 		case ws.OpPing, ws.OpPong, ws.OpClose:
-			return wsEvent{op: h.OpCode, data: r.payload}, nil, nil
+			return wsEvent{op: h.OpCode, data: payload}, nil, nil
 		case ws.OpContinuation:
 			if !r.inFrag {
 				return wsEvent{}, &wsViolation{gateway.CodeProtocolError, "continuation frame without a message to continue"}, nil
 			}
-			r.frag = append(r.frag, r.payload...)
+			r.frag = append(r.frag, payload...)
 			if !h.Fin {
 				continue
 			}
@@ -122,17 +148,17 @@ func (r *wsFrames) next() (wsEvent, *wsViolation, error) {
 			}
 			if !h.Fin {
 				r.inFrag, r.fragOp, r.fragZ = true, h.OpCode, compressed
-				r.frag = append(r.frag[:0], r.payload...)
+				r.frag = append(r.frag[:0], payload...)
 				continue
 			}
-			ev = wsEvent{op: h.OpCode, data: r.payload}
+			ev = wsEvent{op: h.OpCode, data: payload}
 		}
 		if compressed {
 			var err error
-			r.plain, err = inflate(r.plain, ev.data, r.limit)
+			r.plain, err = inflate(r.plain, ev.data, int(r.limit))
 			switch {
 			case errors.Is(err, errInflateTooLarge):
-				return wsEvent{}, &wsViolation{r.tooLarge, "message too large: it inflates beyond the limit of " + strconv.Itoa(r.limit) + " bytes"}, nil
+				return wsEvent{}, &wsViolation{int(r.tooLarge), "message too large: it inflates beyond the limit of " + strconv.Itoa(int(r.limit)) + " bytes"}, nil
 			case err != nil:
 				return wsEvent{}, &wsViolation{gateway.CodeInvalidPayload, "compressed message is not valid deflate data"}, nil
 			}

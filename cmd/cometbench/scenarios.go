@@ -113,6 +113,8 @@ var tcpScenarios = []scenario{
 		`$T --label tcp-bridge --conns 1,10,100 --duration 5s`},
 	{"tcp-bridge-1k", "1,000 bridged connections doing 64 B round trips at once",
 		`$T --label tcp-bridge-1k --conns 1000 --workload rtt --duration 5s`},
+	{"tcp-bridge-idle", "the gateway's memory per idle bridged connection: 1,000 connections make one 64 B round trip each, then stay silent",
+		`$T --label tcp-bridge-idle --conns 1000 --workload idle --duration 5s`},
 	{"tcp-bridge-echo-cpu0", "as tcp-bridge with the echo server in its own process on the gateway's core: direct round trips cross cores too",
 		`taskset -c 0 ./cometbench echo --listen 127.0.0.1:7001 & ECHO=$!
 $T --label tcp-bridge-echo-cpu0 --target-addr 127.0.0.1:7001 --conns 1,10,100 --duration 5s

@@ -56,7 +56,7 @@ type tcpOptions struct {
 	TargetListen string   // where the in-process echo server listens
 	TargetAddr   string   // an echo server already running, instead of the in-process one
 	Conns        []int
-	Workloads    []string // in the order rows run: bulk, rtt
+	Workloads    []string // in the order rows run: bulk, rtt, idle
 	Modes        []string // in the order rows run: direct, bridge
 	Duration     time.Duration
 	Drain        time.Duration
@@ -106,6 +106,7 @@ const (
 	modeBridge    = "bridge"
 	workloadBulk  = "bulk"
 	workloadRTT   = "rtt"
+	workloadIdle  = "idle"
 	defaultTarget = "bench"
 )
 
@@ -121,7 +122,7 @@ func parseTCPFlags(args []string, stderr io.Writer) (*tcpOptions, error) {
 	listen := fs.String("target-listen", "127.0.0.1:7001", "address of the in-process echo server (loopback only)")
 	addr := fs.String("target-addr", "", "use this echo server, already running (loopback only), instead of the in-process one")
 	conns := fs.String("conns", "1,10,100", fmt.Sprintf("connection counts, comma-separated: one set of rows each (1..%d)", maxTCPConns))
-	workloads := fs.String("workload", "bulk,rtt", "bulk: each connection streams --size writes and reads the echo (MB/s one way); rtt: --msg-size ping-pong (round trips/s, latency)")
+	workloads := fs.String("workload", "bulk,rtt", "bulk: each connection streams --size writes and reads the echo (MB/s one way); rtt: --msg-size ping-pong (round trips/s, latency); idle: one --msg-size round trip, then silence for --duration (the gateway's memory per idle connection)")
 	modes := fs.String("mode", "direct,bridge", "direct: TCP to the echo server; bridge: through the gateway's /tcp/TARGET")
 	duration := fs.Duration("duration", 5*time.Second, "measuring time per row")
 	drain := fs.Duration("drain", 10*time.Second, "after a row, longest wait for the last echoes; what is missing then counts as an error")
@@ -143,7 +144,7 @@ func parseTCPFlags(args []string, stderr io.Writer) (*tcpOptions, error) {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 
 	o.Modes = pickNames(*modes, []string{modeDirect, modeBridge}, "--mode", bad)
-	o.Workloads = pickNames(*workloads, []string{workloadBulk, workloadRTT}, "--workload", bad)
+	o.Workloads = pickNames(*workloads, []string{workloadBulk, workloadRTT, workloadIdle}, "--workload", bad)
 	if slices.Contains(o.Modes, modeBridge) {
 		u, err := parseGatewayURL(*rawURL)
 		if err != nil {
@@ -411,8 +412,10 @@ type rowState struct {
 	size     int
 	window   uint64 // bulk
 	pattern  echoPattern
-	// stop ends the measured window: writers write no more.
-	stop atomic.Bool
+	// stop ends the measured window: writers write no more. stopped is
+	// closed then too, for the idle connections waiting for it.
+	stop    atomic.Bool
+	stopped chan struct{}
 	// expired is set when the drain time is over, before the connections
 	// are closed under the goroutines still waiting for their echo.
 	expired atomic.Bool
@@ -427,7 +430,7 @@ type rowState struct {
 func (b *tcpBench) runRow(ctx context.Context, mode, workload string, conns int) (*tcpResult, error) {
 	o := b.o
 	size := o.Size
-	if workload == workloadRTT {
+	if workload != workloadBulk {
 		size = o.MsgSize
 	}
 	r := &tcpResult{Label: o.Label, Mode: mode, Workload: workload, Conns: conns, Size: size,
@@ -443,7 +446,7 @@ func (b *tcpBench) runRow(ctx context.Context, mode, workload string, conns int)
 		accepted0 = b.echo.accepted.Load()
 	}
 	readBuf := echoBufferSize
-	if workload == workloadRTT {
+	if workload != workloadBulk {
 		readBuf = max(4096, size)
 	}
 	opened, openErrs := b.open(ctx, mode, conns, readBuf)
@@ -462,7 +465,7 @@ func (b *tcpBench) runRow(ctx context.Context, mode, workload string, conns int)
 	}
 	r.Opened = len(opened)
 
-	row := &rowState{workload: workload, size: size, pattern: b.pattern, hist: newHistogram()}
+	row := &rowState{workload: workload, size: size, pattern: b.pattern, hist: newHistogram(), stopped: make(chan struct{})}
 	if workload == workloadBulk {
 		r.Window = bulkWindow(conns, size)
 		row.window = uint64(r.Window)
@@ -498,6 +501,7 @@ func (b *tcpBench) runRow(ctx context.Context, mode, workload string, conns int)
 		ctxErr = ctx.Err()
 	}
 	row.stop.Store(true)
+	close(row.stopped)
 	window := time.Since(t0)
 	r.Bytes, r.RoundTrips = row.bytes.Load(), row.trips.Load()
 	gw1, gwErr1 := b.sampleGateway()
@@ -549,9 +553,10 @@ func (b *tcpBench) runRow(ctx context.Context, mode, workload string, conns int)
 		r.ErrorReasons = topReasons(reasons, 3)
 	}
 	secs := window.Seconds()
-	if workload == workloadBulk {
+	switch workload {
+	case workloadBulk:
 		r.MBPerSec = float64(r.Bytes) / 1e6 / secs
-	} else {
+	case workloadRTT:
 		r.RTTPerSec = float64(r.RoundTrips) / secs
 		h := row.hist
 		r.Latency = &latencyMs{P50: ms(h.Quantile(0.5)), P90: ms(h.Quantile(0.9)), P99: ms(h.Quantile(0.99)),
@@ -564,7 +569,7 @@ func (b *tcpBench) runRow(ctx context.Context, mode, workload string, conns int)
 		if r.Bytes > 0 {
 			g.CPUPerMB = g.CPUSeconds * 1e3 / (float64(r.Bytes) / 1e6)
 		}
-		if r.RoundTrips > 0 {
+		if r.RoundTrips > 0 && workload == workloadRTT {
 			g.CPUPerRoundTrip = g.CPUSeconds * 1e6 / float64(r.RoundTrips)
 		}
 		r.Gateway = g
@@ -602,10 +607,15 @@ func (b *tcpBench) checkRow(r *tcpResult, accepted0 int64) {
 
 func (r *tcpResult) summary() string {
 	s := fmt.Sprintf("%s × %d %s: ", r.Mode, r.Conns, r.Workload)
-	if r.Workload == workloadBulk {
+	switch {
+	case r.Workload == workloadBulk:
 		s += fmt.Sprintf("%.1f MB/s", r.MBPerSec)
-	} else {
+	case r.Latency != nil:
 		s += fmt.Sprintf("%.0f round trips/s, p50 %.3f ms, p99 %.3f ms", r.RTTPerSec, r.Latency.P50, r.Latency.P99)
+	case r.Gateway != nil:
+		s += fmt.Sprintf("%d connections idle, gateway %.1f KiB per connection", r.Opened, r.Gateway.PSSPerConn/1024)
+	default:
+		s += fmt.Sprintf("%d connections idle", r.Opened)
 	}
 	if r.Ratio > 0 {
 		s += fmt.Sprintf(" (%.2f× direct)", r.Ratio)
@@ -692,8 +702,16 @@ func (s *echoStream) err() error {
 }
 
 func (s *echoStream) run() {
-	if s.row.workload == workloadRTT {
+	switch s.row.workload {
+	case workloadRTT:
 		s.roundTrips()
+		return
+	case workloadIdle:
+		// One round trip (so the connection has carried bytes both
+		// ways, as a real one has), then nothing until the window ends.
+		if s.roundTrip(0) {
+			<-s.row.stopped
+		}
 		return
 	}
 	s.credit, s.readerDone = make(chan struct{}, 1), make(chan struct{})
@@ -782,39 +800,46 @@ func (s *echoStream) bulkReader() {
 // roundTrips sends one --msg-size message at a time and waits for its
 // echo, until the window ends.
 func (s *echoStream) roundTrips() {
-	size := s.row.size
-	var pos uint64
-	for !s.row.stop.Load() {
-		t0 := time.Now()
-		if err := s.conn.write(s.row.pattern.at(s.start+pos, size)); err != nil {
-			s.readErr = fmt.Errorf("write: %w", err)
+	for pos := uint64(0); !s.row.stop.Load(); pos += uint64(s.row.size) {
+		if !s.roundTrip(pos) {
 			return
 		}
-		s.written.Store(pos + uint64(size))
-		for got := 0; got < size; {
-			p, err := s.conn.read()
-			if len(p) > 0 {
-				if got+len(p) > size {
-					s.readErr = fmt.Errorf("echo longer than the message (%d bytes)", size)
-					return
-				}
-				if !s.row.pattern.check(s.start+pos+uint64(got), p) {
-					s.readErr = errEchoDiffers
-					return
-				}
-				got += len(p)
-				s.received.Store(pos + uint64(got))
-			}
-			if err != nil {
-				s.readErr = s.readError(err)
-				return
-			}
-		}
-		s.row.hist.Record(int64(time.Since(t0)))
-		s.row.trips.Add(1)
-		s.row.bytes.Add(uint64(size))
-		pos += uint64(size)
 	}
+}
+
+// roundTrip sends the message at stream position pos and waits for its
+// echo, checked; false (readErr set) when that failed.
+func (s *echoStream) roundTrip(pos uint64) bool {
+	size := s.row.size
+	t0 := time.Now()
+	if err := s.conn.write(s.row.pattern.at(s.start+pos, size)); err != nil {
+		s.readErr = fmt.Errorf("write: %w", err)
+		return false
+	}
+	s.written.Store(pos + uint64(size))
+	for got := 0; got < size; {
+		p, err := s.conn.read()
+		if len(p) > 0 {
+			if got+len(p) > size {
+				s.readErr = fmt.Errorf("echo longer than the message (%d bytes)", size)
+				return false
+			}
+			if !s.row.pattern.check(s.start+pos+uint64(got), p) {
+				s.readErr = errEchoDiffers
+				return false
+			}
+			got += len(p)
+			s.received.Store(pos + uint64(got))
+		}
+		if err != nil {
+			s.readErr = s.readError(err)
+			return false
+		}
+	}
+	s.row.hist.Record(int64(time.Since(t0)))
+	s.row.trips.Add(1)
+	s.row.bytes.Add(uint64(size))
+	return true
 }
 
 // errEchoDiffers is a mismatch. The reasons of a row's connections are
@@ -1189,9 +1214,12 @@ func printTCPTable(w io.Writer, title string, rows []*tcpResult) {
 	fmt.Fprintln(tw, head)
 	for _, r := range rows {
 		line := fmt.Sprintf("%s\t%d\t%s\t", r.Mode, r.Conns, r.Workload)
-		if r.Workload == workloadBulk {
+		switch {
+		case r.Workload == workloadBulk:
 			line += fmt.Sprintf("%.1f MB/s\t-\t-\t-\t", r.MBPerSec)
-		} else {
+		case r.Latency == nil: // idle
+			line += fmt.Sprintf("%d idle\t-\t-\t-\t", r.Opened)
+		default:
 			line += fmt.Sprintf("%.0f rtt/s\t%.3f\t%.3f\t%.3f\t", r.RTTPerSec, r.Latency.P50, r.Latency.P99, r.Latency.Max)
 		}
 		if withGW {
@@ -1203,6 +1231,8 @@ func printTCPTable(w io.Writer, title string, rows []*tcpResult) {
 					cost = fmt.Sprintf("%.3f ms/MB", g.CPUPerMB)
 				case r.Workload == workloadRTT && g.CPUPerRoundTrip > 0:
 					cost = fmt.Sprintf("%.2f µs/rtt", g.CPUPerRoundTrip)
+				case r.Workload == workloadIdle:
+					cost = fmt.Sprintf("%.1f KiB/conn", g.PSSPerConn/1024)
 				}
 				line += fmt.Sprintf("%.2f\t%s\t", g.CPUCores, cost)
 			} else {

@@ -255,6 +255,14 @@ func checkTCPRow(t *testing.T, r tcpResult) {
 		if r.Verified < uint64(r.Size)*r.RoundTrips || r.Verified%uint64(r.Size) != 0 {
 			t.Errorf("%s: %d bytes verified for %d round trips", name, r.Verified, r.RoundTrips)
 		}
+	case workloadIdle:
+		// One round trip per connection, then silence.
+		if r.RoundTrips != uint64(r.Opened) || r.Verified != uint64(r.Size*r.Opened) || r.Latency != nil || r.RTTPerSec != 0 {
+			t.Errorf("%s: %d round trips, %d bytes verified, latency %v, %v/s", name, r.RoundTrips, r.Verified, r.Latency, r.RTTPerSec)
+		}
+		if g := r.Gateway; g != nil && g.CPUPerRoundTrip != 0 {
+			t.Errorf("%s: CPU per round trip %v on an idle row", name, g.CPUPerRoundTrip)
+		}
 	default:
 		t.Errorf("%s: unknown workload", name)
 	}
@@ -294,6 +302,29 @@ func TestTCPDirect(t *testing.T) {
 		if !regexp.MustCompile(re).MatchString(stdout.String()) {
 			t.Errorf("table does not match %s:\n%s", re, stdout.String())
 		}
+	}
+}
+
+// The idle workload: one round trip each, then the connections stay open
+// and silent until the window ends; the table says how many.
+func TestTCPIdle(t *testing.T) {
+	rows, stderr, err := tcpJSON(t, "--mode", "direct", "--target-listen", "127.0.0.1:0", "--conns", "3",
+		"--workload", "idle", "--duration", "200ms", "--msg-size", "50")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if len(rows) != 1 || rows[0].Workload != workloadIdle {
+		t.Fatalf("rows %+v, want one idle row", rows)
+	}
+	checkTCPRow(t, rows[0])
+	var stdout bytes.Buffer
+	err = run(context.Background(), []string{"tcp", "--mode", "direct", "--target-listen", "127.0.0.1:0",
+		"--conns", "2", "--workload", "idle", "--duration", "100ms"}, nil, &stdout, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if re := `(?m)^ *direct +2 +idle +2 idle .* 0 *$`; !regexp.MustCompile(re).MatchString(stdout.String()) {
+		t.Errorf("table does not match %s:\n%s", re, stdout.String())
 	}
 }
 

@@ -1,0 +1,94 @@
+package transports
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"testing"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// chunkPeeker is a framePeeker over bytes that arrive chunk bytes at a
+// time, as bridgeReader's buffer holds what one read got: a frame is
+// peeked in place when the chunk holds it whole, read otherwise.
+type chunkPeeker struct {
+	src   []byte
+	chunk int
+	buf   []byte // the current chunk's unread bytes
+}
+
+func (c *chunkPeeker) frameStart() {}
+
+func (c *chunkPeeker) peek(n int) []byte {
+	if len(c.buf) < n {
+		return nil
+	}
+	p := c.buf[:n:n]
+	c.buf = c.buf[n:]
+	return p
+}
+
+func (c *chunkPeeker) Read(p []byte) (int, error) {
+	if len(c.buf) == 0 {
+		if len(c.src) == 0 {
+			return 0, io.EOF
+		}
+		k := min(c.chunk, len(c.src))
+		c.buf, c.src = c.src[:k], c.src[k:]
+	}
+	n := copy(p, c.buf)
+	c.buf = c.buf[n:]
+	return n, nil
+}
+
+// wsEvents reads every event of r, rendered for comparison.
+func wsEvents(r *wsFrames) []string {
+	var out []string
+	for {
+		ev, bad, err := r.next()
+		switch {
+		case err != nil:
+			return append(out, "error")
+		case bad != nil:
+			return append(out, fmt.Sprintf("violation %d %s", bad.code, bad.reason))
+		}
+		out = append(out, fmt.Sprintf("%v %q", ev.op, ev.data))
+	}
+}
+
+// FuzzWSFramesInPlace: frames parsed in the reader's buffer (the bridge's
+// reader) give the same events, violations and ends as frames read into
+// the parser's own buffer, however the bytes are cut into reads.
+func FuzzWSFramesInPlace(f *testing.F) {
+	seeds := [][]byte{
+		binFrame([]byte("hello")).bytes(),
+		bytes.Join([][]byte{
+			wsFrame{op: opBinary, payload: []byte("frag")}.bytes(),
+			wsFrame{fin: true, op: opPing, payload: []byte("p")}.bytes(),
+			wsFrame{fin: true, op: opCont, payload: []byte("ment")}.bytes(),
+		}, nil),
+		append(binFrame(bytes.Repeat([]byte{7}, 300)).bytes(), closeFrame(1000, "bye").bytes()...),
+		wsFrame{fin: true, op: opText, payload: []byte("\xff")}.bytes(),
+		wsFrame{fin: true, op: opBinary, unmasked: true, payload: []byte("x")}.bytes(),
+		binFrame(make([]byte, 70000)).bytes()[:14],
+	}
+	for _, s := range seeds {
+		f.Add(s, uint16(1))
+		f.Add(s, uint16(7))
+		f.Add(s, uint16(4096))
+	}
+	f.Fuzz(func(t *testing.T, in []byte, chunk uint16) {
+		lim := func(conn io.Reader) *wsFrames {
+			return &wsFrames{conn: conn, limit: 1 << 16, tooLarge: gateway.CodeMessageTooBig}
+		}
+		want := wsEvents(lim(bytes.NewReader(in)))
+		cp := &chunkPeeker{src: in, chunk: max(1, int(chunk))}
+		r := lim(cp)
+		r.buffered = cp
+		got := wsEvents(r)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("in place (chunks of %d):\n%q\nread:\n%q", chunk, got, want)
+		}
+	})
+}
