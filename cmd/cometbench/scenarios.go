@@ -57,6 +57,8 @@ bridge:
     - name: bench
       address: "127.0.0.1:7001"
       allow_networks: ["127.0.0.0/8"]   # loopback targets are refused unless listed
+demo:
+  enabled: off   # the demo backend's publishers would count in the gateway's CPU
 EOF
 taskset -c 0 ./cometgate serve --config bench-bridge.yaml & GW=$!
 T="taskset -c 1 ./cometbench tcp --pid $GW --url http://127.0.0.1:8190 --target bench"`
