@@ -1,0 +1,207 @@
+//go:build linux
+
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"runtime"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cometgate/cometgate/brokers"
+)
+
+// socketTransport writes each batch to a real loopback TCP connection as
+// a write worker does (TryWriter): one non-blocking write(2), the rest
+// kept for Flush. It is the I/O of a real transport without its framing.
+type socketTransport struct {
+	conn      *net.TCPConn
+	raw       syscall.RawConn
+	buf, rest []byte
+	counter   *deliveryCounter
+}
+
+// deliveryCounter counts deliveries and signals when a target is reached,
+// so that the benchmark waits for an event rather than polling. The
+// benchmark keeps one per write worker (sessions are given to workers
+// round-robin, and so are counters), so that the count does not bounce a
+// cache line between the cores it measures; pad keeps them apart.
+type deliveryCounter struct {
+	n      atomic.Int64
+	target atomic.Int64
+	hit    chan struct{}
+	_      [64]byte
+}
+
+func (c *deliveryCounter) add() {
+	if c.n.Add(1) == c.target.Load() {
+		c.hit <- struct{}{}
+	}
+}
+
+var _ TryWriter = (*socketTransport)(nil)
+
+func (t *socketTransport) Name() string { return "socket" }
+
+func (t *socketTransport) frame(pkts []Packet) []byte {
+	t.buf = t.buf[:0]
+	for _, p := range pkts {
+		t.buf = p.AppendJSON(t.buf)
+		t.buf = append(t.buf, '\n')
+	}
+	return t.buf
+}
+
+func (t *socketTransport) count(pkts []Packet) {
+	for _, p := range pkts {
+		if p.Type() == TypeMsg {
+			t.counter.add()
+		}
+	}
+}
+
+func (t *socketTransport) WritePackets(pkts []Packet) (int, error) {
+	n, err := t.conn.Write(t.frame(pkts))
+	t.count(pkts)
+	return n, err
+}
+
+func (t *socketTransport) TryWritePackets(pkts []Packet) (int, error) {
+	b := t.frame(pkts)
+	n := 0
+	err := t.raw.Write(func(fd uintptr) bool {
+		n, _ = syscall.Write(int(fd), b)
+		n = max(n, 0)
+		return true
+	})
+	if err != nil {
+		return 0, err
+	}
+	t.count(pkts)
+	if n < len(b) {
+		t.rest = append(t.rest[:0], b[n:]...)
+		return len(b), ErrWriteBlocked
+	}
+	return n, nil
+}
+
+func (t *socketTransport) Flush() (int, error) { return t.conn.Write(t.rest) }
+
+func (t *socketTransport) WriteHeartbeat() error { return nil }
+func (t *socketTransport) Close(Disconnect)      { _ = t.conn.Close() }
+
+// BenchmarkFanoutParallel is the wall time of fanning one message out to
+// n sessions whose downstreams are real loopback TCP connections, so that
+// each delivery costs a real write(2). Run it with -cpu 1,2 (and more on
+// a larger machine): the write workers (one per GOMAXPROCS) each write
+// their shard of the subscribers, so the time per message should fall
+// nearly in proportion to the cores given. The readers do not read while
+// the clock runs (the kernel's buffers hold the messages), so their cost
+// is not in the figure; every 256 messages the clock stops and they
+// drain.
+func BenchmarkFanoutParallel(b *testing.B) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchFanoutParallel(b, n) })
+	}
+}
+
+func benchFanoutParallel(b *testing.B, n int) {
+	g, fb := newBenchGateway(b)
+	// The readers' ends are plain descriptors, in no epoll set: data
+	// arriving on them wakes nothing in this process, which would count
+	// in the figure (a real client is another process).
+	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer syscall.Close(lfd)
+	if err := syscall.Bind(lfd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		b.Fatal(err)
+	}
+	if err := syscall.Listen(lfd, 4096); err != nil {
+		b.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(lfd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*syscall.SockaddrInet4).Port}
+	counters := make([]*deliveryCounter, g.Config().Writers)
+	if len(counters) == 0 {
+		counters = make([]*deliveryCounter, runtime.GOMAXPROCS(0))
+	}
+	perCounter := make([]int64, len(counters))
+	for i := range counters {
+		counters[i] = &deliveryCounter{hit: make(chan struct{}, 1)}
+		perCounter[i] = int64((n - i + len(counters) - 1) / len(counters))
+	}
+	readers := make([]int, 0, n)
+	defer func() {
+		for _, fd := range readers {
+			_ = syscall.Close(fd)
+		}
+	}()
+	for i := range n {
+		c, err := net.DialTCP("tcp", nil, addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		fd, _, err := syscall.Accept4(lfd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+		if err != nil {
+			b.Fatal(err)
+		}
+		readers = append(readers, fd)
+		raw, err := c.SyscallConn()
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := g.Open(OpenOptions{Transport: "socket"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Attach(&socketTransport{conn: c, raw: raw, counter: counters[i%len(counters)]}, false); err != nil {
+			b.Fatal(err)
+		}
+		s.Subscribe(context.Background(), "bench.x", Start{})
+	}
+	buf := make([]byte, 64<<10)
+	drain := func() { // what the readers hold, without waiting for more
+		for _, fd := range readers {
+			for {
+				if n, _ := syscall.Read(fd, buf); n <= 0 {
+					break
+				}
+			}
+		}
+	}
+	msg := brokers.Message{Channel: "bench.x", Data: []byte(`{"sym":"EURUSD","bid":1.0841,"ask":1.0843}`)}
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := range b.N {
+		if i%256 == 255 {
+			b.StopTimer()
+			drain()
+			b.StartTimer()
+		}
+		for j, c := range counters {
+			c.target.Store(int64(i+1) * perCounter[j])
+		}
+		if err := fb.Publish(ctx, msg); err != nil {
+			b.Fatal(err)
+		}
+		for _, c := range counters {
+			select {
+			case <-c.hit:
+			case <-time.After(time.Minute):
+				b.Fatalf("timed out: %d of %d deliveries", c.n.Load(), c.target.Load())
+			}
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/msg")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/delivery")
+}
