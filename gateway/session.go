@@ -230,6 +230,17 @@ func (s *Session) Reason() Disconnect {
 	return s.reason
 }
 
+// Waiting reports whether t is the session's downstream and nothing is
+// being written or waits to be: a request attached now would be held
+// until something arrives. The answer may be stale at once (a message
+// can arrive meanwhile); a transport uses it to choose how to hold a
+// request, never for correctness.
+func (s *Session) Waiting(t Transport) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.down == t && !s.writing && len(s.pending) == 0 && !s.resend
+}
+
 // Attach makes t the session's downstream and starts writing what is
 // pending (for a retaining session, unacknowledged packets first). A
 // different downstream already attached is closed with DisconnectReplaced.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -38,6 +39,12 @@ type node struct {
 	pollMu   sync.Mutex
 	poller   *poller
 	noPoller bool
+
+	// reentry gives parked long-polls' connections back to the HTTP
+	// server (polling.go); nil until Server.Reentry, and then long-polls
+	// are held on a goroutine each.
+	reentry atomic.Pointer[reentry]
+	parked  atomic.Int64 // long-polls parked now
 
 	maxFrame  int           // the gateway's frame limit
 	heartbeat time.Duration // the gateway's heartbeat interval
