@@ -45,6 +45,8 @@ type node struct {
 	// are held on a goroutine each.
 	reentry atomic.Pointer[reentry]
 	parked  atomic.Int64 // long-polls parked now
+	// onPark, when set (by benchmarks), is called after each park.
+	onPark atomic.Pointer[func()]
 
 	maxFrame  int           // the gateway's frame limit
 	heartbeat time.Duration // the gateway's heartbeat interval

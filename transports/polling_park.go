@@ -81,6 +81,9 @@ func (n *node) park(r *http.Request, t *httpDown, bodyRead bool) bool {
 	n.readers.Add(1)
 	n.parked.Add(1)
 	t.pk = pk
+	// The ResponseWriter holds net/http's connection state, its buffers
+	// (some 10 KiB) and the request: let them go.
+	t.w, t.rc = nil, nil
 	t.dmu.Unlock()
 	if pk.reg != nil {
 		// onInput, if the client is already gone, waits for wmu.
@@ -88,6 +91,9 @@ func (n *node) park(r *http.Request, t *httpDown, bodyRead bool) bool {
 			pk.reg.remove()
 			pk.reg = nil
 		}
+	}
+	if f := n.onPark.Load(); f != nil {
+		(*f)()
 	}
 	return true
 }
