@@ -31,29 +31,35 @@ import (
 // held; the session's writer writes into the ResponseWriter under
 // httpDown's locks, and the handler does not return before that write is
 // over, so the ResponseWriter is never used after the handler returned.
-// Streams, SockJS's receivers, HTTP/2, TLS, HTTP/1.0 and requests the
-// session answers at once take this path.
+// SockJS's receivers, HTTP/2, TLS, HTTP/1.0 and polls the session answers
+// at once take this path.
 //
-// # Parked long-polls
+// # Parked requests
 //
 // A long-poll (or JSONP poll) that the session has nothing to answer yet
-// may wait for a long time, and while net/http serves it the request
-// costs its connection goroutine, the handler's wait and net/http's
-// per-request buffers: about 30 KiB, seven times an idle WebSocket. So
-// such a request is parked instead (park), like an idle WebSocket or SSE
-// stream:
+// may wait for a long time, and a stream (XHR streaming, htmlfile) waits
+// between its packets; while net/http serves such a request it costs its
+// connection goroutine, the handler's wait and net/http's per-request
+// buffers: about 30 KiB, seven times an idle WebSocket. So the request is
+// parked instead (parkLocked, polling_park.go), like an idle WebSocket or
+// SSE stream:
 //
-//   - The handler renders the response head now (status line and every
-//     header set so far: CORS, Content-Type, Cache-Control...), hijacks
-//     the connection, which drops net/http's buffers, registers the raw
-//     connection on the node's poller (netpoll_linux.go) and returns. No
-//     goroutine waits; the parked request holds the connection, the
-//     rendered head and a poller slot.
-//   - The session's write (WritePackets, WriteHeartbeat) is the whole
-//     response: head, Date, Content-Length and body in one write, from a
-//     buffer pooled for that write only. A Close that comes first (the
-//     session ended, a newer request replaced this one) has the answer
-//     hold would give written on a short goroutine of the poller's
+//   - The handler attaches the request to the session under wmu, so the
+//     session's first write waits for the decision. It renders the
+//     response head now (status line and every header set so far: CORS,
+//     Content-Type, Cache-Control...), hijacks the connection, which
+//     drops net/http's buffers, registers the raw connection on the
+//     node's poller (netpoll_linux.go) and returns. No goroutine waits;
+//     the parked request holds the connection, the rendered head and a
+//     poller slot.
+//   - A poll's response is the session's one write (WritePackets,
+//     WriteHeartbeat): head, Date, Content-Length and body in one write,
+//     from a buffer pooled for that write only. A stream's response is
+//     chunked as net/http would have it: its first write carries the head
+//     and the prelude, each write one chunk, and the write that reaches
+//     StreamLimit the last chunk too. A Close that comes first (the
+//     session ended, a newer request replaced this one) has the end hold
+//     would give written on a short goroutine of the poller's
 //     (finishParked), since Close must not block its caller.
 //   - Keep-alive: the connection then goes back to net/http through a
 //     listener of the node's own (reentry.go, Server.Reentry) that the
@@ -66,7 +72,7 @@ import (
 //     (EOF, RST): the request ends as when a held request's context ends,
 //     and a retaining session waits for its next request for its
 //     disconnect delay. Anything else is a request pipelined on a held
-//     poll, which no browser sends; the connection is closed.
+//     request, which no browser sends; the connection is closed.
 //   - Bytes the client had sent beyond the request, which net/http read
 //     ahead, are kept (withBuffered) and read by net/http after the
 //     response. Such a connection is not watched (its input is already
@@ -78,7 +84,7 @@ import (
 //     request can never reach onInput. A parked request counts as a reader
 //     of the node (Server.Wait) until its connection is handed back or
 //     closed, and node shutdown ends it like a held one: the session's
-//     close packet is its response.
+//     close packet is its response (a stream's last packet).
 //
 // A node whose Server.Reentry is never served (a server that cannot give
 // connections back) holds every request on a goroutine as before.
@@ -280,19 +286,25 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if fam.streaming {
 		t.limit = h.opts.StreamLimit
 	}
+	// Attach under wmu: the session's first write waits until the request
+	// is parked or not (park), and a stream parks before its prelude.
+	t.wmu.Lock()
 	if err := sess.Attach(t, !fam.streaming); err != nil {
+		t.wmu.Unlock()
 		// The session ended since it was looked up (or opened).
 		writeRefusal(w, fam, f, h.gate.sessionGone())
 		return
 	}
+	parked := h.parkLocked(r, t, bodyRead)
+	t.wmu.Unlock()
 	if fam.streaming {
 		// The prelude goes out at once, so the client sees the stream open
 		// even when nothing is pending.
 		t.start()
-	} else if h.park(r, t, bodyRead) {
-		return
 	}
-	h.hold(r, sess, t)
+	if !parked {
+		h.hold(r, sess, t)
+	}
 }
 
 // parseRequest reads the query and the body. It touches no session.

@@ -88,7 +88,7 @@ func BenchmarkLongPollCycle(b *testing.B) {
 }
 
 // BenchmarkParkedPollCycle measures one long-poll cycle where the poll
-// waits: the poll is sent and parked (polling.go, "Parked long-polls"),
+// waits: the poll is sent and parked (polling.go, "Parked requests"),
 // then a message is published and answers it, and the connection goes
 // back to net/http for the next poll.
 //

@@ -12,8 +12,8 @@ import (
 	"github.com/cometgate/cometgate/gateway"
 )
 
-// Parked long-polls: the design is in polling.go's comments ("Parked
-// long-polls"); this file is its mechanism.
+// Parked requests: the design is in polling.go's comments ("Parked
+// requests"); this file is its mechanism.
 
 // parkedConn is the connection of a parked long-poll and what its
 // response needs.
@@ -31,32 +31,27 @@ type parkedConn struct {
 	taken bool
 }
 
-// park parks t's request instead of holding it on the handler goroutine,
-// when it can: an HTTP/1.1 request without TLS whose body net/http has
-// read, on a node with a poller and a served Server.Reentry, that the
-// session has nothing to answer yet. It reports whether it did; the
-// handler then returns at once.
-func (n *node) park(r *http.Request, t *httpDown, bodyRead bool) bool {
+// parkLocked parks t's request instead of holding it on the handler
+// goroutine, when it can: an HTTP/1.1 request without TLS whose body
+// net/http has read, on a node with a poller and a served
+// Server.Reentry; a poll only when the session has nothing to answer it
+// with yet, a stream before its prelude. It reports whether it did; the
+// handler then returns. t.wmu is held.
+func (n *node) parkLocked(r *http.Request, t *httpDown, bodyRead bool) bool {
 	l := n.reentry.Load()
-	if l == nil || !bodyRead || r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.TLS != nil {
+	if l == nil || !bodyRead || r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.TLS != nil || t.started || t.ended {
 		return false
 	}
-	// A request the session answers at once is cheaper held: the hijack,
+	// A poll the session answers at once is cheaper held: the hijack,
 	// the poller and the way back through the listener cost more than a
-	// goroutine that waits for a moment.
-	if !t.sess.Waiting(t) {
+	// goroutine that waits for a moment (see BenchmarkParkedPollCycle).
+	if !t.fam.streaming && !t.sess.Waiting(t) {
 		return false
 	}
 	p := n.idlePoller()
 	if p == nil {
 		return false
 	}
-	t.wmu.Lock()
-	defer t.wmu.Unlock()
-	if t.started || t.ended {
-		return false
-	}
-	// Under wmu: a write that came first sets headers.
 	var head bytes.Buffer
 	head.WriteString("HTTP/1.1 200 OK\r\n")
 	_ = t.w.Header().Write(&head)
@@ -98,16 +93,18 @@ func (n *node) park(r *http.Request, t *httpDown, bodyRead bool) bool {
 	return true
 }
 
-// writeParkedLocked writes the whole response of a parked request: its
-// head, Date, Content-Length and body b, in one write. The connection
-// leaves the poller first, and is given back once wmu is released
-// (write). t.wmu is held.
+// writeParkedLocked writes b to a parked request, in one write: a poll's
+// whole response (head, Date, Content-Length, body); a stream's next
+// chunk, after the head and the prelude on its first write, and the end
+// of the chunked body once StreamLimit is reached. A write that ends the
+// response takes the connection off the poller first and has write give
+// it back once wmu is released. t.wmu is held.
 func (t *httpDown) writeParkedLocked(b []byte) (int, error) {
 	pk := t.pk
 	if pk.taken {
 		return 0, errRequestEnded
 	}
-	if len(b) == 0 {
+	if len(b) == 0 && (t.started || !t.fam.streaming) {
 		return 0, nil
 	}
 	t.dmu.Lock()
@@ -117,48 +114,96 @@ func (t *httpDown) writeParkedLocked(b []byte) (int, error) {
 	}
 	_ = pk.conn.SetWriteDeadline(time.Now().Add(t.n.opts.WriteTimeout))
 	t.dmu.Unlock()
-	pk.taken, t.ended, t.started = true, true, true
-	if pk.reg != nil {
-		pk.reg.remove()
+	buf := getBuffer(len(pk.head) + 128 + len(b))
+	var n int
+	var last bool
+	*buf, n, last = t.appendParked(*buf, b, false)
+	if last {
+		pk.taken, t.ended = true, true
+		if pk.reg != nil {
+			pk.reg.remove()
+		}
 	}
-	if lw, ok := t.f.(lastWriter); ok {
+	if lw, ok := t.f.(lastWriter); ok && last {
 		lw.lastWrite()
 	}
-	err := pk.respond(b)
-	// Closed before the connection goes back: a Close from now on must
-	// not touch it (see Close).
-	t.end(endWritten)
-	t.handoff, t.handoffKeep = pk, err == nil && pk.keepAlive
-	if err != nil {
+	_, err := pk.conn.Write(*buf)
+	putBuffer(buf)
+	switch {
+	case err != nil:
+		pk.taken, t.ended = true, true
+		t.end(gateway.DisconnectGone())
+		t.handoff, t.handoffKeep = pk, false
 		return 0, err
+	case last && t.fam.streaming:
+		// Closed before the connection goes back: a Close from now on
+		// must not touch it (see Close).
+		t.end(endRecycled)
+		t.handoff, t.handoffKeep = pk, pk.keepAlive
+	case last:
+		t.end(endWritten)
+		t.handoff, t.handoffKeep = pk, pk.keepAlive
 	}
-	t.written = len(b)
-	return len(b), nil
+	return n, nil
 }
 
-// respond writes the response with body b.
-func (pk *parkedConn) respond(b []byte) error {
-	buf := getBuffer(len(pk.head) + 96 + len(b))
-	out := append(*buf, pk.head...)
+// appendParked appends to out what the response of a parked request
+// carries next: the head first (Content-Length for a poll, chunked for a
+// stream, whose prelude opens the body), then b. A poll ends with b; a
+// stream ends when it reached its limit or when end is set. It returns
+// the body bytes appended and whether the response is complete. Only the
+// connection's owner calls it (wmu held, or taken).
+func (t *httpDown) appendParked(out, b []byte, end bool) ([]byte, int, bool) {
+	pk := t.pk
+	if !t.fam.streaming {
+		t.started = true
+		return append(pk.appendHead(out, len(b)), b...), len(b), true
+	}
+	var pre []byte
+	if !t.started {
+		t.started = true
+		out = pk.appendHead(out, -1)
+		pre = t.f.appendPrelude(nil)
+	}
+	n := len(pre) + len(b)
+	if n > 0 {
+		out = strconv.AppendInt(out, int64(n), 16)
+		out = append(out, "\r\n"...)
+		out = append(out, pre...)
+		out = append(out, b...)
+		out = append(out, "\r\n"...)
+	}
+	t.written += n
+	end = end || t.written >= t.limit
+	if end {
+		out = append(out, "0\r\n\r\n"...)
+	}
+	return out, n, end
+}
+
+// appendHead appends the response head: the status line and headers
+// rendered at park, Date, and Content-Length (length >= 0) or chunked
+// transfer encoding, and Connection: close when the client asked for it.
+func (pk *parkedConn) appendHead(out []byte, length int) []byte {
+	out = append(out, pk.head...)
 	out = append(out, "Date: "...)
 	out = time.Now().UTC().AppendFormat(out, http.TimeFormat)
-	out = append(out, "\r\nContent-Length: "...)
-	out = strconv.AppendInt(out, int64(len(b)), 10)
+	if length >= 0 {
+		out = append(out, "\r\nContent-Length: "...)
+		out = strconv.AppendInt(out, int64(length), 10)
+	} else {
+		out = append(out, "\r\nTransfer-Encoding: chunked"...)
+	}
 	if !pk.keepAlive {
 		out = append(out, "\r\nConnection: close"...)
 	}
-	out = append(out, "\r\n\r\n"...)
-	out = append(out, b...)
-	_, err := pk.conn.Write(out)
-	*buf = out
-	putBuffer(buf)
-	return err
+	return append(out, "\r\n\r\n"...)
 }
 
 // finishParked is hold for a parked request that a Close ended before a
-// write completed it: it gives the session back and writes the answer
-// hold would. It runs on a goroutine of the poller's (Close must not
-// block), which the poller's close waits for.
+// write completed it: it gives the session back and writes the end of
+// the response hold would. It runs on a goroutine of the poller's (Close
+// must not block), which the poller's close waits for.
 func (t *httpDown) finishParked() {
 	t.wmu.Lock()
 	pk := t.pk
@@ -167,22 +212,21 @@ func (t *httpDown) finishParked() {
 		return
 	}
 	pk.taken, t.ended = true, true
-	started := t.started
 	t.wmu.Unlock()
 	t.sess.Detach(t)
 	t.dmu.Lock()
 	t.gone = true
 	reason := t.reason
 	t.dmu.Unlock()
-	keep := false
-	if b := t.endAnswer(started, reason); len(b) > 0 {
-		if pk.reg != nil {
-			pk.reg.remove()
-		}
-		_ = pk.conn.SetWriteDeadline(time.Now().Add(t.n.opts.WriteTimeout))
-		keep = pk.respond(b) == nil && pk.keepAlive
+	if pk.reg != nil {
+		pk.reg.remove()
 	}
-	t.n.unpark(pk, keep)
+	buf := getBuffer(len(pk.head) + 256)
+	*buf, _, _ = t.appendParked(*buf, t.endAnswer(t.started, reason), true)
+	_ = pk.conn.SetWriteDeadline(time.Now().Add(t.n.opts.WriteTimeout))
+	_, err := pk.conn.Write(*buf)
+	putBuffer(buf)
+	t.n.unpark(pk, err == nil && pk.keepAlive)
 }
 
 // onInput runs when a parked connection has input: the client went away

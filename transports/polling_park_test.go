@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -239,4 +240,60 @@ func TestParkedPollPipelined(t *testing.T) {
 	waitParked(t, n, 1)
 	n.publishN(t, "demo.pipe", 1, 1)
 	p.expectMsg(1)
+}
+
+// TestParkedStreamNoGoroutine: XHR streams and htmlfile streams are
+// parked after their head like SSE streams: no goroutine while they
+// wait, packets written as chunks, and a client that goes away ends its
+// stream at once.
+func TestParkedStreamNoGoroutine(t *testing.T) {
+	const streams = 20
+	n := startNode(t, func(c *gateway.Config) { c.Heartbeat = time.Minute }, nil)
+	before := settledGoroutines(t, 0)
+	bodies := make([]*bufio.Reader, streams)
+	conns := make([]net.Conn, streams)
+	for i := range bodies {
+		path := "/xhr_stream?ch=demo.st"
+		if i%2 == 1 {
+			path = "/htmlfile?ch=demo.st&cb=cb"
+		}
+		conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		_ = conn.SetDeadline(time.Now().Add(waitTimeout))
+		if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil || resp.StatusCode != http.StatusOK || resp.TransferEncoding == nil {
+			t.Fatalf("stream %d: %v %+v", i, err, resp)
+		}
+		conns[i], bodies[i] = conn, bufio.NewReader(resp.Body)
+		readUntil(t, bodies[i], `"t":"ok"`) // subscribed
+	}
+	waitParked(t, n, streams)
+	settledGoroutines(t, before+5)
+
+	n.publishN(t, "demo.st", 0, 1)
+	for _, br := range bodies {
+		readUntil(t, br, `{"i":0}`)
+	}
+	conns[0].Close()
+	waitParked(t, n, streams-1)
+}
+
+// readUntil reads lines of a stream's body until one contains s.
+func readUntil(t *testing.T, br *bufio.Reader, s string) {
+	t.Helper()
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading a stream for %s: %v", s, err)
+		}
+		if strings.Contains(line, s) {
+			return
+		}
+	}
 }

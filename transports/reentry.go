@@ -7,7 +7,7 @@ import (
 
 // reentry is the listener through which a parked long-poll's connection
 // goes back to net/http once its response is written (see polling.go,
-// "Parked long-polls"): the node's http.Server serves it beside the
+// "Parked requests"): the node's http.Server serves it beside the
 // node's own listener, so the client's next request on the connection is
 // read as on a new connection. Accept returns the connections pushed, in
 // order; push never blocks (the session's writer pushes), so they queue

@@ -176,7 +176,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.Se
 
 // Reentry returns the listener through which the connections of parked
 // long-polls go back to the HTTP server once their response is written
-// (polling.go, "Parked long-polls"). Serve it with the http.Server that
+// (polling.go, "Parked requests"). Serve it with the http.Server that
 // serves the node's own listener: that server then reads the client's
 // next request on the connection as on a new one. Until Reentry is
 // called, long-polls are held on a goroutine each. http.Server.Shutdown
