@@ -72,6 +72,9 @@ func newNode(opts Options) *node {
 	if opts.StreamLimit <= 0 {
 		opts.StreamLimit = defaultStreamLimit
 	}
+	if opts.ParkAfter == 0 {
+		opts.ParkAfter = defaultParkAfter
+	}
 	if opts.ReadBodyTimeout <= 0 {
 		opts.ReadBodyTimeout = 10 * time.Second
 	}

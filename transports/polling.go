@@ -44,14 +44,20 @@ import (
 // parked instead (parkLocked, polling_park.go), like an idle WebSocket or
 // SSE stream:
 //
-//   - The handler attaches the request to the session under wmu, so the
-//     session's first write waits for the decision. It renders the
-//     response head now (status line and every header set so far: CORS,
-//     Content-Type, Cache-Control...), hijacks the connection, which
-//     drops net/http's buffers, registers the raw connection on the
-//     node's poller (netpoll_linux.go) and returns. No goroutine waits;
-//     the parked request holds the connection, the rendered head and a
-//     poller slot.
+//   - When: a stream at once, before its prelude (the handler attaches it
+//     to the session under wmu, so the session's first write waits for
+//     the decision); a poll once it has waited Options.ParkAfter (100 ms)
+//     with nothing to answer. A busy session's poll cycles (several
+//     messages a second) stay on net/http's keep-alive path, which costs
+//     less CPU per cycle than a hijack, the poller and the way back
+//     (BenchmarkParkedPollCycle); an idle poll waits up to a heartbeat
+//     and is parked early in its wait.
+//   - How: the handler renders the response head (status line and every
+//     header set so far: CORS, Content-Type, Cache-Control...), hijacks
+//     the connection, which drops net/http's buffers, registers the raw
+//     connection on the node's poller (netpoll_linux.go) and returns. No
+//     goroutine waits; the parked request holds the connection, the
+//     rendered head and a poller slot.
 //   - A poll's response is the session's one write (WritePackets,
 //     WriteHeartbeat): head, Date, Content-Length and body in one write,
 //     from a buffer pooled for that write only. A stream's response is
@@ -88,6 +94,14 @@ import (
 //
 // A node whose Server.Reentry is never served (a server that cannot give
 // connections back) holds every request on a goroutine as before.
+
+// defaultParkAfter is Options.ParkAfter's default: a poll cycle of a
+// session that gets several messages a second stays on net/http's
+// keep-alive path (a parked cycle costs some 15 µs more CPU: the hijack,
+// the poller, the way back through Server.Reentry, and net/http's
+// buffers that a hijack leaves to the garbage collector), while an idle
+// poll, which waits up to a heartbeat, is parked early in its wait.
+const defaultParkAfter = 100 * time.Millisecond
 
 // defaultStreamLimit is Options.StreamLimit's default.
 const defaultStreamLimit = 128 << 10
@@ -295,12 +309,14 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeRefusal(w, fam, f, h.gate.sessionGone())
 		return
 	}
-	parked := h.parkLocked(r, t, bodyRead)
+	parked := (fam.streaming || h.opts.ParkAfter < 0) && h.parkLocked(r, t, bodyRead)
 	t.wmu.Unlock()
 	if fam.streaming {
 		// The prelude goes out at once, so the client sees the stream open
 		// even when nothing is pending.
 		t.start()
+	} else if !parked {
+		parked = h.parkLater(r, t, bodyRead)
 	}
 	if !parked {
 		h.hold(r, sess, t)

@@ -94,7 +94,7 @@ func BenchmarkLongPollCycle(b *testing.B) {
 //
 //	go test -run='^$' -bench=ParkedPoll -benchmem ./transports
 func BenchmarkParkedPollCycle(b *testing.B) {
-	n := startNode(b, nil, nil)
+	n := startNode(b, nil, func(o *Options) { o.ParkAfter = -1 })
 	parked := make(chan struct{}, 1)
 	onPark := func() { parked <- struct{}{} }
 	n.srv.onPark.Store(&onPark)

@@ -15,7 +15,7 @@ import (
 // Parked requests: the design is in polling.go's comments ("Parked
 // requests"); this file is its mechanism.
 
-// parkedConn is the connection of a parked long-poll and what its
+// parkedConn is the connection of a parked request and what its
 // response needs.
 type parkedConn struct {
 	conn      net.Conn // the hijacked connection (a bufferedConn when the client sent more)
@@ -33,8 +33,8 @@ type parkedConn struct {
 
 // parkLocked parks t's request instead of holding it on the handler
 // goroutine, when it can: an HTTP/1.1 request without TLS whose body
-// net/http has read, on a node with a poller and a served
-// Server.Reentry; a poll only when the session has nothing to answer it
+// net/http has read, on a node with a poller whose Server.Reentry was
+// asked for (to be served); a poll only when the session has nothing to answer it
 // with yet, a stream before its prelude. It reports whether it did; the
 // handler then returns. t.wmu is held.
 func (n *node) parkLocked(r *http.Request, t *httpDown, bodyRead bool) bool {
@@ -91,6 +91,27 @@ func (n *node) parkLocked(r *http.Request, t *httpDown, bodyRead bool) bool {
 		(*f)()
 	}
 	return true
+}
+
+// parkLater parks a poll that is still waiting after Options.ParkAfter,
+// and reports whether it did; else the request ended meanwhile, or
+// cannot be parked, and hold finishes it.
+func (n *node) parkLater(r *http.Request, t *httpDown, bodyRead bool) bool {
+	if n.reentry.Load() == nil || !bodyRead {
+		return false // not worth a timer
+	}
+	timer := time.NewTimer(n.opts.ParkAfter)
+	defer timer.Stop()
+	select {
+	case <-t.done:
+		return false
+	case <-r.Context().Done():
+		return false
+	case <-timer.C:
+	}
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	return n.parkLocked(r, t, bodyRead)
 }
 
 // writeParkedLocked writes b to a parked request, in one write: a poll's

@@ -214,7 +214,8 @@ func TestParkedPollClientGone(t *testing.T) {
 // before its answer (HTTP/1.1 pipelining) is not lost: it is served after
 // the parked poll's response, on the same connection.
 func TestParkedPollPipelined(t *testing.T) {
-	n := startNode(t, func(c *gateway.Config) { c.Heartbeat = time.Minute }, nil)
+	// Parked at once (the others wait for Options.ParkAfter).
+	n := startNode(t, func(c *gateway.Config) { c.Heartbeat = time.Minute }, func(o *Options) { o.ParkAfter = -1 })
 	c := newPollClient(t, n, false)
 	c.open("demo.pipe")
 	p := dialRawPoller(t, c)

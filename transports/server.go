@@ -81,6 +81,12 @@ type Options struct {
 	// session queue bound: packets a stream wrote stay queued until the
 	// client acknowledges them.
 	StreamLimit int
+	// ParkAfter is how long a long-poll that has nothing to answer yet is
+	// held on a goroutine before it is parked (polling.go, "Parked
+	// requests"): a poll answered within it costs less CPU held, one that
+	// waits longer costs less memory parked. 0 means 100 ms; negative
+	// parks at once.
+	ParkAfter time.Duration
 	// SockJS lists the SockJS endpoints (see SockJSEndpoint); check them
 	// with ValidateSockJS before New.
 	SockJS []SockJSEndpoint
