@@ -298,3 +298,31 @@ func readUntil(t *testing.T, br *bufio.Reader, s string) {
 		}
 	}
 }
+
+// TestParkedPollReplaced: a parked poll that a newer poll of its session
+// replaces is answered with the transport-level close (3003) on its own
+// connection, which stays open for the client's next request; the newer
+// poll, parked in turn, carries the session.
+func TestParkedPollReplaced(t *testing.T) {
+	n := startNode(t, func(c *gateway.Config) { c.Heartbeat = time.Minute }, nil)
+	c := newPollClient(t, n, false)
+	c.open("demo.repl")
+	older, newer := dialRawPoller(t, c), dialRawPoller(t, c)
+	older.send("")
+	waitParked(t, n, 1)
+	newer.send("")
+	resp, pkts := older.receive()
+	expectControlClose(t, pkts, gateway.DisconnectReplaced.Code)
+	if resp.Close {
+		t.Fatal("the replaced poll's connection is closed")
+	}
+	waitParked(t, n, 1)
+	n.publishN(t, "demo.repl", 0, 1)
+	newer.expectMsg(0)
+	// The older connection serves the next poll (the two share the
+	// client's ack).
+	older.send("")
+	waitParked(t, n, 1)
+	n.publishN(t, "demo.repl", 1, 1)
+	older.expectMsg(1)
+}
