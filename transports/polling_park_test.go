@@ -94,7 +94,7 @@ func TestParkedPollNoGoroutine(t *testing.T) {
 	clients := make([]*rawPoller, polls)
 	for i := range clients {
 		c := newPollClient(t, n, i%2 == 1) // JSONP polls park too
-		c.open("demo.park")
+		subscribed(t, pollAdapter{c}, "demo.park")
 		clients[i] = dialRawPoller(t, c)
 	}
 	before := settledGoroutines(t, 0)
@@ -156,7 +156,7 @@ func settledGoroutines(t *testing.T, limit int) int {
 func TestParkedPollConnectionClose(t *testing.T) {
 	n := startNode(t, func(c *gateway.Config) { c.Heartbeat = time.Minute }, nil)
 	c := newPollClient(t, n, false)
-	c.open("demo.close")
+	subscribed(t, pollAdapter{c}, "demo.close")
 	p := dialRawPoller(t, c)
 	p.send("Connection: close\r\n")
 	waitParked(t, n, 1)
@@ -179,7 +179,7 @@ func TestParkedPollClientGone(t *testing.T) {
 		c.DisconnectDelay = 5 * time.Second // the node's shutdown waits for it
 	}, nil)
 	c := newPollClient(t, n, false)
-	c.open("demo.gone")
+	subscribed(t, pollAdapter{c}, "demo.gone")
 	sess := n.gw.Session(c.sid)
 	p := dialRawPoller(t, c)
 	p.send("")
@@ -217,7 +217,7 @@ func TestParkedPollPipelined(t *testing.T) {
 	// Parked at once (the others wait for Options.ParkAfter).
 	n := startNode(t, func(c *gateway.Config) { c.Heartbeat = time.Minute }, func(o *Options) { o.ParkAfter = -1 })
 	c := newPollClient(t, n, false)
-	c.open("demo.pipe")
+	subscribed(t, pollAdapter{c}, "demo.pipe")
 	p := dialRawPoller(t, c)
 	// Both requests in one write: net/http reads the second with the
 	// first, so the first is parked with the second's bytes in hand.
@@ -306,7 +306,7 @@ func readUntil(t *testing.T, br *bufio.Reader, s string) {
 func TestParkedPollReplaced(t *testing.T) {
 	n := startNode(t, func(c *gateway.Config) { c.Heartbeat = time.Minute }, nil)
 	c := newPollClient(t, n, false)
-	c.open("demo.repl")
+	subscribed(t, pollAdapter{c}, "demo.repl")
 	older, newer := dialRawPoller(t, c), dialRawPoller(t, c)
 	older.send("")
 	waitParked(t, n, 1)
