@@ -40,11 +40,11 @@ type node struct {
 	poller   *poller
 	noPoller bool
 
-	// reentry gives parked long-polls' connections back to the HTTP
-	// server (polling.go); nil until Server.Reentry, and then long-polls
-	// are held on a goroutine each.
+	// reentry gives parked requests' connections back to the HTTP
+	// server (polling.go, "Parked requests"); nil until Server.Reentry,
+	// and until then every request is held on a goroutine.
 	reentry atomic.Pointer[reentry]
-	parked  atomic.Int64 // long-polls parked now
+	parked  atomic.Int64 // requests (polls, streams) parked now
 	// onPark, when set (by benchmarks), is called after each park.
 	onPark atomic.Pointer[func()]
 

@@ -31,8 +31,8 @@ import (
 // held; the session's writer writes into the ResponseWriter under
 // httpDown's locks, and the handler does not return before that write is
 // over, so the ResponseWriter is never used after the handler returned.
-// SockJS's receivers, HTTP/2, TLS, HTTP/1.0 and polls the session answers
-// at once take this path.
+// SockJS's receivers, HTTP/2, TLS, HTTP/1.0, and polls the session
+// answers within Options.ParkAfter take this path; the others are parked.
 //
 // # Parked requests
 //

@@ -5,7 +5,7 @@ import (
 	"sync"
 )
 
-// reentry is the listener through which a parked long-poll's connection
+// reentry is the listener through which a parked request's connection
 // goes back to net/http once its response is written (see polling.go,
 // "Parked requests"): the node's http.Server serves it beside the
 // node's own listener, so the client's next request on the connection is
@@ -91,4 +91,4 @@ func (l *reentry) Addr() net.Addr { return reentryAddr{} }
 type reentryAddr struct{}
 
 func (reentryAddr) Network() string { return "reentry" }
-func (reentryAddr) String() string  { return "parked long-polls" }
+func (reentryAddr) String() string  { return "parked requests" }

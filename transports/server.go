@@ -181,12 +181,13 @@ func New(opts Options) *Server {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
 
 // Reentry returns the listener through which the connections of parked
-// long-polls go back to the HTTP server once their response is written
-// (polling.go, "Parked requests"). Serve it with the http.Server that
-// serves the node's own listener: that server then reads the client's
-// next request on the connection as on a new one. Until Reentry is
-// called, long-polls are held on a goroutine each. http.Server.Shutdown
-// closes it, and so does Wait.
+// requests (long-polls, XHR and htmlfile streams) go back to the HTTP
+// server once their response is written (polling.go, "Parked
+// requests"). Serve it with the http.Server that serves the node's own
+// listener: that server then reads the client's next request on the
+// connection as on a new one. Until Reentry is called, such requests are
+// held on a goroutine each. http.Server.Shutdown closes it, and so does
+// Wait.
 func (s *Server) Reentry() net.Listener {
 	if l := s.reentry.Load(); l != nil {
 		return l
@@ -195,7 +196,7 @@ func (s *Server) Reentry() net.Listener {
 	return s.reentry.Load()
 }
 
-// Wait blocks until every connection reader (parked long-polls included)
+// Wait blocks until every connection reader (parked requests included)
 // has returned, closes the Reentry listener, stops the poller, and closes
 // the idle connections to other nodes. Call it after Gateway.Shutdown,
 // which closes the connections, and after the HTTP server's handlers

@@ -367,10 +367,10 @@ func (n *nodeParts) listenAdmin() error {
 func (n *nodeParts) run(ctx context.Context, h *hooks) error {
 	n.errc = make(chan error, 3)
 	n.goServe("http", n.httpSrv, n.ln)
-	// The connections of parked long-polls come back to the same server
-	// after their response, for their next request; Shutdown closes this
-	// listener with the other.
-	n.goServe("http (parked long-polls)", n.httpSrv, n.tsrv.Reentry())
+	// The connections of parked requests (long-polls, streams) come back
+	// to the same server after their response, for their next request;
+	// Shutdown closes this listener with the other.
+	n.goServe("http (parked requests)", n.httpSrv, n.tsrv.Reentry())
 	if n.adminSrv != nil {
 		n.goServe("admin", n.adminSrv, n.adminLn)
 		n.log.Info("admin listener (pprof)", slog.String("addr", "http://"+n.adminLn.Addr().String()+"/debug/pprof/"))
