@@ -232,6 +232,19 @@ func (s *Session) Reason() Disconnect {
 	return s.reason
 }
 
+// Waiting reports whether t is the session's downstream and nothing
+// waits to be written to it: a request attached now would be held until
+// something arrives. A writer may still be running, finishing with the
+// previous downstream (a client polls again as soon as it has the
+// bytes), or have just taken what was pending for t. So the answer is a
+// guess that may be stale at once; a transport uses it to choose how to
+// hold a request, never for correctness.
+func (s *Session) Waiting(t Transport) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.down == t && len(s.pending) == 0 && !s.resend
+}
+
 // Attach makes t the session's downstream and starts writing what is
 // pending (for a retaining session, unacknowledged packets first). A
 // different downstream already attached is closed with DisconnectReplaced.

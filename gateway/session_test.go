@@ -431,3 +431,37 @@ func TestSessionOpenCloseLog(t *testing.T) {
 		t.Errorf("close line: %v", end)
 	}
 }
+
+// TestSessionWaiting: Waiting says whether a request attached now would
+// be held: nothing queued for it, and it is the downstream.
+func TestSessionWaiting(t *testing.T) {
+	g := newTestGateway(t, nil)
+	s, err := g.Open(OpenOptions{Transport: "poll", Retain: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll1 := newFakeTransport(0)
+	_ = s.Attach(poll1, true)
+	nextType(t, poll1, TypeHello)
+	send(s, `{"op":"ack","seq":1}`)
+	waitFor(t, "the answered poll to be detached", func() bool { return s.Waiting(nil) })
+	if s.Waiting(poll1) {
+		t.Error("Waiting for a request that is no longer the downstream")
+	}
+	send(s, `{"op":"ping","id":1}`) // its ok waits for the next request
+	if s.Waiting(nil) {
+		t.Error("Waiting with an ok queued")
+	}
+	poll2 := newFakeTransport(0)
+	_ = s.Attach(poll2, true)
+	nextType(t, poll2, TypeOK)
+	poll3 := newFakeTransport(0)
+	_ = s.Attach(poll3, true) // the ok is not acknowledged: sent again
+	nextType(t, poll3, TypeOK)
+	send(s, `{"op":"ack","seq":2}`)
+	poll4 := newFakeTransport(0)
+	_ = s.Attach(poll4, true)
+	if !s.Waiting(poll4) {
+		t.Error("not Waiting with nothing to send")
+	}
+}

@@ -33,9 +33,10 @@
 //     packet WebSockets (wsdeflate.go: why no context takeover, and how a
 //     broadcast message is compressed once and shared by every session
 //     after its own seq prefix).
-//   - Hijacked connections that are idle (WebSocket, SSE) are watched by one
-//     epoll poller per node (netpoll_linux.go), with no goroutine per
-//     connection; input starts a short-lived reader. Elsewhere, and for the
+//   - Hijacked connections that are idle (WebSocket, SSE, parked polls and
+//     streams) are watched by one epoll poller per node
+//     (netpoll_linux.go), with no goroutine per connection; input starts a
+//     short-lived reader. Elsewhere, and for the
 //     bridge, a small reader goroutine per connection.
 //   - Requests for a session of another node are proxied to it (forward.go).
 //
@@ -63,7 +64,8 @@
 // Most sessions are idle most of the time, so an idle session's cost is what
 // bounds a node. A goroutine parked in Read costs at least a 2 KiB stack plus
 // its descriptor, more than half of the 4 KiB budget, so on Linux no goroutine
-// waits for an idle WebSocket or SSE client. One epoll instance per node (one
+// waits for an idle WebSocket or SSE client, nor for a long-poll or a stream of
+// the request-per-poll family (parked: polling.go, "Parked requests"). One epoll instance per node (one
 // goroutine, transports/netpoll_linux.go) holds a one-shot registration per
 // connection; when input arrives it starts a goroutine that reads the complete
 // frames (through Go's own poller, within the usual read deadline), applies

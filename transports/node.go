@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,6 +40,14 @@ type node struct {
 	poller   *poller
 	noPoller bool
 
+	// reentry gives parked requests' connections back to the HTTP
+	// server (polling.go, "Parked requests"); nil until Server.Reentry,
+	// and until then every request is held on a goroutine.
+	reentry atomic.Pointer[reentry]
+	parked  atomic.Int64 // requests (polls, streams) parked now
+	// onPark, when set (by benchmarks), is called after each park.
+	onPark atomic.Pointer[func()]
+
 	maxFrame  int           // the gateway's frame limit
 	heartbeat time.Duration // the gateway's heartbeat interval
 
@@ -62,6 +71,9 @@ func newNode(opts Options) *node {
 	}
 	if opts.StreamLimit <= 0 {
 		opts.StreamLimit = defaultStreamLimit
+	}
+	if opts.ParkAfter == 0 {
+		opts.ParkAfter = defaultParkAfter
 	}
 	if opts.ReadBodyTimeout <= 0 {
 		opts.ReadBodyTimeout = 10 * time.Second

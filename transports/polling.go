@@ -27,12 +27,81 @@ import (
 // got on its next request (ack=N), so a response lost on the way is simply
 // written again. The URL scheme is documented in PROTOCOL.md.
 //
-// The handler goroutine waits while the request is held; the session's
-// writer writes into the ResponseWriter under httpDown's locks, and the
-// handler does not return before that write is over, so the ResponseWriter
-// is never used after the handler returned. These transports do not
-// hijack: their responses are short (polling) or recycled (streaming), and
-// net/http's keep-alive handling is worth more to them than the buffers.
+// Held on a goroutine: the handler goroutine waits while the request is
+// held; the session's writer writes into the ResponseWriter under
+// httpDown's locks, and the handler does not return before that write is
+// over, so the ResponseWriter is never used after the handler returned.
+// SockJS's receivers, HTTP/2, TLS, HTTP/1.0, and polls the session
+// answers within Options.ParkAfter take this path; the others are parked.
+//
+// # Parked requests
+//
+// A long-poll (or JSONP poll) that the session has nothing to answer yet
+// may wait for a long time, and a stream (XHR streaming, htmlfile) waits
+// between its packets; while net/http serves such a request it costs its
+// connection goroutine, the handler's wait and net/http's per-request
+// buffers: about 30 KiB, seven times an idle WebSocket. So the request is
+// parked instead (parkLocked, polling_park.go), like an idle WebSocket or
+// SSE stream:
+//
+//   - When: a stream at once, before its prelude (the handler attaches it
+//     to the session under wmu, so the session's first write waits for
+//     the decision); a poll once it has waited Options.ParkAfter (100 ms)
+//     with nothing to answer. A busy session's poll cycles (several
+//     messages a second) stay on net/http's keep-alive path, which costs
+//     less CPU per cycle than a hijack, the poller and the way back
+//     (BenchmarkParkedPollCycle); an idle poll waits up to a heartbeat
+//     and is parked early in its wait.
+//   - How: the handler renders the response head (status line and every
+//     header set so far: CORS, Content-Type, Cache-Control...), hijacks
+//     the connection, which drops net/http's buffers, registers the raw
+//     connection on the node's poller (netpoll_linux.go) and returns. No
+//     goroutine waits; the parked request holds the connection, the
+//     rendered head and a poller slot.
+//   - A poll's response is the session's one write (WritePackets,
+//     WriteHeartbeat): head, Date, Content-Length and body in one write,
+//     from a buffer pooled for that write only. A stream's response is
+//     chunked as net/http would have it: its first write carries the head
+//     and the prelude, each write one chunk, and the write that reaches
+//     StreamLimit the last chunk too. A Close that comes first (the
+//     session ended, a newer request replaced this one) has the end hold
+//     would give written on a short goroutine of the poller's
+//     (finishParked), since Close must not block its caller.
+//   - Keep-alive: the connection then goes back to net/http through a
+//     listener of the node's own (reentry.go, Server.Reentry) that the
+//     node's http.Server serves beside its real one, so net/http reads
+//     the client's next request as on a new connection (within
+//     ReadHeaderTimeout rather than IdleTimeout: a polling client sends
+//     its next request at once). "Connection: close" from the client
+//     closes it instead; HTTP/1.0 is never parked.
+//   - Input on a parked connection (onInput) is the client going away
+//     (EOF, RST): the request ends as when a held request's context ends,
+//     and a retaining session waits for its next request for its
+//     disconnect delay. Anything else is a request pipelined on a held
+//     request, which no browser sends; the connection is closed.
+//   - Bytes the client had sent beyond the request, which net/http read
+//     ahead, are kept (withBuffered) and read by net/http after the
+//     response. Such a connection is not watched (its input is already
+//     there), so a client that goes away meanwhile is noticed by the
+//     next write, at the latest the heartbeat, which completes a poll.
+//   - Ownership: the connection belongs to whichever of the write,
+//     finishParked and onInput takes it first under wmu (parkedConn.taken);
+//     it leaves the poller before it is written to, so the client's next
+//     request can never reach onInput. A parked request counts as a reader
+//     of the node (Server.Wait) until its connection is handed back or
+//     closed, and node shutdown ends it like a held one: the session's
+//     close packet is its response (a stream's last packet).
+//
+// A node whose Server.Reentry is never served (a server that cannot give
+// connections back) holds every request on a goroutine as before.
+
+// defaultParkAfter is Options.ParkAfter's default: a poll cycle of a
+// session that gets several messages a second stays on net/http's
+// keep-alive path (a parked cycle costs some 15 µs more CPU: the hijack,
+// the poller, the way back through Server.Reentry, and net/http's
+// buffers that a hijack leaves to the garbage collector), while an idle
+// poll, which waits up to a heartbeat, is parked early in its wait.
+const defaultParkAfter = 100 * time.Millisecond
 
 // defaultStreamLimit is Options.StreamLimit's default.
 const defaultStreamLimit = 128 << 10
@@ -219,6 +288,9 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	applyFrames(ctx, sess, req.frames, req.errs)
+	// net/http has read the whole request when it had no body, or when
+	// parseRequest read the body of frames (to EOF, or it was refused).
+	bodyRead := r.Body == nil || r.Body == http.NoBody || (r.Method == http.MethodPost && fam.frames)
 
 	hdr.Set("Content-Type", fam.contentType)
 	if fam.nosniff {
@@ -228,17 +300,27 @@ func (h pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if fam.streaming {
 		t.limit = h.opts.StreamLimit
 	}
+	// Attach under wmu: the session's first write waits until the request
+	// is parked or not (park), and a stream parks before its prelude.
+	t.wmu.Lock()
 	if err := sess.Attach(t, !fam.streaming); err != nil {
+		t.wmu.Unlock()
 		// The session ended since it was looked up (or opened).
 		writeRefusal(w, fam, f, h.gate.sessionGone())
 		return
 	}
+	parked := (fam.streaming || h.opts.ParkAfter < 0) && h.parkLocked(r, t, bodyRead)
+	t.wmu.Unlock()
 	if fam.streaming {
 		// The prelude goes out at once, so the client sees the stream open
 		// even when nothing is pending.
 		t.start()
+	} else if !parked {
+		parked = h.parkLater(r, t, bodyRead)
 	}
-	h.hold(r, sess, t)
+	if !parked {
+		h.hold(r, sess, t)
+	}
 }
 
 // parseRequest reads the query and the body. It touches no session.
@@ -325,6 +407,26 @@ func (n *node) hold(r *http.Request, sess *gateway.Session, t *httpDown) (starte
 	sess.Detach(t)
 	started, reason = t.release()
 
+	b := t.endAnswer(started, reason)
+	if len(b) > 0 && r.Context().Err() == nil {
+		if !t.fam.streaming && !started {
+			t.w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		}
+		_ = t.rc.SetWriteDeadline(time.Now().Add(n.opts.WriteTimeout))
+		if _, err := t.w.Write(b); err == nil {
+			_ = t.rc.Flush()
+		}
+	}
+	// net/http does not reset a write deadline between the requests of a
+	// keep-alive connection (the server has no WriteTimeout: streams would
+	// not survive one), so leave none behind.
+	_ = t.rc.SetWriteDeadline(time.Time{})
+	return started, reason
+}
+
+// endAnswer is what a request that the session did not complete gets
+// when it ends: nothing more, or the end of a well-formed response.
+func (t *httpDown) endAnswer(started bool, reason gateway.Disconnect) []byte {
 	var b []byte
 	switch {
 	case reason == gateway.DisconnectReplaced && (t.fam.streaming || !started):
@@ -345,20 +447,7 @@ func (n *node) hold(r *http.Request, sess *gateway.Session, t *httpDown) (starte
 			b = t.f.appendBatch(b, nil, nil)
 		}
 	}
-	if len(b) > 0 && r.Context().Err() == nil {
-		if !t.fam.streaming && !started {
-			t.w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-		}
-		_ = t.rc.SetWriteDeadline(time.Now().Add(n.opts.WriteTimeout))
-		if _, err := t.w.Write(b); err == nil {
-			_ = t.rc.Flush()
-		}
-	}
-	// net/http does not reset a write deadline between the requests of a
-	// keep-alive connection (the server has no WriteTimeout: streams would
-	// not survive one), so leave none behind.
-	_ = t.rc.SetWriteDeadline(time.Time{})
-	return started, reason
+	return b
 }
 
 // errRequestEnded is what a write to a request that is over returns; the
@@ -387,9 +476,17 @@ type httpDown struct {
 	// wmu is held for a whole write and by release: after release the
 	// session cannot use w any more.
 	wmu     sync.Mutex
-	ended   bool // guarded by wmu; release has run
+	ended   bool // guarded by wmu; release has run, or the parked response is over
 	started bool // guarded by wmu; the status line and headers are out
 	written int  // guarded by wmu; body bytes written
+
+	// pk is set, under wmu and dmu, when the request is parked: from then
+	// on w and rc are net/http's no more, and the connection is pk's.
+	pk *parkedConn
+	// handoff is a parked connection whose response the write under way
+	// completed; write gives it back (unpark) once wmu is released.
+	handoff     *parkedConn // guarded by wmu
+	handoffKeep bool        // guarded by wmu
 
 	// dmu orders deadline changes with the end of the request: Close may
 	// cut a write in progress (it does not wait for wmu), but must not
@@ -427,6 +524,17 @@ func (t *httpDown) WriteHeartbeat() error {
 func (t *httpDown) Close(d gateway.Disconnect) {
 	t.dmu.Lock()
 	defer t.dmu.Unlock()
+	if pk := t.pk; pk != nil {
+		if !t.closed {
+			// A write that completes the response sets closed before it
+			// gives the connection back, so this cuts only a write that
+			// is still this request's; finishParked answers.
+			_ = pk.conn.SetWriteDeadline(time.Now())
+			pk.p.run(t.finishParked)
+		}
+		t.endLocked(d)
+		return
+	}
 	if !t.gone && !t.closed {
 		_ = t.rc.SetWriteDeadline(time.Now())
 	}
@@ -475,7 +583,12 @@ func (t *httpDown) write(size int, build func([]byte) []byte) (int, error) {
 		putBuffer(buf)
 	}
 	full := err == nil && t.fam.streaming && t.written >= t.limit
+	ho, keep := t.handoff, t.handoffKeep
+	t.handoff = nil
 	t.wmu.Unlock()
+	if ho != nil {
+		t.n.unpark(ho, keep)
+	}
 	switch {
 	case !t.fam.streaming && (n > 0 || err != nil):
 		t.end(endWritten)
@@ -495,6 +608,9 @@ func (t *httpDown) end(d gateway.Disconnect) {
 }
 
 func (t *httpDown) writeLocked(b []byte) (int, error) {
+	if t.pk != nil {
+		return t.writeParkedLocked(b)
+	}
 	if t.ended {
 		return 0, errRequestEnded
 	}

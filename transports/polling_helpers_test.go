@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -76,15 +77,23 @@ func startNode(t testing.TB, cfg func(*gateway.Config), opts func(*Options)) *te
 	}
 	srv := New(o)
 	n := &testNode{gw: gw, broker: emb.Broker(), srv: srv, http: httptest.NewServer(srv), client: &http.Client{Transport: &http.Transport{}}}
+	// Parked long-polls' connections come back to the same server, as
+	// in cmd/cometgate.
+	var serving sync.WaitGroup
+	serving.Go(func() { _ = n.http.Config.Serve(srv.Reentry()) })
 	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
 		if err := gw.Shutdown(sctx); err != nil {
 			t.Errorf("gateway shutdown: %v", err)
 		}
+		// The parked polls the shutdown answered go back to the server
+		// before it closes (they are readers until then).
+		srv.readers.Wait()
 		n.client.CloseIdleConnections()
 		n.http.Close()
 		srv.Wait()
+		serving.Wait()
 		if err := emb.Close(); err != nil {
 			t.Errorf("embedded NATS close: %v", err)
 		}

@@ -3,6 +3,7 @@ package transports
 import (
 	"encoding/json"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"time"
@@ -80,6 +81,12 @@ type Options struct {
 	// session queue bound: packets a stream wrote stay queued until the
 	// client acknowledges them.
 	StreamLimit int
+	// ParkAfter is how long a long-poll that has nothing to answer yet is
+	// held on a goroutine before it is parked (polling.go, "Parked
+	// requests"): a poll answered within it costs less CPU held, one that
+	// waits longer costs less memory parked. 0 means 100 ms; negative
+	// parks at once.
+	ParkAfter time.Duration
 	// SockJS lists the SockJS endpoints (see SockJSEndpoint); check them
 	// with ValidateSockJS before New.
 	SockJS []SockJSEndpoint
@@ -173,12 +180,32 @@ func New(opts Options) *Server {
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
 
-// Wait blocks until every connection reader has returned, stops the
-// poller, and closes the idle connections to other nodes. Call it after
-// Gateway.Shutdown, which closes the connections, and after the HTTP
-// server's handlers returned.
+// Reentry returns the listener through which the connections of parked
+// requests (long-polls, XHR and htmlfile streams) go back to the HTTP
+// server once their response is written (polling.go, "Parked
+// requests"). Serve it with the http.Server that serves the node's own
+// listener: that server then reads the client's next request on the
+// connection as on a new one. Until Reentry is called, such requests are
+// held on a goroutine each. http.Server.Shutdown closes it, and so does
+// Wait.
+func (s *Server) Reentry() net.Listener {
+	if l := s.reentry.Load(); l != nil {
+		return l
+	}
+	s.reentry.CompareAndSwap(nil, newReentry())
+	return s.reentry.Load()
+}
+
+// Wait blocks until every connection reader (parked requests included)
+// has returned, closes the Reentry listener, stops the poller, and closes
+// the idle connections to other nodes. Call it after Gateway.Shutdown,
+// which closes the connections, and after the HTTP server's handlers
+// returned.
 func (s *Server) Wait() {
 	s.readers.Wait()
+	if l := s.reentry.Load(); l != nil {
+		_ = l.Close()
+	}
 	s.pollMu.Lock()
 	p := s.poller
 	s.poller = nil

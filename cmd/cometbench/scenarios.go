@@ -94,6 +94,8 @@ var scenarios = []scenario{
 		`$B --label fanout-sse-10k-10 --transport sse --sessions 10000 --rate 10 --duration 10s --publish nats`},
 	{"idle-poll-10k", "memory per idle long-polling session (a request held open)",
 		`$B --label idle-poll-10k --transport poll --sessions 10000 --rate 0 --duration 10s`},
+	{"idle-xhr-10k", "memory per idle XHR streaming session (a stream open, nothing to send)",
+		`$B --label idle-xhr-10k --transport xhr_stream --sessions 10000 --rate 0 --duration 10s`},
 	{"poll-1k-10", "long-polling cycles: 1,000 sessions, 10 msg/s, one poll per message and session",
 		`$B --label poll-1k-10 --transport poll --sessions 1000 --rate 10 --duration 10s --publish nats`},
 	{"xhr-stream-1k-100", "XHR streaming, one channel, 1,000 subscribers, 100 msg/s",

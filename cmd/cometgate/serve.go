@@ -365,8 +365,12 @@ func (n *nodeParts) listenAdmin() error {
 // run serves the listeners until ctx ends (the error is nil) or one of
 // them fails (that error).
 func (n *nodeParts) run(ctx context.Context, h *hooks) error {
-	n.errc = make(chan error, 2)
+	n.errc = make(chan error, 3)
 	n.goServe("http", n.httpSrv, n.ln)
+	// The connections of parked requests (long-polls, streams) come back
+	// to the same server after their response, for their next request;
+	// Shutdown closes this listener with the other.
+	n.goServe("http (parked requests)", n.httpSrv, n.tsrv.Reentry())
 	if n.adminSrv != nil {
 		n.goServe("admin", n.adminSrv, n.adminLn)
 		n.log.Info("admin listener (pprof)", slog.String("addr", "http://"+n.adminLn.Addr().String()+"/debug/pprof/"))
