@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -200,6 +201,91 @@ func benchFanoutParallel(b *testing.B, n int) {
 				b.Fatalf("timed out: %d of %d deliveries", c.n.Load(), c.target.Load())
 			}
 		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/msg")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/delivery")
+}
+
+// BenchmarkLoopbackFanout is BenchmarkFanoutParallel without the gateway:
+// the same number of loopback connections, written one small write(2)
+// each per message by as many goroutines as GOMAXPROCS, each its share.
+// It is the ceiling of the gateway's scaling on the machine: what the
+// kernel's loopback path itself gains from a second core (run both with
+// -cpu 1,2 and compare the ratios).
+func BenchmarkLoopbackFanout(b *testing.B) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchLoopbackFanout(b, n) })
+	}
+}
+
+func benchLoopbackFanout(b *testing.B, n int) {
+	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer syscall.Close(lfd)
+	if err := syscall.Bind(lfd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		b.Fatal(err)
+	}
+	if err := syscall.Listen(lfd, 4096); err != nil {
+		b.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(lfd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	writers := make([]int, 0, n)
+	readers := make([]int, 0, n)
+	defer func() {
+		for _, fd := range append(writers, readers...) {
+			_ = syscall.Close(fd)
+		}
+	}()
+	for range n {
+		w, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		writers = append(writers, w)
+		if err := syscall.Connect(w, sa); err != nil {
+			b.Fatal(err)
+		}
+		_ = syscall.SetsockoptInt(w, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+		r, _, err := syscall.Accept4(lfd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+		if err != nil {
+			b.Fatal(err)
+		}
+		readers = append(readers, r)
+	}
+	frame := make([]byte, 120) // about a 64-byte message's packet
+	buf := make([]byte, 64<<10)
+	workers := runtime.GOMAXPROCS(0)
+	b.ResetTimer()
+	for i := range b.N {
+		if i%256 == 255 {
+			b.StopTimer()
+			for _, fd := range readers {
+				for {
+					if n, _ := syscall.Read(fd, buf); n <= 0 {
+						break
+					}
+				}
+			}
+			b.StartTimer()
+		}
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for j := w; j < n; j += workers {
+					if _, err := syscall.Write(writers[j], frame); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/msg")
