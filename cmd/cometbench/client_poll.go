@@ -46,6 +46,15 @@ func (t pollTransport) Open(ctx context.Context, o openOptions) (packetStream, e
 		return nil, err
 	}
 	s.deadline = time.Time{}
+	if t.streaming {
+		// The stream goes on on this connection: the opening deadline
+		// must not end it later (an idle stream would read until then).
+		s.mu.Lock()
+		if s.conn != nil {
+			_ = s.conn.SetDeadline(time.Time{})
+		}
+		s.mu.Unlock()
+	}
 	return s, nil
 }
 
