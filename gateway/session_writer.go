@@ -273,6 +273,7 @@ func (s *Session) writeRounds(w *writer, backlog int) {
 		batch = (*bp)[:0]
 		defer func() { *bp = batch[:0] }()
 	}
+	rounds := 0
 	for {
 		s.mu.Lock()
 		if backlog >= 0 {
@@ -338,8 +339,20 @@ func (s *Session) writeRounds(w *writer, backlog int) {
 		if !s.wrote(down, oneShot, err) {
 			return
 		}
+		if rounds++; w != nil && rounds == maxWorkerRounds {
+			// More arrived while writing (a SockJS session's byte
+			// stream, say): the session goes to the back of its
+			// worker's queue, still the writer's, so that the others
+			// on the worker get their turn.
+			s.g.writers.post(s.shard, writeJob{s: s})
+			return
+		}
 	}
 }
+
+// maxWorkerRounds is how many writes a worker makes to one session in a
+// row before the others on the worker get theirs.
+const maxWorkerRounds = 4
 
 // finishWrite ends, on a goroutine of its own, a write a worker began:
 // flushes its rest when it was blocked, and goes on writing the session

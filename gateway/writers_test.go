@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,6 +27,7 @@ type tryTransport struct {
 	rest      []Packet      // what a blocked try left, copied
 	tryMsgs   []int         // msg packets per try that carried any
 	tries     int
+	onTry     func() // called at each try, outside mu
 }
 
 var _ TryWriter = (*tryTransport)(nil)
@@ -46,12 +48,15 @@ func (t *tryTransport) TryWritePackets(pkts []Packet) (int, error) {
 	if msgs > 0 {
 		t.tryMsgs = append(t.tryMsgs, msgs)
 	}
-	stall, block := t.stall, t.block
+	stall, block, onTry := t.stall, t.block, t.onTry
 	t.stall, t.block = nil, false
 	if block {
 		t.rest = slices.Clone(pkts) // the bodies are immutable; the slice is not ours
 	}
 	t.mu.Unlock()
+	if onTry != nil {
+		onTry()
+	}
 	if stall != nil {
 		t.stalled <- struct{}{}
 		<-stall
@@ -225,4 +230,45 @@ func TestFanoutSpreadsOverWorkers(t *testing.T) {
 	for _, tr := range trs {
 		expectData(t, tr.fakeTransport, 1, msgs)
 	}
+}
+
+// A session that always has more to write (a byte stream fed as fast as
+// it is written) does not keep its worker from the others: after a few
+// writes it goes to the back of the worker's queue.
+func TestWorkerTakesTurns(t *testing.T) {
+	g := newTestGateway(t, func(c *Config) { c.Writers = 1 })
+	a, ta := openTry(t, g)
+	b, tb := openTry(t, g)
+	subscribe(t, a, ta.fakeTransport, 1, "t.x")
+	subscribe(t, b, tb.fakeTransport, 1, "t.x")
+
+	const feed = 500
+	var fed atomic.Int64
+	ta.mu.Lock()
+	ta.onTry = func() { // each write of a's brings it one more packet
+		if fed.Load() < feed {
+			fed.Add(1)
+			a.push(GapBody("t.x", "more", ""))
+		}
+	}
+	triesBefore := ta.tries
+	ta.mu.Unlock()
+	aTriesAtB := make(chan int, 1)
+	tb.mu.Lock()
+	tb.onTry = func() { // b's next write is the message's: how far is a?
+		ta.mu.Lock()
+		n := ta.tries
+		ta.mu.Unlock()
+		select {
+		case aTriesAtB <- n - triesBefore:
+		default:
+		}
+	}
+	tb.mu.Unlock()
+	publishTo(t, g.b, "t.x", 1, 1)
+	expectData(t, tb.fakeTransport, 1, 1)
+	if n := <-aTriesAtB; n > 20 { // a handful, not the 500 it was fed
+		t.Fatalf("b waited for %d of a's writes", n)
+	}
+	waitFor(t, "a to be fed and written out", func() bool { return fed.Load() == feed })
 }
