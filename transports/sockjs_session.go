@@ -50,6 +50,9 @@ type sjsEntry struct {
 	id   string
 	sess *gateway.Session
 	link *bridgeLink // tcp mode: the connection to the target
+	// onOpen runs once, when the open frame goes out: a tcp session's
+	// bridge starts then (see open), not before.
+	onOpen func()
 
 	mu        sync.Mutex
 	receiving bool   // a receiving request holds the session
@@ -121,7 +124,13 @@ func (ep *sockjsEndpoint) session(r *http.Request, id string, callback bool) (*s
 		nodes.Owned(ep.sjsKey(id))
 	}
 	if link != nil {
-		ep.startBridge(sess, link)
+		// The target is connected once the open frame is on its way, so
+		// that nothing it sends shares the session's first write: a
+		// polling response carries one frame, and what the open frame's
+		// response could not carry of a first write that also took the
+		// close packet (a target that sends and hangs up at once) would
+		// be lost with the session.
+		e.onOpen = func() { ep.startBridge(sess, link) }
 	}
 	return e, nil
 }
@@ -300,9 +309,12 @@ func (e *sjsEntry) endTurn(turn, carried uint64) {
 // whether it had already.
 func (e *sjsEntry) markOpened() bool {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	was := e.opened
 	e.opened = true
+	e.mu.Unlock()
+	if !was && e.onOpen != nil {
+		e.onOpen()
+	}
 	return was
 }
 
