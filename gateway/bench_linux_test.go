@@ -115,21 +115,7 @@ func benchFanoutParallel(b *testing.B, n int) {
 	// The readers' ends are plain descriptors, in no epoll set: data
 	// arriving on them wakes nothing in this process, which would count
 	// in the figure (a real client is another process).
-	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer syscall.Close(lfd)
-	if err := syscall.Bind(lfd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		b.Fatal(err)
-	}
-	if err := syscall.Listen(lfd, 4096); err != nil {
-		b.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(lfd)
-	if err != nil {
-		b.Fatal(err)
-	}
+	lfd, sa := rawListener(b)
 	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*syscall.SockaddrInet4).Port}
 	counters := make([]*deliveryCounter, g.Config().Writers)
 	if len(counters) == 0 {
@@ -220,21 +206,7 @@ func BenchmarkLoopbackFanout(b *testing.B) {
 }
 
 func benchLoopbackFanout(b *testing.B, n int) {
-	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer syscall.Close(lfd)
-	if err := syscall.Bind(lfd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		b.Fatal(err)
-	}
-	if err := syscall.Listen(lfd, 4096); err != nil {
-		b.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(lfd)
-	if err != nil {
-		b.Fatal(err)
-	}
+	lfd, sa := rawListener(b)
 	writers := make([]int, 0, n)
 	readers := make([]int, 0, n)
 	defer func() {
@@ -290,4 +262,26 @@ func benchLoopbackFanout(b *testing.B, n int) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/msg")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/delivery")
+}
+
+// rawListener is a loopback listening socket outside Go's poller, closed
+// at the end of the benchmark, and its address.
+func rawListener(b *testing.B) (int, syscall.Sockaddr) {
+	b.Helper()
+	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = syscall.Close(lfd) })
+	if err := syscall.Bind(lfd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		b.Fatal(err)
+	}
+	if err := syscall.Listen(lfd, 4096); err != nil {
+		b.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(lfd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return lfd, sa
 }

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cometgate/cometgate/gateway"
@@ -117,15 +116,8 @@ func (n *node) idlePoller() *poller {
 // the connection. It returns nil when conn cannot be polled; the caller
 // then reads it with a goroutine.
 func (n *node) watchIdle(conn net.Conn, ready func()) *pollReg {
-	if b, ok := conn.(*bufferedConn); ok {
-		conn = b.Conn
-	}
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawConn(conn)
+	if rc == nil {
 		return nil
 	}
 	p := n.idlePoller()

@@ -59,12 +59,8 @@ type fdConn struct {
 // buf and idle are read's (nil when only writing): buf gives the buffer
 // for each attempt, idle is called before each wait.
 func newFDConn(conn net.Conn, buf func() []byte, idle func()) *fdConn {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawConn(conn)
+	if rc == nil {
 		return nil
 	}
 	f := &fdConn{conn: conn, rc: rc, rbuf: buf, ridle: idle}

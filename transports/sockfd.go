@@ -10,15 +10,8 @@ import (
 // after each write; the descriptor stays the connection's until it is
 // closed, and a session stops writing (and so asking) before that.
 func socketFD(conn net.Conn) int {
-	if b, ok := conn.(*bufferedConn); ok {
-		conn = b.Conn
-	}
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return -1
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawConn(conn)
+	if rc == nil {
 		return -1
 	}
 	fd := -1
@@ -26,4 +19,27 @@ func socketFD(conn net.Conn) int {
 		return -1
 	}
 	return fd
+}
+
+// rawConn is the descriptor access of the socket under conn (through the
+// node's own wrappers: the bytes kept from an upgrade, a bridge target's
+// count), or nil when there is none (a connection that is not a plain
+// socket). Every raw use of a socket (the poller, the bridge's and the
+// write workers' system calls, the backlog) gets it here.
+func rawConn(conn net.Conn) syscall.RawConn {
+	switch c := conn.(type) {
+	case *bufferedConn:
+		conn = c.Conn
+	case *countedConn:
+		conn = c.Conn
+	}
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }

@@ -40,20 +40,6 @@ func (o *sockOut) write(conn net.Conn, b []byte, now int64, timeout time.Duratio
 	return conn.Write(b)
 }
 
-// rawConn is conn's descriptor access, or nil where there is none of our
-// own (a connection that is not a plain socket).
-func rawConn(conn net.Conn) syscall.RawConn {
-	if b, ok := conn.(*bufferedConn); ok {
-		conn = b.Conn
-	}
-	if sc, ok := conn.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			return raw
-		}
-	}
-	return nil
-}
-
 // try writes *buf without waiting. When the kernel takes all of it, try
 // returns and buf stays the caller's. Otherwise try keeps buf, holding
 // what is left (returned to the pool by flush), and returns
