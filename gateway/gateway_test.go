@@ -1046,14 +1046,7 @@ func TestShutdown(t *testing.T) {
 
 func TestShutdownDeliversCloseToDetachedPollingSession(t *testing.T) {
 	g := newTestGateway(t, nil)
-	s, err := g.Open(OpenOptions{Transport: "poll", Retain: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	poll1 := newFakeTransport(0)
-	_ = s.Attach(poll1, true)
-	nextType(t, poll1, TypeHello)
-	send(s, `{"op":"ack","seq":1}`)
+	s, _ := openPolled(t, g)
 
 	done := make(chan error, 1)
 	go func() {
@@ -1305,14 +1298,7 @@ func TestHeartbeatCompletesOneShotRequest(t *testing.T) {
 			c.Heartbeat = 20 * time.Millisecond
 			c.DisconnectDelay = time.Second
 		})
-		s, err := g.Open(OpenOptions{Transport: "poll", Retain: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		poll1 := newFakeTransport(0)
-		_ = s.Attach(poll1, true)
-		nextType(t, poll1, TypeHello)
-		send(s, `{"op":"ack","seq":1}`)
+		s, _ := openPolled(t, g)
 
 		poll2 := newFakeTransport(0)
 		_ = s.Attach(poll2, true)
@@ -1353,14 +1339,7 @@ func TestRetainExpiry(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const delay = 5 * time.Second
 		g := newTestGateway(t, func(c *Config) { c.DisconnectDelay = delay })
-		s, err := g.Open(OpenOptions{Transport: "poll", Retain: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		poll := newFakeTransport(0)
-		_ = s.Attach(poll, true)
-		nextType(t, poll, TypeHello)
-		send(s, `{"op":"ack","seq":1}`) // or it is resent to the next request
+		s, _ := openPolled(t, g) // acknowledged, or the hello is resent to the next request
 
 		time.Sleep(delay - time.Millisecond)
 		synctest.Wait()

@@ -228,6 +228,23 @@ func openWith(t *testing.T, g *testGateway, opts OpenOptions) (*Session, *fakeTr
 	return s, tr
 }
 
+// openPolled opens a retaining session as a polling client does: its
+// first request gets the hello and goes, and the client acknowledges it.
+// The session is left without a request attached; the first request's
+// downstream is returned too.
+func openPolled(t *testing.T, g *testGateway) (*Session, *fakeTransport) {
+	t.Helper()
+	s, err := g.Open(OpenOptions{Transport: "poll", Retain: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll := newFakeTransport(0)
+	_ = s.Attach(poll, true)
+	nextType(t, poll, TypeHello)
+	send(s, `{"op":"ack","seq":1}`)
+	return s, poll
+}
+
 // send hands one client frame to s.
 func send(s *Session, format string, args ...any) {
 	s.HandleFrame(context.Background(), fmt.Appendf(nil, format, args...))

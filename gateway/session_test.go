@@ -436,14 +436,7 @@ func TestSessionOpenCloseLog(t *testing.T) {
 // be held: nothing queued for it, and it is the downstream.
 func TestSessionWaiting(t *testing.T) {
 	g := newTestGateway(t, nil)
-	s, err := g.Open(OpenOptions{Transport: "poll", Retain: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	poll1 := newFakeTransport(0)
-	_ = s.Attach(poll1, true)
-	nextType(t, poll1, TypeHello)
-	send(s, `{"op":"ack","seq":1}`)
+	s, poll1 := openPolled(t, g)
 	waitFor(t, "the answered poll to be detached", func() bool { return s.Waiting(nil) })
 	if s.Waiting(poll1) {
 		t.Error("Waiting for a request that is no longer the downstream")
