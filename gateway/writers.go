@@ -30,6 +30,10 @@ import (
 //     publish is confirmed without waiting behind the fan-out of earlier
 //     messages (a bounded backlog of jobs per worker is the backpressure
 //     to the broker when the node cannot keep up).
+//   - A worker yields to the scheduler every yieldEvery writes, and writes
+//     one session at most maxWorkerRounds times in a row before sending
+//     it to the back of its queue: a session fed as fast as it is written
+//     (a byte stream) does not keep the worker from the others.
 //   - No goroutine is started per delivery. A worker runs while it has
 //     jobs and exits when it has none (it is counted in the gateway's wait
 //     group), so an idle node holds no worker, and a busy one keeps the
