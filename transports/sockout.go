@@ -29,8 +29,10 @@ import (
 // still safe. The RawConn is asked for at each try (a 16-byte object)
 // rather than kept, for the same reason of idle memory.
 type sockOut struct {
-	deadline writeDeadline
-	rest     *[]byte // a try's buffer holding what the kernel did not take
+	deadline writeDeadline // guarded by the owner's write lock
+	// rest is a try's buffer holding what the kernel did not take; only
+	// the session's writer touches it (try, then flush).
+	rest *[]byte
 }
 
 // write writes b, waiting at most timeout (renewed lazily, see

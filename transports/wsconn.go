@@ -97,6 +97,10 @@ type wsConn struct {
 
 	fd        int32 // the socket's descriptor, for its kernel backlog; -1 unknown
 	closeSent bool
+	// flushLocks: the rest waiting for flush was not written at all,
+	// because the write lock was held; flush takes it. Only the session's
+	// writer touches it.
+	flushLocks bool
 	// idled: the last readEvent ended because in found the connection
 	// idle, not because reading is over.
 	idled      bool
@@ -478,14 +482,27 @@ func (c *wsConn) writeFrames(buf *[]byte, try bool) (int, error) {
 	if c.clock.pingDue(now) {
 		*buf = appendFrameHeader(*buf, ws.OpPing, 0)
 	}
-	c.wsem <- struct{}{}
+	if !try {
+		c.wsem <- struct{}{}
+		defer func() { <-c.wsem }()
+		if c.closeSent {
+			return 0, errCloseSent
+		}
+		return c.out.write(c.conn, *buf, now, c.n.opts.WriteTimeout)
+	}
+	select {
+	case c.wsem <- struct{}{}:
+	default:
+		// Another write holds the lock (a pong, the close frame, the
+		// bridge), and it may wait for the client up to the write
+		// timeout: a write worker must not wait with it. The whole
+		// write goes to flush, which takes the lock itself.
+		c.out.rest, c.flushLocks = buf, true
+		return len(*buf), gateway.ErrWriteBlocked
+	}
 	if c.closeSent {
 		<-c.wsem
 		return 0, errCloseSent
-	}
-	if !try {
-		defer func() { <-c.wsem }()
-		return c.out.write(c.conn, *buf, now, c.n.opts.WriteTimeout)
 	}
 	n, err := c.out.try(c.conn, buf, now, c.n.opts.WriteTimeout)
 	if err != gateway.ErrWriteBlocked {
@@ -495,8 +512,19 @@ func (c *wsConn) writeFrames(buf *[]byte, try bool) (int, error) {
 }
 
 // flush writes the rest of a try that would have waited, and releases
-// the write lock that try kept.
+// the write lock that try kept (or takes it first, when try found it
+// held).
 func (c *wsConn) flush() (int, error) {
+	if c.flushLocks {
+		c.flushLocks = false
+		c.wsem <- struct{}{}
+		if c.closeSent {
+			putBuffer(c.out.rest)
+			c.out.rest = nil
+			<-c.wsem
+			return 0, errCloseSent
+		}
+	}
 	defer func() { <-c.wsem }()
 	return c.out.flush(c.conn, c.n.opts.WriteTimeout)
 }

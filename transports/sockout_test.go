@@ -1,0 +1,91 @@
+package transports
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/cometgate/cometgate/gateway"
+)
+
+// tcpPair is a connected loopback pair: the node's end and the client's.
+func tcpPair(t *testing.T) (server, client net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { _ = server.Close(); _ = client.Close() })
+	return server, client
+}
+
+// A write worker's try never waits for the write lock: while another
+// write holds it (a pong to a client that does not read, say), the try
+// leaves everything to flush, which takes the lock itself and writes it
+// all, in order after the other write.
+func TestTryWriteDoesNotWaitForTheWriteLock(t *testing.T) {
+	server, client := tcpPair(t)
+	c := &wsConn{n: &node{opts: Options{WriteTimeout: 10 * time.Second}}, conn: server, wsem: make(chan struct{}, 1)}
+	c.clock.start(time.Hour)
+
+	c.wsem <- struct{}{} // another write holds the lock
+	buf := getBuffer(16)
+	*buf = appendMessage(*buf, 0x1, []byte("hello"))
+	want := bytes.Clone(*buf)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.writeFrames(buf, true)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != gateway.ErrWriteBlocked {
+			t.Fatalf("try with the lock held: %v, want ErrWriteBlocked", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the try waited for the write lock")
+	}
+
+	flushed := make(chan error, 1)
+	go func() {
+		_, err := c.flush()
+		flushed <- err
+	}()
+	first := appendMessage(nil, 0x1, []byte("first"))
+	if _, err := server.Write(first); err != nil { // the holder's write
+		t.Fatal(err)
+	}
+	<-c.wsem // the holder lets go: flush may take the lock now
+	if err := <-flushed; err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	got := make([]byte, len(first)+len(want))
+	if _, err := io.ReadFull(client, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, append(first, want...)) {
+		t.Fatalf("the client read %q", got)
+	}
+	select {
+	case c.wsem <- struct{}{}: // flush released the lock
+		<-c.wsem
+	default:
+		t.Fatal("flush kept the write lock")
+	}
+}
