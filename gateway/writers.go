@@ -103,7 +103,7 @@ func newWriterPool(g *Gateway, n int) *writerPool {
 	return p
 }
 
-// shardOf assigns a new session its worker.
+// assign gives a new session its worker, round-robin.
 func (p *writerPool) assign() int {
 	return int(p.next.Add(1)-1) % len(p.workers)
 }
