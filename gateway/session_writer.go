@@ -233,19 +233,15 @@ var batchPool = sync.Pool{New: func() any { b := make([]Packet, 0, 16); return &
 // maxPooledBatch keeps rare huge batches out of the pool.
 const maxPooledBatch = 4096
 
-// writeLoop writes the session on a goroutine of its own: a downstream
-// that is not a TryWriter, or one whose write would have made the worker
-// wait. backlog is as for writeRounds.
-func (s *Session) writeLoop(backlog int) {
-	defer s.g.wg.Done()
-	s.writeRounds(nil, backlog)
-}
-
-// leaveWorker moves the session's writing from worker to a goroutine of
-// its own; writing stays set throughout.
-func (s *Session) leaveWorker(backlog int) {
+// leaveWorker moves the session's writing from its worker to a goroutine
+// of its own, for a downstream that is not a TryWriter; writing stays set
+// throughout.
+func (s *Session) leaveWorker() {
 	s.g.wg.Add(1)
-	go s.writeLoop(backlog)
+	go func() {
+		defer s.g.wg.Done()
+		s.writeRounds(nil, -1)
+	}()
 }
 
 // writeRounds drains everything pending into one write per round until
@@ -255,24 +251,14 @@ func (s *Session) leaveWorker(backlog int) {
 // never waits for the client. backlog is the kernel's backlog measured
 // after the last write, to record, or -1.
 func (s *Session) writeRounds(w *writer, backlog int) {
-	var batch []Packet
-	if w != nil {
-		batch = w.batch[:0]
-		defer func() {
-			if cap(batch) <= maxPooledBatch {
-				w.batch = batch[:0]
-			}
-		}()
-	} else {
-		bp := batchPool.Get().(*[]Packet)
-		defer func() {
-			if cap(*bp) <= maxPooledBatch {
-				batchPool.Put(bp)
-			}
-		}()
-		batch = (*bp)[:0]
-		defer func() { *bp = batch[:0] }()
-	}
+	bp := batchPool.Get().(*[]Packet)
+	defer func() {
+		if cap(*bp) <= maxPooledBatch {
+			batchPool.Put(bp)
+		}
+	}()
+	batch := (*bp)[:0]
+	defer func() { *bp = batch[:0] }()
 	rounds := 0
 	for {
 		s.mu.Lock()
@@ -292,7 +278,7 @@ func (s *Session) writeRounds(w *writer, backlog int) {
 		tw, try := down.(TryWriter)
 		if w != nil && !try {
 			s.mu.Unlock()
-			s.leaveWorker(-1)
+			s.leaveWorker()
 			return
 		}
 		var msgs int

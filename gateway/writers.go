@@ -69,7 +69,6 @@ type writer struct {
 	full    *sync.Cond // on mu: a poster waits here while fanouts is over maxFanoutBacklog
 	running bool       // a worker goroutine is draining jobs
 	spare   []writeJob // the slice the worker drained last, reused
-	batch   []Packet   // the worker's batch for writeRounds
 }
 
 type writerPool struct {

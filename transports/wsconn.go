@@ -483,12 +483,7 @@ func (c *wsConn) writeFrames(buf *[]byte, try bool) (int, error) {
 		*buf = appendFrameHeader(*buf, ws.OpPing, 0)
 	}
 	if !try {
-		c.wsem <- struct{}{}
-		defer func() { <-c.wsem }()
-		if c.closeSent {
-			return 0, errCloseSent
-		}
-		return c.out.write(c.conn, *buf, now, c.n.opts.WriteTimeout)
+		return c.write(*buf)
 	}
 	select {
 	case c.wsem <- struct{}{}:
