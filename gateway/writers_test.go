@@ -122,6 +122,24 @@ func openTry(t *testing.T, g *testGateway) (*Session, *tryTransport) {
 	return s, tr
 }
 
+// openTrySubscribed is openTry, then a subscription to t.x.
+func openTrySubscribed(t *testing.T, g *testGateway) (*Session, *tryTransport) {
+	t.Helper()
+	s, tr := openTry(t, g)
+	subscribe(t, s, tr.fakeTransport, 1, "t.x")
+	return s, tr
+}
+
+// oneWorkerPair is a gateway with one write worker and two sessions on
+// it, a and b, both subscribed to t.x; it returns a and both downstreams.
+func oneWorkerPair(t *testing.T) (*testGateway, *Session, *tryTransport, *tryTransport) {
+	t.Helper()
+	g := newTestGateway(t, func(c *Config) { c.Writers = 1 })
+	a, ta := openTrySubscribed(t, g)
+	_, tb := openTrySubscribed(t, g)
+	return g, a, ta, tb
+}
+
 func publishTo(t *testing.T, b *fakeBroker, channel string, from, to int) {
 	t.Helper()
 	for i := from; i <= to; i++ {
@@ -146,11 +164,7 @@ func expectData(t *testing.T, tr *fakeTransport, from, to int) {
 // worker is free each session gets everything that arrived meanwhile in
 // one write.
 func TestWorkerCoalescesWhileBehind(t *testing.T) {
-	g := newTestGateway(t, func(c *Config) { c.Writers = 1 })
-	a, ta := openTry(t, g)
-	b, tb := openTry(t, g)
-	subscribe(t, a, ta.fakeTransport, 1, "t.x")
-	subscribe(t, b, tb.fakeTransport, 1, "t.x")
+	g, _, ta, tb := oneWorkerPair(t)
 
 	release := ta.stallNext()
 	defer release()
@@ -177,11 +191,7 @@ func TestWorkerCoalescesWhileBehind(t *testing.T) {
 // same worker go on getting their messages, and the slow one gets all of
 // its own, in order, once its client reads again.
 func TestBlockedSessionLeavesWorker(t *testing.T) {
-	g := newTestGateway(t, func(c *Config) { c.Writers = 1 })
-	a, ta := openTry(t, g)
-	b, tb := openTry(t, g)
-	subscribe(t, a, ta.fakeTransport, 1, "t.x")
-	subscribe(t, b, tb.fakeTransport, 1, "t.x")
+	g, _, ta, tb := oneWorkerPair(t)
 	triesBefore, _ := ta.counts()
 
 	release := ta.blockNext()
@@ -212,9 +222,7 @@ func TestFanoutSpreadsOverWorkers(t *testing.T) {
 	g := newTestGateway(t, func(c *Config) { c.Writers = workers })
 	trs := make([]*tryTransport, sessions)
 	for i := range trs {
-		var s *Session
-		s, trs[i] = openTry(t, g)
-		subscribe(t, s, trs[i].fakeTransport, 1, "t.x")
+		_, trs[i] = openTrySubscribed(t, g)
 	}
 	g.hub.mu.Lock()
 	e := g.hub.entries["t.x"]
@@ -236,11 +244,7 @@ func TestFanoutSpreadsOverWorkers(t *testing.T) {
 // it is written) does not keep its worker from the others: after a few
 // writes it goes to the back of the worker's queue.
 func TestWorkerTakesTurns(t *testing.T) {
-	g := newTestGateway(t, func(c *Config) { c.Writers = 1 })
-	a, ta := openTry(t, g)
-	b, tb := openTry(t, g)
-	subscribe(t, a, ta.fakeTransport, 1, "t.x")
-	subscribe(t, b, tb.fakeTransport, 1, "t.x")
+	g, a, ta, tb := oneWorkerPair(t)
 
 	const feed = 500
 	var fed atomic.Int64

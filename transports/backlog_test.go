@@ -2,7 +2,6 @@ package transports
 
 import (
 	"io"
-	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -14,30 +13,7 @@ func TestSocketBacklog(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("SIOCOUTQ is Linux's")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	w, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	r := <-accepted
-	if r == nil {
-		t.Fatal("accept failed")
-	}
-	defer r.Close()
+	w, r := tcpPair(t)
 	fd := socketFD(w)
 	if fd < 0 {
 		t.Fatal("no descriptor")
