@@ -90,10 +90,15 @@ func startNode(t testing.TB, cfg func(*gateway.Config), opts func(*Options)) *te
 		// The parked polls the shutdown answered go back to the server
 		// before it closes (they are readers until then).
 		srv.readers.Wait()
+		// The re-entry listener closes, and its Serve returns, before
+		// httptest's Close: that Serve registers each connection it
+		// accepts with httptest (a WaitGroup Add), which must not
+		// overlap Close's Wait.
+		_ = srv.Reentry().Close()
+		serving.Wait()
 		n.client.CloseIdleConnections()
 		n.http.Close()
 		srv.Wait()
-		serving.Wait()
 		if err := emb.Close(); err != nil {
 			t.Errorf("embedded NATS close: %v", err)
 		}
