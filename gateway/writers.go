@@ -65,10 +65,11 @@ type writer struct {
 
 	mu      sync.Mutex
 	jobs    []writeJob
-	fanouts int        // fan-out jobs posted and not yet taken
-	full    *sync.Cond // on mu: a poster waits here while fanouts is over maxFanoutBacklog
-	running bool       // a worker goroutine is draining jobs
-	spare   []writeJob // the slice the worker drained last, reused
+	fanouts atomic.Int32 // fan-out jobs posted and not yet taken; written under mu, read without it between writes
+	full    *sync.Cond   // on mu: a poster waits here while fanouts is over maxFanoutBacklog
+	running bool         // a worker goroutine is draining jobs
+	spare   []writeJob   // the slice the worker drained last, reused
+	early   []writeJob   // fan-outs taken in the middle of a batch (takeFanouts), reused; the worker's own
 }
 
 type writerPool struct {
@@ -114,7 +115,7 @@ func (p *writerPool) post(shard int, j writeJob) {
 	w.mu.Lock()
 	w.jobs = append(w.jobs, j)
 	if j.e != nil {
-		w.fanouts++
+		w.fanouts.Add(1)
 	}
 	if !w.running {
 		w.running = true
@@ -129,7 +130,7 @@ func (p *writerPool) post(shard int, j writeJob) {
 func (p *writerPool) await(shard int) {
 	w := p.workers[shard]
 	w.mu.Lock()
-	for w.fanouts > maxFanoutBacklog {
+	for w.fanouts.Load() > maxFanoutBacklog {
 		w.full.Wait()
 	}
 	w.mu.Unlock()
@@ -148,10 +149,7 @@ func (w *writer) run() {
 		}
 		jobs := w.jobs
 		w.jobs = w.spare[:0]
-		if w.fanouts > maxFanoutBacklog {
-			w.full.Broadcast()
-		}
-		w.fanouts = 0
+		w.tookFanoutsLocked()
 		w.mu.Unlock()
 
 		for i := range jobs {
@@ -163,10 +161,55 @@ func (w *writer) run() {
 				j.s.writeRounds(w, -1)
 				if writes++; writes%yieldEvery == 0 {
 					runtime.Gosched()
+					if w.fanouts.Load() > 0 {
+						w.early = w.takeFanouts(w.early[:0])
+						for k := range w.early {
+							e := &w.early[k]
+							e.e.deliverShard(w.shard, e.b, e.push)
+						}
+						clear(w.early)
+					}
 				}
 			}
 		}
 		clear(jobs)
 		w.spare = jobs
 	}
+}
+
+// takeFanouts moves the fan-out jobs posted since the worker took its
+// batch out of its queue, in their order, and appends them to out. The
+// worker queues them on its sessions at once, in the middle of writing
+// the batch: a session still waiting for its write in the batch then
+// takes the new message in the same write as the older ones. When
+// messages come faster than a fan-out's time, that is what keeps a
+// worker from writing every session twice (first the old message, then,
+// a whole fan-out later, the new one), and the last sessions of a
+// fan-out from being later still for the next message. Session jobs
+// stay queued in their order: they carry no message, so queueing a
+// message ahead of them changes only what their write takes.
+func (w *writer) takeFanouts(out []writeJob) []writeJob {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	kept := w.jobs[:0]
+	for _, j := range w.jobs {
+		if j.e != nil {
+			out = append(out, j)
+		} else {
+			kept = append(kept, j)
+		}
+	}
+	clear(w.jobs[len(kept):])
+	w.jobs = kept
+	w.tookFanoutsLocked()
+	return out
+}
+
+// tookFanoutsLocked records that the worker took every fan-out job
+// queued, and wakes the posters waiting for room.
+func (w *writer) tookFanoutsLocked() {
+	if w.fanouts.Load() > maxFanoutBacklog {
+		w.full.Broadcast()
+	}
+	w.fanouts.Store(0)
 }

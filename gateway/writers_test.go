@@ -276,3 +276,38 @@ func TestWorkerTakesTurns(t *testing.T) {
 	}
 	waitFor(t, "a to be fed and written out", func() bool { return fed.Load() == feed })
 }
+
+// A message that arrives while a worker is in the middle of a fan-out
+// batch is queued on the worker's sessions at its next yield, not after
+// the batch: the sessions the batch has not written yet take it in the
+// same write as the older message, instead of every session being
+// written twice, the last ones a whole fan-out late for the new message.
+func TestWorkerTakesNewFanoutsMidBatch(t *testing.T) {
+	g := newTestGateway(t, func(c *Config) { c.Writers = 1 })
+	const sessions = 2*yieldEvery + 1 // a yield falls between the first write and the last
+	trs := make([]*tryTransport, sessions)
+	for i := range trs {
+		_, trs[i] = openTrySubscribed(t, g)
+	}
+	release := trs[0].stallNext() // the batch's first write
+	defer release()
+	publishTo(t, g.b, "t.x", 1, 1)
+	select {
+	case <-trs[0].stalled:
+	case <-time.After(waitTimeout):
+		t.Fatal("the worker did not begin the fan-out")
+	}
+	publishTo(t, g.b, "t.x", 2, 2)
+	waitFor(t, "the broker to hand message 2 over", g.b.Drained)
+	release()
+
+	for _, tr := range trs {
+		expectData(t, tr.fakeTransport, 1, 2)
+	}
+	if _, per := trs[0].counts(); !slices.Equal(per, []int{1, 1}) {
+		t.Errorf("first session: messages per write %v, want [1 1] (written before message 2 came)", per)
+	}
+	if _, per := trs[sessions-1].counts(); !slices.Equal(per, []int{2}) {
+		t.Errorf("last session: messages per write %v, want [2] (both in the batch's write)", per)
+	}
+}
