@@ -22,12 +22,20 @@ import (
 //
 // Why a system call of our own rather than net.Conn.Write: Write waits in
 // Go's poller when the socket buffer is full, and a worker that writes
-// thousands of sessions must not wait for one slow client. RawConn.Write
-// with a callback that never asks to wait makes the write (sendNonblock,
-// shared with the bridge: a raw system call, no scheduler transition)
-// through the same descriptor lock as Write, so a concurrent Close is
-// still safe. The RawConn is asked for at each try (a 16-byte object)
-// rather than kept, for the same reason of idle memory.
+// thousands of sessions must not wait for one slow client. The try is one
+// sendNonblock (shared with the bridge: a raw system call, no scheduler
+// transition) inside RawConn.Control, which holds a reference on the
+// descriptor for the call, so a concurrent Close cannot close it, or let
+// its number be reused, under the write. Not RawConn.Write: its
+// descriptor write lock and its re-arming of the Go poller's wait state
+// (pollReset) are for a writer that may wait in the poller, which a try
+// never does, and the owner's write lock already makes writes one at a
+// time; on a fan-out to thousands of sessions they were 4% of the node's
+// CPU (the descriptor and its poll state are cache lines that a delivery
+// would otherwise not touch). For the same reason the try leaves the
+// write deadline alone: only a write that waits (write, flush) needs it,
+// and renews it first. The RawConn is asked for at each try (a 16-byte
+// object) rather than kept, for the same reason of idle memory.
 type sockOut struct {
 	deadline writeDeadline // guarded by the owner's write lock
 	// rest is a try's buffer holding what the kernel did not take; only
@@ -47,17 +55,13 @@ func (o *sockOut) write(conn net.Conn, b []byte, now int64, timeout time.Duratio
 // what is left (returned to the pool by flush), and returns
 // gateway.ErrWriteBlocked with len(*buf): the rest goes out at flush,
 // which must follow before any other write.
-func (o *sockOut) try(conn net.Conn, buf *[]byte, now int64, timeout time.Duration) (int, error) {
+func (o *sockOut) try(conn net.Conn, buf *[]byte) (int, error) {
 	b := *buf
-	// A write deadline that passed (the lazy one, after a quiet while)
-	// fails RawConn.Write as it fails Write: renew it first.
-	o.deadline.extend(conn, now, timeout)
 	n := 0
 	if raw := rawConn(conn); raw != nil {
 		var errno syscall.Errno
-		err := raw.Write(func(fd uintptr) bool {
+		err := raw.Control(func(fd uintptr) {
 			n, errno = sendNonblock(fd, b)
-			return true // never wait here: the rest is flush's
 		})
 		if err == nil && errno != 0 && errno != syscall.EAGAIN {
 			err = os.NewSyscallError("sendto", errno)

@@ -270,7 +270,7 @@ func (c *sseConn) writePackets(pkts []gateway.Packet, try bool) (int, error) {
 		return n, err
 	}
 	c.wmu.Lock()
-	n, err := c.out.try(c.conn, buf, time.Now().UnixNano(), c.n.opts.WriteTimeout)
+	n, err := c.out.try(c.conn, buf)
 	if err != gateway.ErrWriteBlocked {
 		c.wmu.Unlock()
 		putBuffer(buf) // otherwise the connection keeps it until Flush

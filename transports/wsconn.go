@@ -499,7 +499,7 @@ func (c *wsConn) writeFrames(buf *[]byte, try bool) (int, error) {
 		<-c.wsem
 		return 0, errCloseSent
 	}
-	n, err := c.out.try(c.conn, buf, now, c.n.opts.WriteTimeout)
+	n, err := c.out.try(c.conn, buf)
 	if err != gateway.ErrWriteBlocked {
 		<-c.wsem
 	}
