@@ -113,7 +113,7 @@ func TestPlanFloor(t *testing.T) {
 		t.Fatal("no floor planned")
 	}
 	// The first step's rate: 0.5 msg/s to 5,000 sessions each.
-	if fo.Conns != floorMaxConns || fo.Rate != 2500 || fo.Duration != 2*time.Second || !fo.Epoll {
+	if fo.Conns != 10000 || fo.Rate != 2500 || fo.Duration != 2*time.Second || !fo.Epoll {
 		t.Errorf("plan %+v", fo)
 	}
 	// The packet is the gateway's: {"seq":1000,"t":"msg","ch":"demo.bench.0","data":PAYLOAD}.
