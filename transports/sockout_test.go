@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,10 +42,10 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 // all, in order after the other write.
 func TestTryWriteDoesNotWaitForTheWriteLock(t *testing.T) {
 	server, client := tcpPair(t)
-	c := &wsConn{n: &node{opts: Options{WriteTimeout: 10 * time.Second}}, conn: server, wsem: make(chan struct{}, 1)}
+	c := &wsConn{n: &node{opts: Options{WriteTimeout: 10 * time.Second}}, conn: server}
 	c.clock.start(time.Hour)
 
-	c.wsem <- struct{}{} // another write holds the lock
+	c.wmu.Lock() // another write holds the lock
 	buf := getBuffer(16)
 	*buf = appendMessage(*buf, 0x1, []byte("hello"))
 	want := bytes.Clone(*buf)
@@ -71,7 +72,7 @@ func TestTryWriteDoesNotWaitForTheWriteLock(t *testing.T) {
 	if _, err := server.Write(first); err != nil { // the holder's write
 		t.Fatal(err)
 	}
-	<-c.wsem // the holder lets go: flush may take the lock now
+	c.wmu.Unlock() // the holder lets go: flush may take the lock now
 	if err := <-flushed; err != nil {
 		t.Fatalf("flush: %v", err)
 	}
@@ -82,10 +83,30 @@ func TestTryWriteDoesNotWaitForTheWriteLock(t *testing.T) {
 	if !bytes.Equal(got, append(first, want...)) {
 		t.Fatalf("the client read %q", got)
 	}
-	select {
-	case c.wsem <- struct{}{}: // flush released the lock
-		<-c.wsem
-	default:
+	if !c.wmu.TryLock() {
 		t.Fatal("flush kept the write lock")
 	}
+	c.wmu.Unlock()
+}
+
+// Closing gives up on a write that holds the lock for longer than it
+// waits (lockWithin), and gets the lock as soon as the write lets go.
+func TestLockWithin(t *testing.T) {
+	var mu sync.Mutex
+	if !lockWithin(&mu, 0) {
+		t.Fatal("a free lock was not taken")
+	}
+	if lockWithin(&mu, 20*time.Millisecond) {
+		t.Fatal("a held lock was taken")
+	}
+	released := make(chan struct{})
+	go func() {
+		<-released
+		mu.Unlock()
+	}()
+	close(released)
+	if !lockWithin(&mu, waitTimeout) {
+		t.Fatal("the lock was not taken once released")
+	}
+	mu.Unlock()
 }
