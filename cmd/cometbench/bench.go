@@ -224,7 +224,7 @@ func runBench(ctx context.Context, o *runOptions, stdout, stderr io.Writer) (err
 		}
 		benchCPU1 := c.benchCPU()
 
-		hist := newHistogram()
+		hist, arrHist := newHistogram(), newHistogram()
 		var counts seqCounts
 		var expected uint64
 		closed := map[string]int{}
@@ -234,9 +234,14 @@ func runBench(ctx context.Context, o *runOptions, stdout, stderr io.Writer) (err
 			if e.Error != "" {
 				return fmt.Errorf("worker %d: %s", e.Worker, e.Error)
 			}
-			if e.Hist != nil {
-				if err := hist.mergeSnapshot(*e.Hist); err != nil {
-					return fmt.Errorf("worker %d: %w", e.Worker, err)
+			for _, m := range []struct {
+				h *histogram
+				s *histSnapshot
+			}{{hist, e.Hist}, {arrHist, e.ArrivalHist}} {
+				if m.s != nil {
+					if err := m.h.mergeSnapshot(*m.s); err != nil {
+						return fmt.Errorf("worker %d: %w", e.Worker, err)
+					}
 				}
 			}
 			if e.Counts != nil {
@@ -257,7 +262,7 @@ func runBench(ctx context.Context, o *runOptions, stdout, stderr io.Writer) (err
 		if lr := time.Unix(0, lastRecv).Sub(t0); rate > 0 && lastRecv > 0 && lr > window {
 			window = lr
 		}
-		res.fill(ps, window, d, expected-prevExpected, hist, closed)
+		res.fill(ps, window, d, expected-prevExpected, hist, arrHist, closed)
 		prevExpected = expected
 		res.gatewayCPU(gw0, gw1, wall, d.Received)
 		res.setFloor(floor)

@@ -64,15 +64,19 @@ import (
 //     and number of writes. The frame is the size of the WebSocket frame the gateway
 //     sends for the scenario's payload (gateway.EncodeMessage's packet
 //     with a 4-digit seq, uncompressed), so the copy is the same too.
-//   - K is the sessions, not a sample of them, because how often one
-//     connection is written changes what each write costs: the kernel's
-//     per-connection work (its timers, its socket state, cold in the
-//     caches when ten thousand sockets take turns) is shared by fewer
-//     writes. Measured on 2026-12-05 for fanout-10k-10 (100,000 writes a
-//     second): 5.0–5.4 µs per write on 1,000 connections written ten
-//     times as often as the sessions are, 8.3–8.4 µs on the scenario's
-//     10,000. The bound is what one process may hold (the reader here,
-//     the writer in the child), as for the load generator's workers.
+//   - K is the sessions, not a sample of them, so that each connection is
+//     written as often as a session is: how often one connection is
+//     written changes what a write costs (the kernel's per-connection
+//     work is shared by fewer writes, and ten thousand sockets do not
+//     stay in the caches). Measured on 2026-12-05 at fanout-10k-10's
+//     100,000 writes a second, after the warm-up below: 5.4–5.6 µs per
+//     write on 1,000 connections, 5.7–6.1 on the scenario's 10,000. The
+//     bound is what one process may hold (the reader here, the writer in
+//     the child), as for the load generator's workers.
+//   - Each connection first gets floorWarmup frames that are not counted,
+//     past the receiver's quick-ACK start (see floorWarmup). Without it,
+//     at 10,000 connections and 20 counted writes each, the floor was
+//     8.3–9.3 µs per write, most of its writes in that start.
 //   - Only the writes are counted: the writer reads its thread's CPU clock
 //     around each burst of writes, so the sleeps between messages and the
 //     Go runtime's own threads are not in the floor (the gateway pays its
@@ -96,6 +100,17 @@ import (
 
 // Bounds of the floor measurement.
 const (
+	// floorWarmup is how many frames each connection gets before the
+	// writes that count. A TCP receiver acknowledges the first segments
+	// of a connection at once (quick-ACK mode, 16 segments on Linux),
+	// each acknowledgement processed on the writer's core for loopback,
+	// and only then delays its acknowledgements; the gateway's sessions
+	// have had their first messages by the time a step is long, so the
+	// floor is measured past them too. At fanout-10k-10's pattern a floor
+	// without the warm-up spent 16 of each connection's 20 writes in that
+	// mode.
+	floorWarmup = 20
+
 	floorMaxConns  = sessionsPerWorker
 	floorMaxWrites = 250_000 // ~1.5 s of CPU at 6 µs a write
 	floorMinRate   = 100     // writes per second, so that a slow scenario still gives enough writes
@@ -126,8 +141,11 @@ type floorOptions struct {
 
 // floorReport is the writer's one line on its standard output.
 type floorReport struct {
-	Writes uint64 `json:"writes"` // frames written, each whole
-	Bytes  uint64 `json:"bytes"`
+	Writes uint64 `json:"writes"` // frames written and counted, each whole
+	// Warmup is the frames written to each connection before the counted
+	// ones (floorWarmup).
+	Warmup uint64 `json:"warmup"`
+	Bytes  uint64 `json:"bytes"` // every byte written, the warm-up's too
 	Conns  int    `json:"conns"`
 	Frame  int    `json:"frame"` // bytes per frame, header included
 	// CPUNs is the writer thread's CPU time over the bursts of writes.
@@ -429,8 +447,8 @@ func parseFloorReport(out []byte, fo floorOptions) (floorReport, error) {
 		return rep, fmt.Errorf("%d connections, %d asked", rep.Conns, fo.Conns)
 	case rep.Frame != wantFrame:
 		return rep, fmt.Errorf("frames of %d bytes, %d asked", rep.Frame, wantFrame)
-	case rep.Bytes != rep.Writes*uint64(rep.Frame):
-		return rep, fmt.Errorf("%d bytes for %d writes of %d", rep.Bytes, rep.Writes, rep.Frame)
+	case rep.Bytes != (rep.Writes+rep.Warmup*uint64(rep.Conns))*uint64(rep.Frame):
+		return rep, fmt.Errorf("%d bytes for %d writes of %d after %d per connection", rep.Bytes, rep.Writes, rep.Frame, rep.Warmup)
 	case !slices.Equal(rep.CPUs, fo.WriterCPUs):
 		return rep, fmt.Errorf("the writer ran on CPUs %v, not the gateway's %v", rep.CPUs, fo.WriterCPUs)
 	}
@@ -471,6 +489,19 @@ func newFloorReader(conns []net.Conn, fo floorOptions) *floorReader {
 }
 
 func (r *floorReader) start() error {
+	// The sessions' reader asks for receive timestamps (poll.go), which
+	// makes the kernel read the clock for every packet it receives, on
+	// the writer's core for loopback: the floor's connections ask too, so
+	// that the floor's writes pay it as the gateway's do.
+	for _, c := range r.conns {
+		fd, err := connFD(c)
+		if err == nil {
+			err = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TIMESTAMPNS, 1)
+		}
+		if err != nil {
+			return fmt.Errorf("floor reader: SO_TIMESTAMPNS: %w", err)
+		}
+	}
 	if r.fo.Epoll {
 		epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 		if err != nil {
@@ -772,7 +803,14 @@ func processCPU() time.Duration {
 // at rate writes per second, until duration or maxWrites. The caller has
 // locked its thread.
 func writeFloor(ctx context.Context, fds []int, frame []byte, rate float64, duration time.Duration, maxWrites int) (floorReport, error) {
-	rep := floorReport{Conns: len(fds), Frame: len(frame)}
+	rep := floorReport{Conns: len(fds), Frame: len(frame), Warmup: floorWarmup}
+	for range floorWarmup {
+		for _, fd := range fds {
+			if _, err := writeFull(fd, frame); err != nil {
+				return rep, err
+			}
+		}
+	}
 	every := time.Duration(float64(len(fds)) / rate * float64(time.Second))
 	start := time.Now()
 	proc0 := processCPU()
@@ -807,7 +845,7 @@ func writeFloor(ctx context.Context, fds []int, frame []byte, rate float64, dura
 	rep.WallNs = int64(time.Since(start))
 	rep.ProcessCPUNs = int64(processCPU() - proc0)
 	rep.CPUNs = int64(cpu)
-	rep.Bytes = rep.Writes * uint64(len(frame))
+	rep.Bytes = (rep.Writes + floorWarmup*uint64(len(fds))) * uint64(len(frame))
 	return rep, nil
 }
 

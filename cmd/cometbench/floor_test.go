@@ -17,7 +17,7 @@ func TestParseFloorReport(t *testing.T) {
 	if frame != 102 {
 		t.Fatalf("frame of a 100-byte packet is %d bytes, want 102", frame)
 	}
-	good := floorReport{Writes: 30, Bytes: 30 * 102, Conns: 3, Frame: 102, CPUNs: 150_000, ProcessCPUNs: 200_000,
+	good := floorReport{Writes: 30, Warmup: 2, Bytes: (30 + 2*3) * 102, Conns: 3, Frame: 102, CPUNs: 150_000, ProcessCPUNs: 200_000,
 		WallNs: 1e9, CPUs: []int{0}}
 	line := func(mod func(r *floorReport)) string {
 		r := good
@@ -183,8 +183,8 @@ func TestMeasureFloor(t *testing.T) {
 		if f.Writes == 0 || f.Writes > 3000 || f.Frame != frame || f.Conns != 20 {
 			t.Errorf("epoll %v: %+v", epoll, f.floorReport)
 		}
-		if f.Received != f.Writes*uint64(frame) || f.Bytes != f.Received {
-			t.Errorf("epoll %v: %d writes of %d bytes, %d bytes said, %d received", epoll, f.Writes, frame, f.Bytes, f.Received)
+		if f.Warmup != floorWarmup || f.Received != (f.Writes+floorWarmup*20)*uint64(frame) || f.Bytes != f.Received {
+			t.Errorf("epoll %v: %d writes of %d bytes after %d per connection, %d bytes said, %d received", epoll, f.Writes, frame, f.Warmup, f.Bytes, f.Received)
 		}
 		if !(f.PerWriteUs() > 0) || !slices.Equal(f.CPUs, writer) || !slices.Equal(f.ReaderCPUs, cpus) {
 			t.Errorf("epoll %v: floor %v µs, writer CPUs %v (want %v), reader CPUs %v (want %v)",

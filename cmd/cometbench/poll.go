@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // The event loop that reads subscribed sessions. With one goroutine per
@@ -22,11 +23,26 @@ import (
 // The poller alone closes the connections it holds: a file descriptor is
 // never closed behind its back and reused by another connection while it
 // reads.
+//
+// Each read also takes the kernel's receive timestamp of the bytes
+// (SO_TIMESTAMPNS): on loopback the moment the gateway's write put them in
+// the connection's receive queue. A delivery's latency is recorded twice,
+// at that arrival and at the read (the time epoll_wait returned). The
+// difference is the load generator's own delay: on a machine where it
+// shares two cores with the gateway, its reader waits for its CPU, its
+// Go scheduler (the reader's thread gets a P back after each wait) and
+// its garbage collector, and the tail of a large fan-out is read tens of
+// milliseconds after it arrived. The arrival latency is the gateway's;
+// the read latency is what this client saw. When one read takes several
+// messages, the kernel reports the arrival of the last of them, so the
+// earlier ones are counted as arriving late: the arrival latency can only
+// be overstated.
 
 type poller struct {
 	epfd int
 	w    *worker
 	buf  []byte
+	oob  []byte // a read's control message: the receive timestamp
 
 	mu      sync.Mutex
 	conns   map[int32]*polledConn
@@ -41,14 +57,15 @@ type polledConn struct {
 	s           *benchSession
 	chName      []byte
 	closeReason string
-	now         int64        // arrival time of the bytes being parsed
+	now         int64        // when the bytes being parsed were read (Unix ns)
+	arrival     int64        // and when they arrived (the kernel's timestamp), 0 unknown
 	emit        func([]byte) // pc.onPacket, bound once (no allocation per read)
 }
 
 func newPolledConn(w *worker, fd int, conn net.Conn, parser streamParser, s *benchSession, chName []byte) *polledConn {
 	pc := &polledConn{fd: fd, conn: conn, parser: parser, s: s, chName: chName}
 	pc.emit = func(pkt []byte) {
-		if c := w.onPacket(pc.s, pc.chName, pkt, pc.now); c != nil && c.T == "close" {
+		if c := w.onPacket(pc.s, pc.chName, pkt, pc.now, pc.arrival); c != nil && c.T == "close" {
 			pc.closeReason = fmt.Sprintf("%d %s", c.Code, c.Reason)
 		}
 	}
@@ -60,7 +77,7 @@ func newPoller(w *worker) (*poller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
-	return &poller{epfd: epfd, w: w, buf: make([]byte, 256<<10), conns: map[int32]*polledConn{}}, nil
+	return &poller{epfd: epfd, w: w, buf: make([]byte, 256<<10), oob: make([]byte, syscall.CmsgSpace(16)), conns: map[int32]*polledConn{}}, nil
 }
 
 // connFD returns the file descriptor of a TCP connection.
@@ -87,6 +104,9 @@ func (p *poller) add(pc *polledConn) error {
 	defer p.mu.Unlock()
 	if p.stopped {
 		return errStopped
+	}
+	if err := syscall.SetsockoptInt(pc.fd, syscall.SOL_SOCKET, syscall.SO_TIMESTAMPNS, 1); err != nil {
+		return fmt.Errorf("SO_TIMESTAMPNS: %w", err)
 	}
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(pc.fd)}
 	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, pc.fd, &ev); err != nil {
@@ -141,12 +161,13 @@ func (p *poller) run() {
 }
 
 func (p *poller) read(pc *polledConn, now int64) {
-	nr, err := syscall.Read(pc.fd, p.buf)
+	nr, oobn, _, _, err := syscall.Recvmsg(pc.fd, p.buf, p.oob, 0)
 	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
 		return
 	}
 	if nr > 0 {
 		pc.now = now
+		pc.arrival = receiveTimestamp(p.oob[:oobn])
 		err = pc.parser.Feed(p.buf[:nr], pc.emit)
 		if err == nil {
 			return
@@ -180,4 +201,24 @@ func (p *poller) closeAll() {
 		}
 		pc.s.mu.Unlock()
 	}
+}
+
+// receiveTimestamp is the SCM_TIMESTAMPNS of a read's control messages in
+// Unix nanoseconds, or 0 when there is none. It parses in place: the
+// reader makes a system call per delivery, and the standard parser
+// allocates a slice per message.
+func receiveTimestamp(oob []byte) int64 {
+	const hdr = syscall.SizeofCmsghdr
+	for len(oob) >= hdr {
+		h := (*syscall.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		if h.Len < hdr || int(h.Len) > len(oob) {
+			return 0
+		}
+		if h.Level == syscall.SOL_SOCKET && h.Type == syscall.SCM_TIMESTAMPNS && int(h.Len) >= hdr+16 {
+			ts := (*syscall.Timespec)(unsafe.Pointer(&oob[syscall.CmsgLen(0)]))
+			return ts.Nano()
+		}
+		oob = oob[syscall.CmsgSpace(int(h.Len)-hdr):]
+	}
+	return 0
 }

@@ -42,6 +42,11 @@ type runResult struct {
 	ServerClosed     int            `json:"server_closed"`
 	CloseReasons     map[string]int `json:"close_reasons,omitempty"`
 	Latency          latencyMs      `json:"latency_ms"`
+	// ArrivalLatency is the same deliveries' latency when their bytes
+	// arrived at the client's socket (the kernel's receive timestamp,
+	// poll.go), without the load generator's own delay in reading them;
+	// absent when the sessions were not read by the event loop.
+	ArrivalLatency *latencyMs `json:"latency_at_arrival_ms,omitempty"`
 
 	// FloorUs is the loopback write floor measured before the first step
 	// (µs of writer CPU per write, see floor.go), and FloorRatio the
@@ -123,7 +128,7 @@ func (g *gatewayResult) addRuntime(s gwSample) {
 }
 
 // fill sets the delivery numbers; window is the time the deliveries took.
-func (r *runResult) fill(ps publishStats, window time.Duration, d seqCounts, expected uint64, h *histogram, closed map[string]int) {
+func (r *runResult) fill(ps publishStats, window time.Duration, d seqCounts, expected uint64, h, arrival *histogram, closed map[string]int) {
 	r.Published, r.PublishErrors, r.PublishError = ps.Published, ps.Errors, ps.FirstErr
 	r.PublishLagMs = ms(int64(ps.MaxLag))
 	if ps.Elapsed > 0 && r.Rate > 0 {
@@ -138,7 +143,15 @@ func (r *runResult) fill(ps publishStats, window time.Duration, d seqCounts, exp
 	if len(closed) > 0 {
 		r.CloseReasons = closed
 	}
-	r.Latency = latencyMs{P50: ms(h.Quantile(0.5)), P90: ms(h.Quantile(0.9)), P99: ms(h.Quantile(0.99)),
+	r.Latency = latencies(h)
+	if arrival != nil && arrival.Count() > 0 {
+		l := latencies(arrival)
+		r.ArrivalLatency = &l
+	}
+}
+
+func latencies(h *histogram) latencyMs {
+	return latencyMs{P50: ms(h.Quantile(0.5)), P90: ms(h.Quantile(0.9)), P99: ms(h.Quantile(0.99)),
 		P999: ms(h.Quantile(0.999)), Max: ms(h.Max()), Mean: h.Mean() / 1e6}
 }
 
@@ -236,6 +249,9 @@ func (r *runResult) print(w io.Writer, asJSON bool) {
 		fmt.Fprintf(tw, "  lost / dup / ooo\t%d / %d / %d\n", r.Lost, r.Dup, r.OOO)
 		l := r.Latency
 		fmt.Fprintf(tw, "  latency ms\tp50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n", l.P50, l.P90, l.P99, l.P999, l.Max)
+		if a := r.ArrivalLatency; a != nil {
+			fmt.Fprintf(tw, "  at arrival ms\tp50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f (the kernel's receive timestamp: without the load generator's delay in reading)\n", a.P50, a.P90, a.P99, a.P999, a.Max)
+		}
 	}
 	if r.ServerClosed > 0 {
 		fmt.Fprintf(tw, "  closed by gateway\t%d\n", r.ServerClosed)

@@ -82,6 +82,10 @@ type event struct {
 	Closed map[string]int `json:"closed,omitempty"`
 	Step   int            `json:"step,omitempty"`
 	Hist   *histSnapshot  `json:"hist,omitempty"`
+	// ArrivalHist is the same deliveries' latency at their arrival (the
+	// kernel's receive timestamp, poll.go), for those read by the event
+	// loop.
+	ArrivalHist *histSnapshot `json:"arrival_hist,omitempty"`
 	// Counts are cumulative over the run (the parent takes differences).
 	Counts *seqCounts `json:"counts,omitempty"`
 	// Expected is the cumulative number of deliveries the subscribed
@@ -139,6 +143,7 @@ type worker struct {
 	cancel context.CancelFunc
 
 	hist      atomic.Pointer[histogram]
+	arrHist   atomic.Pointer[histogram] // latency at arrival (poll.go)
 	windowMax atomic.Int64
 	lastRecv  atomic.Int64 // arrival of the latest bench message, Unix ns
 	delivered atomic.Uint64
@@ -257,6 +262,7 @@ func (w *worker) init() error {
 		})
 	}
 	w.hist.Store(newHistogram())
+	w.arrHist.Store(newHistogram())
 	if s.Poll {
 		p, err := newPoller(w)
 		if err != nil {
@@ -475,7 +481,7 @@ func (w *worker) runSession(s *benchSession, results chan<- openResult) {
 			_ = st.Close()
 			return
 		}
-		pk := w.onPacket(s, chName, p, time.Now().UnixNano())
+		pk := w.onPacket(s, chName, p, time.Now().UnixNano(), 0)
 		if pk == nil {
 			continue
 		}
@@ -512,7 +518,7 @@ func (w *worker) runSession(s *benchSession, results chan<- openResult) {
 // onPacket handles one packet of a session: a msg is checked and timed
 // here (this runs once per delivery); any other packet is decoded and
 // returned (nil for a msg or an undecodable packet).
-func (w *worker) onPacket(s *benchSession, chName, p []byte, now int64) *ctlPacket {
+func (w *worker) onPacket(s *benchSession, chName, p []byte, now, arrival int64) *ctlPacket {
 	if bytes.Equal(packetType(p), typMsg) {
 		m := scanMsg(p)
 		ours := m.ours && bytes.Equal(m.ch, chName)
@@ -526,6 +532,9 @@ func (w *worker) onPacket(s *benchSession, chName, p []byte, now int64) *ctlPack
 		if ours {
 			lat := now - m.ts
 			w.hist.Load().Record(lat)
+			if arrival != 0 {
+				w.arrHist.Load().Record(arrival - m.ts)
+			}
 			for {
 				cur := w.windowMax.Load()
 				if lat <= cur || w.windowMax.CompareAndSwap(cur, lat) {
@@ -653,9 +662,9 @@ func (w *worker) drain(c command) event {
 		counts.add(s.tr.counts())
 		s.mu.Unlock()
 	}
-	old := w.hist.Swap(newHistogram())
-	snap := old.Snapshot()
-	return event{Type: "step", Step: c.Step, Hist: &snap, Counts: &counts, Expected: w.expected,
+	snap := w.hist.Swap(newHistogram()).Snapshot()
+	arr := w.arrHist.Swap(newHistogram()).Snapshot()
+	return event{Type: "step", Step: c.Step, Hist: &snap, ArrivalHist: &arr, Counts: &counts, Expected: w.expected,
 		Incomplete: incomplete, Closed: w.closedCopy(), LastRecv: w.lastRecv.Load()}
 }
 
