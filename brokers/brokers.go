@@ -58,8 +58,10 @@ type Message struct {
 	// that messages matching its pattern may have been lost between the
 	// broker and this node (Seq, if non-zero, is the first position
 	// delivered after the gap; Channel, Data and Header are empty).
-	// Handlers must not treat it as data. Only history subscriptions
-	// (see History) deliver such markers.
+	// Handlers must not treat it as data. History subscriptions (see
+	// History) deliver such markers when they skip positions, and any
+	// subscription does when the broker dropped messages for it (a NATS
+	// subscription whose client-side buffer overflowed).
 	Gap bool
 }
 
@@ -84,9 +86,9 @@ type Subscription interface {
 type Broker interface {
 	// Subscribe starts delivering messages whose channel matches pattern to
 	// h. A subscription survives broker reconnects: the implementation
-	// restores it by itself. On a channel with history (see History), h
-	// may also receive a Message with Gap set when the broker detects
-	// that it skipped messages.
+	// restores it by itself. h may also receive a Message with Gap set
+	// when the broker detects that it skipped messages (see
+	// Message.Gap).
 	Subscribe(ctx context.Context, pattern string, h Handler) (Subscription, error)
 	// Publish sends msg and returns once the broker has confirmed it (a
 	// flush round trip on core NATS, a JetStream ack, an AMQP publisher

@@ -159,9 +159,11 @@ func (h *hub) release(e *hubEntry) {
 
 // fanout runs on the broker's delivery goroutine for e's subscription: it
 // encodes the message once and posts it to the write workers of e's
-// subscribers (writers.go), which queue and write it. A Gap marker (only
-// history subscriptions get them) becomes a gap packet for every session
-// on the pattern, in order with the messages around it.
+// subscribers (writers.go), which queue and write it. A Gap marker (a
+// history subscription that skipped positions, or a broker that dropped
+// messages for the subscription: brokers.Message.Gap) becomes a gap
+// packet for every session on the pattern, in order with the messages
+// around it.
 func (h *hub) fanout(e *hubEntry, m brokers.Message) {
 	if m.Gap {
 		h.post(e, GapBody(e.pattern, "messages were lost between the broker and this node", ""), true)

@@ -21,7 +21,11 @@
 // (owned by nats.go), so a Handler is called one message at a time, in
 // order. The client buffers up to Options.PendingMsgs/PendingBytes per
 // subscription; beyond that NATS drops messages and reports a slow
-// consumer, which is logged and counted (SlowConsumers). nats.go restores
+// consumer, which is logged and counted (SlowConsumers), and the
+// subscription's Handler gets a Gap marker before its next message: on a
+// channel without history nothing else would tell the subscribers that
+// messages are missing. (A history subscription sees the skipped
+// positions and resumes from them.) nats.go restores
 // every subscription after a reconnect by itself, before StateConnected is
 // reported. Subscribe waits for the server to confirm the interest (a
 // PING/PONG round trip), so a message published through the same server
@@ -605,15 +609,34 @@ func (b *Broker) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 		subject = sub.Subject
 	}
 	if errors.Is(err, nats.ErrSlowConsumer) {
-		b.slowConsumers.Add(1)
 		var dropped int
 		if sub != nil {
 			dropped, _ = sub.Dropped()
+			b.markDropped(sub)
 		}
+		b.slowConsumers.Add(1) // after the mark: a count seen means the marker is due
 		b.log.Warn("nats slow consumer: messages dropped", slog.String("subject", subject), slog.Int("dropped_total", dropped))
 		return
 	}
 	b.log.Warn("nats async error", slog.String("subject", subject), slog.Any("err", err))
+}
+
+// markDropped records that NATS dropped messages of ns: if ns is a plain
+// subscription's, its Handler gets a Gap marker before the next message.
+// That next message is never long in coming: NATS drops only while the
+// subscription's buffer is full, and the buffer is delivered first. The
+// marker goes before the messages that were buffered before the drop,
+// which is early rather than late: a gap says messages may be missing
+// from here on.
+func (b *Broker) markDropped(ns *nats.Subscription) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for s := range b.subs {
+		if s.ns == ns {
+			s.dropped.Store(true)
+			return
+		}
+	}
 }
 
 // subscription is one Subscribe: a nats.go async subscription whose
@@ -621,6 +644,7 @@ func (b *Broker) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 type subscription struct {
 	b        *Broker
 	h        brokers.Handler
+	dropped  atomic.Bool // NATS dropped messages since the last delivery (markDropped)
 	ns       *nats.Subscription
 	done     chan struct{} // closed when the delivery goroutine exits
 	waitable bool          // done will be closed
@@ -631,6 +655,9 @@ type subscription struct {
 func (s *subscription) deliver(m *nats.Msg) {
 	if s.stopped.Load() {
 		return
+	}
+	if s.dropped.Load() && s.dropped.CompareAndSwap(true, false) {
+		s.h(brokers.Message{Gap: true})
 	}
 	ch, ok := s.b.subj.channel(m.Subject)
 	if !ok {

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -409,7 +410,11 @@ func TestCloseWhileConnecting(t *testing.T) {
 	}
 }
 
-func TestSlowConsumerCounted(t *testing.T) {
+// Messages NATS drops for a slow subscription are counted, and the
+// subscription's Handler is told with a Gap marker before the messages
+// that follow: on a channel without history nothing else would say that
+// some are missing.
+func TestSlowConsumerGap(t *testing.T) {
 	e := startEmbedded(t, natsbroker.EmbeddedOptions{})
 	b, err := e.NewBroker(t.Context(), natsbroker.Options{PendingMsgs: 2, PendingBytes: -1})
 	if err != nil {
@@ -419,18 +424,71 @@ func TestSlowConsumerCounted(t *testing.T) {
 	brokertest.WaitUntil(t, "Ready", b.Ready)
 
 	release := make(chan struct{})
-	sub, err := b.Subscribe(ctxT(t), "slow", func(brokers.Message) { <-release })
+	var mu sync.Mutex
+	var got []brokers.Message
+	first := true
+	sub, err := b.Subscribe(ctxT(t), "slow", func(m brokers.Message) {
+		mu.Lock()
+		got = append(got, m)
+		wait := first
+		first = false
+		mu.Unlock()
+		if wait {
+			<-release // the buffer behind it overflows
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
-	defer close(release)
-	for i := range 20 {
+	const n = 20
+	for i := range n {
 		if err := b.Publish(ctxT(t), brokers.Message{Channel: "slow", Data: []byte(strconv.Itoa(i))}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	brokertest.WaitUntil(t, "a slow consumer event", func() bool { return b.SlowConsumers() > 0 })
+	close(release)
+	// A message published after the drops arrives after the marker. It is
+	// published again until one arrives: while the buffer is still full
+	// it is dropped too.
+	brokertest.WaitUntil(t, "a message published after the drops", func() bool {
+		if err := b.Publish(ctxT(t), brokers.Message{Channel: "slow", Data: []byte("last")}); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.ContainsFunc(got, func(m brokers.Message) bool { return string(m.Data) == "last" })
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	gaps, data := 0, 0
+	prev := -1
+	for i, m := range got {
+		if m.Gap {
+			gaps++
+			if i == 0 || m.Channel != "" || m.Data != nil {
+				t.Errorf("marker %d: %+v", i, m)
+			}
+			continue
+		}
+		if string(m.Data) == "last" {
+			if gaps == 0 {
+				t.Errorf("a message published after the drops came before any gap marker")
+			}
+			break
+		}
+		data++
+		k, err := strconv.Atoi(string(m.Data))
+		if err != nil || k <= prev {
+			t.Fatalf("message %d is %q after %d: not in order", i, m.Data, prev)
+		}
+		prev = k
+	}
+
+	if data >= n {
+		t.Errorf("all %d messages delivered: nothing was dropped", data)
+	}
 }
 
 func TestEmbedded(t *testing.T) {
