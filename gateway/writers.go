@@ -152,16 +152,26 @@ func (w *writer) run() {
 		w.tookFanoutsLocked()
 		w.mu.Unlock()
 
+		// Fan-outs of this batch not yet queued: while there are any, a
+		// newer one must not be taken early (it would reach the sessions
+		// before them).
+		ahead := 0
+		for i := range jobs {
+			if jobs[i].e != nil {
+				ahead++
+			}
+		}
 		for i := range jobs {
 			j := &jobs[i]
 			switch {
 			case j.e != nil:
 				j.e.deliverShard(w.shard, j.b, j.push)
+				ahead--
 			default:
 				j.s.writeRounds(w, -1)
 				if writes++; writes%yieldEvery == 0 {
 					runtime.Gosched()
-					if w.fanouts.Load() > 0 {
+					if ahead == 0 && w.fanouts.Load() > 0 {
 						w.early = w.takeFanouts(w.early[:0])
 						for k := range w.early {
 							e := &w.early[k]
@@ -180,7 +190,9 @@ func (w *writer) run() {
 // takeFanouts moves the fan-out jobs posted since the worker took its
 // batch out of its queue, in their order, and appends them to out. The
 // worker queues them on its sessions at once, in the middle of writing
-// the batch: a session still waiting for its write in the batch then
+// the batch, once the batch has no fan-out of its own left to queue (the
+// older messages go first): a session still waiting for its write in the
+// batch then
 // takes the new message in the same write as the older ones. When
 // messages come faster than a fan-out's time, that is what keeps a
 // worker from writing every session twice (first the old message, then,

@@ -311,3 +311,19 @@ func TestWorkerTakesNewFanoutsMidBatch(t *testing.T) {
 		t.Errorf("last session: messages per write %v, want [2] (both in the batch's write)", per)
 	}
 }
+
+// Many messages to many sessions on one worker, published as fast as the
+// broker hands them over: whatever the worker takes early (in the middle
+// of a batch) or late, every session gets every message once, in order.
+func TestWorkerKeepsOrderUnderLoad(t *testing.T) {
+	const sessions, msgs = 3 * yieldEvery, 300
+	g := newTestGateway(t, func(c *Config) { c.Writers = 1 })
+	trs := make([]*tryTransport, sessions)
+	for i := range trs {
+		_, trs[i] = openTrySubscribed(t, g)
+	}
+	publishTo(t, g.b, "t.x", 1, msgs)
+	for _, tr := range trs {
+		expectData(t, tr.fakeTransport, 1, msgs)
+	}
+}
