@@ -192,14 +192,13 @@ func (w *writer) run() {
 // worker queues them on its sessions at once, in the middle of writing
 // the batch, once the batch has no fan-out of its own left to queue (the
 // older messages go first): a session still waiting for its write in the
-// batch then
-// takes the new message in the same write as the older ones. When
-// messages come faster than a fan-out's time, that is what keeps a
-// worker from writing every session twice (first the old message, then,
-// a whole fan-out later, the new one), and the last sessions of a
-// fan-out from being later still for the next message. Session jobs
-// stay queued in their order: they carry no message, so queueing a
-// message ahead of them changes only what their write takes.
+// batch then takes the new message in the same write as the older
+// ones. When messages come faster than a fan-out's time, that is what
+// keeps a worker from writing every session twice (first the old
+// message, then, a whole fan-out later, the new one), and the last
+// sessions of a fan-out from being later still for the next message.
+// Session jobs stay queued in their order: they carry no message, so
+// queueing a message ahead of them changes only what their write takes.
 func (w *writer) takeFanouts(out []writeJob) []writeJob {
 	w.mu.Lock()
 	defer w.mu.Unlock()

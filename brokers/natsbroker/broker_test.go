@@ -485,7 +485,6 @@ func TestSlowConsumerGap(t *testing.T) {
 		}
 		prev = k
 	}
-
 	if data >= n {
 		t.Errorf("all %d messages delivered: nothing was dropped", data)
 	}
