@@ -497,15 +497,21 @@ var sjsHTTPKinds = map[string]bool{"sockjs-xhr-streaming": true, "sockjs-xhr-pol
 // fault struck, while it struck, and failed there: the balancer had sent
 // it to that node (a connection the node closed as it drained or died,
 // 502), or the node, shutting down, no longer forwarded it (503), or its
-// forward was cut. sockjs-client ends the session then, whichever node
-// owns it; the session was touched by the fault after all, through its
-// request. Other clients retry such a request and keep their session.
+// forward was cut (a receiving stream the node was proxying to the
+// owner, which broke off with no status when the node stopped
+// forwarding; until 2026-12-05 only the first two counted, and such a cut
+// failed the run as a session replaced on an untouched node).
+// sockjs-client ends the session then, whichever node owns it; the
+// session was touched by the fault after all, through its request. Other
+// clients retry such a request and keep their session.
 func (s *scen) failedThroughHit(c *fclient, ev []cevent) string {
 	if !sjsHTTPKinds[c.kind] {
 		return ""
 	}
 	for _, e := range ev {
-		if (e.kind != evBreak && e.kind != evSend) || (e.code != 502 && e.code != 503) {
+		refused := (e.kind == evBreak || e.kind == evSend) && (e.code == 502 || e.code == 503)
+		cut := e.kind == evBreak && e.code == 0 // a forward cut mid-stream: no status, the body broke off
+		if !refused && !cut {
 			continue
 		}
 		for _, st := range s.steps {
