@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -8,7 +9,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 )
 
 // The event loop that reads subscribed sessions. With one goroutine per
@@ -31,8 +31,8 @@ import (
 // difference is the load generator's own delay: on a machine where it
 // shares two cores with the gateway, its reader waits for its CPU, its
 // Go scheduler (the reader's thread gets a P back after each wait) and
-// its garbage collector, and the tail of a large fan-out is read tens of
-// milliseconds after it arrived. The arrival latency is the gateway's;
+// its garbage collector: at the p99 of fanout-10k-10 the read came up to
+// 8 ms after the arrival on the project's two-core machine. The arrival latency is the gateway's;
 // the read latency is what this client saw. When one read takes several
 // messages, the kernel reports the arrival of the last of them, so the
 // earlier ones are counted as arriving late: the arrival latency can only
@@ -206,19 +206,37 @@ func (p *poller) closeAll() {
 // receiveTimestamp is the SCM_TIMESTAMPNS of a read's control messages in
 // Unix nanoseconds, or 0 when there is none. It parses in place: the
 // reader makes a system call per delivery, and the standard parser
-// allocates a slice per message.
+// allocates a slice per message. The fields are read as bytes, not
+// through a pointer cast, so any alignment of oob is fine. On Linux a
+// control message header is a size_t length and two int32s (level,
+// type); a timespec is two longs.
 func receiveTimestamp(oob []byte) int64 {
 	const hdr = syscall.SizeofCmsghdr
+	const word = hdr - 8 // size_t and long
 	for len(oob) >= hdr {
-		h := (*syscall.Cmsghdr)(unsafe.Pointer(&oob[0]))
-		if h.Len < hdr || int(h.Len) > len(oob) {
+		var n uint64
+		if word == 8 {
+			n = binary.NativeEndian.Uint64(oob)
+		} else {
+			n = uint64(binary.NativeEndian.Uint32(oob))
+		}
+		if n < hdr || n > uint64(len(oob)) {
 			return 0
 		}
-		if h.Level == syscall.SOL_SOCKET && h.Type == syscall.SCM_TIMESTAMPNS && int(h.Len) >= hdr+16 {
-			ts := (*syscall.Timespec)(unsafe.Pointer(&oob[syscall.CmsgLen(0)]))
-			return ts.Nano()
+		level := int32(binary.NativeEndian.Uint32(oob[word:]))
+		typ := int32(binary.NativeEndian.Uint32(oob[word+4:]))
+		if level == syscall.SOL_SOCKET && typ == syscall.SCM_TIMESTAMPNS && n >= hdr+2*word {
+			data := oob[syscall.CmsgLen(0):]
+			if word == 8 {
+				return int64(binary.NativeEndian.Uint64(data))*1e9 + int64(binary.NativeEndian.Uint64(data[8:]))
+			}
+			return int64(int32(binary.NativeEndian.Uint32(data)))*1e9 + int64(int32(binary.NativeEndian.Uint32(data[4:])))
 		}
-		oob = oob[syscall.CmsgSpace(int(h.Len)-hdr):]
+		next := syscall.CmsgSpace(int(n) - hdr)
+		if next > len(oob) {
+			return 0 // the last message, without its padding
+		}
+		oob = oob[next:]
 	}
 	return 0
 }
