@@ -51,7 +51,8 @@ const (
 	// did not answer "are you there?") is answered as gone without
 	// asking again.
 	goneFor = time.Minute
-	// ownerCacheFor is how long an answer "I own K" is remembered.
+	// ownerCacheFor is how long an answer "I own K" is remembered after
+	// it was last used.
 	ownerCacheFor = time.Minute
 )
 
@@ -500,6 +501,12 @@ func (n *Nodes) WhoOwns(ctx context.Context, key string) (owner, ownerURL, claim
 	n.mu.Lock()
 	if o, ok := n.owners[key]; ok && now.Before(o.expires) {
 		if e, known := n.table[o.node]; known {
+			// Remembered for as long as it is used: a session's requests
+			// keep coming through this node, and a question asked when the
+			// cached answer ran out, at a moment the owner could not hear
+			// it (a broker server lost, its clients reconnecting), found
+			// nobody, and this node opened a second session under the id.
+			n.owners[key] = ownerEntry{node: o.node, expires: now.Add(ownerCacheFor)}
 			n.mu.Unlock()
 			return o.node, e.url, "", nil
 		}

@@ -509,6 +509,33 @@ func TestNodesOwned(t *testing.T) {
 	})
 }
 
+// TestNodesOwnerRememberedWhileUsed: a known owner is remembered for as
+// long as its key keeps being asked about, so that no question has to
+// be asked (and possibly go unheard, when the broker has just lost a
+// server) while a session's requests keep coming; one that is not asked
+// about any more is forgotten after ownerCacheFor.
+func TestNodesOwnerRememberedWhileUsed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBroker()
+		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Hour)
+		c := startTestNodes(t, b, "c", "http://127.0.0.1:1003", time.Hour)
+		synctest.Wait()
+		a.Owned("/sockjs/k")
+		synctest.Wait()
+		b.SetPublishErr(brokers.ErrUnavailable) // from now on no question is heard
+		for i := range 5 {
+			time.Sleep(ownerCacheFor / 2)
+			if owner, _, _, err := c.WhoOwns(context.Background(), "/sockjs/k"); owner != "a" || err != nil {
+				t.Fatalf("after %v of use: owner %q, %v; want a, remembered", time.Duration(i+1)*ownerCacheFor/2, owner, err)
+			}
+		}
+		time.Sleep(ownerCacheFor + time.Second)
+		if owner, _, _, _ := c.WhoOwns(context.Background(), "/sockjs/k"); owner != "" {
+			t.Errorf("after %v unused: owner %q, want it forgotten", ownerCacheFor+time.Second, owner)
+		}
+	})
+}
+
 // TestReservedChannelsInvisible: whatever the rules grant, a browser
 // subscribed to a pattern that covers the nodes' channel never receives
 // their traffic, and cannot subscribe to it by name.
