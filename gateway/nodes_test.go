@@ -492,7 +492,11 @@ func TestNodesWhoOwnsWaitsToSettle(t *testing.T) {
 }
 
 // TestNodesOwned: a node that opened a key tells the others, who then
-// know its owner without asking, even while the broker is down.
+// know its owner without asking, even while the broker is down. The
+// owner is remembered for as long as its key keeps being asked about, so
+// that no question has to be asked (and possibly go unheard, when the
+// broker has just lost a server) while a session's requests keep coming;
+// one that is not asked about any more is forgotten after ownerCacheFor.
 func TestNodesOwned(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newFakeBroker()
@@ -506,23 +510,8 @@ func TestNodesOwned(t *testing.T) {
 		if owner != "a" || u != "http://127.0.0.1:1001" || err != nil {
 			t.Errorf("c.WhoOwns(k) after a said it owns k = %q %q %v, want a", owner, u, err)
 		}
-	})
-}
-
-// TestNodesOwnerRememberedWhileUsed: a known owner is remembered for as
-// long as its key keeps being asked about, so that no question has to
-// be asked (and possibly go unheard, when the broker has just lost a
-// server) while a session's requests keep coming; one that is not asked
-// about any more is forgotten after ownerCacheFor.
-func TestNodesOwnerRememberedWhileUsed(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		b := newFakeBroker()
-		a := startTestNodes(t, b, "a", "http://127.0.0.1:1001", time.Hour)
-		c := startTestNodes(t, b, "c", "http://127.0.0.1:1003", time.Hour)
-		synctest.Wait()
-		a.Owned("/sockjs/k")
-		synctest.Wait()
-		b.SetPublishErr(brokers.ErrUnavailable) // from now on no question is heard
+		// No question is heard from now on: only the remembered owner
+		// answers.
 		for i := range 5 {
 			time.Sleep(ownerCacheFor / 2)
 			if owner, _, _, err := c.WhoOwns(context.Background(), "/sockjs/k"); owner != "a" || err != nil {

@@ -149,18 +149,13 @@ func (w *writer) run() {
 		}
 		jobs := w.jobs
 		w.jobs = w.spare[:0]
+		// Fan-outs of this batch not yet queued (the counter counts every
+		// one posted since the last take): while there are any, a newer
+		// one must not be taken early (it would reach the sessions before
+		// them).
+		ahead := int(w.fanouts.Load())
 		w.tookFanoutsLocked()
 		w.mu.Unlock()
-
-		// Fan-outs of this batch not yet queued: while there are any, a
-		// newer one must not be taken early (it would reach the sessions
-		// before them).
-		ahead := 0
-		for i := range jobs {
-			if jobs[i].e != nil {
-				ahead++
-			}
-		}
 		for i := range jobs {
 			j := &jobs[i]
 			switch {

@@ -845,7 +845,7 @@ func writeFloor(ctx context.Context, fds []int, frame []byte, rate float64, dura
 	rep.WallNs = int64(time.Since(start))
 	rep.ProcessCPUNs = int64(processCPU() - proc0)
 	rep.CPUNs = int64(cpu)
-	rep.Bytes = (rep.Writes + floorWarmup*uint64(len(fds))) * uint64(len(frame))
+	rep.Bytes = (rep.Writes + rep.Warmup*uint64(rep.Conns)) * uint64(rep.Frame)
 	return rep, nil
 }
 
