@@ -71,7 +71,7 @@ func (t *socketTransport) WritePackets(pkts []Packet) (int, error) {
 	return n, err
 }
 
-func (t *socketTransport) TryWritePackets(pkts []Packet) (int, error) {
+func (t *socketTransport) TryWritePackets(pkts []Packet, _ int64) (int, error) {
 	b := t.frame(pkts)
 	n := 0
 	err := t.raw.Write(func(fd uintptr) bool {

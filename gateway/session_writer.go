@@ -30,9 +30,13 @@ func (s *Session) kickLocked() {
 // ErrWriteBlocked (with the bytes of the whole write); the session then
 // calls Flush, on a goroutine of its own, before any other write. Flush
 // writes the rest, waiting as long as WritePackets would, and returns
-// what it wrote. Close must make a Flush in progress return.
+// what it wrote. Close must make a Flush in progress return. now is the
+// writer's reading of the clock for this write (Unix nanoseconds), for
+// whatever the transport times (pings, liveness): the session reads it
+// once per write for its own latency figure too, and a delivery's two
+// clock readings were measurable in a fan-out.
 type TryWriter interface {
-	TryWritePackets(pkts []Packet) (int, error)
+	TryWritePackets(pkts []Packet, now int64) (int, error)
 	Flush() (int, error)
 }
 
@@ -287,30 +291,37 @@ func (s *Session) writeRounds(w *writer, backlog int) {
 		if oneShot {
 			s.detachLocked() // the request completes with this write
 		}
-		// The kernel's backlog is measured (a system call) after a write
-		// that would have waited, while the last measure found a backlog
-		// worth watching, after a session's first write, and after every
-		// eighth otherwise: a client that stopped reading is seen within
-		// eight writes, and a session that keeps up pays for one measure
-		// in eight.
-		s.writes++
-		measure := s.kernelBytes > s.g.cfg.QueueBytes/16 || s.writes%8 == 1
+		watch := s.kernelBytes > s.g.cfg.QueueBytes/backlogEvery
 		s.mu.Unlock()
 
 		var n int
 		var err error
+		now := time.Now()
 		if w != nil {
-			n, err = tw.TryWritePackets(batch)
+			n, err = tw.TryWritePackets(batch, now.UnixNano())
 		} else {
 			n, err = down.WritePackets(batch)
+			now = time.Now() // this write may have waited for the client
 		}
 		blocked := err == ErrWriteBlocked
 		if blocked {
 			err = nil
 		}
 		if err == nil {
-			s.recordWrite(batch, msgs, n)
-			if b, ok := down.(Backlogger); ok && (measure || blocked) {
+			s.recordWrite(batch, msgs, n, now)
+			// The kernel's backlog is measured (a system call) after a
+			// write that would have waited, while the last measure found
+			// a backlog worth watching, after a session's first write,
+			// and otherwise once a sixteenth of the queue bound was
+			// written since the last measure: what a client that stopped
+			// reading has in the kernel unseen is bounded in bytes, the
+			// unit of the bound it is held to, and a fan-out of small
+			// messages (a measure every eighth write cost an eighth of
+			// a system call per delivery) pays for one measure in
+			// hundreds.
+			s.unmeasured += n
+			if b, ok := down.(Backlogger); ok && (blocked || watch || s.unmeasured >= s.g.cfg.QueueBytes/backlogEvery) {
+				s.unmeasured = 0
 				backlog = b.Backlog()
 			}
 		}
@@ -335,6 +346,10 @@ func (s *Session) writeRounds(w *writer, backlog int) {
 		}
 	}
 }
+
+// backlogEvery: the kernel's backlog is measured at least once per
+// QueueBytes/backlogEvery bytes written (see writeRounds).
+const backlogEvery = 16
 
 // maxWorkerRounds is how many writes a worker makes to one session in a
 // row before the others on the worker get theirs.
@@ -444,14 +459,15 @@ func (s *Session) wrote(down Transport, oneShot bool, err error) bool {
 	return false
 }
 
-func (s *Session) recordWrite(batch []Packet, msgs, n int) {
+// recordWrite counts a write of n bytes, made at now, carrying msgs
+// messages of batch.
+func (s *Session) recordWrite(batch []Packet, msgs, n int, now time.Time) {
 	tm := s.metrics
 	if tm == nil {
 		return
 	}
 	tm.wrote(msgs, n)
 	if msgs > 0 {
-		now := time.Now()
 		for _, p := range batch {
 			if p.body.typ == TypeMsg {
 				tm.latency.Observe(now.Sub(p.body.arrived).Seconds())

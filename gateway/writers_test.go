@@ -36,7 +36,7 @@ func newTryTransport() *tryTransport {
 	return &tryTransport{fakeTransport: newFakeTransport(0), stalled: make(chan struct{}, 1)}
 }
 
-func (t *tryTransport) TryWritePackets(pkts []Packet) (int, error) {
+func (t *tryTransport) TryWritePackets(pkts []Packet, _ int64) (int, error) {
 	msgs := 0
 	for _, p := range pkts {
 		if p.Type() == TypeMsg {

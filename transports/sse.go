@@ -223,7 +223,7 @@ func (c *sseConn) WritePackets(pkts []gateway.Packet) (int, error) {
 
 // TryWritePackets is WritePackets for the gateway's write workers: it
 // does not wait for the client (gateway.TryWriter).
-func (c *sseConn) TryWritePackets(pkts []gateway.Packet) (int, error) {
+func (c *sseConn) TryWritePackets(pkts []gateway.Packet, _ int64) (int, error) {
 	return c.writePackets(pkts, true)
 }
 

@@ -55,19 +55,21 @@ func (t *wsSession) Name() string { return t.codec.name() }
 // WritePackets writes the packets' frames in one write (with a ping when
 // the client has been quiet, see peerClock).
 func (t *wsSession) WritePackets(pkts []gateway.Packet) (int, error) {
-	return t.writePackets(pkts, false)
+	return t.writePackets(pkts, time.Now().UnixNano(), false)
 }
 
 // TryWritePackets is WritePackets for the gateway's write workers: it
 // does not wait for the client (gateway.TryWriter).
-func (t *wsSession) TryWritePackets(pkts []gateway.Packet) (int, error) {
-	return t.writePackets(pkts, true)
+func (t *wsSession) TryWritePackets(pkts []gateway.Packet, now int64) (int, error) {
+	return t.writePackets(pkts, now, true)
 }
 
 // Flush writes what a TryWritePackets left.
 func (t *wsSession) Flush() (int, error) { return t.c.flush() }
 
-func (t *wsSession) writePackets(pkts []gateway.Packet, try bool) (int, error) {
+// writePackets writes pkts at now (Unix nanoseconds), without waiting
+// for the client with try set.
+func (t *wsSession) writePackets(pkts []gateway.Packet, now int64, try bool) (int, error) {
 	size := 0
 	for _, p := range pkts {
 		size += p.Size() + 16
@@ -76,9 +78,9 @@ func (t *wsSession) writePackets(pkts []gateway.Packet, try bool) (int, error) {
 	*buf = t.codec.appendPackets(*buf, pkts, t.c.deflate)
 	if len(*buf) == 0 {
 		putBuffer(buf)
-		return 0, t.c.checkAlive(time.Now().UnixNano())
+		return 0, t.c.checkAlive(now)
 	}
-	n, err := t.c.writeFrames(buf, try)
+	n, err := t.c.writeFrames(buf, now, try)
 	if err != gateway.ErrWriteBlocked {
 		putBuffer(buf) // otherwise the connection keeps it until Flush
 	}

@@ -61,22 +61,14 @@ type wsOwner interface {
 // WebSocket holds one, so its fields are ordered to pack: it fits the
 // allocator's 320-byte class.
 type wsConn struct {
-	n     *node
-	conn  net.Conn
-	owner wsOwner
-	// protocol is the subprotocol the handshake agreed on, "" for none.
-	protocol string
+	// What every write touches comes first, in the first two cache lines
+	// (the object is 64-byte aligned in its class): a fan-out writes
+	// thousands of connections whose memory is out of the caches, and
+	// each line a write touches is a wait on memory.
+	conn net.Conn
 	// deflate is the permessage-deflate the handshake agreed on, nil for
 	// none (wsdeflate.go).
 	deflate *wsDeflate
-
-	// frames holds the reader's state (limit, close code for a message
-	// over it, partial messages), on the poller and on a goroutine alike.
-	frames wsFrames
-	// in is the reader of a busy connection that the poller watches
-	// while it is idle (the bridge; bridge_reader.go), nil for others.
-	in *bridgeReader
-
 	// wmu is the write lock (one frame writer at a time: the session's
 	// writer, pongs, the close frame). closeSent, guarded by it, makes
 	// every write after the close frame fail with errCloseSent. A
@@ -87,18 +79,12 @@ type wsConn struct {
 	// a stuck write, waits for it with lockWithin.
 	wmu sync.Mutex
 	out sockOut // guarded by wmu
-	// clock adds pings to writes while the client is quiet.
-	clock peerClock
 	// reg is set when the poller watches the connection instead of a
 	// reader goroutine; finish then ends the connection, once.
 	reg *pollReg
-	// lingerUntil is the read deadline (Unix nanoseconds) set when the
-	// connection started closing, 0 before. From then on the reader no
-	// longer extends its deadline at each frame, so a client that ignores
-	// the close frame and keeps sending cannot hold the connection (and
-	// a node's shutdown, which waits for readers).
-	lingerUntil atomic.Int64
-
+	n   *node
+	// clock adds pings to writes while the client is quiet.
+	clock     peerClock
 	fd        int32 // the socket's descriptor, for its kernel backlog; -1 unknown
 	closeSent bool
 	// flushLocks: the rest waiting for flush was not written at all,
@@ -107,10 +93,26 @@ type wsConn struct {
 	flushLocks bool
 	// idled: the last readEvent ended because in found the connection
 	// idle, not because reading is over.
-	idled      bool
-	closeOnce  sync.Once
-	finishOnce sync.Once
-	endOnce    sync.Once
+	idled bool
+	owner wsOwner
+	// protocol is the subprotocol the handshake agreed on, "" for none.
+	protocol string
+
+	// frames holds the reader's state (limit, close code for a message
+	// over it, partial messages), on the poller and on a goroutine alike.
+	frames wsFrames
+	// in is the reader of a busy connection that the poller watches
+	// while it is idle (the bridge; bridge_reader.go), nil for others.
+	in *bridgeReader
+	// lingerUntil is the read deadline (Unix nanoseconds) set when the
+	// connection started closing, 0 before. From then on the reader no
+	// longer extends its deadline at each frame, so a client that ignores
+	// the close frame and keeps sending cannot hold the connection (and
+	// a node's shutdown, which waits for readers).
+	lingerUntil atomic.Int64
+	closeOnce   sync.Once
+	finishOnce  sync.Once
+	endOnce     sync.Once
 }
 
 // wsLimits are what a connection accepts from its client.
@@ -471,14 +473,13 @@ func (c *wsConn) write(b []byte) (int, error) {
 	return c.out.write(c.conn, b, now, c.n.opts.WriteTimeout)
 }
 
-// writeFrames writes frames a codec built (b), adding a ping when the
-// client has been quiet for a heartbeat (see peerClock). It fails, having
-// written nothing, on a polled connection whose client went silent.
-// With try set it does not wait (gateway.TryWriter): if the kernel does
-// not take everything, buf becomes the connection's and the write lock
-// stays held until flush.
-func (c *wsConn) writeFrames(buf *[]byte, try bool) (int, error) {
-	now := time.Now().UnixNano()
+// writeFrames writes frames a codec built (b) at now (Unix nanoseconds),
+// adding a ping when the client has been quiet for a heartbeat (see
+// peerClock). It fails, having written nothing, on a polled connection
+// whose client went silent. With try set it does not wait
+// (gateway.TryWriter): if the kernel does not take everything, buf
+// becomes the connection's and the write lock stays held until flush.
+func (c *wsConn) writeFrames(buf *[]byte, now int64, try bool) (int, error) {
 	if err := c.checkAlive(now); err != nil {
 		return 0, err
 	}
