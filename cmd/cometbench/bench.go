@@ -272,13 +272,23 @@ func runBench(ctx context.Context, o *runOptions, stdout, stderr io.Writer) (err
 		res.Bench.Procs = procs
 		res.checkSaturation(c.windows, incomplete)
 		c.windows = c.windows[:0]
+		stop := o.MaxP99 > 0 && rate > 0 && time.Duration(hist.Quantile(0.99)) > o.MaxP99
+		if (stop || step == len(o.Rates)-1) && res.FloorUs > 0 {
+			// The floor again, after the last publishing step: the
+			// gateway is idle again, its sessions open and quiet.
+			after, err := c.measureFloor(ctx)
+			if err != nil {
+				return err
+			}
+			res.setFloorAfter(after)
+		}
 		res.print(stdout, o.JSON)
 		if o.JSON {
 			for _, w := range res.Warnings {
 				c.note("WARNING: %s", w)
 			}
 		}
-		if o.MaxP99 > 0 && rate > 0 && time.Duration(hist.Quantile(0.99)) > o.MaxP99 {
+		if stop {
 			c.note("p99 %v exceeds --max-p99 %v: stopping", time.Duration(hist.Quantile(0.99)).Round(time.Microsecond), o.MaxP99)
 			break
 		}

@@ -284,6 +284,11 @@ func TestBenchAgainstGateway(t *testing.T) {
 			if r.FloorUs <= 0 || (g != nil && (g.CPUPerDelivery > 0) != (r.FloorRatio > 0)) {
 				t.Errorf("floor %v µs, ratio %v, gateway %+v", r.FloorUs, r.FloorRatio, g)
 			}
+			// The only step is the last: it carries the floor measured
+			// after it too.
+			if r.FloorAfterUs <= 0 || (g != nil && (g.CPUPerDelivery > 0) != (r.FloorRatioMean > 0)) {
+				t.Errorf("floor after %v µs, ratio to the mean %v", r.FloorAfterUs, r.FloorRatioMean)
+			}
 		})
 	}
 }
@@ -325,6 +330,11 @@ func TestBenchWorkersAndSteps(t *testing.T) {
 		}
 		if r.FloorUs != res[0].FloorUs || r.FloorUs <= 0 {
 			t.Errorf("step %d: floor %v µs, want one floor for the run", r.Step, r.FloorUs)
+		}
+		// The floor is measured again after the last step, which alone
+		// carries it.
+		if last := i == len(res)-1; (r.FloorAfterUs > 0) != last {
+			t.Errorf("step %d: floor after the steps %v µs", r.Step, r.FloorAfterUs)
 		}
 	}
 	if res[0].Published != 10 || res[1].Published != 30 {

@@ -98,6 +98,38 @@ func TestFloorRatioText(t *testing.T) {
 	if idle.FloorUs != 0 || idle.FloorRatio != 0 {
 		t.Errorf("idle step: floor %v ratio %v", idle.FloorUs, idle.FloorRatio)
 	}
+	idle.setFloorAfter(f)
+	if idle.FloorAfterUs != 0 || idle.FloorRatioMean != 0 {
+		t.Errorf("idle step: floor after %v ratio %v", idle.FloorAfterUs, idle.FloorRatioMean)
+	}
+
+	// The last step also carries the floor measured after it, and the
+	// ratio to the mean of the two; close floors are no warning.
+	r.setFloorAfter(&floorResult{floorReport: floorReport{Writes: 1000, CPUNs: 5_550_000}})
+	if r.FloorAfterUs != 5.55 || r.FloorRatioMean != 1.813 || len(r.Warnings) != 0 {
+		t.Errorf("floor after %v, ratio to the mean %v, warnings %q", r.FloorAfterUs, r.FloorRatioMean, r.Warnings)
+	}
+	out.Reset()
+	r.print(&out, false)
+	if want := "5.55 µs per write after the steps, 5.45 before: 1.81 × their mean"; !strings.Contains(out.String(), want) {
+		t.Errorf("table:\n%s\nwant a line with %q", out.String(), want)
+	}
+	out.Reset()
+	r.print(&out, true)
+	back = nil
+	if err := json.Unmarshal(out.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if back["floor_after_us"] != 5.55 || back["floor_ratio_mean"] != 1.813 {
+		t.Errorf("JSON floor_after_us %v floor_ratio_mean %v", back["floor_after_us"], back["floor_ratio_mean"])
+	}
+
+	// Floors far apart: the machine changed speed, and the result says so.
+	drift := &runResult{Rate: 100, FloorUs: 5, Gateway: &gatewayResult{measured: true, CPUPerDelivery: 6}}
+	drift.setFloorAfter(&floorResult{floorReport: floorReport{Writes: 1000, CPUNs: 6_000_000}})
+	if drift.FloorRatioMean != 1.091 || len(drift.Warnings) != 1 || !strings.Contains(drift.Warnings[0], "moved from 5.00 µs before the steps to 6.00 after them (20%)") {
+		t.Errorf("ratio to the mean %v, warnings %q", drift.FloorRatioMean, drift.Warnings)
+	}
 }
 
 func TestPlanFloor(t *testing.T) {

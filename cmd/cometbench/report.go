@@ -54,6 +54,14 @@ type runResult struct {
 	// floor.
 	FloorUs    float64 `json:"floor_us,omitempty"`
 	FloorRatio float64 `json:"floor_ratio,omitempty"`
+	// FloorAfterUs is the floor measured again after the run's last
+	// publishing step (on that step's result only), and FloorRatioMean
+	// the gateway's CPU per delivery divided by the mean of the two
+	// floors: on a machine whose speed drifts, the floor taken on both
+	// sides of the steps is the fairer denominator, and how far the two
+	// lie apart says how far the ratio can be trusted (see setFloorAfter).
+	FloorAfterUs   float64 `json:"floor_after_us,omitempty"`
+	FloorRatioMean float64 `json:"floor_ratio_mean,omitempty"`
 
 	Gateway  *gatewayResult `json:"gateway,omitempty"`
 	Bench    benchResult    `json:"bench"`
@@ -181,6 +189,30 @@ func (r *runResult) setFloor(f *floorResult) {
 	}
 }
 
+// floorDrift is how far (a fraction of the lower one) the floors before
+// and after the steps may lie apart before the result warns.
+const floorDrift = 0.15
+
+// setFloorAfter adds the floor measured after the run's last publishing
+// step, the ratio to the mean of both floors, and a warning when the
+// floor moved by more than floorDrift: the machine's speed changed during
+// the run (a shared VM's neighbours, frequency), so the ratio of this run
+// is uncertain by as much.
+func (r *runResult) setFloorAfter(f *floorResult) {
+	if f == nil || r.FloorUs <= 0 {
+		return
+	}
+	r.FloorAfterUs = math.Round(f.PerWriteUs()*1000) / 1000
+	if g := r.Gateway; g != nil && g.measured {
+		r.FloorRatioMean = floorRatio(g.CPUPerDelivery, (r.FloorUs+r.FloorAfterUs)/2)
+	}
+	lo, hi := min(r.FloorUs, r.FloorAfterUs), max(r.FloorUs, r.FloorAfterUs)
+	if lo > 0 && hi-lo > floorDrift*lo {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("the loopback write floor moved from %.2f µs before the steps to %.2f after them (%.0f%%): the machine's speed changed during the run, and the floor ratios are uncertain by as much",
+			r.FloorUs, r.FloorAfterUs, 100*(hi-lo)/lo))
+	}
+}
+
 // checkSaturation adds the warnings that say a number is not the
 // gateway's alone: the load generator ran out of CPU, the publisher fell
 // behind, latency kept growing, or sessions were closed.
@@ -260,6 +292,10 @@ func (r *runResult) print(w io.Writer, asJSON bool) {
 		if r.Rate > 0 {
 			fmt.Fprintf(tw, "  gateway CPU\t%.2f s, %.3f cores, %.2f µs/delivery%s\n", g.CPUSeconds, g.CPUCores, g.CPUPerDelivery,
 				floorRatioText(g.CPUPerDelivery, r.FloorUs))
+			if r.FloorAfterUs > 0 {
+				fmt.Fprintf(tw, "  floor after\t%.2f µs per write after the steps, %.2f before: %.2f × their mean\n",
+					r.FloorAfterUs, r.FloorUs, r.FloorRatioMean)
+			}
 		} else {
 			fmt.Fprintf(tw, "  gateway CPU\t%.2f s, %.3f cores while idle\n", g.CPUSeconds, g.CPUCores)
 		}
