@@ -2,5 +2,7 @@
 
 package transports
 
+import "syscall"
+
 // socketBacklog cannot tell the kernel's backlog here.
-func socketBacklog(int) int { return 0 }
+func socketBacklog(syscall.RawConn) int { return 0 }

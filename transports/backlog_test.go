@@ -14,8 +14,8 @@ func TestSocketBacklog(t *testing.T) {
 		t.Skip("SIOCOUTQ is Linux's")
 	}
 	w, r := tcpPair(t)
-	fd := socketFD(w)
-	if fd < 0 {
+	fd := rawConn(w)
+	if fd == nil {
 		t.Fatal("no descriptor")
 	}
 	if b := socketBacklog(fd); b != 0 {
@@ -45,7 +45,13 @@ func TestSocketBacklog(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if socketBacklog(-1) != 0 {
+	if socketBacklog(nil) != 0 {
 		t.Error("a backlog for no descriptor")
+	}
+	// A closed connection has none either: the descriptor is not read
+	// after the close (its number may belong to another socket by then).
+	_ = w.Close()
+	if b := socketBacklog(fd); b != 0 {
+		t.Errorf("backlog %d of a closed connection", b)
 	}
 }

@@ -63,13 +63,13 @@ func (h bridgeHandler) serveTarget(w http.ResponseWriter, r *http.Request, name 
 	}
 	link := newBridgeLink()
 	link.connected(target)
-	c := h.upgradeWS(w, r, h.heartbeat, lim)
+	c, proto := h.upgradeWS(w, r, h.heartbeat, lim)
 	if c == nil {
 		link.close()
 		sess.Close(gateway.DisconnectGone())
 		return
 	}
-	b := &wsBridge{c: c, sess: sess, link: link, base64: c.protocol == bridgeBase64}
+	b := &wsBridge{c: c, sess: sess, link: link, base64: proto == bridgeBase64}
 	c.owner = b
 	c.watch(true)
 	if err := sess.Attach(b, false); err != nil {

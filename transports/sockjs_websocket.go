@@ -93,7 +93,7 @@ func (ep *sockjsEndpoint) serveWebSocket(w http.ResponseWriter, r *http.Request)
 	sess, ref := ep.n.gate.open(r, sessionSpec{transport: "sockjs", heartbeat: ep.cfg.HeartbeatDelay, onClose: onClose})
 	lim := ep.wsLimits()
 	lim.deflate = !ep.echo && !ep.tcp // packets: compressed bodies are shared
-	c := ep.n.upgradeWS(w, r, ep.cfg.HeartbeatDelay, lim)
+	c, _ := ep.n.upgradeWS(w, r, ep.cfg.HeartbeatDelay, lim)
 	if c == nil {
 		if sess != nil {
 			sess.Close(gateway.DisconnectGone())
@@ -272,7 +272,7 @@ func (ep *sockjsEndpoint) serveRawWebSocket(w http.ResponseWriter, r *http.Reque
 		sjsRefuse(w, ref)
 		return
 	}
-	c := ep.n.upgradeWS(w, r, ep.n.heartbeat, ep.wsLimits())
+	c, _ := ep.n.upgradeWS(w, r, ep.n.heartbeat, ep.wsLimits())
 	if c == nil {
 		sess.Close(gateway.DisconnectGone())
 		return

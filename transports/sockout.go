@@ -35,10 +35,10 @@ import (
 // of the node's CPU (the poll state is a cache line that a delivery would
 // otherwise not touch). For the same reason the try leaves the
 // write deadline alone: only a write that waits (write, flush) needs it,
-// and renews it first. The RawConn is asked for at each try (an 8-byte
-// object) rather than kept, for the same reason of idle memory; the
-// function Control calls is a pooled sendCall's, not a closure (see
-// sendCall).
+// and renews it first. The owner asks for the connection's RawConn once
+// and passes it to every try (asked for at each try, it was an
+// allocation per delivery); the function Control calls is a pooled
+// sendCall's, not a closure (see sendCall), so a try allocates nothing.
 type sockOut struct {
 	deadline writeDeadline // guarded by the owner's write lock
 	// rest is a try's buffer holding what the kernel did not take; only
@@ -53,15 +53,16 @@ func (o *sockOut) write(conn net.Conn, b []byte, now int64, timeout time.Duratio
 	return conn.Write(b)
 }
 
-// try writes *buf without waiting. When the kernel takes all of it, try
-// returns and buf stays the caller's. Otherwise try keeps buf, holding
-// what is left (returned to the pool by flush), and returns
-// gateway.ErrWriteBlocked with len(*buf): the rest goes out at flush,
-// which must follow before any other write.
-func (o *sockOut) try(conn net.Conn, buf *[]byte) (int, error) {
+// try writes *buf without waiting, through raw, the connection's
+// descriptor access (nil: none, and everything waits for flush). When the
+// kernel takes all of it, try returns and buf stays the caller's.
+// Otherwise try keeps buf, holding what is left (returned to the pool by
+// flush), and returns gateway.ErrWriteBlocked with len(*buf): the rest
+// goes out at flush, which must follow before any other write.
+func (o *sockOut) try(raw syscall.RawConn, buf *[]byte) (int, error) {
 	b := *buf
 	n := 0
-	if raw := rawConn(conn); raw != nil {
+	if raw != nil {
 		call := sendCalls.Get().(*sendCall)
 		call.p = b
 		err := raw.Control(call.fn)
@@ -89,8 +90,8 @@ func (o *sockOut) try(conn net.Conn, buf *[]byte) (int, error) {
 // bound once, when the pool makes it, and finds its argument and leaves
 // its results in the sendCall. A closure over the try's variables would
 // be made at each try, and the variables it shares moved to the heap
-// with it: two of the three allocations a delivery made (the third is
-// the RawConn).
+// with it: two of the three allocations a delivery made (the third was
+// the RawConn, now kept by the connection).
 type sendCall struct {
 	p     []byte
 	n     int

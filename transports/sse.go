@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cometgate/cometgate/gateway"
@@ -44,8 +45,8 @@ type sseConn struct {
 	n    *node
 	conn net.Conn
 	sess *gateway.Session
-	fd   int      // the socket's descriptor (socketBacklog); -1 unknown
-	reg  *pollReg // set when the poller watches the connection
+	raw  syscall.RawConn // the socket's descriptor access (see wsConn.raw)
+	reg  *pollReg        // set when the poller watches the connection
 	// wmu is the write lock; a TryWritePackets that leaves a rest keeps
 	// it until Flush.
 	wmu       sync.Mutex
@@ -93,7 +94,7 @@ var (
 
 // Backlog is what the kernel still holds of the stream's writes (see
 // wsSession.Backlog).
-func (c *sseConn) Backlog() int { return socketBacklog(c.fd) }
+func (c *sseConn) Backlog() int { return socketBacklog(c.raw) }
 
 // sseHandler serves GET /sse.
 type sseHandler struct{ *node }
@@ -140,7 +141,7 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// all come back at the same moment.
 	fmt.Fprintf(&head, "\r\nretry: %d\n\n", 1000+rand.N(4000))
 	cursors := sseResumeCursors(r, channels)
-	c := &sseConn{n: h.node, conn: conn, sess: sess, fd: socketFD(conn)}
+	c := &sseConn{n: h.node, conn: conn, sess: sess, raw: rawConn(conn)}
 	if len(channels) > 0 {
 		c.urlChannels, c.cursors = channels, slices.Clone(cursors)
 	}
@@ -270,7 +271,7 @@ func (c *sseConn) writePackets(pkts []gateway.Packet, try bool) (int, error) {
 		return n, err
 	}
 	c.wmu.Lock()
-	n, err := c.out.try(c.conn, buf)
+	n, err := c.out.try(c.raw, buf)
 	if err != gateway.ErrWriteBlocked {
 		c.wmu.Unlock()
 		putBuffer(buf) // otherwise the connection keeps it until Flush

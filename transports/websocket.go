@@ -90,7 +90,7 @@ func (t *wsSession) writePackets(pkts []gateway.Packet, now int64, try bool) (in
 // Backlog is what the kernel still holds of the connection's writes: a
 // client that stopped reading meets the slow-consumer policy at the
 // session's queue size, not a socket buffer later.
-func (t *wsSession) Backlog() int { return socketBacklog(int(t.c.fd)) }
+func (t *wsSession) Backlog() int { return socketBacklog(t.c.raw) }
 
 // WriteHeartbeat sends a ping (after the codec's own heartbeat frame, if
 // it has one); browsers answer pings by themselves, which keeps the read
@@ -134,7 +134,7 @@ func (h wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ref.writeJSON(w)
 		return
 	}
-	c := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.CodeMessageTooBig, protocols: nativeProtocols, deflate: true})
+	c, _ := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.CodeMessageTooBig, protocols: nativeProtocols, deflate: true})
 	if c == nil {
 		sess.Close(gateway.DisconnectGone())
 		return

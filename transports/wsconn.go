@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -85,7 +86,6 @@ type wsConn struct {
 	n   *node
 	// clock adds pings to writes while the client is quiet.
 	clock     peerClock
-	fd        int32 // the socket's descriptor, for its kernel backlog; -1 unknown
 	closeSent bool
 	// flushLocks: the rest waiting for flush was not written at all,
 	// because the write lock was held; flush takes it. Only the session's
@@ -95,8 +95,10 @@ type wsConn struct {
 	// idle, not because reading is over.
 	idled bool
 	owner wsOwner
-	// protocol is the subprotocol the handshake agreed on, "" for none.
-	protocol string
+	// raw is the socket's descriptor access (rawConn), asked for once:
+	// the write workers' tries and the kernel backlog go through it; nil
+	// when the connection is not a plain socket.
+	raw syscall.RawConn
 
 	// frames holds the reader's state (limit, close code for a message
 	// over it, partial messages), on the poller and on a goroutine alike.
@@ -139,12 +141,13 @@ type wsLimits struct {
 // endpoint cannot answer is refused with 400 {"error":…,"code":4000}
 // before the upgrade. So is permessage-deflate (lim.deflate, see
 // wsdeflate.go). When the handshake fails gobwas has answered it (400
-// with the reason) and upgradeWS returns nil.
-func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.Duration, lim wsLimits) *wsConn {
+// with the reason) and upgradeWS returns nil. Otherwise it returns the
+// connection and the subprotocol agreed ("" for none).
+func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.Duration, lim wsLimits) (*wsConn, string) {
 	proto, refused := lim.protocols.negotiate(r.Header)
 	if refused != nil {
 		writeOfferRefusal(w, refused)
-		return nil
+		return nil, ""
 	}
 	var u ws.HTTPUpgrader
 	u.Header = http.Header{}
@@ -163,21 +166,20 @@ func (n *node) upgradeWS(w http.ResponseWriter, r *http.Request, heartbeat time.
 	}
 	conn, rw, _, err := u.Upgrade(r, w)
 	if err != nil {
-		return nil
+		return nil, ""
 	}
 	if rw != nil && rw.Reader.Buffered() > 0 {
 		conn = withBuffered(conn, rw.Reader)
 	}
 	c := &wsConn{
-		n:        n,
-		conn:     conn,
-		fd:       int32(socketFD(conn)),
-		protocol: proto,
-		deflate:  z,
+		n:       n,
+		conn:    conn,
+		raw:     rawConn(conn),
+		deflate: z,
 	}
 	c.frames = wsFrames{conn: conn, limit: int32(min(lim.maxMessage, math.MaxInt32)), tooLarge: int32(lim.tooLarge), utf8Binary: lim.utf8Binary, inflate: z != nil}
 	c.clock.start(heartbeat)
-	return c
+	return c, proto
 }
 
 // Subprotocols (RFC 6455 section 4.2.2, Sec-WebSocket-Protocol). A browser
@@ -501,7 +503,7 @@ func (c *wsConn) writeFrames(buf *[]byte, now int64, try bool) (int, error) {
 		c.wmu.Unlock()
 		return 0, errCloseSent
 	}
-	n, err := c.out.try(c.conn, buf)
+	n, err := c.out.try(c.raw, buf)
 	if err != gateway.ErrWriteBlocked {
 		c.wmu.Unlock()
 	}
