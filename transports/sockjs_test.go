@@ -917,13 +917,21 @@ func TestSockJSWebSocketClose(t *testing.T) {
 	// Websocket sessions are not kept by the endpoint; close it through
 	// its gateway session, as a node shutdown does.
 	sjsWaitFor(t, "the gateway session", func() bool { return n.gw.SessionCount() == 1 })
+	// The shutdown is waited for here: canceling its context as the test
+	// returns, while the gateway still waited for the session's last
+	// goroutines (the client sees the close frame before they end),
+	// failed the shutdown, and the node's cleanup with it (a CI run).
 	sctx, cancel := context.WithTimeout(context.Background(), sjsWait)
 	defer cancel()
-	go func() { _ = n.gw.Shutdown(sctx) }()
+	shut := make(chan error, 1)
+	go func() { shut <- n.gw.Shutdown(sctx) }()
 	if got := c.recv(); got != `c[3000,"server shutting down"]` {
 		t.Fatalf("close frame %q", got)
 	}
 	c.closed()
+	if err := <-shut; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
 }
 
 func TestSockJSWebSocketHTTPErrors(t *testing.T) {
