@@ -296,12 +296,13 @@ func (s *Session) writeRounds(w *writer, backlog int) {
 
 		var n int
 		var err error
-		now := time.Now()
+		var now time.Time
 		if w != nil {
+			now = time.Now()
 			n, err = tw.TryWritePackets(batch, now.UnixNano())
 		} else {
 			n, err = down.WritePackets(batch)
-			now = time.Now() // this write may have waited for the client
+			now = time.Now() // after: this write may have waited for the client
 		}
 		blocked := err == ErrWriteBlocked
 		if blocked {
