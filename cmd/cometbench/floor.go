@@ -170,6 +170,13 @@ type floorReport struct {
 	CPUs         []int  `json:"cpus"` // the union of its threads' CPU sets after the writes
 }
 
+// writtenBytes is what the report's writes come to: the counted frames
+// and every connection's warm-up. The writer reports it, and the parent
+// checks the report against it.
+func (r *floorReport) writtenBytes() uint64 {
+	return (r.Writes + r.Warmup*uint64(r.Conns)) * uint64(r.Frame)
+}
+
 // floorResult is a measured floor.
 type floorResult struct {
 	floorReport
@@ -180,6 +187,11 @@ type floorResult struct {
 // PerWriteUs is the floor: writer CPU per write, µs.
 func (f *floorResult) PerWriteUs() float64 {
 	return float64(f.CPUNs) / float64(f.Writes) / 1e3
+}
+
+// roundedUs is PerWriteUs to the nanosecond, as results carry it.
+func (f *floorResult) roundedUs() float64 {
+	return math.Round(f.PerWriteUs()*1000) / 1000
 }
 
 func (f *floorResult) String() string {
@@ -458,7 +470,7 @@ func parseFloorReport(out []byte, fo floorOptions) (floorReport, error) {
 		return rep, fmt.Errorf("%d connections, %d asked", rep.Conns, fo.Conns)
 	case rep.Frame != wantFrame:
 		return rep, fmt.Errorf("frames of %d bytes, %d asked", rep.Frame, wantFrame)
-	case rep.Bytes != (rep.Writes+rep.Warmup*uint64(rep.Conns))*uint64(rep.Frame):
+	case rep.Bytes != rep.writtenBytes():
 		return rep, fmt.Errorf("%d bytes for %d writes of %d after %d per connection", rep.Bytes, rep.Writes, rep.Frame, rep.Warmup)
 	case !slices.Equal(rep.CPUs, fo.WriterCPUs):
 		return rep, fmt.Errorf("the writer ran on CPUs %v, not the gateway's %v", rep.CPUs, fo.WriterCPUs)
@@ -856,7 +868,7 @@ func writeFloor(ctx context.Context, fds []int, frame []byte, rate float64, dura
 	rep.WallNs = int64(time.Since(start))
 	rep.ProcessCPUNs = int64(processCPU() - proc0)
 	rep.CPUNs = int64(cpu)
-	rep.Bytes = (rep.Writes + rep.Warmup*uint64(rep.Conns)) * uint64(rep.Frame)
+	rep.Bytes = rep.writtenBytes()
 	return rep, nil
 }
 

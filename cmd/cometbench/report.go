@@ -183,7 +183,7 @@ func (r *runResult) setFloor(f *floorResult) {
 	if f == nil || r.Rate == 0 {
 		return
 	}
-	r.FloorUs = math.Round(f.PerWriteUs()*1000) / 1000
+	r.FloorUs = f.roundedUs()
 	if g := r.Gateway; g != nil && g.measured {
 		r.FloorRatio = floorRatio(g.CPUPerDelivery, r.FloorUs)
 	}
@@ -202,7 +202,7 @@ func (r *runResult) setFloorAfter(f *floorResult) {
 	if f == nil || r.FloorUs <= 0 {
 		return
 	}
-	r.FloorAfterUs = math.Round(f.PerWriteUs()*1000) / 1000
+	r.FloorAfterUs = f.roundedUs()
 	if g := r.Gateway; g != nil && g.measured {
 		r.FloorRatioMean = floorRatio(g.CPUPerDelivery, (r.FloorUs+r.FloorAfterUs)/2)
 	}
