@@ -17,13 +17,16 @@ import (
 )
 
 // socketTransport writes each batch to a real loopback TCP connection as
-// a write worker does (TryWriter): one non-blocking write(2), the rest
-// kept for Flush. It is the I/O of a real transport without its framing.
+// a write worker does: one non-blocking write(2) (TryWriter), or a send
+// queued in the worker's batch (BatchWriter), the rest kept for Flush.
+// It is the I/O of a real transport without its framing.
 type socketTransport struct {
 	conn      *net.TCPConn
 	raw       syscall.RawConn
 	buf, rest []byte
 	counter   *deliveryCounter
+	queued    atomic.Int64 // writes QueuePackets queued
+	blocked   atomic.Int64 // queued writes the socket did not take whole
 }
 
 // deliveryCounter counts deliveries and signals when a target is reached,
@@ -44,7 +47,7 @@ func (c *deliveryCounter) add() {
 	}
 }
 
-var _ TryWriter = (*socketTransport)(nil)
+var _ BatchWriter = (*socketTransport)(nil)
 
 func (t *socketTransport) Name() string { return "socket" }
 
@@ -88,6 +91,26 @@ func (t *socketTransport) TryWritePackets(pkts []Packet, _ int64) (int, error) {
 		return len(b), ErrWriteBlocked
 	}
 	return n, nil
+}
+
+func (t *socketTransport) QueuePackets(pkts []Packet, _ int64, q *SendQueue) (int, error) {
+	b := t.frame(pkts)
+	t.count(pkts)
+	t.queued.Add(1)
+	q.Send(t.raw, b)
+	return len(b), ErrWriteQueued
+}
+
+func (t *socketTransport) EndQueued(sent int, err error) (int, error) {
+	if err != nil {
+		return sent, err
+	}
+	if b := t.buf; sent < len(b) {
+		t.blocked.Add(1)
+		t.rest = append(t.rest[:0], b[sent:]...)
+		return len(b), ErrWriteBlocked
+	}
+	return sent, nil
 }
 
 func (t *socketTransport) Flush() (int, error) { return t.conn.Write(t.rest) }

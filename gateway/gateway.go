@@ -68,6 +68,10 @@ type Config struct {
 	// Writers is the number of write workers that fan messages out and
 	// write sessions (writers.go); 0 means GOMAXPROCS.
 	Writers int
+	// SendBatch is the most writes a worker makes in one system call
+	// where the kernel has io_uring (sendbatch.go); 0 means
+	// DefaultSendBatch, 1 makes every write on its own (sendto).
+	SendBatch int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Metrics may be nil.
@@ -75,6 +79,9 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
+	if c.SendBatch == 0 {
+		c.SendBatch = DefaultSendBatch
+	}
 	if c.QueueBytes == 0 {
 		c.QueueBytes = 1 << 20
 	}

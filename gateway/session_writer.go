@@ -250,20 +250,38 @@ func (s *Session) leaveWorker() {
 
 // writeRounds drains everything pending into one write per round until
 // nothing is left. s.writing is set on entry and cleared when it returns,
-// unless the session moved to a goroutine of its own. w is the worker
-// that runs it (writers.go), nil on the session's own goroutine: a worker
-// never waits for the client. backlog is the kernel's backlog measured
-// after the last write, to record, or -1.
+// unless the session moved to a goroutine of its own or its write waits
+// in its worker's batch (sendbatch.go). w is the worker that runs it
+// (writers.go), nil on the session's own goroutine: a worker never waits
+// for the client. backlog is the kernel's backlog measured after the last
+// write, to record, or -1.
 func (s *Session) writeRounds(w *writer, backlog int) {
-	bp := batchPool.Get().(*[]Packet)
-	defer func() {
-		if cap(*bp) <= maxPooledBatch {
-			batchPool.Put(bp)
-		}
-	}()
+	s.writeFrom(w, backlog, batchPool.Get().(*[]Packet), 0)
+}
+
+// writeRound is one round of writeFrom: what it took and wrote.
+type writeRound struct {
+	bp      *[]Packet // the pooled slice batch came from, the writer's until it stops
+	batch   []Packet
+	msgs    int // msg packets in batch
+	oneShot bool
+	watch   bool // the kernel's backlog was worth watching before the write
+	now     time.Time
+	rounds  int // rounds a worker made in a row before this one
+}
+
+// putBatch gives a stopping writer's batch slice back to the pool.
+func putBatch(bp *[]Packet, batch []Packet) {
+	if cap(batch) <= maxPooledBatch {
+		*bp = batch[:0]
+		batchPool.Put(bp)
+	}
+}
+
+// writeFrom is writeRounds from its round number rounds, with bp the
+// batch slice the writer holds.
+func (s *Session) writeFrom(w *writer, backlog int, bp *[]Packet, rounds int) {
 	batch := (*bp)[:0]
-	defer func() { *bp = batch[:0] }()
-	rounds := 0
 	for {
 		s.mu.Lock()
 		if backlog >= 0 {
@@ -276,76 +294,117 @@ func (s *Session) writeRounds(w *writer, backlog int) {
 			s.writing = false
 			s.settleLocked(&fx)
 			s.mu.Unlock()
+			putBatch(bp, batch)
 			s.applyFrom(w, &fx)
 			return
 		}
 		tw, try := down.(TryWriter)
 		if w != nil && !try {
 			s.mu.Unlock()
+			putBatch(bp, batch)
 			s.leaveWorker()
 			return
 		}
-		var msgs int
-		batch, msgs = s.takeLocked(batch[:0])
-		oneShot := s.oneShot
-		if oneShot {
+		r := writeRound{bp: bp, rounds: rounds}
+		r.batch, r.msgs = s.takeLocked(batch[:0])
+		r.oneShot = s.oneShot
+		if r.oneShot {
 			s.detachLocked() // the request completes with this write
 		}
-		watch := s.kernelBytes > s.g.cfg.QueueBytes/backlogEvery
+		r.watch = s.kernelBytes > s.g.cfg.QueueBytes/backlogEvery
 		s.mu.Unlock()
 
 		var n int
 		var err error
-		var now time.Time
 		if w != nil {
-			now = time.Now()
-			n, err = tw.TryWritePackets(batch, now.UnixNano())
-		} else {
-			n, err = down.WritePackets(batch)
-			now = time.Now() // after: this write may have waited for the client
-		}
-		blocked := err == ErrWriteBlocked
-		if blocked {
-			err = nil
-		}
-		if err == nil {
-			s.recordWrite(batch, msgs, n, now)
-			// The kernel's backlog is measured (a system call) after a
-			// write that would have waited, while the last measure found
-			// a backlog worth watching, after a session's first write,
-			// and otherwise once a sixteenth of the queue bound was
-			// written since the last measure: what a client that stopped
-			// reading has in the kernel unseen is bounded in bytes, the
-			// unit of the bound it is held to, and a fan-out of small
-			// messages (a measure every eighth write cost an eighth of
-			// a system call per delivery) pays for one measure in
-			// hundreds.
-			s.unmeasured += n
-			if b, ok := down.(Backlogger); ok && (blocked || watch || s.unmeasured >= s.g.cfg.QueueBytes/backlogEvery) {
-				s.unmeasured = 0
-				backlog = b.Backlog()
+			r.now = time.Now()
+			bw, batched := tw.(BatchWriter)
+			if q := w.sends; batched && q != nil {
+				if n, err = bw.QueuePackets(r.batch, r.now.UnixNano(), q); err == ErrWriteQueued {
+					qw := &q.writes[len(q.writes)-1]
+					qw.s, qw.down, qw.bw, qw.round = s, down, bw, r
+					return // the worker completes it (endQueued)
+				}
+			} else {
+				n, err = tw.TryWritePackets(r.batch, r.now.UnixNano())
 			}
+		} else {
+			n, err = down.WritePackets(r.batch)
+			r.now = time.Now() // after: this write may have waited for the client
 		}
-		clear(batch)
-		if blocked || (w != nil && (err != nil || oneShot)) {
-			// What follows may wait: the rest of the write, or closing
-			// the downstream (a close frame). Not on a worker.
-			s.g.wg.Add(1)
-			go s.finishWrite(down, oneShot, blocked, err, backlog)
+		var more bool
+		if backlog, more = s.endRound(w, down, &r, n, err); !more {
+			putBatch(bp, r.batch)
 			return
 		}
-		if !s.wrote(down, oneShot, err) {
-			return
-		}
-		if rounds++; w != nil && rounds == maxWorkerRounds {
-			// More arrived while writing (a SockJS session's byte
-			// stream, say): the session goes to the back of its
-			// worker's queue, still the writer's, so that the others
-			// on the worker get their turn.
-			s.g.writers.post(s.shard, writeJob{s: s})
-			return
+		batch, rounds = r.batch, r.rounds+1
+	}
+}
+
+// endQueued completes a write its worker queued (writeFrom), with what
+// the socket took of it or the error that kept it from being made, and
+// goes on writing the session.
+func (s *Session) endQueued(w *writer, qw *queuedWrite, sent int, err error) {
+	r := qw.round
+	n, err := qw.bw.EndQueued(sent, err)
+	backlog, more := s.endRound(w, qw.down, &r, n, err)
+	if !more {
+		putBatch(r.bp, r.batch)
+		return
+	}
+	*r.bp = r.batch[:0]
+	s.writeFrom(w, backlog, r.bp, r.rounds+1)
+}
+
+// endRound handles the result of round r's write to down (n bytes, or
+// err), on the goroutine that wrote. It returns the kernel's backlog if
+// it measured it (or -1), and whether that goroutine should take the
+// next round; otherwise the writer has stopped or moved to a goroutine of
+// its own.
+func (s *Session) endRound(w *writer, down Transport, r *writeRound, n int, err error) (int, bool) {
+	backlog := -1
+	blocked := err == ErrWriteBlocked
+	if blocked {
+		err = nil
+	}
+	if err == nil {
+		s.recordWrite(r.batch, r.msgs, n, r.now)
+		// The kernel's backlog is measured (a system call) after a
+		// write that would have waited, while the last measure found a
+		// backlog worth watching, after a session's first write, and
+		// otherwise once a sixteenth of the queue bound was written
+		// since the last measure: what a client that stopped reading
+		// has in the kernel unseen is bounded in bytes, the unit of the
+		// bound it is held to, and a fan-out of small messages (a
+		// measure every eighth write cost an eighth of a system call
+		// per delivery) pays for one measure in hundreds.
+		s.unmeasured += n
+		if b, ok := down.(Backlogger); ok && (blocked || r.watch || s.unmeasured >= s.g.cfg.QueueBytes/backlogEvery) {
+			s.unmeasured = 0
+			backlog = b.Backlog()
 		}
 	}
+	clear(r.batch)
+	r.batch = r.batch[:0]
+	if blocked || (w != nil && (err != nil || r.oneShot)) {
+		// What follows may wait: the rest of the write, or closing the
+		// downstream (a close frame). Not on a worker.
+		s.g.wg.Add(1)
+		go s.finishWrite(down, r.oneShot, blocked, err, backlog)
+		return -1, false
+	}
+	if !s.wrote(down, r.oneShot, err) {
+		return -1, false
+	}
+	if w != nil && r.rounds+1 == maxWorkerRounds {
+		// More arrived while writing (a SockJS session's byte stream,
+		// say): the session goes to the back of its worker's queue,
+		// still the writer's, so that the others on the worker get
+		// their turn.
+		s.g.writers.post(s.shard, writeJob{s: s})
+		return -1, false
+	}
+	return backlog, true
 }
 
 // backlogEvery: the kernel's backlog is measured at least once per

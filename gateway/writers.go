@@ -70,6 +70,7 @@ type writer struct {
 	running bool         // a worker goroutine is draining jobs
 	spare   []writeJob   // the slice the worker drained last, reused
 	early   []writeJob   // fan-outs taken in the middle of a batch (takeFanouts), reused; the worker's own
+	sends   *SendQueue   // the worker's batch of sends (sendbatch.go), nil when they are not batched; the worker's own
 }
 
 type writerPool struct {
@@ -139,10 +140,18 @@ func (p *writerPool) await(shard int) {
 // run drains the worker's jobs until there are none.
 func (w *writer) run() {
 	defer w.pool.g.wg.Done()
+	w.sends = getSendQueue(w.pool.g.cfg.SendBatch)
 	writes := 0
 	for {
 		w.mu.Lock()
 		if len(w.jobs) == 0 {
+			// The batch was made at the end of the last jobs (and
+			// nothing since could queue to it): the queue is empty, and
+			// goes back before the next worker of this shard can start.
+			if w.sends != nil {
+				putSendQueue(w.sends)
+				w.sends = nil
+			}
 			w.running = false
 			w.mu.Unlock()
 			return
@@ -160,11 +169,19 @@ func (w *writer) run() {
 			j := &jobs[i]
 			switch {
 			case j.e != nil:
+				// Sends queued hold their transports' write locks; a
+				// fan-out takes hub and session locks whose holders
+				// may be waiting for one of those.
+				w.makeSends()
 				j.e.deliverShard(w.shard, j.b, j.push)
 				ahead--
 			default:
+				if w.sends != nil && w.sends.full() {
+					w.makeSends()
+				}
 				j.s.writeRounds(w, -1)
 				if writes++; writes%yieldEvery == 0 {
+					w.makeSends()
 					runtime.Gosched()
 					if ahead == 0 && w.fanouts.Load() > 0 {
 						w.early = w.takeFanouts(w.early[:0])
@@ -177,8 +194,27 @@ func (w *writer) run() {
 				}
 			}
 		}
+		w.makeSends()
 		clear(jobs)
 		w.spare = jobs
+	}
+}
+
+// makeSends makes the worker's queued sends (sendbatch.go) and completes
+// each session's write, until none is queued: a completed session may
+// queue its next write.
+func (w *writer) makeSends() {
+	q := w.sends
+	if q == nil {
+		return
+	}
+	for len(q.writes) > 0 {
+		q.submit()
+		for i := range q.doneWrites {
+			sent, err := q.result(i)
+			q.doneWrites[i].s.endQueued(w, &q.doneWrites[i], sent, err)
+		}
+		q.completed()
 	}
 }
 

@@ -60,13 +60,13 @@ func (o *sockOut) write(conn net.Conn, b []byte, now int64, timeout time.Duratio
 // flush), and returns gateway.ErrWriteBlocked with len(*buf): the rest
 // goes out at flush, which must follow before any other write.
 func (o *sockOut) try(raw syscall.RawConn, buf *[]byte) (int, error) {
-	b := *buf
 	n := 0
 	if raw != nil {
 		call := sendCalls.Get().(*sendCall)
-		call.p = b
+		call.p = *buf
 		err := raw.Control(call.fn)
-		n, errno := call.n, call.errno
+		var errno syscall.Errno
+		n, errno = call.n, call.errno
 		call.p = nil
 		sendCalls.Put(call)
 		if err == nil && errno != 0 && errno != syscall.EAGAIN {
@@ -75,15 +75,47 @@ func (o *sockOut) try(raw syscall.RawConn, buf *[]byte) (int, error) {
 		if err != nil {
 			return n, err
 		}
-		if n == len(b) {
-			return n, nil
-		}
+	}
+	return o.settle(buf, n)
+}
+
+// settle is the end of a try that sent n bytes of *buf: done, or the
+// rest kept for flush (gateway.ErrWriteBlocked).
+func (o *sockOut) settle(buf *[]byte, n int) (int, error) {
+	b := *buf
+	if n == len(b) {
+		return n, nil
 	}
 	// Keep the rest at the front of the buffer: a copy on this rare path
 	// saves the connection an offset field.
 	*buf = b[:copy(b, b[n:])]
 	o.rest = buf
 	return len(b), gateway.ErrWriteBlocked
+}
+
+// queue is try for a write worker that batches its sends
+// (gateway.BatchWriter): *buf's send goes on q, and buf is kept (in rest)
+// until endQueued, which must follow before any other write.
+func (o *sockOut) queue(q *gateway.SendQueue, raw syscall.RawConn, buf *[]byte) (int, error) {
+	o.rest = buf
+	q.Send(raw, *buf)
+	return len(*buf), gateway.ErrWriteQueued
+}
+
+// endQueued is the end of a queued send that took sent bytes or failed
+// with err: what try would have returned. The buffer goes back to the
+// pool unless a rest is kept for flush (gateway.ErrWriteBlocked).
+func (o *sockOut) endQueued(sent int, err error) (int, error) {
+	buf := o.rest
+	o.rest = nil
+	n := sent
+	if err == nil {
+		n, err = o.settle(buf, sent)
+	}
+	if err != gateway.ErrWriteBlocked {
+		putBuffer(buf)
+	}
+	return n, err
 }
 
 // sendCall is a try's system call, for RawConn.Control: its function is

@@ -52,7 +52,7 @@ func TestTryWriteDoesNotWaitForTheWriteLock(t *testing.T) {
 	want := bytes.Clone(*buf)
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.writeFrames(buf, time.Now().UnixNano(), true)
+		_, err := c.writeFrames(buf, time.Now().UnixNano(), true, nil)
 		done <- err
 	}()
 	select {

@@ -87,9 +87,9 @@ func sseResumeCursors(r *http.Request, channels []string) []string {
 }
 
 var (
-	_ gateway.Transport  = (*sseConn)(nil)
-	_ gateway.Backlogger = (*sseConn)(nil)
-	_ gateway.TryWriter  = (*sseConn)(nil)
+	_ gateway.Transport   = (*sseConn)(nil)
+	_ gateway.Backlogger  = (*sseConn)(nil)
+	_ gateway.BatchWriter = (*sseConn)(nil)
 )
 
 // Backlog is what the kernel still holds of the stream's writes (see
@@ -219,13 +219,29 @@ func (c *sseConn) onInput() {
 func (c *sseConn) Name() string { return "sse" }
 
 func (c *sseConn) WritePackets(pkts []gateway.Packet) (int, error) {
-	return c.writePackets(pkts, false)
+	return c.writePackets(pkts, false, nil)
 }
 
 // TryWritePackets is WritePackets for the gateway's write workers: it
 // does not wait for the client (gateway.TryWriter).
 func (c *sseConn) TryWritePackets(pkts []gateway.Packet, _ int64) (int, error) {
-	return c.writePackets(pkts, true)
+	return c.writePackets(pkts, true, nil)
+}
+
+// QueuePackets is TryWritePackets for a worker that batches its sends
+// (gateway.BatchWriter).
+func (c *sseConn) QueuePackets(pkts []gateway.Packet, _ int64, q *gateway.SendQueue) (int, error) {
+	return c.writePackets(pkts, true, q)
+}
+
+// EndQueued completes a write QueuePackets queued, releasing the write
+// lock unless a rest waits for Flush.
+func (c *sseConn) EndQueued(sent int, err error) (int, error) {
+	n, err := c.out.endQueued(sent, err)
+	if err != gateway.ErrWriteBlocked {
+		c.wmu.Unlock()
+	}
+	return n, err
 }
 
 // Flush writes what a TryWritePackets left and releases the write lock
@@ -235,7 +251,9 @@ func (c *sseConn) Flush() (int, error) {
 	return c.out.flush(c.conn, c.n.opts.WriteTimeout)
 }
 
-func (c *sseConn) writePackets(pkts []gateway.Packet, try bool) (int, error) {
+// writePackets writes pkts, without waiting for the client with try set,
+// and queued on q when it is not nil (see QueuePackets).
+func (c *sseConn) writePackets(pkts []gateway.Packet, try bool, q *gateway.SendQueue) (int, error) {
 	size := 0
 	for _, p := range pkts {
 		size += p.Size() + len("data: \n\n")
@@ -271,6 +289,9 @@ func (c *sseConn) writePackets(pkts []gateway.Packet, try bool) (int, error) {
 		return n, err
 	}
 	c.wmu.Lock()
+	if q != nil && c.raw != nil {
+		return c.out.queue(q, c.raw, buf)
+	}
 	n, err := c.out.try(c.raw, buf)
 	if err != gateway.ErrWriteBlocked {
 		c.wmu.Unlock()

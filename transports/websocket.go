@@ -26,10 +26,10 @@ type wsSession struct {
 }
 
 var (
-	_ gateway.Transport  = (*wsSession)(nil)
-	_ gateway.Backlogger = (*wsSession)(nil)
-	_ gateway.TryWriter  = (*wsSession)(nil)
-	_ wsOwner            = (*wsSession)(nil)
+	_ gateway.Transport   = (*wsSession)(nil)
+	_ gateway.Backlogger  = (*wsSession)(nil)
+	_ gateway.BatchWriter = (*wsSession)(nil)
+	_ wsOwner             = (*wsSession)(nil)
 )
 
 // wsCodec is how a session's packets and messages look on a WebSocket.
@@ -55,21 +55,30 @@ func (t *wsSession) Name() string { return t.codec.name() }
 // WritePackets writes the packets' frames in one write (with a ping when
 // the client has been quiet, see peerClock).
 func (t *wsSession) WritePackets(pkts []gateway.Packet) (int, error) {
-	return t.writePackets(pkts, time.Now().UnixNano(), false)
+	return t.writePackets(pkts, time.Now().UnixNano(), false, nil)
 }
 
 // TryWritePackets is WritePackets for the gateway's write workers: it
 // does not wait for the client (gateway.TryWriter).
 func (t *wsSession) TryWritePackets(pkts []gateway.Packet, now int64) (int, error) {
-	return t.writePackets(pkts, now, true)
+	return t.writePackets(pkts, now, true, nil)
 }
+
+// QueuePackets is TryWritePackets for a worker that batches its sends
+// (gateway.BatchWriter).
+func (t *wsSession) QueuePackets(pkts []gateway.Packet, now int64, q *gateway.SendQueue) (int, error) {
+	return t.writePackets(pkts, now, true, q)
+}
+
+// EndQueued completes a write QueuePackets queued.
+func (t *wsSession) EndQueued(sent int, err error) (int, error) { return t.c.endQueued(sent, err) }
 
 // Flush writes what a TryWritePackets left.
 func (t *wsSession) Flush() (int, error) { return t.c.flush() }
 
 // writePackets writes pkts at now (Unix nanoseconds), without waiting
-// for the client with try set.
-func (t *wsSession) writePackets(pkts []gateway.Packet, now int64, try bool) (int, error) {
+// for the client with try set, and queued on q when it is not nil.
+func (t *wsSession) writePackets(pkts []gateway.Packet, now int64, try bool, q *gateway.SendQueue) (int, error) {
 	size := 0
 	for _, p := range pkts {
 		size += p.Size() + 16
@@ -80,9 +89,9 @@ func (t *wsSession) writePackets(pkts []gateway.Packet, now int64, try bool) (in
 		putBuffer(buf)
 		return 0, t.c.checkAlive(now)
 	}
-	n, err := t.c.writeFrames(buf, now, try)
-	if err != gateway.ErrWriteBlocked {
-		putBuffer(buf) // otherwise the connection keeps it until Flush
+	n, err := t.c.writeFrames(buf, now, try, q)
+	if err != gateway.ErrWriteBlocked && err != gateway.ErrWriteQueued {
+		putBuffer(buf) // otherwise the connection keeps it until Flush or EndQueued
 	}
 	return n, err
 }

@@ -481,7 +481,9 @@ func (c *wsConn) write(b []byte) (int, error) {
 // whose client went silent. With try set it does not wait
 // (gateway.TryWriter): if the kernel does not take everything, buf
 // becomes the connection's and the write lock stays held until flush.
-func (c *wsConn) writeFrames(buf *[]byte, now int64, try bool) (int, error) {
+// With q set as well, the send goes on q (gateway.BatchWriter), buf is
+// the connection's and the lock stays held until endQueued.
+func (c *wsConn) writeFrames(buf *[]byte, now int64, try bool, q *gateway.SendQueue) (int, error) {
 	if err := c.checkAlive(now); err != nil {
 		return 0, err
 	}
@@ -503,7 +505,20 @@ func (c *wsConn) writeFrames(buf *[]byte, now int64, try bool) (int, error) {
 		c.wmu.Unlock()
 		return 0, errCloseSent
 	}
+	if q != nil && c.raw != nil {
+		return c.out.queue(q, c.raw, buf)
+	}
 	n, err := c.out.try(c.raw, buf)
+	if err != gateway.ErrWriteBlocked {
+		c.wmu.Unlock()
+	}
+	return n, err
+}
+
+// endQueued completes a send writeFrames queued, releasing the write
+// lock unless a rest waits for flush.
+func (c *wsConn) endQueued(sent int, err error) (int, error) {
+	n, err := c.out.endQueued(sent, err)
 	if err != gateway.ErrWriteBlocked {
 		c.wmu.Unlock()
 	}
