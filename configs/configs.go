@@ -443,6 +443,9 @@ type Session struct {
 	DisconnectDelay time.Duration `mapstructure:"disconnect_delay"`
 	// StreamLimitBytes recycles XHR-streaming and htmlfile responses.
 	StreamLimitBytes int `mapstructure:"stream_limit_bytes"`
+	// SendBatch is the most session writes a write worker makes in one
+	// system call (io_uring, Linux); 1 makes each with its own sendto.
+	SendBatch int `mapstructure:"send_batch"`
 }
 
 // WebSocket configures what the packet WebSockets (/ws and the SockJS

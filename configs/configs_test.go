@@ -77,6 +77,7 @@ func wantDefaults() *Config {
 			WriteTimeout:     10 * time.Second,
 			DisconnectDelay:  5 * time.Second,
 			StreamLimitBytes: 128 << 10,
+			SendBatch:        64,
 		},
 		WebSocket: WebSocket{Compression: true, CompressionThreshold: 256},
 		Limits: Limits{
@@ -864,6 +865,9 @@ func TestValidate(t *testing.T) {
 		{"session.heartbeat", func(c *Config) { c.Session.Heartbeat = 999 * time.Millisecond }, `session.heartbeat: must be at least 1s, got 999ms`},
 		{"session.write_timeout", func(c *Config) { c.Session.WriteTimeout = 0 }, `session.write_timeout: must be greater than 0`},
 		{"session.disconnect_delay", func(c *Config) { c.Session.DisconnectDelay = 0 }, `session.disconnect_delay: must be greater than 0`},
+		{"session.send_batch 0", func(c *Config) { c.Session.SendBatch = 0 }, `session.send_batch: must be between 1 and 64, got 0`},
+		{"session.send_batch 65", func(c *Config) { c.Session.SendBatch = 65 }, `session.send_batch: must be between 1 and 64, got 65`},
+		{"session.send_batch off", func(c *Config) { c.Session.SendBatch = 1 }, ""},
 
 		{"no channels", func(c *Config) { c.Channels = nil }, ""},
 		{"patterns valid", func(c *Config) {

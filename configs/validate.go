@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cometgate/cometgate/brokers"
+	"github.com/cometgate/cometgate/gateway"
 	"github.com/cometgate/cometgate/transports"
 )
 
@@ -301,6 +302,9 @@ func (v *validator) session(s *Session) {
 	v.positive("session.write_timeout", s.WriteTimeout)
 	v.positive("session.disconnect_delay", s.DisconnectDelay)
 	v.atLeast("session.stream_limit_bytes", s.StreamLimitBytes, 4096)
+	if s.SendBatch < 1 || s.SendBatch > gateway.DefaultSendBatch {
+		v.failf("session.send_batch", "must be between 1 and %d, got %d", gateway.DefaultSendBatch, s.SendBatch)
+	}
 }
 
 func (v *validator) limits(l *Limits) {

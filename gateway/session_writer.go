@@ -319,7 +319,7 @@ func (s *Session) writeFrom(w *writer, backlog int, bp *[]Packet, rounds int) {
 		if w != nil {
 			r.now = time.Now()
 			bw, batched := tw.(BatchWriter)
-			if q := w.sends; batched && q != nil {
+			if q := w.sends; batched && q != nil && !q.full() {
 				if n, err = bw.QueuePackets(r.batch, r.now.UnixNano(), q); err == ErrWriteQueued {
 					qw := &q.writes[len(q.writes)-1]
 					qw.s, qw.down, qw.bw, qw.round = s, down, bw, r

@@ -203,6 +203,7 @@ func (n *nodeParts) newGateway(rules gateway.Rules) error {
 	n.gw, err = gateway.New(gateway.Config{
 		NodeID:           cfg.Node.ID,
 		QueueBytes:       cfg.Session.QueueBytes,
+		SendBatch:        cfg.Session.SendBatch,
 		MaxFrameBytes:    cfg.Session.MaxFrameBytes,
 		MaxSubscriptions: cfg.Session.MaxSubscriptions,
 		Heartbeat:        cfg.Session.Heartbeat,
