@@ -218,7 +218,12 @@ func (r *sendRing) send(sends []ringSend) error {
 		if toSubmit == 0 {
 			want = 1 // only completions still missing: wait for any
 		}
-		got, _, errno := syscall.Syscall6(sysIOURingEnter, uintptr(r.fd), uintptr(toSubmit), uintptr(want), ioringEnterGetEvents, 0, 0)
+		// A raw system call, as sendNonblock's sendto: the enter never
+		// waits (every send is MSG_DONTWAIT), so it needs no scheduler
+		// transition, and a batch's hundreds of microseconds in the
+		// kernel would otherwise have the runtime hand the worker's P to
+		// another thread mid-batch.
+		got, _, errno := syscall.RawSyscall6(sysIOURingEnter, uintptr(r.fd), uintptr(toSubmit), uintptr(want), ioringEnterGetEvents, 0, 0)
 		switch {
 		case errno == 0:
 			toSubmit -= min(uint32(got), toSubmit)
