@@ -218,17 +218,20 @@ func benchFanoutParallel(b *testing.B, n int) {
 
 // BenchmarkLoopbackFanout is BenchmarkFanoutParallel without the gateway:
 // the same number of loopback connections, written one small write(2)
-// each per message by as many goroutines as GOMAXPROCS, each its share.
-// It is the ceiling of the gateway's scaling on the machine: what the
-// kernel's loopback path itself gains from a second core (run both with
-// -cpu 1,2 and compare the ratios).
+// each per message by as many goroutines as GOMAXPROCS, each its share
+// (and, in the batched rows, the same sends made through one io_uring per
+// goroutine in batches of DefaultSendBatch, as the write workers make
+// them). It is the ceiling of the gateway's scaling on the machine: what
+// the kernel's loopback path itself gains from a second core (run both
+// with -cpu 1,2 and compare the ratios).
 func BenchmarkLoopbackFanout(b *testing.B) {
 	for _, n := range []int{1000, 5000} {
-		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchLoopbackFanout(b, n) })
+		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchLoopbackFanout(b, n, false) })
+		b.Run(fmt.Sprintf("sessions=%d/batched", n), func(b *testing.B) { benchLoopbackFanout(b, n, true) })
 	}
 }
 
-func benchLoopbackFanout(b *testing.B, n int) {
+func benchLoopbackFanout(b *testing.B, n int, batched bool) {
 	lfd, sa := rawListener(b)
 	writers := make([]int, 0, n)
 	readers := make([]int, 0, n)
@@ -256,6 +259,17 @@ func benchLoopbackFanout(b *testing.B, n int) {
 	frame := make([]byte, 120) // about a 64-byte message's packet
 	buf := make([]byte, 64<<10)
 	workers := runtime.GOMAXPROCS(0)
+	var rings []*sendRing
+	if batched {
+		for range workers {
+			r, err := newSendRing(DefaultSendBatch)
+			if err != nil {
+				b.Skipf("no io_uring: %v", err)
+			}
+			defer r.close()
+			rings = append(rings, r)
+		}
+	}
 	b.ResetTimer()
 	for i := range b.N {
 		if i%256 == 255 {
@@ -272,6 +286,10 @@ func benchLoopbackFanout(b *testing.B, n int) {
 		var wg sync.WaitGroup
 		for w := range workers {
 			wg.Go(func() {
+				if batched {
+					ringFanout(b, rings[w], writers, w, workers, frame)
+					return
+				}
 				for j := w; j < n; j += workers {
 					if _, err := syscall.Write(writers[j], frame); err != nil {
 						b.Error(err)
@@ -285,6 +303,28 @@ func benchLoopbackFanout(b *testing.B, n int) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/msg")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/delivery")
+}
+
+// ringFanout sends frame to every stride-th descriptor of fds from
+// first on, through r, in batches as large as the ring takes.
+func ringFanout(b *testing.B, r *sendRing, fds []int, first, stride int, frame []byte) {
+	sends := make([]ringSend, 0, r.capacity())
+	for j := first; j < len(fds); j += stride {
+		sends = append(sends, ringSend{p: frame, fd: int32(fds[j])})
+		if len(sends) == cap(sends) || j+stride >= len(fds) {
+			if err := r.send(sends); err != nil {
+				b.Error(err)
+				return
+			}
+			for _, s := range sends {
+				if s.res != int32(len(frame)) {
+					b.Errorf("a send returned %d", s.res)
+					return
+				}
+			}
+			sends = sends[:0]
+		}
+	}
 }
 
 // rawListener is a loopback listening socket outside Go's poller, closed
