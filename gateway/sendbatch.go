@@ -123,14 +123,14 @@ func (q *SendQueue) full() bool { return len(q.writes) >= q.max }
 var queues struct {
 	sync.Mutex
 	free   []*SendQueue
-	failed bool // the kernel cannot make a ring (too old, or not allowed): never try again
+	failed error // why the kernel cannot make a ring (too old, or not allowed): never try again
 }
 
 // getSendQueue returns an empty queue of at most max sends, or nil when
-// sends are not batched (max below 2, or no io_uring here).
-func getSendQueue(max int) *SendQueue {
+// sends are not batched: max below 2, or no io_uring here (err says why).
+func getSendQueue(max int) (*SendQueue, error) {
 	if max < 2 {
-		return nil
+		return nil, nil
 	}
 	queues.Lock()
 	defer queues.Unlock()
@@ -138,15 +138,15 @@ func getSendQueue(max int) *SendQueue {
 		q := queues.free[n-1]
 		queues.free = queues.free[:n-1]
 		q.max = min(max, q.ring.capacity())
-		return q
+		return q, nil
 	}
-	if queues.failed {
-		return nil
+	if queues.failed != nil {
+		return nil, queues.failed
 	}
 	r, err := newSendRing(uint32(DefaultSendBatch))
 	if err != nil {
-		queues.failed = true
-		return nil
+		queues.failed = err
+		return nil, err
 	}
 	q := &SendQueue{ring: r, max: min(max, r.capacity())}
 	q.levels = make([]func(uintptr), r.capacity())
@@ -156,7 +156,7 @@ func getSendQueue(max int) *SendQueue {
 			q.descend(i + 1)
 		}
 	}
-	return q
+	return q, nil
 }
 
 // putSendQueue keeps an empty queue for the next worker.

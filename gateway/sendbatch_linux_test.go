@@ -60,9 +60,9 @@ func fdOf(t *testing.T, conn *net.TCPConn, f func(fd int32)) {
 // test then, and the workers write one send at a time.
 func sendQueueOrSkip(t *testing.T) *SendQueue {
 	t.Helper()
-	q := getSendQueue(DefaultSendBatch)
+	q, err := getSendQueue(DefaultSendBatch)
 	if q == nil {
-		t.Skip("io_uring is not available here: sends are not batched")
+		t.Skipf("io_uring is not available here (%v): sends are not batched", err)
 	}
 	t.Cleanup(func() { putSendQueue(q) })
 	return q

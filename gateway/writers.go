@@ -74,9 +74,10 @@ type writer struct {
 }
 
 type writerPool struct {
-	g       *Gateway
-	workers []*writer
-	next    atomic.Uint32 // round-robin shard of the next session
+	g         *Gateway
+	workers   []*writer
+	next      atomic.Uint32 // round-robin shard of the next session
+	unbatched atomic.Bool   // the workers' sends could not be batched, and the log says so
 }
 
 // maxFanoutBacklog bounds the messages waiting for one worker. Past it
@@ -140,7 +141,10 @@ func (p *writerPool) await(shard int) {
 // run drains the worker's jobs until there are none.
 func (w *writer) run() {
 	defer w.pool.g.wg.Done()
-	w.sends = getSendQueue(w.pool.g.cfg.SendBatch)
+	var err error
+	if w.sends, err = getSendQueue(w.pool.g.cfg.SendBatch); err != nil && w.pool.unbatched.CompareAndSwap(false, true) {
+		w.pool.g.log.Info("session writes are not batched: the kernel refused an io_uring; each write is its own sendto", "err", err)
+	}
 	writes := 0
 	for {
 		w.mu.Lock()
