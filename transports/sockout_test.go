@@ -38,43 +38,23 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 }
 
 // A write worker's try never waits for the write lock: while another
-// write holds it (a pong or a heartbeat to a client that does not read,
-// say), the try leaves everything to flush, which takes the lock itself
-// and writes it all, in order after the other write. Both connections
-// the workers write: the WebSocket and the SSE stream.
+// write holds it (a pong to a client that does not read, say), the try
+// leaves everything to flush, which takes the lock itself and writes it
+// all, in order after the other write.
 func TestTryWriteDoesNotWaitForTheWriteLock(t *testing.T) {
-	opts := Options{WriteTimeout: 10 * time.Second}
-	t.Run("websocket", func(t *testing.T) {
-		server, client := tcpPair(t)
-		c := &wsConn{n: &node{opts: opts}, conn: server}
-		c.clock.start(time.Hour)
-		buf := getBuffer(16)
-		*buf = appendMessage(*buf, 0x1, []byte("hello"))
-		want := bytes.Clone(*buf)
-		checkTryWithLockHeld(t, server, client, &c.wmu, want,
-			func() error { _, err := c.writeFrames(buf, time.Now().UnixNano(), true, nil); return err },
-			func() error { _, err := c.flush(); return err })
-	})
-	t.Run("sse", func(t *testing.T) {
-		server, client := tcpPair(t)
-		c := &sseConn{n: &node{opts: opts}, conn: server}
-		p := gateway.NewPacket(1, testBody(t, jsonPayload(100)))
-		want := append(p.AppendJSON([]byte("data: ")), "\n\n"...)
-		checkTryWithLockHeld(t, server, client, &c.wmu, want,
-			func() error { _, err := c.TryWritePackets([]gateway.Packet{p}, time.Now().UnixNano()); return err },
-			func() error { _, err := c.Flush(); return err })
-	})
-}
+	server, client := tcpPair(t)
+	c := &wsConn{n: &node{opts: Options{WriteTimeout: 10 * time.Second}}, conn: server}
+	c.clock.start(time.Hour)
 
-// checkTryWithLockHeld holds lock, checks that try returns
-// ErrWriteBlocked at once, then writes a frame of its own as the holder,
-// releases the lock, and checks that flush wrote want after it and let
-// the lock go.
-func checkTryWithLockHeld(t *testing.T, server, client net.Conn, lock *sync.Mutex, want []byte, try, flush func() error) {
-	t.Helper()
-	lock.Lock() // another write holds the lock
+	c.wmu.Lock() // another write holds the lock
+	buf := getBuffer(16)
+	*buf = appendMessage(*buf, 0x1, []byte("hello"))
+	want := bytes.Clone(*buf)
 	done := make(chan error, 1)
-	go func() { done <- try() }()
+	go func() {
+		_, err := c.writeFrames(buf, time.Now().UnixNano(), true, nil)
+		done <- err
+	}()
 	select {
 	case err := <-done:
 		if err != gateway.ErrWriteBlocked {
@@ -85,12 +65,15 @@ func checkTryWithLockHeld(t *testing.T, server, client net.Conn, lock *sync.Mute
 	}
 
 	flushed := make(chan error, 1)
-	go func() { flushed <- flush() }()
-	first := []byte("the holder's write;")
-	if _, err := server.Write(first); err != nil {
+	go func() {
+		_, err := c.flush()
+		flushed <- err
+	}()
+	first := appendMessage(nil, 0x1, []byte("first"))
+	if _, err := server.Write(first); err != nil { // the holder's write
 		t.Fatal(err)
 	}
-	lock.Unlock() // the holder lets go: flush may take the lock now
+	c.wmu.Unlock() // the holder lets go: flush may take the lock now
 	if err := <-flushed; err != nil {
 		t.Fatalf("flush: %v", err)
 	}
@@ -101,10 +84,10 @@ func checkTryWithLockHeld(t *testing.T, server, client net.Conn, lock *sync.Mute
 	if !bytes.Equal(got, append(first, want...)) {
 		t.Fatalf("the client read %q", got)
 	}
-	if !lock.TryLock() {
+	if !c.wmu.TryLock() {
 		t.Fatal("flush kept the write lock")
 	}
-	lock.Unlock()
+	c.wmu.Unlock()
 }
 
 // Closing gives up on a write that holds the lock for longer than it

@@ -52,10 +52,6 @@ type sseConn struct {
 	wmu       sync.Mutex
 	out       sockOut // guarded by wmu
 	closeOnce sync.Once
-	// flushLocks: the rest waiting for Flush was not written at all,
-	// because a heartbeat held the lock; Flush takes it (see
-	// wsConn.flushLocks). The session's writer's.
-	flushLocks bool
 
 	// The resume id: the URL subscriptions and their latest cursors, and
 	// whether the stream has set it yet. Only the session's writer touches
@@ -251,10 +247,6 @@ func (c *sseConn) EndQueued(sent int, err error) (int, error) {
 // Flush writes what a TryWritePackets left and releases the write lock
 // it kept.
 func (c *sseConn) Flush() (int, error) {
-	if c.flushLocks {
-		c.flushLocks = false
-		c.wmu.Lock()
-	}
 	defer c.wmu.Unlock()
 	return c.out.flush(c.conn, c.n.opts.WriteTimeout)
 }
@@ -296,14 +288,7 @@ func (c *sseConn) writePackets(pkts []gateway.Packet, try bool, q *gateway.SendQ
 		putBuffer(buf)
 		return n, err
 	}
-	if !c.wmu.TryLock() {
-		// A heartbeat holds the lock, and it may wait for the client
-		// up to the write timeout: a write worker must not wait with
-		// it (nor keep the sends it queued waiting). The whole write
-		// goes to Flush, which takes the lock itself.
-		c.out.rest, c.flushLocks = buf, true
-		return len(b), gateway.ErrWriteBlocked
-	}
+	c.wmu.Lock()
 	if q != nil && c.raw != nil {
 		return c.out.queue(q, c.raw, buf)
 	}
