@@ -39,10 +39,15 @@ import (
 // and passes it to every try (asked for at each try, it was an
 // allocation per delivery); the function Control calls is a pooled
 // sendCall's, not a closure (see sendCall), so a try allocates nothing.
+// Where the worker batches its sends (gateway.BatchWriter, io_uring), the
+// try's system call is not made here: queue hands the buffer to the
+// worker's batch, and endQueued ends the write with what the socket took,
+// exactly as try would have ended it.
 type sockOut struct {
 	deadline writeDeadline // guarded by the owner's write lock
-	// rest is a try's buffer holding what the kernel did not take; only
-	// the session's writer touches it (try, then flush).
+	// rest is a try's buffer holding what the kernel did not take, or a
+	// queued send's whole buffer until endQueued; only the session's
+	// writer touches it (try or queue, then flush or endQueued).
 	rest *[]byte
 }
 
