@@ -28,8 +28,10 @@
 // a replay per resumed subscription; a closer for a slow consumer met on
 // the fan-out path. An idle session has no goroutine. One writer per
 // session at a time (a worker, or its own goroutine): WritePackets,
-// TryWritePackets, Flush and WriteHeartbeat are never concurrent;
-// Transport.Close may come at any time.
+// TryWritePackets, QueuePackets (with its EndQueued), Flush and
+// WriteHeartbeat are never concurrent; Transport.Close may come at any
+// time. On Linux a worker hands the sends of up to 64 sessions' writes
+// to the kernel in one io_uring submission (sendbatch.go).
 //
 // Retain and ack: a session opened with OpenOptions.Retain (request-per-poll
 // transports) keeps written packets until the client acks their seq; the
