@@ -213,6 +213,7 @@ func (g *Gateway) BrokerState(st brokers.State) {
 	default:
 		if g.brokerUp.Swap(false) {
 			g.everDown.Store(true)
+			g.hub.outageBegan()
 		}
 		g.metrics.brokerState(false, false)
 	}

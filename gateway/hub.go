@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,8 +23,12 @@ type hub struct {
 	dedupeWindow time.Duration
 	dedupeMax    int
 
-	mu      sync.Mutex // guards entries and every entry's refs
+	mu      sync.Mutex // guards entries, every entry's refs, and down
 	entries map[string]*hubEntry
+	// down: the broker connection was lost and is not reported back yet;
+	// a pattern subscribed meanwhile owes its sessions an outage gap too
+	// (its subscription may have missed what was published in between).
+	down bool
 }
 
 type hubEntry struct {
@@ -32,11 +37,15 @@ type hubEntry struct {
 	// dropped counts what policy drops, under the namespace's label; nil
 	// without metrics or for the disconnect policy.
 	dropped prometheus.Counter
-	history bool          // the broker stores the pattern's channels
-	refs    int           // sessions holding or acquiring this entry; guarded by hub.mu
-	ready   chan struct{} // closed once the broker subscription exists or failed
-	err     error         // set before ready is closed
-	bsub    brokers.Subscription
+	history bool // the broker stores the pattern's channels
+	// outage: the broker connection was lost since the last message on
+	// this pattern (one without history), and its sessions have not been
+	// told: the next message, or the reconnect, brings a gap first.
+	outage atomic.Bool
+	refs   int           // sessions holding or acquiring this entry; guarded by hub.mu
+	ready  chan struct{} // closed once the broker subscription exists or failed
+	err    error         // set before ready is closed
+	bsub   brokers.Subscription
 
 	// mu guards shards and index; fan-out holds it for reading. The
 	// subscribers are kept by their write worker (Session.shard), so that
@@ -71,6 +80,7 @@ func (h *hub) subscribe(ctx context.Context, s *Session, pattern string, ns *Nam
 		if hist, ok := h.broker.(brokers.History); ok {
 			e.history = hist.HasHistory(pattern)
 		}
+		e.outage.Store(h.down && !e.history)
 		h.entries[pattern] = e
 	}
 	e.refs++
@@ -165,6 +175,7 @@ func (h *hub) release(e *hubEntry) {
 // packet for every session on the pattern, in order with the messages
 // around it.
 func (h *hub) fanout(e *hubEntry, m brokers.Message) {
+	h.tellOutage(e)
 	if m.Gap {
 		h.post(e, GapBody(e.pattern, "messages were lost between the broker and this node", ""), true)
 		return
@@ -219,21 +230,59 @@ func (e *hubEntry) deliverShard(shard int, b *Body, push bool) {
 	e.mu.RUnlock()
 }
 
-// outageGaps tells every session on a pattern without history that
-// messages may have been lost while the broker connection was down; on
-// history-backed patterns the broker's consumer resumes where it stopped, so
-// nothing is lost there. The gap goes through the write workers, in order
-// with the messages around it.
-func (h *hub) outageGaps() {
+// Outage gaps: every session on a pattern without history is told that
+// messages may have been lost while the broker connection was down (on
+// history-backed patterns the broker's consumer resumes where it stopped,
+// so nothing is lost there). The gap goes through the write workers, in
+// order with the messages around it, and it goes out at the first of two
+// moments: the pattern's first message after the loss (tellOutage), or the
+// broker's report that it is connected again (outageGaps). A broker may
+// deliver plain subscriptions again well before it reports itself
+// connected: a NATS client re-subscribes at once, while the JetStream
+// consumers of its streams can take seconds to come back (a stream's
+// leader died with the server). Waiting for the report let sessions get
+// messages after a loss for all that time with no word of it.
+
+// outageBegan marks every pattern without history as owing its sessions
+// an outage gap; the broker connection was just lost.
+func (h *hub) outageBegan() {
 	h.mu.Lock()
-	entries := make([]*hubEntry, 0, len(h.entries))
+	defer h.mu.Unlock()
+	h.down = true
 	for _, e := range h.entries {
 		if !e.history {
+			e.outage.Store(true)
+		}
+	}
+}
+
+// tellOutage posts e's outage gap if it still owes one; it runs on e's
+// delivery goroutine, before the message that brought it.
+func (h *hub) tellOutage(e *hubEntry) {
+	if e.outage.Load() && e.outage.CompareAndSwap(true, false) {
+		h.post(e, outageGap(e.pattern), true)
+	}
+}
+
+// outageGaps posts the outage gap of every pattern that still owes one:
+// the broker is connected again.
+func (h *hub) outageGaps() {
+	h.mu.Lock()
+	h.down = false
+	entries := make([]*hubEntry, 0, len(h.entries))
+	for _, e := range h.entries {
+		if e.outage.Load() {
 			entries = append(entries, e)
 		}
 	}
 	h.mu.Unlock()
 	for _, e := range entries {
-		h.post(e, GapBody(e.pattern, "broker connection was lost: messages may be missing", ""), true)
+		if e.outage.CompareAndSwap(true, false) {
+			h.post(e, outageGap(e.pattern), true)
+		}
 	}
+}
+
+func outageGap(pattern string) *Body {
+	return GapBody(pattern, "broker connection was lost: messages may be missing", "")
 }

@@ -331,6 +331,53 @@ func TestOutageGapOnlyOnChannelsWithoutHistory(t *testing.T) {
 	expectMsgs(t, tr, 1, 1)
 }
 
+// The outage gap goes out before the first message after the loss, not
+// only when the broker reports itself connected again: a NATS client
+// delivers plain subscriptions again at once, while its streams'
+// consumers may take seconds to come back (a fault-suite run saw
+// messages after a loss for seconds, and the gap only after the run
+// ended). Once told, the sessions get no second gap at the report; a
+// pattern subscribed during the outage gets one there.
+func TestOutageGapBeforeFirstMessageAfterLoss(t *testing.T) {
+	g, b := newHistoryGateway(t, 0)
+	s, tr := openOn(t, g)
+	send(s, `{"op":"sub","id":1,"ch":"h.a"}`)
+	expectSubOK(t, tr, 1, true)
+	send(s, `{"op":"sub","id":2,"ch":"t.a"}`)
+	expectSubOK(t, tr, 2, false)
+	g.BrokerState(brokers.StateDisconnected)
+	send(s, `{"op":"sub","id":3,"ch":"t.b"}`) // while the broker is down
+	expectSubOK(t, tr, 3, false)
+
+	publishN(t, b, "t.a", 1, 2)
+	if w := next(t, tr); w.T != TypeGap || w.Ch != "t.a" {
+		t.Fatalf("want the outage gap for t.a before its first message, got %s", w)
+	}
+	for _, want := range []string{"1", "2"} {
+		if w := next(t, tr); w.T != TypeMsg || w.Ch != "t.a" || string(w.Data) != want {
+			t.Fatalf("want t.a message %s, got %s", want, w)
+		}
+	}
+	publishN(t, b, "h.a", 1, 1)
+	expectMsgs(t, tr, 1, 1) // history resumes by itself: no gap
+
+	g.BrokerState(brokers.StateConnected)
+	if w := next(t, tr); w.T != TypeGap || w.Ch != "t.b" {
+		t.Fatalf("want the outage gap for t.b (subscribed during the outage) at the reconnect, got %s", w)
+	}
+	noPacket(t, tr) // t.a was told already
+
+	// A second outage tells again.
+	g.BrokerState(brokers.StateDisconnected)
+	publishN(t, b, "t.a", 3, 3)
+	if w := next(t, tr); w.T != TypeGap || w.Ch != "t.a" {
+		t.Fatalf("second outage: want a gap for t.a, got %s", w)
+	}
+	if w := next(t, tr); w.T != TypeMsg || string(w.Data) != "3" {
+		t.Fatalf("want t.a message 3, got %s", w)
+	}
+}
+
 // A Gap marker from the broker becomes a gap packet for the pattern, on
 // every session subscribed to it, in order; delivery carries on after it.
 func TestBrokerGapMarkerReachesSessions(t *testing.T) {
