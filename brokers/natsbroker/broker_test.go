@@ -466,8 +466,12 @@ func TestSlowConsumerGap(t *testing.T) {
 	prev := -1
 	for i, m := range got {
 		if m.Gap {
+			// It may be the first thing delivered: on a busy machine the
+			// subscription's delivery goroutine can start after the
+			// publishes overflowed its buffer, and then the marker comes
+			// before message 0 (a CI run saw it).
 			gaps++
-			if i == 0 || m.Channel != "" || m.Data != nil {
+			if m.Channel != "" || m.Data != nil {
 				t.Errorf("marker %d: %+v", i, m)
 			}
 			continue

@@ -757,16 +757,25 @@ func (s *scen) streamInfo(srv *natsProc) (*nats.StreamInfo, error) {
 
 // ---- node logs -------------------------------------------------------------
 
-var logMsgRE = regexp.MustCompile(`level=(WARN|ERROR) msg="((?:[^"\\]|\\.)*)"`)
+var (
+	logMsgRE = regexp.MustCompile(`level=(WARN|ERROR) msg="((?:[^"\\]|\\.)*)"`)
+	logErrRE = regexp.MustCompile(` err=("(?:[^"\\]|\\.)*"|\S+)`)
+)
 
 // logNodeLogs logs how often each warning and error occurred in each
-// node's log: the first place to look when an assertion fails.
+// node's log, with the error of its last occurrence: the first place to
+// look when an assertion fails (a CI log keeps nothing else).
 func (s *scen) logNodeLogs() {
 	for _, n := range s.nodes {
 		tally := map[string]int{}
+		lastErr := map[string]string{}
 		for _, line := range strings.Split(n.logs(), "\n") {
 			if m := logMsgRE.FindStringSubmatch(line); m != nil {
-				tally[m[1]+" "+m[2]]++
+				key := m[1] + " " + m[2]
+				tally[key]++
+				if e := logErrRE.FindStringSubmatch(line); e != nil {
+					lastErr[key] = e[1]
+				}
 			}
 		}
 		keys := make([]string, 0, len(tally))
@@ -776,7 +785,11 @@ func (s *scen) logNodeLogs() {
 		sort.Slice(keys, func(i, j int) bool { return tally[keys[i]] > tally[keys[j]] })
 		var parts []string
 		for _, k := range keys {
-			parts = append(parts, fmt.Sprintf("%d× %s", tally[k], k))
+			part := fmt.Sprintf("%d× %s", tally[k], k)
+			if e := lastErr[k]; e != "" {
+				part += " (last err=" + e + ")"
+			}
+			parts = append(parts, part)
 		}
 		if len(parts) > 0 {
 			s.logf("node %s log: %s", n.id, strings.Join(parts, "; "))
