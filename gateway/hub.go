@@ -38,9 +38,9 @@ type hubEntry struct {
 	// without metrics or for the disconnect policy.
 	dropped prometheus.Counter
 	history bool // the broker stores the pattern's channels
-	// outage: the broker connection was lost since the last message on
-	// this pattern (one without history), and its sessions have not been
-	// told: the next message, or the reconnect, brings a gap first.
+	// outage: the broker connection was lost, and the sessions of this
+	// pattern (one without history) have not been told: the broker's next
+	// Gap marker, or its reconnect report, brings the gap.
 	outage atomic.Bool
 	refs   int           // sessions holding or acquiring this entry; guarded by hub.mu
 	ready  chan struct{} // closed once the broker subscription exists or failed
@@ -175,8 +175,13 @@ func (h *hub) release(e *hubEntry) {
 // packet for every session on the pattern, in order with the messages
 // around it.
 func (h *hub) fanout(e *hubEntry, m brokers.Message) {
-	h.tellOutage(e)
 	if m.Gap {
+		if e.outage.Load() && e.outage.CompareAndSwap(true, false) {
+			// The broker's marker for the outage itself (a NATS client
+			// marks its plain subscriptions when it reconnects): one gap.
+			h.post(e, outageGap(e.pattern), true)
+			return
+		}
 		h.post(e, GapBody(e.pattern, "messages were lost between the broker and this node", ""), true)
 		return
 	}
@@ -235,13 +240,18 @@ func (e *hubEntry) deliverShard(shard int, b *Body, push bool) {
 // history-backed patterns the broker's consumer resumes where it stopped,
 // so nothing is lost there). The gap goes through the write workers, in
 // order with the messages around it, and it goes out at the first of two
-// moments: the pattern's first message after the loss (tellOutage), or the
-// broker's report that it is connected again (outageGaps). A broker may
-// deliver plain subscriptions again well before it reports itself
-// connected: a NATS client re-subscribes at once, while the JetStream
-// consumers of its streams can take seconds to come back (a stream's
-// leader died with the server). Waiting for the report let sessions get
-// messages after a loss for all that time with no word of it.
+// moments: a Gap marker the broker delivers on the pattern's subscription
+// (fanout), or the broker's report that it is connected again
+// (outageGaps). A broker may deliver plain subscriptions again well before
+// it reports itself connected: a NATS client re-subscribes at once, while
+// the JetStream consumers of its streams can take seconds to come back (a
+// stream's leader died with the server); waiting for the report let
+// sessions get messages after a loss for all that time with no word of
+// it. So the NATS broker marks its plain subscriptions when it reconnects,
+// and the marker, in order before the first message after the loss,
+// brings the gap. (The first message itself could not: one the old
+// connection delivered may still be on its way when the loss is reported,
+// and a gap before it would come before the loss.)
 
 // outageBegan marks every pattern without history as owing its sessions
 // an outage gap; the broker connection was just lost.
@@ -253,14 +263,6 @@ func (h *hub) outageBegan() {
 		if !e.history {
 			e.outage.Store(true)
 		}
-	}
-}
-
-// tellOutage posts e's outage gap if it still owes one; it runs on e's
-// delivery goroutine, before the message that brought it.
-func (h *hub) tellOutage(e *hubEntry) {
-	if e.outage.Load() && e.outage.CompareAndSwap(true, false) {
-		h.post(e, outageGap(e.pattern), true)
 	}
 }
 

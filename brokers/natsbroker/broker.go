@@ -569,6 +569,17 @@ func (b *Broker) onReconnect(nc *nats.Conn) {
 	// Consumers may be gone (a restarted server) or have pushed messages
 	// into the lost connection: recreate them all from where they were.
 	b.sup.resetAll.Store(true)
+	// What was published to plain subscriptions while the connection was
+	// down is lost to them, and nats.go has re-subscribed them already:
+	// each one's next message comes after a Gap marker, in order. The
+	// StateConnected report can come seconds later (streams' consumers are
+	// recreated first), and with messages flowing meanwhile a gap told
+	// only then would come after them.
+	b.mu.Lock()
+	for s := range b.subs {
+		s.dropped.Store(true)
+	}
+	b.mu.Unlock()
 	b.connected(nc)
 }
 
