@@ -70,10 +70,9 @@ const DefaultSendBatch = yieldEvery
 
 // ringSend is one send of a batch, as the ring makes it.
 type ringSend struct {
-	p      []byte
-	fd     int32 // the socket, referenced for the send; -1: not to be made
-	res    int32 // bytes sent, or a negated errno
-	unsent bool  // the ring refused it (sendRing.send): made another way
+	p   []byte
+	fd  int32 // the socket, referenced for the send; -1: not to be made
+	res int32 // bytes sent, or a negated errno
 }
 
 // queuedWrite is the session's side of a queued send: the round of
@@ -187,17 +186,7 @@ func (q *SendQueue) completed() {
 
 func (q *SendQueue) descend(i int) {
 	if i == len(q.sends) {
-		if err := q.ring.send(q.sends); err != nil {
-			// The kernel refused the submission (out of memory, say):
-			// the sends it did not take are made one by one, still
-			// inside every Control.
-			for k := range q.sends {
-				if s := &q.sends[k]; s.unsent {
-					s.unsent = false
-					s.res = sendOne(s.fd, s.p)
-				}
-			}
-		}
+		q.ring.send(q.sends)
 		return
 	}
 	w := &q.writes[i]

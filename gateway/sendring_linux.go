@@ -3,7 +3,6 @@
 package gateway
 
 import (
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"syscall"
@@ -172,18 +171,13 @@ func (r *sendRing) close() {
 // capacity is the most sends one call of send takes.
 func (r *sendRing) capacity() int { return len(r.sqes) }
 
-// errRingSubmit is what send returns when the kernel refused the
-// submission itself (not a send's own failure): the sends it did not
-// take are marked unsent and the caller makes them another way.
-var errRingSubmit = errors.New("gateway: io_uring submission refused")
-
 // send makes every send of sends whose fd is not negative (at most
 // capacity of them) and stores each one's result in its res: the bytes
 // the socket took, or a negated errno (-EAGAIN when it took nothing).
-// It returns with every send complete. When the kernel refuses part of
-// the submission, those sends get unsent set and send returns
-// errRingSubmit.
-func (r *sendRing) send(sends []ringSend) error {
+// It returns with every send complete. A send whose submission the kernel
+// refused (out of memory, say) comes back as -EAGAIN, taking nothing: its
+// session's Flush writes it all, as after a full socket.
+func (r *sendRing) send(sends []ringSend) {
 	tail := atomic.LoadUint32(r.sqTail)
 	n := uint32(0)
 	for i := range sends {
@@ -205,12 +199,11 @@ func (r *sendRing) send(sends []ringSend) error {
 		n++
 	}
 	if n == 0 {
-		return nil
+		return
 	}
 	// The kernel reads the tail (and the entries before it) when it is
 	// entered; the atomic store orders the entries' writes before it.
 	atomic.StoreUint32(r.sqTail, tail)
-	var refused error
 	toSubmit, completed := n, uint32(0)
 	for completed < n {
 		want := n - completed
@@ -232,12 +225,11 @@ func (r *sendRing) send(sends []ringSend) error {
 			// did not consume, so the ring is empty when send returns.
 			head := atomic.LoadUint32(r.sqHead)
 			for t := head; t != tail; t++ {
-				sends[r.sqes[t&r.sqMask].userData].unsent = true
+				sends[r.sqes[t&r.sqMask].userData].res = -int32(syscall.EAGAIN)
 			}
 			atomic.StoreUint32(r.sqTail, head)
 			n -= tail - head
 			tail, toSubmit = head, 0
-			refused = errRingSubmit
 		default:
 			// Waiting for completions of sends already submitted failed:
 			// the kernel may still read their buffers, which would go
@@ -249,7 +241,6 @@ func (r *sendRing) send(sends []ringSend) error {
 		}
 		completed += r.reap(sends)
 	}
-	return refused
 }
 
 // reap reads the completions the kernel posted into their sends and
@@ -263,20 +254,4 @@ func (r *sendRing) reap(sends []ringSend) uint32 {
 	}
 	atomic.StoreUint32(r.cqHead, tail)
 	return tail - head
-}
-
-// sendOne makes one send the ring refused, with sendto(2), and returns
-// its result as the ring would have. It runs inside the batch's Control
-// calls, like the ring's sends, and never blocks (MSG_DONTWAIT).
-func sendOne(fd int32, p []byte) int32 {
-	for {
-		n, _, errno := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), sendFlags, 0, 0)
-		switch errno {
-		case 0:
-			return int32(n)
-		case syscall.EINTR:
-			continue
-		}
-		return -int32(errno)
-	}
 }
