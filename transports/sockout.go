@@ -108,9 +108,10 @@ func (o *sockOut) queue(q *gateway.SendQueue, raw syscall.RawConn, buf *[]byte) 
 }
 
 // endQueued is the end of a queued send that took sent bytes or failed
-// with err: what try would have returned. The buffer goes back to the
-// pool unless a rest is kept for flush (gateway.ErrWriteBlocked).
-func (o *sockOut) endQueued(sent int, err error) (int, error) {
+// with err: what try would have returned. Unless a rest is kept for
+// flush (gateway.ErrWriteBlocked), the buffer goes back to the pool and
+// wmu, the owner's write lock held since queue, is released.
+func (o *sockOut) endQueued(sent int, err error, wmu *sync.Mutex) (int, error) {
 	buf := o.rest
 	o.rest = nil
 	n := sent
@@ -119,6 +120,7 @@ func (o *sockOut) endQueued(sent int, err error) (int, error) {
 	}
 	if err != gateway.ErrWriteBlocked {
 		putBuffer(buf)
+		wmu.Unlock()
 	}
 	return n, err
 }

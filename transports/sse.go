@@ -237,11 +237,7 @@ func (c *sseConn) QueuePackets(pkts []gateway.Packet, _ int64, q *gateway.SendQu
 // EndQueued completes a write QueuePackets queued, releasing the write
 // lock unless a rest waits for Flush.
 func (c *sseConn) EndQueued(sent int, err error) (int, error) {
-	n, err := c.out.endQueued(sent, err)
-	if err != gateway.ErrWriteBlocked {
-		c.wmu.Unlock()
-	}
-	return n, err
+	return c.out.endQueued(sent, err, &c.wmu)
 }
 
 // Flush writes what a TryWritePackets left and releases the write lock

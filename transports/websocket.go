@@ -71,7 +71,9 @@ func (t *wsSession) QueuePackets(pkts []gateway.Packet, now int64, q *gateway.Se
 }
 
 // EndQueued completes a write QueuePackets queued.
-func (t *wsSession) EndQueued(sent int, err error) (int, error) { return t.c.endQueued(sent, err) }
+func (t *wsSession) EndQueued(sent int, err error) (int, error) {
+	return t.c.out.endQueued(sent, err, &t.c.wmu)
+}
 
 // Flush writes what a TryWritePackets left.
 func (t *wsSession) Flush() (int, error) { return t.c.flush() }

@@ -515,16 +515,6 @@ func (c *wsConn) writeFrames(buf *[]byte, now int64, try bool, q *gateway.SendQu
 	return n, err
 }
 
-// endQueued completes a send writeFrames queued, releasing the write
-// lock unless a rest waits for flush.
-func (c *wsConn) endQueued(sent int, err error) (int, error) {
-	n, err := c.out.endQueued(sent, err)
-	if err != gateway.ErrWriteBlocked {
-		c.wmu.Unlock()
-	}
-	return n, err
-}
-
 // flush writes the rest of a try that would have waited, and releases
 // the write lock that try kept (or takes it first, when try found it
 // held).
