@@ -313,13 +313,21 @@ func TestReplayIsThrottledBySlowClient(t *testing.T) {
 	}
 }
 
-func TestOutageGapOnlyOnChannelsWithoutHistory(t *testing.T) {
-	g, b := newHistoryGateway(t, 0)
+// openHistoryAndPlain opens a session subscribed to h.a (with history,
+// id 1) and t.a (without, id 2), and reads both answers.
+func openHistoryAndPlain(t *testing.T, g *Gateway) (*Session, *fakeTransport) {
+	t.Helper()
 	s, tr := openOn(t, g)
 	send(s, `{"op":"sub","id":1,"ch":"h.a"}`)
 	expectSubOK(t, tr, 1, true)
 	send(s, `{"op":"sub","id":2,"ch":"t.a"}`)
 	expectSubOK(t, tr, 2, false)
+	return s, tr
+}
+
+func TestOutageGapOnlyOnChannelsWithoutHistory(t *testing.T) {
+	g, b := newHistoryGateway(t, 0)
+	_, tr := openHistoryAndPlain(t, g)
 	g.BrokerState(brokers.StateDisconnected)
 	g.BrokerState(brokers.StateConnected)
 	w := next(t, tr)
@@ -356,11 +364,7 @@ func (b *historyBroker) marker(pattern string) {
 func TestOutageGapWithTheBrokersMarker(t *testing.T) {
 	const outage, marker = "broker connection was lost: messages may be missing", "messages were lost between the broker and this node"
 	g, b := newHistoryGateway(t, 0)
-	s, tr := openOn(t, g)
-	send(s, `{"op":"sub","id":1,"ch":"h.a"}`)
-	expectSubOK(t, tr, 1, true)
-	send(s, `{"op":"sub","id":2,"ch":"t.a"}`)
-	expectSubOK(t, tr, 2, false)
+	s, tr := openHistoryAndPlain(t, g)
 	g.BrokerState(brokers.StateDisconnected)
 	send(s, `{"op":"sub","id":3,"ch":"t.b"}`) // while the broker is down
 	expectSubOK(t, tr, 3, false)
@@ -399,11 +403,7 @@ func TestOutageGapWithTheBrokersMarker(t *testing.T) {
 // every session subscribed to it, in order; delivery carries on after it.
 func TestBrokerGapMarkerReachesSessions(t *testing.T) {
 	g, b := newHistoryGateway(t, 0)
-	s1, tr1 := openOn(t, g)
-	send(s1, `{"op":"sub","id":1,"ch":"h.a"}`)
-	expectSubOK(t, tr1, 1, true)
-	send(s1, `{"op":"sub","id":2,"ch":"t.a"}`)
-	expectSubOK(t, tr1, 2, false)
+	_, tr1 := openHistoryAndPlain(t, g)
 	s2, tr2 := openOn(t, g)
 	send(s2, `{"op":"sub","id":1,"ch":"h.*"}`)
 	expectSubOK(t, tr2, 1, true)
