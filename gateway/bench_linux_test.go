@@ -118,6 +118,27 @@ func (t *socketTransport) Flush() (int, error) { return t.conn.Write(t.rest) }
 func (t *socketTransport) WriteHeartbeat() error { return nil }
 func (t *socketTransport) Close(Disconnect)      { _ = t.conn.Close() }
 
+// openSocketSession opens a session written to conn by a
+// socketTransport that counts into counter, subscribed to pattern, and
+// returns the transport.
+func openSocketSession(tb testing.TB, g *Gateway, conn *net.TCPConn, counter *deliveryCounter, pattern string) *socketTransport {
+	tb.Helper()
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, err := g.Open(OpenOptions{Transport: "socket"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tr := &socketTransport{conn: conn, raw: raw, counter: counter}
+	if err := s.Attach(tr, false); err != nil {
+		tb.Fatal(err)
+	}
+	s.Subscribe(context.Background(), pattern, Start{})
+	return tr
+}
+
 // BenchmarkFanoutParallel is the wall time of fanning one message out to
 // n sessions whose downstreams are real loopback TCP connections, so that
 // each delivery costs a real write(2). Run it with -cpu 1,2 (and more on
@@ -165,18 +186,7 @@ func benchFanoutParallel(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		readers = append(readers, fd)
-		raw, err := c.SyscallConn()
-		if err != nil {
-			b.Fatal(err)
-		}
-		s, err := g.Open(OpenOptions{Transport: "socket"})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := s.Attach(&socketTransport{conn: c, raw: raw, counter: counters[i%len(counters)]}, false); err != nil {
-			b.Fatal(err)
-		}
-		s.Subscribe(context.Background(), "bench.x", Start{})
+		openSocketSession(b, g, c, counters[i%len(counters)], "bench.x")
 	}
 	buf := make([]byte, 64<<10)
 	drain := func() { // what the readers hold, without waiting for more

@@ -204,19 +204,7 @@ func TestBatchedFanout(t *testing.T) {
 		w, r := loopbackPair(t)
 		_ = w.SetWriteBuffer(4096)
 		_ = r.SetReadBuffer(4096)
-		raw, err := w.SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := g.Open(OpenOptions{Transport: "socket"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr := &socketTransport{conn: w, raw: raw, counter: &deliveryCounter{hit: make(chan struct{}, 1)}}
-		if err := s.Attach(tr, false); err != nil {
-			t.Fatal(err)
-		}
-		s.Subscribe(context.Background(), "fan.x", Start{})
+		tr := openSocketSession(t, g.Gateway, w, &deliveryCounter{hit: make(chan struct{}, 1)}, "fan.x")
 		transports[i], readers[i] = tr, r
 	}
 	waitFor(t, "the subscription", func() bool { return g.b.SubsFor("fan.x") == 1 })
