@@ -182,7 +182,7 @@ func (h *hub) fanout(e *hubEntry, m brokers.Message) {
 			h.post(e, outageGap(e.pattern), true)
 			return
 		}
-		h.post(e, GapBody(e.pattern, "messages were lost between the broker and this node", ""), true)
+		h.post(e, GapBody(e.pattern, "messages may have been lost between the broker and this node", ""), true)
 		return
 	}
 	if IsReserved(m.Channel) {

@@ -16,6 +16,21 @@ func WithTestTimings(o Options, heartbeat time.Duration, replayBatch int) Option
 	return o
 }
 
+// WithAnswerWait returns o with the wait for an answer to a consumer's
+// creation or deletion set to d.
+func WithAnswerWait(o Options, d time.Duration) Options {
+	o.answerWait = d
+	return o
+}
+
+// WithInterestSettle returns o with the window after a reconnect in
+// which a plain subscription's deliveries earn it a second Gap marker set
+// to d.
+func WithInterestSettle(o Options, d time.Duration) Options {
+	o.settle = d
+	return o
+}
+
 // NewBroker opens another in-process Broker (opts.URLs is ignored). The
 // caller may Close it; Embedded.Close closes it anyway, before the server
 // stops.

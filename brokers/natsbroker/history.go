@@ -32,6 +32,16 @@ const (
 	consumerInactive = 30 * time.Second
 	// closeDeleteTimeout bounds the consumer deletions of Close.
 	closeDeleteTimeout = 3 * time.Second
+	// consumerAnswerWait bounds one request to create or delete a
+	// consumer. A NATS cluster that lost a server places a one-replica
+	// consumer on any of the stream's peers, the lost one included,
+	// until it counts that server as offline (nats-server 2.9 had not
+	// after a minute), and a request for a consumer placed there is never
+	// answered; every other one is answered within milliseconds. So a
+	// creation that gets no answer in this time is tried again with a
+	// new consumer (within the caller's deadline), which lands on a live
+	// peer with the odds of the live peers among the stream's.
+	consumerAnswerWait = 3 * time.Second
 	// defaultReplayBatch is the most messages one replay fetch asks for.
 	defaultReplayBatch = 256
 	// replayFetchWait bounds one replay fetch; fetches ask only for
@@ -117,13 +127,50 @@ func (b *Broker) ensureStreams(ctx context.Context) error {
 // consumerRef names a consumer to delete.
 type consumerRef struct{ stream, name string }
 
-func (b *Broker) deleteConsumer(ctx context.Context, c consumerRef) {
-	dctx, cancel := context.WithTimeout(ctx, b.opts.ConfirmTimeout)
+// deleteConsumer deletes c, waiting at most consumerAnswerWait (a
+// consumer on a lost server is never answered for). It reports whether
+// the server answered.
+func (b *Broker) deleteConsumer(ctx context.Context, c consumerRef) bool {
+	dctx, cancel := context.WithTimeout(ctx, b.opts.answerWait)
 	defer cancel()
 	err := b.js.DeleteConsumer(dctx, c.stream, c.name)
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		// The server deletes it after consumerInactive anyway.
 		b.log.Debug("cannot delete consumer", slog.String("stream", c.stream), slog.String("consumer", c.name), slog.Any("err", err))
+		return !errors.Is(err, context.DeadlineExceeded)
+	}
+	return true
+}
+
+// errUnanswered marks a consumer creation the server did not answer
+// within consumerAnswerWait.
+var errUnanswered = errors.New("no answer")
+
+// createConsumer makes one request to create a consumer (create does
+// it), bounded by consumerAnswerWait as well as ctx. When only the first
+// bound expired, the error wraps errUnanswered.
+func (b *Broker) createConsumer(ctx context.Context, create func(context.Context) error) error {
+	cctx, cancel := context.WithTimeout(ctx, b.opts.answerWait)
+	defer cancel()
+	err := create(cctx)
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w within %v (the consumer may sit on a lost server): %w", errUnanswered, b.opts.answerWait, err)
+	}
+	return err
+}
+
+// retryUnanswered calls attempt until it returns anything but an
+// unanswered consumer creation, or ctx ends. Each attempt must create a
+// new consumer: one that went unanswered may still come alive later
+// (when its server does), and must have nobody to deliver to, so that
+// the server removes it after consumerInactive.
+func (b *Broker) retryUnanswered(ctx context.Context, attempt func() error) error {
+	for {
+		err := attempt()
+		if !errors.Is(err, errUnanswered) || ctx.Err() != nil {
+			return err
+		}
+		b.log.Warn("consumer creation went unanswered; trying a new consumer", slog.Any("err", err))
 	}
 }
 
@@ -135,11 +182,19 @@ func (b *Broker) deleteConsumersAtClose(cs []consumerRef) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), closeDeleteTimeout)
 	defer cancel()
+	b.deleteConsumers(ctx, cs)
+}
+
+// deleteConsumers deletes cs in turn. Deletions are a courtesy: a
+// consumer nobody listens to is removed by the server after
+// consumerInactive. So after the first one that goes unanswered (its
+// consumer sits on a lost server, and the next ones may too) the rest
+// are dropped rather than each waiting for its own answer.
+func (b *Broker) deleteConsumers(ctx context.Context, cs []consumerRef) {
 	for _, c := range cs {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || !b.deleteConsumer(ctx, c) {
 			return
 		}
-		b.deleteConsumer(ctx, c)
 	}
 }
 
@@ -225,7 +280,7 @@ func (b *Broker) subscribeHistory(ctx context.Context, pattern string, st *strea
 	var err error
 	if b.nc.IsConnected() {
 		cctx, cancel := b.confirmCtx(ctx)
-		err = b.startGeneration(cctx, s)
+		err = b.retryUnanswered(cctx, func() error { return b.startGeneration(cctx, s) })
 		cancel()
 	} else {
 		s.markReset()
@@ -326,7 +381,11 @@ func (b *Broker) startGeneration(ctx context.Context, s *histSub) error {
 		b.historyGap(s, "the stream was recreated; its sequences started over", last, 0)
 	}
 
-	cons, err := b.js.CreatePushConsumer(ctx, s.st.spec.Name, cfg)
+	var cons jetstream.PushConsumer
+	err = b.createConsumer(ctx, func(ctx context.Context) (err error) {
+		cons, err = b.js.CreatePushConsumer(ctx, s.st.spec.Name, cfg)
+		return err
+	})
 	if err != nil {
 		s.mu.Lock()
 		if s.gen == g {
@@ -579,22 +638,18 @@ func (b *Broker) supervise() {
 func (b *Broker) superviseOnce() bool {
 	ctx := b.sup.ctx
 	b.mu.Lock()
-	deletes := b.deletes
-	b.deletes = nil
 	subs := make([]*histSub, 0, len(b.hsubs))
 	for s := range b.hsubs {
 		subs = append(subs, s)
 	}
 	b.mu.Unlock()
 	if !b.nc.IsConnected() || ctx.Err() != nil {
-		// Deletions are dropped: a consumer nobody listens to is removed
-		// by the server after consumerInactive.
+		b.dropDeletes()
 		return true
 	}
 	epoch := b.currentEpoch()
-	for _, c := range deletes {
-		b.deleteConsumer(ctx, c)
-	}
+	// Deletions come last: what delivers comes first.
+	defer b.deleteQueued(ctx)
 	if b.sup.needEnsure.Swap(false) {
 		cctx, cancel := context.WithTimeout(ctx, b.opts.ConfirmTimeout)
 		err := b.ensureStreams(cctx)
@@ -638,6 +693,24 @@ func (b *Broker) superviseOnce() bool {
 	return ok
 }
 
+// deleteQueued deletes the consumers of ended subscriptions and retired
+// generations.
+func (b *Broker) deleteQueued(ctx context.Context) {
+	b.mu.Lock()
+	deletes := b.deletes
+	b.deletes = nil
+	b.mu.Unlock()
+	b.deleteConsumers(ctx, deletes)
+}
+
+// dropDeletes forgets the queued deletions (while disconnected): the
+// server removes those consumers after consumerInactive.
+func (b *Broker) dropDeletes() {
+	b.mu.Lock()
+	b.deletes = nil
+	b.mu.Unlock()
+}
+
 // wantsReset reports whether s needs a new generation: asked for, all
 // asked for, or the current one silent for three heartbeats.
 func (s *histSub) wantsReset(now time.Time, all bool) bool {
@@ -679,11 +752,20 @@ func (b *Broker) resetSub(ctx context.Context, s *histSub) error {
 	s.mu.Unlock()
 	for _, g := range old {
 		_ = g.ns.Unsubscribe()
-		b.deleteConsumer(ctx, consumerRef{stream: s.st.spec.Name, name: g.consumer})
 	}
 	cctx, cancel := context.WithTimeout(ctx, b.opts.ConfirmTimeout)
 	defer cancel()
-	return b.startGeneration(cctx, s)
+	err := b.retryUnanswered(cctx, func() error { return b.startGeneration(cctx, s) })
+	// The old consumers are deleted after the new one exists: one that
+	// sat on a lost server would hold the new one up for the whole wait.
+	b.mu.Lock()
+	for _, g := range old {
+		if !b.closed {
+			b.deletes = append(b.deletes, consumerRef{stream: s.st.spec.Name, name: g.consumer})
+		}
+	}
+	b.mu.Unlock()
+	return err
 }
 
 // reportReady makes the Broker Ready and reports StateConnected, unless
@@ -863,9 +945,15 @@ func (r *replay) streamState(ctx context.Context) (jetstream.StreamState, error)
 	return str.CachedInfo().State, nil
 }
 
+// createConsumer creates the replay's consumer, trying again with a new
+// one when the server does not answer (see consumerAnswerWait).
 func (r *replay) createConsumer(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, r.b.opts.ConfirmTimeout)
 	defer cancel()
+	return r.b.retryUnanswered(cctx, func() error { return r.createConsumerOnce(cctx) })
+}
+
+func (r *replay) createConsumerOnce(ctx context.Context) error {
 	name := consumerName("cgreplay")
 	cfg := jetstream.ConsumerConfig{
 		Name:              name,
@@ -882,7 +970,11 @@ func (r *replay) createConsumer(ctx context.Context) error {
 		// handed to h already is skipped by position.
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverLastPerSubjectPolicy, 0
 	}
-	cons, err := r.b.js.CreateConsumer(cctx, r.st.spec.Name, cfg)
+	var cons jetstream.Consumer
+	err := r.b.createConsumer(ctx, func(ctx context.Context) (err error) {
+		cons, err = r.b.js.CreateConsumer(ctx, r.st.spec.Name, cfg)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("create consumer on stream %q: %w", r.st.spec.Name, err)
 	}

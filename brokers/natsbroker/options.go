@@ -102,10 +102,13 @@ type Options struct {
 	// slow consumers, server errors). Nil means no logging.
 	Logger *slog.Logger
 
-	// heartbeat and replayBatch override defaultHeartbeat and
-	// defaultReplayBatch (tests).
+	// heartbeat, replayBatch, answerWait and settle override
+	// defaultHeartbeat, defaultReplayBatch, consumerAnswerWait and
+	// interestSettle (tests).
 	heartbeat   time.Duration
 	replayBatch int
+	answerWait  time.Duration
+	settle      time.Duration
 }
 
 // TLSOptions configures TLS for a Broker. The files are read on every
@@ -157,6 +160,13 @@ func (o Options) withDefaults() Options {
 	}
 	if o.replayBatch <= 0 {
 		o.replayBatch = defaultReplayBatch
+	}
+	if o.answerWait <= 0 {
+		o.answerWait = consumerAnswerWait
+	}
+	o.answerWait = min(o.answerWait, o.ConfirmTimeout)
+	if o.settle <= 0 {
+		o.settle = interestSettle
 	}
 	return o
 }
