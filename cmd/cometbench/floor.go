@@ -533,7 +533,7 @@ func (r *floorReader) start() error {
 		for _, c := range r.conns {
 			fd, err := connFD(c)
 			if err == nil {
-				ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(fd)}
+				ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET, Fd: int32(fd)}
 				err = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, fd, &ev)
 			}
 			if err != nil {
@@ -557,9 +557,10 @@ func (r *floorReader) start() error {
 	return nil
 }
 
-// epollLoop is the poller's loop (see poll.go): level-triggered, one read
-// per ready connection into one buffer, until every connection has ended
-// or stop.
+// epollLoop is the poller's loop (see poll.go): edge-triggered, each
+// ready connection read into one buffer until a read comes back short
+// (to its end after a hang-up), until every connection has ended or
+// stop.
 func (r *floorReader) epollLoop(epfd int) {
 	defer r.wg.Done()
 	defer syscall.Close(epfd)
@@ -576,14 +577,24 @@ func (r *floorReader) epollLoop(epfd int) {
 		}
 		for i := range n {
 			fd := int(events[i].Fd)
-			nr, err := syscall.Read(fd, buf)
-			switch {
-			case nr > 0:
+			hup := events[i].Events&hangUp != 0
+			for {
+				nr, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+				if errno == syscall.EINTR {
+					continue
+				}
+				if errno == syscall.EAGAIN {
+					break
+				}
+				if errno != 0 || nr == 0 { // EOF or an error: this connection is over
+					_ = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+					open--
+					break
+				}
 				r.received.Add(uint64(nr))
-			case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR):
-			default: // EOF or an error: this connection is over
-				_ = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_DEL, fd, nil)
-				open--
+				if int(nr) < len(buf) && !hup {
+					break
+				}
 			}
 		}
 	}

@@ -1,10 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
+
+	"github.com/gobwas/ws"
 )
 
 // cmsg builds one control message as the kernel lays it out (header,
@@ -55,4 +63,108 @@ func FuzzReceiveTimestamp(f *testing.F) {
 	f.Fuzz(func(t *testing.T, oob []byte) {
 		_ = receiveTimestamp(oob)
 	})
+}
+
+// The poller's set is edge-triggered: bytes that arrive together are
+// reported once, so a connection is read until a read comes back short,
+// not once per report. Here the buffer holds a tenth of what arrives at
+// once, and every frame must still be read without another arrival; and
+// a connection whose peer sent frames and closed before the poller first
+// looked is read to its end, the close included.
+func TestPollerReadsToTheEnd(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pair := func() (client, server net.Conn) {
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		server, err = ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return client, server
+	}
+	client, server := pair()
+	defer server.Close()
+	closingClient, closingServer := pair()
+
+	var stream bytes.Buffer
+	const frames = 100
+	for i := range frames {
+		if err := ws.WriteFrame(&stream, ws.NewTextFrame([]byte(fmt.Sprintf("%03d%s", i, strings.Repeat("x", 97))))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := &worker{closed: map[string]int{}}
+	p, err := newPoller(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.setBuffer(make([]byte, stream.Len()/10))
+	fd, err := connFD(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []string
+	pc := &polledConn{fd: fd, conn: client, parser: &wsParser{}, s: &benchSession{}}
+	pc.emit = func(pkt []byte) {
+		mu.Lock()
+		got = append(got, string(pkt[:3]))
+		mu.Unlock()
+	}
+	closingFD, err := connFD(closingClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closing := &polledConn{fd: closingFD, conn: closingClient, parser: &wsParser{}, s: &benchSession{state: sessReady}}
+	closing.emit = func([]byte) {}
+	// Everything is in the receive queues before the poller first waits.
+	if _, err := server.Write(stream.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// Not a whole number of buffers: the last read before the end is short.
+	if _, err := closingServer.Write(stream.Bytes()[:stream.Len()/5+102]); err != nil {
+		t.Fatal(err)
+	}
+	_ = closingServer.Close()
+	for _, c := range []*polledConn{pc, closing} {
+		if err := p.add(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.run()
+	}()
+	defer func() {
+		p.stop()
+		<-done
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		w.mu.Lock()
+		ends := w.closed["connection closed without a close packet"]
+		w.mu.Unlock()
+		if n == frames && ends == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("read %d of %d frames that arrived together; %d of 1 connection's end (%v)", n, frames, ends, w.closedCopy())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i, g := range got {
+		if want := fmt.Sprintf("%03d", i); g != want {
+			t.Fatalf("frame %d is %q, want %q", i, g, want)
+		}
+	}
 }
