@@ -74,7 +74,7 @@ func (g *Gateway) hasHistory(pattern string) bool {
 // buffered for the end of the round instead), and not if it was already
 // queued. s.mu must be held.
 func (s *Session) admitLiveLocked(b *Body) bool {
-	st := s.subs[b.pattern]
+	st := s.subs.get(b.pattern)
 	if st == nil {
 		return false
 	}

@@ -220,7 +220,7 @@ func TestResumeJoinsLiveAfterOneRound(t *testing.T) {
 		waitFor(t, "the live messages to reach the replaying session", func() bool {
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			return s.subs["h.a"].liveSeen == 20
+			return s.subs.get("h.a").liveSeen == 20
 		})
 	}
 	s, tr := openOn(t, g)

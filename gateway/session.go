@@ -109,7 +109,7 @@ type Session struct {
 	detachGen uint64      // bumps at every attach/detach, for the expiry timer
 
 	// What the client asked for (session_frames.go, resume.go).
-	subs       map[string]*subState
+	subs       subList
 	lastN      uint64 // last upstream frame number applied
 	frames     Bucket // frames the client sent (Config.FrameRate)
 	pubs       Bucket // publishes the client sent (Config.PublishRate)
@@ -435,9 +435,9 @@ func (s *Session) endLocked() []string {
 		s.tokenEnd = nil
 	}
 	patterns := make([]string, 0, len(s.subs))
-	for p, st := range s.subs {
+	for _, st := range s.subs {
 		if st.ready {
-			patterns = append(patterns, p)
+			patterns = append(patterns, st.pattern)
 		}
 		if st.cancel != nil {
 			st.cancel()

@@ -12,7 +12,8 @@ import (
 // publisher that takes the client's publishes to the broker.
 
 type subState struct {
-	ready bool // the hub holds the subscription (false while subscribing)
+	pattern string
+	ready   bool // the hub holds the subscription (false while subscribing)
 	// History-backed subscriptions only (resume.go):
 	history   bool
 	recent    brokers.Recent     // the first replay round reads the current state
@@ -29,6 +30,42 @@ type subState struct {
 	// revoked: a refresh took the grant away before the subscription was
 	// ready; subscribe ends it once it is.
 	revoked bool
+}
+
+// subList is a session's subscriptions. A slice searched in order
+// rather than a map: a session holds few (browsers open one to a few,
+// and Config.MaxSubscriptions bounds them, 128 by default), and the
+// smallest map, for one entry, is a table of eight slots and a header,
+// about 250 bytes on every idle session, where the slice is 8. Lookups
+// are one string comparison per subscription: a subscribe or unsubscribe
+// frame, and a live message on a history-backed pattern.
+type subList []*subState
+
+// get returns the subscription to pattern, or nil.
+func (l subList) get(pattern string) *subState {
+	for _, st := range l {
+		if st.pattern == pattern {
+			return st
+		}
+	}
+	return nil
+}
+
+func (l *subList) add(st *subState) { *l = append(*l, st) }
+
+// remove removes st (if it is there), moving the last subscription into
+// its place.
+func (l *subList) remove(st *subState) {
+	s := *l
+	for i := range s {
+		if s[i] == st {
+			last := len(s) - 1
+			s[i] = s[last]
+			s[last] = nil
+			*l = s[:last]
+			return
+		}
+	}
 }
 
 // HandleFrame applies one client frame. Errors are answered with an err
@@ -198,7 +235,7 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start
 		s.mu.Unlock()
 		s.push(errBody(id, pattern, 403, fmt.Sprintf("permission denied: subscribe to %q", pattern)))
 		return
-	case s.subs[pattern] != nil:
+	case s.subs.get(pattern) != nil:
 		s.mu.Unlock()
 		s.push(errBody(id, pattern, 409, fmt.Sprintf("already subscribed to %q", pattern)))
 		return
@@ -207,20 +244,17 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start
 		s.push(errBody(id, pattern, 429, fmt.Sprintf("at most %d subscriptions per session", s.g.cfg.MaxSubscriptions)))
 		return
 	}
-	if s.subs == nil {
-		s.subs = make(map[string]*subState)
-	}
 	// Resuming without a cursor has nothing to resume from: the client
 	// gets a gap, unless the current state it asked for covers the break.
 	blind := cursor == ResumeCursor
 	if blind {
 		cursor = ""
 	}
-	st := &subState{history: history, lastSeq: after, replaying: history && (cursor != "" || !recent.IsZero())}
+	st := &subState{pattern: pattern, history: history, lastSeq: after, replaying: history && (cursor != "" || !recent.IsZero())}
 	if history {
 		st.recent = recent
 	}
-	s.subs[pattern] = st
+	s.subs.add(st)
 	s.mu.Unlock()
 
 	err = s.g.hub.subscribe(ctx, s, pattern, ns, func() {
@@ -239,7 +273,7 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start
 	})
 	s.mu.Lock()
 	if err != nil {
-		delete(s.subs, pattern)
+		s.subs.remove(st)
 		s.mu.Unlock()
 		s.push(errBody(id, pattern, 503, "subscribe failed: "+err.Error()))
 		return
@@ -250,7 +284,7 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start
 	// meanwhile left this one to end here.
 	gone := s.state == stateEnded
 	if st.revoked {
-		delete(s.subs, pattern)
+		s.subs.remove(st)
 	}
 	if s.state == stateOpen && st.replaying && !st.revoked {
 		s.startReplayLocked(pattern, st)
@@ -266,13 +300,13 @@ func (s *Session) subscribe(ctx context.Context, id int64, pattern string, start
 
 func (s *Session) unsubscribe(id int64, pattern string) {
 	s.mu.Lock()
-	st := s.subs[pattern]
+	st := s.subs.get(pattern)
 	if st == nil || !st.ready {
 		s.mu.Unlock()
 		s.push(errBody(id, pattern, 404, fmt.Sprintf("not subscribed to %q", pattern)))
 		return
 	}
-	delete(s.subs, pattern)
+	s.subs.remove(st)
 	if st.cancel != nil {
 		st.cancel()
 	}

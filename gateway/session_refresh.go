@@ -71,19 +71,22 @@ func (s *Session) refresh(id int64, token string) {
 	s.principal.Store(p)
 	s.armTokenEndLocked(p)
 	var ended []string
-	for pattern, st := range s.subs {
-		if s.g.cfg.Rules.ForSubscribe(pattern, p) != nil {
+	// Backwards: remove moves the last subscription, already seen, into
+	// the place of the one it removes.
+	for i := len(s.subs) - 1; i >= 0; i-- {
+		st := s.subs[i]
+		if s.g.cfg.Rules.ForSubscribe(st.pattern, p) != nil {
 			continue
 		}
 		if !st.ready {
 			st.revoked = true // subscribe ends it when the hub has it
 			continue
 		}
-		delete(s.subs, pattern)
+		s.subs.remove(st)
 		if st.cancel != nil {
 			st.cancel()
 		}
-		ended = append(ended, pattern)
+		ended = append(ended, st.pattern)
 	}
 	s.mu.Unlock()
 	for _, pattern := range ended {

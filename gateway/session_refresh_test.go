@@ -134,7 +134,7 @@ func TestSessionRefreshDuringSubscribe(t *testing.T) {
 	waitFor(t, "the subscription to be under way", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.subs["prices.MSFT"] != nil
+		return s.subs.get("prices.MSFT") != nil
 	})
 	send(s, `{"op":"refresh","id":2,"token":%q}`, tok("prices.AAPL"))
 	if w := nextType(t, tr, TypeOK); w.ID != 2 {
