@@ -78,9 +78,13 @@ func startNode(t testing.TB, cfg func(*gateway.Config), opts func(*Options)) *te
 	srv := New(o)
 	n := &testNode{gw: gw, broker: emb.Broker(), srv: srv, http: httptest.NewServer(srv), client: &http.Client{Transport: &http.Transport{}}}
 	// Parked long-polls' connections come back to the same server, as
-	// in cmd/cometgate.
+	// in cmd/cometgate. The listener is asked for here, not in the
+	// goroutine: a node parks polls only once it exists, and a goroutine
+	// that started late (a loaded machine) left a test's poll held
+	// instead of parked, and the test waiting for it to park.
 	var serving sync.WaitGroup
-	serving.Go(func() { _ = n.http.Config.Serve(srv.Reentry()) })
+	reentry := srv.Reentry()
+	serving.Go(func() { _ = n.http.Config.Serve(reentry) })
 	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
@@ -94,7 +98,7 @@ func startNode(t testing.TB, cfg func(*gateway.Config), opts func(*Options)) *te
 		// httptest's Close: that Serve registers each connection it
 		// accepts with httptest (a WaitGroup Add), which must not
 		// overlap Close's Wait.
-		_ = srv.Reentry().Close()
+		_ = reentry.Close()
 		serving.Wait()
 		n.client.CloseIdleConnections()
 		n.http.Close()
