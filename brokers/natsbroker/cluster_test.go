@@ -24,18 +24,8 @@ import (
 // routed to each other.
 type natsCluster struct {
 	t     *testing.T
-	ports []int
+	confs []brokertest.NATSServerConf
 	procs []*exec.Cmd
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func startNATSCluster(t *testing.T) *natsCluster {
@@ -45,31 +35,13 @@ func startNATSCluster(t *testing.T) *natsCluster {
 		t.Fatalf("this test runs a NATS cluster and needs nats-server (apt-get install nats-server): %v", err)
 	}
 	dir := t.TempDir()
-	c := &natsCluster{t: t}
-	routes := make([]int, 3)
-	for i := range 3 {
-		c.ports = append(c.ports, freePort(t))
-		routes[i] = freePort(t)
-	}
-	for i := range 3 {
-		var conf strings.Builder
-		fmt.Fprintf(&conf, "server_name: s%d\nlisten: 127.0.0.1:%d\njetstream {\n  store_dir: %q\n}\n", i, c.ports[i], filepath.Join(dir, fmt.Sprint(i)))
-		fmt.Fprintf(&conf, "cluster {\n  name: lost\n  listen: 127.0.0.1:%d\n  routes: [\n", routes[i])
-		for j := range 3 {
-			if j != i {
-				fmt.Fprintf(&conf, "    nats-route://127.0.0.1:%d\n", routes[j])
-			}
-		}
-		conf.WriteString("  ]\n}\n")
-		path := filepath.Join(dir, fmt.Sprintf("s%d.conf", i))
-		if err := os.WriteFile(path, []byte(conf.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		logf, err := os.Create(filepath.Join(dir, fmt.Sprintf("s%d.log", i)))
+	c := &natsCluster{t: t, confs: brokertest.WriteNATSConfs(t, dir, "lost", 3)}
+	for _, conf := range c.confs {
+		logf, err := os.Create(filepath.Join(dir, conf.Name+".log"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(bin, "-c", path)
+		cmd := exec.Command(bin, "-c", conf.Path)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -81,9 +53,9 @@ func startNATSCluster(t *testing.T) *natsCluster {
 			_ = logf.Close()
 		})
 	}
-	for i := range 3 {
-		brokertest.WaitUntil(t, fmt.Sprintf("server %d listening", i), func() bool {
-			conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", c.ports[i]))
+	for _, conf := range c.confs {
+		brokertest.WaitUntil(t, conf.Name+" listening", func() bool {
+			conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", conf.Port))
 			if err == nil {
 				conn.Close()
 			}
@@ -93,7 +65,7 @@ func startNATSCluster(t *testing.T) *natsCluster {
 	return c
 }
 
-func (c *natsCluster) url(i int) string { return fmt.Sprintf("nats://127.0.0.1:%d", c.ports[i]) }
+func (c *natsCluster) url(i int) string { return c.confs[i].URL() }
 
 // kill ends server i with SIGKILL: no shutdown announced to its peers.
 func (c *natsCluster) kill(i int) {
@@ -165,7 +137,7 @@ func TestHistoryConsumersAfterAServerIsLost(t *testing.T) {
 			return false
 		}
 		ci := s.CachedInfo().Cluster
-		if ci == nil || ci.Leader == "" || ci.Leader == "s2" {
+		if ci == nil || ci.Leader == "" || ci.Leader == c.confs[2].Name {
 			return false
 		}
 		_, err = js.AccountInfo(ctx)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cometgate/cometgate/brokers/brokertest"
 	"go.uber.org/goleak"
 )
 
@@ -97,16 +97,6 @@ func gatewayBinary(t *testing.T) string {
 	return gwBinary
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // gatewayNode is a real cometgate process.
 type gatewayNode struct {
 	url     string
@@ -119,7 +109,7 @@ type gatewayNode struct {
 // publishing tests publish into) and waits until it is ready.
 func startGateway(t *testing.T) *gatewayNode {
 	t.Helper()
-	natsPort := freePort(t)
+	natsPort := brokertest.FreePort(t)
 	n := startGatewayWith(t, nil, "COMETGATE_BROKER_EMBEDDED_LISTEN=127.0.0.1:"+strconv.Itoa(natsPort))
 	n.natsURL = "nats://127.0.0.1:" + strconv.Itoa(natsPort)
 	return n
@@ -130,7 +120,7 @@ func startGateway(t *testing.T) *gatewayNode {
 // HTTP port, and waits until it is ready. Cleanup stops it with SIGTERM.
 func startGatewayWith(t *testing.T, args []string, env ...string) *gatewayNode {
 	t.Helper()
-	httpPort := freePort(t)
+	httpPort := brokertest.FreePort(t)
 	cmd := exec.Command(gatewayBinary(t), args...)
 	cmd.Env = append(os.Environ(), "COMETGATE_HTTP_LISTEN=127.0.0.1:"+strconv.Itoa(httpPort), "COMETGATE_LOG_LEVEL=warn")
 	cmd.Env = append(cmd.Env, env...)
@@ -367,7 +357,7 @@ func TestBenchReportsOpenFailures(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 	// Nothing listens on a port just freed.
-	err = run(context.Background(), []string{"run", "--url", "http://127.0.0.1:" + strconv.Itoa(freePort(t)),
+	err = run(context.Background(), []string{"run", "--url", "http://127.0.0.1:" + strconv.Itoa(brokertest.FreePort(t)),
 		"--sessions", "2", "--rate", "0", "--duration", "100ms"}, nil, &stdout, &stderr)
 	if err == nil || !strings.Contains(err.Error(), "no session could be opened") {
 		t.Fatalf("err = %v", err)

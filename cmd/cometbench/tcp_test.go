@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cometgate/cometgate/brokers/brokertest"
 	"github.com/gobwas/ws"
 	"go.yaml.in/yaml/v3"
 )
@@ -329,7 +330,7 @@ func TestTCPIdle(t *testing.T) {
 }
 
 func TestEchoCommand(t *testing.T) {
-	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	addr := "127.0.0.1:" + strconv.Itoa(brokertest.FreePort(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"echo", "--listen", addr}, nil, io.Discard, io.Discard) }()
@@ -475,7 +476,7 @@ func TestTCPReportsBadEchoes(t *testing.T) {
 		t.Errorf("err %v, table:\n%s", err, stdout.String())
 	}
 	// Nothing listening: no row at all.
-	_, _, err = tcpJSON(t, "--mode", "direct", "--target-addr", "127.0.0.1:"+strconv.Itoa(freePort(t)), "--conns", "2")
+	_, _, err = tcpJSON(t, "--mode", "direct", "--target-addr", "127.0.0.1:"+strconv.Itoa(brokertest.FreePort(t)), "--conns", "2")
 	if err == nil || !strings.Contains(err.Error(), "no connection could be opened") {
 		t.Errorf("err = %v", err)
 	}
@@ -565,7 +566,7 @@ func startGatewayConfig(t *testing.T, config string) *gatewayNode {
 // Through the real gateway's bridge: every byte comes back, and the
 // bridge's refusals reach the user as the gateway's statuses.
 func TestTCPBridgeAgainstGateway(t *testing.T) {
-	echoPort, deadPort := freePort(t), freePort(t)
+	echoPort, deadPort := brokertest.FreePort(t), brokertest.FreePort(t)
 	// A target that echoes 1,000 bytes, then closes its side (FIN) and
 	// reads on.
 	hangUp := startFaultyEcho(t, func(c net.Conn) {

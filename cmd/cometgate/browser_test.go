@@ -17,7 +17,6 @@ import (
 	"image/png"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -33,6 +32,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/cometgate/cometgate/brokers/brokertest"
 )
 
 // chromiumPath is Debian's chromium, which .ci/services.sh installs.
@@ -447,15 +447,7 @@ func TestBrowserSSE(t *testing.T) {
 // freePort returns a loopback address that was free a moment ago.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
+	return fmt.Sprintf("127.0.0.1:%d", brokertest.FreePort(t))
 }
 
 // TestBrowserReconnect: when its node shuts down (close 3000), the client

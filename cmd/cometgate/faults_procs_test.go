@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cometgate/cometgate/brokers/brokertest"
 	"github.com/nats-io/nats.go"
 )
 
@@ -155,15 +156,6 @@ func (p *proc) logTail(n int64) string {
 	}
 	b, _ := io.ReadAll(f)
 	return string(b)
-}
-
-// freePortNum is freePort's port as a number.
-func freePortNum(t *testing.T) int {
-	t.Helper()
-	_, port, _ := net.SplitHostPort(freePort(t))
-	var n int
-	fmt.Sscan(port, &n)
-	return n
 }
 
 // fnode is one cometgate node of a scenario: a fixed id and address,
@@ -335,31 +327,10 @@ func needNATSServer(t *testing.T) string {
 // starts them.
 func newNATSServers(t *testing.T, bin, dir string, count int) []*natsProc {
 	t.Helper()
-	ports := make([]int, count)
-	routes := make([]int, count)
-	for i := range count {
-		ports[i], routes[i] = freePortNum(t), freePortNum(t)
-	}
+	confs := brokertest.WriteNATSConfs(t, dir, "faults", count)
 	servers := make([]*natsProc, count)
-	for i := range count {
-		name := fmt.Sprintf("s%d", i+1)
-		var conf strings.Builder
-		fmt.Fprintf(&conf, "server_name: %s\nlisten: 127.0.0.1:%d\n", name, ports[i])
-		fmt.Fprintf(&conf, "jetstream {\n  store_dir: %q\n}\n", filepath.Join(dir, name+"-store"))
-		if count > 1 {
-			fmt.Fprintf(&conf, "cluster {\n  name: faults\n  listen: 127.0.0.1:%d\n  routes: [\n", routes[i])
-			for j := range count {
-				if j != i {
-					fmt.Fprintf(&conf, "    nats-route://127.0.0.1:%d\n", routes[j])
-				}
-			}
-			conf.WriteString("  ]\n}\n")
-		}
-		path := filepath.Join(dir, name+".conf")
-		if err := os.WriteFile(path, []byte(conf.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		servers[i] = &natsProc{name: name, port: ports[i], conf: path, logDir: dir, bin: bin}
+	for i, c := range confs {
+		servers[i] = &natsProc{name: c.Name, port: c.Port, conf: c.Path, logDir: dir, bin: bin}
 	}
 	for _, s := range servers {
 		s.start(t)
