@@ -644,12 +644,14 @@ func (b *Broker) superviseOnce() bool {
 	}
 	b.mu.Unlock()
 	if !b.nc.IsConnected() || ctx.Err() != nil {
-		b.dropDeletes()
+		// The queued deletions are dropped: the server removes those
+		// consumers after consumerInactive.
+		b.takeDeletes()
 		return true
 	}
 	epoch := b.currentEpoch()
 	// Deletions come last: what delivers comes first.
-	defer b.deleteQueued(ctx)
+	defer func() { b.deleteConsumers(ctx, b.takeDeletes()) }()
 	if b.sup.needEnsure.Swap(false) {
 		cctx, cancel := context.WithTimeout(ctx, b.opts.ConfirmTimeout)
 		err := b.ensureStreams(cctx)
@@ -693,22 +695,14 @@ func (b *Broker) superviseOnce() bool {
 	return ok
 }
 
-// deleteQueued deletes the consumers of ended subscriptions and retired
-// generations.
-func (b *Broker) deleteQueued(ctx context.Context) {
+// takeDeletes takes the queued deletions: the consumers of ended
+// subscriptions and retired generations.
+func (b *Broker) takeDeletes() []consumerRef {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	deletes := b.deletes
 	b.deletes = nil
-	b.mu.Unlock()
-	b.deleteConsumers(ctx, deletes)
-}
-
-// dropDeletes forgets the queued deletions (while disconnected): the
-// server removes those consumers after consumerInactive.
-func (b *Broker) dropDeletes() {
-	b.mu.Lock()
-	b.deletes = nil
-	b.mu.Unlock()
+	return deletes
 }
 
 // wantsReset reports whether s needs a new generation: asked for, all
@@ -759,8 +753,8 @@ func (b *Broker) resetSub(ctx context.Context, s *histSub) error {
 	// The old consumers are deleted after the new one exists: one that
 	// sat on a lost server would hold the new one up for the whole wait.
 	b.mu.Lock()
-	for _, g := range old {
-		if !b.closed {
+	if !b.closed {
+		for _, g := range old {
 			b.deletes = append(b.deletes, consumerRef{stream: s.st.spec.Name, name: g.consumer})
 		}
 	}
