@@ -275,7 +275,7 @@ func TestFanoutSharesSubscriptionAndBody(t *testing.T) {
 	if w := nextType(t, tr2, TypeMsg); string(w.Data) != `{"v":2}` {
 		t.Errorf("msg %s", w)
 	}
-	waitFor(t, "delivery", g.b.Drained)
+	waitFor(t, "delivery", g.delivered)
 	noPacket(t, tr1)
 
 	send(s2, `{"op":"unsub","id":2,"ch":"t.shared"}`)
@@ -741,7 +741,7 @@ func TestSlowPolicyDropOldest(t *testing.T) {
 	for i := 1; i < n; i++ {
 		publish(t, g.b, "drop.x", fmt.Sprintf(`{"i":%d}`, i))
 	}
-	waitFor(t, "delivery", g.b.Drained)
+	waitFor(t, "delivery", g.delivered)
 	if isDone(s) || s.Reason() != (Disconnect{}) {
 		t.Fatalf("drop_oldest closed the session: %v", s.Reason())
 	}
@@ -796,7 +796,7 @@ func TestSlowPolicyConflate(t *testing.T) {
 		publish(t, g.b, "conf.a", fmt.Sprintf(`{"v":%d}`, i))
 		publish(t, g.b, "conf.b", fmt.Sprintf(`{"w":%d}`, i))
 	}
-	waitFor(t, "delivery", g.b.Drained)
+	waitFor(t, "delivery", g.delivered)
 	release()
 	for _, want := range []struct{ ch, data string }{
 		{"conf.a", `{"v":0}`}, {"conf.a", `{"v":20}`}, {"conf.b", `{"w":20}`},
@@ -830,7 +830,7 @@ func TestRetainResendsUnacked(t *testing.T) {
 	send(s, `{"op":"sub","id":1,"ch":"t.r"}`)
 	publish(t, g.b, "t.r", "1")
 	publish(t, g.b, "t.r", "2")
-	waitFor(t, "delivery", g.b.Drained)
+	waitFor(t, "delivery", g.delivered)
 
 	poll2 := newFakeTransport(0)
 	if err := s.Attach(poll2, true); err != nil {

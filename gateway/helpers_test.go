@@ -49,6 +49,26 @@ type testGateway struct {
 	shutdownErr bool
 }
 
+// delivered reports whether every message published so far has been
+// queued on its sessions: the broker has handed each one over
+// (fakeBroker.Drained), and the write workers it was posted to
+// (writers.go) have fanned it out. The broker's handler returns once the
+// message is posted, so Drained alone does not say the sessions have it.
+func (g *testGateway) delivered() bool {
+	if !g.b.Drained() {
+		return false
+	}
+	for _, w := range g.hub.writers.workers {
+		w.mu.Lock()
+		busy := w.running || len(w.jobs) > 0
+		w.mu.Unlock()
+		if busy {
+			return false
+		}
+	}
+	return true
+}
+
 // newTestGateway starts a gateway on a fake broker. Cleanup shuts it down,
 // checks that every session ended and every broker subscription was
 // dropped, and closes the broker.
