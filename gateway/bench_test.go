@@ -58,8 +58,9 @@ func BenchmarkFanout(b *testing.B) {
 
 // newBenchGateway starts a gateway on a fake broker that keeps no
 // published messages, with sessions allowed on bench.> and no heartbeats
-// during the benchmark; Cleanup shuts both down.
-func newBenchGateway(b *testing.B) (*Gateway, *fakeBroker) {
+// during the benchmark, and writers write workers (0: one per
+// GOMAXPROCS); Cleanup shuts both down.
+func newBenchGateway(b *testing.B, writers int) (*Gateway, *fakeBroker) {
 	b.Helper()
 	fb := newFakeBroker()
 	fb.noRecord = true
@@ -69,6 +70,7 @@ func newBenchGateway(b *testing.B) (*Gateway, *fakeBroker) {
 		Logger:     slog.New(slog.DiscardHandler),
 		QueueBytes: 1 << 20,
 		Heartbeat:  time.Hour,
+		Writers:    writers,
 	}, fb)
 	if err != nil {
 		b.Fatal(err)
@@ -85,7 +87,7 @@ func newBenchGateway(b *testing.B) (*Gateway, *fakeBroker) {
 }
 
 func benchFanout(b *testing.B, n int) {
-	g, fb := newBenchGateway(b)
+	g, fb := newBenchGateway(b, 0)
 
 	var delivered, written atomic.Int64
 	sessions := make([]*Session, n)
@@ -172,7 +174,7 @@ func BenchmarkDeliver(b *testing.B) {
 }
 
 func benchDeliver(b *testing.B, batch int) {
-	g, _ := newBenchGateway(b)
+	g, _ := newBenchGateway(b, 0)
 	s, err := g.Open(OpenOptions{Transport: "discard"})
 	if err != nil {
 		b.Fatal(err)
