@@ -496,19 +496,32 @@ func floorRatio(perDeliveryUs, floorUs float64) float64 {
 }
 
 // floorReader reads the floor connections the way the sessions are read,
-// counting the bytes. It alone closes them, after its readers have ended.
+// counting the bytes: with the sessions' poller (poll.go), or a goroutine
+// per connection as with --epoll=false. It alone closes them, after its
+// readers have ended.
 type floorReader struct {
 	conns    []net.Conn
 	fo       floorOptions
 	received atomic.Uint64
-	stop     atomic.Bool
+	poller   *poller       // with fo.Epoll
+	open     atomic.Int64  // connections the poller has not seen end
+	failed   atomic.Value  // the poller's error, if waiting failed
+	ended    chan struct{} // closed when every connection ended
 	wg       sync.WaitGroup
-	done     chan struct{}
+	done     chan struct{} // closed when the readers returned
 	started  bool
 }
 
 func newFloorReader(conns []net.Conn, fo floorOptions) *floorReader {
-	return &floorReader{conns: conns, fo: fo, done: make(chan struct{})}
+	return &floorReader{conns: conns, fo: fo, ended: make(chan struct{}), done: make(chan struct{})}
+}
+
+// byteCounter is the floor connections' parser: it counts what is read.
+type byteCounter struct{ n *atomic.Uint64 }
+
+func (c byteCounter) Feed(b []byte, _ func([]byte)) error {
+	c.n.Add(uint64(len(b)))
+	return nil
 }
 
 func (r *floorReader) start() error {
@@ -526,23 +539,33 @@ func (r *floorReader) start() error {
 		}
 	}
 	if r.fo.Epoll {
-		epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+		p, err := newPoller(r)
 		if err != nil {
-			return fmt.Errorf("epoll_create1: %w", err)
+			return fmt.Errorf("floor reader: %w", err)
 		}
+		r.open.Store(int64(len(r.conns)))
 		for _, c := range r.conns {
-			fd, err := connFD(c)
+			fd, err := detachFD(c) // the poller holds it from now on
 			if err == nil {
-				ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET, Fd: int32(fd)}
-				err = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, fd, &ev)
+				if err = p.add(&polledConn{fd: fd, parser: byteCounter{&r.received}}); err != nil {
+					_ = syscall.Close(fd)
+				}
 			}
 			if err != nil {
-				_ = syscall.Close(epfd)
+				p.stop()
+				p.run() // closes what it holds, and its epoll set
 				return fmt.Errorf("floor reader: %w", err)
 			}
 		}
+		if len(r.conns) == 0 {
+			close(r.ended)
+		}
+		r.poller = p
 		r.wg.Add(1)
-		go r.epollLoop(epfd)
+		go func() {
+			defer r.wg.Done()
+			p.run()
+		}()
 	} else {
 		for _, c := range r.conns {
 			r.wg.Add(1)
@@ -552,53 +575,25 @@ func (r *floorReader) start() error {
 	r.started = true
 	go func() {
 		r.wg.Wait()
+		if !r.fo.Epoll { // every goroutine reader returned: every connection ended
+			close(r.ended)
+		}
 		close(r.done)
 	}()
 	return nil
 }
 
-// epollLoop is the poller's loop (see poll.go): edge-triggered, each
-// ready connection read into one buffer until a read comes back short
-// (to its end after a hang-up), until every connection has ended or
-// stop.
-func (r *floorReader) epollLoop(epfd int) {
-	defer r.wg.Done()
-	defer syscall.Close(epfd)
-	buf := make([]byte, 256<<10)
-	events := make([]syscall.EpollEvent, 512)
-	open := len(r.conns)
-	for open > 0 && !r.stop.Load() {
-		n, err := syscall.EpollWait(epfd, events, 100)
-		if err != nil {
-			if errors.Is(err, syscall.EINTR) {
-				continue
-			}
-			return
-		}
-		for i := range n {
-			fd := int(events[i].Fd)
-			hup := events[i].Events&hangUp != 0
-			for {
-				nr, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
-				if errno == syscall.EINTR {
-					continue
-				}
-				if errno == syscall.EAGAIN {
-					break
-				}
-				if errno != 0 || nr == 0 { // EOF or an error: this connection is over
-					_ = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_DEL, fd, nil)
-					open--
-					break
-				}
-				r.received.Add(uint64(nr))
-				if int(nr) < len(buf) && !hup {
-					break
-				}
-			}
-		}
+// connEnded, connStopped and pollFailed are the reader's side of its
+// poller (pollOwner): a floor connection ends when the writer closes it.
+func (r *floorReader) connEnded(*polledConn, error) {
+	if r.open.Add(-1) == 0 {
+		close(r.ended)
 	}
 }
+
+func (r *floorReader) connStopped(*polledConn) {}
+
+func (r *floorReader) pollFailed(err error) { r.failed.Store(err) }
 
 func (r *floorReader) readConn(c net.Conn) {
 	defer r.wg.Done()
@@ -616,8 +611,18 @@ func (r *floorReader) readConn(c net.Conn) {
 // bytes read.
 func (r *floorReader) wait(timeout time.Duration) (uint64, error) {
 	select {
-	case <-r.done:
+	case <-r.ended:
 		return r.received.Load(), nil
+	case <-r.done:
+		select {
+		case <-r.ended: // the goroutine readers' end is both
+			return r.received.Load(), nil
+		default: // the poller stopped: waiting failed
+		}
+		if err, _ := r.failed.Load().(error); err != nil {
+			return 0, fmt.Errorf("floor reader: %w", err)
+		}
+		return 0, errors.New("floor reader: stopped before the connections ended")
 	case <-time.After(timeout):
 		return 0, fmt.Errorf("floor reader: the connections did not end within %v of the writer", timeout)
 	}
@@ -625,7 +630,9 @@ func (r *floorReader) wait(timeout time.Duration) (uint64, error) {
 
 // close stops the readers, waits for them, and closes the connections.
 func (r *floorReader) close() {
-	r.stop.Store(true)
+	if r.poller != nil {
+		r.poller.stop()
+	}
 	if r.started && !r.fo.Epoll {
 		// Goroutine readers end when their connection is closed.
 		for _, c := range r.conns {

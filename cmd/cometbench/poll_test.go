@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -105,23 +106,23 @@ func TestPollerReadsToTheEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.setBuffer(make([]byte, stream.Len()/10))
-	fd, err := connFD(client)
+	fd, err := detachFD(client)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
 	var got []string
-	pc := &polledConn{fd: fd, conn: client, parser: &wsParser{}, s: &benchSession{}}
+	pc := &polledConn{fd: fd, parser: &wsParser{}, s: &benchSession{}}
 	pc.emit = func(pkt []byte) {
 		mu.Lock()
 		got = append(got, string(pkt[:3]))
 		mu.Unlock()
 	}
-	closingFD, err := connFD(closingClient)
+	closingFD, err := detachFD(closingClient)
 	if err != nil {
 		t.Fatal(err)
 	}
-	closing := &polledConn{fd: closingFD, conn: closingClient, parser: &wsParser{}, s: &benchSession{state: sessReady}}
+	closing := &polledConn{fd: closingFD, parser: &wsParser{}, s: &benchSession{state: sessReady}}
 	closing.emit = func([]byte) {}
 	// Everything is in the receive queues before the poller first waits.
 	if _, err := server.Write(stream.Bytes()); err != nil {
@@ -166,5 +167,54 @@ func TestPollerReadsToTheEnd(t *testing.T) {
 		if want := fmt.Sprintf("%03d", i); g != want {
 			t.Fatalf("frame %d is %q, want %q", i, g, want)
 		}
+	}
+}
+
+// detachFD leaves the poller a non-blocking descriptor of the socket and
+// closes the net.Conn it came from (so Go's netpoller no longer watches
+// the socket): the bytes still arrive on the descriptor.
+func TestDetachFD(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	fd, err := detachFD(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if _, err := client.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("the net.Conn still writes after detachFD: %v", err)
+	}
+	buf := make([]byte, 16)
+	if _, err := syscall.Read(fd, buf); err != syscall.EAGAIN {
+		t.Fatalf("read with nothing there: %v, want EAGAIN (non-blocking)", err)
+	}
+	if _, err := server.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, err := syscall.Read(fd, buf)
+		if err == nil {
+			if string(buf[:n]) != "hello" {
+				t.Fatalf("read %q", buf[:n])
+			}
+			return
+		}
+		if err != syscall.EAGAIN || time.Now().After(deadline) {
+			t.Fatalf("read: %v", err)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

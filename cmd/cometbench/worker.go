@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -559,16 +560,15 @@ func (w *worker) onPacket(s *benchSession, chName, p []byte, now, arrival int64)
 // event loop; the goroutine ends after it.
 func (w *worker) handover(s *benchSession, ps pollable, chName []byte) {
 	conn, rest, parser := ps.Handover()
-	fd, err := connFD(conn)
+	fd, err := detachFD(conn)
 	if err != nil {
-		_ = conn.Close()
 		w.ended(s, "", err)
 		return
 	}
-	pc := newPolledConn(w, fd, conn, parser, s, chName)
+	pc := newPolledConn(w, fd, parser, s, chName)
 	pc.now = time.Now().UnixNano()
 	if err := parser.Feed(rest, pc.emit); err != nil {
-		_ = conn.Close()
+		_ = syscall.Close(fd)
 		w.ended(s, pc.closeReason, err)
 		return
 	}
@@ -576,12 +576,26 @@ func (w *worker) handover(s *benchSession, ps pollable, chName []byte) {
 	s.stream = nil // the poller owns the connection now
 	s.mu.Unlock()
 	if err := w.poller.add(pc); err != nil {
-		_ = conn.Close()
+		_ = syscall.Close(fd)
 		if !errors.Is(err, errStopped) {
 			w.ended(s, "", err)
 		}
 	}
 }
+
+// connEnded, connStopped and pollFailed are the worker's side of its
+// poller (pollOwner).
+func (w *worker) connEnded(pc *polledConn, err error) { w.ended(pc.s, pc.closeReason, err) }
+
+func (w *worker) connStopped(pc *polledConn) {
+	pc.s.mu.Lock()
+	if pc.s.state == sessReady {
+		pc.s.state = sessEnded
+	}
+	pc.s.mu.Unlock()
+}
+
+func (w *worker) pollFailed(err error) { w.fatalLater(err) }
 
 // ended records a subscribed session that ended while the bench was not
 // stopping it.
