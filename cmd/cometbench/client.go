@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"sort"
@@ -73,6 +74,14 @@ type streamParser interface {
 	// complete packet (the bytes are valid during the call only). An error
 	// ends the session (a close frame is a *wsClosedError).
 	Feed(b []byte, emit func(pkt []byte)) error
+}
+
+// answeringParser is a streamParser that writes to the server too (a
+// WebSocket's pongs and close replies). Once the poller holds the
+// connection, detachFD has closed the net.Conn, and the answers go
+// through the poller's descriptor: answerTo gives it.
+type answeringParser interface {
+	answerTo(w io.Writer)
 }
 
 // clientTransports maps --transport names to implementations.

@@ -175,15 +175,18 @@ func (c *wsStream) writeFrame(op ws.OpCode, payload []byte) error {
 	return writeClientFrame(c.conn, op, payload)
 }
 
-// writeClientFrame writes one masked client frame.
-func writeClientFrame(conn net.Conn, op ws.OpCode, payload []byte) error {
+// writeClientFrame writes one masked client frame to the connection, or
+// to the poller's descriptor of it (fdWriter), within 10 seconds.
+func writeClientFrame(w io.Writer, op ws.OpCode, payload []byte) error {
 	f := ws.MaskFrameInPlace(ws.NewFrame(op, true, append([]byte(nil), payload...)))
 	b, err := ws.CompileFrame(f)
 	if err != nil {
 		return err
 	}
-	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	_, err = conn.Write(b)
+	if conn, ok := w.(net.Conn); ok {
+		_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	}
+	_, err = w.Write(b)
 	return err
 }
 
@@ -201,15 +204,18 @@ func (c *wsStream) Handover() (net.Conn, []byte, streamParser) {
 		_, _ = c.pre.Read(more)
 		rest = append(rest, more...)
 	}
-	return c.conn, rest, &wsParser{conn: c.conn, deflate: c.deflate}
+	return c.conn, rest, &wsParser{out: c.conn, deflate: c.deflate}
 }
 
-// wsParser cuts server frames out of the bytes the event loop reads.
+// wsParser cuts server frames out of the bytes the event loop reads, and
+// answers the server's pings and close frames.
 type wsParser struct {
-	conn    net.Conn
-	left    []byte // an incomplete frame from the previous read
-	deflate bool   // permessage-deflate was negotiated
+	out     io.Writer // where answers go: the connection, then the poller's descriptor of it
+	left    []byte    // an incomplete frame from the previous read
+	deflate bool      // permessage-deflate was negotiated
 }
+
+func (p *wsParser) answerTo(w io.Writer) { p.out = w }
 
 func (p *wsParser) Feed(b []byte, emit func([]byte)) error {
 	if len(p.left) > 0 {
@@ -264,12 +270,12 @@ func (p *wsParser) Feed(b []byte, emit func([]byte)) error {
 			}
 			emit(payload)
 		case ws.OpPing:
-			if err := writeClientFrame(p.conn, ws.OpPong, payload); err != nil {
+			if err := writeClientFrame(p.out, ws.OpPong, payload); err != nil {
 				return err
 			}
 		case ws.OpClose:
 			code, reason := ws.ParseCloseFrameData(payload)
-			_ = writeClientFrame(p.conn, ws.OpClose, ws.NewCloseFrameBody(code, ""))
+			_ = writeClientFrame(p.out, ws.OpClose, ws.NewCloseFrameBody(code, ""))
 			return &wsClosedError{code: int(code), reason: reason}
 		case ws.OpContinuation:
 			return errors.New("websocket continuation frame (the gateway sends whole frames)")

@@ -55,7 +55,7 @@ func TestWSParserSplitFrames(t *testing.T) {
 	var cl bytes.Buffer
 	_ = ws.WriteFrame(&cl, ws.NewTextFrame([]byte("last")))
 	_ = ws.WriteFrame(&cl, ws.NewCloseFrame(ws.NewCloseFrameBody(3000, "server shutting down")))
-	got, err := feedChunks(t, &wsParser{conn: closedConn(t)}, cl.Bytes(), 1)
+	got, err := feedChunks(t, &wsParser{out: closedConn(t)}, cl.Bytes(), 1)
 	var ce *wsClosedError
 	if !errors.As(err, &ce) || ce.code != 3000 || len(got) != 1 || got[0] != "last" {
 		t.Fatalf("got %v, err %v", got, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -189,6 +190,34 @@ func detachFD(c net.Conn) (int, error) {
 		return -1, err
 	}
 	return fd, nil
+}
+
+// fdWriter writes to a connection the poller holds, through its
+// descriptor (non-blocking): what a session sends after its handover (a
+// pong, a close reply), which waits for room for up to 10 seconds, as
+// writeClientFrame's deadline on a net.Conn.
+type fdWriter int
+
+func (w fdWriter) Write(b []byte) (int, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	n := 0
+	for n < len(b) {
+		m, err := syscall.Write(int(w), b[n:])
+		if m > 0 {
+			n += m
+		}
+		switch {
+		case err == nil, err == syscall.EINTR:
+		case err == syscall.EAGAIN:
+			if time.Now().After(deadline) {
+				return n, os.ErrDeadlineExceeded
+			}
+			_, _ = unix.Poll([]unix.PollFd{{Fd: int32(w), Events: unix.POLLOUT}}, 100)
+		default:
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // abortFD closes fd with a reset (SO_LINGER 0), as abortClose does a

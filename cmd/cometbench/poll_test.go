@@ -218,3 +218,59 @@ func TestDetachFD(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// A session the poller holds still answers the server: a ping gets its
+// pong through the poller's descriptor (the net.Conn is closed once the
+// poller has the connection).
+func TestPolledSessionAnswersPings(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	fd, err := detachFD(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parser := &wsParser{out: client} // as Handover makes it: the net.Conn, closed by now
+	parser.answerTo(fdWriter(fd))
+	w := &worker{closed: map[string]int{}}
+	p, err := newPoller(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := &polledConn{fd: fd, parser: parser, s: &benchSession{}, emit: func([]byte) {}}
+	if err := p.add(pc); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.run()
+	}()
+	defer func() {
+		p.stop()
+		<-done
+	}()
+	if err := ws.WriteFrame(server, ws.NewPingFrame([]byte("are you there"))); err != nil {
+		t.Fatal(err)
+	}
+	_ = server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	f, err := ws.ReadFrame(server)
+	if err != nil {
+		t.Fatalf("no answer to the ping: %v (%v)", err, w.closedCopy())
+	}
+	f = ws.UnmaskFrameInPlace(f)
+	if f.Header.OpCode != ws.OpPong || string(f.Payload) != "are you there" {
+		t.Fatalf("answer %v %q, want a pong with the ping's payload", f.Header.OpCode, f.Payload)
+	}
+}

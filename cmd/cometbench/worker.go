@@ -565,6 +565,9 @@ func (w *worker) handover(s *benchSession, ps pollable, chName []byte) {
 		w.ended(s, "", err)
 		return
 	}
+	if a, ok := parser.(answeringParser); ok {
+		a.answerTo(fdWriter(fd))
+	}
 	pc := newPolledConn(w, fd, parser, s, chName)
 	pc.now = time.Now().UnixNano()
 	if err := parser.Feed(rest, pc.emit); err != nil {
