@@ -16,6 +16,29 @@ import (
 	"github.com/gobwas/ws"
 )
 
+// tcpPair is a loopback TCP connection's two ends, closed with the test.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = client.Close()
+		_ = server.Close()
+	})
+	return client, server
+}
+
 // cmsg builds one control message as the kernel lays it out (header,
 // data, padding to the alignment).
 func cmsg(level, typ int32, data []byte) []byte {
@@ -73,25 +96,8 @@ func FuzzReceiveTimestamp(f *testing.F) {
 // a connection whose peer sent frames and closed before the poller first
 // looked is read to its end, the close included.
 func TestPollerReadsToTheEnd(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	pair := func() (client, server net.Conn) {
-		client, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		server, err = ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return client, server
-	}
-	client, server := pair()
-	defer server.Close()
-	closingClient, closingServer := pair()
+	client, server := tcpPair(t)
+	closingClient, closingServer := tcpPair(t)
 
 	var stream bytes.Buffer
 	const frames = 100
@@ -174,20 +180,7 @@ func TestPollerReadsToTheEnd(t *testing.T) {
 // closes the net.Conn it came from (so Go's netpoller no longer watches
 // the socket): the bytes still arrive on the descriptor.
 func TestDetachFD(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	client, server := tcpPair(t)
 	fd, err := detachFD(client)
 	if err != nil {
 		t.Fatal(err)
@@ -223,20 +216,7 @@ func TestDetachFD(t *testing.T) {
 // pong through the poller's descriptor (the net.Conn is closed once the
 // poller has the connection).
 func TestPolledSessionAnswersPings(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	client, server := tcpPair(t)
 	fd, err := detachFD(client)
 	if err != nil {
 		t.Fatal(err)
