@@ -197,19 +197,21 @@ func benchFanoutScaling(b *testing.B, n int) {
 	prev := runtime.GOMAXPROCS(0)
 	defer runtime.GOMAXPROCS(prev)
 	rigs := [2]*fanoutRig{newFanoutRig(b, n, 1), newFanoutRig(b, n, 2)}
-	// Blocks of messages at one setting, alternating: a change of
-	// GOMAXPROCS stops the world, and the first fan-out after one is
-	// slower; within a block that is paid once.
-	const block = 16
+	// Blocks of messages at one setting, alternating. A change of
+	// GOMAXPROCS stops the world, and the fan-out right after one is
+	// slower (its worker goroutines start on a changed scheduler): each
+	// block begins with a message that is not timed.
+	const block = 32
 	var wall [2]time.Duration
 	b.ResetTimer()
 	for done := 0; done < b.N; done += block {
 		msgs := min(block, b.N-done)
 		for k, r := range rigs {
-			if r.sent%256+int64(msgs) >= 256 {
+			if r.sent%256+int64(msgs)+1 >= 256 {
 				r.drain()
 			}
 			runtime.GOMAXPROCS(k + 1)
+			r.fanout(b)
 			start := time.Now()
 			for range msgs {
 				r.fanout(b)
