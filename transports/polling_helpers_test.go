@@ -14,11 +14,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/cometgate/cometgate/brokers"
 	"github.com/cometgate/cometgate/brokers/natsbroker"
 	"github.com/cometgate/cometgate/gateway"
 )
@@ -48,7 +50,16 @@ func startNode(t testing.TB, cfg func(*gateway.Config), opts func(*Options)) *te
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	emb, err := natsbroker.StartEmbedded(ctx, natsbroker.EmbeddedOptions{})
+	// The broker's state reaches the gateway as in cmd/cometgate: through
+	// a relay set once the gateway exists, then a catch-up. The broker
+	// may become ready only after StartEmbedded returns (its connected
+	// callback's round trip), and a gateway told nothing stays unready.
+	var relay atomic.Pointer[gateway.Gateway]
+	emb, err := natsbroker.StartEmbedded(ctx, natsbroker.EmbeddedOptions{OnState: func(st brokers.State) {
+		if g := relay.Load(); g != nil {
+			g.BrokerState(st)
+		}
+	}})
 	if err != nil {
 		t.Fatalf("embedded NATS: %v", err)
 	}
@@ -70,6 +81,10 @@ func startNode(t testing.TB, cfg func(*gateway.Config), opts func(*Options)) *te
 	if err != nil {
 		_ = emb.Close()
 		t.Fatalf("gateway.New: %v", err)
+	}
+	relay.Store(gw)
+	if emb.Broker().Ready() {
+		gw.BrokerState(brokers.StateConnected)
 	}
 	o := Options{Gateway: gw, Logger: slog.New(slog.DiscardHandler)}
 	if opts != nil {
