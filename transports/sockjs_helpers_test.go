@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,7 +15,6 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
-	"github.com/cometgate/cometgate/brokers/natsbroker"
 	"github.com/cometgate/cometgate/gateway"
 )
 
@@ -24,14 +22,10 @@ import (
 // busy machine. Nothing asserts how fast anything is.
 const sjsWait = 20 * time.Second
 
-// sjsNode is a gateway on a real embedded NATS server and the real
-// transports.Server, with SockJS endpoints, on a loopback listener.
-type sjsNode struct {
-	gw     *gateway.Gateway
-	srv    *Server
-	http   *httptest.Server
-	client *http.Client
-}
+// sjsNode is a node of startNode's (a gateway on a real embedded NATS
+// server and the real transports.Server) with SockJS endpoints, and the
+// SockJS tests' helpers.
+type sjsNode struct{ *testNode }
 
 // sjsTestEndpoints are the services the protocol's test suite expects:
 // echo (response limit lowered to 4096 bytes, as the suite asks),
@@ -49,48 +43,21 @@ func sjsTestEndpoints() []SockJSEndpoint {
 // Cleanup shuts it down in the production order (gateway, HTTP, broker).
 func sjsStartNode(t *testing.T, eps []SockJSEndpoint, adjust func(*gateway.Config, *Options)) *sjsNode {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), sjsWait)
-	defer cancel()
-	emb, err := natsbroker.StartEmbedded(ctx, natsbroker.EmbeddedOptions{})
-	if err != nil {
-		t.Fatalf("embedded NATS: %v", err)
-	}
-	gcfg := gateway.Config{
-		NodeID: "n1",
-		Rules:  gateway.Rules{{Pattern: "demo.>", Subscribe: gateway.Anyone, Publish: gateway.Anyone}},
-		Logger: slog.New(slog.DiscardHandler),
-	}
-	opts := Options{AllowedOrigins: []string{"*"}, SockJS: eps, Logger: slog.New(slog.DiscardHandler)}
-	if adjust != nil {
-		adjust(&gcfg, &opts)
-	}
-	gw, err := gateway.New(gcfg, emb.Broker())
-	if err != nil {
-		_ = emb.Close()
-		t.Fatalf("gateway.New: %v", err)
-	}
-	opts.Gateway = gw
-	srv := New(opts)
-	n := &sjsNode{gw: gw, srv: srv, http: httptest.NewServer(srv), client: &http.Client{Transport: &http.Transport{}}}
-	t.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), sjsWait)
-		defer cancel()
-		if err := gw.Shutdown(sctx); err != nil {
-			t.Errorf("gateway shutdown: %v", err)
+	o := Options{AllowedOrigins: []string{"*"}, SockJS: eps}
+	n := startNode(t, func(c *gateway.Config) {
+		// The gateway's own heartbeat and disconnect delay, whose timing
+		// the SockJS protocol's tests expect, not startNode's short ones.
+		c.Heartbeat, c.DisconnectDelay = 0, 0
+		if adjust != nil {
+			adjust(c, &o)
 		}
-		n.client.CloseIdleConnections()
-		n.http.Close()
-		srv.Wait()
-		if err := emb.Close(); err != nil {
-			t.Errorf("embedded NATS close: %v", err)
-		}
+	}, func(so *Options) {
+		o.Gateway, o.Logger = so.Gateway, so.Logger
+		*so = o
 	})
-	return n
+	return &sjsNode{n}
 }
 
-// endpoint builds a second handle on an endpoint configuration of the
-// node, served by its own test server, for tests that act on sessions
-// from the server side (closing one, as the suite's "close" service).
 func (n *sjsNode) endpoint(t *testing.T, cfg SockJSEndpoint) (*sockjsEndpoint, string) {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
@@ -101,8 +68,6 @@ func (n *sjsNode) endpoint(t *testing.T, cfg SockJSEndpoint) (*sockjsEndpoint, s
 	t.Cleanup(hs.Close)
 	return ep, hs.URL + cfg.Prefix
 }
-
-func (n *sjsNode) url(path string) string { return n.http.URL + path }
 
 // sjsResp is a complete HTTP answer.
 type sjsResp struct {
