@@ -172,12 +172,12 @@ func benchFanoutParallel(b *testing.B, n int) {
 
 // BenchmarkFanoutScaling measures what BenchmarkFanoutParallel run with
 // -cpu 1,2 does, as a pair in one run: two gateways in the process, one
-// with one write worker and one with two, n sessions each, and every
-// iteration fans one message out through the first at GOMAXPROCS 1 and
-// one through the second at GOMAXPROCS 2. On a machine whose speed drifts
-// (this project's VM moved by 1.5x within minutes) the two halves of a
-// -cpu 1,2 run can be minutes apart, and their ratio carries the drift;
-// alternating message by message, both see the same machine. It reports
+// with one write worker and one with two, n sessions each, and the
+// messages fanned out through the first at GOMAXPROCS 1 and through the
+// second at GOMAXPROCS 2, in alternating blocks. On a machine whose speed
+// drifts (this project's VM moved by 1.5x within minutes) the two halves
+// of a -cpu 1,2 run can be minutes apart, and their ratio carries the
+// drift; alternating block by block, both see the same machine. It reports
 // the mean wall time of a message at each setting and their ratio
 // (ratio-2/1): how much of a second core the fan-out turns into speed.
 // It needs two CPUs. The -cpu flag does not matter: it sets GOMAXPROCS
