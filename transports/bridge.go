@@ -63,7 +63,9 @@ import (
 // header and payload. Each side is read by a goroutine while it is in
 // use, which waits in Go's poller between messages (no goroutine started,
 // no registration re-armed, no deadline set per message); once a side has
-// been silent for bridgeIdleAfter it goes back to the node's poller
+// been silent for its hold (idleHold: milliseconds for a side that went
+// quiet, up to bridgeIdleAfter for a busy one) it goes back to the node's
+// poller
 // (bridgeReader for the browser, pumpAsync for the target), so an idle
 // bridged session holds no goroutine and no buffer.
 
@@ -638,16 +640,18 @@ func (l *bridgeLink) pump(headroom, chunk int, send func(frame []byte) error) ga
 
 // pumpIdle is a parking pump's read deadline: renewed only when it
 // passes with bytes read since it was set, so that a busy target costs
-// one deadline per bridgeIdleAfter rather than one per read.
+// one deadline per hold (idleHold) rather than one per read.
 type pumpIdle struct {
 	set    bool // a deadline is set since the pump (re)started
 	active bool // bytes were read since it was set
+	busy   bool // the last one passed with bytes read: renew it longer
+	hold   idleHold
 }
 
 // pumpAsync runs the pump (see pump) on a goroutine and calls end, once,
 // with how the session ends. Where the node has a poller and the link
 // raw socket I/O, the goroutine gives the target's connection to the
-// poller once the target has sent nothing for bridgeIdleAfter, and the
+// poller once the target has sent nothing for its hold, and the
 // poller's goroutine takes it up again on input: an idle bridged session
 // keeps no goroutine (nor buffer) for its target. end is called on the
 // pump's goroutine, or by close when the pump is parked. The link must be
@@ -688,8 +692,9 @@ func (l *bridgeLink) pumpParking(headroom, chunk int, send func(frame []byte) er
 	idle := &l.pumpIdle
 	for {
 		if !idle.set {
-			_ = l.conn.SetReadDeadline(time.Now().Add(bridgeIdleAfter))
-			idle.set, idle.active = true, false
+			now := time.Now()
+			_ = l.conn.SetReadDeadline(now.Add(idle.hold.next(now, idle.busy)))
+			idle.set, idle.active, idle.busy = true, false, false
 		}
 		n, err := l.fd.read()
 		var frame []byte
@@ -701,9 +706,10 @@ func (l *bridgeLink) pumpParking(headroom, chunk int, send func(frame []byte) er
 		if err != nil && isTimeout(err) {
 			b.drop()
 			if idle.active {
-				idle.set = false // busy: renew the deadline
+				idle.set, idle.busy = false, true // busy: renew the deadline
 				continue
 			}
+			idle.hold.parked(time.Now())
 			if l.park() {
 				return
 			}

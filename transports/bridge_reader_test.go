@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/cometgate/cometgate/gateway"
 )
@@ -91,4 +92,36 @@ func FuzzWSFramesInPlace(f *testing.F) {
 			t.Fatalf("in place (chunks of %d):\n%q\nread:\n%q", chunk, got, want)
 		}
 	})
+}
+
+// TestIdleHold: a side is held briefly until it proves busy (its hold
+// passed with input, or it woke soon after a park), then up to
+// bridgeIdleAfter; a side parked longer than that starts over.
+func TestIdleHold(t *testing.T) {
+	old := bridgeIdleAfter
+	bridgeIdleAfter = time.Second
+	t.Cleanup(func() { bridgeIdleAfter = old })
+	var h idleHold
+	now := time.Unix(1000, 0)
+	step := func(what string, got, want time.Duration) {
+		t.Helper()
+		if got != want {
+			t.Fatalf("%s: hold %v, want %v", what, got, want)
+		}
+	}
+	step("first", h.next(now, false), bridgeHoldMin)
+	step("busy", h.next(now, true), 2*bridgeHoldMin)
+	h.parked(now)
+	step("woken soon after a park", h.next(now.Add(50*time.Millisecond), false), 4*bridgeHoldMin)
+	step("a deadline set again without a park", h.next(now, false), 4*bridgeHoldMin)
+	for range 20 {
+		h.next(now, true)
+	}
+	step("busy for long", h.next(now, true), bridgeIdleAfter)
+	h.parked(now)
+	step("woken after a long park", h.next(now.Add(2*bridgeIdleAfter), false), bridgeHoldMin)
+
+	bridgeIdleAfter = time.Millisecond // shorter than the least hold
+	var short idleHold
+	step("bounded by bridgeIdleAfter", short.next(now, false), time.Millisecond)
 }
