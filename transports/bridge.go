@@ -65,9 +65,8 @@ import (
 // no registration re-armed, no deadline set per message); once a side has
 // been silent for its hold (idleHold: milliseconds for a side that went
 // quiet, up to bridgeIdleAfter for a busy one) it goes back to the node's
-// poller
-// (bridgeReader for the browser, pumpAsync for the target), so an idle
-// bridged session holds no goroutine and no buffer.
+// poller (bridgeReader for the browser, pumpAsync for the target), so an
+// idle bridged session holds no goroutine and no buffer.
 
 // BridgeTarget is one TCP server browsers may reach through the bridge.
 type BridgeTarget struct {
