@@ -525,19 +525,12 @@ func (c byteCounter) Feed(b []byte, _ func([]byte)) error {
 }
 
 func (r *floorReader) start() error {
-	// The sessions' reader asks for receive timestamps (poll.go), which
+	// The sessions' poller asks for receive timestamps (poll.go), which
 	// makes the kernel read the clock for every packet it receives, on
 	// the writer's core for loopback: the floor's connections ask too, so
-	// that the floor's writes pay it as the gateway's do.
-	for _, c := range r.conns {
-		fd, err := connFD(c)
-		if err == nil {
-			err = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TIMESTAMPNS, 1)
-		}
-		if err != nil {
-			return fmt.Errorf("floor reader: SO_TIMESTAMPNS: %w", err)
-		}
-	}
+	// that the floor's writes pay it as the gateway's do. The poller asks
+	// as it takes a connection (add); for the goroutine readers it is
+	// asked here.
 	if r.fo.Epoll {
 		p, err := newPoller(r)
 		if err != nil {
@@ -567,6 +560,15 @@ func (r *floorReader) start() error {
 			p.run()
 		}()
 	} else {
+		for _, c := range r.conns {
+			fd, err := connFD(c)
+			if err == nil {
+				err = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TIMESTAMPNS, 1)
+			}
+			if err != nil {
+				return fmt.Errorf("floor reader: SO_TIMESTAMPNS: %w", err)
+			}
+		}
 		for _, c := range r.conns {
 			r.wg.Add(1)
 			go r.readConn(c)

@@ -40,6 +40,19 @@ func tcpPair(t *testing.T) (client, server net.Conn) {
 	return client, server
 }
 
+// runPoller runs p's loop until the test ends.
+func runPoller(t *testing.T, p *poller) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.run()
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		<-done
+	})
+}
+
 // cmsg builds one control message as the kernel lays it out (header,
 // data, padding to the alignment).
 func cmsg(level, typ int32, data []byte) []byte {
@@ -145,15 +158,7 @@ func TestPollerReadsToTheEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		p.run()
-	}()
-	defer func() {
-		p.stop()
-		<-done
-	}()
+	runPoller(t, p)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		mu.Lock()
@@ -233,15 +238,7 @@ func TestPolledSessionAnswersPings(t *testing.T) {
 	if err := p.add(pc); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		p.run()
-	}()
-	defer func() {
-		p.stop()
-		<-done
-	}()
+	runPoller(t, p)
 	if err := ws.WriteFrame(server, ws.NewPingFrame([]byte("are you there"))); err != nil {
 		t.Fatal(err)
 	}
