@@ -225,7 +225,11 @@ func (h *hub) post(e *hubEntry, b *Body, push bool) {
 // shard's write worker.
 func (e *hubEntry) deliverShard(shard int, b *Body, push bool) {
 	e.mu.RLock()
-	for _, s := range e.shards[shard] {
+	sessions := e.shards[shard]
+	for i, s := range sessions {
+		if i+prefetchAhead < len(sessions) {
+			sessions[i+prefetchAhead].prefetch(sessionLines)
+		}
 		if push {
 			s.push(b)
 		} else {

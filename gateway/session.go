@@ -57,12 +57,46 @@ type Backlogger interface {
 // the numbering of its packets. It outlives the requests that carry it on
 // the polling transports. All methods are safe for concurrent use.
 //
-// The fields every delivery and write touches (the gateway, the metrics,
-// the shard, and what mu guards up to the queue's bookkeeping) are kept
-// together: a fan-out visits thousands of sessions whose memory is no
-// longer in the processor's caches, and each cache line a delivery
-// touches is a wait on memory.
+// The fields every delivery and write touches (the lock, the state, the
+// writer's bookkeeping, the gateway, the metrics and the shard) come
+// first, in the object's first two cache lines (a Session is in the
+// 448-byte size class, whose objects start a line; TestSessionLayout
+// checks both): a fan-out visits thousands of sessions
+// whose memory is no longer in the processor's caches, and each line a
+// delivery touches is a wait on memory. Spread from byte 120 to 272 they
+// took four lines.
 type Session struct {
+	mu     sync.Mutex
+	state  sessionState
+	retain bool // keep written packets until acked (polling transports)
+
+	// The downstream and the writer's bookkeeping (session_writer.go),
+	// guarded by mu.
+	oneShot      bool     // down completes after one write (long-poll)
+	writing      bool     // a writer (a worker, a goroutine or a heartbeat) has the session
+	resend       bool     // write unacked again first: a new request attached
+	wroteSince   bool     // something was written since the last heartbeat tick
+	shard        int      // the session's write worker (writers.go); set at Open
+	g            *Gateway // set at Open
+	metrics      *transportMetrics
+	down         Transport // attached downstream, or nil
+	pending      []*Body   // queued, not yet numbered
+	pendingBytes int
+	unackedBytes int
+	kernelBytes  int // what the kernel still held after the last write measured (Backlogger)
+	unmeasured   int // bytes written since the backlog was last measured; the writer's own
+	nextSeq      uint64
+	room         chan struct{} // closed when the queue shrinks (SendData, replays wait on it)
+	// The first two cache lines end here.
+	// downMemory is where the memory of down that a write touches lies
+	// (HotMemory; zero without a downstream or without the method), for
+	// the write worker to have the processor fetch it ahead of the write
+	// (prefetchSessions). Stored under mu, loaded by the worker without
+	// it, so atomic; an address gone stale is harmless, a prefetch being
+	// only a hint.
+	downMemory [3]atomic.Uintptr
+	unacked    []Packet // written but not acknowledged (retain only)
+
 	id        string
 	transport string // transport family name, for metrics and logs
 	remote    string // for logs
@@ -78,31 +112,6 @@ type Session struct {
 	heartbeatEvery  time.Duration
 	disconnectDelay time.Duration
 
-	g       *Gateway
-	metrics *transportMetrics
-	// shard is the session's write worker (writers.go).
-	shard int
-
-	mu     sync.Mutex
-	state  sessionState
-	retain bool // keep written packets until acked (polling transports)
-
-	// The downstream and the writer's bookkeeping (session_writer.go),
-	// next to mu: every delivery and write round touches them.
-	down         Transport // attached downstream, or nil
-	oneShot      bool      // down completes after one write (long-poll)
-	writing      bool      // a writer (a worker, a goroutine or a heartbeat) has the session
-	resend       bool      // write unacked again first: a new request attached
-	wroteSince   bool      // something was written since the last heartbeat tick
-	pending      []*Body   // queued, not yet numbered
-	pendingBytes int
-	unacked      []Packet // written but not acknowledged (retain only)
-	unackedBytes int
-	kernelBytes  int // what the kernel still held after the last write measured (Backlogger)
-	unmeasured   int // bytes written since the backlog was last measured; the writer's own
-	nextSeq      uint64
-	room         chan struct{} // closed when the queue shrinks (SendData, replays wait on it)
-
 	reason    Disconnect  // set when the state leaves stateOpen
 	tokenEnd  *time.Timer // closes the session when its token expires
 	expiry    *time.Timer // armed while there is neither downstream nor writer
@@ -115,6 +124,9 @@ type Session struct {
 	pubs       Bucket // publishes the client sent (Config.PublishRate)
 	pubQ       []Frame
 	publishing bool // the publisher goroutine is running
+
+	// The fields above take 440 bytes, in a size class of 448, whose
+	// objects start a line (TestSessionLayout).
 }
 
 // sessionState is where a session is in its life. It changes only with
@@ -268,6 +280,7 @@ func (s *Session) Attach(t Transport, oneShot bool) error {
 	}
 	old := s.down
 	s.down, s.oneShot = t, oneShot
+	s.storeDownMemory(t)
 	s.detachGen++
 	s.disarmExpiryLocked()
 	s.resend = s.retain && len(s.unacked) > 0
@@ -304,6 +317,7 @@ func (s *Session) Detach(t Transport) {
 // detachLocked forgets the downstream; s.mu must be held.
 func (s *Session) detachLocked() {
 	s.down = nil
+	s.storeDownMemory(nil)
 	s.detachGen++
 }
 

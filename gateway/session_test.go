@@ -10,7 +10,29 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+	"unsafe"
 )
+
+// TestSessionLayout: what a delivery touches fits the object's first two
+// cache lines, what a write's prefetch reads (downMemory) the third, and
+// the object starts a line (it is in the 448-byte size class, whose
+// objects are whole lines apart; the class below is 416), as the layout
+// comment on Session says.
+func TestSessionLayout(t *testing.T) {
+	if unsafe.Sizeof(uintptr(0)) != 8 {
+		t.Skip("the layout is for 64-bit platforms")
+	}
+	var s Session
+	if size := unsafe.Sizeof(s); size <= 416 || size > 448 {
+		t.Errorf("Session is %d bytes, want 417 to 448 (the 448-byte size class, whose objects start a cache line): pad it", size)
+	}
+	if end := unsafe.Offsetof(s.room) + unsafe.Sizeof(s.room); end > 128 {
+		t.Errorf("the hot fields end at byte %d, past the first two cache lines", end)
+	}
+	if start, end := unsafe.Offsetof(s.downMemory), unsafe.Offsetof(s.downMemory)+unsafe.Sizeof(s.downMemory); start < 128 || end > 192 {
+		t.Errorf("downMemory is at bytes %d to %d, not in the third cache line", start, end)
+	}
+}
 
 // TestSessionStateTableIsDocumented: the table in sessionState's doc
 // comment is the transitions table, cell for cell, and no transition goes

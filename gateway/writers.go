@@ -180,6 +180,7 @@ func (w *writer) run() {
 				j.e.deliverShard(w.shard, j.b, j.push)
 				ahead--
 			default:
+				prefetchJobs(jobs, i)
 				if w.sends != nil && w.sends.full() {
 					w.makeSends()
 				}

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/cometgate/cometgate/gateway"
 )
@@ -90,7 +91,15 @@ var (
 	_ gateway.Transport   = (*sseConn)(nil)
 	_ gateway.Backlogger  = (*sseConn)(nil)
 	_ gateway.BatchWriter = (*sseConn)(nil)
+	_ gateway.HotMemory   = (*sseConn)(nil)
 )
+
+// HotMemory is where the memory a write touches lies: the connection,
+// whatever lines its 144 bytes straddle (gateway.HotMemory).
+func (c *sseConn) HotMemory() [3]uintptr {
+	p := uintptr(unsafe.Pointer(c))
+	return [3]uintptr{p, p + 64, p + 128}
+}
 
 // Backlog is what the kernel still holds of the stream's writes (see
 // wsSession.Backlog).

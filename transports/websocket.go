@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"time"
+	"unsafe"
 
 	"github.com/gobwas/ws"
 
@@ -29,6 +30,7 @@ var (
 	_ gateway.Transport   = (*wsSession)(nil)
 	_ gateway.Backlogger  = (*wsSession)(nil)
 	_ gateway.BatchWriter = (*wsSession)(nil)
+	_ gateway.HotMemory   = (*wsSession)(nil)
 	_ wsOwner             = (*wsSession)(nil)
 )
 
@@ -96,6 +98,14 @@ func (t *wsSession) writePackets(pkts []gateway.Packet, now int64, try bool, q *
 		putBuffer(buf) // otherwise the connection keeps it until Flush or EndQueued
 	}
 	return n, err
+}
+
+// HotMemory is where the memory a write touches lies: this object and
+// the connection's first two lines (gateway.HotMemory; wsConn keeps what
+// a write touches there).
+func (t *wsSession) HotMemory() [3]uintptr {
+	c := uintptr(unsafe.Pointer(t.c))
+	return [3]uintptr{uintptr(unsafe.Pointer(t)), c, c + 64}
 }
 
 // Backlog is what the kernel still holds of the connection's writes: a
