@@ -196,7 +196,7 @@ func benchDeliver(b *testing.B, batch int) {
 		s.writing = true // this goroutine is the writer: deliver starts none
 		s.mu.Unlock()
 		for range batch {
-			s.deliver(body, entry)
+			s.deliver(body, entry, nil)
 		}
 		s.writeRounds(nil, -1)
 	}

@@ -289,6 +289,7 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 		unmeasured:      g.cfg.QueueBytes, // the first write measures
 		shard:           g.writers.assign(),
 	}
+	s.pending = s.pendingOne[:0]
 	s.principal.Store(opts.Principal)
 	g.mu.Lock()
 	if g.draining {

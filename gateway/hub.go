@@ -221,19 +221,19 @@ func (h *hub) post(e *hubEntry, b *Body, push bool) {
 	}
 }
 
-// deliverShard queues b on e's subscribers in one shard; it runs on that
-// shard's write worker.
-func (e *hubEntry) deliverShard(shard int, b *Body, push bool) {
+// deliverShard queues b on e's subscribers in w's shard; it runs on w,
+// and the sessions it hands to their writer go into w's batch.
+func (e *hubEntry) deliverShard(w *writer, b *Body, push bool) {
 	e.mu.RLock()
-	sessions := e.shards[shard]
+	sessions := e.shards[w.shard]
 	for i, s := range sessions {
 		if i+prefetchAhead < len(sessions) {
 			sessions[i+prefetchAhead].prefetch(sessionLines)
 		}
 		if push {
-			s.push(b)
+			s.pushFrom(b, w)
 		} else {
-			s.deliver(b, e)
+			s.deliver(b, e, w)
 		}
 	}
 	e.mu.RUnlock()

@@ -40,13 +40,10 @@ type HotMemory interface {
 // out again before it is used.
 const prefetchAhead = 4
 
-const (
-	// sessionLines are the lines of a Session that a delivery touches
-	// (TestSessionLayout), and writeLines those a write touches: those
-	// and downMemory.
-	sessionLines = 2
-	writeLines   = 3
-)
+// sessionLines are the lines of a Session that a delivery or a write
+// touches: the first two, and the third, which holds downMemory and
+// pendingOne (TestSessionLayout).
+const sessionLines = 3
 
 // prefetch asks for the first lines cache lines of s.
 func (s *Session) prefetch(lines int) {
@@ -83,12 +80,12 @@ func prefetchJobs(jobs []writeJob, i int) {
 	if i == 0 { // the batch's first sessions: nothing asked for them yet
 		for k := range min(2*prefetchAhead, len(jobs)) {
 			if jobs[k].s != nil {
-				jobs[k].s.prefetch(writeLines)
+				jobs[k].s.prefetch(sessionLines)
 			}
 		}
 	}
 	if k := i + 2*prefetchAhead; k < len(jobs) && jobs[k].s != nil {
-		jobs[k].s.prefetch(writeLines)
+		jobs[k].s.prefetch(sessionLines)
 	}
 	if k := i + prefetchAhead; k < len(jobs) && jobs[k].s != nil {
 		jobs[k].s.prefetchDown()

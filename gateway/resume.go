@@ -205,7 +205,7 @@ func (s *Session) switchLiveLocked(st *subState) bool {
 		for _, b := range st.liveBuf {
 			if b.seq > st.lastSeq {
 				st.lastSeq = b.seq
-				s.queueLocked(b)
+				s.queueLocked(b, nil)
 			}
 		}
 	}
@@ -256,5 +256,5 @@ func (s *Session) queueReplayed(ctx context.Context, pattern string, st *subStat
 		return
 	}
 	st.lastSeq = m.Seq
-	s.queueLocked(EncodeMessage(m, pattern, time.Now()))
+	s.queueLocked(EncodeMessage(m, pattern, time.Now()), nil)
 }

@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The node's write workers: where messages are fanned out and sessions'
@@ -69,8 +70,13 @@ type writer struct {
 	full    *sync.Cond   // on mu: a poster waits here while fanouts is over maxFanoutBacklog
 	running bool         // a worker goroutine is draining jobs
 	spare   []writeJob   // the slice the worker drained last, reused
-	early   []writeJob   // fan-outs taken in the middle of a batch (takeFanouts), reused; the worker's own
-	sends   *SendQueue   // the worker's batch of sends (sendbatch.go), nil when they are not batched; the worker's own
+	batch   []writeJob   // the jobs the worker is working through; the worker's own
+	// clock is the worker's last reading of the time, and clockUses the
+	// writes that took it since (writer.now); the worker's own.
+	clock     time.Time
+	clockUses int
+	early     []writeJob // fan-outs taken in the middle of a batch (takeFanouts), reused; the worker's own
+	sends     *SendQueue // the worker's batch of sends (sendbatch.go), nil when they are not batched; the worker's own
 }
 
 type writerPool struct {
@@ -160,8 +166,9 @@ func (w *writer) run() {
 			w.mu.Unlock()
 			return
 		}
-		jobs := w.jobs
+		w.batch = w.jobs
 		w.jobs = w.spare[:0]
+		w.readClock()
 		// Fan-outs of this batch not yet queued (the counter counts every
 		// one posted since the last take): while there are any, a newer
 		// one must not be taken early (it would reach the sessions before
@@ -169,18 +176,20 @@ func (w *writer) run() {
 		ahead := int(w.fanouts.Load())
 		w.tookFanoutsLocked()
 		w.mu.Unlock()
-		for i := range jobs {
-			j := &jobs[i]
+		// The batch grows while it is worked through: a fan-out appends
+		// the sessions it gives work to (kickLocked).
+		for i := 0; i < len(w.batch); i++ {
+			j := w.batch[i]
 			switch {
 			case j.e != nil:
 				// Sends queued hold their transports' write locks; a
 				// fan-out takes hub and session locks whose holders
 				// may be waiting for one of those.
 				w.makeSends()
-				j.e.deliverShard(w.shard, j.b, j.push)
+				j.e.deliverShard(w, j.b, j.push)
 				ahead--
 			default:
-				prefetchJobs(jobs, i)
+				prefetchJobs(w.batch, i)
 				if w.sends != nil && w.sends.full() {
 					w.makeSends()
 				}
@@ -188,11 +197,12 @@ func (w *writer) run() {
 				if writes++; writes%yieldEvery == 0 {
 					w.makeSends()
 					runtime.Gosched()
+					w.readClock()
 					if ahead == 0 && w.fanouts.Load() > 0 {
 						w.early = w.takeFanouts(w.early[:0])
 						for k := range w.early {
 							e := &w.early[k]
-							e.e.deliverShard(w.shard, e.b, e.push)
+							e.e.deliverShard(w, e.b, e.push)
 						}
 						clear(w.early)
 					}
@@ -200,9 +210,32 @@ func (w *writer) run() {
 			}
 		}
 		w.makeSends()
-		clear(jobs)
-		w.spare = jobs
+		clear(w.batch)
+		w.spare, w.batch = w.batch, nil
 	}
+}
+
+// clockEvery is how many writes a worker's reading of the clock serves
+// at most: the time a write goes out at is within about that many
+// writes' preparation of the truth (and the worker reads it again after
+// each batch of sends, and whenever it has been away), where a reading
+// per write (two clock reads, the wall and the monotonic) was about 1% of
+// a fan-out's CPU.
+const clockEvery = 16
+
+// now is the time for a write the worker makes: the last reading, read
+// again once it has served clockEvery writes.
+func (w *writer) now() time.Time {
+	if w.clockUses++; w.clockUses > clockEvery {
+		w.readClock()
+		w.clockUses = 1
+	}
+	return w.clock
+}
+
+// readClock reads the clock for the worker's next writes.
+func (w *writer) readClock() {
+	w.clock, w.clockUses = time.Now(), 0
 }
 
 // makeSends makes the worker's queued sends (sendbatch.go) and completes
@@ -215,6 +248,7 @@ func (w *writer) makeSends() {
 	}
 	for len(q.writes) > 0 {
 		q.submit()
+		w.readClock() // the sends took a while; completions may write again
 		for i := range q.doneWrites {
 			sent, err := q.result(i)
 			q.doneWrites[i].s.endQueued(w, &q.doneWrites[i], sent, err)
