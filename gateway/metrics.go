@@ -25,7 +25,7 @@ type Metrics struct {
 	messagesIn     prometheus.Counter
 	messagesOut    *prometheus.CounterVec
 	bytesOut       *prometheus.CounterVec
-	latency        *prometheus.HistogramVec
+	latency        latencyCollector
 	slowCloses     prometheus.Counter
 	dropped        *prometheus.CounterVec
 	brokerUp       prometheus.Gauge
@@ -47,12 +47,12 @@ type transportMetrics struct {
 	subscriptions prometheus.Gauge
 	deliveries    prometheus.Counter
 	bytes         prometheus.Counter
-	latency       prometheus.Observer
+	latency       *latencyHistogram
 }
 
 // latencyBuckets span a loopback write (100 µs) to a client that fell
 // seconds behind.
-var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+var latencyBuckets = [...]float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
 
 // NewMetrics creates the collectors and registers them with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -79,11 +79,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		bytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cometgate_bytes_out_total", Help: "Bytes written to clients, framing included, by transport.",
 		}, []string{"transport"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cometgate_delivery_latency_seconds",
-			Help:    "From a message's arrival from the broker to its write to a client, by transport.",
-			Buckets: latencyBuckets,
-		}, []string{"transport"}),
 		slowCloses: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cometgate_slow_consumer_closes_total", Help: "Sessions closed because their queue overflowed (policy disconnect).",
 		}),
@@ -103,7 +98,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		publishLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "cometgate_publish_duration_seconds",
 			Help:    "From a publish's hand-over to the broker to its confirmation (or failure), by source (api, client).",
-			Buckets: latencyBuckets,
+			Buckets: latencyBuckets[:],
 		}, []string{"source"}),
 		forwards: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cometgate_forwarded_requests_total",
@@ -119,6 +114,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		// a rate, not a gap, before the first refusal.
 		m.refusals[r] = refusals.WithLabelValues(r.String())
 	}
+	m.latency = latencyCollector{m: m, desc: prometheus.NewDesc("cometgate_delivery_latency_seconds",
+		"From a message's arrival from the broker to its write to a client, by transport.",
+		[]string{"transport"}, nil)}
 	reg.MustRegister(m.sessions, m.sessionsOpened, m.closes, m.subscriptions, m.messagesIn,
 		m.messagesOut, m.bytesOut, m.latency, m.slowCloses, m.dropped, m.brokerUp,
 		m.brokerReconn, m.publishes, m.publishLatency, m.forwards, refusals)
@@ -180,7 +178,7 @@ func (m *Metrics) forTransport(name string) *transportMetrics {
 		subscriptions: m.subscriptions.WithLabelValues(name),
 		deliveries:    m.messagesOut.WithLabelValues(name),
 		bytes:         m.bytesOut.WithLabelValues(name),
-		latency:       m.latency.WithLabelValues(name),
+		latency:       new(latencyHistogram),
 	})
 	return tm.(*transportMetrics)
 }

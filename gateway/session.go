@@ -59,12 +59,13 @@ type Backlogger interface {
 //
 // The fields every delivery and write touches (the lock, the state, the
 // writer's bookkeeping, the gateway, the metrics and the shard) come
-// first, in the object's first two cache lines (a Session is in the
-// 448-byte size class, whose objects start a line; TestSessionLayout
-// checks both): a fan-out visits thousands of sessions
-// whose memory is no longer in the processor's caches, and each line a
-// delivery touches is a wait on memory. Spread from byte 120 to 272 they
-// took four lines.
+// first, in the object's first two cache lines, and what a write's
+// prefetch reads in the third (a Session is in the 448-byte size class,
+// whose objects start a line; TestSessionLayout checks all three): a
+// fan-out visits thousands of sessions whose memory is no longer in the
+// processor's caches, and each line a delivery touches is a wait on
+// memory (prefetch.go). Spread from byte 120 to 272 they took four
+// lines.
 type Session struct {
 	mu     sync.Mutex
 	state  sessionState
@@ -91,7 +92,7 @@ type Session struct {
 	// downMemory is where the memory of down that a write touches lies
 	// (HotMemory; zero without a downstream or without the method), for
 	// the write worker to have the processor fetch it ahead of the write
-	// (prefetchSessions). Stored under mu, loaded by the worker without
+	// (prefetchJobs). Stored under mu, loaded by the worker without
 	// it, so atomic; an address gone stale is harmless, a prefetch being
 	// only a hint.
 	downMemory [3]atomic.Uintptr

@@ -15,10 +15,9 @@ import (
 
 // TestSessionLayout: what a delivery touches fits the object's first two
 // cache lines, what a write's prefetch reads (downMemory) and the first
-// queued body (pendingOne) the third, and
-// the object starts a line (it is in the 448-byte size class, whose
-// objects are whole lines apart; the class below is 416), as the layout
-// comment on Session says.
+// queued body (pendingOne) the third, and the object starts a line (it
+// is in the 448-byte size class, whose objects are whole lines apart;
+// the class below is 416), as the layout comment on Session says.
 func TestSessionLayout(t *testing.T) {
 	if unsafe.Sizeof(uintptr(0)) != 8 {
 		t.Skip("the layout is for 64-bit platforms")

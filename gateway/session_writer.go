@@ -378,7 +378,7 @@ func (s *Session) endRound(w *writer, down Transport, r *writeRound, n int, err 
 		err = nil
 	}
 	if err == nil {
-		s.recordWrite(r.batch, r.msgs, n, r.now)
+		s.recordWrite(w, r.batch, r.msgs, n, r.now)
 		// The kernel's backlog is measured (a system call) after a
 		// write that would have waited, while the last measure found a
 		// backlog worth watching, after a session's first write, and
@@ -530,20 +530,34 @@ func (s *Session) wrote(down Transport, oneShot bool, err error) bool {
 }
 
 // recordWrite counts a write of n bytes, made at now, carrying msgs
-// messages of batch.
-func (s *Session) recordWrite(batch []Packet, msgs, n int, now time.Time) {
+// messages of batch: in worker w's tally (metrics_tally.go), or at once
+// when w is nil.
+func (s *Session) recordWrite(w *writer, batch []Packet, msgs, n int, now time.Time) {
 	tm := s.metrics
 	if tm == nil {
 		return
 	}
-	tm.wrote(msgs, n)
+	if w == nil {
+		tm.wrote(msgs, n)
+	}
+	var t *deliveryTally
+	if w != nil {
+		t = w.tally(tm)
+		t.deliveries += msgs
+		t.bytes += n
+	}
 	if msgs > 0 {
 		for _, p := range batch {
 			if p.body.typ == TypeMsg {
 				// A worker's clock is read every few writes
 				// (writer.now): a body that arrived since its last
 				// reading counts as written at once.
-				tm.latency.Observe(max(now.Sub(p.body.arrived), 0).Seconds())
+				seconds := max(now.Sub(p.body.arrived), 0).Seconds()
+				if t != nil {
+					t.latency.observe(seconds)
+				} else {
+					tm.latency.observe(seconds)
+				}
 			}
 		}
 	}

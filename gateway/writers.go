@@ -75,8 +75,9 @@ type writer struct {
 	// writes that took it since (writer.now); the worker's own.
 	clock     time.Time
 	clockUses int
-	early     []writeJob // fan-outs taken in the middle of a batch (takeFanouts), reused; the worker's own
-	sends     *SendQueue // the worker's batch of sends (sendbatch.go), nil when they are not batched; the worker's own
+	tallies   []deliveryTally // the worker's writes not yet in the metrics (metrics_tally.go); the worker's own
+	early     []writeJob      // fan-outs taken in the middle of a batch (takeFanouts), reused; the worker's own
+	sends     *SendQueue      // the worker's batch of sends (sendbatch.go), nil when they are not batched; the worker's own
 }
 
 type writerPool struct {
@@ -210,6 +211,7 @@ func (w *writer) run() {
 			}
 		}
 		w.makeSends()
+		w.flushTallies()
 		clear(w.batch)
 		w.spare, w.batch = w.batch, nil
 	}
