@@ -8,9 +8,40 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cometgate/cometgate/gateway"
 )
+
+// TestWSConnLayout: what a write touches lies in a wsConn's first two
+// cache lines, and the object starts a line (it is in the 320-byte size
+// class, whose objects are whole lines apart; the class below is 288), as
+// wsConn's layout comment says and wsSession.HotMemory, which names
+// those two lines for the write workers to prefetch, relies on.
+func TestWSConnLayout(t *testing.T) {
+	if unsafe.Sizeof(uintptr(0)) != 8 {
+		t.Skip("the layout is for 64-bit platforms")
+	}
+	var c wsConn
+	if size := unsafe.Sizeof(c); size <= 288 || size > 320 {
+		t.Errorf("wsConn is %d bytes, want 289 to 320 (the 320-byte size class, whose objects start a cache line)", size)
+	}
+	hot := map[string]uintptr{
+		"deflate":   unsafe.Offsetof(c.deflate) + unsafe.Sizeof(c.deflate),
+		"wmu":       unsafe.Offsetof(c.wmu) + unsafe.Sizeof(c.wmu),
+		"out":       unsafe.Offsetof(c.out) + unsafe.Sizeof(c.out),
+		"reg":       unsafe.Offsetof(c.reg) + unsafe.Sizeof(c.reg),
+		"n":         unsafe.Offsetof(c.n) + unsafe.Sizeof(c.n),
+		"clock":     unsafe.Offsetof(c.clock) + unsafe.Sizeof(c.clock),
+		"closeSent": unsafe.Offsetof(c.closeSent) + unsafe.Sizeof(c.closeSent),
+		"raw":       unsafe.Offsetof(c.raw) + unsafe.Sizeof(c.raw),
+	}
+	for name, end := range hot {
+		if end > 128 {
+			t.Errorf("wsConn.%s ends at byte %d, past the first two cache lines", name, end)
+		}
+	}
+}
 
 // tcpPair is a connected loopback pair: the node's end and the client's.
 func tcpPair(t *testing.T) (server, client net.Conn) {

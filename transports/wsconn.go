@@ -63,9 +63,10 @@ type wsOwner interface {
 // allocator's 320-byte class.
 type wsConn struct {
 	// What every write touches comes first, in the first two cache lines
-	// (the object is 64-byte aligned in its class): a fan-out writes
-	// thousands of connections whose memory is out of the caches, and
-	// each line a write touches is a wait on memory.
+	// (the object is 64-byte aligned in its class; TestWSConnLayout): a
+	// fan-out writes thousands of connections whose memory is out of the
+	// caches, and each line a write touches is a wait on memory (the
+	// write workers prefetch those two lines, wsSession.HotMemory).
 	conn net.Conn
 	// deflate is the permessage-deflate the handshake agreed on, nil for
 	// none (wsdeflate.go).
