@@ -537,14 +537,13 @@ func (s *Session) recordWrite(w *writer, batch []Packet, msgs, n int, now time.T
 	if tm == nil {
 		return
 	}
-	if w == nil {
-		tm.wrote(msgs, n)
-	}
 	var t *deliveryTally
 	if w != nil {
 		t = w.tally(tm)
 		t.deliveries += msgs
 		t.bytes += n
+	} else {
+		tm.wrote(msgs, n)
 	}
 	if msgs > 0 {
 		for _, p := range batch {
