@@ -127,12 +127,7 @@ func (w *writer) flushTallies() {
 	for i := range w.tallies {
 		t := &w.tallies[i]
 		t.tm.latency.add(&t.latency)
-		if t.deliveries > 0 {
-			t.tm.deliveries.Add(float64(t.deliveries))
-		}
-		if t.bytes > 0 {
-			t.tm.bytes.Add(float64(t.bytes))
-		}
+		t.tm.wrote(t.deliveries, t.bytes)
 		t.deliveries, t.bytes = 0, 0
 	}
 }

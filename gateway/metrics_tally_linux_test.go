@@ -3,7 +3,6 @@
 package gateway
 
 import (
-	"net"
 	"testing"
 	"time"
 
@@ -16,20 +15,7 @@ import (
 func TestWorkerTalliesReachTheMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	g := newTestGateway(t, func(c *Config) { c.Metrics = NewMetrics(reg) })
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
+	server, _ := loopbackPair(t)
 	counter := &deliveryCounter{hit: make(chan struct{}, 1)}
 	const msgs = 3
 	counter.target.Store(msgs)
