@@ -63,10 +63,11 @@ import (
 // header and payload. Each side is read by a goroutine while it is in
 // use, which waits in Go's poller between messages (no goroutine started,
 // no registration re-armed, no deadline set per message); once a side has
-// been silent for its hold (idleHold: milliseconds for a side that went
-// quiet, up to bridgeIdleAfter for a busy one) it goes back to the node's
-// poller (bridgeReader for the browser, pumpAsync for the target), so an
-// idle bridged session holds no goroutine and no buffer.
+// been silent for its hold (idleHold: none for a side that has not shown
+// itself busy, milliseconds for one that went quiet, up to
+// bridgeIdleAfter for a busy one) it goes back to the node's poller
+// (bridgeReader for the browser, pumpAsync for the target), so an idle
+// bridged session holds no goroutine and no buffer.
 
 // BridgeTarget is one TCP server browsers may reach through the bridge.
 type BridgeTarget struct {
@@ -639,22 +640,24 @@ func (l *bridgeLink) pump(headroom, chunk int, send func(frame []byte) error) ga
 
 // pumpIdle is a parking pump's read deadline: renewed only when it
 // passes with bytes read since it was set, so that a busy target costs
-// one deadline per hold (idleHold) rather than one per read.
+// one deadline per hold (idleHold) rather than one per read. With no
+// hold there is no deadline: the pump reads what is there and parks.
 type pumpIdle struct {
-	set    bool // a deadline is set since the pump (re)started
+	set    bool // the hold is chosen (and its deadline set) since the pump (re)started
+	drain  bool // no hold: read without waiting, park when drained
 	active bool // bytes were read since it was set
 	busy   bool // the last one passed with bytes read: renew it longer
 	hold   idleHold
 }
 
-// pumpAsync runs the pump (see pump) on a goroutine and calls end, once,
+// pumpAsync pumps (see pump) what the target sends and calls end, once,
 // with how the session ends. Where the node has a poller and the link
-// raw socket I/O, the goroutine gives the target's connection to the
-// poller once the target has sent nothing for its hold, and the
-// poller's goroutine takes it up again on input: an idle bridged session
-// keeps no goroutine (nor buffer) for its target. end is called on the
-// pump's goroutine, or by close when the pump is parked. The link must be
-// ready.
+// raw socket I/O, the target's connection starts in the poller, whose
+// goroutine pumps on input and gives the connection back once the
+// target has sent nothing for its hold: an idle bridged session keeps
+// no goroutine (nor buffer) for its target. Elsewhere a goroutine pumps
+// until the session ends. end is called on the pump's goroutine, or by
+// close when the pump is parked. The link must be ready.
 func (l *bridgeLink) pumpAsync(n *node, headroom, chunk int, send func(frame []byte) error, end func(gateway.Disconnect)) {
 	var reg *pollReg
 	if l.fd != nil && l.err == nil {
@@ -674,13 +677,15 @@ func (l *bridgeLink) pumpAsync(n *node, headroom, chunk int, send func(frame []b
 	}
 	l.pumpReg = reg
 	l.mu.Unlock()
-	go func() {
-		if reg == nil {
-			end(l.pump(headroom, chunk, send))
-			return
-		}
-		l.pumpParking(headroom, chunk, send)
-	}()
+	if reg == nil {
+		go func() { end(l.pump(headroom, chunk, send)) }()
+		return
+	}
+	if !l.park() {
+		// Closed meanwhile (close saw no parked pump to end), or the
+		// poller refused the connection.
+		end(gateway.DisconnectGone())
+	}
 }
 
 // pumpParking is the pump of pumpAsync with a poller: it pumps until the
@@ -692,19 +697,30 @@ func (l *bridgeLink) pumpParking(headroom, chunk int, send func(frame []byte) er
 	for {
 		if !idle.set {
 			now := time.Now()
-			_ = l.conn.SetReadDeadline(now.Add(idle.hold.next(now, idle.busy)))
+			hold := idle.hold.next(now, idle.busy)
+			if idle.drain = hold == 0; idle.drain {
+				_ = l.conn.SetReadDeadline(time.Time{}) // a passed one would fail readNow
+			} else {
+				_ = l.conn.SetReadDeadline(now.Add(hold))
+			}
 			idle.set, idle.active, idle.busy = true, false, false
 		}
-		n, err := l.fd.read()
+		var n int
+		var err error
+		if idle.drain {
+			n, err = l.fd.readNow()
+		} else {
+			n, err = l.fd.read()
+		}
 		var frame []byte
 		if n > 0 {
 			frame = (*b.bp)[:headroom+n]
 			b.bulk = n == min(chunk, len(*b.bp)-maxServerHeader)
 			idle.active = true
 		}
-		if err != nil && isTimeout(err) {
+		if err == errWouldBlock || err != nil && isTimeout(err) {
 			b.drop()
-			if idle.active {
+			if !idle.drain && idle.active {
 				idle.set, idle.busy = false, true // busy: renew the deadline
 				continue
 			}

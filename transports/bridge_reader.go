@@ -30,7 +30,8 @@ import (
 // one, renewed only when it passes with bytes read since it was set (so
 // a busy connection sets it once per hold, not once per frame); when it
 // passes with nothing read, Read returns errReadIdle and the connection
-// goes back to the poller, where the heartbeat's liveness
+// goes back to the poller (at once, with no deadline, when the side has
+// no hold: it is read while it has bytes), where the heartbeat's liveness
 // check (wsConn.checkAlive) watches a silent client. Waiting for the rest
 // of a frame, the deadline is the connection's read timeout, for the
 // whole rest of that frame, as wsConn's other readers have it. Once the
@@ -60,7 +61,8 @@ type waitKind uint8
 
 const (
 	waitNone   waitKind = iota // no deadline set by the reader yet
-	waitIdle                   // between frames: bridgeIdleAfter
+	waitIdle                   // between frames: the side's hold
+	waitDrain                  // between frames with no hold: no deadline, no wait
 	waitFrame                  // inside a frame: the read timeout
 	waitLinger                 // closing: the linger deadline
 )
@@ -72,42 +74,42 @@ const (
 // for the tests.
 var bridgeIdleAfter = time.Second
 
-// bridgeHoldMin is the shortest hold, the one a side starts with.
+// bridgeHoldMin is the shortest hold that waits, the first one a side
+// gets once it proves busy.
 const bridgeHoldMin = 5 * time.Millisecond
 
 // idleHold is how long a side of a bridged session is held by the
-// goroutine reading it after its last byte: it starts at bridgeHoldMin
-// and doubles, up to bridgeIdleAfter, each time the side proves busy (its
-// hold passed with bytes read, or it woke again within bridgeIdleAfter of
-// being parked); a side that stayed parked longer starts over. A busy
-// side is held for as long as before, so it costs no more re-arms; a
-// side that said one thing and went quiet is parked within milliseconds.
+// goroutine reading it after its last byte. A side starts with no hold:
+// it is read while it has bytes and parked as soon as it has none. Once
+// it proves busy (it woke again within bridgeIdleAfter of being parked,
+// or a hold passed with bytes read) it is held for bridgeHoldMin, then
+// twice as long each time it proves busy again, up to bridgeIdleAfter; a
+// side that stayed parked longer than that starts over with no hold. A
+// busy side is held as long as before, so it costs no more re-arms; a
+// side that said one thing and went quiet keeps no goroutine at all.
 // Measured with tcp-bridge-idle (1,000 connections making one round trip
 // each at once, then silent): a fixed hold of one second kept a
 // goroutine on both sides of every connection through the burst, 8.8
 // MiB of stacks that the runtime then kept, 17 KiB per connection
-// against 13 with a fixed 5 ms hold and 14.6 with this one. Not safe for
-// concurrent use: only the goroutine that holds the side uses it.
+// against 13 with a fixed 5 ms hold, 14.6 with one starting at 5 ms, and
+// 9.2-10.2 with none at first (and the poller letting the readers it
+// started run before it starts more).
+// Not safe for concurrent use: only the goroutine that holds the side
+// uses it.
 type idleHold struct {
-	d        time.Duration // 0 until first used
+	d        time.Duration // 0: park as soon as the side has nothing to read
 	parkedAt int64         // when the side was last parked (Unix ns), 0 once it woke
 }
 
-// next returns the hold for the deadline being set at now; busy says the
-// previous hold passed with bytes read since it was set.
+// next returns the hold for the deadline being set at now (0: none, read
+// without waiting and park); busy says the previous hold passed with
+// bytes read since it was set.
 func (h *idleHold) next(now time.Time, busy bool) time.Duration {
-	least := min(bridgeHoldMin, bridgeIdleAfter)
 	switch {
-	case h.d == 0:
-		h.d = least
-	case busy:
-		h.d = min(2*h.d, bridgeIdleAfter)
+	case busy || h.parkedAt != 0 && time.Duration(now.UnixNano()-h.parkedAt) < bridgeIdleAfter:
+		h.d = min(max(2*h.d, bridgeHoldMin), bridgeIdleAfter)
 	case h.parkedAt != 0:
-		if time.Duration(now.UnixNano()-h.parkedAt) < bridgeIdleAfter {
-			h.d = min(2*h.d, bridgeIdleAfter)
-		} else {
-			h.d = least
-		}
+		h.d = 0 // parked for long: starts over
 	}
 	h.parkedAt = 0
 	return h.d
@@ -123,6 +125,9 @@ func (h *idleHold) parked(now time.Time) { h.parkedAt = now.UnixNano() }
 const bridgeReadBuffer = 64 << 10
 
 var readPool = sync.Pool{New: func() any { b := make([]byte, bridgeReadBuffer); return &b }}
+
+// errWouldBlock is fdConn.readNow's answer when the socket has nothing.
+var errWouldBlock = errors.New("transports: nothing to read now")
 
 // errReadIdle is what a bridgeReader's Read returns at a frame boundary
 // when nothing came for its hold: the connection goes back to the
@@ -209,11 +214,17 @@ func (b *bridgeReader) Read(p []byte) (int, error) {
 	}
 	b.release()
 	for {
-		if err := b.setDeadline(false); err != nil {
+		wait, err := b.setDeadline(false)
+		if err != nil {
 			return 0, err
 		}
 		b.p = p
-		n, err := b.fd.read()
+		var n int
+		if wait {
+			n, err = b.fd.read()
+		} else {
+			n, err = b.fd.readNow()
+		}
 		b.p = nil
 		if n > 0 {
 			b.active, b.boundary = true, false
@@ -225,10 +236,17 @@ func (b *bridgeReader) Read(p []byte) (int, error) {
 			return b.r, nil
 		}
 		b.release()
+		if err == errWouldBlock {
+			// Drained, with no hold: back to the poller now; the
+			// next wake decides the hold again.
+			b.deadline = waitNone
+			b.hold.parked(time.Now())
+			return 0, errReadIdle
+		}
 		if !isTimeout(err) {
 			return 0, err
 		}
-		if err := b.setDeadline(true); err != nil {
+		if _, err := b.setDeadline(true); err != nil {
 			return 0, err
 		}
 	}
@@ -240,11 +258,13 @@ var errReadTimeout = errors.New("transports: websocket read timed out")
 
 // setDeadline makes the read deadline the one the next wait needs: the
 // idle one between frames, the read timeout inside one, the linger
-// deadline once closing. passed says the last wait ended on the deadline
-// set; then the wait is over (errReadIdle, errReadTimeout) or the
-// deadline is renewed (an idle deadline that passed with frames read
-// since it was set).
-func (b *bridgeReader) setDeadline(passed bool) error {
+// deadline once closing; and says whether the next read may wait at all
+// (not between frames when the side has no hold: then it reads what is
+// there and parks). passed says the last wait ended on the deadline set;
+// then the wait is over (errReadIdle, errReadTimeout) or the deadline is
+// renewed (an idle deadline that passed with frames read since it was
+// set).
+func (b *bridgeReader) setDeadline(passed bool) (wait bool, err error) {
 	want := waitFrame
 	if b.boundary {
 		want = waitIdle
@@ -252,35 +272,43 @@ func (b *bridgeReader) setDeadline(passed bool) error {
 	switch {
 	case b.deadline == waitLinger:
 		if passed {
-			return errReadTimeout
+			return false, errReadTimeout
 		}
-		return nil
+		return true, nil
 	case passed && b.deadline == waitIdle && want == waitIdle && !b.active:
 		// The deadline has passed: when input wakes the connection
 		// again, a new one is needed (a read with a passed deadline
 		// fails before it tries the socket).
 		b.deadline = waitNone
 		b.hold.parked(time.Now())
-		return errReadIdle
+		return false, errReadIdle
 	case passed && b.deadline == waitFrame:
-		return errReadTimeout // the rest of a frame did not come in time
-	case !passed && b.deadline == want && b.lingerUntil.Load() == 0:
-		return nil // the deadline set stands
+		return false, errReadTimeout // the rest of a frame did not come in time
+	case !passed && b.lingerUntil.Load() == 0 && (b.deadline == want || b.deadline == waitDrain && want == waitIdle):
+		return b.deadline != waitDrain, nil // the deadline set stands
 	}
 	now := time.Now()
 	timeout := b.frameTimeout
 	if want == waitIdle {
 		timeout = b.hold.next(now, passed && b.deadline == waitIdle && b.active)
 	}
-	_ = b.conn.SetReadDeadline(now.Add(timeout))
-	b.deadline, b.active = want, false
+	if timeout == 0 {
+		// No hold: no deadline either (a passed one would fail the
+		// read before it tries the socket).
+		_ = b.conn.SetReadDeadline(time.Time{})
+		b.deadline, wait = waitDrain, false
+	} else {
+		_ = b.conn.SetReadDeadline(now.Add(timeout))
+		b.deadline, wait = want, true
+	}
+	b.active = false
 	// Closing: the linger deadline stands (linger stores before it sets,
 	// so that one of the two sets comes last with it).
 	if until := b.lingerUntil.Load(); until != 0 {
 		_ = b.conn.SetReadDeadline(time.Unix(0, until))
-		b.deadline = waitLinger
+		b.deadline, wait = waitLinger, true
 	}
-	return nil
+	return wait, nil
 }
 
 // isTimeout reports whether err is a passed deadline.

@@ -94,9 +94,10 @@ func FuzzWSFramesInPlace(f *testing.F) {
 	})
 }
 
-// TestIdleHold: a side is held briefly until it proves busy (its hold
-// passed with input, or it woke soon after a park), then up to
-// bridgeIdleAfter; a side parked longer than that starts over.
+// TestIdleHold: a side has no hold (it parks as soon as it is drained)
+// until it proves busy (it woke soon after a park, or a hold passed with
+// input); then it is held from bridgeHoldMin up to bridgeIdleAfter; a
+// side parked longer than that starts over.
 func TestIdleHold(t *testing.T) {
 	old := bridgeIdleAfter
 	bridgeIdleAfter = time.Second
@@ -109,19 +110,23 @@ func TestIdleHold(t *testing.T) {
 			t.Fatalf("%s: hold %v, want %v", what, got, want)
 		}
 	}
-	step("first", h.next(now, false), bridgeHoldMin)
+	step("first", h.next(now, false), 0)
+	step("again without a park", h.next(now, false), 0)
+	h.parked(now)
+	step("woken soon after a park", h.next(now.Add(50*time.Millisecond), false), bridgeHoldMin)
 	step("busy", h.next(now, true), 2*bridgeHoldMin)
 	h.parked(now)
-	step("woken soon after a park", h.next(now.Add(50*time.Millisecond), false), 4*bridgeHoldMin)
+	step("woken soon after another park", h.next(now.Add(50*time.Millisecond), false), 4*bridgeHoldMin)
 	step("a deadline set again without a park", h.next(now, false), 4*bridgeHoldMin)
 	for range 20 {
 		h.next(now, true)
 	}
 	step("busy for long", h.next(now, true), bridgeIdleAfter)
 	h.parked(now)
-	step("woken after a long park", h.next(now.Add(2*bridgeIdleAfter), false), bridgeHoldMin)
+	step("woken after a long park", h.next(now.Add(2*bridgeIdleAfter), false), 0)
 
 	bridgeIdleAfter = time.Millisecond // shorter than the least hold
 	var short idleHold
-	step("bounded by bridgeIdleAfter", short.next(now, false), time.Millisecond)
+	short.parked(now)
+	step("bounded by bridgeIdleAfter", short.next(now.Add(time.Microsecond), false), time.Millisecond)
 }

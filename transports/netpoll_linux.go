@@ -3,6 +3,7 @@
 package transports
 
 import (
+	"runtime"
 	"sync"
 	"syscall"
 )
@@ -100,6 +101,12 @@ func (p *poller) loop() {
 			}
 			p.mu.Unlock()
 		}
+		// Let the readers just started run before more are started: a
+		// burst of input on many connections (a thousand bridged
+		// connections answered at once) would otherwise have a
+		// goroutine and a stack for each before the first ran, memory
+		// the runtime keeps long after the burst.
+		runtime.Gosched()
 	}
 }
 

@@ -44,6 +44,7 @@ type fdConn struct {
 	// closure per call would be an allocation per message.
 	rbuf    func() []byte // the buffer for an attempt
 	ridle   func()        // before a wait
+	rnow    bool          // readNow: no wait; EAGAIN is the answer
 	rn      int
 	rerrno  syscall.Errno
 	readFn  func(uintptr) bool
@@ -77,12 +78,25 @@ func (f *fdConn) read() (int, error) {
 		return 0, err // a deadline, or the connection was closed
 	}
 	switch {
+	case f.rerrno == syscall.EAGAIN:
+		return 0, errWouldBlock
 	case f.rerrno != 0:
 		return 0, os.NewSyscallError("read", f.rerrno)
 	case f.rn == 0:
 		return 0, io.EOF
 	}
 	return f.rn, nil
+}
+
+// readNow is read without the wait: errWouldBlock when the socket holds
+// nothing (ridle called first, as before a wait). The connection's read
+// deadline must not have passed (Go's poller fails a read then before it
+// tries the socket): a reader that drains and parks clears it.
+func (f *fdConn) readNow() (int, error) {
+	f.rnow = true
+	n, err := f.read()
+	f.rnow = false
+	return n, err
 }
 
 func (f *fdConn) tryRead(fd uintptr) bool {
@@ -99,6 +113,10 @@ func (f *fdConn) tryRead(fd uintptr) bool {
 			continue
 		case syscall.EAGAIN:
 			f.ridle()
+			if f.rnow {
+				f.rerrno = e
+				return true
+			}
 			return false
 		default:
 			f.rerrno = e
