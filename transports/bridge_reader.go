@@ -179,6 +179,16 @@ func (b *bridgeReader) release() {
 	}
 }
 
+// done gives the buffer back when reading is over, whatever it still
+// holds (the close frame just read, maybe bytes after it): otherwise a
+// connection closed by its client would leave its buffer to the
+// collector, and a thousand closed at once would take a thousand new
+// ones from the pool. Only the reader may call it, after its last read.
+func (b *bridgeReader) done() {
+	b.r, b.w, b.keep = 0, 0, false
+	b.release()
+}
+
 // peek returns the next n bytes when the buffer holds them, consumed,
 // valid until the next call; nil otherwise.
 func (b *bridgeReader) peek(n int) []byte {

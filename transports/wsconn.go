@@ -362,6 +362,9 @@ func (c *wsConn) onInput() {
 				c.idled = false
 				break // a busy connection is idle now: back to the poller
 			}
+			if c.in != nil {
+				c.in.done()
+			}
 			c.finish()
 			return
 		}
