@@ -34,6 +34,39 @@ func TestSessionLayout(t *testing.T) {
 	}
 }
 
+// TestSessionKeepsNoWrittenBody: a session whose queue outgrew its inline
+// slot (pendingOne: the hello and a second packet queued before anything
+// was written) keeps neither body once both are written, and queues in
+// the slot again; an idle session holding its hello for good was 150
+// bytes of every idle WebSocket.
+func TestSessionKeepsNoWrittenBody(t *testing.T) {
+	g := newTestGateway(t, nil)
+	s, err := g.Open(OpenOptions{Transport: "fake"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.push(okBody(7, ""))
+	tr := newFakeTransport(0)
+	if err := s.Attach(tr, false); err != nil {
+		t.Fatal(err)
+	}
+	nextType(t, tr, TypeHello)
+	nextType(t, tr, TypeOK)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pendingOne[0] != nil {
+		t.Fatalf("the session still holds a written %s packet", s.pendingOne[0].typ)
+	}
+	for _, b := range s.pending[:cap(s.pending)] {
+		if b != nil {
+			t.Fatalf("the queue's array still holds a written %s packet", b.typ)
+		}
+	}
+	if cap(s.pending) != 1 {
+		t.Fatalf("the queue went on in an array of %d rather than in the session", cap(s.pending))
+	}
+}
+
 // TestSessionStateTableIsDocumented: the table in sessionState's doc
 // comment is the transitions table, cell for cell, and no transition goes
 // back.

@@ -477,9 +477,20 @@ func (s *Session) takeLocked(batch []Packet) ([]Packet, int) {
 		}
 	}
 	clear(s.pending)
-	if cap(s.pending) > 64 {
+	// A queue that outgrew pendingOne left its first body there (append
+	// copied it away): without this, a session that once had two
+	// packets queued at once (its hello and a subscription's ok) would
+	// keep its hello for good.
+	s.pendingOne[0] = nil
+	switch c := cap(s.pending); {
+	case c > 64:
 		s.pending = s.pendingOne[:0] // a burst's backing array is not kept for good
-	} else {
+	case c == 2:
+		// Outgrown by two packets at once, as at the start (the hello
+		// and an ok): back to the inline slot, which the fan-out
+		// prefetches, rather than an array of its own for good.
+		s.pending = s.pendingOne[:0]
+	default:
 		s.pending = s.pending[:0]
 	}
 	s.pendingBytes = 0
