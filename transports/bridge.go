@@ -67,7 +67,9 @@ import (
 // itself busy, milliseconds for one that went quiet, up to
 // bridgeIdleAfter for a busy one) it goes back to the node's poller
 // (bridgeReader for the browser, pumpAsync for the target), so an idle
-// bridged session holds no goroutine and no buffer.
+// bridged session holds no goroutine and no buffer. A SockJS session in
+// tcp mode reads its target the same way (its browser's side is the
+// SockJS session's).
 
 // BridgeTarget is one TCP server browsers may reach through the bridge.
 type BridgeTarget struct {

@@ -174,6 +174,13 @@ func TestBridgeSockJSXHR(t *testing.T) {
 				t.Fatalf("echo:\n got %q\nwant %q", got, p)
 			}
 		}
+		if hasPoller() {
+			// As the native bridge's: an idle target waits in the node's
+			// poller.
+			waitFor(t, "the target's pump parked", func() bool {
+				return goroutinesIn("transports.(*bridgeLink).pump") == 0 && goroutinesIn("transports.(*bridgeLink).pumpParking") == 0
+			})
+		}
 	})
 
 	t.Run("not a byte string", func(t *testing.T) {

@@ -357,13 +357,14 @@ var errNotByteString = gateway.Disconnect{Code: gateway.DisconnectProtocol.Code,
 
 // startBridge connects a tcp session to the endpoint's target and then
 // copies what the target sends into the session, each read one message (a
-// byte string), until either side ends. SendData waits while the session's
-// queue is full, and the target is not read meanwhile: backpressure.
-// Messages the client sends meanwhile wait for the connection
-// (bridgeLink.write). The session ends with the bridge's reason
-// (c[1000,"target closed the connection"], or c[3502,"target
-// unreachable"], c[4403,"target address not allowed"], c[4003,"the token
-// does not grant this target"]).
+// byte string), until either side ends: the native bridge's pump
+// (bridgeLink.pumpAsync), so an idle session's target waits in the node's
+// poller, with no goroutine. SendData waits while the session's queue is
+// full, and the target is not read meanwhile: backpressure. Messages the
+// client sends meanwhile wait for the connection (bridgeLink.write). The
+// session ends with the bridge's reason (c[1000,"target closed the
+// connection"], or c[3502,"target unreachable"], c[4403,"target address
+// not allowed"], c[4003,"the token does not grant this target"]).
 func (ep *sockjsEndpoint) startBridge(sess *gateway.Session, link *bridgeLink) {
 	n := ep.n
 	n.readers.Add(1)
@@ -375,9 +376,14 @@ func (ep *sockjsEndpoint) startBridge(sess *gateway.Session, link *bridgeLink) {
 		} else {
 			link.connected(conn)
 		}
-		sess.Close(link.pump(0, bridgeChunk, func(p []byte) error {
+		// The pump counts as one of the node's readers until it ends.
+		n.readers.Add(1)
+		link.pumpAsync(n, 0, bridgeChunk, func(p []byte) error {
 			return sess.SendData(context.Background(), appendByteString(make([]byte, 0, len(p)+len(p)/4), p))
-		}))
+		}, func(d gateway.Disconnect) {
+			sess.Close(d)
+			n.readers.Done()
+		})
 	}()
 }
 
