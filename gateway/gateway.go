@@ -285,7 +285,6 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 		reauth:          opts.Reauth,
 		heartbeatEvery:  cmp.Or(opts.Heartbeat, g.cfg.Heartbeat),
 		disconnectDelay: cmp.Or(opts.DisconnectDelay, g.cfg.DisconnectDelay),
-		done:            make(chan struct{}),
 		unmeasured:      g.cfg.QueueBytes, // the first write measures
 		shard:           g.writers.assign(),
 	}

@@ -77,6 +77,7 @@ type Session struct {
 	writing      bool     // a writer (a worker, a goroutine or a heartbeat) has the session
 	resend       bool     // write unacked again first: a new request attached
 	wroteSince   bool     // something was written since the last heartbeat tick
+	released     bool     // end has run: done is closed once made (cold; here it fits the padding)
 	shard        int      // the session's write worker (writers.go); set at Open
 	g            *Gateway // set at Open
 	metrics      *transportMetrics
@@ -107,7 +108,7 @@ type Session struct {
 	transport string // transport family name, for metrics and logs
 	remote    string // for logs
 	opened    time.Time
-	done      chan struct{}
+	done      chan struct{} // made by the first Done: most sessions are never waited for
 	onClose   func()
 	// principal is who the session acts for (nil: anonymous). A refresh
 	// replaces it, with s.mu held; readers load it without.
@@ -243,7 +244,20 @@ func (s *Session) ID() string { return s.id }
 func (s *Session) Retain() bool { return s.retain }
 
 // Done is closed when the session has ended and released everything.
-func (s *Session) Done() <-chan struct{} { return s.done }
+func (s *Session) Done() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done == nil {
+		// Made when first asked for: a channel is 96 bytes, a quarter
+		// of an idle session's own object, and few sessions are ever
+		// waited for (a bridge's failed write, a node's drain).
+		s.done = make(chan struct{})
+		if s.released {
+			close(s.done)
+		}
+	}
+	return s.done
+}
 
 // Principal is who the session acts for; nil for an anonymous session.
 // A refresh frame replaces it with the fresh token's.
@@ -487,7 +501,12 @@ func (s *Session) end(patterns []string) {
 	if s.onClose != nil {
 		s.onClose()
 	}
-	close(s.done)
+	s.mu.Lock()
+	s.released = true
+	if s.done != nil {
+		close(s.done)
+	}
+	s.mu.Unlock()
 }
 
 // logEvent logs a session's open or close at Info level, when that level

@@ -67,6 +67,36 @@ func TestSessionKeepsNoWrittenBody(t *testing.T) {
 	}
 }
 
+// TestSessionDone: Done, made when first asked for, is closed once the
+// session has ended, whether it was asked for before the end or after.
+func TestSessionDone(t *testing.T) {
+	g := newTestGateway(t, nil)
+	before, _ := openSession(t, g, false)
+	after, _ := openSession(t, g, false)
+	waiting := before.Done()
+	select {
+	case <-waiting:
+		t.Fatal("Done is closed while the session is open")
+	default:
+	}
+	before.Close(DisconnectShutdown)
+	after.Close(DisconnectShutdown)
+	<-waiting
+	if before.Done() != waiting {
+		t.Fatal("Done made a second channel")
+	}
+	waitFor(t, "the other session released", func() bool {
+		after.mu.Lock()
+		defer after.mu.Unlock()
+		return after.released
+	})
+	select {
+	case <-after.Done():
+	default:
+		t.Fatal("Done asked for after the end is not closed")
+	}
+}
+
 // TestSessionStateTableIsDocumented: the table in sessionState's doc
 // comment is the transitions table, cell for cell, and no transition goes
 // back.
