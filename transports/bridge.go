@@ -405,7 +405,8 @@ func refusedAddr(a netip.Addr) string {
 // becomes ready later, and messages from the browser wait for it.
 type bridgeLink struct {
 	ready chan struct{} // closed once conn or err is set
-	// dialCtx is for connecting; close cancels it.
+	// dialCtx is for connecting; close cancels it. Both nil for a link
+	// connected from the start.
 	dialCtx    context.Context
 	cancelDial context.CancelFunc
 
@@ -427,10 +428,30 @@ type bridgeLink struct {
 	closed     bool
 }
 
+// newBridgeLink returns a link whose connection is still to be made
+// (connected, failed).
 func newBridgeLink() *bridgeLink {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &bridgeLink{ready: make(chan struct{}), dialCtx: ctx, cancelDial: cancel}
 }
+
+// newConnectedLink returns a link connected from the start (the native
+// WebSocket dials before it upgrades): no dial to wait for or cancel, so
+// no channel and context of its own either, a fifth of what an idle
+// bridged connection keeps besides its sockets.
+func newConnectedLink(conn net.Conn) *bridgeLink {
+	l := &bridgeLink{ready: connectedReady}
+	l.setConn(conn)
+	return l
+}
+
+// connectedReady is the ready channel of every link connected from the
+// start: closed.
+var connectedReady = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // connected makes conn the link's connection. It reports false, having
 // closed conn, when the link was closed meanwhile.
@@ -441,14 +462,20 @@ func (l *bridgeLink) connected(conn net.Conn) bool {
 		_ = conn.Close()
 		return false
 	}
+	l.setConn(conn)
+	close(l.ready)
+	l.cancelDial() // releases the context; the connection is made
+	return true
+}
+
+// setConn makes conn the link's connection, read and written with raw
+// I/O where it can be.
+func (l *bridgeLink) setConn(conn net.Conn) {
 	l.conn = conn
 	if c, ok := conn.(*countedConn); ok {
 		conn = c.Conn
 	}
 	l.fd = newFDConn(conn, l.pumpBuf.take, l.pumpBuf.drop)
-	close(l.ready)
-	l.cancelDial() // releases the context; the connection is made
-	return true
 }
 
 // failed records that connecting failed with err.
@@ -464,7 +491,9 @@ func (l *bridgeLink) failed(err error) {
 // close closes the connection (now or as soon as it is made), which ends
 // the pump and unblocks a write in progress.
 func (l *bridgeLink) close() {
-	l.cancelDial()
+	if l.cancelDial != nil {
+		l.cancelDial()
+	}
 	l.mu.Lock()
 	l.closed = true
 	parked := l.pumpParked

@@ -61,8 +61,7 @@ func (h bridgeHandler) serveTarget(w http.ResponseWriter, r *http.Request, name 
 		writeBridgeRefusal(w, d)
 		return
 	}
-	link := newBridgeLink()
-	link.connected(target)
+	link := newConnectedLink(target)
 	c, proto := h.upgradeWS(w, r, h.heartbeat, lim)
 	if c == nil {
 		link.close()
