@@ -655,7 +655,7 @@ func (l *bridgeLink) pump(headroom, chunk int, send func(frame []byte) error) ga
 	b.headroom, b.chunk = headroom, chunk
 	defer b.drop()
 	for {
-		n, err := l.fd.read()
+		n, err := l.fd.read(true)
 		var frame []byte
 		if n > 0 {
 			frame = (*b.bp)[:headroom+n]
@@ -675,7 +675,6 @@ func (l *bridgeLink) pump(headroom, chunk int, send func(frame []byte) error) ga
 // hold there is no deadline: the pump reads what is there and parks.
 type pumpIdle struct {
 	set    bool // the hold is chosen (and its deadline set) since the pump (re)started
-	drain  bool // no hold: read without waiting, park when drained
 	active bool // bytes were read since it was set
 	busy   bool // the last one passed with bytes read: renew it longer
 	hold   idleHold
@@ -728,21 +727,15 @@ func (l *bridgeLink) pumpParking(headroom, chunk int, send func(frame []byte) er
 	for {
 		if !idle.set {
 			now := time.Now()
-			hold := idle.hold.next(now, idle.busy)
-			if idle.drain = hold == 0; idle.drain {
-				_ = l.conn.SetReadDeadline(time.Time{}) // a passed one would fail readNow
+			if hold := idle.hold.next(now, idle.busy); hold == 0 {
+				_ = l.conn.SetReadDeadline(time.Time{}) // a passed one would fail a read that does not wait
 			} else {
 				_ = l.conn.SetReadDeadline(now.Add(hold))
 			}
 			idle.set, idle.active, idle.busy = true, false, false
 		}
-		var n int
-		var err error
-		if idle.drain {
-			n, err = l.fd.readNow()
-		} else {
-			n, err = l.fd.read()
-		}
+		drain := idle.hold.d == 0 // no hold: read without waiting, park when drained
+		n, err := l.fd.read(!drain)
 		var frame []byte
 		if n > 0 {
 			frame = (*b.bp)[:headroom+n]
@@ -751,7 +744,7 @@ func (l *bridgeLink) pumpParking(headroom, chunk int, send func(frame []byte) er
 		}
 		if err == errWouldBlock || err != nil && isTimeout(err) {
 			b.drop()
-			if !idle.drain && idle.active {
+			if !drain && idle.active {
 				idle.set, idle.busy = false, true // busy: renew the deadline
 				continue
 			}

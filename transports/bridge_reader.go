@@ -126,7 +126,8 @@ const bridgeReadBuffer = 64 << 10
 
 var readPool = sync.Pool{New: func() any { b := make([]byte, bridgeReadBuffer); return &b }}
 
-// errWouldBlock is fdConn.readNow's answer when the socket has nothing.
+// errWouldBlock is fdConn.read's answer, when it may not wait, when the
+// socket has nothing.
 var errWouldBlock = errors.New("transports: nothing to read now")
 
 // errReadIdle is what a bridgeReader's Read returns at a frame boundary
@@ -229,12 +230,7 @@ func (b *bridgeReader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		b.p = p
-		var n int
-		if wait {
-			n, err = b.fd.read()
-		} else {
-			n, err = b.fd.readNow()
-		}
+		n, err := b.fd.read(wait)
 		b.p = nil
 		if n > 0 {
 			b.active, b.boundary = true, false
@@ -247,11 +243,7 @@ func (b *bridgeReader) Read(p []byte) (int, error) {
 		}
 		b.release()
 		if err == errWouldBlock {
-			// Drained, with no hold: back to the poller now; the
-			// next wake decides the hold again.
-			b.deadline = waitNone
-			b.hold.parked(time.Now())
-			return 0, errReadIdle
+			return 0, b.park() // drained, with no hold: back to the poller now
 		}
 		if !isTimeout(err) {
 			return 0, err
@@ -260,6 +252,16 @@ func (b *bridgeReader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+}
+
+// park ends a wait between frames that found nothing (errReadIdle): the
+// connection goes back to the poller, and the next wake chooses the hold
+// and sets the deadline afresh (a read with a passed deadline fails
+// before it tries the socket; a drained side has none set).
+func (b *bridgeReader) park() error {
+	b.deadline = waitNone
+	b.hold.parked(time.Now())
+	return errReadIdle
 }
 
 // errReadTimeout ends reading when the rest of a frame did not come within
@@ -286,12 +288,7 @@ func (b *bridgeReader) setDeadline(passed bool) (wait bool, err error) {
 		}
 		return true, nil
 	case passed && b.deadline == waitIdle && want == waitIdle && !b.active:
-		// The deadline has passed: when input wakes the connection
-		// again, a new one is needed (a read with a passed deadline
-		// fails before it tries the socket).
-		b.deadline = waitNone
-		b.hold.parked(time.Now())
-		return false, errReadIdle
+		return false, b.park()
 	case passed && b.deadline == waitFrame:
 		return false, errReadTimeout // the rest of a frame did not come in time
 	case !passed && b.lingerUntil.Load() == 0 && (b.deadline == want || b.deadline == waitDrain && want == waitIdle):

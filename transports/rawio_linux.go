@@ -44,7 +44,7 @@ type fdConn struct {
 	// closure per call would be an allocation per message.
 	rbuf    func() []byte // the buffer for an attempt
 	ridle   func()        // before a wait
-	rnow    bool          // readNow: no wait; EAGAIN is the answer
+	rnow    bool          // read without a wait: EAGAIN is the answer
 	rn      int
 	rerrno  syscall.Errno
 	readFn  func(uintptr) bool
@@ -69,11 +69,15 @@ func newFDConn(conn net.Conn, buf func() []byte, idle func()) *fdConn {
 	return f
 }
 
-// read reads what the socket holds into the buffer rbuf gives, waiting
-// for input if there is none (calling ridle first); io.EOF when the peer
-// closed its side.
-func (f *fdConn) read() (int, error) {
-	f.rn, f.rerrno = 0, 0
+// read reads what the socket holds into the buffer rbuf gives; io.EOF
+// when the peer closed its side. When the socket holds nothing, it waits
+// for input (calling ridle first), or, without wait, returns
+// errWouldBlock (ridle called as before a wait). Without wait the
+// connection's read deadline must not have passed (Go's poller fails a
+// read then before it tries the socket): a reader that drains and parks
+// clears it.
+func (f *fdConn) read(wait bool) (int, error) {
+	f.rn, f.rerrno, f.rnow = 0, 0, !wait
 	if err := f.rc.Read(f.readFn); err != nil {
 		return 0, err // a deadline, or the connection was closed
 	}
@@ -86,17 +90,6 @@ func (f *fdConn) read() (int, error) {
 		return 0, io.EOF
 	}
 	return f.rn, nil
-}
-
-// readNow is read without the wait: errWouldBlock when the socket holds
-// nothing (ridle called first, as before a wait). The connection's read
-// deadline must not have passed (Go's poller fails a read then before it
-// tries the socket): a reader that drains and parks clears it.
-func (f *fdConn) readNow() (int, error) {
-	f.rnow = true
-	n, err := f.read()
-	f.rnow = false
-	return n, err
 }
 
 func (f *fdConn) tryRead(fd uintptr) bool {

@@ -13,8 +13,7 @@ type fdConn struct{}
 
 func newFDConn(net.Conn, func() []byte, func()) *fdConn { return nil }
 
-func (*fdConn) read() (int, error)        { panic("transports: no raw socket I/O") }
-func (*fdConn) readNow() (int, error)     { panic("transports: no raw socket I/O") }
+func (*fdConn) read(bool) (int, error)    { panic("transports: no raw socket I/O") }
 func (*fdConn) Write([]byte) (int, error) { panic("transports: no raw socket I/O") }
 
 // sendNonblock is raw socket I/O too: elsewhere it takes nothing, and a
