@@ -451,6 +451,14 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 				continue
 			case <-ctx.Done():
 			}
+			// Both may be ready (the deadline passed while waiting for an
+			// earlier session), and select picks either: a session that
+			// ended in time is not counted as cut.
+			select {
+			case <-s.Done():
+				continue
+			default:
+			}
 			cut++
 			s.abort(disconnectGone)
 		}

@@ -1400,6 +1400,26 @@ func TestShutdownWaitsForDetachedPollingSessionAtMostTheDelay(t *testing.T) {
 	})
 }
 
+// TestShutdownCountsOnlyCutSessions: when the deadline passes while
+// Shutdown waits for one session, the sessions that ended in time are not
+// counted as cut with it.
+func TestShutdownCountsOnlyCutSessions(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newTestGateway(t, func(c *Config) { c.DisconnectDelay = time.Minute })
+		g.shutdownErr = true
+		openPolled(t, g) // its client never comes back for the close packet
+		for range 100 {
+			openSession(t, g, false)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		err := g.Shutdown(ctx)
+		if err == nil || !strings.Contains(err.Error(), "timed out: 1 sessions cut") {
+			t.Errorf("Shutdown: %v, want 1 session cut", err)
+		}
+	})
+}
+
 // TestSubscribeCannotReachEarlierDeniedNamespace: namespaces are ordered and
 // the first one matching a channel decides, so a wide subscription covered by
 // a permissive namespace must not reach the channels of an earlier, narrower

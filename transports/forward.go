@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cometgate/cometgate/gateway"
@@ -115,6 +116,13 @@ type forwarder struct {
 	proxy     *httputil.ReverseProxy
 	ctx       context.Context // cancelled by StopForwarding
 	stop      context.CancelFunc
+
+	// mu guards the count of forwards in flight and, once stop was
+	// called, the channel closed when that count reaches zero: it orders
+	// a forward's admission before StopForwarding's wait.
+	mu       sync.Mutex
+	inflight int
+	drained  chan struct{}
 }
 
 // forwardKey is the context key of a forwarded request's forwardTarget.
@@ -260,12 +268,6 @@ func (n *node) forward(w http.ResponseWriter, r *http.Request, sid string) bool 
 	if !ok || owner == "" || owner == f.self {
 		return false
 	}
-	if f.ctx.Err() != nil {
-		// Forwarding stopped (this node shuts down); the session's node
-		// may well live, so this is no "session not found".
-		writeTryAgain(w, shuttingDownTryAgain)
-		return true
-	}
 	return n.forwardTo(w, r, owner, "")
 }
 
@@ -286,6 +288,13 @@ const shuttingDownTryAgain = "this node is shutting down and no longer forwards:
 // gone.
 func (n *node) forwardTo(w http.ResponseWriter, r *http.Request, owner, base string) bool {
 	f := n.fwd
+	if !f.begin() {
+		// Forwarding stopped (this node shuts down); the session's node
+		// may well live, so this is no "session not found".
+		writeTryAgain(w, shuttingDownTryAgain)
+		return true
+	}
+	defer f.end()
 	if base == "" {
 		var ok bool
 		var err error
@@ -314,13 +323,53 @@ func (n *node) forwardTo(w http.ResponseWriter, r *http.Request, owner, base str
 	return !st.gone
 }
 
+// begin admits a forward, unless forwarding stopped; end must follow.
+func (f *forwarder) begin() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ctx.Err() != nil {
+		return false
+	}
+	f.inflight++
+	return true
+}
+
+func (f *forwarder) end() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.inflight--; f.inflight == 0 && f.drained != nil {
+		close(f.drained)
+		f.drained = nil
+	}
+}
+
 // StopForwarding cancels the requests this node is proxying to other
-// nodes (their clients reconnect) and forwards nothing from then on. Call
-// it when shutdown begins (http.Server.RegisterOnShutdown), so that proxied
-// streams do not hold up the drain. It is idempotent and safe to call
+// nodes and forwards nothing from then on, then waits until every
+// cancelled forward has answered its client, or ctx ends. A forward the
+// owner had not answered yet gets 503 with Retry-After (try again: the
+// session lives on its node); one whose response was already under way
+// is cut, as its owner would cut it. The caller closes the connections
+// only after this, so that no forward's client finds its connection
+// closed without an answer. It is idempotent and safe to call
 // concurrently with requests.
-func (s *Server) StopForwarding() {
-	if s.fwd != nil {
-		s.fwd.stop()
+func (s *Server) StopForwarding(ctx context.Context) {
+	f := s.fwd
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	f.stop()
+	if f.inflight == 0 {
+		f.mu.Unlock()
+		return
+	}
+	if f.drained == nil {
+		f.drained = make(chan struct{})
+	}
+	drained := f.drained
+	f.mu.Unlock()
+	select {
+	case <-drained:
+	case <-ctx.Done():
 	}
 }

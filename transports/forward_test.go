@@ -187,7 +187,7 @@ func TestForwardProxiesToOwner(t *testing.T) {
 	// for another node's session is told to try again (503 without a
 	// close code): its session may well live on, and 3000 or 4004 would
 	// end it.
-	n.srv.StopForwarding()
+	n.srv.StopForwarding(context.Background())
 	st, body = do("GET", "/poll/n2.abc", "", nil)
 	e = errorBody{}
 	if err := json.Unmarshal([]byte(body), &e); st != http.StatusServiceUnavailable || err != nil || e.Code != 0 {
@@ -198,6 +198,55 @@ func TestForwardProxiesToOwner(t *testing.T) {
 		t.Errorf("owner got %d requests after StopForwarding", len(got))
 	}
 	mu.Unlock()
+}
+
+// TestStopForwardingAnswersForwardsInFlight: a poll this node forwards and
+// its owner holds is answered when forwarding stops (503, try again,
+// without a close code), and StopForwarding returns only after that answer
+// went out: the node's connections may be closed right after it, and the
+// client still reads a whole answer rather than a cut connection (which
+// a SockJS client takes as the end of a session that lives on).
+func TestStopForwardingAnswersForwardsInFlight(t *testing.T) {
+	held := make(chan struct{})
+	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		held <- struct{}{}
+		<-r.Context().Done() // the owner has nothing to say: a long-poll waiting
+	}))
+	defer owner.Close()
+	n := startNode(t, nil, func(o *Options) {
+		o.Nodes = staticNodes{urls: map[string]string{"n2": owner.URL}}
+	})
+	type answer struct {
+		status int
+		retry  string
+		body   []byte
+		err    error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := n.client.Get(n.url("/poll/n2.abc"))
+		if err != nil {
+			got <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		got <- answer{resp.StatusCode, resp.Header.Get("Retry-After"), b, err}
+	}()
+	<-held
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	n.srv.StopForwarding(ctx)
+	if ctx.Err() != nil {
+		t.Fatal("StopForwarding waited out its context: the forward in flight did not answer")
+	}
+	n.http.CloseClientConnections() // what a shutdown out of time does next
+	a := <-got
+	var e errorBody
+	if a.err != nil || a.status != http.StatusServiceUnavailable || a.retry == "" || json.Unmarshal(a.body, &e) != nil || e.Code != 0 {
+		t.Fatalf("forward in flight when forwarding stopped: %d %q %s %v; want 503 with Retry-After and a JSON error without a close code",
+			a.status, a.retry, a.body, a.err)
+	}
 }
 
 // TestForwardClusterKey: with a cluster key, a forwarded request carries

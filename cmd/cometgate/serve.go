@@ -311,7 +311,6 @@ func (n *nodeParts) listenHTTP(tokens *gateway.TokenVerifier) error {
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	n.httpSrv.RegisterOnShutdown(n.tsrv.StopForwarding)
 	var err error
 	if n.ln, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
 		return fmt.Errorf("http.listen: %w", err)
@@ -416,10 +415,34 @@ func (n *nodeParts) goServe(name string, srv *http.Server, ln net.Listener) {
 // found" for this node's sessions from then on, and stop asking it about
 // SockJS ids); then the HTTP server stops accepting and waits for plain
 // requests (hijacked connections, which http.Server does not track, were
-// the gateway's to close); then the transports' own goroutines end, the
-// admin server closes, and the broker closes last.
+// the gateway's to close), among them the requests this node forwards to
+// other nodes' sessions: a forwarded poll answered by its owner in that
+// time leaves its session untouched; then forwarding stops, and what is
+// still forwarded answers its client (503, try again) before the last
+// connections close; then the transports' own goroutines end, the admin
+// server closes, and the broker closes last.
+//
+// http.shutdown_timeout bounds it all. The last part of it, httpGrace, is
+// kept for the HTTP server: a drain that runs out of time (a polling
+// client that never comes back for its close packet holds its session
+// for the disconnect delay) must still leave the forwards in flight time
+// to answer, because their sessions live on other nodes and a connection
+// closed without an answer ends a SockJS session there.
+// httpGrace is the part of a shutdown timeout kept for the HTTP server:
+// a quarter of it, at most a second (a poll its owner answers at all
+// answers within that while messages flow).
+func httpGrace(timeout time.Duration) time.Duration {
+	return min(timeout/4, time.Second)
+}
+
+// forwardStopWait bounds the wait for cancelled forwards to answer; they
+// answer at once (their proxies return on the cancellation), so it only
+// guards against a handler that does not.
+const forwardStopWait = time.Second
+
 func (n *nodeParts) shutdown() {
-	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.HTTP.ShutdownTimeout)
+	grace := httpGrace(n.cfg.HTTP.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.HTTP.ShutdownTimeout-grace)
 	defer cancel()
 	if n.demo != nil {
 		n.demo.Close()
@@ -437,7 +460,16 @@ func (n *nodeParts) shutdown() {
 	}
 	if n.httpSrv != nil {
 		n.fresh.closeAll()
-		if err := n.httpSrv.Shutdown(sctx); err != nil {
+		hctx, hcancel := context.WithTimeout(context.Background(), grace)
+		err := n.httpSrv.Shutdown(hctx)
+		hcancel()
+		// Forwards still in flight (a poll its owner has not answered, a
+		// SockJS stream) are cancelled, and answer, before any
+		// connection is closed under them.
+		fctx, fcancel := context.WithTimeout(context.Background(), forwardStopWait)
+		n.tsrv.StopForwarding(fctx)
+		fcancel()
+		if err != nil {
 			n.log.Warn("http shutdown", slog.Any("err", err))
 			_ = n.httpSrv.Close()
 		}
