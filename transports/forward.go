@@ -347,8 +347,9 @@ func (f *forwarder) end() {
 // nodes and forwards nothing from then on, then waits until every
 // cancelled forward has answered its client, or ctx ends. A forward the
 // owner had not answered yet gets 503 with Retry-After (try again: the
-// session lives on its node); one whose response was already under way
-// is cut, as its owner would cut it. The caller closes the connections
+// session lives on its node); one whose response is under way (a SockJS
+// stream) is cut, which ends that SockJS session: the bytes its owner
+// already sent cannot be taken back. The caller closes the connections
 // only after this, so that no forward's client finds its connection
 // closed without an answer. It is idempotent and safe to call
 // concurrently with requests.

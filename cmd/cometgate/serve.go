@@ -403,6 +403,18 @@ func (n *nodeParts) goServe(name string, srv *http.Server, ln net.Listener) {
 	})
 }
 
+// httpGrace is the part of a shutdown timeout kept for the HTTP server:
+// a quarter of it, at most a second (while messages flow, the owner of a
+// forwarded poll answers it well within that).
+func httpGrace(timeout time.Duration) time.Duration {
+	return min(timeout/4, time.Second)
+}
+
+// forwardStopWait bounds the wait for cancelled forwards to answer; they
+// answer at once (their proxies return on the cancellation), so it only
+// guards against a handler that does not.
+const forwardStopWait = time.Second
+
 // shutdown takes down whatever build made, in the one order that drains
 // a node: first the demo backend stops publishing (it is a client of the
 // broker, like the applications outside); then the gateway refuses new sessions (and /readyz says so)
@@ -428,18 +440,6 @@ func (n *nodeParts) goServe(name string, srv *http.Server, ln net.Listener) {
 // for the disconnect delay) must still leave the forwards in flight time
 // to answer, because their sessions live on other nodes and a connection
 // closed without an answer ends a SockJS session there.
-// httpGrace is the part of a shutdown timeout kept for the HTTP server:
-// a quarter of it, at most a second (a poll its owner answers at all
-// answers within that while messages flow).
-func httpGrace(timeout time.Duration) time.Duration {
-	return min(timeout/4, time.Second)
-}
-
-// forwardStopWait bounds the wait for cancelled forwards to answer; they
-// answer at once (their proxies return on the cancellation), so it only
-// guards against a handler that does not.
-const forwardStopWait = time.Second
-
 func (n *nodeParts) shutdown() {
 	grace := httpGrace(n.cfg.HTTP.ShutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.HTTP.ShutdownTimeout-grace)
