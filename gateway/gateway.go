@@ -145,9 +145,12 @@ type Gateway struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // writers, heartbeat writes, publishers, replays, closers
 
-	mu        sync.Mutex
-	sessions  map[string]*Session
-	draining  bool
+	mu       sync.Mutex
+	sessions map[string]*Session
+	// draining is set once, under mu (Open checks it under mu, so that no
+	// session registers after Shutdown took the list), and read without
+	// it on every request of a draining node (Draining).
+	draining  atomic.Bool
 	revokeSub brokers.Subscription // StartRevocations; nil before
 
 	brokerUp    atomic.Bool
@@ -221,20 +224,13 @@ func (g *Gateway) BrokerState(st brokers.State) {
 
 // Draining reports whether Shutdown has begun: every session of this node
 // was closed with DisconnectShutdown, or was gone before.
-func (g *Gateway) Draining() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.draining
-}
+func (g *Gateway) Draining() bool { return g.draining.Load() }
 
 // Ready reports whether the node should receive traffic: the broker is up
 // (as last reported to BrokerState, or as the broker said when New ran)
 // and the node is not draining.
 func (g *Gateway) Ready() bool {
-	g.mu.Lock()
-	draining := g.draining
-	g.mu.Unlock()
-	return !draining && g.brokerUp.Load()
+	return !g.draining.Load() && g.brokerUp.Load()
 }
 
 // OpenOptions describe a new session.
@@ -291,7 +287,7 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 	s.pending = s.pendingOne[:0]
 	s.principal.Store(opts.Principal)
 	g.mu.Lock()
-	if g.draining {
+	if g.draining.Load() {
 		g.mu.Unlock()
 		return nil, ErrShuttingDown
 	}
@@ -383,7 +379,7 @@ func (g *Gateway) publish(ctx context.Context, source, channel, id string, data 
 // startTickerLocked starts the heartbeat ticker for interval every, unless
 // one runs already. g.mu must be held. Shutdown stops them all.
 func (g *Gateway) startTickerLocked(every time.Duration) {
-	if g.tickers[every] || g.draining {
+	if g.tickers[every] || g.draining.Load() {
 		return
 	}
 	g.tickers[every] = true
@@ -432,7 +428,7 @@ func (g *Gateway) heartbeats(every time.Duration) {
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.shutdown.Do(func() {
 		g.mu.Lock()
-		g.draining = true
+		g.draining.Store(true)
 		all := make([]*Session, 0, len(g.sessions))
 		for _, s := range g.sessions {
 			all = append(all, s)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cometgate/cometgate/gateway"
@@ -54,7 +55,9 @@ func (n *node) parkLocked(r *http.Request, t *httpDown, bodyRead bool) bool {
 	}
 	var head bytes.Buffer
 	head.WriteString("HTTP/1.1 200 OK\r\n")
-	_ = t.w.Header().Write(&head)
+	// Connection is appendHead's to write, from keepAlive.
+	keepAlive := !r.Close && !strings.EqualFold(t.w.Header().Get("Connection"), "close")
+	_ = t.w.Header().WriteSubset(&head, connectionHeader)
 	// Under dmu, so that a Close either came before (and hold answers)
 	// or finds pk set (and finishParked answers).
 	t.dmu.Lock()
@@ -67,7 +70,7 @@ func (n *node) parkLocked(r *http.Request, t *httpDown, bodyRead bool) bool {
 		t.dmu.Unlock()
 		return false
 	}
-	pk := &parkedConn{conn: conn, p: p, l: l, head: bytes.Clone(head.Bytes()), keepAlive: !r.Close}
+	pk := &parkedConn{conn: conn, p: p, l: l, head: bytes.Clone(head.Bytes()), keepAlive: keepAlive}
 	if brw.Reader.Buffered() > 0 {
 		pk.conn = withBuffered(conn, brw.Reader)
 	} else {
@@ -92,6 +95,9 @@ func (n *node) parkLocked(r *http.Request, t *httpDown, bodyRead bool) bool {
 	}
 	return true
 }
+
+// connectionHeader is the header a parked response's head leaves out.
+var connectionHeader = map[string]bool{"Connection": true}
 
 // parkLater parks a poll that is still waiting after Options.ParkAfter,
 // and reports whether it did; else the request ended meanwhile, or
@@ -176,6 +182,11 @@ func (t *httpDown) writeParkedLocked(b []byte) (int, error) {
 // connection's owner calls it (wmu held, or taken).
 func (t *httpDown) appendParked(out, b []byte, end bool) ([]byte, int, bool) {
 	pk := t.pk
+	if !t.started && pk.keepAlive && t.n.gw.Draining() {
+		// Once the node drains, the connection ends with this response,
+		// as every response's does then (Server.ServeHTTP).
+		pk.keepAlive = false
+	}
 	if !t.fam.streaming {
 		t.started = true
 		return append(pk.appendHead(out, len(b)), b...), len(b), true

@@ -4,6 +4,7 @@ package transports
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -325,4 +326,63 @@ func TestParkedPollReplaced(t *testing.T) {
 	waitParked(t, n, 1)
 	n.publishN(t, "demo.repl", 1, 1)
 	older.expectMsg(1)
+}
+
+// TestDrainClosesConnectionsAfterResponses: once the node drains, each
+// response ends its connection, a parked poll's (answered with its
+// session's close packet) as well as a plain request's, so that no client
+// or balancer holds an idle connection to the node when its HTTP server
+// stops: closing an idle connection races with the next request sent on
+// it, and a request that is not idempotent then fails.
+func TestDrainClosesConnectionsAfterResponses(t *testing.T) {
+	n := startNode(t, func(c *gateway.Config) { c.Heartbeat = time.Minute }, nil)
+	c := newPollClient(t, n, false)
+	subscribed(t, pollAdapter{c}, "demo.drain")
+	p := dialRawPoller(t, c)
+	p.send("")
+	waitParked(t, n, 1)
+
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		shut <- n.gw.Shutdown(ctx)
+	}()
+	resp, pkts := p.receive()
+	if len(pkts) != 1 || pkts[0].T != "close" || pkts[0].Code != gateway.DisconnectShutdown.Code {
+		t.Fatalf("the parked poll was answered with %+v, want the drain's close", pkts)
+	}
+	if !resp.Close {
+		t.Error("the parked poll's answer during the drain does not say the connection closes")
+	}
+	if _, err := p.br.ReadByte(); err != io.EOF {
+		t.Errorf("after the parked poll's answer: %v, want EOF", err)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+
+	// A plain request on a kept-alive connection, after the drain began.
+	conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.WriteString(conn, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !resp.Close {
+		t.Errorf("/readyz while draining: %d, close %v; want 503 and the connection closed after it", resp.StatusCode, resp.Close)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the response: %v, want EOF", err)
+	}
 }

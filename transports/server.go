@@ -178,7 +178,19 @@ func New(opts Options) *Server {
 }
 
 // ServeHTTP makes Server an http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.gw.Draining() && r.Header.Get("Upgrade") == "" {
+		// A draining node ends each connection after its response
+		// (net/http closes it once the response is written), so a
+		// client's or balancer's pool holds none of its connections idle
+		// when the HTTP server stops: closing an idle connection races
+		// with the next request sent on it, which the client cannot
+		// safely send again unless it is idempotent, and which fails.
+		// An upgrade's response is the WebSocket handshake's own.
+		w.Header().Set("Connection", "close")
+	}
+	s.router.ServeHTTP(w, r)
+}
 
 // Reentry returns the listener through which the connections of parked
 // requests (long-polls, XHR and htmlfile streams) go back to the HTTP
