@@ -4,7 +4,6 @@ package transports
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -199,15 +198,24 @@ func TestParkedPollClientGone(t *testing.T) {
 		t.Fatalf("the next poll got %+v", pkts)
 	}
 	// A poll parked at shutdown gets the session's close packet (and
-	// the node's shutdown need not wait for the disconnect delay).
+	// the node's shutdown need not wait for the disconnect delay), and
+	// its connection ends with it, as every connection of a draining
+	// node does (TestDrainClosesConnectionsAfterResponses).
 	p = dialRawPoller(t, c)
 	p.send("")
 	waitParked(t, n, 1)
 	if err := n.gw.Shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if _, pkts := p.receive(); len(pkts) != 1 || pkts[0].T != gateway.TypeClose || pkts[0].Code != gateway.DisconnectShutdown.Code {
+	resp, pkts := p.receive()
+	if len(pkts) != 1 || pkts[0].T != gateway.TypeClose || pkts[0].Code != gateway.DisconnectShutdown.Code {
 		t.Fatalf("the poll parked at shutdown got %+v", pkts)
+	}
+	if !resp.Close {
+		t.Error("the parked poll's answer during the drain does not say the connection closes")
+	}
+	if _, err := p.br.ReadByte(); err != io.EOF {
+		t.Errorf("after the parked poll's answer: %v, want EOF", err)
 	}
 }
 
@@ -329,40 +337,16 @@ func TestParkedPollReplaced(t *testing.T) {
 }
 
 // TestDrainClosesConnectionsAfterResponses: once the node drains, each
-// response ends its connection, a parked poll's (answered with its
-// session's close packet) as well as a plain request's, so that no client
-// or balancer holds an idle connection to the node when its HTTP server
-// stops: closing an idle connection races with the next request sent on
-// it, and a request that is not idempotent then fails.
+// response ends its connection (a parked poll's too: the end of
+// TestParkedPollClientGone), so that no client or balancer holds an idle
+// connection to the node when its HTTP server stops: closing an idle
+// connection races with the next request sent on it, and a request that
+// is not idempotent then fails.
 func TestDrainClosesConnectionsAfterResponses(t *testing.T) {
-	n := startNode(t, func(c *gateway.Config) { c.Heartbeat = time.Minute }, nil)
-	c := newPollClient(t, n, false)
-	subscribed(t, pollAdapter{c}, "demo.drain")
-	p := dialRawPoller(t, c)
-	p.send("")
-	waitParked(t, n, 1)
-
-	shut := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		shut <- n.gw.Shutdown(ctx)
-	}()
-	resp, pkts := p.receive()
-	if len(pkts) != 1 || pkts[0].T != "close" || pkts[0].Code != gateway.DisconnectShutdown.Code {
-		t.Fatalf("the parked poll was answered with %+v, want the drain's close", pkts)
+	n := startNode(t, nil, nil)
+	if err := n.gw.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
 	}
-	if !resp.Close {
-		t.Error("the parked poll's answer during the drain does not say the connection closes")
-	}
-	if _, err := p.br.ReadByte(); err != io.EOF {
-		t.Errorf("after the parked poll's answer: %v, want EOF", err)
-	}
-	if err := <-shut; err != nil {
-		t.Fatalf("Shutdown: %v", err)
-	}
-
-	// A plain request on a kept-alive connection, after the drain began.
 	conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -373,7 +357,7 @@ func TestDrainClosesConnectionsAfterResponses(t *testing.T) {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(conn)
-	resp, err = http.ReadResponse(br, nil)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
