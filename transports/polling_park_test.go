@@ -337,16 +337,32 @@ func TestParkedPollReplaced(t *testing.T) {
 }
 
 // TestDrainClosesConnectionsAfterResponses: once the node drains, each
-// response ends its connection (a parked poll's too: the end of
-// TestParkedPollClientGone), so that no client or balancer holds an idle
+// response ends its connection: a parked poll's (the end of
+// TestParkedPollClientGone), a poll's held on a goroutine since before
+// the drain, a plain request's. So no client or balancer holds an idle
 // connection to the node when its HTTP server stops: closing an idle
 // connection races with the next request sent on it, and a request that
 // is not idempotent then fails.
 func TestDrainClosesConnectionsAfterResponses(t *testing.T) {
-	n := startNode(t, nil, nil)
+	// Polls are held, never parked.
+	n := startNode(t, func(c *gateway.Config) { c.Heartbeat = time.Minute }, func(o *Options) { o.ParkAfter = time.Hour })
+	c := newPollClient(t, n, false)
+	subscribed(t, pollAdapter{c}, "demo.drain")
+	sess := n.gw.Session(c.sid)
+	p := dialRawPoller(t, c)
+	p.send("")
+	waitFor(t, "the poll to be the session's downstream", func() bool { return !sess.Waiting(nil) })
 	if err := n.gw.Shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	resp, pkts := p.receive()
+	if len(pkts) != 1 || pkts[0].T != gateway.TypeClose || !resp.Close {
+		t.Errorf("the poll held since before the drain got %+v, close %v; want the drain's close packet and the connection closed after it", pkts, resp.Close)
+	}
+	if _, err := p.br.ReadByte(); err != io.EOF {
+		t.Errorf("after the held poll's answer: %v, want EOF", err)
+	}
+
 	conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -357,7 +373,7 @@ func TestDrainClosesConnectionsAfterResponses(t *testing.T) {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
+	resp, err = http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

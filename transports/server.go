@@ -179,18 +179,50 @@ func New(opts Options) *Server {
 
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.gw.Draining() && r.Header.Get("Upgrade") == "" {
-		// A draining node ends each connection after its response
-		// (net/http closes it once the response is written), so a
-		// client's or balancer's pool holds none of its connections idle
-		// when the HTTP server stops: closing an idle connection races
-		// with the next request sent on it, which the client cannot
-		// safely send again unless it is idempotent, and which fails.
-		// An upgrade's response is the WebSocket handshake's own.
-		w.Header().Set("Connection", "close")
+	if r.Header.Get("Upgrade") == "" { // an upgrade's response is the handshake's own
+		w = &drainWriter{ResponseWriter: w, gw: s.gw}
 	}
 	s.router.ServeHTTP(w, r)
 }
+
+// drainWriter ends the connection after its response when the node
+// drains by the time the response begins (net/http closes a connection
+// after a response that says Connection: close), so that no client's or
+// balancer's pool holds an idle connection to the node when its HTTP
+// server stops: closing an idle connection races with the next request
+// sent on it, which the client cannot safely send again unless it is
+// idempotent, and which fails. It decides when the response begins, not
+// when the request came: a long-poll that was waiting when the drain
+// began ends its connection too. Handlers reach the connection through
+// http.ResponseController, which unwraps it.
+type drainWriter struct {
+	http.ResponseWriter
+	gw      *gateway.Gateway
+	started bool
+}
+
+func (d *drainWriter) begin() {
+	if !d.started {
+		d.started = true
+		if d.gw.Draining() {
+			d.Header().Set("Connection", "close")
+		}
+	}
+}
+
+func (d *drainWriter) WriteHeader(code int) {
+	d.begin()
+	d.ResponseWriter.WriteHeader(code)
+}
+
+func (d *drainWriter) Write(b []byte) (int, error) {
+	d.begin()
+	return d.ResponseWriter.Write(b)
+}
+
+// Unwrap gives http.ResponseController the connection's own writer (for
+// Flush, Hijack, deadlines).
+func (d *drainWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
 // Reentry returns the listener through which the connections of parked
 // requests (long-polls, XHR and htmlfile streams) go back to the HTTP
