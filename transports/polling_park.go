@@ -184,7 +184,7 @@ func (t *httpDown) appendParked(out, b []byte, end bool) ([]byte, int, bool) {
 	pk := t.pk
 	if !t.started && pk.keepAlive && t.n.gw.Draining() {
 		// Once the node drains, the connection ends with this response,
-		// as every response's does then (Server.ServeHTTP).
+		// as every response's that begins then does (drainWriter).
 		pk.keepAlive = false
 	}
 	if !t.fam.streaming {

@@ -220,6 +220,20 @@ func (d *drainWriter) Write(b []byte) (int, error) {
 	return d.ResponseWriter.Write(b)
 }
 
+// FlushError is Flush for http.ResponseController: a response that begins
+// with a flush begins here.
+func (d *drainWriter) FlushError() error {
+	d.begin()
+	switch f := d.ResponseWriter.(type) {
+	case interface{ FlushError() error }:
+		return f.FlushError()
+	case http.Flusher:
+		f.Flush()
+		return nil
+	}
+	return http.ErrNotSupported
+}
+
 // Unwrap gives http.ResponseController the connection's own writer (for
 // Flush, Hijack, deadlines).
 func (d *drainWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
