@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cometgate/cometgate/gateway"
@@ -55,9 +54,7 @@ func (n *node) parkLocked(r *http.Request, t *httpDown, bodyRead bool) bool {
 	}
 	var head bytes.Buffer
 	head.WriteString("HTTP/1.1 200 OK\r\n")
-	// Connection is appendHead's to write, from keepAlive.
-	keepAlive := !r.Close && !strings.EqualFold(t.w.Header().Get("Connection"), "close")
-	_ = t.w.Header().WriteSubset(&head, connectionHeader)
+	_ = t.w.Header().Write(&head)
 	// Under dmu, so that a Close either came before (and hold answers)
 	// or finds pk set (and finishParked answers).
 	t.dmu.Lock()
@@ -70,7 +67,7 @@ func (n *node) parkLocked(r *http.Request, t *httpDown, bodyRead bool) bool {
 		t.dmu.Unlock()
 		return false
 	}
-	pk := &parkedConn{conn: conn, p: p, l: l, head: bytes.Clone(head.Bytes()), keepAlive: keepAlive}
+	pk := &parkedConn{conn: conn, p: p, l: l, head: bytes.Clone(head.Bytes()), keepAlive: !r.Close}
 	if brw.Reader.Buffered() > 0 {
 		pk.conn = withBuffered(conn, brw.Reader)
 	} else {
@@ -95,9 +92,6 @@ func (n *node) parkLocked(r *http.Request, t *httpDown, bodyRead bool) bool {
 	}
 	return true
 }
-
-// connectionHeader is the header a parked response's head leaves out.
-var connectionHeader = map[string]bool{"Connection": true}
 
 // parkLater parks a poll that is still waiting after Options.ParkAfter,
 // and reports whether it did; else the request ended meanwhile, or
