@@ -288,6 +288,9 @@ type Auth struct {
 	// CallbackCookie lets JSONP and htmlfile authenticate with the token
 	// cookie (see the reference file for why that is off by default).
 	CallbackCookie bool `mapstructure:"callback_cookie"`
+	// RevocationTTL is how long a revocation refuses the credentials its
+	// subject held (gateway.Config.RevocationTTL).
+	RevocationTTL time.Duration `mapstructure:"revocation_ttl"`
 }
 
 // AuthKey is one verification key of auth.keys: an ID and exactly one of

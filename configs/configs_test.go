@@ -43,7 +43,7 @@ func wantDefaults() *Config {
 			MaxSessionsPerIP:  0,
 		},
 		API: API{Keys: []string{}, AllowLoopback: true, MaxBodyBytes: 1 << 20},
-		Auth: Auth{Mode: AuthNone, Leeway: 30 * time.Second, Keys: []AuthKey{},
+		Auth: Auth{Mode: AuthNone, Leeway: 30 * time.Second, RevocationTTL: 24 * time.Hour, Keys: []AuthKey{},
 			JWKS:    AuthJWKS{Refresh: 10 * time.Minute, MinRefetch: 30 * time.Second, MaxAge: 24 * time.Hour, Timeout: 5 * time.Second},
 			Webhook: AuthWebhookConfig{Headers: []string{}, Timeout: 2 * time.Second, CacheTTL: 30 * time.Second}},
 		Broker: Broker{
@@ -815,6 +815,7 @@ func TestValidate(t *testing.T) {
 		{"auth secret unused when none", func(c *Config) { c.Auth.HMACSecret = "short" }, ""},
 		{"auth leeway zero", func(c *Config) { c.Auth.Leeway = 0 }, ""},
 		{"auth leeway negative", func(c *Config) { c.Auth.Leeway = -time.Second }, `auth.leeway: must not be negative, got -1s`},
+		{"auth revocation ttl zero", func(c *Config) { c.Auth.RevocationTTL = 0 }, `auth.revocation_ttl: must be greater than 0, got 0s`},
 		{"auth required without jwt", func(c *Config) { c.Auth.Required = true }, `auth.required: true needs auth.mode jwt or webhook`},
 		{"auth required with jwt", func(c *Config) {
 			c.Auth.Mode, c.Auth.HMACSecret, c.Auth.Required = AuthJWT, strings.Repeat("k", 32), true
@@ -1078,7 +1079,7 @@ channels:
 		t.Fatal(err)
 	}
 	want := Auth{Mode: AuthJWT, HMACSecret: secret, Issuer: "https://app.example.com", Audience: "cometgate",
-		Leeway: 5 * time.Second, Required: true}
+		Leeway: 5 * time.Second, Required: true, RevocationTTL: 24 * time.Hour}
 	want.Keys = []AuthKey{}
 	want.JWKS = wantDefaults().Auth.JWKS
 	want.Webhook = wantDefaults().Auth.Webhook

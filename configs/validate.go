@@ -128,6 +128,7 @@ func (v *validator) auth(au *Auth) {
 		v.authKeys(au)
 		v.jwks(&au.JWKS)
 	}
+	v.positive("auth.revocation_ttl", au.RevocationTTL)
 	if au.Leeway < 0 {
 		v.failf("auth.leeway", "must not be negative, got %s", au.Leeway)
 	}

@@ -43,6 +43,10 @@ type Principal struct {
 	// token, so that a client reconnecting with the same token is not
 	// let in and closed again at once); the zero time when it has none.
 	Expires time.Time
+	// IssuedAt is when the credential was issued: the token's "iat", the
+	// time of an auth webhook's answer; the zero time when unknown. A
+	// revocation refuses credentials issued at or before it (revoke.go).
+	IssuedAt time.Time
 }
 
 // covers reports whether one of grants covers pattern.
@@ -223,6 +227,9 @@ func principalOf(c *tokenClaims, leeway time.Duration, what string) (*Principal,
 	if c.ExpiresAt != nil {
 		p.Expires = c.ExpiresAt.Add(leeway)
 	}
+	if c.IssuedAt != nil {
+		p.IssuedAt = c.IssuedAt.Time
+	}
 	if c.Grants != nil {
 		for _, list := range [][]string{c.Grants.Subscribe, c.Grants.Publish} {
 			for _, g := range list {
@@ -239,7 +246,9 @@ func principalOf(c *tokenClaims, leeway time.Duration, what string) (*Principal,
 // ParseGrants reads a principal from JSON of the shape of a token's
 // claims, {"sub":…,"exp":…,"cometgate":{…}} (what an auth webhook
 // answers), with the checks Verify makes of a token's claims: a subject,
-// valid patterns, an "exp" not past (when there is one).
+// valid patterns, an "exp" not past (when there is one). The principal
+// is issued now, whatever "iat" says: the application vouched for it in
+// this answer, so a revocation refuses it only once made after.
 func ParseGrants(data []byte) (*Principal, error) {
 	var c tokenClaims
 	if err := json.Unmarshal(data, &c); err != nil {
@@ -249,7 +258,8 @@ func ParseGrants(data []byte) (*Principal, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !p.Expires.IsZero() && !time.Now().Before(p.Expires) {
+	p.IssuedAt = time.Now()
+	if !p.Expires.IsZero() && !p.IssuedAt.Before(p.Expires) {
 		return nil, errors.New(`the answer's "exp" is past`)
 	}
 	return p, nil

@@ -65,6 +65,11 @@ type Config struct {
 	// required of those it receives (see RevokeChannel). At least 32
 	// bytes; every node the same.
 	ClusterKey []byte
+	// RevocationTTL is how long a revocation this node sends refuses the
+	// credentials its subject held (see RevokeChannel): at least the
+	// longest lifetime of the application's tokens. 0 means
+	// DefaultRevocationTTL.
+	RevocationTTL time.Duration
 	// Writers is the number of write workers that fan messages out and
 	// write sessions (writers.go); 0 means GOMAXPROCS.
 	Writers int
@@ -105,6 +110,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DedupeMax == 0 {
 		c.DedupeMax = 10000
+	}
+	if c.RevocationTTL == 0 {
+		c.RevocationTTL = DefaultRevocationTTL
 	}
 	if c.FrameRate == (Rate{}) {
 		c.FrameRate = DefaultFrameRate
@@ -153,6 +161,12 @@ type Gateway struct {
 	draining  atomic.Bool
 	revokeSub brokers.Subscription // StartRevocations; nil before
 
+	// The revocations held, by subject (revoke.go); revokedHeld is their
+	// number, read without revMu by every admission.
+	revMu       sync.RWMutex
+	revoked     map[string]revocation
+	revokedHeld atomic.Int64
+
 	brokerUp    atomic.Bool
 	everDown    atomic.Bool            // the connection was up once and then lost
 	tickers     map[time.Duration]bool // heartbeat intervals with a ticker running; guarded by mu
@@ -184,6 +198,7 @@ func New(cfg Config, b brokers.Broker) (*Gateway, error) {
 		ctx:       ctx,
 		cancel:    cancel,
 		sessions:  make(map[string]*Session),
+		revoked:   make(map[string]revocation),
 		tickers:   make(map[time.Duration]bool),
 		tickerEnd: make(chan struct{}),
 	}
@@ -267,7 +282,8 @@ type OpenOptions struct {
 
 // Open creates a session and queues its hello packet. Nothing is written
 // until a downstream is attached (Session.Attach). Open fails with
-// ErrShuttingDown once Shutdown has begun.
+// ErrShuttingDown once Shutdown has begun, and with a *RevokedError for a
+// principal a revocation refuses.
 func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 	s := &Session{
 		g:               g,
@@ -290,6 +306,12 @@ func (g *Gateway) Open(opts OpenOptions) (*Session, error) {
 	if g.draining.Load() {
 		g.mu.Unlock()
 		return nil, ErrShuttingDown
+	}
+	// Under mu, so that a revocation made meanwhile either refuses the
+	// session here or finds it registered (revoke.go).
+	if d, revoked := g.Revoked(opts.Principal); revoked {
+		g.mu.Unlock()
+		return nil, &RevokedError{Disconnect: d}
 	}
 	g.sessions[s.id] = s
 	g.startTickerLocked(s.heartbeatEvery)

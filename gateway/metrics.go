@@ -144,12 +144,13 @@ const (
 	RefusedPublishRate                        // publish_rate: a session published too fast (closed with 4029)
 	RefusedForwardSignature                   // forward_signature: a forwarded request without the cluster's signature
 	RefusedAPIKey                             // api_key: a publish API request without a valid key where one is needed
+	RefusedRevoked                            // revoked: a credential a revocation refuses
 	numRefusals
 )
 
 var refusalNames = [numRefusals]string{
 	"origin", "host", "token", "cookie_without_origin", "principal", "ip_limit", "ip_rate",
-	"node_rate", "global_limit", "shutdown", "frame_rate", "publish_rate", "forward_signature", "api_key",
+	"node_rate", "global_limit", "shutdown", "frame_rate", "publish_rate", "forward_signature", "api_key", "revoked",
 }
 
 func (r Refusal) String() string { return refusalNames[r] }

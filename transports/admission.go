@@ -1,6 +1,7 @@
 package transports
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -92,7 +93,7 @@ func newGate(opts Options) *gate {
 		hosts:          newHostPolicy(opts.AllowedHosts),
 		proxies:        opts.TrustedProxies,
 		tokens:         opts.Tokens,
-		webhook:        optWebhook(opts.Webhook),
+		webhook:        optWebhook(opts.Webhook, opts.Gateway),
 		requireToken:   opts.RequireToken,
 		callbackCookie: opts.CallbackCookie,
 		limits:         newAdmissionLimits(opts),
@@ -132,6 +133,10 @@ func (g *gate) open(r *http.Request, spec sessionSpec) (*gateway.Session, *refus
 	})
 	if err != nil {
 		g.limits.release(ip)
+		if rev, ok := errors.AsType[*gateway.RevokedError](err); ok {
+			g.metrics.Refused(gateway.RefusedRevoked)
+			return nil, refuse(http.StatusUnauthorized, rev.Disconnect)
+		}
 		g.metrics.Refused(gateway.RefusedShutdown)
 		return nil, refusedShutdown
 	}
@@ -190,6 +195,9 @@ func (g *gate) reauth(owner *gateway.Principal) func(string) (*gateway.Principal
 		if p.Subject != owner.Subject {
 			return nil, gateway.ErrOtherPrincipal
 		}
+		if ref := g.revoked(p); ref != nil {
+			return nil, errors.New(ref.msg)
+		}
 		return p, nil
 	}
 }
@@ -237,13 +245,27 @@ func requestToken(r *http.Request, noCookie bool) string {
 var refusedCallbackCookie = &refusal{status: http.StatusForbidden, code: gateway.DisconnectForbidden.Code,
 	msg: "JSONP and htmlfile take a token only from ?token=, not from the " + tokenCookie + " cookie: a script or iframe load cannot show which site made it"}
 
-// authenticate returns the principal of the request's token: nil for a
+// authenticate returns the principal of the request's credential (its
+// token, or the auth webhook's answer), refused (401, 4010) when a
+// revocation refuses that credential.
+func (g *gate) authenticate(r *http.Request, callback bool) (*gateway.Principal, *refusal) {
+	p, ref := g.credential(r, callback)
+	if ref == nil {
+		ref = g.revoked(p)
+	}
+	if ref != nil {
+		return nil, ref
+	}
+	return p, nil
+}
+
+// credential returns the principal of the request's token: nil for a
 // request without one (allowed unless requireToken), a refusal (401,
 // 4401) for a token that does not verify. The reason names what is wrong
 // with the token, never the token. A callback transport's request does
 // not take the cookie unless the node allows it (Options.CallbackCookie),
 // and is refused when it carries one and no token of its own.
-func (g *gate) authenticate(r *http.Request, callback bool) (*gateway.Principal, *refusal) {
+func (g *gate) credential(r *http.Request, callback bool) (*gateway.Principal, *refusal) {
 	if g.webhook != nil {
 		p, ref := g.askWebhook(r, callback)
 		if ref != nil {
@@ -277,11 +299,25 @@ func (g *gate) authenticate(r *http.Request, callback bool) (*gateway.Principal,
 	return p, nil
 }
 
-func optWebhook(o *WebhookOptions) *webhook {
+// revoked refuses p (401, 4010, no reconnect) when a revocation refuses
+// its credential (gateway.Gateway.Revoked); nil otherwise.
+func (g *gate) revoked(p *gateway.Principal) *refusal {
+	d, revoked := g.gw.Revoked(p)
+	if !revoked {
+		return nil
+	}
+	g.metrics.Refused(gateway.RefusedRevoked)
+	return refuse(http.StatusUnauthorized, d)
+}
+
+func optWebhook(o *WebhookOptions, gw *gateway.Gateway) *webhook {
 	if o == nil {
 		return nil
 	}
-	return newWebhook(*o)
+	return newWebhook(*o, func(p *gateway.Principal) bool {
+		_, revoked := gw.Revoked(p)
+		return revoked
+	})
 }
 
 // refusedCallbackWebhook refuses a callback transport's request where a
@@ -290,7 +326,7 @@ func optWebhook(o *WebhookOptions) *webhook {
 var refusedCallbackWebhook = &refusal{status: http.StatusForbidden, code: gateway.DisconnectForbidden.Code,
 	msg: "JSONP and htmlfile do not authenticate through the auth webhook: a script or iframe load cannot show which site made it"}
 
-// askWebhook is authenticate with the auth webhook: the application's
+// askWebhook is credential with the auth webhook: the application's
 // principal for r, nil (anonymous) when the application does not know
 // the browser and none is required, a refusal (401, 4401) with the reason
 // when it is required or the webhook failed (fail closed).

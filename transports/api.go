@@ -146,6 +146,7 @@ type revokeRequest struct {
 
 // revokeHandler serves POST /api/revoke, authorised like the publish
 // API: {"sub":"alice","reason":"…"} ends alice's sessions on every node
+// and has the nodes refuse the credentials she holds
 // (gateway.Gateway.Revoke). It answers 200 once the broker confirmed.
 type revokeHandler struct{ *node }
 
@@ -163,7 +164,7 @@ func (h revokeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := h.gw.Revoke(r.Context(), req.Sub, req.Reason); err != nil {
 		status := http.StatusServiceUnavailable
-		if errors.Is(err, gateway.ErrNoSubject) || errors.Is(err, gateway.ErrBadReason) {
+		if errors.Is(err, gateway.ErrNoSubject) || errors.Is(err, gateway.ErrBadSubject) || errors.Is(err, gateway.ErrBadReason) {
 			status = http.StatusBadRequest
 		}
 		writeError(w, status, "revoke failed: "+err.Error())

@@ -1,6 +1,7 @@
 package transports
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -42,6 +43,19 @@ func token(t *testing.T, sub string, grants ...string) string {
 	return tok
 }
 
+// dialWSToken opens a WebSocket session with tok in the query and reads
+// its hello.
+func dialWSToken(t *testing.T, n *testNode, tok string) *wsClient {
+	t.Helper()
+	conn, br, resp := wsUpgrade(t, n, "/ws?token="+url.QueryEscape(tok), nil, nil)
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade with a token: %d", resp.StatusCode)
+	}
+	c := &wsClient{t: t, n: n, conn: conn, br: br}
+	c.next() // hello
+	return c
+}
+
 // TestAuthWebSocket: a token in the query grants its channels; without
 // one a Token namespace is closed; a bad token is refused before the
 // upgrade.
@@ -50,12 +64,7 @@ func TestAuthWebSocket(t *testing.T) {
 	n := startAuthNode(t, false)
 	alice := token(t, "alice", "secret.a")
 
-	conn, br, resp := wsUpgrade(t, n, "/ws?token="+url.QueryEscape(alice), nil, nil)
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade with a token: %d", resp.StatusCode)
-	}
-	c := &wsClient{t: t, n: n, conn: conn, br: br}
-	c.next() // hello
+	c := dialWSToken(t, n, alice)
 	c.send(textFrame(`{"op":"sub","id":1,"ch":"secret.a"}`), textFrame(`{"op":"sub","id":2,"ch":"secret.b"}`))
 	if p := c.answer(1); p.T != gateway.TypeOK {
 		t.Errorf("a granted channel: %+v", p)
@@ -74,7 +83,7 @@ func TestAuthWebSocket(t *testing.T) {
 	}
 
 	bad := alice[:len(alice)-2] + "xx" // the signature no longer matches
-	_, _, resp = wsUpgrade(t, n, "/ws?token="+url.QueryEscape(bad), nil, nil)
+	_, _, resp := wsUpgrade(t, n, "/ws?token="+url.QueryEscape(bad), nil, nil)
 	var e errorBody
 	_ = json.NewDecoder(resp.Body).Decode(&e)
 	if resp.StatusCode != http.StatusUnauthorized || e.Code != 4401 || !strings.HasPrefix(e.Error, "invalid token") || strings.Contains(e.Error, bad) {
@@ -269,5 +278,54 @@ func TestAuthBridgeGrant(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(frames.String(), `c[4003,"the token does not grant this target"]`) {
 		t.Errorf("anonymous SockJS session on a guarded target: %q", frames.String())
+	}
+}
+
+// TestAuthAfterRevocation: a revocation ends alice's session, and her
+// token from before it is then refused in every way a transport answers
+// (401 with code 4010 before an upgrade, a close packet in a callback, an
+// err packet for a refresh frame); a token issued after it is admitted.
+func TestAuthAfterRevocation(t *testing.T) {
+	noLeaks(t)
+	n := startAuthNode(t, false)
+	if err := n.gw.StartRevocations(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	old := token(t, "alice", "secret.a")
+	c := dialWSToken(t, n, old)
+	if err := n.gw.Revoke(context.Background(), "alice", "banned"); err != nil {
+		t.Fatal(err)
+	}
+	revokedBy := time.Now()
+	const reason = "access revoked: banned"
+	if p := c.next(); p.T != gateway.TypeClose || p.Code != 4010 || p.Reason != reason || p.Reconnect {
+		t.Errorf("alice's session: %+v, want a close with 4010", p)
+	}
+
+	_, _, resp := wsUpgrade(t, n, "/ws?token="+url.QueryEscape(old), nil, nil)
+	var e errorBody
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	if resp.StatusCode != http.StatusUnauthorized || e.Code != 4010 || e.Error != reason {
+		t.Errorf("the token from before the revocation: %d %+v", resp.StatusCode, e)
+	}
+	status, body := httpGet(t, n.client, n.url("/jsonp?cb=cb&token="+url.QueryEscape(old)))
+	if status != http.StatusOK || !strings.Contains(string(body), `"code":4010`) || !strings.Contains(string(body), reason) {
+		t.Errorf("JSONP with the token from before the revocation: %d %s", status, body)
+	}
+
+	// "iat" counts whole seconds: a token of the next second on is
+	// issued after the revocation.
+	time.Sleep(time.Until(revokedBy.Truncate(time.Second).Add(time.Second)))
+	c = dialWSToken(t, n, token(t, "alice", "secret.a"))
+	c.send(textFrame(`{"op":"refresh","id":1,"token":"` + old + `"}`))
+	if p := c.answer(1); p.T != gateway.TypeErr || p.Code != 401 || !strings.Contains(p.Error, reason) {
+		t.Errorf("a refresh with the token from before the revocation: %+v", p)
+	}
+	c.send(textFrame(`{"op":"refresh","id":2,"token":"`+token(t, "alice", "secret.a")+`"}`), textFrame(`{"op":"sub","id":3,"ch":"secret.a"}`))
+	if p := c.answer(2); p.T != gateway.TypeOK {
+		t.Errorf("a refresh with a token issued after the revocation: %+v", p)
+	}
+	if p := c.answer(3); p.T != gateway.TypeOK {
+		t.Errorf("subscribing after the refresh: %+v", p)
 	}
 }

@@ -60,12 +60,17 @@ type webhookAnswer struct {
 // webhook is the auth webhook of a gate. It is safe for concurrent use.
 type webhook struct {
 	opts WebhookOptions
+	// revoked reports whether a revocation refuses a principal: a cached
+	// answer it refuses is asked again (the application may vouch for
+	// the browser anew, and the new answer is issued after the
+	// revocation). nil: none is.
+	revoked func(*gateway.Principal) bool
 
 	mu    sync.Mutex
 	cache map[[32]byte]webhookAnswer
 }
 
-func newWebhook(o WebhookOptions) *webhook {
+func newWebhook(o WebhookOptions, revoked func(*gateway.Principal) bool) *webhook {
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
 	}
@@ -75,7 +80,7 @@ func newWebhook(o WebhookOptions) *webhook {
 	if o.Client == nil {
 		o.Client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
-	return &webhook{opts: o, cache: make(map[[32]byte]webhookAnswer)}
+	return &webhook{opts: o, revoked: revoked, cache: make(map[[32]byte]webhookAnswer)}
 }
 
 // forwarded is what the call carries of r: its cookies and the headers
@@ -115,7 +120,7 @@ func (w *webhook) principal(ctx context.Context, r *http.Request) (p *gateway.Pr
 	w.mu.Lock()
 	a, ok := w.cache[key]
 	w.mu.Unlock()
-	if ok && now.Before(a.expires) && (a.p == nil || a.p.Expires.IsZero() || now.Before(a.p.Expires)) {
+	if ok && now.Before(a.expires) && (a.p == nil || ((a.p.Expires.IsZero() || now.Before(a.p.Expires)) && !w.refused(a.p))) {
 		return a.p, a.reason, a.denied
 	}
 	p, reason, denied, keep := w.call(ctx, h)
@@ -124,6 +129,9 @@ func (w *webhook) principal(ctx context.Context, r *http.Request) (p *gateway.Pr
 	}
 	return p, reason, denied
 }
+
+// refused reports whether a revocation refuses p.
+func (w *webhook) refused(p *gateway.Principal) bool { return w.revoked != nil && w.revoked(p) }
 
 func (w *webhook) store(key [32]byte, a webhookAnswer, now time.Time) {
 	w.mu.Lock()

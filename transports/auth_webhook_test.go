@@ -1,6 +1,7 @@
 package transports
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -162,4 +163,50 @@ func TestAuthWebhook(t *testing.T) {
 		t.Errorf("JSONP with the cookie: %s (webhook calls %d → %d)", jbody, calls, app.calls.Load())
 	}
 	waitFor(t, "the poll sessions to expire", func() bool { return n.gw.SessionCount() == 0 && req.gw.SessionCount() == 0 })
+}
+
+// TestAuthWebhookAfterRevocation: a revocation makes the node ask the
+// application again instead of using the answer it cached before; the
+// application decides anew (a fresh answer is issued after the
+// revocation, so it admits).
+func TestAuthWebhookAfterRevocation(t *testing.T) {
+	noLeaks(t)
+	app := newAppServer(t)
+	n := startWebhookNode(t, app, true, time.Hour)
+	if err := n.gw.StartRevocations(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if status, body := pollAs(t, n, "s-alice"); status != http.StatusOK {
+		t.Fatalf("alice's cookie: %d %s", status, body)
+	}
+	if err := n.gw.Revoke(context.Background(), "alice", "logged out everywhere"); err != nil {
+		t.Fatal(err)
+	}
+	cached := &gateway.Principal{Subject: "alice", IssuedAt: time.Now().Add(-time.Millisecond)}
+	waitFor(t, "the revocation to be held", func() bool { _, revoked := n.gw.Revoked(cached); return revoked })
+	// The application still knows her: asked again, it admits.
+	if status, body := pollAs(t, n, "s-alice"); status != http.StatusOK || strings.Contains(string(body), `"t":"err"`) {
+		t.Errorf("alice's cookie after the revocation: %d %s", status, body)
+	}
+	if c := app.calls.Load(); c != 2 {
+		t.Errorf("%d webhook calls, want 2: the answer cached before the revocation must not be used", c)
+	}
+	// The fresh answer is cached in turn.
+	pollAs(t, n, "s-alice")
+	if c := app.calls.Load(); c != 2 {
+		t.Errorf("%d webhook calls after a third request, want 2", c)
+	}
+	// The application no longer knows her, and she is revoked again:
+	// refused (a principal is required).
+	app.setReply(func(w http.ResponseWriter, _ string) { w.WriteHeader(http.StatusUnauthorized) })
+	if err := n.gw.Revoke(context.Background(), "alice", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the second revocation to be held", func() bool {
+		_, revoked := n.gw.Revoked(&gateway.Principal{Subject: "alice", IssuedAt: time.Now().Add(-time.Millisecond)})
+		return revoked
+	})
+	status, body := pollAs(t, n, "s-alice")
+	expectJSONError(t, status, body, http.StatusUnauthorized, 4401)
+	waitFor(t, "the poll sessions to expire", func() bool { return n.gw.SessionCount() == 0 })
 }

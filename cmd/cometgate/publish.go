@@ -46,8 +46,9 @@ func publish(ctx context.Context, args, environ []string, stdout, stderr io.Writ
 	return nil
 }
 
-// revoke ends a principal's sessions on every node through a running
-// node's API (POST /api/revoke).
+// revoke ends a principal's sessions on every node, and has the nodes
+// refuse the tokens it holds, through a running node's API (POST
+// /api/revoke).
 func revoke(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("revoke", "cometgate revoke [--url URL] [--key KEY] [--reason TEXT] SUBJECT")
 	url := fs.String("url", "", "base URL of a running node (default: from http.listen of the configuration)")

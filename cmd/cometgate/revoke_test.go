@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -73,9 +74,51 @@ func TestRevokeAcrossNodes(t *testing.T) {
 	if !strings.Contains(out.String(), "revoked alice") {
 		t.Errorf("output %q", out.String())
 	}
+	revokedBy := time.Now() // the revocation was made before this
+
+	// Alice's token is refused from now on, on both nodes, and on a node
+	// that starts later (it asks the others for what they hold).
+	openPoll := func(n *node, tok string) (int, errorReply) {
+		return request(t, http.MethodPost, n.url("/poll"), http.Header{"Authorization": {"Bearer " + tok}}, "")
+	}
+	refusedAlice := func(n *node) bool {
+		status, e := openPoll(n, alice)
+		return status == http.StatusUnauthorized && e.Code == 4010 && e.Error == "access revoked: password changed"
+	}
+	for _, n := range []*node{a, b} {
+		if status, e := openPoll(n, alice); status != http.StatusUnauthorized || e.Code != 4010 || e.Error != "access revoked: password changed" {
+			t.Errorf("alice's token after the revocation: %d %+v", status, e)
+		}
+	}
+	c := startNodeArgs(t, []string{"--config", cfg}, append([]string{"COMETGATE_NODE_ID=nodec"}, env...)...)
+	waitUntil(t, "the later node to refuse alice's token", func() bool { return refusedAlice(c) })
+	// A token issued after the revocation ("iat" counts whole seconds)
+	// is admitted; so is bob's.
+	time.Sleep(time.Until(revokedBy.Truncate(time.Second).Add(time.Second)))
+	again := makeToken(t, cfg, "--sub", "alice", "--subscribe", "secret.>")
+	for _, n := range []*node{a, b, c} {
+		for _, tok := range []string{again, bob} {
+			if status, e := openPoll(n, tok); status != http.StatusOK {
+				t.Errorf("%s: a token issued after the revocation, or another subject's: %d %+v", n.addr, status, e)
+			}
+		}
+	}
+
 	// The API refuses what it cannot send.
 	status, e := request(t, http.MethodPost, a.url("/api/revoke"), http.Header{"Content-Type": {"application/json"}}, `{"reason":"x"}`)
 	if status != http.StatusBadRequest || !strings.Contains(e.Error, `{"sub":"alice"`) {
 		t.Errorf("revoke without sub: %d %+v", status, e)
+	}
+}
+
+// waitUntil polls cond until it holds, or fails the test after 20 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -215,6 +215,7 @@ func (n *nodeParts) newGateway(rules gateway.Rules) error {
 		PublishRate:      rate(cfg.Limits.PublishesPerSecond, cfg.Limits.PublishBurst),
 		Rules:            rules,
 		ClusterKey:       clusterKey(cfg),
+		RevocationTTL:    cfg.Auth.RevocationTTL,
 		Logger:           n.log,
 		Metrics:          metrics,
 	}, n.broker)
