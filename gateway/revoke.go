@@ -159,7 +159,7 @@ func (g *Gateway) revokeMessage(m brokers.Message) {
 	case msg.Held != nil:
 		learnt, ended := 0, 0
 		for _, r := range msg.Held {
-			if !validRevocation(r) || r.At == 0 || r.Until == 0 {
+			if !validRevocation(r, now) || r.At == 0 || r.Until == 0 {
 				continue
 			}
 			if g.hold(r, now) {
@@ -172,7 +172,7 @@ func (g *Gateway) revokeMessage(m brokers.Message) {
 		}
 	default:
 		r := msg.revocation
-		if !validRevocation(r) {
+		if !validRevocation(r, now) {
 			g.log.Warn("ignoring a malformed message on " + RevokeChannel)
 			return
 		}
@@ -193,15 +193,21 @@ func (g *Gateway) revokeMessage(m brokers.Message) {
 // ceilMicro is t in Unix microseconds, rounded up.
 func ceilMicro(t time.Time) int64 { return (t.UnixNano() + 999) / 1000 }
 
-func validRevocation(r revocation) bool {
-	return r.Sub != "" && len(r.Sub) <= maxRevokeSubject && len(r.Reason) <= maxRevokeReason && r.Until >= r.At
+// validRevocation checks a revocation received at now: its bounds, and a
+// time no later than now allows (a revocation dated ahead would refuse
+// the credentials issued after it too).
+func validRevocation(r revocation, now time.Time) bool {
+	return r.Sub != "" && len(r.Sub) <= maxRevokeSubject && len(r.Reason) <= maxRevokeReason &&
+		r.Until >= r.At && r.At <= now.Add(MaxClockSkew).UnixMicro()
 }
 
 // hold records r, unless its hold is over or the node holds a later
 // revocation of the same subject; it reports whether r changed what the
-// node refuses.
+// node refuses. A node holds a revocation for its own RevocationTTL at
+// most, whatever the message says.
 func (g *Gateway) hold(r revocation, now time.Time) bool {
 	nowUs := now.UnixMicro()
+	r.Until = min(r.Until, time.UnixMicro(r.At).Add(g.cfg.RevocationTTL).UnixMicro())
 	if r.Until <= nowUs {
 		return false
 	}

@@ -166,6 +166,11 @@ func TestRevocationHold(t *testing.T) {
 	if g.hold(r, now) {
 		t.Error("the same revocation twice changed what is held")
 	}
+	// A hold is at most the node's own RevocationTTL (24 h here).
+	long := revocation{Sub: "carol", At: at.UnixMicro(), Until: at.Add(1000 * time.Hour).UnixMicro()}
+	if !g.hold(long, now) || g.revoked["carol"].Until != at.Add(DefaultRevocationTTL).UnixMicro() {
+		t.Errorf("held %+v for a revocation asking 1000 h", g.revoked["carol"])
+	}
 	// An earlier one that ends later extends the hold, keeping the later
 	// time and its reason; a later one moves the time.
 	earlier := revocation{Sub: "alice", Reason: "older", At: at.Add(-time.Minute).UnixMicro(), Until: at.Add(2 * time.Hour).UnixMicro()}
@@ -202,6 +207,8 @@ func TestRevokeMessagesChecked(t *testing.T) {
 		`{"sub":"alice","reason":"` + strings.Repeat("r", maxRevokeReason+1) + `"}`,
 		`{"sub":"` + strings.Repeat("a", maxRevokeSubject+1) + `"}`,
 		`{"held":[{"sub":"alice"}]}`, // a held revocation without its times
+		// dated ahead of the clock (it would refuse later tokens too)
+		`{"sub":"alice","at":` + strconv.FormatInt(now+int64(time.Hour/time.Microsecond), 10) + `,"until":` + strconv.FormatInt(now+int64(2*time.Hour/time.Microsecond), 10) + `}`,
 	} {
 		if err := g.b.Publish(context.Background(), brokers.Message{Channel: RevokeChannel, Data: []byte(data)}); err != nil {
 			t.Fatal(err)
