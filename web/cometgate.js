@@ -242,6 +242,14 @@
  *     a fixed token (or none) a 4401 is final. A token function that throws
  *     or rejects also waits for the backoff and is called again. A 403
  *     (code 4003: a request presented another subject's token) is final.
+ *   - A refused open that says when to come back (the rate limits on new
+ *     sessions, 429; a draining node, 503: the "delay" of the JSON body or
+ *     of the callback's close packet, which the gateway sends as
+ *     Retry-After too) goes to the backoff and waits at least that long,
+ *     instead of trying the next transport, which would be refused the
+ *     same. Browsers hide a refused WebSocket's or EventSource's answer,
+ *     so the advice is read from xhr_stream, poll and the callback
+ *     transports.
  *   - Unknown packet types and unknown fields are ignored. Nothing from the
  *     server is ever evaluated.
  *
@@ -1385,7 +1393,7 @@
       if (code !== 3003 && this.callback) {
         // The callback transports cannot read a status: the gateway
         // refuses them in-band, with the close code the status goes with.
-        this._refusal(req, refusalStatus(code), { code: code, error: reason });
+        this._refusal(req, refusalStatus(code), { code: code, error: reason, delay: p.delay });
         return;
       }
       if (code === 3003) {
@@ -1411,7 +1419,7 @@
     }
 
     // _refusal handles a refused request: status is its HTTP status,
-    // info the gateway's {error, code}.
+    // info the gateway's {error, code, delay}.
     _refusal(req, status, info) {
       const code = typeof info.code === "number" ? info.code : 0;
       const reason = (typeof info.error === "string" && info.error) || "HTTP " + status;
@@ -1428,7 +1436,11 @@
       if (!this.helloSeen) {
         // The open request: the next transport, or the end when the
         // server gave a final code (4000-4999).
-        this.client._onTransportClose(this, { code: code || 1006, reason: this.name + " refused: " + reason + " (HTTP " + status + ")" });
+        this.client._onTransportClose(this, {
+          code: code || 1006,
+          reason: this.name + " refused: " + reason + " (HTTP " + status + ")",
+          minDelay: retryDelay(info),
+        });
         return;
       }
       if (status === 404) {
@@ -1915,6 +1927,13 @@
   }
 
   // readErrorBody reads a refusal: the gateway answers {"error":…,"code":…}.
+  // retryDelay is the server's advice in a refusal's body or close
+  // packet: come back after this many ms (0: none). The gateway draws it
+  // with a jitter per answer and sends it as Retry-After too.
+  function retryDelay(info) {
+    return info && typeof info.delay === "number" && info.delay > 0 ? info.delay : 0;
+  }
+
   function readErrorBody(res) {
     return Promise.resolve()
       .then(() => res.text())
@@ -2337,9 +2356,12 @@
     _onTransportClose(conn, info) {
       if (conn !== this._conn) return;
       this._debug(conn.name, "closed:", info.code, info.reason);
-      if (!conn.helloSeen && info.code !== 4401 && shouldReconnect(info)) {
+      if (!conn.helloSeen && info.code !== 4401 && !(info.minDelay > 0) && shouldReconnect(info)) {
         // Never got going: try the next transport. (A refused token would
-        // be refused by every transport: that goes to the backoff instead.)
+        // be refused by every transport, and a refusal that says when to
+        // come back (a rate limit, a draining node) would be repeated by
+        // every transport: those go to the backoff instead, which waits
+        // at least the server's delay.)
         this._teardown(conn);
         this._tryTransport(conn.order, conn.index + 1, info.carry);
         return;
@@ -2733,7 +2755,7 @@
         reconnect: p.reconnect,
         // The server's advice: wait at least this long (jittered per
         // session, so a draining node's clients do not return together).
-        minDelay: typeof p.delay === "number" && p.delay > 0 ? p.delay : 0,
+        minDelay: retryDelay(p),
       };
       this._debug("server closed the session:", info.code, info.reason);
       // Close the transport now: an EventSource would otherwise reconnect.
