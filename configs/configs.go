@@ -423,6 +423,8 @@ type AMQP struct {
 	DeclareExchange bool `mapstructure:"declare_exchange"`
 	// Prefetch is the basic.qos prefetch count, 1-65535.
 	Prefetch int `mapstructure:"prefetch"`
+	// QueueMaxLength bounds the node's queue on the server; 0: unbounded.
+	QueueMaxLength int `mapstructure:"queue_max_length"`
 	// ReconnectWait is the first reconnect backoff.
 	ReconnectWait time.Duration `mapstructure:"reconnect_wait"`
 	// MaxReconnectWait caps the reconnect backoff.

@@ -854,6 +854,7 @@ func TestValidate(t *testing.T) {
 		{"amqp exchange_type", func(c *Config) { c.Broker.AMQP.ExchangeType = "fanout" }, `broker.amqp.exchange_type: must be one of topic, got "fanout"`},
 		{"amqp prefetch 0", func(c *Config) { c.Broker.AMQP.Prefetch = 0 }, `broker.amqp.prefetch: must be between 1 and 65535, got 0`},
 		{"amqp prefetch big", func(c *Config) { c.Broker.AMQP.Prefetch = 65536 }, `broker.amqp.prefetch: must be between 1 and 65535, got 65536`},
+		{"amqp queue max length negative", func(c *Config) { c.Broker.AMQP.QueueMaxLength = -1 }, `broker.amqp.queue_max_length: must not be negative, got -1`},
 		{"amqp reconnect_wait", func(c *Config) { c.Broker.AMQP.ReconnectWait = -1 }, `broker.amqp.reconnect_wait: must be greater than 0`},
 		{"amqp max_reconnect_wait", func(c *Config) { c.Broker.AMQP.MaxReconnectWait = 0 }, `broker.amqp.max_reconnect_wait: must be at least reconnect_wait`},
 

@@ -292,6 +292,9 @@ func (v *validator) amqp(a *AMQP, used bool) {
 	if a.Prefetch < 1 || a.Prefetch > 65535 {
 		v.failf("broker.amqp.prefetch", "must be between 1 and 65535, got %d", a.Prefetch)
 	}
+	if a.QueueMaxLength < 0 {
+		v.failf("broker.amqp.queue_max_length", "must not be negative, got %d", a.QueueMaxLength)
+	}
 	v.backoff("broker.amqp", a.ReconnectWait, a.MaxReconnectWait)
 }
 

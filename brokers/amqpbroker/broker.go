@@ -72,6 +72,7 @@ type Broker struct {
 	reconnects  atomic.Uint64
 	dropped     atomic.Uint64
 	historyGaps atomic.Uint64
+	serverDrops atomic.Uint64 // dead letters of the node's queue (deadletters.go)
 }
 
 // pattern is one active subscription pattern, shared by the
@@ -554,14 +555,7 @@ func (b *Broker) deliver(d *amqp.Delivery, targets []*subscription) []*subscript
 		return targets
 	}
 	b.mu.RLock()
-	if p := b.literal[ch]; p != nil {
-		targets = append(targets, p.subs...)
-	}
-	for _, p := range b.wild {
-		if brokers.MatchChannel(p.name, ch) {
-			targets = append(targets, p.subs...)
-		}
-	}
+	targets = b.subscribersLocked(ch, targets)
 	b.mu.RUnlock()
 	if len(targets) == 0 {
 		// A binding being removed, or the zero-word match of "#".
@@ -570,6 +564,20 @@ func (b *Broker) deliver(d *amqp.Delivery, targets []*subscription) []*subscript
 	fanOut(targets, d, ch, 0)
 	clear(targets)
 	return targets[:0]
+}
+
+// subscribersLocked appends the Subscriptions whose pattern matches
+// channel ch to targets; b.mu is held for reading.
+func (b *Broker) subscribersLocked(ch string, targets []*subscription) []*subscription {
+	if p := b.literal[ch]; p != nil {
+		targets = append(targets, p.subs...)
+	}
+	for _, p := range b.wild {
+		if brokers.MatchChannel(p.name, ch) {
+			targets = append(targets, p.subs...)
+		}
+	}
+	return targets
 }
 
 // fanOut hands the message of delivery d on channel ch, with position

@@ -57,7 +57,9 @@
 // memory without bound. With a window, a node that falls behind holds at
 // most Prefetch messages and the backlog stays in its queue on the
 // server, where it is visible and RabbitMQ's memory and paging limits
-// apply.
+// apply. What the server drops from the queue (Options.QueueMaxLength, or
+// a length or TTL policy) comes back to the node as a dead letter and
+// becomes a Gap marker (deadletters.go).
 //
 // # What Publish's confirmation means
 //

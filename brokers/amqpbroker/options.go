@@ -78,6 +78,14 @@ type Options struct {
 	// an acknowledgement; it bounds what the client buffers (see the
 	// package doc). Zero means DefaultPrefetch.
 	Prefetch int
+	// QueueMaxLength bounds the node's queue on the server to that many
+	// messages (x-max-length): past it the server drops the oldest, and
+	// each drop reaches the subscriptions it was for as a Gap marker
+	// (see the package doc, "Messages the server drops"). A node that
+	// stalls then costs the server a bounded queue instead of memory
+	// without end (and the memory alarm that blocks every publisher).
+	// Zero means no bound of the node's own (a policy may set one).
+	QueueMaxLength int
 
 	// ReconnectWait and MaxReconnectWait bound the delay between
 	// reconnect attempts: the delay doubles from ReconnectWait up to
@@ -179,6 +187,9 @@ func (o Options) validate() error {
 	}
 	if o.Prefetch < 0 || o.Prefetch > 65535 {
 		return errors.New("amqpbroker: Prefetch must be between 1 and 65535")
+	}
+	if o.QueueMaxLength < 0 {
+		return errors.New("amqpbroker: QueueMaxLength must not be negative")
 	}
 	return nil
 }

@@ -22,10 +22,11 @@ type session struct {
 	queue string        // server-named, exclusive, auto-delete
 	cons  *amqp.Channel // consumes queue; only the dispatcher acks on it
 	pub   *amqp.Channel // confirm mode; Publish only
+	dead  *amqp.Channel // consumes queue's dead letters; only deadLetters acks on it
 
 	// Channel-close notifications: buffered (1), since the library sends
 	// each at most once and must never block on them.
-	connClosed, consClosed, pubClosed chan *amqp.Error
+	connClosed, consClosed, pubClosed, deadClosed chan *amqp.Error
 
 	// topo declares and binds. It is reopened after the server refused a
 	// binding (a channel exception closes the channel, not the
@@ -44,7 +45,7 @@ type session struct {
 	// without being asked to: the session is then replaced.
 	lost chan error
 
-	wg         sync.WaitGroup // the dispatchers and the drainer
+	wg         sync.WaitGroup // the dispatchers, deadLetters and the drainer
 	dispatched chan struct{}  // closed when the dispatcher returns
 }
 
@@ -113,6 +114,8 @@ func (b *Broker) watch(s *session) error {
 			return closeReason("consumer channel", e)
 		case e := <-s.pubClosed:
 			return closeReason("publish channel", e)
+		case e := <-s.deadClosed:
+			return closeReason("dead-letter channel", e)
 		case <-s.dispatched:
 			return errors.New("the server cancelled the consumer (queue deleted?)")
 		case err := <-s.lost:
@@ -182,7 +185,13 @@ func (b *Broker) open(ctx context.Context, s *session) error {
 	if err := b.declareStreams(topo); err != nil {
 		return err
 	}
-	q, err := topo.QueueDeclare("", false, true, true, false, nil)
+	// What the server drops from the queue comes back to the node as a
+	// dead letter, into a queue of its own (deadLetters).
+	dq, err := topo.QueueDeclare("", false, true, true, false, amqp.Table{"x-max-length": int64(deadLetterBacklog)})
+	if err != nil {
+		return fmt.Errorf("declare dead-letter queue: %w", err)
+	}
+	q, err := topo.QueueDeclare("", false, true, true, false, b.queueArgs(dq.Name))
 	if err != nil {
 		return fmt.Errorf("declare queue: %w", err)
 	}
@@ -207,6 +216,20 @@ func (b *Broker) open(ctx context.Context, s *session) error {
 	}
 	s.wg.Add(1)
 	go b.dispatch(s, deliveries)
+
+	if s.dead, err = s.conn.Channel(); err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	if err := s.dead.Qos(deadLetterBacklog, 0, false); err != nil {
+		return fmt.Errorf("set prefetch: %w", err)
+	}
+	s.deadClosed = s.dead.NotifyClose(make(chan *amqp.Error, 1))
+	dead, err := s.dead.Consume(dq.Name, "", false, true, false, false, nil)
+	if err != nil {
+		return fmt.Errorf("consume dead letters: %w", err)
+	}
+	s.wg.Add(1)
+	go b.deadLetters(s, dead)
 
 	if s.pub, err = s.conn.Channel(); err != nil {
 		return fmt.Errorf("open channel: %w", err)

@@ -20,6 +20,9 @@ type Inbox struct {
 	msgs     []brokers.Message
 	inflight atomic.Int32
 	overlap  atomic.Bool
+	// stalled and release are Stall's: the next call closes stalled and
+	// waits for release. Guarded by mu; nil when no stall is asked.
+	stalled, release chan struct{}
 }
 
 // Handle records m; it is a brokers.Handler.
@@ -29,8 +32,36 @@ func (in *Inbox) Handle(m brokers.Message) {
 	}
 	in.mu.Lock()
 	in.msgs = append(in.msgs, m)
+	stalled, release := in.stalled, in.release
+	in.stalled = nil
 	in.mu.Unlock()
+	if stalled != nil {
+		close(stalled)
+		<-release
+	}
 	in.inflight.Add(-1)
+}
+
+// Stall makes the next call of Handle wait, after it recorded its
+// message, until Release: what follows piles up behind it in the
+// broker's buffers, as behind a node that fell behind. The channel it
+// returns is closed once that call waits.
+func (in *Inbox) Stall() <-chan struct{} {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.stalled, in.release = make(chan struct{}), make(chan struct{})
+	return in.stalled
+}
+
+// Release ends the wait Stall asked for; later calls do nothing (a test
+// may defer one, so that a failure does not leave the Handler waiting).
+func (in *Inbox) Release() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.release != nil {
+		close(in.release)
+		in.release = nil
+	}
 }
 
 // Messages returns a copy of the messages received, oldest first.

@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -423,24 +422,15 @@ func TestSlowConsumerGap(t *testing.T) {
 	defer b.Close()
 	brokertest.WaitUntil(t, "Ready", b.Ready)
 
-	release := make(chan struct{})
-	var mu sync.Mutex
-	var got []brokers.Message
-	first := true
-	sub, err := b.Subscribe(ctxT(t), "slow", func(m brokers.Message) {
-		mu.Lock()
-		got = append(got, m)
-		wait := first
-		first = false
-		mu.Unlock()
-		if wait {
-			<-release // the buffer behind it overflows
-		}
-	})
+	// The first call waits: the buffer behind it overflows.
+	var in brokertest.Inbox
+	in.Stall()
+	sub, err := b.Subscribe(ctxT(t), "slow", in.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
+	defer in.Release()
 	const n = 20
 	for i := range n {
 		if err := b.Publish(ctxT(t), brokers.Message{Channel: "slow", Data: []byte(strconv.Itoa(i))}); err != nil {
@@ -448,7 +438,7 @@ func TestSlowConsumerGap(t *testing.T) {
 		}
 	}
 	brokertest.WaitUntil(t, "a slow consumer event", func() bool { return b.SlowConsumers() > 0 })
-	close(release)
+	in.Release()
 	// A message published after the drops arrives after the marker. It is
 	// published again until one arrives: while the buffer is still full
 	// it is dropped too.
@@ -456,12 +446,9 @@ func TestSlowConsumerGap(t *testing.T) {
 		if err := b.Publish(ctxT(t), brokers.Message{Channel: "slow", Data: []byte("last")}); err != nil {
 			t.Fatal(err)
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.ContainsFunc(got, func(m brokers.Message) bool { return string(m.Data) == "last" })
+		return in.Has("slow", "last")
 	})
-	mu.Lock()
-	defer mu.Unlock()
+	got := in.Messages()
 	gaps, data := 0, 0
 	prev := -1
 	for i, m := range got {

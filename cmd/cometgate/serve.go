@@ -663,6 +663,7 @@ func dialBroker(ctx context.Context, cfg *configs.Config, onState brokers.StateF
 			ExchangeType:     a.ExchangeType,
 			DeclareExchange:  a.DeclareExchange,
 			Prefetch:         a.Prefetch,
+			QueueMaxLength:   a.QueueMaxLength,
 			ReconnectWait:    a.ReconnectWait,
 			MaxReconnectWait: a.MaxReconnectWait,
 			SubjectPrefix:    cfg.Broker.SubjectPrefix,
