@@ -304,15 +304,9 @@ func revokedDisconnect(reason string) Disconnect {
 	return d
 }
 
-// EndSessionsOf ends this node's sessions acting for subject with
-// DisconnectRevoked (its reason followed by reason, when not "") and
-// returns how many there were.
-func (g *Gateway) EndSessionsOf(subject, reason string) int {
-	return g.endRevoked(revocation{Sub: subject, Reason: reason}, true)
-}
-
 // endRevoked ends this node's sessions of r's subject (all of them, or
-// only those r refuses) and returns how many there were.
+// only those r refuses) with DisconnectRevoked and r's reason, and
+// returns how many there were.
 func (g *Gateway) endRevoked(r revocation, all bool) int {
 	now := time.Now()
 	g.mu.Lock()

@@ -1926,7 +1926,6 @@
     }
   }
 
-  // readErrorBody reads a refusal: the gateway answers {"error":…,"code":…}.
   // retryDelay is the server's advice in a refusal's body or close
   // packet: come back after this many ms (0: none). The gateway draws it
   // with a jitter per answer and sends it as Retry-After too.
@@ -1934,6 +1933,7 @@
     return info && typeof info.delay === "number" && info.delay > 0 ? info.delay : 0;
   }
 
+  // readErrorBody reads a refusal: the gateway answers {"error":…,"code":…}.
   function readErrorBody(res) {
     return Promise.resolve()
       .then(() => res.text())
