@@ -494,3 +494,78 @@ func TestRefusalsCountedOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestWebSocketRefusalInBand: a WebSocket client that asks for it
+// (refusal=close) is refused after the upgrade, with a close packet that
+// carries the code, the reason and the retry advice, then a close frame
+// with the code: what a browser can read. A page of another Origin is
+// still refused before the upgrade, and a client that does not ask gets
+// the JSON refusal.
+func TestWebSocketRefusalInBand(t *testing.T) {
+	noLeaks(t)
+	clk := &gateway.ManualClock{}
+	reg := prometheus.NewRegistry()
+	v, err := gateway.NewTokenVerifier(gateway.TokenOptions{HMACSecret: authSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := limitNode(t, clk, reg, nil, func(o *Options) {
+		o.NewSessionsPerIP = gateway.Rate{PerSecond: 0.5, Burst: 1}
+		o.Tokens = v
+		o.RequireToken = true
+	})
+	inband := func(path string) (*wsClient, map[string]any) {
+		t.Helper()
+		conn, br, resp := wsUpgrade(t, n, path, nil, nil)
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("%s: %d, want the upgrade", path, resp.StatusCode)
+		}
+		c := &wsClient{t: t, n: n, conn: conn, br: br}
+		h, p := c.readFrame()
+		var raw map[string]any
+		if h.OpCode != ws.OpText || json.Unmarshal(p, &raw) != nil {
+			t.Fatalf("%s: first frame %v %q, want a close packet", path, h.OpCode, p)
+		}
+		return c, raw
+	}
+
+	// No token where one is required: 4401, no retry advice.
+	c, raw := inband("/ws?refusal=close")
+	if raw["t"] != "close" || raw["code"] != 4401.0 || raw["reason"] != gateway.DisconnectUnauthorized.Reason || raw["reconnect"] != false || raw["delay"] != nil {
+		t.Errorf("close packet %v", raw)
+	}
+	closeFrameCode(t, c, 4401)
+
+	// Past the address's rate: 3029 with the advice to come back.
+	ok := token(t, "alice", "demo.>")
+	dialWSToken(t, n, ok)
+	c, raw = inband("/ws?refusal=close&token=" + ok)
+	if raw["code"] != float64(gateway.DisconnectSessionRate.Code) || raw["reconnect"] != true {
+		t.Errorf("close packet %v", raw)
+	}
+	if d, _ := raw["delay"].(float64); d < 2000 {
+		t.Errorf("delay %v, want the time the address's bucket needs (2 s or more)", raw["delay"])
+	}
+	closeFrameCode(t, c, gateway.DisconnectSessionRate.Code)
+
+	// Not asked for, or another Origin: refused before the upgrade.
+	_, _, resp := wsUpgrade(t, n, "/ws", nil, nil)
+	var e errorBody
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	if resp.StatusCode != http.StatusUnauthorized || e.Code != 4401 {
+		t.Errorf("without refusal=close: %d %+v", resp.StatusCode, e)
+	}
+	_, _, resp = wsUpgrade(t, n, "/ws?refusal=close", http.Header{"Origin": {"https://evil.example"}}, nil)
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("another Origin with refusal=close: %d, want 403 before the upgrade", resp.StatusCode)
+	}
+}
+
+// closeFrameCode reads c's close frame and checks its code.
+func closeFrameCode(t *testing.T, c *wsClient, code int) {
+	t.Helper()
+	h, p := c.readFrame()
+	if h.OpCode != ws.OpClose || len(p) < 2 || int(binary.BigEndian.Uint16(p)) != code {
+		t.Fatalf("frame %v %q, want a close frame with code %d", h.OpCode, p, code)
+	}
+}

@@ -101,13 +101,10 @@ func (ep *sockjsEndpoint) serveWebSocket(w http.ResponseWriter, r *http.Request)
 		return
 	}
 	if ref != nil {
-		// Refused: say why in SockJS terms, then close.
-		c.owner = wsRefused{}
-		c.watch(false)
-		c.start()
-		// The upgrade's headers are gone: the advice is in the reason.
-		_, _ = c.write(appendMessage(nil, ws.OpText, appendSJSCloseFrame(nil, ref.code, ref.sjsReason(http.Header{}))))
-		c.close(gateway.Disconnect{Code: gateway.CodeNormal, Reason: "Normal closure"})
+		// Refused: say why in SockJS terms, then close. The upgrade's
+		// headers are gone: the advice is in the reason.
+		c.refuse(appendMessage(nil, ws.OpText, appendSJSCloseFrame(nil, ref.code, ref.sjsReason(http.Header{}))),
+			gateway.Disconnect{Code: gateway.CodeNormal, Reason: "Normal closure"})
 		return
 	}
 	codec := &sjsCodec{ep: ep, mode: sjsSessionMode{sess: sess, pubsub: !ep.echo && !ep.tcp, link: link}}
@@ -116,6 +113,17 @@ func (ep *sockjsEndpoint) serveWebSocket(w http.ResponseWriter, r *http.Request)
 	if link != nil {
 		ep.startBridge(sess, link)
 	}
+}
+
+// refuse ends a connection whose session was refused: it writes msg (the
+// refusal in the transport's framing), then closes with d, reading
+// nothing but the client's close.
+func (c *wsConn) refuse(msg []byte, d gateway.Disconnect) {
+	c.owner = wsRefused{}
+	c.watch(false)
+	c.start()
+	_, _ = c.write(msg)
+	c.close(d)
 }
 
 // wsRefused owns a connection that was refused: it reads nothing but the

@@ -152,7 +152,7 @@ type wsHandler struct{ *node }
 func (h wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sess, ref := h.gate.open(r, sessionSpec{transport: "websocket"})
 	if ref != nil {
-		ref.writeJSON(w)
+		h.refuseWS(w, r, ref)
 		return
 	}
 	c, _ := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.CodeMessageTooBig, protocols: nativeProtocols, deflate: true})
@@ -163,6 +163,29 @@ func (h wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The handler returns so net/http drops its request state and
 	// buffers; the poller (or a small reader goroutine) reads from now on.
 	attachWS(c, sess, nativeCodec{})
+}
+
+// refuseWS answers a refused request for a WebSocket session. A browser
+// cannot read the status or the body of a refused upgrade (its WebSocket
+// reports code 1006, whatever the reason), so a client that asks for it
+// with refusal=close in the query (cometgate.js does) is refused in-band:
+// the upgrade, a transport-level close packet with the code, the reason
+// and the retry advice (as JSONP and htmlfile carry it), and a close
+// frame with the code. A page from an Origin the node does not allow
+// (403) is refused before any upgrade all the same, and so is every
+// client that does not ask: with the JSON refusal and its status.
+func (h wsHandler) refuseWS(w http.ResponseWriter, r *http.Request, ref *refusal) {
+	if ref.status == http.StatusForbidden || r.URL.Query().Get("refusal") != "close" {
+		ref.writeJSON(w)
+		return
+	}
+	c, _ := h.upgradeWS(w, r, h.heartbeat, wsLimits{maxMessage: h.maxFrame, tooLarge: gateway.CodeMessageTooBig, protocols: nativeProtocols})
+	if c == nil {
+		return
+	}
+	reconnect := (gateway.Disconnect{Code: ref.code}).Reconnect()
+	packet := controlClose(ref.code, ref.msg, reconnect, ref.retryHint(http.Header{}))
+	c.refuse(appendMessage(nil, ws.OpText, packet), gateway.Disconnect{Code: ref.code, Reason: ref.msg})
 }
 
 // nativeProtocols: the native transport speaks no subprotocol, and

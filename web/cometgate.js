@@ -233,9 +233,10 @@
  *     gateway closed a session with 3004 "token expired" gets a fresh token
  *     (nothing else is needed: 3xxx codes reconnect). A refused token (4401
  *     "invalid token" or "authentication required") reaches the client as
- *     an HTTP 401 with code 4401 on xhr_stream and poll, and as a failed
- *     WebSocket or EventSource (code 1006: browsers hide the status) on the
- *     others. With a token function it goes through the reconnect backoff
+ *     an HTTP 401 with code 4401 on xhr_stream and poll, as a close packet
+ *     and frame with 4401 on websocket (the client asks the gateway to
+ *     refuse it after the upgrade: refusal=close), and as a failed
+ *     EventSource (code 1006: browsers hide the status) on sse. With a token function it goes through the reconnect backoff
  *     like a dropped connection ("disconnected" with code 4401 and the
  *     gateway's reason, then the function is asked again), so a token that
  *     keeps being refused never makes the client retry in a hot loop; with
@@ -247,8 +248,8 @@
  *     of the callback's close packet, which the gateway sends as
  *     Retry-After too) goes to the backoff and waits at least that long,
  *     instead of trying the next transport, which would be refused the
- *     same. Browsers hide a refused WebSocket's or EventSource's answer,
- *     so the advice is read from xhr_stream, poll and the callback
+ *     same. Browsers hide a refused EventSource's answer, so the advice
+ *     is read from websocket (in-band), xhr_stream, poll and the callback
  *     transports.
  *   - Unknown packet types and unknown fields are ignored. Nothing from the
  *     server is ever evaluated.
@@ -758,7 +759,10 @@
   class WebSocketTransport extends Connection {
     constructor(client) {
       super(client, "websocket");
-      this.url = wsScheme(client._url("/ws"));
+      // refusal=close: a refused session is answered after the upgrade,
+      // with a close packet and frame this page can read, rather than by
+      // an HTTP status the browser hides (it would report 1006).
+      this.url = wsScheme(client._url("/ws", ["refusal=close"]));
       this.ws = null;
       this.undelivered = new Set();
     }

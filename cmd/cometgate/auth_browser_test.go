@@ -275,9 +275,9 @@ func TestAuthBrowserRefusedToken(t *testing.T) {
 	browser.eval(authHarnessJS, nil)
 
 	const minDelay = 100
-	// WebSocket: the browser shows the refused upgrade as 1006. poll: the
-	// client reads the 401 and its code 4401.
-	for transport, wantCode := range map[string]int{"websocket": 1006, "poll": 4401} {
+	// WebSocket: the client asks to be refused after the upgrade, and
+	// reads 4401 from the close packet. poll: from the 401's body.
+	for transport, wantCode := range map[string]int{"websocket": 4401, "poll": 4401} {
 		t.Run(transport, func(t *testing.T) {
 			b := browser.in(t)
 			name := "refused-" + transport
