@@ -495,13 +495,13 @@ func TestRefusalsCountedOnce(t *testing.T) {
 	}
 }
 
-// TestWebSocketRefusalInBand: a WebSocket client that asks for it
-// (refusal=close) is refused after the upgrade, with a close packet that
-// carries the code, the reason and the retry advice, then a close frame
-// with the code: what a browser can read. A page of another Origin is
-// still refused before the upgrade, and a client that does not ask gets
-// the JSON refusal.
-func TestWebSocketRefusalInBand(t *testing.T) {
+// TestRefusalInBand: a WebSocket client that asks for it (refusal=close)
+// is refused after the upgrade, with a close packet that carries the
+// code, the reason and the retry advice, then a close frame with the
+// code; an EventSource client, with a stream of that one close packet:
+// what a browser can read. A page of another Origin is still refused
+// with 403, and a client that does not ask gets the JSON refusal.
+func TestRefusalInBand(t *testing.T) {
 	noLeaks(t)
 	clk := &gateway.ManualClock{}
 	reg := prometheus.NewRegistry()
@@ -529,12 +529,32 @@ func TestWebSocketRefusalInBand(t *testing.T) {
 		return c, raw
 	}
 
+	inbandSSE := func(path string) map[string]any {
+		t.Helper()
+		resp, err := n.client.Get(n.url(path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		data, ok := strings.CutPrefix(string(body), "retry: 600000\n\ndata: ")
+		var raw map[string]any
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream; charset=utf-8" ||
+			!ok || !strings.HasSuffix(data, "\n\n") || json.Unmarshal([]byte(data), &raw) != nil {
+			t.Fatalf("%s: %d %q %q, want one event with a close packet", path, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		}
+		return raw
+	}
+
 	// No token where one is required: 4401, no retry advice.
 	c, raw := inband("/ws?refusal=close")
 	if raw["t"] != "close" || raw["code"] != 4401.0 || raw["reason"] != gateway.DisconnectUnauthorized.Reason || raw["reconnect"] != false || raw["delay"] != nil {
 		t.Errorf("close packet %v", raw)
 	}
 	closeFrameCode(t, c, 4401)
+	if raw := inbandSSE("/sse?refusal=close"); raw["t"] != "close" || raw["code"] != 4401.0 || raw["reconnect"] != false || raw["delay"] != nil {
+		t.Errorf("SSE close packet %v", raw)
+	}
 
 	// Past the address's rate: 3029 with the advice to come back.
 	ok := token(t, "alice", "demo.>")
@@ -547,6 +567,10 @@ func TestWebSocketRefusalInBand(t *testing.T) {
 		t.Errorf("delay %v, want the time the address's bucket needs (2 s or more)", raw["delay"])
 	}
 	closeFrameCode(t, c, gateway.DisconnectSessionRate.Code)
+	raw = inbandSSE("/sse?refusal=close&token=" + ok)
+	if d, _ := raw["delay"].(float64); raw["code"] != float64(gateway.DisconnectSessionRate.Code) || d < 2000 {
+		t.Errorf("SSE close packet %v", raw)
+	}
 
 	// Not asked for, or another Origin: refused before the upgrade.
 	_, _, resp := wsUpgrade(t, n, "/ws", nil, nil)
@@ -558,6 +582,16 @@ func TestWebSocketRefusalInBand(t *testing.T) {
 	_, _, resp = wsUpgrade(t, n, "/ws?refusal=close", http.Header{"Origin": {"https://evil.example"}}, nil)
 	if resp.StatusCode != http.StatusForbidden {
 		t.Errorf("another Origin with refusal=close: %d, want 403 before the upgrade", resp.StatusCode)
+	}
+	req, _ := http.NewRequest(http.MethodGet, n.url("/sse?refusal=close"), nil)
+	req.Header.Set("Origin", "https://evil.example")
+	if resp, err := n.client.Do(req); err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("an EventSource of another Origin with refusal=close: %v %v, want 403", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if status, body := httpGetRaw(t, n, "/sse"); status != http.StatusUnauthorized {
+		t.Errorf("an EventSource without refusal=close: %d %s, want 401", status, body)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -105,6 +106,48 @@ func (c *sseConn) HotMemory() [3]uintptr {
 // wsSession.Backlog).
 func (c *sseConn) Backlog() int { return socketBacklog(c.raw) }
 
+// sseHeaders gives set the headers of an event stream's response to r.
+func sseHeaders(r *http.Request, set func(name, value string)) {
+	set("Content-Type", "text/event-stream; charset=utf-8")
+	set("Cache-Control", "no-store, no-transform")
+	set("X-Accel-Buffering", "no")
+	set("X-Content-Type-Options", "nosniff")
+	set("Connection", "close")
+	if origin := r.Header.Get("Origin"); origin != "" {
+		// Allowed by the gate; EventSource needs these for cross-origin
+		// streams (withCredentials included).
+		set("Access-Control-Allow-Origin", sanitizeHeader(origin))
+		set("Vary", "Origin")
+		if origin != "null" { // a sandboxed frame or local file: no credentials
+			set("Access-Control-Allow-Credentials", "true")
+		}
+	}
+}
+
+// refuseSSE answers a refused request for an event stream. A browser's
+// EventSource cannot read the status or the body of a refused stream (it
+// reports an error, and cometgate.js 1006), so a client that asks for it
+// with refusal=close (cometgate.js does) gets a stream of one event, the
+// transport-level close packet with the code, the reason and the retry
+// advice, and the end (with a retry field far off: the client closes the
+// EventSource when it reads the packet). A page from an Origin the node
+// does not allow (403), and a client that does not ask, get the JSON
+// refusal and its status.
+func refuseSSE(w http.ResponseWriter, r *http.Request, ref *refusal) {
+	if ref.status == http.StatusForbidden || r.URL.Query().Get("refusal") != "close" {
+		ref.writeJSON(w)
+		return
+	}
+	reconnect := (gateway.Disconnect{Code: ref.code}).Reconnect()
+	packet := controlClose(ref.code, ref.msg, reconnect, ref.retryHint(w.Header()))
+	h := w.Header()
+	sseHeaders(r, h.Set)
+	body := append(append([]byte("retry: 600000\n\ndata: "), packet...), "\n\n"...)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
 // sseHandler serves GET /sse.
 type sseHandler struct{ *node }
 
@@ -121,7 +164,7 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sess, ref := h.gate.open(r, sessionSpec{transport: "sse"})
 	if ref != nil {
-		ref.writeJSON(w)
+		refuseSSE(w, r, ref)
 		return
 	}
 	conn, _, err := http.NewResponseController(w).Hijack()
@@ -131,20 +174,8 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var head bytes.Buffer
-	head.WriteString("HTTP/1.1 200 OK\r\n" +
-		"Content-Type: text/event-stream; charset=utf-8\r\n" +
-		"Cache-Control: no-store, no-transform\r\n" +
-		"X-Accel-Buffering: no\r\n" +
-		"X-Content-Type-Options: nosniff\r\n" +
-		"Connection: close\r\n")
-	if origin := r.Header.Get("Origin"); origin != "" {
-		// Allowed by the gate; EventSource needs these for cross-origin
-		// streams (withCredentials included).
-		head.WriteString("Access-Control-Allow-Origin: " + sanitizeHeader(origin) + "\r\nVary: Origin\r\n")
-		if origin != "null" { // a sandboxed frame or local file: no credentials
-			head.WriteString("Access-Control-Allow-Credentials: true\r\n")
-		}
-	}
+	head.WriteString("HTTP/1.1 200 OK\r\n")
+	sseHeaders(r, func(name, value string) { head.WriteString(name + ": " + value + "\r\n") })
 	// The retry hint spreads reconnects after a node goes away: drawn
 	// for each stream, so the EventSources of a node that fails do not
 	// all come back at the same moment.

@@ -233,10 +233,10 @@
  *     gateway closed a session with 3004 "token expired" gets a fresh token
  *     (nothing else is needed: 3xxx codes reconnect). A refused token (4401
  *     "invalid token" or "authentication required") reaches the client as
- *     an HTTP 401 with code 4401 on xhr_stream and poll, as a close packet
- *     and frame with 4401 on websocket (the client asks the gateway to
- *     refuse it after the upgrade: refusal=close), and as a failed
- *     EventSource (code 1006: browsers hide the status) on sse. With a token function it goes through the reconnect backoff
+ *     an HTTP 401 with code 4401 on xhr_stream and poll, and as a close
+ *     packet with 4401 on websocket and sse (the client asks the gateway to
+ *     refuse those in-band, refusal=close, since a browser hides the
+ *     status of a refused upgrade or event stream). With a token function it goes through the reconnect backoff
  *     like a dropped connection ("disconnected" with code 4401 and the
  *     gateway's reason, then the function is asked again), so a token that
  *     keeps being refused never makes the client retry in a hot loop; with
@@ -248,9 +248,7 @@
  *     of the callback's close packet, which the gateway sends as
  *     Retry-After too) goes to the backoff and waits at least that long,
  *     instead of trying the next transport, which would be refused the
- *     same. Browsers hide a refused EventSource's answer, so the advice
- *     is read from websocket (in-band), xhr_stream, poll and the callback
- *     transports.
+ *     same.
  *   - Unknown packet types and unknown fields are ignored. Nothing from the
  *     server is ever evaluated.
  *
@@ -821,7 +819,9 @@
   class SSETransport extends Connection {
     constructor(client, subs) {
       super(client, "sse");
-      const built = buildSSEURL(client._url("/sse"), subs, MAX_SSE_URL_LENGTH);
+      // refusal=close, as for the WebSocket: a refused session is a
+      // stream of one close packet this page can read.
+      const built = buildSSEURL(client._url("/sse", ["refusal=close"]), subs, MAX_SSE_URL_LENGTH);
       this.url = built.url;
       this.initial = built.included;
       this.es = null;

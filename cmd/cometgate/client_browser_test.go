@@ -370,15 +370,15 @@ func TestBrowserCurrentState(t *testing.T) {
 // limit on new sessions per address, 429 with a delay of at least a
 // second) sends the client to its backoff for at least that long instead
 // of to its next transport, which would be refused the same; then it
-// connects. Over WebSocket the client reads the refusal in-band (a
-// browser hides a refused upgrade's answer).
+// connects. Over WebSocket and SSE the client reads the refusal in-band
+// (a browser hides the answer to a refused upgrade or event stream).
 func TestBrowserRetryHint(t *testing.T) {
 	n := startNode(t, "COMETGATE_LIMITS_NEW_SESSIONS_PER_IP_PER_SECOND=1", "COMETGATE_LIMITS_NEW_SESSIONS_PER_IP_BURST=1")
 	browser := newTab(t)
 	browser.do(chromedp.Navigate(n.url("/")))
 	browser.waitFor(`typeof CometGate === "function"`, `typeof CometGate`)
 	browser.eval(authHarnessJS, nil)
-	for _, first := range []string{"xhr_stream", "websocket"} {
+	for _, first := range []string{"xhr_stream", "websocket", "sse"} {
 		t.Run(first, func(t *testing.T) {
 			b := browser.in(t)
 			// Three clients at once, from one address with room for one
