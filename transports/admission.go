@@ -49,6 +49,13 @@ var (
 	refusedNotFound = refuse(http.StatusNotFound, gateway.DisconnectNotFound)
 )
 
+// closePacket is the refusal as a transport-level close packet, for the
+// transports that answer in-band: its code and message, whether to
+// reconnect, and the retry advice (also set on h as Retry-After).
+func (ref *refusal) closePacket(h http.Header) []byte {
+	return controlClose(ref.code, ref.msg, (gateway.Disconnect{Code: ref.code}).Reconnect(), ref.retryHint(h))
+}
+
 // writeJSON answers the refusal as a JSON error body.
 func (ref *refusal) writeJSON(w http.ResponseWriter) {
 	delay := ref.retryHint(w.Header())
@@ -200,6 +207,16 @@ func (g *gate) reauth(owner *gateway.Principal) func(string) (*gateway.Principal
 		}
 		return p, nil
 	}
+}
+
+// inBand reports whether a refusal of r may be answered in-band, after a
+// WebSocket upgrade or as an event stream, for a browser that cannot read
+// a refused upgrade's or event stream's status and body: the client asks
+// for it (refusal=close, as cometgate.js does), and r is not from a page
+// of an Origin the node does not allow (which gets 403 before anything
+// opens).
+func (g *gate) inBand(r *http.Request) bool {
+	return r.URL.Query().Get("refusal") == "close" && g.originAllowed(r)
 }
 
 // originAllowed reports whether r's Origin may use the node, for a caller

@@ -694,8 +694,8 @@ func writeRefusal(w http.ResponseWriter, fam *family, f framing, ref *refusal) {
 	h := w.Header()
 	h.Set("Cache-Control", "no-store, no-transform")
 	h.Set("X-Accel-Buffering", "no")
-	delay := ref.retryHint(h)
 	if f == nil || fam.inBandStatus == nil {
+		delay := ref.retryHint(h)
 		h.Set("Content-Type", "application/json")
 		h.Set("X-Content-Type-Options", "nosniff")
 		b, _ := json.Marshal(errorBody{Error: ref.msg, Code: ref.code, Delay: delay.Milliseconds()})
@@ -705,9 +705,8 @@ func writeRefusal(w http.ResponseWriter, fam *family, f framing, ref *refusal) {
 		_, _ = w.Write(b)
 		return
 	}
-	reconnect := (gateway.Disconnect{Code: ref.code}).Reconnect()
 	b := f.appendPrelude(nil)
-	b = f.appendBatch(b, nil, controlClose(ref.code, ref.msg, reconnect, delay))
+	b = f.appendBatch(b, nil, ref.closePacket(h))
 	h.Set("Content-Type", fam.contentType)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Length", strconv.Itoa(len(b)))

@@ -133,17 +133,16 @@ func sseHeaders(r *http.Request, set func(name, value string)) {
 // EventSource when it reads the packet). A page from an Origin the node
 // does not allow (403), and a client that does not ask, get the JSON
 // refusal and its status.
-func refuseSSE(w http.ResponseWriter, r *http.Request, ref *refusal) {
-	if ref.status == http.StatusForbidden || r.URL.Query().Get("refusal") != "close" {
+func (h sseHandler) refuseSSE(w http.ResponseWriter, r *http.Request, ref *refusal) {
+	if !h.gate.inBand(r) {
 		ref.writeJSON(w)
 		return
 	}
-	reconnect := (gateway.Disconnect{Code: ref.code}).Reconnect()
-	packet := controlClose(ref.code, ref.msg, reconnect, ref.retryHint(w.Header()))
-	h := w.Header()
-	sseHeaders(r, h.Set)
+	packet := ref.closePacket(w.Header())
+	hdr := w.Header()
+	sseHeaders(r, hdr.Set)
 	body := append(append([]byte("retry: 600000\n\ndata: "), packet...), "\n\n"...)
-	h.Set("Content-Length", strconv.Itoa(len(body)))
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
 }
@@ -164,7 +163,7 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sess, ref := h.gate.open(r, sessionSpec{transport: "sse"})
 	if ref != nil {
-		refuseSSE(w, r, ref)
+		h.refuseSSE(w, r, ref)
 		return
 	}
 	conn, _, err := http.NewResponseController(w).Hijack()

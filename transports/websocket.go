@@ -175,7 +175,7 @@ func (h wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // (403) is refused before any upgrade all the same, and so is every
 // client that does not ask: with the JSON refusal and its status.
 func (h wsHandler) refuseWS(w http.ResponseWriter, r *http.Request, ref *refusal) {
-	if ref.status == http.StatusForbidden || r.URL.Query().Get("refusal") != "close" {
+	if !h.gate.inBand(r) {
 		ref.writeJSON(w)
 		return
 	}
@@ -183,9 +183,8 @@ func (h wsHandler) refuseWS(w http.ResponseWriter, r *http.Request, ref *refusal
 	if c == nil {
 		return
 	}
-	reconnect := (gateway.Disconnect{Code: ref.code}).Reconnect()
-	packet := controlClose(ref.code, ref.msg, reconnect, ref.retryHint(http.Header{}))
-	c.refuse(appendMessage(nil, ws.OpText, packet), gateway.Disconnect{Code: ref.code, Reason: ref.msg})
+	// The upgrade's headers are gone: the advice is in the packet.
+	c.refuse(appendMessage(nil, ws.OpText, ref.closePacket(http.Header{})), gateway.Disconnect{Code: ref.code, Reason: ref.msg})
 }
 
 // nativeProtocols: the native transport speaks no subprotocol, and
