@@ -95,20 +95,7 @@ func TestRevocationRefusesHeldCredentials(t *testing.T) {
 	openAs(t, g, nil)
 
 	// A node that starts later, on the same broker.
-	cfg := g.Config()
-	cfg.NodeID = "n2"
-	g2raw, err := New(cfg, g.b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g2 := &testGateway{Gateway: g2raw, b: g.b}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		if err := g2.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	})
+	g2 := &testGateway{Gateway: laterNode(t, g), b: g.b}
 	// Admitted before it knows; ended once it learns.
 	early, etr := openAs(t, g2, old)
 	kept, ktr := openAs(t, g2, fresh)
@@ -222,4 +209,50 @@ func TestRevokeMessagesChecked(t *testing.T) {
 	if err := g.Revoke(context.Background(), strings.Repeat("a", maxRevokeSubject+1), ""); err != ErrBadSubject {
 		t.Errorf("Revoke with a long subject: %v", err)
 	}
+}
+
+// TestRevocationsLearntInParts: a node that starts learns every
+// revocation the others hold, however many answers they take.
+func TestRevocationsLearntInParts(t *testing.T) {
+	g := newTestGateway(t, nil)
+	if err := g.StartRevocations(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	const n = 3*heldPerMessage + 5
+	for i := range n {
+		g.hold(revocation{Sub: "user" + strconv.Itoa(i), At: now.UnixMicro(), Until: now.Add(time.Hour).UnixMicro()}, now)
+	}
+	g2 := laterNode(t, g)
+	if err := g2.StartRevocations(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every revocation to be learnt", func() bool { return g2.revokedHeld.Load() == n })
+	before := &Principal{IssuedAt: now.Add(-time.Second)}
+	for i := range n {
+		before.Subject = "user" + strconv.Itoa(i)
+		if _, revoked := g2.Revoked(before); !revoked {
+			t.Fatalf("%s: not refused by the node that started later", before.Subject)
+		}
+	}
+}
+
+// laterNode is a second node on g's broker, with g's configuration but
+// its id, shut down at the end of the test.
+func laterNode(t *testing.T, g *testGateway) *Gateway {
+	t.Helper()
+	cfg := g.Config()
+	cfg.NodeID = "n2"
+	g2, err := New(cfg, g.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		if err := g2.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	return g2
 }
