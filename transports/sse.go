@@ -174,7 +174,12 @@ func (h sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var head bytes.Buffer
 	head.WriteString("HTTP/1.1 200 OK\r\n")
-	sseHeaders(r, func(name, value string) { head.WriteString(name + ": " + value + "\r\n") })
+	sseHeaders(r, func(name, value string) {
+		head.WriteString(name)
+		head.WriteString(": ")
+		head.WriteString(value)
+		head.WriteString("\r\n")
+	})
 	// The retry hint spreads reconnects after a node goes away: drawn
 	// for each stream, so the EventSources of a node that fails do not
 	// all come back at the same moment.
