@@ -82,9 +82,7 @@ func newBenchGateway(b *testing.B, writers int) (*Gateway, *fakeBroker) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := g.Shutdown(ctx); err != nil {
+		if err := shutdownWithin(g, time.Minute); err != nil {
 			b.Error(err)
 		}
 		_ = fb.Close()

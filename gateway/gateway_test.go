@@ -1049,11 +1049,7 @@ func TestShutdownDeliversCloseToDetachedPollingSession(t *testing.T) {
 	s, _ := openPolled(t, g)
 
 	done := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		done <- g.Shutdown(ctx)
-	}()
+	go func() { done <- shutdownWithin(g.Gateway, waitTimeout) }()
 	waitFor(t, "the session to be closing", func() bool { return s.Reason() == DisconnectShutdown })
 	if isDone(s) {
 		t.Fatal("the session ended before its next request came")
@@ -1386,9 +1382,7 @@ func TestShutdownWaitsForDetachedPollingSessionAtMostTheDelay(t *testing.T) {
 		_ = s.Attach(poll, true)
 		nextType(t, poll, TypeHello)
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := g.Shutdown(ctx); err != nil {
+		if err := shutdownWithin(g.Gateway, time.Minute); err != nil {
 			t.Fatal(err)
 		}
 		if d := time.Since(start); d > delay {

@@ -89,9 +89,7 @@ func newTestGateway(t *testing.T, mod func(*Config)) *testGateway {
 	}
 	tg := &testGateway{Gateway: g, b: b}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		if err := g.Shutdown(ctx); err != nil && !tg.shutdownErr {
+		if err := shutdownWithin(g, waitTimeout); err != nil && !tg.shutdownErr {
 			t.Errorf("Shutdown: %v", err)
 		}
 		waitFor(t, "every session to end", func() bool { return g.SessionCount() == 0 })
@@ -102,6 +100,13 @@ func newTestGateway(t *testing.T, mod func(*Config)) *testGateway {
 		_ = b.Close()
 	})
 	return tg
+}
+
+// shutdownWithin shuts g down, giving it d, and returns Shutdown's error.
+func shutdownWithin(g *Gateway, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return g.Shutdown(ctx)
 }
 
 // waitFor polls cond until it holds or waitTimeout passes.

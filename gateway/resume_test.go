@@ -113,9 +113,7 @@ func newHistoryGateway(t *testing.T, queueBytes int) (*Gateway, *historyBroker) 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		if err := g.Shutdown(ctx); err != nil {
+		if err := shutdownWithin(g, waitTimeout); err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
 		waitFor(t, "every broker subscription to be dropped", func() bool { return b.Subs() == 0 })

@@ -248,9 +248,7 @@ func laterNode(t *testing.T, g *testGateway) *Gateway {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		if err := g2.Shutdown(ctx); err != nil {
+		if err := shutdownWithin(g2, waitTimeout); err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
 	})

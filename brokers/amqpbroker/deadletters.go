@@ -69,7 +69,10 @@ func (b *Broker) deadLetters(s *session, deliveries <-chan amqp.Delivery) {
 	for d := range deliveries {
 		// Every dead letter waiting now makes one burst, and one marker
 		// per Subscription it touched.
-		n, last := 0, d.DeliveryTag
+		var (
+			n    int
+			last uint64
+		)
 		for more := true; more; {
 			n++
 			last = d.DeliveryTag
