@@ -236,8 +236,8 @@
  *     an HTTP 401 with code 4401 on xhr_stream and poll, and as a close
  *     packet with 4401 on websocket and sse (the client asks the gateway to
  *     refuse those in-band, refusal=close, since a browser hides the
- *     status of a refused upgrade or event stream). With a token function it goes through the reconnect backoff
- *     like a dropped connection ("disconnected" with code 4401 and the
+ *     status of a refused upgrade or event stream). With a token function
+ *     it goes through the reconnect backoff like a dropped connection ("disconnected" with code 4401 and the
  *     gateway's reason, then the function is asked again), so a token that
  *     keeps being refused never makes the client retry in a hot loop; with
  *     a fixed token (or none) a 4401 is final. A token function that throws
