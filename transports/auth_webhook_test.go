@@ -199,11 +199,14 @@ func TestAuthWebhookAfterRevocation(t *testing.T) {
 	// The application no longer knows her, and she is revoked again:
 	// refused (a principal is required).
 	app.setReply(func(w http.ResponseWriter, _ string) { w.WriteHeader(http.StatusUnauthorized) })
+	// Issued after the first revocation, before the second: refused once
+	// the second is held. (A time read at each check would be after it.)
+	between := &gateway.Principal{Subject: "alice", IssuedAt: time.Now()}
 	if err := n.gw.Revoke(context.Background(), "alice", ""); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the second revocation to be held", func() bool {
-		_, revoked := n.gw.Revoked(&gateway.Principal{Subject: "alice", IssuedAt: time.Now().Add(-time.Millisecond)})
+		_, revoked := n.gw.Revoked(between)
 		return revoked
 	})
 	status, body := pollAs(t, n, "s-alice")
